@@ -1,0 +1,111 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
+
+from nefos import __version__
+from nefos.api import errors
+from nefos.api.routes import admin, api_keys, auth, health, organisations, projects, users
+from nefos.config import Settings
+from nefos.gateway.context import RequestContextMiddleware
+from nefos.schemas.common import ErrorEnvelope
+from nefos.services.core import Core
+from nefos.services.users import UserService
+
+log = logging.getLogger("nefos")
+
+API_PREFIX = "/api/v1"
+ALIAS_PREFIX = "/api"
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorEnvelope, "description": text}
+    for code, text in {
+        400: "Malformed request",
+        401: "Missing, invalid, expired or revoked credentials",
+        403: "The role or the API key's scope does not allow this",
+        404: "Not found (also: another tenant's object)",
+        406: "Unsupported API version in Accept",
+        409: "Conflict with the current state",
+        422: "Invalid input parameters",
+        429: "Too many requests (see Retry-After)",
+        500: "Internal error (the body names the request id)",
+        503: "A dependency is unavailable",
+    }.items()
+}
+
+
+def api_router() -> APIRouter:
+    router = APIRouter(responses=ERROR_RESPONSES)
+    for module in (auth, users, admin, organisations, projects, api_keys):
+        router.include_router(module.router)
+    router.include_router(organisations.invitations)
+    router.include_router(projects.legacy)
+    router.include_router(health.router)
+    return router
+
+
+def _unique_ids(route: APIRoute) -> str:
+    return f"{route.name}"
+
+
+AfterStart = Callable[[Core, tuple[Any, str | None] | None], None]
+
+
+def create_app(
+    settings: Settings | None = None, *, on_started: AfterStart | None = None
+) -> FastAPI:
+    """Build the app. The engine is made in the lifespan, on the serving loop."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        core = Core.build(settings)
+        await core.db.migrate()
+        async with core.db.session() as session:
+            created = await UserService(core, session).ensure_admin()
+        app.state.core = core
+        if on_started is not None:
+            on_started(core, created)
+        try:
+            yield
+        finally:
+            await core.db.dispose()
+
+    app = FastAPI(
+        title="Nefos API",
+        version=__version__,
+        description=(
+            "Multi-tenant cloud control plane. Every route is served under `/api/v1` and, "
+            "as an alias for the newest version, `/api`. Responses use the envelope "
+            "`{success, data, error, timestamp}`."
+        ),
+        lifespan=lifespan,
+        generate_unique_id_function=_unique_ids,
+        docs_url="/docs",
+        redoc_url="/redoc",
+        openapi_url="/openapi.json",
+    )
+    router = api_router()
+    app.include_router(router, prefix=API_PREFIX)
+    app.include_router(router, prefix=ALIAS_PREFIX, include_in_schema=False)
+    # Root /health for load balancers and seed 004's `GET /api/health` alike.
+    app.include_router(health.router, include_in_schema=False)
+    errors.install(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(RequestContextMiddleware)
+    return app

@@ -1,0 +1,193 @@
+"""Request dependencies: the database session, the caller, paging and access.
+
+Every route names its access rule with exactly one of:
+
+* ``Authorize(permission, on=...)``: authenticated, the key's scope covers the
+  permission, and (with ``on``) the caller's role in the organisation owning the
+  path's target grants it. A target the caller cannot see is 404, as a missing one.
+* ``Public``: no credentials needed (login, registration, health, ...).
+
+``tests/api/test_access_matrix.py`` walks every route and fails on one with neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, Path, Query, Request
+from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from nefos.db.models import Organisation, Project
+from nefos.domain.access import Permission, Role
+from nefos.domain.errors import Forbidden, Unauthorized
+from nefos.domain.paging import PageParams
+from nefos.services.auth import AuthService, ClientInfo
+from nefos.services.core import Core
+from nefos.services.principal import Principal, authorize_org, authorize_project
+
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+def get_core(request: Request) -> Core:
+    return request.app.state.core  # type: ignore[no-any-return]
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    core: Core = request.app.state.core
+    async with core.db.sessionmaker() as session:
+        yield session
+
+
+CoreDep = Annotated[Core, Depends(get_core)]
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+# Declared so that /docs shows the three ways in and its Authorize button works.
+_bearer = OAuth2PasswordBearer(
+    tokenUrl="/api/v1/auth/token",
+    auto_error=False,
+    description="A JWT from /auth/login, or an API key (`nfs_...`).",
+)
+_x_auth_token = APIKeyHeader(name="X-Auth-Token", auto_error=False, description="A JWT.")
+_x_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key.")
+
+
+async def get_principal(
+    request: Request,
+    core: CoreDep,
+    session: SessionDep,
+    bearer: Annotated[str | None, Depends(_bearer)],
+    x_auth_token: Annotated[str | None, Depends(_x_auth_token)],
+    x_api_key: Annotated[str | None, Depends(_x_api_key)],
+) -> Principal:
+    auth = AuthService(core, session)
+    authorization = request.headers.get("authorization")
+    if authorization is not None and bearer is None:
+        raise Unauthorized("Use 'Authorization: Bearer <token>'")
+    if bearer:
+        return await auth.authenticate(bearer, kind="bearer")
+    if x_auth_token:
+        return await auth.authenticate(x_auth_token, kind="jwt")
+    if x_api_key:
+        return await auth.authenticate(x_api_key, kind="api_key")
+    raise Unauthorized("Authentication required")
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def client_info(request: Request) -> ClientInfo:
+    core: Core = request.app.state.core
+    ip = request.client.host if request.client else None
+    if core.settings.trust_forwarded_for:
+        forwarded = request.headers.get("x-forwarded-for")
+        if forwarded:
+            ip = forwarded.split(",", 1)[0].strip()[:64] or ip
+    return ClientInfo(ip=ip, user_agent=request.headers.get("user-agent"))
+
+
+ClientDep = Annotated[ClientInfo, Depends(client_info)]
+
+
+@dataclass
+class Access:
+    """What ``Authorize`` established: who, and the target it checked."""
+
+    principal: Principal
+    session: AsyncSession
+    permission: Permission
+    role: Role | None = None
+    organisation: Organisation | None = None
+    project: Project | None = None
+
+    async def check_org(self, org_id: str) -> tuple[Organisation, Role]:
+        """Apply this route's permission to an organisation named in the body."""
+        return await authorize_org(self.session, self.principal, org_id, self.permission)
+
+
+class Authorize:
+    """Dependency: the route's permission, checked against its path target."""
+
+    def __init__(
+        self, permission: Permission, *, on: Literal["org", "project"] | None = None
+    ) -> None:
+        self.permission = permission
+        self.on = on
+
+    async def __call__(
+        self, request: Request, principal: PrincipalDep, session: SessionDep
+    ) -> Access:
+        access = Access(principal=principal, session=session, permission=self.permission)
+        if self.permission is Permission.PLATFORM_ADMIN:
+            principal.require_scope(self.permission)
+            if not principal.is_admin:
+                raise Forbidden("Platform administrators only")
+        elif self.on == "org":
+            access.organisation, access.role = await authorize_org(
+                session, principal, request.path_params["org_id"], self.permission
+            )
+        elif self.on == "project":
+            access.project, access.role = await authorize_project(
+                session, principal, request.path_params["project_id"], self.permission
+            )
+        else:
+            principal.require_scope(self.permission)
+        return access
+
+    def __repr__(self) -> str:
+        return f"Authorize({self.permission.value!r}, on={self.on!r})"
+
+
+def authorize(permission: Permission, *, on: Literal["org", "project"] | None = None) -> Any:
+    return Depends(Authorize(permission, on=on))
+
+
+class PublicMarker:
+    """Dependency marking a route that needs no credentials."""
+
+    def __call__(self) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return "Public"
+
+
+Public = Depends(PublicMarker())
+
+
+def page_params(
+    request: Request,
+    page: Annotated[int | None, Query(ge=1, le=10_000_000, description="Page, from 1.")] = None,
+    skip: Annotated[
+        int | None, Query(ge=0, le=10**12, description="Items to skip (instead of page).")
+    ] = None,
+    limit: Annotated[
+        int | None, Query(ge=1, le=10**9, description="Items per page (default 20, max 500).")
+    ] = None,
+) -> PageParams:
+    settings = request.app.state.core.settings
+    size = min(limit or settings.page_default_limit, settings.page_max_limit)
+    if skip is not None:
+        return PageParams(offset=skip, limit=size)
+    return PageParams(offset=((page or 1) - 1) * size, limit=size)
+
+
+PageDep = Annotated[PageParams, Depends(page_params)]
+
+OrgId = Annotated[str, Path(pattern=ID_PATTERN, description="Organisation id.")]
+ProjectId = Annotated[str, Path(pattern=ID_PATTERN, description="Project id.")]
+ObjectId = Annotated[str, Path(pattern=ID_PATTERN)]
+
+
+def deprecated_route(sunset: datetime) -> Any:
+    """Mark an endpoint deprecated: it answers with Deprecation and Sunset headers."""
+    value = sunset.astimezone(UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
+
+    def mark(fn: Any) -> Any:
+        fn.__nefos_sunset__ = value
+        return fn
+
+    return mark

@@ -1,0 +1,77 @@
+"""The response envelope of API.md, serialised once with orjson.
+
+Routes declare ``response_model=Envelope[X]`` for the OpenAPI schema and return
+:func:`ok`, whose body is built straight from the pydantic model; FastAPI does not
+validate a returned ``Response`` a second time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+from starlette.responses import Response
+
+from nefos.domain.paging import PageParams
+
+
+def utc_timestamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _plain(data: Any) -> Any:
+    if isinstance(data, BaseModel):
+        return data.model_dump(mode="json")
+    if isinstance(data, list | tuple):
+        return [_plain(d) for d in data]
+    if isinstance(data, dict):
+        return {k: _plain(v) for k, v in data.items()}
+    return data
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def ok(
+    data: Any,
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+    **top_level: Any,
+) -> JSONResponse:
+    body = {"success": True, "data": _plain(data), "error": None, "timestamp": utc_timestamp()}
+    body.update(top_level)
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def page(
+    items: Sequence[Any], total: int, params: PageParams, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "items": [_plain(i) for i in items],
+        "pagination": {
+            "page": params.page,
+            "limit": params.limit,
+            "total": total,
+            "pages": params.pages(total),
+        },
+        **extra,
+    }
+
+
+def error_body(
+    code: str, message: str, details: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {
+        "success": False,
+        "data": None,
+        "error": {"code": code, "message": message, "details": details or {}},
+        "detail": message,
+        "timestamp": utc_timestamp(),
+    }

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form
+from starlette.responses import Response
+
+from nefos.api.deps import ClientDep, CoreDep, Public, SessionDep, authorize
+from nefos.api.envelope import ok
+from nefos.domain.access import Permission
+from nefos.schemas.common import Envelope, Message
+from nefos.schemas.identity import (
+    AuthResult,
+    LoginRequest,
+    LogoutRequest,
+    RefreshRequest,
+    RegisterRequest,
+    UserPublic,
+)
+from nefos.services.auth import AuthService, TokenPair
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+
+class AuthEnvelope(Envelope[AuthResult]):
+    """The envelope, plus RFC 6749's fields at the top level for OAuth2 and seed-003 clients."""
+
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+    refresh_token: str
+
+
+def _tokens(pair: TokenPair, status_code: int = 200) -> Response:
+    result = AuthResult(
+        user=UserPublic.model_validate(pair.user),
+        token=pair.access_token,
+        access_token=pair.access_token,
+        refresh_token=pair.refresh_token,
+        expires_in=pair.expires_in,
+        refresh_expires_in=pair.refresh_expires_in,
+    )
+    return ok(
+        result,
+        status_code,
+        headers={"Cache-Control": "no-store"},
+        access_token=pair.access_token,
+        token_type="bearer",
+        expires_in=pair.expires_in,
+        refresh_token=pair.refresh_token,
+    )
+
+
+@router.post("/register", status_code=201, response_model=AuthEnvelope, dependencies=[Public])
+async def register(
+    body: RegisterRequest, core: CoreDep, session: SessionDep, client: ClientDep
+) -> Response:
+    """Create an account with a personal organisation and a default project."""
+    return _tokens(await AuthService(core, session).register(body, client), 201)
+
+
+@router.post("/login", response_model=AuthEnvelope, dependencies=[Public])
+async def login(body: LoginRequest, core: CoreDep, session: SessionDep, client: ClientDep) -> Response:
+    """Log in with `email` or `username` and `password` (and optionally an `api_key`)."""
+    return _tokens(await AuthService(core, session).login(body, client))
+
+
+@router.post("/token", response_model=AuthEnvelope, dependencies=[Public])
+async def token(
+    username: Annotated[str, Form(min_length=1, max_length=320)],
+    password: Annotated[str, Form(min_length=1, max_length=1024)],
+    core: CoreDep,
+    session: SessionDep,
+    client: ClientDep,
+) -> Response:
+    """OAuth2 password grant (form-encoded), for the Authorize button of /docs."""
+    body = LoginRequest(username=username, password=password)
+    return _tokens(await AuthService(core, session).login(body, client))
+
+
+@router.post("/refresh", response_model=AuthEnvelope, dependencies=[Public])
+async def refresh(body: RefreshRequest, core: CoreDep, session: SessionDep) -> Response:
+    """Spend a refresh token for a new pair. Replaying a spent one revokes the session."""
+    return _tokens(await AuthService(core, session).refresh(body.refresh_token))
+
+
+@router.post("/logout", response_model=Envelope[Message])
+async def logout(
+    core: CoreDep,
+    session: SessionDep,
+    body: LogoutRequest | None = None,
+    access=authorize(Permission.ACCOUNT_READ),
+) -> Response:
+    """End the current session: its access and refresh tokens stop working."""
+    await AuthService(core, session).logout(access.principal, body.refresh_token if body else None)
+    return ok(Message(message="Logged out"))
+
+
+@router.get("/me", response_model=Envelope[UserPublic])
+async def me(access=authorize(Permission.ACCOUNT_READ)) -> Response:
+    return ok(UserPublic.model_validate(access.principal.user))

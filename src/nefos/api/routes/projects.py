@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from starlette.responses import Response
+
+from nefos.api.deps import (
+    ID_PATTERN,
+    CoreDep,
+    PageDep,
+    ProjectId,
+    SessionDep,
+    authorize,
+    deprecated_route,
+)
+from nefos.api.envelope import ok, page
+from nefos.db.models import ProjectQuota
+from nefos.domain.access import Permission
+from nefos.schemas.common import Envelope, Message, Page
+from nefos.schemas.tenancy import (
+    ProjectCreate,
+    ProjectPublic,
+    ProjectUpdate,
+    QuotaLimits,
+    QuotaPublic,
+    QuotaUpdate,
+)
+from nefos.services.tenancy import TenancyService
+
+router = APIRouter(prefix="/projects", tags=["projects"])
+legacy = APIRouter(prefix="/project", tags=["projects"])
+SEED_001_SUNSET = datetime(2027, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+OrgFilter = Annotated[
+    str | None, Query(pattern=ID_PATTERN, description="Only this organisation's projects.")
+]
+
+
+def _quota(q: ProjectQuota) -> QuotaPublic:
+    return QuotaPublic(
+        project_id=q.project_id, limits=QuotaLimits.model_validate(q), updated_at=q.updated_at
+    )
+
+
+@router.get("", response_model=Envelope[Page[ProjectPublic]])
+async def list_projects(
+    core: CoreDep, session: SessionDep, params: PageDep, organisation_id: OrgFilter = None,
+    access=authorize(Permission.PROJECT_READ),
+) -> Response:
+    rows, total = await TenancyService(core, session).list_projects(
+        access.principal, params, organisation_id=organisation_id
+    )
+    return ok(page([ProjectPublic.model_validate(p) for p in rows], total, params))
+
+
+@router.post("", status_code=201, response_model=Envelope[ProjectPublic])
+async def create_project(
+    body: ProjectCreate, core: CoreDep, session: SessionDep,
+    access=authorize(Permission.PROJECT_CREATE),
+) -> Response:
+    service = TenancyService(core, session)
+    org_id = body.organisation_id or await service.default_organisation_id(access.principal)
+    org, _ = await access.check_org(org_id)
+    project = await service.create_project(org, body)
+    return ok(ProjectPublic.model_validate(project), 201)
+
+
+@router.get("/{project_id}", response_model=Envelope[ProjectPublic])
+async def get_project(
+    project_id: ProjectId, access=authorize(Permission.PROJECT_READ, on="project")
+) -> Response:
+    return ok(ProjectPublic.model_validate(access.project))
+
+
+@router.put("/{project_id}", response_model=Envelope[ProjectPublic])
+async def update_project(
+    project_id: ProjectId, body: ProjectUpdate, core: CoreDep, session: SessionDep,
+    access=authorize(Permission.PROJECT_UPDATE, on="project"),
+) -> Response:
+    project = await TenancyService(core, session).update_project(access.project, body)
+    return ok(ProjectPublic.model_validate(project))
+
+
+@router.delete("/{project_id}", response_model=Envelope[Message])
+async def delete_project(
+    project_id: ProjectId, core: CoreDep, session: SessionDep,
+    access=authorize(Permission.PROJECT_DELETE, on="project"),
+) -> Response:
+    await TenancyService(core, session).delete_project(access.project)
+    return ok(Message(message="Project deleted"))
+
+
+@router.get("/{project_id}/quotas", response_model=Envelope[QuotaPublic])
+async def get_quotas(
+    project_id: ProjectId, core: CoreDep, session: SessionDep,
+    access=authorize(Permission.QUOTA_READ, on="project"),
+) -> Response:
+    return ok(_quota(await TenancyService(core, session).get_quota(access.project)))
+
+
+@router.put("/{project_id}/quotas", response_model=Envelope[QuotaPublic])
+async def set_quotas(
+    project_id: ProjectId, body: QuotaUpdate, core: CoreDep, session: SessionDep,
+    access=authorize(Permission.QUOTA_UPDATE, on="project"),
+) -> Response:
+    """Change some limits; the fields left out keep their values, `null` lifts a limit."""
+    return ok(_quota(await TenancyService(core, session).set_quota(access.project, body)))
+
+
+# Seed 001 (CloudCIX) spelling, kept for its clients.
+@legacy.get("/", response_model=Envelope[Page[ProjectPublic]], deprecated=True)
+@deprecated_route(SEED_001_SUNSET)
+async def list_projects_legacy(
+    core: CoreDep, session: SessionDep, params: PageDep, organisation_id: OrgFilter = None,
+    access=authorize(Permission.PROJECT_READ),
+) -> Response:
+    """Deprecated alias of `GET /projects`."""
+    return await list_projects(core, session, params, organisation_id, access)
+
+
+@legacy.post("/", status_code=201, response_model=Envelope[ProjectPublic], deprecated=True)
+@deprecated_route(SEED_001_SUNSET)
+async def create_project_legacy(
+    body: ProjectCreate, core: CoreDep, session: SessionDep,
+    access=authorize(Permission.PROJECT_CREATE),
+) -> Response:
+    """Deprecated alias of `POST /projects`."""
+    return await create_project(body, core, session, access)

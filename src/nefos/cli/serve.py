@@ -1,0 +1,75 @@
+"""`nefos serve`: the embedded control plane in one process."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+
+from nefos.config import Settings
+
+console = Console()
+
+
+def _banner(settings: Settings, created: tuple[Any, str | None] | None) -> None:
+    base = settings.public_url or f"http://{settings.host}:{settings.port}"
+    lines = [
+        f"[bold]Nefos[/] is listening on [cyan]{base}[/]",
+        f"  API:      [cyan]{base}/api/v1[/]  (alias [cyan]{base}/api[/])",
+        f"  Docs:     [cyan]{base}/docs[/]",
+        f"  Database: {settings.resolved_database_url.split('@')[-1]}",
+    ]
+    if created is not None:
+        user, generated = created
+        lines.append(f"  Admin:    {user.email} (username [bold]{user.username}[/])")
+        if generated:
+            lines.append(f"  Password: [bold yellow]{generated}[/]  (shown once; change it)")
+        else:
+            lines.append("  Password: from NEFOS_ADMIN_PASSWORD")
+    else:
+        lines.append("  Admin:    already set up (NEFOS_ADMIN_EMAIL / your own password)")
+    console.print(Panel("\n".join(lines), expand=False))
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [NEFOS_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [NEFOS_PORT].")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory [NEFOS_DATA_DIR].")] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="Database URL [NEFOS_DATABASE_URL].")
+    ] = None,
+    reload: Annotated[bool, typer.Option(help="Reload on code changes (development).")] = False,
+) -> None:
+    """Start Nefos: API, migrations and the first admin, in one process."""
+    import uvicorn
+
+    from nefos.api.app import create_app
+
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "host": host,
+            "port": port,
+            "data_dir": data_dir,
+            "database_url": database_url,
+        }.items()
+        if v is not None
+    }
+    settings = Settings(**overrides)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(settings, on_started=lambda _core, created: _banner(settings, created))
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        proxy_headers=settings.trust_forwarded_for,
+    )

@@ -1,0 +1,160 @@
+"""Nefos settings: one pydantic-settings class, every field an ``NEFOS_*`` variable.
+
+The README's configuration table is generated from this class (``nefos settings``)
+and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# OWASP Password Storage Cheat Sheet, argon2id minimum: m=19 MiB, t=2, p=1.
+ARGON2_MIN_MEMORY_KIB = 19456
+ARGON2_MIN_TIME_COST = 2
+ARGON2_MIN_PARALLELISM = 1
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NEFOS_", env_file=".env", extra="ignore")
+
+    # --- server -------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address `nefos serve` binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `nefos serve` listens on.")
+    data_dir: Path = Field(Path("var"), description="Directory for SQLite, the secret key and logs.")
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL. Default: SQLite at `<data_dir>/nefos.db`. "
+        "`postgresql://user:pass@host/db` selects PostgreSQL (asyncpg).",
+    )
+    db_pool_size: int = Field(10, ge=1, description="PostgreSQL connection pool size.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level of the server."
+    )
+    public_url: str | None = Field(
+        None, description="Public base URL, shown in the start-up banner and links."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS (JSON list)."
+    )
+
+    # --- identity -----------------------------------------------------------
+    secret_key: str | None = Field(
+        None,
+        description="HMAC key for JWTs. Default: generated once and kept in "
+        "`<data_dir>/secret.key`.",
+    )
+    jwt_issuer: str = Field("nefos", description="`iss` claim of issued tokens.")
+    jwt_audience: str = Field("nefos-api", description="`aud` claim of issued tokens.")
+    access_token_ttl: int = Field(
+        7200, ge=60, description="Access token lifetime in seconds (2 hours)."
+    )
+    refresh_token_ttl: int = Field(
+        30 * 24 * 3600, ge=300, description="Refresh token lifetime in seconds (30 days)."
+    )
+    argon2_time_cost: int = Field(3, description="argon2id iterations (OWASP minimum 2).")
+    argon2_memory_kib: int = Field(
+        65536, description="argon2id memory in KiB (OWASP minimum 19456)."
+    )
+    argon2_parallelism: int = Field(4, description="argon2id lanes (OWASP minimum 1).")
+    password_min_length: int = Field(8, ge=8, description="Minimum password length.")
+    login_max_failures: int = Field(
+        10, ge=1, description="Failed logins per account or per IP before 429."
+    )
+    login_failure_window: int = Field(
+        900, ge=1, description="Window, in seconds, over which failed logins are counted."
+    )
+    registration_enabled: bool = Field(True, description="Allow `POST /auth/register`.")
+    admin_email: str = Field("admin@nefos.local", description="E-mail of the first admin.")
+    admin_username: str = Field("admin", description="Username of the first admin.")
+    admin_password: str | None = Field(
+        None,
+        description="Password of the first admin. Default: generated and printed once.",
+    )
+    api_key_max_ttl_days: int | None = Field(
+        None, description="Longest lifetime an API key may be given (days); none = no cap."
+    )
+
+    # --- API ----------------------------------------------------------------
+    page_default_limit: int = Field(20, ge=1, description="Default `limit` of list endpoints.")
+    page_max_limit: int = Field(500, ge=1, description="Cap on `limit` of list endpoints.")
+    trust_forwarded_for: bool = Field(
+        False, description="Take the client IP from `X-Forwarded-For` (behind a proxy)."
+    )
+
+    # --- default project quotas (null = unlimited) --------------------------
+    quota_instances: int | None = Field(20, description="Default quota: instances per project.")
+    quota_vcpus: int | None = Field(64, description="Default quota: vCPUs per project.")
+    quota_memory_gb: int | None = Field(256, description="Default quota: memory (GB).")
+    quota_storage_gb: int | None = Field(2048, description="Default quota: storage (GB).")
+    quota_containers: int | None = Field(50, description="Default quota: containers.")
+
+    @field_validator("argon2_memory_kib")
+    @classmethod
+    def _argon2_memory(cls, v: int) -> int:
+        if v < ARGON2_MIN_MEMORY_KIB:
+            raise ValueError(f"must be at least {ARGON2_MIN_MEMORY_KIB} KiB (OWASP minimum)")
+        return v
+
+    @field_validator("argon2_time_cost")
+    @classmethod
+    def _argon2_time(cls, v: int) -> int:
+        if v < ARGON2_MIN_TIME_COST:
+            raise ValueError(f"must be at least {ARGON2_MIN_TIME_COST} (OWASP minimum)")
+        return v
+
+    @field_validator("argon2_parallelism")
+    @classmethod
+    def _argon2_lanes(cls, v: int) -> int:
+        if v < ARGON2_MIN_PARALLELISM:
+            raise ValueError("must be at least 1")
+        return v
+
+    @model_validator(mode="after")
+    def _limits(self) -> Settings:
+        if self.page_default_limit > self.page_max_limit:
+            raise ValueError("page_default_limit must not exceed page_max_limit")
+        return self
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        """The URL with an async driver, whatever form the user wrote."""
+        url = self.database_url or f"sqlite:///{(self.data_dir / 'nefos.db').resolve()}"
+        return async_database_url(url)
+
+    @cached_property
+    def jwt_secret(self) -> str:
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret.key"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(48)
+        # Written 0600 before the key goes in, so it is never world-readable.
+        path.touch(mode=0o600, exist_ok=True)
+        path.write_text(key)
+        return key
+
+
+def async_database_url(url: str) -> str:
+    for plain, driver in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("postgresql+psycopg2://", "postgresql+asyncpg://"),
+        ("postgresql+psycopg://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+        ("sqlite+pysqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    return url
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")

@@ -1,0 +1,1 @@
+"""Pure domain types: enums, permissions and the error tree. No I/O here."""

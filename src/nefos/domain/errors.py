@@ -1,0 +1,81 @@
+"""The Nefos exception tree.
+
+Every error a service raises is a :class:`NefosError`. Each subclass carries the
+wire ``code`` of ``shared/API.md``; the one map from these classes to HTTP status
+codes lives in :mod:`nefos.api.errors`, so services never speak HTTP. Errors raised
+by a library are wrapped with ``raise ... from exc`` so the cause stays in logs but
+never reaches a response body.
+
+    NefosError
+    ├── ValidationFailed      VALIDATION_ERROR    bad input that passed the schema
+    ├── Unauthorized          UNAUTHORIZED        no, bad, expired or revoked credentials
+    ├── Forbidden             FORBIDDEN           authenticated, but the role or scope lacks it
+    ├── NotFound              NOT_FOUND           missing, or another tenant's (same answer)
+    ├── Conflict              CONFLICT            state or uniqueness conflict
+    ├── ResourceExhausted     RESOURCE_EXHAUSTED  quota, capacity or wallet limit
+    │   └── PaymentRequired                       an empty wallet (402)
+    ├── RateLimited           RATE_LIMITED        too many attempts; has retry_after
+    └── ServiceUnavailable    SERVICE_UNAVAILABLE a driver, host, database or Redis is down
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class NefosError(Exception):
+    code = "INTERNAL_ERROR"
+    default_message = "Internal error"
+
+    def __init__(self, message: str | None = None, **details: Any) -> None:
+        self.message = message or self.default_message
+        self.details: dict[str, Any] = details
+        super().__init__(self.message)
+
+
+class ValidationFailed(NefosError):
+    code = "VALIDATION_ERROR"
+    default_message = "Invalid input parameters"
+
+
+class Unauthorized(NefosError):
+    code = "UNAUTHORIZED"
+    default_message = "Authentication required"
+
+
+class Forbidden(NefosError):
+    code = "FORBIDDEN"
+    default_message = "You do not have permission to do this"
+
+
+class NotFound(NefosError):
+    code = "NOT_FOUND"
+    default_message = "Not found"
+
+
+class Conflict(NefosError):
+    code = "CONFLICT"
+    default_message = "Conflict with the current state"
+
+
+class ResourceExhausted(NefosError):
+    code = "RESOURCE_EXHAUSTED"
+    default_message = "Resource limit exceeded"
+
+
+class PaymentRequired(ResourceExhausted):
+    default_message = "Insufficient wallet balance"
+
+
+class RateLimited(NefosError):
+    code = "RATE_LIMITED"
+    default_message = "Too many requests"
+
+    def __init__(self, message: str | None = None, *, retry_after: int, **details: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **details)
+        self.retry_after = retry_after
+
+
+class ServiceUnavailable(NefosError):
+    code = "SERVICE_UNAVAILABLE"
+    default_message = "Service temporarily unavailable"

@@ -1,0 +1,413 @@
+"""Registration, login, token rotation, logout and request authentication.
+
+Sessions and refresh tokens
+    A login opens an ``AuthSession``. Its access tokens carry its id (``sid``);
+    each refresh spends one refresh token and issues the next (rotation). Spending
+    is one conditional UPDATE, so of two concurrent refreshes with one token at
+    most one wins. Presenting a spent token again means it leaked: the whole
+    session (the token family) is revoked, which also ends its access tokens.
+
+Revocation takes effect on the next call: every request re-reads the user, the
+session or the key, so a disabled user, a revoked session or key, a removed
+membership or a deleted organisation stops working at once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from nefos.db.models import ApiKey, AuthSession, LoginFailure, RefreshToken, User
+from nefos.db.session import begin_write
+from nefos.db.types import utcnow
+from nefos.domain.errors import Conflict, Forbidden, RateLimited, Unauthorized
+from nefos.schemas.identity import LoginRequest, RegisterRequest
+from nefos.security.apikeys import hash_secret, looks_like_api_key
+from nefos.security.tokens import InvalidToken
+from nefos.services.core import Core
+from nefos.services.principal import Principal
+from nefos.services.tenancy import TenancyService
+
+API_KEY_TOUCH_INTERVAL = timedelta(seconds=60)
+_SLUG_CLEAN = re.compile(r"[^a-z0-9]+")
+
+
+@dataclass
+class TokenPair:
+    user: User
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    refresh_expires_in: int
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+class AuthService:
+    def __init__(self, core: Core, session: AsyncSession) -> None:
+        self.core = core
+        self.session = session
+        self.settings = core.settings
+
+    # --- accounts -----------------------------------------------------------
+    async def create_user(
+        self,
+        *,
+        email: str,
+        password: str,
+        name: str | None = None,
+        username: str | None = None,
+        is_admin: bool = False,
+    ) -> User:
+        """Create a user with a personal organisation and a default project.
+
+        Commits. Raises Conflict if the e-mail or username is taken.
+        """
+        self._check_password_strength(password, email=email)
+        password_hash = self.core.passwords.hash(password)
+        await begin_write(self.session)
+        await self._ensure_free(email=email, username=username)
+        user = User(
+            email=email,
+            username=username,
+            name=name or username or email.split("@", 1)[0],
+            password_hash=password_hash,
+            is_admin=is_admin,
+            settings={},
+        )
+        self.session.add(user)
+        await self.session.flush()
+        project = await TenancyService(self.core, self.session).create_personal_space(user)
+        user.default_project_id = project.id
+        await self.session.commit()
+        return user
+
+    async def _ensure_free(self, *, email: str, username: str | None) -> None:
+        taken = await self.session.scalar(select(User.id).where(User.email == email))
+        if taken:
+            raise Conflict("A user with this email already exists", email="already registered")
+        if username:
+            taken = await self.session.scalar(
+                select(User.id).where(func.lower(User.username) == username.lower())
+            )
+            if taken:
+                raise Conflict("This username is taken", username="already taken")
+
+    def _check_password_strength(self, password: str, *, email: str) -> None:
+        from nefos.domain.errors import ValidationFailed
+
+        if len(password) < self.settings.password_min_length:
+            raise ValidationFailed(
+                password=f"Password must be at least {self.settings.password_min_length} characters"
+            )
+        if password.lower() == email.lower():
+            raise ValidationFailed(password="Password must not be the email address")
+
+    async def register(self, body: RegisterRequest, client: ClientInfo) -> TokenPair:
+        if not self.settings.registration_enabled:
+            raise Forbidden("Registration is disabled on this platform")
+        user = await self.create_user(
+            email=body.email, password=body.password, name=body.name, username=body.username
+        )
+        return await self._open_session(user, client)
+
+    # --- login --------------------------------------------------------------
+    async def login(self, body: LoginRequest, client: ClientInfo) -> TokenPair:
+        identifier = (body.email or body.username or "").strip()
+        account_key = identifier.lower()
+        await self._check_lockout(account_key, client.ip)
+
+        user = await self._find_login_user(identifier, by_email=bool(body.email))
+        ok = self.core.passwords.verify(user.password_hash if user else None, body.password)
+        if not ok or user is None:
+            await self._record_failure(account_key, client.ip)
+            raise Unauthorized("Invalid credentials")
+        if not user.is_active:
+            raise Unauthorized("This account is disabled")
+        if body.api_key is not None:
+            key = await self._live_key(body.api_key)
+            if key is None or key.user_id != user.id:
+                await self._record_failure(account_key, client.ip)
+                raise Unauthorized("Invalid API key")
+
+        await begin_write(self.session)
+        await self.session.execute(
+            delete(LoginFailure).where(
+                LoginFailure.kind == "account", LoginFailure.key == account_key
+            )
+        )
+        user = await self.session.get(User, user.id, populate_existing=True)
+        assert user is not None
+        if self.core.passwords.needs_rehash(user.password_hash):
+            user.password_hash = self.core.passwords.hash(body.password)
+        user.last_login_at = utcnow()
+        await self.session.commit()
+        return await self._open_session(user, client)
+
+    async def _find_login_user(self, identifier: str, *, by_email: bool) -> User | None:
+        if by_email or "@" in identifier:
+            return await self.session.scalar(select(User).where(User.email == identifier.lower()))
+        return await self.session.scalar(
+            select(User).where(func.lower(User.username) == identifier.lower())
+        )
+
+    async def _check_lockout(self, account_key: str, ip: str | None) -> None:
+        window = timedelta(seconds=self.settings.login_failure_window)
+        since = utcnow() - window
+        for kind, key in (("account", account_key), ("ip", ip)):
+            if not key:
+                continue
+            count, oldest = (
+                await self.session.execute(
+                    select(func.count(), func.min(LoginFailure.created_at)).where(
+                        LoginFailure.kind == kind,
+                        LoginFailure.key == key,
+                        LoginFailure.created_at > since,
+                    )
+                )
+            ).one()
+            if count >= self.settings.login_max_failures:
+                if oldest.tzinfo is None:  # aggregate results skip the column type
+                    oldest = oldest.replace(tzinfo=UTC)
+                retry = math.ceil((oldest + window - utcnow()).total_seconds())
+                raise RateLimited(
+                    "Too many failed login attempts; try again later",
+                    retry_after=max(1, retry),
+                    scope=kind,
+                )
+
+    async def _record_failure(self, account_key: str, ip: str | None) -> None:
+        await begin_write(self.session)
+        now = utcnow()
+        self.session.add(LoginFailure(kind="account", key=account_key[:320], created_at=now))
+        if ip:
+            self.session.add(LoginFailure(kind="ip", key=ip, created_at=now))
+        cutoff = now - timedelta(seconds=self.settings.login_failure_window)
+        await self.session.execute(delete(LoginFailure).where(LoginFailure.created_at < cutoff))
+        await self.session.commit()
+
+    # --- tokens -------------------------------------------------------------
+    async def _open_session(self, user: User, client: ClientInfo) -> TokenPair:
+        await begin_write(self.session)
+        s = self.settings
+        auth_session = AuthSession(
+            user_id=user.id,
+            expires_at=utcnow() + timedelta(seconds=s.refresh_token_ttl),
+            ip_address=client.ip,
+            user_agent=(client.user_agent or "")[:512] or None,
+        )
+        self.session.add(auth_session)
+        await self.session.flush()
+        pair = self._issue(user, auth_session.id)
+        await self.session.commit()
+        return pair
+
+    def _issue(self, user: User, session_id: str) -> TokenPair:
+        s = self.settings
+        access = self.core.tokens.issue(
+            typ="access", user_id=user.id, session_id=session_id, ttl=s.access_token_ttl
+        )
+        refresh = self.core.tokens.issue(
+            typ="refresh", user_id=user.id, session_id=session_id, ttl=s.refresh_token_ttl
+        )
+        self.session.add(
+            RefreshToken(
+                id=refresh.jti,
+                session_id=session_id,
+                expires_at=datetime.fromtimestamp(refresh.expires_at, UTC),
+            )
+        )
+        return TokenPair(
+            user=user,
+            access_token=access.token,
+            refresh_token=refresh.token,
+            expires_in=s.access_token_ttl,
+            refresh_expires_in=s.refresh_token_ttl,
+        )
+
+    async def refresh(self, refresh_token: str) -> TokenPair:
+        try:
+            claims = self.core.tokens.decode(refresh_token, typ="refresh")
+        except InvalidToken as exc:
+            raise Unauthorized("Invalid refresh token", reason=exc.reason) from None
+        now = utcnow()
+        await begin_write(self.session)
+        spent = await self.session.execute(
+            update(RefreshToken)
+            .where(
+                RefreshToken.id == claims.jti,
+                RefreshToken.session_id == claims.sid,
+                RefreshToken.used_at.is_(None),
+                RefreshToken.expires_at > now,
+            )
+            .values(used_at=now)
+        )
+        if spent.rowcount != 1:  # type: ignore[attr-defined]
+            known = await self.session.get(RefreshToken, claims.jti)
+            if known is not None and known.used_at is not None:
+                await self._revoke_sessions(
+                    AuthSession.id == known.session_id, reason="refresh_token_reuse"
+                )
+                await self.session.commit()
+                raise Unauthorized(
+                    "Refresh token already used; the session has been revoked",
+                    reason="refresh_token_reuse",
+                )
+            await self.session.rollback()
+            raise Unauthorized("Invalid refresh token", reason="invalid_token")
+        row = (
+            await self.session.execute(
+                select(AuthSession, User)
+                .join(User, User.id == AuthSession.user_id)
+                .where(AuthSession.id == claims.sid)
+            )
+        ).one_or_none()
+        if row is None or row[0].revoked_at is not None or not row[1].is_active:
+            await self.session.rollback()
+            raise Unauthorized("Session revoked", reason="session_revoked")
+        pair = self._issue(row[1], claims.sid)
+        await self.session.commit()
+        return pair
+
+    async def logout(self, principal: Principal, refresh_token: str | None) -> None:
+        """Revoke the caller's session (and the one ``refresh_token`` names, if any)."""
+        session_ids = {principal.session_id} if principal.session_id else set()
+        if refresh_token:
+            try:
+                claims = self.core.tokens.decode(refresh_token, typ="refresh")
+            except InvalidToken:
+                claims = None
+            if claims is not None and claims.sub == principal.user_id:
+                session_ids.add(claims.sid)
+        if not session_ids:
+            return
+        await begin_write(self.session)
+        await self._revoke_sessions(
+            AuthSession.id.in_(session_ids),
+            AuthSession.user_id == principal.user_id,
+            reason="logout",
+        )
+        await self.session.commit()
+
+    async def revoke_user_sessions(self, user_id: str, *, reason: str) -> None:
+        """Revoke every session of a user. Part of the caller's transaction."""
+        await self._revoke_sessions(AuthSession.user_id == user_id, reason=reason)
+
+    async def _revoke_sessions(self, *where: object, reason: str) -> None:
+        await self.session.execute(
+            update(AuthSession)
+            .where(*where, AuthSession.revoked_at.is_(None))  # type: ignore[arg-type]
+            .values(revoked_at=utcnow(), revoked_reason=reason)
+        )
+
+    async def change_password(
+        self,
+        principal: Principal,
+        *,
+        current_password: str,
+        new_password: str,
+        revoke_api_keys: bool,
+        client: ClientInfo,
+    ) -> TokenPair:
+        user = principal.user
+        if not self.core.passwords.verify(user.password_hash, current_password):
+            raise Unauthorized("Current password is incorrect")
+        self._check_password_strength(new_password, email=user.email)
+        new_hash = self.core.passwords.hash(new_password)
+        await begin_write(self.session)
+        user = await self.session.get(User, user.id, populate_existing=True)
+        assert user is not None
+        user.password_hash = new_hash
+        user.password_changed_at = utcnow()
+        await self.revoke_user_sessions(user.id, reason="password_changed")
+        if revoke_api_keys:
+            await self.session.execute(
+                update(ApiKey)
+                .where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            )
+        await self.session.commit()
+        return await self._open_session(user, client)
+
+    # --- authenticating a request -------------------------------------------
+    async def authenticate_jwt(self, token: str) -> Principal:
+        try:
+            claims = self.core.tokens.decode(token, typ="access")
+        except InvalidToken as exc:
+            message = "Token has expired" if exc.reason == "token_expired" else "Invalid token"
+            raise Unauthorized(message, reason=exc.reason) from None
+        row = (
+            await self.session.execute(
+                select(User, AuthSession.revoked_at)
+                .join(AuthSession, AuthSession.user_id == User.id)
+                .where(User.id == claims.sub, AuthSession.id == claims.sid)
+            )
+        ).one_or_none()
+        if row is None:
+            raise Unauthorized("Invalid token", reason="invalid_token")
+        user, revoked_at = row
+        if revoked_at is not None:
+            raise Unauthorized("Session has been revoked", reason="session_revoked")
+        if not user.is_active:
+            raise Unauthorized("This account is disabled", reason="account_disabled")
+        return Principal(user=user, session_id=claims.sid)
+
+    async def _live_key(self, raw: str) -> ApiKey | None:
+        if not looks_like_api_key(raw) or len(raw) > 200:
+            return None
+        key = await self.session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_secret(raw)))
+        if key is None or key.revoked_at is not None:
+            return None
+        if key.expires_at is not None and key.expires_at <= utcnow():
+            return None
+        return key
+
+    async def authenticate_api_key(self, raw: str) -> Principal:
+        key = await self._live_key(raw)
+        if key is None:
+            raise Unauthorized("Invalid API key", reason="invalid_api_key")
+        user = await self.session.get(User, key.user_id)
+        if user is None or not user.is_active:
+            raise Unauthorized("This account is disabled", reason="account_disabled")
+        if key.organisation_id is not None and not user.is_admin:
+            from nefos.services.principal import effective_role, org_chain
+
+            chain = await org_chain(self.session, key.organisation_id)
+            probe = Principal(user=user, key_organisation_id=key.organisation_id)
+            if await effective_role(self.session, probe, chain) is None:
+                raise Unauthorized(
+                    "This API key's organisation is no longer accessible",
+                    reason="invalid_api_key",
+                )
+        now = utcnow()
+        if key.last_used_at is None or now - key.last_used_at > API_KEY_TOUCH_INTERVAL:
+            # Throttled so that a busy key does not turn every read into a write.
+            await begin_write(self.session)
+            await self.session.execute(
+                update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now)
+            )
+        return Principal(
+            user=user,
+            api_key_id=key.id,
+            scopes=frozenset(key.scopes),
+            key_organisation_id=key.organisation_id,
+        )
+
+    async def authenticate(self, credential: str, *, kind: str) -> Principal:
+        """``kind``: "bearer" (JWT or API key), "jwt" or "api_key"."""
+        try:
+            if kind == "api_key" or (kind == "bearer" and looks_like_api_key(credential)):
+                return await self.authenticate_api_key(credential)
+            return await self.authenticate_jwt(credential)
+        finally:
+            # End the read (or key-touch) transaction: services start their own.
+            await self.session.commit()

@@ -1,0 +1,145 @@
+"""Who is calling, and what they may reach.
+
+Resolving a role walks up the organisation tree: the owners and admins (and
+members and viewers) of a reseller hold the same role in the organisations it
+created. Platform admins are owners everywhere. An API key bound to an
+organisation reaches that organisation and its descendants only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from nefos.db.models import Membership, Organisation, Project, User
+from nefos.domain.access import ALL_SCOPES, Permission, Role, role_allows, scopes_allow
+from nefos.domain.errors import Forbidden, NotFound
+
+MAX_ORG_DEPTH = 8
+
+
+@dataclass
+class Principal:
+    user: User
+    session_id: str | None = None
+    api_key_id: str | None = None
+    scopes: frozenset[str] = field(default_factory=lambda: frozenset(s.value for s in ALL_SCOPES))
+    key_organisation_id: str | None = None
+
+    @property
+    def user_id(self) -> str:
+        return self.user.id
+
+    @property
+    def is_admin(self) -> bool:
+        return self.user.is_admin
+
+    def require_scope(self, permission: Permission) -> None:
+        if not scopes_allow(self.scopes, permission):
+            raise Forbidden(
+                f"This API key lacks the scope {permission.scope.value!r}",
+                required_scope=permission.scope.value,
+            )
+
+
+async def org_chain(session: AsyncSession, org_id: str) -> list[Organisation]:
+    """The organisation and its ancestors, nearest first. Empty if it does not exist."""
+    chain: list[Organisation] = []
+    current: str | None = org_id
+    while current is not None and len(chain) < MAX_ORG_DEPTH:
+        org = await session.get(Organisation, current)
+        if org is None:
+            break
+        chain.append(org)
+        current = org.parent_id
+    return chain
+
+
+async def effective_role(
+    session: AsyncSession, principal: Principal, chain: list[Organisation]
+) -> Role | None:
+    if not chain:
+        return None
+    ids = [o.id for o in chain]
+    if principal.key_organisation_id is not None and principal.key_organisation_id not in ids:
+        return None
+    if principal.is_admin:
+        return Role.OWNER
+    rows = (
+        await session.execute(
+            select(Membership.organisation_id, Membership.role).where(
+                Membership.user_id == principal.user_id, Membership.organisation_id.in_(ids)
+            )
+        )
+    ).all()
+    by_org = {org_id: Role(role) for org_id, role in rows}
+    for org_id in ids:  # the nearest membership decides
+        if org_id in by_org:
+            return by_org[org_id]
+    return None
+
+
+async def authorize_org(
+    session: AsyncSession, principal: Principal, org_id: str, permission: Permission
+) -> tuple[Organisation, Role]:
+    """Raise NotFound unless the caller can see the organisation, Forbidden unless
+    their role grants ``permission`` there."""
+    principal.require_scope(permission)
+    chain = await org_chain(session, org_id)
+    role = await effective_role(session, principal, chain)
+    if role is None:
+        raise NotFound("Organisation not found", organisation_id=org_id)
+    if not role_allows(role, permission):
+        raise Forbidden(f"Your role {role.value!r} does not allow {permission.value!r}")
+    return chain[0], role
+
+
+async def authorize_project(
+    session: AsyncSession, principal: Principal, project_id: str, permission: Permission
+) -> tuple[Project, Role]:
+    principal.require_scope(permission)
+    project = await session.get(Project, project_id)
+    if project is None:
+        raise NotFound("Project not found", project_id=project_id)
+    chain = await org_chain(session, project.organisation_id)
+    role = await effective_role(session, principal, chain)
+    if role is None:
+        raise NotFound("Project not found", project_id=project_id)
+    if not role_allows(role, permission):
+        raise Forbidden(f"Your role {role.value!r} does not allow {permission.value!r}")
+    return project, role
+
+
+async def visible_org_ids(session: AsyncSession, principal: Principal) -> list[str]:
+    """Every organisation the caller holds a role in: memberships and their descendants."""
+    if principal.key_organisation_id is not None:
+        roots = [principal.key_organisation_id]
+        if not principal.is_admin:
+            chain = await org_chain(session, principal.key_organisation_id)
+            if await effective_role(session, principal, chain) is None:
+                return []
+    else:
+        roots = list(
+            (
+                await session.scalars(
+                    select(Membership.organisation_id).where(
+                        Membership.user_id == principal.user_id
+                    )
+                )
+            ).all()
+        )
+    seen: set[str] = set(roots)
+    frontier = list(roots)
+    for _ in range(MAX_ORG_DEPTH):
+        if not frontier:
+            break
+        children = (
+            await session.scalars(
+                select(Organisation.id).where(Organisation.parent_id.in_(frontier))
+            )
+        ).all()
+        frontier = [c for c in children if c not in seen]
+        seen.update(frontier)
+    return sorted(seen)
