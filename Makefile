@@ -1,0 +1,42 @@
+# One target per task; CI (.ci/run) and people run the same targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-sqlite services lint typecheck bench clean
+
+install: $(STAMP)  ## Create .venv and install Nefos with its dev tools
+
+$(STAMP): pyproject.toml
+	@scripts/ensure-python.sh $(PYTHON)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -U pip
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+run: install  ## Start Nefos on http://127.0.0.1:8000 (SQLite under ./var)
+	$(VENV)/bin/nefos serve
+
+services:  ## Install and start what the tests need (PostgreSQL)
+	@scripts/bootstrap-services.sh
+
+test: install services  ## Every test, on SQLite and on PostgreSQL
+	@source var/test-services.env && $(PY) -m pytest $(PYTEST_ARGS)
+
+test-sqlite: install  ## The suite on SQLite only (no services needed)
+	NEFOS_TEST_BACKENDS=sqlite $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+bench: install services  ## Benchmarks against their baselines (see docs/benchmarks.md)
+	@source var/test-services.env && $(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,237 @@
+"""Test fixtures: every DB-backed test runs on SQLite *and* PostgreSQL.
+
+``NEFOS_TEST_BACKENDS`` (default ``sqlite,postgresql``) picks the backends.
+PostgreSQL comes from ``NEFOS_TEST_POSTGRES_URL`` (``make test`` starts a server
+and sets it); each session makes a fresh database there and drops it at the end.
+Tables are emptied between tests, so each test starts from an empty platform.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from nefos.api.app import create_app
+from nefos.config import Settings
+from nefos.db.models import Base
+
+BACKENDS = [b for b in os.environ.get("NEFOS_TEST_BACKENDS", "sqlite,postgresql").split(",") if b]
+PASSWORD = "correct-horse-battery"
+ADMIN_PASSWORD = "admin-password-123"
+# OWASP's minimum argon2id parameters: the cheapest that Settings accepts.
+FAST_HASH = {"argon2_time_cost": 2, "argon2_memory_kib": 19456, "argon2_parallelism": 1}
+
+
+def _pg_admin_url() -> str:
+    url = os.environ.get("NEFOS_TEST_POSTGRES_URL")
+    if not url:
+        pytest.fail(
+            "NEFOS_TEST_POSTGRES_URL is not set: run `make test`, which starts PostgreSQL, "
+            "or set NEFOS_TEST_BACKENDS=sqlite to run on SQLite only."
+        )
+    return url
+
+
+async def _pg_exec(admin_url: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+class DatabaseFactory:
+    """Makes one fresh database per call on the chosen backend, and cleans up."""
+
+    def __init__(self, backend: str, tmp: Path) -> None:
+        self.backend = backend
+        self.tmp = tmp
+        self._pg_dbs: list[str] = []
+
+    def new_url(self) -> str:
+        if self.backend == "sqlite":
+            return f"sqlite:///{self.tmp / f'nefos-{uuid.uuid4().hex[:8]}.db'}"
+        admin = _pg_admin_url()
+        name = f"nefos_test_{uuid.uuid4().hex[:12]}"
+        asyncio.run(_pg_exec(admin, f'CREATE DATABASE "{name}"'))
+        self._pg_dbs.append(name)
+        return admin.rsplit("/", 1)[0] + f"/{name}"
+
+    def cleanup(self) -> None:
+        if self.backend != "postgresql":
+            return
+        admin = _pg_admin_url()
+        for name in self._pg_dbs:
+            asyncio.run(_pg_exec(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "data_dir": data_dir,
+        "secret_key": "test-secret-key-that-is-long-enough-for-hs256",
+        "admin_email": "admin@nefos.test",
+        "admin_username": "admin",
+        "admin_password": ADMIN_PASSWORD,
+        **FAST_HASH,
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def databases(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseFactory]:
+    factory = DatabaseFactory(backend, tmp_path_factory.mktemp(backend))
+    yield factory
+    factory.cleanup()
+
+
+@pytest.fixture(scope="session")
+def settings(databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return make_settings(databases.new_url(), tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings) -> AsyncIterator[Any]:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+async def _empty_tables(application: Any) -> None:
+    db = application.state.core.db
+    tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
+    async with db.engine.begin() as conn:
+        if db.is_sqlite:
+            for name in tables:
+                await conn.execute(text(f'DELETE FROM "{name}"'))
+        else:
+            await conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE"))
+
+
+@pytest.fixture
+async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on a freshly emptied platform (no users at all)."""
+    await _empty_tables(app)
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://nefos.test") as c:
+        yield c
+
+
+@dataclass
+class Account:
+    """A registered user and the headers that authenticate as them."""
+
+    user: dict[str, Any]
+    access_token: str
+    refresh_token: str
+    password: str
+
+    @property
+    def id(self) -> str:
+        return str(self.user["id"])
+
+    @property
+    def email(self) -> str:
+        return str(self.user["email"])
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+    @property
+    def project_id(self) -> str:
+        return str(self.user["default_project_id"])
+
+
+@pytest.fixture
+def register(client: httpx.AsyncClient) -> Any:
+    async def _register(email: str | None = None, password: str = PASSWORD, **extra: Any) -> Account:
+        email = email or f"user-{uuid.uuid4().hex[:10]}@example.com"
+        r = await client.post(
+            "/api/v1/auth/register", json={"email": email, "password": password, **extra}
+        )
+        assert r.status_code == 201, r.text
+        data = r.json()["data"]
+        return Account(data["user"], data["access_token"], data["refresh_token"], password)
+
+    return _register
+
+
+@pytest.fixture
+async def admin(client: httpx.AsyncClient, app: Any) -> Account:
+    """The platform admin (made the way `nefos serve` makes it), logged in."""
+    from nefos.services.users import UserService
+
+    core = app.state.core
+    async with core.db.session() as session:
+        await UserService(core, session).ensure_admin()
+    r = await client.post(
+        "/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}
+    )
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    return Account(data["user"], data["access_token"], data["refresh_token"], ADMIN_PASSWORD)
+
+
+# --- a real server on a real socket, for the SDK, the CLI and benchmarks -------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LiveServer:
+    def __init__(self, settings: Settings) -> None:
+        import uvicorn
+
+        self.settings = settings
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the live Nefos server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def live_server(
+    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """Nefos served by uvicorn on a free port, with its own database."""
+    settings = make_settings(databases.new_url(), tmp_path_factory.mktemp("live"))
+    with LiveServer(settings) as server:
+        yield server
