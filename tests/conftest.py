@@ -122,6 +122,8 @@ async def _empty_tables(application: Any) -> None:
     tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
     async with db.engine.begin() as conn:
         if db.is_sqlite:
+            # Rows reference rows of their own table (organisations.parent_id).
+            await conn.execute(text("PRAGMA defer_foreign_keys=ON"))
             for name in tables:
                 await conn.execute(text(f'DELETE FROM "{name}"'))
         else:
