@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     # --- server -------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address `nefos serve` binds to.")
     port: int = Field(8000, ge=1, le=65535, description="Port `nefos serve` listens on.")
-    data_dir: Path = Field(Path("var"), description="Directory for SQLite, the secret key and logs.")
+    data_dir: Path = Field(Path("var"), description="Directory for the SQLite database and the generated secret key.")
     database_url: str | None = Field(
         None,
         description="SQLAlchemy URL. Default: SQLite at `<data_dir>/nefos.db`. "
@@ -158,3 +158,24 @@ def async_database_url(url: str) -> str:
 
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
+
+
+def settings_table() -> str:
+    """The README's configuration table, made from the Settings fields."""
+    rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if field.default_factory is not None:
+            default = field.default_factory()  # type: ignore[call-arg]
+        if default is None:
+            shown = "—"
+        elif isinstance(default, bool):
+            shown = f"`{str(default).lower()}`"
+        else:
+            shown = f"`{default}`"
+        rows.append(f"| `NEFOS_{name.upper()}` | {shown} | {field.description or ''} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m nefos.config prints the table for the README
+    print(settings_table())

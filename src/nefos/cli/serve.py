@@ -64,6 +64,7 @@ def serve(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     app = create_app(settings, on_started=lambda _core, created: _banner(settings, created))
     uvicorn.run(
         app,
