@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     # --- server -------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address `nefos serve` binds to.")
     port: int = Field(8000, ge=1, le=65535, description="Port `nefos serve` listens on.")
-    data_dir: Path = Field(Path("var"), description="Directory for the SQLite database and the generated secret key.")
+    data_dir: Path = Field(
+        Path("var"), description="Directory for the SQLite database and the generated secret key."
+    )
     database_url: str | None = Field(
         None,
         description="SQLAlchemy URL. Default: SQLite at `<data_dir>/nefos.db`. "

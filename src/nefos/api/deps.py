@@ -12,10 +12,10 @@ Every route names its access rule with exactly one of:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
@@ -103,6 +103,21 @@ class Access:
     organisation: Organisation | None = None
     project: Project | None = None
 
+    @property
+    def target_org(self) -> Organisation:
+        assert self.organisation is not None, "route is not Authorize(on='org')"
+        return self.organisation
+
+    @property
+    def target_project(self) -> Project:
+        assert self.project is not None, "route is not Authorize(on='project')"
+        return self.project
+
+    @property
+    def target_role(self) -> Role:
+        assert self.role is not None, "route has no target"
+        return self.role
+
     async def check_org(self, org_id: str) -> tuple[Organisation, Role]:
         """Apply this route's permission to an organisation named in the body."""
         return await authorize_org(self.session, self.principal, org_id, self.permission)
@@ -182,12 +197,15 @@ ProjectId = Annotated[str, Path(pattern=ID_PATTERN, description="Project id.")]
 ObjectId = Annotated[str, Path(pattern=ID_PATTERN)]
 
 
-def deprecated_route(sunset: datetime) -> Any:
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def deprecated_route(sunset: datetime) -> Callable[[F], F]:
     """Mark an endpoint deprecated: it answers with Deprecation and Sunset headers."""
     value = sunset.astimezone(UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
 
-    def mark(fn: Any) -> Any:
-        fn.__nefos_sunset__ = value
+    def mark(fn: F) -> F:
+        fn.__nefos_sunset__ = value  # type: ignore[attr-defined]
         return fn
 
     return mark

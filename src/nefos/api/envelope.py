@@ -50,9 +50,7 @@ def ok(
     return JSONResponse(body, status_code=status_code, headers=headers)
 
 
-def page(
-    items: Sequence[Any], total: int, params: PageParams, **extra: Any
-) -> dict[str, Any]:
+def page(items: Sequence[Any], total: int, params: PageParams, **extra: Any) -> dict[str, Any]:
     return {
         "items": [_plain(i) for i in items],
         "pagination": {
@@ -65,9 +63,7 @@ def page(
     }
 
 
-def error_body(
-    code: str, message: str, details: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "success": False,
         "data": None,

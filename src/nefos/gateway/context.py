@@ -98,7 +98,9 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
-            log.exception("unhandled error in %s %s (request %s)", scope["method"], scope["path"], rid)
+            log.exception(
+                "unhandled error in %s %s (request %s)", scope["method"], scope["path"], rid
+            )
             if started:
                 raise
             await _send_json(

@@ -118,9 +118,7 @@ class UserSettingsUpdate(Request):
 class PasswordChange(Request):
     current_password: Password
     new_password: NewPassword
-    revoke_api_keys: bool = Field(
-        False, description="Also revoke every API key of the account."
-    )
+    revoke_api_keys: bool = Field(False, description="Also revoke every API key of the account.")
 
 
 class AdminUserCreate(Request):

@@ -145,8 +145,10 @@ class AuthService:
                 LoginFailure.kind == "account", LoginFailure.key == account_key
             )
         )
-        user = await self.session.get(User, user.id, populate_existing=True)
-        assert user is not None
+        fresh = await self.session.get(User, user.id, populate_existing=True)
+        if fresh is None:
+            raise Unauthorized("Invalid credentials")
+        user = fresh
         if self.core.passwords.needs_rehash(user.password_hash):
             user.password_hash = self.core.passwords.hash(body.password)
         user.last_login_at = utcnow()
@@ -324,8 +326,10 @@ class AuthService:
         self._check_password_strength(new_password, email=user.email)
         new_hash = self.core.passwords.hash(new_password)
         await begin_write(self.session)
-        user = await self.session.get(User, user.id, populate_existing=True)
-        assert user is not None
+        fresh = await self.session.get(User, user.id, populate_existing=True)
+        if fresh is None:
+            raise Unauthorized("This account no longer exists")
+        user = fresh
         user.password_hash = new_hash
         user.password_changed_at = utcnow()
         await self.revoke_user_sessions(user.id, reason="password_changed")

@@ -63,7 +63,9 @@ class TenancyService:
     # --- organisations ------------------------------------------------------
     async def _unique_slug(self, wanted: str | None, name: str) -> str:
         if wanted:
-            if await self.session.scalar(select(Organisation.id).where(Organisation.slug == wanted)):
+            if await self.session.scalar(
+                select(Organisation.id).where(Organisation.slug == wanted)
+            ):
                 raise Conflict("This slug is taken", slug="already taken")
             return wanted
         base = slugify(name)
@@ -513,7 +515,7 @@ class TenancyService:
     async def set_quota(self, project: Project, body: QuotaUpdate) -> ProjectQuota:
         await self.get_quota(project)
         await begin_write(self.session)
-        quota = await self._reload(ProjectQuota, project.id)
+        quota: ProjectQuota = await self._reload(ProjectQuota, project.id)
         for name, value in body.model_dump(exclude_unset=True).items():
             setattr(quota, name, value)
         quota.updated_at = utcnow()

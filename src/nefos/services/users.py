@@ -93,7 +93,10 @@ class UserService:
         total = await self.session.scalar(select(func.count(User.id)))
         rows = (
             await self.session.scalars(
-                select(User).order_by(User.created_at, User.id).offset(page.offset).limit(page.limit)
+                select(User)
+                .order_by(User.created_at, User.id)
+                .offset(page.offset)
+                .limit(page.limit)
             )
         ).all()
         return rows, total or 0

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form
 from starlette.responses import Response
 
-from nefos.api.deps import ClientDep, CoreDep, Public, SessionDep, authorize
+from nefos.api.deps import Access, ClientDep, CoreDep, Public, SessionDep, authorize
 from nefos.api.envelope import ok
 from nefos.domain.access import Permission
 from nefos.schemas.common import Envelope, Message
@@ -60,7 +60,9 @@ async def register(
 
 
 @router.post("/login", response_model=AuthEnvelope, dependencies=[Public])
-async def login(body: LoginRequest, core: CoreDep, session: SessionDep, client: ClientDep) -> Response:
+async def login(
+    body: LoginRequest, core: CoreDep, session: SessionDep, client: ClientDep
+) -> Response:
     """Log in with `email` or `username` and `password` (and optionally an `api_key`)."""
     return _tokens(await AuthService(core, session).login(body, client))
 
@@ -89,7 +91,7 @@ async def logout(
     core: CoreDep,
     session: SessionDep,
     body: LogoutRequest | None = None,
-    access=authorize(Permission.ACCOUNT_READ),
+    access: Access = authorize(Permission.ACCOUNT_READ),
 ) -> Response:
     """End the current session: its access and refresh tokens stop working."""
     await AuthService(core, session).logout(access.principal, body.refresh_token if body else None)
@@ -97,5 +99,5 @@ async def logout(
 
 
 @router.get("/me", response_model=Envelope[UserPublic])
-async def me(access=authorize(Permission.ACCOUNT_READ)) -> Response:
+async def me(access: Access = authorize(Permission.ACCOUNT_READ)) -> Response:
     return ok(UserPublic.model_validate(access.principal.user))

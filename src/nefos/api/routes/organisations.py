@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
-from nefos.api.deps import CoreDep, ObjectId, OrgId, PageDep, SessionDep, authorize
+from nefos.api.deps import Access, CoreDep, ObjectId, OrgId, PageDep, SessionDep, authorize
 from nefos.api.envelope import ok, page
 from nefos.db.models import Invitation, Organisation
 from nefos.domain.access import Permission, Role
@@ -37,9 +37,11 @@ def _org(org: Organisation, role: Role | None) -> OrganisationPublic:
 
 @router.get("", response_model=Envelope[Page[OrganisationPublic]])
 async def list_organisations(
-    core: CoreDep, session: SessionDep, params: PageDep,
+    core: CoreDep,
+    session: SessionDep,
+    params: PageDep,
     all: Annotated[bool, Query(description="Platform admins: every organisation.")] = False,
-    access=authorize(Permission.ORG_READ),
+    access: Access = authorize(Permission.ORG_READ),
 ) -> Response:
     rows, total = await TenancyService(core, session).list_orgs(
         access.principal, params, all_orgs=all
@@ -49,8 +51,10 @@ async def list_organisations(
 
 @router.post("", status_code=201, response_model=Envelope[OrganisationPublic])
 async def create_organisation(
-    body: OrganisationCreate, core: CoreDep, session: SessionDep,
-    access=authorize(Permission.ORG_CREATE),
+    body: OrganisationCreate,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(Permission.ORG_CREATE),
 ) -> Response:
     org = await TenancyService(core, session).create_org(access.principal, body)
     return ok(_org(org, Role.OWNER), 201)
@@ -58,109 +62,141 @@ async def create_organisation(
 
 @router.get("/{org_id}", response_model=Envelope[OrganisationPublic])
 async def get_organisation(
-    org_id: OrgId, access=authorize(Permission.ORG_READ, on="org")
+    org_id: OrgId, access: Access = authorize(Permission.ORG_READ, on="org")
 ) -> Response:
-    return ok(_org(access.organisation, access.role))
+    return ok(_org(access.target_org, access.target_role))
 
 
 @router.put("/{org_id}", response_model=Envelope[OrganisationPublic])
 async def update_organisation(
-    org_id: OrgId, body: OrganisationUpdate, core: CoreDep, session: SessionDep,
-    access=authorize(Permission.ORG_UPDATE, on="org"),
+    org_id: OrgId,
+    body: OrganisationUpdate,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(Permission.ORG_UPDATE, on="org"),
 ) -> Response:
-    org = await TenancyService(core, session).update_org(access.organisation, body)
-    return ok(_org(org, access.role))
+    org = await TenancyService(core, session).update_org(access.target_org, body)
+    return ok(_org(org, access.target_role))
 
 
 @router.delete("/{org_id}", response_model=Envelope[Message])
 async def delete_organisation(
-    org_id: OrgId, core: CoreDep, session: SessionDep,
-    access=authorize(Permission.ORG_DELETE, on="org"),
+    org_id: OrgId,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(Permission.ORG_DELETE, on="org"),
 ) -> Response:
     """Delete an organisation with its projects; its members' keys bound to it stop working."""
-    await TenancyService(core, session).delete_org(access.organisation)
+    await TenancyService(core, session).delete_org(access.target_org)
     return ok(Message(message="Organisation deleted"))
 
 
 @router.get("/{org_id}/children", response_model=Envelope[Page[OrganisationPublic]])
 async def list_children(
-    org_id: OrgId, core: CoreDep, session: SessionDep, params: PageDep,
-    access=authorize(Permission.ORG_READ, on="org"),
+    org_id: OrgId,
+    core: CoreDep,
+    session: SessionDep,
+    params: PageDep,
+    access: Access = authorize(Permission.ORG_READ, on="org"),
 ) -> Response:
-    rows, total = await TenancyService(core, session).list_children(access.organisation, params)
-    return ok(page([_org(o, access.role) for o in rows], total, params))
+    rows, total = await TenancyService(core, session).list_children(access.target_org, params)
+    return ok(page([_org(o, access.target_role) for o in rows], total, params))
 
 
 @router.post("/{org_id}/children", status_code=201, response_model=Envelope[OrganisationPublic])
 async def create_child(
-    org_id: OrgId, body: ChildOrganisationCreate, core: CoreDep, session: SessionDep,
-    access=authorize(Permission.ORG_CHILD_CREATE, on="org"),
+    org_id: OrgId,
+    body: ChildOrganisationCreate,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(Permission.ORG_CHILD_CREATE, on="org"),
 ) -> Response:
     """A reseller creates a customer organisation, which its staff then manage."""
     org = await TenancyService(core, session).create_child_org(
-        access.principal, access.organisation, body
+        access.principal, access.target_org, body
     )
-    return ok(_org(org, access.role), 201)
+    return ok(_org(org, access.target_role), 201)
 
 
 @router.get("/{org_id}/members", response_model=Envelope[Page[MemberPublic]])
 async def list_members(
-    org_id: OrgId, core: CoreDep, session: SessionDep, params: PageDep,
-    access=authorize(Permission.MEMBER_READ, on="org"),
+    org_id: OrgId,
+    core: CoreDep,
+    session: SessionDep,
+    params: PageDep,
+    access: Access = authorize(Permission.MEMBER_READ, on="org"),
 ) -> Response:
-    rows, total = await TenancyService(core, session).list_members(access.organisation, params)
+    rows, total = await TenancyService(core, session).list_members(access.target_org, params)
     return ok(page([MemberPublic.model_validate(m) for m in rows], total, params))
 
 
 @router.post("/{org_id}/members", status_code=201, response_model=Envelope[MemberPublic])
 async def add_member(
-    org_id: OrgId, body: MemberAdd, core: CoreDep, session: SessionDep,
-    access=authorize(Permission.MEMBER_MANAGE, on="org"),
+    org_id: OrgId,
+    body: MemberAdd,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(Permission.MEMBER_MANAGE, on="org"),
 ) -> Response:
     """Add an existing user by `email` or `user_id`; for anyone else, send an invitation."""
-    member = await TenancyService(core, session).add_member(access.organisation, access.role, body)
+    member = await TenancyService(core, session).add_member(
+        access.target_org, access.target_role, body
+    )
     return ok(MemberPublic.model_validate(member), 201)
 
 
 @router.put("/{org_id}/members/{user_id}", response_model=Envelope[MemberPublic])
 async def update_member(
-    org_id: OrgId, user_id: ObjectId, body: MemberUpdate, core: CoreDep, session: SessionDep,
-    access=authorize(Permission.MEMBER_MANAGE, on="org"),
+    org_id: OrgId,
+    user_id: ObjectId,
+    body: MemberUpdate,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(Permission.MEMBER_MANAGE, on="org"),
 ) -> Response:
     member = await TenancyService(core, session).update_member(
-        access.organisation, access.role, user_id, body.role
+        access.target_org, access.target_role, user_id, body.role
     )
     return ok(MemberPublic.model_validate(member))
 
 
 @router.delete("/{org_id}/members/{user_id}", response_model=Envelope[Message])
 async def remove_member(
-    org_id: OrgId, user_id: ObjectId, core: CoreDep, session: SessionDep,
-    access=authorize(Permission.MEMBER_MANAGE, on="org"),
+    org_id: OrgId,
+    user_id: ObjectId,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(Permission.MEMBER_MANAGE, on="org"),
 ) -> Response:
-    await TenancyService(core, session).remove_member(access.organisation, access.role, user_id)
+    await TenancyService(core, session).remove_member(
+        access.target_org, access.target_role, user_id
+    )
     return ok(Message(message="Member removed"))
 
 
 @router.get("/{org_id}/invitations", response_model=Envelope[Page[InvitationPublic]])
 async def list_invitations(
-    org_id: OrgId, core: CoreDep, session: SessionDep, params: PageDep,
-    access=authorize(Permission.MEMBER_MANAGE, on="org"),
+    org_id: OrgId,
+    core: CoreDep,
+    session: SessionDep,
+    params: PageDep,
+    access: Access = authorize(Permission.MEMBER_MANAGE, on="org"),
 ) -> Response:
-    rows, total = await TenancyService(core, session).list_invitations(access.organisation, params)
+    rows, total = await TenancyService(core, session).list_invitations(access.target_org, params)
     return ok(page([InvitationPublic.model_validate(i) for i in rows], total, params))
 
 
-@router.post(
-    "/{org_id}/invitations", status_code=201, response_model=Envelope[InvitationCreated]
-)
+@router.post("/{org_id}/invitations", status_code=201, response_model=Envelope[InvitationCreated])
 async def create_invitation(
-    org_id: OrgId, body: InvitationCreate, core: CoreDep, session: SessionDep,
-    access=authorize(Permission.MEMBER_MANAGE, on="org"),
+    org_id: OrgId,
+    body: InvitationCreate,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(Permission.MEMBER_MANAGE, on="org"),
 ) -> Response:
     """Invite an e-mail address. The token in the answer is shown once: pass it on."""
     inv, token = await TenancyService(core, session).create_invitation(
-        access.principal, access.organisation, access.role, body
+        access.principal, access.target_org, access.target_role, body
     )
     return ok(_invitation_created(inv, token), 201)
 
@@ -171,16 +207,19 @@ def _invitation_created(inv: Invitation, token: str) -> InvitationCreated:
 
 @router.delete("/{org_id}/invitations/{invitation_id}", response_model=Envelope[Message])
 async def revoke_invitation(
-    org_id: OrgId, invitation_id: ObjectId, core: CoreDep, session: SessionDep,
-    access=authorize(Permission.MEMBER_MANAGE, on="org"),
+    org_id: OrgId,
+    invitation_id: ObjectId,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(Permission.MEMBER_MANAGE, on="org"),
 ) -> Response:
-    await TenancyService(core, session).revoke_invitation(access.organisation, invitation_id)
+    await TenancyService(core, session).revoke_invitation(access.target_org, invitation_id)
     return ok(Message(message="Invitation revoked"))
 
 
 @invitations.get("", response_model=Envelope[list[InvitationPublic]])
 async def my_invitations(
-    core: CoreDep, session: SessionDep, access=authorize(Permission.ACCOUNT_READ)
+    core: CoreDep, session: SessionDep, access: Access = authorize(Permission.ACCOUNT_READ)
 ) -> Response:
     """Pending invitations addressed to the caller's e-mail."""
     rows = await TenancyService(core, session).my_invitations(access.principal)
@@ -189,8 +228,10 @@ async def my_invitations(
 
 @invitations.post("/accept", response_model=Envelope[OrganisationPublic])
 async def accept_invitation(
-    body: InvitationAccept, core: CoreDep, session: SessionDep,
-    access=authorize(Permission.ACCOUNT_WRITE),
+    body: InvitationAccept,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(Permission.ACCOUNT_WRITE),
 ) -> Response:
     service = TenancyService(core, session)
     org = await service.accept_invitation(access.principal, body.token)

@@ -8,6 +8,7 @@ from starlette.responses import Response
 
 from nefos.api.deps import (
     ID_PATTERN,
+    Access,
     CoreDep,
     PageDep,
     ProjectId,
@@ -46,8 +47,11 @@ def _quota(q: ProjectQuota) -> QuotaPublic:
 
 @router.get("", response_model=Envelope[Page[ProjectPublic]])
 async def list_projects(
-    core: CoreDep, session: SessionDep, params: PageDep, organisation_id: OrgFilter = None,
-    access=authorize(Permission.PROJECT_READ),
+    core: CoreDep,
+    session: SessionDep,
+    params: PageDep,
+    organisation_id: OrgFilter = None,
+    access: Access = authorize(Permission.PROJECT_READ),
 ) -> Response:
     rows, total = await TenancyService(core, session).list_projects(
         access.principal, params, organisation_id=organisation_id
@@ -57,8 +61,10 @@ async def list_projects(
 
 @router.post("", status_code=201, response_model=Envelope[ProjectPublic])
 async def create_project(
-    body: ProjectCreate, core: CoreDep, session: SessionDep,
-    access=authorize(Permission.PROJECT_CREATE),
+    body: ProjectCreate,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(Permission.PROJECT_CREATE),
 ) -> Response:
     service = TenancyService(core, session)
     org_id = body.organisation_id or await service.default_organisation_id(access.principal)
@@ -69,52 +75,65 @@ async def create_project(
 
 @router.get("/{project_id}", response_model=Envelope[ProjectPublic])
 async def get_project(
-    project_id: ProjectId, access=authorize(Permission.PROJECT_READ, on="project")
+    project_id: ProjectId, access: Access = authorize(Permission.PROJECT_READ, on="project")
 ) -> Response:
-    return ok(ProjectPublic.model_validate(access.project))
+    return ok(ProjectPublic.model_validate(access.target_project))
 
 
 @router.put("/{project_id}", response_model=Envelope[ProjectPublic])
 async def update_project(
-    project_id: ProjectId, body: ProjectUpdate, core: CoreDep, session: SessionDep,
-    access=authorize(Permission.PROJECT_UPDATE, on="project"),
+    project_id: ProjectId,
+    body: ProjectUpdate,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(Permission.PROJECT_UPDATE, on="project"),
 ) -> Response:
-    project = await TenancyService(core, session).update_project(access.project, body)
+    project = await TenancyService(core, session).update_project(access.target_project, body)
     return ok(ProjectPublic.model_validate(project))
 
 
 @router.delete("/{project_id}", response_model=Envelope[Message])
 async def delete_project(
-    project_id: ProjectId, core: CoreDep, session: SessionDep,
-    access=authorize(Permission.PROJECT_DELETE, on="project"),
+    project_id: ProjectId,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(Permission.PROJECT_DELETE, on="project"),
 ) -> Response:
-    await TenancyService(core, session).delete_project(access.project)
+    await TenancyService(core, session).delete_project(access.target_project)
     return ok(Message(message="Project deleted"))
 
 
 @router.get("/{project_id}/quotas", response_model=Envelope[QuotaPublic])
 async def get_quotas(
-    project_id: ProjectId, core: CoreDep, session: SessionDep,
-    access=authorize(Permission.QUOTA_READ, on="project"),
+    project_id: ProjectId,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(Permission.QUOTA_READ, on="project"),
 ) -> Response:
-    return ok(_quota(await TenancyService(core, session).get_quota(access.project)))
+    return ok(_quota(await TenancyService(core, session).get_quota(access.target_project)))
 
 
 @router.put("/{project_id}/quotas", response_model=Envelope[QuotaPublic])
 async def set_quotas(
-    project_id: ProjectId, body: QuotaUpdate, core: CoreDep, session: SessionDep,
-    access=authorize(Permission.QUOTA_UPDATE, on="project"),
+    project_id: ProjectId,
+    body: QuotaUpdate,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(Permission.QUOTA_UPDATE, on="project"),
 ) -> Response:
     """Change some limits; the fields left out keep their values, `null` lifts a limit."""
-    return ok(_quota(await TenancyService(core, session).set_quota(access.project, body)))
+    return ok(_quota(await TenancyService(core, session).set_quota(access.target_project, body)))
 
 
 # Seed 001 (CloudCIX) spelling, kept for its clients.
 @legacy.get("/", response_model=Envelope[Page[ProjectPublic]], deprecated=True)
 @deprecated_route(SEED_001_SUNSET)
 async def list_projects_legacy(
-    core: CoreDep, session: SessionDep, params: PageDep, organisation_id: OrgFilter = None,
-    access=authorize(Permission.PROJECT_READ),
+    core: CoreDep,
+    session: SessionDep,
+    params: PageDep,
+    organisation_id: OrgFilter = None,
+    access: Access = authorize(Permission.PROJECT_READ),
 ) -> Response:
     """Deprecated alias of `GET /projects`."""
     return await list_projects(core, session, params, organisation_id, access)
@@ -123,8 +142,10 @@ async def list_projects_legacy(
 @legacy.post("/", status_code=201, response_model=Envelope[ProjectPublic], deprecated=True)
 @deprecated_route(SEED_001_SUNSET)
 async def create_project_legacy(
-    body: ProjectCreate, core: CoreDep, session: SessionDep,
-    access=authorize(Permission.PROJECT_CREATE),
+    body: ProjectCreate,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(Permission.PROJECT_CREATE),
 ) -> Response:
     """Deprecated alias of `POST /projects`."""
     return await create_project(body, core, session, access)
