@@ -2,9 +2,18 @@ from __future__ import annotations
 
 import typer
 
+from nefos.cli import admin, api_keys, auth, orgs, projects
 from nefos.cli.serve import serve
 
-app = typer.Typer(no_args_is_help=True, help="Nefos: cloud control plane for VMs and containers.")
+app = typer.Typer(
+    no_args_is_help=True,
+    help="Nefos: cloud control plane for VMs and containers.",
+    epilog=(
+        "Credentials: `nefos login` keeps a session in $NEFOS_CONFIG "
+        "(default ~/.config/nefos/config.json); NEFOS_API_KEY overrides it and NEFOS_URL "
+        "names the server. Exit codes: 1 API error, 3 server unreachable, 4 not logged in."
+    ),
+)
 
 
 @app.callback()
@@ -13,6 +22,13 @@ def _root() -> None:
 
 
 app.command()(serve)
+app.command()(auth.login)
+app.command()(auth.logout)
+app.command()(auth.whoami)
+app.add_typer(orgs.app, name="org")
+app.add_typer(projects.app, name="project")
+app.add_typer(api_keys.app, name="api-key")
+app.add_typer(admin.app, name="admin")
 
 
 def main() -> None:

@@ -1,0 +1,267 @@
+"""What every command shares: the SDK client, error reporting and output.
+
+A command opens the client with :func:`api`; any SDK error inside becomes a
+message on stderr (the API's message, code and field details, never a
+traceback) and a non-zero exit:
+
+* 1: the API answered with an error;
+* 3: the server could not be reached;
+* 4: not logged in, or the config file is unusable.
+
+Output is a Rich table for people, or with ``--json`` the API's data as JSON
+on stdout (errors then go to stderr as JSON too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from enum import Enum
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from nefos.cli._config import Config, ConfigError, config_path, load_config, save_config
+from nefos.sdk import (
+    AuthenticationError,
+    Client,
+    NefosAPIError,
+    NefosError,
+    Page,
+    Tokens,
+    TransportError,
+)
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+EXIT_API_ERROR = 1
+EXIT_UNREACHABLE = 3
+EXIT_NOT_LOGGED_IN = 4
+
+M = TypeVar("M", bound=BaseModel)
+
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print JSON (the API's data) instead of a table.")
+]
+PageOpt = Annotated[int | None, typer.Option(min=1, help="Page number, from 1.")]
+LimitOpt = Annotated[int | None, typer.Option(min=1, max=500, help="Items per page (max 500).")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+RoleOpt = Annotated[
+    str, typer.Option(help="Role in the organisation: owner, admin, member or viewer.")
+]
+
+
+def stdout() -> Console:
+    # Made per call: the console must write to the sys.stdout of the moment.
+    return Console(highlight=False, soft_wrap=False)
+
+
+def stderr() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+# --- errors -------------------------------------------------------------------------
+def fail(message: str, *, code: int, as_json: bool, **extra: Any) -> NoReturn:
+    if as_json:
+        typer.echo(json.dumps({"error": {"message": message, **extra}}), err=True)
+    else:
+        stderr().print(f"[bold red]Error:[/] {escape(message)}")
+    raise typer.Exit(code)
+
+
+def _report_api_error(exc: NefosAPIError, as_json: bool) -> NoReturn:
+    if as_json:
+        body = {
+            "error": {
+                "status": exc.status_code,
+                "code": exc.code,
+                "message": exc.message,
+                "details": exc.details,
+                "request_id": exc.request_id,
+            }
+        }
+        typer.echo(json.dumps(body), err=True)
+        raise typer.Exit(EXIT_API_ERROR)
+    console = stderr()
+    console.print(
+        f"[bold red]Error:[/] {escape(exc.message)} [dim]({exc.code}, HTTP {exc.status_code})[/]"
+    )
+    for field, reason in exc.details.items():
+        if field in ("request_id", "reason"):
+            continue
+        console.print(f"  {escape(str(field))}: {escape(str(reason))}")
+    if exc.status_code >= 500 and exc.request_id:
+        console.print(f"  request id: {exc.request_id}")
+    if isinstance(exc, AuthenticationError):
+        console.print("  Run [bold]nefos login[/] (or set NEFOS_API_KEY).")
+    raise typer.Exit(EXIT_API_ERROR)
+
+
+# --- the client ---------------------------------------------------------------------
+def server_url(config: Config) -> str:
+    return os.environ.get("NEFOS_URL") or config.url or DEFAULT_URL
+
+
+def _same_server(a: str, b: str) -> bool:
+    def root(url: str) -> str:
+        url = url.strip().rstrip("/")
+        for suffix in ("/api/v1", "/api"):
+            url = url.removesuffix(suffix)
+        return url
+
+    return root(a) == root(b)
+
+
+def _token_writer(config: Config) -> Callable[[Tokens | None], None]:
+    """Persist each token pair the SDK obtains: the old refresh token is spent."""
+
+    def write(tokens: Tokens | None) -> None:
+        try:
+            save_config(config.with_tokens(tokens))
+        except OSError as exc:
+            stderr().print(
+                f"[yellow]Warning:[/] could not save the renewed session in {config_path()} "
+                f"({exc.strerror}); you may have to log in again."
+            )
+
+    return write
+
+
+def open_client(as_json: bool) -> Client:
+    """The client for this invocation: ``NEFOS_API_KEY``, else the stored session."""
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        fail(str(exc), code=EXIT_NOT_LOGGED_IN, as_json=as_json)
+    url = server_url(config)
+    api_key = os.environ.get("NEFOS_API_KEY")
+    try:
+        if api_key:
+            return Client(url, api_key=api_key)
+        # The stored tokens belong to the stored server: never send them elsewhere.
+        session = config.has_session and config.url is not None and _same_server(config.url, url)
+        if not session:
+            fail(
+                f"Not logged in to {url}: run `nefos login` (or set NEFOS_API_KEY).",
+                code=EXIT_NOT_LOGGED_IN,
+                as_json=as_json,
+            )
+        return Client(
+            url,
+            access_token=config.access_token,
+            refresh_token=config.refresh_token,
+            on_tokens=_token_writer(config),
+        )
+    except ValueError as exc:  # a malformed URL
+        fail(str(exc), code=EXIT_API_ERROR, as_json=as_json)
+
+
+@contextmanager
+def handle_errors(as_json: bool) -> Iterator[None]:
+    """Turn SDK errors into a message and an exit code."""
+    try:
+        yield
+    except NefosAPIError as exc:
+        _report_api_error(exc, as_json)
+    except TransportError as exc:
+        fail(f"Cannot reach the Nefos server: {exc}", code=EXIT_UNREACHABLE, as_json=as_json)
+    except NefosError as exc:
+        fail(str(exc), code=EXIT_API_ERROR, as_json=as_json)
+
+
+@contextmanager
+def api(as_json: bool) -> Iterator[Client]:
+    """The SDK client of one command, with its errors reported as the CLI does."""
+    client = open_client(as_json)
+    with client, handle_errors(as_json):
+        yield client
+
+
+# --- output -------------------------------------------------------------------------
+Column = tuple[str, str]  # (header, attribute)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%SZ")
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, list | tuple):
+        return ", ".join(_cell(v) for v in value)
+    return str(value)
+
+
+def echo_json(data: Any) -> None:
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    elif isinstance(data, list):
+        data = [d.model_dump(mode="json") if isinstance(d, BaseModel) else d for d in data]
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def show(model: BaseModel, as_json: bool, *, title: str | None = None) -> None:
+    """One object: a two-column table of its fields, or its JSON."""
+    if as_json:
+        echo_json(model)
+        return
+    table = Table(title=title, show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            for sub in type(value).model_fields:
+                table.add_row(f"{name}.{sub}", escape(_cell(getattr(value, sub))))
+        else:
+            table.add_row(name, escape(_cell(value)))
+    stdout().print(table)
+
+
+def listing(
+    items: Page[M] | Sequence[M],
+    columns: Sequence[Column],
+    as_json: bool,
+    *,
+    empty: str = "Nothing here.",
+) -> None:
+    """A list: a table with ``columns`` (and the page it is), or its JSON."""
+    if as_json:
+        echo_json(items if isinstance(items, Page) else list(items))
+        return
+    rows = items.items if isinstance(items, Page) else items
+    console = stdout()
+    if not rows:
+        console.print(empty)
+    else:
+        table = Table()
+        for header, _ in columns:
+            # Ids are copied into the next command: never break one across lines.
+            table.add_column(header, no_wrap=header.endswith("ID"), overflow="fold")
+        for item in rows:
+            table.add_row(*(escape(_cell(getattr(item, attr))) for _, attr in columns))
+        console.print(table)
+    if isinstance(items, Page) and items.pagination.pages > 1:
+        p = items.pagination
+        console.print(f"[dim]Page {p.page} of {p.pages} ({p.total} in all); use --page.[/]")
+
+
+def done(message: str, as_json: bool, data: BaseModel | None = None) -> None:
+    """Report a finished action: its message, or the data as JSON."""
+    if as_json:
+        echo_json(data if data is not None else {"message": message})
+    else:
+        stdout().print(escape(message))
+
+
+def config_location() -> str:
+    return str(config_path())

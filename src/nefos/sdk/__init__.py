@@ -1,0 +1,63 @@
+"""The Nefos Python SDK.
+
+    from nefos.sdk import Client, NotFoundError
+
+    with Client("http://127.0.0.1:8000", email="me@example.com", password="...") as nefos:
+        me = nefos.auth.me()
+        page = nefos.projects.list(limit=50)
+        for project in page.items:
+            print(project.id, project.name)
+
+Methods return the wire models of :mod:`nefos.schemas`; lists return a
+:class:`Page` (``items`` and ``pagination``). Errors are :class:`NefosAPIError`
+subclasses named after the API's error codes, or :class:`TransportError`.
+This module's ``__all__`` is the SDK's whole public surface; the modules
+beginning with ``_`` are private.
+"""
+
+from nefos.schemas.common import Message, Page, Pagination
+from nefos.sdk._client import Client
+from nefos.sdk._errors import (
+    AuthenticationError,
+    ConflictError,
+    InternalServerError,
+    NefosAPIError,
+    NefosError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitedError,
+    ResourceExhaustedError,
+    ServiceUnavailableError,
+    TransportError,
+    ValidationError,
+)
+from nefos.sdk._resources import Admin, ApiKeys, Auth, Organisations, Projects, Users
+from nefos.sdk._types import NOT_GIVEN, NotGiven, Tokens
+
+__all__ = [
+    "NOT_GIVEN",
+    "Admin",
+    "ApiKeys",
+    "Auth",
+    "AuthenticationError",
+    "Client",
+    "ConflictError",
+    "InternalServerError",
+    "Message",
+    "NefosAPIError",
+    "NefosError",
+    "NotFoundError",
+    "NotGiven",
+    "Organisations",
+    "Page",
+    "Pagination",
+    "PermissionDeniedError",
+    "Projects",
+    "RateLimitedError",
+    "ResourceExhaustedError",
+    "ServiceUnavailableError",
+    "Tokens",
+    "TransportError",
+    "Users",
+    "ValidationError",
+]

@@ -1,0 +1,441 @@
+"""Typed methods, one class a resource, over the client's request pipeline.
+
+Arguments are keyword-only and sent as given: the API validates them, so a bad
+value comes back as a :class:`~nefos.sdk.ValidationError` with per-field
+details, the same as for any other client. An argument left as ``None`` is not
+sent (the API keeps the current value or applies its default); only where the
+API gives ``null`` a meaning of its own (quota limits) does the SDK use
+:data:`~nefos.sdk.NOT_GIVEN` instead.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
+
+from pydantic import BaseModel, TypeAdapter
+
+from nefos.schemas.common import Message, Page
+from nefos.schemas.identity import (
+    ApiKeyCreated,
+    ApiKeyPublic,
+    AuthResult,
+    UserPublic,
+    UserSettings,
+)
+from nefos.schemas.tenancy import (
+    InvitationCreated,
+    InvitationPublic,
+    MemberPublic,
+    OrganisationPublic,
+    ProjectPublic,
+    QuotaPublic,
+)
+from nefos.sdk._types import NOT_GIVEN, NotGiven
+
+if TYPE_CHECKING:
+    from nefos.sdk._client import Client
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _seg(value: str) -> str:
+    """One path segment, escaped so that an id can never change the route."""
+    return quote(str(value), safe="")
+
+
+def _body(**fields: Any) -> dict[str, Any]:
+    """The JSON body: None and NOT_GIVEN are left out."""
+    return {k: v for k, v in fields.items() if v is not None and not isinstance(v, NotGiven)}
+
+
+def _paging(page: int | None, limit: int | None, **extra: Any) -> dict[str, Any]:
+    return _body(page=page, limit=limit, **extra)
+
+
+class _Resource:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def _one(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
+        return model.model_validate(self._client.request(method, path, **kwargs))
+
+    def _page(self, model: type[M], path: str, params: dict[str, Any]) -> Page[M]:
+        data = self._client.request("GET", path, params=params)
+        return Page[model].model_validate(data)  # type: ignore[valid-type]
+
+
+class Auth(_Resource):
+    """Accounts and sessions. ``register``, ``login``, ``refresh`` and
+    ``change_password`` make the client use the session they return."""
+
+    def register(
+        self,
+        *,
+        email: str,
+        password: str,
+        name: str | None = None,
+        username: str | None = None,
+    ) -> AuthResult:
+        body = _body(email=email, password=password, name=name, username=username)
+        result = self._one(AuthResult, "POST", "/auth/register", json=body, authenticated=False)
+        self._client._remember_login(email=email, username=None, password=password)
+        self._client._adopt(result)
+        return result
+
+    def login(
+        self,
+        *,
+        password: str,
+        email: str | None = None,
+        username: str | None = None,
+        api_key: str | None = None,
+    ) -> AuthResult:
+        """Log in by e-mail or username. The password is kept in memory (only) so
+        that the client can log in again when its refresh token stops working."""
+        body = _body(email=email, username=username, password=password, api_key=api_key)
+        result = self._one(AuthResult, "POST", "/auth/login", json=body, authenticated=False)
+        self._client._remember_login(email=email, username=username, password=password)
+        self._client._adopt(result)
+        return result
+
+    def refresh(self, refresh_token: str | None = None) -> AuthResult:
+        """Spend a refresh token (default: the client's) for a new pair, and use it."""
+        token = refresh_token or self._client.refresh_token
+        if not token:
+            raise ValueError("no refresh token: log in first")
+        result = self._one(
+            AuthResult,
+            "POST",
+            "/auth/refresh",
+            json={"refresh_token": token},
+            authenticated=False,
+        )
+        self._client._adopt(result)
+        return result
+
+    def logout(self) -> Message:
+        """End the session on the server, then forget its tokens and password."""
+        body = _body(refresh_token=self._client.refresh_token)
+        try:
+            return self._one(Message, "POST", "/auth/logout", json=body)
+        finally:
+            self._client._forget_session()
+
+    def me(self) -> UserPublic:
+        return self._one(UserPublic, "GET", "/auth/me")
+
+
+class Users(_Resource):
+    """The caller's own profile, settings and password."""
+
+    def get_profile(self) -> UserPublic:
+        return self._one(UserPublic, "GET", "/users/profile")
+
+    def update_profile(
+        self,
+        *,
+        name: str | None = None,
+        username: str | None = None,
+        email: str | None = None,
+        current_password: str | None = None,
+    ) -> UserPublic:
+        """Changing ``email`` needs ``current_password``."""
+        body = _body(name=name, username=username, email=email, current_password=current_password)
+        return self._one(UserPublic, "PUT", "/users/profile", json=body)
+
+    def get_settings(self) -> UserSettings:
+        return self._one(UserSettings, "GET", "/users/settings")
+
+    def update_settings(
+        self,
+        *,
+        theme: str | None = None,
+        language: str | None = None,
+        timezone: str | None = None,
+        email_notifications: bool | None = None,
+        default_project_id: str | None = None,
+    ) -> UserSettings:
+        body = _body(
+            theme=theme,
+            language=language,
+            timezone=timezone,
+            email_notifications=email_notifications,
+            default_project_id=default_project_id,
+        )
+        return self._one(UserSettings, "PUT", "/users/settings", json=body)
+
+    def change_password(
+        self, *, current_password: str, new_password: str, revoke_api_keys: bool = False
+    ) -> AuthResult:
+        """Change the password. The server ends every session and opens a new
+        one, which the client adopts."""
+        body = {
+            "current_password": current_password,
+            "new_password": new_password,
+            "revoke_api_keys": revoke_api_keys,
+        }
+        result = self._one(AuthResult, "PUT", "/users/password", json=body)
+        self._client._remember_login(email=result.user.email, username=None, password=new_password)
+        self._client._adopt(result)
+        return result
+
+
+class Organisations(_Resource):
+    """Organisations, their child organisations, members and invitations."""
+
+    def list(
+        self, *, page: int | None = None, limit: int | None = None, all_orgs: bool = False
+    ) -> Page[OrganisationPublic]:
+        """The caller's organisations; ``all_orgs=True`` (platform admins): every one."""
+        params = _paging(page, limit, all="true" if all_orgs else None)
+        return self._page(OrganisationPublic, "/organisations", params)
+
+    def create(
+        self,
+        *,
+        name: str,
+        slug: str | None = None,
+        kind: str | None = None,
+        description: str | None = None,
+    ) -> OrganisationPublic:
+        """``kind`` is ``standard`` (default) or ``reseller``."""
+        body = _body(name=name, slug=slug, kind=kind, description=description)
+        return self._one(OrganisationPublic, "POST", "/organisations", json=body)
+
+    def get(self, org_id: str) -> OrganisationPublic:
+        return self._one(OrganisationPublic, "GET", f"/organisations/{_seg(org_id)}")
+
+    def update(
+        self,
+        org_id: str,
+        *,
+        name: str | None = None,
+        slug: str | None = None,
+        description: str | None = None,
+    ) -> OrganisationPublic:
+        body = _body(name=name, slug=slug, description=description)
+        return self._one(OrganisationPublic, "PUT", f"/organisations/{_seg(org_id)}", json=body)
+
+    def delete(self, org_id: str) -> Message:
+        """Delete an organisation with its projects."""
+        return self._one(Message, "DELETE", f"/organisations/{_seg(org_id)}")
+
+    def list_children(
+        self, org_id: str, *, page: int | None = None, limit: int | None = None
+    ) -> Page[OrganisationPublic]:
+        path = f"/organisations/{_seg(org_id)}/children"
+        return self._page(OrganisationPublic, path, _paging(page, limit))
+
+    def create_child(
+        self,
+        org_id: str,
+        *,
+        name: str,
+        slug: str | None = None,
+        kind: str | None = None,
+        description: str | None = None,
+        owner_email: str | None = None,
+    ) -> OrganisationPublic:
+        """A reseller creates a customer organisation; ``owner_email`` names an
+        existing user to own it."""
+        body = _body(
+            name=name, slug=slug, kind=kind, description=description, owner_email=owner_email
+        )
+        path = f"/organisations/{_seg(org_id)}/children"
+        return self._one(OrganisationPublic, "POST", path, json=body)
+
+    def list_members(
+        self, org_id: str, *, page: int | None = None, limit: int | None = None
+    ) -> Page[MemberPublic]:
+        path = f"/organisations/{_seg(org_id)}/members"
+        return self._page(MemberPublic, path, _paging(page, limit))
+
+    def add_member(
+        self,
+        org_id: str,
+        *,
+        email: str | None = None,
+        user_id: str | None = None,
+        role: str | None = None,
+    ) -> MemberPublic:
+        """Add an existing user, named by exactly one of ``email`` or ``user_id``.
+        ``role``: ``owner``, ``admin``, ``member`` (default) or ``viewer``."""
+        body = _body(email=email, user_id=user_id, role=role)
+        path = f"/organisations/{_seg(org_id)}/members"
+        return self._one(MemberPublic, "POST", path, json=body)
+
+    def update_member(self, org_id: str, user_id: str, *, role: str) -> MemberPublic:
+        path = f"/organisations/{_seg(org_id)}/members/{_seg(user_id)}"
+        return self._one(MemberPublic, "PUT", path, json={"role": role})
+
+    def remove_member(self, org_id: str, user_id: str) -> Message:
+        path = f"/organisations/{_seg(org_id)}/members/{_seg(user_id)}"
+        return self._one(Message, "DELETE", path)
+
+    def list_invitations(
+        self, org_id: str, *, page: int | None = None, limit: int | None = None
+    ) -> Page[InvitationPublic]:
+        path = f"/organisations/{_seg(org_id)}/invitations"
+        return self._page(InvitationPublic, path, _paging(page, limit))
+
+    def invite(
+        self,
+        org_id: str,
+        *,
+        email: str,
+        role: str | None = None,
+        expires_in_days: int | None = None,
+    ) -> InvitationCreated:
+        """Invite an address. The answer's ``token`` is shown only here: pass it on."""
+        body = _body(email=email, role=role, expires_in_days=expires_in_days)
+        path = f"/organisations/{_seg(org_id)}/invitations"
+        return self._one(InvitationCreated, "POST", path, json=body)
+
+    def revoke_invitation(self, org_id: str, invitation_id: str) -> Message:
+        path = f"/organisations/{_seg(org_id)}/invitations/{_seg(invitation_id)}"
+        return self._one(Message, "DELETE", path)
+
+    def my_invitations(self) -> builtins.list[InvitationPublic]:
+        """Pending invitations addressed to the caller's e-mail."""
+        data = self._client.request("GET", "/invitations")
+        return _INVITATIONS.validate_python(data)
+
+    def accept_invitation(self, token: str) -> OrganisationPublic:
+        return self._one(OrganisationPublic, "POST", "/invitations/accept", json={"token": token})
+
+
+_INVITATIONS = TypeAdapter(list[InvitationPublic])
+
+
+class Projects(_Resource):
+    """Projects and their quotas."""
+
+    def list(
+        self,
+        *,
+        organisation_id: str | None = None,
+        page: int | None = None,
+        limit: int | None = None,
+    ) -> Page[ProjectPublic]:
+        params = _paging(page, limit, organisation_id=organisation_id)
+        return self._page(ProjectPublic, "/projects", params)
+
+    def create(
+        self,
+        *,
+        name: str,
+        description: str | None = None,
+        organisation_id: str | None = None,
+    ) -> ProjectPublic:
+        """Without ``organisation_id``: in the organisation of the caller's default project."""
+        body = _body(name=name, description=description, organisation_id=organisation_id)
+        return self._one(ProjectPublic, "POST", "/projects", json=body)
+
+    def get(self, project_id: str) -> ProjectPublic:
+        return self._one(ProjectPublic, "GET", f"/projects/{_seg(project_id)}")
+
+    def update(
+        self, project_id: str, *, name: str | None = None, description: str | None = None
+    ) -> ProjectPublic:
+        body = _body(name=name, description=description)
+        return self._one(ProjectPublic, "PUT", f"/projects/{_seg(project_id)}", json=body)
+
+    def delete(self, project_id: str) -> Message:
+        return self._one(Message, "DELETE", f"/projects/{_seg(project_id)}")
+
+    def get_quotas(self, project_id: str) -> QuotaPublic:
+        return self._one(QuotaPublic, "GET", f"/projects/{_seg(project_id)}/quotas")
+
+    def set_quotas(
+        self,
+        project_id: str,
+        *,
+        instances: int | NotGiven | None = NOT_GIVEN,
+        vcpus: int | NotGiven | None = NOT_GIVEN,
+        memory_gb: int | NotGiven | None = NOT_GIVEN,
+        storage_gb: int | NotGiven | None = NOT_GIVEN,
+        containers: int | NotGiven | None = NOT_GIVEN,
+    ) -> QuotaPublic:
+        """Change some limits. A limit left out keeps its value; ``None`` lifts it."""
+        limits = {
+            "instances": instances,
+            "vcpus": vcpus,
+            "memory_gb": memory_gb,
+            "storage_gb": storage_gb,
+            "containers": containers,
+        }
+        body = {k: v for k, v in limits.items() if not isinstance(v, NotGiven)}
+        path = f"/projects/{_seg(project_id)}/quotas"
+        return self._one(QuotaPublic, "PUT", path, json=body)
+
+
+class ApiKeys(_Resource):
+    """The caller's API keys."""
+
+    def list(self, *, page: int | None = None, limit: int | None = None) -> Page[ApiKeyPublic]:
+        return self._page(ApiKeyPublic, "/api-keys", _paging(page, limit))
+
+    def create(
+        self,
+        *,
+        name: str,
+        scopes: Sequence[str],
+        expires_in_days: int | None = None,
+        organisation_id: str | None = None,
+    ) -> ApiKeyCreated:
+        """Create a key with ``scopes`` such as ``compute:read`` (``*``: every scope,
+        which only platform admins may grant). Its secret, ``key``, is in this
+        answer only."""
+        body = _body(
+            name=name,
+            scopes=list(scopes),
+            expires_in_days=expires_in_days,
+            organisation_id=organisation_id,
+        )
+        return self._one(ApiKeyCreated, "POST", "/api-keys", json=body)
+
+    def get(self, key_id: str) -> ApiKeyPublic:
+        return self._one(ApiKeyPublic, "GET", f"/api-keys/{_seg(key_id)}")
+
+    def revoke(self, key_id: str) -> ApiKeyPublic:
+        """Revoke a key: it fails from the next call on."""
+        return self._one(ApiKeyPublic, "DELETE", f"/api-keys/{_seg(key_id)}")
+
+
+class Admin(_Resource):
+    """Platform administration (platform admins only)."""
+
+    def list_users(self, *, page: int | None = None, limit: int | None = None) -> Page[UserPublic]:
+        return self._page(UserPublic, "/admin/users", _paging(page, limit))
+
+    def create_user(
+        self,
+        *,
+        email: str,
+        password: str,
+        name: str | None = None,
+        username: str | None = None,
+        is_admin: bool = False,
+    ) -> UserPublic:
+        body = _body(
+            email=email, password=password, name=name, username=username, is_admin=is_admin
+        )
+        return self._one(UserPublic, "POST", "/admin/users", json=body)
+
+    def get_user(self, user_id: str) -> UserPublic:
+        return self._one(UserPublic, "GET", f"/admin/users/{_seg(user_id)}")
+
+    def update_user(
+        self,
+        user_id: str,
+        *,
+        is_active: bool | None = None,
+        is_admin: bool | None = None,
+        name: str | None = None,
+    ) -> UserPublic:
+        """``is_active=False`` disables the user: their sessions and keys end at once."""
+        body = _body(is_active=is_active, is_admin=is_admin, name=name)
+        return self._one(UserPublic, "PATCH", f"/admin/users/{_seg(user_id)}", json=body)
