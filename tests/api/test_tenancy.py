@@ -134,7 +134,7 @@ async def test_invitation_flow(client, register):
     assert r.status_code == 404
 
     invitee = await register(email=email)
-    mine = (await client.get(f"{V1}/invitations", headers=invitee.headers)).json()["data"]
+    mine = (await client.get(f"{V1}/invitations", headers=invitee.headers)).json()["data"]["items"]
     assert [i["organisation_id"] for i in mine] == [org["id"]]
     r = await client.post(f"{V1}/invitations/accept", json={"token": token}, headers=invitee.headers)
     assert r.status_code == 200 and r.json()["data"]["role"] == "member"

@@ -307,7 +307,7 @@ def test_organisation_round_trip(live_server, new_user):
     assert invitation.token and invitation.email == invitee_email
     assert [i.id for i in owner.organisations.list_invitations(org.id).items] == [invitation.id]
     invitee = new_user(email=invitee_email)
-    assert [i.id for i in invitee.organisations.my_invitations()] == [invitation.id]
+    assert [i.id for i in invitee.organisations.my_invitations().items] == [invitation.id]
     joined = invitee.organisations.accept_invitation(invitation.token)
     assert joined.id == org.id and joined.role == "member"
     second = owner.organisations.invite(org.id, email=unique_email("other"))

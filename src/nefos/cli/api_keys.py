@@ -40,7 +40,7 @@ def create(
         typer.Option(
             "--scope",
             "-s",
-            help="A scope such as compute:read (repeat the option); '*': every scope (admins).",
+            help="A scope such as compute:read (repeat the option); '*': all you may grant.",
             show_default=False,
         ),
     ],

@@ -244,7 +244,7 @@ def invitations(
     """List an organisation's invitations, or your own pending ones."""
     with api(as_json) as c:
         if org_id is None:
-            mine = c.organisations.my_invitations()
+            mine = c.organisations.my_invitations(page=page, limit=limit)
             listing(mine, MY_INVITATION_COLUMNS, as_json, empty="No pending invitations.")
             return
         rows = c.organisations.list_invitations(org_id, page=page, limit=limit)

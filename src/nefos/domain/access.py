@@ -145,12 +145,14 @@ def scopes_allow(scopes: frozenset[str], permission: Permission) -> bool:
     return permission.scope.value in scopes
 
 
-def parse_scopes(values: list[str]) -> frozenset[Scope]:
-    """Parse scope strings; ``*`` means all. Raises ValueError on an unknown scope."""
+def parse_scopes(values: list[str], *, admin: bool) -> frozenset[Scope]:
+    """Parse scope strings. ``*`` means every scope the holder may have: all of
+    them for a platform admin, all but ``admin`` for anyone else. Raises
+    ValueError on an unknown scope."""
     out: set[Scope] = set()
     for raw in values:
         if raw == "*":
-            out |= ALL_SCOPES
+            out |= ALL_SCOPES if admin else ALL_SCOPES - {Scope.ADMIN}
             continue
         try:
             out.add(Scope(raw))

@@ -141,7 +141,8 @@ class ApiKeyCreate(Request):
         min_length=1,
         max_length=32,
         examples=[["compute:read", "compute:write"]],
-        description="Scopes such as `compute:read`; `*` grants every scope.",
+        description="Scopes such as `compute:read`; `*` grants every scope you may grant "
+        "(`admin` only for platform admins).",
     )
     expires_in_days: Annotated[int, Field(ge=1, le=3650)] | None = None
     organisation_id: Id | None = Field(

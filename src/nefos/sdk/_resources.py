@@ -10,12 +10,11 @@ API gives ``null`` a meaning of its own (quota limits) does the SDK use
 
 from __future__ import annotations
 
-import builtins
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel
 
 from nefos.schemas.common import Message, Page
 from nefos.schemas.identity import (
@@ -298,16 +297,15 @@ class Organisations(_Resource):
         path = f"/organisations/{_seg(org_id)}/invitations/{_seg(invitation_id)}"
         return self._one(Message, "DELETE", path)
 
-    def my_invitations(self) -> builtins.list[InvitationPublic]:
+    def my_invitations(
+        self, *, page: int | None = None, limit: int | None = None
+    ) -> Page[InvitationPublic]:
         """Pending invitations addressed to the caller's e-mail."""
-        data = self._client.request("GET", "/invitations")
-        return _INVITATIONS.validate_python(data)
+        return self._page(InvitationPublic, "/invitations", _paging(page, limit))
 
     def accept_invitation(self, token: str) -> OrganisationPublic:
         return self._one(OrganisationPublic, "POST", "/invitations/accept", json={"token": token})
 
-
-_INVITATIONS = TypeAdapter(list[InvitationPublic])
 
 
 class Projects(_Resource):

@@ -27,7 +27,7 @@ class ApiKeyService:
 
     async def create(self, principal: Principal, body: ApiKeyCreate) -> tuple[ApiKey, str]:
         try:
-            scopes = parse_scopes(body.scopes)
+            scopes = parse_scopes(body.scopes, admin=principal.is_admin)
         except ValueError as exc:
             raise ValidationFailed(scopes=str(exc)) from None
         wanted = {s.value for s in scopes}

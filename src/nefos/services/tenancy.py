@@ -381,18 +381,25 @@ class TenancyService:
         await self.session.delete(inv)
         await self.session.commit()
 
-    async def my_invitations(self, principal: Principal) -> Sequence[Invitation]:
-        return (
+    async def my_invitations(
+        self, principal: Principal, page: PageParams
+    ) -> tuple[Sequence[Invitation], int]:
+        where = (
+            Invitation.email == principal.user.email,
+            Invitation.accepted_at.is_(None),
+            Invitation.expires_at > utcnow(),
+        )
+        total = await self.session.scalar(select(func.count(Invitation.id)).where(*where))
+        rows = (
             await self.session.scalars(
                 select(Invitation)
-                .where(
-                    Invitation.email == principal.user.email,
-                    Invitation.accepted_at.is_(None),
-                    Invitation.expires_at > utcnow(),
-                )
-                .order_by(Invitation.created_at)
+                .where(*where)
+                .order_by(Invitation.created_at, Invitation.id)
+                .offset(page.offset)
+                .limit(page.limit)
             )
         ).all()
+        return rows, total or 0
 
     async def accept_invitation(self, principal: Principal, token: str) -> Organisation:
         await begin_write(self.session)

@@ -217,13 +217,16 @@ async def revoke_invitation(
     return ok(Message(message="Invitation revoked"))
 
 
-@invitations.get("", response_model=Envelope[list[InvitationPublic]])
+@invitations.get("", response_model=Envelope[Page[InvitationPublic]])
 async def my_invitations(
-    core: CoreDep, session: SessionDep, access: Access = authorize(Permission.ACCOUNT_READ)
+    core: CoreDep,
+    session: SessionDep,
+    params: PageDep,
+    access: Access = authorize(Permission.ACCOUNT_READ),
 ) -> Response:
     """Pending invitations addressed to the caller's e-mail."""
-    rows = await TenancyService(core, session).my_invitations(access.principal)
-    return ok([InvitationPublic.model_validate(i) for i in rows])
+    rows, total = await TenancyService(core, session).my_invitations(access.principal, params)
+    return ok(page([InvitationPublic.model_validate(i) for i in rows], total, params))
 
 
 @invitations.post("/accept", response_model=Envelope[OrganisationPublic])
