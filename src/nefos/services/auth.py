@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.db.models import ApiKey, AuthSession, LoginFailure, RefreshToken, User
@@ -123,26 +123,30 @@ class AuthService:
     # --- login --------------------------------------------------------------
     async def login(self, body: LoginRequest, client: ClientInfo) -> TokenPair:
         identifier = (body.email or body.username or "").strip()
-        account_key = identifier.lower()
-        await self._check_lockout(account_key, client.ip)
-
         user = await self._find_login_user(identifier, by_email=bool(body.email))
+        # Failures count per account, whether it is named by e-mail or by username.
+        account_key = (user.email if user else identifier).lower()
+        await self._check_lockout(account_key, client.ip)
+        claimed = await self._claim_attempt(account_key, client.ip)
+
         ok = self.core.passwords.verify(user.password_hash if user else None, body.password)
         if not ok or user is None:
-            await self._record_failure(account_key, client.ip)
-            raise Unauthorized("Invalid credentials")
+            raise Unauthorized("Invalid credentials")  # the claimed attempt stays: a failure
         if not user.is_active:
+            await self._release_attempt(claimed)
             raise Unauthorized("This account is disabled")
         if body.api_key is not None:
             key = await self._live_key(body.api_key)
             if key is None or key.user_id != user.id:
-                await self._record_failure(account_key, client.ip)
                 raise Unauthorized("Invalid API key")
 
         await begin_write(self.session)
         await self.session.execute(
             delete(LoginFailure).where(
-                LoginFailure.kind == "account", LoginFailure.key == account_key
+                or_(
+                    and_(LoginFailure.kind == "account", LoginFailure.key == account_key),
+                    LoginFailure.id.in_(claimed),
+                )
             )
         )
         fresh = await self.session.get(User, user.id, populate_existing=True)
@@ -162,9 +166,12 @@ class AuthService:
             select(User).where(func.lower(User.username) == identifier.lower())
         )
 
-    async def _check_lockout(self, account_key: str, ip: str | None) -> None:
+    async def _check_lockout(
+        self, account_key: str, ip: str | None, *, counting_this_attempt: bool = False
+    ) -> None:
         window = timedelta(seconds=self.settings.login_failure_window)
         since = utcnow() - window
+        limit = self.settings.login_max_failures + (1 if counting_this_attempt else 0)
         for kind, key in (("account", account_key), ("ip", ip)):
             if not key:
                 continue
@@ -177,7 +184,7 @@ class AuthService:
                     )
                 )
             ).one()
-            if count >= self.settings.login_max_failures:
+            if count >= limit:
                 if oldest.tzinfo is None:  # aggregate results skip the column type
                     oldest = oldest.replace(tzinfo=UTC)
                 retry = math.ceil((oldest + window - utcnow()).total_seconds())
@@ -187,14 +194,35 @@ class AuthService:
                     scope=kind,
                 )
 
-    async def _record_failure(self, account_key: str, ip: str | None) -> None:
+    async def _claim_attempt(self, account_key: str, ip: str | None) -> list[int]:
+        """Record this attempt as a failure *before* the password is checked.
+
+        Counting after the insert is what makes the limit hold for parallel guesses
+        (a check-then-record would let them all pass the check): only attempts whose
+        rows are among the first ``login_max_failures`` of the window see a count
+        within the limit. One over the limit takes its rows back and gets 429; a
+        successful login takes them back too. Returns the ids of the rows.
+        """
         await begin_write(self.session)
         now = utcnow()
-        self.session.add(LoginFailure(kind="account", key=account_key[:320], created_at=now))
+        rows = [LoginFailure(kind="account", key=account_key[:320], created_at=now)]
         if ip:
-            self.session.add(LoginFailure(kind="ip", key=ip, created_at=now))
+            rows.append(LoginFailure(kind="ip", key=ip, created_at=now))
+        self.session.add_all(rows)
         cutoff = now - timedelta(seconds=self.settings.login_failure_window)
         await self.session.execute(delete(LoginFailure).where(LoginFailure.created_at < cutoff))
+        await self.session.commit()
+        claimed = [row.id for row in rows]
+        try:
+            await self._check_lockout(account_key, ip, counting_this_attempt=True)
+        except RateLimited:
+            await self._release_attempt(claimed)
+            raise
+        return claimed
+
+    async def _release_attempt(self, claimed: list[int]) -> None:
+        await begin_write(self.session)
+        await self.session.execute(delete(LoginFailure).where(LoginFailure.id.in_(claimed)))
         await self.session.commit()
 
     # --- tokens -------------------------------------------------------------
