@@ -6,7 +6,7 @@ with weaker parameters than the current ones is rehashed at the next good login.
 
 from __future__ import annotations
 
-from argon2 import PasswordHasher, Type
+from argon2 import PasswordHasher, Type, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 
@@ -32,7 +32,21 @@ class Passwords:
             return False
 
     def needs_rehash(self, stored_hash: str) -> bool:
+        """True when the hash is weaker than the current parameters in any respect.
+
+        A stronger hash (made before the settings were lowered) is kept: lowering the
+        settings must never weaken stored hashes.
+        """
         try:
-            return self._hasher.check_needs_rehash(stored_hash)
-        except InvalidHashError:
+            stored = extract_parameters(stored_hash)
+        except (InvalidHashError, ValueError):
             return True
+        current = self._hasher
+        return (
+            stored.type is not Type.ID
+            or stored.time_cost < current.time_cost
+            or stored.memory_cost < current.memory_cost
+            or stored.parallelism < current.parallelism
+            or stored.hash_len < current.hash_len
+            or stored.salt_len < current.salt_len
+        )

@@ -45,6 +45,10 @@ class ApiKeyService:
         days = body.expires_in_days
         if cap is not None and (days is None or days > cap):
             days = cap
+        expires_at = utcnow() + timedelta(days=days) if days else None
+        if principal.key_expires_at is not None:
+            # A key minted by a key never outlives its parent.
+            expires_at = min(expires_at or principal.key_expires_at, principal.key_expires_at)
         raw = generate_api_key()
         await begin_write(self.session)
         key = ApiKey(
@@ -54,7 +58,7 @@ class ApiKeyService:
             prefix=display_prefix(raw),
             key_hash=hash_secret(raw),
             scopes=sorted(wanted),
-            expires_at=utcnow() + timedelta(days=days) if days else None,
+            expires_at=expires_at,
         )
         self.session.add(key)
         await self.session.commit()

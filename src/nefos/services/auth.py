@@ -241,13 +241,17 @@ class AuthService:
         await self.session.commit()
         return pair
 
-    def _issue(self, user: User, session_id: str) -> TokenPair:
+    def _issue(self, user: User, session_id: str, *, refresh_ttl: int | None = None) -> TokenPair:
         s = self.settings
+        refresh_ttl = min(refresh_ttl or s.refresh_token_ttl, s.refresh_token_ttl)
         access = self.core.tokens.issue(
-            typ="access", user_id=user.id, session_id=session_id, ttl=s.access_token_ttl
+            typ="access",
+            user_id=user.id,
+            session_id=session_id,
+            ttl=min(s.access_token_ttl, refresh_ttl),
         )
         refresh = self.core.tokens.issue(
-            typ="refresh", user_id=user.id, session_id=session_id, ttl=s.refresh_token_ttl
+            typ="refresh", user_id=user.id, session_id=session_id, ttl=refresh_ttl
         )
         self.session.add(
             RefreshToken(
@@ -260,8 +264,8 @@ class AuthService:
             user=user,
             access_token=access.token,
             refresh_token=refresh.token,
-            expires_in=s.access_token_ttl,
-            refresh_expires_in=s.refresh_token_ttl,
+            expires_in=min(s.access_token_ttl, refresh_ttl),
+            refresh_expires_in=refresh_ttl,
         )
 
     async def refresh(self, refresh_token: str) -> TokenPair:
@@ -304,7 +308,13 @@ class AuthService:
         if row is None or row[0].revoked_at is not None or not row[1].is_active:
             await self.session.rollback()
             raise Unauthorized("Session revoked", reason="session_revoked")
-        pair = self._issue(row[1], claims.sid)
+        # A session lives at most refresh_token_ttl from login: rotation slides the
+        # refresh token, never the session, so a stolen family cannot live forever.
+        remaining = int((row[0].expires_at - now).total_seconds())
+        if remaining <= 0:
+            await self.session.rollback()
+            raise Unauthorized("Session expired; log in again", reason="session_expired")
+        pair = self._issue(row[1], claims.sid, refresh_ttl=remaining)
         await self.session.commit()
         return pair
 
@@ -349,8 +359,7 @@ class AuthService:
         client: ClientInfo,
     ) -> TokenPair:
         user = principal.user
-        if not self.core.passwords.verify(user.password_hash, current_password):
-            raise Unauthorized("Current password is incorrect")
+        await self.verify_current_password(user, current_password, ip=client.ip)
         self._check_password_strength(new_password, email=user.email)
         new_hash = self.core.passwords.hash(new_password)
         await begin_write(self.session)
@@ -369,6 +378,19 @@ class AuthService:
             )
         await self.session.commit()
         return await self._open_session(user, client)
+
+    async def verify_current_password(self, user: User, password: str, *, ip: str | None) -> None:
+        """Check a signed-in user's password (to change it, or the e-mail).
+
+        Counted and limited like logins, so a stolen access token cannot be used
+        to guess the password without limit.
+        """
+        account_key = user.email.lower()
+        await self._check_lockout(account_key, ip)
+        claimed = await self._claim_attempt(account_key, ip)
+        if not self.core.passwords.verify(user.password_hash, password):
+            raise Unauthorized("Current password is incorrect")
+        await self._release_attempt(claimed)
 
     # --- authenticating a request -------------------------------------------
     async def authenticate_jwt(self, token: str) -> Principal:
@@ -432,6 +454,7 @@ class AuthService:
             api_key_id=key.id,
             scopes=frozenset(key.scopes),
             key_organisation_id=key.organisation_id,
+            key_expires_at=key.expires_at,
         )
 
     async def authenticate(self, credential: str, *, kind: str) -> Principal:

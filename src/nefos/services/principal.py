@@ -9,6 +9,7 @@ organisation reaches that organisation and its descendants only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -27,6 +28,7 @@ class Principal:
     api_key_id: str | None = None
     scopes: frozenset[str] = field(default_factory=lambda: frozenset(s.value for s in ALL_SCOPES))
     key_organisation_id: str | None = None
+    key_expires_at: datetime | None = None
 
     @property
     def user_id(self) -> str:

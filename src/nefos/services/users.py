@@ -37,13 +37,16 @@ class UserService:
             raise NotFound("User not found", user_id=user_id)
         return user
 
-    async def update_profile(self, principal: Principal, body: ProfileUpdate) -> User:
+    async def update_profile(
+        self, principal: Principal, body: ProfileUpdate, *, ip: str | None
+    ) -> User:
         changes = body.model_dump(exclude_unset=True, exclude={"current_password"})
         if changes.get("email") and changes["email"] != principal.user.email:
-            if not body.current_password or not self.core.passwords.verify(
-                principal.user.password_hash, body.current_password
-            ):
+            if not body.current_password:
                 raise Unauthorized("Changing the email requires the current password")
+            await AuthService(self.core, self.session).verify_current_password(
+                principal.user, body.current_password, ip=ip
+            )
         await begin_write(self.session)
         user = await self._load(principal.user_id)
         if changes.get("email") and changes["email"] != user.email:

@@ -31,9 +31,10 @@ async def update_profile(
     body: ProfileUpdate,
     core: CoreDep,
     session: SessionDep,
+    client: ClientDep,
     access: Access = authorize(Permission.ACCOUNT_WRITE),
 ) -> Response:
-    user = await UserService(core, session).update_profile(access.principal, body)
+    user = await UserService(core, session).update_profile(access.principal, body, ip=client.ip)
     return ok(UserPublic.model_validate(user))
 
 
