@@ -32,7 +32,9 @@ from nefos.services.principal import Principal, authorize_org, authorize_project
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
-def get_core(request: Request) -> Core:
+# Dependencies are `async def`: FastAPI runs a plain `def` one in a worker thread,
+# which costs a thread hop (and a wait for the GIL) on every request.
+async def get_core(request: Request) -> Core:
     return request.app.state.core  # type: ignore[no-any-return]
 
 
@@ -79,7 +81,7 @@ async def get_principal(
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def client_info(request: Request) -> ClientInfo:
+async def client_info(request: Request) -> ClientInfo:
     core: Core = request.app.state.core
     ip = request.client.host if request.client else None
     if core.settings.trust_forwarded_for:
@@ -163,7 +165,7 @@ def authorize(permission: Permission, *, on: Literal["org", "project"] | None = 
 class PublicMarker:
     """Dependency marking a route that needs no credentials."""
 
-    def __call__(self) -> None:
+    async def __call__(self) -> None:
         return None
 
     def __repr__(self) -> str:
@@ -173,7 +175,7 @@ class PublicMarker:
 Public = Depends(PublicMarker())
 
 
-def page_params(
+async def page_params(
     request: Request,
     page: Annotated[int | None, Query(ge=1, le=10_000_000, description="Page, from 1.")] = None,
     skip: Annotated[

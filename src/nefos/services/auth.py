@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.db.models import ApiKey, AuthSession, LoginFailure, RefreshToken, User
@@ -35,6 +35,12 @@ from nefos.services.tenancy import TenancyService
 
 API_KEY_TOUCH_INTERVAL = timedelta(seconds=60)
 _SLUG_CLEAN = re.compile(r"[^a-z0-9]+")
+# Every authenticated request runs this: built once, not per request.
+_USER_AND_SESSION = (
+    select(User, AuthSession.revoked_at)
+    .join(AuthSession, AuthSession.user_id == User.id)
+    .where(User.id == bindparam("user_id"), AuthSession.id == bindparam("session_id"))
+)
 
 
 @dataclass
@@ -401,9 +407,7 @@ class AuthService:
             raise Unauthorized(message, reason=exc.reason) from None
         row = (
             await self.session.execute(
-                select(User, AuthSession.revoked_at)
-                .join(AuthSession, AuthSession.user_id == User.id)
-                .where(User.id == claims.sub, AuthSession.id == claims.sid)
+                _USER_AND_SESSION, {"user_id": claims.sub, "session_id": claims.sid}
             )
         ).one_or_none()
         if row is None:
