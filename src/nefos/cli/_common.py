@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -58,8 +59,10 @@ RoleOpt = Annotated[
 
 
 def stdout() -> Console:
-    # Made per call: the console must write to the sys.stdout of the moment.
-    return Console(highlight=False, soft_wrap=False)
+    # Made per call: the console must write to the sys.stdout of the moment. Piped
+    # output gets a wide page, so no table is cut to fit a terminal that is not there.
+    wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
+    return Console(highlight=False, soft_wrap=False, width=wide)
 
 
 def stderr() -> Console:
@@ -245,8 +248,12 @@ def listing(
     else:
         table = Table()
         for header, _ in columns:
-            # Ids are copied into the next command: never break one across lines.
-            table.add_column(header, no_wrap=header.endswith("ID"), overflow="fold")
+            # Ids are copied into the next command: never cut or break one. One id
+            # column a table, so that 80 columns still fit (the rest: show, --json).
+            is_id = header.endswith("ID")
+            table.add_column(
+                header, no_wrap=is_id, min_width=36 if is_id else None, overflow="fold"
+            )
         for item in rows:
             table.add_row(*(escape(_cell(getattr(item, attr))) for _, attr in columns))
         console.print(table)

@@ -18,7 +18,6 @@ KEY_COLUMNS = [
     ("NAME", "name"),
     ("PREFIX", "prefix"),
     ("SCOPES", "scopes"),
-    ("ORG ID", "organisation_id"),
     ("EXPIRES", "expires_at"),
     ("REVOKED", "revoked_at"),
 ]

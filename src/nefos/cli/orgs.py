@@ -34,7 +34,6 @@ ORG_COLUMNS = [
     ("SLUG", "slug"),
     ("KIND", "kind"),
     ("ROLE", "role"),
-    ("PARENT ID", "parent_id"),
 ]
 MEMBER_COLUMNS = [
     ("USER ID", "user_id"),
@@ -52,7 +51,6 @@ INVITATION_COLUMNS = [
 ]
 MY_INVITATION_COLUMNS = [
     ("ID", "id"),
-    ("ORGANISATION ID", "organisation_id"),
     ("ROLE", "role"),
     ("EXPIRES", "expires_at"),
 ]

@@ -27,7 +27,6 @@ DescriptionOpt = Annotated[str | None, typer.Option(help="Free text.")]
 PROJECT_COLUMNS = [
     ("ID", "id"),
     ("NAME", "name"),
-    ("ORGANISATION ID", "organisation_id"),
     ("DEFAULT", "is_default"),
     ("DESCRIPTION", "description"),
 ]
