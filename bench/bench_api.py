@@ -73,6 +73,7 @@ class Load:
     errors: int  # non-2xx answers, socket errors and timeouts
     tool: str
     others: float = 0.0  # CPU cores used by processes not in this benchmark, meanwhile
+    cpu_us: float = 0.0  # the server process's CPU time per request (all its threads)
 
 
 def ensure_wrk() -> str | None:
@@ -178,18 +179,27 @@ def _ours(pids: list[int], database: str | None) -> float:
     return total
 
 
+def _cpu(pid: int) -> float:
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(stat[11]) + int(stat[12])) / _TICK
+
+
 def measure(
     wrk: str | None, url: str, token: str, duration: float, connections: int,
-    *, pids: list[int], database: str | None,
+    *, server: int, pids: list[int], database: str | None,
 ) -> Load:  # fmt: skip
-    """``run_load``, noting how many cores other processes used meanwhile."""
-    before = _system_busy(), _ours(pids, database), resource.getrusage(resource.RUSAGE_CHILDREN)
+    """``run_load``, with the server's CPU time per request and the cores that other
+    processes used meanwhile (a busy machine disturbs req/s and p99 far more than
+    the CPU time per request)."""
+    rusage = resource.RUSAGE_CHILDREN
+    before = _system_busy(), _ours(pids, database), resource.getrusage(rusage), _cpu(server)
     started = time.monotonic()
     load = run_load(wrk, url, token, duration, connections)
     elapsed = time.monotonic() - started
-    after = _system_busy(), _ours(pids, database), resource.getrusage(resource.RUSAGE_CHILDREN)
+    after = _system_busy(), _ours(pids, database), resource.getrusage(rusage), _cpu(server)
     children = (after[2].ru_utime + after[2].ru_stime) - (before[2].ru_utime + before[2].ru_stime)
     load.others = max(0.0, (after[0] - before[0]) - (after[1] - before[1]) - children) / elapsed
+    load.cpu_us = (after[3] - before[3]) / max(1, load.requests) * 1e6
     return load
 
 
@@ -386,8 +396,13 @@ def bench_backend(
                         for base in (nefos, baseline):
                             run_load(wrk, base + target, token, warmup, connections)
                         args = (token, duration, connections)
-                        n = measure(wrk, nefos + target, *args, pids=pids, database=pg)
-                        b = measure(wrk, baseline + target, *args, pids=pids, database=pg)
+                        n = measure(
+                            wrk, nefos + target, *args, server=nefos_pid, pids=pids, database=pg
+                        )
+                        b = measure(
+                            wrk, baseline + target, *args, server=baseline_pid, pids=pids,
+                            database=pg,
+                        )  # fmt: skip
                         row = Row(name, backend, n, b, len(check))
                         print(f"[{backend}] {format_row(row)}", flush=True)
                         rows.append(row)
@@ -396,7 +411,7 @@ def bench_backend(
 
 HEADER = (
     "| endpoint | backend | nefos req/s | baseline req/s | ratio | nefos p99 ms "
-    "| baseline p99 ms | other load (cores) |"
+    "| baseline p99 ms | nefos CPU µs/req | baseline CPU µs/req | other load (cores) |"
 )
 
 
@@ -405,6 +420,7 @@ def format_row(r: Row) -> str:
     return (
         f"| {r.endpoint} | {r.backend} | {r.nefos.rps:,.0f} | {r.baseline.rps:,.0f} "
         f"| {r.ratio:.2f} | {r.nefos.p99_ms:.2f} | {r.baseline.p99_ms:.2f} "
+        f"| {r.nefos.cpu_us:,.0f} | {r.baseline.cpu_us:,.0f} "
         f"| {r.nefos.others:.2f} / {r.baseline.others:.2f} |{errors}"
     )
 
@@ -455,12 +471,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     print()
     print(HEADER)
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(format_row(r))
     print(
-        "\nratio = Nefos req/s / baseline req/s; other load = CPU cores used meanwhile by "
-        "processes outside this benchmark (Nefos / baseline measurement)."
+        "\nratio = Nefos req/s / baseline req/s; CPU µs/req = the server process's CPU time "
+        "(all threads) per request; other load = CPU cores used meanwhile by processes "
+        "outside this benchmark (Nefos / baseline measurement)."
     )
     if note := busy_note(rows):
         print(note)
