@@ -12,12 +12,14 @@ Every route names its access rule with exactly one of:
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Depends, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,6 +32,7 @@ from nefos.services.core import Core
 from nefos.services.principal import Principal, authorize_org, authorize_project
 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_ID = re.compile(ID_PATTERN)
 
 
 # Dependencies are `async def`: FastAPI runs a plain `def` one in a worker thread,
@@ -125,6 +128,24 @@ class Access:
         return await authorize_org(self.session, self.principal, org_id, self.permission)
 
 
+def _path_id(request: Request, name: str) -> str:
+    """The target's id from the path. Dependencies run before FastAPI validates the
+    path, so the route's pattern is applied here (a NUL byte must not reach the database)."""
+    value: str = request.path_params[name]
+    if not _ID.fullmatch(value):
+        raise RequestValidationError(
+            [
+                {
+                    "type": "string_pattern_mismatch",
+                    "loc": ("path", name),
+                    "msg": f"String should match pattern '{ID_PATTERN}'",
+                    "input": value,
+                }
+            ]
+        )
+    return value
+
+
 class Authorize:
     """Dependency: the route's permission, checked against its path target."""
 
@@ -144,11 +165,11 @@ class Authorize:
                 raise Forbidden("Platform administrators only")
         elif self.on == "org":
             access.organisation, access.role = await authorize_org(
-                session, principal, request.path_params["org_id"], self.permission
+                session, principal, _path_id(request, "org_id"), self.permission
             )
         elif self.on == "project":
             access.project, access.role = await authorize_project(
-                session, principal, request.path_params["project_id"], self.permission
+                session, principal, _path_id(request, "project_id"), self.permission
             )
         else:
             principal.require_scope(self.permission)

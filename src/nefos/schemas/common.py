@@ -15,10 +15,13 @@ _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{1,63}$")
 
 def _email(value: str) -> str:
     value = value.strip()
-    if len(value) > 320 or not _EMAIL.match(value):
+    if not _EMAIL.match(value):
         raise ValueError("Invalid email format")
     local, _, domain = value.rpartition("@")
-    return f"{local}@{domain.lower()}".lower()
+    value = f"{local}@{domain.lower()}".lower()
+    if len(value) > 320:  # checked after lowering: "İ".lower() is two characters
+        raise ValueError("Invalid email format")
+    return value
 
 
 def _slug(value: str) -> str:

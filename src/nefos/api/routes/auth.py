@@ -3,6 +3,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Form
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from starlette.responses import Response
 
 from nefos.api.deps import Access, ClientDep, CoreDep, Public, SessionDep, authorize
@@ -76,7 +78,10 @@ async def token(
     client: ClientDep,
 ) -> Response:
     """OAuth2 password grant (form-encoded), for the Authorize button of /docs."""
-    body = LoginRequest(username=username, password=password)
+    try:
+        body = LoginRequest(username=username, password=password)
+    except ValidationError as exc:  # the form checks lengths only; the model also bans NUL
+        raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
     return _tokens(await AuthService(core, session).login(body, client))
 
 

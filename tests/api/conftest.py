@@ -1,0 +1,149 @@
+"""Fixtures of the API tests: a populated two-tenant platform, and a server to fuzz."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from nefos.domain.access import Role
+from tests.conftest import Account, DatabaseFactory, LiveServer, make_settings
+
+V1 = "/api/v1"
+
+
+def unique_email(prefix: str = "user") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}@example.com"
+
+
+@dataclass
+class World:
+    """Tenant A (an owner with a reseller organisation and everything in it), people
+    holding each role there, and tenant B (a normal user of another organisation).
+
+    ``ids`` names A's real objects by the path parameter (or sample field) that
+    takes them; ``b_org_id`` is B's own organisation, where B is owner.
+    """
+
+    client: httpx.AsyncClient
+    register: Any
+    owner: Account
+    other: Account
+    roles: dict[Role, Account]
+    ids: dict[str, str]
+    personal_org_id: str
+    b_org_id: str
+    a_project_ids: list[str] = field(default_factory=list)
+    a_org_ids: list[str] = field(default_factory=list)
+
+    async def ok(self, method: str, path: str, who: Account, **kwargs: Any) -> Any:
+        r = await self.client.request(method, V1 + path, headers=who.headers, **kwargs)
+        assert r.is_success, f"{method} {path}: {r.status_code} {r.text}"
+        return r.json()["data"]
+
+    async def new_org(self, *, member: Account | None = None, role: Role | None = None) -> str:
+        org = await self.ok(
+            "POST", "/organisations", self.owner, json={"name": f"Org {uuid.uuid4().hex[:8]}"}
+        )
+        if member is not None and role is not None:
+            await self.add_member(org["id"], member, role)
+        return str(org["id"])
+
+    async def add_member(self, org_id: str, who: Account, role: Role) -> None:
+        await self.ok(
+            "POST",
+            f"/organisations/{org_id}/members",
+            self.owner,
+            json={"email": who.email, "role": role.value},
+        )
+
+    async def new_member(self) -> Account:
+        user = await self.register()
+        await self.add_member(self.ids["org_id"], user, Role.MEMBER)
+        return user
+
+    async def new_project(self) -> str:
+        project = await self.ok(
+            "POST",
+            "/projects",
+            self.owner,
+            json={"name": f"p-{uuid.uuid4().hex[:8]}", "organisation_id": self.ids["org_id"]},
+        )
+        return str(project["id"])
+
+    async def new_invitation(self) -> tuple[str, str]:
+        inv = await self.ok(
+            "POST",
+            f"/organisations/{self.ids['org_id']}/invitations",
+            self.owner,
+            json={"email": unique_email("invitee")},
+        )
+        return str(inv["id"]), str(inv["token"])
+
+    async def api_key(self, who: Account, scopes: list[str]) -> dict[str, str]:
+        key = await self.ok("POST", "/api-keys", who, json={"name": "k", "scopes": scopes})
+        return {"Authorization": f"Bearer {key['key']}"}
+
+
+@pytest.fixture
+async def world(client: httpx.AsyncClient, register: Any) -> World:
+    owner = await register(name="Alice Owner")
+    other = await register(name="Bob Other")
+    w = World(
+        client=client,
+        register=register,
+        owner=owner,
+        other=other,
+        roles={},
+        ids={},
+        personal_org_id="",
+        b_org_id="",
+    )
+    orgs = await w.ok("GET", "/organisations", owner)
+    w.personal_org_id = orgs["items"][0]["id"]
+    org = await w.ok(
+        "POST", "/organisations", owner, json={"name": "Acme Reseller", "kind": "reseller"}
+    )
+    w.ids["org_id"] = org["id"]
+    w.ids["project_id"] = await w.new_project()
+    child = await w.ok(
+        "POST", f"/organisations/{org['id']}/children", owner, json={"name": "Acme Customer"}
+    )
+    for role in Role:
+        user = await register(name=f"Role {role.value}")
+        await w.add_member(org["id"], user, role)
+        w.roles[role] = user
+    target = await w.new_member()
+    w.ids["user_id"] = target.id
+    w.ids["invitation_id"], w.ids["token"] = await w.new_invitation()
+    key = await w.ok("POST", "/api-keys", owner, json={"name": "ci", "scopes": ["org:read"]})
+    w.ids["key_id"] = key["id"]
+    outsider = await register()
+    w.ids["outsider_email"] = outsider.email
+    w.ids["invitee_email"] = unique_email("invitee")
+
+    b_orgs = await w.ok("GET", "/organisations", other)
+    w.b_org_id = b_orgs["items"][0]["id"]
+    w.a_org_ids = [w.personal_org_id, org["id"], child["id"]]
+    projects = await w.ok("GET", "/projects", owner, params={"limit": 500})
+    w.a_project_ids = [p["id"] for p in projects["items"]]
+    assert owner.project_id in w.a_project_ids and len(w.a_project_ids) == 3
+    return w
+
+
+@pytest.fixture(scope="session")
+def fuzz_server(
+    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """A live server of its own for schemathesis.
+
+    Fuzzing fails logins by the hundred (locking out 127.0.0.1) and fills the
+    database with odd records; a server shared with other tests would inherit both.
+    """
+    settings = make_settings(databases.new_url(), tmp_path_factory.mktemp("fuzz"))
+    with LiveServer(settings) as server:
+        yield server

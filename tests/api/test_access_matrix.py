@@ -1,0 +1,666 @@
+"""The access matrix, walked route by route.
+
+Every route of the app (under ``/api/v1``, the ``/api`` alias and the root) names
+its access rule with exactly one ``Authorize(permission, on=...)`` or ``Public``
+dependency (see ``nefos.api.deps``). This module finds that declaration on each
+route and holds it against ``MATRIX``, the explicit table below: a route missing
+from the table, a table entry with no route, or a route whose declaration differs
+fails. Then, on a platform with two tenants, it checks for every route that
+
+* another tenant gets, for each id the route accepts (path, query or body), exactly
+  the answer a random id gets (404: the object "does not exist");
+* each organisation role gets 403 where ``ROLE_PERMISSIONS`` lacks the route's
+  permission and gets through where it holds it; platform-admin routes refuse
+  everyone but platform admins, for real and random ids alike;
+* an API key lacking the permission's scope gets 403, and one holding just that
+  scope gets through (for reads).
+
+Adding a route means adding it to ``MATRIX`` (and, if it takes a body, a valid
+sample to ``SAMPLES``); the walk then covers it without further code.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
+
+import pytest
+from fastapi import FastAPI, routing
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, TypeAdapter
+
+from nefos.api.app import create_app
+from nefos.api.deps import Authorize, PublicMarker, authorize
+from nefos.api.deps import Public as PublicDep
+from nefos.domain.access import ALL_SCOPES, Permission, Role, Scope, role_allows
+from tests.api.conftest import World
+from tests.conftest import PASSWORD, Account, make_settings
+
+P = Permission
+PREFIXES = ("/api/v1", "/api")  # longest first: "/api" is the alias of the newest version
+
+
+# --- the matrix ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    permission: Permission | None  # None: Public
+    on: str | None = None
+
+    def __str__(self) -> str:
+        if self.permission is None:
+            return "Public"
+        return f"Authorize({self.permission.value!r}, on={self.on!r})"
+
+
+PUBLIC = Rule(None)
+ADMIN = Rule(P.PLATFORM_ADMIN)
+
+MATRIX: dict[tuple[str, str], Rule] = {
+    ("POST", "/auth/register"): PUBLIC,
+    ("POST", "/auth/login"): PUBLIC,
+    ("POST", "/auth/token"): PUBLIC,
+    ("POST", "/auth/refresh"): PUBLIC,
+    ("POST", "/auth/logout"): Rule(P.ACCOUNT_READ),
+    ("GET", "/auth/me"): Rule(P.ACCOUNT_READ),
+    ("GET", "/users/profile"): Rule(P.ACCOUNT_READ),
+    ("PUT", "/users/profile"): Rule(P.ACCOUNT_WRITE),
+    ("GET", "/users/settings"): Rule(P.ACCOUNT_READ),
+    ("PUT", "/users/settings"): Rule(P.ACCOUNT_WRITE),
+    ("PUT", "/users/password"): Rule(P.ACCOUNT_WRITE),
+    ("GET", "/admin/users"): ADMIN,
+    ("POST", "/admin/users"): ADMIN,
+    ("GET", "/admin/users/{user_id}"): ADMIN,
+    ("PATCH", "/admin/users/{user_id}"): ADMIN,
+    ("GET", "/organisations"): Rule(P.ORG_READ),
+    ("POST", "/organisations"): Rule(P.ORG_CREATE),
+    ("GET", "/organisations/{org_id}"): Rule(P.ORG_READ, "org"),
+    ("PUT", "/organisations/{org_id}"): Rule(P.ORG_UPDATE, "org"),
+    ("DELETE", "/organisations/{org_id}"): Rule(P.ORG_DELETE, "org"),
+    ("GET", "/organisations/{org_id}/children"): Rule(P.ORG_READ, "org"),
+    ("POST", "/organisations/{org_id}/children"): Rule(P.ORG_CHILD_CREATE, "org"),
+    ("GET", "/organisations/{org_id}/members"): Rule(P.MEMBER_READ, "org"),
+    ("POST", "/organisations/{org_id}/members"): Rule(P.MEMBER_MANAGE, "org"),
+    ("PUT", "/organisations/{org_id}/members/{user_id}"): Rule(P.MEMBER_MANAGE, "org"),
+    ("DELETE", "/organisations/{org_id}/members/{user_id}"): Rule(P.MEMBER_MANAGE, "org"),
+    ("GET", "/organisations/{org_id}/invitations"): Rule(P.MEMBER_MANAGE, "org"),
+    ("POST", "/organisations/{org_id}/invitations"): Rule(P.MEMBER_MANAGE, "org"),
+    ("DELETE", "/organisations/{org_id}/invitations/{invitation_id}"): Rule(P.MEMBER_MANAGE, "org"),
+    ("GET", "/invitations"): Rule(P.ACCOUNT_READ),
+    ("POST", "/invitations/accept"): Rule(P.ACCOUNT_WRITE),
+    ("GET", "/projects"): Rule(P.PROJECT_READ),
+    ("POST", "/projects"): Rule(P.PROJECT_CREATE),
+    ("GET", "/projects/{project_id}"): Rule(P.PROJECT_READ, "project"),
+    ("PUT", "/projects/{project_id}"): Rule(P.PROJECT_UPDATE, "project"),
+    ("DELETE", "/projects/{project_id}"): Rule(P.PROJECT_DELETE, "project"),
+    ("GET", "/projects/{project_id}/quotas"): Rule(P.QUOTA_READ, "project"),
+    ("PUT", "/projects/{project_id}/quotas"): Rule(P.QUOTA_UPDATE, "project"),
+    ("GET", "/project/"): Rule(P.PROJECT_READ),
+    ("POST", "/project/"): Rule(P.PROJECT_CREATE),
+    ("GET", "/api-keys"): Rule(P.API_KEY_MANAGE),
+    ("POST", "/api-keys"): Rule(P.API_KEY_MANAGE),
+    ("GET", "/api-keys/{key_id}"): Rule(P.API_KEY_MANAGE),
+    ("DELETE", "/api-keys/{key_id}"): Rule(P.API_KEY_MANAGE),
+    ("GET", "/health"): PUBLIC,
+}
+
+
+# --- finding the routes and their declarations --------------------------------------
+@dataclass(frozen=True)
+class Served:
+    """One method of one route as the app serves it."""
+
+    method: str
+    path: str
+    prefix: str
+    in_schema: bool
+    dependant: Dependant
+
+    @property
+    def template(self) -> str:
+        return self.path[len(self.prefix) :]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.method, self.template
+
+    @property
+    def path_params(self) -> list[str]:
+        return re.findall(r"{(\w+)}", self.path)
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+def _api_routes(app: FastAPI) -> Iterator[Any]:
+    iter_contexts = getattr(routing, "iter_route_contexts", None)
+    if iter_contexts is None:  # a FastAPI that lists included routes flat in app.routes
+        yield from (r for r in app.routes if isinstance(r, APIRoute))
+        return
+    # FastAPI >= 0.16x keeps included routers lazily: each context is one route as
+    # served (path with its prefix, dependant with the router's dependencies).
+    for context in iter_contexts(app.routes):
+        if isinstance(context.original_route, APIRoute):
+            yield context
+
+
+def served_routes(app: FastAPI) -> list[Served]:
+    out = []
+    for route in _api_routes(app):
+        prefix = next((p for p in PREFIXES if route.path.startswith(p + "/")), "")
+        for method in sorted(route.methods):
+            out.append(Served(method, route.path, prefix, route.include_in_schema, route.dependant))
+    return out
+
+
+def walk(dependant: Dependant) -> Iterator[Dependant]:
+    yield dependant
+    for sub in dependant.dependencies:
+        yield from walk(sub)
+
+
+def declarations(served: Served) -> list[Authorize | PublicMarker]:
+    return [d.call for d in walk(served.dependant) if isinstance(d.call, Authorize | PublicMarker)]
+
+
+def declared_rule(served: Served) -> Rule:
+    (decl,) = declarations(served)
+    if isinstance(decl, PublicMarker):
+        return PUBLIC
+    return Rule(decl.permission, decl.on)
+
+
+def access_problems(app: FastAPI) -> list[str]:
+    """Routes that declare no access rule, or more than one."""
+    problems = []
+    for served in served_routes(app):
+        found = declarations(served)
+        if not found:
+            problems.append(f"{served}: declares no access rule (Authorize or Public)")
+        elif len(found) > 1:
+            problems.append(f"{served}: declares {len(found)} access rules: {found}")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def static_app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
+    tmp = tmp_path_factory.mktemp("matrix")
+    # Only the routes are read: the lifespan (and so the database) never starts.
+    return create_app(make_settings(f"sqlite:///{tmp / 'unused.db'}", tmp))
+
+
+@pytest.fixture(scope="module")
+def routes(static_app: FastAPI) -> list[Served]:
+    return served_routes(static_app)
+
+
+def test_every_route_declares_exactly_one_access_rule(
+    static_app: FastAPI, routes: list[Served]
+) -> None:
+    assert len(routes) > 2 * len(MATRIX)  # the walk sees /api/v1, /api and the root
+    assert access_problems(static_app) == []
+
+
+def test_the_walk_catches_a_route_with_no_rule_or_two() -> None:
+    app = FastAPI()
+    router = routing.APIRouter()
+
+    @router.get("/open")
+    async def open_route() -> None: ...
+
+    @router.get("/both", dependencies=[PublicDep])
+    async def both(_: Any = authorize(P.ORG_READ)) -> None: ...
+
+    @router.get("/fine", dependencies=[PublicDep])
+    async def fine() -> None: ...
+
+    app.include_router(router, prefix="/api/v1")
+    problems = access_problems(app)
+    assert len(problems) == 2
+    assert problems[0].startswith("GET /api/v1/open: declares no access rule")
+    assert problems[1].startswith("GET /api/v1/both: declares 2 access rules")
+
+
+def test_matrix_and_routes_agree_both_ways(routes: list[Served]) -> None:
+    problems = []
+    served_keys: dict[tuple[str, str], set[str]] = {}
+    for served in routes:
+        served_keys.setdefault(served.key, set()).add(served.prefix)
+        if len(declarations(served)) != 1:
+            problems.append(f"{served}: needs exactly one access rule")
+        elif served.key not in MATRIX:
+            problems.append(f"{served}: missing from MATRIX (declares {declared_rule(served)})")
+        elif declared_rule(served) != MATRIX[served.key]:
+            problems.append(
+                f"{served}: declares {declared_rule(served)}, MATRIX says {MATRIX[served.key]}"
+            )
+        # The canonical prefix is the documented contract; the alias and root are not.
+        if served.in_schema != (served.prefix == "/api/v1"):
+            problems.append(f"{served}: in OpenAPI is {served.in_schema}")
+    for key in MATRIX:
+        missing = set(PREFIXES) - served_keys.get(key, set())
+        if missing:
+            problems.append(f"{key[0]} {key[1]}: in MATRIX but not served under {sorted(missing)}")
+    assert problems == []
+
+
+# --- requests for each route ---------------------------------------------------------
+@dataclass(frozen=True)
+class Ref:
+    """A value taken from the id map: A's real object, or a random stand-in."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Unique:
+    """A fresh value for each request (names and e-mails must not collide)."""
+
+    pattern: str
+
+
+Fresh = Callable[[World, Account, Role], Awaitable[dict[str, str]]]
+
+
+async def fresh_org(w: World, who: Account, role: Role) -> dict[str, str]:
+    return {"org_id": await w.new_org(member=who, role=role)}
+
+
+async def fresh_outsider(w: World, who: Account, role: Role) -> dict[str, str]:
+    return {"outsider_email": (await w.register()).email}
+
+
+async def fresh_member(w: World, who: Account, role: Role) -> dict[str, str]:
+    return {"user_id": (await w.new_member()).id}
+
+
+async def fresh_invitation(w: World, who: Account, role: Role) -> dict[str, str]:
+    return {"invitation_id": (await w.new_invitation())[0]}
+
+
+async def fresh_project(w: World, who: Account, role: Role) -> dict[str, str]:
+    return {"project_id": await w.new_project()}
+
+
+@dataclass(frozen=True)
+class Sample:
+    json: Any = None
+    query: dict[str, Any] | None = None
+    # Makes the objects a destructive call consumes, so that each role's call
+    # meets a live target: {id name: id}.
+    fresh: Fresh | None = None
+    # The role check applies to the organisation named in the body (no path target).
+    role_checked: bool = False
+    # What another tenant gets for A's ids (and for random ones).
+    other_status: int = 404
+
+
+NEW_PROJECT = Sample(
+    json={"name": Unique("p-{}"), "organisation_id": Ref("org_id")}, role_checked=True
+)
+PROJECTS_OF_ORG = Sample(query={"organisation_id": Ref("org_id")}, other_status=200)
+
+SAMPLES: dict[tuple[str, str], Sample] = {
+    ("PUT", "/users/profile"): Sample(json={"name": "Renamed"}),
+    ("PUT", "/users/settings"): Sample(json={"default_project_id": Ref("project_id")}),
+    ("PUT", "/users/password"): Sample(
+        json={"current_password": "not-the-password", "new_password": "another-horse-battery"}
+    ),
+    ("POST", "/admin/users"): Sample(
+        json={"email": Unique("made-{}@example.com"), "password": PASSWORD}
+    ),
+    ("GET", "/admin/users/{user_id}"): Sample(other_status=403),
+    ("PATCH", "/admin/users/{user_id}"): Sample(json={"name": "Renamed"}, other_status=403),
+    ("POST", "/organisations"): Sample(json={"name": Unique("Org {}")}),
+    ("PUT", "/organisations/{org_id}"): Sample(json={"description": "Updated"}),
+    ("DELETE", "/organisations/{org_id}"): Sample(fresh=fresh_org),
+    ("POST", "/organisations/{org_id}/children"): Sample(json={"name": Unique("Customer {}")}),
+    ("POST", "/organisations/{org_id}/members"): Sample(
+        json={"email": Ref("outsider_email"), "role": "viewer"}, fresh=fresh_outsider
+    ),
+    ("PUT", "/organisations/{org_id}/members/{user_id}"): Sample(json={"role": "member"}),
+    ("DELETE", "/organisations/{org_id}/members/{user_id}"): Sample(fresh=fresh_member),
+    ("POST", "/organisations/{org_id}/invitations"): Sample(
+        json={"email": Unique("invitee-{}@example.com"), "role": "member"}
+    ),
+    ("DELETE", "/organisations/{org_id}/invitations/{invitation_id}"): Sample(
+        fresh=fresh_invitation
+    ),
+    ("POST", "/invitations/accept"): Sample(json={"token": Ref("token")}),
+    ("GET", "/projects"): PROJECTS_OF_ORG,
+    ("GET", "/project/"): PROJECTS_OF_ORG,
+    ("POST", "/projects"): NEW_PROJECT,
+    ("POST", "/project/"): NEW_PROJECT,
+    ("PUT", "/projects/{project_id}"): Sample(json={"description": "Updated"}),
+    ("DELETE", "/projects/{project_id}"): Sample(fresh=fresh_project),
+    ("PUT", "/projects/{project_id}/quotas"): Sample(json={"instances": 7}),
+    ("POST", "/api-keys"): Sample(
+        json={"name": "k", "scopes": ["org:read"], "organisation_id": Ref("org_id")}
+    ),
+}
+
+# Fields named like ids that are not lookups of a tenant's object, and why.
+NOT_TENANT_LOOKUPS = {
+    ("POST", "/organisations/{org_id}/members", "user_id"): (
+        "names the user to add (any active user, like `email`); the access check is on "
+        "the organisation in the path"
+    ),
+}
+
+
+def sample_of(served: Served) -> Sample:
+    return SAMPLES.get(served.key, Sample())
+
+
+def random_ids() -> dict[str, str]:
+    ids = {
+        name: str(uuid.uuid4())
+        for name in ("org_id", "project_id", "user_id", "invitation_id", "key_id")
+    }
+    ids["token"] = "nfi_" + secrets.token_urlsafe(32)
+    ids["outsider_email"] = f"nobody-{uuid.uuid4().hex[:10]}@example.com"
+    return ids
+
+
+def resolve(value: Any, ids: dict[str, str]) -> Any:
+    if isinstance(value, Ref):
+        return ids[value.name]
+    if isinstance(value, Unique):
+        return value.pattern.format(uuid.uuid4().hex[:10])
+    if isinstance(value, dict):
+        return {k: resolve(v, ids) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve(v, ids) for v in value]
+    return value
+
+
+def refs(value: Any) -> set[str]:
+    if isinstance(value, Ref):
+        return {value.name}
+    if isinstance(value, dict):
+        return set().union(*(refs(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(refs(v) for v in value))
+    return set()
+
+
+def id_names(served: Served) -> set[str]:
+    """Every id the route accepts: path parameters and the sample's references."""
+    sample = sample_of(served)
+    return set(served.path_params) | refs(sample.json) | refs(sample.query)
+
+
+async def send(w: World, served: Served, headers: dict[str, str], ids: dict[str, str]) -> Any:
+    sample = sample_of(served)
+    path = re.sub(r"{(\w+)}", lambda m: ids[m.group(1)], served.path)
+    kwargs: dict[str, Any] = {"headers": headers}
+    if sample.json is not None:
+        kwargs["json"] = resolve(sample.json, ids)
+    if sample.query is not None:
+        kwargs["params"] = resolve(sample.query, ids)
+    return await w.client.request(served.method, path, **kwargs)
+
+
+def body_types(served: Served) -> list[type[BaseModel]]:
+    out = []
+    for param in served.dependant.body_params:
+        annotation = param.field_info.annotation
+        union = get_origin(annotation) in (Union, UnionType)
+        candidates = get_args(annotation) if union else (annotation,)
+        out += [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+    return out
+
+
+def test_samples_are_valid_and_cover_every_id(routes: list[Served]) -> None:
+    """The samples keep up with the models: each is a valid body, every route with a
+    required body has one, and every id-like field or query parameter is covered."""
+    problems = []
+    known = set(random_ids())
+    for key in SAMPLES:
+        if key not in MATRIX:
+            problems.append(f"SAMPLES has {key}, which is not a route")
+    for served in routes:
+        if MATRIX.get(served.key, PUBLIC) == PUBLIC:
+            continue
+        sample = sample_of(served)
+        if any(p.field_info.is_required() for p in served.dependant.body_params):
+            if sample.json is None:
+                problems.append(f"{served}: takes a body but SAMPLES has none")
+            else:
+                (param,) = served.dependant.body_params
+                try:
+                    TypeAdapter(param.field_info.annotation).validate_python(
+                        resolve(sample.json, random_ids())
+                    )
+                except ValueError as exc:
+                    problems.append(f"{served}: sample body is invalid: {exc}")
+        for name in id_names(served) - known:
+            problems.append(f"{served}: no real or random value for id {name!r}")
+        id_fields = {
+            name
+            for model in body_types(served)
+            for name in model.model_fields
+            if name.endswith("_id")
+        } | {
+            q.name for d in walk(served.dependant) for q in d.query_params if q.name.endswith("_id")
+        }
+        for name in id_fields:
+            covered = any(r.name == name for r in _ref_objects(sample))
+            if not covered and (*served.key, name) not in NOT_TENANT_LOOKUPS:
+                problems.append(f"{served}: id field {name!r} is not in its sample")
+    assert problems == []
+
+
+def _ref_objects(sample: Sample) -> Iterator[Ref]:
+    def each(value: Any, field: str | None) -> Iterator[Ref]:
+        if isinstance(value, Ref):
+            yield Ref(field or value.name)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                yield from each(v, k)
+        elif isinstance(value, list):
+            for v in value:
+                yield from each(v, field)
+
+    yield from each(sample.json, None)
+    yield from each(sample.query, None)
+
+
+# --- tenant isolation -----------------------------------------------------------------
+def normalised(response: Any, ids: list[str]) -> Any:
+    """The JSON body without its timestamp, each id of the request replaced by <id>."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            for i in ids:
+                value = value.replace(i, "<id>")
+            return value
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if k != "timestamp"}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    return clean(response.json())
+
+
+async def test_another_tenant_gets_what_a_random_id_gets(world: World, routes: list[Served]):
+    w = world
+    failures = []
+    checked = 0
+    for served in routes:
+        if MATRIX[served.key] == PUBLIC or not id_names(served):
+            continue
+        sample = sample_of(served)
+        random = random_ids()
+        cases = [("A's ids", dict(w.ids), random)]
+        # Inner ids (a member, an invitation) looked up in B's own organisation.
+        if len(served.path_params) > 1 and served.path_params[0] == "org_id":
+            cases.append(
+                (
+                    "B's org, A's inner id",
+                    {**w.ids, "org_id": w.b_org_id},
+                    {**random, "org_id": w.b_org_id},
+                )
+            )
+        for label, real, fake in cases:
+            checked += 1
+            r_real = await send(w, served, w.other.headers, real)
+            r_fake = await send(w, served, w.other.headers, fake)
+            used = [*real.values(), *fake.values()]
+            if r_real.status_code != sample.other_status:
+                failures.append(f"{served} [{label}]: B got {r_real.status_code} {r_real.text}")
+            elif (r_real.status_code, normalised(r_real, used)) != (
+                r_fake.status_code,
+                normalised(r_fake, used),
+            ):
+                failures.append(
+                    f"{served} [{label}]: A's ids give {r_real.status_code} {r_real.text}, "
+                    f"random ids give {r_fake.status_code} {r_fake.text}"
+                )
+    assert checked >= 2 * 25
+    assert failures == [], "\n".join(failures)
+
+
+async def test_lists_never_show_another_tenants_objects(world: World) -> None:
+    w = world
+    for prefix in PREFIXES:
+        for params in ({"limit": 500}, {"limit": 500, "all": "true"}):
+            r = await w.client.get(
+                f"{prefix}/organisations", headers=w.other.headers, params=params
+            )
+            seen = {o["id"] for o in r.json()["data"]["items"]}
+            assert seen == {w.b_org_id}, (prefix, params)
+        for path in ("/projects", "/project/"):
+            r = await w.client.get(prefix + path, headers=w.other.headers, params={"limit": 500})
+            seen = {p["id"] for p in r.json()["data"]["items"]}
+            assert seen == {w.other.project_id}, (prefix, path)
+        r = await w.client.get(f"{prefix}/api-keys", headers=w.other.headers)
+        assert r.json()["data"]["items"] == []
+        r = await w.client.get(f"{prefix}/invitations", headers=w.other.headers)
+        assert r.json()["data"]["items"] == []
+
+    # A viewer of the reseller sees it and its customer, never the owner's own space.
+    viewer = w.roles[Role.VIEWER]
+    r = await w.client.get("/api/v1/organisations", headers=viewer.headers)
+    seen = {o["id"] for o in r.json()["data"]["items"]}
+    assert w.personal_org_id not in seen and set(w.a_org_ids[1:]) <= seen
+    r = await w.client.get("/api/v1/projects", headers=viewer.headers, params={"limit": 500})
+    seen = {p["id"] for p in r.json()["data"]["items"]}
+    assert w.owner.project_id not in seen and w.ids["project_id"] in seen
+
+
+async def test_logout_with_another_users_refresh_token_ends_only_my_session(
+    world: World,
+) -> None:
+    w = world
+    r = await w.client.post(
+        "/api/v1/auth/logout",
+        headers=w.other.headers,
+        json={"refresh_token": w.owner.refresh_token},
+    )
+    assert r.status_code == 200
+    assert (await w.client.get("/api/v1/auth/me", headers=w.other.headers)).status_code == 401
+    assert (await w.client.get("/api/v1/auth/me", headers=w.owner.headers)).status_code == 200
+    r = await w.client.post("/api/v1/auth/refresh", json={"refresh_token": w.owner.refresh_token})
+    assert r.status_code == 200
+
+
+# --- roles ------------------------------------------------------------------------------
+def is_forbidden(response: Any) -> bool:
+    return response.status_code == 403 and response.json()["error"]["code"] == "FORBIDDEN"
+
+
+async def test_each_role_gets_exactly_its_permissions(world: World, routes: list[Served]):
+    w = world
+    failures = []
+    checked = 0
+    for served in routes:
+        rule = MATRIX[served.key]
+        sample = sample_of(served)
+        if rule.permission is None or (rule.on is None and not sample.role_checked):
+            continue
+        for role in (Role.VIEWER, Role.MEMBER, Role.ADMIN, Role.OWNER):
+            who = w.roles[role]
+            ids = dict(w.ids)
+            if sample.fresh is not None:
+                ids.update(await sample.fresh(w, who, role))
+            r = await send(w, served, who.headers, ids)
+            checked += 1
+            if role_allows(role, rule.permission):
+                if not r.is_success:
+                    failures.append(f"{served} as {role}: allowed, got {r.status_code} {r.text}")
+            elif not is_forbidden(r):
+                failures.append(f"{served} as {role}: not allowed, got {r.status_code} {r.text}")
+    assert checked >= 2 * 4 * 18
+    assert failures == [], "\n".join(failures)
+
+
+async def test_admin_routes_refuse_all_but_platform_admins(
+    world: World, admin: Account, routes: list[Served]
+) -> None:
+    w = world
+    failures = []
+    admin_routes = [s for s in routes if MATRIX[s.key] == ADMIN]
+    assert len(admin_routes) == 2 * 4
+    for served in admin_routes:
+        for who in (w.owner, w.other, *w.roles.values()):
+            r_real = await send(w, served, who.headers, w.ids)
+            r_fake = await send(w, served, who.headers, random_ids())
+            if not (is_forbidden(r_real) and is_forbidden(r_fake)):
+                failures.append(
+                    f"{served} as {who.email}: {r_real.status_code}, "
+                    f"{r_fake.status_code} for a random id"
+                )
+            elif r_real.json()["error"] != r_fake.json()["error"]:
+                failures.append(f"{served}: {r_real.text} differs from {r_fake.text}")
+        r = await send(w, served, admin.headers, w.ids)
+        if not r.is_success:
+            failures.append(f"{served} as the platform admin: {r.status_code} {r.text}")
+    assert failures == [], "\n".join(failures)
+
+
+# --- API-key scopes ----------------------------------------------------------------------
+async def test_api_key_scopes_bound_every_route(
+    world: World, admin: Account, routes: list[Served]
+) -> None:
+    """A key lacking the route's scope gets 403 naming the scope; for reads, a key
+    holding only that scope gets through."""
+    w = world
+    keys: dict[tuple[str, frozenset[str]], dict[str, str]] = {}
+
+    async def key(who: Account, scopes: set[str]) -> dict[str, str]:
+        k = (who.id, frozenset(scopes))
+        if k not in keys:
+            keys[k] = await w.api_key(who, sorted(scopes))
+        return keys[k]
+
+    failures = []
+    checked = 0
+    for served in routes:
+        rule = MATRIX[served.key]
+        if rule.permission is None:
+            continue
+        scope = rule.permission.scope.value
+        # The admin scope is the platform admin's to hand out: test it with their keys.
+        who = admin if rule == ADMIN else w.owner
+        every = {s.value for s in ALL_SCOPES} - ({Scope.ADMIN.value} if who is w.owner else set())
+        ids = dict(w.ids)
+        sample = sample_of(served)
+        if sample.fresh is not None:
+            ids.update(await sample.fresh(w, w.roles[Role.OWNER], Role.OWNER))
+        r = await send(w, served, await key(who, every - {scope}), ids)
+        checked += 1
+        if not is_forbidden(r) or r.json()["error"]["details"].get("required_scope") != scope:
+            failures.append(f"{served} without {scope!r}: {r.status_code} {r.text}")
+        if served.method == "GET":
+            r = await send(w, served, await key(who, {scope}), ids)
+            if not r.is_success:
+                failures.append(f"{served} with only {scope!r}: {r.status_code} {r.text}")
+    assert checked >= 2 * 38
+    assert failures == [], "\n".join(failures)
