@@ -167,7 +167,9 @@ class Account:
 
 @pytest.fixture
 def register(client: httpx.AsyncClient) -> Any:
-    async def _register(email: str | None = None, password: str = PASSWORD, **extra: Any) -> Account:
+    async def _register(
+        email: str | None = None, password: str = PASSWORD, **extra: Any
+    ) -> Account:
         email = email or f"user-{uuid.uuid4().hex[:10]}@example.com"
         r = await client.post(
             "/api/v1/auth/register", json={"email": email, "password": password, **extra}

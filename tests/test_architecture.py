@@ -46,25 +46,82 @@ def _violations(package: str, allowed: tuple[str, ...], forbidden: tuple[str, ..
 
 RULES = {
     # package: (allowed exceptions, forbidden prefixes)
-    "domain": ((), ("nefos.db", "nefos.services", "nefos.api", "nefos.gateway", "nefos.drivers",
-                    "nefos.sdk", "nefos.cli", "sqlalchemy", "fastapi", "starlette", "httpx")),
-    "security": ((), ("nefos.db", "nefos.services", "nefos.api", "nefos.sdk", "nefos.cli",
-                      "fastapi", "starlette")),
-    "schemas": ((), ("nefos.db", "nefos.services", "nefos.api", "nefos.gateway", "nefos.sdk",
-                     "nefos.cli", "sqlalchemy", "fastapi", "starlette")),
-    "db": ((), ("nefos.services", "nefos.api", "nefos.gateway", "nefos.sdk", "nefos.cli",
-                "fastapi", "starlette")),
-    "services": ((), ("nefos.api", "nefos.gateway", "nefos.sdk", "nefos.cli", "fastapi",
-                      "starlette")),
-    "drivers": ((), ("nefos.db", "nefos.services", "nefos.api", "nefos.gateway", "nefos.sdk",
-                     "nefos.cli")),
-    "sdk": (("nefos.schemas", "nefos.domain.access", "nefos.sdk"),
-            ("nefos",)),
-    "cli": (("nefos.sdk", "nefos.cli", "nefos.config", "nefos.schemas", "nefos.domain.access",
-             # `nefos serve` starts the server in-process: it is the one command that is
-             # not an API client.
-             "nefos.api.app"),
-            ("nefos",)),
+    "domain": (
+        (),
+        (
+            "nefos.db",
+            "nefos.services",
+            "nefos.api",
+            "nefos.gateway",
+            "nefos.drivers",
+            "nefos.sdk",
+            "nefos.cli",
+            "sqlalchemy",
+            "fastapi",
+            "starlette",
+            "httpx",
+        ),
+    ),
+    "security": (
+        (),
+        (
+            "nefos.db",
+            "nefos.services",
+            "nefos.api",
+            "nefos.sdk",
+            "nefos.cli",
+            "fastapi",
+            "starlette",
+        ),
+    ),
+    "schemas": (
+        (),
+        (
+            "nefos.db",
+            "nefos.services",
+            "nefos.api",
+            "nefos.gateway",
+            "nefos.sdk",
+            "nefos.cli",
+            "sqlalchemy",
+            "fastapi",
+            "starlette",
+        ),
+    ),
+    "db": (
+        (),
+        (
+            "nefos.services",
+            "nefos.api",
+            "nefos.gateway",
+            "nefos.sdk",
+            "nefos.cli",
+            "fastapi",
+            "starlette",
+        ),
+    ),
+    "services": (
+        (),
+        ("nefos.api", "nefos.gateway", "nefos.sdk", "nefos.cli", "fastapi", "starlette"),
+    ),
+    "drivers": (
+        (),
+        ("nefos.db", "nefos.services", "nefos.api", "nefos.gateway", "nefos.sdk", "nefos.cli"),
+    ),
+    "sdk": (("nefos.schemas", "nefos.domain.access", "nefos.sdk"), ("nefos",)),
+    "cli": (
+        (
+            "nefos.sdk",
+            "nefos.cli",
+            "nefos.config",
+            "nefos.schemas",
+            "nefos.domain.access",
+            # `nefos serve` starts the server in-process: it is the one command that is
+            # not an API client.
+            "nefos.api.app",
+        ),
+        ("nefos",),
+    ),
 }
 
 

@@ -19,23 +19,30 @@ async def test_every_route_answers_under_both_prefixes(client, register):
 
 
 async def test_seed_004_register_and_login(client):
-    r = await client.post("/api/auth/register", json={
-        "email": "user@example.com", "password": "securepassword123", "name": "John Doe"})
+    r = await client.post(
+        "/api/auth/register",
+        json={"email": "user@example.com", "password": "securepassword123", "name": "John Doe"},
+    )
     assert r.status_code == 201
     data = r.json()["data"]
     assert data["user"]["name"] == "John Doe" and data["token"] == data["access_token"]
-    r = await client.post("/api/auth/login", json={
-        "email": "user@example.com", "password": "securepassword123"})
+    r = await client.post(
+        "/api/auth/login", json={"email": "user@example.com", "password": "securepassword123"}
+    )
     assert r.status_code == 200
     assert r.json()["data"]["user"]["email"] == "user@example.com"
     assert r.json()["data"]["token"]
 
 
 async def test_seed_003_register_and_login_by_username(client):
-    r = await client.post(f"{V1}/auth/register", json={
-        "username": "newuser", "email": "user@example.com", "password": "password123"})
+    r = await client.post(
+        f"{V1}/auth/register",
+        json={"username": "newuser", "email": "user@example.com", "password": "password123"},
+    )
     assert r.status_code == 201
-    r = await client.post(f"{V1}/auth/login", json={"username": "newuser", "password": "password123"})
+    r = await client.post(
+        f"{V1}/auth/login", json={"username": "newuser", "password": "password123"}
+    )
     assert r.status_code == 200
     body = r.json()
     # Seed 003 reads access_token and token_type at the top level.
@@ -45,8 +52,9 @@ async def test_seed_003_register_and_login_by_username(client):
 
 async def test_oauth2_password_form_for_docs(client, register):
     acct = await register()
-    r = await client.post(f"{V1}/auth/token",
-                          data={"username": acct.email, "password": acct.password})
+    r = await client.post(
+        f"{V1}/auth/token", data={"username": acct.email, "password": acct.password}
+    )
     assert r.status_code == 200
     token = r.json()["access_token"]
     me = await client.get(f"{V1}/auth/me", headers={"Authorization": f"Bearer {token}"})
@@ -62,8 +70,9 @@ async def test_error_envelope_with_detail_alias(client):
     assert body["error"]["details"]["email"] == "Invalid email format"
     assert "password" in body["error"]["details"]
     assert body["detail"] == body["error"]["message"]
-    r = await client.post(f"{V1}/auth/register", content=b"{not json",
-                          headers={"Content-Type": "application/json"})
+    r = await client.post(
+        f"{V1}/auth/register", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "VALIDATION_ERROR"
 
 
@@ -76,11 +85,13 @@ async def test_unknown_route_and_method(client):
 
 async def test_versions_by_accept_header(client, register):
     acct = await register()
-    ok = await client.get(f"{V1}/auth/me",
-                          headers={**acct.headers, "Accept": "application/vnd.nefos.v1+json"})
+    ok = await client.get(
+        f"{V1}/auth/me", headers={**acct.headers, "Accept": "application/vnd.nefos.v1+json"}
+    )
     assert ok.status_code == 200
-    bad = await client.get(f"{V1}/auth/me",
-                           headers={**acct.headers, "Accept": "application/vnd.nefos.v9+json"})
+    bad = await client.get(
+        f"{V1}/auth/me", headers={**acct.headers, "Accept": "application/vnd.nefos.v9+json"}
+    )
     assert bad.status_code == 406 and bad.json()["error"]["code"] == "UNSUPPORTED_VERSION"
 
 
@@ -122,30 +133,40 @@ async def test_both_paging_styles_and_the_limit_cap(client, register):
 
 async def test_profile_and_settings(client, register):
     acct = await register(name="Old")
-    r = await client.put(f"{V1}/users/profile", json={"name": "New", "username": "newname"},
-                         headers=acct.headers)
+    r = await client.put(
+        f"{V1}/users/profile", json={"name": "New", "username": "newname"}, headers=acct.headers
+    )
     assert r.status_code == 200 and r.json()["data"]["username"] == "newname"
-    r = await client.put(f"{V1}/users/profile", json={"email": "other@example.com"},
-                         headers=acct.headers)
+    r = await client.put(
+        f"{V1}/users/profile", json={"email": "other@example.com"}, headers=acct.headers
+    )
     assert r.status_code == 401  # the e-mail needs the current password
-    r = await client.put(f"{V1}/users/profile",
-                         json={"email": "other@example.com", "current_password": acct.password},
-                         headers=acct.headers)
+    r = await client.put(
+        f"{V1}/users/profile",
+        json={"email": "other@example.com", "current_password": acct.password},
+        headers=acct.headers,
+    )
     assert r.status_code == 200 and r.json()["data"]["email"] == "other@example.com"
 
     s = (await client.get(f"{V1}/users/settings", headers=acct.headers)).json()["data"]
     assert s["theme"] == "system" and s["default_project_id"] == acct.project_id
-    r = await client.put(f"{V1}/users/settings", json={"theme": "dark", "timezone": "Europe/Dublin"},
-                         headers=acct.headers)
+    r = await client.put(
+        f"{V1}/users/settings",
+        json={"theme": "dark", "timezone": "Europe/Dublin"},
+        headers=acct.headers,
+    )
     assert r.json()["data"]["theme"] == "dark"
     assert (await client.get(f"{V1}/users/settings", headers=acct.headers)).json()["data"][
-        "timezone"] == "Europe/Dublin"
-    r = await client.put(f"{V1}/users/settings", json={"timezone": "Mars/Olympus"},
-                         headers=acct.headers)
+        "timezone"
+    ] == "Europe/Dublin"
+    r = await client.put(
+        f"{V1}/users/settings", json={"timezone": "Mars/Olympus"}, headers=acct.headers
+    )
     assert r.status_code == 422
     other = await register()
-    r = await client.put(f"{V1}/users/settings", json={"default_project_id": other.project_id},
-                         headers=acct.headers)
+    r = await client.put(
+        f"{V1}/users/settings", json={"default_project_id": other.project_id}, headers=acct.headers
+    )
     assert r.status_code == 404
 
 

@@ -8,7 +8,9 @@ V1 = "/api/v1"
 
 
 async def _org(client, acct, **body):
-    r = await client.post(f"{V1}/organisations", json={"name": "Acme", **body}, headers=acct.headers)
+    r = await client.post(
+        f"{V1}/organisations", json={"name": "Acme", **body}, headers=acct.headers
+    )
     assert r.status_code == 201, r.text
     return r.json()["data"]
 
@@ -28,11 +30,13 @@ async def test_organisation_crud(client, register):
     acct = await register()
     org = await _org(client, acct, slug="acme-ltd", description="widgets")
     assert org["slug"] == "acme-ltd" and org["kind"] == "standard" and org["role"] == "owner"
-    r = await client.put(f"{V1}/organisations/{org['id']}", json={"name": "Acme Ltd"},
-                         headers=acct.headers)
+    r = await client.put(
+        f"{V1}/organisations/{org['id']}", json={"name": "Acme Ltd"}, headers=acct.headers
+    )
     assert r.status_code == 200 and r.json()["data"]["name"] == "Acme Ltd"
-    again = await client.post(f"{V1}/organisations", json={"name": "X", "slug": "acme-ltd"},
-                              headers=acct.headers)
+    again = await client.post(
+        f"{V1}/organisations", json={"name": "X", "slug": "acme-ltd"}, headers=acct.headers
+    )
     assert again.status_code == 409 and again.json()["error"]["code"] == "CONFLICT"
     r = await client.delete(f"{V1}/organisations/{org['id']}", headers=acct.headers)
     assert r.status_code == 200
@@ -67,15 +71,20 @@ async def test_reseller_creates_and_manages_child_organisations(client, register
     # ...but the customer cannot see the reseller.
     r = await client.get(f"{V1}/organisations/{org['id']}", headers=customer.headers)
     assert r.status_code == 404
-    kids = (await client.get(f"{V1}/organisations/{org['id']}/children",
-                             headers=reseller.headers)).json()["data"]
+    kids = (
+        await client.get(f"{V1}/organisations/{org['id']}/children", headers=reseller.headers)
+    ).json()["data"]
     assert [c["id"] for c in kids["items"]] == [child["id"]]
     # The child got a default project the reseller can manage.
-    projects = (await client.get(f"{V1}/projects", params={"organisation_id": child["id"]},
-                                 headers=reseller.headers)).json()["data"]["items"]
+    projects = (
+        await client.get(
+            f"{V1}/projects", params={"organisation_id": child["id"]}, headers=reseller.headers
+        )
+    ).json()["data"]["items"]
     assert len(projects) == 1
-    r = await client.put(f"{V1}/projects/{projects[0]['id']}/quotas", json={"vcpus": 4},
-                         headers=reseller.headers)
+    r = await client.put(
+        f"{V1}/projects/{projects[0]['id']}/quotas", json={"vcpus": 4}, headers=reseller.headers
+    )
     assert r.status_code == 200
     # A reseller with children cannot be deleted first.
     r = await client.delete(f"{V1}/organisations/{org['id']}", headers=reseller.headers)
@@ -85,8 +94,9 @@ async def test_reseller_creates_and_manages_child_organisations(client, register
 async def test_only_resellers_create_children(client, register):
     acct = await register()
     org = await _org(client, acct)
-    r = await client.post(f"{V1}/organisations/{org['id']}/children", json={"name": "Kid"},
-                          headers=acct.headers)
+    r = await client.post(
+        f"{V1}/organisations/{org['id']}/children", json={"name": "Kid"}, headers=acct.headers
+    )
     assert r.status_code == 409
 
 
@@ -114,64 +124,87 @@ async def test_member_roles_and_last_owner(client, register):
     assert r.status_code == 409
     r = await client.delete(f"{base}/{bob.id}", headers=alice.headers)
     assert r.status_code == 200
-    assert (await client.get(f"{V1}/organisations/{org['id']}", headers=bob.headers)).status_code == 404
+    assert (
+        await client.get(f"{V1}/organisations/{org['id']}", headers=bob.headers)
+    ).status_code == 404
 
 
 async def test_invitation_flow(client, register):
     owner = await register()
     org = await _org(client, owner)
     email = f"invitee-{uuid.uuid4().hex[:6]}@example.com"
-    r = await client.post(f"{V1}/organisations/{org['id']}/invitations",
-                          json={"email": email, "role": "member"}, headers=owner.headers)
+    r = await client.post(
+        f"{V1}/organisations/{org['id']}/invitations",
+        json={"email": email, "role": "member"},
+        headers=owner.headers,
+    )
     assert r.status_code == 201, r.text
     token = r.json()["data"]["token"]
-    listed = (await client.get(f"{V1}/organisations/{org['id']}/invitations",
-                               headers=owner.headers)).json()["data"]["items"]
+    listed = (
+        await client.get(f"{V1}/organisations/{org['id']}/invitations", headers=owner.headers)
+    ).json()["data"]["items"]
     assert len(listed) == 1 and "token" not in listed[0]
 
     stranger = await register()
-    r = await client.post(f"{V1}/invitations/accept", json={"token": token}, headers=stranger.headers)
+    r = await client.post(
+        f"{V1}/invitations/accept", json={"token": token}, headers=stranger.headers
+    )
     assert r.status_code == 404
 
     invitee = await register(email=email)
     mine = (await client.get(f"{V1}/invitations", headers=invitee.headers)).json()["data"]["items"]
     assert [i["organisation_id"] for i in mine] == [org["id"]]
-    r = await client.post(f"{V1}/invitations/accept", json={"token": token}, headers=invitee.headers)
+    r = await client.post(
+        f"{V1}/invitations/accept", json={"token": token}, headers=invitee.headers
+    )
     assert r.status_code == 200 and r.json()["data"]["role"] == "member"
-    r = await client.post(f"{V1}/invitations/accept", json={"token": token}, headers=invitee.headers)
+    r = await client.post(
+        f"{V1}/invitations/accept", json={"token": token}, headers=invitee.headers
+    )
     assert r.status_code == 404
 
 
 async def test_projects_and_quotas(client, register):
     acct = await register()
     org = await _org(client, acct)
-    r = await client.post(f"{V1}/projects", json={"name": "web", "organisation_id": org["id"]},
-                          headers=acct.headers)
+    r = await client.post(
+        f"{V1}/projects", json={"name": "web", "organisation_id": org["id"]}, headers=acct.headers
+    )
     assert r.status_code == 201
     project = r.json()["data"]
     # Without an organisation, the project goes where the default project is.
     r = await client.post(f"{V1}/projects", json={"name": "scratch"}, headers=acct.headers)
     assert r.status_code == 201
     assert r.json()["data"]["organisation_id"] != org["id"]
-    r = await client.post(f"{V1}/projects", json={"name": "web", "organisation_id": org["id"]},
-                          headers=acct.headers)
+    r = await client.post(
+        f"{V1}/projects", json={"name": "web", "organisation_id": org["id"]}, headers=acct.headers
+    )
     assert r.status_code == 409
 
     q = (await client.get(f"{V1}/projects/{project['id']}/quotas", headers=acct.headers)).json()
     assert q["data"]["limits"]["instances"] == 20
-    r = await client.put(f"{V1}/projects/{project['id']}/quotas",
-                         json={"vcpus": 8, "memory_gb": None}, headers=acct.headers)
+    r = await client.put(
+        f"{V1}/projects/{project['id']}/quotas",
+        json={"vcpus": 8, "memory_gb": None},
+        headers=acct.headers,
+    )
     limits = r.json()["data"]["limits"]
     assert limits["vcpus"] == 8 and limits["memory_gb"] is None and limits["instances"] == 20
-    r = await client.put(f"{V1}/projects/{project['id']}/quotas", json={"vcpus": -1},
-                         headers=acct.headers)
+    r = await client.put(
+        f"{V1}/projects/{project['id']}/quotas", json={"vcpus": -1}, headers=acct.headers
+    )
     assert r.status_code == 422
 
-    r = await client.put(f"{V1}/projects/{project['id']}", json={"description": "site"},
-                         headers=acct.headers)
+    r = await client.put(
+        f"{V1}/projects/{project['id']}", json={"description": "site"}, headers=acct.headers
+    )
     assert r.json()["data"]["description"] == "site"
-    assert (await client.delete(f"{V1}/projects/{project['id']}", headers=acct.headers)).status_code == 200
-    assert (await client.get(f"{V1}/projects/{project['id']}", headers=acct.headers)).status_code == 404
+    assert (
+        await client.delete(f"{V1}/projects/{project['id']}", headers=acct.headers)
+    ).status_code == 200
+    assert (
+        await client.get(f"{V1}/projects/{project['id']}", headers=acct.headers)
+    ).status_code == 404
     r = await client.delete(f"{V1}/projects/{acct.project_id}", headers=acct.headers)
     assert r.status_code == 409
 
