@@ -307,7 +307,6 @@ class Organisations(_Resource):
         return self._one(OrganisationPublic, "POST", "/invitations/accept", json={"token": token})
 
 
-
 class Projects(_Resource):
     """Projects and their quotas."""
 
