@@ -22,7 +22,7 @@ run: install  ## Start Nefos on http://127.0.0.1:8000 (SQLite under ./var)
 services:  ## Install and start what the tests need (PostgreSQL)
 	@scripts/bootstrap-services.sh
 
-test: install services  ## Every test, on SQLite and on PostgreSQL
+test: install services lint typecheck  ## Lint, types, and every test on SQLite and PostgreSQL
 	@source var/test-services.env && $(PY) -m pytest $(PYTEST_ARGS)
 
 test-sqlite: install  ## The suite on SQLite only (no services needed)
