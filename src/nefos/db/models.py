@@ -182,7 +182,9 @@ class Project(Base):
 
     __table_args__ = (
         UniqueConstraint("organisation_id", "name", name="uq_projects_organisation_id_name"),
-        Index("ix_projects_organisation_id_created_at", "organisation_id", "created_at"),
+        # Lists page in (created_at, id) order within an organisation: the index
+        # covers the whole ORDER BY, so a deep page does not sort the organisation.
+        Index("ix_projects_org_created_id", "organisation_id", "created_at", "id"),
     )
 
 
