@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.db.models import ApiKey
@@ -17,6 +16,7 @@ from nefos.domain.paging import PageParams
 from nefos.schemas.identity import ApiKeyCreate
 from nefos.security.apikeys import display_prefix, generate_api_key, hash_secret
 from nefos.services.core import Core
+from nefos.services.paging import fetch_page
 from nefos.services.principal import Principal, authorize_org
 
 
@@ -65,18 +65,13 @@ class ApiKeyService:
         return key, raw
 
     async def list(self, principal: Principal, page: PageParams) -> tuple[Sequence[ApiKey], int]:
-        where = ApiKey.user_id == principal.user_id
-        total = await self.session.scalar(select(func.count(ApiKey.id)).where(where))
-        rows = (
-            await self.session.scalars(
-                select(ApiKey)
-                .where(where)
-                .order_by(ApiKey.created_at.desc(), ApiKey.id)
-                .offset(page.offset)
-                .limit(page.limit)
-            )
-        ).all()
-        return rows, total or 0
+        return await fetch_page(
+            self.session,
+            ApiKey,
+            ApiKey.user_id == principal.user_id,
+            order_by=(ApiKey.created_at.desc(), ApiKey.id),
+            page=page,
+        )
 
     async def get(self, principal: Principal, key_id: str) -> ApiKey:
         key = await self.session.get(ApiKey, key_id)

@@ -38,6 +38,7 @@ from nefos.schemas.tenancy import (
 )
 from nefos.security.apikeys import hash_secret
 from nefos.services.core import Core
+from nefos.services.paging import fetch_page
 from nefos.services.principal import (
     MAX_ORG_DEPTH,
     Principal,
@@ -174,18 +175,13 @@ class TenancyService:
     async def list_children(
         self, parent: Organisation, page: PageParams
     ) -> tuple[Sequence[Organisation], int]:
-        where = Organisation.parent_id == parent.id
-        total = await self.session.scalar(select(func.count(Organisation.id)).where(where))
-        rows = (
-            await self.session.scalars(
-                select(Organisation)
-                .where(where)
-                .order_by(Organisation.created_at, Organisation.id)
-                .offset(page.offset)
-                .limit(page.limit)
-            )
-        ).all()
-        return rows, total or 0
+        return await fetch_page(
+            self.session,
+            Organisation,
+            Organisation.parent_id == parent.id,
+            order_by=(Organisation.created_at, Organisation.id),
+            page=page,
+        )
 
     async def update_org(self, org: Organisation, body: OrganisationUpdate) -> Organisation:
         await begin_write(self.session)
@@ -360,18 +356,14 @@ class TenancyService:
     async def list_invitations(
         self, org: Organisation, page: PageParams
     ) -> tuple[Sequence[Invitation], int]:
-        where = (Invitation.organisation_id == org.id, Invitation.accepted_at.is_(None))
-        total = await self.session.scalar(select(func.count(Invitation.id)).where(*where))
-        rows = (
-            await self.session.scalars(
-                select(Invitation)
-                .where(*where)
-                .order_by(Invitation.created_at)
-                .offset(page.offset)
-                .limit(page.limit)
-            )
-        ).all()
-        return rows, total or 0
+        return await fetch_page(
+            self.session,
+            Invitation,
+            Invitation.organisation_id == org.id,
+            Invitation.accepted_at.is_(None),
+            order_by=(Invitation.created_at, Invitation.id),
+            page=page,
+        )
 
     async def revoke_invitation(self, org: Organisation, invitation_id: str) -> None:
         await begin_write(self.session)
@@ -384,22 +376,15 @@ class TenancyService:
     async def my_invitations(
         self, principal: Principal, page: PageParams
     ) -> tuple[Sequence[Invitation], int]:
-        where = (
+        return await fetch_page(
+            self.session,
+            Invitation,
             Invitation.email == principal.user.email,
             Invitation.accepted_at.is_(None),
             Invitation.expires_at > utcnow(),
+            order_by=(Invitation.created_at, Invitation.id),
+            page=page,
         )
-        total = await self.session.scalar(select(func.count(Invitation.id)).where(*where))
-        rows = (
-            await self.session.scalars(
-                select(Invitation)
-                .where(*where)
-                .order_by(Invitation.created_at, Invitation.id)
-                .offset(page.offset)
-                .limit(page.limit)
-            )
-        ).all()
-        return rows, total or 0
 
     async def accept_invitation(self, principal: Principal, token: str) -> Organisation:
         await begin_write(self.session)
@@ -432,19 +417,13 @@ class TenancyService:
         ids = await visible_org_ids(self.session, principal)
         if organisation_id is not None:
             ids = [i for i in ids if i == organisation_id]
-        where = Project.organisation_id.in_(ids)
-        # count(*), not count(id): the index alone answers it, without reading rows.
-        total = await self.session.scalar(select(func.count()).select_from(Project).where(where))
-        rows = (
-            await self.session.scalars(
-                select(Project)
-                .where(where)
-                .order_by(Project.created_at, Project.id)
-                .offset(page.offset)
-                .limit(page.limit)
-            )
-        ).all()
-        return rows, total or 0
+        return await fetch_page(
+            self.session,
+            Project,
+            Project.organisation_id.in_(ids),
+            order_by=(Project.created_at, Project.id),
+            page=page,
+        )
 
     async def default_organisation_id(self, principal: Principal) -> str:
         """Where a project goes when the caller names no organisation."""

@@ -23,6 +23,7 @@ from nefos.schemas.identity import (
 )
 from nefos.services.auth import AuthService
 from nefos.services.core import Core
+from nefos.services.paging import fetch_page
 from nefos.services.principal import Principal, authorize_project
 
 
@@ -93,16 +94,7 @@ class UserService:
 
     # --- platform admin -----------------------------------------------------
     async def list_users(self, page: PageParams) -> tuple[Sequence[User], int]:
-        total = await self.session.scalar(select(func.count(User.id)))
-        rows = (
-            await self.session.scalars(
-                select(User)
-                .order_by(User.created_at, User.id)
-                .offset(page.offset)
-                .limit(page.limit)
-            )
-        ).all()
-        return rows, total or 0
+        return await fetch_page(self.session, User, order_by=(User.created_at, User.id), page=page)
 
     async def get_user(self, user_id: str) -> User:
         user = await self.session.get(User, user_id)
