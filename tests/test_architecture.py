@@ -1,8 +1,8 @@
 """The layer rules of DESIGN.md, enforced on the import graph.
 
 Import direction is downward only: drivers/ never import db/, services/ or api/
-(nor each other); services/ never import FastAPI or the API; the SDK imports only
-the wire schemas; the CLI talks only through the SDK.
+(nor each other); services/ never import FastAPI or the API; the scheduler is pure;
+the SDK imports only the wire schemas; the CLI talks only through the SDK.
 """
 
 from __future__ import annotations
@@ -107,6 +107,24 @@ RULES = {
     "drivers": (
         (),
         ("nefos.db", "nefos.services", "nefos.api", "nefos.gateway", "nefos.sdk", "nefos.cli"),
+    ),
+    # The scheduler is pure: host snapshots in, placements out; no database, no
+    # driver, no web framework (STYLE.md example 8).
+    "scheduler": (
+        (),
+        (
+            "nefos.db",
+            "nefos.services",
+            "nefos.api",
+            "nefos.gateway",
+            "nefos.drivers",
+            "nefos.sdk",
+            "nefos.cli",
+            "sqlalchemy",
+            "fastapi",
+            "starlette",
+            "httpx",
+        ),
     ),
     "sdk": (("nefos.schemas", "nefos.domain.access", "nefos.sdk"), ("nefos",)),
     "cli": (
