@@ -72,7 +72,7 @@ exec 9>"$PODMAN_DIR/bootstrap.lock"
 flock -w 600 9 || die "timed out waiting for another bootstrap holding $PODMAN_DIR/bootstrap.lock"
 
 need=()
-for pkg in podman runc conmon busybox-static uidmap slirp4netns fuse-overlayfs curl; do
+for pkg in podman runc conmon catatonit iptables busybox-static uidmap slirp4netns fuse-overlayfs curl; do
   deb_installed "$pkg" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -153,3 +153,27 @@ def test_the_rule_checker_catches_a_violation(tmp_path: Path) -> None:
     # Guard against a checker that passes vacuously.
     assert _violations("services", (), ("nefos.api",)) == []
     assert _violations("api", (), ("nefos.services",)) != []
+
+
+def _driver_packages() -> list[str]:
+    root = SRC / "drivers"
+    return sorted(
+        p.stem if p.is_file() else p.name
+        for p in root.iterdir()
+        if (p.is_dir() and (p / "__init__.py").exists())
+        or (p.suffix == ".py" and p.stem not in {"__init__", "base", "registry"})
+    )
+
+
+def test_a_driver_never_imports_another_driver() -> None:
+    # Each driver sees only the contract (drivers.base), never a sibling: a shared
+    # helper belongs in base or a neutral module, not in another driver.
+    bad = []
+    drivers = _driver_packages()
+    assert "docker" in drivers  # guard against a checker that finds no drivers
+    for name in drivers:
+        others = tuple(f"nefos.drivers.{o}" for o in drivers if o != name)
+        bad += _violations(f"drivers/{name}", (), others) + _violations(
+            f"drivers/{name}.py", (), others
+        )
+    assert bad == []

@@ -1,0 +1,287 @@
+"""The compute driver contract: what every driver (docker, libvirt, sim) promises.
+
+A driver turns an :class:`InstanceSpec` into a running instance on one host and
+reports on it. It knows nothing of tenants, quotas, the database or HTTP: the
+services layer decides *what* should exist, records it, and calls a driver to make
+the host agree; the reconciler compares :meth:`ComputeDriver.list` with the
+database to find orphans and lost instances.
+
+Identity. Every instance a driver makes carries the labels (or metadata)
+``nefos.id``, ``nefos.project`` and ``nefos.managed=true``, plus the spec's own
+labels. ``driver_id`` is the host's own name for the instance (a container id, a
+domain UUID); every method that takes an ``instance_id`` accepts the driver id.
+
+Calling. The methods are ``async``; drivers around blocking libraries run them in
+a worker thread (:func:`asyncio.to_thread`), so services await them directly. A
+call may block for as long as the host takes (an image to unpack, a stop
+timeout), so services call drivers from operations, not from request handlers.
+
+Capabilities. What a driver can do is data (:class:`Capabilities`), read by the
+caller before it calls; a method a driver does not support raises
+:class:`Unsupported`, which a caller that checked never sees.
+
+Errors. Drivers raise only :class:`DriverError` subclasses, wrapping the library's
+own error with ``raise ... from exc``. Each carries the wire ``code`` of the
+domain error the services layer should raise in its place::
+
+    DriverError           INTERNAL_ERROR       anything else the host refused
+    ├── HostUnreachable   SERVICE_UNAVAILABLE  the engine/hypervisor does not answer
+    ├── InstanceNotFound  NOT_FOUND            no such instance on this host
+    ├── ImageNotFound     VALIDATION_ERROR     the spec names an image the host lacks
+    ├── InvalidSpec       VALIDATION_ERROR     the host rejects the spec itself
+    ├── InsufficientCapacity RESOURCE_EXHAUSTED the host has no room (port, memory)
+    ├── InvalidState      CONFLICT             the instance cannot do that now
+    └── Unsupported       INTERNAL_ERROR       not in this driver's Capabilities
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+#: Labels every Nefos-made instance carries.
+LABEL_ID = "nefos.id"
+LABEL_PROJECT = "nefos.project"
+LABEL_MANAGED = "nefos.managed"
+
+Protocol = Literal["tcp", "udp"]
+
+
+# --- errors ---------------------------------------------------------------------------
+class DriverError(Exception):
+    """A driver call failed. ``code`` names the domain error services map it to."""
+
+    code: ClassVar[str] = "INTERNAL_ERROR"
+
+    def __init__(self, message: str, *, instance_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.instance_id = instance_id
+
+
+class HostUnreachable(DriverError):
+    """The engine or hypervisor did not answer (down, socket gone, timed out)."""
+
+    code = "SERVICE_UNAVAILABLE"
+
+
+class InstanceNotFound(DriverError):
+    code = "NOT_FOUND"
+
+
+class ImageNotFound(DriverError):
+    code = "VALIDATION_ERROR"
+
+
+class InvalidSpec(DriverError):
+    code = "VALIDATION_ERROR"
+
+
+class InsufficientCapacity(DriverError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class InvalidState(DriverError):
+    code = "CONFLICT"
+
+
+class Unsupported(DriverError):
+    """The call is outside the driver's :class:`Capabilities` (a caller's bug)."""
+
+
+# --- data -----------------------------------------------------------------------------
+class InstanceKind(enum.StrEnum):
+    CONTAINER = "container"
+    VM = "vm"
+
+
+class InstanceState(enum.StrEnum):
+    CREATED = "created"  # made, never started
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"  # exited or stopped
+    MISSING = "missing"  # the host has no such instance (any more)
+    ERROR = "error"  # the host reports it dead or broken
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a driver can do; callers check these instead of catching errors."""
+
+    kind: InstanceKind
+    supports_ports: bool = False  # InstanceSpec.ports are published on the host
+    supports_stats: bool = False  # stats() returns live numbers
+    supports_logs: bool = False  # logs() returns the console/stdout
+    supports_snapshots: bool = False
+    supports_resize: bool = False
+    supports_reboot: bool = False
+    supports_user_data: bool = False  # cloud-init style user data
+
+
+@dataclass(frozen=True, slots=True)
+class HostCapacity:
+    """The host's total resources (not what is free: the scheduler counts that)."""
+
+    cpus: int
+    memory_mb: int
+    disk_gb: int | None  # None when the driver cannot see the host's disk
+
+
+@dataclass(frozen=True, slots=True)
+class PortSpec:
+    """Publish ``container_port/protocol`` on the host; ``host_port`` None = any free."""
+
+    container_port: int
+    protocol: Protocol = "tcp"
+    host_port: int | None = None
+    host_ip: str = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedPort:
+    container_port: int
+    protocol: Protocol
+    host_ip: str
+    host_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSpec:
+    """Everything a driver needs to make one instance."""
+
+    nefos_id: str
+    project_id: str
+    name: str
+    image: str
+    command: tuple[str, ...] | None = None  # None: the image's default command
+    env: Mapping[str, str] = field(default_factory=dict)
+    ports: tuple[PortSpec, ...] = ()
+    cpu: float = 1.0  # cores, fractions allowed
+    memory_mb: int = 256
+    pids_limit: int = 256
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def all_labels(self) -> dict[str, str]:
+        """The spec's labels plus the identity labels, which always win."""
+        return {
+            **self.labels,
+            LABEL_ID: self.nefos_id,
+            LABEL_PROJECT: self.project_id,
+            LABEL_MANAGED: "true",
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceInfo:
+    driver_id: str
+    nefos_id: str | None  # None for an instance Nefos did not make
+    project_id: str | None
+    name: str
+    image: str
+    state: InstanceState
+    ports: tuple[PublishedPort, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceStats:
+    cpu_percent: float  # of one core x cores: 200.0 = two cores busy
+    memory_bytes: int
+    memory_limit_bytes: int
+    memory_percent: float
+    net_rx_bytes: int
+    net_tx_bytes: int
+
+
+# --- the contract ----------------------------------------------------------------------
+class ComputeDriver(abc.ABC):
+    """One host's compute engine, as Nefos sees it."""
+
+    #: Short name ("docker", "libvirt", "sim") used in configuration and logs.
+    name: ClassVar[str]
+
+    @property
+    @abc.abstractmethod
+    def capabilities(self) -> Capabilities:
+        """Constant for the driver's lifetime; no I/O."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Return if the host answers; raise :class:`HostUnreachable` otherwise.
+
+        Bounded by the driver's connection timeout: a dead host fails fast.
+        """
+
+    @abc.abstractmethod
+    async def capacity(self) -> HostCapacity:
+        """The host's total cpus, memory and (if visible) disk. Raises HostUnreachable."""
+
+    @abc.abstractmethod
+    async def create(self, spec: InstanceSpec) -> InstanceInfo:
+        """Make the instance described by ``spec``, and leave it not running.
+
+        On success the instance exists in state ``CREATED`` (or ``STOPPED``), carries
+        ``spec.all_labels()``, and has its limits (cpu, memory, pids) applied.
+        Published host ports may only be known after :meth:`start`.
+
+        On failure nothing the call made is left on the host (the half-made instance
+        is destroyed) and the error says why: :class:`ImageNotFound` for a missing
+        image, :class:`InvalidSpec` for a spec the host refuses (a name already in
+        use included), :class:`HostUnreachable` if the host stopped answering.
+        """
+
+    @abc.abstractmethod
+    async def start(self, instance_id: str) -> InstanceInfo:
+        """Start the instance; on return it is ``RUNNING`` with its ports published.
+
+        Starting a running instance succeeds and changes nothing. If the start
+        fails the instance is left stopped (not destroyed: it is Nefos's record)
+        and the error is raised; :class:`InsufficientCapacity` when a host port
+        is taken. Raises :class:`InstanceNotFound` if it is gone.
+        """
+
+    @abc.abstractmethod
+    async def stop(self, instance_id: str, *, grace_seconds: float = 10) -> InstanceInfo:
+        """Stop the instance gracefully, forcing it after ``grace_seconds``.
+
+        On return it is ``STOPPED``; stopping a stopped instance succeeds. Raises
+        :class:`InstanceNotFound` if it is gone.
+        """
+
+    @abc.abstractmethod
+    async def destroy(self, instance_id: str) -> None:
+        """Remove the instance and everything the driver made for it, running or not.
+
+        On return the host has no such instance. Destroying an instance that is
+        already gone succeeds: destroy is how the reconciler cleans up, and it
+        may run twice.
+        """
+
+    @abc.abstractmethod
+    async def get(self, instance_id: str) -> InstanceInfo:
+        """The instance as the host sees it now. Raises :class:`InstanceNotFound`."""
+
+    @abc.abstractmethod
+    async def list(self, labels: Mapping[str, str] | None = None) -> list[InstanceInfo]:
+        """Every Nefos-made instance (``nefos.managed=true``) on the host that also
+        carries all of ``labels``; for the reconciler. No I/O beyond one listing."""
+
+    @abc.abstractmethod
+    async def stats(self, instance_id: str) -> InstanceStats:
+        """One sample of the instance's usage (needs ``supports_stats``).
+
+        A stopped instance reports zero usage. Raises :class:`InstanceNotFound`.
+        """
+
+    @abc.abstractmethod
+    async def logs(self, instance_id: str, *, tail: int = 100) -> str:
+        """The last ``tail`` lines of the console/stdout+stderr (``supports_logs``).
+
+        Raises :class:`InstanceNotFound` if it is gone.
+        """
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, not abstract
+        """Release connections; the driver is unusable afterwards."""

@@ -1,0 +1,400 @@
+"""Containers on a Docker Engine API (Docker itself, or ``podman system service``).
+
+The docker SDK is blocking; every call runs in a worker thread. Each container is
+hardened the same way, whatever the spec says: not privileged, every Linux
+capability dropped, ``no-new-privileges``, no mounts of the host (no binds, no
+engine socket), cpu/memory/pids limits, and restart policy ``no`` because Nefos's
+reconciler, not the engine, decides what runs. The engine name of a container is
+``nefos-<nefos_id>``, so one Nefos instance has at most one container per host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import shutil
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from nefos.drivers.base import (
+    LABEL_ID,
+    LABEL_MANAGED,
+    LABEL_PROJECT,
+    Capabilities,
+    ComputeDriver,
+    DriverError,
+    HostCapacity,
+    HostUnreachable,
+    ImageNotFound,
+    InstanceInfo,
+    InstanceKind,
+    InstanceNotFound,
+    InstanceSpec,
+    InstanceState,
+    InstanceStats,
+    InsufficientCapacity,
+    InvalidSpec,
+    InvalidState,
+    Protocol,
+    PublishedPort,
+)
+
+T = TypeVar("T")
+
+#: Engine API version we speak. Pinned, so building a client does not call the
+#: engine (the SDK's "auto" asks the server) and a dead host fails on first use.
+API_VERSION = "1.41"
+LABEL_NAME = "nefos.name"
+
+_STATES = {
+    "created": InstanceState.CREATED,
+    "configured": InstanceState.CREATED,
+    "running": InstanceState.RUNNING,
+    "restarting": InstanceState.RUNNING,
+    "paused": InstanceState.PAUSED,
+    "exited": InstanceState.STOPPED,
+    "stopped": InstanceState.STOPPED,
+    "removing": InstanceState.STOPPED,
+    "dead": InstanceState.ERROR,
+}
+
+_PORT_TAKEN = ("port is already allocated", "address already in use", "bind: address")
+
+
+def container_name(nefos_id: str) -> str:
+    return f"nefos-{nefos_id}"
+
+
+@contextmanager
+def _translated(instance_id: str | None = None, *, creating: bool = False) -> Iterator[None]:
+    """Re-raise the SDK's and requests' errors as the driver error tree."""
+    try:
+        yield
+    except DriverError:
+        raise
+    except docker.errors.ImageNotFound as exc:
+        raise ImageNotFound(_explain(exc), instance_id=instance_id) from exc
+    except docker.errors.NotFound as exc:
+        if creating:
+            raise ImageNotFound(_explain(exc), instance_id=instance_id) from exc
+        raise InstanceNotFound(_explain(exc), instance_id=instance_id) from exc
+    except docker.errors.APIError as exc:
+        message = _explain(exc)
+        if any(s in message.lower() for s in _PORT_TAKEN):
+            raise InsufficientCapacity(message, instance_id=instance_id) from exc
+        if exc.status_code == 409:
+            kind = InvalidSpec if creating else InvalidState
+            raise kind(message, instance_id=instance_id) from exc
+        if exc.status_code == 400:
+            raise InvalidSpec(message, instance_id=instance_id) from exc
+        raise DriverError(message, instance_id=instance_id) from exc
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+        _release_sockets(exc)
+        raise HostUnreachable(f"container engine unreachable: {exc}") from exc
+    except docker.errors.DockerException as exc:
+        # The SDK wraps connection failures it meets while building a request.
+        if "connection" in str(exc).lower():
+            raise HostUnreachable(f"container engine unreachable: {exc}") from exc
+        raise DriverError(str(exc), instance_id=instance_id) from exc
+
+
+def _release_sockets(exc: BaseException) -> None:
+    """Drop the frames of a failed connection attempt, so its socket closes now.
+
+    docker-py's unix-socket ``connect()`` does not close the socket it made when
+    connecting fails; the socket lives on in the traceback's frames (and this
+    error's ``__cause__``) until the garbage collector finds it.
+    """
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        traceback.clear_frames(cur.__traceback__)
+        cur = cur.__cause__ or cur.__context__
+
+
+def _explain(exc: docker.errors.APIError) -> str:
+    return str(exc.explanation or exc)
+
+
+def _parse_ports(raw: Mapping[str, Any] | None) -> tuple[PublishedPort, ...]:
+    """``NetworkSettings.Ports`` of an inspect: {"8080/tcp": [{"HostIp", "HostPort"}]}."""
+    found = []
+    for key, bindings in (raw or {}).items():
+        port, _, proto = key.partition("/")
+        for b in bindings or ():
+            if b.get("HostPort"):
+                found.append(
+                    PublishedPort(
+                        container_port=int(port),
+                        protocol=_protocol(proto),
+                        host_ip=b.get("HostIp") or "0.0.0.0",  # noqa: S104 - reported, not bound
+                        host_port=int(b["HostPort"]),
+                    )
+                )
+    return tuple(sorted(found, key=lambda p: (p.container_port, p.protocol, p.host_ip)))
+
+
+def _protocol(raw: str | None) -> Protocol:
+    return "udp" if raw == "udp" else "tcp"
+
+
+def _info_from_inspect(attrs: Mapping[str, Any]) -> InstanceInfo:
+    labels = dict((attrs.get("Config") or {}).get("Labels") or {})
+    status = str((attrs.get("State") or {}).get("Status", "")).lower()
+    return InstanceInfo(
+        driver_id=str(attrs["Id"]),
+        nefos_id=labels.get(LABEL_ID),
+        project_id=labels.get(LABEL_PROJECT),
+        name=labels.get(LABEL_NAME) or str(attrs.get("Name", "")).lstrip("/"),
+        image=str((attrs.get("Config") or {}).get("Image") or attrs.get("Image", "")),
+        state=_STATES.get(status, InstanceState.ERROR),
+        ports=_parse_ports((attrs.get("NetworkSettings") or {}).get("Ports")),
+        labels=labels,
+    )
+
+
+def _info_from_listing(row: Mapping[str, Any]) -> InstanceInfo:
+    labels = dict(row.get("Labels") or {})
+    ports = [
+        PublishedPort(
+            container_port=int(p["PrivatePort"]),
+            protocol=_protocol(p.get("Type")),
+            host_ip=p.get("IP") or "0.0.0.0",  # noqa: S104 - reported, not bound
+            host_port=int(p["PublicPort"]),
+        )
+        for p in row.get("Ports") or ()
+        if p.get("PublicPort")
+    ]
+    names = row.get("Names") or [""]
+    return InstanceInfo(
+        driver_id=str(row["Id"]),
+        nefos_id=labels.get(LABEL_ID),
+        project_id=labels.get(LABEL_PROJECT),
+        name=labels.get(LABEL_NAME) or str(names[0]).lstrip("/"),
+        image=str(row.get("Image", "")),
+        state=_STATES.get(str(row.get("State", "")).lower(), InstanceState.ERROR),
+        ports=tuple(sorted(ports, key=lambda p: (p.container_port, p.protocol, p.host_ip))),
+        labels=labels,
+    )
+
+
+class DockerDriver(ComputeDriver):
+    """A :class:`ComputeDriver` for one Docker Engine API endpoint."""
+
+    name = "docker"
+
+    _CAPABILITIES = Capabilities(
+        kind=InstanceKind.CONTAINER,
+        supports_ports=True,
+        supports_stats=True,
+        supports_logs=True,
+    )
+
+    def __init__(self, base_url: str, *, timeout: float = 30) -> None:
+        self.base_url = base_url
+        self._client = docker.DockerClient(base_url=base_url, version=API_VERSION, timeout=timeout)
+        self._api = self._client.api
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._CAPABILITIES
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    # --- host -------------------------------------------------------------------------
+    async def ping(self) -> None:
+        await self._run(self._ping)
+
+    def _ping(self) -> None:
+        with _translated():
+            self._api.ping()
+
+    async def capacity(self) -> HostCapacity:
+        return await self._run(self._capacity)
+
+    def _capacity(self) -> HostCapacity:
+        with _translated():
+            info = self._api.info()
+        disk_gb = None
+        root = info.get("DockerRootDir")
+        # The engine does not report its disk; on a local socket we can look.
+        if self.base_url.startswith("unix://") and root and Path(root).exists():
+            disk_gb = shutil.disk_usage(root).total // 1024**3
+        return HostCapacity(
+            cpus=int(info["NCPU"]), memory_mb=int(info["MemTotal"]) // 1024**2, disk_gb=disk_gb
+        )
+
+    # --- lifecycle --------------------------------------------------------------------
+    async def create(self, spec: InstanceSpec) -> InstanceInfo:
+        return await self._run(self._create, spec)
+
+    def _create(self, spec: InstanceSpec) -> InstanceInfo:
+        name = container_name(spec.nefos_id)
+        with _translated(creating=True):
+            # Never pull implicitly: images reach a host through Nefos, not by accident.
+            self._api.inspect_image(spec.image)
+        ports: dict[str, tuple[str] | tuple[str, int]] = {}
+        for p in spec.ports:
+            key = f"{p.container_port}/{p.protocol}"
+            ports[key] = (p.host_ip, p.host_port) if p.host_port else (p.host_ip,)
+        host_config = self._api.create_host_config(
+            privileged=False,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            binds=None,
+            port_bindings=ports or None,
+            nano_cpus=int(spec.cpu * 1e9),
+            mem_limit=spec.memory_mb * 1024**2,
+            # Same as the memory limit: no swap on top of it.
+            memswap_limit=spec.memory_mb * 1024**2,
+            pids_limit=spec.pids_limit,
+            restart_policy={"Name": "no"},
+            init=True,
+        )
+        try:
+            with _translated(creating=True):
+                created = self._api.create_container(
+                    image=spec.image,
+                    command=list(spec.command) if spec.command is not None else None,
+                    name=name,
+                    environment=dict(spec.env),
+                    labels={**spec.all_labels(), LABEL_NAME: spec.name},
+                    ports=[(p.container_port, p.protocol) for p in spec.ports] or None,
+                    host_config=host_config,
+                    detach=True,
+                )
+                return self._get(str(created["Id"]))
+        except DriverError as exc:
+            # A name clash is someone else's container: leave it alone.
+            if not (isinstance(exc, InvalidSpec) and "already in use" in exc.message):
+                self._remove_quietly(name)
+            raise
+        except BaseException:
+            self._remove_quietly(name)
+            raise
+
+    def _remove_quietly(self, name: str) -> None:
+        try:
+            self._destroy(name)
+        except DriverError:
+            pass  # the original error matters more; the reconciler finds leftovers
+
+    async def start(self, instance_id: str) -> InstanceInfo:
+        return await self._run(self._start, instance_id)
+
+    def _start(self, instance_id: str) -> InstanceInfo:
+        with _translated(instance_id):
+            self._api.start(instance_id)
+        return self._get(instance_id)
+
+    async def stop(self, instance_id: str, *, grace_seconds: float = 10) -> InstanceInfo:
+        return await self._run(self._stop, instance_id, grace_seconds)
+
+    def _stop(self, instance_id: str, grace_seconds: float) -> InstanceInfo:
+        with _translated(instance_id):
+            self._api.stop(instance_id, timeout=max(0, round(grace_seconds)))
+        return self._get(instance_id)
+
+    async def destroy(self, instance_id: str) -> None:
+        await self._run(self._destroy, instance_id)
+
+    def _destroy(self, instance_id: str) -> None:
+        try:
+            with _translated(instance_id):
+                self._api.remove_container(instance_id, v=True, force=True)
+        except InstanceNotFound:
+            return
+        except DriverError as exc:
+            # Podman answers a missing container with 500 on some versions.
+            if "no such container" in exc.message.lower():
+                return
+            raise
+
+    # --- inspection -------------------------------------------------------------------
+    async def get(self, instance_id: str) -> InstanceInfo:
+        return await self._run(self._get, instance_id)
+
+    def _get(self, instance_id: str) -> InstanceInfo:
+        with _translated(instance_id):
+            return _info_from_inspect(self._api.inspect_container(instance_id))
+
+    async def list(self, labels: Mapping[str, str] | None = None) -> list[InstanceInfo]:
+        return await self._run(self._list, dict(labels or {}))
+
+    def _list(self, labels: dict[str, str]) -> builtins.list[InstanceInfo]:
+        wanted = {**labels, LABEL_MANAGED: "true"}
+        with _translated():
+            rows = self._api.containers(
+                all=True, filters={"label": [f"{k}={v}" for k, v in wanted.items()]}
+            )
+        return [_info_from_listing(row) for row in rows]
+
+    async def stats(self, instance_id: str) -> InstanceStats:
+        return await self._run(self._stats, instance_id)
+
+    def _stats(self, instance_id: str) -> InstanceStats:
+        with _translated(instance_id):
+            attrs = self._api.inspect_container(instance_id)
+            limit = int((attrs.get("HostConfig") or {}).get("Memory") or 0)
+            if not (attrs.get("State") or {}).get("Running"):
+                return InstanceStats(0.0, 0, limit, 0.0, 0, 0)
+            raw = self._api.stats(instance_id, stream=False)
+        return _parse_stats(raw, limit)
+
+    async def logs(self, instance_id: str, *, tail: int = 100) -> str:
+        return await self._run(self._logs, instance_id, tail)
+
+    def _logs(self, instance_id: str, tail: int) -> str:
+        with _translated(instance_id):
+            out = self._api.logs(instance_id, stdout=True, stderr=True, tail=tail)
+        return bytes(out).decode("utf-8", errors="replace")
+
+    async def close(self) -> None:
+        await self._run(self._client.close)
+
+
+def _parse_stats(raw: Mapping[str, Any], configured_limit: int) -> InstanceStats:
+    """One Engine API stats sample -> InstanceStats, computed as `docker stats` does."""
+    cpu = raw.get("cpu_stats") or {}
+    pre = raw.get("precpu_stats") or {}
+    cpu_delta = _int(cpu, "cpu_usage", "total_usage") - _int(pre, "cpu_usage", "total_usage")
+    sys_delta = int(cpu.get("system_cpu_usage") or 0) - int(pre.get("system_cpu_usage") or 0)
+    online = int(cpu.get("online_cpus") or 0) or len(
+        (cpu.get("cpu_usage") or {}).get("percpu_usage") or ()
+    )
+    cpu_percent = (cpu_delta / sys_delta) * max(online, 1) * 100.0 if sys_delta > 0 else 0.0
+
+    mem = raw.get("memory_stats") or {}
+    usage = int(mem.get("usage") or 0)
+    # Page cache is reclaimable: `docker stats` leaves it out, so do we.
+    cache = int((mem.get("stats") or {}).get("inactive_file") or 0)
+    used = max(usage - cache, 0)
+    limit = int(mem.get("limit") or 0) or configured_limit
+    rx = tx = 0
+    for net in (raw.get("networks") or {}).values():
+        rx += int(net.get("rx_bytes") or 0)
+        tx += int(net.get("tx_bytes") or 0)
+    return InstanceStats(
+        cpu_percent=max(cpu_percent, 0.0),
+        memory_bytes=used,
+        memory_limit_bytes=limit,
+        memory_percent=(used / limit * 100.0) if limit else 0.0,
+        net_rx_bytes=rx,
+        net_tx_bytes=tx,
+    )
+
+
+def _int(d: Mapping[str, Any], *path: str) -> int:
+    cur: Any = d
+    for key in path:
+        cur = (cur or {}).get(key)
+    return int(cur or 0)

@@ -1,0 +1,148 @@
+"""Drivers under contract test: one harness per driver, the same tests for all.
+
+To add a driver (libvirt, sim), write a ``_<name>_harness`` that yields a
+:class:`Harness` and list it in ``HARNESSES``. A harness gives the tests what
+only it can know: an image that serves HTTP, an image name the host lacks, a
+driver pointed at a dead host, and the host's own view of an instance's
+isolation (read from the engine, not from the driver under test).
+
+Every instance a test makes carries ``nefos.test-run=<this run>``; the harness
+destroys them all at the end, whatever the tests did.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nefos.drivers.base import ComputeDriver, HostUnreachable, InstanceSpec, PortSpec
+
+RUN_ID = uuid.uuid4().hex[:12]
+RUN_LABEL = "nefos.test-run"
+HTTP_PORT = 8080
+GREETING = "hello-from-nefos-contract"
+PAGE = "nefos test page"
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """What the host enforces on an instance, as the host itself reports it."""
+
+    privileged: bool
+    all_capabilities_dropped: bool
+    no_new_privileges: bool
+    pids_limit: int
+    memory_bytes: int
+    cpu: float
+    host_mounts: int
+
+
+@dataclass
+class Harness:
+    driver: ComputeDriver
+    web_image: str  # serves PAGE over HTTP on HTTP_PORT
+    missing_image: str
+    unreachable: Callable[[], ComputeDriver]
+    isolation: Callable[[str], Isolation]
+    made: list[str] = field(default_factory=list)
+
+    def spec(self, **overrides: Any) -> InstanceSpec:
+        nefos_id = overrides.pop("nefos_id", f"t{uuid.uuid4().hex[:16]}")
+        values: dict[str, Any] = {
+            "nefos_id": nefos_id,
+            "project_id": "contract-project",
+            "name": f"contract-{nefos_id}",
+            "image": self.web_image,
+            # Prints a line (for logs()) then serves /www (for the HTTP check).
+            "command": (
+                "/bin/sh",
+                "-c",
+                f"echo {GREETING}; exec httpd -f -v -p {HTTP_PORT} -h /www",
+            ),
+            "ports": (PortSpec(HTTP_PORT),),
+            "cpu": 0.5,
+            "memory_mb": 64,
+            "pids_limit": 64,
+            "labels": {RUN_LABEL: RUN_ID},
+        }
+        values.update(overrides)
+        values["labels"] = {**values["labels"], RUN_LABEL: RUN_ID}
+        return InstanceSpec(**values)
+
+
+def _docker_harness() -> Harness:
+    import docker
+
+    from nefos.drivers.docker import DockerDriver
+
+    url = os.environ.get("NEFOS_TEST_DOCKER_HOST")
+    if not url:
+        pytest.fail(
+            "NEFOS_TEST_DOCKER_HOST is not set: run `make test`, which starts Podman "
+            "(scripts/bootstrap-services.sh) and sets it."
+        )
+    engine = docker.APIClient(base_url=url, version="1.41")
+
+    def isolation(driver_id: str) -> Isolation:
+        attrs = engine.inspect_container(driver_id)
+        host = attrs["HostConfig"]
+        return Isolation(
+            privileged=bool(host.get("Privileged")),
+            # Podman reports CapDrop as the list of defaults it dropped, Docker as
+            # ["ALL"]: read what the container's main process really holds instead.
+            all_capabilities_dropped=_capabilities(int(attrs["State"]["Pid"])) == (0, 0)
+            and not host.get("CapAdd"),
+            no_new_privileges=any(
+                o.startswith("no-new-privileges") for o in host.get("SecurityOpt") or ()
+            ),
+            pids_limit=int(host.get("PidsLimit") or 0),
+            memory_bytes=int(host.get("Memory") or 0),
+            cpu=int(host.get("NanoCpus") or 0) / 1e9,
+            host_mounts=len(host.get("Binds") or ()),
+        )
+
+    return Harness(
+        driver=DockerDriver(url),
+        web_image=os.environ.get("NEFOS_TEST_IMAGE", "localhost/nefos-busybox:test"),
+        missing_image=f"localhost/nefos-no-such-image:{RUN_ID}",
+        unreachable=lambda: DockerDriver("unix:///nonexistent/nefos-dead.sock", timeout=5),
+        isolation=isolation,
+    )
+
+
+def _capabilities(pid: int) -> tuple[int, int]:
+    """(effective, bounding) capability masks of a local process."""
+    status = dict(
+        line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return int(status["CapEff"], 16), int(status["CapBnd"], 16)
+
+
+HARNESSES: dict[str, Callable[[], Harness]] = {"docker": _docker_harness}
+
+
+@pytest.fixture(scope="session", params=sorted(HARNESSES))
+async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    h = HARNESSES[request.param]()
+    try:
+        await h.driver.ping()
+    except HostUnreachable as exc:
+        pytest.fail(
+            f"the {request.param} driver's host does not answer ({exc}): run `make test`, "
+            "which starts it (scripts/bootstrap-services.sh)."
+        )
+    yield h
+    for info in await h.driver.list({RUN_LABEL: RUN_ID}):
+        await h.driver.destroy(info.driver_id)
+    await h.driver.close()
+
+
+@pytest.fixture
+def driver(harness: Harness) -> ComputeDriver:
+    return harness.driver
