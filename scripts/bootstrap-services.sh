@@ -69,7 +69,7 @@ export CONTAINERS_CONF="$PODMAN_DIR/containers.conf"
 mkdir -p "$PODMAN_DIR"
 # One bootstrap at a time starts the service (two `make test` runs may race).
 exec 9>"$PODMAN_DIR/bootstrap.lock"
-flock -w 600 9 || die "timed out waiting for another bootstrap holding $PODMAN_DIR/bootstrap.lock"
+flock -w 300 9 || die "timed out waiting for another bootstrap holding $PODMAN_DIR/bootstrap.lock"
 
 need=()
 for pkg in podman runc conmon catatonit iptables busybox-static uidmap slirp4netns fuse-overlayfs curl; do
@@ -102,18 +102,20 @@ if ! podman_ping; then
   # and only if it is still that podman service) before starting a fresh one.
   if [ -f "$PODMAN_DIR/service.pid" ]; then
     old=$(cat "$PODMAN_DIR/service.pid")
-    if [ -n "$old" ] && grep -qs "system.service" "/proc/$old/cmdline" \
-        && grep -qs "$PODMAN_SOCK" "/proc/$old/cmdline"; then
+    cmdline=$(tr '\0' ' ' < "/proc/$old/cmdline" 2>/dev/null || true)
+    if [ -n "$old" ] && [[ "$cmdline" == *"system service"*"unix://$PODMAN_SOCK"* ]]; then
+      echo "The podman service (pid $old) does not answer: restarting it."
       kill "$old" 2>/dev/null || true
       for _ in $(seq 1 50); do kill -0 "$old" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$old" 2>/dev/null || true
     fi
   fi
   rm -f "$PODMAN_SOCK"
   echo "Starting podman system service on $PODMAN_SOCK (log: $PODMAN_DIR/service.log)..."
   # setsid + nohup + every fd redirected: the service outlives this script and
-  # holds no pipe of the caller (make, tee, CI) open.
+  # holds no pipe of the caller (make, tee, CI) open, nor the bootstrap lock (fd 9).
   setsid nohup podman system service --time=0 "unix://$PODMAN_SOCK" \
-    </dev/null >>"$PODMAN_DIR/service.log" 2>&1 &
+    </dev/null >>"$PODMAN_DIR/service.log" 2>&1 9>&- &
   echo $! > "$PODMAN_DIR/service.pid"
   for _ in $(seq 1 300); do
     podman_ping && break
