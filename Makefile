@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 run: install  ## Start Nefos on http://127.0.0.1:8000 (SQLite under ./var)
 	$(VENV)/bin/nefos serve
 
-services:  ## Install and start what the tests need (PostgreSQL)
+services:  ## Install and start what the tests need (PostgreSQL, Podman)
 	@scripts/bootstrap-services.sh
 
 test: install services lint typecheck  ## Lint, types, and every test on SQLite and PostgreSQL
