@@ -28,6 +28,7 @@ from nefos.drivers.base import (
     InstanceNotFound,
     InstanceSpec,
     InstanceState,
+    InvalidSpec,
 )
 
 from .conftest import GREETING, HTTP_PORT, PAGE, RUN_ID, RUN_LABEL, Harness
@@ -242,3 +243,15 @@ async def test_the_host_enforces_the_isolation_and_limits(
     if driver.capabilities.kind is InstanceKind.CONTAINER:
         assert seen.all_capabilities_dropped
         assert seen.no_new_privileges
+
+
+async def test_creating_the_same_nefos_id_twice_fails_and_keeps_the_first(
+    harness: Harness, driver: ComputeDriver, make: Make
+) -> None:
+    first = await make(start=False)
+    with pytest.raises(InvalidSpec):
+        await driver.create(harness.spec(nefos_id=first.nefos_id))
+    assert (await driver.get(first.driver_id)).nefos_id == first.nefos_id
+    assert [i.driver_id for i in await driver.list({LABEL_ID: str(first.nefos_id)})] == [
+        first.driver_id
+    ]

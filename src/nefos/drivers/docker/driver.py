@@ -89,6 +89,10 @@ def _translated(instance_id: str | None = None, *, creating: bool = False) -> It
         message = _explain(exc)
         if any(s in message.lower() for s in _PORT_TAKEN):
             raise InsufficientCapacity(message, instance_id=instance_id) from exc
+        if creating and "already in use" in message.lower():
+            # Docker says 409, Podman 500: either way the name belongs to another
+            # container, which create's clean-up must not touch.
+            raise InvalidSpec(message, instance_id=instance_id) from exc
         if exc.status_code == 409:
             kind = InvalidSpec if creating else InvalidState
             raise kind(message, instance_id=instance_id) from exc
@@ -272,7 +276,7 @@ class DockerDriver(ComputeDriver):
                     host_config=host_config,
                     detach=True,
                 )
-                return self._get(str(created["Id"]))
+            return self._get(str(created["Id"]))
         except DriverError as exc:
             # A name clash is someone else's container: leave it alone.
             if not (isinstance(exc, InvalidSpec) and "already in use" in exc.message):
