@@ -44,23 +44,26 @@ def _violations(package: str, allowed: tuple[str, ...], forbidden: tuple[str, ..
     return bad
 
 
+# Pure layers: no I/O framework, no storage, no other layer of Nefos.
+PURE = (
+    "nefos.db",
+    "nefos.services",
+    "nefos.api",
+    "nefos.gateway",
+    "nefos.drivers",
+    "nefos.sdk",
+    "nefos.cli",
+    "sqlalchemy",
+    "fastapi",
+    "starlette",
+    "httpx",
+)
+
 RULES = {
     # package: (allowed exceptions, forbidden prefixes)
     "domain": (
         (),
-        (
-            "nefos.db",
-            "nefos.services",
-            "nefos.api",
-            "nefos.gateway",
-            "nefos.drivers",
-            "nefos.sdk",
-            "nefos.cli",
-            "sqlalchemy",
-            "fastapi",
-            "starlette",
-            "httpx",
-        ),
+        PURE,
     ),
     "security": (
         (),
@@ -112,19 +115,7 @@ RULES = {
     # driver, no web framework (STYLE.md example 8).
     "scheduler": (
         (),
-        (
-            "nefos.db",
-            "nefos.services",
-            "nefos.api",
-            "nefos.gateway",
-            "nefos.drivers",
-            "nefos.sdk",
-            "nefos.cli",
-            "sqlalchemy",
-            "fastapi",
-            "starlette",
-            "httpx",
-        ),
+        PURE,
     ),
     "sdk": (("nefos.schemas", "nefos.domain.access", "nefos.sdk"), ("nefos",)),
     "cli": (
