@@ -215,3 +215,36 @@ async def test_seed_001_project_aliases_are_deprecated_but_work(client, register
     assert r.status_code == 200 and r.headers["deprecation"] == "true" and "sunset" in r.headers
     r = await client.post(f"{V1}/project/", json={"name": "legacy"}, headers=acct.headers)
     assert r.status_code == 201 and r.headers["deprecation"] == "true"
+
+
+async def test_listed_roles_are_each_organisations_own(client, register):
+    owner, staff = await register(), await register()
+    reseller = await _org(client, owner, name="Hosting Co", kind="reseller")
+    base = f"{V1}/organisations"
+    r = await client.post(
+        f"{base}/{reseller['id']}/members",
+        json={"user_id": staff.id, "role": "viewer"},
+        headers=owner.headers,
+    )
+    assert r.status_code == 201
+    made = []
+    for name in ("Customer A", "Customer B"):
+        r = await client.post(
+            f"{base}/{reseller['id']}/children", json={"name": name}, headers=owner.headers
+        )
+        made.append(r.json()["data"])
+    # A direct role in one child beats the role inherited from the reseller.
+    r = await client.post(
+        f"{base}/{made[0]['id']}/members",
+        json={"user_id": staff.id, "role": "admin"},
+        headers=owner.headers,
+    )
+    assert r.status_code == 201
+    kids = (await client.get(f"{base}/{reseller['id']}/children", headers=staff.headers)).json()[
+        "data"
+    ]["items"]
+    assert {k["name"]: k["role"] for k in kids} == {"Customer A": "admin", "Customer B": "viewer"}
+    listed = (await client.get(base, headers=staff.headers)).json()["data"]["items"]
+    roles = {o["name"]: o["role"] for o in listed}
+    assert roles["Hosting Co"] == "viewer" and roles["Customer A"] == "admin"
+    assert roles["Customer B"] == "viewer"

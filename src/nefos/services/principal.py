@@ -8,6 +8,7 @@ organisation reaches that organisation and its descendants only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -59,28 +60,53 @@ async def org_chain(session: AsyncSession, org_id: str) -> list[Organisation]:
     return chain
 
 
-async def effective_role(
-    session: AsyncSession, principal: Principal, chain: list[Organisation]
+def _nearest_role(
+    principal: Principal, chain: list[Organisation], memberships: dict[str, Role]
 ) -> Role | None:
-    if not chain:
-        return None
     ids = [o.id for o in chain]
+    if not ids:
+        return None
     if principal.key_organisation_id is not None and principal.key_organisation_id not in ids:
         return None
     if principal.is_admin:
         return Role.OWNER
-    rows = (
-        await session.execute(
-            select(Membership.organisation_id, Membership.role).where(
-                Membership.user_id == principal.user_id, Membership.organisation_id.in_(ids)
-            )
-        )
-    ).all()
-    by_org = {org_id: Role(role) for org_id, role in rows}
     for org_id in ids:  # the nearest membership decides
-        if org_id in by_org:
-            return by_org[org_id]
+        if org_id in memberships:
+            return memberships[org_id]
     return None
+
+
+async def _memberships(
+    session: AsyncSession, principal: Principal, org_ids: list[str] | None = None
+) -> dict[str, Role]:
+    query = select(Membership.organisation_id, Membership.role).where(
+        Membership.user_id == principal.user_id
+    )
+    if org_ids is not None:
+        query = query.where(Membership.organisation_id.in_(org_ids))
+    return {org_id: Role(role) for org_id, role in (await session.execute(query)).all()}
+
+
+async def effective_role(
+    session: AsyncSession, principal: Principal, chain: list[Organisation]
+) -> Role | None:
+    if not chain or principal.is_admin:
+        return _nearest_role(principal, chain, {})
+    return _nearest_role(
+        principal, chain, await _memberships(session, principal, [o.id for o in chain])
+    )
+
+
+async def roles_in(
+    session: AsyncSession, principal: Principal, orgs: Sequence[Organisation]
+) -> dict[str, Role | None]:
+    """The caller's role in each of ``orgs``, with one membership query in all
+    (ancestors come from the session's identity map after the first lookup)."""
+    memberships = {} if principal.is_admin else await _memberships(session, principal)
+    return {
+        org.id: _nearest_role(principal, await org_chain(session, org.id), memberships)
+        for org in orgs
+    }
 
 
 async def authorize_org(

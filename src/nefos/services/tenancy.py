@@ -44,6 +44,7 @@ from nefos.services.principal import (
     Principal,
     effective_role,
     org_chain,
+    roles_in,
     visible_org_ids,
 )
 
@@ -119,7 +120,8 @@ class TenancyService:
                 .limit(page.limit)
             )
         ).all()
-        return [(o, await self.role_in(principal, o.id)) for o in orgs], total or 0
+        roles = await roles_in(self.session, principal, orgs)
+        return [(o, roles[o.id]) for o in orgs], total or 0
 
     async def role_in(self, principal: Principal, org_id: str) -> Role | None:
         return await effective_role(self.session, principal, await org_chain(self.session, org_id))
@@ -173,15 +175,17 @@ class TenancyService:
         return org
 
     async def list_children(
-        self, parent: Organisation, page: PageParams
-    ) -> tuple[Sequence[Organisation], int]:
-        return await fetch_page(
+        self, principal: Principal, parent: Organisation, page: PageParams
+    ) -> tuple[list[tuple[Organisation, Role | None]], int]:
+        rows, total = await fetch_page(
             self.session,
             Organisation,
             Organisation.parent_id == parent.id,
             order_by=(Organisation.created_at, Organisation.id),
             page=page,
         )
+        roles = await roles_in(self.session, principal, rows)
+        return [(o, roles[o.id]) for o in rows], total
 
     async def update_org(self, org: Organisation, body: OrganisationUpdate) -> Organisation:
         await begin_write(self.session)

@@ -99,8 +99,10 @@ async def list_children(
     params: PageDep,
     access: Access = authorize(Permission.ORG_READ, on="org"),
 ) -> Response:
-    rows, total = await TenancyService(core, session).list_children(access.target_org, params)
-    return ok(page([_org(o, access.target_role) for o in rows], total, params))
+    rows, total = await TenancyService(core, session).list_children(
+        access.principal, access.target_org, params
+    )
+    return ok(page([_org(o, r) for o, r in rows], total, params))
 
 
 @router.post("/{org_id}/children", status_code=201, response_model=Envelope[OrganisationPublic])
