@@ -15,7 +15,6 @@ membership or a deleted organisation stops working at once.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -34,7 +33,6 @@ from nefos.services.principal import Principal
 from nefos.services.tenancy import TenancyService
 
 API_KEY_TOUCH_INTERVAL = timedelta(seconds=60)
-_SLUG_CLEAN = re.compile(r"[^a-z0-9]+")
 # Every authenticated request runs this: built once, not per request.
 _USER_AND_SESSION = (
     select(User, AuthSession.revoked_at)
