@@ -1,6 +1,6 @@
 """Drivers under contract test: one harness per driver, the same tests for all.
 
-To add a driver (libvirt, sim), write a ``_<name>_harness`` that yields a
+To add a driver (libvirt), write a ``_<name>_harness`` that yields a
 :class:`Harness` and list it in ``HARNESSES``. A harness gives the tests what
 only it can know: an image that serves HTTP, an image name the host lacks, a
 driver pointed at a dead host, and the host's own view of an instance's
@@ -125,7 +125,50 @@ def _capabilities(pid: int) -> tuple[int, int]:
     return int(status["CapEff"], 16), int(status["CapBnd"], 16)
 
 
-HARNESSES: dict[str, Callable[[], Harness]] = {"docker": _docker_harness}
+def _sim_harness() -> Harness:
+    """The simulated host (nothing runs: see nefos/drivers/sim/driver.py).
+
+    It publishes no ports (``supports_ports`` is false), so the tests that fetch a
+    page over HTTP skip; its logs quote the command a start would run, in place
+    of the console output of a command that never runs.
+    """
+    from nefos.drivers import sim
+    from nefos.drivers.sim import SimDriver
+
+    host = f"contract-{RUN_ID}"
+    dead = f"contract-dead-{RUN_ID}"
+
+    def unreachable() -> ComputeDriver:
+        sim.set_reachable(dead, False)
+        return SimDriver(f"sim://{dead}")
+
+    def isolation(driver_id: str) -> Isolation:
+        # The sim host's own record of what the driver applied, read past the
+        # driver. A sim instance runs no process, so it holds no privilege,
+        # capability or host mount: only the limits are really checked.
+        spec = sim.recorded_spec(host, driver_id)
+        return Isolation(
+            privileged=False,
+            all_capabilities_dropped=True,
+            no_new_privileges=True,
+            pids_limit=spec.pids_limit,
+            memory_bytes=spec.memory_mb * 1024**2,
+            cpu=spec.cpu,
+            host_mounts=0,
+        )
+
+    return Harness(
+        driver=SimDriver(f"sim://{host}?cpus=8&memory_mb=16384&disk_gb=100"),
+        # A sim host has every image but those starting "missing" or holding
+        # "does-not-exist"; it serves no HTTP from any of them.
+        web_image="localhost/nefos-busybox:test",
+        missing_image=f"localhost/does-not-exist:{RUN_ID}",
+        unreachable=unreachable,
+        isolation=isolation,
+    )
+
+
+HARNESSES: dict[str, Callable[[], Harness]] = {"docker": _docker_harness, "sim": _sim_harness}
 
 
 @pytest.fixture(scope="session", params=sorted(HARNESSES))

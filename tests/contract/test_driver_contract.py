@@ -61,7 +61,7 @@ async def fetch(info: InstanceInfo) -> str:
 
 def requires(driver: ComputeDriver, capability: str) -> None:
     if not getattr(driver.capabilities, capability):
-        pytest.skip(f"{driver.name} lacks {capability}")
+        pytest.skip(f"{driver.name} lacks {capability} (its Capabilities say False)")
 
 
 @pytest.fixture
@@ -154,7 +154,8 @@ async def test_stop_then_start_serves_again(driver: ComputeDriver, make: Make) -
 async def test_stats_report_usage_within_the_limits(driver: ComputeDriver, make: Make) -> None:
     requires(driver, "supports_stats")
     info = await make()
-    await eventually(lambda: fetch(info))  # some traffic, so the counters move
+    if driver.capabilities.supports_ports:  # else there is no port to send traffic to
+        await eventually(lambda: fetch(info))  # some traffic, so the counters move
     stats = await driver.stats(info.driver_id)
     assert stats.memory_limit_bytes == 64 * 1024**2
     assert 0 < stats.memory_bytes <= stats.memory_limit_bytes
