@@ -87,6 +87,9 @@ def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
         "admin_email": "admin@nefos.test",
         "admin_username": "admin",
         "admin_password": ADMIN_PASSWORD,
+        # Tests register the hosts they use; the local engine is not picked up.
+        "register_local_hosts": False,
+        "operation_poll_interval": 0.2,
         **FAST_HASH,
         **overrides,
     }

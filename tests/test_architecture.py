@@ -111,6 +111,24 @@ RULES = {
         (),
         ("nefos.db", "nefos.services", "nefos.api", "nefos.gateway", "nefos.sdk", "nefos.cli"),
     ),
+    # Operations are the generic queue and workers: the services register handlers
+    # with them, never the other way round.
+    "operations": (
+        (),
+        (
+            "nefos.services",
+            "nefos.api",
+            "nefos.gateway",
+            "nefos.sdk",
+            "nefos.cli",
+            "fastapi",
+            "starlette",
+        ),
+    ),
+    "reconciler": (
+        (),
+        ("nefos.api", "nefos.gateway", "nefos.sdk", "nefos.cli", "fastapi", "starlette"),
+    ),
     # The scheduler is pure: host snapshots in, placements out; no database, no
     # driver, no web framework (STYLE.md example 8).
     "scheduler": (

@@ -96,6 +96,71 @@ class Settings(BaseSettings):
     quota_storage_gb: int | None = Field(2048, description="Default quota: storage (GB).")
     quota_containers: int | None = Field(50, description="Default quota: containers.")
 
+    # --- compute: hosts, placement, operations --------------------------------------
+    register_local_hosts: bool = Field(
+        True,
+        description="`nefos serve` registers the local Podman/Docker socket as a host "
+        "when one answers.",
+    )
+    local_docker_uri: str | None = Field(
+        None,
+        description="Engine API socket to register at start. Default: `$DOCKER_HOST`, "
+        "then `/run/podman/podman.sock`, then `/var/run/docker.sock`.",
+    )
+    cpu_allocation_ratio: float = Field(
+        4.0, gt=0, description="Virtual CPUs a host may carry per physical CPU."
+    )
+    memory_allocation_ratio: float = Field(
+        1.0, gt=0, description="Memory a host may carry per byte of RAM (1.0: no overcommit)."
+    )
+    disk_allocation_ratio: float = Field(1.0, gt=0, description="Disk overcommit ratio.")
+    reserved_host_memory_mb: int = Field(
+        512, ge=0, description="Memory per host kept back for the host itself (MB)."
+    )
+    scheduler_weigher: Literal["spread", "pack"] = Field(
+        "spread", description="Placement: `spread` (least loaded host) or `pack`."
+    )
+    scheduler_anti_affinity: Literal["hard", "soft"] = Field(
+        "soft",
+        description="Replicas of one container on distinct hosts: `soft` (when possible) "
+        "or `hard` (always). Replicas publishing a fixed host port are always hard.",
+    )
+    host_check_interval: float = Field(
+        30.0, gt=0, description="Seconds between reachability checks of every host."
+    )
+    host_timeout: float = Field(
+        10.0, gt=0, description="Seconds an engine call may take before the host is unreachable."
+    )
+    workers: int = Field(
+        4, ge=0, description="Operation workers in this process (0: this process runs none)."
+    )
+    operation_poll_interval: float = Field(
+        1.0, gt=0, description="Seconds between idle workers' looks for pending operations."
+    )
+    operation_lease: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds without a heartbeat after which a running operation is "
+        "taken to be interrupted and run again.",
+    )
+    operation_retry_deadline: float = Field(
+        600.0,
+        ge=0,
+        description="Seconds an operation keeps retrying while its host is unreachable "
+        "before it fails.",
+    )
+    reconcile_interval: float = Field(30.0, gt=0, description="Seconds between reconciler passes.")
+    container_publish_ip: str = Field(
+        "0.0.0.0",  # noqa: S104 - published ports are meant to be reachable, as in Docker
+        description="Host address container ports are published on.",
+    )
+    container_pids_limit: int = Field(
+        512, ge=16, description="Processes (pids) one container may run."
+    )
+    idempotency_ttl: int = Field(
+        86400, ge=60, description="Seconds an `Idempotency-Key` and its response are kept."
+    )
+
     @field_validator("argon2_memory_kib")
     @classmethod
     def _argon2_memory(cls, v: int) -> int:

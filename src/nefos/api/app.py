@@ -13,11 +13,25 @@ from fastapi.routing import APIRoute
 
 from nefos import __version__
 from nefos.api import errors
-from nefos.api.routes import admin, api_keys, auth, health, organisations, projects, users
+from nefos.api.routes import (
+    admin,
+    api_keys,
+    auth,
+    containers,
+    health,
+    operations,
+    organisations,
+    projects,
+    resources,
+    users,
+)
 from nefos.config import Settings
 from nefos.gateway.context import RequestContextMiddleware
+from nefos.reconciler import Background, Reconciler
 from nefos.schemas.common import ErrorEnvelope
+from nefos.services.containers import ContainerOps
 from nefos.services.core import Core
+from nefos.services.hosts import HostService
 from nefos.services.users import UserService
 
 log = logging.getLogger("nefos")
@@ -44,7 +58,17 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def api_router() -> APIRouter:
     router = APIRouter(responses=ERROR_RESPONSES)
-    for module in (auth, users, admin, organisations, projects, api_keys):
+    for module in (
+        auth,
+        users,
+        admin,
+        organisations,
+        projects,
+        api_keys,
+        resources,
+        containers,
+        operations,
+    ):
         router.include_router(module.router)
     router.include_router(organisations.invitations)
     router.include_router(projects.legacy)
@@ -72,11 +96,25 @@ def create_app(
         async with core.db.session() as session:
             created = await UserService(core, session).ensure_admin()
         app.state.core = core
+        ContainerOps(core).register()
+        background = Background(core, Reconciler(core))
+        app.state.reconciler = background.reconciler
+        if settings.register_local_hosts:
+            async with core.db.session() as session:
+                host = await HostService(core, session).register_local()
+            if host is not None:
+                log.info("local engine registered as host %s (%s)", host.hostname, host.uri)
+        if settings.workers:
+            core.workers.start()
+        background.start()
         if on_started is not None:
             on_started(core, created)
         try:
             yield
         finally:
+            await background.stop()
+            await core.workers.stop()
+            await core.drivers.close()
             await core.db.dispose()
 
     app = FastAPI(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import Depends, Path, Query, Request
+from fastapi import Depends, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -232,3 +232,20 @@ def deprecated_route(sunset: datetime) -> Callable[[F], F]:
         return fn
 
     return mark
+
+
+async def project_hint(
+    project_id: Annotated[
+        str | None,
+        Query(pattern=ID_PATTERN, description="Project to act in (default: your default project)."),
+    ] = None,
+    x_project_id: Annotated[
+        str | None,
+        Header(alias="X-Project-ID", pattern=ID_PATTERN, description="Project to act in."),
+    ] = None,
+) -> str | None:
+    """The project a request names in its query or ``X-Project-ID`` (the query wins)."""
+    return project_id or x_project_id
+
+
+ProjectHint = Annotated[str | None, Depends(project_hint)]

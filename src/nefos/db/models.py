@@ -224,3 +224,175 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+# --- compute ---------------------------------------------------------------------------
+class Host(Base):
+    """A compute endpoint (an Engine API socket, a libvirt URI, a simulated host).
+
+    ``used_*`` and ``instance_count`` are the sums of the allocations placed on the
+    host (``ContainerReplica`` rows). They change only through guarded ``UPDATE``s
+    (``services.placement``) in the transaction that adds or removes an allocation,
+    so two concurrent placements can never overbook the host. CPU is counted in
+    millicores, so sums of fractions such as 0.1 never drift.
+    """
+
+    __tablename__ = "hosts"
+
+    id: Mapped[str] = _id()
+    hostname: Mapped[str] = mapped_column(String(253), unique=True, nullable=False)
+    ip_address: Mapped[str | None] = mapped_column(String(64))
+    driver: Mapped[str] = mapped_column(String(16), nullable=False)
+    uri: Mapped[str] = mapped_column(String(1000), nullable=False)
+    hypervisor_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="offline")
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    cpu_cores: Mapped[int] = mapped_column(Integer, nullable=False)
+    memory_mb: Mapped[int] = mapped_column(Integer, nullable=False)
+    storage_gb: Mapped[int] = mapped_column(Integer, nullable=False)
+    max_instances: Mapped[int | None] = mapped_column(Integer)
+    used_cpu_milli: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    used_memory_mb: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    used_storage_gb: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    instance_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+    __table_args__ = (Index("ix_hosts_driver_status", "driver", "status"),)
+
+
+class Container(Base):
+    """A container service: one Nefos resource run as ``replicas`` engine containers.
+
+    ``status`` is what clients see (``creating``, ``running``, ``stopping``, ...);
+    ``desired`` is what the reconciler steers the replicas towards.
+    """
+
+    __tablename__ = "containers"
+
+    id: Mapped[str] = _id()
+    project_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("projects.id", ondelete="RESTRICT"), nullable=False
+    )
+    user_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(63), nullable=False)
+    image: Mapped[str] = mapped_column(String(500), nullable=False)
+    command: Mapped[list[str] | None] = mapped_column(JSON)
+    ports: Mapped[list[str]] = mapped_column(JSON, nullable=False, default=list)
+    environment: Mapped[dict[str, str]] = mapped_column(JSON, nullable=False, default=dict)
+    # As the client wrote them ("1.0", "512m", "10Gi"), and in the units Nefos counts.
+    resources: Mapped[dict[str, str]] = mapped_column(JSON, nullable=False, default=dict)
+    cpu_milli: Mapped[int] = mapped_column(Integer, nullable=False)
+    memory_mb: Mapped[int] = mapped_column(Integer, nullable=False)
+    storage_gb: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    replicas: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    desired: Mapped[str] = mapped_column(String(16), nullable=False, default="running")
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+    __table_args__ = (
+        UniqueConstraint("project_id", "name", name="uq_containers_project_id_name"),
+        Index("ix_containers_project_created_id", "project_id", "created_at", "id"),
+    )
+
+
+class ContainerReplica(Base):
+    """One engine container of a ``Container``, and its allocation on ``host_id``.
+
+    The row is written (with the host's guarded ``UPDATE``) before the engine is
+    asked for anything, so every engine container Nefos makes has a row: an engine
+    container labelled ``nefos.managed`` whose ``nefos.id`` matches no row is an
+    orphan the reconciler removes.
+    """
+
+    __tablename__ = "container_replicas"
+
+    id: Mapped[str] = _id()
+    container_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("containers.id", ondelete="CASCADE"), nullable=False
+    )
+    slot: Mapped[int] = mapped_column(Integer, nullable=False)
+    host_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("hosts.id", ondelete="RESTRICT"), nullable=False, index=True
+    )
+    cpu_milli: Mapped[int] = mapped_column(Integer, nullable=False)
+    memory_mb: Mapped[int] = mapped_column(Integer, nullable=False)
+    storage_gb: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    driver_id: Mapped[str | None] = mapped_column(String(128))
+    # pending (not made yet), created, running, stopped, missing, error
+    state: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
+    published: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False, default=list)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+    __table_args__ = (
+        UniqueConstraint("container_id", "slot", name="uq_container_replicas_container_slot"),
+    )
+
+
+class Operation(Base):
+    """A long action on one resource, claimed and run by a worker.
+
+    ``lock`` holds the resource id while the operation is pending or running and is
+    NULL afterwards; its unique constraint is what allows one active operation per
+    resource, on every backend.
+    """
+
+    __tablename__ = "operations"
+
+    id: Mapped[str] = _id()
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    resource_type: Mapped[str] = mapped_column(String(16), nullable=False)
+    resource_id: Mapped[str] = mapped_column(String(36), nullable=False, index=True)
+    project_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    user_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
+    lock: Mapped[str | None] = mapped_column(String(36), unique=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    progress: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    worker: Mapped[str | None] = mapped_column(String(64))
+    run_after: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = _created()
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = _updated()
+
+    __table_args__ = (Index("ix_operations_status_created", "status", "created_at"),)
+
+
+class IdempotencyRecord(Base):
+    """The first response to a write sent with an ``Idempotency-Key``.
+
+    ``owner`` is who sent it (a user or an API key), so two callers' keys never meet;
+    ``fingerprint`` is a hash of method, path, query and body.
+    """
+
+    __tablename__ = "idempotency_records"
+
+    id: Mapped[str] = _id()
+    owner: Mapped[str] = mapped_column(String(80), nullable=False)
+    key: Mapped[str] = mapped_column(String(255), nullable=False)
+    fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="running")
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response_headers: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    response_body: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created()
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, index=True)
+
+    __table_args__ = (UniqueConstraint("owner", "key", name="uq_idempotency_records_owner_key"),)

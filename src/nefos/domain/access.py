@@ -74,6 +74,9 @@ class Permission(StrEnum):
     PROJECT_DELETE = "project.delete"
     QUOTA_READ = "quota.read"
     QUOTA_UPDATE = "quota.update"
+    # Compute resources (containers, later VMs) and their operations.
+    COMPUTE_READ = "compute.read"
+    COMPUTE_WRITE = "compute.write"
     # Platform administration.
     PLATFORM_ADMIN = "platform.admin"
 
@@ -99,13 +102,22 @@ PERMISSION_SCOPE: dict[Permission, Scope] = {
     Permission.PROJECT_DELETE: Scope.ORG_WRITE,
     Permission.QUOTA_READ: Scope.ORG_READ,
     Permission.QUOTA_UPDATE: Scope.ORG_WRITE,
+    Permission.COMPUTE_READ: Scope.COMPUTE_READ,
+    Permission.COMPUTE_WRITE: Scope.COMPUTE_WRITE,
     Permission.PLATFORM_ADMIN: Scope.ADMIN,
 }
 
 _VIEWER = frozenset(
-    {Permission.ORG_READ, Permission.MEMBER_READ, Permission.PROJECT_READ, Permission.QUOTA_READ}
+    {
+        Permission.ORG_READ,
+        Permission.MEMBER_READ,
+        Permission.PROJECT_READ,
+        Permission.QUOTA_READ,
+        Permission.COMPUTE_READ,
+    }
 )
-_MEMBER = _VIEWER
+# Members run workloads in the organisation's projects; they do not manage it.
+_MEMBER = _VIEWER | {Permission.COMPUTE_WRITE}
 _ADMIN = _MEMBER | {
     Permission.ORG_UPDATE,
     Permission.ORG_CHILD_CREATE,

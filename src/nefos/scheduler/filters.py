@@ -13,7 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nefos.scheduler.types import ACTIVE, HostState, PlacementRequest, SchedulerConfig
+from nefos.scheduler.types import (
+    ACTIVE,
+    HostState,
+    PlacementRequest,
+    SchedulerConfig,
+    anti_affinity_of,
+)
 
 # Fractional vCPUs add up in floating point (0.1 * 3 != 0.3): a host exactly full
 # must still be full, not a hair over, so CPU comparisons allow this much slack.
@@ -63,7 +69,7 @@ def anti_affinity(host: HostState, request: PlacementRequest, config: SchedulerC
     Soft anti-affinity never rejects: it is an ordering (see ``weighers.sort_key``).
     """
     group = request.anti_affinity_group
-    return group is None or config.anti_affinity == "soft" or group not in host.groups
+    return group is None or anti_affinity_of(request, config) == "soft" or group not in host.groups
 
 
 DEFAULT_FILTERS: tuple[HostFilter, ...] = (

@@ -38,7 +38,7 @@ from nefos.scheduler.filters import (
     first_failure,
     host_passes,
 )
-from nefos.scheduler.types import HostState, PlacementRequest, SchedulerConfig
+from nefos.scheduler.types import HostState, PlacementRequest, SchedulerConfig, anti_affinity_of
 from nefos.scheduler.weighers import sort_key, weigh
 
 DEFAULT_CONFIG = SchedulerConfig()
@@ -316,7 +316,7 @@ class HostPool:
             # The winner's entry stays out: the claim makes it stale anyway.
             self._entries -= 1
             chosen = hosts[best[1]]
-        if chosen is None and members and config.anti_affinity == "soft":
+        if chosen is None and members and anti_affinity_of(request, config) == "soft":
             candidates = [
                 self._hosts[h]
                 for h in members

@@ -72,6 +72,9 @@ class PlacementRequest:
     disk_gb: int = 0
     count: int = 1
     anti_affinity_group: str | None = None
+    # Overrides SchedulerConfig.anti_affinity for this request (replicas publishing a
+    # fixed host port cannot share a host, whatever the policy).
+    anti_affinity: AntiAffinity | None = None
 
     def __post_init__(self) -> None:
         # Every instance takes some CPU and memory: HostPool relies on it to drop
@@ -82,6 +85,11 @@ class PlacementRequest:
             raise ValueError("disk_gb must be >= 0")
         if self.count < 1:
             raise ValueError("count must be >= 1")
+
+
+def anti_affinity_of(request: PlacementRequest, config: SchedulerConfig) -> AntiAffinity:
+    """The anti-affinity rule in force for ``request``."""
+    return request.anti_affinity or config.anti_affinity
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ the weight, then the host id, so ties are broken the same way on every run.
 
 from __future__ import annotations
 
-from nefos.scheduler.types import HostState, PlacementRequest, SchedulerConfig
+from nefos.scheduler.types import HostState, PlacementRequest, SchedulerConfig, anti_affinity_of
 
 
 def _fraction(free: float, capacity: float) -> float:
@@ -66,7 +66,7 @@ def weigh(host: HostState, config: SchedulerConfig) -> float:
 def group_members(host: HostState, request: PlacementRequest, config: SchedulerConfig) -> int:
     """Under soft anti-affinity, how many of the request's group already run on ``host``."""
     group = request.anti_affinity_group
-    if group is None or config.anti_affinity != "soft":
+    if group is None or anti_affinity_of(request, config) != "soft":
         return 0
     return host.groups.get(group, 0)
 

@@ -6,8 +6,11 @@ from dataclasses import dataclass
 
 from nefos.config import Settings
 from nefos.db.session import Database
+from nefos.operations import Workers
 from nefos.security.passwords import Passwords
 from nefos.security.tokens import TokenCodec
+from nefos.services.drivers import DriverManager
+from nefos.services.placement import Placer, scheduler_config
 
 
 @dataclass
@@ -16,12 +19,16 @@ class Core:
     db: Database
     passwords: Passwords
     tokens: TokenCodec
+    drivers: DriverManager
+    placer: Placer
+    workers: Workers
 
     @classmethod
     def build(cls, settings: Settings) -> Core:
+        db = Database(settings.resolved_database_url, pool_size=settings.db_pool_size)
         return cls(
             settings=settings,
-            db=Database(settings.resolved_database_url, pool_size=settings.db_pool_size),
+            db=db,
             passwords=Passwords(
                 time_cost=settings.argon2_time_cost,
                 memory_kib=settings.argon2_memory_kib,
@@ -31,5 +38,14 @@ class Core:
                 secret=settings.jwt_secret,
                 issuer=settings.jwt_issuer,
                 audience=settings.jwt_audience,
+            ),
+            drivers=DriverManager(timeout=settings.host_timeout),
+            placer=Placer(scheduler_config(settings)),
+            workers=Workers(
+                db=db,
+                concurrency=settings.workers,
+                poll_interval=settings.operation_poll_interval,
+                lease=settings.operation_lease,
+                retry_deadline=settings.operation_retry_deadline,
             ),
         )

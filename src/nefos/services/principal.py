@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.db.models import Membership, Organisation, Project, User
 from nefos.domain.access import ALL_SCOPES, Permission, Role, role_allows, scopes_allow
-from nefos.domain.errors import Forbidden, NotFound
+from nefos.domain.errors import Forbidden, NotFound, ValidationFailed
 
 MAX_ORG_DEPTH = 8
 
@@ -171,3 +171,32 @@ async def visible_org_ids(session: AsyncSession, principal: Principal) -> list[s
         frontier = [c for c in children if c not in seen]
         seen.update(frontier)
     return sorted(seen)
+
+
+async def resolve_project(
+    session: AsyncSession, principal: Principal, project_id: str | None, permission: Permission
+) -> tuple[Project, Role]:
+    """The project a request acts in: the one it names (``project_id`` in the body or
+    query, or ``X-Project-ID``), else the caller's default project (for an API key
+    bound to an organisation: that organisation's default project)."""
+    if project_id is None:
+        project_id = await _default_project_id(session, principal)
+    return await authorize_project(session, principal, project_id, permission)
+
+
+async def _default_project_id(session: AsyncSession, principal: Principal) -> str:
+    if principal.key_organisation_id is not None:
+        found = await session.scalar(
+            select(Project.id)
+            .where(Project.organisation_id == principal.key_organisation_id)
+            .order_by(Project.is_default.desc(), Project.created_at)
+            .limit(1)
+        )
+    else:
+        found = principal.user.default_project_id
+    if found is None:
+        raise ValidationFailed(
+            "No project given and you have no default project",
+            project_id="name one (project_id or X-Project-ID)",
+        )
+    return found

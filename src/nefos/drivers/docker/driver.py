@@ -249,7 +249,10 @@ class DockerDriver(ComputeDriver):
         ports: dict[str, tuple[str] | tuple[str, int]] = {}
         for p in spec.ports:
             key = f"{p.container_port}/{p.protocol}"
-            ports[key] = (p.host_ip, p.host_port) if p.host_port else (p.host_ip,)
+            # "All interfaces" is an empty HostIp: Podman's compat API publishes an
+            # explicit "0.0.0.0" binding that accepts connections but never forwards them.
+            ip = "" if p.host_ip == "0.0.0.0" else p.host_ip  # noqa: S104
+            ports[key] = (ip, p.host_port) if p.host_port else (ip,)
         host_config = self._api.create_host_config(
             privileged=False,
             cap_drop=["ALL"],

@@ -1,0 +1,239 @@
+"""Containers (seed 004). Writes answer 202 with the operation that carries them out."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from starlette.responses import Response
+
+from nefos.api.deps import (
+    ID_PATTERN,
+    Access,
+    CoreDep,
+    ObjectId,
+    PageDep,
+    ProjectHint,
+    SessionDep,
+    authorize,
+)
+from nefos.api.envelope import ok
+from nefos.db.models import Container, ContainerReplica, Host, Operation
+from nefos.domain.access import Permission
+from nefos.schemas.common import Envelope
+from nefos.schemas.compute import (
+    ContainerAccepted,
+    ContainerCreate,
+    ContainerList,
+    ContainerLogs,
+    ContainerPublic,
+    ContainerScale,
+)
+from nefos.services.containers import ContainerService, operation_url, replica_view
+from nefos.services.principal import resolve_project
+
+router = APIRouter(prefix="/containers", tags=["containers"])
+
+ContainerId = Annotated[str, ObjectId]
+StatusFilter = Annotated[
+    str | None,
+    Query(
+        pattern="^[a-z]{1,16}$",
+        description="Only containers in this status (running, stopped, error, ...).",
+    ),
+]
+
+
+def container_public(
+    c: Container,
+    replicas: list[ContainerReplica] | None = None,
+    hosts: dict[str, Host] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": c.id,
+        "user_id": c.user_id,
+        "project_id": c.project_id,
+        "name": c.name,
+        "image": c.image,
+        "status": c.status,
+        "status_reason": c.status_reason,
+        "ports": c.ports,
+        "environment": c.environment,
+        "command": c.command,
+        "resources": c.resources,
+        "replicas": c.replicas,
+        "created_at": c.created_at,
+        "updated_at": c.updated_at,
+    }
+    if replicas is not None:
+        data.update(replica_view(replicas, hosts or {}))
+    if metrics is not None:
+        data["metrics"] = metrics
+    return ContainerPublic.model_validate(data).model_dump(mode="json", exclude_none=False)
+
+
+def _ref(op: Operation) -> dict[str, str]:
+    return {"id": op.id, "status": op.status, "url": operation_url(op.id)}
+
+
+def _accepted(message: str, c: Container, op: Operation, **extra: Any) -> Response:
+    headers = {"Location": operation_url(op.id)}
+    body = {
+        "message": message,
+        "container_id": c.id,
+        "container": container_public(c),
+        "operation": _ref(op),
+        **extra,
+    }
+    return ok(body, 202, headers=headers)
+
+
+@router.get("", response_model=Envelope[ContainerList])
+async def list_containers(
+    core: CoreDep,
+    session: SessionDep,
+    params: PageDep,
+    project_id: ProjectHint,
+    status: StatusFilter = None,
+    status_filter: StatusFilter = None,
+    user_id: Annotated[str | None, Query(pattern=ID_PATTERN, description="Creator.")] = None,
+    access: Access = authorize(Permission.COMPUTE_READ),
+) -> Response:
+    """Containers of one project (the default project unless one is named)."""
+    project, _ = await resolve_project(
+        session, access.principal, project_id, Permission.COMPUTE_READ
+    )
+    service = ContainerService(core, session)
+    rows, total = await service.list_page(
+        project, params, status=status or status_filter, user_id=user_id
+    )
+    replicas = await service.replicas([c.id for c in rows])
+    items = [container_public(c, replicas[c.id]) for c in rows]
+    return ok(
+        {
+            "items": items,
+            "containers": items,
+            "pagination": {
+                "page": params.page,
+                "limit": params.limit,
+                "total": total,
+                "pages": params.pages(total),
+            },
+        }
+    )
+
+
+@router.post("", status_code=202, response_model=Envelope[ContainerAccepted])
+async def create_container(
+    body: ContainerCreate,
+    core: CoreDep,
+    session: SessionDep,
+    project_id: ProjectHint,
+    access: Access = authorize(Permission.COMPUTE_WRITE),
+) -> Response:
+    """Create and start a container (`replicas` engine containers, each placed on a
+    host). Answers 202 in status `creating`; follow `operation.url`."""
+    project, _ = await resolve_project(
+        session, access.principal, body.project_id or project_id, Permission.COMPUTE_WRITE
+    )
+    container, op = await ContainerService(core, session).create(access.principal, project, body)
+    return _accepted("Container creation accepted", container, op)
+
+
+@router.get("/{container_id}", response_model=Envelope[dict[str, ContainerPublic]])
+async def get_container(
+    container_id: ContainerId,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(Permission.COMPUTE_READ),
+) -> Response:
+    """The container with its replicas, published endpoints and live `metrics`
+    (null while nothing runs or the host does not answer)."""
+    service = ContainerService(core, session)
+    c = await service.visible(access.principal, container_id, Permission.COMPUTE_READ)
+    replicas = (await service.replicas([c.id]))[c.id]
+    hosts = await service._hosts(replicas)
+    metrics = await service.metrics(c, replicas)
+    return ok({"container": container_public(c, replicas, hosts, metrics)})
+
+
+@router.put("/{container_id}/start", status_code=202, response_model=Envelope[ContainerAccepted])
+async def start_container(
+    container_id: ContainerId,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(Permission.COMPUTE_WRITE),
+) -> Response:
+    service = ContainerService(core, session)
+    c = await service.visible(access.principal, container_id, Permission.COMPUTE_WRITE)
+    c, op = await service.start(access.principal, c)
+    return _accepted("Container start accepted", c, op)
+
+
+@router.put("/{container_id}/stop", status_code=202, response_model=Envelope[ContainerAccepted])
+async def stop_container(
+    container_id: ContainerId,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(Permission.COMPUTE_WRITE),
+) -> Response:
+    service = ContainerService(core, session)
+    c = await service.visible(access.principal, container_id, Permission.COMPUTE_WRITE)
+    c, op = await service.stop(access.principal, c)
+    return _accepted("Container stop accepted", c, op)
+
+
+@router.post("/{container_id}/scale", status_code=202, response_model=Envelope[ContainerAccepted])
+async def scale_container(
+    container_id: ContainerId,
+    body: ContainerScale,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(Permission.COMPUTE_WRITE),
+) -> Response:
+    """Change the number of replicas. `rolling` (default) starts new replicas before
+    removing any; `recreate` removes every old replica, then starts the new ones."""
+    service = ContainerService(core, session)
+    c = await service.visible(access.principal, container_id, Permission.COMPUTE_WRITE)
+    c, op = await service.scale(access.principal, c, body)
+    return _accepted("Container scaling accepted", c, op, replicas=body.replicas)
+
+
+@router.delete("/{container_id}", status_code=202, response_model=Envelope[ContainerAccepted])
+async def delete_container(
+    container_id: ContainerId,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(Permission.COMPUTE_WRITE),
+) -> Response:
+    """Remove every engine container, free the allocations, then the record."""
+    service = ContainerService(core, session)
+    c = await service.visible(access.principal, container_id, Permission.COMPUTE_WRITE)
+    c, op = await service.delete(access.principal, c)
+    return _accepted("Container deletion accepted", c, op)
+
+
+@router.get("/{container_id}/logs", response_model=Envelope[ContainerLogs])
+async def container_logs(
+    container_id: ContainerId,
+    core: CoreDep,
+    session: SessionDep,
+    tail: Annotated[int, Query(ge=1, le=10_000, description="Lines per replica.")] = 100,
+    replica: Annotated[int | None, Query(ge=0, le=1000, description="Only this replica.")] = None,
+    access: Access = authorize(Permission.COMPUTE_READ),
+) -> Response:
+    """stdout and stderr of each replica (the last `tail` lines)."""
+    service = ContainerService(core, session)
+    c = await service.visible(access.principal, container_id, Permission.COMPUTE_READ)
+    per_replica = await service.logs(c, tail=tail, slot=replica)
+    text = (
+        "\n".join(
+            f"[replica {r['replica']}] {line}"
+            for r in per_replica
+            for line in r["logs"].splitlines()
+        )
+        if len(per_replica) > 1
+        else (per_replica[0]["logs"] if per_replica else "")
+    )
+    return ok({"container_id": c.id, "logs": text, "replicas": per_replica})

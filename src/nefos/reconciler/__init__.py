@@ -1,0 +1,195 @@
+"""The reconciler: desired state (the database) against what each driver reports.
+
+One pass (``Reconciler.run_once``):
+
+1. Operations whose worker stopped heartbeating for ``operation_lease`` seconds go
+   back to pending, so a worker runs them again (their handlers are idempotent):
+   that finishes, or fails, what a crash interrupted.
+2. For each active host, one ``driver.list()``:
+   * an engine container labelled ``nefos.managed`` whose ``nefos.id`` names no
+     replica row is an orphan (made by Nefos, no longer known) and is destroyed;
+   * a replica the engine no longer has is ``missing``; one that stopped behind
+     Nefos's back is ``stopped``; its container's status is derived again.
+   Containers with an operation in progress are left to it.
+3. A host that cannot be listed is marked offline; the host checker brings it back
+   (and the next pass reconciles it) when it answers again.
+
+``Background`` runs the host checker and the reconciler on their intervals in the
+server process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+
+from nefos.db.models import Container, ContainerReplica, Host, Operation
+from nefos.db.session import begin_write
+from nefos.drivers.base import LABEL_ID, DriverError, InstanceState
+from nefos.operations import queue
+from nefos.services.containers import derive_status
+from nefos.services.core import Core
+from nefos.services.drivers import supported_driver
+from nefos.services.hosts import ACTIVE, HostService
+
+log = logging.getLogger("nefos.reconciler")
+
+_STATE = {
+    InstanceState.RUNNING: "running",
+    InstanceState.PAUSED: "running",
+    InstanceState.CREATED: "stopped",
+    InstanceState.STOPPED: "stopped",
+    InstanceState.ERROR: "error",
+    InstanceState.MISSING: "missing",
+}
+
+
+@dataclass
+class Report:
+    requeued: list[str] = field(default_factory=list)
+    orphans_removed: list[str] = field(default_factory=list)
+    replicas_changed: dict[str, str] = field(default_factory=dict)
+    hosts_unreachable: list[str] = field(default_factory=list)
+
+
+class Reconciler:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self._lock = asyncio.Lock()
+
+    async def run_once(self) -> Report:
+        async with self._lock:
+            report = Report()
+            async with self.core.db.sessionmaker() as session:
+                report.requeued = await queue.requeue_stale(
+                    session, self.core.settings.operation_lease
+                )
+            if report.requeued:
+                log.warning("requeued interrupted operations: %s", report.requeued)
+                self.core.workers.notify()
+            async with self.core.db.sessionmaker() as session:
+                hosts = (await session.scalars(select(Host).where(Host.status == ACTIVE))).all()
+            for host in hosts:
+                if supported_driver(host.driver):
+                    await self._host(host, report)
+            return report
+
+    async def _host(self, host: Host, report: Report) -> None:
+        driver = self.core.drivers.for_host(host)
+        try:
+            listed = await driver.list()
+        except DriverError as exc:
+            report.hosts_unreachable.append(host.id)
+            async with self.core.db.sessionmaker() as session:
+                await HostService(self.core, session).mark_offline(host.id, exc.message)
+            return
+        engine = {i.nefos_id: i for i in listed if i.nefos_id}
+        async with self.core.db.sessionmaker() as session:
+            busy = set(
+                (
+                    await session.scalars(select(Operation.lock).where(Operation.lock.is_not(None)))
+                ).all()
+            )
+            replicas = (
+                await session.scalars(
+                    select(ContainerReplica).where(ContainerReplica.host_id == host.id)
+                )
+            ).all()
+            # Orphans: labelled by Nefos, known to no replica row (on any host).
+            unknown = [i for i in engine if i not in {r.id for r in replicas}]
+            if unknown:
+                known_elsewhere = set(
+                    (
+                        await session.scalars(
+                            select(ContainerReplica.id).where(ContainerReplica.id.in_(unknown))
+                        )
+                    ).all()
+                )
+                orphans = [engine[i] for i in unknown if i not in known_elsewhere]
+            else:
+                orphans = []
+        for info in orphans:
+            if info.labels.get("nefos.container") in busy:
+                continue  # its container's operation may be about to record it
+            try:
+                await driver.destroy(info.driver_id)
+                report.orphans_removed.append(info.labels.get(LABEL_ID, info.driver_id))
+                log.warning("removed orphan %s on %s", info.name, host.hostname)
+            except DriverError as exc:
+                log.warning("could not remove orphan %s: %s", info.name, exc)
+        touched: set[str] = set()
+        async with self.core.db.sessionmaker() as session:
+            await begin_write(session)
+            for r in replicas:
+                if r.container_id in busy or r.state == "pending":
+                    continue
+                row = await session.get(ContainerReplica, r.id, populate_existing=True)
+                if row is None:
+                    continue
+                found = engine.get(r.id)
+                seen = "missing" if found is None else _STATE[found.state]
+                if seen != row.state:
+                    row.state = seen
+                    report.replicas_changed[row.id] = seen
+                    touched.add(row.container_id)
+            for container_id in touched:
+                container = await session.get(Container, container_id, populate_existing=True)
+                if container is None:
+                    continue
+                states = (
+                    await session.scalars(
+                        select(ContainerReplica.state).where(
+                            ContainerReplica.container_id == container_id
+                        )
+                    )
+                ).all()
+                container.status, container.status_reason = derive_status(
+                    container.desired, list(states)
+                )
+            await session.commit()
+
+
+class Background:
+    """The host checker and the reconciler, each on its own interval."""
+
+    def __init__(self, core: Core, reconciler: Reconciler) -> None:
+        self.core = core
+        self.reconciler = reconciler
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        s = self.core.settings
+        self._tasks = [
+            asyncio.create_task(self._every(s.host_check_interval, self._check_hosts)),
+            asyncio.create_task(self._every(s.reconcile_interval, self.reconciler.run_once)),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+
+    async def _check_hosts(self) -> None:
+        async with self.core.db.sessionmaker() as session:
+            changed = await HostService(self.core, session).check_all()
+        if changed:
+            await self.reconciler.run_once()
+            self.core.workers.notify()
+
+    async def _every(self, interval: float, job: object) -> None:
+        assert callable(job)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await job()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background job %s failed", getattr(job, "__name__", job))

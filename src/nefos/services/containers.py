@@ -1,0 +1,938 @@
+"""Containers (seed 004): one Nefos resource run as N engine containers.
+
+A request changes the database only: it checks the quota, places each replica
+(``Placer``: guarded ``UPDATE``s, so hosts are never overbooked), writes the
+container, its replica rows and an operation in one transaction, and answers 202.
+A worker then makes the engine agree (``ContainerOps``); each step first looks at
+what already exists, so an operation interrupted by a crash can simply run again.
+
+Quotas count what the project holds in the database: ``containers`` is the number
+of engine containers (replicas, so a scale cannot dodge it), ``vcpus`` and
+``memory_gb`` the sums of their limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from nefos.db.models import Container, ContainerReplica, Host, Operation, Project, ProjectQuota
+from nefos.db.session import begin_write
+from nefos.domain.access import Permission
+from nefos.domain.errors import (
+    Conflict,
+    NefosError,
+    NotFound,
+    ResourceExhausted,
+    ServiceUnavailable,
+    ValidationFailed,
+)
+from nefos.domain.paging import PageParams
+from nefos.domain.units import human_rate, parse_port
+from nefos.drivers.base import (
+    DriverError,
+    HostUnreachable,
+    InstanceInfo,
+    InstanceNotFound,
+    InstanceSpec,
+    PortSpec,
+)
+from nefos.operations import OpContext, Retry, enqueue
+from nefos.scheduler import NoValidHost, PlacementRequest
+from nefos.schemas.compute import ContainerCreate, ContainerScale
+from nefos.services.core import Core
+from nefos.services.paging import fetch_page
+from nefos.services.placement import Allocation
+from nefos.services.principal import Principal, authorize_project
+
+log = logging.getLogger("nefos.containers")
+
+#: The label naming the Nefos container (resource) an engine container belongs to;
+#: ``nefos.id`` is the replica's own id.
+LABEL_CONTAINER = "nefos.container"
+LABEL_SLOT = "nefos.slot"
+
+CONTAINER_DRIVERS = ("docker",)
+
+
+def domain_error(exc: DriverError) -> NefosError:
+    """The domain error a driver error stands for (drivers name its code)."""
+    cls = {
+        "SERVICE_UNAVAILABLE": ServiceUnavailable,
+        "NOT_FOUND": NotFound,
+        "VALIDATION_ERROR": ValidationFailed,
+        "RESOURCE_EXHAUSTED": ResourceExhausted,
+        "CONFLICT": Conflict,
+    }.get(exc.code, NefosError)
+    return cls(exc.message)
+
+
+def derive_status(desired: str, states: Sequence[str]) -> tuple[str, str | None]:
+    """What a container with no operation in progress shows, from its replicas."""
+    if not states:
+        return ("stopped", None) if desired == "stopped" else ("error", "no replicas")
+    if any(s in ("missing", "error") for s in states):
+        gone = sum(1 for s in states if s in ("missing", "error"))
+        return "error", f"{gone} of {len(states)} replica(s) lost outside Nefos"
+    running = sum(1 for s in states if s == "running")
+    if desired == "stopped":
+        return ("stopped", None) if running == 0 else ("running", "stop requested")
+    if running == len(states):
+        return "running", None
+    if running == 0:
+        return "stopped", "exited outside Nefos"
+    return "degraded", f"{running} of {len(states)} replica(s) running"
+
+
+@dataclass
+class Usage:
+    containers: int
+    cpu_milli: int
+    memory_mb: int
+    storage_gb: int
+
+
+def _request(container: Container, driver: str, count: int = 1) -> PlacementRequest:
+    # A fixed host port can be published once per host: such replicas never share one.
+    fixed = any(parse_port(p).host_port for p in container.ports)
+    return PlacementRequest(
+        driver=driver,
+        cpus=container.cpu_milli / 1000,
+        memory_mb=container.memory_mb,
+        disk_gb=container.storage_gb,
+        count=count,
+        anti_affinity_group=container.id,
+        anti_affinity="hard" if fixed else None,
+    )
+
+
+def _replica_request(replica: ContainerReplica, driver: str) -> PlacementRequest:
+    return PlacementRequest(
+        driver=driver,
+        cpus=replica.cpu_milli / 1000,
+        memory_mb=replica.memory_mb,
+        disk_gb=replica.storage_gb,
+        anti_affinity_group=replica.container_id,
+    )
+
+
+def operation_url(op_id: str) -> str:
+    return f"/api/v1/operations/{op_id}"
+
+
+class ContainerService:
+    def __init__(self, core: Core, session: AsyncSession) -> None:
+        self.core = core
+        self.session = session
+
+    # --- reading ----------------------------------------------------------------------
+    async def list_page(
+        self,
+        project: Project,
+        page: PageParams,
+        *,
+        status: str | None = None,
+        user_id: str | None = None,
+    ) -> tuple[Sequence[Container], int]:
+        where: list[Any] = [Container.project_id == project.id]
+        if status:
+            where.append(Container.status == status)
+        if user_id:
+            where.append(Container.user_id == user_id)
+        return await fetch_page(
+            self.session,
+            Container,
+            *where,
+            order_by=(Container.created_at, Container.id),
+            page=page,
+        )
+
+    async def visible(
+        self, principal: Principal, container_id: str, permission: Permission
+    ) -> Container:
+        """The container if the caller may act on it; another tenant's is NotFound."""
+        container = await self.session.get(Container, container_id)
+        if container is None:
+            raise NotFound("Container not found", container_id=container_id)
+        try:
+            await authorize_project(self.session, principal, container.project_id, permission)
+        except NotFound:
+            raise NotFound("Container not found", container_id=container_id) from None
+        return container
+
+    async def replicas(self, container_ids: Sequence[str]) -> dict[str, list[ContainerReplica]]:
+        out: dict[str, list[ContainerReplica]] = {c: [] for c in container_ids}
+        if container_ids:
+            rows = await self.session.scalars(
+                select(ContainerReplica)
+                .where(ContainerReplica.container_id.in_(container_ids))
+                .order_by(ContainerReplica.slot)
+            )
+            for r in rows:
+                out[r.container_id].append(r)
+        return out
+
+    async def usage(self, project_id: str) -> Usage:
+        row = (
+            await self.session.execute(
+                select(
+                    func.count(ContainerReplica.id),
+                    func.coalesce(func.sum(ContainerReplica.cpu_milli), 0),
+                    func.coalesce(func.sum(ContainerReplica.memory_mb), 0),
+                    func.coalesce(func.sum(ContainerReplica.storage_gb), 0),
+                )
+                .join(Container, Container.id == ContainerReplica.container_id)
+                .where(Container.project_id == project_id)
+            )
+        ).one()
+        return Usage(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+    # --- quota ------------------------------------------------------------------------
+    async def _check_quota(self, project_id: str, add: int, cpu_milli: int, memory_mb: int) -> None:
+        # On PostgreSQL the quota row lock serialises concurrent writers of one
+        # project; SQLite's write lock (begin_write) already does.
+        quota = await self.session.scalar(
+            select(ProjectQuota).where(ProjectQuota.project_id == project_id).with_for_update()
+        )
+        if quota is None:
+            return
+        used = await self.usage(project_id)
+        checks = [
+            ("containers", quota.containers, used.containers, add, add),
+            ("vcpus", quota.vcpus, used.cpu_milli / 1000, add * cpu_milli / 1000, None),
+            ("memory_gb", quota.memory_gb, used.memory_mb / 1024, add * memory_mb / 1024, None),
+        ]
+        for name, limit, current, wanted, _ in checks:
+            if limit is not None and current + wanted > limit + 1e-9:
+                raise ResourceExhausted(
+                    f"Project quota exceeded: {name} (limit {limit}, in use "
+                    f"{round(current, 3)}, requested {round(wanted, 3)})",
+                    quota=name,
+                    limit=limit,
+                    used=round(current, 3),
+                    requested=round(wanted, 3),
+                )
+
+    # --- placement --------------------------------------------------------------------
+    async def _place(self, container: Container, count: int) -> list[tuple[Allocation, Host]]:
+        placer = self.core.placer
+        last: NoValidHost | None = None
+        for driver in CONTAINER_DRIVERS:
+            try:
+                allocations = await placer.allocate(
+                    self.session, _request(container, driver, count)
+                )
+            except NoValidHost as exc:
+                last = exc
+                continue
+            hosts = {
+                h.id: h
+                for h in (
+                    await self.session.scalars(
+                        select(Host).where(Host.id.in_({a.host_id for a in allocations}))
+                    )
+                ).all()
+            }
+            return [(a, hosts[a.host_id]) for a in allocations]
+        assert last is not None
+        raise last
+
+    async def _reachable(self, hosts: Sequence[Host]) -> None:
+        """Ping each chosen host before committing to it: a dead engine is a 503 now,
+        with nothing made, rather than an operation that fails later."""
+        timeout = min(3.0, self.core.settings.host_timeout)
+        for host in {h.id: h for h in hosts}.values():
+            driver = self.core.drivers.for_host(host)
+            try:
+                await asyncio.wait_for(driver.ping(), timeout)
+            except (DriverError, TimeoutError, OSError) as exc:
+                raise _Unreachable(host.id, str(exc) or type(exc).__name__) from exc
+
+    def _add_replicas(
+        self, container: Container, placed: Sequence[tuple[Allocation, Host]], first_slot: int
+    ) -> list[ContainerReplica]:
+        rows = []
+        for i, (alloc, _host) in enumerate(placed):
+            row = ContainerReplica(
+                container_id=container.id,
+                slot=first_slot + i,
+                host_id=alloc.host_id,
+                cpu_milli=alloc.cpu_milli,
+                memory_mb=alloc.memory_mb,
+                storage_gb=alloc.storage_gb,
+                state="pending",
+            )
+            self.session.add(row)
+            rows.append(row)
+        return rows
+
+    async def _commit_or_undo(self) -> None:
+        try:
+            await self.session.commit()
+        except IntegrityError as exc:
+            await self.session.rollback()
+            self.core.placer.invalidate()
+            raise Conflict("A container with this name exists in the project") from exc
+
+    # --- writing ----------------------------------------------------------------------
+    async def create(
+        self, principal: Principal, project: Project, body: ContainerCreate
+    ) -> tuple[Container, Operation]:
+        res = body.resources
+        command: list[str] | None
+        if isinstance(body.command, str):
+            try:
+                command = shlex.split(body.command)
+            except ValueError as exc:
+                raise ValidationFailed(f"command: {exc}", command=str(exc)) from None
+        else:
+            command = body.command
+        await begin_write(self.session)
+        try:
+            if await self.session.scalar(
+                select(Container.id).where(
+                    Container.project_id == project.id, Container.name == body.name
+                )
+            ):
+                raise Conflict("A container with this name exists in the project", name=body.name)
+            await self._check_quota(project.id, body.replicas, res.cpu_milli, res.memory_mb)
+            resources = {"cpu": res.cpu, "memory": res.memory}
+            if res.storage:
+                resources["storage"] = res.storage
+            container = Container(
+                project_id=project.id,
+                user_id=principal.user_id,
+                name=body.name,
+                image=body.image,
+                command=command,
+                ports=list(body.ports),
+                environment=dict(body.environment),
+                resources=resources,
+                cpu_milli=res.cpu_milli,
+                memory_mb=res.memory_mb,
+                storage_gb=res.storage_gb,
+                replicas=body.replicas,
+                status="creating",
+                desired="running",
+            )
+            self.session.add(container)
+            await self.session.flush()
+            async with self.core.placer.lock:
+                placed = await self._place(container, body.replicas)
+                self._add_replicas(container, placed, 0)
+                await self._reachable([h for _, h in placed])
+                op = await enqueue(
+                    self.session,
+                    kind="container.create",
+                    resource_type="container",
+                    resource_id=container.id,
+                    project_id=project.id,
+                    user_id=principal.user_id,
+                )
+                await self._commit_or_undo()
+        except BaseException as exc:
+            await self._abandon(exc)
+            raise
+        self.core.workers.notify()
+        return container, op
+
+    async def _abandon(self, exc: BaseException) -> None:
+        if self.session.in_transaction():
+            await self.session.rollback()
+        self.core.placer.invalidate()
+        if isinstance(exc, _Unreachable):
+            from nefos.services.hosts import HostService
+
+            await HostService(self.core, self.session).mark_offline(exc.host_id, exc.error)
+            raise ServiceUnavailable(
+                "The host chosen for this container does not answer; try again",
+                reason=exc.error,
+            ) from exc
+
+    async def _transition(
+        self,
+        principal: Principal,
+        container: Container,
+        *,
+        kind: str,
+        status: str,
+        desired: str | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> tuple[Container, Operation]:
+        await begin_write(self.session)
+        current = await self.session.get(Container, container.id, populate_existing=True)
+        if current is None:
+            await self.session.rollback()
+            raise NotFound("Container not found", container_id=container.id)
+        op = await enqueue(
+            self.session,
+            kind=kind,
+            resource_type="container",
+            resource_id=current.id,
+            project_id=current.project_id,
+            user_id=principal.user_id,
+            params={
+                "from_status": current.status,
+                "from_desired": current.desired,
+                **(params or {}),
+            },
+        )
+        current.status = status
+        if desired is not None:
+            current.desired = desired
+        await self.session.commit()
+        self.core.workers.notify()
+        return current, op
+
+    async def start(
+        self, principal: Principal, container: Container
+    ) -> tuple[Container, Operation]:
+        if container.status == "deleting":
+            raise Conflict("The container is being deleted")
+        return await self._transition(
+            principal, container, kind="container.start", status="starting", desired="running"
+        )
+
+    async def stop(self, principal: Principal, container: Container) -> tuple[Container, Operation]:
+        if container.status == "deleting":
+            raise Conflict("The container is being deleted")
+        return await self._transition(
+            principal, container, kind="container.stop", status="stopping", desired="stopped"
+        )
+
+    async def delete(
+        self, principal: Principal, container: Container
+    ) -> tuple[Container, Operation]:
+        return await self._transition(
+            principal, container, kind="container.delete", status="deleting"
+        )
+
+    async def scale(
+        self, principal: Principal, container: Container, body: ContainerScale
+    ) -> tuple[Container, Operation]:
+        await begin_write(self.session)
+        try:
+            current = await self.session.get(Container, container.id, populate_existing=True)
+            if current is None:
+                raise NotFound("Container not found", container_id=container.id)
+            if current.status == "deleting":
+                raise Conflict("The container is being deleted")
+            old = (await self.replicas([current.id]))[current.id]
+            target = body.replicas
+            grow = target - len(old) if body.strategy == "rolling" else target
+            new_ids: list[str] = []
+            if grow > 0:
+                await self._check_quota(
+                    current.project_id, grow, current.cpu_milli, current.memory_mb
+                )
+            async with self.core.placer.lock:
+                if grow > 0:
+                    first = max((r.slot for r in old), default=-1) + 1
+                    placed = await self._place(current, grow)
+                    rows = self._add_replicas(current, placed, first)
+                    await self.session.flush()
+                    new_ids = [r.id for r in rows]
+                    await self._reachable([h for _, h in placed])
+                if body.strategy == "rolling":
+                    remove = [r.id for r in sorted(old, key=lambda r: r.slot)[target:]]
+                else:
+                    remove = [r.id for r in old]
+                op = await enqueue(
+                    self.session,
+                    kind="container.scale",
+                    resource_type="container",
+                    resource_id=current.id,
+                    project_id=current.project_id,
+                    user_id=principal.user_id,
+                    params={
+                        "from_status": current.status,
+                        "from_replicas": current.replicas,
+                        "strategy": body.strategy,
+                        "replicas": target,
+                        "add": new_ids,
+                        "remove": remove,
+                    },
+                )
+                current.replicas = target
+                current.status = "scaling"
+                await self._commit_or_undo()
+        except BaseException as exc:
+            await self._abandon(exc)
+            raise
+        self.core.workers.notify()
+        return current, op
+
+    # --- live data --------------------------------------------------------------------
+    async def _hosts(self, replicas: Sequence[ContainerReplica]) -> dict[str, Host]:
+        ids = {r.host_id for r in replicas}
+        if not ids:
+            return {}
+        return {h.id: h for h in (await self.session.scalars(select(Host).where(Host.id.in_(ids))))}
+
+    async def metrics(
+        self, container: Container, replicas: Sequence[ContainerReplica]
+    ) -> dict[str, Any] | None:
+        running = [r for r in replicas if r.state == "running"]
+        if not running:
+            return None
+        hosts = await self._hosts(running)
+
+        async def one(r: ContainerReplica) -> Any:
+            driver = self.core.drivers.for_host(hosts[r.host_id])
+            return await asyncio.wait_for(driver.stats(r.driver_id or _engine_name(r)), 5)
+
+        samples = await asyncio.gather(*(one(r) for r in running), return_exceptions=True)
+        ok = [
+            (r, s)
+            for r, s in zip(running, samples, strict=True)
+            if not isinstance(s, BaseException)
+        ]
+        if not ok:
+            return None
+        now = time.monotonic()
+        rate = 0.0
+        for r, s in ok:
+            total = s.net_rx_bytes + s.net_tx_bytes
+            previous = _NET_SAMPLES.get(r.id)
+            if previous is not None and now > previous[0]:
+                rate += max(0, total - previous[1]) / (now - previous[0])
+            _NET_SAMPLES[r.id] = (now, total)
+        limit_cores = container.cpu_milli / 1000 * len(ok)
+        cpu_percent = sum(s.cpu_percent for _, s in ok)
+        memory = sum(s.memory_bytes for _, s in ok)
+        memory_limit = sum(s.memory_limit_bytes for _, s in ok) or 1
+        return {
+            "cpu_usage": round(cpu_percent / limit_cores if limit_cores else 0.0, 2),
+            "memory_usage": round(100 * memory / memory_limit, 2),
+            "network_io": human_rate(rate),
+            "memory_bytes": memory,
+            "net_rx_bytes": sum(s.net_rx_bytes for _, s in ok),
+            "net_tx_bytes": sum(s.net_tx_bytes for _, s in ok),
+            "replicas_reporting": len(ok),
+        }
+
+    async def logs(
+        self, container: Container, *, tail: int, slot: int | None
+    ) -> list[dict[str, Any]]:
+        replicas = (await self.replicas([container.id]))[container.id]
+        if slot is not None:
+            replicas = [r for r in replicas if r.slot == slot]
+            if not replicas:
+                raise NotFound("No such replica", replica=slot)
+        hosts = await self._hosts(replicas)
+        out = []
+        for r in replicas:
+            if r.state == "pending":
+                out.append({"replica": r.slot, "state": r.state, "logs": ""})
+                continue
+            driver = self.core.drivers.for_host(hosts[r.host_id])
+            try:
+                text = await driver.logs(r.driver_id or _engine_name(r), tail=tail)
+            except InstanceNotFound:
+                text = ""
+            except DriverError as exc:
+                raise domain_error(exc) from exc
+            out.append({"replica": r.slot, "state": r.state, "logs": text})
+        return out
+
+
+_NET_SAMPLES: dict[str, tuple[float, int]] = {}
+
+
+class _Unreachable(Exception):
+    def __init__(self, host_id: str, error: str) -> None:
+        super().__init__(error)
+        self.host_id = host_id
+        self.error = error
+
+
+def _engine_name(replica: ContainerReplica) -> str:
+    return f"nefos-{replica.id}"
+
+
+# --- the operations ----------------------------------------------------------------------
+class ContainerOps:
+    """The worker side: make the engines agree with the rows, step by idempotent step."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def register(self) -> None:
+        w = self.core.workers
+        w.register("container.create", self.run_create, self.failed, self.cancel_create)
+        w.register("container.start", self.run_start, self.failed, self.cancel_transition)
+        w.register("container.stop", self.run_stop, self.failed, self.cancel_transition)
+        w.register("container.delete", self.run_delete, self.failed, self.cancel_transition)
+        w.register("container.scale", self.run_scale, self.failed, self.cancel_scale)
+        w.register("host.drain", self.run_drain, self.drain_failed, self.cancel_drain)
+
+    # --- helpers ----------------------------------------------------------------------
+    async def _load(
+        self, session: AsyncSession, container_id: str
+    ) -> tuple[Container | None, list[ContainerReplica], dict[str, Host]]:
+        container = await session.get(Container, container_id, populate_existing=True)
+        if container is None:
+            return None, [], {}
+        replicas = list(
+            (
+                await session.scalars(
+                    select(ContainerReplica)
+                    .where(ContainerReplica.container_id == container_id)
+                    .order_by(ContainerReplica.slot)
+                    .execution_options(populate_existing=True)
+                )
+            ).all()
+        )
+        ids = {r.host_id for r in replicas}
+        hosts = (
+            {h.id: h for h in await session.scalars(select(Host).where(Host.id.in_(ids)))}
+            if ids
+            else {}
+        )
+        return container, replicas, hosts
+
+    def _spec(self, container: Container, replica: ContainerReplica) -> InstanceSpec:
+        ports = []
+        for text in container.ports:
+            p = parse_port(text)
+            ports.append(
+                PortSpec(
+                    container_port=p.container_port,
+                    protocol="udp" if p.protocol == "udp" else "tcp",
+                    host_port=p.host_port,
+                    host_ip=p.host_ip or self.core.settings.container_publish_ip,
+                )
+            )
+        return InstanceSpec(
+            nefos_id=replica.id,
+            project_id=container.project_id,
+            name=f"{container.name}-{replica.slot}",
+            image=container.image,
+            command=tuple(container.command) if container.command else None,
+            env=dict(container.environment),
+            ports=tuple(ports),
+            cpu=container.cpu_milli / 1000,
+            memory_mb=container.memory_mb,
+            pids_limit=self.core.settings.container_pids_limit,
+            labels={LABEL_CONTAINER: container.id, LABEL_SLOT: str(replica.slot)},
+        )
+
+    async def _save_replica(
+        self, replica_id: str, *, state: str, info: InstanceInfo | None = None
+    ) -> None:
+        async with self.core.db.sessionmaker() as session:
+            await begin_write(session)
+            row = await session.get(ContainerReplica, replica_id, populate_existing=True)
+            if row is not None:
+                row.state = state
+                if info is not None:
+                    row.driver_id = info.driver_id
+                    row.published = [
+                        {
+                            "container_port": p.container_port,
+                            "protocol": p.protocol,
+                            "host_ip": p.host_ip,
+                            "host_port": p.host_port,
+                        }
+                        for p in info.ports
+                    ]
+            await session.commit()
+
+    async def _set_status(
+        self, container_id: str, status: str | None = None, reason: str | None = None
+    ) -> None:
+        """Set the status, or (``None``) derive it from the replicas' states."""
+        async with self.core.db.sessionmaker() as session:
+            await begin_write(session)
+            container = await session.get(Container, container_id, populate_existing=True)
+            if container is not None:
+                if status is None:
+                    states = (
+                        await session.scalars(
+                            select(ContainerReplica.state).where(
+                                ContainerReplica.container_id == container_id
+                            )
+                        )
+                    ).all()
+                    status, reason = derive_status(container.desired, list(states))
+                container.status = status
+                container.status_reason = reason
+            await session.commit()
+
+    async def _driver_call(self, host: Host, coro: Any) -> Any:
+        try:
+            return await coro
+        except HostUnreachable as exc:
+            from nefos.services.hosts import HostService
+
+            async with self.core.db.sessionmaker() as session:
+                await HostService(self.core, session).mark_offline(host.id, exc.message)
+            raise Retry(f"host {host.hostname} is unreachable: {exc.message}") from exc
+        except DriverError as exc:
+            raise domain_error(exc) from exc
+
+    async def _ensure(
+        self, container: Container, replica: ContainerReplica, host: Host, *, start: bool
+    ) -> None:
+        """Make the replica's engine container exist (and run, if ``start``)."""
+        driver = self.core.drivers.for_host(host)
+        name = _engine_name(replica)
+        try:
+            info = await self._driver_call(host, driver.get(name))
+        except NotFound:
+            try:
+                info = await self._driver_call(host, driver.create(self._spec(container, replica)))
+            except ValidationFailed:
+                # Made by an earlier, interrupted attempt between our get and create?
+                try:
+                    info = await self._driver_call(host, driver.get(name))
+                except NotFound:
+                    raise
+        await self._save_replica(replica.id, state="created", info=info)
+        if start:
+            info = await self._driver_call(host, driver.start(info.driver_id))
+            await self._save_replica(replica.id, state="running", info=info)
+
+    async def _stop(self, replica: ContainerReplica, host: Host) -> None:
+        driver = self.core.drivers.for_host(host)
+        try:
+            info = await self._driver_call(
+                host, driver.stop(replica.driver_id or _engine_name(replica))
+            )
+        except NotFound:
+            await self._save_replica(replica.id, state="missing")
+            return
+        await self._save_replica(replica.id, state="stopped", info=info)
+
+    async def _remove(
+        self, container: Container, replica: ContainerReplica, host: Host | None
+    ) -> None:
+        """Destroy the engine container, then free the allocation and the row."""
+        if host is not None:
+            driver = self.core.drivers.for_host(host)
+            await self._driver_call(
+                host, driver.destroy(replica.driver_id or _engine_name(replica))
+            )
+        async with self.core.db.sessionmaker() as session:
+            await begin_write(session)
+            row = await session.get(ContainerReplica, replica.id, populate_existing=True)
+            if row is not None:
+                await self.core.placer.release(
+                    session, row.host_id, _replica_request(row, host.driver if host else "docker")
+                )
+                await session.delete(row)
+            await session.commit()
+
+    # --- handlers ---------------------------------------------------------------------
+    async def run_create(self, ctx: OpContext) -> dict[str, Any] | None:
+        return await self._converge(ctx, start=True)
+
+    async def run_start(self, ctx: OpContext) -> dict[str, Any] | None:
+        return await self._converge(ctx, start=True)
+
+    async def _converge(self, ctx: OpContext, *, start: bool) -> dict[str, Any] | None:
+        async with self.core.db.sessionmaker() as session:
+            container, replicas, hosts = await self._load(session, ctx.op.resource_id)
+        if container is None:
+            return {"skipped": "container no longer exists"}
+        for i, r in enumerate(replicas):
+            await self._ensure(container, r, hosts[r.host_id], start=start)
+            ctx.progress(int(100 * (i + 1) / max(1, len(replicas))))
+        await self._set_status(container.id)
+        return {"replicas": len(replicas)}
+
+    async def run_stop(self, ctx: OpContext) -> dict[str, Any] | None:
+        async with self.core.db.sessionmaker() as session:
+            container, replicas, hosts = await self._load(session, ctx.op.resource_id)
+        if container is None:
+            return {"skipped": "container no longer exists"}
+        for r in replicas:
+            if r.state == "pending":
+                continue  # never made: nothing to stop
+            await self._stop(r, hosts[r.host_id])
+        await self._set_status(container.id, "stopped")
+        return {"replicas": len(replicas)}
+
+    async def run_delete(self, ctx: OpContext) -> dict[str, Any] | None:
+        async with self.core.db.sessionmaker() as session:
+            container, replicas, hosts = await self._load(session, ctx.op.resource_id)
+        if container is None:
+            return {"deleted": True}
+        for r in replicas:
+            await self._remove(container, r, hosts.get(r.host_id))
+        async with self.core.db.sessionmaker() as session:
+            await begin_write(session)
+            await session.execute(delete(Container).where(Container.id == container.id))
+            await session.commit()
+        return {"deleted": True}
+
+    async def run_scale(self, ctx: OpContext) -> dict[str, Any] | None:
+        params = ctx.op.params
+        async with self.core.db.sessionmaker() as session:
+            container, replicas, hosts = await self._load(session, ctx.op.resource_id)
+        if container is None:
+            return {"skipped": "container no longer exists"}
+        by_id = {r.id: r for r in replicas}
+        start = container.desired == "running"
+        add = [by_id[i] for i in params.get("add", []) if i in by_id]
+        remove = [by_id[i] for i in params.get("remove", []) if i in by_id]
+        if params.get("strategy") == "recreate":
+            # Everything old goes first, then the new replicas come up.
+            for r in remove:
+                await self._remove(container, r, hosts.get(r.host_id))
+            for r in add:
+                await self._ensure(container, r, hosts[r.host_id], start=start)
+        else:
+            # Rolling: new replicas run before any old one is removed, so the
+            # count never drops below the old one while scaling up.
+            for r in add:
+                await self._ensure(container, r, hosts[r.host_id], start=start)
+            for r in remove:
+                await self._remove(container, r, hosts.get(r.host_id))
+        await self._set_status(container.id)
+        return {"replicas": params.get("replicas")}
+
+    async def run_drain(self, ctx: OpContext) -> dict[str, Any] | None:
+        """Move every replica off the host (new one up first), then remove the host."""
+        host_id = ctx.op.resource_id
+        async with self.core.db.sessionmaker() as session:
+            drained = await session.get(Host, host_id)
+            replicas = (
+                await session.scalars(
+                    select(ContainerReplica).where(ContainerReplica.host_id == host_id)
+                )
+            ).all()
+        if drained is None:
+            return {"skipped": "host no longer exists"}
+        moved = 0
+        for old in replicas:
+            async with self.core.db.sessionmaker() as session:
+                await begin_write(session)
+                container = await session.get(Container, old.container_id)
+                if container is None:
+                    await session.commit()
+                    continue
+                async with self.core.placer.lock:
+                    try:
+                        (alloc,) = await self.core.placer.allocate(
+                            session, _request(container, drained.driver, 1)
+                        )
+                    except BaseException:
+                        await session.rollback()
+                        self.core.placer.invalidate()
+                        raise
+                    top = await session.scalar(
+                        select(func.max(ContainerReplica.slot)).where(
+                            ContainerReplica.container_id == container.id
+                        )
+                    )
+                    new = ContainerReplica(
+                        container_id=container.id,
+                        slot=(top or 0) + 1,
+                        host_id=alloc.host_id,
+                        cpu_milli=alloc.cpu_milli,
+                        memory_mb=alloc.memory_mb,
+                        storage_gb=alloc.storage_gb,
+                        state="pending",
+                    )
+                    session.add(new)
+                    await session.commit()
+                target = await session.get(Host, alloc.host_id)
+            assert target is not None
+            await self._ensure(
+                container,
+                new,
+                target,
+                start=container.desired == "running" and old.state == "running",
+            )
+            await self._remove(container, old, drained)
+            await self._set_status(container.id)
+            moved += 1
+            ctx.progress(int(100 * moved / max(1, len(replicas))))
+        async with self.core.db.sessionmaker() as session:
+            await begin_write(session)
+            host = await session.get(Host, host_id)
+            if host is not None:
+                await session.delete(host)
+            await session.commit()
+        await self.core.drivers.forget(host_id)
+        self.core.placer.invalidate()
+        return {"moved": moved}
+
+    async def drain_failed(self, ctx: OpContext, code: str, message: str) -> None:
+        async with self.core.db.sessionmaker() as session:
+            await begin_write(session)
+            host = await session.get(Host, ctx.op.resource_id)
+            if host is not None:
+                host.status = "active"
+                host.last_error = f"drain failed: {message}"
+            await session.commit()
+        self.core.placer.invalidate()
+
+    async def cancel_drain(self, session: AsyncSession, op: Operation) -> None:
+        host = await session.get(Host, op.resource_id)
+        if host is not None:
+            host.status = "active"
+
+    async def failed(self, ctx: OpContext, code: str, message: str) -> None:
+        if ctx.op.kind == "container.delete":
+            # The row stays so that a retried delete can finish the job.
+            await self._set_status(ctx.op.resource_id, "error", f"delete failed: {message}")
+        else:
+            await self._set_status(ctx.op.resource_id, "error", f"{code}: {message}")
+
+    # --- cancelling a pending operation (in the cancelling transaction) ---------------
+    async def cancel_create(self, session: AsyncSession, op: Operation) -> None:
+        container = await session.get(Container, op.resource_id, populate_existing=True)
+        if container is None:
+            return
+        rows = (
+            await session.scalars(
+                select(ContainerReplica).where(ContainerReplica.container_id == container.id)
+            )
+        ).all()
+        for r in rows:
+            await self.core.placer.release(session, r.host_id, _replica_request(r, "docker"))
+            await session.delete(r)
+        await session.delete(container)
+
+    async def cancel_transition(self, session: AsyncSession, op: Operation) -> None:
+        container = await session.get(Container, op.resource_id, populate_existing=True)
+        if container is not None:
+            container.status = op.params.get("from_status", container.status)
+            container.desired = op.params.get("from_desired", container.desired)
+
+    async def cancel_scale(self, session: AsyncSession, op: Operation) -> None:
+        container = await session.get(Container, op.resource_id, populate_existing=True)
+        if container is None:
+            return
+        for replica_id in op.params.get("add", []):
+            r = await session.get(ContainerReplica, replica_id)
+            if r is not None:
+                await self.core.placer.release(session, r.host_id, _replica_request(r, "docker"))
+                await session.delete(r)
+        container.replicas = op.params.get("from_replicas", container.replicas)
+        container.status = op.params.get("from_status", container.status)
+
+
+def replica_view(replicas: Sequence[ContainerReplica], hosts: dict[str, Host]) -> dict[str, Any]:
+    endpoints = []
+    for r in replicas:
+        for p in r.published or []:
+            host = hosts.get(r.host_id)
+            endpoints.append({**p, "replica": r.slot, "host": host.hostname if host else None})
+    return {
+        "endpoints": endpoints,
+        "replica_states": [
+            {"slot": r.slot, "state": r.state, "host_id": r.host_id} for r in replicas
+        ],
+    }
