@@ -137,6 +137,7 @@ async def _empty_tables(application: Any) -> None:
 async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client on a freshly emptied platform (no users at all)."""
     await _empty_tables(app)
+    app.state.core.placer.invalidate()
     transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 40000))
     async with httpx.AsyncClient(transport=transport, base_url="http://nefos.test") as c:
         yield c
@@ -242,3 +243,71 @@ def live_server(
     settings = make_settings(databases.new_url(), tmp_path_factory.mktemp("live"))
     with LiveServer(settings) as server:
         yield server
+
+
+# --- compute: a real engine as a host ------------------------------------------------
+TEST_IMAGE = "localhost/nefos-busybox:test"  # busybox httpd serving "nefos test page" on 8080
+
+
+def docker_host_uri() -> str:
+    """The Podman Engine API socket the test bootstrap started (`make services`)."""
+    uri = os.environ.get("NEFOS_TEST_DOCKER_HOST")
+    if not uri:
+        raise RuntimeError(
+            "NEFOS_TEST_DOCKER_HOST is not set: run the tests through `make test`, or "
+            "`make services && source var/test-services.env`"
+        )
+    return uri
+
+
+def remove_managed_containers(uri: str | None = None) -> list[str]:
+    """Force-remove every engine container labelled nefos.managed=true; their names."""
+    import docker
+
+    client = docker.DockerClient(base_url=uri or docker_host_uri(), version="1.41")
+    try:
+        names = []
+        for c in client.containers.list(all=True, filters={"label": "nefos.managed=true"}):
+            if "nefos.test-run" in c.labels:
+                continue  # the driver contract suite's own
+            names.append(c.name)
+            c.remove(force=True)
+        return names
+    finally:
+        client.close()
+
+
+async def wait_operation(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    op: dict[str, Any] | str,
+    timeout: float = 60,
+) -> dict[str, Any]:
+    """Poll an operation until it ends; its final JSON."""
+    url = op if isinstance(op, str) else op["url"]
+    deadline = time.monotonic() + timeout
+    while True:
+        r = await client.get(url, headers=headers)
+        assert r.status_code == 200, r.text
+        data: dict[str, Any] = r.json()["data"]
+        if data["status"] not in ("pending", "running"):
+            return data
+        if time.monotonic() > deadline:
+            raise AssertionError(f"operation did not end in {timeout}s: {data}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def podman_host(client: httpx.AsyncClient, admin: Account) -> AsyncIterator[dict[str, Any]]:
+    """The test Podman registered as an active docker host; engine containers Nefos
+    made are force-removed afterwards."""
+    r = await client.post(
+        "/api/v1/resources/hosts",
+        json={"hostname": "podman-test", "driver": "docker", "uri": docker_host_uri()},
+        headers=admin.headers,
+    )
+    assert r.status_code == 201, r.text
+    host: dict[str, Any] = r.json()["data"]
+    assert host["status"] == "active", host
+    yield host
+    remove_managed_containers()
