@@ -27,6 +27,7 @@ from nefos.api.routes import (
 )
 from nefos.config import Settings
 from nefos.gateway.context import RequestContextMiddleware
+from nefos.gateway.idempotency import IdempotencyMiddleware
 from nefos.reconciler import Background, Reconciler
 from nefos.schemas.common import ErrorEnvelope
 from nefos.services.containers import ContainerOps
@@ -145,5 +146,6 @@ def create_app(
             allow_headers=["*"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
+    app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(RequestContextMiddleware)
     return app

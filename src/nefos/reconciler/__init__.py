@@ -31,6 +31,7 @@ from nefos.db.models import Container, ContainerReplica, Host, Operation
 from nefos.db.session import begin_write
 from nefos.drivers.base import LABEL_ID, DriverError, InstanceState
 from nefos.operations import queue
+from nefos.services import idempotency
 from nefos.services.containers import derive_status
 from nefos.services.core import Core
 from nefos.services.drivers import supported_driver
@@ -68,6 +69,7 @@ class Reconciler:
                 report.requeued = await queue.requeue_stale(
                     session, self.core.settings.operation_lease
                 )
+                await idempotency.prune(session)
             if report.requeued:
                 log.warning("requeued interrupted operations: %s", report.requeued)
                 self.core.workers.notify()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import shutil
+import socket
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -105,21 +106,29 @@ def _translated(instance_id: str | None = None, *, creating: bool = False) -> It
     except docker.errors.DockerException as exc:
         # The SDK wraps connection failures it meets while building a request.
         if "connection" in str(exc).lower():
+            _release_sockets(exc)
             raise HostUnreachable(f"container engine unreachable: {exc}") from exc
         raise DriverError(str(exc), instance_id=instance_id) from exc
 
 
 def _release_sockets(exc: BaseException) -> None:
-    """Drop the frames of a failed connection attempt, so its socket closes now.
+    """Close the socket of a failed connection attempt, and drop its frames.
 
     docker-py's unix-socket ``connect()`` does not close the socket it made when
     connecting fails; the socket lives on in the traceback's frames (and this
-    error's ``__cause__``) until the garbage collector finds it.
+    error's ``__cause__``). Left to the garbage collector it is closed with a
+    ResourceWarning, so it is closed here, then the frames are cleared.
     """
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
+        tb = cur.__traceback__
+        while tb is not None:
+            for value in list(tb.tb_frame.f_locals.values()):
+                if isinstance(value, socket.socket):
+                    value.close()
+            tb = tb.tb_next
         traceback.clear_frames(cur.__traceback__)
         cur = cur.__cause__ or cur.__context__
 
