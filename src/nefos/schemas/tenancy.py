@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from nefos.domain.access import OrgKind, Role
 from nefos.schemas.common import Email, Id, Name, Public, Request, Slug
@@ -118,9 +118,20 @@ class QuotaUpdate(Request):
     containers: Limit = None
 
 
+class QuotaUsage(BaseModel):
+    """What the project holds now, in the units of the limits."""
+
+    instances: int = 0
+    vcpus: float = 0
+    memory_gb: float = 0
+    storage_gb: int = 0
+    containers: int = 0
+
+
 class QuotaPublic(Public):
     project_id: str
     limits: QuotaLimits
+    usage: QuotaUsage = QuotaUsage()
     updated_at: datetime
 
 

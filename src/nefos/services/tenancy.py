@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.db.models import (
     ApiKey,
+    Container,
     Invitation,
     Membership,
     Organisation,
@@ -212,6 +213,7 @@ class TenancyService:
                 children=children,
             )
         project_ids = select(Project.id).where(Project.organisation_id == org.id)
+        await self._refuse_if_resources(project_ids, "organisation")
         await self.session.execute(
             update(User)
             .where(User.default_project_id.in_(project_ids))
@@ -482,6 +484,7 @@ class TenancyService:
         if project.is_default:
             raise Conflict("The default project of an organisation cannot be deleted")
         await begin_write(self.session)
+        await self._refuse_if_resources([project.id], "project")
         await self.session.execute(
             update(User)
             .where(User.default_project_id == project.id)
@@ -514,6 +517,15 @@ class TenancyService:
         return quota
 
     # --- helpers ------------------------------------------------------------
+    async def _refuse_if_resources(self, project_ids: Any, what: str) -> None:
+        """Compute resources are never deleted as a side effect: delete them first."""
+        count = await self.session.scalar(
+            select(func.count(Container.id)).where(Container.project_id.in_(project_ids))
+        )
+        if count:
+            await self.session.rollback()
+            raise Conflict(f"Delete this {what}'s {count} container(s) first", containers=count)
+
     async def _reload(self, model: Any, key: Any) -> Any:
         obj = await self.session.get(model, key, populate_existing=True)
         if obj is None:

@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
 from nefos.api.deps import (
@@ -27,7 +28,10 @@ from nefos.schemas.tenancy import (
     QuotaLimits,
     QuotaPublic,
     QuotaUpdate,
+    QuotaUsage,
 )
+from nefos.services.containers import ContainerService
+from nefos.services.core import Core
 from nefos.services.tenancy import TenancyService
 
 router = APIRouter(prefix="/projects", tags=["projects"])
@@ -39,9 +43,18 @@ OrgFilter = Annotated[
 ]
 
 
-def _quota(q: ProjectQuota) -> QuotaPublic:
+async def _quota(core: Core, session: AsyncSession, q: ProjectQuota) -> QuotaPublic:
+    used = await ContainerService(core, session).usage(q.project_id)
     return QuotaPublic(
-        project_id=q.project_id, limits=QuotaLimits.model_validate(q), updated_at=q.updated_at
+        project_id=q.project_id,
+        limits=QuotaLimits.model_validate(q),
+        usage=QuotaUsage(
+            vcpus=used.cpu_milli / 1000,
+            memory_gb=round(used.memory_mb / 1024, 3),
+            storage_gb=used.storage_gb,
+            containers=used.containers,
+        ),
+        updated_at=q.updated_at,
     )
 
 
@@ -110,7 +123,8 @@ async def get_quotas(
     session: SessionDep,
     access: Access = authorize(Permission.QUOTA_READ, on="project"),
 ) -> Response:
-    return ok(_quota(await TenancyService(core, session).get_quota(access.target_project)))
+    quota = await TenancyService(core, session).get_quota(access.target_project)
+    return ok(await _quota(core, session, quota))
 
 
 @router.put("/{project_id}/quotas", response_model=Envelope[QuotaPublic])
@@ -122,7 +136,8 @@ async def set_quotas(
     access: Access = authorize(Permission.QUOTA_UPDATE, on="project"),
 ) -> Response:
     """Change some limits; the fields left out keep their values, `null` lifts a limit."""
-    return ok(_quota(await TenancyService(core, session).set_quota(access.target_project, body)))
+    quota = await TenancyService(core, session).set_quota(access.target_project, body)
+    return ok(await _quota(core, session, quota))
 
 
 # Seed 001 (CloudCIX) spelling, kept for its clients.
