@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-run: install  ## Start Nefos on http://127.0.0.1:8000 (SQLite under ./var)
-	$(VENV)/bin/nefos serve
+run: install  ## Start Nefos on http://127.0.0.1:8000 (SQLite under ./var, local Podman)
+	@scripts/ensure-podman.sh >/dev/null || echo "warning: Podman could not be started (see scripts/ensure-podman.sh); Nefos starts with no container host" >&2
+	CONTAINERS_CONF=$(CURDIR)/var/podman/containers.conf NEFOS_LOCAL_DOCKER_URI=$${NEFOS_LOCAL_DOCKER_URI:-unix://$(CURDIR)/var/podman/podman.sock} $(VENV)/bin/nefos serve
 
 services:  ## Install and start what the tests need (PostgreSQL, Podman)
 	@scripts/bootstrap-services.sh

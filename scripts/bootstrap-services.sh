@@ -59,76 +59,10 @@ SQL
 echo "PostgreSQL $PG_VER on port $PG_PORT: ready"
 
 # --- Podman -------------------------------------------------------------------
-# crun fails on this host's cgroup layout, so runc with the cgroupfs manager;
-# default_ulimits=[] because the stock nofile ulimit cannot be raised here. The
-# image storage stays the default (root) one, so the podman CLI and the service
-# see the same images.
-PODMAN_DIR="$PWD/var/podman"
-PODMAN_SOCK="$PODMAN_DIR/podman.sock"
-export CONTAINERS_CONF="$PODMAN_DIR/containers.conf"
-mkdir -p "$PODMAN_DIR"
-# One bootstrap at a time starts the service (two `make test` runs may race).
-exec 9>"$PODMAN_DIR/bootstrap.lock"
-flock -w 300 9 || die "timed out waiting for another bootstrap holding $PODMAN_DIR/bootstrap.lock"
-
-need=()
-for pkg in podman runc conmon catatonit iptables busybox-static uidmap slirp4netns fuse-overlayfs curl; do
-  deb_installed "$pkg" || need+=("$pkg")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  echo "Installing ${need[*]} from Debian..."
-  apt_install "${need[@]}"
-fi
-command -v podman >/dev/null || die "podman is not on PATH after installing it"
-command -v runc >/dev/null || die "runc is not on PATH after installing it"
-
-cat > "$CONTAINERS_CONF.tmp" <<'CONF'
-# Written by scripts/bootstrap-services.sh; edits are overwritten.
-[containers]
-default_ulimits = []
-# No journald here: keep container logs and events in files.
-log_driver = "k8s-file"
-
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-CONF
-mv "$CONTAINERS_CONF.tmp" "$CONTAINERS_CONF"
-
-podman_ping() { curl -sf --max-time 5 --unix-socket "$PODMAN_SOCK" http://d/_ping 2>/dev/null | grep -qx OK; }
-if ! podman_ping; then
-  # A service we started before that no longer answers: stop it (by its pid,
-  # and only if it is still that podman service) before starting a fresh one.
-  if [ -f "$PODMAN_DIR/service.pid" ]; then
-    old=$(cat "$PODMAN_DIR/service.pid")
-    cmdline=$(tr '\0' ' ' < "/proc/$old/cmdline" 2>/dev/null || true)
-    if [ -n "$old" ] && [[ "$cmdline" == *"system service"*"unix://$PODMAN_SOCK"* ]]; then
-      echo "The podman service (pid $old) does not answer: restarting it."
-      kill "$old" 2>/dev/null || true
-      for _ in $(seq 1 50); do kill -0 "$old" 2>/dev/null || break; sleep 0.1; done
-      kill -9 "$old" 2>/dev/null || true
-    fi
-  fi
-  rm -f "$PODMAN_SOCK"
-  echo "Starting podman system service on $PODMAN_SOCK (log: $PODMAN_DIR/service.log)..."
-  # setsid + nohup + every fd redirected: the service outlives this script and
-  # holds no pipe of the caller (make, tee, CI) open, nor the bootstrap lock (fd 9).
-  setsid nohup podman system service --time=0 "unix://$PODMAN_SOCK" \
-    </dev/null >>"$PODMAN_DIR/service.log" 2>&1 9>&- &
-  echo $! > "$PODMAN_DIR/service.pid"
-  for _ in $(seq 1 300); do
-    podman_ping && break
-    kill -0 "$(cat "$PODMAN_DIR/service.pid")" 2>/dev/null || break
-    sleep 0.1
-  done
-  if ! podman_ping; then
-    tail -n 20 "$PODMAN_DIR/service.log" >&2 || true
-    die "podman system service did not answer on $PODMAN_SOCK (log above: $PODMAN_DIR/service.log)"
-  fi
-fi
-scripts/build-test-image.sh || die "building the test image (scripts/build-test-image.sh) failed"
-echo "Podman $(podman version --format '{{.Client.Version}}' 2>/dev/null) on $PODMAN_SOCK: ready"
+scripts/ensure-podman.sh >/dev/null || die "Podman could not be started (run scripts/ensure-podman.sh to see why)"
+PODMAN_SOCK="$PWD/var/podman/podman.sock"
+CONTAINERS_CONF="$PWD/var/podman/containers.conf"
+echo "Podman on $PODMAN_SOCK: ready"
 
 cat > var/test-services.env.tmp <<ENV
 export NEFOS_TEST_POSTGRES_URL=postgresql://nefos:nefos@127.0.0.1:${PG_PORT}/postgres
