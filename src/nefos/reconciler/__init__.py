@@ -6,8 +6,9 @@ One pass (``Reconciler.run_once``):
    back to pending, so a worker runs them again (their handlers are idempotent):
    that finishes, or fails, what a crash interrupted.
 2. For each active host, one ``driver.list()``:
-   * an engine container labelled ``nefos.managed`` whose ``nefos.id`` names no
-     replica row is an orphan (made by Nefos, no longer known) and is destroyed;
+   * an engine container labelled ``nefos.managed`` and with this installation's
+     ``nefos.installation``, whose ``nefos.id`` names no replica row, is an orphan
+     (made by this Nefos, no longer known) and is destroyed;
    * a replica the engine no longer has is ``missing``; one that stopped behind
      Nefos's back is ``stopped``; its container's status is derived again.
    Containers with an operation in progress are left to it.
@@ -32,7 +33,7 @@ from nefos.db.session import begin_write
 from nefos.drivers.base import LABEL_ID, DriverError, InstanceState
 from nefos.operations import queue
 from nefos.services import idempotency
-from nefos.services.containers import derive_status
+from nefos.services.containers import LABEL_INSTALLATION, derive_status, installation_id
 from nefos.services.core import Core
 from nefos.services.drivers import supported_driver
 from nefos.services.hosts import ACTIVE, HostService
@@ -89,6 +90,7 @@ class Reconciler:
             async with self.core.db.sessionmaker() as session:
                 await HostService(self.core, session).mark_offline(host.id, exc.message)
             return
+        mine = installation_id(self.core)
         engine = {i.nefos_id: i for i in listed if i.nefos_id}
         async with self.core.db.sessionmaker() as session:
             busy = set(
@@ -111,7 +113,11 @@ class Reconciler:
                         )
                     ).all()
                 )
-                orphans = [engine[i] for i in unknown if i not in known_elsewhere]
+                orphans = [
+                    engine[i]
+                    for i in unknown
+                    if i not in known_elsewhere and engine[i].labels.get(LABEL_INSTALLATION) == mine
+                ]
             else:
                 orphans = []
         for info in orphans:

@@ -60,6 +60,19 @@ log = logging.getLogger("nefos.containers")
 #: ``nefos.id`` is the replica's own id.
 LABEL_CONTAINER = "nefos.container"
 LABEL_SLOT = "nefos.slot"
+#: Which Nefos made it: the reconciler reaps only its own installation's orphans,
+#: so two installations (or a test harness) can share an engine.
+LABEL_INSTALLATION = "nefos.installation"
+
+
+def installation_id(core: Core) -> str:
+    """Stable across the processes of one installation (they share the secret key)."""
+    import hashlib
+
+    return hashlib.sha256(b"nefos-installation:" + core.settings.jwt_secret.encode()).hexdigest()[
+        :16
+    ]
+
 
 CONTAINER_DRIVERS = ("docker",)
 
@@ -623,7 +636,11 @@ class ContainerOps:
             cpu=container.cpu_milli / 1000,
             memory_mb=container.memory_mb,
             pids_limit=self.core.settings.container_pids_limit,
-            labels={LABEL_CONTAINER: container.id, LABEL_SLOT: str(replica.slot)},
+            labels={
+                LABEL_CONTAINER: container.id,
+                LABEL_SLOT: str(replica.slot),
+                LABEL_INSTALLATION: installation_id(self.core),
+            },
         )
 
     async def _save_replica(
@@ -691,12 +708,12 @@ class ContainerOps:
         except NotFound:
             try:
                 info = await self._driver_call(host, driver.create(self._spec(container, replica)))
-            except ValidationFailed:
+            except ValidationFailed as invalid:
                 # Made by an earlier, interrupted attempt between our get and create?
                 try:
                     info = await self._driver_call(host, driver.get(name))
                 except NotFound:
-                    raise
+                    raise invalid from None  # no: the create's own error (bad image, ...)
         await self._save_replica(replica.id, state="created", info=info)
         if start:
             info = await self._driver_call(host, driver.start(info.driver_id))
@@ -903,6 +920,9 @@ class ContainerOps:
         for r in rows:
             await self.core.placer.release(session, r.host_id, _replica_request(r, "docker"))
             await session.delete(r)
+        # The replicas' rows go first: with no ORM relationship to order the two, the
+        # container's DELETE could run first and its ON DELETE CASCADE take them.
+        await session.flush()
         await session.delete(container)
 
     async def cancel_transition(self, session: AsyncSession, op: Operation) -> None:
