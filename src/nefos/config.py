@@ -154,6 +154,11 @@ class Settings(BaseSettings):
         "0.0.0.0",  # noqa: S104 - published ports are meant to be reachable, as in Docker
         description="Host address container ports are published on.",
     )
+    container_image_pull: bool = Field(
+        True,
+        description="Pull an image a host lacks from its registries when a container is "
+        "created (false: the image must already be on the host).",
+    )
     container_pids_limit: int = Field(
         512, ge=16, description="Processes (pids) one container may run."
     )

@@ -39,7 +39,9 @@ class Core:
                 issuer=settings.jwt_issuer,
                 audience=settings.jwt_audience,
             ),
-            drivers=DriverManager(timeout=settings.host_timeout),
+            drivers=DriverManager(
+                timeout=settings.host_timeout, pull_images=settings.container_image_pull
+            ),
             placer=Placer(scheduler_config(settings)),
             workers=Workers(
                 db=db,

@@ -44,7 +44,7 @@ def supported_driver(name: str) -> bool:
     return name in DRIVERS
 
 
-def build_driver(name: str, uri: str, *, timeout: float) -> ComputeDriver:
+def build_driver(name: str, uri: str, *, timeout: float, pull: bool = False) -> ComputeDriver:
     """A new driver for ``uri``; ``ValidationFailed`` for an unknown driver or bad URI."""
     if name not in DRIVERS:
         raise ValidationFailed(
@@ -55,7 +55,7 @@ def build_driver(name: str, uri: str, *, timeout: float) -> ComputeDriver:
     cls = getattr(importlib.import_module(module), cls_name)
     try:
         if name == "docker":
-            driver: ComputeDriver = cls(uri, timeout=timeout)
+            driver: ComputeDriver = cls(uri, timeout=timeout, pull=pull)
         else:
             driver = cls(uri)
     except Exception as exc:  # the libraries' own URL errors
@@ -64,8 +64,9 @@ def build_driver(name: str, uri: str, *, timeout: float) -> ComputeDriver:
 
 
 class DriverManager:
-    def __init__(self, *, timeout: float) -> None:
+    def __init__(self, *, timeout: float, pull_images: bool = False) -> None:
         self.timeout = timeout
+        self.pull_images = pull_images
         self._drivers: dict[str, _Entry] = {}
         self._retired: list[ComputeDriver] = []
 
@@ -74,7 +75,10 @@ class DriverManager:
         if entry is None or entry.uri != host.uri:
             if entry is not None:
                 self._retired.append(entry.driver)  # closed with the manager
-            entry = _Entry(host.uri, build_driver(host.driver, host.uri, timeout=self.timeout))
+            entry = _Entry(
+                host.uri,
+                build_driver(host.driver, host.uri, timeout=self.timeout, pull=self.pull_images),
+            )
             self._drivers[host.id] = entry
         return entry.driver
 

@@ -211,8 +211,11 @@ class DockerDriver(ComputeDriver):
         supports_logs=True,
     )
 
-    def __init__(self, base_url: str, *, timeout: float = 30) -> None:
+    def __init__(self, base_url: str, *, timeout: float = 30, pull: bool = False) -> None:
+        """``pull``: fetch an image the host lacks from its registries on create
+        (off by default: a missing image is then ``ImageNotFound`` at once)."""
         self.base_url = base_url
+        self.pull = pull
         self._client = docker.DockerClient(base_url=base_url, version=API_VERSION, timeout=timeout)
         self._api = self._client.api
 
@@ -252,9 +255,7 @@ class DockerDriver(ComputeDriver):
 
     def _create(self, spec: InstanceSpec) -> InstanceInfo:
         name = container_name(spec.nefos_id)
-        with _translated(creating=True):
-            # Never pull implicitly: images reach a host through Nefos, not by accident.
-            self._api.inspect_image(spec.image)
+        self._ensure_image(spec.image)
         ports: dict[str, tuple[str] | tuple[str, int]] = {}
         for p in spec.ports:
             key = f"{p.container_port}/{p.protocol}"
@@ -297,6 +298,29 @@ class DockerDriver(ComputeDriver):
         except BaseException:
             self._remove_quietly(name)
             raise
+
+    def _ensure_image(self, image: str) -> None:
+        """The image is on the host, or (with ``pull``) is pulled; else ImageNotFound."""
+        try:
+            with _translated(creating=True):
+                self._api.inspect_image(image)
+            return
+        except ImageNotFound:
+            if not self.pull:
+                raise
+        repository, tag = docker.utils.parse_repository_tag(image)
+        with _translated(creating=True):
+            # The engine streams progress and reports a failed pull inside the
+            # stream, not as an HTTP error: the inspect afterwards is the verdict.
+            output = self._api.pull(repository, tag=tag or "latest")
+        try:
+            with _translated(creating=True):
+                self._api.inspect_image(image)
+        except ImageNotFound as exc:
+            reason = str(output).strip().splitlines()[-1:] or [""]
+            raise ImageNotFound(
+                f"image {image!r} is not on the host and could not be pulled: {reason[0][:300]}"
+            ) from exc
 
     def _remove_quietly(self, name: str) -> None:
         try:
