@@ -194,10 +194,11 @@ class Background:
     async def _every(self, interval: float, job: object) -> None:
         assert callable(job)
         while True:
-            await asyncio.sleep(interval)
+            # First at once: after a restart, interrupted work is picked up now.
             try:
                 await job()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("background job %s failed", getattr(job, "__name__", job))
+            await asyncio.sleep(interval)

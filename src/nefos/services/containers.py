@@ -362,6 +362,9 @@ class ContainerService:
         if self.session.in_transaction():
             await self.session.rollback()
         self.core.placer.invalidate()
+        if isinstance(exc, IntegrityError):
+            # A concurrent create took the name between our check and our insert.
+            raise Conflict("A container with this name exists in the project") from exc
         if isinstance(exc, _Unreachable):
             from nefos.services.hosts import HostService
 
@@ -518,6 +521,8 @@ class ContainerService:
             previous = _NET_SAMPLES.get(r.id)
             if previous is not None and now > previous[0]:
                 rate += max(0, total - previous[1]) / (now - previous[0])
+            if len(_NET_SAMPLES) > 50_000:
+                _NET_SAMPLES.clear()  # forget replicas long gone; rates restart at 0
             _NET_SAMPLES[r.id] = (now, total)
         limit_cores = container.cpu_milli / 1000 * len(ok)
         cpu_percent = sum(s.cpu_percent for _, s in ok)
