@@ -18,7 +18,21 @@ from typing import Any
 import httpx
 
 from tests.conftest import ADMIN_PASSWORD, PASSWORD, TEST_IMAGE, free_port
-from tests.faults.conftest import V1, Lab, eventually
+from tests.faults.conftest import V1, Lab, Nefos, eventually
+
+
+async def requeued(n: Nefos, op_id: str) -> None:
+    """Run reconciler passes until the interrupted operation is requeued (by one of
+    them, or by the pass the app runs when it starts); none takes the engine
+    container the interrupted attempt made for an orphan."""
+
+    async def done() -> bool:
+        report = await n.app.state.reconciler.run_once()
+        assert not report.orphans_removed, report
+        op = await n.op_row(op_id)
+        return op_id in report.requeued or op.status != "running" or op.attempts > 1
+
+    await eventually(done, "the reconciler requeues the stale operation")
 
 
 async def test_crash_after_the_commit_before_any_engine_call(lab: Lab) -> None:
@@ -80,15 +94,7 @@ async def test_crash_after_the_engine_call_before_the_status_write(lab: Lab) -> 
     # `running`, its heartbeat stops, as after a kill.
 
     async with lab.app(url, workers=2, operation_lease=2) as second:
-        op = await second.op_row(op_id)
-        assert op.status == "running", op.status
-
-        async def requeued() -> bool:
-            report = await second.app.state.reconciler.run_once()
-            assert not report.orphans_removed, report  # the early container has a row
-            return op_id in report.requeued
-
-        await eventually(requeued, "the reconciler requeues the stale operation")
+        await requeued(second, op_id)
         final = await second.wait(user, accepted["operation"])
         assert final["status"] == "succeeded", final
         assert final["attempts"] == 2
@@ -132,11 +138,8 @@ async def test_cancelling_a_requeued_create_leaves_an_orphan_the_reconciler_remo
     # Restarted without workers: the requeued create stays pending, and is cancelled.
     async with lab.app(url, workers=0, operation_lease=2) as second:
         op_id = accepted["operation"]["id"]
-
-        async def requeued() -> bool:
-            return op_id in (await second.app.state.reconciler.run_once()).requeued
-
-        await eventually(requeued, "the reconciler requeues the stale operation")
+        await requeued(second, op_id)
+        assert (await second.op_row(op_id)).status == "pending"
         r = await second.client.delete(f"{V1}/operations/{op_id}", headers=user.headers)
         assert r.status_code == 200, r.text
         assert r.json()["data"]["status"] == "cancelled"

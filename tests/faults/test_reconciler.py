@@ -8,6 +8,7 @@ import uuid
 
 from nefos.drivers.base import InstanceNotFound, InstanceSpec
 from nefos.drivers.docker import DockerDriver
+from nefos.services.containers import LABEL_INSTALLATION, installation_id
 from tests.conftest import TEST_IMAGE
 from tests.faults.conftest import V1, Lab
 
@@ -34,7 +35,8 @@ async def test_reconciler_against_changes_behind_nefos(lab: Lab) -> None:
         finally:
             client.close()
         driver = DockerDriver(lab.podman.uri, timeout=30)
-        orphan_id = str(uuid.uuid4())
+        orphan_id, stranger_id = str(uuid.uuid4()), str(uuid.uuid4())
+        lab.foreign.add(f"nefos-{stranger_id}")
         try:
             orphan = await driver.create(
                 InstanceSpec(
@@ -42,13 +44,28 @@ async def test_reconciler_against_changes_behind_nefos(lab: Lab) -> None:
                     project_id=user.project_id,
                     name="orphan",
                     image=TEST_IMAGE,
-                    labels={"nefos.container": str(uuid.uuid4()), "nefos.slot": "0"},
+                    labels={
+                        "nefos.container": str(uuid.uuid4()),
+                        "nefos.slot": "0",
+                        LABEL_INSTALLATION: installation_id(n.core),
+                    },
                 )
             )
             await driver.start(orphan.driver_id)
+            # Another installation's container on the same engine: not ours to reap.
+            await driver.create(
+                InstanceSpec(
+                    nefos_id=stranger_id,
+                    project_id=user.project_id,
+                    name="stranger",
+                    image=TEST_IMAGE,
+                    labels={LABEL_INSTALLATION: "another-installation"},
+                )
+            )
 
             report = await n.app.state.reconciler.run_once()
             assert report.orphans_removed == [orphan_id]
+            await driver.get(f"nefos-{stranger_id}")  # left alone
             assert report.replicas_changed == {
                 gone_replica.id: "missing",
                 **{r.id: "stopped" for r in halted_replicas},
@@ -61,7 +78,9 @@ async def test_reconciler_against_changes_behind_nefos(lab: Lab) -> None:
                 pass
         finally:
             await driver.destroy(f"nefos-{orphan_id}")
+            await driver.destroy(f"nefos-{stranger_id}")
             await driver.close()
+        lab.foreign.discard(f"nefos-{stranger_id}")
 
         shown = await n.container(user, gone["id"])
         assert shown["status"] == "error", shown
@@ -118,7 +137,10 @@ async def test_orphan_of_a_busy_container_is_left_to_its_operation(lab: Lab) -> 
                     project_id=user.project_id,
                     name="early",
                     image=TEST_IMAGE,
-                    labels={"nefos.container": container_id},
+                    labels={
+                        "nefos.container": container_id,
+                        LABEL_INSTALLATION: installation_id(n.core),
+                    },
                 )
             )
             report = await n.app.state.reconciler.run_once()
