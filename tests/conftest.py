@@ -79,11 +79,22 @@ class DatabaseFactory:
             asyncio.run(_pg_exec(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+# One per test session: its apps label engine containers with an installation id of
+# their own, so two sessions sharing the test Podman never reap each other's.
+TEST_SECRET_KEY = f"test-secret-key-{uuid.uuid4().hex}-long-enough-for-hs256"
+
+
+def session_installation_label() -> str:
+    import hashlib
+
+    return hashlib.sha256(b"nefos-installation:" + TEST_SECRET_KEY.encode()).hexdigest()[:16]
+
+
 def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": database_url,
         "data_dir": data_dir,
-        "secret_key": "test-secret-key-that-is-long-enough-for-hs256",
+        "secret_key": TEST_SECRET_KEY,
         "admin_email": "admin@nefos.test",
         "admin_username": "admin",
         "admin_password": ADMIN_PASSWORD,
@@ -261,15 +272,14 @@ def docker_host_uri() -> str:
 
 
 def remove_managed_containers(uri: str | None = None) -> list[str]:
-    """Force-remove every engine container labelled nefos.managed=true; their names."""
+    """Force-remove the engine containers this test session's Nefos made; their names."""
     import docker
 
     client = docker.DockerClient(base_url=uri or docker_host_uri(), version="1.41")
     try:
         names = []
-        for c in client.containers.list(all=True, filters={"label": "nefos.managed=true"}):
-            if "nefos.test-run" in c.labels:
-                continue  # the driver contract suite's own
+        mine = f"nefos.installation={session_installation_label()}"
+        for c in client.containers.list(all=True, filters={"label": mine}):
             names.append(c.name)
             c.remove(force=True)
         return names
@@ -281,7 +291,7 @@ async def wait_operation(
     client: httpx.AsyncClient,
     headers: dict[str, str],
     op: dict[str, Any] | str,
-    timeout: float = 60,
+    timeout: float = 60,  # noqa: ASYNC109 - a deadline for polling, not a cancel scope
 ) -> dict[str, Any]:
     """Poll an operation until it ends; its final JSON."""
     url = op if isinstance(op, str) else op["url"]

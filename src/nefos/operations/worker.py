@@ -168,6 +168,13 @@ class Workers:
         finally:
             beat.cancel()
         if status is OpStatus.FAILED and handler is not None and handler.on_failure is not None:
+            # Only while the operation is still ours: after a lost lease another
+            # worker runs it, and this one's verdict must not touch the resource.
+            async with self.db.sessionmaker() as session:
+                still_ours = await queue.heartbeat(session, op.id, worker, None)
+            if not still_ours:
+                log.warning("operation %s was taken over; not recording its failure", op.id)
+                return
             try:
                 await handler.on_failure(ctx, code or "INTERNAL_ERROR", message or "")
             except Exception:

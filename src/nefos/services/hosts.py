@@ -240,6 +240,7 @@ class HostService:
             return False
         if not supported_driver(host.driver):
             return False
+        seen_status, seen_at = host.status, host.updated_at
         driver = self.core.drivers.for_host(host)
         try:
             await asyncio.wait_for(driver.ping(), self.core.settings.host_timeout)
@@ -253,7 +254,13 @@ class HostService:
             ok, error, capacity = False, str(exc) or type(exc).__name__, None
         await begin_write(self.session)
         current = await self.session.get(Host, host.id, populate_existing=True)
-        if current is None or current.status == DRAINING:
+        if (
+            current is None
+            or current.status == DRAINING
+            or (current.status, current.updated_at) != (seen_status, seen_at)
+        ):
+            # Changed while we pinged (marked offline by a failing operation, say):
+            # that newer word stands; the next check looks again.
             await self.session.commit()
             return False
         before = current.status
