@@ -98,11 +98,12 @@ class OperationService:
         current = await self.session.get(Operation, op.id, populate_existing=True)
         if current is None:
             raise NotFound("Operation not found", operation_id=op.id)
-        if current.status != queue.OpStatus.PENDING:
+        status = current.status  # read before the rollback expires the row
+        if status != queue.OpStatus.PENDING:
             await self.session.rollback()
             raise Conflict(
-                f"Only a pending operation can be cancelled; this one is {current.status}",
-                status=current.status,
+                f"Only a pending operation can be cancelled; this one is {status}",
+                status=status,
             )
         handler = self.core.workers.handlers.get(current.kind)
         if not await queue.cancel_pending(self.session, current):
