@@ -10,6 +10,10 @@ traceback) and a non-zero exit:
 
 Output is a Rich table for people, or with ``--json`` the API's data as JSON
 on stdout (errors then go to stderr as JSON too).
+
+A write that the API carries out as an operation (a 202) takes ``--wait``:
+:func:`wait_for` follows the operation with a progress bar on stderr until it
+ends, and a failed operation exits 1 with its error, like an API error.
 """
 
 from __future__ import annotations
@@ -27,14 +31,25 @@ import typer
 from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from nefos.cli._config import Config, ConfigError, config_path, load_config, save_config
+from nefos.schemas.compute import OperationPublic
 from nefos.sdk import (
     AuthenticationError,
     Client,
     NefosAPIError,
     NefosError,
+    OperationFailedError,
+    OperationTimeoutError,
     Page,
     Tokens,
     TransportError,
@@ -53,6 +68,14 @@ JsonOpt = Annotated[
 PageOpt = Annotated[int | None, typer.Option(min=1, help="Page number, from 1.")]
 LimitOpt = Annotated[int | None, typer.Option(min=1, max=500, help="Items per page (max 500).")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+WaitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--wait", help="Follow the operation until it ends; exit 1 with its error if it fails."
+    ),
+]
+WAIT_TIMEOUT = 600.0  # seconds --wait waits before giving up (the operation goes on)
+WAIT_POLL = 0.5
 RoleOpt = Annotated[
     str, typer.Option(help="Role in the organisation: owner, admin, member or viewer.")
 ]
@@ -62,11 +85,12 @@ def stdout() -> Console:
     # Made per call: the console must write to the sys.stdout of the moment. Piped
     # output gets a wide page, so no table is cut to fit a terminal that is not there.
     wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
-    return Console(highlight=False, soft_wrap=False, width=wide)
+    # No emoji: ":x:" in a server's message ("image localhost/nope:x:") stays as it is.
+    return Console(highlight=False, soft_wrap=False, width=wide, emoji=False)
 
 
 def stderr() -> Console:
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, emoji=False)
 
 
 # --- errors -------------------------------------------------------------------------
@@ -103,6 +127,28 @@ def _report_api_error(exc: NefosAPIError, as_json: bool) -> NoReturn:
         console.print(f"  request id: {exc.request_id}")
     if isinstance(exc, AuthenticationError):
         console.print("  Run [bold]nefos login[/] (or set NEFOS_API_KEY).")
+    raise typer.Exit(EXIT_API_ERROR)
+
+
+def _report_operation(exc: OperationFailedError | OperationTimeoutError, as_json: bool) -> NoReturn:
+    op = exc.operation
+    if as_json:
+        error: dict[str, Any] = {"message": str(exc), "operation": op.model_dump(mode="json")}
+        if isinstance(exc, OperationFailedError):
+            error.update(code=exc.code, message=exc.message)
+        typer.echo(json.dumps({"error": error}), err=True)
+        raise typer.Exit(EXIT_API_ERROR)
+    console = stderr()
+    if isinstance(exc, OperationFailedError):
+        console.print(
+            f"[bold red]Error:[/] {escape(exc.message)} [dim]({exc.code})[/]\n"
+            f"  operation {op.id} ({escape(op.kind)}) {escape(op.status)}"
+        )
+    else:
+        console.print(
+            f"[bold red]Error:[/] {escape(str(exc))}\n"
+            f"  It goes on: [bold]nefos operation wait {op.id}[/]"
+        )
     raise typer.Exit(EXIT_API_ERROR)
 
 
@@ -172,6 +218,8 @@ def handle_errors(as_json: bool) -> Iterator[None]:
         yield
     except NefosAPIError as exc:
         _report_api_error(exc, as_json)
+    except (OperationFailedError, OperationTimeoutError) as exc:
+        _report_operation(exc, as_json)
     except TransportError as exc:
         fail(f"Cannot reach the Nefos server: {exc}", code=EXIT_UNREACHABLE, as_json=as_json)
     except NefosError as exc:
@@ -186,8 +234,41 @@ def api(as_json: bool) -> Iterator[Client]:
         yield client
 
 
+def wait_for(
+    client: Client, operation_id: str, as_json: bool, *, timeout: float | None = WAIT_TIMEOUT
+) -> OperationPublic:
+    """Wait for an operation to end, with a progress bar on stderr (none with --json).
+
+    The succeeded operation; a failed one raises OperationFailedError, which
+    :func:`handle_errors` reports.
+    """
+    if as_json:
+        return client.operations.wait(operation_id, timeout=timeout, poll=WAIT_POLL)
+    console = stderr()
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task(f"operation {operation_id}", total=100)
+
+        def update(op: OperationPublic) -> None:
+            progress.update(
+                task,
+                completed=100 if op.status == "succeeded" else op.progress,
+                description=f"{escape(op.kind)} {escape(op.status)}",
+            )
+
+        return client.operations.wait(
+            operation_id, timeout=timeout, poll=WAIT_POLL, on_progress=update
+        )
+
+
 # --- output -------------------------------------------------------------------------
-Column = tuple[str, str]  # (header, attribute)
+Column = tuple[str, str | Callable[[Any], Any]]  # (header, attribute or function of the item)
 
 
 def _cell(value: Any) -> str:
@@ -201,7 +282,13 @@ def _cell(value: Any) -> str:
         return str(value.value)
     if isinstance(value, list | tuple):
         return ", ".join(_cell(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_cell(v)}" for k, v in value.items())
     return str(value)
+
+
+def _value(item: Any, attr: str | Callable[[Any], Any]) -> Any:
+    return attr(item) if callable(attr) else getattr(item, attr)
 
 
 def echo_json(data: Any) -> None:
@@ -255,7 +342,7 @@ def listing(
                 header, no_wrap=is_id, min_width=36 if is_id else None, overflow="fold"
             )
         for item in rows:
-            table.add_row(*(escape(_cell(getattr(item, attr))) for _, attr in columns))
+            table.add_row(*(escape(_cell(_value(item, attr))) for _, attr in columns))
         console.print(table)
     if isinstance(items, Page) and items.pagination.pages > 1:
         p = items.pagination

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import typer
 
-from nefos.cli import admin, api_keys, auth, orgs, projects
+from nefos.cli import admin, api_keys, auth, containers, hosts, operations, orgs, projects
 from nefos.cli.serve import serve
 
 app = typer.Typer(
@@ -29,6 +29,9 @@ app.add_typer(orgs.app, name="org")
 app.add_typer(projects.app, name="project")
 app.add_typer(api_keys.app, name="api-key")
 app.add_typer(admin.app, name="admin")
+app.add_typer(hosts.app, name="host")
+app.add_typer(containers.app, name="container")
+app.add_typer(operations.app, name="operation")
 
 
 def main() -> None:

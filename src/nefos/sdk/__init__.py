@@ -7,10 +7,13 @@
         page = nefos.projects.list(limit=50)
         for project in page.items:
             print(project.id, project.name)
+        accepted = nefos.containers.create(name="web", image="nginx:alpine", ports=["8080:80"])
+        nefos.operations.wait(accepted)  # raises OperationFailedError if it failed
 
 Methods return the wire models of :mod:`nefos.schemas`; lists return a
 :class:`Page` (``items`` and ``pagination``). Errors are :class:`NefosAPIError`
-subclasses named after the API's error codes, or :class:`TransportError`.
+subclasses named after the API's error codes, or :class:`TransportError`;
+an operation that fails raises :class:`OperationFailedError` from ``wait``.
 This module's ``__all__`` is the SDK's whole public surface; the modules
 beginning with ``_`` are private.
 """
@@ -24,6 +27,8 @@ from nefos.sdk._errors import (
     NefosAPIError,
     NefosError,
     NotFoundError,
+    OperationFailedError,
+    OperationTimeoutError,
     PermissionDeniedError,
     RateLimitedError,
     ResourceExhaustedError,
@@ -31,7 +36,17 @@ from nefos.sdk._errors import (
     TransportError,
     ValidationError,
 )
-from nefos.sdk._resources import Admin, ApiKeys, Auth, Organisations, Projects, Users
+from nefos.sdk._resources import (
+    Admin,
+    ApiKeys,
+    Auth,
+    Containers,
+    Hosts,
+    Operations,
+    Organisations,
+    Projects,
+    Users,
+)
 from nefos.sdk._types import NOT_GIVEN, NotGiven, Tokens
 
 __all__ = [
@@ -42,12 +57,17 @@ __all__ = [
     "AuthenticationError",
     "Client",
     "ConflictError",
+    "Containers",
+    "Hosts",
     "InternalServerError",
     "Message",
     "NefosAPIError",
     "NefosError",
     "NotFoundError",
     "NotGiven",
+    "OperationFailedError",
+    "OperationTimeoutError",
+    "Operations",
     "Organisations",
     "Page",
     "Pagination",

@@ -48,7 +48,17 @@ from nefos.sdk._errors import (
     TransportError,
     error_from_response,
 )
-from nefos.sdk._resources import Admin, ApiKeys, Auth, Organisations, Projects, Users
+from nefos.sdk._resources import (
+    Admin,
+    ApiKeys,
+    Auth,
+    Containers,
+    Hosts,
+    Operations,
+    Organisations,
+    Projects,
+    Users,
+)
 from nefos.sdk._types import Tokens
 
 API_PREFIX = "/api/v1"
@@ -155,6 +165,9 @@ class Client:
         self.projects = Projects(self)
         self.api_keys = ApiKeys(self)
         self.admin = Admin(self)
+        self.hosts = Hosts(self)
+        self.containers = Containers(self)
+        self.operations = Operations(self)
 
     # --- lifecycle ------------------------------------------------------------
     def close(self) -> None:
@@ -308,21 +321,26 @@ class Client:
         *,
         json: Any = None,
         params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
         authenticated: bool = True,
     ) -> Any:
         """Call ``path`` (relative to ``/api/v1``) and return the envelope's ``data``.
 
         The low-level way to reach a route the typed methods do not cover yet.
+        ``headers`` are sent besides the credentials (``Idempotency-Key``, ...).
         Raises a :class:`NefosAPIError` subclass for an error answer and
         :class:`TransportError` when there is no answer.
         """
-        headers, token = self._credentials() if authenticated else ({}, None)
-        response = self._send(method, path, json=json, params=params, headers=headers)
+        extra = headers or {}
+        auth, token = self._credentials() if authenticated else ({}, None)
+        response = self._send(method, path, json=json, params=params, headers={**extra, **auth})
         if response.status_code == 401 and token is not None and _expired(response):
             self._renew(token)
-            headers, renewed = self._credentials()
+            auth, renewed = self._credentials()
             if renewed != token:  # nothing to renew with: the 401 stands
-                response = self._send(method, path, json=json, params=params, headers=headers)
+                response = self._send(
+                    method, path, json=json, params=params, headers={**extra, **auth}
+                )
         return _unwrap(response)
 
 

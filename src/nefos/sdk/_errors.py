@@ -11,6 +11,8 @@
     │   ├── RateLimitedError            RATE_LIMITED         429, with ``retry_after``
     │   ├── ServiceUnavailableError     SERVICE_UNAVAILABLE  503
     │   └── InternalServerError         INTERNAL_ERROR       500
+    ├── OperationFailedError        an operation failed or was cancelled; ``code``: its error's
+    ├── OperationTimeoutError       ``operations.wait`` gave up before the operation ended
     └── TransportError              no answer at all: connection refused, timeout, ...
 
 An error is classed by its wire ``code`` first and, for codes this SDK does not
@@ -22,9 +24,12 @@ from __future__ import annotations
 
 import email.utils
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from nefos.schemas.compute import OperationPublic
 
 
 class NefosError(Exception):
@@ -121,6 +126,44 @@ class ServiceUnavailableError(NefosAPIError):
 
 class InternalServerError(NefosAPIError):
     """The API failed (500). Quote ``request_id`` when reporting it."""
+
+
+class OperationFailedError(NefosError):
+    """An operation (the work behind a 202) ended without succeeding.
+
+    ``operation`` is its final state; ``code`` and ``message`` are its error's
+    (``VALIDATION_ERROR`` for an image the host cannot find, ``RESOURCE_EXHAUSTED``,
+    ...), or ``CANCELLED`` for an operation that was cancelled.
+    """
+
+    def __init__(self, operation: OperationPublic) -> None:
+        error = operation.error or {}
+        cancelled = operation.status == "cancelled"
+        self.operation = operation
+        self.code = error.get("code") or ("CANCELLED" if cancelled else "INTERNAL_ERROR")
+        self.message = error.get("message") or (
+            "The operation was cancelled" if cancelled else "The operation failed"
+        )
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        op = self.operation
+        return f"{op.kind} {op.id} {op.status}: {self.message} ({self.code})"
+
+
+class OperationTimeoutError(NefosError):
+    """:meth:`Operations.wait` stopped waiting; the operation goes on.
+
+    ``operation`` is its state when the wait gave up.
+    """
+
+    def __init__(self, operation: OperationPublic, timeout: float) -> None:
+        self.operation = operation
+        self.timeout = timeout
+        super().__init__(
+            f"{operation.kind} {operation.id} still {operation.status} "
+            f"({operation.progress}%) after {timeout:g}s"
+        )
 
 
 class TransportError(NefosError):

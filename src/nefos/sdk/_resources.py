@@ -10,13 +10,23 @@ API gives ``null`` a meaning of its own (quota limits) does the SDK use
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from pydantic import BaseModel
 
 from nefos.schemas.common import Message, Page
+from nefos.schemas.compute import (
+    ContainerAccepted,
+    ContainerLogs,
+    ContainerPublic,
+    HostPublic,
+    OperationPublic,
+    OperationRef,
+    ResourceStats,
+)
 from nefos.schemas.identity import (
     ApiKeyCreated,
     ApiKeyPublic,
@@ -32,6 +42,7 @@ from nefos.schemas.tenancy import (
     ProjectPublic,
     QuotaPublic,
 )
+from nefos.sdk._errors import OperationFailedError, OperationTimeoutError
 from nefos.sdk._types import NOT_GIVEN, NotGiven
 
 if TYPE_CHECKING:
@@ -52,6 +63,12 @@ def _body(**fields: Any) -> dict[str, Any]:
 
 def _paging(page: int | None, limit: int | None, **extra: Any) -> dict[str, Any]:
     return _body(page=page, limit=limit, **extra)
+
+
+def _idempotent(key: str | None) -> dict[str, str] | None:
+    """The ``Idempotency-Key`` header of a write: the server answers a repeated
+    request with the first one's response instead of doing the work twice."""
+    return {"Idempotency-Key": key} if key else None
 
 
 class _Resource:
@@ -436,3 +453,248 @@ class Admin(_Resource):
         """``is_active=False`` disables the user: their sessions and keys end at once."""
         body = _body(is_active=is_active, is_admin=is_admin, name=name)
         return self._one(UserPublic, "PATCH", f"/admin/users/{_seg(user_id)}", json=body)
+
+
+OperationLike = str | OperationRef | OperationPublic | ContainerAccepted
+"""What :meth:`Operations.wait` accepts: an id, an operation, or a 202's answer."""
+
+_ENDED = ("succeeded", "failed", "cancelled")
+
+
+def _operation_id(operation: OperationLike) -> str:
+    if isinstance(operation, ContainerAccepted):
+        return operation.operation.id
+    if isinstance(operation, OperationRef | OperationPublic):
+        return operation.id
+    return operation
+
+
+class Hosts(_Resource):
+    """The hosts compute runs on, and their capacity (platform admins only)."""
+
+    def list(self, *, page: int | None = None, limit: int | None = None) -> Page[HostPublic]:
+        return self._page(HostPublic, "/resources/hosts", _paging(page, limit))
+
+    def register(
+        self,
+        *,
+        hostname: str,
+        driver: str | None = None,
+        uri: str | None = None,
+        ip_address: str | None = None,
+        cpu_cores: int | None = None,
+        memory_gb: float | None = None,
+        storage_gb: int | None = None,
+        hypervisor_type: str | None = None,
+        max_instances: int | None = None,
+        enabled: bool | None = None,
+        idempotency_key: str | None = None,
+    ) -> HostPublic:
+        """Add a host. ``driver`` is ``docker``, ``libvirt`` or ``sim``; ``uri`` is
+        where Nefos reaches it (``unix:///run/podman/podman.sock``,
+        ``tcp://10.0.0.5:2376``, ``qemu+ssh://root@10.0.0.6/system``). Without
+        them they follow from ``hypervisor_type`` and ``ip_address``. The host is
+        ``active`` if it answers now, else ``offline``; the capacity figures are
+        used only while it cannot be reached."""
+        body = _body(
+            hostname=hostname,
+            driver=driver,
+            uri=uri,
+            ip_address=ip_address,
+            cpu_cores=cpu_cores,
+            memory_gb=memory_gb,
+            storage_gb=storage_gb,
+            hypervisor_type=hypervisor_type,
+            max_instances=max_instances,
+            enabled=enabled,
+        )
+        headers = _idempotent(idempotency_key)
+        return self._one(HostPublic, "POST", "/resources/hosts", json=body, headers=headers)
+
+    def get(self, host_id: str) -> HostPublic:
+        return self._one(HostPublic, "GET", f"/resources/hosts/{_seg(host_id)}")
+
+    def delete(
+        self, host_id: str, *, drain: bool = False, idempotency_key: str | None = None
+    ) -> OperationRef | None:
+        """Remove a host. One with instances on it needs ``drain=True``: they are
+        moved to other hosts first, by the operation returned (follow it with
+        :meth:`Operations.wait`). None when the host was removed at once."""
+        data = self._client.request(
+            "DELETE",
+            f"/resources/hosts/{_seg(host_id)}",
+            params={"drain": "true"} if drain else None,
+            headers=_idempotent(idempotency_key),
+        )
+        operation = data.get("operation") if isinstance(data, dict) else None
+        return OperationRef.model_validate(operation) if operation else None
+
+    def stats(self) -> ResourceStats:
+        """Capacity and use over every host, with a breakdown by class and driver."""
+        return self._one(ResourceStats, "GET", "/resources/stats")
+
+
+class Containers(_Resource):
+    """Containers of a project. Writes answer at once (a :class:`ContainerAccepted`
+    in a transitional status, such as ``creating``) and the work is done by the
+    operation it names: follow it with ``client.operations.wait(accepted)``.
+
+    ``project_id`` defaults to the caller's default project.
+    """
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        user_id: str | None = None,
+        project_id: str | None = None,
+        page: int | None = None,
+        limit: int | None = None,
+    ) -> Page[ContainerPublic]:
+        """One project's containers; ``status`` (``running``, ``stopped``, ``error``,
+        ...) and ``user_id`` (the creator) filter them."""
+        params = _paging(page, limit, status=status, user_id=user_id, project_id=project_id)
+        return self._page(ContainerPublic, "/containers", params)
+
+    def create(
+        self,
+        *,
+        name: str,
+        image: str,
+        ports: Sequence[str | int] | None = None,
+        environment: Mapping[str, str] | None = None,
+        cpu: str | float | None = None,
+        memory: str | None = None,
+        storage: str | None = None,
+        command: str | Sequence[str] | None = None,
+        replicas: int = 1,
+        project_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> ContainerAccepted:
+        """Create and start a container of ``replicas`` replicas.
+
+        ``ports``: ``"8080"`` (a free host port), ``"8081:80"`` (host:container),
+        ``"127.0.0.1:8082:80/tcp"``. ``cpu`` in cores (``"0.5"``), ``memory``
+        (``"64m"``, ``"1g"``) and ``storage`` (``"1Gi"``) are limits per replica
+        (the server's defaults when left out). ``command`` is a list of arguments,
+        or a string split like a shell would.
+        """
+        resources = _body(cpu=cpu, memory=memory, storage=storage)
+        body = _body(
+            name=name,
+            image=image,
+            ports=[str(p) for p in ports] if ports is not None else None,
+            environment=dict(environment) if environment is not None else None,
+            resources=resources or None,
+            command=command if command is None or isinstance(command, str) else list(command),
+            replicas=replicas,
+            project_id=project_id,
+        )
+        headers = _idempotent(idempotency_key)
+        return self._one(ContainerAccepted, "POST", "/containers", json=body, headers=headers)
+
+    def get(self, container_id: str) -> ContainerPublic:
+        """The container with its replicas, published ``endpoints`` and live
+        ``metrics`` (None while nothing runs or its host does not answer)."""
+        data = self._client.request("GET", f"/containers/{_seg(container_id)}")
+        return ContainerPublic.model_validate(data["container"])
+
+    def _write(
+        self, method: str, path: str, key: str | None, body: Any = None
+    ) -> ContainerAccepted:
+        return self._one(ContainerAccepted, method, path, json=body, headers=_idempotent(key))
+
+    def start(self, container_id: str, *, idempotency_key: str | None = None) -> ContainerAccepted:
+        return self._write("PUT", f"/containers/{_seg(container_id)}/start", idempotency_key)
+
+    def stop(self, container_id: str, *, idempotency_key: str | None = None) -> ContainerAccepted:
+        return self._write("PUT", f"/containers/{_seg(container_id)}/stop", idempotency_key)
+
+    def scale(
+        self,
+        container_id: str,
+        *,
+        replicas: int,
+        strategy: str = "rolling",
+        idempotency_key: str | None = None,
+    ) -> ContainerAccepted:
+        """Change the number of replicas. ``rolling`` starts the new replicas before
+        removing any; ``recreate`` removes every old one, then starts the new ones."""
+        body = {"replicas": replicas, "strategy": strategy}
+        path = f"/containers/{_seg(container_id)}/scale"
+        return self._write("POST", path, idempotency_key, body)
+
+    def delete(self, container_id: str, *, idempotency_key: str | None = None) -> ContainerAccepted:
+        """Remove every replica, then the container (once the operation succeeds)."""
+        return self._write("DELETE", f"/containers/{_seg(container_id)}", idempotency_key)
+
+    def logs(
+        self, container_id: str, *, tail: int = 100, replica: int | None = None
+    ) -> ContainerLogs:
+        """The last ``tail`` lines of stdout and stderr of each replica (or of one)."""
+        params = _body(tail=tail, replica=replica)
+        return self._one(
+            ContainerLogs, "GET", f"/containers/{_seg(container_id)}/logs", params=params
+        )
+
+
+class Operations(_Resource):
+    """The long actions behind every 202: follow, wait for, cancel them."""
+
+    def list(
+        self,
+        *,
+        resource_id: str | None = None,
+        status: str | None = None,
+        page: int | None = None,
+        limit: int | None = None,
+    ) -> Page[OperationPublic]:
+        """Operations in the projects you can see, newest first. ``status``:
+        ``pending``, ``running``, ``succeeded``, ``failed`` or ``cancelled``."""
+        params = _paging(page, limit, resource_id=resource_id, status=status)
+        return self._page(OperationPublic, "/operations", params)
+
+    def get(self, operation_id: str) -> OperationPublic:
+        return self._one(OperationPublic, "GET", f"/operations/{_seg(operation_id)}")
+
+    def cancel(self, operation_id: str, *, idempotency_key: str | None = None) -> OperationPublic:
+        """Cancel a pending operation; what its request reserved is undone (a
+        cancelled create removes the container). A ConflictError once it runs."""
+        path = f"/operations/{_seg(operation_id)}"
+        return self._one(OperationPublic, "DELETE", path, headers=_idempotent(idempotency_key))
+
+    def wait(
+        self,
+        operation: OperationLike,
+        *,
+        timeout: float | None = 600.0,
+        poll: float = 1.0,
+        on_progress: Callable[[OperationPublic], None] | None = None,
+    ) -> OperationPublic:
+        """Poll an operation every ``poll`` seconds until it ends; the succeeded
+        operation. ``operation`` is an id, an operation, or a write's answer.
+
+        ``on_progress`` is called with the operation each time it is read.
+        Raises :class:`OperationFailedError` (with the operation's error code and
+        message) if it failed or was cancelled, and :class:`OperationTimeoutError`
+        after ``timeout`` seconds (None: no limit), which leaves it running.
+        """
+        if poll <= 0:
+            raise ValueError("poll must be positive")
+        operation_id = _operation_id(operation)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            op = self.get(operation_id)
+            if on_progress is not None:
+                on_progress(op)
+            if op.status in _ENDED:
+                if op.status != "succeeded":
+                    raise OperationFailedError(op)
+                return op
+            delay = poll
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise OperationTimeoutError(op, timeout or 0.0)
+                delay = min(poll, left)
+            time.sleep(delay)

@@ -1,0 +1,300 @@
+"""`nefos container ...`: containers, their replicas, endpoints and logs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from nefos.cli._common import (
+    Column,
+    JsonOpt,
+    LimitOpt,
+    PageOpt,
+    WaitOpt,
+    YesOpt,
+    api,
+    echo_json,
+    listing,
+    stdout,
+    wait_for,
+)
+from nefos.schemas.compute import ContainerAccepted, ContainerPublic, PublishedEndpoint
+from nefos.sdk import Client
+
+app = typer.Typer(no_args_is_help=True, help="Containers: create, scale, follow and remove them.")
+
+ContainerArg = Annotated[str, typer.Argument(help="Container id.", show_default=False)]
+ProjectOpt = Annotated[
+    str | None, typer.Option("--project", help="Project id (default: your default project).")
+]
+
+ANY_ADDRESS = ("", "0.0.0.0", "::")  # noqa: S104 (names the wildcard, binds nothing)
+
+
+def _running(c: ContainerPublic) -> str:
+    running = sum(1 for r in c.replica_states if r.state == "running")
+    return f"{running}/{c.replicas}"
+
+
+CONTAINER_COLUMNS: list[Column] = [
+    ("ID", "id"),
+    ("NAME", "name"),
+    ("IMAGE", "image"),
+    ("STATUS", "status"),
+    ("RUNNING", _running),
+    ("PORTS", "ports"),
+]
+
+
+def endpoint_address(e: PublishedEndpoint) -> str:
+    """``host:port`` to reach a published port: the address it is bound to, or
+    (bound to every address) the host's name."""
+    host = e.host_ip if e.host_ip not in ANY_ADDRESS else (e.host or e.host_ip or "?")
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    return f"{host}:{e.host_port}"
+
+
+def _bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def print_container(c: ContainerPublic) -> None:
+    """Status, endpoints (host:port) and metrics, for people."""
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    status = c.status + (f" ({c.status_reason})" if c.status_reason else "")
+    rows: list[tuple[str, str]] = [
+        ("id", c.id),
+        ("name", c.name),
+        ("project", c.project_id),
+        ("image", c.image),
+        ("status", status),
+        ("replicas", f"{_running(c)} running"),
+        ("ports", ", ".join(c.ports) or "-"),
+        ("command", " ".join(c.command) if c.command else "-"),
+        ("resources", ", ".join(f"{k}={v}" for k, v in c.resources.items()) or "-"),
+        ("environment", ", ".join(c.environment) or "-"),
+        ("created", c.created_at.strftime("%Y-%m-%d %H:%M:%SZ")),
+    ]
+    for name, value in rows:
+        table.add_row(name, escape(value))
+    out = stdout()
+    out.print(table)
+    if c.endpoints:
+        out.print("[bold]endpoints[/]")
+        for e in c.endpoints:
+            out.print(
+                f"  {escape(endpoint_address(e))} -> {e.container_port}/{escape(e.protocol)} "
+                f"(replica {e.replica})"
+            )
+    else:
+        out.print("[bold]endpoints[/] -")
+    if len(c.replica_states) > 1 or any(r.state != "running" for r in c.replica_states):
+        out.print("[bold]replica states[/]")
+        for r in c.replica_states:
+            out.print(f"  {r.slot}: {escape(r.state)} on host {r.host_id}")
+    m = c.metrics
+    if m is None:
+        out.print("[bold]metrics[/] - (nothing running, or its host does not answer)")
+    else:
+        out.print(
+            f"[bold]metrics[/] cpu {m.cpu_usage:g}% of limit, memory {m.memory_usage:g}% of "
+            f"limit ({_bytes(m.memory_bytes)}), network {escape(m.network_io)} "
+            f"(in {_bytes(m.net_rx_bytes)}, out {_bytes(m.net_tx_bytes)}), "
+            f"{m.replicas_reporting} replica(s) reporting"
+        )
+
+
+def _environment(pairs: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{pair!r}: expected KEY=VALUE", param_hint="--env")
+        env[key] = value
+    return env
+
+
+def _accepted(
+    c: Client, accepted: ContainerAccepted, wait: bool, as_json: bool, *, gone: bool = False
+) -> None:
+    """Report a write: what was accepted, or (--wait) how it ended."""
+    if not wait:
+        if as_json:
+            echo_json(accepted)
+            return
+        op = accepted.operation
+        stdout().print(
+            f"{escape(accepted.message)}: {escape(accepted.container.name)} "
+            f"({accepted.container_id}), status {escape(accepted.container.status)}\n"
+            f"Operation {op.id}: follow it with `nefos operation wait {op.id}`"
+        )
+        return
+    final = wait_for(c, accepted.operation.id, as_json)
+    container = None if gone else c.containers.get(accepted.container_id)
+    if as_json:
+        data: dict[str, Any] = accepted.model_dump(mode="json")
+        data["container"] = container.model_dump(mode="json") if container else None
+        data["operation"] = final.model_dump(mode="json")
+        echo_json(data)
+    elif container is None:
+        stdout().print(f"Container {accepted.container_id} deleted.")
+    else:
+        print_container(container)
+
+
+@app.command("list")
+def list_(
+    status: Annotated[
+        str | None, typer.Option(help="Only this status: running, stopped, error, ...")
+    ] = None,
+    user: Annotated[str | None, typer.Option("--user", help="Only those this user made.")] = None,
+    project: ProjectOpt = None,
+    page: PageOpt = None,
+    limit: LimitOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List a project's containers."""
+    with api(as_json) as c:
+        rows = c.containers.list(
+            status=status, user_id=user, project_id=project, page=page, limit=limit
+        )
+    listing(rows, CONTAINER_COLUMNS, as_json, empty="No containers.")
+
+
+@app.command()
+def create(
+    name: Annotated[str, typer.Argument(help="Name, unique in the project.", show_default=False)],
+    image: Annotated[
+        str, typer.Option("--image", "-i", help="Image, such as nginx:alpine.", show_default=False)
+    ],
+    port: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--port",
+            "-p",
+            help="Publish a port: 8080, 8081:80 (host:container) or 127.0.0.1:8082:80/tcp. "
+            "Repeat the option for more.",
+            show_default=False,
+        ),
+    ] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--env", "-e", help="KEY=VALUE (repeat the option for more).", show_default=False
+        ),
+    ] = None,
+    cpu: Annotated[str | None, typer.Option(help="CPU cores per replica, e.g. 0.5.")] = None,
+    memory: Annotated[str | None, typer.Option(help="Memory per replica, e.g. 64m, 1g.")] = None,
+    storage: Annotated[str | None, typer.Option(help="Storage per replica, e.g. 1Gi.")] = None,
+    replicas: Annotated[int, typer.Option(min=1, max=64, help="Number of replicas.")] = 1,
+    project: ProjectOpt = None,
+    command: Annotated[
+        str | None, typer.Option(help='The command to run, split like a shell: "httpd -f".')
+    ] = None,
+    wait: WaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create and start a container."""
+    environment = _environment(env or [])
+    with api(as_json) as c:
+        accepted = c.containers.create(
+            name=name,
+            image=image,
+            ports=port or None,
+            environment=environment or None,
+            cpu=cpu,
+            memory=memory,
+            storage=storage,
+            command=command,
+            replicas=replicas,
+            project_id=project,
+        )
+        _accepted(c, accepted, wait, as_json)
+
+
+@app.command("show")
+def show_(container_id: ContainerArg, as_json: JsonOpt = False) -> None:
+    """Show a container: its status, endpoints (host:port) and metrics."""
+    with api(as_json) as c:
+        container = c.containers.get(container_id)
+    if as_json:
+        echo_json(container)
+    else:
+        print_container(container)
+
+
+@app.command()
+def start(container_id: ContainerArg, wait: WaitOpt = False, as_json: JsonOpt = False) -> None:
+    """Start a stopped container."""
+    with api(as_json) as c:
+        _accepted(c, c.containers.start(container_id), wait, as_json)
+
+
+@app.command()
+def stop(container_id: ContainerArg, wait: WaitOpt = False, as_json: JsonOpt = False) -> None:
+    """Stop a container (its replicas are kept, to start again)."""
+    with api(as_json) as c:
+        _accepted(c, c.containers.stop(container_id), wait, as_json)
+
+
+@app.command()
+def scale(
+    container_id: ContainerArg,
+    replicas: Annotated[int, typer.Argument(help="The new number of replicas.")],
+    strategy: Annotated[
+        str,
+        typer.Option(
+            help="rolling: start the new replicas before removing any; recreate: remove "
+            "every old one first."
+        ),
+    ] = "rolling",
+    wait: WaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a container's number of replicas."""
+    with api(as_json) as c:
+        accepted = c.containers.scale(container_id, replicas=replicas, strategy=strategy)
+        _accepted(c, accepted, wait, as_json)
+
+
+@app.command("rm")
+def rm(
+    container_id: ContainerArg,
+    yes: YesOpt = False,
+    wait: WaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete a container and every replica."""
+    if not yes:
+        typer.confirm(f"Delete container {container_id}?", abort=True)
+    with api(as_json) as c:
+        _accepted(c, c.containers.delete(container_id), wait, as_json, gone=True)
+
+
+@app.command()
+def logs(
+    container_id: ContainerArg,
+    tail: Annotated[int, typer.Option(min=1, max=10_000, help="Lines per replica.")] = 100,
+    replica: Annotated[
+        int | None, typer.Option(min=0, help="Only this replica (its slot number).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the last lines of a container's output (stdout and stderr)."""
+    with api(as_json) as c:
+        result = c.containers.logs(container_id, tail=tail, replica=replica)
+    if as_json:
+        echo_json(result)
+    elif result.logs:
+        typer.echo(result.logs, nl=not result.logs.endswith("\n"))
