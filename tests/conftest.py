@@ -9,6 +9,7 @@ Tables are emptied between tests, so each test starts from an empty platform.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import socket
 import threading
@@ -79,15 +80,16 @@ class DatabaseFactory:
             asyncio.run(_pg_exec(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-# One per test session: its apps label engine containers with an installation id of
-# their own, so two sessions sharing the test Podman never reap each other's.
-TEST_SECRET_KEY = f"test-secret-key-{uuid.uuid4().hex}-long-enough-for-hs256"
+TEST_SECRET_KEY = "test-secret-key-that-is-long-enough-for-hs256"
+# Every app a test makes is an installation of its own (label nefos.installation),
+# so no app's reconciler reaps another app's engine containers as orphans, and two
+# test sessions sharing the test Podman never touch each other's.
+SESSION_INSTALLATION = f"test-{uuid.uuid4().hex[:10]}"
+_apps = itertools.count()
 
 
-def session_installation_label() -> str:
-    import hashlib
-
-    return hashlib.sha256(b"nefos-installation:" + TEST_SECRET_KEY.encode()).hexdigest()[:16]
+def new_installation_id() -> str:
+    return f"{SESSION_INSTALLATION}-{next(_apps)}"
 
 
 def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settings:
@@ -95,6 +97,7 @@ def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
         "database_url": database_url,
         "data_dir": data_dir,
         "secret_key": TEST_SECRET_KEY,
+        "installation_id": new_installation_id(),
         "admin_email": "admin@nefos.test",
         "admin_username": "admin",
         "admin_password": ADMIN_PASSWORD,
@@ -274,14 +277,19 @@ def docker_host_uri() -> str:
 def remove_managed_containers(uri: str | None = None) -> list[str]:
     """Force-remove the engine containers this test session's Nefos made; their names."""
     import docker
+    import docker.errors
 
     client = docker.DockerClient(base_url=uri or docker_host_uri(), version="1.41")
     try:
         names = []
-        mine = f"nefos.installation={session_installation_label()}"
-        for c in client.containers.list(all=True, filters={"label": mine}):
+        for c in client.containers.list(all=True, filters={"label": "nefos.managed=true"}):
+            if not c.labels.get("nefos.installation", "").startswith(SESSION_INSTALLATION):
+                continue  # another session's, or the contract suite's
             names.append(c.name)
-            c.remove(force=True)
+            try:
+                c.remove(force=True)
+            except docker.errors.NotFound:
+                pass  # its own Nefos removed it meanwhile
         return names
     finally:
         client.close()

@@ -154,6 +154,13 @@ class Settings(BaseSettings):
         "0.0.0.0",  # noqa: S104 - published ports are meant to be reachable, as in Docker
         description="Host address container ports are published on.",
     )
+    installation_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]{1,63}$",
+        description="Names this installation on the engines it uses (label "
+        "`nefos.installation`); the reconciler removes only its own orphans. Default: "
+        "derived from the secret key, so every process of one installation agrees.",
+    )
     container_image_pull: bool = Field(
         True,
         description="Pull an image a host lacks from its registries when a container is "

@@ -69,6 +69,8 @@ def installation_id(core: Core) -> str:
     """Stable across the processes of one installation (they share the secret key)."""
     import hashlib
 
+    if core.settings.installation_id:
+        return core.settings.installation_id
     return hashlib.sha256(b"nefos-installation:" + core.settings.jwt_secret.encode()).hexdigest()[
         :16
     ]
