@@ -4,7 +4,10 @@
 
 ``make bench`` runs this after sourcing ``var/test-services.env``. Each benchmark
 takes ``--database sqlite|postgresql`` (repeatable) and prints its own table;
-PostgreSQL is skipped, with a note, when ``NEFOS_TEST_POSTGRES_URL`` is not set.
+PostgreSQL is skipped, with a note, when neither ``NEFOS_BENCH_POSTGRES_URL`` nor
+``NEFOS_TEST_POSTGRES_URL`` is set (the first wins; the benchmarks get it as
+``NEFOS_TEST_POSTGRES_URL``). ``bench_containers.py`` also needs the test Podman
+(``NEFOS_TEST_DOCKER_HOST``) and says it skipped when that is missing.
 See docs/benchmarks.md.
 """
 
@@ -21,17 +24,23 @@ TIMEOUT = 30 * 60  # per benchmark script, all backends
 
 def main(argv: list[str]) -> int:
     backends = ["sqlite"]
-    if os.environ.get("NEFOS_TEST_POSTGRES_URL"):
+    env = dict(os.environ)
+    postgres = env.get("NEFOS_BENCH_POSTGRES_URL") or env.get("NEFOS_TEST_POSTGRES_URL")
+    if postgres:
         backends.append("postgresql")
+        env["NEFOS_TEST_POSTGRES_URL"] = postgres
     else:
-        print("NEFOS_TEST_POSTGRES_URL is not set: PostgreSQL skipped (run `make bench`).")
+        print(
+            "NEFOS_BENCH_POSTGRES_URL / NEFOS_TEST_POSTGRES_URL not set: PostgreSQL skipped "
+            "(run `make bench`)."
+        )
     failed = []
     for script in sorted(BENCH_DIR.glob("bench_*.py")):
         print(f"\n=== {script.name} ({', '.join(backends)})", flush=True)
         args = [a for b in backends for a in ("--database", b)]
         try:
             done = subprocess.run(
-                [sys.executable, str(script), *args, *argv], timeout=TIMEOUT, check=False
+                [sys.executable, str(script), *args, *argv], env=env, timeout=TIMEOUT, check=False
             )
         except subprocess.TimeoutExpired:
             print(f"{script.name}: timed out after {TIMEOUT} s", file=sys.stderr)

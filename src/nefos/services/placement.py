@@ -17,6 +17,11 @@ serialises them and the second re-checks the guard on the new row).
 
 The pool is refreshed from the database when it is older than ``max_age`` seconds,
 after any failed transaction (``invalidate``), and host by host after a lost race.
+
+The guarded ``UPDATE`` (and the one that gives resources back) is a Core statement
+built once per placement policy, with bind parameters for the host and the sizes:
+building the ORM expression anew for every claim cost more than running it (see
+docs/benchmarks.md, bench_placement.py).
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Integer, String, Table, Update, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.config import Settings
@@ -57,6 +64,65 @@ def scheduler_config(settings: Settings) -> SchedulerConfig:
     )
 
 
+_HOSTS = cast(Table, Host.__table__)
+_H = _HOSTS.c
+# Bind parameter names must differ from the columns' (SQLAlchemy keeps those for SET).
+_HOST_ID = bindparam("p_host_id", type_=String)
+_CPU = bindparam("p_cpu_milli", type_=Integer)
+_MEMORY = bindparam("p_memory_mb", type_=Integer)
+_DISK = bindparam("p_disk_gb", type_=Integer)
+
+
+@lru_cache(maxsize=8)
+def claim_statement(c: SchedulerConfig) -> Update:
+    """The guarded ``UPDATE`` that claims one replica's resources on a host under
+    policy ``c``; it matches no row when the host is not active and enabled or the
+    claim would take it past its capacity. Parameters: see :func:`_sizes`.
+    ``updated_at`` is set by the column's ``onupdate``."""
+    return (
+        update(_HOSTS)
+        .where(
+            _H.id == _HOST_ID,
+            _H.status == "active",
+            _H.enabled.is_(True),
+            _H.used_cpu_milli + _CPU <= _H.cpu_cores * (c.cpu_allocation_ratio * 1000),
+            _H.used_memory_mb + _MEMORY
+            <= _H.memory_mb * c.memory_allocation_ratio - c.reserved_host_memory_mb,
+            _H.used_storage_gb + _DISK
+            <= _H.storage_gb * c.disk_allocation_ratio - c.reserved_host_disk_gb,
+            (_H.max_instances.is_(None)) | (_H.instance_count < _H.max_instances),
+        )
+        .values(
+            used_cpu_milli=_H.used_cpu_milli + _CPU,
+            used_memory_mb=_H.used_memory_mb + _MEMORY,
+            used_storage_gb=_H.used_storage_gb + _DISK,
+            instance_count=_H.instance_count + 1,
+        )
+    )
+
+
+#: Gives one replica's resources back (same parameters as :func:`claim_statement`).
+RELEASE = (
+    update(_HOSTS)
+    .where(_H.id == _HOST_ID)
+    .values(
+        used_cpu_milli=_H.used_cpu_milli - _CPU,
+        used_memory_mb=_H.used_memory_mb - _MEMORY,
+        used_storage_gb=_H.used_storage_gb - _DISK,
+        instance_count=_H.instance_count - 1,
+    )
+)
+
+
+def _sizes(host_id: str, request: PlacementRequest, cpu_milli: int) -> dict[str, object]:
+    return {
+        "p_host_id": host_id,
+        "p_cpu_milli": cpu_milli,
+        "p_memory_mb": request.memory_mb,
+        "p_disk_gb": request.disk_gb,
+    }
+
+
 def host_state(host: Host, groups: dict[str, int] | None = None) -> HostState:
     return HostState(
         id=host.id,
@@ -75,6 +141,23 @@ def host_state(host: Host, groups: dict[str, int] | None = None) -> HostState:
     )
 
 
+#: What the pool needs of every host, in ``host_state``'s terms.
+_POOL_COLUMNS = select(
+    _H.id,
+    _H.driver,
+    _H.cpu_cores,
+    _H.memory_mb,
+    _H.storage_gb,
+    _H.enabled,
+    _H.status,
+    _H.used_cpu_milli,
+    _H.used_memory_mb,
+    _H.used_storage_gb,
+    _H.instance_count,
+    _H.max_instances,
+)
+
+
 class Placer:
     def __init__(self, config: SchedulerConfig, *, max_age: float = 10.0) -> None:
         self.config = config
@@ -88,7 +171,9 @@ class Placer:
 
     async def _pool_for(self, session: AsyncSession) -> HostPool:
         if self._pool is None or time.monotonic() - self._loaded_at > self.max_age:
-            hosts = (await session.scalars(select(Host))).all()
+            # Plain rows, not ORM objects: loading thousands of Host instances cost
+            # several times as much, inside the caller's write transaction.
+            hosts = (await session.execute(_POOL_COLUMNS)).all()
             groups: dict[str, dict[str, int]] = defaultdict(dict)
             rows = await session.execute(
                 select(
@@ -97,7 +182,30 @@ class Placer:
             )
             for host_id, container_id, n in rows:
                 groups[host_id][container_id] = n
-            self._pool = HostPool((host_state(h, groups.get(h.id)) for h in hosts), self.config)
+            self._pool = HostPool(
+                (
+                    HostState(
+                        id=host_id,
+                        driver=driver,
+                        total_cpus=cpus,
+                        total_memory_mb=memory_mb,
+                        total_disk_gb=disk_gb,
+                        enabled=enabled,
+                        status=status,
+                        used_cpus=used_cpu_milli / 1000,
+                        used_memory_mb=used_memory_mb,
+                        used_disk_gb=used_disk_gb,
+                        instance_count=instances,
+                        max_instances=max_instances,
+                        groups=groups.get(host_id) or {},
+                    )
+                    for (
+                        host_id, driver, cpus, memory_mb, disk_gb, enabled, status,
+                        used_cpu_milli, used_memory_mb, used_disk_gb, instances, max_instances,
+                    ) in hosts
+                ),
+                self.config,
+            )  # fmt: skip
             self._loaded_at = time.monotonic()
         return self._pool
 
@@ -143,27 +251,11 @@ class Placer:
     async def _claim(
         self, session: AsyncSession, host_id: str, request: PlacementRequest, cpu_milli: int
     ) -> bool:
-        c = self.config
+        # Pending ORM changes go first, as the ORM's autoflush did for an ORM UPDATE
+        # (a Core statement has none); with nothing pending this costs next to nothing.
+        await session.flush()
         result = await session.execute(
-            update(Host)
-            .where(
-                Host.id == host_id,
-                Host.status == "active",
-                Host.enabled.is_(True),
-                Host.used_cpu_milli + cpu_milli <= Host.cpu_cores * (c.cpu_allocation_ratio * 1000),
-                Host.used_memory_mb + request.memory_mb
-                <= Host.memory_mb * c.memory_allocation_ratio - c.reserved_host_memory_mb,
-                Host.used_storage_gb + request.disk_gb
-                <= Host.storage_gb * c.disk_allocation_ratio - c.reserved_host_disk_gb,
-                (Host.max_instances.is_(None)) | (Host.instance_count < Host.max_instances),
-            )
-            .values(
-                used_cpu_milli=Host.used_cpu_milli + cpu_milli,
-                used_memory_mb=Host.used_memory_mb + request.memory_mb,
-                used_storage_gb=Host.used_storage_gb + request.disk_gb,
-                instance_count=Host.instance_count + 1,
-            )
-            .execution_options(synchronize_session=False)
+            claim_statement(self.config), _sizes(host_id, request, cpu_milli)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -178,17 +270,8 @@ class Placer:
         """Give one replica's resources back on ``host_id`` (in the caller's transaction)."""
         if not pool_only:
             cpu_milli = round(request.cpus * 1000)
-            await session.execute(
-                update(Host)
-                .where(Host.id == host_id)
-                .values(
-                    used_cpu_milli=Host.used_cpu_milli - cpu_milli,
-                    used_memory_mb=Host.used_memory_mb - request.memory_mb,
-                    used_storage_gb=Host.used_storage_gb - request.disk_gb,
-                    instance_count=Host.instance_count - 1,
-                )
-                .execution_options(synchronize_session=False)
-            )
+            await session.flush()  # see _claim
+            await session.execute(RELEASE, _sizes(host_id, request, cpu_milli))
         if self._pool is not None:
             self._pool.release(host_id, request)
 
