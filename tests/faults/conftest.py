@@ -42,6 +42,7 @@ from tests.conftest import (
     Account,
     DatabaseFactory,
     make_settings,
+    new_installation_id,
     wait_operation,
 )
 
@@ -332,6 +333,7 @@ class Lab:
     #: Engine containers a test made on purpose outside this platform's rows.
     foreign: set[str] = field(default_factory=set)
     _n: int = 0
+    _installations: dict[str, str] = field(default_factory=dict)
 
     async def new_url(self) -> str:
         """A fresh database (the factory runs its own loop: call it off this one)."""
@@ -339,7 +341,11 @@ class Lab:
 
     def settings(self, url: str, **overrides: Any) -> Settings:
         self._n += 1
+        # Apps on one database are one installation (a restart is the same Nefos),
+        # so they recognise, and reap, each other's orphans.
+        installation = self._installations.setdefault(url, new_installation_id())
         values: dict[str, Any] = {
+            "installation_id": installation,
             "reconcile_interval": 3600.0,
             "host_check_interval": 3600.0,
             "host_timeout": 5.0,

@@ -119,9 +119,11 @@ async def test_engine_dies_under_a_running_create(lab: Lab, engine: EngineServic
         driver = n.core.drivers.for_host(await n.host_row(host["id"]))
         made = asyncio.Event()
         original = driver.create
+        made_ids: list[str] = []
 
         async def create_then_die(spec: Any) -> Any:
             info = await original(spec)
+            made_ids.append(info.driver_id)
             await asyncio.to_thread(engine.kill)
             made.set()
             return info
@@ -143,7 +145,9 @@ async def test_engine_dies_under_a_running_create(lab: Lab, engine: EngineServic
         assert op.run_after > op.started_at
         assert op.error_message and "unreachable" in op.error_message
         (replica,) = await n.replica_rows()
-        assert replica.state == "created"  # made on the engine, not started
+        # Made on the engine, not started, and not yet recorded (no write between the
+        # create and the start): the next attempt must find it by its name.
+        assert replica.state == "pending" and replica.driver_id is None
         assert (await n.host_row(host["id"])).status == "offline"
 
         driver.create = original
@@ -155,7 +159,8 @@ async def test_engine_dies_under_a_running_create(lab: Lab, engine: EngineServic
         assert container["status"] == "running", container
         # The container made before the engine died is the one running: none lost, none extra.
         (found,) = await n.assert_converged()
-        assert found["id"] == replica.driver_id
+        (row,) = await n.replica_rows()
+        assert found["id"] == row.driver_id == made_ids[0]
 
 
 async def _host_status(n: Any, host_id: str, status: str) -> bool:

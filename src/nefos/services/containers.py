@@ -705,12 +705,24 @@ class ContainerOps:
             raise domain_error(exc) from exc
 
     async def _ensure(
-        self, container: Container, replica: ContainerReplica, host: Host, *, start: bool
+        self,
+        container: Container,
+        replica: ContainerReplica,
+        host: Host,
+        *,
+        start: bool,
+        first_attempt: bool = False,
     ) -> None:
-        """Make the replica's engine container exist (and run, if ``start``)."""
+        """Make the replica's engine container exist (and run, if ``start``).
+
+        On an operation's first attempt a replica still ``pending`` cannot exist on
+        the engine yet, so the look-up by name is skipped; any later attempt looks
+        first (an interrupted one may have made it)."""
         driver = self.core.drivers.for_host(host)
         name = _engine_name(replica)
         try:
+            if first_attempt and replica.state == "pending" and replica.driver_id is None:
+                raise NotFound()
             info = await self._driver_call(host, driver.get(name))
         except NotFound:
             try:
@@ -721,10 +733,12 @@ class ContainerOps:
                     info = await self._driver_call(host, driver.get(name))
                 except NotFound:
                     raise invalid from None  # no: the create's own error (bad image, ...)
-        await self._save_replica(replica.id, state="created", info=info)
         if start:
+            # No write in between: if we die here, the next attempt finds it by name.
             info = await self._driver_call(host, driver.start(info.driver_id))
             await self._save_replica(replica.id, state="running", info=info)
+        else:
+            await self._save_replica(replica.id, state="created", info=info)
 
     async def _stop(self, replica: ContainerReplica, host: Host) -> None:
         driver = self.core.drivers.for_host(host)
@@ -769,7 +783,9 @@ class ContainerOps:
         if container is None:
             return {"skipped": "container no longer exists"}
         for i, r in enumerate(replicas):
-            await self._ensure(container, r, hosts[r.host_id], start=start)
+            await self._ensure(
+                container, r, hosts[r.host_id], start=start, first_attempt=ctx.op.attempts == 1
+            )
             ctx.progress(int(100 * (i + 1) / max(1, len(replicas))))
         await self._set_status(container.id)
         return {"replicas": len(replicas)}
@@ -814,12 +830,16 @@ class ContainerOps:
             for r in remove:
                 await self._remove(container, r, hosts.get(r.host_id))
             for r in add:
-                await self._ensure(container, r, hosts[r.host_id], start=start)
+                await self._ensure(
+                    container, r, hosts[r.host_id], start=start, first_attempt=ctx.op.attempts == 1
+                )
         else:
             # Rolling: new replicas run before any old one is removed, so the
             # count never drops below the old one while scaling up.
             for r in add:
-                await self._ensure(container, r, hosts[r.host_id], start=start)
+                await self._ensure(
+                    container, r, hosts[r.host_id], start=start, first_attempt=ctx.op.attempts == 1
+                )
             for r in remove:
                 await self._remove(container, r, hosts.get(r.host_id))
         await self._set_status(container.id)
