@@ -13,14 +13,15 @@ $(STAMP): pyproject.toml
 	@scripts/ensure-python.sh $(PYTHON)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -U pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@scripts/ensure-libvirt.sh --build-deps $(PY)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,libvirt]'
 	@touch $(STAMP)
 
 run: install  ## Start Nefos on http://127.0.0.1:8000 (SQLite under ./var, local Podman)
 	@scripts/ensure-podman.sh >/dev/null || echo "warning: Podman could not be started (see scripts/ensure-podman.sh); Nefos starts with no container host" >&2
 	CONTAINERS_CONF=$(CURDIR)/var/podman/containers.conf NEFOS_LOCAL_DOCKER_URI=$${NEFOS_LOCAL_DOCKER_URI:-unix://$(CURDIR)/var/podman/podman.sock} $(VENV)/bin/nefos serve
 
-services:  ## Install and start what the tests need (PostgreSQL, Podman)
+services:  ## Install and start what the tests need (PostgreSQL, Podman, libvirt)
 	@scripts/bootstrap-services.sh
 
 test: install services lint typecheck  ## Lint, types, and every test on SQLite and PostgreSQL

@@ -7,6 +7,8 @@
 #   Podman:     `podman system service` on var/podman/podman.sock, serving the
 #               Docker Engine API that the docker driver and its contract tests
 #               use, plus the local test image localhost/nefos-busybox:test.
+#   libvirt:    libvirtd + QEMU (qemu:///system) with the `default` storage pool,
+#               and the tiny VM image var/images/nefos-tiny (scripts/ensure-libvirt.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p var
@@ -64,9 +66,15 @@ PODMAN_SOCK="$PWD/var/podman/podman.sock"
 CONTAINERS_CONF="$PWD/var/podman/containers.conf"
 echo "Podman on $PODMAN_SOCK: ready"
 
+# --- libvirt -------------------------------------------------------------------
+LIBVIRT_URI=$(scripts/ensure-libvirt.sh | tail -n 1) \
+  || die "libvirt could not be started (run scripts/ensure-libvirt.sh to see why)"
+echo "libvirt on $LIBVIRT_URI: ready"
+
 cat > var/test-services.env.tmp <<ENV
 export NEFOS_TEST_POSTGRES_URL=postgresql://nefos:nefos@127.0.0.1:${PG_PORT}/postgres
 export NEFOS_TEST_DOCKER_HOST=unix://${PODMAN_SOCK}
 export CONTAINERS_CONF=${CONTAINERS_CONF}
+export NEFOS_TEST_LIBVIRT_URI=${LIBVIRT_URI}
 ENV
 mv var/test-services.env.tmp var/test-services.env
