@@ -336,13 +336,14 @@ class LibvirtDriver(ComputeDriver):
             raise err from exc
 
     def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        """A read-only call, retried once on a fresh connection if the old one died
-        (libvirtd restarted): only a daemon that stays away is HostUnreachable."""
+        """A read-only call, retried once on a fresh connection if the one it had
+        died (libvirtd restarted): only a daemon that stays away is HostUnreachable."""
+        had_connection = self._conn is not None
         try:
             return fn(*args)
         except HostUnreachable:
-            if self._closed:
-                raise
+            if self._closed or not had_connection:
+                raise  # the connect itself failed: trying again at once proves nothing
         return fn(*args)
 
     # --- the host -------------------------------------------------------------------------
@@ -353,7 +354,10 @@ class LibvirtDriver(ComputeDriver):
         try:
             return await asyncio.wait_for(self._run(fn, *args), self.timeout)
         except TimeoutError as exc:
-            self._drop()
+            # Forget the connection (the next call opens a new one) without closing it
+            # under the worker thread that is still waiting on it.
+            with self._lock:
+                self._conn = None
             raise HostUnreachable(
                 f"libvirt at {self.uri} did not answer in {self.timeout}s"
             ) from exc
