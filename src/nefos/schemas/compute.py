@@ -102,6 +102,17 @@ class OperationRef(BaseModel):
     url: str
 
 
+class HostRemoved(BaseModel):
+    message: str
+    host_id: str
+
+
+class HostDraining(HostRemoved):
+    """A 202: the host carries instances and is being drained; follow ``operation``."""
+
+    operation: OperationRef
+
+
 class OperationPublic(BaseModel):
     id: str
     kind: str = Field(examples=["container.create"])

@@ -11,8 +11,15 @@ from nefos.api.deps import Access, CoreDep, ObjectId, PageDep, SessionDep, autho
 from nefos.api.envelope import ok, page
 from nefos.db.models import Host
 from nefos.domain.access import Permission
-from nefos.schemas.common import Envelope, Message, Page
-from nefos.schemas.compute import HostCreate, HostPublic, OperationRef, ResourceStats
+from nefos.schemas.common import Envelope, Page
+from nefos.schemas.compute import (
+    HostCreate,
+    HostDraining,
+    HostPublic,
+    HostRemoved,
+    OperationRef,
+    ResourceStats,
+)
 from nefos.services.containers import operation_url
 from nefos.services.hosts import HostService
 
@@ -81,7 +88,16 @@ async def get_host(
     return ok(host_public(await HostService(core, session).get(host_id)))
 
 
-@router.delete("/hosts/{host_id}", response_model=Envelope[Message])
+@router.delete(
+    "/hosts/{host_id}",
+    response_model=Envelope[HostRemoved],
+    responses={
+        202: {
+            "model": Envelope[HostDraining],
+            "description": "Draining: the host's instances move first (follow `operation`)",
+        }
+    },
+)
 async def delete_host(
     host_id: ObjectId,
     core: CoreDep,
