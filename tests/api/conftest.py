@@ -144,6 +144,10 @@ def fuzz_server(
     Fuzzing fails logins by the hundred (locking out 127.0.0.1) and fills the
     database with odd records; a server shared with other tests would inherit both.
     """
-    settings = make_settings(databases.new_url(), tmp_path_factory.mktemp("fuzz"))
+    settings = make_settings(
+        databases.new_url(),
+        tmp_path_factory.mktemp("fuzz"),
+        host_timeout=2,  # a fuzzed host URI that does not answer holds a request less
+    )
     with LiveServer(settings) as server:
         yield server

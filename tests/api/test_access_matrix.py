@@ -21,11 +21,13 @@ sample to ``SAMPLES``); the walk then covers it without further code.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
+import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, fields
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
 
@@ -40,7 +42,13 @@ from nefos.api.deps import Authorize, PublicMarker, authorize
 from nefos.api.deps import Public as PublicDep
 from nefos.domain.access import ALL_SCOPES, Permission, Role, Scope, role_allows
 from tests.api.conftest import World
-from tests.conftest import PASSWORD, Account, make_settings
+from tests.conftest import (
+    PASSWORD,
+    TEST_IMAGE,
+    Account,
+    make_settings,
+    wait_operation,
+)
 
 P = Permission
 PREFIXES = ("/api/v1", "/api")  # longest first: "/api" is the alias of the newest version
@@ -106,6 +114,24 @@ MATRIX: dict[tuple[str, str], Rule] = {
     ("POST", "/api-keys"): Rule(P.API_KEY_MANAGE),
     ("GET", "/api-keys/{key_id}"): Rule(P.API_KEY_MANAGE),
     ("DELETE", "/api-keys/{key_id}"): Rule(P.API_KEY_MANAGE),
+    ("GET", "/resources/hosts"): ADMIN,
+    ("POST", "/resources/hosts"): ADMIN,
+    ("GET", "/resources/hosts/{host_id}"): ADMIN,
+    ("DELETE", "/resources/hosts/{host_id}"): ADMIN,
+    ("GET", "/resources/stats"): ADMIN,
+    # Containers name their project in the body, query or X-Project-ID (or use the
+    # caller's default one), so the check is in the handler: no `on`.
+    ("GET", "/containers"): Rule(P.COMPUTE_READ),
+    ("POST", "/containers"): Rule(P.COMPUTE_WRITE),
+    ("GET", "/containers/{container_id}"): Rule(P.COMPUTE_READ),
+    ("PUT", "/containers/{container_id}/start"): Rule(P.COMPUTE_WRITE),
+    ("PUT", "/containers/{container_id}/stop"): Rule(P.COMPUTE_WRITE),
+    ("POST", "/containers/{container_id}/scale"): Rule(P.COMPUTE_WRITE),
+    ("DELETE", "/containers/{container_id}"): Rule(P.COMPUTE_WRITE),
+    ("GET", "/containers/{container_id}/logs"): Rule(P.COMPUTE_READ),
+    ("GET", "/operations"): Rule(P.COMPUTE_READ),
+    ("GET", "/operations/{operation_id}"): Rule(P.COMPUTE_READ),
+    ("DELETE", "/operations/{operation_id}"): Rule(P.COMPUTE_WRITE),
     ("GET", "/health"): PUBLIC,
 }
 
@@ -287,6 +313,94 @@ async def fresh_project(w: World, who: Account, role: Role) -> dict[str, str]:
     return {"project_id": await w.new_project()}
 
 
+# The walk checks access, not the engine: the containers it makes (and those its
+# allowed POSTs make) name an image the host lacks, so their create fails at once
+# and leaves nothing in the engine. Small, so dozens fit on the test host.
+NO_IMAGE = "localhost/nefos-access-matrix:absent"
+TINY = {"cpu": "0.05", "memory": "8m"}
+DEAD_ENGINE = "unix:///nonexistent/nefos-matrix.sock"  # hosts that are only rows
+
+
+@dataclass
+class ComputeWorld(World):
+    """The world with compute in A's project: the test Podman as a host (``host_id``),
+    a running container there (``container_id``) and its create operation
+    (``operation_id``); ``admin`` is the platform admin, who registers hosts."""
+
+    admin: Any = None
+
+
+@pytest.fixture
+async def walk_world(
+    world: World, admin: Account, podman_host: dict[str, Any]
+) -> AsyncIterator[ComputeWorld]:
+    w = ComputeWorld(**{f.name: getattr(world, f.name) for f in fields(World)}, admin=admin)
+    project = w.ids["project_id"]
+    # The walk makes dozens of containers in A's project: no quota may stop it.
+    unlimited = {"containers": None, "vcpus": None, "memory_gb": None}
+    await w.ok("PUT", f"/projects/{project}/quotas", w.owner, json=unlimited)
+    data = await w.ok(
+        "POST",
+        "/containers",
+        w.owner,
+        json={
+            "name": "walked",
+            "image": TEST_IMAGE,
+            "ports": ["8080"],
+            "resources": {"cpu": "0.1", "memory": "32m"},
+            "project_id": project,
+        },
+    )
+    op = await wait_operation(w.client, w.owner.headers, data["operation"])
+    assert op["status"] == "succeeded", op
+    w.ids.update(
+        host_id=podman_host["id"], container_id=data["container_id"], operation_id=op["id"]
+    )
+    yield w
+    # The operations the walk started end before podman_host cleans the engine up.
+    deadline = time.monotonic() + 120
+    while True:
+        active = [
+            o
+            for status in ("pending", "running")
+            for o in (await w.ok("GET", "/operations", admin, params={"status": status}))["items"]
+        ]
+        if not active:
+            break
+        assert time.monotonic() < deadline, f"operations still active: {active}"
+        await asyncio.sleep(0.1)
+
+
+async def fresh_host(w: World, who: Account, role: Role) -> dict[str, str]:
+    assert isinstance(w, ComputeWorld)
+    host = await w.ok(
+        "POST",
+        "/resources/hosts",
+        w.admin,
+        json={"hostname": f"doomed-{uuid.uuid4().hex[:8]}", "uri": DEAD_ENGINE},
+    )
+    return {"host_id": host["id"]}
+
+
+async def fresh_container(w: World, who: Account, role: Role) -> dict[str, str]:
+    """A container of A's project with no operation in progress (so a write on it is
+    not refused as busy)."""
+    data = await w.ok(
+        "POST",
+        "/containers",
+        w.owner,
+        json={
+            "name": f"c-{uuid.uuid4().hex[:10]}",
+            "image": NO_IMAGE,
+            "resources": TINY,
+            "project_id": w.ids["project_id"],
+        },
+    )
+    op = await wait_operation(w.client, w.owner.headers, data["operation"])
+    assert op["status"] == "failed", op
+    return {"container_id": data["container_id"]}
+
+
 @dataclass(frozen=True)
 class Sample:
     json: Any = None
@@ -342,6 +456,35 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("POST", "/api-keys"): Sample(
         json={"name": "k", "scopes": ["org:read"], "organisation_id": Ref("org_id")}
     ),
+    ("POST", "/resources/hosts"): Sample(
+        json={"hostname": Unique("host-{}"), "driver": "docker", "uri": DEAD_ENGINE}
+    ),
+    ("GET", "/resources/hosts/{host_id}"): Sample(other_status=403),
+    ("DELETE", "/resources/hosts/{host_id}"): Sample(fresh=fresh_host, other_status=403),
+    ("GET", "/containers"): Sample(query={"project_id": Ref("project_id")}, role_checked=True),
+    ("POST", "/containers"): Sample(
+        json={
+            "name": Unique("c-{}"),
+            "image": NO_IMAGE,
+            "resources": TINY,
+            "project_id": Ref("project_id"),
+        },
+        role_checked=True,
+    ),
+    ("GET", "/containers/{container_id}"): Sample(role_checked=True),
+    ("GET", "/containers/{container_id}/logs"): Sample(role_checked=True),
+    ("PUT", "/containers/{container_id}/start"): Sample(fresh=fresh_container, role_checked=True),
+    ("PUT", "/containers/{container_id}/stop"): Sample(fresh=fresh_container, role_checked=True),
+    ("POST", "/containers/{container_id}/scale"): Sample(
+        json={"replicas": 2}, fresh=fresh_container, role_checked=True
+    ),
+    ("DELETE", "/containers/{container_id}"): Sample(fresh=fresh_container, role_checked=True),
+    # Another tenant's resource id filters to nothing, like a random one.
+    ("GET", "/operations"): Sample(query={"resource_id": Ref("container_id")}, other_status=200),
+    ("GET", "/operations/{operation_id}"): Sample(role_checked=True),
+    # Only a pending operation can be cancelled and workers claim them at once, so
+    # the roles' walk cannot meet one here; test_containers checks viewers get 403.
+    ("DELETE", "/operations/{operation_id}"): Sample(),
 }
 
 # Fields named like ids that are not lookups of a tenant's object, and why.
@@ -349,6 +492,10 @@ NOT_TENANT_LOOKUPS = {
     ("POST", "/organisations/{org_id}/members", "user_id"): (
         "names the user to add (any active user, like `email`); the access check is on "
         "the organisation in the path"
+    ),
+    ("GET", "/containers", "user_id"): (
+        "filters the containers of a project the caller may read by their creator; it "
+        "looks nothing up"
     ),
 }
 
@@ -360,7 +507,16 @@ def sample_of(served: Served) -> Sample:
 def random_ids() -> dict[str, str]:
     ids = {
         name: str(uuid.uuid4())
-        for name in ("org_id", "project_id", "user_id", "invitation_id", "key_id")
+        for name in (
+            "org_id",
+            "project_id",
+            "user_id",
+            "invitation_id",
+            "key_id",
+            "host_id",
+            "container_id",
+            "operation_id",
+        )
     }
     ids["token"] = "nfi_" + secrets.token_urlsafe(32)
     ids["outsider_email"] = f"nobody-{uuid.uuid4().hex[:10]}@example.com"
@@ -489,8 +645,10 @@ def normalised(response: Any, ids: list[str]) -> Any:
     return clean(response.json())
 
 
-async def test_another_tenant_gets_what_a_random_id_gets(world: World, routes: list[Served]):
-    w = world
+async def test_another_tenant_gets_what_a_random_id_gets(
+    walk_world: ComputeWorld, routes: list[Served]
+):
+    w = walk_world
     failures = []
     checked = 0
     for served in routes:
@@ -576,8 +734,10 @@ def is_forbidden(response: Any) -> bool:
     return response.status_code == 403 and response.json()["error"]["code"] == "FORBIDDEN"
 
 
-async def test_each_role_gets_exactly_its_permissions(world: World, routes: list[Served]):
-    w = world
+async def test_each_role_gets_exactly_its_permissions(
+    walk_world: ComputeWorld, routes: list[Served]
+):
+    w = walk_world
     failures = []
     checked = 0
     for served in routes:
@@ -602,12 +762,12 @@ async def test_each_role_gets_exactly_its_permissions(world: World, routes: list
 
 
 async def test_admin_routes_refuse_all_but_platform_admins(
-    world: World, admin: Account, routes: list[Served]
+    walk_world: ComputeWorld, admin: Account, routes: list[Served]
 ) -> None:
-    w = world
+    w = walk_world
     failures = []
     admin_routes = [s for s in routes if MATRIX[s.key] == ADMIN]
-    assert len(admin_routes) == 2 * 4
+    assert len(admin_routes) == 2 * 9
     for served in admin_routes:
         for who in (w.owner, w.other, *w.roles.values()):
             r_real = await send(w, served, who.headers, w.ids)
@@ -619,7 +779,11 @@ async def test_admin_routes_refuse_all_but_platform_admins(
                 )
             elif r_real.json()["error"] != r_fake.json()["error"]:
                 failures.append(f"{served}: {r_real.text} differs from {r_fake.text}")
-        r = await send(w, served, admin.headers, w.ids)
+        ids = dict(w.ids)
+        sample = sample_of(served)
+        if sample.fresh is not None:
+            ids.update(await sample.fresh(w, admin, Role.OWNER))
+        r = await send(w, served, admin.headers, ids)
         if not r.is_success:
             failures.append(f"{served} as the platform admin: {r.status_code} {r.text}")
     assert failures == [], "\n".join(failures)
@@ -627,11 +791,11 @@ async def test_admin_routes_refuse_all_but_platform_admins(
 
 # --- API-key scopes ----------------------------------------------------------------------
 async def test_api_key_scopes_bound_every_route(
-    world: World, admin: Account, routes: list[Served]
+    walk_world: ComputeWorld, admin: Account, routes: list[Served]
 ) -> None:
     """A key lacking the route's scope gets 403 naming the scope; for reads, a key
     holding only that scope gets through."""
-    w = world
+    w = walk_world
     keys: dict[tuple[str, frozenset[str]], dict[str, str]] = {}
 
     async def key(who: Account, scopes: set[str]) -> dict[str, str]:

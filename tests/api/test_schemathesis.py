@@ -2,11 +2,14 @@
 
 Schemathesis generates requests, valid and invalid, for every operation of the
 OpenAPI document and sends them over HTTP to a live server (uvicorn on a real
-socket, one per database backend) as a registered user, and under ``/admin`` as
-the platform admin. The operations with ids in their path run a second time with
-the ids of the caller's real objects (a reseller organisation, a project, a
-member, an invitation, an API key), so that the handlers behind the access check
-see the generated bodies too. Every answer must be
+socket, one per database backend) as a registered user, and under ``/admin`` and
+``/resources`` as the platform admin. The operations with ids in their path run a
+second time with the ids of the caller's real objects (a reseller organisation, a
+project, a member, an invitation, an API key, a container and its operation, a
+host), so that the handlers behind the access check see the generated bodies too.
+The server's one live host is the test Podman; the containers made on it name an
+image it lacks, so their operations fail at once and nothing runs in the engine.
+Every answer must be
 
 * not a server error (no 5xx),
 * documented: its status code, content type and body match the schema.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,7 +41,13 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from nefos.api.app import create_app
-from tests.conftest import ADMIN_PASSWORD, PASSWORD, LiveServer, make_settings
+from tests.conftest import (
+    ADMIN_PASSWORD,
+    PASSWORD,
+    LiveServer,
+    docker_host_uri,
+    make_settings,
+)
 
 CHECKS = [
     not_a_server_error,
@@ -46,6 +56,9 @@ CHECKS = [
     content_type_conformance,
 ]
 EXAMPLES = int(os.environ.get("NEFOS_FUZZ_EXAMPLES", "20"))
+ADMIN_PATHS = ("/api/v1/admin/", "/api/v1/resources/")
+NO_IMAGE = "localhost/nefos-fuzz:absent"
+DEAD_ENGINE = "unix:///nonexistent/nefos-fuzz.sock"
 
 
 def _app_openapi() -> dict[str, Any]:
@@ -84,6 +97,15 @@ class Caller:
         assert r.is_success, f"{method} {path}: {r.status_code} {r.text}"
         return r.json()["data"]
 
+    def finished(self, op: dict[str, Any]) -> dict[str, Any]:
+        deadline = time.monotonic() + 60
+        while True:
+            data: dict[str, Any] = self.call("GET", op["url"].removeprefix("/api/v1"))
+            if data["status"] not in ("pending", "running"):
+                return data
+            assert time.monotonic() < deadline, f"operation did not end: {data}"
+            time.sleep(0.05)
+
 
 @dataclass
 class Callers:
@@ -92,6 +114,9 @@ class Callers:
     admin: Caller
     ids: dict[str, str] = field(default_factory=dict)  # the user's real objects
     victim_id: str = ""  # a user for the admin routes to act on
+    # Where new containers go: a project no fuzzed request names (the fuzzing may
+    # unset the default project and set the quotas of ids["project_id"] to 0).
+    compute_project_id: str = ""
 
     def new(self, name: str) -> str:
         """A fresh object for a DELETE to consume."""
@@ -110,6 +135,29 @@ class Callers:
             member_id, _ = register(self.server.url)
             user.call("POST", f"/organisations/{org}/members", json={"user_id": member_id})
             return member_id
+        if name in ("container_id", "operation_id"):
+            made = user.call(
+                "POST",
+                "/containers",
+                json={
+                    "name": f"doomed-{uuid.uuid4().hex[:8]}",
+                    "image": NO_IMAGE,
+                    "resources": {"cpu": "0.05", "memory": "8m"},
+                    "project_id": self.compute_project_id,
+                },
+            )
+            if name == "operation_id":
+                return str(made["operation"]["id"])  # pending, or just claimed
+            user.finished(made["operation"])  # no write waits on it then
+            return str(made["container_id"])
+        if name == "host_id":
+            return str(
+                self.admin.call(
+                    "POST",
+                    "/resources/hosts",
+                    json={"hostname": f"doomed-{uuid.uuid4().hex[:8]}", "uri": DEAD_ENGINE},
+                )["id"]
+            )
         if name == "invitation_id":
             return str(
                 user.call(
@@ -124,6 +172,9 @@ class Callers:
     def real_ids(self, case: schemathesis.Case) -> dict[str, str]:
         if case.operation.path.startswith("/api/v1/admin/"):
             return {"user_id": self.victim_id}
+        if case.operation.path.startswith("/api/v1/resources/"):
+            consumed = case.method.upper() == "DELETE"
+            return {"host_id": self.new("host_id") if consumed else self.ids["host_id"]}
         if case.method.upper() == "DELETE":
             # The deepest id is the one consumed; the others stay the shared ones.
             *keep, consumed = list(case.path_parameters)
@@ -145,6 +196,19 @@ def callers(fuzz_server: LiveServer) -> Iterator[Callers]:
     c.ids["org_id"] = org["id"]
     for name in ("user_id", "project_id", "invitation_id", "key_id"):
         c.ids[name] = c.new(name)
+    c.compute_project_id = c.new("project_id")
+    # No quota: fuzzed scales of the shared container may take dozens of replicas.
+    unlimited = {"containers": None, "vcpus": None, "memory_gb": None}
+    user.call("PUT", f"/projects/{c.compute_project_id}/quotas", json=unlimited)
+    host = admin.call(
+        "POST", "/resources/hosts", json={"hostname": "podman", "uri": docker_host_uri()}
+    )
+    assert host["status"] == "active", host
+    c.ids["host_id"] = host["id"]
+    c.ids["container_id"] = c.new("container_id")
+    c.ids["operation_id"] = user.call(
+        "GET", "/operations", params={"resource_id": c.ids["container_id"]}
+    )["items"][0]["id"]
     yield c
     user.http.close()
     admin.http.close()
@@ -160,7 +224,7 @@ FUZZ = settings(
 
 def call_and_validate(case: schemathesis.Case, callers: Callers) -> None:
     path = case.operation.path
-    if path.startswith("/api/v1/admin/"):
+    if path.startswith(ADMIN_PATHS):
         headers = callers.admin.headers
     elif path == "/api/v1/auth/logout":  # it ends the session it is called with
         headers = register(callers.server.url)[1]
