@@ -233,7 +233,7 @@ class ContainerCreate(Request):
 
 
 class ContainerScale(Request):
-    replicas: Annotated[int, Field(ge=0, le=64)]
+    replicas: Annotated[int, Field(ge=1, le=64)]
     strategy: Literal["rolling", "recreate"] = "rolling"
 
 

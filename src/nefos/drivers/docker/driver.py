@@ -216,8 +216,28 @@ class DockerDriver(ComputeDriver):
         (off by default: a missing image is then ``ImageNotFound`` at once)."""
         self.base_url = base_url
         self.pull = pull
-        self._client = docker.DockerClient(base_url=base_url, version=API_VERSION, timeout=timeout)
-        self._api = self._client.api
+        self.timeout = timeout
+        self._client: docker.DockerClient | None = None
+        if not base_url.startswith("ssh://"):
+            self._connect()
+        # ssh:// connects when the client is made: that happens on first use, in the
+        # worker thread, so a dead host is HostUnreachable there, never a blocked loop.
+
+    def _connect(self) -> docker.DockerClient:
+        if self._client is None:
+            try:
+                self._client = docker.DockerClient(
+                    base_url=self.base_url, version=API_VERSION, timeout=self.timeout
+                )
+            except docker.errors.DockerException:
+                raise  # a malformed URL: the caller's InvalidSpec
+            except Exception as exc:  # paramiko's connection errors
+                raise HostUnreachable(f"container engine unreachable: {exc}") from exc
+        return self._client
+
+    @property
+    def _api(self) -> Any:
+        return self._connect().api
 
     @property
     def capabilities(self) -> Capabilities:
@@ -399,7 +419,8 @@ class DockerDriver(ComputeDriver):
         return bytes(out).decode("utf-8", errors="replace")
 
     async def close(self) -> None:
-        await self._run(self._client.close)
+        if self._client is not None:
+            await self._run(self._client.close)
 
 
 def _parse_stats(raw: Mapping[str, Any], configured_limit: int) -> InstanceStats:
