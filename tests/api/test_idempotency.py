@@ -10,6 +10,7 @@ import httpx
 from sqlalchemy import func, select
 
 from nefos.db.models import Container, IdempotencyRecord, Project
+from nefos.db.session import begin_write
 from nefos.db.types import utcnow
 from tests.conftest import TEST_IMAGE, wait_operation
 
@@ -61,6 +62,7 @@ async def test_retry_while_the_first_runs_is_409(
     body = b'{"name":"slow"}'
     fingerprint = hashlib.sha256(b"\0".join([b"POST", b"/api/v1/projects", b"", body])).hexdigest()
     async with app.state.core.db.session() as s:
+        await begin_write(s)
         s.add(
             IdempotencyRecord(
                 owner=owner,
@@ -102,6 +104,7 @@ async def test_an_expired_key_runs_again(
         await client.post("/api/v1/projects", json={"name": "e1"}, headers=headers)
     ).status_code == 201
     async with app.state.core.db.session() as s:
+        await begin_write(s)
         record = await s.scalar(select(IdempotencyRecord).where(IdempotencyRecord.key == "old"))
         assert record is not None
         record.expires_at = utcnow() - timedelta(seconds=1)

@@ -130,6 +130,14 @@ def _busy(active: Operation) -> Conflict:
 async def claim(session: AsyncSession, worker: str) -> OpView | None:
     """Claim the oldest runnable pending operation for ``worker``, or None."""
     now = utcnow()
+    runnable = (Operation.status == OpStatus.PENDING) & (
+        (Operation.run_after.is_(None)) | (Operation.run_after <= now)
+    )
+    # Idle workers look before they lock: on SQLite a write transaction takes the
+    # database's one write lock, which polling must not hold for nothing.
+    if await session.scalar(select(Operation.id).where(runnable).limit(1)) is None:
+        await session.rollback()
+        return None
     await begin_write(session)
     pick = (
         select(Operation.id)
