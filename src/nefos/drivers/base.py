@@ -40,6 +40,7 @@ import abc
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import ClassVar, Literal
 
 #: Labels every Nefos-made instance carries.
@@ -119,6 +120,9 @@ class Capabilities:
     supports_resize: bool = False
     supports_reboot: bool = False
     supports_user_data: bool = False  # cloud-init style user data
+    supports_volumes: bool = False  # data volumes: create, attach, detach, grow, delete
+    supports_networks: bool = False  # isolated private networks instances can join
+    supports_backups: bool = False  # full standalone disk copies, restorable into new VMs
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +198,49 @@ class InstanceStats:
     memory_percent: float
     net_rx_bytes: int
     net_tx_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeInfo:
+    """A data volume (a disk that outlives the VMs it is attached to)."""
+
+    volume_id: str
+    name: str  # the host's name for it (a libvirt pool volume name)
+    size_gb: int  # virtual size, whole GiB
+    allocation_bytes: int  # what it really takes on the host
+    path: str  # where it is on the host
+    attached_to: str | None  # the driver id of the instance using it, or None
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkInfo:
+    """A private network on one host that instances' NICs can join."""
+
+    network_id: str
+    name: str  # the host's name for it (nefos-net-<id>)
+    cidr: str | None  # its IPv4 subnet (DHCP on it), or None: a bare layer-2 segment
+    bridge: str  # the host's bridge device
+    active: bool
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    """A point-in-time state of an instance's disks, kept with the instance."""
+
+    snapshot_id: str
+    name: str  # the host's name for it (nefos-snap-<id>)
+    created_at: datetime  # timezone-aware, UTC
+    state: str  # the instance's state when taken, as the host says it ("shutoff")
+
+
+@dataclass(frozen=True, slots=True)
+class BackupInfo:
+    """A full, standalone copy of an instance's disks, independent of the instance."""
+
+    backup_id: str
+    volumes: tuple[str, ...]  # the host's names of the copies, sorted
+    size_bytes: int  # what the copies take on the host
 
 
 # --- the contract ----------------------------------------------------------------------

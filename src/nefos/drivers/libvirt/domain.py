@@ -49,7 +49,8 @@ class BootSource:
     kernel: str | None = None  # a path on the host
     initrd: str | None = None
     cmdline: str = DEFAULT_CMDLINE
-    base_disk: str | None = None  # a qcow2 image on the host; the domain gets an overlay
+    base_disk: str | None = None  # a disk image on the host; the domain gets an overlay
+    base_format: Literal["qcow2", "raw"] = "qcow2"  # the base disk's format
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +73,9 @@ class DomainPlan:
     boot: BootSource
     console_log: str  # host path the serial console is logged to
     seed: str | None  # host path of the NoCloud seed image (raw iso9660)
-    root_disk: str | None  # host path of the root overlay (qcow2), for disk images
+    #: Host path of the root disk (qcow2: an overlay of a disk image, a blank disk of
+    #: a kernel-boot VM, or a restored copy), always the first virtio disk (vda).
+    root_disk: str | None
     network: str | None  # a libvirt network, or None for a NIC on a host tap alone
     metadata: NefosMetadata
 
@@ -190,7 +193,8 @@ def domain_xml(plan: DomainPlan) -> str:
         _sub(disk, "source", file=plan.root_disk)
         _sub(disk, "target", dev=f"vd{next(letters)}", bus="virtio")
     if plan.seed is not None:
-        disk = _sub(devices, "disk", type="file", device="disk")
+        # Read-only, and left out of snapshots (an internal snapshot needs qcow2).
+        disk = _sub(devices, "disk", type="file", device="disk", snapshot="no")
         _sub(disk, "driver", name="qemu", type="raw")
         _sub(disk, "source", file=plan.seed)
         _sub(disk, "target", dev=f"vd{next(letters)}", bus="virtio")
@@ -218,6 +222,68 @@ def domain_xml(plan: DomainPlan) -> str:
     return ET.tostring(dom, encoding="unicode").replace(
         "<metadata />", f"<metadata>{metadata}</metadata>", 1
     )
+
+
+@dataclass(frozen=True, slots=True)
+class DiskRef:
+    """One ``<disk>`` of a domain's XML."""
+
+    target: str  # vda, vdb, ...
+    source: str | None  # the host file (None for a disk without a file source)
+    format: str | None  # the driver type: qcow2, raw
+    device: str  # disk, cdrom, ...
+    readonly: bool
+
+    @property
+    def writable_file(self) -> bool:
+        """A writable disk backed by a host file: what snapshots and backups copy."""
+        return self.device == "disk" and not self.readonly and self.source is not None
+
+
+def disks_of(xml: str) -> list[DiskRef]:
+    """The disks of a domain XML, in document order."""
+    # libvirtd's own XML: not untrusted input.
+    root = ET.fromstring(xml)  # noqa: S314
+    found = []
+    for disk in root.findall("devices/disk"):
+        target = disk.find("target")
+        if target is None or not target.get("dev"):
+            continue
+        source = disk.find("source")
+        driver = disk.find("driver")
+        found.append(
+            DiskRef(
+                target=str(target.get("dev")),
+                source=source.get("file") if source is not None else None,
+                format=driver.get("type") if driver is not None else None,
+                device=disk.get("device", "disk"),
+                readonly=disk.find("readonly") is not None,
+            )
+        )
+    return found
+
+
+def networks_of(xml: str) -> list[str]:
+    """The libvirt networks a domain XML's interfaces join."""
+    root = ET.fromstring(xml)  # noqa: S314
+    return [
+        str(src.get("network"))
+        for nic in root.findall("devices/interface")
+        if nic.get("type") == "network"
+        and (src := nic.find("source")) is not None
+        and src.get("network")
+    ]
+
+
+def disk_xml(path: str, target: str, *, serial: str | None = None) -> str:
+    """A writable qcow2 virtio data disk, for attachDeviceFlags."""
+    disk = ET.Element("disk", type="file", device="disk")
+    _sub(disk, "driver", name="qemu", type="qcow2")
+    _sub(disk, "source", file=path)
+    _sub(disk, "target", dev=target, bus="virtio")
+    if serial:
+        _sub(disk, "serial", serial)
+    return ET.tostring(disk, encoding="unicode")
 
 
 def probe_xml(name: str, domain_type: DomainType, kernel: str) -> str:
@@ -260,3 +326,33 @@ def kernel_min_memory_mb(header: bytes) -> int | None:
 
 #: Bytes of a kernel image :func:`kernel_min_memory_mb` needs.
 KERNEL_HEADER_BYTES = 0x264
+
+
+#: Bytes of a qcow2 file :func:`qcow2_problem` reads.
+QCOW2_HEADER_BYTES = 104
+_QCOW2_MAGIC = b"QFI\xfb"
+_QCOW2_EXTERNAL_DATA_FILE = 1 << 2
+
+
+def qcow2_problem(header: bytes) -> str | None:
+    """Why a file with this header may not be a base image, or None if it may.
+
+    It must be qcow2 (version 2 or 3), and stand alone: no backing file and no
+    external data file, either of which names a file on the host that the guest
+    would then read.
+    """
+    if len(header) < 72 or header[:4] != _QCOW2_MAGIC:
+        return "not a qcow2 image"
+    version: int = struct.unpack_from(">I", header, 4)[0]
+    if version not in (2, 3):
+        return f"qcow2 version {version} is not supported"
+    backing_offset: int = struct.unpack_from(">Q", header, 8)[0]
+    if backing_offset:
+        return "a qcow2 image with a backing file (flatten it: qemu-img convert)"
+    if version == 3:
+        if len(header) < 80:
+            return "a truncated qcow2 header"
+        incompatible: int = struct.unpack_from(">Q", header, 72)[0]
+        if incompatible & _QCOW2_EXTERNAL_DATA_FILE:
+            return "a qcow2 image with an external data file"
+    return None

@@ -18,8 +18,10 @@ Images. ``spec.image`` is either
     ``console=ttyS0``), booted directly (local hosts only), or
   * a name: first ``<image_dir>/<name>/`` as above when the driver has an
     ``image_dir`` (local hosts), then volumes of the storage ``pool``:
-    ``<name>.vmlinuz`` + ``<name>.initrd`` (kernel boot), or ``<name>.qcow2`` (a
-    disk the VM boots from; each VM gets a copy-on-write overlay of it).
+    ``<name>.vmlinuz`` + ``<name>.initrd`` (kernel boot), or ``<name>.qcow2`` /
+    ``<name>.raw`` (a disk the VM boots from; each VM gets a copy-on-write qcow2
+    overlay of it). :meth:`import_image` uploads them, :meth:`delete_image`
+    removes them.
 Anything else is :class:`ImageNotFound`. A bzImage's setup header says how much
 memory it needs to unpack itself; a spec with less is :class:`InvalidSpec` rather
 than a guest that reboots forever.
@@ -28,7 +30,9 @@ Per-instance files are volumes of the (directory) pool, named after the domain,
 so they are reachable over remote URIs too and ``destroy`` removes them all:
 ``nefos-<id>.console.log`` (the serial console, written by virtlogd, read by
 :meth:`logs`), ``nefos-<id>.seed.iso`` (the NoCloud seed: instance id, hostname,
-SSH keys, user data) and ``nefos-<id>.root.qcow2`` (disk images only).
+SSH keys, user data) and ``nefos-<id>.root.qcow2`` (the root disk, ``vda``: an
+overlay of a disk image, a blank disk of ``VmSpec.disk_gb``, or a restored
+backup; see :class:`VmSpec`).
 
 Specs. vCPUs are ``spec.cpu`` rounded up (at least one), and a fractional
 ``cpu`` is also a CFS cap on the whole domain (``cputune/global_quota``: 0.5 is
@@ -54,6 +58,15 @@ alone proves nothing.)
 Stop is an ACPI power-button press, then after ``grace_seconds`` a forced
 destroy. ``reboot`` and ``resize`` are here too (the contract has no methods for
 them yet): see their docstrings.
+
+Beyond the contract, each with its own docstring: images in the pool
+(:meth:`import_image`), snapshots (:meth:`snapshot`), backups (:meth:`backup`, to
+the ``backup_pool``), data volumes (:meth:`create_volume`) and private networks
+(:meth:`create_network`). Their ids, like instance ids, are the caller's; the host
+names derive from them (``nefos-snap-<id>``, ``nefos-bak-<id>.<disk>.qcow2``,
+``nefos-vol-<id>.qcow2``, ``nefos-net-<id>``), so a retried call finds what an
+earlier one made, and every such call is idempotent. These ids are 1-63 letters,
+digits, ``_`` and ``-`` (no dots); anything else is :class:`InvalidSpec`.
 """
 
 from __future__ import annotations
@@ -68,7 +81,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
@@ -99,6 +112,7 @@ from nefos.drivers.libvirt.domain import (
     DEFAULT_CMDLINE,
     KERNEL_HEADER_BYTES,
     NAMESPACE,
+    QCOW2_HEADER_BYTES,
     BootSource,
     DomainPlan,
     DomainType,
@@ -108,18 +122,34 @@ from nefos.drivers.libvirt.domain import (
     kernel_min_memory_mb,
     parse_metadata,
     probe_xml,
+    qcow2_problem,
     vcpus_for,
 )
 
 T = TypeVar("T")
 
 DomainTypeSetting = Literal["auto", "kvm", "qemu"]
+DiskFormat = Literal["qcow2", "raw"]
+_DISK_FORMATS: tuple[DiskFormat, ...] = ("qcow2", "raw")
 
 _MIB = 1024**2
 _KIB = 1024
+_GIB = 1024**3
+#: Longest kernel command line a spec may give (x86 takes 2048 bytes with the NUL).
+_MAX_CMDLINE = 2047
 # The Engine API's rule for container names: one rule for every driver's ids.
 _NEFOS_ID = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
 _IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+#: Ids of volumes, snapshots, backups and networks: no dots, so the names made of
+#: them (nefos-vol-<id>.qcow2, nefos-bak-<id>.<disk>.qcow2) parse back unambiguously.
+_OBJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+#: A libvirt network's name, as a spec may give it.
+_OBJECT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+#: A pool volume's name, as a spec may give it (no path).
+_VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+#: Image names that would name volumes that are not images: an instance's root
+#: disk (<name>.root -> nefos-<id>.root.qcow2) or a data volume (nefos-vol-<id>).
+_NOT_AN_IMAGE = re.compile(r".*\.root|nefos-vol-.*|nefos-bak-.*")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 #: Suffixes of the volumes an instance owns (virtlogd rotates the log to .log.N).
 _OWNED_SUFFIX = re.compile(r"\.(console\.log(\.[0-9]+)?|seed\.iso|root\.qcow2)")
@@ -180,10 +210,50 @@ libvirt.registerErrorHandler(_silence, None)
 
 @dataclass(frozen=True, slots=True)
 class VmSpec(InstanceSpec):
-    """An InstanceSpec with what only a VM takes: cloud-init user data and SSH keys."""
+    """An InstanceSpec with what only a VM takes.
+
+    ``user_data`` and ``ssh_keys`` go to the guest in its NoCloud seed.
+
+    ``disk_gb`` is the root disk's size in GiB. A disk image (a ``qcow2`` or ``raw``
+    base) gets a copy-on-write overlay of ``max(base size, disk_gb)``; a kernel-boot
+    image gets, when ``disk_gb > 0``, a blank qcow2 root disk of that size as its
+    first virtio disk (``vda``), so that snapshots, backups and disk resizes work
+    the same for both; 0 = a kernel-boot VM without a root disk.
+
+    ``kernel_cmdline`` replaces a kernel-boot image's command line (the image
+    directory's ``cmdline`` file, else ``console=ttyS0``); with a disk image it is
+    :class:`InvalidSpec` (its boot loader decides).
+
+    ``network`` is a libvirt network (``nefos-net-<id>`` from
+    :meth:`LibvirtDriver.create_network`) for the VM's NIC, instead of the driver's
+    own ``network``; a network the host lacks is :class:`InvalidSpec`.
+
+    ``root_from`` names a volume of the driver's backup pool (a
+    ``nefos-bak-<id>.vda.qcow2`` of :meth:`LibvirtDriver.backup`) whose full copy
+    becomes the root disk, of ``max(its size, disk_gb)``: how a backup is restored
+    into a new VM. The boot source (kernel, or the disk image's boot loader on the
+    copy) still comes from ``image``. A missing volume is :class:`InvalidSpec`.
+    """
 
     user_data: str | None = None
     ssh_keys: tuple[str, ...] = ()
+    disk_gb: int = 0
+    kernel_cmdline: str | None = None
+    network: str | None = None
+    root_from: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _VmOptions:
+    """What a spec says beyond InstanceSpec, checked: a VmSpec's fields, or
+    attributes of those names on any spec."""
+
+    user_data: str | None
+    ssh_keys: tuple[str, ...]
+    disk_gb: int
+    kernel_cmdline: str | None
+    network: str | None
+    root_from: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,9 +324,16 @@ class LibvirtDriver(ComputeDriver):
         network: str | None = None,
         timeout: float = 10,
         probe_timeout: float = 10,
+        backup_pool: str = "nefos-backups",
+        backup_dir: str | Path | None = None,
     ) -> None:
         """``timeout`` bounds :meth:`ping` and :meth:`capacity` (a hung libvirtd fails
-        fast); ``probe_timeout`` is how long the kvm probe guest may take."""
+        fast); ``probe_timeout`` is how long the kvm probe guest may take.
+
+        ``backup_pool`` is the directory pool :meth:`backup` writes to; the first
+        call that needs it defines it when the host lacks it (at ``backup_dir``, a
+        path on the host, by default ``nefos-backups`` beside ``pool``'s
+        directory), builds, starts and autostarts it."""
         parts = urlsplit(uri)
         if not parts.scheme or not re.fullmatch(r"(qemu|test)(\+[a-z0-9]+)?", parts.scheme):
             raise ValueError(f"not a libvirt QEMU URI: {uri!r} (e.g. qemu:///system)")
@@ -266,6 +343,8 @@ class LibvirtDriver(ComputeDriver):
         self.pool = pool
         self.image_dir = Path(image_dir) if image_dir is not None else None
         self.network = network
+        self.backup_pool = backup_pool
+        self.backup_dir = str(backup_dir) if backup_dir is not None else None
         self.timeout = timeout
         self.probe_timeout = probe_timeout
         self.domain_type_setting: DomainTypeSetting = domain_type
@@ -540,17 +619,31 @@ class LibvirtDriver(ComputeDriver):
         old = self._volume(pool, name)
         if old is not None:
             old.delete(0)
-        vol = ET.Element("volume")
-        ET.SubElement(vol, "name").text = name
-        ET.SubElement(vol, "capacity", unit="bytes").text = str(capacity)
-        target = ET.SubElement(vol, "target")
-        ET.SubElement(target, "format", type=fmt)
-        ET.SubElement(ET.SubElement(target, "permissions"), "mode").text = "0600"
-        if backing is not None:
-            store = ET.SubElement(vol, "backingStore")
-            ET.SubElement(store, "path").text = backing[0]
-            ET.SubElement(store, "format", type=backing[1])
-        return pool.createXML(ET.tostring(vol, encoding="unicode"), 0)
+        return pool.createXML(_volume_xml(name, capacity, fmt, backing), 0)
+
+    def _copy_volume(
+        self,
+        pool: libvirt.virStoragePool,
+        name: str,
+        source: libvirt.virStorageVol,
+        *,
+        capacity: int,
+    ) -> libvirt.virStorageVol:
+        """A full qcow2 copy of ``source`` (its backing chain read through, so the copy
+        stands alone; internal snapshots are not copied) as volume ``name`` of
+        ``pool``, of at least ``capacity`` bytes; a stale ``name`` is replaced."""
+        old = self._volume(pool, name)
+        if old is not None:
+            old.delete(0)
+        vol = pool.createXMLFrom(_volume_xml(name, capacity, "qcow2"), source, 0)
+        try:
+            if int(vol.info()[1]) < capacity:
+                vol.resize(capacity, 0)
+        except BaseException:
+            with suppress(libvirt.libvirtError):
+                vol.delete(0)
+            raise
+        return vol
 
     def _delete_owned_volumes(self, conn: libvirt.virConnect, name: str) -> None:
         """Delete every pool volume instance ``name`` owns; gone already is fine."""
@@ -579,7 +672,7 @@ class LibvirtDriver(ComputeDriver):
                     "another host; register the image in its pool instead"
                 )
             return self._image_from_dir(Path(image), image)
-        if not _IMAGE_NAME.fullmatch(image) or ".." in image:
+        if not _is_image_name(image):
             raise ImageNotFound(f"{image!r} is not an image name")
         if self.image_dir is not None and self.local:
             candidate = self.image_dir / image
@@ -625,13 +718,237 @@ class LibvirtDriver(ComputeDriver):
                     ),
                     floor,
                 )
-            disk = self._volume(pool, f"{image}.qcow2")
-            if disk is not None:
-                return _Image(BootSource(base_disk=disk.path()))
+            for fmt in _DISK_FORMATS:
+                disk = self._volume(pool, f"{image}.{fmt}")
+                if disk is not None:
+                    return _Image(BootSource(base_disk=disk.path(), base_format=fmt))
         raise ImageNotFound(
-            f"image {image!r} not found: no {image}.vmlinuz or {image}.qcow2 in pool "
+            f"image {image!r} not found: no {image}.vmlinuz, {image}.qcow2 or {image}.raw "
+            f"in pool "
             f"{self.pool!r}" + (f", nor {self.image_dir / image}/vmlinuz" if self.image_dir else "")
         )
+
+    # --- image management -----------------------------------------------------------------
+    async def import_image(
+        self,
+        name: str,
+        *,
+        kernel: Path | None = None,
+        initrd: Path | None = None,
+        disk: Path | None = None,
+        disk_format: Literal["qcow2", "raw"] = "qcow2",
+    ) -> None:
+        """Upload local files into the instance pool as image ``name``.
+
+        A kernel-boot image is ``kernel`` (and optionally ``initrd``), stored as
+        ``<name>.vmlinuz`` and ``<name>.initrd``; a disk image is ``disk``, stored as
+        ``<name>.qcow2`` or ``<name>.raw`` after ``disk_format``. The bytes travel
+        through libvirt streams, so the files are on this machine and the pool may
+        be on a remote host. Afterwards ``spec.image = name`` boots it.
+
+        Idempotent: a volume that exists already with the same byte size is kept
+        (not uploaded again); one of another size is replaced. On failure the
+        volumes this call made (or replaced) are removed, the ones it kept stay.
+
+        :class:`InvalidSpec` for: both or neither of ``kernel`` and ``disk``; an
+        ``initrd`` without a kernel; a file that cannot be read; a qcow2 disk that
+        is not qcow2 or refers to other files (a backing file or an external data
+        file: it would let a guest read the host); a name that is not an image name;
+        or a name the pool holds as the other kind of image already (delete that
+        first). ``delete_image`` then ``import_image`` replaces an image.
+        """
+        await self._run(self._import_image, name, kernel, initrd, disk, disk_format)
+
+    def _import_image(
+        self,
+        name: str,
+        kernel: Path | None,
+        initrd: Path | None,
+        disk: Path | None,
+        disk_format: str,
+    ) -> None:
+        if not _is_image_name(name):
+            raise InvalidSpec(f"{name!r} is not an image name")
+        if (kernel is None) == (disk is None):
+            raise InvalidSpec("an image is a kernel (with an optional initrd) or a disk")
+        if initrd is not None and kernel is None:
+            raise InvalidSpec("an initrd needs a kernel")
+        if disk_format not in _DISK_FORMATS:
+            raise InvalidSpec(f"disk_format must be qcow2 or raw, not {disk_format!r}")
+        files: builtins.list[tuple[str, Path]] = []
+        if kernel is not None:
+            files.append((f"{name}.vmlinuz", Path(kernel)))
+            if initrd is not None:
+                files.append((f"{name}.initrd", Path(initrd)))
+        elif disk is not None:
+            files.append((f"{name}.{disk_format}", Path(disk)))
+        sizes = {}
+        for vol_name, path in files:
+            try:
+                sizes[vol_name] = path.stat().st_size
+                with path.open("rb") as f:
+                    head = f.read(QCOW2_HEADER_BYTES)
+            except OSError as exc:
+                raise InvalidSpec(f"cannot read {path}: {exc}") from exc
+            if vol_name.endswith(".qcow2"):
+                problem = qcow2_problem(head)
+                if problem is not None:
+                    raise InvalidSpec(f"{path}: {problem}")
+        wanted = {vol_name for vol_name, _ in files}
+        others = {f"{name}.{suffix}" for suffix in ("vmlinuz", "initrd", *_DISK_FORMATS)} - wanted
+        if kernel is not None:
+            others.discard(f"{name}.initrd")  # an old initrd of the same kernel image
+        conn = self._connect()
+        made: builtins.list[libvirt.virStorageVol] = []
+        with self._translated():
+            pool = self._storage_pool(conn)
+            clash = sorted(v for v in others if self._volume(pool, v) is not None)
+            if clash and not (kernel is not None and clash == [f"{name}.initrd"]):
+                raise InvalidSpec(
+                    f"image {name!r} exists as another kind of image ({', '.join(clash)}): "
+                    "delete it first"
+                )
+            try:
+                for vol_name, path in files:
+                    old = self._volume(pool, vol_name)
+                    if old is not None:
+                        if _physical_size(old) == sizes[vol_name]:
+                            continue
+                        old.delete(0)
+                    # Capacity 0, grown by the upload: a volume cut short by a crash
+                    # has the wrong size, so a later import replaces it.
+                    vol = pool.createXML(_volume_xml(vol_name, 0, "raw"), 0)
+                    made.append(vol)
+                    self._upload_file(conn, vol, path)
+                    if _physical_size(vol) != sizes[vol_name]:
+                        raise DriverError(f"{path} changed while it was uploaded")
+            except BaseException:
+                for vol in made:
+                    with suppress(libvirt.libvirtError):
+                        vol.delete(0)
+                raise
+
+    def _upload_file(
+        self, conn: libvirt.virConnect, vol: libvirt.virStorageVol, path: Path
+    ) -> None:
+        stream = conn.newStream(0)
+        with path.open("rb") as f:
+
+            def source(_stream: libvirt.virStream, nbytes: int, _opaque: None) -> bytes:
+                return f.read(nbytes)
+
+            try:
+                vol.upload(stream, 0, path.stat().st_size, 0)
+                stream.sendAll(source, None)
+                stream.finish()
+            except BaseException:
+                with suppress(libvirt.libvirtError):
+                    stream.abort()
+                raise
+
+    async def has_image(self, name: str) -> bool:
+        """Whether the instance pool holds image ``name`` (a ``<name>.vmlinuz``,
+        ``<name>.qcow2`` or ``<name>.raw``). Image directories are not looked at."""
+        return await self._run(self._read, self._has_image, name)
+
+    def _has_image(self, name: str) -> bool:
+        if not _is_image_name(name):
+            return False
+        conn = self._connect()
+        with self._translated():
+            pool = self._storage_pool(conn)
+            return any(
+                self._volume(pool, f"{name}.{suffix}") is not None
+                for suffix in ("vmlinuz", *_DISK_FORMATS)
+            )
+
+    async def delete_image(self, name: str) -> None:
+        """Delete image ``name``'s volumes from the instance pool.
+
+        On return the pool has no ``<name>.vmlinuz``, ``.initrd``, ``.qcow2`` nor
+        ``.raw``; an image that is gone already succeeds. :class:`InvalidState` while
+        a Nefos VM was made from it (its metadata names the image) or any domain
+        refers to one of its volumes: a VM's kernel or its disk's base would vanish.
+        """
+        await self._run(self._delete_image, name)
+
+    def _delete_image(self, name: str) -> None:
+        if not _is_image_name(name):
+            return  # no such image can exist
+        conn = self._connect()
+        with self._translated():
+            pool = self._storage_pool(conn)
+            vols = [
+                vol
+                for suffix in ("vmlinuz", "initrd", *_DISK_FORMATS)
+                if (vol := self._volume(pool, f"{name}.{suffix}")) is not None
+            ]
+            if not vols:
+                return
+            paths = {vol.path() for vol in vols}
+            for dom in conn.listAllDomains(0):
+                md = self._metadata(dom) if dom.name().startswith("nefos-") else None
+                if (md is not None and md.image == name) or paths & _referenced_paths(dom):
+                    raise InvalidState(
+                        f"image {name!r} is in use by domain {dom.name()!r}",
+                        instance_id=dom.UUIDString(),
+                    )
+            for vol in vols:
+                try:
+                    vol.delete(0)
+                except libvirt.libvirtError as exc:
+                    if _code(exc) != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                        raise
+
+    # --- the backup pool ------------------------------------------------------------------
+    def _backup_storage(
+        self, conn: libvirt.virConnect, *, create: bool
+    ) -> libvirt.virStoragePool | None:
+        """The backup pool, started; defined first if missing and ``create`` (else None)."""
+        try:
+            pool = conn.storagePoolLookupByName(self.backup_pool)
+        except libvirt.libvirtError as exc:
+            if _code(exc) != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                raise
+            if not create:
+                return None
+            pool = self._define_backup_pool(conn)
+        if not pool.isActive():
+            try:
+                pool.create(0)
+            except libvirt.libvirtError:
+                if not pool.isActive():  # else started meanwhile by another caller
+                    raise
+        return pool
+
+    def _define_backup_pool(self, conn: libvirt.virConnect) -> libvirt.virStoragePool:
+        path = self.backup_dir
+        if path is None:
+            instance_dir = self._pool_dir(self._storage_pool(conn))
+            path = f"{instance_dir.rsplit('/', 1)[0] or ''}/nefos-backups"
+        root = ET.Element("pool", type="dir")
+        ET.SubElement(root, "name").text = self.backup_pool
+        target = ET.SubElement(root, "target")
+        ET.SubElement(target, "path").text = path
+        ET.SubElement(ET.SubElement(target, "permissions"), "mode").text = "0711"
+        try:
+            pool = conn.storagePoolDefineXML(ET.tostring(root, encoding="unicode"), 0)
+        except libvirt.libvirtError as exc:
+            if "already exists" not in _explain(exc):
+                raise
+            return conn.storagePoolLookupByName(self.backup_pool)  # defined meanwhile
+        with suppress(libvirt.libvirtError):
+            pool.build(0)  # makes the directory; fails harmlessly if it is there
+        pool.setAutostart(1)
+        return pool
+
+    def _backup_volume(self, conn: libvirt.virConnect, name: str) -> libvirt.virStorageVol:
+        with self._translated():
+            pool = self._backup_storage(conn, create=False)
+            vol = self._volume(pool, name) if pool is not None else None
+        if vol is None:
+            raise InvalidSpec(f"no volume {name!r} in the backup pool {self.backup_pool!r}")
+        return vol
 
     # --- the domain type ------------------------------------------------------------------
     def _domain_type_for(self, conn: libvirt.virConnect, boot: BootSource) -> DomainType:
@@ -685,7 +1002,7 @@ class LibvirtDriver(ComputeDriver):
             raise InvalidSpec(f"invalid instance id {spec.nefos_id!r}")
         if spec.memory_mb < 1 or not spec.cpu > 0:
             raise InvalidSpec("a VM needs cpu > 0 and memory_mb >= 1")
-        user_data, ssh_keys = _vm_fields(spec)
+        opts = _vm_options(spec)
         conn = self._connect()
         image = self._resolve_image(conn, spec.image)
         if image.min_memory_mb is not None and spec.memory_mb < image.min_memory_mb:
@@ -693,6 +1010,27 @@ class LibvirtDriver(ComputeDriver):
                 f"image {spec.image!r} needs at least {image.min_memory_mb} MiB of memory "
                 f"to boot; the spec gives {spec.memory_mb} MiB"
             )
+        boot = image.boot
+        if opts.kernel_cmdline is not None:
+            if boot.kernel is None:
+                raise InvalidSpec(
+                    f"image {spec.image!r} is a disk image: its boot loader, not "
+                    "kernel_cmdline, gives the kernel its command line"
+                )
+            boot = replace(boot, cmdline=opts.kernel_cmdline)
+        network = opts.network or self.network
+        if opts.network is not None:
+            with self._translated():
+                try:
+                    conn.networkLookupByName(opts.network)
+                except libvirt.libvirtError as exc:
+                    if _code(exc) != libvirt.VIR_ERR_NO_NETWORK:
+                        raise
+                    raise InvalidSpec(f"no network {opts.network!r} on this host") from exc
+        restore_from: libvirt.virStorageVol | None = None
+        if opts.root_from is not None:
+            restore_from = self._backup_volume(conn, opts.root_from)
+        has_root = boot.base_disk is not None or opts.disk_gb > 0 or restore_from is not None
         name = domain_name(spec.nefos_id)
         with self._translated(creating=True):
             try:
@@ -704,19 +1042,19 @@ class LibvirtDriver(ComputeDriver):
                 raise InvalidSpec(f"a domain named {name!r} exists already")
             pool = self._storage_pool(conn)
             pool_dir = self._pool_dir(pool)
-        domain_type = self._domain_type_for(conn, image.boot)
+        domain_type = self._domain_type_for(conn, boot)
         hostname = seeds.hostname_for(spec.name, name)
-        seed_iso = self._seed(spec, user_data, ssh_keys, hostname)
+        seed_iso = self._seed(spec, opts.user_data, opts.ssh_keys, hostname)
         plan = DomainPlan(
             name=name,
             domain_type=domain_type,
             cpu=spec.cpu,
             memory_mb=spec.memory_mb,
-            boot=image.boot,
+            boot=boot,
             console_log=f"{pool_dir}/{name}.console.log",
             seed=f"{pool_dir}/{name}.seed.iso",
-            root_disk=f"{pool_dir}/{name}.root.qcow2" if image.boot.base_disk else None,
-            network=self.network,
+            root_disk=f"{pool_dir}/{name}.root.qcow2" if has_root else None,
+            network=network,
             metadata=NefosMetadata(
                 nefos_id=spec.nefos_id,
                 project_id=spec.project_id,
@@ -734,15 +1072,22 @@ class LibvirtDriver(ComputeDriver):
                 self._new_volume(pool, f"{name}.console.log", capacity=0)
                 vol = self._new_volume(pool, f"{name}.seed.iso", capacity=len(seed_iso))
                 self._upload(conn, vol, seed_iso)
-                if image.boot.base_disk is not None:
-                    base = conn.storageVolLookupByPath(image.boot.base_disk)
+                root_name = f"{name}.root.qcow2"
+                wanted = opts.disk_gb * _GIB
+                if restore_from is not None:
+                    capacity = max(int(restore_from.info()[1]), wanted)
+                    self._copy_volume(pool, root_name, restore_from, capacity=capacity)
+                elif boot.base_disk is not None:
+                    base = conn.storageVolLookupByPath(boot.base_disk)
                     self._new_volume(
                         pool,
-                        f"{name}.root.qcow2",
-                        capacity=int(base.info()[1]),
+                        root_name,
+                        capacity=max(int(base.info()[1]), wanted),
                         fmt="qcow2",
-                        backing=(image.boot.base_disk, "qcow2"),
+                        backing=(boot.base_disk, boot.base_format),
                     )
+                elif wanted > 0:
+                    self._new_volume(pool, root_name, capacity=wanted, fmt="qcow2")
                 state = _dom_state(dom)
                 return self._info(dom, plan.metadata, state)
         except BaseException:
@@ -869,22 +1214,52 @@ class LibvirtDriver(ComputeDriver):
         return self._info(dom, md, state)
 
     async def resize(
-        self, instance_id: str, *, cpu: float | None = None, memory_mb: int | None = None
+        self,
+        instance_id: str,
+        *,
+        cpu: float | None = None,
+        memory_mb: int | None = None,
+        disk_gb: int | None = None,
     ) -> InstanceInfo:
-        """Change a stopped VM's cpu and/or memory (as :class:`InstanceSpec` means
-        them); :class:`InvalidState` while it runs. Disks do not grow yet."""
-        return await self._run(self._resize, instance_id, cpu, memory_mb)
+        """Change a stopped VM's cpu, memory (as :class:`InstanceSpec` means them)
+        and/or root disk size (GiB, as :attr:`VmSpec.disk_gb`); None leaves one as it
+        is. :class:`InvalidState` while the VM runs (``supports_resize`` means: while
+        stopped).
 
-    def _resize(self, instance_id: str, cpu: float | None, memory_mb: int | None) -> InstanceInfo:
+        A root disk only grows: ``disk_gb`` below its size now is :class:`InvalidSpec`,
+        equal changes nothing, and so is any ``disk_gb`` for a VM without a root disk.
+        The guest sees the new size at its next boot; growing its partitions and
+        file systems is the guest's business. The disk grows first: if changing cpu or
+        memory then fails, the disk stays grown. Raises :class:`InstanceNotFound` if
+        the VM is gone. (A disk grown after a snapshot was taken cannot be reverted
+        to that snapshot: see :meth:`revert_snapshot`.)
+        """
+        return await self._run(self._resize, instance_id, cpu, memory_mb, disk_gb)
+
+    def _resize(
+        self,
+        instance_id: str,
+        cpu: float | None,
+        memory_mb: int | None,
+        disk_gb: int | None,
+    ) -> InstanceInfo:
         if cpu is not None and not cpu > 0:
             raise InvalidSpec("cpu must be > 0")
         if memory_mb is not None and memory_mb < 1:
             raise InvalidSpec("memory_mb must be >= 1")
+        if disk_gb is not None and (
+            isinstance(disk_gb, bool) or not isinstance(disk_gb, int) or disk_gb < 1
+        ):
+            raise InvalidSpec("disk_gb must be a whole number of GiB >= 1")
         conn = self._connect()
         dom, md = self._ours(conn, instance_id)
         with self._translated(instance_id):
             if dom.isActive():
                 raise InvalidState("stop the VM before resizing it", instance_id=instance_id)
+            if disk_gb is not None:
+                self._grow_root_disk(conn, md, disk_gb * _GIB, instance_id)
+            if cpu is None and memory_mb is None:
+                return self._info(dom, md, _dom_state(dom))
             # libvirtd's own XML: not untrusted input.
             root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))  # noqa: S314
             if memory_mb is not None:
@@ -904,6 +1279,22 @@ class LibvirtDriver(ComputeDriver):
             dom = conn.defineXML(ET.tostring(root, encoding="unicode"))
             state = _dom_state(dom)
         return self._info(dom, md, state)
+
+    def _grow_root_disk(
+        self, conn: libvirt.virConnect, md: NefosMetadata, size: int, instance_id: str
+    ) -> None:
+        pool = self._storage_pool(conn)
+        vol = self._volume(pool, f"{domain_name(md.nefos_id)}.root.qcow2")
+        if vol is None:
+            raise InvalidSpec("the VM has no root disk to grow", instance_id=instance_id)
+        current = int(vol.info()[1])
+        if size < current:
+            raise InvalidSpec(
+                f"the root disk is {current / _GIB:g} GiB; disks grow, they do not shrink",
+                instance_id=instance_id,
+            )
+        if size > current:
+            vol.resize(size, 0)
 
     # --- inspection -----------------------------------------------------------------------
     async def get(self, instance_id: str) -> InstanceInfo:
@@ -1003,20 +1394,91 @@ class LibvirtDriver(ComputeDriver):
             await self._run(_close_quietly, conn)
 
 
+def _physical_size(vol: libvirt.virStorageVol) -> int:
+    """A volume's size on the host (a file's byte size), not its virtual capacity."""
+    return int(vol.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2])
+
+
+def _referenced_paths(dom: libvirt.virDomain) -> set[str]:
+    """Every host file a domain's persistent and live XML name: kernel, initrd, disks."""
+    paths: set[str] = set()
+    flags = [libvirt.VIR_DOMAIN_XML_INACTIVE]
+    if dom.isActive():
+        flags.append(0)
+    for flag in flags:
+        # libvirtd's own XML: not untrusted input.
+        root = ET.fromstring(dom.XMLDesc(flag))  # noqa: S314
+        for tag in ("os/kernel", "os/initrd"):
+            if text := root.findtext(tag):
+                paths.add(text)
+        for src in root.iter("source"):
+            if file := src.get("file"):
+                paths.add(file)
+    return paths
+
+
+def _volume_xml(name: str, capacity: int, fmt: str, backing: tuple[str, str] | None = None) -> str:
+    vol = ET.Element("volume")
+    ET.SubElement(vol, "name").text = name
+    ET.SubElement(vol, "capacity", unit="bytes").text = str(capacity)
+    target = ET.SubElement(vol, "target")
+    ET.SubElement(target, "format", type=fmt)
+    ET.SubElement(ET.SubElement(target, "permissions"), "mode").text = "0600"
+    if backing is not None:
+        store = ET.SubElement(vol, "backingStore")
+        ET.SubElement(store, "path").text = backing[0]
+        ET.SubElement(store, "format", type=backing[1])
+    return ET.tostring(vol, encoding="unicode")
+
+
+def _is_image_name(name: str) -> bool:
+    return (
+        bool(_IMAGE_NAME.fullmatch(name)) and ".." not in name and not _NOT_AN_IMAGE.fullmatch(name)
+    )
+
+
 def _close_quietly(conn: libvirt.virConnect) -> None:
     with suppress(libvirt.libvirtError):
         conn.close()
 
 
-def _vm_fields(spec: InstanceSpec) -> tuple[str | None, tuple[str, ...]]:
-    """A spec's user data and SSH keys: a VmSpec's, or attributes of that name."""
+def _vm_options(spec: InstanceSpec) -> _VmOptions:
+    """A spec's VM-only fields (a VmSpec's, or attributes of those names), checked."""
     user_data = getattr(spec, "user_data", None)
     keys = getattr(spec, "ssh_keys", ()) or ()
     if user_data is not None and not isinstance(user_data, str):
         raise InvalidSpec("user_data must be text")
     if isinstance(keys, str) or not all(isinstance(k, str) for k in keys):
         raise InvalidSpec("ssh_keys must be a sequence of strings")
-    return user_data, tuple(keys)
+    disk_gb = getattr(spec, "disk_gb", 0) or 0
+    if isinstance(disk_gb, bool) or not isinstance(disk_gb, int) or disk_gb < 0:
+        raise InvalidSpec("disk_gb must be a whole number of GiB >= 0")
+    cmdline = getattr(spec, "kernel_cmdline", None)
+    if cmdline is not None and (
+        not isinstance(cmdline, str)
+        or not cmdline.strip()
+        or any(c in cmdline for c in "\n\r\0")
+        or len(cmdline) > _MAX_CMDLINE
+    ):
+        raise InvalidSpec(f"kernel_cmdline must be one line of 1-{_MAX_CMDLINE} characters")
+    network = getattr(spec, "network", None)
+    if network is not None and (
+        not isinstance(network, str) or not _OBJECT_NAME.fullmatch(network)
+    ):
+        raise InvalidSpec(f"{network!r} is not a libvirt network name")
+    root_from = getattr(spec, "root_from", None)
+    if root_from is not None and (
+        not isinstance(root_from, str) or not _VOLUME_NAME.fullmatch(root_from)
+    ):
+        raise InvalidSpec(f"{root_from!r} is not a volume name")
+    return _VmOptions(
+        user_data=user_data,
+        ssh_keys=tuple(keys),
+        disk_gb=disk_gb,
+        kernel_cmdline=cmdline,
+        network=network,
+        root_from=root_from,
+    )
 
 
 def _set_cpu_quota(root: ET.Element, cpu: float) -> None:

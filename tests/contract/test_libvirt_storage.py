@@ -1,0 +1,244 @@
+"""The libvirt driver's storage: images uploaded into the pool, root disks that
+grow, internal snapshots, backups restored into new VMs, data volumes and private
+networks. Checked from libvirt itself (and, for disk contents, qemu-img/qemu-io
+on the host's files), past the driver; a guest boots where only a guest can tell.
+
+Everything a test makes carries the run id in its name (or the run label), and the
+module's clean-up removes what a failed test left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+
+from nefos.drivers.base import InvalidSpec, InvalidState
+from nefos.drivers.libvirt import LibvirtDriver, VmSpec
+
+from .conftest import RUN_ID, RUN_LABEL, libvirt_test_driver, libvirt_uri, vm_image
+
+BOOT_SECONDS = 90
+GIB = 1024**3
+MIB = 1024**2
+#: The tiny image's own command line (var/images/nefos-tiny/cmdline).
+CMDLINE = "console=ttyS0 quiet panic=-1"
+
+
+@pytest.fixture(scope="module")
+def host() -> Iterator[libvirt.virConnect]:
+    """libvirt itself, past the driver."""
+    conn = libvirt.open(libvirt_uri())
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+async def vm_driver(host: libvirt.virConnect) -> AsyncIterator[LibvirtDriver]:
+    driver: LibvirtDriver = libvirt_test_driver(libvirt_uri())
+    yield driver
+    # Whatever a failed test left: this run's domains first (they hold the rest).
+    for info in await driver.list({RUN_LABEL: RUN_ID}):
+        await driver.destroy(info.driver_id)
+    for pool_name in ("default", driver.backup_pool):
+        try:
+            pool = host.storagePoolLookupByName(pool_name)
+        except libvirt.libvirtError:
+            continue
+        pool.refresh(0)
+        for name in pool.listVolumes():
+            if RUN_ID in name:
+                pool.storageVolLookupByName(name).delete(0)
+    for net in host.listAllNetworks(0):
+        if RUN_ID in net.name():
+            if net.isActive():
+                net.destroy()
+            net.undefine()
+    await driver.close()
+
+
+def vm_spec(**overrides: Any) -> VmSpec:
+    nefos_id = overrides.pop("nefos_id", f"st{uuid.uuid4().hex[:12]}")
+    values: dict[str, Any] = {
+        "nefos_id": nefos_id,
+        "project_id": "storage-project",
+        "name": f"VM {nefos_id}",
+        "image": vm_image(),
+        "cpu": 1.0,
+        "memory_mb": 128,
+        "labels": {RUN_LABEL: RUN_ID},
+    }
+    values.update(overrides)
+    return VmSpec(**values)
+
+
+async def console_until(driver: LibvirtDriver, driver_id: str, needle: str) -> str:
+    """The console log once ``needle`` is in it."""
+    deadline = time.monotonic() + BOOT_SECONDS
+    while True:
+        text = await driver.logs(driver_id, tail=1000)
+        if needle in text:
+            return text
+        if time.monotonic() > deadline:
+            pytest.fail(f"{needle!r} not on the console in {BOOT_SECONDS}s:\n{text}")
+        await asyncio.sleep(0.2)
+
+
+def volume(host: libvirt.virConnect, name: str, pool: str = "default") -> libvirt.virStorageVol:
+    p = host.storagePoolLookupByName(pool)
+    p.refresh(0)
+    return p.storageVolLookupByName(name)
+
+
+def volume_names(host: libvirt.virConnect, prefix: str, pool: str = "default") -> list[str]:
+    p = host.storagePoolLookupByName(pool)
+    p.refresh(0)
+    return sorted(v for v in p.listVolumes() if v.startswith(prefix))
+
+
+def capacity(host: libvirt.virConnect, name: str, pool: str = "default") -> int:
+    return int(volume(host, name, pool).info()[1])
+
+
+def domain_xml(host: libvirt.virConnect, driver_id: str) -> ET.Element:
+    dom = host.lookupByUUIDString(driver_id)
+    return ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+
+
+def disks(root: ET.Element) -> dict[str, ET.Element]:
+    """A domain's disks by target dev."""
+    return {str(d.find("target").get("dev")): d for d in root.findall("devices/disk")}  # type: ignore[union-attr]
+
+
+def qemu_img(*args: str) -> str:
+    """qemu-img on the host's files (the tests run on the libvirt host)."""
+    return subprocess.run(["qemu-img", *args], check=True, capture_output=True, text=True).stdout
+
+
+def qemu_img_info(path: str) -> dict[str, Any]:
+    info: dict[str, Any] = json.loads(qemu_img("info", "--output=json", "-U", path))
+    return info
+
+
+async def test_an_imported_kernel_image_boots_with_a_root_disk_that_grows_but_never_shrinks(
+    vm_driver: LibvirtDriver, host: libvirt.virConnect
+) -> None:
+    image = f"t{RUN_ID}-tiny"
+    src = Path(vm_image())
+    await vm_driver.import_image(image, kernel=src / "vmlinuz", initrd=src / "initrd.img")
+    assert await vm_driver.has_image(image)
+    assert volume_names(host, image) == [f"{image}.initrd", f"{image}.vmlinuz"]
+    kernel = volume(host, f"{image}.vmlinuz")
+    assert int(kernel.info()[1]) == (src / "vmlinuz").stat().st_size
+    # Importing again keeps what is there (same sizes): nothing is uploaded again.
+    mtime = ET.fromstring(kernel.XMLDesc(0)).findtext("target/timestamps/mtime")
+    await vm_driver.import_image(image, kernel=src / "vmlinuz", initrd=src / "initrd.img")
+    kernel = volume(host, f"{image}.vmlinuz")
+    assert ET.fromstring(kernel.XMLDesc(0)).findtext("target/timestamps/mtime") == mtime
+
+    cmdline = f"{CMDLINE} nefos.test-run={RUN_ID}"
+    spec = vm_spec(
+        image=image,
+        disk_gb=1,
+        kernel_cmdline=cmdline,
+        user_data="#!/bin/sh\necho NEFOS-VDA-SECTORS=$(cat /sys/block/vda/size)\n",
+    )
+    info = await vm_driver.create(spec)
+    root_name = f"nefos-{spec.nefos_id}.root.qcow2"
+    xml = domain_xml(host, info.driver_id)
+    assert xml.findtext("os/kernel") == kernel.path()
+    assert xml.findtext("os/initrd") == volume(host, f"{image}.initrd").path()
+    assert xml.findtext("os/cmdline") == cmdline
+    by_dev = disks(xml)
+    assert sorted(by_dev) == ["vda", "vdb"]
+    assert by_dev["vda"].find("source").get("file") == volume(host, root_name).path()  # type: ignore[union-attr]
+    assert by_dev["vda"].find("driver").get("type") == "qcow2"  # type: ignore[union-attr]
+    # The seed is read-only (so out of snapshots: libvirt omits snapshot='no' then).
+    assert by_dev["vdb"].find("readonly") is not None
+    assert capacity(host, root_name) == 1 * GIB
+
+    await vm_driver.start(info.driver_id)
+    console = await console_until(vm_driver, info.driver_id, "NEFOS-VDA-SECTORS=")
+    assert "NEFOS-READY" in console
+    assert f"NEFOS-VDA-SECTORS={GIB // 512}" in console  # the guest sees a 1 GiB vda
+    with pytest.raises(InvalidState):
+        await vm_driver.resize(info.driver_id, disk_gb=2)  # only while stopped
+    with pytest.raises(InvalidState):
+        await vm_driver.delete_image(image)  # a VM boots from it
+    await vm_driver.stop(info.driver_id, grace_seconds=60)
+
+    resized = await vm_driver.resize(info.driver_id, disk_gb=2)
+    assert resized.driver_id == info.driver_id
+    assert capacity(host, root_name) == 2 * GIB
+    with pytest.raises(InvalidSpec, match="do not shrink"):
+        await vm_driver.resize(info.driver_id, disk_gb=1)
+    assert capacity(host, root_name) == 2 * GIB
+    await vm_driver.resize(info.driver_id, disk_gb=2)  # the same size: nothing changes
+
+    await vm_driver.destroy(info.driver_id)
+    assert volume_names(host, f"nefos-{spec.nefos_id}.") == []
+    await vm_driver.delete_image(image)
+    assert not await vm_driver.has_image(image)
+    assert volume_names(host, image) == []
+    await vm_driver.delete_image(image)  # gone already: fine
+
+
+async def test_a_raw_disk_image_backs_an_overlay_of_at_least_disk_gb_and_bad_imports_are_refused(
+    vm_driver: LibvirtDriver, host: libvirt.virConnect, tmp_path: Path
+) -> None:
+    image = f"t{RUN_ID}-raw"
+    raw = tmp_path / "disk.raw"
+    with raw.open("wb") as f:
+        f.truncate(3 * MIB)
+    await vm_driver.import_image(image, disk=raw, disk_format="raw")
+    assert await vm_driver.has_image(image)
+    base = volume(host, f"{image}.raw")
+
+    big = vm_spec(image=image, disk_gb=1)
+    small = vm_spec(image=image)
+    no_root = vm_spec()  # the kernel-boot image directory, no disk_gb: no root disk
+    infos = [await vm_driver.create(s) for s in (big, small, no_root)]
+    for spec, size in ((big, GIB), (small, 3 * MIB)):
+        root = volume(host, f"nefos-{spec.nefos_id}.root.qcow2")
+        assert int(root.info()[1]) == size
+        backing = ET.fromstring(root.XMLDesc(0)).find("backingStore")
+        assert backing is not None
+        assert backing.findtext("path") == base.path()
+        assert backing.find("format").get("type") == "raw"  # type: ignore[union-attr]
+    assert volume_names(host, f"nefos-{no_root.nefos_id}.root") == []
+    with pytest.raises(InvalidSpec, match="no root disk"):
+        await vm_driver.resize(infos[2].driver_id, disk_gb=1)
+    with pytest.raises(InvalidSpec, match="disk image"):
+        await vm_driver.create(vm_spec(image=image, kernel_cmdline=CMDLINE))
+
+    # Imports that are refused leave nothing behind.
+    backed = tmp_path / "backed.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(raw), str(backed))
+    bad = f"t{RUN_ID}-bad"
+    with pytest.raises(InvalidSpec, match="backing file"):
+        await vm_driver.import_image(bad, disk=backed)
+    with pytest.raises(InvalidSpec, match="not a qcow2"):
+        await vm_driver.import_image(bad, disk=raw)  # raw bytes called qcow2
+    src = Path(vm_image())
+    with pytest.raises(InvalidSpec):
+        await vm_driver.import_image(bad, kernel=src / "vmlinuz", disk=raw)
+    with pytest.raises(InvalidSpec):
+        await vm_driver.import_image(bad, kernel=tmp_path / "missing")
+    with pytest.raises(InvalidSpec, match="another kind"):
+        await vm_driver.import_image(image, kernel=src / "vmlinuz")
+    assert volume_names(host, bad) == []
+    assert not await vm_driver.has_image(bad)
+
+    for info in infos:
+        await vm_driver.destroy(info.driver_id)
+    await vm_driver.delete_image(image)
+    assert volume_names(host, image) == []
