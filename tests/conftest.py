@@ -104,6 +104,9 @@ def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
         # Tests register the hosts they use; the local engine is not picked up.
         "register_local_hosts": False,
         "operation_poll_interval": 0.2,
+        # The kvm probe of "auto" is the driver's to test (tests/contract); every test
+        # app would otherwise spend its timeout where /dev/kvm hangs.
+        "libvirt_domain_type": os.environ.get("NEFOS_TEST_LIBVIRT_DOMAIN_TYPE") or "qemu",
         **FAST_HASH,
         **overrides,
     }
@@ -329,3 +332,73 @@ async def podman_host(client: httpx.AsyncClient, admin: Account) -> AsyncIterato
     assert host["status"] == "active", host
     yield host
     remove_managed_containers()
+
+
+# --- compute: the real libvirt as a host ---------------------------------------------
+def libvirt_test_uri() -> str:
+    """The libvirtd the test bootstrap started (`make services`)."""
+    uri = os.environ.get("NEFOS_TEST_LIBVIRT_URI")
+    if not uri:
+        raise RuntimeError(
+            "NEFOS_TEST_LIBVIRT_URI is not set: run the tests through `make test`, or "
+            "`make services && source var/test-services.env`"
+        )
+    return uri
+
+
+def tiny_vm_image() -> Path:
+    """The tiny bootable image of scripts/build-vm-image.sh (kernel + busybox initramfs)."""
+    root = Path(__file__).resolve().parent.parent
+    image = Path(os.environ.get("NEFOS_TEST_VM_IMAGE") or root / "var" / "images" / "nefos-tiny")
+    if not (image / "vmlinuz").is_file():
+        raise RuntimeError(f"no VM image at {image}: run `make services`")
+    return image
+
+
+async def remove_managed_domains(uri: str | None = None) -> list[str]:
+    """Destroy the domains (and their volumes) this test session's Nefos made, and the
+    images it imported into the pool; the domains' names."""
+    from nefos.drivers.libvirt import LibvirtDriver
+
+    driver = LibvirtDriver(uri or libvirt_test_uri(), domain_type="qemu")
+    try:
+        names = []
+        for info in await driver.list():
+            if info.labels.get("nefos.installation", "").startswith(SESSION_INSTALLATION):
+                names.append(info.name)
+                await driver.destroy(info.driver_id)
+        return names
+    finally:
+        await driver.close()
+
+
+@pytest.fixture
+async def libvirt_host(
+    client: httpx.AsyncClient, admin: Account, app: Any
+) -> AsyncIterator[dict[str, Any]]:
+    """The test libvirtd registered as an active libvirt host; the domains and the
+    pool images this test's Nefos made are removed afterwards."""
+    r = await client.post(
+        "/api/v1/resources/hosts",
+        json={"hostname": "libvirt-test", "driver": "libvirt", "uri": libvirt_test_uri()},
+        headers=admin.headers,
+    )
+    assert r.status_code == 201, r.text
+    host: dict[str, Any] = r.json()["data"]
+    assert host["status"] == "active", host
+    yield host
+    await remove_managed_domains()
+    from sqlalchemy import select
+
+    from nefos.db.models import Image
+    from nefos.drivers.libvirt import LibvirtDriver
+    from nefos.services.images import pool_image_name
+
+    async with app.state.core.db.sessionmaker() as session:
+        ids = (await session.scalars(select(Image.id))).all()
+    driver = LibvirtDriver(libvirt_test_uri(), domain_type="qemu")
+    try:
+        for image_id in ids:
+            await driver.delete_image(pool_image_name(image_id))
+    finally:
+        await driver.close()

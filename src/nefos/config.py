@@ -169,6 +169,35 @@ class Settings(BaseSettings):
     container_pids_limit: int = Field(
         512, ge=16, description="Processes (pids) one container may run."
     )
+    local_libvirt_uri: str | None = Field(
+        None,
+        description="libvirt URI to register at start. Default: `qemu:///system` when "
+        "libvirtd's socket is there.",
+    )
+    libvirt_domain_type: Literal["auto", "kvm", "qemu"] = Field(
+        "auto",
+        description="Domain type of new VMs: `kvm`, `qemu` (TCG emulation) or `auto` (kvm "
+        "when a probe guest boots under it in time, else qemu).",
+    )
+    libvirt_pool: str = Field(
+        "default", description="libvirt storage pool for VM disks, seeds and images."
+    )
+    libvirt_backup_pool: str = Field(
+        "nefos-backups", description="libvirt storage pool VM backups are copied to."
+    )
+    vm_stop_timeout: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds a VM has to shut down after the ACPI power button before "
+        "it is forced off.",
+    )
+    image_dir: Path | None = Field(
+        None,
+        description="Where registered VM images are kept. Default: `<data_dir>/images`.",
+    )
+    image_upload_max_bytes: int = Field(
+        20 * 1024**3, ge=1, description="Largest VM image file an upload may send (bytes)."
+    )
     idempotency_ttl: int = Field(
         86400, ge=60, description="Seconds an `Idempotency-Key` and its response are kept."
     )
@@ -205,6 +234,10 @@ class Settings(BaseSettings):
         """The URL with an async driver, whatever form the user wrote."""
         url = self.database_url or f"sqlite:///{(self.data_dir / 'nefos.db').resolve()}"
         return async_database_url(url)
+
+    @cached_property
+    def resolved_image_dir(self) -> Path:
+        return (self.image_dir or self.data_dir / "images").resolve()
 
     @cached_property
     def jwt_secret(self) -> str:

@@ -19,11 +19,13 @@ from nefos.api.routes import (
     auth,
     containers,
     health,
+    images,
     operations,
     organisations,
     projects,
     resources,
     users,
+    vms,
 )
 from nefos.config import Settings
 from nefos.gateway.context import RequestContextMiddleware
@@ -33,7 +35,9 @@ from nefos.schemas.common import ErrorEnvelope
 from nefos.services.containers import ContainerOps
 from nefos.services.core import Core
 from nefos.services.hosts import HostService
+from nefos.services.images import ImageOps
 from nefos.services.users import UserService
+from nefos.services.vms import VmOps
 
 log = logging.getLogger("nefos")
 
@@ -68,9 +72,12 @@ def api_router() -> APIRouter:
         api_keys,
         resources,
         containers,
+        vms,
+        images,
         operations,
     ):
         router.include_router(module.router)
+    router.include_router(vms.compute)
     router.include_router(organisations.invitations)
     router.include_router(projects.legacy)
     router.include_router(health.router)
@@ -98,13 +105,15 @@ def create_app(
             created = await UserService(core, session).ensure_admin()
         app.state.core = core
         ContainerOps(core).register()
+        VmOps(core).register()
+        ImageOps(core).register()
         background = Background(core, Reconciler(core))
         app.state.reconciler = background.reconciler
         if settings.register_local_hosts:
             async with core.db.session() as session:
-                host = await HostService(core, session).register_local()
-            if host is not None:
-                log.info("local engine registered as host %s (%s)", host.hostname, host.uri)
+                hosts = await HostService(core, session).register_local()
+            for host in hosts:
+                log.info("local %s host: %s (%s)", host.driver, host.hostname, host.uri)
         if settings.workers:
             core.workers.start()
         background.start()

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     ForeignKey,
     Index,
@@ -396,3 +397,210 @@ class IdempotencyRecord(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, index=True)
 
     __table_args__ = (UniqueConstraint("owner", "key", name="uq_idempotency_records_owner_key"),)
+
+
+# --- compute II: images, virtual machines, volumes, networks, snapshots, backups -------
+class Image(Base):
+    """A bootable VM image, or a reference to a container image.
+
+    A VM image's files (``kernel`` + ``initrd``, or a ``qcow2``/``raw`` disk) are copied
+    into Nefos's image store (``<data_dir>/images/<id>/``) with their SHA-256 checked,
+    then imported into each libvirt host's storage pool as ``nefos-img-<id>.*``
+    volumes (on registration for the hosts that answer, and on first use for any
+    other). ``project_id`` NULL is a public image (registered by a platform admin).
+    """
+
+    __tablename__ = "images"
+
+    id: Mapped[str] = _id()
+    project_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("projects.id", ondelete="RESTRICT"), index=True
+    )
+    user_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # vm | container
+    # kernel (kernel + initrd + cmdline), qcow2, raw; docker for a container reference
+    format: Mapped[str] = mapped_column(String(16), nullable=False)
+    os_type: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    os_version: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    description: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    source: Mapped[str] = mapped_column(String(1000), nullable=False)
+    kernel_cmdline: Mapped[str | None] = mapped_column(String(1000))
+    # {"kernel": {"sha256", "size"}, "initrd": {...}} or {"disk": {...}}
+    files: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    checksum: Mapped[str | None] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    min_disk_gb: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+    __table_args__ = (Index("ix_images_os", "os_type", "os_version"),)
+
+
+class Network(Base):
+    """An isolated network instances join: a libvirt network on every libvirt host
+    (``nefos-net-<id>``), made on each host when the first VM there needs it."""
+
+    __tablename__ = "networks"
+
+    id: Mapped[str] = _id()
+    project_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("projects.id", ondelete="RESTRICT"), nullable=False
+    )
+    user_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    name: Mapped[str] = mapped_column(String(63), nullable=False)
+    cidr: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="active")
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_networks_project_id_name"),)
+
+
+class Vm(Base):
+    """A virtual machine: one libvirt domain on ``host_id``, and its allocation there.
+
+    The row (with the host's guarded ``UPDATE``) is written before libvirt is asked
+    for anything, so every domain Nefos makes has a row; a Nefos domain of this
+    installation whose id matches no row is an orphan the reconciler removes.
+    """
+
+    __tablename__ = "vms"
+
+    id: Mapped[str] = _id()
+    project_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("projects.id", ondelete="RESTRICT"), nullable=False
+    )
+    user_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(63), nullable=False)
+    image_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("images.id", ondelete="RESTRICT"), nullable=False, index=True
+    )
+    os_type: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    os_version: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    flavor: Mapped[str | None] = mapped_column(String(64))
+    cpu_cores: Mapped[int] = mapped_column(Integer, nullable=False)
+    memory_mb: Mapped[int] = mapped_column(Integer, nullable=False)
+    storage_gb: Mapped[int] = mapped_column(Integer, nullable=False)
+    user_data: Mapped[str | None] = mapped_column(Text)
+    ssh_keys: Mapped[list[str]] = mapped_column(JSON, nullable=False, default=list)
+    network_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("networks.id", ondelete="RESTRICT"), index=True
+    )
+    host_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("hosts.id", ondelete="RESTRICT"), nullable=False, index=True
+    )
+    # The backup volume the root disk is restored from (create only).
+    restore_from: Mapped[str | None] = mapped_column(String(255))
+    driver_id: Mapped[str | None] = mapped_column(String(64))
+    ip_address: Mapped[str | None] = mapped_column(String(64))
+    # creating, starting, running, stopping, stopped, rebooting, resizing, deleting, error
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    desired: Mapped[str] = mapped_column(String(16), nullable=False, default="running")
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+    __table_args__ = (
+        UniqueConstraint("project_id", "name", name="uq_vms_project_id_name"),
+        Index("ix_vms_project_created_id", "project_id", "created_at", "id"),
+    )
+
+
+class Volume(Base):
+    """A data disk (``nefos-vol-<id>.qcow2`` in a host's pool), attached to at most one
+    VM. It lives on the host of the first VM it is attached to (``host_id``)."""
+
+    __tablename__ = "volumes"
+
+    id: Mapped[str] = _id()
+    project_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("projects.id", ondelete="RESTRICT"), nullable=False
+    )
+    user_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    name: Mapped[str] = mapped_column(String(63), nullable=False)
+    size_gb: Mapped[int] = mapped_column(Integer, nullable=False)
+    host_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("hosts.id", ondelete="RESTRICT"), index=True
+    )
+    vm_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("vms.id", ondelete="SET NULL"), index=True
+    )
+    device: Mapped[str | None] = mapped_column(String(16))
+    # creating, available, attaching, in-use, detaching, resizing, deleting, error
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_volumes_project_id_name"),)
+
+
+class Snapshot(Base):
+    """A point-in-time snapshot of a VM's disks (internal qcow2 snapshots)."""
+
+    __tablename__ = "snapshots"
+
+    id: Mapped[str] = _id()
+    project_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("projects.id", ondelete="RESTRICT"), nullable=False
+    )
+    vm_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("vms.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    user_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    name: Mapped[str] = mapped_column(String(63), nullable=False)
+    description: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    # creating, available, reverting, deleting, error
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+
+class Backup(Base):
+    """A full, standalone copy of a VM's disks in a host's backup pool; restoring it
+    makes a new VM. It outlives the VM it was taken from (``vm_id`` is then NULL)."""
+
+    __tablename__ = "backups"
+
+    id: Mapped[str] = _id()
+    project_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("projects.id", ondelete="RESTRICT"), nullable=False
+    )
+    vm_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("vms.id", ondelete="SET NULL"), index=True
+    )
+    user_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    host_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("hosts.id", ondelete="RESTRICT"), nullable=False
+    )
+    name: Mapped[str] = mapped_column(String(63), nullable=False)
+    # What is needed to restore: the source VM's image and sizes.
+    image_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("images.id", ondelete="RESTRICT"), nullable=False
+    )
+    cpu_cores: Mapped[int] = mapped_column(Integer, nullable=False)
+    memory_mb: Mapped[int] = mapped_column(Integer, nullable=False)
+    storage_gb: Mapped[int] = mapped_column(Integer, nullable=False)
+    volumes: Mapped[list[str]] = mapped_column(JSON, nullable=False, default=list)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    # creating, available, deleting, error
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()

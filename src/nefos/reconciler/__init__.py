@@ -12,6 +12,9 @@ One pass (``Reconciler.run_once``):
    * a replica the engine no longer has is ``missing``; one that stopped behind
      Nefos's back is ``stopped``; its container's status is derived again.
    Containers with an operation in progress are left to it.
+   For a libvirt host the same holds of domains and VM rows (``_vm_host``): orphan
+   domains are destroyed, a VM whose domain vanished is ``error``, one stopped or
+   started behind Nefos's back takes that status.
 3. A host that cannot be listed is marked offline; the host checker brings it back
    (and the next pass reconciles it) when it answers again.
 
@@ -28,15 +31,16 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select
 
-from nefos.db.models import Container, ContainerReplica, Host, Operation
+from nefos.db.models import Container, ContainerReplica, Host, Operation, Vm
 from nefos.db.session import begin_write
-from nefos.drivers.base import LABEL_ID, DriverError, InstanceState
+from nefos.drivers.base import LABEL_ID, DriverError, InstanceInfo, InstanceState
 from nefos.operations import queue
 from nefos.services import idempotency
 from nefos.services.containers import LABEL_INSTALLATION, derive_status, installation_id
 from nefos.services.core import Core
-from nefos.services.drivers import supported_driver
+from nefos.services.drivers import VM_DRIVERS, supported_driver
 from nefos.services.hosts import ACTIVE, HostService
+from nefos.services.vms import SETTLED, seen_status
 
 log = logging.getLogger("nefos.reconciler")
 
@@ -89,6 +93,9 @@ class Reconciler:
             report.hosts_unreachable.append(host.id)
             async with self.core.db.sessionmaker() as session:
                 await HostService(self.core, session).mark_offline(host.id, exc.message)
+            return
+        if host.driver in VM_DRIVERS:
+            await self._vm_host(host, listed, report)
             return
         mine = installation_id(self.core)
         engine = {i.nefos_id: i for i in listed if i.nefos_id}
@@ -158,6 +165,65 @@ class Reconciler:
                 container.status, container.status_reason = derive_status(
                     container.desired, list(states)
                 )
+            await session.commit()
+
+    async def _vm_host(self, host: Host, listed: list[InstanceInfo], report: Report) -> None:
+        """VMs: a Nefos domain of this installation with no VM row is an orphan; a VM
+        whose domain is gone is ``error``; one that stopped or started behind Nefos's
+        back is ``stopped`` or ``running``. VMs with an operation are left to it."""
+        mine = installation_id(self.core)
+        domains = {i.nefos_id: i for i in listed if i.nefos_id}
+        async with self.core.db.sessionmaker() as session:
+            busy = set(
+                (
+                    await session.scalars(select(Operation.lock).where(Operation.lock.is_not(None)))
+                ).all()
+            )
+            vms = (await session.scalars(select(Vm).where(Vm.host_id == host.id))).all()
+            unknown = [i for i in domains if i not in {v.id for v in vms}]
+            known = (
+                set((await session.scalars(select(Vm.id).where(Vm.id.in_(unknown)))).all())
+                if unknown
+                else set()
+            )
+        for nefos_id in unknown:
+            info = domains[nefos_id]
+            if nefos_id in known or nefos_id in busy or info.labels.get(LABEL_INSTALLATION) != mine:
+                continue
+            try:
+                await self.core.drivers.for_host(host).destroy(info.driver_id)
+                report.orphans_removed.append(nefos_id)
+                log.warning("removed orphan VM domain %s on %s", info.name, host.hostname)
+            except DriverError as exc:
+                log.warning("could not remove orphan VM %s: %s", info.name, exc)
+        async with self.core.db.sessionmaker() as session:
+            await begin_write(session)
+            for v in vms:
+                if v.id in busy or v.status not in SETTLED:
+                    continue
+                row = await session.get(Vm, v.id, populate_existing=True)
+                if row is None or row.id in busy or row.status not in SETTLED:
+                    continue
+                found = domains.get(row.id)
+                if found is None:
+                    if row.driver_id is None:
+                        continue  # never made (a create that failed early)
+                    status, reason = "error", "the domain was removed outside Nefos"
+                else:
+                    seen = seen_status(found.state) or "error"
+                    if seen == row.status:
+                        continue
+                    reason = {
+                        "stopped": "stopped outside Nefos",
+                        "running": "started outside Nefos",
+                        "error": "the domain crashed",
+                    }[seen]
+                    status = seen
+                if (status, reason) != (row.status, row.status_reason):
+                    row.status, row.status_reason = status, reason
+                    if status in ("running", "stopped"):
+                        row.desired = status
+                    report.replicas_changed[row.id] = status
             await session.commit()
 
 

@@ -18,21 +18,18 @@ import logging
 import shlex
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nefos.db.models import Container, ContainerReplica, Host, Operation, Project, ProjectQuota
+from nefos.db.models import Container, ContainerReplica, Host, Operation, Project
 from nefos.db.session import begin_write
 from nefos.domain.access import Permission
 from nefos.domain.errors import (
     Conflict,
-    NefosError,
     NotFound,
-    ResourceExhausted,
     ServiceUnavailable,
     ValidationFailed,
 )
@@ -40,19 +37,21 @@ from nefos.domain.paging import PageParams
 from nefos.domain.units import human_rate, parse_port
 from nefos.drivers.base import (
     DriverError,
-    HostUnreachable,
     InstanceInfo,
     InstanceNotFound,
     InstanceSpec,
     PortSpec,
 )
-from nefos.operations import OpContext, Retry, enqueue
+from nefos.operations import OpContext, enqueue
 from nefos.scheduler import NoValidHost, PlacementRequest
 from nefos.schemas.compute import ContainerCreate, ContainerScale
 from nefos.services.core import Core
+from nefos.services.drivers import CONTAINER_DRIVERS
+from nefos.services.hosts import domain_error, driver_call
 from nefos.services.paging import fetch_page
 from nefos.services.placement import Allocation
 from nefos.services.principal import Principal, authorize_project
+from nefos.services.quotas import check_quota
 
 log = logging.getLogger("nefos.containers")
 
@@ -76,21 +75,6 @@ def installation_id(core: Core) -> str:
     ]
 
 
-CONTAINER_DRIVERS = ("docker",)
-
-
-def domain_error(exc: DriverError) -> NefosError:
-    """The domain error a driver error stands for (drivers name its code)."""
-    cls = {
-        "SERVICE_UNAVAILABLE": ServiceUnavailable,
-        "NOT_FOUND": NotFound,
-        "VALIDATION_ERROR": ValidationFailed,
-        "RESOURCE_EXHAUSTED": ResourceExhausted,
-        "CONFLICT": Conflict,
-    }.get(exc.code, NefosError)
-    return cls(exc.message)
-
-
 def derive_status(desired: str, states: Sequence[str]) -> tuple[str, str | None]:
     """What a container with no operation in progress shows, from its replicas."""
     if not states:
@@ -106,14 +90,6 @@ def derive_status(desired: str, states: Sequence[str]) -> tuple[str, str | None]
     if running == 0:
         return "stopped", "exited outside Nefos"
     return "degraded", f"{running} of {len(states)} replica(s) running"
-
-
-@dataclass
-class Usage:
-    containers: int
-    cpu_milli: int
-    memory_mb: int
-    storage_gb: int
 
 
 def _request(container: Container, driver: str, count: int = 1) -> PlacementRequest:
@@ -196,46 +172,17 @@ class ContainerService:
                 out[r.container_id].append(r)
         return out
 
-    async def usage(self, project_id: str) -> Usage:
-        row = (
-            await self.session.execute(
-                select(
-                    func.count(ContainerReplica.id),
-                    func.coalesce(func.sum(ContainerReplica.cpu_milli), 0),
-                    func.coalesce(func.sum(ContainerReplica.memory_mb), 0),
-                    func.coalesce(func.sum(ContainerReplica.storage_gb), 0),
-                )
-                .join(Container, Container.id == ContainerReplica.container_id)
-                .where(Container.project_id == project_id)
-            )
-        ).one()
-        return Usage(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
-
-    # --- quota ------------------------------------------------------------------------
-    async def _check_quota(self, project_id: str, add: int, cpu_milli: int, memory_mb: int) -> None:
-        # On PostgreSQL the quota row lock serialises concurrent writers of one
-        # project; SQLite's write lock (begin_write) already does.
-        quota = await self.session.scalar(
-            select(ProjectQuota).where(ProjectQuota.project_id == project_id).with_for_update()
+    async def _check_quota(
+        self, project_id: str, add: int, cpu_milli: int, memory_mb: int, storage_gb: int = 0
+    ) -> None:
+        await check_quota(
+            self.session,
+            project_id,
+            containers=add,
+            cpu_milli=add * cpu_milli,
+            memory_mb=add * memory_mb,
+            storage_gb=add * storage_gb,
         )
-        if quota is None:
-            return
-        used = await self.usage(project_id)
-        checks = [
-            ("containers", quota.containers, used.containers, add, add),
-            ("vcpus", quota.vcpus, used.cpu_milli / 1000, add * cpu_milli / 1000, None),
-            ("memory_gb", quota.memory_gb, used.memory_mb / 1024, add * memory_mb / 1024, None),
-        ]
-        for name, limit, current, wanted, _ in checks:
-            if limit is not None and current + wanted > limit + 1e-9:
-                raise ResourceExhausted(
-                    f"Project quota exceeded: {name} (limit {limit}, in use "
-                    f"{round(current, 3)}, requested {round(wanted, 3)})",
-                    quota=name,
-                    limit=limit,
-                    used=round(current, 3),
-                    requested=round(wanted, 3),
-                )
 
     # --- placement --------------------------------------------------------------------
     async def _place(self, container: Container, count: int) -> list[tuple[Allocation, Host]]:
@@ -319,7 +266,9 @@ class ContainerService:
                 )
             ):
                 raise Conflict("A container with this name exists in the project", name=body.name)
-            await self._check_quota(project.id, body.replicas, res.cpu_milli, res.memory_mb)
+            await self._check_quota(
+                project.id, body.replicas, res.cpu_milli, res.memory_mb, res.storage_gb
+            )
             resources = {"cpu": res.cpu, "memory": res.memory}
             if res.storage:
                 resources["storage"] = res.storage
@@ -450,7 +399,11 @@ class ContainerService:
             new_ids: list[str] = []
             if grow > 0:
                 await self._check_quota(
-                    current.project_id, grow, current.cpu_milli, current.memory_mb
+                    current.project_id,
+                    grow,
+                    current.cpu_milli,
+                    current.memory_mb,
+                    current.storage_gb,
                 )
             async with self.core.placer.lock:
                 if grow > 0:
@@ -693,16 +646,7 @@ class ContainerOps:
             await session.commit()
 
     async def _driver_call(self, host: Host, coro: Any) -> Any:
-        try:
-            return await coro
-        except HostUnreachable as exc:
-            from nefos.services.hosts import HostService
-
-            async with self.core.db.sessionmaker() as session:
-                await HostService(self.core, session).mark_offline(host.id, exc.message)
-            raise Retry(f"host {host.hostname} is unreachable: {exc.message}") from exc
-        except DriverError as exc:
-            raise domain_error(exc) from exc
+        return await driver_call(self.core, host, coro)
 
     async def _ensure(
         self,

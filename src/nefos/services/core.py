@@ -9,7 +9,7 @@ from nefos.db.session import Database
 from nefos.operations import Workers
 from nefos.security.passwords import Passwords
 from nefos.security.tokens import TokenCodec
-from nefos.services.drivers import DriverManager
+from nefos.services.drivers import DriverManager, DriverOptions
 from nefos.services.placement import Placer, scheduler_config
 
 
@@ -39,9 +39,7 @@ class Core:
                 issuer=settings.jwt_issuer,
                 audience=settings.jwt_audience,
             ),
-            drivers=DriverManager(
-                timeout=settings.host_timeout, pull_images=settings.container_image_pull
-            ),
+            drivers=DriverManager(timeout=settings.host_timeout, options=driver_options(settings)),
             placer=Placer(scheduler_config(settings)),
             workers=Workers(
                 db=db,
@@ -51,3 +49,15 @@ class Core:
                 retry_deadline=settings.operation_retry_deadline,
             ),
         )
+
+
+def driver_options(settings: Settings) -> DriverOptions:
+    """Each driver's own settings, from the process's."""
+    return {
+        "docker": {"pull": settings.container_image_pull},
+        "libvirt": {
+            "domain_type": settings.libvirt_domain_type,
+            "pool": settings.libvirt_pool,
+            "backup_pool": settings.libvirt_backup_pool,
+        },
+    }

@@ -14,28 +14,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nefos.db.models import ContainerReplica, Host, Operation
+from nefos.db.models import ContainerReplica, Host, Operation, Vm
 from nefos.db.session import begin_write
 from nefos.db.types import utcnow
-from nefos.domain.errors import Conflict, NotFound, ValidationFailed
+from nefos.domain.errors import (
+    Conflict,
+    NefosError,
+    NotFound,
+    ResourceExhausted,
+    ServiceUnavailable,
+    ValidationFailed,
+)
 from nefos.domain.paging import PageParams
-from nefos.drivers.base import DriverError, HostCapacity
-from nefos.operations import enqueue
+from nefos.drivers.base import DriverError, HostCapacity, HostUnreachable
+from nefos.operations import Retry, enqueue
 from nefos.schemas.compute import HostCreate
 from nefos.services.core import Core
 from nefos.services.drivers import HYPERVISOR_TYPES, build_driver, supported_driver
 from nefos.services.paging import fetch_page
 
 log = logging.getLogger("nefos.hosts")
+
+T = TypeVar("T")
 
 ACTIVE = "active"
 OFFLINE = "offline"
@@ -50,6 +59,18 @@ class Probe:
     ok: bool
     capacity: HostCapacity | None = None
     error: str | None = None
+
+
+LIBVIRT_SOCKETS = ("/run/libvirt/libvirt-sock", "/var/run/libvirt/libvirt-sock")
+
+
+def local_libvirt_candidates(configured: str | None) -> list[str]:
+    """libvirt URIs `nefos serve` looks for: the setting, else the system daemon's."""
+    if configured:
+        return [configured]
+    if any(Path(p).exists() for p in LIBVIRT_SOCKETS):
+        return ["qemu:///system"]
+    return []
 
 
 def local_docker_candidates(configured: str | None) -> list[str]:
@@ -108,6 +129,19 @@ class HostService:
         running = await self.session.scalar(
             select(func.count(ContainerReplica.id)).where(ContainerReplica.state == "running")
         )
+        vm_row = (
+            await self.session.execute(
+                select(
+                    func.count(Vm.id),
+                    func.coalesce(func.sum(Vm.cpu_cores), 0),
+                    func.coalesce(func.sum(Vm.memory_mb), 0),
+                    func.coalesce(func.sum(Vm.storage_gb), 0),
+                )
+            )
+        ).one()
+        vms_running = await self.session.scalar(
+            select(func.count(Vm.id)).where(Vm.status == "running")
+        )
         return {
             "total_hosts": len(hosts),
             "active_hosts": sum(1 for h in hosts if h.status == ACTIVE and h.enabled),
@@ -126,7 +160,13 @@ class HostService:
                     "memory_gb": round(row[2] / 1024, 2),
                     "storage_gb": row[3],
                 },
-                "vms": {"count": 0, "running": 0, "cpu_cores": 0, "memory_gb": 0, "storage_gb": 0},
+                "vms": {
+                    "count": vm_row[0],
+                    "running": vms_running or 0,
+                    "cpu_cores": float(vm_row[1]),
+                    "memory_gb": round(vm_row[2] / 1024, 2),
+                    "storage_gb": vm_row[3],
+                },
             },
             "by_driver": by_driver,
         }
@@ -135,7 +175,12 @@ class HostService:
     async def probe(self, driver_name: str, uri: str) -> Probe:
         if not supported_driver(driver_name):
             return Probe(False, error=f"The {driver_name} driver is not available in this release")
-        driver = build_driver(driver_name, uri, timeout=self.core.settings.host_timeout)
+        driver = build_driver(
+            driver_name,
+            uri,
+            timeout=self.core.settings.host_timeout,
+            options=self.core.drivers.options,
+        )
         try:
             await asyncio.wait_for(driver.ping(), self.core.settings.host_timeout)
             capacity = await asyncio.wait_for(driver.capacity(), self.core.settings.host_timeout)
@@ -150,7 +195,8 @@ class HostService:
         if await self.session.scalar(select(Host.id).where(Host.hostname == body.hostname)):
             raise Conflict("A host with this hostname exists", hostname=body.hostname)
         if supported_driver(driver_name):
-            build_driver(driver_name, uri, timeout=1)  # a malformed URI is a 422 now
+            # A malformed URI is a 422 now.
+            build_driver(driver_name, uri, timeout=1, options=self.core.drivers.options)
         probe = await self.probe(driver_name, uri)
         now = utcnow()
         host = Host(
@@ -180,20 +226,39 @@ class HostService:
         self.core.placer.invalidate()
         return host
 
-    async def register_local(self) -> Host | None:
-        """Register the local engine socket as a host, once; None if none answers."""
-        for uri in local_docker_candidates(self.core.settings.local_docker_uri):
+    async def register_local(self) -> list[Host]:
+        """Register the local engine socket and the local libvirt as hosts, once each;
+        the hosts registered (or found registered), none if nothing answers."""
+        s = self.core.settings
+        found = []
+        for driver, name, uris in (
+            ("docker", "local", local_docker_candidates(s.local_docker_uri)),
+            ("libvirt", "local-libvirt", local_libvirt_candidates(s.local_libvirt_uri)),
+        ):
+            host = await self._register_first(driver, name, uris)
+            if host is not None:
+                found.append(host)
+        return found
+
+    async def _register_first(self, driver: str, name: str, uris: list[str]) -> Host | None:
+        if not supported_driver(driver):
+            return None
+        for uri in uris:
             existing = await self.session.scalar(select(Host).where(Host.uri == uri))
             if existing is not None:
                 return existing
-            probe = await self.probe("docker", uri)
+            probe = await self.probe(driver, uri)
             if not probe.ok:
-                log.info("no engine answers on %s: %s", uri, probe.error)
+                log.info("no %s host answers on %s: %s", driver, uri, probe.error)
                 continue
-            name = "local"
             if await self.session.scalar(select(Host.id).where(Host.hostname == name)):
-                name = f"local-{abs(hash(uri)) % 10_000}"
-            body = HostCreate(hostname=name, driver="docker", uri=uri, ip_address="127.0.0.1")
+                name = f"{name}-{abs(hash(uri)) % 10_000}"
+            body = HostCreate(
+                hostname=name,
+                driver=driver,
+                uri=uri,
+                ip_address="127.0.0.1",
+            )
             return await self.register(body)
         return None
 
@@ -207,6 +272,13 @@ class HostService:
         replicas = await self.session.scalar(
             select(func.count(ContainerReplica.id)).where(ContainerReplica.host_id == host_id)
         )
+        vms = await self.session.scalar(select(func.count(Vm.id)).where(Vm.host_id == host_id))
+        if vms:
+            # A VM's disks live in this host's pool: it cannot be moved by a drain.
+            raise Conflict(
+                f"The host carries {vms} virtual machine(s); delete them first",
+                vms=vms,
+            )
         if not replicas:
             await self.session.delete(host)
             await self.session.commit()
@@ -299,6 +371,32 @@ class HostService:
             if await self.check(host):
                 changed.append(host.id)
         return changed
+
+
+def domain_error(exc: DriverError) -> NefosError:
+    """The domain error a driver error stands for (drivers name its code)."""
+    cls = {
+        "SERVICE_UNAVAILABLE": ServiceUnavailable,
+        "NOT_FOUND": NotFound,
+        "VALIDATION_ERROR": ValidationFailed,
+        "RESOURCE_EXHAUSTED": ResourceExhausted,
+        "CONFLICT": Conflict,
+    }.get(exc.code, NefosError)
+    return cls(exc.message)
+
+
+async def driver_call(core: Core, host: Host, call: Awaitable[T]) -> T:
+    """Await a driver call made by an operation: an unreachable host is marked
+    offline and the operation retried later (``Retry``); any other driver error
+    becomes the domain error it stands for."""
+    try:
+        return await call
+    except HostUnreachable as exc:
+        async with core.db.sessionmaker() as session:
+            await HostService(core, session).mark_offline(host.id, exc.message)
+        raise Retry(f"host {host.hostname} is unreachable: {exc.message}") from exc
+    except DriverError as exc:
+        raise domain_error(exc) from exc
 
 
 def _apply_capacity(host: Host, capacity: HostCapacity, declared_disk: int | None) -> None:

@@ -114,6 +114,20 @@ RELEASE = (
 )
 
 
+#: Takes one replica's resources back unguarded: only for undoing a release in the same
+#: transaction, or putting back what an instance held all along.
+RESTORE = (
+    update(_HOSTS)
+    .where(_H.id == _HOST_ID)
+    .values(
+        used_cpu_milli=_H.used_cpu_milli + _CPU,
+        used_memory_mb=_H.used_memory_mb + _MEMORY,
+        used_storage_gb=_H.used_storage_gb + _DISK,
+        instance_count=_H.instance_count + 1,
+    )
+)
+
+
 def _sizes(host_id: str, request: PlacementRequest, cpu_milli: int) -> dict[str, object]:
     return {
         "p_host_id": host_id,
@@ -274,6 +288,41 @@ class Placer:
             await session.execute(RELEASE, _sizes(host_id, request, cpu_milli))
         if self._pool is not None:
             self._pool.release(host_id, request)
+
+    async def claim_on(
+        self, session: AsyncSession, host_id: str, request: PlacementRequest
+    ) -> bool:
+        """Claim one instance of ``request`` on this very host (guarded, in the caller's
+        transaction); False when it does not fit there. Callers hold :attr:`lock`."""
+        if await self._claim(session, host_id, request, round(request.cpus * 1000)):
+            self.invalidate()
+            return True
+        return False
+
+    async def resize(
+        self,
+        session: AsyncSession,
+        host_id: str,
+        old: PlacementRequest,
+        new: PlacementRequest,
+        *,
+        guarded: bool = True,
+    ) -> bool:
+        """Swap an instance's allocation on ``host_id`` from ``old`` to ``new`` in the
+        caller's transaction. With ``guarded`` the new size must fit the host (its
+        capacity, and the host active and enabled); when it does not, nothing changes
+        and the answer is False. Unguarded (undoing an earlier resize) always True."""
+        await session.flush()  # see _claim
+        await session.execute(RELEASE, _sizes(host_id, old, round(old.cpus * 1000)))
+        if not guarded:
+            await session.execute(RESTORE, _sizes(host_id, new, round(new.cpus * 1000)))
+            self.invalidate()
+            return True
+        if await self._claim(session, host_id, new, round(new.cpus * 1000)):
+            self.invalidate()
+            return True
+        await session.execute(RESTORE, _sizes(host_id, old, round(old.cpus * 1000)))
+        return False
 
     async def release_many(
         self, session: AsyncSession, replicas: Sequence[ContainerReplica], group: str

@@ -14,13 +14,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.db.models import (
     ApiKey,
+    Backup,
     Container,
+    Image,
     Invitation,
     Membership,
+    Network,
     Organisation,
     Project,
     ProjectQuota,
     User,
+    Vm,
+    Volume,
 )
 from nefos.db.session import begin_write
 from nefos.db.types import utcnow
@@ -519,12 +524,27 @@ class TenancyService:
     # --- helpers ------------------------------------------------------------
     async def _refuse_if_resources(self, project_ids: Any, what: str) -> None:
         """Compute resources are never deleted as a side effect: delete them first."""
-        count = await self.session.scalar(
-            select(func.count(Container.id)).where(Container.project_id.in_(project_ids))
-        )
-        if count:
+        held = {}
+        for label, model in (
+            ("container", Container),
+            ("virtual machine", Vm),
+            ("volume", Volume),
+            ("network", Network),
+            ("backup", Backup),
+            ("image", Image),
+        ):
+            count = await self.session.scalar(
+                select(func.count(model.id)).where(model.project_id.in_(project_ids))
+            )
+            if count:
+                held[label] = count
+        if held:
             await self.session.rollback()
-            raise Conflict(f"Delete this {what}'s {count} container(s) first", containers=count)
+            listed = ", ".join(f"{n} {label}(s)" for label, n in held.items())
+            raise Conflict(
+                f"Delete this {what}'s {listed} first",
+                **{label.replace(" ", "_") + "s": n for label, n in held.items()},
+            )
 
     async def _reload(self, model: Any, key: Any) -> Any:
         obj = await self.session.get(model, key, populate_existing=True)

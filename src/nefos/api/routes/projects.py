@@ -30,8 +30,8 @@ from nefos.schemas.tenancy import (
     QuotaUpdate,
     QuotaUsage,
 )
-from nefos.services.containers import ContainerService
 from nefos.services.core import Core
+from nefos.services.quotas import project_usage
 from nefos.services.tenancy import TenancyService
 
 router = APIRouter(prefix="/projects", tags=["projects"])
@@ -44,7 +44,7 @@ OrgFilter = Annotated[
 
 
 async def _quota(core: Core, session: AsyncSession, q: ProjectQuota) -> QuotaPublic:
-    used = await ContainerService(core, session).usage(q.project_id)
+    used = await project_usage(session, q.project_id)
     return QuotaPublic(
         project_id=q.project_id,
         limits=QuotaLimits.model_validate(q),
@@ -53,6 +53,7 @@ async def _quota(core: Core, session: AsyncSession, q: ProjectQuota) -> QuotaPub
             memory_gb=round(used.memory_mb / 1024, 3),
             storage_gb=used.storage_gb,
             containers=used.containers,
+            instances=used.instances,
         ),
         updated_at=q.updated_at,
     )

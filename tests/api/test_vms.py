@@ -1,0 +1,326 @@
+"""Virtual machines and images, end to end on the real libvirtd + QEMU.
+
+Every VM here boots the tiny image (Debian's kernel and a busybox initramfs, made by
+scripts/build-vm-image.sh) under QEMU; its init prints markers on the serial
+console, which the tests read through ``GET /vms/{id}/console``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import subprocess
+import time
+from typing import Any
+
+import httpx
+import libvirt
+import pytest
+
+from tests.api.test_containers import Api, assert_error
+from tests.conftest import Account, libvirt_test_uri, tiny_vm_image
+
+V1 = "/api/v1"
+BOOT_SECONDS = 120
+USER_DATA = "#!/bin/sh\necho nefos-user-data-ran\n"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForNefosTests test@nefos"
+
+
+def qemu_img(*args: str) -> None:
+    subprocess.run(["qemu-img", *args], check=True)
+
+
+def tiny_checksum() -> str:
+    folder = tiny_vm_image()
+    digest = hashlib.sha256()
+    for name in ("vmlinuz", "initrd.img"):
+        digest.update((folder / name).read_bytes())
+    return digest.hexdigest()
+
+
+async def register_tiny(api: Api, **extra: Any) -> dict[str, Any]:
+    """The tiny image, registered from its folder by a platform admin, imported."""
+    body = {
+        "name": "tiny",
+        "os_type": "busybox",
+        "os_version": "1",
+        "path": str(tiny_vm_image()),
+        "checksum": f"sha256:{tiny_checksum()}",
+        **extra,
+    }
+    data = await api.call("POST", "/images", 202, json=body)
+    op = await api.wait(data["operation"])
+    assert op["status"] == "succeeded", op
+    image: dict[str, Any] = await api.call("GET", f"/images/{data['image_id']}")
+    return image
+
+
+async def console_until(api: Api, vm_id: str, needle: str, count: int = 1) -> str:
+    deadline = time.monotonic() + BOOT_SECONDS
+    while True:
+        data = await api.call("GET", f"/vms/{vm_id}/console?tail=2000")
+        text: str = data["console"]
+        if text.count(needle) >= count:
+            return text
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{needle!r} x{count} not on the console:\n{text}")
+        await asyncio.sleep(0.3)
+
+
+def between(text: str, begin: str, end: str) -> str:
+    lines = text.splitlines()
+    start = len(lines) - 1 - lines[::-1].index(begin)
+    stop = lines.index(end, start)
+    return "\n".join(lines[start + 1 : stop])
+
+
+def nefos_leftovers(vm_ids: list[str]) -> dict[str, list[str]]:
+    """What libvirt still has of these VMs: domains and pool volumes by name."""
+    conn = libvirt.open(libvirt_test_uri())
+    try:
+        domains = [d.name() for d in conn.listAllDomains() if d.name()[6:] in vm_ids]
+        pool = conn.storagePoolLookupByName("default")
+        pool.refresh(0)
+        volumes = [v for v in pool.listVolumes() if any(i in v for i in vm_ids)]
+        return {"domains": domains, "volumes": volumes}
+    finally:
+        conn.close()
+
+
+def domain_xml(vm_id: str) -> str:
+    conn = libvirt.open(libvirt_test_uri())
+    try:
+        return str(conn.lookupByName(f"nefos-{vm_id}").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    finally:
+        conn.close()
+
+
+async def test_vm_lifecycle_end_to_end(
+    client: httpx.AsyncClient, admin: Account, register: Any, libvirt_host: dict[str, Any]
+) -> None:
+    admin_api = Api(client, admin)
+    image = await register_tiny(admin_api)
+    assert image["status"] == "active" and image["public"] is True
+    assert image["format"] == "kernel" and image["checksum"] == tiny_checksum()
+    assert image["kernel_cmdline"] == "console=ttyS0 quiet panic=-1"
+
+    user = await register()
+    api = Api(client, user)
+    # Seed 003's body, matched to the image by os_type/os_version, plus cloud-init.
+    body = {
+        "name": "vm-001",
+        "os_type": "busybox",
+        "os_version": "1",
+        "cpu_cores": 1,
+        "memory_gb": 0.125,
+        "storage_gb": 1,
+        "user_data": USER_DATA,
+        "ssh_keys": [KEY],
+    }
+    r = await client.post("/api/v1/vms", json=body, headers=user.headers)
+    assert r.status_code == 202, r.text
+    data = r.json()["data"]
+    vm = data["vm"]
+    assert vm["status"] == "creating" and vm["image_id"] == image["id"]
+    assert vm["memory_mb"] == 128 and vm["host_id"] == libvirt_host["id"]
+    assert vm["has_user_data"] is True and vm["ssh_keys"] == [KEY]
+    assert r.headers["location"] == data["operation"]["url"]
+    op = await api.wait(data["operation"])
+    assert op["status"] == "succeeded", op
+    assert op["kind"] == "vm.create" and op["resource_type"] == "vm"
+    vm_id = vm["id"]
+    got = await api.call("GET", f"/vms/{vm_id}")
+    assert got["status"] == "running", got
+
+    # The guest booted and read its seed: user data byte for byte, the key.
+    console = await console_until(api, vm_id, "NEFOS-READY")
+    assert between(console, "NEFOS-USER-DATA-BEGIN", "NEFOS-USER-DATA-END") == USER_DATA.rstrip()
+    assert KEY in between(console, "NEFOS-SSH-KEYS-BEGIN", "NEFOS-SSH-KEYS-END")
+    await console_until(api, vm_id, "nefos-user-data-ran")
+
+    # The host counts it; the quota usage too.
+    host = await admin_api.call("GET", f"/resources/hosts/{libvirt_host['id']}")
+    assert host["used"]["instances"] == 1 and host["used"]["cpu_cores"] == 1
+    quotas = await api.call("GET", f"/projects/{user.project_id}/quotas")
+    assert quotas["usage"]["instances"] == 1 and quotas["usage"]["storage_gb"] == 1
+
+    # Resizing a running VM is refused; a shrinking disk always.
+    assert_error(
+        await client.put(f"{V1}/vms/{vm_id}", json={"cpu_cores": 2}, headers=user.headers),
+        409,
+        "CONFLICT",
+    )
+    assert_error(
+        await client.put(f"{V1}/vms/{vm_id}", json={"storage_gb": 0}, headers=user.headers),
+        422,
+        "VALIDATION_ERROR",
+    )
+
+    # Graceful stop: the guest's own poweroff ran.
+    await api.act("POST", f"/vms/{vm_id}/stop", {"timeout": 60})
+    assert (await api.call("GET", f"/vms/{vm_id}"))["status"] == "stopped"
+    console = await console_until(api, vm_id, "NEFOS-POWEROFF")
+
+    # Resize while stopped: the domain has the new sizes, the root disk grew.
+    resized = await api.act(
+        "PUT", f"/vms/{vm_id}", {"cpu_cores": 2, "memory_mb": 192, "storage_gb": 2}
+    )
+    assert resized["vm"]["status"] == "resizing"
+    got = await api.call("GET", f"/vms/{vm_id}")
+    assert (got["status"], got["cpu_cores"], got["memory_mb"], got["storage_gb"]) == (
+        "stopped",
+        2,
+        192,
+        2,
+    )
+    xml = domain_xml(vm_id)
+    assert ">2</vcpu>" in xml and "196608" in xml  # 192 MiB in KiB
+    host = await admin_api.call("GET", f"/resources/hosts/{libvirt_host['id']}")
+    assert host["used"]["cpu_cores"] == 2
+
+    # Start again: it boots a second time; reboot asks the guest.
+    await api.act("POST", f"/vms/{vm_id}/start")
+    await console_until(api, vm_id, "NEFOS-READY", count=2)
+    await api.act("POST", f"/vms/{vm_id}/reboot")
+    await console_until(api, vm_id, "NEFOS-READY", count=3)
+
+    # Seed 001's alias lists it; the list filters by status.
+    listed = await api.call("GET", "/compute/instances/")
+    assert [v["id"] for v in listed["items"]] == [vm_id]
+    assert (await api.call("GET", "/vms?status_filter=stopped"))["items"] == []
+    assert (await api.call("GET", "/vms?skip=0&limit=10"))["pagination"]["total"] == 1
+
+    # The image is in use: it stays.
+    assert_error(
+        await client.delete(f"{V1}/images/{image['id']}", headers=admin.headers),
+        409,
+        "CONFLICT",
+    )
+
+    await api.act("DELETE", f"/vms/{vm_id}")
+    await api.call("GET", f"/vms/{vm_id}", 404)
+    assert nefos_leftovers([vm_id]) == {"domains": [], "volumes": []}
+    host = await admin_api.call("GET", f"/resources/hosts/{libvirt_host['id']}")
+    assert host["used"]["instances"] == 0 and host["used"]["cpu_cores"] == 0
+
+    # Now the image goes, from the pool too.
+    data = await admin_api.act("DELETE", f"/images/{image['id']}")
+    await admin_api.call("GET", f"/images/{image['id']}", 404)
+    conn = libvirt.open(libvirt_test_uri())
+    try:
+        pool = conn.storagePoolLookupByName("default")
+        pool.refresh(0)
+        assert not [v for v in pool.listVolumes() if image["id"] in v]
+    finally:
+        conn.close()
+
+
+async def test_vm_requests_that_cannot_be_met_make_nothing(
+    client: httpx.AsyncClient, admin: Account, register: Any, libvirt_host: dict[str, Any]
+) -> None:
+    user = await register()
+    api = Api(client, user)
+
+    async def refused(body: dict[str, Any], status: int, code: str) -> dict[str, Any]:
+        return assert_error(
+            await client.post(f"{V1}/vms", json=body, headers=user.headers), status, code
+        )
+
+    # No image for seed 003's example OS: a clear 422, nothing made.
+    seed = {
+        "name": "vm-001",
+        "os_type": "ubuntu",
+        "os_version": "22.04",
+        "cpu_cores": 2,
+        "memory_gb": 4,
+        "storage_gb": 20,
+    }
+    body = await refused(seed, 422, "VALIDATION_ERROR")
+    assert "ubuntu 22.04" in body["error"]["message"]
+    image = await register_tiny(Api(client, admin))
+    tiny = {**seed, "os_type": "busybox", "os_version": "1", "memory_gb": 0.125}
+    # Bigger than the host: RESOURCE_EXHAUSTED; over the quota: the same, named.
+    await refused({**tiny, "cpu_cores": 256}, 409, "RESOURCE_EXHAUSTED")
+    await api.call("PUT", f"/projects/{user.project_id}/quotas", json={"instances": 0})
+    body = await refused(tiny, 409, "RESOURCE_EXHAUSTED")
+    assert body["error"]["details"]["quota"] == "instances"
+    await api.call("PUT", f"/projects/{user.project_id}/quotas", json={"instances": 5})
+    # Bad input.
+    await refused({**tiny, "ssh_keys": ["not a key"]}, 422, "VALIDATION_ERROR")
+    await refused({**tiny, "image_id": "nope"}, 422, "VALIDATION_ERROR")
+    await refused({"name": "x"}, 422, "VALIDATION_ERROR")
+    assert (await api.call("GET", "/vms"))["items"] == []
+
+    # A user cannot register an image from a server path; another tenant's VM is 404.
+    assert_error(
+        await client.post(
+            f"{V1}/images",
+            json={"name": "mine", "path": str(tiny_vm_image())},
+            headers=user.headers,
+        ),
+        403,
+        "FORBIDDEN",
+    )
+    data = await api.call("POST", "/vms", 202, json={**tiny, "image_id": image["id"]})
+    other = Api(client, await register())
+    await other.call("GET", f"/vms/{data['vm_id']}", 404)
+    await other.call("POST", f"/vms/{data['vm_id']}/stop", 404)
+    await api.wait(data["operation"])
+    await api.act("DELETE", f"/vms/{data['vm_id']}")
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+async def test_disk_images_upload_and_checksum(
+    client: httpx.AsyncClient, register: Any, libvirt_host: dict[str, Any], tmp_path: Any, fmt: str
+) -> None:
+    """A project uploads a disk image; a wrong checksum fails the import and leaves
+    no image behind; a qcow2 with a backing file is refused."""
+    user = await register()
+    api = Api(client, user)
+    if fmt == "raw":
+        content = b"\0" * (1024 * 1024)
+    else:
+        disk = tmp_path / "disk.qcow2"
+        qemu_img("create", "-q", "-f", "qcow2", str(disk), "1G")
+        content = disk.read_bytes()
+    good = hashlib.sha256(content).hexdigest()
+
+    async def upload(checksum: str) -> dict[str, Any]:
+        r = await client.post(
+            f"{V1}/images/upload",
+            data={"name": f"disk-{fmt}", "os_type": "blank", "checksum": checksum},
+            files={"disk": (f"disk.{fmt}", content)},
+            headers=user.headers,
+        )
+        assert r.status_code == 202, r.text
+        data: dict[str, Any] = r.json()["data"]
+        return data
+
+    data = await upload("0" * 64)
+    op = await api.wait(data["operation"])
+    assert op["status"] == "failed" and op["error"]["code"] == "VALIDATION_ERROR", op
+    assert "Checksum mismatch" in op["error"]["message"]
+    got = await api.call("GET", f"/images/{data['image_id']}")
+    assert got["status"] == "error"
+    await api.call("DELETE", f"/images/{data['image_id']}", 202)
+
+    data = await upload(good)
+    op = await api.wait(data["operation"])
+    assert op["status"] == "succeeded", op
+    got = await api.call("GET", f"/images/{data['image_id']}")
+    assert (got["status"], got["format"], got["checksum"]) == ("active", fmt, good)
+    assert got["public"] is False and got["project_id"] == user.project_id
+    assert got["min_disk_gb"] == 1
+
+    if fmt == "qcow2":
+        overlay = tmp_path / "overlay.qcow2"
+        qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(disk), str(overlay))
+        backed = overlay.read_bytes()
+        r = await client.post(
+            f"{V1}/images/upload",
+            data={"name": "backed"},
+            files={"disk": ("b.qcow2", backed)},
+            headers=user.headers,
+        )
+        op = await api.wait(r.json()["data"]["operation"])
+        assert op["status"] == "failed" and "backing file" in op["error"]["message"], op
