@@ -167,9 +167,9 @@ async def test_an_imported_kernel_image_boots_with_a_root_disk_that_grows_but_ne
     assert capacity(host, root_name) == 1 * GIB
 
     await vm_driver.start(info.driver_id)
-    console = await console_until(vm_driver, info.driver_id, "NEFOS-VDA-SECTORS=")
+    # The guest boots, and sees a 1 GiB vda.
+    console = await console_until(vm_driver, info.driver_id, f"NEFOS-VDA-SECTORS={GIB // 512}")
     assert "NEFOS-READY" in console
-    assert f"NEFOS-VDA-SECTORS={GIB // 512}" in console  # the guest sees a 1 GiB vda
     with pytest.raises(InvalidState):
         await vm_driver.resize(info.driver_id, disk_gb=2)  # only while stopped
     with pytest.raises(InvalidState):
@@ -242,3 +242,87 @@ async def test_a_raw_disk_image_backs_an_overlay_of_at_least_disk_gb_and_bad_imp
         await vm_driver.destroy(info.driver_id)
     await vm_driver.delete_image(image)
     assert volume_names(host, image) == []
+
+
+def qemu_io(path: str, command: str) -> str:
+    """One qemu-io command on a (stopped VM's) qcow2 file on the host."""
+    return subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", command, path],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+def holds_pattern(path: str, byte: int) -> bool:
+    """Whether the disk's first 64 KiB are all ``byte``."""
+    out = qemu_io(path, f"read -P {byte:#x} 0 64k")
+    return "read 65536/65536 bytes" in out and "Pattern verification failed" not in out
+
+
+async def test_snapshots_of_a_stopped_vm_revert_its_root_disk_and_keep_its_configuration(
+    vm_driver: LibvirtDriver, host: libvirt.virConnect
+) -> None:
+    spec = vm_spec(disk_gb=1)
+    info = await vm_driver.create(spec)
+    root = volume(host, f"nefos-{spec.nefos_id}.root.qcow2").path()
+    first, second = f"s1{RUN_ID}", f"s2{RUN_ID}"
+
+    qemu_io(root, "write -P 0x41 0 64k")
+    taken = await vm_driver.snapshot(info.driver_id, first)
+    assert (taken.snapshot_id, taken.name, taken.state) == (first, f"nefos-snap-{first}", "shutoff")
+    assert taken.created_at.tzinfo is not None
+    assert await vm_driver.snapshot(info.driver_id, first) == taken  # idempotent
+    qemu_io(root, "write -P 0x42 0 64k")
+    await vm_driver.snapshot(info.driver_id, second)
+    assert [s.snapshot_id for s in await vm_driver.list_snapshots(info.driver_id)] == [
+        first,
+        second,
+    ]
+    # Internal snapshots in the root disk; the seed (raw, read-only) has none.
+    in_disk = [s["name"] for s in qemu_img_info(root).get("snapshots", [])]
+    assert in_disk == [f"nefos-snap-{first}", f"nefos-snap-{second}"]
+
+    await vm_driver.start(info.driver_id)
+    with pytest.raises(InvalidState):
+        await vm_driver.revert_snapshot(info.driver_id, first)
+    with pytest.raises(InvalidState):
+        await vm_driver.snapshot(info.driver_id, f"s3{RUN_ID}")
+    await vm_driver.delete_snapshot(info.driver_id, second)  # while running, too
+    assert [s.snapshot_id for s in await vm_driver.list_snapshots(info.driver_id)] == [first]
+    await vm_driver.stop(info.driver_id, grace_seconds=0)
+
+    qemu_io(root, "write -P 0x43 0 64k")
+    await vm_driver.resize(info.driver_id, memory_mb=160, disk_gb=2)
+    await vm_driver.revert_snapshot(info.driver_id, first)
+    assert holds_pattern(root, 0x41)
+    assert capacity(host, f"nefos-{spec.nefos_id}.root.qcow2") == 1 * GIB  # the size of then
+    xml = domain_xml(host, info.driver_id)
+    assert int(xml.findtext("memory") or 0) == 160 * 1024  # today's configuration stays
+    assert [s.snapshot_id for s in await vm_driver.list_snapshots(info.driver_id)] == [first]
+    with pytest.raises(InvalidSpec):
+        await vm_driver.revert_snapshot(info.driver_id, second)  # deleted
+
+    await vm_driver.delete_snapshot(info.driver_id, first)
+    await vm_driver.delete_snapshot(info.driver_id, first)  # gone already: fine
+    assert await vm_driver.list_snapshots(info.driver_id) == []
+    assert qemu_img_info(root).get("snapshots", []) == []
+
+    # A VM that is destroyed with a snapshot leaves neither record nor disk behind.
+    await vm_driver.snapshot(info.driver_id, second)
+    await vm_driver.destroy(info.driver_id)
+    assert volume_names(host, f"nefos-{spec.nefos_id}.") == []
+    await vm_driver.delete_snapshot(info.driver_id, second)  # the VM is gone: fine
+
+
+async def test_a_vm_without_a_root_disk_has_nothing_to_snapshot(
+    vm_driver: LibvirtDriver,
+) -> None:
+    info = await vm_driver.create(vm_spec())
+    try:
+        with pytest.raises(InvalidSpec, match="no disk"):
+            await vm_driver.snapshot(info.driver_id, f"s{RUN_ID}")
+        with pytest.raises(InvalidSpec):
+            await vm_driver.snapshot(info.driver_id, "not.an.id")
+    finally:
+        await vm_driver.destroy(info.driver_id)

@@ -286,6 +286,18 @@ def disk_xml(path: str, target: str, *, serial: str | None = None) -> str:
     return ET.tostring(disk, encoding="unicode")
 
 
+def snapshot_xml(name: str, snapshot_id: str, disks: list[DiskRef]) -> str:
+    """An internal, disk-only snapshot of every writable file disk; the rest (the
+    read-only seed) named with ``snapshot='no'``, whatever the domain XML says."""
+    snap = ET.Element("domainsnapshot")
+    _sub(snap, "name", name)
+    _sub(snap, "description", f"Nefos snapshot {snapshot_id}")
+    listed = _sub(snap, "disks")
+    for disk in disks:
+        _sub(listed, "disk", name=disk.target, snapshot="internal" if disk.writable_file else "no")
+    return ET.tostring(snap, encoding="unicode")
+
+
 def probe_xml(name: str, domain_type: DomainType, kernel: str) -> str:
     """A throwaway guest that boots ``kernel`` with no init: the kernel panics once it
     is up, and the ``panic=-1`` reboot ends the domain. Ending in time = the

@@ -82,6 +82,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
@@ -105,6 +106,7 @@ from nefos.drivers.base import (
     InsufficientCapacity,
     InvalidSpec,
     InvalidState,
+    SnapshotInfo,
 )
 from nefos.drivers.libvirt import seed as seeds
 from nefos.drivers.libvirt.domain import (
@@ -118,11 +120,13 @@ from nefos.drivers.libvirt.domain import (
     DomainType,
     NefosMetadata,
     cpu_quota_us,
+    disks_of,
     domain_xml,
     kernel_min_memory_mb,
     parse_metadata,
     probe_xml,
     qcow2_problem,
+    snapshot_xml,
     vcpus_for,
 )
 
@@ -152,6 +156,7 @@ _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 _NOT_AN_IMAGE = re.compile(r".*\.root|nefos-vol-.*|nefos-bak-.*")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 #: Suffixes of the volumes an instance owns (virtlogd rotates the log to .log.N).
+_SNAPSHOT_PREFIX = "nefos-snap-"
 _OWNED_SUFFIX = re.compile(r"\.(console\.log(\.[0-9]+)?|seed\.iso|root\.qcow2)")
 #: libvirt errors that mean the daemon, not the request, failed.
 _UNREACHABLE_CODES = {
@@ -309,7 +314,8 @@ class LibvirtDriver(ComputeDriver):
         kind=InstanceKind.VM,
         supports_stats=True,
         supports_logs=True,
-        supports_resize=True,  # cpu and memory while stopped; disks not yet
+        supports_snapshots=True,  # of a stopped VM's disks
+        supports_resize=True,  # cpu, memory and root disk, while stopped
         supports_reboot=True,
         supports_user_data=True,
     )
@@ -1182,6 +1188,11 @@ class LibvirtDriver(ComputeDriver):
             try:
                 if dom.isActive():
                     dom.destroy()
+                # Snapshots live inside the disks: deleting them (not just libvirt's
+                # record) leaves none in the data volumes, which outlive the VM.
+                for snap in dom.listAllSnapshots(0):
+                    with suppress(libvirt.libvirtError):
+                        snap.delete(0)
                 dom.undefineFlags(
                     libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
                     | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
@@ -1296,6 +1307,132 @@ class LibvirtDriver(ComputeDriver):
         if size > current:
             vol.resize(size, 0)
 
+    # --- snapshots ------------------------------------------------------------------------
+    async def snapshot(self, instance_id: str, snapshot_id: str) -> SnapshotInfo:
+        """Take snapshot ``nefos-snap-<snapshot_id>`` of a stopped VM's writable disks.
+
+        The snapshot is internal to each writable qcow2 disk (the root disk and any
+        attached data volumes; the read-only seed is left out), with libvirt's record
+        of it kept with the domain. On return :meth:`list_snapshots` shows it.
+
+        Idempotent: a snapshot of that id that exists already is returned as it is
+        (even while the VM runs). :class:`InvalidSpec` for a VM without a writable
+        qcow2 disk (a kernel-boot VM made without ``disk_gb``); :class:`InvalidState`
+        while the VM runs (a running VM's internal snapshot would need its memory
+        too: stop it first). On failure libvirt has made nothing. Raises
+        :class:`InstanceNotFound` if the VM is gone.
+        """
+        return await self._run(self._snapshot, instance_id, snapshot_id)
+
+    def _snapshot(self, instance_id: str, snapshot_id: str) -> SnapshotInfo:
+        _check_id("snapshot", snapshot_id)
+        name = f"{_SNAPSHOT_PREFIX}{snapshot_id}"
+        conn = self._connect()
+        dom, _ = self._ours(conn, instance_id)
+        with self._translated(instance_id):
+            existing = _find_snapshot(dom, name)
+            if existing is not None:
+                return _snapshot_info(existing)
+            disks = disks_of(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            writable = [d for d in disks if d.writable_file]
+            if not writable:
+                raise InvalidSpec(
+                    "the VM has no disk to snapshot (create it with disk_gb or a disk image)",
+                    instance_id=instance_id,
+                )
+            if odd := [d.target for d in writable if d.format != "qcow2"]:
+                raise InvalidSpec(
+                    f"only qcow2 disks take snapshots; {', '.join(odd)} are not",
+                    instance_id=instance_id,
+                )
+            if dom.isActive():
+                raise InvalidState("stop the VM before taking a snapshot", instance_id=instance_id)
+            try:
+                snap = dom.snapshotCreateXML(snapshot_xml(name, snapshot_id, disks), 0)
+            except libvirt.libvirtError:
+                existing = _find_snapshot(dom, name)  # taken meanwhile by another call
+                if existing is None:
+                    raise
+                snap = existing
+            return _snapshot_info(snap)
+
+    async def revert_snapshot(self, instance_id: str, snapshot_id: str) -> None:
+        """Bring a stopped VM's disks back to snapshot ``snapshot_id``.
+
+        Every disk the snapshot holds (the root disk, and the data volumes attached
+        when it was taken) returns to its content and size of then; the snapshot
+        stays, so it can be reverted to again. The VM's configuration is today's,
+        not the snapshot's: cpu, memory, labels and the volumes attached now are
+        kept (a volume attached since is not reverted).
+
+        :class:`InvalidState` while the VM runs; :class:`InvalidSpec` if there is no
+        such snapshot; :class:`InstanceNotFound` if the VM is gone. If a disk of the
+        snapshot has been deleted since (a data volume), the revert fails and the
+        disks it reached may be reverted already.
+        """
+        await self._run(self._revert_snapshot, instance_id, snapshot_id)
+
+    def _revert_snapshot(self, instance_id: str, snapshot_id: str) -> None:
+        _check_id("snapshot", snapshot_id)
+        conn = self._connect()
+        dom, _ = self._ours(conn, instance_id)
+        with self._translated(instance_id):
+            snap = _find_snapshot(dom, f"{_SNAPSHOT_PREFIX}{snapshot_id}")
+            if snap is None:
+                raise InvalidSpec(
+                    f"no snapshot {snapshot_id!r} of this VM", instance_id=instance_id
+                )
+            if dom.isActive():
+                raise InvalidState("stop the VM before reverting it", instance_id=instance_id)
+            # libvirt also puts back the configuration saved with the snapshot: keep today's.
+            config = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
+            try:
+                dom.revertToSnapshot(snap, 0)
+            finally:
+                conn.defineXML(config)
+
+    async def delete_snapshot(self, instance_id: str, snapshot_id: str) -> None:
+        """Delete snapshot ``snapshot_id`` of a VM, running or not: on return it is
+        gone from the VM's disks and from :meth:`list_snapshots`. A snapshot (or VM)
+        that is gone already succeeds. Other snapshots are untouched."""
+        await self._run(self._delete_snapshot, instance_id, snapshot_id)
+
+    def _delete_snapshot(self, instance_id: str, snapshot_id: str) -> None:
+        _check_id("snapshot", snapshot_id)
+        conn = self._connect()
+        try:
+            dom, _ = self._ours(conn, instance_id)
+        except InstanceNotFound:
+            return  # its snapshots went with it
+        with self._translated(instance_id):
+            snap = _find_snapshot(dom, f"{_SNAPSHOT_PREFIX}{snapshot_id}")
+            if snap is None:
+                return
+            try:
+                snap.delete(0)
+            except libvirt.libvirtError as exc:
+                if _code(exc) not in (
+                    libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT,
+                    libvirt.VIR_ERR_NO_DOMAIN,
+                ):
+                    raise
+
+    async def list_snapshots(self, instance_id: str) -> builtins.list[SnapshotInfo]:
+        """The VM's Nefos snapshots (``nefos-snap-*``), oldest first. Raises
+        :class:`InstanceNotFound` if the VM is gone."""
+        return await self._run(self._read, self._list_snapshots, instance_id)
+
+    def _list_snapshots(self, instance_id: str) -> builtins.list[SnapshotInfo]:
+        conn = self._connect()
+        dom, _ = self._ours(conn, instance_id)
+        with self._translated(instance_id):
+            found = [
+                _snapshot_info(snap)
+                for snap in dom.listAllSnapshots(0)
+                if snap.getName().startswith(_SNAPSHOT_PREFIX)
+            ]
+        return sorted(found, key=lambda s: (s.created_at, s.name))
+
     # --- inspection -----------------------------------------------------------------------
     async def get(self, instance_id: str) -> InstanceInfo:
         return await self._run(self._read, self._get, instance_id)
@@ -1394,6 +1531,32 @@ class LibvirtDriver(ComputeDriver):
             await self._run(_close_quietly, conn)
 
 
+def _check_id(kind: str, value: object) -> None:
+    if not isinstance(value, str) or not _OBJECT_ID.fullmatch(value):
+        raise InvalidSpec(f"invalid {kind} id {value!r}: 1-63 letters, digits, _ and -")
+
+
+def _find_snapshot(dom: libvirt.virDomain, name: str) -> libvirt.virDomainSnapshot | None:
+    try:
+        return dom.snapshotLookupByName(name, 0)
+    except libvirt.libvirtError as exc:
+        if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
+            return None
+        raise
+
+
+def _snapshot_info(snap: libvirt.virDomainSnapshot) -> SnapshotInfo:
+    # libvirtd's own XML: not untrusted input.
+    root = ET.fromstring(snap.getXMLDesc(0))  # noqa: S314
+    name = snap.getName()
+    return SnapshotInfo(
+        snapshot_id=name.removeprefix(_SNAPSHOT_PREFIX),
+        name=name,
+        created_at=datetime.fromtimestamp(int(root.findtext("creationTime") or 0), UTC),
+        state=root.findtext("state") or "",
+    )
+
+
 def _physical_size(vol: libvirt.virStorageVol) -> int:
     """A volume's size on the host (a file's byte size), not its virtual capacity."""
     return int(vol.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2])
@@ -1424,6 +1587,9 @@ def _volume_xml(name: str, capacity: int, fmt: str, backing: tuple[str, str] | N
     target = ET.SubElement(vol, "target")
     ET.SubElement(target, "format", type=fmt)
     ET.SubElement(ET.SubElement(target, "permissions"), "mode").text = "0600"
+    if fmt == "qcow2":
+        # qcow2 v3 (libvirt's default is v2, which cannot grow once it has snapshots).
+        ET.SubElement(target, "compat").text = "1.1"
     if backing is not None:
         store = ET.SubElement(vol, "backingStore")
         ET.SubElement(store, "path").text = backing[0]
