@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install libvirt + QEMU from Debian (what is missing), start libvirtd, make sure
-# the `default` storage pool exists and is active, and build the tiny test VM
+# the `default` storage pool and the `nefos-backups` pool (the libvirt driver's
+# backups) exist and are active, and build the tiny test VM
 # image (scripts/build-vm-image.sh). Used by the test bootstrap; idempotent: safe
 # to run every time. Prints the URI (qemu:///system) last.
 #
@@ -145,6 +146,21 @@ if [ "$(virsh_ pool-info default | awk '/^State:/ {print $2}')" != running ]; th
   virsh_ pool-start default >/dev/null || die "could not start the storage pool 'default'"
 fi
 virsh_ pool-autostart default >/dev/null 2>&1 || true
+
+# --- the `nefos-backups` storage pool (where the libvirt driver's backups go) --------
+# Beside the default pool's directory, where the driver would define it itself.
+default_dir=$(virsh_ pool-dumpxml default | sed -n 's:.*<path>\(.*\)</path>.*:\1:p' | head -n 1)
+BACKUP_DIR="$(dirname "${default_dir:-$POOL_DIR}")/nefos-backups"
+if ! virsh_ pool-info nefos-backups >/dev/null 2>&1; then
+  echo "Defining the storage pool 'nefos-backups' ($BACKUP_DIR)..."
+  virsh_ pool-define-as nefos-backups dir --target "$BACKUP_DIR" >/dev/null \
+    || die "could not define the storage pool 'nefos-backups'"
+fi
+if [ "$(virsh_ pool-info nefos-backups | awk '/^State:/ {print $2}')" != running ]; then
+  virsh_ pool-build nefos-backups >/dev/null 2>&1 || true
+  virsh_ pool-start nefos-backups >/dev/null || die "could not start the storage pool 'nefos-backups'"
+fi
+virsh_ pool-autostart nefos-backups >/dev/null 2>&1 || true
 
 # --- the tiny test VM image ---------------------------------------------------
 scripts/build-vm-image.sh >/dev/null || die "building the VM image (scripts/build-vm-image.sh) failed"

@@ -326,3 +326,74 @@ async def test_a_vm_without_a_root_disk_has_nothing_to_snapshot(
             await vm_driver.snapshot(info.driver_id, "not.an.id")
     finally:
         await vm_driver.destroy(info.driver_id)
+
+
+async def test_a_backup_is_a_standalone_copy_that_restores_into_a_new_vm_that_boots(
+    vm_driver: LibvirtDriver, host: libvirt.virConnect, tmp_path: Path
+) -> None:
+    # A disk image whose first 64 KiB are "R"s, and a VM on an overlay of it that
+    # holds "S"s of its own at 1 MiB: the backup must carry both, standing alone.
+    base = tmp_path / "base.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(base), "64M")
+    qemu_io(str(base), "write -P 0x52 0 64k")
+    image = f"t{RUN_ID}-base"
+    await vm_driver.import_image(image, disk=base)
+    source = await vm_driver.create(vm_spec(image=image))
+    overlay = volume(host, f"nefos-{source.nefos_id}.root.qcow2").path()
+    assert qemu_img_info(overlay).get("backing-filename")
+    qemu_io(overlay, "write -P 0x53 1M 64k")
+
+    backup_id = f"b{RUN_ID}"
+    root_copy = f"nefos-bak-{backup_id}.vda.qcow2"
+    await vm_driver.start(source.driver_id)  # no boot loader: it idles in the firmware
+    with pytest.raises(InvalidState):
+        await vm_driver.backup(source.driver_id, backup_id)
+    await vm_driver.stop(source.driver_id, grace_seconds=0)
+    made = await vm_driver.backup(source.driver_id, backup_id)
+    assert made.backup_id == backup_id
+    assert made.volumes == (root_copy,)
+    assert made.size_bytes > 0
+    assert await vm_driver.backup(source.driver_id, backup_id) == made  # idempotent
+    assert made in await vm_driver.list_backups()
+    copy = volume(host, root_copy, vm_driver.backup_pool).path()
+    info = qemu_img_info(copy)
+    assert info["format"] == "qcow2"
+    assert "backing-filename" not in info  # flattened
+    assert info["virtual-size"] == 64 * MIB
+    assert holds_pattern(copy, 0x52)
+    assert "Pattern verification failed" not in qemu_io(copy, "read -P 0x53 1M 64k")
+
+    # Restore: a new VM (booting the kernel image) whose root disk is a copy of it.
+    with pytest.raises(InvalidSpec, match="backup pool"):
+        await vm_driver.create(vm_spec(root_from=f"nefos-bak-missing{RUN_ID}.vda.qcow2"))
+    spec = vm_spec(
+        root_from=root_copy,
+        disk_gb=1,
+        user_data='#!/bin/sh\necho "NEFOS-DISK=[$(head -c 8 /dev/vda)]"\n',
+    )
+    restored = await vm_driver.create(spec)
+    root_name = f"nefos-{spec.nefos_id}.root.qcow2"
+    assert capacity(host, root_name) == 1 * GIB  # max(the backup's 64 MiB, disk_gb)
+    assert "backing-filename" not in qemu_img_info(volume(host, root_name).path())
+    await vm_driver.start(restored.driver_id)
+    await console_until(vm_driver, restored.driver_id, "NEFOS-DISK=[RRRRRRRR]")
+
+    # The backup outlives both VMs; deleting it leaves the restored disk alone.
+    await vm_driver.destroy(source.driver_id)
+    await vm_driver.stop(restored.driver_id, grace_seconds=0)
+    await vm_driver.delete_backup(backup_id)
+    await vm_driver.delete_backup(backup_id)  # gone already: fine
+    assert backup_id not in {b.backup_id for b in await vm_driver.list_backups()}
+    assert volume_names(host, f"nefos-bak-{backup_id}.", vm_driver.backup_pool) == []
+    assert capacity(host, root_name) == 1 * GIB
+    await vm_driver.destroy(restored.driver_id)
+    await vm_driver.delete_image(image)
+
+
+async def test_a_vm_without_a_root_disk_has_nothing_to_back_up(vm_driver: LibvirtDriver) -> None:
+    info = await vm_driver.create(vm_spec())
+    try:
+        with pytest.raises(InvalidSpec, match="no disk"):
+            await vm_driver.backup(info.driver_id, f"b{RUN_ID}none")
+    finally:
+        await vm_driver.destroy(info.driver_id)

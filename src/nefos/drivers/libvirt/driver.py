@@ -91,6 +91,7 @@ import libvirt
 
 from nefos.drivers.base import (
     LABEL_MANAGED,
+    BackupInfo,
     Capabilities,
     ComputeDriver,
     DriverError,
@@ -157,6 +158,8 @@ _NOT_AN_IMAGE = re.compile(r".*\.root|nefos-vol-.*|nefos-bak-.*")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 #: Suffixes of the volumes an instance owns (virtlogd rotates the log to .log.N).
 _SNAPSHOT_PREFIX = "nefos-snap-"
+_BACKUP_PREFIX = "nefos-bak-"
+_BACKUP_VOLUME = re.compile(r"nefos-bak-([A-Za-z0-9][A-Za-z0-9_-]*)\.([a-z0-9]+)\.qcow2")
 _OWNED_SUFFIX = re.compile(r"\.(console\.log(\.[0-9]+)?|seed\.iso|root\.qcow2)")
 #: libvirt errors that mean the daemon, not the request, failed.
 _UNREACHABLE_CODES = {
@@ -318,6 +321,7 @@ class LibvirtDriver(ComputeDriver):
         supports_resize=True,  # cpu, memory and root disk, while stopped
         supports_reboot=True,
         supports_user_data=True,
+        supports_backups=True,  # of a stopped VM's disks, restored by VmSpec.root_from
     )
 
     def __init__(
@@ -1432,6 +1436,122 @@ class LibvirtDriver(ComputeDriver):
                 if snap.getName().startswith(_SNAPSHOT_PREFIX)
             ]
         return sorted(found, key=lambda s: (s.created_at, s.name))
+
+    # --- backups --------------------------------------------------------------------------
+    async def backup(self, instance_id: str, backup_id: str) -> BackupInfo:
+        """Copy a stopped VM's writable disks, whole, into the backup pool.
+
+        Each writable disk (the root disk ``vda`` and any attached data volumes)
+        becomes ``nefos-bak-<backup_id>.<target>.qcow2``: a full, standalone qcow2
+        (its backing chain read through, no backing file; snapshots are not copied)
+        that outlives the VM. ``VmSpec(root_from="nefos-bak-<id>.vda.qcow2")``
+        restores the root disk into a new VM.
+
+        Idempotent: when the backup pool holds exactly the volumes this backup would
+        make, they are returned as they are (even while the VM runs). Leftovers of an
+        interrupted backup of that id are replaced. On failure the volumes this call
+        made are deleted. The backup pool is defined when missing (see the
+        constructor). :class:`InvalidState` while the VM runs (its disks are being
+        written); :class:`InvalidSpec` for a VM without a writable disk;
+        :class:`InstanceNotFound` if the VM is gone.
+        """
+        return await self._run(self._backup, instance_id, backup_id)
+
+    def _backup(self, instance_id: str, backup_id: str) -> BackupInfo:
+        _check_id("backup", backup_id)
+        prefix = f"{_BACKUP_PREFIX}{backup_id}."
+        conn = self._connect()
+        dom, _ = self._ours(conn, instance_id)
+        with self._translated(instance_id):
+            disks = disks_of(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            wanted = {f"{prefix}{d.target}.qcow2": d for d in disks if d.writable_file}
+            if not wanted:
+                raise InvalidSpec(
+                    "the VM has no disk to back up (create it with disk_gb or a disk image)",
+                    instance_id=instance_id,
+                )
+            pool = self._backup_storage(conn, create=True)
+            if pool is None:  # create=True defines it
+                raise DriverError(f"no backup pool {self.backup_pool!r}")
+            with suppress(libvirt.libvirtError):
+                pool.refresh(0)
+            present = {v for v in pool.listVolumes() if v.startswith(prefix)}
+            if present == set(wanted):
+                return self._backup_info(pool, backup_id, present)
+            if dom.isActive():
+                raise InvalidState("stop the VM before backing it up", instance_id=instance_id)
+            for name in present:  # an interrupted backup's leftovers
+                self._volume_gone(pool, name)
+            made: builtins.list[libvirt.virStorageVol] = []
+            try:
+                for name, disk in sorted(wanted.items()):
+                    source = conn.storageVolLookupByPath(str(disk.source))
+                    made.append(
+                        self._copy_volume(pool, name, source, capacity=int(source.info()[1]))
+                    )
+            except BaseException:
+                for vol in made:
+                    with suppress(libvirt.libvirtError):
+                        vol.delete(0)
+                raise
+            return self._backup_info(pool, backup_id, set(wanted))
+
+    def _backup_info(
+        self, pool: libvirt.virStoragePool, backup_id: str, names: set[str]
+    ) -> BackupInfo:
+        size = 0
+        for name in names:
+            vol = self._volume(pool, name)
+            if vol is not None:
+                size += _physical_size(vol)
+        return BackupInfo(backup_id=backup_id, volumes=tuple(sorted(names)), size_bytes=size)
+
+    def _volume_gone(self, pool: libvirt.virStoragePool, name: str) -> None:
+        """Delete volume ``name`` of ``pool``; gone already is fine."""
+        try:
+            pool.storageVolLookupByName(name).delete(0)
+        except libvirt.libvirtError as exc:
+            if _code(exc) != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                raise
+
+    async def delete_backup(self, backup_id: str) -> None:
+        """Delete every volume of backup ``backup_id``; on return the backup pool has
+        none. A backup that is gone already succeeds (as does a host without a backup
+        pool). VMs restored from it are unaffected: their disks are copies."""
+        await self._run(self._delete_backup, backup_id)
+
+    def _delete_backup(self, backup_id: str) -> None:
+        _check_id("backup", backup_id)
+        prefix = f"{_BACKUP_PREFIX}{backup_id}."
+        conn = self._connect()
+        with self._translated():
+            pool = self._backup_storage(conn, create=False)
+            if pool is None:
+                return
+            with suppress(libvirt.libvirtError):
+                pool.refresh(0)
+            for name in pool.listVolumes():
+                if name.startswith(prefix):
+                    self._volume_gone(pool, name)
+
+    async def list_backups(self) -> builtins.list[BackupInfo]:
+        """Every backup in the backup pool (volumes named ``nefos-bak-<id>.<disk>.qcow2``),
+        by id; empty when the host has no backup pool."""
+        return await self._run(self._read, self._list_backups)
+
+    def _list_backups(self) -> builtins.list[BackupInfo]:
+        conn = self._connect()
+        with self._translated():
+            pool = self._backup_storage(conn, create=False)
+            if pool is None:
+                return []
+            with suppress(libvirt.libvirtError):
+                pool.refresh(0)
+            by_id: dict[str, set[str]] = {}
+            for name in pool.listVolumes():
+                if m := _BACKUP_VOLUME.fullmatch(name):
+                    by_id.setdefault(m.group(1), set()).add(name)
+            return [self._backup_info(pool, bid, names) for bid, names in sorted(by_id.items())]
 
     # --- inspection -----------------------------------------------------------------------
     async def get(self, instance_id: str) -> InstanceInfo:
