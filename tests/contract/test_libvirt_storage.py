@@ -397,3 +397,114 @@ async def test_a_vm_without_a_root_disk_has_nothing_to_back_up(vm_driver: Libvir
             await vm_driver.backup(info.driver_id, f"b{RUN_ID}none")
     finally:
         await vm_driver.destroy(info.driver_id)
+
+
+async def test_data_volumes_attach_to_a_stopped_vm_grow_and_outlive_it(
+    vm_driver: LibvirtDriver, host: libvirt.virConnect
+) -> None:
+    first, second = f"v1{RUN_ID}", f"v2{RUN_ID}"
+    made = await vm_driver.create_volume(first, size_gb=1)
+    assert (made.volume_id, made.name, made.size_gb, made.attached_to) == (
+        first,
+        f"nefos-vol-{first}.qcow2",
+        1,
+        None,
+    )
+    assert made.path == volume(host, made.name).path()
+    assert await vm_driver.create_volume(first, size_gb=1) == made  # idempotent
+    with pytest.raises(InvalidSpec, match="another size"):
+        await vm_driver.create_volume(first, size_gb=2)
+    await vm_driver.create_volume(second, size_gb=1)
+
+    spec = vm_spec(disk_gb=1)
+    vm = await vm_driver.create(spec)
+    other = await vm_driver.create(vm_spec())
+    assert await vm_driver.attach_volume(vm.driver_id, first) == "vdc"  # after root and seed
+    assert await vm_driver.attach_volume(vm.driver_id, first) == "vdc"  # idempotent
+    assert await vm_driver.attach_volume(vm.driver_id, second) == "vdd"
+    data = disks(domain_xml(host, vm.driver_id))["vdc"]
+    assert data.find("source").get("file") == made.path  # type: ignore[union-attr]
+    assert data.find("driver").get("type") == "qcow2"  # type: ignore[union-attr]
+    assert data.findtext("serial") == first[:20]
+    assert data.find("readonly") is None
+    with pytest.raises(InvalidState):
+        await vm_driver.attach_volume(other.driver_id, first)  # one VM at a time
+    with pytest.raises(InvalidState):
+        await vm_driver.delete_volume(first)
+    with pytest.raises(InvalidSpec):
+        await vm_driver.attach_volume(vm.driver_id, f"missing{RUN_ID}")
+    mine = {v.volume_id: v for v in await vm_driver.list_volumes() if RUN_ID in v.volume_id}
+    assert {k: v.attached_to for k, v in mine.items()} == {
+        first: vm.driver_id,
+        second: vm.driver_id,
+    }
+
+    grown = await vm_driver.resize_volume(first, size_gb=2)
+    assert grown.size_gb == 2
+    assert capacity(host, made.name) == 2 * GIB
+    with pytest.raises(InvalidSpec, match="do not shrink"):
+        await vm_driver.resize_volume(first, size_gb=1)
+
+    # Snapshots and backups take the attached volumes too.
+    await vm_driver.snapshot(vm.driver_id, f"s{RUN_ID}")
+    assert [s["name"] for s in qemu_img_info(made.path)["snapshots"]] == [f"nefos-snap-s{RUN_ID}"]
+    backup = await vm_driver.backup(vm.driver_id, f"b{RUN_ID}vol")
+    assert backup.volumes == tuple(
+        f"nefos-bak-b{RUN_ID}vol.{dev}.qcow2" for dev in ("vda", "vdc", "vdd")
+    )
+    await vm_driver.delete_backup(backup.backup_id)
+
+    await vm_driver.detach_volume(vm.driver_id, second)
+    await vm_driver.detach_volume(vm.driver_id, second)  # not attached: fine
+    assert "vdd" not in disks(domain_xml(host, vm.driver_id))
+    # Destroying the VM detaches its volumes and keeps them, without its snapshot.
+    await vm_driver.destroy(vm.driver_id)
+    await vm_driver.detach_volume(vm.driver_id, first)  # the VM is gone: fine
+    mine = {v.volume_id: v for v in await vm_driver.list_volumes() if RUN_ID in v.volume_id}
+    assert sorted(mine) == [first, second]
+    assert all(v.attached_to is None for v in mine.values())
+    assert qemu_img_info(made.path).get("snapshots", []) == []
+    assert mine[first].size_gb == 2
+
+    for volume_id in (first, second):
+        await vm_driver.delete_volume(volume_id)
+        await vm_driver.delete_volume(volume_id)  # gone already: fine
+    assert [v for v in await vm_driver.list_volumes() if RUN_ID in v.volume_id] == []
+    await vm_driver.destroy(other.driver_id)
+
+
+async def test_a_data_volume_plugs_into_a_running_vm_and_grows_there(
+    vm_driver: LibvirtDriver, host: libvirt.virConnect
+) -> None:
+    volume_id = f"v3{RUN_ID}"
+    made = await vm_driver.create_volume(volume_id, size_gb=1)
+    spec = vm_spec(
+        user_data=(
+            "#!/bin/sh\n"
+            "while true; do\n"
+            "  for d in /sys/block/vd*; do echo NEFOS-SIZE-${d##*/}=$(cat $d/size); done\n"
+            "  sleep 1\n"
+            "done\n"
+        )
+    )
+    vm = await vm_driver.create(spec)
+    try:
+        await vm_driver.start(vm.driver_id)
+        await console_until(vm_driver, vm.driver_id, "NEFOS-SIZE-vda=")
+        assert await vm_driver.attach_volume(vm.driver_id, volume_id) == "vdb"
+        live = disks(ET.fromstring(host.lookupByUUIDString(vm.driver_id).XMLDesc(0)))
+        assert live["vdb"].find("source").get("file") == made.path  # type: ignore[union-attr]
+        assert "vdb" in disks(domain_xml(host, vm.driver_id))  # and in the configuration
+        await console_until(vm_driver, vm.driver_id, f"NEFOS-SIZE-vdb={GIB // 512}")
+        assert (await vm_driver.resize_volume(volume_id, size_gb=2)).size_gb == 2
+        await console_until(vm_driver, vm.driver_id, f"NEFOS-SIZE-vdb={2 * GIB // 512}")
+
+        # A booted guest lets go of it (ACPI hot-unplug) within the detach timeout.
+        await vm_driver.detach_volume(vm.driver_id, volume_id)
+        assert "vdb" not in disks(domain_xml(host, vm.driver_id))
+        live = disks(ET.fromstring(host.lookupByUUIDString(vm.driver_id).XMLDesc(0)))
+        assert sorted(live) == ["vda"]
+        assert (await vm_driver.create_volume(volume_id, size_gb=2)).attached_to is None
+    finally:
+        await vm_driver.destroy(vm.driver_id)
+    await vm_driver.delete_volume(volume_id)

@@ -108,6 +108,7 @@ from nefos.drivers.base import (
     InvalidSpec,
     InvalidState,
     SnapshotInfo,
+    VolumeInfo,
 )
 from nefos.drivers.libvirt import seed as seeds
 from nefos.drivers.libvirt.domain import (
@@ -121,6 +122,7 @@ from nefos.drivers.libvirt.domain import (
     DomainType,
     NefosMetadata,
     cpu_quota_us,
+    disk_xml,
     disks_of,
     domain_xml,
     kernel_min_memory_mb,
@@ -159,6 +161,8 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 #: Suffixes of the volumes an instance owns (virtlogd rotates the log to .log.N).
 _SNAPSHOT_PREFIX = "nefos-snap-"
 _BACKUP_PREFIX = "nefos-bak-"
+_VOLUME_PREFIX = "nefos-vol-"
+_DATA_VOLUME = re.compile(r"nefos-vol-[A-Za-z0-9][A-Za-z0-9_-]*\.qcow2")
 _BACKUP_VOLUME = re.compile(r"nefos-bak-([A-Za-z0-9][A-Za-z0-9_-]*)\.([a-z0-9]+)\.qcow2")
 _OWNED_SUFFIX = re.compile(r"\.(console\.log(\.[0-9]+)?|seed\.iso|root\.qcow2)")
 #: libvirt errors that mean the daemon, not the request, failed.
@@ -322,6 +326,7 @@ class LibvirtDriver(ComputeDriver):
         supports_reboot=True,
         supports_user_data=True,
         supports_backups=True,  # of a stopped VM's disks, restored by VmSpec.root_from
+        supports_volumes=True,
     )
 
     def __init__(
@@ -336,6 +341,7 @@ class LibvirtDriver(ComputeDriver):
         probe_timeout: float = 10,
         backup_pool: str = "nefos-backups",
         backup_dir: str | Path | None = None,
+        detach_timeout: float = 10,
     ) -> None:
         """``timeout`` bounds :meth:`ping` and :meth:`capacity` (a hung libvirtd fails
         fast); ``probe_timeout`` is how long the kvm probe guest may take.
@@ -343,7 +349,10 @@ class LibvirtDriver(ComputeDriver):
         ``backup_pool`` is the directory pool :meth:`backup` writes to; the first
         call that needs it defines it when the host lacks it (at ``backup_dir``, a
         path on the host, by default ``nefos-backups`` beside ``pool``'s
-        directory), builds, starts and autostarts it."""
+        directory), builds, starts and autostarts it.
+
+        ``detach_timeout`` is how long :meth:`detach_volume` waits for a running
+        guest to let go of a disk."""
         parts = urlsplit(uri)
         if not parts.scheme or not re.fullmatch(r"(qemu|test)(\+[a-z0-9]+)?", parts.scheme):
             raise ValueError(f"not a libvirt QEMU URI: {uri!r} (e.g. qemu:///system)")
@@ -355,6 +364,7 @@ class LibvirtDriver(ComputeDriver):
         self.network = network
         self.backup_pool = backup_pool
         self.backup_dir = str(backup_dir) if backup_dir is not None else None
+        self.detach_timeout = detach_timeout
         self.timeout = timeout
         self.probe_timeout = probe_timeout
         self.domain_type_setting: DomainTypeSetting = domain_type
@@ -1553,6 +1563,268 @@ class LibvirtDriver(ComputeDriver):
                     by_id.setdefault(m.group(1), set()).add(name)
             return [self._backup_info(pool, bid, names) for bid, names in sorted(by_id.items())]
 
+    # --- data volumes ---------------------------------------------------------------------
+    async def create_volume(self, volume_id: str, *, size_gb: int) -> VolumeInfo:
+        """Make data volume ``nefos-vol-<volume_id>.qcow2`` of ``size_gb`` GiB (blank,
+        thin) in the instance pool; on return :meth:`list_volumes` shows it.
+
+        Idempotent: a volume of that id and size is returned as it is; one of
+        another size is :class:`InvalidSpec` (as is ``size_gb < 1``). On failure
+        nothing is left.
+        """
+        return await self._run(self._create_volume, volume_id, size_gb)
+
+    def _create_volume(self, volume_id: str, size_gb: int) -> VolumeInfo:
+        _check_id("volume", volume_id)
+        size = _gib(size_gb, "size_gb")
+        name = _volume_name(volume_id)
+        conn = self._connect()
+        with self._translated():
+            pool = self._storage_pool(conn)
+            vol = self._volume(pool, name)
+            if vol is None:
+                try:
+                    vol = pool.createXML(_volume_xml(name, size, "qcow2"), 0)
+                except libvirt.libvirtError:
+                    vol = self._volume(pool, name)  # made meanwhile by another call?
+                    if vol is None:
+                        raise
+            if int(vol.info()[1]) != size:
+                raise InvalidSpec(
+                    f"volume {volume_id!r} exists with another size "
+                    f"({int(vol.info()[1]) / _GIB:g} GiB)"
+                )
+            return self._volume_info(vol, self._disk_users(conn).get(vol.path()))
+
+    async def resize_volume(self, volume_id: str, *, size_gb: int) -> VolumeInfo:
+        """Grow data volume ``volume_id`` to ``size_gb`` GiB, attached or not.
+
+        Attached to a running VM, QEMU grows it in place (``blockResize``) and the
+        guest sees the new size at once; otherwise the file grows. Growing its
+        partitions and file systems is the guest's business. Disks do not shrink:
+        a smaller ``size_gb`` is :class:`InvalidSpec`, the same size changes nothing.
+        :class:`InvalidSpec` too if there is no such volume.
+        """
+        return await self._run(self._resize_volume, volume_id, size_gb)
+
+    def _resize_volume(self, volume_id: str, size_gb: int) -> VolumeInfo:
+        _check_id("volume", volume_id)
+        size = _gib(size_gb, "size_gb")
+        conn = self._connect()
+        with self._translated():
+            vol = self._data_volume(conn, volume_id)
+            path = vol.path()
+            current = int(vol.info()[1])
+            if size < current:
+                raise InvalidSpec(
+                    f"volume {volume_id!r} is {current / _GIB:g} GiB; "
+                    "disks grow, they do not shrink"
+                )
+            if size > current:
+                live = [
+                    (dom, disk)
+                    for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+                    for disk in disks_of(dom.XMLDesc(0))
+                    if disk.source == path
+                ]
+                if live:
+                    dom, disk = live[0]
+                    dom.blockResize(disk.target, size, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+                else:
+                    vol.resize(size, 0)
+            pool = self._storage_pool(conn)
+            with suppress(libvirt.libvirtError):
+                pool.refresh(0)  # QEMU wrote the new size into the file: libvirt re-reads it
+            vol = self._data_volume(conn, volume_id)
+            return self._volume_info(vol, self._disk_users(conn).get(path))
+
+    async def attach_volume(self, instance_id: str, volume_id: str) -> str:
+        """Attach data volume ``volume_id`` to a VM; returns its disk (``vdb``, ``vdc``...).
+
+        The disk is added to the VM's persistent configuration and, while it runs,
+        hot-plugged into the guest as well (a virtio disk whose serial is the volume
+        id, cut to 20 characters: ``/dev/disk/by-id/virtio-<id>``). The first free
+        ``vd*`` name after ``vda`` (the root disk's) is taken.
+
+        Idempotent: a volume attached to this VM already returns its disk (and is
+        plugged into the running guest if it was only in the configuration).
+        :class:`InvalidState` if another VM uses it (a volume has one VM at a time);
+        :class:`InvalidSpec` if there is no such volume or no free disk name;
+        :class:`InstanceNotFound` if the VM is gone. On failure nothing changed.
+        """
+        return await self._run(self._attach_volume, instance_id, volume_id)
+
+    def _attach_volume(self, instance_id: str, volume_id: str) -> str:
+        _check_id("volume", volume_id)
+        conn = self._connect()
+        dom, _ = self._ours(conn, instance_id)
+        with self._translated(instance_id):
+            path = self._data_volume(conn, volume_id).path()
+            user = self._disk_users(conn).get(path)
+            if user is not None and user != dom.UUIDString():
+                raise InvalidState(
+                    f"volume {volume_id!r} is attached to another VM ({user})",
+                    instance_id=instance_id,
+                )
+            active = bool(dom.isActive())
+            config = disks_of(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            live = disks_of(dom.XMLDesc(0)) if active else []
+            in_config = next((d.target for d in config if d.source == path), None)
+            in_live = next((d.target for d in live if d.source == path), None)
+            if in_config is not None and (not active or in_live is not None):
+                return in_config
+            if in_live is not None:  # plugged in, but not in the configuration
+                dom.attachDeviceFlags(
+                    disk_xml(path, in_live, serial=volume_id[:20]),
+                    libvirt.VIR_DOMAIN_AFFECT_CONFIG,
+                )
+                return in_live
+            taken = {d.target for d in (*config, *live)}
+            target = in_config or next(
+                (f"vd{c}" for c in "bcdefghijklmnopqrstuvwxyz" if f"vd{c}" not in taken), None
+            )
+            if target is None:
+                raise InvalidSpec("the VM has no free disk name left", instance_id=instance_id)
+            flags = libvirt.VIR_DOMAIN_AFFECT_LIVE if active else 0
+            if in_config is None:
+                flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            dom.attachDeviceFlags(disk_xml(path, target, serial=volume_id[:20]), flags)
+            return target
+
+    async def detach_volume(self, instance_id: str, volume_id: str) -> None:
+        """Detach data volume ``volume_id`` from a VM.
+
+        On return the VM's persistent configuration no longer has it. While the VM
+        runs, the disk is also unplugged from the guest: an ACPI request that the
+        guest's kernel carries out. A guest that does not within
+        ``detach_timeout`` seconds (still booting, or ignoring it) keeps the disk
+        until it stops (the request stays pending, and it may yet let go): the
+        configuration-only detach stands, and the volume shows as attached to the
+        VM (:attr:`VolumeInfo.attached_to`, and :meth:`delete_volume` refuses)
+        until it is really free. Idempotent: a volume that is not attached, or a
+        VM or volume that is gone, succeeds.
+        """
+        await self._run(self._detach_volume, instance_id, volume_id)
+
+    def _detach_volume(self, instance_id: str, volume_id: str) -> None:
+        _check_id("volume", volume_id)
+        conn = self._connect()
+        try:
+            dom, _ = self._ours(conn, instance_id)
+        except InstanceNotFound:
+            return  # a VM that is gone holds nothing
+        with self._translated(instance_id):
+            pool = self._storage_pool(conn)
+            vol = self._volume(pool, _volume_name(volume_id))
+            path = (
+                vol.path()
+                if vol is not None
+                else f"{self._pool_dir(pool)}/{_volume_name(volume_id)}"
+            )
+            config = disks_of(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            for disk in config:
+                if disk.source == path:
+                    dom.detachDeviceFlags(
+                        disk_xml(path, disk.target), libvirt.VIR_DOMAIN_AFFECT_CONFIG
+                    )
+            if not dom.isActive():
+                return
+            live = [d for d in disks_of(dom.XMLDesc(0)) if d.source == path]
+            for disk in live:
+                try:
+                    dom.detachDeviceFlags(
+                        disk_xml(path, disk.target), libvirt.VIR_DOMAIN_AFFECT_LIVE
+                    )
+                except libvirt.libvirtError as exc:
+                    if _is_unreachable(exc):
+                        raise
+                    return  # refused (an unplug pending, the VM stopping): config-only
+            deadline = time.monotonic() + self.detach_timeout
+            while live and time.monotonic() < deadline:
+                try:
+                    if not dom.isActive() or all(
+                        d.source != path for d in disks_of(dom.XMLDesc(0))
+                    ):
+                        return
+                except libvirt.libvirtError as exc:
+                    if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+                        return
+                    raise
+                time.sleep(0.2)
+
+    async def delete_volume(self, volume_id: str) -> None:
+        """Delete data volume ``volume_id`` and its data. On return the pool has no
+        such volume; one that is gone already succeeds. :class:`InvalidState` while
+        any domain (running or not) still refers to it: detach it first."""
+        await self._run(self._delete_volume, volume_id)
+
+    def _delete_volume(self, volume_id: str) -> None:
+        _check_id("volume", volume_id)
+        conn = self._connect()
+        with self._translated():
+            pool = self._storage_pool(conn)
+            vol = self._volume(pool, _volume_name(volume_id))
+            if vol is None:
+                return
+            user = self._disk_users(conn).get(vol.path())
+            if user is not None:
+                raise InvalidState(f"volume {volume_id!r} is attached to {user}: detach it first")
+            self._volume_gone(pool, _volume_name(volume_id))
+
+    async def list_volumes(self) -> builtins.list[VolumeInfo]:
+        """Every data volume (``nefos-vol-*.qcow2``) of the instance pool, by name,
+        with the VM each is attached to."""
+        return await self._run(self._read, self._list_volumes)
+
+    def _list_volumes(self) -> builtins.list[VolumeInfo]:
+        conn = self._connect()
+        with self._translated():
+            pool = self._storage_pool(conn)
+            users = self._disk_users(conn)
+            found = [
+                self._volume_info(vol, users.get(vol.path()))
+                for vol in pool.listAllVolumes(0)
+                if _DATA_VOLUME.fullmatch(vol.name())
+            ]
+        return sorted(found, key=lambda v: v.name)
+
+    def _data_volume(self, conn: libvirt.virConnect, volume_id: str) -> libvirt.virStorageVol:
+        vol = self._volume(self._storage_pool(conn), _volume_name(volume_id))
+        if vol is None:
+            raise InvalidSpec(f"no volume {volume_id!r}")
+        return vol
+
+    def _volume_info(self, vol: libvirt.virStorageVol, attached_to: str | None) -> VolumeInfo:
+        _, capacity, allocation = cast("list[int]", vol.info())
+        name = vol.name()
+        return VolumeInfo(
+            volume_id=name.removeprefix(_VOLUME_PREFIX).removesuffix(".qcow2"),
+            name=name,
+            size_gb=int(capacity) // _GIB,
+            allocation_bytes=int(allocation),
+            path=vol.path(),
+            attached_to=attached_to,
+        )
+
+    def _disk_users(self, conn: libvirt.virConnect) -> dict[str, str]:
+        """Host file -> UUID of a domain whose configuration or live XML has it as a
+        disk (every domain: one not Nefos's holds a volume as much as ours)."""
+        users: dict[str, str] = {}
+        for dom in conn.listAllDomains(0):
+            try:
+                xmls = [dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)]
+                if dom.isActive():
+                    xmls.append(dom.XMLDesc(0))
+            except libvirt.libvirtError as exc:
+                if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue  # gone meanwhile
+                raise
+            for xml in xmls:
+                for disk in disks_of(xml):
+                    if disk.source is not None:
+                        users.setdefault(disk.source, dom.UUIDString())
+        return users
+
     # --- inspection -----------------------------------------------------------------------
     async def get(self, instance_id: str) -> InstanceInfo:
         return await self._run(self._read, self._get, instance_id)
@@ -1675,6 +1947,17 @@ def _snapshot_info(snap: libvirt.virDomainSnapshot) -> SnapshotInfo:
         created_at=datetime.fromtimestamp(int(root.findtext("creationTime") or 0), UTC),
         state=root.findtext("state") or "",
     )
+
+
+def _volume_name(volume_id: str) -> str:
+    return f"{_VOLUME_PREFIX}{volume_id}.qcow2"
+
+
+def _gib(value: object, what: str) -> int:
+    """``value`` GiB in bytes, checked: a whole number >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidSpec(f"{what} must be a whole number of GiB >= 1")
+    return value * _GIB
 
 
 def _physical_size(vol: libvirt.virStorageVol) -> int:
