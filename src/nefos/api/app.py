@@ -24,6 +24,7 @@ from nefos.api.routes import (
     organisations,
     projects,
     resources,
+    storage,
     users,
     vms,
 )
@@ -36,6 +37,7 @@ from nefos.services.containers import ContainerOps
 from nefos.services.core import Core
 from nefos.services.hosts import HostService
 from nefos.services.images import ImageOps
+from nefos.services.storage import StorageOps
 from nefos.services.users import UserService
 from nefos.services.vms import VmOps
 
@@ -78,6 +80,8 @@ def api_router() -> APIRouter:
     ):
         router.include_router(module.router)
     router.include_router(vms.compute)
+    for sub in storage.routers:
+        router.include_router(sub)
     router.include_router(organisations.invitations)
     router.include_router(projects.legacy)
     router.include_router(health.router)
@@ -107,6 +111,7 @@ def create_app(
         ContainerOps(core).register()
         VmOps(core).register()
         ImageOps(core).register()
+        StorageOps(core).register()
         background = Background(core, Reconciler(core))
         app.state.reconciler = background.reconciler
         if settings.register_local_hosts:

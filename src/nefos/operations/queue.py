@@ -88,14 +88,20 @@ async def enqueue(
     project_id: str | None,
     user_id: str | None,
     params: dict[str, Any] | None = None,
+    lock: str | None = None,
 ) -> Operation:
     """Add a pending operation in the caller's transaction (the caller commits).
+
+    ``lock`` is what the operation holds while active, the resource itself by
+    default; an operation on a part of a resource (a VM's snapshot) locks the whole
+    (the VM), so it never runs beside another change of it.
 
     Raises ``Conflict`` if the resource already has an active operation. The check
     is the ``lock`` unique constraint, so it holds under concurrency; the flush that
     trips it happens here, so the caller's transaction is rolled back for it.
     """
-    active = await session.scalar(select(Operation).where(Operation.lock == resource_id))
+    lock = lock or resource_id
+    active = await session.scalar(select(Operation).where(Operation.lock == lock))
     if active is not None:
         raise _busy(active)
     op = Operation(
@@ -105,7 +111,7 @@ async def enqueue(
         project_id=project_id,
         user_id=user_id,
         status=OpStatus.PENDING,
-        lock=resource_id,
+        lock=lock,
         params=params or {},
     )
     session.add(op)

@@ -62,6 +62,11 @@ def network_name(network_id: str) -> str:
     return f"nefos-net-{network_id}"
 
 
+def network_labels(core: Core, network: Network) -> dict[str, str]:
+    """The labels a network carries on each host (the reconciler reads them)."""
+    return {"nefos.network": network.id, LABEL_INSTALLATION: installation_id(core)}
+
+
 def vm_request(vm: Vm, driver: str = "libvirt") -> PlacementRequest:
     return PlacementRequest(
         driver=driver, cpus=vm.cpu_cores, memory_mb=vm.memory_mb, disk_gb=vm.storage_gb
@@ -544,7 +549,12 @@ class VmOps:
             await driver_call(
                 self.core,
                 host,
-                driver.create_network(network.id, project_id=network.project_id, cidr=network.cidr),
+                driver.create_network(
+                    network.id,
+                    project_id=network.project_id,
+                    cidr=network.cidr,
+                    labels=network_labels(self.core, network),
+                ),
             )
         try:
             info = await driver_call(self.core, host, driver.create(self.spec(vm, image)))
