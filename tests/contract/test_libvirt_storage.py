@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import time
 import uuid
@@ -22,7 +23,7 @@ from typing import Any
 import libvirt
 import pytest
 
-from nefos.drivers.base import InvalidSpec, InvalidState
+from nefos.drivers.base import DriverError, InvalidSpec, InvalidState
 from nefos.drivers.libvirt import LibvirtDriver, VmSpec
 
 from .conftest import RUN_ID, RUN_LABEL, libvirt_test_driver, libvirt_uri, vm_image
@@ -508,3 +509,111 @@ async def test_a_data_volume_plugs_into_a_running_vm_and_grows_there(
     finally:
         await vm_driver.destroy(vm.driver_id)
     await vm_driver.delete_volume(volume_id)
+
+
+def dnsmasq_installed() -> bool:
+    """libvirt serves a network's DHCP with dnsmasq, when the host has it."""
+    return shutil.which("dnsmasq") is not None or Path("/usr/sbin/dnsmasq").is_file()
+
+
+async def test_a_private_network_carries_a_vm_and_outlives_it_but_not_its_use(
+    vm_driver: LibvirtDriver, host: libvirt.virConnect
+) -> None:
+    network_id = f"n{RUN_ID}"
+    labels = {RUN_LABEL: RUN_ID, "tier": "db"}
+    made = await vm_driver.create_network(network_id, project_id="net-project", labels=labels)
+    assert (made.network_id, made.name, made.cidr, made.active) == (
+        network_id,
+        f"nefos-net-{network_id}",
+        None,
+        True,
+    )
+    assert made.labels == {
+        **labels,
+        "nefos.id": network_id,
+        "nefos.project": "net-project",
+        "nefos.managed": "true",
+    }
+    assert made.bridge.startswith("nfs") and len(made.bridge) <= 15
+    # libvirt's view: persistent, autostarted, isolated, with the Nefos metadata.
+    net = host.networkLookupByName(made.name)
+    assert net.isPersistent() and net.autostart() and net.isActive()
+    root = ET.fromstring(net.XMLDesc(0))
+    assert root.find("forward") is None
+    assert root.find("bridge").get("name") == made.bridge  # type: ignore[union-attr]
+    ns = "urn:nefos:libvirt:network:1"
+    assert root.findtext(f"metadata/{{{ns}}}network/{{{ns}}}id") == network_id
+    assert await vm_driver.create_network(network_id, project_id="net-project") == made
+    with pytest.raises(InvalidSpec):
+        await vm_driver.create_network(network_id, project_id="another-project")
+    assert [n.name for n in await vm_driver.list_networks({RUN_LABEL: RUN_ID})] == [made.name]
+    assert await vm_driver.list_networks({RUN_LABEL: RUN_ID, "tier": "web"}) == []
+
+    with pytest.raises(InvalidSpec, match="no network"):
+        await vm_driver.create(vm_spec(network=f"nefos-net-missing{RUN_ID}"))
+    vm = await vm_driver.create(vm_spec(network=made.name))
+    nics = domain_xml(host, vm.driver_id).findall("devices/interface")
+    assert [(n.get("type"), n.find("source").get("network")) for n in nics] == [  # type: ignore[union-attr]
+        ("network", made.name)
+    ]
+    await vm_driver.start(vm.driver_id)  # the NIC plugs into the network's bridge
+    live = ET.fromstring(host.lookupByUUIDString(vm.driver_id).XMLDesc(0))
+    assert live.find("devices/interface/source").get("bridge") == made.bridge  # type: ignore[union-attr]
+    with pytest.raises(InvalidState):
+        await vm_driver.delete_network(network_id)
+    await vm_driver.stop(vm.driver_id, grace_seconds=0)
+    with pytest.raises(InvalidState):
+        await vm_driver.delete_network(network_id)  # still in its configuration
+    await vm_driver.destroy(vm.driver_id)
+
+    await vm_driver.delete_network(network_id)
+    await vm_driver.delete_network(network_id)  # gone already: fine
+    assert made.name not in host.listNetworks() + host.listDefinedNetworks()
+    assert await vm_driver.list_networks({RUN_LABEL: RUN_ID}) == []
+
+
+async def test_a_network_with_a_cidr_serves_dhcp_or_fails_leaving_nothing(
+    vm_driver: LibvirtDriver, host: libvirt.virConnect
+) -> None:
+    for bad in ("10.0.0.1/24", "fd00::/64", "10.0.0.0/31", "not-a-cidr"):
+        with pytest.raises(InvalidSpec):
+            await vm_driver.create_network(f"n{RUN_ID}bad", project_id="p", cidr=bad)
+    network_id = f"n{RUN_ID}dhcp"
+    third = int(RUN_ID[:2], 16)  # a /24 of 10.213.x.0 that other runs are unlikely to take
+    cidr = f"10.213.{third}.0/24"
+    name = f"nefos-net-{network_id}"
+    if not dnsmasq_installed():
+        with pytest.raises(DriverError, match="dnsmasq"):
+            await vm_driver.create_network(network_id, project_id="p", cidr=cidr)
+        assert name not in host.listNetworks() + host.listDefinedNetworks()
+        return
+    made = await vm_driver.create_network(
+        network_id, project_id="p", cidr=cidr, labels={RUN_LABEL: RUN_ID}
+    )
+    try:
+        assert made.cidr == cidr and made.active
+        ip = ET.fromstring(host.networkLookupByName(name).XMLDesc(0)).find("ip")
+        assert ip is not None
+        assert (ip.get("address"), ip.get("prefix")) == (f"10.213.{third}.1", "24")
+        dhcp = ip.find("dhcp/range")
+        assert dhcp is not None
+        assert (dhcp.get("start"), dhcp.get("end")) == (f"10.213.{third}.2", f"10.213.{third}.254")
+        assert await vm_driver.create_network(network_id, project_id="p", cidr=cidr) == made
+        with pytest.raises(InvalidSpec):
+            await vm_driver.create_network(network_id, project_id="p", cidr="10.214.0.0/24")
+        # A guest on it gets an address by DHCP (the tiny image runs udhcpc at boot).
+        spec = vm_spec(
+            network=name,
+            user_data=(
+                "#!/bin/sh\n"
+                "while true; do echo NEFOS-ADDR $(ip -4 -o addr show dev eth0); sleep 1; done\n"
+            ),
+        )
+        vm = await vm_driver.create(spec)
+        try:
+            await vm_driver.start(vm.driver_id)
+            await console_until(vm_driver, vm.driver_id, f"inet 10.213.{third}.")
+        finally:
+            await vm_driver.destroy(vm.driver_id)
+    finally:
+        await vm_driver.delete_network(network_id)

@@ -90,7 +90,9 @@ from urllib.parse import urlsplit
 import libvirt
 
 from nefos.drivers.base import (
+    LABEL_ID,
     LABEL_MANAGED,
+    LABEL_PROJECT,
     BackupInfo,
     Capabilities,
     ComputeDriver,
@@ -107,6 +109,7 @@ from nefos.drivers.base import (
     InsufficientCapacity,
     InvalidSpec,
     InvalidState,
+    NetworkInfo,
     SnapshotInfo,
     VolumeInfo,
 )
@@ -126,11 +129,21 @@ from nefos.drivers.libvirt.domain import (
     disks_of,
     domain_xml,
     kernel_min_memory_mb,
+    networks_of,
     parse_metadata,
     probe_xml,
     qcow2_problem,
     snapshot_xml,
     vcpus_for,
+)
+from nefos.drivers.libvirt.network import (
+    NETWORK_PREFIX,
+    NetworkPlan,
+    ParsedNetwork,
+    network_name,
+    network_xml,
+    normal_cidr,
+    parse_network,
 )
 
 T = TypeVar("T")
@@ -327,6 +340,7 @@ class LibvirtDriver(ComputeDriver):
         supports_user_data=True,
         supports_backups=True,  # of a stopped VM's disks, restored by VmSpec.root_from
         supports_volumes=True,
+        supports_networks=True,  # isolated, optionally with DHCP (dnsmasq on the host)
     )
 
     def __init__(
@@ -1825,6 +1839,166 @@ class LibvirtDriver(ComputeDriver):
                         users.setdefault(disk.source, dom.UUIDString())
         return users
 
+    # --- networks -------------------------------------------------------------------------
+    async def create_network(
+        self,
+        network_id: str,
+        *,
+        project_id: str,
+        cidr: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> NetworkInfo:
+        """Make private network ``nefos-net-<network_id>``: persistent, started,
+        autostarted with libvirtd.
+
+        Isolated (no forwarding: its VMs reach each other and the host's bridge, not
+        beyond), on bridge ``nfs<11 hex>``. With ``cidr`` (IPv4, at most a /30) the
+        host takes its first address and hands out the rest by DHCP (libvirt runs
+        dnsmasq: a host without it fails here, with libvirt's message); without, it
+        is a bare layer-2 segment. It carries ``labels`` plus ``nefos.id``,
+        ``nefos.project`` and ``nefos.managed=true`` in its metadata.
+        ``VmSpec(network=info.name)`` puts a VM's NIC on it.
+
+        Idempotent: a network of that id and project (and cidr) is returned as it
+        is, started if it was not; its labels are not changed. One of another
+        project or cidr, or a network of that name that is not Nefos's, is
+        :class:`InvalidSpec`, as is a bad ``cidr`` or one that overlaps a network
+        the host has already. On failure nothing is left.
+        """
+        return await self._run(
+            self._create_network, network_id, project_id, cidr, dict(labels or {})
+        )
+
+    def _create_network(
+        self, network_id: str, project_id: str, cidr: str | None, labels: dict[str, str]
+    ) -> NetworkInfo:
+        _check_id("network", network_id)
+        if cidr is not None:
+            try:
+                cidr = normal_cidr(cidr)
+            except ValueError as exc:
+                raise InvalidSpec(f"cidr: {exc}") from exc
+        plan = NetworkPlan(
+            network_id=network_id,
+            project_id=project_id,
+            cidr=cidr,
+            labels={
+                **labels,
+                LABEL_ID: network_id,
+                LABEL_PROJECT: project_id,
+                LABEL_MANAGED: "true",
+            },
+        )
+        conn = self._connect()
+        with self._translated():
+            net = self._network(conn, plan.name)
+            if net is None:
+                try:
+                    net = conn.networkDefineXML(network_xml(plan))
+                except libvirt.libvirtError:
+                    net = self._network(conn, plan.name)  # defined meanwhile by another call?
+                    if net is None:
+                        raise
+                else:
+                    try:
+                        net.create()
+                        net.setAutostart(1)
+                    except BaseException as exc:
+                        with suppress(libvirt.libvirtError):
+                            if net.isActive():
+                                net.destroy()
+                        with suppress(libvirt.libvirtError):
+                            net.undefine()
+                        if isinstance(exc, libvirt.libvirtError) and "in use" in _explain(exc):
+                            raise InvalidSpec(f"network {network_id!r}: {_explain(exc)}") from exc
+                        raise
+            found = parse_network(net.XMLDesc(0))
+            if found is None:
+                raise InvalidSpec(f"a network named {plan.name!r} exists and is not Nefos's")
+            if (found.project_id, found.cidr) != (project_id, cidr):
+                raise InvalidSpec(
+                    f"network {network_id!r} exists with another project or cidr "
+                    f"({found.project_id}, {found.cidr})"
+                )
+            if not net.isActive():
+                try:
+                    net.create()
+                except libvirt.libvirtError:
+                    if not net.isActive():  # else started meanwhile
+                        raise
+                net.setAutostart(1)
+            return _network_info(net, found)
+
+    async def delete_network(self, network_id: str) -> None:
+        """Stop and undefine network ``network_id``. On return the host has no such
+        network; one that is gone already (or that is not Nefos's) succeeds and is
+        left alone. :class:`InvalidState` while any domain's NIC, running or in its
+        configuration, is on it: destroy those VMs first."""
+        await self._run(self._delete_network, network_id)
+
+    def _delete_network(self, network_id: str) -> None:
+        _check_id("network", network_id)
+        name = network_name(network_id)
+        conn = self._connect()
+        with self._translated():
+            net = self._network(conn, name)
+            if net is None or parse_network(net.XMLDesc(0)) is None:
+                return
+            for dom in conn.listAllDomains(0):
+                try:
+                    xmls = [dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)]
+                    if dom.isActive():
+                        xmls.append(dom.XMLDesc(0))
+                except libvirt.libvirtError as exc:
+                    if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+                        continue
+                    raise
+                if any(name in networks_of(xml) for xml in xmls):
+                    raise InvalidState(
+                        f"network {network_id!r} is in use by domain {dom.name()!r}",
+                        instance_id=dom.UUIDString(),
+                    )
+            try:
+                if net.isActive():
+                    net.destroy()
+                net.undefine()
+            except libvirt.libvirtError as exc:
+                if _code(exc) != libvirt.VIR_ERR_NO_NETWORK:
+                    raise
+
+    async def list_networks(
+        self, labels: Mapping[str, str] | None = None
+    ) -> builtins.list[NetworkInfo]:
+        """Every Nefos-made network (``nefos.managed=true``) on the host that also
+        carries all of ``labels``, by name."""
+        return await self._run(self._read, self._list_networks, dict(labels or {}))
+
+    def _list_networks(self, labels: dict[str, str]) -> builtins.list[NetworkInfo]:
+        wanted = {**labels, LABEL_MANAGED: "true"}
+        conn = self._connect()
+        found = []
+        with self._translated():
+            for net in conn.listAllNetworks(0):
+                if not net.name().startswith(NETWORK_PREFIX):
+                    continue
+                try:
+                    parsed = parse_network(net.XMLDesc(0))
+                    if parsed is None or any(parsed.labels.get(k) != v for k, v in wanted.items()):
+                        continue
+                    found.append(_network_info(net, parsed))
+                except libvirt.libvirtError as exc:
+                    if _code(exc) != libvirt.VIR_ERR_NO_NETWORK:  # gone meanwhile
+                        raise
+        return sorted(found, key=lambda n: n.name)
+
+    def _network(self, conn: libvirt.virConnect, name: str) -> libvirt.virNetwork | None:
+        try:
+            return conn.networkLookupByName(name)
+        except libvirt.libvirtError as exc:
+            if _code(exc) == libvirt.VIR_ERR_NO_NETWORK:
+                return None
+            raise
+
     # --- inspection -----------------------------------------------------------------------
     async def get(self, instance_id: str) -> InstanceInfo:
         return await self._run(self._read, self._get, instance_id)
@@ -1946,6 +2120,17 @@ def _snapshot_info(snap: libvirt.virDomainSnapshot) -> SnapshotInfo:
         name=name,
         created_at=datetime.fromtimestamp(int(root.findtext("creationTime") or 0), UTC),
         state=root.findtext("state") or "",
+    )
+
+
+def _network_info(net: libvirt.virNetwork, parsed: ParsedNetwork) -> NetworkInfo:
+    return NetworkInfo(
+        network_id=parsed.network_id,
+        name=net.name(),
+        cidr=parsed.cidr,
+        bridge=parsed.bridge,
+        active=bool(net.isActive()),
+        labels=dict(parsed.labels),
     )
 
 
