@@ -42,10 +42,12 @@ from nefos.sdk._resources import (
     Auth,
     Containers,
     Hosts,
+    Images,
     Operations,
     Organisations,
     Projects,
     Users,
+    Vms,
 )
 from nefos.sdk._types import NOT_GIVEN, NotGiven, Tokens
 
@@ -59,6 +61,7 @@ __all__ = [
     "ConflictError",
     "Containers",
     "Hosts",
+    "Images",
     "InternalServerError",
     "Message",
     "NefosAPIError",
@@ -80,4 +83,5 @@ __all__ = [
     "TransportError",
     "Users",
     "ValidationError",
+    "Vms",
 ]

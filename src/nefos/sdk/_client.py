@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -54,10 +54,12 @@ from nefos.sdk._resources import (
     Auth,
     Containers,
     Hosts,
+    Images,
     Operations,
     Organisations,
     Projects,
     Users,
+    Vms,
 )
 from nefos.sdk._types import Tokens
 
@@ -167,6 +169,8 @@ class Client:
         self.admin = Admin(self)
         self.hosts = Hosts(self)
         self.containers = Containers(self)
+        self.vms = Vms(self)
+        self.images = Images(self)
         self.operations = Operations(self)
 
     # --- lifecycle ------------------------------------------------------------
@@ -306,9 +310,13 @@ class Client:
         json: Any,
         params: dict[str, Any] | None,
         headers: dict[str, str],
+        data: dict[str, str] | None = None,
+        files: dict[str, tuple[str, IO[bytes]]] | None = None,
     ) -> httpx.Response:
         try:
-            return self._http.request(method, path, json=json, params=params, headers=headers)
+            return self._http.request(
+                method, path, json=json, params=params, headers=headers, data=data, files=files
+            )
         except httpx.TimeoutException as exc:
             raise TransportError(f"{method} {path}: timed out ({exc})") from exc
         except httpx.HTTPError as exc:
@@ -322,24 +330,43 @@ class Client:
         json: Any = None,
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        data: dict[str, str] | None = None,
+        files: dict[str, tuple[str, IO[bytes]]] | None = None,
         authenticated: bool = True,
     ) -> Any:
         """Call ``path`` (relative to ``/api/v1``) and return the envelope's ``data``.
 
         The low-level way to reach a route the typed methods do not cover yet.
         ``headers`` are sent besides the credentials (``Idempotency-Key``, ...).
+        ``files`` (name -> (filename, open binary file)) and ``data`` (form fields)
+        make a multipart/form-data body instead of ``json``; a file is read from its
+        start again if the call is retried.
         Raises a :class:`NefosAPIError` subclass for an error answer and
         :class:`TransportError` when there is no answer.
         """
         extra = headers or {}
         auth, token = self._credentials() if authenticated else ({}, None)
-        response = self._send(method, path, json=json, params=params, headers={**extra, **auth})
+        response = self._send(
+            method,
+            path,
+            json=json,
+            params=params,
+            headers={**extra, **auth},
+            data=data,
+            files=files,
+        )
         if response.status_code == 401 and token is not None and _expired(response):
             self._renew(token)
             auth, renewed = self._credentials()
             if renewed != token:  # nothing to renew with: the 401 stands
                 response = self._send(
-                    method, path, json=json, params=params, headers={**extra, **auth}
+                    method,
+                    path,
+                    json=json,
+                    params=params,
+                    headers={**extra, **auth},
+                    data=data,
+                    files=files,
                 )
         return _unwrap(response)
 

@@ -10,9 +10,11 @@ API gives ``null`` a meaning of its own (quota limits) does the SDK use
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from contextlib import ExitStack
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from pydantic import BaseModel
@@ -42,6 +44,7 @@ from nefos.schemas.tenancy import (
     ProjectPublic,
     QuotaPublic,
 )
+from nefos.schemas.vms import ImageAccepted, ImagePublic, VmAccepted, VmConsole, VmPublic
 from nefos.sdk._errors import OperationFailedError, OperationTimeoutError
 from nefos.sdk._types import NOT_GIVEN, NotGiven
 
@@ -455,18 +458,22 @@ class Admin(_Resource):
         return self._one(UserPublic, "PATCH", f"/admin/users/{_seg(user_id)}", json=body)
 
 
-OperationLike = str | OperationRef | OperationPublic | ContainerAccepted
+OperationLike = (
+    str | OperationRef | OperationPublic | ContainerAccepted | VmAccepted | ImageAccepted
+)
 """What :meth:`Operations.wait` accepts: an id, an operation, or a 202's answer."""
 
 _ENDED = ("succeeded", "failed", "cancelled")
 
 
 def _operation_id(operation: OperationLike) -> str:
-    if isinstance(operation, ContainerAccepted):
-        return operation.operation.id
+    if isinstance(operation, str):
+        return operation
     if isinstance(operation, OperationRef | OperationPublic):
         return operation.id
-    return operation
+    if operation.operation is None:  # an ImageAccepted of a container image (a 201)
+        raise ValueError("nothing to wait for: the image was registered at once")
+    return operation.operation.id
 
 
 class Hosts(_Resource):
@@ -636,6 +643,289 @@ class Containers(_Resource):
         return self._one(
             ContainerLogs, "GET", f"/containers/{_seg(container_id)}/logs", params=params
         )
+
+
+class Vms(_Resource):
+    """Virtual machines of a project. Writes answer at once (a :class:`VmAccepted`
+    in a transitional status, such as ``creating``) and the work is done by the
+    operation it names: follow it with ``client.operations.wait(accepted)``.
+
+    ``project_id`` defaults to the caller's default project.
+    """
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        project_id: str | None = None,
+        page: int | None = None,
+        limit: int | None = None,
+        skip: int | None = None,
+    ) -> Page[VmPublic]:
+        """One project's VMs; ``status`` (``running``, ``stopped``, ``error``, ...)
+        filters them. ``skip`` (items to skip) is an alternative to ``page``."""
+        params = _paging(page, limit, skip=skip, status=status, project_id=project_id)
+        return self._page(VmPublic, "/vms", params)
+
+    def create(
+        self,
+        name: str,
+        *,
+        image_id: str | None = None,
+        os_type: str | None = None,
+        os_version: str | None = None,
+        cpu_cores: int = 1,
+        memory_gb: float | None = None,
+        memory_mb: int | None = None,
+        storage_gb: int = 10,
+        user_data: str | None = None,
+        ssh_keys: Sequence[str] = (),
+        network_id: str | None = None,
+        flavor: str | None = None,
+        project_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> VmAccepted:
+        """Create and boot a VM from ``image_id``, or from the newest active image
+        whose ``os_type`` (and ``os_version``) match.
+
+        Memory is ``memory_gb`` (may be fractional) or ``memory_mb``, not both
+        (1 GB when neither); ``storage_gb`` is the root disk. ``user_data``
+        (cloud-init) and ``ssh_keys`` (OpenSSH public key lines) reach the guest on
+        a NoCloud seed. ``network_id`` names one of the project's networks.
+        """
+        body = _body(
+            name=name,
+            image_id=image_id,
+            os_type=os_type,
+            os_version=os_version,
+            cpu_cores=cpu_cores,
+            memory_gb=memory_gb,
+            memory_mb=memory_mb,
+            storage_gb=storage_gb,
+            user_data=user_data,
+            ssh_keys=list(ssh_keys) or None,
+            network_id=network_id,
+            flavor=flavor,
+            project_id=project_id,
+        )
+        headers = _idempotent(idempotency_key)
+        return self._one(VmAccepted, "POST", "/vms", json=body, headers=headers)
+
+    def get(self, vm_id: str) -> VmPublic:
+        return self._one(VmPublic, "GET", f"/vms/{_seg(vm_id)}")
+
+    def _write(self, method: str, path: str, key: str | None, body: Any = None) -> VmAccepted:
+        return self._one(VmAccepted, method, path, json=body, headers=_idempotent(key))
+
+    def update(
+        self,
+        vm_id: str,
+        *,
+        name: str | None = None,
+        cpu_cores: int | None = None,
+        memory_gb: float | None = None,
+        memory_mb: int | None = None,
+        storage_gb: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> VmAccepted | VmPublic:
+        """Resize and/or rename. New sizes need the VM stopped (a ConflictError
+        otherwise) and the disk only grows; they are applied by the ``vm.resize``
+        operation of the :class:`VmAccepted` returned. When the sizes stay as they
+        are (a rename alone), the change is made at once and the VM is returned."""
+        body = _body(
+            name=name,
+            cpu_cores=cpu_cores,
+            memory_gb=memory_gb,
+            memory_mb=memory_mb,
+            storage_gb=storage_gb,
+        )
+        data = self._client.request(
+            "PUT", f"/vms/{_seg(vm_id)}", json=body, headers=_idempotent(idempotency_key)
+        )
+        if isinstance(data, dict) and data.get("operation"):
+            return VmAccepted.model_validate(data)
+        return VmPublic.model_validate(data["vm"])
+
+    resize = update
+
+    def start(self, vm_id: str, *, idempotency_key: str | None = None) -> VmAccepted:
+        return self._write("POST", f"/vms/{_seg(vm_id)}/start", idempotency_key)
+
+    def stop(
+        self,
+        vm_id: str,
+        *,
+        force: bool = False,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> VmAccepted:
+        """Shut down gracefully (the ACPI power button), powering off after
+        ``timeout`` seconds (default: the server's setting); ``force=True`` powers
+        off at once."""
+        body = _body(force=force, timeout=timeout)
+        return self._write("POST", f"/vms/{_seg(vm_id)}/stop", idempotency_key, body)
+
+    def reboot(
+        self, vm_id: str, *, hard: bool = False, idempotency_key: str | None = None
+    ) -> VmAccepted:
+        """Ask the guest to reboot (ACPI); ``hard=True`` resets it. It must be running."""
+        path = f"/vms/{_seg(vm_id)}/reboot"
+        return self._write("POST", path, idempotency_key, {"hard": hard})
+
+    def delete(self, vm_id: str, *, idempotency_key: str | None = None) -> VmAccepted:
+        """Destroy the VM and its disks (once the operation succeeds); attached
+        volumes are detached and kept."""
+        return self._write("DELETE", f"/vms/{_seg(vm_id)}", idempotency_key)
+
+    def console(self, vm_id: str, *, tail: int = 200) -> str:
+        """The last ``tail`` lines of the serial console (boot messages, cloud-init)."""
+        path = f"/vms/{_seg(vm_id)}/console"
+        return self._one(VmConsole, "GET", path, params={"tail": tail}).console
+
+
+PathLike = str | os.PathLike[str]
+
+
+class Images(_Resource):
+    """VM images (and container image references) that VMs are made from.
+
+    Public images are visible to every project; the others to their project
+    (``project_id``, default: the caller's default project).
+    """
+
+    def list(
+        self,
+        *,
+        kind: str | None = None,
+        os_type: str | None = None,
+        status: str | None = None,
+        project_id: str | None = None,
+        page: int | None = None,
+        limit: int | None = None,
+        skip: int | None = None,
+    ) -> Page[ImagePublic]:
+        """Public images and the project's own. ``kind``: ``vm`` or ``container``;
+        ``status``: ``pending``, ``active``, ``error``, ``deleting``."""
+        params = _paging(
+            page, limit, skip=skip, kind=kind, os_type=os_type, status=status, project_id=project_id
+        )
+        return self._page(ImagePublic, "/images", params)
+
+    def register(
+        self,
+        name: str,
+        *,
+        path: str | None = None,
+        kernel_path: str | None = None,
+        initrd_path: str | None = None,
+        kernel_cmdline: str | None = None,
+        format: str | None = None,
+        reference: str | None = None,
+        kind: str = "vm",
+        os_type: str = "",
+        os_version: str = "",
+        description: str = "",
+        checksum: str | None = None,
+        min_disk_gb: int = 0,
+        public: bool | None = None,
+        project_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> ImageAccepted:
+        """Register an image without sending its bytes.
+
+        A VM image (platform admins only) from files on the *Nefos server*: ``path``
+        (a qcow2 or raw disk, or a folder holding ``vmlinuz``, ``initrd.img`` and
+        optionally ``cmdline``), or ``kernel_path`` (with ``initrd_path`` and
+        ``kernel_cmdline``). It is public unless ``public=False``. The answer's
+        operation copies, checks (``checksum``: ``sha256:<hex>``) and imports it
+        into every libvirt host: wait for it before using the image.
+
+        A container image is ``kind="container"`` with a ``reference``
+        (``nginx:alpine``); it is usable at once and its answer has no operation.
+        """
+        body = _body(
+            name=name,
+            path=path,
+            kernel_path=kernel_path,
+            initrd_path=initrd_path,
+            kernel_cmdline=kernel_cmdline,
+            format=format,
+            reference=reference,
+            kind=kind,
+            os_type=os_type,
+            os_version=os_version,
+            description=description,
+            checksum=checksum,
+            min_disk_gb=min_disk_gb,
+            public=public,
+            project_id=project_id,
+        )
+        headers = _idempotent(idempotency_key)
+        return self._one(ImageAccepted, "POST", "/images", json=body, headers=headers)
+
+    def upload(
+        self,
+        name: str,
+        *,
+        disk: PathLike | None = None,
+        kernel: PathLike | None = None,
+        initrd: PathLike | None = None,
+        kernel_cmdline: str | None = None,
+        format: str | None = None,
+        os_type: str = "",
+        os_version: str = "",
+        description: str = "",
+        checksum: str | None = None,
+        min_disk_gb: int = 0,
+        public: bool = False,
+        project_id: str | None = None,
+    ) -> ImageAccepted:
+        """Upload a VM image from local files: a ``disk`` (qcow2 or raw; ``format``
+        is detected unless given), or a ``kernel`` (with ``initrd`` and
+        ``kernel_cmdline``). The files are streamed (multipart/form-data); the
+        answer's operation checks and imports the image: wait for it.
+
+        No ``idempotency_key``: the server fingerprints a keyed request by its
+        whole body, and refuses bodies over 8 MiB with one.
+        """
+        fields = _body(
+            name=name,
+            kernel_cmdline=kernel_cmdline,
+            format=format,
+            os_type=os_type,
+            os_version=os_version,
+            description=description,
+            checksum=checksum,
+            min_disk_gb=str(min_disk_gb),
+            public="true" if public else "false",
+        )
+        with ExitStack() as stack:
+            files: dict[str, tuple[str, IO[bytes]]] = {}
+            for part, source in (("disk", disk), ("kernel", kernel), ("initrd", initrd)):
+                if source is not None:
+                    handle = stack.enter_context(open(source, "rb"))
+                    files[part] = (os.path.basename(source), handle)
+            data = self._client.request(
+                "POST",
+                "/images/upload",
+                params=_body(project_id=project_id) or None,
+                data=fields,
+                files=files or None,
+            )
+        return ImageAccepted.model_validate(data)
+
+    def get(self, image_id: str) -> ImagePublic:
+        return self._one(ImagePublic, "GET", f"/images/{_seg(image_id)}")
+
+    def delete(self, image_id: str, *, idempotency_key: str | None = None) -> OperationRef | None:
+        """Delete an image; refused (ConflictError) while a VM or a backup uses it.
+        A VM image is removed from every host by the operation returned (follow it
+        with :meth:`Operations.wait`); None when the image was deleted at once."""
+        data = self._client.request(
+            "DELETE", f"/images/{_seg(image_id)}", headers=_idempotent(idempotency_key)
+        )
+        operation = data.get("operation") if isinstance(data, dict) else None
+        return OperationRef.model_validate(operation) if operation else None
 
 
 class Operations(_Resource):
