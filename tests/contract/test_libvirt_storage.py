@@ -67,8 +67,13 @@ async def vm_driver(host: libvirt.virConnect) -> AsyncIterator[LibvirtDriver]:
     await driver.close()
 
 
+#: The ids of every VM spec this module made, for the final check.
+SPECS_MADE: list[str] = []
+
+
 def vm_spec(**overrides: Any) -> VmSpec:
     nefos_id = overrides.pop("nefos_id", f"st{uuid.uuid4().hex[:12]}")
+    SPECS_MADE.append(nefos_id)
     values: dict[str, Any] = {
         "nefos_id": nefos_id,
         "project_id": "storage-project",
@@ -234,7 +239,7 @@ async def test_a_raw_disk_image_backs_an_overlay_of_at_least_disk_gb_and_bad_imp
         await vm_driver.import_image(bad, kernel=src / "vmlinuz", disk=raw)
     with pytest.raises(InvalidSpec):
         await vm_driver.import_image(bad, kernel=tmp_path / "missing")
-    with pytest.raises(InvalidSpec, match="another kind"):
+    with pytest.raises(InvalidSpec, match="other volumes"):
         await vm_driver.import_image(image, kernel=src / "vmlinuz")
     assert volume_names(host, bad) == []
     assert not await vm_driver.has_image(bad)
@@ -454,6 +459,14 @@ async def test_data_volumes_attach_to_a_stopped_vm_grow_and_outlive_it(
         f"nefos-bak-b{RUN_ID}vol.{dev}.qcow2" for dev in ("vda", "vdc", "vdd")
     )
     await vm_driver.delete_backup(backup.backup_id)
+    # Moved to another VM, a volume is that VM's: the snapshot may not revert it.
+    await vm_driver.detach_volume(vm.driver_id, first)
+    assert await vm_driver.attach_volume(other.driver_id, first) == "vdb"  # after the seed
+    with pytest.raises(InvalidState, match="another VM"):
+        await vm_driver.revert_snapshot(vm.driver_id, f"s{RUN_ID}")
+    await vm_driver.detach_volume(other.driver_id, first)
+    await vm_driver.revert_snapshot(vm.driver_id, f"s{RUN_ID}")
+    assert "vdc" not in disks(domain_xml(host, vm.driver_id))  # today's configuration
 
     await vm_driver.detach_volume(vm.driver_id, second)
     await vm_driver.detach_volume(vm.driver_id, second)  # not attached: fine
@@ -617,3 +630,22 @@ async def test_a_network_with_a_cidr_serves_dhcp_or_fails_leaving_nothing(
             await vm_driver.destroy(vm.driver_id)
     finally:
         await vm_driver.delete_network(network_id)
+
+
+async def test_the_tests_leave_no_domain_volume_backup_or_network_behind(
+    vm_driver: LibvirtDriver, host: libvirt.virConnect
+) -> None:
+    """Last in the module: each test above cleaned up after itself (the module's
+    clean-up, which would hide a leak, has not run yet)."""
+    assert SPECS_MADE
+    domains = {d.name() for d in host.listAllDomains(0)}
+    assert [i for i in SPECS_MADE if f"nefos-{i}" in domains] == []
+    pools = ["default", vm_driver.backup_pool]
+    left = [
+        name
+        for pool in pools
+        for name in volume_names(host, "", pool)
+        if RUN_ID in name or any(name.startswith(f"nefos-{i}.") for i in SPECS_MADE)
+    ]
+    assert left == []
+    assert [n.name() for n in host.listAllNetworks(0) if RUN_ID in n.name()] == []

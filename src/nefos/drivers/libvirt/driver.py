@@ -788,8 +788,9 @@ class LibvirtDriver(ComputeDriver):
         ``initrd`` without a kernel; a file that cannot be read; a qcow2 disk that
         is not qcow2 or refers to other files (a backing file or an external data
         file: it would let a guest read the host); a name that is not an image name;
-        or a name the pool holds as the other kind of image already (delete that
-        first). ``delete_image`` then ``import_image`` replaces an image.
+        or a name the pool holds other volumes of (another kind of image, or an
+        initrd for a kernel-only import): delete that first. ``delete_image`` then
+        ``import_image`` replaces an image.
         """
         await self._run(self._import_image, name, kernel, initrd, disk, disk_format)
 
@@ -829,17 +830,17 @@ class LibvirtDriver(ComputeDriver):
                 if problem is not None:
                     raise InvalidSpec(f"{path}: {problem}")
         wanted = {vol_name for vol_name, _ in files}
+        # Anything else of that name: the other kind, or an initrd a kernel-only image
+        # would pick up.
         others = {f"{name}.{suffix}" for suffix in ("vmlinuz", "initrd", *_DISK_FORMATS)} - wanted
-        if kernel is not None:
-            others.discard(f"{name}.initrd")  # an old initrd of the same kernel image
         conn = self._connect()
         made: builtins.list[libvirt.virStorageVol] = []
         with self._translated():
             pool = self._storage_pool(conn)
             clash = sorted(v for v in others if self._volume(pool, v) is not None)
-            if clash and not (kernel is not None and clash == [f"{name}.initrd"]):
+            if clash:
                 raise InvalidSpec(
-                    f"image {name!r} exists as another kind of image ({', '.join(clash)}): "
+                    f"image {name!r} exists with other volumes ({', '.join(clash)}): "
                     "delete it first"
                 )
             try:
@@ -1270,8 +1271,8 @@ class LibvirtDriver(ComputeDriver):
         The guest sees the new size at its next boot; growing its partitions and
         file systems is the guest's business. The disk grows first: if changing cpu or
         memory then fails, the disk stays grown. Raises :class:`InstanceNotFound` if
-        the VM is gone. (A disk grown after a snapshot was taken cannot be reverted
-        to that snapshot: see :meth:`revert_snapshot`.)
+        the VM is gone. (Reverting to a snapshot taken before the disk grew brings
+        back the size of then: see :meth:`revert_snapshot`.)
         """
         return await self._run(self._resize, instance_id, cpu, memory_mb, disk_gb)
 
@@ -1393,8 +1394,9 @@ class LibvirtDriver(ComputeDriver):
         not the snapshot's: cpu, memory, labels and the volumes attached now are
         kept (a volume attached since is not reverted).
 
-        :class:`InvalidState` while the VM runs; :class:`InvalidSpec` if there is no
-        such snapshot; :class:`InstanceNotFound` if the VM is gone. If a disk of the
+        :class:`InvalidState` while the VM runs, or while a data volume of the
+        snapshot is attached to another VM; :class:`InvalidSpec` if there is no such
+        snapshot; :class:`InstanceNotFound` if the VM is gone. If a disk of the
         snapshot has been deleted since (a data volume), the revert fails and the
         disks it reached may be reverted already.
         """
@@ -1412,6 +1414,16 @@ class LibvirtDriver(ComputeDriver):
                 )
             if dom.isActive():
                 raise InvalidState("stop the VM before reverting it", instance_id=instance_id)
+            # A data volume of the snapshot that another VM holds now is not ours to revert.
+            uuid = dom.UUIDString()
+            users = self._disk_users(conn)
+            for path in _snapshot_disk_paths(snap):
+                if users.get(path, uuid) != uuid:
+                    raise InvalidState(
+                        f"a disk of snapshot {snapshot_id!r} ({path}) is attached to "
+                        f"another VM ({users[path]})",
+                        instance_id=instance_id,
+                    )
             # libvirt also puts back the configuration saved with the snapshot: keep today's.
             config = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
             try:
@@ -2143,6 +2155,24 @@ def _gib(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidSpec(f"{what} must be a whole number of GiB >= 1")
     return value * _GIB
+
+
+def _snapshot_disk_paths(snap: libvirt.virDomainSnapshot) -> set[str]:
+    """Host files of the disks an internal snapshot is in (from the domain
+    definition libvirt saved with it)."""
+    # libvirtd's own XML: not untrusted input.
+    root = ET.fromstring(snap.getXMLDesc(0))  # noqa: S314
+    internal = {
+        d.get("name") for d in root.findall("disks/disk") if d.get("snapshot") == "internal"
+    }
+    saved = root.find("domain")
+    if saved is None:
+        return set()
+    return {
+        d.source
+        for d in disks_of(ET.tostring(saved, encoding="unicode"))
+        if d.target in internal and d.source is not None
+    }
 
 
 def _physical_size(vol: libvirt.virStorageVol) -> int:
