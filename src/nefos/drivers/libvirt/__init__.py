@@ -1,5 +1,13 @@
 """The libvirt driver: virtual machines through libvirt (QEMU with KVM, or TCG)."""
 
+from nefos.drivers.base import BackupInfo, NetworkInfo, SnapshotInfo, VolumeInfo
 from nefos.drivers.libvirt.driver import LibvirtDriver, VmSpec
 
-__all__ = ["LibvirtDriver", "VmSpec"]
+__all__ = [
+    "BackupInfo",
+    "LibvirtDriver",
+    "NetworkInfo",
+    "SnapshotInfo",
+    "VmSpec",
+    "VolumeInfo",
+]

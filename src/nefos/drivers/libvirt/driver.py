@@ -2226,6 +2226,12 @@ def _close_quietly(conn: libvirt.virConnect) -> None:
         conn.close()
 
 
+def _vm_fields(spec: InstanceSpec) -> tuple[str | None, tuple[str, ...]]:
+    """A spec's user data and SSH keys (checked, as :func:`_vm_options` has them)."""
+    opts = _vm_options(spec)
+    return opts.user_data, opts.ssh_keys
+
+
 def _vm_options(spec: InstanceSpec) -> _VmOptions:
     """A spec's VM-only fields (a VmSpec's, or attributes of those names), checked."""
     user_data = getattr(spec, "user_data", None)
