@@ -61,10 +61,11 @@ flock -w 600 9 || die "timed out waiting for another bootstrap holding $LIBVIRT_
 
 # --- packages -----------------------------------------------------------------
 #   libvirt-daemon-system + qemu-system-x86 (+ qemu-utils for qemu-img): the hypervisor;
-#   genisoimage: the NoCloud seed images; linux-image-cloud-amd64 + busybox-static +
+#   genisoimage: the NoCloud seed images; dnsmasq-base: DHCP on Nefos networks with a
+#   cidr (libvirt runs it); linux-image-cloud-amd64 + busybox-static +
 #   cpio + kmod: the tiny test VM (scripts/build-vm-image.sh).
 need=()
-for pkg in libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils genisoimage \
+for pkg in libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils genisoimage dnsmasq-base \
   busybox-static cpio kmod; do
   deb_installed "$pkg" || need+=("$pkg")
 done

@@ -9,6 +9,7 @@ Tables are emptied between tests, so each test starts from an empty platform.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import socket
@@ -356,8 +357,9 @@ def tiny_vm_image() -> Path:
 
 
 async def remove_managed_domains(uri: str | None = None) -> list[str]:
-    """Destroy the domains (and their volumes) this test session's Nefos made, and the
-    images it imported into the pool; the domains' names."""
+    """Destroy the domains (with their volumes) and the networks this test session's
+    Nefos made; their names."""
+    from nefos.drivers.base import InstanceNotFound
     from nefos.drivers.libvirt import LibvirtDriver
 
     driver = LibvirtDriver(uri or libvirt_test_uri(), domain_type="qemu")
@@ -366,7 +368,12 @@ async def remove_managed_domains(uri: str | None = None) -> list[str]:
         for info in await driver.list():
             if info.labels.get("nefos.installation", "").startswith(SESSION_INSTALLATION):
                 names.append(info.name)
-                await driver.destroy(info.driver_id)
+                with contextlib.suppress(InstanceNotFound):  # its own Nefos got there first
+                    await driver.destroy(info.driver_id)
+        for net in await driver.list_networks():
+            if net.labels.get("nefos.installation", "").startswith(SESSION_INSTALLATION):
+                names.append(net.name)
+                await driver.delete_network(net.network_id)
         return names
     finally:
         await driver.close()
@@ -390,15 +397,21 @@ async def libvirt_host(
     await remove_managed_domains()
     from sqlalchemy import select
 
-    from nefos.db.models import Image
+    from nefos.db.models import Backup, Image, Volume
     from nefos.drivers.libvirt import LibvirtDriver
     from nefos.services.images import pool_image_name
 
     async with app.state.core.db.sessionmaker() as session:
-        ids = (await session.scalars(select(Image.id))).all()
+        images = (await session.scalars(select(Image.id))).all()
+        volumes = (await session.scalars(select(Volume.id))).all()
+        backups = (await session.scalars(select(Backup.id))).all()
     driver = LibvirtDriver(libvirt_test_uri(), domain_type="qemu")
     try:
-        for image_id in ids:
+        for image_id in images:
             await driver.delete_image(pool_image_name(image_id))
+        for volume_id in volumes:
+            await driver.delete_volume(volume_id)
+        for backup_id in backups:
+            await driver.delete_backup(backup_id)
     finally:
         await driver.close()

@@ -149,7 +149,7 @@ class Api:
         """A 202 write, followed to its end."""
         data = await self.call(method, path, 202, json=body)
         op = await self.wait(data["operation"])
-        assert op["status"] == expect, op
+        assert op["status"] == expect, (op["error"], op)
         return data
 
     async def delete(self, container_id: str) -> None:

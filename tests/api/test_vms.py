@@ -324,3 +324,124 @@ async def test_disk_images_upload_and_checksum(
         )
         op = await api.wait(r.json()["data"]["operation"])
         assert op["status"] == "failed" and "backing file" in op["error"]["message"], op
+
+
+#: Each boot reads a counter from the first bytes of the root disk, adds one, writes it
+#: back and prints it: the console then shows what state the disk was in.
+COUNTER = (
+    "#!/bin/sh\n"
+    "n=$(head -c 8 /dev/vda | tr -dc 0-9)\n"
+    "n=$(( ${n:-0} + 1 ))\n"
+    "printf 'GEN%05d' $n | dd of=/dev/vda conv=notrunc 2>/dev/null\n"
+    "sync\n"
+    "echo DISK-GEN:$n\n"
+)
+
+
+def libvirt_names(ids: list[str]) -> list[str]:
+    """Every domain, volume (instance and backup pools) and network naming one of ids."""
+    conn = libvirt.open(libvirt_test_uri())
+    try:
+        names = [d.name() for d in conn.listAllDomains()]
+        for pool in conn.listAllStoragePools():
+            if pool.isActive():
+                pool.refresh(0)
+                names += pool.listVolumes()
+        names += [n.name() for n in conn.listAllNetworks()]
+        return sorted(n for n in names if any(i in n for i in ids))
+    finally:
+        conn.close()
+
+
+async def test_snapshots_backups_volumes_and_networks_end_to_end(
+    client: httpx.AsyncClient, admin: Account, register: Any, libvirt_host: dict[str, Any]
+) -> None:
+    image = await register_tiny(Api(client, admin))
+    user = await register()
+    api = Api(client, user)
+    network = await api.call(
+        "POST", "/networks", 201, json={"name": "backend", "cidr": "10.77.0.0/24"}
+    )
+    assert network["cidr"] == "10.77.0.0/24" and network["status"] == "active"
+    body = {
+        "name": "db-1",
+        "image_id": image["id"],
+        "memory_mb": 128,
+        "storage_gb": 1,
+        "user_data": COUNTER,
+        "network_id": network["id"],
+    }
+    data = await api.act("POST", "/vms", body)
+    vm_id = data["vm_id"]
+    await console_until(api, vm_id, "DISK-GEN:1")
+    assert f"nefos-net-{network['id']}" in domain_xml(vm_id)
+    assert_error(
+        await client.delete(f"{V1}/networks/{network['id']}", headers=user.headers),
+        409,
+        "CONFLICT",
+    )
+
+    # Snapshots and backups need the VM stopped.
+    assert_error(
+        await client.post(f"{V1}/vms/{vm_id}/snapshots", json={}, headers=user.headers),
+        409,
+        "CONFLICT",
+    )
+    await api.act("POST", f"/vms/{vm_id}/stop", {"timeout": 30})
+    snap = (await api.act("POST", f"/vms/{vm_id}/snapshots", {"name": "gen-1"}))["snapshot"]
+    got = await api.call("GET", f"/snapshots/{snap['id']}")
+    assert (got["status"], got["name"], got["vm_id"]) == ("available", "gen-1", vm_id)
+    assert [s["id"] for s in (await api.call("GET", f"/vms/{vm_id}/snapshots"))["items"]] == [
+        snap["id"]
+    ]
+
+    # A volume made for the VM is attached to it; it grows, and stays while attached.
+    vol = (await api.act("POST", "/volumes", {"name": "data", "size_gb": 1, "vm_id": vm_id}))[
+        "volume"
+    ]
+    got = await api.call("GET", f"/volumes/{vol['id']}")
+    assert (got["status"], got["vm_id"]) == ("in-use", vm_id)
+    assert got["device"].startswith("vd") and got["device"] != "vda"  # vda: the root disk
+    assert f"nefos-vol-{vol['id']}" in domain_xml(vm_id)
+    await api.act("POST", f"/volumes/{vol['id']}/resize", {"size_gb": 2})
+    assert (await api.call("GET", f"/volumes/{vol['id']}"))["size_gb"] == 2
+    assert_error(
+        await client.delete(f"{V1}/volumes/{vol['id']}", headers=user.headers), 409, "CONFLICT"
+    )
+    quotas = await api.call("GET", f"/projects/{user.project_id}/quotas")
+    assert quotas["usage"]["storage_gb"] == 3  # the root disk and the volume
+
+    # Boot 2 moves the disk on; reverting to the snapshot brings it back.
+    await api.act("POST", f"/vms/{vm_id}/start")
+    await console_until(api, vm_id, "DISK-GEN:2")
+    await api.act("POST", f"/vms/{vm_id}/stop", {"timeout": 30})
+    await api.act("POST", f"/snapshots/{snap['id']}/restore")
+    await api.act("POST", f"/vms/{vm_id}/start")
+    await console_until(api, vm_id, "DISK-GEN:2", count=2)
+    await api.act("POST", f"/vms/{vm_id}/stop", {"timeout": 30})
+
+    # A backup, restored into a second VM: its disk is the first VM's of then.
+    backup = (await api.act("POST", "/backups", {"vm_id": vm_id, "name": "nightly"}))["backup"]
+    got = await api.call("GET", f"/backups/{backup['id']}")
+    assert got["status"] == "available" and got["size_bytes"] > 0
+    listed = await api.call("GET", "/compute/backups/")
+    assert [b["id"] for b in listed["items"]] == [backup["id"]]
+    restored = await api.act(
+        "POST", f"/backups/{backup['id']}/restore", {"name": "db-2", "user_data": COUNTER}
+    )
+    restored_id = restored["vm_id"]
+    assert (await api.call("GET", f"/vms/{restored_id}"))["status"] == "running"
+    await console_until(api, restored_id, "DISK-GEN:3")
+
+    # Clean up through the API: nothing of any of it is left in libvirt.
+    await api.act("POST", f"/volumes/{vol['id']}/detach")
+    assert (await api.call("GET", f"/volumes/{vol['id']}"))["status"] == "available"
+    await api.act("DELETE", f"/volumes/{vol['id']}")
+    await api.act("DELETE", f"/snapshots/{snap['id']}")
+    for vm in (vm_id, restored_id):
+        await api.act("DELETE", f"/vms/{vm}")
+    await api.act("DELETE", f"/backups/{backup['id']}")
+    await api.act("DELETE", f"/networks/{network['id']}")
+    await api.call("GET", f"/networks/{network['id']}", 404)
+    ids = [vm_id, restored_id, vol["id"], backup["id"], network["id"], snap["id"]]
+    assert libvirt_names(ids) == []

@@ -409,8 +409,9 @@ class StorageService:
         await begin_write(self.session)
         current: Volume = await self._current(Volume, volume.id)
         if current.vm_id is None or current.status != "in-use":
+            status = current.status  # read before the rollback expires the row
             await self.session.rollback()
-            raise Conflict(f"The volume is not attached ({current.status})", status=current.status)
+            raise Conflict(f"The volume is not attached ({status})", status=status)
         current.status = "detaching"
         op = await self._write(principal, current, kind="volume.detach")
         return current, op
@@ -444,8 +445,9 @@ class StorageService:
         await begin_write(self.session)
         current: Volume = await self._current(Volume, volume.id)
         if current.vm_id is not None:
+            vm_id = current.vm_id  # read before the rollback expires the row
             await self.session.rollback()
-            raise Conflict("The volume is attached to a VM; detach it first", vm_id=current.vm_id)
+            raise Conflict("The volume is attached to a VM; detach it first", vm_id=vm_id)
         params = {"from_status": current.status}
         current.status = "deleting"
         op = await self._write(principal, current, kind="volume.delete", params=params)
