@@ -21,7 +21,7 @@ import libvirt
 import pytest
 from sqlalchemy import delete, select, update
 
-from nefos.db.models import Operation, Vm
+from nefos.db.models import Network, Operation, Vm
 from nefos.services.hosts import HostService
 from tests.conftest import (
     Account,
@@ -250,21 +250,33 @@ async def test_a_domain_stopped_or_removed_behind_nefos_back(lab: Lab) -> None:
         assert (await n.wait(user, r.json()["data"]["operation"]))["status"] == "succeeded"
 
 
-async def test_an_orphan_domain_is_removed(lab: Lab) -> None:
+async def test_an_orphan_domain_and_its_network_are_removed(lab: Lab) -> None:
     async with lab.app() as n:
         _, user, image_id, _ = await vm_world(n, libvirt_test_uri())
-        r = await create_vm(n, user, image_id, "lost")
+        r = await n.client.post(f"{V1}/networks", json={"name": "net"}, headers=user.headers)
+        network_id = r.json()["data"]["id"]
+        r = await n.client.post(
+            f"{V1}/vms",
+            json={"name": "lost", "image_id": image_id, "memory_mb": 128, "network_id": network_id},
+            headers=user.headers,
+        )
         vm_id = r.json()["data"]["vm_id"]
         assert (await n.wait(user, r.json()["data"]["operation"]))["status"] == "succeeded"
         installation = n.core.settings.installation_id
         assert vm_id in domains_of(installation)
-        # Nefos forgets the VM (its row goes), the domain stays: an orphan.
+        # Nefos forgets the VM and the network (their rows go), libvirt keeps them.
         async with n.core.db.sessionmaker() as session:
             await session.execute(delete(Vm).where(Vm.id == vm_id))
+            await session.execute(delete(Network).where(Network.id == network_id))
             await session.commit()
         report = await n.app.state.reconciler.run_once()
-        assert report.orphans_removed == [vm_id], report
+        assert report.orphans_removed == [vm_id, f"nefos-net-{network_id}"], report
         assert domains_of(installation) == {}
+        conn = libvirt.open(libvirt_test_uri())
+        try:
+            assert f"nefos-net-{network_id}" not in [x.name() for x in conn.listAllNetworks()]
+        finally:
+            conn.close()
 
 
 async def test_server_killed_mid_create_converges_with_no_orphans(lab: Lab) -> None:

@@ -14,7 +14,9 @@ One pass (``Reconciler.run_once``):
    Containers with an operation in progress are left to it.
    For a libvirt host the same holds of domains and VM rows (``_vm_host``): orphan
    domains are destroyed, a VM whose domain vanished is ``error``, one stopped or
-   started behind Nefos's back takes that status.
+   started behind Nefos's back takes that status; a network this installation made
+   whose row is gone is removed (volumes and backups carry no installation label,
+   so only Nefos's own deletes remove them).
 3. A host that cannot be listed is marked offline; the host checker brings it back
    (and the next pass reconciles it) when it answers again.
 
@@ -28,10 +30,11 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select
 
-from nefos.db.models import Container, ContainerReplica, Host, Operation, Vm
+from nefos.db.models import Container, ContainerReplica, Host, Network, Operation, Vm
 from nefos.db.session import begin_write
 from nefos.drivers.base import LABEL_ID, DriverError, InstanceInfo, InstanceState
 from nefos.operations import queue
@@ -196,6 +199,7 @@ class Reconciler:
                 log.warning("removed orphan VM domain %s on %s", info.name, host.hostname)
             except DriverError as exc:
                 log.warning("could not remove orphan VM %s: %s", info.name, exc)
+        await self._orphan_networks(host, mine, report)
         async with self.core.db.sessionmaker() as session:
             await begin_write(session)
             for v in vms:
@@ -225,6 +229,35 @@ class Reconciler:
                         row.desired = status
                     report.replicas_changed[row.id] = status
             await session.commit()
+
+    async def _orphan_networks(self, host: Host, mine: str, report: Report) -> None:
+        """Networks this installation made on the host whose row is gone (and which no
+        domain uses any more) are removed."""
+        driver: Any = self.core.drivers.for_host(host)
+        try:
+            networks = await driver.list_networks({LABEL_INSTALLATION: mine})
+        except DriverError as exc:
+            log.warning("could not list the networks of %s: %s", host.hostname, exc)
+            return
+        if not networks:
+            return
+        async with self.core.db.sessionmaker() as session:
+            known = set(
+                (
+                    await session.scalars(
+                        select(Network.id).where(Network.id.in_([n.network_id for n in networks]))
+                    )
+                ).all()
+            )
+        for net in networks:
+            if net.network_id in known:
+                continue
+            try:
+                await driver.delete_network(net.network_id)
+                report.orphans_removed.append(net.name)
+                log.warning("removed orphan network %s on %s", net.name, host.hostname)
+            except DriverError as exc:
+                log.info("orphan network %s kept for now: %s", net.name, exc)
 
 
 class Background:
