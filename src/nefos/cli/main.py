@@ -2,7 +2,18 @@ from __future__ import annotations
 
 import typer
 
-from nefos.cli import admin, api_keys, auth, containers, hosts, operations, orgs, projects
+from nefos.cli import (
+    admin,
+    api_keys,
+    auth,
+    containers,
+    hosts,
+    images,
+    operations,
+    orgs,
+    projects,
+    vms,
+)
 from nefos.cli.serve import serve
 
 app = typer.Typer(
@@ -31,6 +42,8 @@ app.add_typer(api_keys.app, name="api-key")
 app.add_typer(admin.app, name="admin")
 app.add_typer(hosts.app, name="host")
 app.add_typer(containers.app, name="container")
+app.add_typer(vms.app, name="vm")
+app.add_typer(images.app, name="image")
 app.add_typer(operations.app, name="operation")
 
 
