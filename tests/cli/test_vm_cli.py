@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import Result
 
 from nefos.schemas.compute import HostPublic
 from nefos.sdk import Client
@@ -60,20 +59,6 @@ def _no_traceback(result) -> None:
 def _ok(result) -> str:
     assert result.exit_code == 0, (result.stdout, result.stderr)
     return str(result.stdout)
-
-
-def _image_gone(cli: Cli, image_id: str, waited: Result) -> Result:
-    """``waited`` (an image deletion followed to its end) once it succeeded.
-
-    Deletes again (twice at most) only when it failed with "Domain not found": a
-    race in the libvirt driver, not in the CLI (see ``delete_image`` in the SDK tests).
-    """
-    for _ in range(2):
-        if waited.exit_code == 0 or "Domain not found" not in waited.stderr:
-            break
-        waited = cli("image", "rm", image_id, "--yes", "--wait", "--json")
-    _ok(waited)
-    return waited
 
 
 def _console_until(cli: Cli, vm_id: str, needle: str, count: int = 1) -> str:
@@ -197,12 +182,11 @@ def test_images_and_a_vm_through_the_cli(admin_cli, cli, user, libvirt, tmp_path
     text = _ok(cli("image", "rm", image_id, "--yes"))
     assert "deletion accepted" in text and "nefos operation wait" in text
     op_id = text.split("operation ", 1)[1].split()[0]
-    _image_gone(cli, image_id, cli("operation", "wait", op_id, "--json"))
+    _ok(cli("operation", "wait", op_id, "--json"))
     image_gone = cli("image", "show", image_id)
     assert image_gone.exit_code == 1 and "NOT_FOUND" in image_gone.stderr
-    removed = _image_gone(
-        admin_cli, public_id, admin_cli("image", "rm", public_id, "--yes", "--wait", "--json")
-    )
+    removed = admin_cli("image", "rm", public_id, "--yes", "--wait", "--json")
+    _ok(removed)
     assert json.loads(removed.stdout)["operation"]["status"] == "succeeded"
     left = [i["id"] for i in cli.json("image", "list", "--kind", "vm")["items"]]
     assert image_id not in left and public_id not in left
@@ -247,6 +231,6 @@ def test_vm_and_image_errors(cli, user, libvirt, tmp_path: Path):
     assert [i["status"] for i in own] == ["error", "error"]
     for image in own:
         track(image["id"])
-        _image_gone(cli, image["id"], cli("image", "rm", image["id"], "--yes", "--wait", "--json"))
+        _ok(cli("image", "rm", image["id"], "--yes", "--wait", "--json"))
     assert [i for i in cli.json("image", "list", "--kind", "vm")["items"] if not i["public"]] == []
     assert cli.json("vm", "list")["items"] == []

@@ -120,23 +120,10 @@ def register_tiny(admin: Client, name: str | None = None) -> ImagePublic:
 
 
 def delete_image(c: Client, image_id: str) -> OperationPublic:
-    """Delete a VM image through ``c`` and wait until it is gone; the operation.
-
-    Tries again (twice at most) only when ``image.delete`` fails with NOT_FOUND
-    "Domain not found": a race in the libvirt driver, not in the SDK. Its in-use
-    check reads the XML of every domain it listed, and a domain that anyone removes
-    meanwhile (another test session on the same libvirtd) fails the operation.
-    Any other failure is raised at once.
-    """
-    for attempt in range(3):
-        ref = c.images.delete(image_id)
-        assert isinstance(ref, OperationRef)
-        try:
-            return c.operations.wait(ref, **WAIT)
-        except OperationFailedError as exc:
-            if attempt == 2 or (exc.code, exc.message[:16]) != ("NOT_FOUND", "Domain not found"):
-                raise
-    raise AssertionError("unreachable")
+    """Delete a VM image through ``c`` and wait until it is gone; the operation."""
+    ref = c.images.delete(image_id)
+    assert isinstance(ref, OperationRef)
+    return c.operations.wait(ref, **WAIT)
 
 
 def console_until(c: Client, vm_id: str, needle: str, count: int = 1) -> str:

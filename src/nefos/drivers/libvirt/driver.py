@@ -922,8 +922,14 @@ class LibvirtDriver(ComputeDriver):
                 return
             paths = {vol.path() for vol in vols}
             for dom in conn.listAllDomains(0):
-                md = self._metadata(dom) if dom.name().startswith("nefos-") else None
-                if (md is not None and md.image == name) or paths & _referenced_paths(dom):
+                try:
+                    md = self._metadata(dom) if dom.name().startswith("nefos-") else None
+                    used = paths & _referenced_paths(dom)
+                except libvirt.libvirtError as exc:
+                    if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+                        continue  # destroyed meanwhile: not a user any more
+                    raise
+                if (md is not None and md.image == name) or used:
                     raise InvalidState(
                         f"image {name!r} is in use by domain {dom.name()!r}",
                         instance_id=dom.UUIDString(),
@@ -1650,7 +1656,7 @@ class LibvirtDriver(ComputeDriver):
                 live = [
                     (dom, disk)
                     for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-                    for disk in disks_of(dom.XMLDesc(0))
+                    for disk in disks_of(_live_xml(dom))
                     if disk.source == path
                 ]
                 if live:
@@ -2178,6 +2184,16 @@ def _snapshot_disk_paths(snap: libvirt.virDomainSnapshot) -> set[str]:
 def _physical_size(vol: libvirt.virStorageVol) -> int:
     """A volume's size on the host (a file's byte size), not its virtual capacity."""
     return int(vol.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2])
+
+
+def _live_xml(dom: libvirt.virDomain) -> str:
+    """A running domain's XML; an empty domain's if it was destroyed meanwhile."""
+    try:
+        return str(dom.XMLDesc(0))
+    except libvirt.libvirtError as exc:
+        if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+            return "<domain/>"
+        raise
 
 
 def _referenced_paths(dom: libvirt.virDomain) -> set[str]:
