@@ -91,6 +91,29 @@ def _copy_hashing(src: IO[bytes], dest: Path, digest: Any, limit: int) -> int:
     return total
 
 
+def _store_upload(
+    parts: dict[str, IO[bytes]], target: Path, wanted: str | None, limit: int
+) -> tuple[str, dict[str, str]]:
+    """Write an upload's parts into the store folder; (format, {part: stored path})."""
+    if "disk" in parts:
+        disk = parts["disk"]
+        header = qcow2_header(disk.read(32))
+        disk.seek(0)
+        fmt = wanted or ("qcow2" if header else "raw")
+        if fmt == "qcow2" and header is None:
+            raise ValidationFailed("The file is not a qcow2 image", format="qcow2")
+        dest = target / STORE_NAMES[fmt]
+        _copy_hashing(disk, dest, hashlib.sha256(), limit)
+        return fmt, {fmt: str(dest)}
+    files: dict[str, str] = {}
+    for part in ("kernel", "initrd"):
+        if part in parts:
+            dest = target / STORE_NAMES[part]
+            _copy_hashing(parts[part], dest, hashlib.sha256(), limit)
+            files[part] = str(dest)
+    return "kernel", files
+
+
 def _readable_file(path: str, what: str) -> Path:
     p = Path(path)
     if not p.is_absolute():
@@ -306,24 +329,8 @@ class ImageService:
         image.id = new_id()  # the store folder is named after it
         target = store_dir(self.core, image.id)
         try:
-            files: dict[str, str] = {}
-            if "disk" in parts:
-                head = parts["disk"].read(32)
-                parts["disk"].seek(0)
-                header = qcow2_header(head)
-                fmt: str = body.format or ("qcow2" if header else "raw")
-                if fmt == "qcow2" and header is None:
-                    raise ValidationFailed("The file is not a qcow2 image", format="qcow2")
-                dest = target / STORE_NAMES[fmt]
-                _copy_hashing(parts["disk"], dest, hashlib.sha256(), limit)
-                files[fmt] = str(dest)
-            else:
-                fmt = "kernel"
-                for part in ("kernel", "initrd"):
-                    if part in parts:
-                        dest = target / STORE_NAMES[part]
-                        _copy_hashing(parts[part], dest, hashlib.sha256(), limit)
-                        files[part] = str(dest)
+            # Gigabytes may come: the copy runs off the event loop.
+            fmt, files = await asyncio.to_thread(_store_upload, parts, target, body.format, limit)
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
             raise
