@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,6 +15,24 @@ from nefos.domain.access import Role
 from tests.conftest import Account, DatabaseFactory, LiveServer, make_settings
 
 V1 = "/api/v1"
+
+
+def _greedy_kernel() -> bytes:
+    header = bytearray(0x264)
+    header[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", header, 0x206, 0x020F)  # boot protocol 2.15
+    struct.pack_into("<Q", header, 0x258, 1 << 40)  # pref_address: 1 TiB
+    return bytes(header)
+
+
+#: A VM "image" no VM boots from: a kernel that is only a bzImage setup header asking
+#: for 1 TiB of memory. The libvirt driver refuses it before it defines a domain, so
+#: a VM made from it fails at once and leaves nothing in libvirt (as containers that
+#: name an image the host lacks do in the engine).
+GREEDY_KERNEL = _greedy_kernel()
+#: A raw disk whose boot sector halts the CPU (cli; hlt): a real VM that costs a QEMU
+#: process and nothing more, for what needs a real domain (snapshots, backups).
+HALT_DISK = b"\xfa\xf4\xeb\xfd".ljust(510, b"\0") + b"\x55\xaa"
 
 
 def unique_email(prefix: str = "user") -> str:

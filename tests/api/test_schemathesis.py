@@ -6,9 +6,12 @@ socket, one per database backend) as a registered user, and under ``/admin`` and
 ``/resources`` as the platform admin. The operations with ids in their path run a
 second time with the ids of the caller's real objects (a reseller organisation, a
 project, a member, an invitation, an API key, a container and its operation, a
-host), so that the handlers behind the access check see the generated bodies too.
-The server's one live host is the test Podman; the containers made on it name an
-image it lacks, so their operations fail at once and nothing runs in the engine.
+host, an image, a VM, a snapshot, a backup, a volume, a network), so that the
+handlers behind the access check see the generated bodies too. The server's live
+hosts are the test Podman and the test libvirtd; the containers made on the first
+name an image it lacks, and the VMs made on the second boot an image the driver
+refuses (GREEDY_KERNEL), so their operations fail at once and nothing runs. Only
+snapshots and backups need a real VM: one that halts at once, kept stopped.
 Every answer must be
 
 * not a server error (no 5xx),
@@ -20,6 +23,7 @@ for a deeper local run. The tests at the end pin the bugs the fuzzing found.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 import time
@@ -41,12 +45,15 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from nefos.api.app import create_app
+from tests.api.conftest import GREEDY_KERNEL, HALT_DISK
 from tests.conftest import (
     ADMIN_PASSWORD,
     PASSWORD,
     LiveServer,
     docker_host_uri,
+    libvirt_test_uri,
     make_settings,
+    remove_managed_domains,
 )
 
 CHECKS = [
@@ -114,9 +121,64 @@ class Callers:
     admin: Caller
     ids: dict[str, str] = field(default_factory=dict)  # the user's real objects
     victim_id: str = ""  # a user for the admin routes to act on
-    # Where new containers go: a project no fuzzed request names (the fuzzing may
-    # unset the default project and set the quotas of ids["project_id"] to 0).
+    # Where new containers and VMs go: a project no fuzzed request names (the fuzzing
+    # may unset the default project and set the quotas of ids["project_id"] to 0).
     compute_project_id: str = ""
+    # A real VM, stopped, that no fuzzed request names: snapshots and backups are of it.
+    stopped_vm_id: str = ""
+
+    def idle(self) -> None:
+        """Wait until no operation is pending or running (a write on a VM busy with
+        one that a fuzzed request started is refused as busy)."""
+        deadline = time.monotonic() + 120
+        while any(
+            self.admin.call("GET", "/operations", params={"status": status})["items"]
+            for status in ("pending", "running")
+        ):
+            assert time.monotonic() < deadline, "operations still active"
+            time.sleep(0.05)
+
+    def make_room(self) -> None:
+        """Delete the compute project's VMs but the shared ones: the test libvirt host
+        fits 8 vCPUs."""
+        self.idle()
+        keep = {self.ids.get("vm_id"), self.stopped_vm_id}
+        vms = self.user.call(
+            "GET", "/vms", params={"project_id": self.compute_project_id, "limit": 500}
+        )
+        for vm in vms["items"]:
+            if vm["id"] not in keep and vm["status"] != "deleting":
+                self.user.call("DELETE", f"/vms/{vm['id']}")
+        self.idle()
+
+    def upload(self, name: str, part: str, content: bytes) -> str:
+        made = self.user.call(
+            "POST",
+            "/images/upload",
+            params={"project_id": self.compute_project_id},
+            data={"name": name},
+            files={part: (name, content)},
+        )
+        op = self.user.finished(made["operation"])
+        assert op["status"] == "succeeded", op
+        return str(made["image_id"])
+
+    def new_vm(self, image_id: str, **extra: Any) -> dict[str, Any]:
+        """A VM of the compute project, its create operation ended."""
+        made: dict[str, Any] = self.user.call(
+            "POST",
+            "/vms",
+            json={
+                "name": f"doomed-{uuid.uuid4().hex[:8]}",
+                "image_id": image_id,
+                "memory_mb": 64,
+                "storage_gb": 0,
+                "project_id": self.compute_project_id,
+                **extra,
+            },
+        )
+        made["op"] = self.user.finished(made["operation"])
+        return made
 
     def new(self, name: str) -> str:
         """A fresh object for a DELETE to consume."""
@@ -166,8 +228,47 @@ class Callers:
                     json={"email": f"doomed-{uuid.uuid4().hex[:8]}@example.com"},
                 )["id"]
             )
-        assert name == "key_id", name
-        return str(user.call("POST", "/api-keys", json={"name": "doomed", "scopes": ["*"]})["id"])
+        if name == "key_id":
+            return str(
+                user.call("POST", "/api-keys", json={"name": "doomed", "scopes": ["*"]})["id"]
+            )
+        if name == "image_id":
+            return self.upload(f"doomed-{uuid.uuid4().hex[:8]}", "kernel", GREEDY_KERNEL)
+        if name == "vm_id":
+            # Its create failed at once (GREEDY_KERNEL): it has no domain to act on.
+            return str(self.new_vm(self.ids["image_id"])["vm_id"])
+        if name == "network_id":
+            return str(
+                user.call(
+                    "POST",
+                    "/networks",
+                    json={
+                        "name": f"doomed-{uuid.uuid4().hex[:8]}",
+                        "project_id": self.compute_project_id,
+                    },
+                )["id"]
+            )
+        if name == "volume_id":
+            made = user.call(
+                "POST",
+                "/volumes",
+                json={
+                    "name": f"doomed-{uuid.uuid4().hex[:8]}",
+                    "size_gb": 1,
+                    "project_id": self.compute_project_id,
+                },
+            )
+            user.finished(made["operation"])
+            return str(made["volume_id"])
+        self.idle()  # the stopped VM takes one operation at a time
+        if name == "snapshot_id":
+            made = user.call("POST", f"/vms/{self.stopped_vm_id}/snapshots", json={})
+        else:
+            assert name == "backup_id", name
+            made = user.call("POST", "/backups", json={"vm_id": self.stopped_vm_id})
+        op = user.finished(made["operation"])
+        assert op["status"] == "succeeded", op
+        return str(made[name])
 
     def real_ids(self, case: schemathesis.Case) -> dict[str, str]:
         if case.operation.path.startswith("/api/v1/admin/"):
@@ -175,6 +276,8 @@ class Callers:
         if case.operation.path.startswith("/api/v1/resources/"):
             consumed = case.method.upper() == "DELETE"
             return {"host_id": self.new("host_id") if consumed else self.ids["host_id"]}
+        if case.operation.path.endswith("/backups/{backup_id}/restore"):
+            self.make_room()  # a restore makes a real VM (it halts at once)
         if case.method.upper() == "DELETE":
             # The deepest id is the one consumed; the others stay the shared ones.
             *keep, consumed = list(case.path_parameters)
@@ -209,9 +312,70 @@ def callers(fuzz_server: LiveServer) -> Iterator[Callers]:
     c.ids["operation_id"] = user.call(
         "GET", "/operations", params={"resource_id": c.ids["container_id"]}
     )["items"][0]["id"]
-    yield c
-    user.http.close()
-    admin.http.close()
+    # VMs: the test libvirtd as a host. The shared VM boots GREEDY_KERNEL, so its
+    # create and the operations fuzzed requests start on it fail at once; the
+    # snapshots and backups are of a real VM that halts at once (HALT_DISK), stopped.
+    host = admin.call(
+        "POST",
+        "/resources/hosts",
+        json={"hostname": "libvirt", "driver": "libvirt", "uri": libvirt_test_uri()},
+    )
+    assert host["status"] == "active", host
+    try:
+        _vm_objects(c)
+        yield c
+    finally:
+        c.idle()
+        _remove_libvirt_leftovers(c)
+        user.http.close()
+        admin.http.close()
+
+
+def _vm_objects(c: Callers) -> None:
+    c.ids["image_id"] = c.upload("doomed", "kernel", GREEDY_KERNEL)
+    halt = c.upload("halt", "disk", HALT_DISK)
+    made = c.new_vm(halt, storage_gb=1)
+    assert made["op"]["status"] == "succeeded", made["op"]
+    c.stopped_vm_id = made["vm_id"]
+    stop = c.user.call("POST", f"/vms/{c.stopped_vm_id}/stop", json={"force": True})
+    assert c.user.finished(stop["operation"])["status"] == "succeeded"
+    for name in ("vm_id", "network_id", "volume_id", "snapshot_id", "backup_id"):
+        c.ids[name] = c.new(name)
+
+
+def _remove_libvirt_leftovers(c: Callers) -> None:
+    """What the fuzz server made in the test libvirtd: its domains, and the volumes,
+    backups, networks (of every project of the user) and pool images after them."""
+    from nefos.drivers.libvirt import LibvirtDriver
+    from nefos.services.images import pool_image_name
+
+    made: dict[str, set[str]] = {"volumes": set(), "backups": set(), "networks": set()}
+    projects = c.user.call("GET", "/projects", params={"limit": 500})["items"]
+    for project in projects:
+        for kind, ids in made.items():
+            page = c.user.call(
+                "GET", f"/{kind}", params={"project_id": project["id"], "limit": 500}
+            )
+            ids.update(item["id"] for item in page["items"])
+    store = c.server.settings.resolved_image_dir
+    images = [p.name for p in store.iterdir()] if store.is_dir() else []
+
+    async def remove() -> None:
+        await remove_managed_domains()
+        driver = LibvirtDriver(libvirt_test_uri(), domain_type="qemu")
+        try:
+            for volume_id in made["volumes"]:
+                await driver.delete_volume(volume_id)
+            for backup_id in made["backups"]:
+                await driver.delete_backup(backup_id)
+            for network_id in made["networks"]:
+                await driver.delete_network(network_id)
+            for image_id in images:
+                await driver.delete_image(pool_image_name(image_id))
+        finally:
+            await driver.close()
+
+    asyncio.run(remove())
 
 
 FUZZ = settings(
@@ -239,13 +403,29 @@ def test_api_conforms_to_its_schema(case: schemathesis.Case, callers: Callers) -
     call_and_validate(case, callers)
 
 
+# Contract bugs the fuzzing on real objects finds and that are not fixed yet (the
+# server is not this suite's to change): those operations fail, strictly expected.
+KNOWN_BUGS = {
+    ("PUT", "/api/v1/vms/{vm_id}"): (
+        "a rename (or no change) answers 200 without `operation`, which the documented "
+        "200 body (VmAccepted) requires; a resize answers an undocumented 202"
+    ),
+    ("DELETE", "/api/v1/images/{image_id}"): (
+        "deleting a VM image answers 202 with its operation; only 200 is documented"
+    ),
+}
+
+
 @schema.include(path_regex=r"\{").parametrize()
 @FUZZ
 def test_api_conforms_to_its_schema_on_real_objects(
-    case: schemathesis.Case, callers: Callers
+    case: schemathesis.Case, callers: Callers, request: pytest.FixtureRequest
 ) -> None:
     """The same, with the path naming the caller's own objects: generated ids reach
     only the access check (404), these reach the handlers behind it."""
+    bug = KNOWN_BUGS.get((case.method.upper(), case.operation.path))
+    if bug is not None:
+        request.node.add_marker(pytest.mark.xfail(reason=bug, strict=True))
     case.path_parameters = callers.real_ids(case)
     call_and_validate(case, callers)
 
