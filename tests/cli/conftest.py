@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,9 @@ from typer.testing import CliRunner
 from nefos.cli.main import app
 from nefos.sdk import Client
 from tests.conftest import ADMIN_PASSWORD, PASSWORD, LiveServer
+from tests.sdk.conftest import BOOT_SECONDS, libvirt, libvirt_teardown
+
+__all__ = ["libvirt", "libvirt_teardown"]  # fixtures shared with the SDK tests
 
 ENV_VARS = ("NEFOS_URL", "NEFOS_API_KEY", "NEFOS_PASSWORD", "NEFOS_NEW_USER_PASSWORD")
 
@@ -51,6 +55,29 @@ class Cli:
             "login", "--url", self.url, "--username", "admin", "--password", ADMIN_PASSWORD
         )
         assert result.exit_code == 0, (result.stdout, result.stderr)
+
+    def console_until(self, vm_id: str, needle: str, count: int = 1) -> str:
+        """`nefos vm console` once ``needle`` is on it ``count`` times."""
+        deadline = time.monotonic() + BOOT_SECONDS
+        while True:
+            text = ok(self("vm", "console", vm_id, "--tail", "2000"))
+            if text.count(needle) >= count:
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{needle!r} x{count} not on the console:\n{text}")
+            time.sleep(0.5)
+
+
+def ok(result: Result) -> str:
+    """The stdout of a command that must succeed."""
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    return str(result.stdout)
+
+
+def no_traceback(result: Result) -> None:
+    """A failed command reported its error, and did not crash."""
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
 @pytest.fixture(autouse=True)
@@ -88,3 +115,11 @@ def user(cli: Cli) -> str:
     email = register(cli.url)
     cli.login(email)
     return email
+
+
+@pytest.fixture
+def admin_cli(make_cli: Callable[[], Cli]) -> Cli:
+    """A CLI logged in as the platform admin."""
+    cli = make_cli()
+    cli.login_admin()
+    return cli

@@ -8,68 +8,13 @@ of the module, with whatever domains and pool images are left.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from nefos.schemas.compute import HostPublic
-from nefos.sdk import Client
-from tests.cli.conftest import Cli
-from tests.conftest import ADMIN_PASSWORD, LiveServer, tiny_vm_image
-from tests.sdk.test_vm_sdk import (
-    BOOT_SECONDS,
-    KEY,
-    USER_DATA,
-    between,
-    ensure_libvirt_host,
-    tiny_checksum,
-    track,
-    unique,
-    unregister_libvirt_host,
-)
-
-
-@pytest.fixture(scope="module")
-def libvirt_teardown(live_server: LiveServer) -> Iterator[None]:
-    yield
-    unregister_libvirt_host(live_server)
-
-
-@pytest.fixture
-def libvirt(live_server: LiveServer, libvirt_teardown: None) -> HostPublic:
-    """The libvirt host of the live server, registered through the SDK unless it is."""
-    with Client(live_server.url, username="admin", password=ADMIN_PASSWORD) as admin:
-        return ensure_libvirt_host(admin)
-
-
-@pytest.fixture
-def admin_cli(make_cli) -> Cli:
-    cli = make_cli()
-    cli.login_admin()
-    return cli
-
-
-def _no_traceback(result) -> None:
-    assert "Traceback" not in result.stdout + result.stderr
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-
-
-def _ok(result) -> str:
-    assert result.exit_code == 0, (result.stdout, result.stderr)
-    return str(result.stdout)
-
-
-def _console_until(cli: Cli, vm_id: str, needle: str, count: int = 1) -> str:
-    deadline = time.monotonic() + BOOT_SECONDS
-    while True:
-        text = _ok(cli("vm", "console", vm_id, "--tail", "2000"))
-        if text.count(needle) >= count:
-            return text
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{needle!r} x{count} not on the console:\n{text}")
-        time.sleep(0.5)
+from tests.cli.conftest import no_traceback, ok
+from tests.conftest import tiny_vm_image
+from tests.sdk.conftest import KEY, USER_DATA, between, tiny_checksum, track, unique
 
 
 @pytest.mark.timeout(900)
@@ -91,9 +36,9 @@ def test_images_and_a_vm_through_the_cli(admin_cli, cli, user, libvirt, tmp_path
     assert registered["operation"]["status"] == "succeeded"
     assert registered["image"]["status"] == "active" and registered["image"]["public"] is True
     assert registered["image"]["kernel_cmdline"] == cmdline
-    listed = _ok(cli("image", "list"))
+    listed = ok(cli("image", "list"))
     assert name in listed and public_id in listed and "kernel" in listed
-    shown = _ok(cli("image", "show", public_id))
+    shown = ok(cli("image", "show", public_id))
     assert "kernel_cmdline" in shown and cmdline in shown and "busybox" in shown
 
     # A user uploads the same kernel and initrd as an image of their own.
@@ -104,12 +49,12 @@ def test_images_and_a_vm_through_the_cli(admin_cli, cli, user, libvirt, tmp_path
         "--os-type", "busybox", "--checksum", tiny_checksum(),
         "--wait",
     )  # fmt: skip
-    out = _ok(uploaded)
+    out = ok(uploaded)
     assert own in out and "active" in out and "image.import" in uploaded.stderr
     (image,) = [i for i in cli.json("image", "list", "--kind", "vm")["items"] if i["name"] == own]
     image_id = track(image["id"])
     assert image["public"] is False and image["format"] == "kernel"
-    assert own not in _ok(admin_cli("image", "list"))  # another project's
+    assert own not in ok(admin_cli("image", "list"))  # another project's
 
     # A VM from it, with user data and a key file (comments and blank lines skipped).
     user_data = tmp_path / "user-data"
@@ -126,7 +71,7 @@ def test_images_and_a_vm_through_the_cli(admin_cli, cli, user, libvirt, tmp_path
         "--ssh-key-file", str(keys),
         "--wait",
     )  # fmt: skip
-    out = _ok(created)
+    out = ok(created)
     assert vm_name in out and "running" in out and "vm.create succeeded" in created.stderr
     (vm,) = cli.json("vm", "list")["items"]
     vm_id = vm["id"]
@@ -136,11 +81,11 @@ def test_images_and_a_vm_through_the_cli(admin_cli, cli, user, libvirt, tmp_path
         1,
         [KEY],
     )
-    table = _ok(cli("vm", "list", "--status", "running"))
+    table = ok(cli("vm", "list", "--status", "running"))
     assert vm_id in table and "128 MiB" in table
     assert cli.json("vm", "show", vm_id)["image_id"] == image_id
 
-    console = _console_until(cli, vm_id, "NEFOS-READY")
+    console = cli.console_until(vm_id, "NEFOS-READY")
     assert between(console, "NEFOS-USER-DATA-BEGIN", "NEFOS-USER-DATA-END") == USER_DATA.rstrip()
     as_json = cli.json("vm", "console", vm_id, "--tail", "5")
     assert as_json["vm_id"] == vm_id and as_json["lines"] <= 5
@@ -148,13 +93,13 @@ def test_images_and_a_vm_through_the_cli(admin_cli, cli, user, libvirt, tmp_path
     rebooted = cli.json("vm", "reboot", vm_id, "--hard", "--wait")
     assert rebooted["operation"]["kind"] == "vm.reboot"
     assert rebooted["operation"]["status"] == "succeeded"
-    _console_until(cli, vm_id, "NEFOS-READY", count=2)
+    cli.console_until(vm_id, "NEFOS-READY", count=2)
 
     busy = cli("vm", "resize", vm_id, "--cpu", "2")
     assert busy.exit_code == 1 and "CONFLICT" in busy.stderr and "Stop the VM" in busy.stderr
-    _no_traceback(busy)
+    no_traceback(busy)
 
-    assert "stopped" in _ok(cli("vm", "stop", vm_id, "--force", "--wait"))
+    assert "stopped" in ok(cli("vm", "stop", vm_id, "--force", "--wait"))
     resized = cli.json(
         "vm", "resize", vm_id, "--cpu", "2", "--memory", "0.1875g", "--disk", "2", "--wait"
     )
@@ -173,20 +118,20 @@ def test_images_and_a_vm_through_the_cli(admin_cli, cli, user, libvirt, tmp_path
 
     kinds = [o["kind"] for o in cli.json("operation", "list", "--resource", vm_id)["items"]]
     assert kinds == ["vm.start", "vm.resize", "vm.stop", "vm.reboot", "vm.create"]
-    assert f"VM {vm_id} deleted" in _ok(cli("vm", "rm", vm_id, "--yes", "--wait"))
+    assert f"VM {vm_id} deleted" in ok(cli("vm", "rm", vm_id, "--yes", "--wait"))
     gone = cli("vm", "show", vm_id)
     assert gone.exit_code == 1 and "NOT_FOUND" in gone.stderr
-    _no_traceback(gone)
+    no_traceback(gone)
 
     # Without --wait: the operation to follow.
-    text = _ok(cli("image", "rm", image_id, "--yes"))
+    text = ok(cli("image", "rm", image_id, "--yes"))
     assert "deletion accepted" in text and "nefos operation wait" in text
     op_id = text.split("operation ", 1)[1].split()[0]
-    _ok(cli("operation", "wait", op_id, "--json"))
+    ok(cli("operation", "wait", op_id, "--json"))
     image_gone = cli("image", "show", image_id)
     assert image_gone.exit_code == 1 and "NOT_FOUND" in image_gone.stderr
     removed = admin_cli("image", "rm", public_id, "--yes", "--wait", "--json")
-    _ok(removed)
+    ok(removed)
     assert json.loads(removed.stdout)["operation"]["status"] == "succeeded"
     left = [i["id"] for i in cli.json("image", "list", "--kind", "vm")["items"]]
     assert image_id not in left and public_id not in left
@@ -202,7 +147,7 @@ def test_vm_and_image_errors(cli, user, libvirt, tmp_path: Path):
     unmatched = cli("vm", "create", unique("vm"), "--os-type", "no-such-os", "--memory", "64m")
     assert unmatched.exit_code == 1 and "VALIDATION_ERROR" in unmatched.stderr
     assert "no-such-os" in unmatched.stderr
-    _no_traceback(unmatched)
+    no_traceback(unmatched)
 
     forbidden = cli("image", "register", unique("mine"), "--path", str(tiny_vm_image()))
     assert forbidden.exit_code == 1 and "FORBIDDEN" in forbidden.stderr
@@ -218,7 +163,7 @@ def test_vm_and_image_errors(cli, user, libvirt, tmp_path: Path):
     assert failed.exit_code == 1
     assert "VALIDATION_ERROR" in failed.stderr and "Checksum mismatch" in failed.stderr
     assert "image.import" in failed.stderr and "failed" in failed.stderr
-    _no_traceback(failed)
+    no_traceback(failed)
     again = cli(
         "image", "upload", unique("bad"), "--disk", str(disk), "--checksum", "0" * 64,
         "--wait", "--json",
@@ -231,6 +176,6 @@ def test_vm_and_image_errors(cli, user, libvirt, tmp_path: Path):
     assert [i["status"] for i in own] == ["error", "error"]
     for image in own:
         track(image["id"])
-        _ok(cli("image", "rm", image["id"], "--yes", "--wait", "--json"))
+        ok(cli("image", "rm", image["id"], "--yes", "--wait", "--json"))
     assert [i for i in cli.json("image", "list", "--kind", "vm")["items"] if not i["public"]] == []
     assert cli.json("vm", "list")["items"] == []

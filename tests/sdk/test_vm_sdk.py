@@ -8,19 +8,14 @@ again at the end of the module, with whatever domains and pool images are left.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from nefos.schemas.compute import HostPublic, OperationPublic, OperationRef
 from nefos.schemas.vms import ImageAccepted, ImagePublic, VmAccepted, VmPublic
 from nefos.sdk import (
-    Client,
     ConflictError,
     NotFoundError,
     OperationFailedError,
@@ -28,133 +23,19 @@ from nefos.sdk import (
     PermissionDeniedError,
     ValidationError,
 )
-from tests.conftest import (
-    ADMIN_PASSWORD,
-    LiveServer,
-    libvirt_test_uri,
-    remove_managed_domains,
-    tiny_vm_image,
+from tests.conftest import tiny_vm_image
+from tests.sdk.conftest import (
+    KEY,
+    USER_DATA,
+    WAIT,
+    between,
+    console_until,
+    delete_image,
+    register_tiny,
+    tiny_checksum,
+    track,
+    unique,
 )
-
-LIBVIRT_HOSTNAME = "libvirt-live"
-WAIT = {"timeout": 240, "poll": 0.3}
-BOOT_SECONDS = 180
-USER_DATA = "#!/bin/sh\necho nefos-user-data-ran\n"
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForNefosTests test@nefos"
-
-#: Images this module's tests made: their pool volumes go at teardown, should a
-#: failed test leave them behind.
-IMAGES: set[str] = set()
-
-
-# --- helpers the CLI tests share -------------------------------------------------------
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def tiny_checksum() -> str:
-    """sha256 of the tiny image's kernel then initrd, as the API checks it."""
-    digest = hashlib.sha256()
-    for name in ("vmlinuz", "initrd.img"):
-        digest.update((tiny_vm_image() / name).read_bytes())
-    return digest.hexdigest()
-
-
-def ensure_libvirt_host(admin: Client) -> HostPublic:
-    """The test libvirtd as a libvirt host of this server, registered unless it is."""
-    for host in admin.hosts.list(limit=500).items:
-        if host.hostname == LIBVIRT_HOSTNAME:
-            return host
-    try:
-        host = admin.hosts.register(
-            hostname=LIBVIRT_HOSTNAME, driver="libvirt", uri=libvirt_test_uri()
-        )
-    except ConflictError:  # registered meanwhile
-        host = next(h for h in admin.hosts.list(limit=500).items if h.hostname == LIBVIRT_HOSTNAME)
-    assert host.status == "active", host
-    return host
-
-
-def unregister_libvirt_host(server: LiveServer) -> None:
-    """Remove what this session's Nefos made in libvirt (domains with their disks, the
-    tracked images' pool volumes) and the host from ``server``."""
-    from nefos.drivers.libvirt import LibvirtDriver
-    from nefos.services.images import pool_image_name
-
-    async def clean() -> None:
-        await remove_managed_domains()
-        driver = LibvirtDriver(libvirt_test_uri(), domain_type="qemu")
-        try:
-            for image_id in IMAGES:
-                await driver.delete_image(pool_image_name(image_id))
-        finally:
-            await driver.close()
-
-    asyncio.run(clean())
-    with Client(server.url, username="admin", password=ADMIN_PASSWORD) as admin:
-        for host in admin.hosts.list(limit=500).items:
-            if host.hostname == LIBVIRT_HOSTNAME:
-                try:
-                    admin.hosts.delete(host.id)
-                except ConflictError:
-                    pass  # a failed test left VMs behind
-
-
-def track(image_id: str) -> str:
-    IMAGES.add(image_id)
-    return image_id
-
-
-def register_tiny(admin: Client, name: str | None = None) -> ImagePublic:
-    """The tiny image, registered by the platform admin from its folder, imported."""
-    accepted = admin.images.register(
-        name or unique("tiny"),
-        path=str(tiny_vm_image()),
-        os_type="busybox",
-        os_version="1",
-        checksum=f"sha256:{tiny_checksum()}",
-    )
-    track(accepted.image_id)
-    admin.operations.wait(accepted, **WAIT)
-    return admin.images.get(accepted.image_id)
-
-
-def delete_image(c: Client, image_id: str) -> OperationPublic:
-    """Delete a VM image through ``c`` and wait until it is gone; the operation."""
-    ref = c.images.delete(image_id)
-    assert isinstance(ref, OperationRef)
-    return c.operations.wait(ref, **WAIT)
-
-
-def console_until(c: Client, vm_id: str, needle: str, count: int = 1) -> str:
-    """The serial console once ``needle`` is on it ``count`` times."""
-    deadline = time.monotonic() + BOOT_SECONDS
-    while True:
-        text = c.vms.console(vm_id, tail=2000)
-        if text.count(needle) >= count:
-            return text
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{needle!r} x{count} not on the console:\n{text}")
-        time.sleep(0.5)
-
-
-def between(text: str, begin: str, end: str) -> str:
-    lines = text.splitlines()
-    start = len(lines) - 1 - lines[::-1].index(begin)
-    return "\n".join(lines[start + 1 : lines.index(end, start)])
-
-
-@pytest.fixture(scope="module")
-def libvirt_teardown(live_server: LiveServer) -> Iterator[None]:
-    yield
-    unregister_libvirt_host(live_server)
-
-
-@pytest.fixture
-def libvirt(live_server: LiveServer, libvirt_teardown: None) -> HostPublic:
-    """The libvirt host of the live server (registered unless it is already)."""
-    with Client(live_server.url, username="admin", password=ADMIN_PASSWORD) as admin:
-        return ensure_libvirt_host(admin)
 
 
 # --- a VM's whole life -----------------------------------------------------------------

@@ -52,14 +52,18 @@ from nefos.sdk._resources import (
     Admin,
     ApiKeys,
     Auth,
+    Backups,
     Containers,
     Hosts,
     Images,
+    Networks,
     Operations,
     Organisations,
     Projects,
+    Snapshots,
     Users,
     Vms,
+    Volumes,
 )
 from nefos.sdk._types import Tokens
 
@@ -171,6 +175,10 @@ class Client:
         self.containers = Containers(self)
         self.vms = Vms(self)
         self.images = Images(self)
+        self.snapshots = Snapshots(self)
+        self.backups = Backups(self)
+        self.volumes = Volumes(self)
+        self.networks = Networks(self)
         self.operations = Operations(self)
 
     # --- lifecycle ------------------------------------------------------------

@@ -44,7 +44,20 @@ from nefos.schemas.tenancy import (
     ProjectPublic,
     QuotaPublic,
 )
-from nefos.schemas.vms import ImageAccepted, ImagePublic, VmAccepted, VmConsole, VmPublic
+from nefos.schemas.vms import (
+    BackupAccepted,
+    BackupPublic,
+    ImageAccepted,
+    ImagePublic,
+    NetworkPublic,
+    SnapshotAccepted,
+    SnapshotPublic,
+    VmAccepted,
+    VmConsole,
+    VmPublic,
+    VolumeAccepted,
+    VolumePublic,
+)
 from nefos.sdk._errors import OperationFailedError, OperationTimeoutError
 from nefos.sdk._types import NOT_GIVEN, NotGiven
 
@@ -459,7 +472,15 @@ class Admin(_Resource):
 
 
 OperationLike = (
-    str | OperationRef | OperationPublic | ContainerAccepted | VmAccepted | ImageAccepted
+    str
+    | OperationRef
+    | OperationPublic
+    | ContainerAccepted
+    | VmAccepted
+    | ImageAccepted
+    | SnapshotAccepted
+    | BackupAccepted
+    | VolumeAccepted
 )
 """What :meth:`Operations.wait` accepts: an id, an operation, or a 202's answer."""
 
@@ -926,6 +947,221 @@ class Images(_Resource):
         )
         operation = data.get("operation") if isinstance(data, dict) else None
         return OperationRef.model_validate(operation) if operation else None
+
+
+class Snapshots(_Resource):
+    """Snapshots of a stopped VM's disks (its root disk and attached volumes). They
+    go with the VM. Writes answer a :class:`SnapshotAccepted`: follow its operation
+    with ``client.operations.wait(accepted)``."""
+
+    def list(
+        self,
+        *,
+        vm_id: str | None = None,
+        status: str | None = None,
+        project_id: str | None = None,
+        page: int | None = None,
+        limit: int | None = None,
+        skip: int | None = None,
+    ) -> Page[SnapshotPublic]:
+        """One project's snapshots (default: the caller's default project), or one
+        VM's (``vm_id``); ``status``: ``creating``, ``available``, ``reverting``,
+        ``deleting``, ``error``."""
+        params = _paging(page, limit, skip=skip, vm_id=vm_id, status=status, project_id=project_id)
+        return self._page(SnapshotPublic, "/snapshots", params)
+
+    def create(
+        self,
+        vm_id: str,
+        *,
+        name: str | None = None,
+        description: str = "",
+        idempotency_key: str | None = None,
+    ) -> SnapshotAccepted:
+        """Snapshot a VM; a ConflictError unless it is stopped. ``name`` defaults to
+        ``<vm name>-snap-<n>``."""
+        body = _body(name=name, description=description)
+        path = f"/vms/{_seg(vm_id)}/snapshots"
+        return self._write("POST", path, idempotency_key, body)
+
+    def get(self, snapshot_id: str) -> SnapshotPublic:
+        return self._one(SnapshotPublic, "GET", f"/snapshots/{_seg(snapshot_id)}")
+
+    def _write(self, method: str, path: str, key: str | None, body: Any = None) -> SnapshotAccepted:
+        return self._one(SnapshotAccepted, method, path, json=body, headers=_idempotent(key))
+
+    def restore(self, snapshot_id: str, *, idempotency_key: str | None = None) -> SnapshotAccepted:
+        """Revert the VM's disks to the snapshot (the VM stopped); its sizes stay."""
+        path = f"/snapshots/{_seg(snapshot_id)}/restore"
+        return self._write("POST", path, idempotency_key)
+
+    def delete(self, snapshot_id: str, *, idempotency_key: str | None = None) -> SnapshotAccepted:
+        return self._write("DELETE", f"/snapshots/{_seg(snapshot_id)}", idempotency_key)
+
+
+class Backups(_Resource):
+    """Full copies of a stopped VM's disks, kept on its host's backup storage; they
+    outlive the VM. Writes answer at once: follow their operation with
+    ``client.operations.wait(accepted)``."""
+
+    def list(
+        self,
+        *,
+        vm_id: str | None = None,
+        status: str | None = None,
+        project_id: str | None = None,
+        page: int | None = None,
+        limit: int | None = None,
+        skip: int | None = None,
+    ) -> Page[BackupPublic]:
+        """One project's backups (default: the caller's default project); ``vm_id``
+        and ``status`` (``creating``, ``available``, ``deleting``, ``error``) filter them."""
+        params = _paging(page, limit, skip=skip, vm_id=vm_id, status=status, project_id=project_id)
+        return self._page(BackupPublic, "/backups", params)
+
+    def create(
+        self, vm_id: str, *, name: str | None = None, idempotency_key: str | None = None
+    ) -> BackupAccepted:
+        """Back a VM up; a ConflictError unless it is stopped. ``name`` defaults to
+        ``<vm name>-backup``."""
+        body = _body(vm_id=vm_id, name=name)
+        headers = _idempotent(idempotency_key)
+        return self._one(BackupAccepted, "POST", "/backups", json=body, headers=headers)
+
+    def get(self, backup_id: str) -> BackupPublic:
+        return self._one(BackupPublic, "GET", f"/backups/{_seg(backup_id)}")
+
+    def restore(
+        self,
+        backup_id: str,
+        *,
+        name: str,
+        cpu_cores: int | None = None,
+        memory_mb: int | None = None,
+        user_data: str | None = None,
+        network_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> VmAccepted:
+        """Restore into a new VM named ``name``, on the backup's host (its sizes
+        unless given): the answer is the new VM's, as from :meth:`Vms.create`."""
+        body = _body(
+            name=name,
+            cpu_cores=cpu_cores,
+            memory_mb=memory_mb,
+            user_data=user_data,
+            network_id=network_id,
+        )
+        path = f"/backups/{_seg(backup_id)}/restore"
+        return self._one(VmAccepted, "POST", path, json=body, headers=_idempotent(idempotency_key))
+
+    def delete(self, backup_id: str, *, idempotency_key: str | None = None) -> BackupAccepted:
+        path = f"/backups/{_seg(backup_id)}"
+        return self._one(BackupAccepted, "DELETE", path, headers=_idempotent(idempotency_key))
+
+
+class Volumes(_Resource):
+    """Data disks for VMs, counted in the storage quota. Writes answer a
+    :class:`VolumeAccepted`: follow its operation with
+    ``client.operations.wait(accepted)``."""
+
+    def list(
+        self,
+        *,
+        vm_id: str | None = None,
+        status: str | None = None,
+        project_id: str | None = None,
+        page: int | None = None,
+        limit: int | None = None,
+        skip: int | None = None,
+    ) -> Page[VolumePublic]:
+        """One project's volumes (default: the caller's default project); ``vm_id``
+        and ``status`` (``available``, ``in-use``, ``error``, ...) filter them."""
+        params = _paging(page, limit, skip=skip, vm_id=vm_id, status=status, project_id=project_id)
+        return self._page(VolumePublic, "/volumes", params)
+
+    def create(
+        self,
+        name: str,
+        *,
+        size_gb: int,
+        vm_id: str | None = None,
+        project_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> VolumeAccepted:
+        """A blank volume of ``size_gb``, made on the host of ``vm_id`` and attached
+        to it when given."""
+        body = _body(name=name, size_gb=size_gb, vm_id=vm_id, project_id=project_id)
+        return self._write("POST", "/volumes", idempotency_key, body)
+
+    def get(self, volume_id: str) -> VolumePublic:
+        return self._one(VolumePublic, "GET", f"/volumes/{_seg(volume_id)}")
+
+    def _write(self, method: str, path: str, key: str | None, body: Any = None) -> VolumeAccepted:
+        return self._one(VolumeAccepted, method, path, json=body, headers=_idempotent(key))
+
+    def attach(
+        self, volume_id: str, vm_id: str, *, idempotency_key: str | None = None
+    ) -> VolumeAccepted:
+        """Attach to a VM on the volume's host (live if it runs); the volume's
+        ``device`` (``vdb``, ...) is set once the operation succeeds."""
+        path = f"/volumes/{_seg(volume_id)}/attach"
+        return self._write("POST", path, idempotency_key, {"vm_id": vm_id})
+
+    def detach(self, volume_id: str, *, idempotency_key: str | None = None) -> VolumeAccepted:
+        return self._write("POST", f"/volumes/{_seg(volume_id)}/detach", idempotency_key)
+
+    def resize(
+        self, volume_id: str, size_gb: int, *, idempotency_key: str | None = None
+    ) -> VolumeAccepted:
+        """Grow the volume to ``size_gb`` (it never shrinks)."""
+        path = f"/volumes/{_seg(volume_id)}/resize"
+        return self._write("POST", path, idempotency_key, {"size_gb": size_gb})
+
+    def delete(self, volume_id: str, *, idempotency_key: str | None = None) -> VolumeAccepted:
+        """Delete a volume; a ConflictError while it is attached."""
+        return self._write("DELETE", f"/volumes/{_seg(volume_id)}", idempotency_key)
+
+
+class Networks(_Resource):
+    """Isolated networks of a project that VMs join (``network_id`` on create)."""
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        project_id: str | None = None,
+        page: int | None = None,
+        limit: int | None = None,
+        skip: int | None = None,
+    ) -> Page[NetworkPublic]:
+        """One project's networks (default: the caller's default project)."""
+        params = _paging(page, limit, skip=skip, status=status, project_id=project_id)
+        return self._page(NetworkPublic, "/networks", params)
+
+    def create(
+        self,
+        name: str,
+        *,
+        cidr: str | None = None,
+        project_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> NetworkPublic:
+        """Record a network, made at once (no operation): each host creates it when
+        its first VM joins. An IPv4 ``cidr`` (``10.20.0.0/24``) gets DHCP."""
+        body = _body(name=name, cidr=cidr, project_id=project_id)
+        headers = _idempotent(idempotency_key)
+        return self._one(NetworkPublic, "POST", "/networks", json=body, headers=headers)
+
+    def get(self, network_id: str) -> NetworkPublic:
+        return self._one(NetworkPublic, "GET", f"/networks/{_seg(network_id)}")
+
+    def delete(self, network_id: str, *, idempotency_key: str | None = None) -> OperationRef:
+        """Delete a network; a ConflictError while a VM uses it. The operation
+        returned removes it from every host: follow it with :meth:`Operations.wait`."""
+        data = self._client.request(
+            "DELETE", f"/networks/{_seg(network_id)}", headers=_idempotent(idempotency_key)
+        )
+        return OperationRef.model_validate(data["operation"])
 
 
 class Operations(_Resource):
