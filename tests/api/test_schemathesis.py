@@ -405,15 +405,7 @@ def test_api_conforms_to_its_schema(case: schemathesis.Case, callers: Callers) -
 
 # Contract bugs the fuzzing on real objects finds and that are not fixed yet (the
 # server is not this suite's to change): those operations fail, strictly expected.
-KNOWN_BUGS = {
-    ("PUT", "/api/v1/vms/{vm_id}"): (
-        "a rename (or no change) answers 200 without `operation`, which the documented "
-        "200 body (VmAccepted) requires; a resize answers an undocumented 202"
-    ),
-    ("DELETE", "/api/v1/images/{image_id}"): (
-        "deleting a VM image answers 202 with its operation; only 200 is documented"
-    ),
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 @schema.include(path_regex=r"\{").parametrize()

@@ -127,6 +127,13 @@ class ImageAccepted(BaseModel):
     operation: OperationRef | None = None
 
 
+class ImageDeleted(BaseModel):
+    """A 200: a container image reference, deleted at once."""
+
+    message: str
+    image_id: str
+
+
 # --- virtual machines ------------------------------------------------------------------
 class VmCreate(Request):
     """Seed 003's body, plus what seed 001 and cloud-init add.
@@ -251,6 +258,14 @@ class VmAccepted(BaseModel):
     vm_id: str
     vm: VmPublic
     operation: OperationRef
+
+
+class VmUpdated(BaseModel):
+    """A 200: a change that needed no operation (a rename, or no change at all)."""
+
+    message: str
+    vm_id: str
+    vm: VmPublic
 
 
 class VmConsole(BaseModel):

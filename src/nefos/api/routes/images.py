@@ -23,7 +23,7 @@ from nefos.db.models import Image, Operation
 from nefos.domain.access import Permission
 from nefos.domain.errors import ValidationFailed
 from nefos.schemas.common import Envelope
-from nefos.schemas.vms import ImageAccepted, ImageCreate, ImagePublic
+from nefos.schemas.vms import ImageAccepted, ImageCreate, ImageDeleted, ImagePublic
 from nefos.services.images import ImageService, image_public
 from nefos.services.principal import resolve_project
 from nefos.services.vms import op_ref
@@ -163,7 +163,16 @@ async def get_image(
     return ok(_public(image))
 
 
-@router.delete("/{image_id}", response_model=Envelope[ImageAccepted])
+@router.delete(
+    "/{image_id}",
+    response_model=Envelope[ImageDeleted],
+    responses={
+        202: {
+            "model": Envelope[ImageAccepted],
+            "description": "A VM image: removed from every host's pool by `operation`",
+        }
+    },
+)
 async def delete_image(
     image_id: ImageId,
     core: CoreDep,

@@ -31,6 +31,7 @@ from nefos.schemas.vms import (
     VmReboot,
     VmStop,
     VmUpdate,
+    VmUpdated,
 )
 from nefos.services.principal import resolve_project
 from nefos.services.vms import VmService, op_ref, vm_public
@@ -117,7 +118,16 @@ async def get_vm(
     return ok(VmPublic.model_validate(vm_public(vm)))
 
 
-@router.put("/{vm_id}", response_model=Envelope[VmAccepted])
+@router.put(
+    "/{vm_id}",
+    response_model=Envelope[VmUpdated],
+    responses={
+        202: {
+            "model": Envelope[VmAccepted],
+            "description": "Resizing (the VM is stopped): follow `operation`",
+        }
+    },
+)
 async def update_vm(
     vm_id: VmId,
     body: VmUpdate,
