@@ -267,6 +267,45 @@ def wait_for(
         )
 
 
+def report_accepted(
+    client: Client,
+    accepted: Any,
+    key: str,
+    wait: bool,
+    as_json: bool,
+    *,
+    fetch: Callable[[], BaseModel] | None,
+    gone: str | None = None,
+) -> None:
+    """Report a write answered 202 with ``{message, <key>_id, <key>, operation}``
+    (a SnapshotAccepted, VolumeAccepted, ...): what was accepted, or with --wait
+    how it ended, the object as ``fetch`` reads it then. A deletion has no
+    ``fetch`` but the ``gone`` message."""
+    item = getattr(accepted, key)
+    if not wait:
+        if as_json:
+            echo_json(accepted)
+            return
+        op = accepted.operation
+        stdout().print(
+            f"{escape(accepted.message)}: {escape(item.name)} ({item.id}), "
+            f"status {escape(item.status)}\n"
+            f"Operation {op.id}: follow it with `nefos operation wait {op.id}`"
+        )
+        return
+    final = wait_for(client, accepted.operation.id, as_json)
+    current = fetch() if fetch is not None else None
+    if as_json:
+        data: dict[str, Any] = accepted.model_dump(mode="json")
+        data[key] = current.model_dump(mode="json") if current is not None else None
+        data["operation"] = final.model_dump(mode="json")
+        echo_json(data)
+    elif current is None:
+        stdout().print(escape(gone or f"{accepted.message}: done."))
+    else:
+        show(current, as_json)
+
+
 # --- output -------------------------------------------------------------------------
 Column = tuple[str, str | Callable[[Any], Any]]  # (header, attribute or function of the item)
 

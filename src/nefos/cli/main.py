@@ -6,13 +6,17 @@ from nefos.cli import (
     admin,
     api_keys,
     auth,
+    backups,
     containers,
     hosts,
     images,
+    networks,
     operations,
     orgs,
     projects,
+    snapshots,
     vms,
+    volumes,
 )
 from nefos.cli.serve import serve
 
@@ -44,6 +48,10 @@ app.add_typer(hosts.app, name="host")
 app.add_typer(containers.app, name="container")
 app.add_typer(vms.app, name="vm")
 app.add_typer(images.app, name="image")
+app.add_typer(snapshots.app, name="snapshot")
+app.add_typer(backups.app, name="backup")
+app.add_typer(volumes.app, name="volume")
+app.add_typer(networks.app, name="network")
 app.add_typer(operations.app, name="operation")
 
 
