@@ -163,3 +163,26 @@ async def test_container_create_happens_once(
     replay = await client.post("/api/v1/containers", json=body, headers=headers)
     assert replay.status_code == 202
     assert replay.json()["data"]["operation"]["id"] == first.json()["data"]["operation"]["id"]
+
+
+def test_a_retry_sent_as_soon_as_the_answer_arrives_is_replayed(live_server: Any) -> None:
+    """Over a real socket: the response is recorded before the client has it all, so a
+    retry sent the moment the answer arrives replays it (never "still in progress")."""
+    import uuid
+
+    with httpx.Client(base_url=live_server.url, timeout=30) as http:
+        email = f"retry-{uuid.uuid4().hex[:8]}@example.com"
+        r = http.post(
+            "/api/v1/auth/register", json={"email": email, "password": "a-good-password-1"}
+        )
+        assert r.status_code == 201, r.text
+        auth = {"Authorization": f"Bearer {r.json()['data']['access_token']}"}
+        for i in range(20):
+            headers = {**auth, "Idempotency-Key": f"retry-{i}"}
+            body = {"name": f"p-{i}"}
+            first = http.post("/api/v1/projects", json=body, headers=headers)
+            again = http.post("/api/v1/projects", json=body, headers=headers)
+            assert first.status_code == 201, first.text
+            assert again.status_code == 201, again.text
+            assert again.headers["idempotent-replayed"] == "true"
+            assert again.json()["data"]["id"] == first.json()["data"]["id"]

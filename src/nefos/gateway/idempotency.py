@@ -122,6 +122,13 @@ class IdempotencyMiddleware:
         status = 500
         kept: dict[str, str] = {}
         chunks: list[bytes] = []
+        settled = False
+
+        async def settle() -> None:
+            nonlocal settled
+            settled = True
+            keep = status < 500 and status not in (401, 429)
+            await _settle(core, record_id, (status, kept, b"".join(chunks)) if keep else None)
 
         async def capture(message: Message) -> None:
             nonlocal status
@@ -133,15 +140,20 @@ class IdempotencyMiddleware:
                         kept[name] = v.decode("latin-1")
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    # Recorded before the client has the whole answer: a retry sent
+                    # the moment it arrives is replayed, never told "in progress".
+                    await settle()
             await send(message)
 
         try:
             await self.app(scope, replay_receive, capture)
         except BaseException:
-            await _settle(core, record_id, None)
+            if not settled:
+                await _settle(core, record_id, None)
             raise
-        keep = status < 500 and status not in (401, 429)
-        await _settle(core, record_id, (status, kept, b"".join(chunks)) if keep else None)
+        if not settled:
+            await settle()
 
 
 async def _settle(
