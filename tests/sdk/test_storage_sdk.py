@@ -84,9 +84,7 @@ def test_snapshots_volumes_backups_and_networks(admin_client, new_user, libvirt)
     assert isinstance(snapping, SnapshotAccepted) and snapping.snapshot.status == "creating"
     op = c.operations.wait(snapping, **WAIT)
     assert (op.kind, op.resource_id) == ("snapshot.create", snapping.snapshot_id)
-    # The same request under the same key is answered as the first time, not made
-    # again. (Sent once the first has ended: the server records the answer to replay
-    # only after it has sent it, so a retry at once can meet a 409 "in progress".)
+    # The same request under the same key is answered as the first time, not made again.
     again = c.snapshots.create(vm_id, name="gen-1", description="first boot", idempotency_key=key)
     assert again == snapping
     with pytest.raises(ValidationError):  # the key, with another request
