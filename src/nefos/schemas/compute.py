@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -22,6 +23,15 @@ def _hostname(value: str) -> str:
     return value
 
 
+def _ip(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError("an IPv4 or IPv6 address, such as 192.168.1.10") from None
+    return value
+
+
 class HostCreate(Request):
     """Seed 003's body, plus where Nefos reaches the host.
 
@@ -32,7 +42,7 @@ class HostCreate(Request):
     """
 
     hostname: Annotated[str, AfterValidator(_hostname)]
-    ip_address: Annotated[str | None, Field(max_length=64)] = None
+    ip_address: Annotated[str | None, Field(max_length=64), AfterValidator(_ip)] = None
     cpu_cores: Annotated[int | None, Field(ge=1, le=100_000)] = None
     memory_gb: Annotated[float | None, Field(gt=0, le=1_000_000)] = None
     storage_gb: Annotated[int | None, Field(ge=0, le=100_000_000)] = None

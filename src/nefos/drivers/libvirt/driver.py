@@ -373,6 +373,9 @@ class LibvirtDriver(ComputeDriver):
         if domain_type not in ("auto", "kvm", "qemu"):
             raise ValueError(f"domain_type must be auto, kvm or qemu, not {domain_type!r}")
         self.uri = uri
+        #: What libvirt.open gets: an ssh transport never prompts (no tty, BatchMode),
+        #: so an unknown host key or a password request fails instead of hanging.
+        self._open_uri = _no_prompt(uri, parts.scheme)
         self.pool = pool
         self.image_dir = Path(image_dir) if image_dir is not None else None
         self.network = network
@@ -402,7 +405,32 @@ class LibvirtDriver(ComputeDriver):
         return self._resolved_type
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.to_thread(fn, *args)
+        """Run a blocking libvirt call in a daemon thread of its own.
+
+        Not the loop's default executor: a call that never returns (``libvirt.open``
+        of an ``ssh`` URI whose host swallows packets) would then hold up the loop's
+        shutdown, and the process's exit, forever. Callers bound the wait
+        (:meth:`_bounded`); the abandoned thread dies with the process."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def settle(ok: bool, value: Any) -> None:
+            if not future.done():
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+        def work() -> None:
+            try:
+                outcome: tuple[bool, Any] = (True, fn(*args))
+            except BaseException as exc:  # delivered to the awaiting coroutine
+                outcome = (False, exc)
+            with suppress(RuntimeError):  # the loop closed while we waited
+                loop.call_soon_threadsafe(settle, *outcome)
+
+        threading.Thread(target=work, name="libvirt-call", daemon=True).start()
+        return await future
 
     # --- the connection ----------------------------------------------------------------
     def _connect(self) -> libvirt.virConnect:
@@ -418,7 +446,7 @@ class LibvirtDriver(ComputeDriver):
                     pass
                 self._drop_locked()
             try:
-                self._conn = libvirt.open(self.uri)
+                self._conn = libvirt.open(self._open_uri)
             except libvirt.libvirtError as exc:
                 raise HostUnreachable(
                     f"libvirt unreachable at {self.uri}: {_explain(exc)}"
@@ -2235,6 +2263,13 @@ def _is_image_name(name: str) -> bool:
     return (
         bool(_IMAGE_NAME.fullmatch(name)) and ".." not in name and not _NOT_AN_IMAGE.fullmatch(name)
     )
+
+
+def _no_prompt(uri: str, scheme: str) -> str:
+    """``uri`` with ``no_tty=1`` when its transport is ssh and it does not say."""
+    if not scheme.endswith(("+ssh", "+libssh", "+libssh2")) or "no_tty=" in uri:
+        return uri
+    return uri + ("&" if "?" in uri else "?") + "no_tty=1"
 
 
 def _close_quietly(conn: libvirt.virConnect) -> None:
