@@ -52,6 +52,7 @@ from nefos.services.vms import VmService, domain_of, network_name
 
 log = logging.getLogger("nefos.storage")
 
+
 def snapshot_public(s: Snapshot) -> dict[str, Any]:
     return {
         "id": s.id,
