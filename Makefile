@@ -25,8 +25,12 @@ run: install  ## Start Nefos on http://127.0.0.1:8000 (SQLite under ./var, local
 services:  ## Install and start what the tests need (PostgreSQL, Podman, libvirt)
 	@scripts/bootstrap-services.sh
 
+# Test files run in parallel (pytest-xdist, one file per worker at a time): most of the
+# suite waits on engines, VMs and databases rather than on the CPU.
+PYTEST_WORKERS ?= 3
+
 test: install services lint typecheck  ## Lint, types, and every test on SQLite and PostgreSQL
-	@source var/test-services.env && $(PY) -m pytest $(PYTEST_ARGS)
+	@source var/test-services.env && $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations 25 $(PYTEST_ARGS)
 
 test-sqlite: install  ## The suite on SQLite only (no services needed)
 	NEFOS_TEST_BACKENDS=sqlite $(PY) -m pytest $(PYTEST_ARGS)

@@ -415,3 +415,19 @@ async def libvirt_host(
             await driver.delete_backup(backup_id)
     finally:
         await driver.close()
+
+
+def refresh_pool(pool: Any, within: float = 30) -> None:
+    """``pool.refresh(0)``, waiting out "asynchronous jobs running": libvirt refuses a
+    refresh while any client (another test session, say) uploads into the pool."""
+    import libvirt
+
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            pool.refresh(0)
+            return
+        except libvirt.libvirtError as exc:
+            if "asynchronous jobs" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)

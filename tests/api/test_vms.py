@@ -18,7 +18,7 @@ import libvirt
 import pytest
 
 from tests.api.test_containers import Api, assert_error
-from tests.conftest import Account, libvirt_test_uri, tiny_vm_image
+from tests.conftest import Account, libvirt_test_uri, refresh_pool, tiny_vm_image
 
 V1 = "/api/v1"
 BOOT_SECONDS = 120
@@ -80,7 +80,7 @@ def nefos_leftovers(vm_ids: list[str]) -> dict[str, list[str]]:
     try:
         domains = [d.name() for d in conn.listAllDomains() if d.name()[6:] in vm_ids]
         pool = conn.storagePoolLookupByName("default")
-        pool.refresh(0)
+        refresh_pool(pool)
         volumes = [v for v in pool.listVolumes() if any(i in v for i in vm_ids)]
         return {"domains": domains, "volumes": volumes}
     finally:
@@ -209,7 +209,7 @@ async def test_vm_lifecycle_end_to_end(
     conn = libvirt.open(libvirt_test_uri())
     try:
         pool = conn.storagePoolLookupByName("default")
-        pool.refresh(0)
+        refresh_pool(pool)
         assert not [v for v in pool.listVolumes() if image["id"] in v]
     finally:
         conn.close()
@@ -345,7 +345,7 @@ def libvirt_names(ids: list[str]) -> list[str]:
         names = [d.name() for d in conn.listAllDomains()]
         for pool in conn.listAllStoragePools():
             if pool.isActive():
-                pool.refresh(0)
+                refresh_pool(pool)
                 names += pool.listVolumes()
         names += [n.name() for n in conn.listAllNetworks()]
         return sorted(n for n in names if any(i in n for i in ids))

@@ -25,6 +25,7 @@ import pytest
 
 from nefos.drivers.base import DriverError, InvalidSpec, InvalidState
 from nefos.drivers.libvirt import LibvirtDriver, VmSpec
+from tests.conftest import refresh_pool
 
 from .conftest import RUN_ID, RUN_LABEL, libvirt_test_driver, libvirt_uri, vm_image
 
@@ -55,7 +56,7 @@ async def vm_driver(host: libvirt.virConnect) -> AsyncIterator[LibvirtDriver]:
             pool = host.storagePoolLookupByName(pool_name)
         except libvirt.libvirtError:
             continue
-        pool.refresh(0)
+        refresh_pool(pool)
         for name in pool.listVolumes():
             if RUN_ID in name:
                 pool.storageVolLookupByName(name).delete(0)
@@ -101,13 +102,13 @@ async def console_until(driver: LibvirtDriver, driver_id: str, needle: str) -> s
 
 def volume(host: libvirt.virConnect, name: str, pool: str = "default") -> libvirt.virStorageVol:
     p = host.storagePoolLookupByName(pool)
-    p.refresh(0)
+    refresh_pool(p)
     return p.storageVolLookupByName(name)
 
 
 def volume_names(host: libvirt.virConnect, prefix: str, pool: str = "default") -> list[str]:
     p = host.storagePoolLookupByName(pool)
-    p.refresh(0)
+    refresh_pool(p)
     return sorted(v for v in p.listVolumes() if v.startswith(prefix))
 
 

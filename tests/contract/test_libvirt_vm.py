@@ -25,6 +25,7 @@ from nefos.drivers.base import (
     InvalidState,
 )
 from nefos.drivers.libvirt import LibvirtDriver, VmSpec
+from tests.conftest import refresh_pool
 
 from .conftest import RUN_ID, RUN_LABEL, libvirt_test_driver, libvirt_uri, vm_image
 
@@ -87,7 +88,7 @@ def between(text: str, begin: str, end: str) -> str:
 
 def pool_volumes(host: libvirt.virConnect, nefos_id: str) -> list[str]:
     pool = host.storagePoolLookupByName("default")
-    pool.refresh(0)
+    refresh_pool(pool)
     return [v for v in pool.listVolumes() if v.startswith(f"nefos-{nefos_id}.")]
 
 
