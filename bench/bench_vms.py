@@ -145,6 +145,13 @@ class Nefos:
             self.accepted.values.append(accepted)
         return vm_id
 
+    def remove(self, vm_id: str) -> None:
+        """Delete one VM and wait (the host has room for a few VMs at a time)."""
+        r = self.client.delete(f"/api/v1/vms/{vm_id}", headers=self.auth)
+        r.raise_for_status()
+        self._wait(r.json()["data"]["operation"]["url"], self.auth)
+        self.vms.remove(vm_id)
+
     def clean_up(self) -> None:
         ops = []
         for vm_id in self.vms:
@@ -272,7 +279,7 @@ def bench_backend(backend: str, uri: str, *, count: int, warmup: int, poll: floa
                         order = (0, 1) if i % 2 == 0 else (1, 0)
                         for k in order:
                             if k == 0:
-                                nefos.boot(names[0], record=record)
+                                nefos.remove(nefos.boot(names[0], record=record))
                             else:
                                 raw.boot(names[1], record=record)
                         if record:
