@@ -7,7 +7,8 @@ takes ``--database sqlite|postgresql`` (repeatable) and prints its own table;
 PostgreSQL is skipped, with a note, when neither ``NEFOS_BENCH_POSTGRES_URL`` nor
 ``NEFOS_TEST_POSTGRES_URL`` is set (the first wins; the benchmarks get it as
 ``NEFOS_TEST_POSTGRES_URL``). ``bench_containers.py`` also needs the test Podman
-(``NEFOS_TEST_DOCKER_HOST``) and says it skipped when that is missing.
+(``NEFOS_TEST_DOCKER_HOST``) and ``bench_vms.py`` the test libvirtd
+(``NEFOS_TEST_LIBVIRT_URI``); each says it skipped when that is missing.
 See docs/benchmarks.md.
 """
 
