@@ -110,10 +110,23 @@ def proxy(tmp_path: Path) -> Iterator[SocketProxy]:
     p.kill()
 
 
+#: Images the tests registered (their pool volumes go at the end of each test).
+IMAGES: list[str] = []
+
+
 @pytest.fixture(autouse=True)
 async def no_domains_left() -> AsyncIterator[None]:
     yield
     await remove_managed_domains()
+    from nefos.drivers.libvirt import LibvirtDriver
+    from nefos.services.images import pool_image_name
+
+    driver = LibvirtDriver(libvirt_test_uri(), domain_type="qemu")
+    try:
+        while IMAGES:
+            await driver.delete_image(pool_image_name(IMAGES.pop()))
+    finally:
+        await driver.close()
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -128,6 +141,7 @@ async def vm_world(n: Nefos, uri: str) -> tuple[dict[str, str], Account, str, di
         headers=admin,
     )
     assert r.status_code == 202, r.text
+    IMAGES.append(r.json()["data"]["image_id"])
     op = await wait_operation(n.client, admin, r.json()["data"]["operation"], timeout=120)
     assert op["status"] == "succeeded", op
     return admin, await n.user(), r.json()["data"]["image_id"], host

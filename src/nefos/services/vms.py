@@ -645,7 +645,9 @@ class VmOps:
             return {"deleted": True}
         if host is not None:
             driver = self.core.drivers.for_host(host)
-            await driver_call(self.core, host, driver.destroy(vm.driver_id or domain_of(vm)))
+            # By name, not UUID: a domain removed behind Nefos's back still names its
+            # volumes, which destroy then removes too.
+            await driver_call(self.core, host, driver.destroy(domain_of(vm)))
         async with self.core.db.sessionmaker() as session:
             await begin_write(session)
             row = await session.get(Vm, vm.id, populate_existing=True)
