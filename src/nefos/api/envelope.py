@@ -63,6 +63,14 @@ def page(items: Sequence[Any], total: int, params: PageParams, **extra: Any) -> 
     }
 
 
+def listing(items: Sequence[Any], key: str, total: int, params: PageParams) -> JSONResponse:
+    """A list answer: ``{items, <key>: items, pagination}``, ``key`` being the seed's
+    own name for the list (``containers``, ``vms``, ...)."""
+    body = page(items, total, params)
+    body[key] = body["items"]
+    return ok(body)
+
+
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "success": False,

@@ -17,7 +17,7 @@ from nefos.api.deps import (
     SessionDep,
     authorize,
 )
-from nefos.api.envelope import ok
+from nefos.api.envelope import listing, ok
 from nefos.db.models import Container, ContainerReplica, Host, Operation
 from nefos.domain.access import Permission
 from nefos.schemas.common import Envelope
@@ -110,18 +110,7 @@ async def list_containers(
     )
     replicas = await service.replicas([c.id for c in rows])
     items = [container_public(c, replicas[c.id]) for c in rows]
-    return ok(
-        {
-            "items": items,
-            "containers": items,
-            "pagination": {
-                "page": params.page,
-                "limit": params.limit,
-                "total": total,
-                "pages": params.pages(total),
-            },
-        }
-    )
+    return listing(items, "containers", total, params)
 
 
 @router.post("", status_code=202, response_model=Envelope[ContainerAccepted])

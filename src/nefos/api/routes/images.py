@@ -18,7 +18,7 @@ from nefos.api.deps import (
     SessionDep,
     authorize,
 )
-from nefos.api.envelope import ok
+from nefos.api.envelope import listing, ok
 from nefos.db.models import Image, Operation
 from nefos.domain.access import Permission
 from nefos.domain.errors import ValidationFailed
@@ -64,18 +64,7 @@ async def list_images(
         project, params, kind=kind, os_type=os_type, status=status
     )
     items = [_public(i) for i in rows]
-    return ok(
-        {
-            "items": items,
-            "images": items,
-            "pagination": {
-                "page": params.page,
-                "limit": params.limit,
-                "total": total,
-                "pages": params.pages(total),
-            },
-        }
-    )
+    return listing(items, "images", total, params)
 
 
 @router.post("", status_code=202, response_model=Envelope[ImageAccepted])

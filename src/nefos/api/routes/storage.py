@@ -19,7 +19,7 @@ from nefos.api.deps import (
     authorize,
     deprecated_route,
 )
-from nefos.api.envelope import ok
+from nefos.api.envelope import listing, ok
 from nefos.api.routes.projects import SEED_001_SUNSET
 from nefos.api.routes.vms import VmId
 from nefos.api.routes.vms import _accepted as vm_accepted
@@ -77,21 +77,6 @@ def _accepted(
     return ok(body, status, headers={"Location": op_ref(op)["url"]})
 
 
-def _listing(items: list[Any], key: str, total: int, params: PageParams) -> Response:
-    return ok(
-        {
-            "items": items,
-            key: items,
-            "pagination": {
-                "page": params.page,
-                "limit": params.limit,
-                "total": total,
-                "pages": params.pages(total),
-            },
-        }
-    )
-
-
 async def _list(
     core: CoreDep,
     session: SessionDep,
@@ -127,7 +112,7 @@ async def list_snapshots(
     rows, total = await _list(
         core, session, access, params, project_id, Snapshot, vm_id=vm_id, status=status
     )
-    return _listing([_snap(s) for s in rows], "snapshots", total, params)
+    return listing([_snap(s) for s in rows], "snapshots", total, params)
 
 
 @snapshots.post("", status_code=202, response_model=Envelope[SnapshotAccepted])
@@ -167,7 +152,7 @@ async def list_vm_snapshots(
 ) -> Response:
     vm = await VmService(core, session).visible(access.principal, vm_id, Permission.COMPUTE_READ)
     rows, total = await _list(core, session, access, params, vm.project_id, Snapshot, vm_id=vm.id)
-    return _listing([_snap(s) for s in rows], "snapshots", total, params)
+    return listing([_snap(s) for s in rows], "snapshots", total, params)
 
 
 @snapshots.get("/{snapshot_id}", response_model=Envelope[SnapshotPublic])
@@ -246,7 +231,7 @@ async def list_backups(
     rows, total = await _list(
         core, session, access, params, project_id, Backup, vm_id=vm_id, status=status
     )
-    return _listing([_backup(b) for b in rows], "backups", total, params)
+    return listing([_backup(b) for b in rows], "backups", total, params)
 
 
 @compute_backups.get("/backups/", response_model=Envelope[dict[str, Any]], deprecated=True)
@@ -337,7 +322,7 @@ async def list_volumes(
     rows, total = await _list(
         core, session, access, params, project_id, Volume, vm_id=vm_id, status=status
     )
-    return _listing([_volume(v) for v in rows], "volumes", total, params)
+    return listing([_volume(v) for v in rows], "volumes", total, params)
 
 
 @volumes.post("", status_code=202, response_model=Envelope[VolumeAccepted])
@@ -443,7 +428,7 @@ async def list_networks(
     access: Access = authorize(Permission.COMPUTE_READ),
 ) -> Response:
     rows, total = await _list(core, session, access, params, project_id, Network, status=status)
-    return _listing([_network(n) for n in rows], "networks", total, params)
+    return listing([_network(n) for n in rows], "networks", total, params)
 
 
 @networks.post("", status_code=201, response_model=Envelope[NetworkPublic])

@@ -18,7 +18,7 @@ from nefos.api.deps import (
     authorize,
     deprecated_route,
 )
-from nefos.api.envelope import ok
+from nefos.api.envelope import listing, ok
 from nefos.api.routes.projects import SEED_001_SUNSET
 from nefos.db.models import Operation, Vm
 from nefos.domain.access import Permission
@@ -75,18 +75,7 @@ async def list_vms(
         project, params, status=status or status_filter
     )
     items = [VmPublic.model_validate(vm_public(v)) for v in rows]
-    return ok(
-        {
-            "items": items,
-            "vms": items,
-            "pagination": {
-                "page": params.page,
-                "limit": params.limit,
-                "total": total,
-                "pages": params.pages(total),
-            },
-        }
-    )
+    return listing(items, "vms", total, params)
 
 
 @router.post("", status_code=202, response_model=Envelope[VmAccepted])
