@@ -91,7 +91,7 @@ start_daemon() {  # name: start /usr/sbin/<name> as a daemon unless it runs
   if [ -f "$pidfile" ]; then
     pid=$(cat "$pidfile" 2>/dev/null || true)
     if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null \
-      && [[ "$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null)" == *"$name"* ]]; then
+      && [[ "$(tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline")" == *"$name"* ]]; then
       return 0
     fi
   fi
@@ -111,7 +111,7 @@ if ! libvirt_answers; then
     # A libvirtd we started before that no longer answers: stop it, by its pid.
     if [ -f /run/libvirtd.pid ]; then
       old=$(cat /run/libvirtd.pid 2>/dev/null || true)
-      if [ -n "$old" ] && [[ "$(tr '\0' ' ' < "/proc/$old/cmdline" 2>/dev/null)" == *libvirtd* ]]; then
+      if [ -n "$old" ] && [[ "$(tr '\0' ' ' 2>/dev/null < "/proc/$old/cmdline")" == *libvirtd* ]]; then
         echo "libvirtd (pid $old) does not answer: restarting it."
         kill "$old" 2>/dev/null || true
         for _ in $(seq 1 50); do kill -0 "$old" 2>/dev/null || break; sleep 0.1; done

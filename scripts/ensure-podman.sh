@@ -67,7 +67,7 @@ if ! podman_ping; then
   # and only if it is still that podman service) before starting a fresh one.
   if [ -f "$PODMAN_DIR/service.pid" ]; then
     old=$(cat "$PODMAN_DIR/service.pid")
-    cmdline=$(tr '\0' ' ' < "/proc/$old/cmdline" 2>/dev/null || true)
+    cmdline=$(tr '\0' ' ' 2>/dev/null < "/proc/$old/cmdline" || true)
     if [ -n "$old" ] && [[ "$cmdline" == *"system service"*"unix://$PODMAN_SOCK"* ]]; then
       echo "The podman service (pid $old) does not answer: restarting it."
       kill "$old" 2>/dev/null || true
