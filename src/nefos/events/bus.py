@@ -1,0 +1,308 @@
+"""The event bus: in-process fan-out, and Redis pub/sub across processes.
+
+``publish`` never blocks and never raises: it puts the event on an outbox that a
+pump task drains. The pump names the event's organisation (from its project, with
+a process-wide cache: a project never changes organisation) and sends it on:
+
+* ``EventBus`` (the embedded default) hands it to this process's subscribers;
+* ``RedisBus`` publishes it on one Redis channel, which every process (this one
+  included) listens to and hands on to its own subscribers. While Redis cannot be
+  reached the event is delivered in this process only, ``check_redis`` says so,
+  and the listener reconnects with backoff.
+
+A subscriber owns a bounded queue: one that cannot keep up loses its oldest events
+and is told how many (``Subscription.take_dropped``), never slowing the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from nefos.events import Event
+
+log = logging.getLogger("nefos.events")
+
+OrgResolver = Callable[[str], Awaitable[str | None]]
+Accept = Callable[[Event], bool]
+
+OUTBOX_SIZE = 100_000
+
+
+class Subscription:
+    """One listener's bounded queue of events."""
+
+    def __init__(self, bus: EventBus, maxsize: int, accept: Accept | None) -> None:
+        self._bus = bus
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
+        self.accept = accept
+        self.dropped = 0
+        self._unreported = 0
+
+    def offer(self, event: Event) -> None:
+        if self.accept is not None and not self.accept(event):
+            return
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped += 1
+            self._unreported += 1
+        self._queue.put_nowait(event)
+
+    async def get(self) -> Event:
+        return await self._queue.get()
+
+    def get_nowait(self) -> Event | None:
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
+    def take_dropped(self) -> int:
+        """Events lost since the last call (the queue was full)."""
+        n, self._unreported = self._unreported, 0
+        return n
+
+    def close(self) -> None:
+        self._bus._subscribers.discard(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        while True:
+            yield await self.get()
+
+
+class EventBus:
+    """In-process fan-out (one server process)."""
+
+    kind = "memory"
+
+    def __init__(self, resolve_org: OrgResolver | None = None) -> None:
+        self._resolve_org = resolve_org
+        self._subscribers: set[Subscription] = set()
+        self._outbox: asyncio.Queue[Event] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._orgs: dict[str, str | None] = {}
+        self.published = 0
+        self.delivered = 0
+        self.dropped = 0
+
+    # --- life -------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._outbox = asyncio.Queue(OUTBOX_SIZE)
+        self._tasks = [asyncio.create_task(self._pump(), name="nefos-events-pump")]
+
+    async def stop(self) -> None:
+        # What is still in the outbox goes out first (a short wait at most).
+        if self._outbox is not None and self.running:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._outbox.join(), 2.0)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks) and not self._tasks[0].done()
+
+    # --- publishing ---------------------------------------------------------------
+    def publish(self, event: Event) -> None:
+        """Queue ``event`` for delivery; from the bus's loop or any other thread."""
+        loop = self._loop
+        if loop is None or self._outbox is None:
+            return  # not started (a bare Database in a script): nobody listens
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._put(event)
+        else:  # another thread (or loop): hand it over safely
+            loop.call_soon_threadsafe(self._put, event)
+
+    def publish_many(self, events: list[Event]) -> None:
+        for event in events:
+            self.publish(event)
+
+    def _put(self, event: Event) -> None:
+        assert self._outbox is not None
+        try:
+            self._outbox.put_nowait(event)
+            self.published += 1
+        except asyncio.QueueFull:
+            self.dropped += 1
+            log.warning("event outbox full: %s dropped", event.type)
+
+    async def _pump(self) -> None:
+        assert self._outbox is not None
+        while True:
+            event = await self._outbox.get()
+            try:
+                await self._send(await self._named(event))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("event %s could not be sent", event.type)
+            finally:
+                self._outbox.task_done()
+
+    async def _named(self, event: Event) -> Event:
+        if event.organisation_id is not None or event.project_id is None:
+            return event
+        project = event.project_id
+        if project not in self._orgs:
+            org = await self._resolve_org(project) if self._resolve_org else None
+            if org is None:
+                return event  # a project gone already: no tenant can be named
+            if len(self._orgs) > 100_000:
+                self._orgs.clear()
+            self._orgs[project] = org
+        return event.with_org(self._orgs[project])
+
+    async def _send(self, event: Event) -> None:
+        self.deliver(event)
+
+    # --- subscribing ----------------------------------------------------------------
+    def subscribe(self, accept: Accept | None = None, *, maxsize: int = 1000) -> Subscription:
+        sub = Subscription(self, maxsize, accept)
+        self._subscribers.add(sub)
+        return sub
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    def deliver(self, event: Event) -> None:
+        """Hand ``event`` to this process's subscribers."""
+        for sub in list(self._subscribers):
+            sub.offer(event)
+        self.delivered += 1
+
+    # --- health ---------------------------------------------------------------------
+    async def check(self) -> str:
+        return "healthy" if self.running else "unhealthy"
+
+    async def check_redis(self) -> str | None:
+        """Redis's state, or None when this bus uses none."""
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "subscribers": self.subscribers,
+            "published": self.published,
+            "delivered": self.delivered,
+            "dropped": self.dropped,
+            "pending": self._outbox.qsize() if self._outbox is not None else 0,
+        }
+
+
+class RedisBus(EventBus):
+    """Fan-out across server processes through one Redis pub/sub channel."""
+
+    kind = "redis"
+
+    def __init__(
+        self, url: str, *, prefix: str = "nefos", resolve_org: OrgResolver | None = None
+    ) -> None:
+        super().__init__(resolve_org)
+        import redis.asyncio as aioredis
+
+        self.url = url
+        self.channel = f"{prefix}:events"
+        self._redis = aioredis.Redis.from_url(
+            url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=15
+        )
+        self._listening = asyncio.Event()
+        self._last_warning = 0.0
+        self.redis_errors = 0
+
+    async def start(self) -> None:
+        await super().start()
+        self._tasks.append(asyncio.create_task(self._listen(), name="nefos-events-redis"))
+        # Give the listener a moment, so that events published right after start
+        # come back to this process's subscribers through Redis.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._listening.wait(), 3.0)
+
+    async def stop(self) -> None:
+        await super().stop()
+        with contextlib.suppress(Exception):
+            await self._redis.aclose()
+
+    async def _send(self, event: Event) -> None:
+        if not self._listening.is_set():
+            # Our own listener is away: Redis would not bring it back here.
+            self.deliver(event)
+        try:
+            await self._redis.publish(self.channel, orjson.dumps(event.to_wire()))
+        except Exception as exc:  # any Redis or socket failure: degrade, never lose locally
+            self.redis_errors += 1
+            if self._listening.is_set():
+                self.deliver(event)
+            self._warn(f"Redis publish failed ({exc}); events stay in this process")
+
+    async def _listen(self) -> None:
+        delay = 0.2
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                self._listening.set()
+                delay = 0.2
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                    if message is None or message.get("type") != "message":
+                        continue
+                    try:
+                        event = Event.from_wire(orjson.loads(message["data"]))
+                    except (ValueError, KeyError, TypeError):
+                        log.warning("ignored a malformed event on %s", self.channel)
+                        continue
+                    self.deliver(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis went away: retry with backoff
+                self._listening.clear()
+                self.redis_errors += 1
+                self._warn(f"Redis subscription lost ({exc}); retrying")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _warn(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_warning > 30:
+            self._last_warning = now
+            log.warning(message)
+
+    async def check_redis(self) -> str:
+        try:
+            await asyncio.wait_for(self._redis.ping(), 2.0)
+        except Exception:  # unreachable, refused, timed out: all the same to /health
+            return "unhealthy"
+        return "healthy" if self._listening.is_set() else "degraded"
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            **super().stats(),
+            "redis_listening": self._listening.is_set(),
+            "redis_errors": self.redis_errors,
+        }
