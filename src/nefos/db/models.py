@@ -14,6 +14,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -604,3 +605,60 @@ class Backup(Base):
     status_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
+
+
+# --- monitoring: time series -------------------------------------------------------------
+# Times are integers, not UTCDateTime: epoch milliseconds for raw samples, epoch
+# seconds for buckets. Comparisons and bucketing (integer division) then cost the
+# same on both backends, rows stay small, and the write path hands the driver plain
+# ints. Each table's primary key starts with (resource_id, metric), so "one
+# resource's metric over a time range" is one index range scan; the time index
+# serves rollups and pruning, which sweep one time range across every resource.
+class MetricSample(Base):
+    """One raw sample (``nefos.monitoring.types.Sample``), kept for hours."""
+
+    __tablename__ = "metric_samples"
+
+    resource_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    metric: Mapped[str] = mapped_column(String(32), primary_key=True)
+    ts: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # epoch ms
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    project_id: Mapped[str | None] = mapped_column(String(36))
+    value: Mapped[float] = mapped_column(Float, nullable=False)
+
+    __table_args__ = (
+        Index("ix_metric_samples_ts", "ts"),
+        {"sqlite_with_rowid": False},
+    )
+
+
+class _MetricRollup:
+    resource_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    metric: Mapped[str] = mapped_column(String(32), primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # epoch s, its start
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    project_id: Mapped[str | None] = mapped_column(String(36))
+    avg: Mapped[float] = mapped_column(Float, nullable=False)
+    min: Mapped[float] = mapped_column(Float, nullable=False)
+    max: Mapped[float] = mapped_column(Float, nullable=False)
+    count: Mapped[int] = mapped_column(Integer, nullable=False)
+
+
+class MetricRollupMinute(_MetricRollup, Base):
+    """Raw samples aggregated per minute, kept for days."""
+
+    __tablename__ = "metric_rollups_1m"
+    __table_args__ = (
+        Index("ix_metric_rollups_1m_bucket", "bucket"),
+        {"sqlite_with_rowid": False},
+    )
+
+
+class MetricRollupHour(_MetricRollup, Base):
+    """Minute rollups aggregated per hour, kept for about a year."""
+
+    __tablename__ = "metric_rollups_1h"
+    __table_args__ = (
+        Index("ix_metric_rollups_1h_bucket", "bucket"),
+        {"sqlite_with_rowid": False},
+    )
