@@ -7,11 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +15,7 @@ import httpx
 
 from tests.conftest import ADMIN_PASSWORD, PASSWORD, TEST_IMAGE, free_port
 from tests.faults.conftest import V1, Lab, Nefos, eventually
+from tests.processes import server
 
 
 async def requeued(n: Nefos, op_id: str) -> None:
@@ -156,70 +153,6 @@ async def test_cancelling_a_requeued_create_leaves_an_orphan_the_reconciler_remo
         assert report.orphans_removed == [replica.id]
         assert lab.containers(user.project_id) == []
         await second.assert_converged()
-
-
-# --- a real process, SIGKILLed -------------------------------------------------------
-class Server:
-    """`nefos serve` in a child process of its own."""
-
-    def __init__(self, env: dict[str, str], cwd: Path, log: Path) -> None:
-        self.env, self.cwd, self.log = env, cwd, log
-        self.url = f"http://127.0.0.1:{env['NEFOS_PORT']}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        nefos = Path(sys.executable).parent / "nefos"
-        cmd = (
-            [str(nefos), "serve"]
-            if nefos.exists()
-            else [sys.executable, "-c", "from nefos.cli.main import main; main()", "serve"]
-        )
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(  # noqa: S603 - our own CLI
-                cmd,
-                cwd=self.cwd,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 120
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"nefos serve exited:\n{self.tail()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"nefos serve did not answer:\n{self.tail()}")
-            time.sleep(0.1)
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-
-@contextmanager
-def server(env: dict[str, str], cwd: Path, log: Path) -> Iterator[Server]:
-    s = Server(env, cwd, log)
-    try:
-        s.start()
-        yield s
-    finally:
-        s.kill(signal.SIGTERM)
 
 
 async def test_sigkill_mid_way_then_restart_converges(lab: Lab, tmp_path: Path) -> None:

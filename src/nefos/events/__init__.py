@@ -25,6 +25,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from nefos.schemas.events import EVENT_TYPES as WIRE_TYPES
+
 PENDING_KEY = "nefos.events"
 
 
@@ -39,6 +41,7 @@ class EventType(StrEnum):
 
 
 EVENT_TYPES: frozenset[str] = frozenset(t.value for t in EventType)
+assert EVENT_TYPES == frozenset(WIRE_TYPES), "nefos.schemas.events lists the same types"
 
 
 def now_iso() -> str:

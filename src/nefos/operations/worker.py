@@ -112,6 +112,11 @@ class Workers:
                 await task
         self._tasks = []
 
+    @property
+    def running(self) -> bool:
+        """Some worker task of this process is alive."""
+        return any(not t.done() for t in self._tasks)
+
     def notify(self) -> None:
         self.wakeup.notify()
 

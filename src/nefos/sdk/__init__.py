@@ -19,6 +19,7 @@ beginning with ``_`` are private.
 """
 
 from nefos.schemas.common import Message, Page, Pagination
+from nefos.schemas.events import EventMessage
 from nefos.sdk._client import Client
 from nefos.sdk._errors import (
     AuthenticationError,
@@ -36,6 +37,7 @@ from nefos.sdk._errors import (
     TransportError,
     ValidationError,
 )
+from nefos.sdk._events import EventStream
 from nefos.sdk._resources import (
     Admin,
     ApiKeys,
@@ -65,6 +67,8 @@ __all__ = [
     "Client",
     "ConflictError",
     "Containers",
+    "EventMessage",
+    "EventStream",
     "Hosts",
     "Images",
     "InternalServerError",

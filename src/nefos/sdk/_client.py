@@ -48,6 +48,7 @@ from nefos.sdk._errors import (
     TransportError,
     error_from_response,
 )
+from nefos.sdk._events import EventStream
 from nefos.sdk._resources import (
     Admin,
     ApiKeys,
@@ -180,6 +181,18 @@ class Client:
         self.volumes = Volumes(self)
         self.networks = Networks(self)
         self.operations = Operations(self)
+
+    def events(
+        self,
+        types: list[str] | None = None,
+        *,
+        reconnect: bool = True,
+        include_control: bool = False,
+    ) -> EventStream:
+        """The live events of your tenants (``WS /ws``), as an async or plain iterator:
+        ``async for e in client.events(["vm_status_changed"])``. ``types`` narrows
+        (default: every type your credentials may receive). See :class:`EventStream`."""
+        return EventStream(self, types, reconnect=reconnect, include_control=include_control)
 
     # --- lifecycle ------------------------------------------------------------
     def close(self) -> None:

@@ -42,6 +42,8 @@ from nefos.drivers.base import (
     InstanceSpec,
     PortSpec,
 )
+from nefos.events import record
+from nefos.events.capture import container_event
 from nefos.operations import OpContext, enqueue
 from nefos.scheduler import NoValidHost, PlacementRequest
 from nefos.schemas.compute import ContainerCreate, ContainerScale
@@ -755,7 +757,9 @@ class ContainerOps:
             await self._remove(container, r, hosts.get(r.host_id))
         async with self.core.db.sessionmaker() as session:
             await begin_write(session)
-            await session.execute(delete(Container).where(Container.id == container.id))
+            gone = await session.execute(delete(Container).where(Container.id == container.id))
+            if gone.rowcount:  # type: ignore[attr-defined]
+                record(session, container_event(container, container.status, "deleted"))
             await session.commit()
         return {"deleted": True}
 

@@ -36,6 +36,8 @@ from nefos.domain.errors import (
 )
 from nefos.domain.paging import PageParams
 from nefos.drivers.base import DriverError, InstanceInfo, InstanceState
+from nefos.events import record
+from nefos.events.capture import vm_event
 from nefos.operations import OpContext, enqueue
 from nefos.scheduler import NoValidHost, PlacementRequest
 from nefos.schemas.vms import VmCreate, VmStop, VmUpdate
@@ -662,6 +664,7 @@ class VmOps:
                     .values(vm_id=None, device=None, status="available")
                 )
                 await session.execute(delete(Vm).where(Vm.id == row.id))
+                record(session, vm_event(row, row.status, "deleted"))
             await session.commit()
         self.core.placer.invalidate()
         return {"deleted": True}

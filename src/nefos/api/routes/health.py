@@ -2,39 +2,50 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter
-from pydantic import BaseModel
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from nefos import __version__
 from nefos.api.deps import CoreDep, Public
 from nefos.api.envelope import ok
 from nefos.schemas.common import Envelope
+from nefos.services.health import HealthChecker
 
 router = APIRouter(tags=["health"])
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(
+        description="`healthy`, `degraded` (an optional part is down) or `unhealthy`."
+    )
     version: str
-    services: dict[str, str]
+    services: dict[str, str] = Field(
+        description="database, event_bus, redis (`disabled` without NEFOS_REDIS_URL), "
+        "hosts (`none`, `healthy` or `degraded`), orchestrator."
+    )
     timestamp: str
 
 
+def _checker(request: Request, core: CoreDep) -> HealthChecker:
+    checker: HealthChecker | None = getattr(request.app.state, "health", None)
+    if checker is None:
+        checker = request.app.state.health = HealthChecker(core)
+    return checker
+
+
 @router.get("/health", response_model=Envelope[Health], dependencies=[Public])
-async def health(core: CoreDep) -> Response:
-    """Liveness of Nefos and each dependency (seed 004 shape). 503 when one is down."""
-    services: dict[str, str] = {}
-    try:
-        await core.db.ping()
-        services["database"] = "healthy"
-    except Exception:  # any failure to reach the database means unhealthy
-        services["database"] = "unhealthy"
-    healthy = all(v == "healthy" for v in services.values())
+async def health(request: Request, core: CoreDep) -> Response:
+    """Liveness of Nefos and each dependency (seed 004 shape), each checked for real.
+
+    503 when a required one (database, event bus) is down; `degraded` (still 200)
+    when Redis or some host does not answer.
+    """
+    report = await _checker(request, core).report()
     body = Health(
-        status="healthy" if healthy else "unhealthy",
+        status=report.status,
         version=__version__,
-        services=services,
+        services=report.services,
         timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
-    return ok(body, 200 if healthy else 503)
+    return ok(body, report.http_status)

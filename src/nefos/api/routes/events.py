@@ -1,0 +1,229 @@
+"""``WS /ws``: real-time events (seeds 002, 003, 004), also under ``/api/v1`` and ``/api``.
+
+Handshake: the credentials come as ``?token=<jwt or api key>``, or an
+``Authorization: Bearer`` / ``X-API-Key`` header. A browser's ``Origin`` must be
+the API's own, or listed in ``ws_allowed_origins`` or ``cors_origins``; another is
+refused before the upgrade (HTTP 403). Bad credentials: the socket opens, says
+``{"type": "error", "data": {"code": "UNAUTHORIZED", ...}}`` and closes (4401).
+
+Messages from the server are ``{id, type, data, timestamp}``: first ``connected``
+(with the event types the caller may receive), then events. The client may send
+``{"subscribe": [types]}`` (empty: all), ``{"unsubscribe": [types]}`` and
+``{"type": "ping"}``; answers are ``subscribed`` and ``pong``; a malformed message
+gets an ``error`` and the socket stays open. A client too slow for its events
+loses the oldest and is told (``events_dropped`` with a count).
+
+Every ``ws_recheck_interval`` seconds the credentials and memberships are read
+again: a revoked token closes the socket with 4401, a lost membership with 4403.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
+
+from nefos.domain.errors import Forbidden, NefosError, Unauthorized
+from nefos.events import Event, now_iso
+from nefos.services.core import Core
+from nefos.services.subscriptions import EventView, unknown_types
+
+log = logging.getLogger("nefos.events")
+router = APIRouter(tags=["events"])
+
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
+MAX_MESSAGE = 64 * 1024
+
+
+def _origin_allowed(ws: WebSocket, core: Core) -> bool:
+    origin = ws.headers.get("origin")
+    if origin is None:
+        return True  # not a browser: the SDK, the CLI, curl
+    allowed = {
+        o.rstrip("/") for o in (*core.settings.ws_allowed_origins, *core.settings.cors_origins)
+    }
+    if "*" in allowed or origin.rstrip("/") in allowed:
+        return True
+    parts = urlsplit(origin)
+    return bool(parts.netloc) and parts.netloc == ws.headers.get("host")
+
+
+def _credential(ws: WebSocket) -> str | None:
+    token = ws.query_params.get("token")
+    if token:
+        return token
+    auth = ws.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip() or None
+    return ws.headers.get("x-api-key") or ws.headers.get("x-auth-token")
+
+
+def _message(type_: str, data: dict[str, Any]) -> str:
+    return orjson.dumps({"type": type_, "data": data, "timestamp": now_iso()}).decode()
+
+
+class _Encoded:
+    """The last event's text: one serialisation for all its subscribers."""
+
+    id: str | None = None
+    text: str = ""
+
+    @classmethod
+    def of(cls, event: Event) -> str:
+        if cls.id != event.id:
+            cls.text = orjson.dumps(event.message()).decode()
+            cls.id = event.id
+        return cls.text
+
+
+class Connection:
+    def __init__(self, ws: WebSocket, core: Core, view: EventView) -> None:
+        self.ws = ws
+        self.core = core
+        self.view = view
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, text: str) -> None:
+        async with self._send_lock:
+            await self.ws.send_text(text)
+
+    async def run(self) -> None:
+        settings = self.core.settings
+        sub = self.core.events.subscribe(self.view.sees, maxsize=settings.ws_queue_size)
+        try:
+            await self.send(
+                _message(
+                    "connected",
+                    {
+                        "user_id": self.view.user_id,
+                        "subscriptions": sorted(self.view.types),
+                        "allowed": sorted(self.view.allowed_types),
+                        "recheck_interval": settings.ws_recheck_interval,
+                    },
+                )
+            )
+            tasks = [
+                asyncio.create_task(self._pump(sub)),
+                asyncio.create_task(self._receive()),
+                asyncio.create_task(self._recheck()),
+            ]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    exc = task.exception()
+                    if isinstance(exc, NefosError):
+                        await self._close_for(exc)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+        finally:
+            sub.close()
+
+    async def _pump(self, sub: Any) -> None:
+        while True:
+            event = await sub.get()
+            dropped = sub.take_dropped()
+            if dropped:
+                await self.send(_message("events_dropped", {"count": dropped}))
+            await self.send(_Encoded.of(event))
+
+    async def _receive(self) -> None:
+        while True:
+            try:
+                raw = await self.ws.receive_text()
+            except (WebSocketDisconnect, RuntimeError):
+                return
+            reply = self._handle(raw)
+            if reply is not None:
+                await self.send(reply)
+
+    def _handle(self, raw: str) -> str | None:
+        if len(raw) > MAX_MESSAGE:
+            return _error("VALIDATION_ERROR", "Message too large")
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return _error("VALIDATION_ERROR", "Messages are JSON objects")
+        if not isinstance(msg, dict):
+            return _error("VALIDATION_ERROR", "Messages are JSON objects")
+        if msg.get("type") == "ping" or msg.get("action") == "ping":
+            return _message("pong", {})
+        for key in ("subscribe", "unsubscribe"):
+            if key not in msg:
+                continue
+            types = msg[key]
+            if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+                return _error("VALIDATION_ERROR", f"'{key}' is a list of event types")
+            unknown = unknown_types(types)
+            if unknown:
+                return _error("VALIDATION_ERROR", "Unknown event types", unknown=unknown)
+            if key == "unsubscribe":
+                types = sorted(self.view.types - set(types))
+                if not types:
+                    self.view.types = set()
+                    return _message("subscribed", {"types": [], "refused": []})
+            subscribed, refused = self.view.subscribe(types)
+            return _message("subscribed", {"types": subscribed, "refused": refused})
+        return _error(
+            "VALIDATION_ERROR",
+            'Send {"subscribe": [types]}, {"unsubscribe": [types]} or {"type": "ping"}',
+        )
+
+    async def _recheck(self) -> None:
+        interval = self.core.settings.ws_recheck_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.view.refresh()
+            except NefosError:
+                raise  # revoked, expired, lost membership: the socket closes
+            except Exception:  # the database is away: keep the socket, look again later
+                log.warning("could not re-check a WebSocket's credentials", exc_info=True)
+
+    async def _close_for(self, exc: NefosError) -> None:
+        code = CLOSE_UNAUTHORIZED if isinstance(exc, Unauthorized) else CLOSE_FORBIDDEN
+        if isinstance(exc, NefosError) and not isinstance(exc, Unauthorized | Forbidden):
+            code = 1011
+        with contextlib.suppress(Exception):
+            await self.send(_error(exc.code, exc.message))
+            await self.ws.close(code=code, reason=exc.message[:120])
+
+
+def _error(code: str, message: str, **details: Any) -> str:
+    return _message("error", {"code": code, "message": message, "details": details})
+
+
+@router.websocket("/ws")
+async def events_socket(ws: WebSocket) -> None:
+    """Real-time events of the caller's tenants (see the module's docstring)."""
+    core: Core = ws.app.state.core
+    if not _origin_allowed(ws, core):
+        await ws.close(code=1008)  # before accept: the upgrade is refused with 403
+        return
+    await ws.accept()
+    credential = _credential(ws)
+    view = EventView(core, credential or "")
+    try:
+        if not credential:
+            raise Unauthorized("Authentication required: ?token=<jwt or api key>")
+        await view.refresh()
+    except NefosError as exc:
+        await ws.send_text(_error(exc.code, exc.message))
+        await ws.close(code=CLOSE_UNAUTHORIZED, reason=exc.message[:120])
+        return
+    try:
+        await Connection(ws, core, view).run()
+    finally:
+        if ws.client_state is WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await ws.close()
