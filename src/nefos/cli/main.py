@@ -8,6 +8,7 @@ from nefos.cli import (
     auth,
     backups,
     containers,
+    events,
     hosts,
     images,
     networks,
@@ -40,6 +41,7 @@ app.command()(serve)
 app.command()(auth.login)
 app.command()(auth.logout)
 app.command()(auth.whoami)
+app.command()(events.events)
 app.add_typer(orgs.app, name="org")
 app.add_typer(projects.app, name="project")
 app.add_typer(api_keys.app, name="api-key")

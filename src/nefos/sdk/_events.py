@@ -10,8 +10,9 @@
 
 The stream authenticates with the client's credentials (renewing its session
 first when needed), sends ``{"subscribe": types}``, and yields each event as an
-``EventMessage``. Control messages (``connected``, ``subscribed``, ``pong``) are
-consumed; ``events_dropped`` is yielded too when ``include_control`` is set. When
+``EventMessage``. Control messages (``connected``, ``subscribed``,
+``events_dropped``) are consumed, or yielded too when ``include_control`` is set
+(so a caller can tell when its subscription is in place). When
 the connection drops it reconnects with backoff (``reconnect=True``, the default)
 and subscribes again; events sent while it was away are lost (the REST API has
 the state). A refusal of the credentials (close code 4401) or of the caller's
@@ -71,11 +72,10 @@ class EventStream:
         message = EventMessage.model_validate_json(raw)
         if message.type == "connected":
             self.connected = message
-            return None
-        if message.type == "error":
+        elif message.type == "error":
             data = message.data
             raise _refusal(data.get("code"), str(data.get("message", "refused")))
-        if message.is_event or (self.include_control and message.type == "events_dropped"):
+        if message.is_event or (self.include_control and message.type != "pong"):
             return message
         return None
 
