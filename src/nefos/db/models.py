@@ -607,6 +607,132 @@ class Backup(Base):
     updated_at: Mapped[datetime] = _updated()
 
 
+# --- monitoring: alert rules, alerts, webhooks and their deliveries ---------------------
+class AlertRule(Base):
+    """A threshold on one metric of a project's resources (or of one of them): the
+    alert engine opens an alert when ``metric <comparison> threshold`` has held for
+    ``duration_seconds``."""
+
+    __tablename__ = "alert_rules"
+
+    id: Mapped[str] = _id()
+    project_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("projects.id", ondelete="CASCADE"), nullable=False
+    )
+    user_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    description: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    metric: Mapped[str] = mapped_column(String(32), nullable=False)
+    comparison: Mapped[str] = mapped_column(String(8), nullable=False)  # gt, gte, lt, lte
+    threshold: Mapped[float] = mapped_column(Float, nullable=False)
+    duration_seconds: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    severity: Mapped[str] = mapped_column(String(16), nullable=False, default="warning")
+    # The scope: every resource of the project, of one kind, or one resource.
+    resource_kind: Mapped[str | None] = mapped_column(String(16))
+    resource_id: Mapped[str | None] = mapped_column(String(36))
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+    __table_args__ = (
+        UniqueConstraint("project_id", "name", name="uq_alert_rules_project_id_name"),
+        Index("ix_alert_rules_project_created_id", "project_id", "created_at", "id"),
+    )
+
+
+class Alert(Base):
+    """One occurrence of a rule's condition (or of a built-in one: ``host_down``,
+    ``instance_crashed``) on one resource: pending, firing, then resolved. Kept as
+    history; at most one is open (pending or firing) per rule or kind and resource,
+    which ``open_key`` (NULL once resolved) enforces on every backend."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[str] = _id()
+    project_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("projects.id", ondelete="CASCADE")
+    )
+    rule_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("alert_rules.id", ondelete="SET NULL"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)  # rule, host_down, ...
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    resource_kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    resource_id: Mapped[str] = mapped_column(String(36), nullable=False, index=True)
+    metric: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), nullable=False)  # pending, firing, resolved
+    severity: Mapped[str] = mapped_column(String(16), nullable=False)
+    value: Mapped[float | None] = mapped_column(Float)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    message: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    open_key: Mapped[str | None] = mapped_column(String(80), unique=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    fired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+    __table_args__ = (
+        Index("ix_alerts_project_started_id", "project_id", "started_at", "id"),
+        Index("ix_alerts_status", "status"),
+    )
+
+
+class Webhook(Base):
+    """An HTTP endpoint told of a project's alerts, signed with ``secret`` (HMAC-SHA256;
+    kept so that each delivery can be signed, shown to its owner only at creation)."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = _id()
+    project_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("projects.id", ondelete="CASCADE"), nullable=False
+    )
+    created_by: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    url: Mapped[str] = mapped_column(String(2000), nullable=False)
+    description: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    events: Mapped[list[str]] = mapped_column(JSON, nullable=False, default=list)
+    secret: Mapped[str] = mapped_column(String(100), nullable=False)
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+    __table_args__ = (Index("ix_webhooks_project_created_id", "project_id", "created_at", "id"),)
+
+
+class WebhookDelivery(Base):
+    """One event sent (or to send) to one webhook, and how its attempts went."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = _id()
+    webhook_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False
+    )
+    event_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    event_type: Mapped[str] = mapped_column(String(64), nullable=False)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # Each attempt: {at, status_code, error, duration_ms}.
+    log: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False, default=list)
+    created_at: Mapped[datetime] = _created()
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = _updated()
+
+    __table_args__ = (
+        Index("ix_webhook_deliveries_webhook_created_id", "webhook_id", "created_at", "id"),
+        Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),
+    )
+
+
 # --- monitoring: time series -------------------------------------------------------------
 # Times are integers, not UTCDateTime: epoch milliseconds for raw samples, epoch
 # seconds for buckets. Comparisons and bucketing (integer division) then cost the
