@@ -15,6 +15,7 @@ from nefos import __version__
 from nefos.api import errors
 from nefos.api.routes import (
     admin,
+    alerts,
     api_keys,
     auth,
     containers,
@@ -31,6 +32,8 @@ from nefos.api.routes import (
 from nefos.config import Settings
 from nefos.gateway.context import RequestContextMiddleware
 from nefos.gateway.idempotency import IdempotencyMiddleware
+from nefos.monitoring.alerts import AlertEngine
+from nefos.monitoring.webhooks import WebhookDispatcher
 from nefos.reconciler import Background, Reconciler
 from nefos.schemas.common import ErrorEnvelope
 from nefos.services.containers import ContainerOps
@@ -85,6 +88,7 @@ def api_router() -> APIRouter:
     router.include_router(organisations.invitations)
     router.include_router(projects.legacy)
     router.include_router(health.router)
+    router.include_router(alerts.router)
     return router
 
 
@@ -108,6 +112,10 @@ def create_app(
         async with core.db.session() as session:
             created = await UserService(core, session).ensure_admin()
         app.state.core = core
+        # Alerts: the engine listens to the metrics collector's passes; deliveries
+        # of webhooks go out from the dispatcher.
+        app.state.webhooks = webhooks = WebhookDispatcher.from_settings(core.db, settings)
+        app.state.alert_engine = AlertEngine(core.db, on_deliveries=webhooks.wake)
         ContainerOps(core).register()
         VmOps(core).register()
         ImageOps(core).register()
@@ -122,11 +130,13 @@ def create_app(
         if settings.workers:
             core.workers.start()
         background.start()
+        webhooks.start()
         if on_started is not None:
             on_started(core, created)
         try:
             yield
         finally:
+            await webhooks.stop()
             await background.stop()
             await core.workers.stop()
             await core.drivers.close()
