@@ -95,9 +95,20 @@ def domain_xml(vm_id: str) -> str:
         conn.close()
 
 
+def is_subsequence(wanted: list[str], got: list[str]) -> bool:
+    it = iter(got)
+    return all(any(x == w for x in it) for w in wanted)
+
+
 async def test_vm_lifecycle_end_to_end(
-    client: httpx.AsyncClient, admin: Account, register: Any, libvirt_host: dict[str, Any]
+    client: httpx.AsyncClient,
+    app: Any,
+    admin: Account,
+    register: Any,
+    libvirt_host: dict[str, Any],
 ) -> None:
+    # Every status change is told on the event bus (what /ws clients receive).
+    told = app.state.core.events.subscribe(lambda e: e.type == "vm_status_changed")
     admin_api = Api(client, admin)
     image = await register_tiny(admin_api)
     assert image["status"] == "active" and image["public"] is True
@@ -202,6 +213,19 @@ async def test_vm_lifecycle_end_to_end(
     assert nefos_leftovers([vm_id]) == {"domains": [], "volumes": []}
     host = await admin_api.call("GET", f"/resources/hosts/{libvirt_host['id']}")
     assert host["used"]["instances"] == 0 and host["used"]["cpu_cores"] == 0
+
+    # The events told the whole life, in order, each naming the VM's project.
+    await asyncio.sleep(0.5)  # the bus's pump hands on what the last commit published
+    events = []
+    while (event := told.get_nowait()) is not None:
+        events.append(event)
+    told.close()
+    mine = [e for e in events if e.data["vm_id"] == vm_id]
+    assert all(e.project_id == user.project_id and e.organisation_id for e in mine)
+    statuses = [e.data["status"] for e in mine]
+    lifecycle = ["creating", "running", "stopping", "stopped", "resizing", "stopped"]
+    lifecycle += ["starting", "running", "rebooting", "running", "deleting", "deleted"]
+    assert is_subsequence(lifecycle, statuses), statuses
 
     # Now the image goes, from the pool too.
     data = await admin_api.act("DELETE", f"/images/{image['id']}")
