@@ -133,7 +133,10 @@ class EventBus:
         if running is loop:
             self._put(event)
         else:  # another thread (or loop): hand it over safely
-            loop.call_soon_threadsafe(self._put, event)
+            try:
+                loop.call_soon_threadsafe(self._put, event)
+            except RuntimeError:  # the bus's loop is closed: the server is gone
+                self.dropped += 1
 
     def publish_many(self, events: list[Event]) -> None:
         for event in events:
