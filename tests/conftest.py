@@ -139,16 +139,29 @@ async def app(settings: Settings) -> AsyncIterator[Any]:
 
 
 async def _empty_tables(application: Any) -> None:
+    from sqlalchemy.exc import DBAPIError
+
     db = application.state.core.db
     tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
-    async with db.engine.begin() as conn:
-        if db.is_sqlite:
-            # Rows reference rows of their own table (organisations.parent_id).
-            await conn.execute(text("PRAGMA defer_foreign_keys=ON"))
-            for name in tables:
-                await conn.execute(text(f'DELETE FROM "{name}"'))
-        else:
-            await conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE"))
+    for attempt in range(5):
+        try:
+            async with db.engine.begin() as conn:
+                if db.is_sqlite:
+                    # Rows reference rows of their own table (organisations.parent_id).
+                    await conn.execute(text("PRAGMA defer_foreign_keys=ON"))
+                    for name in tables:
+                        await conn.execute(text(f'DELETE FROM "{name}"'))
+                else:
+                    await conn.execute(
+                        text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE")
+                    )
+            return
+        except DBAPIError as exc:
+            # The app's background tasks (collector, alert engine, webhook dispatcher)
+            # lock tables in another order than TRUNCATE: PostgreSQL may pick the
+            # TRUNCATE as a deadlock's victim. Doing it again is safe.
+            if "deadlock" not in str(exc) or attempt == 4:
+                raise
 
 
 @pytest.fixture

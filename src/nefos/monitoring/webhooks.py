@@ -375,12 +375,12 @@ class WebhookDispatcher:
     # --- one pass -----------------------------------------------------------------
     async def _claim(self, now: datetime) -> list[tuple[WebhookDelivery, Webhook]]:
         """Due deliveries, each claimed by moving its next attempt past a lease (a
-        guarded UPDATE: two dispatchers never send one delivery at once)."""
+        guarded UPDATE: two dispatchers never send one delivery at once). Each
+        statement reads one table, so the poll never holds locks on two at once."""
         async with self.db.sessionmaker() as session:
-            rows = (
-                await session.execute(
-                    select(WebhookDelivery, Webhook)
-                    .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
+            due = (
+                await session.scalars(
+                    select(WebhookDelivery)
                     .where(
                         WebhookDelivery.status == "pending",
                         WebhookDelivery.next_attempt_at <= now,
@@ -389,8 +389,9 @@ class WebhookDispatcher:
                     .limit(MAX_BATCH)
                 )
             ).all()
+            await session.commit()
             claimed = []
-            for delivery, webhook in rows:
+            for delivery in due:
                 result = await session.execute(
                     update(WebhookDelivery)
                     .where(
@@ -400,9 +401,13 @@ class WebhookDispatcher:
                     )
                     .values(next_attempt_at=now + CLAIM_LEASE)
                 )
-                if result.rowcount == 1:  # type: ignore[attr-defined]
+                await session.commit()
+                if result.rowcount != 1:  # type: ignore[attr-defined]
+                    continue
+                webhook = await session.get(Webhook, delivery.webhook_id)
+                await session.commit()
+                if webhook is not None:
                     claimed.append((delivery, webhook))
-            await session.commit()
             return claimed
 
     async def run_once(self, now: datetime | None = None) -> int:
