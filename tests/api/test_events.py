@@ -520,3 +520,39 @@ async def test_redis_going_away_degrades_health_and_one_process_keeps_its_events
                     core.events.publish(make(EventType.OPERATION, {"n": n}, project_id=project))
                 await s.until(lambda s: len(s.events()) == 3, "the events without Redis")
                 assert [e["data"]["n"] for e in s.events()] == [1, 2, 3]
+
+
+# --- capture: told at commit, never for what was rolled back ---------------------------
+async def test_status_changes_are_told_at_commit_and_never_after_a_rollback(
+    client: httpx.AsyncClient, app: Any, admin: Any
+) -> None:
+    from nefos.db.models import Host
+
+    r = await client.post(
+        f"{V1}/resources/hosts",
+        json={"hostname": "sim-ev", "driver": "sim", "uri": "sim://sim-ev?cpus=4&memory_mb=8192"},
+        headers=admin.headers,
+    )
+    assert r.status_code == 201, r.text
+    host_id = r.json()["data"]["id"]
+    core = app.state.core
+    with core.events.subscribe(
+        lambda e: e.type == "host_status_changed" and e.data["host_id"] == host_id
+    ) as told:
+        async with core.db.sessionmaker() as session:
+            host = await session.get(Host, host_id)
+            assert host is not None
+            host.status = "offline"
+            await session.flush()  # flushed, so seen: but rolled back, so never told
+            await session.rollback()
+            host = await session.get(Host, host_id, populate_existing=True)
+            assert host is not None and host.status == "active"
+            host.status = "offline"
+            host.last_error = "cable pulled"
+            await session.commit()
+        event = await asyncio.wait_for(told.get(), 10)
+        assert event.is_platform
+        assert (event.data["previous_status"], event.data["status"]) == ("active", "offline")
+        assert event.data["reason"] == "cable pulled"
+        await asyncio.sleep(0.2)
+        assert told.get_nowait() is None
