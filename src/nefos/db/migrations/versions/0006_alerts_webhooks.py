@@ -6,7 +6,6 @@ Create Date: 2026-11-29 09:55:00
 """
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import sqlalchemy as sa
 from alembic import op
@@ -14,8 +13,7 @@ from alembic import op
 import nefos.db.types
 
 revision: str = "0006"
-# TEMPORARY until 0005 (metrics) lands in the tree: then this is the literal "0005".
-down_revision: str | None = "0005" if any(Path(__file__).parent.glob("0005_*.py")) else "0004"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
