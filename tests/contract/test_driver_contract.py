@@ -23,6 +23,7 @@ from nefos.drivers.base import (
     ComputeDriver,
     HostUnreachable,
     ImageNotFound,
+    InstanceCounters,
     InstanceInfo,
     InstanceKind,
     InstanceNotFound,
@@ -175,6 +176,48 @@ async def test_stats_report_usage_within_the_limits(
     await driver.stop(info.driver_id, grace_seconds=2)
     idle = await driver.stats(info.driver_id)
     assert (idle.cpu_percent, idle.memory_bytes) == (0, 0)
+
+
+async def test_counters_grow_while_running_and_skip_unknown_ids(
+    harness: Harness, driver: ComputeDriver, make: Make
+) -> None:
+    requires(driver, "supports_stats")
+    info = await make()
+    if driver.capabilities.supports_ports:
+        await eventually(lambda: fetch(info))
+    missing = f"nefos-missing-{RUN_ID}"
+    first = (await driver.counters([info.driver_id, missing]))[info.driver_id]
+    assert first.running and first.cpus > 0
+
+    async def grown() -> InstanceCounters | None:
+        if driver.capabilities.supports_ports:
+            await fetch(info)  # traffic, so the network counters move
+        answer = await driver.counters([info.driver_id, missing])
+        assert missing not in answer
+        now = answer[info.driver_id]
+        moved = now.cpu_time_ns > first.cpu_time_ns or now.net_rx_bytes > first.net_rx_bytes
+        traffic = now.net_rx_bytes > 0 and now.net_tx_bytes > 0
+        return now if moved and traffic and now.read_at > first.read_at else None
+
+    later: InstanceCounters = await eventually(grown, within=harness.boot_seconds)
+    assert 0 < later.memory_bytes <= later.memory_limit_bytes
+    assert later.net_tx_bytes > 0
+
+    await driver.stop(info.driver_id, grace_seconds=2)
+    stopped = (await driver.counters([info.driver_id]))[info.driver_id]
+    assert not stopped.running
+    assert (stopped.cpu_time_ns, stopped.memory_bytes) == (0, 0)
+
+
+async def test_host_usage_is_within_the_host(driver: ComputeDriver) -> None:
+    usage = await driver.host_usage()
+    if usage is None:  # the host does not report it (Docker's Engine API)
+        return
+    assert 0 <= usage.memory_used_bytes <= usage.memory_total_bytes
+    assert usage.memory_total_bytes > 0
+    if usage.cpu_total_ns is not None:
+        assert usage.cpu_busy_ns is not None
+        assert 0 <= usage.cpu_busy_ns <= usage.cpu_total_ns
 
 
 async def test_logs_hold_the_console_output(

@@ -21,6 +21,7 @@ from nefos.api.routes import (
     containers,
     health,
     images,
+    monitoring,
     operations,
     organisations,
     projects,
@@ -31,6 +32,7 @@ from nefos.api.routes import (
 )
 from nefos.config import Settings
 from nefos.gateway.context import RequestContextMiddleware
+from nefos.gateway.counters import RequestCounters
 from nefos.gateway.idempotency import IdempotencyMiddleware
 from nefos.monitoring.alerts import AlertEngine
 from nefos.monitoring.webhooks import WebhookDispatcher
@@ -89,6 +91,7 @@ def api_router() -> APIRouter:
     router.include_router(projects.legacy)
     router.include_router(health.router)
     router.include_router(alerts.router)
+    router.include_router(monitoring.router)
     return router
 
 
@@ -131,11 +134,16 @@ def create_app(
             core.workers.start()
         background.start()
         webhooks.start()
+        # Metrics: a pass every metrics_interval, rollup and pruning every minute.
+        app.state.collector = core.collector
+        core.collector.listeners.append(app.state.alert_engine)  # alerts on each pass
+        core.collector.start()
         if on_started is not None:
             on_started(core, created)
         try:
             yield
         finally:
+            await core.collector.stop()
             await webhooks.stop()
             await background.stop()
             await core.workers.stop()
@@ -171,5 +179,7 @@ def create_app(
             expose_headers=["X-Request-ID", "Retry-After"],
         )
     app.add_middleware(IdempotencyMiddleware)
-    app.add_middleware(RequestContextMiddleware)
+    # Counted by the middleware, read by GET /metrics and /prometheus.
+    app.state.request_counters = counters = RequestCounters()
+    app.add_middleware(RequestContextMiddleware, counters=counters)
     return app

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ClassVar, Literal
@@ -201,6 +201,38 @@ class InstanceStats:
 
 
 @dataclass(frozen=True, slots=True)
+class InstanceCounters:
+    """An instance's cumulative usage counters, read at one moment.
+
+    The monitoring collector turns two reads into rates (cpu %, bytes per second);
+    a counter that went down (the instance restarted) starts a new series.
+    """
+
+    running: bool
+    cpu_time_ns: int  # CPU time used by all its CPUs since it (re)started
+    cpus: float  # the CPUs it may use (a container's limit, a VM's vCPUs)
+    memory_bytes: int  # in use now, page cache left out (as InstanceStats)
+    memory_limit_bytes: int
+    net_rx_bytes: int
+    net_tx_bytes: int
+    disk_read_bytes: int
+    disk_write_bytes: int
+    read_at: float  # time.monotonic() of this process when the host answered
+
+
+@dataclass(frozen=True, slots=True)
+class HostUsage:
+    """A host's own usage, read at one moment. CPU time is cumulative over all its
+    cores (None when the host does not report it: rates need two reads)."""
+
+    cpu_busy_ns: int | None
+    cpu_total_ns: int | None  # busy + idle
+    memory_used_bytes: int
+    memory_total_bytes: int
+    read_at: float  # time.monotonic() of this process when the host answered
+
+
+@dataclass(frozen=True, slots=True)
 class VolumeInfo:
     """A data volume (a disk that outlives the VMs it is attached to)."""
 
@@ -322,6 +354,22 @@ class ComputeDriver(abc.ABC):
 
         A stopped instance reports zero usage. Raises :class:`InstanceNotFound`.
         """
+
+    @abc.abstractmethod
+    async def counters(self, instance_ids: Sequence[str]) -> dict[str, InstanceCounters]:
+        """One read of the usage counters of each of ``instance_ids`` (driver or
+        Nefos ids), keyed as given; needs ``supports_stats``.
+
+        Bulk, for the monitoring collector: one call per host and pass. An id the
+        host does not have is left out of the answer (it never raises
+        :class:`InstanceNotFound`); a stopped instance reports ``running=False`` and
+        zero usage. Raises :class:`HostUnreachable` if the host does not answer.
+        """
+
+    @abc.abstractmethod
+    async def host_usage(self) -> HostUsage | None:
+        """The host's own CPU time and memory use now, or None when the host does
+        not report them. Raises :class:`HostUnreachable` if it does not answer."""
 
     @abc.abstractmethod
     async def logs(self, instance_id: str, *, tail: int = 100) -> str:

@@ -21,6 +21,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nefos.api.envelope import error_body
+from nefos.gateway.counters import RequestCounters
 
 log = logging.getLogger("nefos.gateway")
 
@@ -53,8 +54,9 @@ async def _send_json(send: Send, status: int, body: dict[str, Any], rid: str) ->
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, counters: RequestCounters | None = None) -> None:
         self.app = app
+        self.counters = counters if counters is not None else RequestCounters()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -86,6 +88,7 @@ class RequestContextMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                self.counters.count(int(message["status"]))
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", rid.encode()))
                 sunset = getattr(scope.get("endpoint"), "__nefos_sunset__", None)
@@ -103,6 +106,7 @@ class RequestContextMiddleware:
             )
             if started:
                 raise
+            self.counters.count(500)
             await _send_json(
                 send,
                 500,

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from nefos.config import Settings
 from nefos.db.session import Database
+from nefos.monitoring.store import MetricStore, Retention
 from nefos.operations import Workers
 from nefos.security.passwords import Passwords
 from nefos.security.tokens import TokenCodec
 from nefos.services.drivers import DriverManager, DriverOptions
 from nefos.services.placement import Placer, scheduler_config
+
+if TYPE_CHECKING:
+    from nefos.monitoring.collector import Collector
 
 
 @dataclass
@@ -22,11 +28,13 @@ class Core:
     drivers: DriverManager
     placer: Placer
     workers: Workers
+    metrics: MetricStore
+    collector: Collector = field(init=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Core:
         db = Database(settings.resolved_database_url, pool_size=settings.db_pool_size)
-        return cls(
+        core = cls(
             settings=settings,
             db=db,
             passwords=Passwords(
@@ -48,7 +56,24 @@ class Core:
                 lease=settings.operation_lease,
                 retry_deadline=settings.operation_retry_deadline,
             ),
+            metrics=metric_store(settings, db),
         )
+        from nefos.monitoring.collector import Collector
+
+        core.collector = Collector(core)
+        return core
+
+
+def metric_store(settings: Settings, db: Database) -> MetricStore:
+    return MetricStore(
+        db,
+        retention=Retention(
+            raw=timedelta(hours=settings.metrics_raw_retention_hours),
+            minute=timedelta(days=settings.metrics_minute_retention_days),
+            hour=timedelta(days=settings.metrics_hour_retention_days),
+        ),
+        interval=settings.metrics_interval,
+    )
 
 
 def driver_options(settings: Settings) -> DriverOptions:

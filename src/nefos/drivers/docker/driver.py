@@ -14,8 +14,9 @@ import asyncio
 import builtins
 import shutil
 import socket
+import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,7 +34,9 @@ from nefos.drivers.base import (
     DriverError,
     HostCapacity,
     HostUnreachable,
+    HostUsage,
     ImageNotFound,
+    InstanceCounters,
     InstanceInfo,
     InstanceKind,
     InstanceNotFound,
@@ -410,6 +413,58 @@ class DockerDriver(ComputeDriver):
             raw = self._api.stats(instance_id, stream=False)
         return _parse_stats(raw, limit)
 
+    async def counters(self, instance_ids: Sequence[str]) -> dict[str, InstanceCounters]:
+        reads = await asyncio.gather(
+            *(self._run(self._counters, i) for i in instance_ids), return_exceptions=True
+        )
+        out: dict[str, InstanceCounters] = {}
+        for instance_id, read in zip(instance_ids, reads, strict=True):
+            if isinstance(read, InstanceNotFound):
+                continue
+            if isinstance(read, BaseException):
+                raise read
+            out[instance_id] = read
+        return out
+
+    def _counters(self, instance_id: str) -> InstanceCounters:
+        with _translated(instance_id):
+            attrs = self._api.inspect_container(instance_id)
+            host_config = attrs.get("HostConfig") or {}
+            limit = int(host_config.get("Memory") or 0)
+            cpus = int(host_config.get("NanoCpus") or 0) / 1e9
+            if not cpus and int(host_config.get("CpuQuota") or 0) > 0:
+                cpus = int(host_config["CpuQuota"]) / int(host_config.get("CpuPeriod") or 100_000)
+            if not (attrs.get("State") or {}).get("Running"):
+                return InstanceCounters(
+                    False, 0, cpus or 1.0, 0, limit, 0, 0, 0, 0, time.monotonic()
+                )
+            # one_shot: the counters now, without the engine's second sample a second later.
+            raw = self._api.stats(instance_id, stream=False, one_shot=True)
+        return _parse_counters(raw, limit, cpus, time.monotonic())
+
+    async def host_usage(self) -> HostUsage | None:
+        return await self._run(self._host_usage)
+
+    def _host_usage(self) -> HostUsage | None:
+        # The Engine API reports no host usage; Podman's own API reports memory.
+        with _translated():
+            answer = self._api.get(self._api.base_url + "/v4.0.0/libpod/info")
+        try:
+            info = answer.json() if answer.status_code == 200 else None
+        except ValueError:
+            info = None
+        host = info.get("host") if isinstance(info, dict) else None
+        if not isinstance(host, dict) or not host.get("memTotal"):
+            return None  # Docker itself: no such endpoint
+        total = int(host["memTotal"])
+        return HostUsage(
+            cpu_busy_ns=None,
+            cpu_total_ns=None,
+            memory_used_bytes=max(total - int(host.get("memFree") or 0), 0),
+            memory_total_bytes=total,
+            read_at=time.monotonic(),
+        )
+
     async def logs(self, instance_id: str, *, tail: int = 100) -> str:
         return await self._run(self._logs, instance_id, tail)
 
@@ -451,6 +506,36 @@ def _parse_stats(raw: Mapping[str, Any], configured_limit: int) -> InstanceStats
         memory_percent=(used / limit * 100.0) if limit else 0.0,
         net_rx_bytes=rx,
         net_tx_bytes=tx,
+    )
+
+
+def _parse_counters(
+    raw: Mapping[str, Any], configured_limit: int, cpus: float, read_at: float
+) -> InstanceCounters:
+    """One Engine API stats sample -> cumulative counters (memory as `docker stats`)."""
+    cpu = raw.get("cpu_stats") or {}
+    online = int(cpu.get("online_cpus") or 0) or len(
+        (cpu.get("cpu_usage") or {}).get("percpu_usage") or ()
+    )
+    stats = _parse_stats(raw, configured_limit)
+    read = write = 0
+    for row in (raw.get("blkio_stats") or {}).get("io_service_bytes_recursive") or ():
+        op = str(row.get("op") or "").lower()
+        if op == "read":
+            read += int(row.get("value") or 0)
+        elif op == "write":
+            write += int(row.get("value") or 0)
+    return InstanceCounters(
+        running=True,
+        cpu_time_ns=_int(cpu, "cpu_usage", "total_usage"),
+        cpus=cpus or float(max(online, 1)),
+        memory_bytes=stats.memory_bytes,
+        memory_limit_bytes=stats.memory_limit_bytes,
+        net_rx_bytes=stats.net_rx_bytes,
+        net_tx_bytes=stats.net_tx_bytes,
+        disk_read_bytes=read,
+        disk_write_bytes=write,
+        read_at=read_at,
     )
 
 

@@ -79,7 +79,7 @@ import secrets
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -99,7 +99,9 @@ from nefos.drivers.base import (
     DriverError,
     HostCapacity,
     HostUnreachable,
+    HostUsage,
     ImageNotFound,
+    InstanceCounters,
     InstanceInfo,
     InstanceKind,
     InstanceNotFound,
@@ -2072,6 +2074,62 @@ class LibvirtDriver(ComputeDriver):
                 found.append(self._info(dom, md, state))
         return found
 
+    async def counters(self, instance_ids: Sequence[str]) -> dict[str, InstanceCounters]:
+        return await self._bounded(self._read, self._counters, list(instance_ids))
+
+    def _counters(self, instance_ids: builtins.list[str]) -> dict[str, InstanceCounters]:
+        conn = self._connect()
+        doms: dict[str, libvirt.virDomain] = {}
+        for instance_id in instance_ids:
+            try:
+                doms[instance_id], _ = self._ours(conn, instance_id)
+            except InstanceNotFound:
+                continue
+        if not doms:
+            return {}
+        kinds = (
+            libvirt.VIR_DOMAIN_STATS_STATE
+            | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+            | libvirt.VIR_DOMAIN_STATS_BALLOON
+            | libvirt.VIR_DOMAIN_STATS_VCPU
+            | libvirt.VIR_DOMAIN_STATS_INTERFACE
+            | libvirt.VIR_DOMAIN_STATS_BLOCK
+        )
+        with self._translated():
+            limits = {i: int(d.maxMemory()) * _KIB for i, d in doms.items()}
+            # One call for every domain: the host answers for all of them at once.
+            records = conn.domainListGetStats(builtins.list(doms.values()), kinds, 0)
+        read_at = time.monotonic()
+        by_uuid = {dom.UUIDString(): raw for dom, raw in records}
+        out: dict[str, InstanceCounters] = {}
+        for instance_id, dom in doms.items():
+            raw = by_uuid.get(dom.UUIDString())
+            if raw is not None:
+                out[instance_id] = counters_from(raw, limits[instance_id], read_at)
+        return out
+
+    async def host_usage(self) -> HostUsage | None:
+        return await self._bounded(self._read, self._host_usage)
+
+    def _host_usage(self) -> HostUsage:
+        conn = self._connect()
+        with self._translated():
+            cpu = cast("dict[str, int]", conn.getCPUStats(libvirt.VIR_NODE_CPU_STATS_ALL_CPUS))
+            memory = cast(
+                "dict[str, int]", conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS)
+            )
+        busy = int(cpu.get("kernel", 0)) + int(cpu.get("user", 0))
+        idle = int(cpu.get("idle", 0)) + int(cpu.get("iowait", 0))
+        total = int(memory.get("total", 0))
+        free = sum(int(memory.get(k, 0)) for k in ("free", "buffers", "cached"))
+        return HostUsage(
+            cpu_busy_ns=busy,
+            cpu_total_ns=busy + idle,
+            memory_used_bytes=max(total - free, 0) * _KIB,
+            memory_total_bytes=total * _KIB,
+            read_at=time.monotonic(),
+        )
+
     async def stats(self, instance_id: str) -> InstanceStats:
         return await self._run(self._read, self._stats, instance_id)
 
@@ -2335,6 +2393,37 @@ def _set_cpu_quota(root: ET.Element, cpu: float) -> None:
         tune = ET.SubElement(root, "cputune")
     ET.SubElement(tune, "global_period").text = str(CPU_PERIOD_US)
     ET.SubElement(tune, "global_quota").text = str(quota)
+
+
+def counters_from(raw: Mapping[str, Any], limit: int, read_at: float) -> InstanceCounters:
+    """One domain's stats record (``virConnectGetAllDomainStats``) as counters;
+    memory as :func:`stats_from` reads it."""
+    running = int(raw.get("state.state", 0)) in (
+        libvirt.VIR_DOMAIN_RUNNING,
+        libvirt.VIR_DOMAIN_BLOCKED,
+        libvirt.VIR_DOMAIN_SHUTDOWN,
+    )
+    cpus = float(raw.get("vcpu.current", 0) or raw.get("vcpu.maximum", 0) or 1)
+    if not running:
+        limit = int(raw.get("balloon.maximum", 0)) * _KIB or limit
+        return InstanceCounters(False, 0, cpus, 0, limit, 0, 0, 0, 0, read_at)
+    now = stats_from(raw, limit, (0, 0.0), (0, 0.0))  # memory and network only
+    read = write = 0
+    for i in range(int(raw.get("block.count", 0))):
+        read += int(raw.get(f"block.{i}.rd.bytes", 0))
+        write += int(raw.get(f"block.{i}.wr.bytes", 0))
+    return InstanceCounters(
+        running=True,
+        cpu_time_ns=int(raw.get("cpu.time", 0)),
+        cpus=cpus,
+        memory_bytes=now.memory_bytes,
+        memory_limit_bytes=now.memory_limit_bytes,
+        net_rx_bytes=now.net_rx_bytes,
+        net_tx_bytes=now.net_tx_bytes,
+        disk_read_bytes=read,
+        disk_write_bytes=write,
+        read_at=read_at,
+    )
 
 
 def stats_from(

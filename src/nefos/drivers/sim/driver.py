@@ -56,8 +56,9 @@ import re
 import secrets
 import shlex
 import threading
+import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
@@ -71,7 +72,9 @@ from nefos.drivers.base import (
     DriverError,
     HostCapacity,
     HostUnreachable,
+    HostUsage,
     ImageNotFound,
+    InstanceCounters,
     InstanceInfo,
     InstanceKind,
     InstanceNotFound,
@@ -171,6 +174,7 @@ class _Instance:
     state: InstanceState = InstanceState.CREATED
     log: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
     samples: int = 0  # stats samples taken since the last start
+    started_at: float = 0.0  # time.monotonic() of the last start
 
 
 @dataclass(eq=False)
@@ -275,6 +279,7 @@ class SimDriver(ComputeDriver):
         self.uri = uri
         self.config = parse_uri(uri)
         self._closed = False
+        self._first_read: float | None = None
 
     @property
     def capabilities(self) -> Capabilities:
@@ -364,6 +369,7 @@ class SimDriver(ComputeDriver):
             if inst.state is not InstanceState.RUNNING:
                 inst.state = InstanceState.RUNNING
                 inst.samples = 0
+                inst.started_at = time.monotonic()
                 command = inst.spec.command
                 what = shlex.join(command) if command is not None else "the image's command"
                 inst.log.append(f"sim: started: {what}")
@@ -404,6 +410,34 @@ class SimDriver(ComputeDriver):
         with self._reach() as host:
             return _stats(host.find(instance_id))
 
+    async def counters(self, instance_ids: Sequence[str]) -> dict[str, InstanceCounters]:
+        out: dict[str, InstanceCounters] = {}
+        with self._reach() as host:
+            for instance_id in instance_ids:
+                try:
+                    out[instance_id] = _counters(host.find(instance_id))
+                except InstanceNotFound:
+                    continue
+        return out
+
+    async def host_usage(self) -> HostUsage | None:
+        """The instances' simulated use; CPU time as if the host was up since the
+        driver's first read, busy with its running instances' shares."""
+        with self._reach() as host:
+            now = time.monotonic()
+            busy = sum(_counters(i, now).cpu_time_ns for i in host.instances.values())
+            memory = sum(_counters(i, now).memory_bytes for i in host.instances.values())
+        if self._first_read is None:
+            self._first_read = now
+        total = int((now - self._first_read) * self.config.cpus * 1e9) + 1
+        return HostUsage(
+            cpu_busy_ns=min(busy, total),
+            cpu_total_ns=total,
+            memory_used_bytes=memory,
+            memory_total_bytes=self.config.memory_mb * _MIB,
+            read_at=now,
+        )
+
     async def logs(self, instance_id: str, *, tail: int = 100) -> str:
         with self._reach() as host:
             lines = builtins.list(host.find(instance_id).log)
@@ -427,6 +461,31 @@ def _info(inst: _Instance) -> InstanceInfo:
         state=inst.state,
         ports=(),
         labels=dict(inst.labels),
+    )
+
+
+def _counters(inst: _Instance, now: float | None = None) -> InstanceCounters:
+    """Counters that grow at the instance's fixed shares (see :func:`_stats`) since
+    its last start: cpu time with its cpu share, network bytes per second."""
+    now = time.monotonic() if now is None else now
+    limit = inst.spec.memory_mb * _MIB
+    if inst.state is not InstanceState.RUNNING:
+        return InstanceCounters(False, 0, inst.spec.cpu, 0, limit, 0, 0, 0, 0, now)
+    seed = int.from_bytes(hashlib.sha256(inst.spec.nefos_id.encode()).digest()[:8], "big")
+    cpu_share = 0.05 + (seed % 451) / 1000
+    memory_share = 0.10 + ((seed >> 16) % 401) / 1000
+    up = max(now - inst.started_at, 0.0)
+    return InstanceCounters(
+        running=True,
+        cpu_time_ns=int(up * inst.spec.cpu * cpu_share * 1e9),
+        cpus=inst.spec.cpu,
+        memory_bytes=max(1, int(limit * memory_share)),
+        memory_limit_bytes=limit,
+        net_rx_bytes=int(up * (4096 + (seed >> 32) % 61440)),
+        net_tx_bytes=int(up * (2048 + (seed >> 48) % 30720)),
+        disk_read_bytes=int(up * 1024),
+        disk_write_bytes=int(up * 512),
+        read_at=now,
     )
 
 

@@ -1,0 +1,294 @@
+"""Reading metrics: series of one VM, container or host; platform summaries; the
+Prometheus text exposition. The collector (``nefos.monitoring.collector``) writes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from nefos.db.models import Container, ContainerReplica, Host, Vm
+from nefos.domain.errors import NotFound
+from nefos.domain.units import human_rate
+from nefos.monitoring.store import Row, Series, from_ms
+from nefos.monitoring.types import Metric, ResourceKind
+from nefos.services.core import Core
+
+#: What ``GET /containers/{id}/metrics?period=`` accepts (seed 004).
+PERIODS: dict[str, timedelta] = {
+    "1h": timedelta(hours=1),
+    "24h": timedelta(hours=24),
+    "7d": timedelta(days=7),
+    "30d": timedelta(days=30),
+}
+INSTANCE_METRICS = tuple(Metric)
+HOST_METRICS = (Metric.CPU_PERCENT, Metric.MEMORY_PERCENT, Metric.MEMORY_BYTES)
+
+
+def iso(ms: int) -> str:
+    return from_ms(ms).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def points(series: Series, metric: Metric) -> list[dict[str, Any]]:
+    return [
+        {"timestamp": iso(p.ts), "value": round(p.value, 3)} for p in series.points[metric.value]
+    ]
+
+
+def series_body(
+    series: Series, metrics: Sequence[Metric], start: datetime, end: datetime
+) -> dict[str, Any]:
+    return {
+        "start": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "end": end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "resolution": series.resolution.value,
+        "step_seconds": series.step_seconds,
+        "metrics": {m.value: points(series, m) for m in metrics},
+    }
+
+
+class MetricsService:
+    def __init__(self, core: Core, session: AsyncSession) -> None:
+        self.core = core
+        self.session = session
+
+    async def _series(
+        self, resource_id: str, metrics: Sequence[Metric], span: timedelta
+    ) -> tuple[Series, datetime, datetime]:
+        end = datetime.now(UTC)
+        start = end - span
+        series = await self.core.metrics.series(
+            resource_id, [m.value for m in metrics], start, end, now=end
+        )
+        return series, start, end
+
+    async def vm_metrics(self, vm: Vm, hours: float) -> dict[str, Any]:
+        series, start, end = await self._series(vm.id, INSTANCE_METRICS, timedelta(hours=hours))
+        return {"vm_id": vm.id, "hours": hours, **series_body(series, INSTANCE_METRICS, start, end)}
+
+    async def host_metrics(self, host_id: str, hours: float) -> dict[str, Any]:
+        host = await self.session.get(Host, host_id)
+        if host is None:
+            raise NotFound("Host not found", host_id=host_id)
+        series, start, end = await self._series(host.id, HOST_METRICS, timedelta(hours=hours))
+        return {
+            "host_id": host.id,
+            "hostname": host.hostname,
+            "hours": hours,
+            **series_body(series, HOST_METRICS, start, end),
+        }
+
+    async def container_metrics(self, container: Container, period: str) -> dict[str, Any]:
+        """Seed 004's shape: cpu and memory in %, network in bytes per second."""
+        wanted = (Metric.CPU_PERCENT, Metric.MEMORY_PERCENT, Metric.NET_RX_BPS, Metric.NET_TX_BPS)
+        series, _, _ = await self._series(container.id, wanted, PERIODS[period])
+        rx = {p.ts: p.value for p in series.points[Metric.NET_RX_BPS.value]}
+        tx = {p.ts: p.value for p in series.points[Metric.NET_TX_BPS.value]}
+        network = [
+            {
+                "timestamp": iso(ts),
+                "bytes_in": round(rx.get(ts, 0.0)),
+                "bytes_out": round(tx.get(ts, 0.0)),
+            }
+            for ts in sorted(rx.keys() | tx.keys())
+        ]
+        return {
+            "container_id": container.id,
+            "period": period,
+            "resolution": series.resolution.value,
+            "step_seconds": series.step_seconds,
+            "metrics": {
+                "cpu": points(series, Metric.CPU_PERCENT),
+                "memory": points(series, Metric.MEMORY_PERCENT),
+                "network": network,
+            },
+        }
+
+    # --- the platform now -------------------------------------------------------------
+    async def _latest(self) -> list[Row]:
+        # Three intervals: a host that answered in one of the last passes still counts.
+        within = timedelta(seconds=max(self.core.settings.metrics_interval * 3, 30))
+        return await self.core.metrics.latest(within)
+
+    async def _counts(self, model: Any) -> dict[str, int]:
+        rows = await self.session.execute(select(model.status, func.count()).group_by(model.status))
+        return {status: int(n) for status, n in rows}
+
+    async def system(self) -> dict[str, Any]:
+        """Counts of hosts, containers and VMs, and the latest usage summed over the
+        platform (hosts' cpu and memory; instances' network)."""
+        latest = await self._latest()
+        hosts = await self._counts(Host)
+        containers = await self._counts(Container)
+        vms = await self._counts(Vm)
+        host_cpu = [r[5] for r in latest if r[3] == "host" and r[1] == Metric.CPU_PERCENT]
+        used = sum(r[5] for r in latest if r[3] == "host" and r[1] == Metric.MEMORY_BYTES)
+        host_mem_pct = [r[5] for r in latest if r[3] == "host" and r[1] == Metric.MEMORY_PERCENT]
+        rx = sum(r[5] for r in latest if r[3] != "host" and r[1] == Metric.NET_RX_BPS)
+        tx = sum(r[5] for r in latest if r[3] != "host" and r[1] == Metric.NET_TX_BPS)
+        return {
+            "hosts": {"total": sum(hosts.values()), "by_status": hosts},
+            "containers": {
+                "total": sum(containers.values()),
+                "running": containers.get("running", 0),
+                "by_status": containers,
+            },
+            "vms": {"total": sum(vms.values()), "running": vms.get("running", 0), "by_status": vms},
+            "cpu_usage": round(sum(host_cpu) / len(host_cpu), 2) if host_cpu else None,
+            "memory_usage": round(sum(host_mem_pct) / len(host_mem_pct), 2)
+            if host_mem_pct
+            else None,
+            "memory_used_bytes": int(used),
+            "network": {
+                "rx_bps": round(rx, 1),
+                "tx_bps": round(tx, 1),
+                "total": human_rate(rx + tx),
+            },
+            "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+
+    async def summary(self, requests: Any) -> dict[str, Any]:
+        """Seed 004's ``GET /metrics``: a ``system`` and a ``requests`` block."""
+        system = await self.system()
+        return {
+            "system": {
+                "total_containers": system["containers"]["total"],
+                "running_containers": system["containers"]["running"],
+                "total_vms": system["vms"]["total"],
+                "running_vms": system["vms"]["running"],
+                "total_cpu_usage": system["cpu_usage"] or 0.0,
+                "total_memory_usage": system["memory_usage"] or 0.0,
+                "total_network_io": system["network"]["total"],
+            },
+            "requests": {
+                "total_requests": requests.total,
+                "requests_per_second": round(requests.requests_per_second(), 2),
+                "error_rate": round(requests.error_rate(), 2),
+            },
+        }
+
+    async def prometheus(self, requests: Any) -> str:
+        """The Prometheus text exposition (format 0.0.4) of the platform and of every
+        instance sampled in the last passes."""
+        latest = await self._latest()
+        hosts = {h.id: h for h in await self.session.scalars(select(Host))}
+        vm_ids = [r[0] for r in latest if r[3] == ResourceKind.VM]
+        container_ids = [r[0] for r in latest if r[3] == ResourceKind.CONTAINER]
+        names: dict[str, tuple[str, str | None]] = {}  # resource -> (name, host id)
+        if vm_ids:
+            for vm_id, vm_name, vm_host in await self.session.execute(
+                select(Vm.id, Vm.name, Vm.host_id).where(Vm.id.in_(set(vm_ids)))
+            ):
+                names[vm_id] = (vm_name, vm_host)
+        if container_ids:
+            rows = await self.session.execute(
+                select(Container.id, Container.name, func.min(ContainerReplica.host_id))
+                .join(ContainerReplica, ContainerReplica.container_id == Container.id)
+                .where(Container.id.in_(set(container_ids)))
+                .group_by(Container.id, Container.name)
+            )
+            for container_id, container_name, container_host in rows:
+                names[container_id] = (container_name, container_host)
+
+        out = Exposition()
+        out.metric("nefos_up", "gauge", "1 while the Nefos API answers.")
+        out.sample("nefos_up", {}, 1)
+        for model, plural in ((Host, "hosts"), (Container, "containers"), (Vm, "vms")):
+            out.metric(f"nefos_{plural}", "gauge", f"Nefos {plural} by status.")
+            for status, n in sorted((await self._counts(model)).items()):
+                out.sample(f"nefos_{plural}", {"status": status}, n)
+        out.metric("nefos_http_requests_total", "counter", "HTTP requests served.")
+        out.sample("nefos_http_requests_total", {}, requests.total)
+        out.metric("nefos_http_errors_total", "counter", "HTTP responses by error class.")
+        out.sample("nefos_http_errors_total", {"class": "4xx"}, requests.client_errors)
+        out.sample("nefos_http_errors_total", {"class": "5xx"}, requests.server_errors)
+        out.metric(
+            "nefos_http_requests_per_second", "gauge", "Requests per second over the last minute."
+        )
+        out.sample("nefos_http_requests_per_second", {}, requests.requests_per_second())
+
+        by_family: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for resource_id, metric, _ts, kind, project_id, value in latest:
+            if kind == ResourceKind.HOST:
+                on = hosts.get(resource_id)
+                found = HOST_FAMILIES.get(metric)
+                if on is None or found is None:
+                    continue
+                labels = {"host": on.hostname, "host_id": on.id}
+            else:
+                found = INSTANCE_FAMILIES.get(metric)
+                if found is None:
+                    continue
+                instance_name, placed_on = names.get(resource_id, ("", None))
+                on = hosts.get(placed_on) if placed_on else None
+                labels = {
+                    "kind": kind,
+                    "project": project_id or "",
+                    "instance": resource_id,
+                    "name": instance_name,
+                    "host": on.hostname if on else "",
+                }
+            by_family.setdefault(found[0], []).append((labels, value))
+        for family, help_text in [*HOST_FAMILIES.values(), *INSTANCE_FAMILIES.values()]:
+            samples = by_family.get(family)
+            if not samples:
+                continue
+            out.metric(family, "gauge", help_text)
+            for labels, value in sorted(samples, key=lambda s: sorted(s[0].items())):
+                out.sample(family, labels, value)
+        return out.text()
+
+
+HOST_FAMILIES: dict[str, tuple[str, str]] = {
+    Metric.CPU_PERCENT: ("nefos_host_cpu_percent", "Host CPU busy, % of all its cores."),
+    Metric.MEMORY_PERCENT: ("nefos_host_memory_percent", "Host memory in use, %."),
+    Metric.MEMORY_BYTES: ("nefos_host_memory_bytes", "Host memory in use, bytes."),
+}
+INSTANCE_FAMILIES: dict[str, tuple[str, str]] = {
+    Metric.CPU_PERCENT: ("nefos_instance_cpu_percent", "Instance CPU busy, % of its own CPUs."),
+    Metric.MEMORY_PERCENT: ("nefos_instance_memory_percent", "Instance memory, % of its limit."),
+    Metric.MEMORY_BYTES: ("nefos_instance_memory_bytes", "Instance memory in use, bytes."),
+    Metric.NET_RX_BPS: (
+        "nefos_instance_network_receive_bytes_per_second",
+        "Instance network bytes received per second.",
+    ),
+    Metric.NET_TX_BPS: (
+        "nefos_instance_network_transmit_bytes_per_second",
+        "Instance network bytes sent per second.",
+    ),
+    Metric.DISK_READ_BPS: (
+        "nefos_instance_disk_read_bytes_per_second",
+        "Instance disk bytes read per second.",
+    ),
+    Metric.DISK_WRITE_BPS: (
+        "nefos_instance_disk_write_bytes_per_second",
+        "Instance disk bytes written per second.",
+    ),
+}
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class Exposition:
+    """Prometheus text format 0.0.4, one family at a time."""
+
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+
+    def metric(self, name: str, kind: str, help_text: str) -> None:
+        self._lines.append(f"# HELP {name} {help_text}")
+        self._lines.append(f"# TYPE {name} {kind}")
+
+    def sample(self, name: str, labels: dict[str, str], value: float) -> None:
+        if labels:
+            inner = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
+            name = f"{name}{{{inner}}}"
+        self._lines.append(f"{name} {float(value):.17g}")
+
+    def text(self) -> str:
+        return "\n".join(self._lines) + "\n"
