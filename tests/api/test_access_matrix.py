@@ -183,6 +183,14 @@ MATRIX: dict[tuple[str, str], Rule] = {
     ("GET", "/networks/{network_id}"): Rule(P.COMPUTE_READ),
     ("DELETE", "/networks/{network_id}"): Rule(P.COMPUTE_WRITE),
     ("GET", "/health"): PUBLIC,
+    # Metrics: an instance's series need monitoring.read on its project (checked in
+    # the handler, like compute); hosts' and the platform's are for platform admins.
+    ("GET", "/monitoring/vm-metrics/{vm_id}"): Rule(P.MONITORING_READ),
+    ("GET", "/containers/{container_id}/metrics"): Rule(P.MONITORING_READ),
+    ("GET", "/monitoring/host-metrics/{host_id}"): ADMIN,
+    ("GET", "/monitoring/system-metrics"): ADMIN,
+    ("GET", "/metrics"): ADMIN,
+    ("GET", "/prometheus"): ADMIN,
 }
 
 # Routes the canonical prefix serves but leaves out of the OpenAPI document, and why.
@@ -863,6 +871,11 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ),
     ("GET", "/networks/{network_id}"): Sample(role_checked=True),
     ("DELETE", "/networks/{network_id}"): Sample(fresh=fresh_network, role_checked=True),
+    ("GET", "/monitoring/vm-metrics/{vm_id}"): Sample(query={"hours": 1}, role_checked=True),
+    ("GET", "/containers/{container_id}/metrics"): Sample(
+        query={"period": "1h"}, role_checked=True
+    ),
+    ("GET", "/monitoring/host-metrics/{host_id}"): Sample(other_status=403),
 }
 
 # Fields named like ids that are not lookups of a tenant's object, and why.
