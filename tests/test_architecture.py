@@ -125,6 +125,12 @@ RULES = {
             "starlette",
         ),
     ),
+    # Monitoring (collector, time series, alerts) works on the database, drivers,
+    # events and services; it never knows HTTP.
+    "monitoring": (
+        (),
+        ("nefos.api", "nefos.gateway", "nefos.sdk", "nefos.cli", "fastapi", "starlette"),
+    ),
     "reconciler": (
         (),
         ("nefos.api", "nefos.gateway", "nefos.sdk", "nefos.cli", "fastapi", "starlette"),
