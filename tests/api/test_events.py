@@ -426,7 +426,7 @@ async def test_redis_fans_out_across_two_server_processes(
 ) -> None:
     redis_url = os.environ.get("NEFOS_TEST_REDIS_URL")
     assert redis_url, "make services starts Redis (NEFOS_TEST_REDIS_URL)"
-    url = databases.new_url()
+    url = await asyncio.to_thread(databases.new_url)  # it runs a loop of its own
     prefix = f"nefos-test-{uuid.uuid4().hex[:8]}"
     common = {"NEFOS_REDIS_URL": redis_url, "NEFOS_REDIS_PREFIX": prefix, "NEFOS_WORKERS": "2"}
     env1 = serve_env(url, tmp_path / "d1", **common)
@@ -496,7 +496,7 @@ async def test_redis_going_away_degrades_health_and_one_process_keeps_its_events
     databases: DatabaseFactory, tmp_path: Path, redis_server: Redis
 ) -> None:
     settings = make_settings(
-        databases.new_url(),
+        await asyncio.to_thread(databases.new_url),
         tmp_path / "data",
         redis_url=redis_server.url,
         redis_prefix=f"t{uuid.uuid4().hex[:8]}",
