@@ -22,7 +22,7 @@ run: install  ## Start Nefos on http://127.0.0.1:8000 (SQLite under ./var, local
 	@scripts/ensure-libvirt.sh >/dev/null || echo "warning: libvirt could not be started (see scripts/ensure-libvirt.sh); Nefos starts with no VM host" >&2
 	CONTAINERS_CONF=$(CURDIR)/var/podman/containers.conf NEFOS_LOCAL_DOCKER_URI=$${NEFOS_LOCAL_DOCKER_URI:-unix://$(CURDIR)/var/podman/podman.sock} $(VENV)/bin/nefos serve
 
-services:  ## Install and start what the tests need (PostgreSQL, Podman, libvirt)
+services:  ## Install and start what the tests need (PostgreSQL, Podman, libvirt, Redis)
 	@scripts/bootstrap-services.sh
 
 # Test files run in parallel (pytest-xdist, one file per worker at a time): most of the

@@ -9,6 +9,8 @@
 #               use, plus the local test image localhost/nefos-busybox:test.
 #   libvirt:    libvirtd + QEMU (qemu:///system) with the `default` storage pool,
 #               and the tiny VM image var/images/nefos-tiny (scripts/ensure-libvirt.sh).
+#   Redis:      a loopback redis-server of our own on port 6390 (scripts/ensure-redis.sh)
+#               for the event bus's pub/sub fan-out and the rate limiter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p var
@@ -71,10 +73,16 @@ LIBVIRT_URI=$(scripts/ensure-libvirt.sh | tail -n 1) \
   || die "libvirt could not be started (run scripts/ensure-libvirt.sh to see why)"
 echo "libvirt on $LIBVIRT_URI: ready"
 
+# --- Redis --------------------------------------------------------------------
+REDIS_URL=$(scripts/ensure-redis.sh | tail -n 1) \
+  || die "Redis could not be started (run scripts/ensure-redis.sh to see why)"
+echo "Redis on $REDIS_URL: ready"
+
 cat > var/test-services.env.tmp <<ENV
 export NEFOS_TEST_POSTGRES_URL=postgresql://nefos:nefos@127.0.0.1:${PG_PORT}/postgres
 export NEFOS_TEST_DOCKER_HOST=unix://${PODMAN_SOCK}
 export CONTAINERS_CONF=${CONTAINERS_CONF}
 export NEFOS_TEST_LIBVIRT_URI=${LIBVIRT_URI}
+export NEFOS_TEST_REDIS_URL=${REDIS_URL}
 ENV
 mv var/test-services.env.tmp var/test-services.env

@@ -202,6 +202,65 @@ class Settings(BaseSettings):
         86400, ge=60, description="Seconds an `Idempotency-Key` and its response are kept."
     )
 
+    # --- events ---------------------------------------------------------------
+    redis_url: str | None = Field(
+        None,
+        description="Redis for the event bus's fan-out across server processes (and the "
+        "rate limiter), e.g. `redis://127.0.0.1:6379/0`. Default: none, events stay "
+        "in this process.",
+    )
+    redis_prefix: str = Field(
+        "nefos",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="Prefix of Nefos's Redis keys and channels.",
+    )
+    ws_allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed to open `/ws` besides the API's own origin "
+        "and `cors_origins` (JSON list). Clients sending no Origin (SDK, CLI) are allowed.",
+    )
+    ws_recheck_interval: float = Field(
+        30.0,
+        gt=0,
+        le=60,
+        description="Seconds between re-checks of a WebSocket's credentials and "
+        "memberships: a revoked token or a lost membership closes it within this time.",
+    )
+    ws_queue_size: int = Field(
+        1000,
+        ge=10,
+        description="Events buffered per WebSocket client; a slower client loses the "
+        "oldest and is told how many it missed.",
+    )
+
+    # --- monitoring -------------------------------------------------------------
+    metrics_interval: float = Field(
+        15.0, gt=0, description="Seconds between samples of every host, VM and container."
+    )
+    metrics_raw_retention_hours: float = Field(
+        24.0, gt=0, description="Hours raw samples are kept."
+    )
+    metrics_minute_retention_days: float = Field(
+        8.0, gt=0, description="Days the 1-minute aggregates are kept."
+    )
+    metrics_hour_retention_days: float = Field(
+        400.0, gt=0, description="Days the 1-hour aggregates are kept."
+    )
+    webhook_timeout: float = Field(
+        5.0, gt=0, description="Seconds a webhook receiver has to answer a delivery."
+    )
+    webhook_max_attempts: int = Field(
+        6, ge=1, le=20, description="Attempts at one webhook delivery before it fails."
+    )
+    webhook_retry_base: float = Field(
+        2.0, gt=0, description="Seconds before a delivery's first retry; doubled each time."
+    )
+    webhook_allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="Networks (CIDR, JSON list) webhooks may target although they are "
+        "loopback, private, link-local or metadata addresses. Only an admin sets this.",
+    )
+
     @field_validator("argon2_memory_kib")
     @classmethod
     def _argon2_memory(cls, v: int) -> int:

@@ -19,6 +19,7 @@ from nefos.api.routes import (
     api_keys,
     auth,
     containers,
+    events,
     health,
     images,
     monitoring,
@@ -92,6 +93,7 @@ def api_router() -> APIRouter:
     router.include_router(health.router)
     router.include_router(alerts.router)
     router.include_router(monitoring.router)
+    router.include_router(events.router)
     return router
 
 
@@ -112,6 +114,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         core = Core.build(settings)
         await core.db.migrate()
+        await core.events.start()
         async with core.db.session() as session:
             created = await UserService(core, session).ensure_admin()
         app.state.core = core
@@ -147,6 +150,7 @@ def create_app(
             await webhooks.stop()
             await background.stop()
             await core.workers.stop()
+            await core.events.stop()
             await core.drivers.close()
             await core.db.dispose()
 
@@ -169,6 +173,7 @@ def create_app(
     app.include_router(router, prefix=ALIAS_PREFIX, include_in_schema=False)
     # Root /health for load balancers and seed 004's `GET /api/health` alike.
     app.include_router(health.router, include_in_schema=False)
+    app.include_router(events.router)  # seed 004's ws://host/ws
     errors.install(app)
     if settings.cors_origins:
         app.add_middleware(

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 
 from nefos.config import is_sqlite
 
@@ -76,7 +77,12 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
-        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        # A Session class of this database's own, so that listeners (the events'
+        # capture) attach to its sessions only, not to every engine in the process.
+        self.sync_session_class: type[Session] = type("NefosSession", (Session,), {})
+        self.sessionmaker = async_sessionmaker(
+            self.engine, expire_on_commit=False, sync_session_class=self.sync_session_class
+        )
 
     @property
     def dialect(self) -> str:

@@ -77,6 +77,9 @@ class Permission(StrEnum):
     # Compute resources (containers, later VMs) and their operations.
     COMPUTE_READ = "compute.read"
     COMPUTE_WRITE = "compute.write"
+    # Monitoring: metrics, alerts and alert rules, webhooks, events.
+    MONITORING_READ = "monitoring.read"
+    MONITORING_WRITE = "monitoring.write"
     # Platform administration.
     PLATFORM_ADMIN = "platform.admin"
 
@@ -104,6 +107,8 @@ PERMISSION_SCOPE: dict[Permission, Scope] = {
     Permission.QUOTA_UPDATE: Scope.ORG_WRITE,
     Permission.COMPUTE_READ: Scope.COMPUTE_READ,
     Permission.COMPUTE_WRITE: Scope.COMPUTE_WRITE,
+    Permission.MONITORING_READ: Scope.MONITORING_READ,
+    Permission.MONITORING_WRITE: Scope.MONITORING_WRITE,
     Permission.PLATFORM_ADMIN: Scope.ADMIN,
 }
 
@@ -114,10 +119,12 @@ _VIEWER = frozenset(
         Permission.PROJECT_READ,
         Permission.QUOTA_READ,
         Permission.COMPUTE_READ,
+        Permission.MONITORING_READ,
     }
 )
-# Members run workloads in the organisation's projects; they do not manage it.
-_MEMBER = _VIEWER | {Permission.COMPUTE_WRITE}
+# Members run workloads in the organisation's projects (and watch them: alert
+# rules, webhooks); they do not manage it.
+_MEMBER = _VIEWER | {Permission.COMPUTE_WRITE, Permission.MONITORING_WRITE}
 _ADMIN = _MEMBER | {
     Permission.ORG_UPDATE,
     Permission.ORG_CHILD_CREATE,

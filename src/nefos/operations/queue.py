@@ -37,6 +37,8 @@ from nefos.db.models import Operation
 from nefos.db.session import begin_write
 from nefos.db.types import utcnow
 from nefos.domain.errors import Conflict
+from nefos.events import record
+from nefos.events.capture import operation_event
 
 
 class OpStatus(enum.StrEnum):
@@ -174,9 +176,49 @@ async def claim(session: AsyncSession, worker: str) -> OpView | None:
         await session.commit()
         return None
     op = await session.get(Operation, op_id, populate_existing=True)
-    await session.commit()
     assert op is not None
+    _told(
+        session, op.id, op.kind, op.resource_type, op.resource_id, op.project_id, OpStatus.RUNNING
+    )
+    await session.commit()
     return OpView.of(op)
+
+
+# What an operation_update event names, as the guarded UPDATEs return it.
+_TOLD = (
+    Operation.id,
+    Operation.kind,
+    Operation.resource_type,
+    Operation.resource_id,
+    Operation.project_id,
+)
+
+
+def _told(
+    session: AsyncSession,
+    op_id: str,
+    kind: str,
+    resource_type: str,
+    resource_id: str,
+    project_id: str | None,
+    status: str,
+    *,
+    progress: int | None = None,
+    error: dict[str, Any] | None = None,
+) -> None:
+    record(
+        session,
+        operation_event(
+            op_id=op_id,
+            kind=kind,
+            status=str(status),
+            resource_type=resource_type,
+            resource_id=resource_id,
+            project_id=project_id,
+            progress=progress,
+            error=error,
+        ),
+    )
 
 
 async def heartbeat(session: AsyncSession, op_id: str, worker: str, progress: int | None) -> bool:
@@ -229,10 +271,16 @@ async def finish(
             finished_at=now,
             updated_at=now,
         )
+        .returning(*_TOLD)
         .execution_options(synchronize_session=False)
     )
+    row = res.one_or_none()
+    if row is not None:
+        error = None if error_code is None else {"code": error_code, "message": error_message}
+        progress = 100 if status == OpStatus.SUCCEEDED else None
+        _told(session, *row, status, progress=progress, error=error)
     await session.commit()
-    return bool(res.rowcount)  # type: ignore[attr-defined]
+    return row is not None
 
 
 async def retry_later(
@@ -255,32 +303,36 @@ async def retry_later(
             error_message=reason,
             updated_at=now,
         )
+        .returning(*_TOLD)
         .execution_options(synchronize_session=False)
     )
+    row = res.one_or_none()
+    if row is not None:
+        _told(session, *row, OpStatus.PENDING, error={"code": "RETRYING", "message": reason})
     await session.commit()
-    return bool(res.rowcount)  # type: ignore[attr-defined]
+    return row is not None
 
 
 async def requeue_stale(session: AsyncSession, lease: float) -> list[str]:
     """Running operations whose worker stopped heartbeating go back to pending."""
     now = utcnow()
     await begin_write(session)
-    ids = list(
-        (
-            await session.scalars(
-                update(Operation)
-                .where(
-                    Operation.status == OpStatus.RUNNING,
-                    Operation.heartbeat_at < now - timedelta(seconds=lease),
-                )
-                .values(status=OpStatus.PENDING, worker=None, run_after=None, updated_at=now)
-                .returning(Operation.id)
-                .execution_options(synchronize_session=False)
+    rows = (
+        await session.execute(
+            update(Operation)
+            .where(
+                Operation.status == OpStatus.RUNNING,
+                Operation.heartbeat_at < now - timedelta(seconds=lease),
             )
-        ).all()
-    )
+            .values(status=OpStatus.PENDING, worker=None, run_after=None, updated_at=now)
+            .returning(*_TOLD)
+            .execution_options(synchronize_session=False)
+        )
+    ).all()
+    for row in rows:
+        _told(session, *row, OpStatus.PENDING)
     await session.commit()
-    return ids
+    return [row[0] for row in rows]
 
 
 async def cancel_pending(session: AsyncSession, op: Operation) -> bool:
@@ -292,7 +344,10 @@ async def cancel_pending(session: AsyncSession, op: Operation) -> bool:
         .values(status=OpStatus.CANCELLED, lock=None, finished_at=now, updated_at=now)
         .execution_options(synchronize_session=False)
     )
-    return bool(res.rowcount)  # type: ignore[attr-defined]
+    if not res.rowcount:  # type: ignore[attr-defined]
+        return False
+    _told(session, op.id, op.kind, op.resource_type, op.resource_id, op.project_id, "cancelled")
+    return True
 
 
 class Wakeup:

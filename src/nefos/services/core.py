@@ -6,8 +6,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from sqlalchemy import select
+
 from nefos.config import Settings
+from nefos.db.models import Project
 from nefos.db.session import Database
+from nefos.events import capture
+from nefos.events.bus import EventBus, RedisBus
 from nefos.monitoring.store import MetricStore, Retention
 from nefos.operations import Workers
 from nefos.security.passwords import Passwords
@@ -28,12 +33,15 @@ class Core:
     drivers: DriverManager
     placer: Placer
     workers: Workers
+    events: EventBus
     metrics: MetricStore
     collector: Collector = field(init=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Core:
         db = Database(settings.resolved_database_url, pool_size=settings.db_pool_size)
+        events = event_bus(settings, db)
+        capture.install(db, events.publish_many)
         core = cls(
             settings=settings,
             db=db,
@@ -56,12 +64,29 @@ class Core:
                 lease=settings.operation_lease,
                 retry_deadline=settings.operation_retry_deadline,
             ),
+            events=events,
             metrics=metric_store(settings, db),
         )
         from nefos.monitoring.collector import Collector
 
         core.collector = Collector(core)
         return core
+
+
+def event_bus(settings: Settings, db: Database) -> EventBus:
+    """The in-process bus, or Redis pub/sub when ``NEFOS_REDIS_URL`` is set."""
+
+    async def organisation_of(project_id: str) -> str | None:
+        async with db.sessionmaker() as session:
+            return await session.scalar(
+                select(Project.organisation_id).where(Project.id == project_id)
+            )
+
+    if settings.redis_url:
+        return RedisBus(
+            settings.redis_url, prefix=settings.redis_prefix, resolve_org=organisation_of
+        )
+    return EventBus(resolve_org=organisation_of)
 
 
 def metric_store(settings: Settings, db: Database) -> MetricStore:
