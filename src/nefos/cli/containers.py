@@ -21,6 +21,7 @@ from nefos.cli._common import (
     stdout,
     wait_for,
 )
+from nefos.cli._metrics import series_table, values_of
 from nefos.schemas.compute import ContainerAccepted, ContainerPublic, PublishedEndpoint
 from nefos.sdk import Client
 
@@ -298,3 +299,30 @@ def logs(
         echo_json(result)
     elif result.logs:
         typer.echo(result.logs, nl=not result.logs.endswith("\n"))
+
+
+@app.command()
+def metrics(
+    container_id: ContainerArg,
+    period: Annotated[
+        str, typer.Option("--period", help="How far back: 1h, 24h, 7d or 30d.")
+    ] = "1h",
+    as_json: JsonOpt = False,
+) -> None:
+    """The container's cpu and memory (% of its limits) and network (bytes per
+    second), with a sparkline a metric."""
+    with api(as_json) as c:
+        data = c.containers.metrics(container_id, period=period)
+    if as_json:
+        echo_json(data)
+        return
+    m = data.metrics
+    series_table(
+        {
+            "cpu": values_of(m.cpu),
+            "memory": values_of(m.memory),
+            "net_rx_bps": [float(p.bytes_in) for p in m.network],
+            "net_tx_bps": [float(p.bytes_out) for p in m.network],
+        },
+        title=f"Container {data.container_id}: last {data.period} ({data.resolution})",
+    )

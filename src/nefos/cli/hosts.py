@@ -23,6 +23,7 @@ from nefos.cli._common import (
     stdout,
     wait_for,
 )
+from nefos.cli._metrics import series_table, values_of
 from nefos.schemas.compute import HostPublic
 
 app = typer.Typer(no_args_is_help=True, help="Hosts: the machines containers and VMs run on.")
@@ -192,3 +193,23 @@ def stats(as_json: JsonOpt = False) -> None:
     if result.by_driver:
         drivers = ", ".join(f"{escape(k)}: {v}" for k, v in sorted(result.by_driver.items()))
         out.print(f"Hosts by driver: {drivers}")
+
+
+@app.command()
+def metrics(
+    host_id: HostArg,
+    hours: Annotated[
+        int, typer.Option("--hours", min=1, max=9600, help="Hours back from now.")
+    ] = 24,
+    as_json: JsonOpt = False,
+) -> None:
+    """The host's own cpu and memory over the last hours, with a sparkline a metric."""
+    with api(as_json) as c:
+        data = c.monitoring.host_metrics(host_id, hours=hours)
+    if as_json:
+        echo_json(data)
+        return
+    series_table(
+        {name: values_of(points) for name, points in data.metrics.items()},
+        title=f"Host {data.hostname}: last {data.hours} h ({data.resolution})",
+    )

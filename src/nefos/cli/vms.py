@@ -23,6 +23,7 @@ from nefos.cli._common import (
     stdout,
     wait_for,
 )
+from nefos.cli._metrics import series_table, values_of
 from nefos.schemas.vms import VmAccepted
 from nefos.sdk import Client
 
@@ -293,3 +294,24 @@ def console(
         echo_json({"vm_id": vm_id, "console": text, "lines": len(text.splitlines())})
     elif text:
         typer.echo(text, nl=not text.endswith("\n"))
+
+
+@app.command()
+def metrics(
+    vm_id: VmArg,
+    hours: Annotated[
+        int, typer.Option("--hours", min=1, max=9600, help="Hours back from now.")
+    ] = 24,
+    as_json: JsonOpt = False,
+) -> None:
+    """The VM's cpu, memory, network and disk over the last hours, with a sparkline
+    a metric."""
+    with api(as_json) as c:
+        data = c.monitoring.vm_metrics(vm_id, hours=hours)
+    if as_json:
+        echo_json(data)
+        return
+    series_table(
+        {name: values_of(points) for name, points in data.metrics.items()},
+        title=f"VM {data.vm_id}: last {data.hours} h ({data.resolution})",
+    )

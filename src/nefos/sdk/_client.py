@@ -57,6 +57,7 @@ from nefos.sdk._resources import (
     Containers,
     Hosts,
     Images,
+    Monitoring,
     Networks,
     Operations,
     Organisations,
@@ -181,6 +182,7 @@ class Client:
         self.volumes = Volumes(self)
         self.networks = Networks(self)
         self.operations = Operations(self)
+        self.monitoring = Monitoring(self)
 
     def events(
         self,

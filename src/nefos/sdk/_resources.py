@@ -36,6 +36,13 @@ from nefos.schemas.identity import (
     UserPublic,
     UserSettings,
 )
+from nefos.schemas.monitoring import (
+    ContainerMetrics,
+    HostMetrics,
+    MetricsSummary,
+    SystemMetrics,
+    VmMetrics,
+)
 from nefos.schemas.tenancy import (
     InvitationCreated,
     InvitationPublic,
@@ -665,6 +672,16 @@ class Containers(_Resource):
             ContainerLogs, "GET", f"/containers/{_seg(container_id)}/logs", params=params
         )
 
+    def metrics(self, container_id: str, *, period: str = "1h") -> ContainerMetrics:
+        """cpu and memory (% of the limits) and network (bytes per second in and out)
+        over ``period``: ``1h``, ``24h``, ``7d`` or ``30d``."""
+        return self._one(
+            ContainerMetrics,
+            "GET",
+            f"/containers/{_seg(container_id)}/metrics",
+            params={"period": period},
+        )
+
 
 class Vms(_Resource):
     """Virtual machines of a project. Writes answer at once (a :class:`VmAccepted`
@@ -1224,3 +1241,31 @@ class Operations(_Resource):
                     raise OperationTimeoutError(op, timeout or 0.0)
                 delay = min(poll, left)
             time.sleep(delay)
+
+
+class Monitoring(_Resource):
+    """Metrics: series of a VM or a host over the last hours, the platform now.
+
+    Series are ``{metric: [{timestamp, value}]}`` at the finest resolution (raw,
+    1m, 1h) that gives at most 1,500 points; hosts and the platform are for
+    platform admins."""
+
+    def vm_metrics(self, vm_id: str, *, hours: int = 24) -> VmMetrics:
+        return self._one(
+            VmMetrics, "GET", f"/monitoring/vm-metrics/{_seg(vm_id)}", params={"hours": hours}
+        )
+
+    def host_metrics(self, host_id: str, *, hours: int = 24) -> HostMetrics:
+        return self._one(
+            HostMetrics,
+            "GET",
+            f"/monitoring/host-metrics/{_seg(host_id)}",
+            params={"hours": hours},
+        )
+
+    def system_metrics(self) -> SystemMetrics:
+        return self._one(SystemMetrics, "GET", "/monitoring/system-metrics")
+
+    def summary(self) -> MetricsSummary:
+        """Seed 004's ``GET /metrics``: the system and request blocks."""
+        return self._one(MetricsSummary, "GET", "/metrics")
