@@ -4,6 +4,7 @@ import typer
 
 from nefos.cli import (
     admin,
+    alerts,
     api_keys,
     auth,
     backups,
@@ -55,6 +56,9 @@ app.add_typer(backups.app, name="backup")
 app.add_typer(volumes.app, name="volume")
 app.add_typer(networks.app, name="network")
 app.add_typer(operations.app, name="operation")
+app.add_typer(alerts.rules, name="alert-rule")
+app.add_typer(alerts.alerts, name="alert")
+app.add_typer(alerts.webhooks, name="webhook")
 
 
 def main() -> None:

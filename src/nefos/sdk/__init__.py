@@ -20,6 +20,7 @@ beginning with ``_`` are private.
 
 from nefos.schemas.common import Message, Page, Pagination
 from nefos.schemas.events import EventMessage
+from nefos.sdk._alerts import AlertRules, Alerts, Webhooks
 from nefos.sdk._client import Client
 from nefos.sdk._errors import (
     AuthenticationError,
@@ -61,6 +62,8 @@ from nefos.sdk._types import NOT_GIVEN, NotGiven, Tokens
 __all__ = [
     "NOT_GIVEN",
     "Admin",
+    "AlertRules",
+    "Alerts",
     "ApiKeys",
     "Auth",
     "AuthenticationError",
@@ -98,4 +101,5 @@ __all__ = [
     "ValidationError",
     "Vms",
     "Volumes",
+    "Webhooks",
 ]

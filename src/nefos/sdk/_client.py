@@ -42,6 +42,7 @@ from typing import IO, Any
 import httpx
 
 from nefos.schemas.identity import AuthResult
+from nefos.sdk._alerts import AlertRules, Alerts, Webhooks
 from nefos.sdk._errors import (
     AuthenticationError,
     NefosAPIError,
@@ -182,6 +183,9 @@ class Client:
         self.volumes = Volumes(self)
         self.networks = Networks(self)
         self.operations = Operations(self)
+        self.alert_rules = AlertRules(self)
+        self.alerts = Alerts(self)
+        self.webhooks = Webhooks(self)
         self.monitoring = Monitoring(self)
 
     def events(
