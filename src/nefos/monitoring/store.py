@@ -122,7 +122,14 @@ class MetricStore:
     async def write(self, samples: Iterable[Sample]) -> int:
         """Store ``samples`` (one transaction); how many. A (resource, metric, time)
         stored twice is an integrity error: the collector stamps each pass once."""
-        return await self.write_rows([sample_row(s) for s in samples])
+        rows: list[Row] = []
+        stamp: datetime | None = None
+        ms = 0
+        for s in samples:
+            if s.ts is not stamp:  # a pass stamps all its samples with one datetime
+                stamp, ms = s.ts, epoch_ms(s.ts)
+            rows.append((s.resource_id, s.metric.value, ms, s.kind.value, s.project_id, s.value))
+        return await self.write_rows(rows)
 
     async def write_rows(self, rows: Sequence[Row]) -> int:
         """The write path proper, for callers that already hold :data:`Row` tuples."""
@@ -217,7 +224,8 @@ class MetricStore:
         resolution = resolution or self.resolution_for(start, end, now)
         start_ms, end_ms = epoch_ms(start), epoch_ms(end)
         out = Series(resolution, self.interval, {m: [] for m in metrics})
-        async with self.db.sessionmaker() as session:
+        # A bare connection, not an ORM session: rows, not objects, come back.
+        async with self.db.engine.connect() as session:
             if resolution is Resolution.RAW:
                 rows = await session.execute(
                     select(MetricSample.metric, MetricSample.ts, MetricSample.value)
