@@ -307,3 +307,38 @@ async def test_the_apps_dispatcher_delivers_a_ping(client, register, app, receiv
     await ok(client, "DELETE", f"/monitoring/webhooks/{hook['id']}", user)
     r = await client.get(V1 + f"/monitoring/webhooks/{hook['id']}/deliveries", headers=user.headers)
     assert r.status_code == 404
+
+
+async def test_the_checked_address_is_the_one_connected_to(
+    client, register, app, receiver, monkeypatch
+) -> None:
+    """A name is resolved once per attempt and the connection goes to that address:
+    here a name no DNS knows, which the test resolves to the receiver (allowed), and
+    then to the metadata address (refused: no connection, whatever DNS says next)."""
+    import ipaddress
+
+    from nefos.monitoring import webhooks as module
+
+    answers: list[str] = ["127.0.0.1", "127.0.0.1", "169.254.169.254"]
+    real = module.resolve
+
+    async def resolve(host: str, port: int) -> list[Any]:
+        if host != "hooks.nefos.test":
+            return await real(host, port)
+        return [ipaddress.ip_address(answers.pop(0))]
+
+    monkeypatch.setattr(module, "resolve", resolve)
+    user = await register()
+    url = receiver.url.replace("127.0.0.1", "hooks.nefos.test")
+    hook = await ok(client, "POST", "/monitoring/webhooks", user, json={"url": url})
+    await ok(client, "POST", f"/monitoring/webhooks/{hook['id']}/test", user)
+    assert await dispatcher(app).run_once() == 1
+    (got,) = receiver.requests
+    assert got.headers["host"] == url.split("/")[2]  # the name, sent to the checked IP
+    check_signature(got, hook["secret"])
+    # The name now points at the metadata service: refused before connecting.
+    await ok(client, "POST", f"/monitoring/webhooks/{hook['id']}/test", user)
+    assert await dispatcher(app).run_once() == 1
+    assert len(receiver.requests) == 1
+    newest = (await deliveries(client, user, hook["id"]))[0]
+    assert newest["status"] == "pending" and "link-local" in newest["last_error"]
