@@ -183,6 +183,21 @@ MATRIX: dict[tuple[str, str], Rule] = {
     ("GET", "/networks/{network_id}"): Rule(P.COMPUTE_READ),
     ("DELETE", "/networks/{network_id}"): Rule(P.COMPUTE_WRITE),
     ("GET", "/health"): PUBLIC,
+    # Alerts and webhooks: the project is named in the body or query (or is the
+    # caller's default), or is the object's own; the handler checks it (no `on`).
+    ("GET", "/monitoring/alert-rules"): Rule(P.MONITORING_READ),
+    ("POST", "/monitoring/alert-rules"): Rule(P.MONITORING_WRITE),
+    ("GET", "/monitoring/alert-rules/{rule_id}"): Rule(P.MONITORING_READ),
+    ("PUT", "/monitoring/alert-rules/{rule_id}"): Rule(P.MONITORING_WRITE),
+    ("DELETE", "/monitoring/alert-rules/{rule_id}"): Rule(P.MONITORING_WRITE),
+    ("GET", "/monitoring/alerts"): Rule(P.MONITORING_READ),
+    ("GET", "/monitoring/alerts/{alert_id}"): Rule(P.MONITORING_READ),
+    ("GET", "/monitoring/webhooks"): Rule(P.MONITORING_READ),
+    ("POST", "/monitoring/webhooks"): Rule(P.MONITORING_WRITE),
+    ("GET", "/monitoring/webhooks/{webhook_id}"): Rule(P.MONITORING_READ),
+    ("DELETE", "/monitoring/webhooks/{webhook_id}"): Rule(P.MONITORING_WRITE),
+    ("GET", "/monitoring/webhooks/{webhook_id}/deliveries"): Rule(P.MONITORING_READ),
+    ("POST", "/monitoring/webhooks/{webhook_id}/test"): Rule(P.MONITORING_WRITE),
     # Metrics: an instance's series need monitoring.read on its project (checked in
     # the handler, like compute); hosts' and the platform's are for platform admins.
     ("GET", "/monitoring/vm-metrics/{vm_id}"): Rule(P.MONITORING_READ),
@@ -512,10 +527,15 @@ async def walk_world(
     w.ids.update(
         host_id=podman_host["id"], container_id=data["container_id"], operation_id=op["id"]
     )
+    settings = app.state.core.settings
+    allowed = settings.webhook_allowed_networks
+    settings.webhook_allowed_networks = ["127.0.0.0/8"]  # WALK_WEBHOOK
     try:
         await _vm_world(w)
+        await _monitoring_world(w, app)
         yield w
     finally:
+        settings.webhook_allowed_networks = allowed
         # The operations the walk started end before the hosts' fixtures clean up.
         await w.settle()
         await _remove_libvirt_leftovers(app)
@@ -554,6 +574,73 @@ async def _vm_world(w: ComputeWorld) -> None:
     made = await w.accepted("POST", "/backups", json={"vm_id": vm["vm_id"], "name": "walked"})
     assert made["op"]["status"] == "succeeded", made["op"]
     w.ids["backup_id"] = made["backup_id"]
+
+
+# Webhooks the walk makes point at the discard port on loopback. Creating one needs
+# loopback allowed (the walk allows it in the API's settings); the app's dispatcher
+# was built without the allowance, so it refuses their deliveries before connecting.
+WALK_WEBHOOK = "http://127.0.0.1:9/nefos-walk"
+
+
+async def _monitoring_world(w: ComputeWorld, app: Any) -> None:
+    """An alert rule of A's project, a firing alert of it on the walked container,
+    and a webhook."""
+    from datetime import UTC, datetime
+
+    from nefos.monitoring.types import Metric, ResourceKind, Sample
+
+    rule = await w.ok(
+        "POST",
+        "/monitoring/alert-rules",
+        w.owner,
+        json={"name": "walked", "metric": "cpu_percent", "threshold": -1, "project_id": w.project},
+    )
+    w.ids["rule_id"] = rule["id"]
+    sample = Sample(
+        ResourceKind.CONTAINER,
+        w.ids["container_id"],
+        Metric.CPU_PERCENT,
+        50.0,
+        datetime.now(UTC),
+        w.project,
+    )
+    await app.state.alert_engine.on_samples([sample])
+    alerts = await w.ok(
+        "GET",
+        "/monitoring/alerts",
+        w.owner,
+        params={"project_id": w.project, "rule_id": rule["id"]},
+    )
+    w.ids["alert_id"] = alerts["items"][0]["id"]
+    hook = await w.ok(
+        "POST", "/monitoring/webhooks", w.owner, json={"url": WALK_WEBHOOK, "project_id": w.project}
+    )
+    w.ids["webhook_id"] = hook["id"]
+
+
+async def fresh_rule(w: World, who: Account, role: Role) -> dict[str, str]:
+    rule = await w.ok(
+        "POST",
+        "/monitoring/alert-rules",
+        w.owner,
+        json={
+            "name": f"r-{uuid.uuid4().hex[:10]}",
+            "metric": "cpu_percent",
+            "threshold": 90,
+            "project_id": w.ids["project_id"],
+        },
+    )
+    return {"rule_id": rule["id"]}
+
+
+async def fresh_webhook(w: World, who: Account, role: Role) -> dict[str, str]:
+    hook = await w.ok(
+        "POST",
+        "/monitoring/webhooks",
+        w.owner,
+        json={"url": WALK_WEBHOOK, "project_id": w.ids["project_id"]},
+    )
+    return {"webhook_id": hook["id"]}
 
 
 async def fresh_host(w: World, who: Account, role: Role) -> dict[str, str]:
@@ -871,6 +958,34 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ),
     ("GET", "/networks/{network_id}"): Sample(role_checked=True),
     ("DELETE", "/networks/{network_id}"): Sample(fresh=fresh_network, role_checked=True),
+    # Alert rules, alerts and webhooks of A's project (see _monitoring_world).
+    ("GET", "/monitoring/alert-rules"): OF_PROJECT,
+    ("POST", "/monitoring/alert-rules"): Sample(
+        json={
+            "name": Unique("r-{}"),
+            "metric": "cpu_percent",
+            "threshold": 90,
+            "project_id": Ref("project_id"),
+        },
+        role_checked=True,
+    ),
+    ("GET", "/monitoring/alert-rules/{rule_id}"): Sample(role_checked=True),
+    ("PUT", "/monitoring/alert-rules/{rule_id}"): Sample(
+        json={"description": "Updated"}, role_checked=True
+    ),
+    ("DELETE", "/monitoring/alert-rules/{rule_id}"): Sample(fresh=fresh_rule, role_checked=True),
+    ("GET", "/monitoring/alerts"): Sample(
+        query={"project_id": Ref("project_id"), "rule_id": Ref("rule_id")}, role_checked=True
+    ),
+    ("GET", "/monitoring/alerts/{alert_id}"): Sample(role_checked=True),
+    ("GET", "/monitoring/webhooks"): OF_PROJECT,
+    ("POST", "/monitoring/webhooks"): Sample(
+        json={"url": WALK_WEBHOOK, "project_id": Ref("project_id")}, role_checked=True
+    ),
+    ("GET", "/monitoring/webhooks/{webhook_id}"): Sample(role_checked=True),
+    ("DELETE", "/monitoring/webhooks/{webhook_id}"): Sample(fresh=fresh_webhook, role_checked=True),
+    ("GET", "/monitoring/webhooks/{webhook_id}/deliveries"): Sample(role_checked=True),
+    ("POST", "/monitoring/webhooks/{webhook_id}/test"): Sample(role_checked=True),
     ("GET", "/monitoring/vm-metrics/{vm_id}"): Sample(query={"hours": 1}, role_checked=True),
     ("GET", "/containers/{container_id}/metrics"): Sample(
         query={"period": "1h"}, role_checked=True
@@ -890,6 +1005,17 @@ NOT_TENANT_LOOKUPS = {
     ),
     ("POST", "/vms/{vm_id}/snapshots", "vm_id"): (
         "ignored: the path names the VM (the field is for POST /snapshots)"
+    ),
+    ("POST", "/monitoring/alert-rules", "resource_id"): (
+        "narrows the rule to samples of that resource in the rule's own project; it "
+        "looks nothing up (another tenant's resource never matches)"
+    ),
+    ("PUT", "/monitoring/alert-rules/{rule_id}", "resource_id"): (
+        "narrows the rule to samples of that resource in the rule's own project; it "
+        "looks nothing up (another tenant's resource never matches)"
+    ),
+    ("GET", "/monitoring/alerts", "resource_id"): (
+        "filters the alerts of a project the caller may read by resource; it looks nothing up"
     ),
 }
 
@@ -916,6 +1042,9 @@ def random_ids() -> dict[str, str]:
             "backup_id",
             "volume_id",
             "network_id",
+            "rule_id",
+            "alert_id",
+            "webhook_id",
         )
     }
     ids["token"] = "nfi_" + secrets.token_urlsafe(32)

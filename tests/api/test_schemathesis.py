@@ -24,6 +24,7 @@ for a deeper local run. The tests at the end pin the bugs the fuzzing found.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import tempfile
 import time
@@ -66,6 +67,8 @@ EXAMPLES = int(os.environ.get("NEFOS_FUZZ_EXAMPLES", "20"))
 ADMIN_PATHS = ("/api/v1/admin/", "/api/v1/resources/")
 NO_IMAGE = "localhost/nefos-fuzz:absent"
 DEAD_ENGINE = "unix:///nonexistent/nefos-fuzz.sock"
+# The discard port on loopback (which the fuzz server allows webhooks to target).
+FUZZ_WEBHOOK = "http://127.0.0.1:9/nefos-fuzz"
 
 
 def _app_openapi() -> dict[str, Any]:
@@ -260,6 +263,23 @@ class Callers:
             )
             user.finished(made["operation"])
             return str(made["volume_id"])
+        if name == "rule_id":
+            return str(
+                user.call(
+                    "POST",
+                    "/monitoring/alert-rules",
+                    json={
+                        "name": f"doomed-{uuid.uuid4().hex[:8]}",
+                        "metric": "cpu_percent",
+                        "threshold": 90,
+                    },
+                )["id"]
+            )
+        if name == "alert_id":
+            # Alerts are never deleted (a DELETE is 405): the shared one does.
+            return self.ids["alert_id"]
+        if name == "webhook_id":
+            return str(user.call("POST", "/monitoring/webhooks", json={"url": FUZZ_WEBHOOK})["id"])
         self.idle()  # the stopped VM takes one operation at a time
         if name == "snapshot_id":
             made = user.call("POST", f"/vms/{self.stopped_vm_id}/snapshots", json={})
@@ -285,9 +305,27 @@ class Callers:
         return {k: self.ids[k] for k in case.path_parameters}
 
 
+class LoopbackOnly(httpx.AsyncBaseTransport):
+    """The fuzz server's webhook transport: fuzzed webhooks may name public addresses
+    (which the API accepts), but no test may call one: refused, like a dead host."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not ipaddress.ip_address(request.url.host).is_loopback:
+            raise httpx.ConnectError("tests call loopback only", request=request)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 @pytest.fixture(scope="session")
 def callers(fuzz_server: LiveServer) -> Iterator[Callers]:
     base = fuzz_server.url
+    dispatcher = fuzz_server.server.config.app.state.webhooks
+    dispatcher._http = httpx.AsyncClient(transport=LoopbackOnly(), trust_env=False)
     r = httpx.post(
         f"{base}/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}
     )
@@ -323,6 +361,7 @@ def callers(fuzz_server: LiveServer) -> Iterator[Callers]:
     assert host["status"] == "active", host
     try:
         _vm_objects(c)
+        _monitoring_objects(c)
         yield c
     finally:
         c.idle()
@@ -341,6 +380,23 @@ def _vm_objects(c: Callers) -> None:
     assert c.user.finished(stop["operation"])["status"] == "succeeded"
     for name in ("vm_id", "network_id", "volume_id", "snapshot_id", "backup_id"):
         c.ids[name] = c.new(name)
+
+
+def _monitoring_objects(c: Callers) -> None:
+    """An alert rule, a webhook, and an alert: the failed VM's instance_crashed (the
+    server's collector checks the built-in alerts on each pass)."""
+    for name in ("rule_id", "webhook_id"):
+        c.ids[name] = c.new(name)
+    deadline = time.monotonic() + 120
+    while True:
+        alerts = c.user.call(
+            "GET", "/monitoring/alerts", params={"project_id": c.compute_project_id}
+        )["items"]
+        if alerts:
+            c.ids["alert_id"] = alerts[0]["id"]
+            return
+        assert time.monotonic() < deadline, "no alert for the failed VM"
+        time.sleep(0.2)
 
 
 def _remove_libvirt_leftovers(c: Callers) -> None:
