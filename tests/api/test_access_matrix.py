@@ -1364,7 +1364,7 @@ async def test_admin_routes_refuse_all_but_platform_admins(
     w = walk_world
     failures = []
     admin_routes = [s for s in routes if MATRIX[s.key] == ADMIN]
-    assert len(admin_routes) == 2 * 9
+    assert len(admin_routes) == 2 * 13  # 9, and the 4 hosts' and platform's metrics
     for served in admin_routes:
         for who in (w.owner, w.other, *w.roles.values()):
             r_real = await send(w, served, who.headers, w.ids)
