@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from nefos.services.metrics import HOST_FAMILIES, INSTANCE_FAMILIES
+from nefos.monitoring.prometheus import HOST_FAMILIES, INSTANCE_FAMILIES
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json"
 PLATFORM = {
