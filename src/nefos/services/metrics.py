@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -49,6 +49,18 @@ def series_body(
         "step_seconds": series.step_seconds,
         "metrics": {m.value: points(series, m) for m in metrics},
     }
+
+
+class RequestStats(Protocol):
+    """The gateway's request counters, as the summaries read them."""
+
+    total: int
+    client_errors: int
+    server_errors: int
+
+    def requests_per_second(self) -> float: ...
+
+    def error_rate(self) -> float: ...
 
 
 class MetricsService:
@@ -151,7 +163,7 @@ class MetricsService:
             "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
 
-    async def summary(self, requests: Any) -> dict[str, Any]:
+    async def summary(self, requests: RequestStats) -> dict[str, Any]:
         """Seed 004's ``GET /metrics``: a ``system`` and a ``requests`` block."""
         system = await self.system()
         return {
@@ -171,7 +183,7 @@ class MetricsService:
             },
         }
 
-    async def prometheus(self, requests: Any) -> str:
+    async def prometheus(self, requests: RequestStats) -> str:
         """The Prometheus text exposition (format 0.0.4) of the platform and of every
         instance sampled in the last passes."""
         latest = await self._latest()
