@@ -668,6 +668,9 @@ class Alert(Base):
     threshold: Mapped[float | None] = mapped_column(Float)
     message: Mapped[str] = mapped_column(Text, nullable=False, default="")
     open_key: Mapped[str | None] = mapped_column(String(80), unique=True)
+    # Bumped by each change: two evaluations of one alert at once (two server
+    # processes) cannot both move it on (and tell of it twice).
+    version: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     fired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -678,6 +681,7 @@ class Alert(Base):
         Index("ix_alerts_project_started_id", "project_id", "started_at", "id"),
         Index("ix_alerts_status", "status"),
     )
+    __mapper_args__ = {"version_id_col": version}
 
 
 class Webhook(Base):

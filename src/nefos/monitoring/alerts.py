@@ -32,8 +32,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
 
 from nefos.db.models import Alert, AlertRule, Container, Host, Vm, Webhook, WebhookDelivery
 from nefos.db.session import Database, begin_write
@@ -88,6 +89,10 @@ def alert_wire(a: Alert) -> dict[str, Any]:
     for key in ("started_at", "fired_at", "resolved_at", "updated_at"):
         data[key] = _iso(data[key])
     return data
+
+
+def _retryable(exc: DBAPIError) -> bool:
+    return isinstance(exc, IntegrityError) or "deadlock" in str(exc).lower()
 
 
 def rule_key(rule_id: str, resource_id: str) -> str:
@@ -181,8 +186,12 @@ class AlertEngine:
                 try:
                     queued = await self._pass(samples)
                     break
-                except IntegrityError:
-                    # Another process opened the same alert first: evaluate again.
+                except (DBAPIError, StaleDataError) as exc:
+                    # Another process opened or moved on the same alert first (or,
+                    # on PostgreSQL, chose this pass as a deadlock's victim):
+                    # evaluate again on what it committed.
+                    if isinstance(exc, DBAPIError) and not _retryable(exc):
+                        raise
                     if attempt == 2:
                         log.warning("alert pass gave up after repeated conflicts")
                         return

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
 
 from nefos.db.models import Alert, AlertRule, Project, Webhook, WebhookDelivery
 from nefos.db.session import begin_write
@@ -152,6 +153,9 @@ class AlertService:
         except IntegrityError as exc:
             await self.session.rollback()
             raise Conflict("An alert rule with this name exists in the project", name=name) from exc
+        except StaleDataError as exc:
+            await self.session.rollback()
+            raise Conflict("The rule's alerts changed meanwhile; try again") from exc
 
     async def _open_alerts(self, rule_id: str) -> Sequence[Alert]:
         return (
@@ -189,7 +193,7 @@ class AlertService:
             raise NotFound("Alert rule not found", id=rule.id)
         await resolve_open(self.session, await self._open_alerts(current.id), "rule deleted")
         await self.session.delete(current)
-        await self.session.commit()
+        await self._commit_named(current.name)
 
     # --- alerts -----------------------------------------------------------------------
     async def list_alerts(

@@ -76,6 +76,7 @@ def upgrade() -> None:
         sa.Column("threshold", sa.Float(), nullable=True),
         sa.Column("message", sa.Text(), nullable=False),
         sa.Column("open_key", sa.String(length=80), nullable=True),
+        sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("started_at", _dt(), nullable=False),
         sa.Column("fired_at", _dt(), nullable=True),
         sa.Column("resolved_at", _dt(), nullable=True),
