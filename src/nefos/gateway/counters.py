@@ -19,7 +19,7 @@ class RequestCounters:
     total: int = 0
     client_errors: int = 0  # 4xx
     server_errors: int = 0  # 5xx
-    started: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=lambda: time.monotonic())
     # Requests per whole second of the last WINDOW_SECONDS, as a ring.
     _ring: list[int] = field(default_factory=lambda: [0] * WINDOW_SECONDS)
     _second: int = 0
