@@ -113,8 +113,10 @@ def ws_baseline_app() -> Any:
 
     async def publish(request: Request) -> JSONResponse:
         n = int(request.query_params["n"])
-        for i in range(n):
-            text = json.dumps(
+        # All stamped at publication, as Nefos's route stamps them: a delivery's
+        # latency then counts the wait behind the events before it, on both sides.
+        texts = [
+            json.dumps(
                 {
                     "id": uuid.uuid4().hex,
                     "type": "metrics_update",
@@ -122,6 +124,9 @@ def ws_baseline_app() -> Any:
                     "timestamp": "",
                 }
             )
+            for i in range(n)
+        ]
+        for text in texts:
             for socket in list(sockets):
                 await socket.send_text(text)
             await asyncio.sleep(0)
