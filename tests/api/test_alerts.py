@@ -377,3 +377,29 @@ async def test_a_name_is_checked_by_what_it_resolves_to() -> None:
         await check_target("http://localhost:8080/x", [])
     target = await check_target("http://localhost:8080/x", parse_networks(["127.0.0.0/8", "::1"]))
     assert target.ip.is_loopback and target.host == "localhost"
+
+
+async def test_a_rule_alert_on_a_resource_that_is_gone_is_resolved(client, register, app) -> None:
+    user = await register()
+    await ok(
+        client,
+        "POST",
+        "/monitoring/alert-rules",
+        user,
+        json={"name": "any", "metric": "cpu_percent", "comparison": "gte", "threshold": 0},
+    )
+    kept, gone = [await new_container(app, user.project_id) for _ in range(2)]
+    await engine(app).on_samples(
+        [cpu(kept, user.project_id, 1, T0), cpu(gone, user.project_id, 1, T0)]
+    )
+    assert {a["status"] for a in await alerts_of(client, user)} == {"firing"}
+    async with app.state.core.db.sessionmaker() as session:
+        row = await session.get(Container, gone)
+        assert row is not None
+        await session.delete(row)
+        await session.commit()
+    await engine(app).on_samples([])  # a pass with no samples of either
+    by_resource = {a["resource_id"]: a for a in await alerts_of(client, user)}
+    assert by_resource[kept]["status"] == "firing"
+    assert by_resource[gone]["status"] == "resolved"
+    assert "the resource is gone" in by_resource[gone]["message"]

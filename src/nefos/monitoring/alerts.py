@@ -95,6 +95,10 @@ def _retryable(exc: DBAPIError) -> bool:
     return isinstance(exc, IntegrityError) or "deadlock" in str(exc).lower()
 
 
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
 def rule_key(rule_id: str, resource_id: str) -> str:
     return f"rule:{rule_id}:{resource_id}"
 
@@ -350,9 +354,10 @@ class AlertEngine:
         open_alerts = (await session.scalars(select(Alert).where(Alert.status.in_(OPEN)))).all()
         queued = 0
         seen: set[str] = set()
+        existing = await self._existing(session, [a for a in open_alerts if a.kind == "rule"])
         for alert in open_alerts:
             if alert.kind == "rule":
-                if not await self._resource_exists(session, alert.resource_kind, alert.resource_id):
+                if (alert.resource_kind, alert.resource_id) not in existing:
                     queued += await self._resolve(session, alert, now, "the resource is gone")
                 continue
             key = builtin_key(alert.kind, alert.resource_id)
@@ -386,11 +391,23 @@ class AlertEngine:
         return queued
 
     @staticmethod
-    async def _resource_exists(session: AsyncSession, kind: str, rid: str) -> bool:
-        model: Any = {"vm": Vm, "container": Container, "host": Host}.get(kind)
-        if model is None:
-            return True
-        return await session.scalar(select(model.id).where(model.id == rid)) is not None
+    async def _existing(session: AsyncSession, alerts: Sequence[Alert]) -> set[tuple[str, str]]:
+        """Which of the alerts' resources still exist: (kind, id) pairs, one query a
+        kind (a kind Nefos does not know is taken to exist)."""
+        out: set[tuple[str, str]] = set()
+        wanted: dict[str, set[str]] = {}
+        for alert in alerts:
+            wanted.setdefault(alert.resource_kind, set()).add(alert.resource_id)
+        models: dict[str, Any] = {"vm": Vm, "container": Container, "host": Host}
+        for kind, ids in wanted.items():
+            model = models.get(kind)
+            if model is None:
+                out.update((kind, i) for i in ids)
+                continue
+            for chunk in _chunks(sorted(ids), 500):
+                found = await session.scalars(select(model.id).where(model.id.in_(chunk)))
+                out.update((kind, i) for i in found.all())
+        return out
 
     @staticmethod
     async def _resolve(session: AsyncSession, alert: Alert, now: datetime, why: str) -> int:
