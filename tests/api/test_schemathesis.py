@@ -272,6 +272,8 @@ class Callers:
                         "name": f"doomed-{uuid.uuid4().hex[:8]}",
                         "metric": "cpu_percent",
                         "threshold": 90,
+                        # By name: the fuzzing may have taken the user's default away.
+                        "project_id": self.compute_project_id,
                     },
                 )["id"]
             )
@@ -279,7 +281,13 @@ class Callers:
             # Alerts are never deleted (a DELETE is 405): the shared one does.
             return self.ids["alert_id"]
         if name == "webhook_id":
-            return str(user.call("POST", "/monitoring/webhooks", json={"url": FUZZ_WEBHOOK})["id"])
+            return str(
+                user.call(
+                    "POST",
+                    "/monitoring/webhooks",
+                    json={"url": FUZZ_WEBHOOK, "project_id": self.compute_project_id},
+                )["id"]
+            )
         self.idle()  # the stopped VM takes one operation at a time
         if name == "snapshot_id":
             made = user.call("POST", f"/vms/{self.stopped_vm_id}/snapshots", json={})
