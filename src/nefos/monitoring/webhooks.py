@@ -43,7 +43,7 @@ from sqlalchemy import select, update
 
 from nefos import __version__
 from nefos.db.models import Webhook, WebhookDelivery
-from nefos.db.session import Database
+from nefos.db.session import Database, begin_write
 from nefos.domain.errors import ValidationFailed
 
 log = logging.getLogger("nefos.webhooks")
@@ -434,7 +434,10 @@ class WebhookDispatcher:
             )
         finished = datetime.now(UTC)
         async with self.db.sessionmaker() as session:
-            row = await session.get(WebhookDelivery, delivery.id)
+            # A read-modify-write: on SQLite it takes the write lock up front, so a
+            # writer that commits in between makes it wait, not fail "locked".
+            await begin_write(session)
+            row = await session.get(WebhookDelivery, delivery.id, populate_existing=True)
             if row is None:  # the webhook was deleted meanwhile
                 return
             row.attempts += 1
