@@ -299,14 +299,21 @@ def remove_managed_containers(uri: str | None = None) -> list[str]:
     client = docker.DockerClient(base_url=uri or docker_host_uri(), version="1.41")
     try:
         names = []
-        for c in client.containers.list(all=True, filters={"label": "nefos.managed=true"}):
-            if not c.labels.get("nefos.installation", "").startswith(SESSION_INSTALLATION):
+        # The plain list (no inspect of each container): other test workers remove
+        # their containers at any moment, and Podman answers an inspect of a container
+        # gone meanwhile with a 500, not a 404.
+        for c in client.api.containers(all=True, filters={"label": "nefos.managed=true"}):
+            labels = c.get("Labels") or {}
+            if not labels.get("nefos.installation", "").startswith(SESSION_INSTALLATION):
                 continue  # another session's, or the contract suite's
-            names.append(c.name)
+            names.append((c.get("Names") or [c["Id"]])[0].lstrip("/"))
             try:
-                c.remove(force=True)
+                client.api.remove_container(c["Id"], force=True)
             except docker.errors.NotFound:
                 pass  # its own Nefos removed it meanwhile
+            except docker.errors.APIError as exc:
+                if "no such container" not in str(exc).lower():
+                    raise
         return names
     finally:
         client.close()

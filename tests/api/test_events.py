@@ -31,6 +31,7 @@ from tests.conftest import (
     docker_host_uri,
     free_port,
     make_settings,
+    new_installation_id,
     remove_managed_containers,
 )
 from tests.processes import serve_env, server
@@ -428,7 +429,14 @@ async def test_redis_fans_out_across_two_server_processes(
     assert redis_url, "make services starts Redis (NEFOS_TEST_REDIS_URL)"
     url = await asyncio.to_thread(databases.new_url)  # it runs a loop of its own
     prefix = f"nefos-test-{uuid.uuid4().hex[:8]}"
-    common = {"NEFOS_REDIS_URL": redis_url, "NEFOS_REDIS_PREFIX": prefix, "NEFOS_WORKERS": "2"}
+    common = {
+        "NEFOS_REDIS_URL": redis_url,
+        "NEFOS_REDIS_PREFIX": prefix,
+        "NEFOS_WORKERS": "2",
+        # One installation (one database), of this test session: remove_managed_containers
+        # then removes what the two processes made.
+        "NEFOS_INSTALLATION_ID": new_installation_id(),
+    }
     env1 = serve_env(url, tmp_path / "d1", **common)
     env2 = serve_env(url, tmp_path / "d2", **common)
     with (
