@@ -204,7 +204,7 @@ MATRIX: dict[tuple[str, str], Rule] = {
     ("GET", "/containers/{container_id}/metrics"): Rule(P.MONITORING_READ),
     ("GET", "/monitoring/host-metrics/{host_id}"): ADMIN,
     ("GET", "/monitoring/system-metrics"): ADMIN,
-    ("GET", "/metrics"): ADMIN,
+    ("GET", "/metrics"): Rule(P.MONITORING_READ),
     ("GET", "/prometheus"): ADMIN,
 }
 
@@ -1372,7 +1372,7 @@ async def test_admin_routes_refuse_all_but_platform_admins(
     w = walk_world
     failures = []
     admin_routes = [s for s in routes if MATRIX[s.key] == ADMIN]
-    assert len(admin_routes) == 2 * 13  # 9, and the 4 hosts' and platform's metrics
+    assert len(admin_routes) == 2 * 12  # 9, and the 3 hosts' and platform's metrics views
     for served in admin_routes:
         for who in (w.owner, w.other, *w.roles.values()):
             r_real = await send(w, served, who.headers, w.ids)

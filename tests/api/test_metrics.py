@@ -395,7 +395,20 @@ async def test_a_running_vm_and_its_host_report_metrics(
             assert 'name="watched"' in line and float(line.rsplit(" ", 1)[1]) > 0
             assert 'nefos_host_memory_bytes{host="libvirt-test"' in text
             assert "nefos_http_requests_total " in text
-        for path in ("/metrics", "/prometheus", "/monitoring/system-metrics"):
+        # A tenant's /metrics (seed 004) covers its own instances only.
+        mine = (await client.get(f"{V1}/metrics", headers=user.headers)).json()["data"]
+        assert mine["system"]["total_vms"] == 1 and mine["system"]["running_vms"] == 1
+        assert mine["system"]["total_containers"] == 0
+        assert mine["system"]["total_cpu_usage"] > 0
+        assert set(mine["requests"]) == {"total_requests", "requests_per_second", "error_rate"}
+        theirs = (await client.get(f"{V1}/metrics", headers=other.headers)).json()["data"]
+        assert theirs["system"]["total_vms"] == 0 and theirs["system"]["total_cpu_usage"] == 0
+        assert_error(
+            await client.get(f"{V1}/metrics", headers={**user.headers, "Accept": "text/plain"}),
+            403,
+            "FORBIDDEN",
+        )
+        for path in ("/prometheus", "/monitoring/system-metrics"):
             assert_error(await client.get(V1 + path, headers=user.headers), 403, "FORBIDDEN")
     finally:
         told.close()

@@ -1267,5 +1267,6 @@ class Monitoring(_Resource):
         return self._one(SystemMetrics, "GET", "/monitoring/system-metrics")
 
     def summary(self) -> MetricsSummary:
-        """Seed 004's ``GET /metrics``: the system and request blocks."""
+        """Seed 004's ``GET /metrics``: the system and request blocks (the platform for
+        platform admins, your organisations' projects for anyone else)."""
         return self._one(MetricsSummary, "GET", "/metrics")

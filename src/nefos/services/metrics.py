@@ -10,13 +10,14 @@ from typing import Any, Protocol
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nefos.db.models import Container, ContainerReplica, Host, Vm
+from nefos.db.models import Container, ContainerReplica, Host, Project, Vm
 from nefos.domain.errors import NotFound
 from nefos.domain.units import human_rate
 from nefos.monitoring.prometheus import HOST_FAMILIES, INSTANCE_FAMILIES, Exposition
 from nefos.monitoring.store import Row, Series, from_ms
 from nefos.monitoring.types import Metric, ResourceKind
 from nefos.services.core import Core
+from nefos.services.principal import Principal, visible_org_ids
 
 #: What ``GET /containers/{id}/metrics?period=`` accepts (seed 004).
 PERIODS: dict[str, timedelta] = {
@@ -126,8 +127,11 @@ class MetricsService:
         within = timedelta(seconds=max(self.core.settings.metrics_interval * 3, 30))
         return await self.core.metrics.latest(within)
 
-    async def _counts(self, model: Any) -> dict[str, int]:
-        rows = await self.session.execute(select(model.status, func.count()).group_by(model.status))
+    async def _counts(self, model: Any, projects: set[str] | None = None) -> dict[str, int]:
+        query = select(model.status, func.count()).group_by(model.status)
+        if projects is not None:
+            query = query.where(model.project_id.in_(projects))
+        rows = await self.session.execute(query)
         return {status: int(n) for status, n in rows}
 
     async def system(self) -> dict[str, Any]:
@@ -163,9 +167,34 @@ class MetricsService:
             "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
 
-    async def summary(self, requests: RequestStats) -> dict[str, Any]:
-        """Seed 004's ``GET /metrics``: a ``system`` and a ``requests`` block."""
-        system = await self.system()
+    async def tenant_system(self, project_ids: Sequence[str]) -> dict[str, Any]:
+        """``system`` for a tenant: its containers and VMs (in ``project_ids``), and the
+        latest usage of its own instances (mean cpu and memory %, network summed)."""
+        projects = set(project_ids)
+        containers = await self._counts(Container, projects)
+        vms = await self._counts(Vm, projects)
+        latest = [r for r in await self._latest() if r[3] != "host" and r[4] in projects]
+        cpu = [r[5] for r in latest if r[1] == Metric.CPU_PERCENT]
+        mem = [r[5] for r in latest if r[1] == Metric.MEMORY_PERCENT]
+        rx = sum(r[5] for r in latest if r[1] == Metric.NET_RX_BPS)
+        tx = sum(r[5] for r in latest if r[1] == Metric.NET_TX_BPS)
+        return {
+            "containers": {
+                "total": sum(containers.values()),
+                "running": containers.get("running", 0),
+            },
+            "vms": {"total": sum(vms.values()), "running": vms.get("running", 0)},
+            "cpu_usage": round(sum(cpu) / len(cpu), 2) if cpu else None,
+            "memory_usage": round(sum(mem) / len(mem), 2) if mem else None,
+            "network": {"total": human_rate(rx + tx)},
+        }
+
+    async def summary(
+        self, requests: RequestStats, project_ids: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """Seed 004's ``GET /metrics``: a ``system`` and a ``requests`` block. With
+        ``project_ids``, ``system`` covers those projects only (a tenant's view)."""
+        system = await (self.system() if project_ids is None else self.tenant_system(project_ids))
         return {
             "system": {
                 "total_containers": system["containers"]["total"],
@@ -182,6 +211,18 @@ class MetricsService:
                 "error_rate": round(requests.error_rate(), 2),
             },
         }
+
+    async def summary_for(self, principal: Principal, requests: RequestStats) -> dict[str, Any]:
+        """``summary`` as ``principal`` may see it: the platform for a platform admin
+        (not bound to an organisation by an API key), else the projects of the
+        organisations they hold a role in."""
+        if principal.is_admin and principal.key_organisation_id is None:
+            return await self.summary(requests)
+        orgs = await visible_org_ids(self.session, principal)
+        projects = (
+            await self.session.scalars(select(Project.id).where(Project.organisation_id.in_(orgs)))
+        ).all()
+        return await self.summary(requests, list(projects))
 
     async def prometheus(self, requests: RequestStats) -> str:
         """The Prometheus text exposition (format 0.0.4) of the platform and of every

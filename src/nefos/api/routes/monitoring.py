@@ -11,6 +11,7 @@ from starlette.responses import Response
 from nefos.api.deps import Access, CoreDep, ObjectId, SessionDep, authorize
 from nefos.api.envelope import ok
 from nefos.domain.access import Permission
+from nefos.domain.errors import Forbidden
 from nefos.gateway.counters import RequestCounters
 from nefos.schemas.common import Envelope
 from nefos.schemas.monitoring import (
@@ -100,15 +101,24 @@ async def metrics_summary(
     core: CoreDep,
     session: SessionDep,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
-    access: Access = authorize(Permission.PLATFORM_ADMIN),
+    access: Access = authorize(Permission.MONITORING_READ),
 ) -> Response:
-    """Seed 004's system summary (JSON). With `Accept: text/plain` (what Prometheus
-    sends), the Prometheus exposition of `GET /prometheus` instead."""
+    """Seed 004's summary (JSON): `system` (containers, VMs, cpu and memory usage,
+    network) and `requests` (this server process's request counters). A platform
+    admin sees the platform; anyone else the projects of their organisations.
+
+    With `Accept: text/plain` (what Prometheus sends), the Prometheus exposition of
+    `GET /prometheus` instead (platform admins only)."""
     service = MetricsService(core, session)
     counters = request_counters(request)
+    principal = access.principal
+    platform = principal.is_admin and principal.key_organisation_id is None
     if accept and "text/plain" in accept and "json" not in accept:
+        if not platform:
+            principal.require_scope(Permission.PLATFORM_ADMIN)
+            raise Forbidden("The Prometheus exposition is for platform administrators")
         return Response(await service.prometheus(counters), media_type=PROMETHEUS_TYPE)
-    return ok(await service.summary(counters))
+    return ok(await service.summary_for(principal, counters))
 
 
 @router.get(
