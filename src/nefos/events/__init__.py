@@ -15,7 +15,6 @@ The bus (``nefos.events.bus``) is in-process by default, and Redis pub/sub when
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -58,8 +57,6 @@ class Event:
     organisation_id: str | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     timestamp: str = field(default_factory=now_iso)
-    # Monotonic time of publication in this process (delivery latency), not sent.
-    created: float = field(default_factory=time.monotonic, compare=False)
 
     @property
     def is_platform(self) -> bool:
@@ -97,7 +94,6 @@ class Event:
             organisation_id=organisation_id,
             id=self.id,
             timestamp=self.timestamp,
-            created=self.created,
         )
 
 

@@ -20,8 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import orjson
 
@@ -77,10 +76,6 @@ class Subscription:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    async def __aiter__(self) -> AsyncIterator[Event]:
-        while True:
-            yield await self.get()
-
 
 class EventBus:
     """In-process fan-out (one server process)."""
@@ -94,8 +89,6 @@ class EventBus:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._orgs: dict[str, str | None] = {}
-        self.published = 0
-        self.delivered = 0
         self.dropped = 0
 
     # --- life -------------------------------------------------------------------
@@ -146,7 +139,6 @@ class EventBus:
         assert self._outbox is not None
         try:
             self._outbox.put_nowait(event)
-            self.published += 1
         except asyncio.QueueFull:
             self.dropped += 1
             log.warning("event outbox full: %s dropped", event.type)
@@ -194,7 +186,6 @@ class EventBus:
         """Hand ``event`` to this process's subscribers."""
         for sub in list(self._subscribers):
             sub.offer(event)
-        self.delivered += 1
 
     # --- health ---------------------------------------------------------------------
     async def check(self) -> str:
@@ -203,16 +194,6 @@ class EventBus:
     async def check_redis(self) -> str | None:
         """Redis's state, or None when this bus uses none."""
         return None
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "subscribers": self.subscribers,
-            "published": self.published,
-            "delivered": self.delivered,
-            "dropped": self.dropped,
-            "pending": self._outbox.qsize() if self._outbox is not None else 0,
-        }
 
 
 class RedisBus(EventBus):
@@ -233,7 +214,6 @@ class RedisBus(EventBus):
         )
         self._listening = asyncio.Event()
         self._last_warning = 0.0
-        self.redis_errors = 0
 
     async def start(self) -> None:
         await super().start()
@@ -255,7 +235,6 @@ class RedisBus(EventBus):
         try:
             await self._redis.publish(self.channel, orjson.dumps(event.to_wire()))
         except Exception as exc:  # any Redis or socket failure: degrade, never lose locally
-            self.redis_errors += 1
             if self._listening.is_set():
                 self.deliver(event)
             self._warn(f"Redis publish failed ({exc}); events stay in this process")
@@ -282,7 +261,6 @@ class RedisBus(EventBus):
                 raise
             except Exception as exc:  # Redis went away: retry with backoff
                 self._listening.clear()
-                self.redis_errors += 1
                 self._warn(f"Redis subscription lost ({exc}); retrying")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -302,10 +280,3 @@ class RedisBus(EventBus):
         except Exception:  # unreachable, refused, timed out: all the same to /health
             return "unhealthy"
         return "healthy" if self._listening.is_set() else "degraded"
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            **super().stats(),
-            "redis_listening": self._listening.is_set(),
-            "redis_errors": self.redis_errors,
-        }

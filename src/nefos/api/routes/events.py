@@ -191,9 +191,12 @@ class Connection:
                 log.warning("could not re-check a WebSocket's credentials", exc_info=True)
 
     async def _close_for(self, exc: NefosError) -> None:
-        code = CLOSE_UNAUTHORIZED if isinstance(exc, Unauthorized) else CLOSE_FORBIDDEN
-        if isinstance(exc, NefosError) and not isinstance(exc, Unauthorized | Forbidden):
-            code = 1011
+        if isinstance(exc, Unauthorized):
+            code = CLOSE_UNAUTHORIZED
+        elif isinstance(exc, Forbidden):
+            code = CLOSE_FORBIDDEN
+        else:
+            code = 1011  # another refusal: "internal error", the client may retry
         with contextlib.suppress(Exception):
             await self.send(_error(exc.code, exc.message))
             await self.ws.close(code=code, reason=exc.message[:120])
