@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import ADMIN_PASSWORD, free_port
+from tests.conftest import ADMIN_PASSWORD, GENEROUS_LIMITS, free_port
 
 
 def serve_env(database_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
@@ -33,6 +33,7 @@ def serve_env(database_url: str, data_dir: Path, **extra: str) -> dict[str, str]
             "NEFOS_ARGON2_TIME_COST": "2",
             "NEFOS_ARGON2_MEMORY_KIB": "19456",
             "NEFOS_ARGON2_PARALLELISM": "1",
+            **{f"NEFOS_{k.upper()}": v for k, v in GENEROUS_LIMITS.items()},
             **extra,
         }
     )

@@ -131,6 +131,12 @@ RULES = {
         (),
         ("nefos.api", "nefos.gateway", "nefos.sdk", "nefos.cli", "fastapi", "starlette"),
     ),
+    # Billing (metering, rating, ledger, invoices) works on the database, events and
+    # services; it never knows HTTP.
+    "billing": (
+        (),
+        ("nefos.api", "nefos.gateway", "nefos.sdk", "nefos.cli", "fastapi", "starlette"),
+    ),
     "reconciler": (
         (),
         ("nefos.api", "nefos.gateway", "nefos.sdk", "nefos.cli", "fastapi", "starlette"),

@@ -7,6 +7,7 @@ and a test keeps the two in step.
 from __future__ import annotations
 
 import secrets
+from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -18,6 +19,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ARGON2_MIN_MEMORY_KIB = 19456
 ARGON2_MIN_TIME_COST = 2
 ARGON2_MIN_PARALLELISM = 1
+
+#: A rate limit: ``N/second|minute|hour|day`` or ``none``.
+RATE_PATTERN = r"^(none|[1-9][0-9]{0,8}/(second|minute|hour|day))$"
 
 
 class Settings(BaseSettings):
@@ -259,6 +263,142 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Networks (CIDR, JSON list) webhooks may target although they are "
         "loopback, private, link-local or metadata addresses. Only an admin sets this.",
+    )
+    # --- billing (nefos.billing) ----------------------------------------------------
+    billing_enabled: bool = Field(
+        True,
+        description="Meter, rate and charge usage to prepaid wallets; refuse creates (402) "
+        "for an organisation whose wallet is empty.",
+    )
+    billing_currency: str = Field(
+        "USD", pattern=r"^[A-Z]{3}$", description="Currency of new wallets and the catalogue."
+    )
+    billing_interval: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds between billing passes (cut usage at the hour, charge wallets, "
+        "check balances). Running resources are charged at least hourly.",
+    )
+    billing_signup_credit: Decimal = Field(
+        Decimal("10.00"),
+        ge=0,
+        description="Credit a new organisation's wallet receives (an `adjustment` entry), "
+        "so a new user can try Nefos before topping up. 0 for none.",
+    )
+    billing_low_balance_threshold: Decimal = Field(
+        Decimal("5.00"),
+        ge=0,
+        description="Default low-balance threshold: under it a `billing_update` event and an "
+        "alert are raised once.",
+    )
+    billing_grace_period: float = Field(
+        86400.0,
+        ge=0,
+        description="Seconds an organisation may run on an empty wallet before its running "
+        "instances are stopped (not deleted).",
+    )
+    billing_invoice_period: Literal["month", "week", "day"] = Field(
+        "month", description="Length of an invoice period."
+    )
+    billing_invoice_due_days: int = Field(
+        14, ge=0, description="Days after finalizing an invoice that it falls due."
+    )
+    billing_invoice_prefix: str = Field(
+        "NEF",
+        pattern=r"^[A-Z][A-Z0-9]{0,11}$",
+        description="Prefix of invoice numbers (`NEF-2026-000123`; credit notes "
+        "`NEF-CN-2026-000001`).",
+    )
+    billing_quote_validity_days: int = Field(30, ge=1, description="Days a quote stays valid.")
+    billing_hours_per_month: int = Field(
+        730, ge=1, le=744, description="Hours a month in quotes' monthly prices."
+    )
+    billing_min_payout: Decimal = Field(
+        Decimal("10.00"), ge=0, description="Smallest payout an organisation may request."
+    )
+    stripe_secret_key: str | None = Field(
+        None, description="Stripe secret key (`sk_...`): enables the `stripe` payment provider."
+    )
+    stripe_webhook_secret: str | None = Field(
+        None,
+        description="Stripe webhook signing secret (`whsec_...`) for `/payments/stripe/webhook`.",
+    )
+    stripe_api_base: str | None = Field(
+        None, description="Stripe API base URL (a mock or proxy); default Stripe's own."
+    )
+
+    # --- gateway: rate limits (nefos.gateway.ratelimit) ------------------------------
+    rate_limit_enabled: bool = Field(
+        True,
+        description="Apply the rate limits below; every response carries `X-RateLimit-*` "
+        "and `RateLimit`/`RateLimit-Policy` headers.",
+    )
+    rate_limit_auth: str = Field(
+        "10/minute",
+        pattern=RATE_PATTERN,
+        description="Limit of the `auth` group (`/auth/...`), per user, API key or, "
+        "anonymous, per IP. Form `N/second|minute|hour|day`, or `none`.",
+    )
+    rate_limit_containers: str = Field(
+        "100/minute",
+        pattern=RATE_PATTERN,
+        description="Limit of the `containers` group (`/containers`, `/services`).",
+    )
+    rate_limit_monitoring: str = Field(
+        "60/minute",
+        pattern=RATE_PATTERN,
+        description="Limit of the `monitoring` group (`/monitoring`, `/metrics`, "
+        "`/alerts`, `/analytics`).",
+    )
+    rate_limit_billing: str = Field(
+        "30/minute",
+        pattern=RATE_PATTERN,
+        description="Limit of the `billing` group (`/billing`, `/wallet`, `/payments`, "
+        "`/invoices`, `/quotes`, `/products`).",
+    )
+    rate_limit_user: str = Field(
+        "1000/hour",
+        pattern=RATE_PATTERN,
+        description="Overall limit of every request, per user, API key or anonymous IP.",
+    )
+    rate_limit_backend: Literal["auto", "memory", "redis"] = Field(
+        "auto",
+        description="Where counters live: `memory` (this process), `redis` (shared by "
+        "every process) or `auto` (Redis when `NEFOS_REDIS_URL` is set).",
+    )
+    rate_limit_redis_failure: Literal["open", "closed"] = Field(
+        "open",
+        description="When Redis is unreachable: `open` admits requests (a warning in "
+        "the log and `rate_limiter: degraded` in `/health`) or `closed` refuses them "
+        "with 503.",
+    )
+
+    # --- gateway: request log and analytics (nefos.gateway.requestlog) ---------------
+    request_log_enabled: bool = Field(
+        True, description="Record every API request for `/analytics` and `GET /metrics`."
+    )
+    request_log_queue_size: int = Field(
+        10000,
+        ge=1,
+        description="Requests waiting to be written; when full, new ones are dropped and "
+        "counted (`nefos_request_log_dropped_total`).",
+    )
+    request_log_batch_size: int = Field(
+        200,
+        ge=1,
+        description="Most requests written in one batch (the writer shares the event loop "
+        "with the requests: smaller batches hold it for less at a time).",
+    )
+    request_log_flush_interval: float = Field(
+        1.0, gt=0, description="Seconds between writes of the queued requests."
+    )
+    request_log_retention_days: float = Field(
+        30.0, gt=0, description="Days requests are kept in the log."
+    )
+    geoip_database: Path | None = Field(
+        None,
+        description="A MaxMind-format country database (`.mmdb`, e.g. GeoLite2-Country) "
+        "for `/analytics/geography`. Default: none, traffic is grouped by network.",
     )
 
     @field_validator("argon2_memory_kib")

@@ -170,6 +170,9 @@ def fuzz_server(
         # Webhooks to loopback only (the shared ones point at the discard port), so
         # that no fuzzed ping or alert is ever sent off this machine.
         webhook_allowed_networks=["127.0.0.0/8"],
+        # The fuzzing's containers name an image no host has: they fail at once
+        # rather than after a pull from a registry this machine cannot reach.
+        container_image_pull=False,
     )
     with LiveServer(settings) as server:
         yield server

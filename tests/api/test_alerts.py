@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from nefos.db.models import Alert, Container, Host, WebhookDelivery
+from nefos.db.session import begin_write
 from nefos.events import EventType
 from nefos.monitoring.alerts import AlertEngine
 from nefos.monitoring.types import Metric, ResourceKind, Sample
@@ -231,6 +232,9 @@ async def test_host_down_and_instance_crashed(client, register, admin, app) -> N
     assert len(await alerts_of(client, user)) == 1
     # They recover: resolved.
     async with core.db.sessionmaker() as session:
+        # Read then written: take the write lock first (SQLite fails a deferred
+        # transaction's upgrade at once if the request log wrote in between).
+        await begin_write(session)
         h = await session.get(Host, host.id)
         c = await session.get(Container, crashed.id)
         assert h is not None and c is not None
@@ -396,6 +400,7 @@ async def test_a_rule_alert_on_a_resource_that_is_gone_is_resolved(client, regis
     )
     assert {a["status"] for a in await alerts_of(client, user)} == {"firing"}
     async with app.state.core.db.sessionmaker() as session:
+        await begin_write(session)
         row = await session.get(Container, gone)
         assert row is not None
         await session.delete(row)

@@ -21,6 +21,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from nefos.db.session import begin_write
 from nefos.events import EventType, make
 from tests.conftest import (
     ADMIN_PASSWORD,
@@ -95,6 +96,9 @@ class Socket:
 
 @contextlib.asynccontextmanager
 async def socket(base: str, token: str, **kwargs: Any) -> AsyncIterator[Socket]:
+    # A loaded CI machine (three test workers, each with live servers) can take
+    # more than the default 10 s to answer a handshake.
+    kwargs.setdefault("open_timeout", 30)
     async with connect(ws_url(base, token=token), **kwargs) as ws:
         s = Socket(ws)
         await s.until(lambda s: any(m["type"] == "connected" for m in s.messages), "connected")
@@ -261,7 +265,7 @@ async def test_credentials_and_origins_are_checked(live: LiveServer) -> None:
         a = await register(c)
         # No token, a bad token: told why, then closed with 4401.
         for url in (ws_url(live.url), ws_url(live.url, token="nope")):
-            async with connect(url) as ws:
+            async with connect(url, open_timeout=30) as ws:
                 first = json.loads(await ws.recv())
                 assert first["type"] == "error" and first["data"]["code"] == "UNAUTHORIZED"
                 with pytest.raises(ConnectionClosed) as closed:
@@ -270,7 +274,9 @@ async def test_credentials_and_origins_are_checked(live: LiveServer) -> None:
         # A foreign browser origin is refused at the handshake; allowed ones pass.
         with pytest.raises(InvalidStatus) as refused:
             async with connect(
-                ws_url(live.url, token=a["access_token"]), origin="https://evil.example"
+                ws_url(live.url, token=a["access_token"]),
+                origin="https://evil.example",
+                open_timeout=30,
             ):
                 pass
         assert refused.value.response.status_code == 403
@@ -286,7 +292,7 @@ async def test_credentials_and_origins_are_checked(live: LiveServer) -> None:
         assert r.status_code == 201, r.text
         key = r.json()["data"]["key"]
         for path in ("/api/v1/ws", "/api/ws"):
-            async with connect(ws_url(live.url, path, token=key)) as ws:
+            async with connect(ws_url(live.url, path, token=key), open_timeout=30) as ws:
                 hello = json.loads(await ws.recv())
                 assert hello["type"] == "connected"
                 # its scope bounds what it may receive
@@ -350,6 +356,8 @@ async def test_health_reports_each_dependency(live: LiveServer) -> None:
                 "event_bus": "healthy",
                 "redis": "disabled",
                 "orchestrator": "healthy",
+                "billing": "healthy",
+                "rate_limiter": "healthy",
                 "hosts": "none",
             }
         admin = await login_admin(c)
@@ -548,11 +556,13 @@ async def test_status_changes_are_told_at_commit_and_never_after_a_rollback(
         lambda e: e.type == "host_status_changed" and e.data["host_id"] == host_id
     ) as told:
         async with core.db.sessionmaker() as session:
+            await begin_write(session)
             host = await session.get(Host, host_id)
             assert host is not None
             host.status = "offline"
             await session.flush()  # flushed, so seen: but rolled back, so never told
             await session.rollback()
+            await begin_write(session)
             host = await session.get(Host, host_id, populate_existing=True)
             assert host is not None and host.status == "active"
             host.status = "offline"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import subprocess
 import time
 from typing import Any
@@ -16,7 +17,9 @@ from typing import Any
 import httpx
 import libvirt
 import pytest
+from sqlalchemy import select
 
+from nefos.db.models import UsageRecord
 from tests.api.test_containers import Api, assert_error
 from tests.conftest import Account, libvirt_test_uri, refresh_pool, tiny_vm_image
 
@@ -226,6 +229,21 @@ async def test_vm_lifecycle_end_to_end(
     lifecycle = ["creating", "running", "stopping", "stopped", "resizing", "stopped"]
     lifecycle += ["starting", "running", "rebooting", "running", "deleting", "deleted"]
     assert is_subsequence(lifecycle, statuses), statuses
+
+    # Metered from the same lifecycle: spans back to back from creation to deletion,
+    # compute billed while running (1 vCPU, then 2 after the resize), storage always.
+    async with app.state.core.db.sessionmaker() as session:
+        spans = (
+            await session.scalars(
+                select(UsageRecord)
+                .where(UsageRecord.resource_id == vm_id)
+                .order_by(UsageRecord.started_at)
+            )
+        ).all()
+    assert spans and all(a.ended_at == b.started_at for a, b in itertools.pairwise(spans))
+    running = [(r.cpu_milli, r.memory_mb) for r in spans if r.state == "running"]
+    assert (1000, 128) in running and (2000, 192) in running
+    assert {r.storage_gb for r in spans} <= {1, 2} and spans[-1].storage_gb == 2
 
     # Now the image goes, from the pool too.
     data = await admin_api.act("DELETE", f"/images/{image['id']}")

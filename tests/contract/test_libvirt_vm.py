@@ -113,7 +113,8 @@ async def test_a_guest_reads_its_seed_stops_gracefully_resizes_and_reboots(
 
     started = time.monotonic()
     await vm_driver.start(info.driver_id)
-    console = await console_until(vm_driver, info.driver_id, "NEFOS-USER-DATA-END")
+    # NEFOS-READY is the line after the seed's: waiting for it sees the seed whole.
+    console = await console_until(vm_driver, info.driver_id, "NEFOS-READY seed-reader ")
     booted = time.monotonic() - started
     # The guest printed the seed it mounted: user data byte for byte, the keys, its name.
     assert between(console, "NEFOS-USER-DATA-BEGIN", "NEFOS-USER-DATA-END") == user_data.rstrip(

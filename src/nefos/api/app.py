@@ -16,16 +16,24 @@ from nefos.api import errors
 from nefos.api.routes import (
     admin,
     alerts,
+    analytics,
     api_keys,
     auth,
+    billing,
     containers,
     events,
     health,
     images,
+    invoices,
     monitoring,
     operations,
     organisations,
+    payments,
+    payouts,
+    products,
     projects,
+    quotes,
+    rate_limits,
     resources,
     storage,
     users,
@@ -35,6 +43,8 @@ from nefos.config import Settings
 from nefos.gateway.context import RequestContextMiddleware
 from nefos.gateway.counters import RequestCounters
 from nefos.gateway.idempotency import IdempotencyMiddleware
+from nefos.gateway.limiter import RateLimiter, RateLimitMiddleware
+from nefos.gateway.requestlog import RequestLog, RequestLogMiddleware
 from nefos.monitoring.alerts import AlertEngine
 from nefos.monitoring.webhooks import WebhookDispatcher
 from nefos.reconciler import Background, Reconciler
@@ -57,6 +67,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for code, text in {
         400: "Malformed request",
         401: "Missing, invalid, expired or revoked credentials",
+        402: "The organisation's wallet is empty (RESOURCE_EXHAUSTED)",
         403: "The role or the API key's scope does not allow this",
         404: "Not found (also: another tenant's object)",
         406: "Unsupported API version in Accept",
@@ -92,8 +103,18 @@ def api_router() -> APIRouter:
     router.include_router(projects.legacy)
     router.include_router(health.router)
     router.include_router(alerts.router)
+    router.include_router(billing.wallet)
+    router.include_router(billing.router)
+    router.include_router(invoices.router)
+    router.include_router(products.router)
+    router.include_router(products.accounts)
+    router.include_router(quotes.router)
+    router.include_router(payouts.router)
+    router.include_router(payments.router)
     router.include_router(monitoring.router)
     router.include_router(events.router)
+    router.include_router(analytics.router)
+    router.include_router(rate_limits.router)
     return router
 
 
@@ -141,11 +162,19 @@ def create_app(
         app.state.collector = core.collector
         core.collector.listeners.append(app.state.alert_engine)  # alerts on each pass
         core.collector.start()
+        # Billing: cut usage, charge wallets, watch balances every billing_interval.
+        core.billing.start()
+        # The request log's writer: batches of the queued requests, and retention.
+        request_log.start(core.db)
+        limiter.start(core)  # the rate limiter reads tokens and overrides through core
         if on_started is not None:
             on_started(core, created)
         try:
             yield
         finally:
+            await request_log.stop()  # writes what is still queued
+            await limiter.stop()
+            await core.billing.stop()
             await core.collector.stop()
             await webhooks.stop()
             await background.stop()
@@ -181,10 +210,24 @@ def create_app(
             allow_origins=settings.cors_origins,
             allow_methods=["*"],
             allow_headers=["*"],
-            expose_headers=["X-Request-ID", "Retry-After"],
+            expose_headers=[
+                "X-Request-ID",
+                "Retry-After",
+                "X-RateLimit-Limit",
+                "X-RateLimit-Remaining",
+                "X-RateLimit-Reset",
+                "RateLimit-Policy",
+                "RateLimit",
+            ],
         )
     app.add_middleware(IdempotencyMiddleware)
+    # Rate limits: before idempotency and the app, after the request id is set.
+    app.state.rate_limiter = limiter = RateLimiter(settings)
+    app.add_middleware(RateLimitMiddleware, limiter=limiter)
     # Counted by the middleware, read by GET /metrics and /prometheus.
     app.state.request_counters = counters = RequestCounters()
     app.add_middleware(RequestContextMiddleware, counters=counters)
+    # Outermost: every request, as the client saw it (status, duration, bytes).
+    app.state.request_log = request_log = RequestLog(settings)
+    app.add_middleware(RequestLogMiddleware, request_log=request_log)
     return app

@@ -27,6 +27,7 @@ from nefos.db.models import Organisation, Project
 from nefos.domain.access import Permission, Role
 from nefos.domain.errors import Forbidden, Unauthorized
 from nefos.domain.paging import PageParams
+from nefos.gateway.client import client_ip
 from nefos.services.auth import AuthService, ClientInfo
 from nefos.services.core import Core
 from nefos.services.principal import Principal, authorize_org, authorize_project
@@ -73,12 +74,16 @@ async def get_principal(
     if authorization is not None and bearer is None:
         raise Unauthorized("Use 'Authorization: Bearer <token>'")
     if bearer:
-        return await auth.authenticate(bearer, kind="bearer")
-    if x_auth_token:
-        return await auth.authenticate(x_auth_token, kind="jwt")
-    if x_api_key:
-        return await auth.authenticate(x_api_key, kind="api_key")
-    raise Unauthorized("Authentication required")
+        principal = await auth.authenticate(bearer, kind="bearer")
+    elif x_auth_token:
+        principal = await auth.authenticate(x_auth_token, kind="jwt")
+    elif x_api_key:
+        principal = await auth.authenticate(x_api_key, kind="api_key")
+    else:
+        raise Unauthorized("Authentication required")
+    # The verified caller, for the request log (nefos.gateway.requestlog).
+    request.state.principal = principal
+    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
@@ -86,11 +91,7 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 async def client_info(request: Request) -> ClientInfo:
     core: Core = request.app.state.core
-    ip = request.client.host if request.client else None
-    if core.settings.trust_forwarded_for:
-        forwarded = request.headers.get("x-forwarded-for")
-        if forwarded:
-            ip = forwarded.split(",", 1)[0].strip()[:64] or ip
+    ip = client_ip(request.scope, core.settings.trust_forwarded_for)
     return ClientInfo(ip=ip, user_agent=request.headers.get("user-agent"))
 
 
@@ -167,10 +168,12 @@ class Authorize:
             access.organisation, access.role = await authorize_org(
                 session, principal, _path_id(request, "org_id"), self.permission
             )
+            request.state.organisation_id = access.organisation.id  # for the request log
         elif self.on == "project":
             access.project, access.role = await authorize_project(
                 session, principal, _path_id(request, "project_id"), self.permission
             )
+            request.state.organisation_id = access.project.organisation_id
         else:
             principal.require_scope(self.permission)
         return access
@@ -249,3 +252,23 @@ async def project_hint(
 
 
 ProjectHint = Annotated[str | None, Depends(project_hint)]
+
+
+async def org_hint(
+    organisation_id: Annotated[
+        str | None,
+        Query(
+            pattern=ID_PATTERN,
+            description="Organisation to act for (default: your default project's).",
+        ),
+    ] = None,
+    x_organisation_id: Annotated[
+        str | None,
+        Header(alias="X-Organisation-ID", pattern=ID_PATTERN, description="Organisation."),
+    ] = None,
+) -> str | None:
+    """The organisation a billing request names (query, else ``X-Organisation-ID``)."""
+    return organisation_id or x_organisation_id
+
+
+OrgHint = Annotated[str | None, Depends(org_hint)]

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from pydantic import BaseModel
 from starlette.responses import Response
+from starlette.types import Send
 
 from nefos.domain.paging import PageParams
 
@@ -23,6 +25,8 @@ def utc_timestamp() -> str:
 
 
 def _plain(data: Any) -> Any:
+    if isinstance(data, datetime):  # ISO 8601 UTC with Z, as pydantic writes it
+        return data.astimezone(UTC).isoformat().replace("+00:00", "Z")
     if isinstance(data, BaseModel):
         return data.model_dump(mode="json")
     if isinstance(data, list | tuple):
@@ -79,3 +83,28 @@ def error_body(code: str, message: str, details: dict[str, Any] | None = None) -
         "detail": message,
         "timestamp": utc_timestamp(),
     }
+
+
+async def send_error(
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    """The error envelope straight to an ASGI ``send``, for the pure ASGI middlewares
+    that answer before (or instead of) the app."""
+    raw = orjson.dumps(error_body(code, message, details))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(raw)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": raw})

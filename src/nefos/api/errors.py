@@ -24,6 +24,7 @@ log = logging.getLogger("nefos.api")
 
 STATUS: dict[type[e.NefosError], int] = {
     e.ValidationFailed: 422,
+    e.MalformedRequest: 400,
     e.Unauthorized: 401,
     e.Forbidden: 403,
     e.NotFound: 404,

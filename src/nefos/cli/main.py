@@ -5,20 +5,27 @@ import typer
 from nefos.cli import (
     admin,
     alerts,
+    analytics,
     api_keys,
     auth,
     backups,
+    billing,
     containers,
     events,
     hosts,
     images,
+    invoices,
     networks,
     operations,
     orgs,
+    payments,
     projects,
+    quotes,
+    rate_limits,
     snapshots,
     vms,
     volumes,
+    wallet,
 )
 from nefos.cli.serve import serve
 
@@ -59,6 +66,16 @@ app.add_typer(operations.app, name="operation")
 app.add_typer(alerts.rules, name="alert-rule")
 app.add_typer(alerts.alerts, name="alert")
 app.add_typer(alerts.webhooks, name="webhook")
+app.add_typer(payments.app, name="payment")
+app.add_typer(quotes.products, name="product")
+app.add_typer(quotes.quotes, name="quote")
+app.add_typer(quotes.payouts, name="payout")
+app.add_typer(quotes.accounts, name="billing-account")
+app.add_typer(billing.app, name="billing")
+app.add_typer(wallet.app, name="wallet")
+app.add_typer(invoices.app, name="invoice")
+app.add_typer(analytics.app, name="analytics")
+app.add_typer(rate_limits.app, name="rate-limit")
 
 
 def main() -> None:

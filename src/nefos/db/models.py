@@ -8,6 +8,7 @@ test fails when the models and the migrations drift apart.
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -22,10 +23,11 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from nefos.db.types import UTCDateTime, new_id, utcnow
+from nefos.db.types import Amount, UTCDateTime, new_id, utcnow
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -295,6 +297,8 @@ class Container(Base):
     status: Mapped[str] = mapped_column(String(16), nullable=False)
     desired: Mapped[str] = mapped_column(String(16), nullable=False, default="running")
     status_reason: Mapped[str | None] = mapped_column(Text)
+    # Metered up to here (nefos.billing.metering): the next usage record starts here.
+    billed_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
 
@@ -507,6 +511,8 @@ class Vm(Base):
     status: Mapped[str] = mapped_column(String(16), nullable=False)
     desired: Mapped[str] = mapped_column(String(16), nullable=False, default="running")
     status_reason: Mapped[str | None] = mapped_column(Text)
+    # Metered up to here (nefos.billing.metering): the next usage record starts here.
+    billed_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
 
@@ -541,6 +547,8 @@ class Volume(Base):
     # creating, available, attaching, in-use, detaching, resizing, deleting, error
     status: Mapped[str] = mapped_column(String(16), nullable=False)
     status_reason: Mapped[str | None] = mapped_column(Text)
+    # Metered up to here (nefos.billing.metering): the next usage record starts here.
+    billed_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
 
@@ -791,4 +799,439 @@ class MetricRollupHour(_MetricRollup, Base):
     __table_args__ = (
         Index("ix_metric_rollups_1h_bucket", "bucket"),
         {"sqlite_with_rowid": False},
+    )
+
+
+# --- billing -----------------------------------------------------------------------------
+# Money is ``Amount`` (exact, nine places) everywhere; see nefos.billing.
+class BillingAccount(Base):
+    """An organisation's billing settings. Made on first use with the defaults."""
+
+    __tablename__ = "billing_accounts"
+
+    organisation_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("organisations.id", ondelete="CASCADE"), primary_key=True
+    )
+    currency: Mapped[str] = mapped_column(String(3), nullable=False)
+    # A reseller's margin on the prices of the organisations it created, in percent.
+    margin_percent: Mapped[Decimal] = mapped_column(Amount(), nullable=False, default=Decimal(0))
+    low_balance_threshold: Mapped[Decimal] = mapped_column(Amount(), nullable=False)
+    # When the available balance went under the threshold (one warning per crossing).
+    low_balance_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # When it reached zero: the grace period before instances stop runs from here.
+    depleted_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # When Nefos stopped the organisation's instances for want of funds.
+    suspended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+
+class Product(Base):
+    """One price of the catalogue. A price is never edited: a change closes the row
+    (``effective_to``) and opens a new one, so usage is rated with the price in force
+    when it happened."""
+
+    __tablename__ = "products"
+
+    id: Mapped[str] = _id()
+    sku: Mapped[str] = mapped_column(String(80), nullable=False)
+    meter: Mapped[str] = mapped_column(String(32), nullable=False)
+    flavor: Mapped[str | None] = mapped_column(String(64))
+    currency: Mapped[str] = mapped_column(String(3), nullable=False)
+    unit_price: Mapped[Decimal] = mapped_column(Amount(), nullable=False)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    description: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    effective_from: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    effective_to: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_by: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = _created()
+
+    __table_args__ = (
+        Index("ix_products_currency_sku_from", "currency", "sku", "effective_from"),
+        # One price in force per SKU and currency.
+        Index(
+            "uq_products_in_force",
+            "currency",
+            "sku",
+            unique=True,
+            sqlite_where=text("effective_to IS NULL"),
+            postgresql_where=text("effective_to IS NULL"),
+        ),
+    )
+
+
+class Wallet(Base):
+    """A prepaid balance of one organisation in one currency.
+
+    ``balance`` always equals the sum of the wallet's ledger entries: both change in
+    one transaction, by a guarded ``UPDATE`` that never takes the balance below zero.
+    """
+
+    __tablename__ = "wallets"
+
+    id: Mapped[str] = _id()
+    organisation_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("organisations.id", ondelete="CASCADE"), nullable=False
+    )
+    currency: Mapped[str] = mapped_column(String(3), nullable=False)
+    balance: Mapped[Decimal] = mapped_column(Amount(), nullable=False, default=Decimal(0))
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+    __table_args__ = (
+        UniqueConstraint("organisation_id", "currency", name="uq_wallets_organisation_id_currency"),
+    )
+
+
+class LedgerEntry(Base):
+    """One movement of a wallet: append-only (a trigger refuses UPDATE).
+
+    ``key`` makes a movement idempotent: a top-up's Idempotency-Key, a charge's
+    usage batch; a second entry with the same key in the wallet is refused.
+    """
+
+    __tablename__ = "ledger_entries"
+
+    id: Mapped[str] = _id()
+    wallet_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("wallets.id", ondelete="CASCADE"), nullable=False
+    )
+    # top_up, charge, refund, adjustment, payout, revenue
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    amount: Mapped[Decimal] = mapped_column(Amount(), nullable=False)
+    balance_after: Mapped[Decimal] = mapped_column(Amount(), nullable=False)
+    description: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    reference_kind: Mapped[str | None] = mapped_column(String(32))
+    reference_id: Mapped[str | None] = mapped_column(String(64))
+    key: Mapped[str | None] = mapped_column(String(255))
+    created_by: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = _created()
+
+    __table_args__ = (
+        UniqueConstraint("wallet_id", "key", name="uq_ledger_entries_wallet_id_key"),
+        Index("ix_ledger_entries_wallet_created_id", "wallet_id", "created_at", "id"),
+    )
+
+
+# The columns rating reads of a usage record (besides its organisation and start).
+USAGE_RATED = (
+    "resource_kind",
+    "resource_id",
+    "resource_name",
+    "flavor",
+    "state",
+    "seconds",
+    "cpu_milli",
+    "memory_mb",
+    "storage_gb",
+    "instances",
+    "network_bytes",
+)
+
+
+class UsageRecord(Base):
+    """A resource's time in one billable state, or its network traffic in one hour.
+
+    ``key`` (resource and start) is unique: recording the same usage twice is a
+    no-op. ``charge_id`` is the ledger entry that charged it (NULL: not yet).
+    Quantities stay in base units (seconds, milli-vCPUs, MiB, GB, bytes); rating
+    multiplies them by the catalogue's prices.
+    """
+
+    __tablename__ = "usage_records"
+
+    id: Mapped[str] = _id()
+    key: Mapped[str] = mapped_column(String(200), nullable=False, unique=True)
+    organisation_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    project_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    resource_kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    resource_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    resource_name: Mapped[str] = mapped_column(String(63), nullable=False, default="")
+    # running (compute and storage), stopped (storage only), network
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    ended_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    seconds: Mapped[int] = mapped_column(Integer, nullable=False)
+    cpu_milli: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    memory_mb: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    storage_gb: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    instances: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    flavor: Mapped[str | None] = mapped_column(String(64))
+    network_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    charge_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = _created()
+
+    __table_args__ = (
+        # On PostgreSQL it covers what rating sums (``rating.totals_columns``): an
+        # organisation's month is an index-only scan of its own slice of the index,
+        # not a visit to every heap page (records of all organisations are written
+        # hour by hour, side by side).
+        Index(
+            "ix_usage_records_org_started",
+            "organisation_id",
+            "started_at",
+            postgresql_include=list(USAGE_RATED),
+        ),
+        Index("ix_usage_records_resource_started", "resource_kind", "resource_id", "started_at"),
+        Index(
+            "ix_usage_records_uncharged",
+            "organisation_id",
+            sqlite_where=text("charge_id IS NULL"),
+            postgresql_where=text("charge_id IS NULL"),
+        ),
+    )
+
+
+class Invoice(Base):
+    """A monthly (by default) statement of an organisation's usage, or a credit note
+    correcting one (``kind``, ``corrects_id``). Lines are written while it is a
+    draft; once finalized nothing in it changes."""
+
+    __tablename__ = "invoices"
+
+    id: Mapped[str] = _id()
+    number: Mapped[str | None] = mapped_column(String(40), unique=True)
+    organisation_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("organisations.id", ondelete="CASCADE"), nullable=False
+    )
+    kind: Mapped[str] = mapped_column(String(16), nullable=False, default="invoice")
+    # NO ACTION: an invoice with credit notes cannot be deleted on its own, but goes
+    # with them (its organisation's deletion cascades to both in one statement).
+    corrects_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("invoices.id"), index=True
+    )
+    currency: Mapped[str] = mapped_column(String(3), nullable=False)
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    period_end: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    # draft, open (finalized, unpaid), paid, void
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="draft")
+    subtotal: Mapped[Decimal] = mapped_column(Amount(), nullable=False, default=Decimal(0))
+    total: Mapped[Decimal] = mapped_column(Amount(), nullable=False, default=Decimal(0))
+    notes: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    # One invoice per organisation, currency and period ("<org>:<cur>:<start>").
+    period_key: Mapped[str | None] = mapped_column(String(120), unique=True)
+    finalized_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    voided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+    __table_args__ = (Index("ix_invoices_org_period", "organisation_id", "period_start", "id"),)
+
+
+class InvoiceLine(Base):
+    __tablename__ = "invoice_lines"
+
+    id: Mapped[str] = _id()
+    invoice_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("invoices.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    position: Mapped[int] = mapped_column(Integer, nullable=False)
+    resource_kind: Mapped[str | None] = mapped_column(String(16))
+    resource_id: Mapped[str | None] = mapped_column(String(36))
+    resource_name: Mapped[str] = mapped_column(String(63), nullable=False, default="")
+    meter: Mapped[str] = mapped_column(String(32), nullable=False)
+    sku: Mapped[str | None] = mapped_column(String(80))
+    description: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    quantity: Mapped[Decimal] = mapped_column(Amount(), nullable=False)
+    unit: Mapped[str] = mapped_column(String(16), nullable=False)
+    unit_price: Mapped[Decimal] = mapped_column(Amount(), nullable=False)
+    # quantity times unit_price, rounded half-up to the currency's minor unit: once.
+    amount: Mapped[Decimal] = mapped_column(Amount(), nullable=False)
+    # On a credit note: the line of the corrected invoice this line credits.
+    corrects_line_id: Mapped[str | None] = mapped_column(String(36))
+
+
+class InvoiceSequence(Base):
+    """The last number given in one series of invoice numbers (``NEF-2026``). It is
+    taken with ``UPDATE ... RETURNING`` in the finalizing transaction: the row lock
+    orders concurrent finalizations, and a rolled back one gives its number back, so
+    numbers are unique and without gaps."""
+
+    __tablename__ = "invoice_sequences"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    last: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+
+
+class Payment(Base):
+    """A top-up through a payment provider (``manual``: confirmed by a platform
+    admin; ``stripe``: a PaymentIntent). Credits the wallet once, when it succeeds."""
+
+    __tablename__ = "payments"
+
+    id: Mapped[str] = _id()
+    organisation_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("organisations.id", ondelete="CASCADE"), nullable=False
+    )
+    wallet_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("wallets.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    provider: Mapped[str] = mapped_column(String(16), nullable=False)
+    amount: Mapped[Decimal] = mapped_column(Amount(), nullable=False)
+    currency: Mapped[str] = mapped_column(String(3), nullable=False)
+    # pending, succeeded, failed, cancelled
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    provider_ref: Mapped[str | None] = mapped_column(String(255), unique=True)
+    client_secret: Mapped[str | None] = mapped_column(String(255))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    description: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    ledger_entry_id: Mapped[str | None] = mapped_column(String(36))
+    created_by: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    confirmed_by: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        UniqueConstraint(
+            "organisation_id",
+            "idempotency_key",
+            name="uq_payments_organisation_id_idempotency_key",
+        ),
+        Index("ix_payments_org_created_id", "organisation_id", "created_at", "id"),
+    )
+
+
+class Quote(Base):
+    """A priced configuration (VMs, containers, volumes), valid until ``valid_until``;
+    accepting it provisions the configuration (``resources``: what was made)."""
+
+    __tablename__ = "quotes"
+
+    id: Mapped[str] = _id()
+    organisation_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("organisations.id", ondelete="CASCADE"), nullable=False
+    )
+    project_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("projects.id", ondelete="SET NULL")
+    )
+    name: Mapped[str] = mapped_column(String(200), nullable=False, default="")
+    currency: Mapped[str] = mapped_column(String(3), nullable=False)
+    hours_per_month: Mapped[int] = mapped_column(Integer, nullable=False)
+    items: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False)
+    lines: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False)
+    monthly_total: Mapped[Decimal] = mapped_column(Amount(), nullable=False)
+    # open, accepted, expired, cancelled
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="open")
+    valid_until: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    resources: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False, default=list)
+    created_by: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    accepted_by: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+    __table_args__ = (Index("ix_quotes_org_created_id", "organisation_id", "created_at", "id"),)
+
+
+class Payout(Base):
+    """Earnings (a reseller's margin, a creator's marketplace revenue) paid out of
+    the wallet: requested by the organisation, settled by a platform admin."""
+
+    __tablename__ = "payouts"
+
+    id: Mapped[str] = _id()
+    organisation_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("organisations.id", ondelete="CASCADE"), nullable=False
+    )
+    wallet_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("wallets.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    amount: Mapped[Decimal] = mapped_column(Amount(), nullable=False)
+    currency: Mapped[str] = mapped_column(String(3), nullable=False)
+    # pending, paid, rejected
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    method: Mapped[str] = mapped_column(String(32), nullable=False, default="bank_transfer")
+    destination: Mapped[str] = mapped_column(String(200), nullable=False, default="")
+    note: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    ledger_entry_id: Mapped[str | None] = mapped_column(String(36))
+    requested_by: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+    __table_args__ = (
+        UniqueConstraint(
+            "organisation_id", "idempotency_key", name="uq_payouts_organisation_id_idempotency_key"
+        ),
+        Index("ix_payouts_org_created_id", "organisation_id", "created_at", "id"),
+    )
+
+
+# --- gateway -----------------------------------------------------------------------------
+class RateLimitOverride(Base):
+    """An organisation's own limit for one rate-limit group, set by a platform admin.
+
+    ``group`` is one of ``nefos.gateway.ratelimit.GROUPS`` (``auth``, ``containers``,
+    ``monitoring``, ``billing``) or ``user`` (the overall limit per user or API key).
+    The limit applies to the organisation's members and its API keys; a member of
+    several organisations gets the most generous one.
+    """
+
+    __tablename__ = "rate_limit_overrides"
+
+    organisation_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("organisations.id", ondelete="CASCADE"), primary_key=True
+    )
+    group: Mapped[str] = mapped_column(String(32), primary_key=True)
+    limit: Mapped[int] = mapped_column(Integer, nullable=False)  # requests per window
+    window: Mapped[int] = mapped_column(Integer, nullable=False)  # seconds
+    updated_by: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+
+class RequestLogEntry(Base):
+    """One API request, written in batches off the request path
+    (``nefos.gateway.requestlog``) and read by ``/analytics``.
+
+    ``ts`` is epoch milliseconds, like the metric samples: bucketing by integer
+    division costs the same on both backends. No foreign keys: the log outlives
+    what it names and is pruned by age alone.
+    """
+
+    __tablename__ = "request_log"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    ts: Mapped[int] = mapped_column(BigInteger, nullable=False)  # epoch ms, request start
+    method: Mapped[str] = mapped_column(String(8), nullable=False)
+    route: Mapped[str] = mapped_column(String(256), nullable=False)  # path template
+    status: Mapped[int] = mapped_column(Integer, nullable=False)
+    duration_ms: Mapped[float] = mapped_column(Float, nullable=False)
+    user_id: Mapped[str | None] = mapped_column(String(36))
+    organisation_id: Mapped[str | None] = mapped_column(String(36))
+    api_key_id: Mapped[str | None] = mapped_column(String(36))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    network: Mapped[str | None] = mapped_column(String(64))  # the IP's /24 or /48
+    country: Mapped[str | None] = mapped_column(String(2))  # ISO 3166, from GeoIP
+    user_agent: Mapped[str | None] = mapped_column(String(256))
+    bytes_in: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    bytes_out: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+
+    __table_args__ = (
+        Index("ix_request_log_ts", "ts"),
+        Index("ix_request_log_org_ts", "organisation_id", "ts"),
     )

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy import BigInteger, DateTime, Dialect, Numeric
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -42,3 +43,46 @@ def utcnow() -> datetime:
 
 def new_id() -> str:
     return str(uuid.uuid4())
+
+
+AMOUNT_SCALE = 9
+_AMOUNT_QUANTUM = Decimal(1).scaleb(-AMOUNT_SCALE)
+_AMOUNT_FACTOR = 10**AMOUNT_SCALE
+
+
+class Amount(TypeDecorator[Decimal]):
+    """An exact decimal with nine places, as ``Decimal`` on every backend.
+
+    PostgreSQL stores ``NUMERIC(30, 9)``. SQLite has no exact decimal (its NUMERIC
+    is a float), so there the value is an integer count of 10⁻⁹ units: sums,
+    comparisons and guarded ``UPDATE ... SET balance = balance - :x`` stay exact in
+    SQL, and the type turns results back into ``Decimal``. Values are quantized to
+    nine places half-up on the way in; money is rounded to the currency's minor
+    unit elsewhere (``nefos.billing.money``), at the invoice line.
+    """
+
+    impl = Numeric(30, AMOUNT_SCALE)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return dialect.type_descriptor(Numeric(30, AMOUNT_SCALE, asdecimal=True))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        exact = Decimal(value).quantize(_AMOUNT_QUANTUM, rounding=ROUND_HALF_UP)
+        if dialect.name == "sqlite":
+            return int(exact * _AMOUNT_FACTOR)
+        return exact
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        raw = Decimal(int(value)) / _AMOUNT_FACTOR if dialect.name == "sqlite" else Decimal(value)
+        return raw.quantize(_AMOUNT_QUANTUM)
+
+    @property
+    def python_type(self) -> type[Decimal]:
+        return Decimal

@@ -80,6 +80,9 @@ class Permission(StrEnum):
     # Monitoring: metrics, alerts and alert rules, webhooks, events.
     MONITORING_READ = "monitoring.read"
     MONITORING_WRITE = "monitoring.write"
+    # Billing: wallets, usage, invoices, payments, quotes, payouts.
+    BILLING_READ = "billing.read"
+    BILLING_WRITE = "billing.write"
     # Platform administration.
     PLATFORM_ADMIN = "platform.admin"
 
@@ -109,6 +112,8 @@ PERMISSION_SCOPE: dict[Permission, Scope] = {
     Permission.COMPUTE_WRITE: Scope.COMPUTE_WRITE,
     Permission.MONITORING_READ: Scope.MONITORING_READ,
     Permission.MONITORING_WRITE: Scope.MONITORING_WRITE,
+    Permission.BILLING_READ: Scope.BILLING_READ,
+    Permission.BILLING_WRITE: Scope.BILLING_WRITE,
     Permission.PLATFORM_ADMIN: Scope.ADMIN,
 }
 
@@ -120,6 +125,7 @@ _VIEWER = frozenset(
         Permission.QUOTA_READ,
         Permission.COMPUTE_READ,
         Permission.MONITORING_READ,
+        Permission.BILLING_READ,
     }
 )
 # Members run workloads in the organisation's projects (and watch them: alert
@@ -133,6 +139,9 @@ _ADMIN = _MEMBER | {
     Permission.PROJECT_UPDATE,
     Permission.PROJECT_DELETE,
     Permission.QUOTA_UPDATE,
+    # Paying (top-ups, payments, payouts) and accepting quotes is the organisation's
+    # managers' call.
+    Permission.BILLING_WRITE,
 }
 _OWNER = _ADMIN | {Permission.ORG_DELETE}
 

@@ -8,6 +8,7 @@ never reaches a response body.
 
     NefosError
     ├── ValidationFailed      VALIDATION_ERROR    bad input that passed the schema
+    │   └── MalformedRequest                      a request that cannot be read at all (400)
     ├── Unauthorized          UNAUTHORIZED        no, bad, expired or revoked credentials
     ├── Forbidden             FORBIDDEN           authenticated, but the role or scope lacks it
     ├── NotFound              NOT_FOUND           missing, or another tenant's (same answer)
@@ -36,6 +37,13 @@ class NefosError(Exception):
 class ValidationFailed(NefosError):
     code = "VALIDATION_ERROR"
     default_message = "Invalid input parameters"
+
+
+class MalformedRequest(ValidationFailed):
+    """The request cannot be read at all: a body that does not parse, a signature
+    that does not verify (400, where ValidationFailed is 422)."""
+
+    default_message = "Malformed request"
 
 
 class Unauthorized(NefosError):

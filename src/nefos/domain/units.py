@@ -44,7 +44,7 @@ def parse_cpu_milli(value: str | float | int) -> int:
     text = str(value).strip().lower()
     try:
         milli = int(Decimal(text[:-1])) if text.endswith("m") else int(Decimal(text) * 1000)
-    except (InvalidOperation, ValueError):
+    except (InvalidOperation, ValueError, OverflowError):  # OverflowError: "Infinity"
         raise ValueError("CPU must be a number of cores such as '0.5' or '2'") from None
     if milli < 10:
         raise ValueError("CPU must be at least 0.01 cores")

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 
@@ -32,6 +33,10 @@ OrgResolver = Callable[[str], Awaitable[str | None]]
 Accept = Callable[[Event], bool]
 
 OUTBOX_SIZE = 100_000
+
+
+def _untyped(value: Any) -> Any:
+    return value
 
 
 class Subscription:
@@ -266,7 +271,7 @@ class RedisBus(EventBus):
                 delay = min(delay * 2, 5.0)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await _untyped(pubsub).aclose()  # typed in some redis releases only
 
     def _warn(self, message: str) -> None:
         now = time.monotonic()

@@ -15,12 +15,10 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from typing import Any
 
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nefos.api.envelope import error_body
+from nefos.api.envelope import send_error
 from nefos.gateway.counters import RequestCounters
 
 log = logging.getLogger("nefos.gateway")
@@ -35,22 +33,6 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return value  # type: ignore[no-any-return]
     return None
-
-
-async def _send_json(send: Send, status: int, body: dict[str, Any], rid: str) -> None:
-    raw = orjson.dumps(body)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(raw)).encode()),
-                (b"x-request-id", rid.encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": raw})
 
 
 class RequestContextMiddleware:
@@ -70,15 +52,13 @@ class RequestContextMiddleware:
         if accept:
             m = _VENDOR.search(accept)
             if m and m.group(1).decode(errors="replace") not in SUPPORTED_VERSIONS:
-                await _send_json(
+                await send_error(
                     send,
                     406,
-                    error_body(
-                        "UNSUPPORTED_VERSION",
-                        "Unsupported API version",
-                        {"supported": sorted(SUPPORTED_VERSIONS)},
-                    ),
-                    rid,
+                    "UNSUPPORTED_VERSION",
+                    "Unsupported API version",
+                    {"supported": sorted(SUPPORTED_VERSIONS)},
+                    [(b"x-request-id", rid.encode())],
                 )
                 return
 
@@ -107,9 +87,11 @@ class RequestContextMiddleware:
             if started:
                 raise
             self.counters.count(500)
-            await _send_json(
+            await send_error(
                 send,
                 500,
-                error_body("INTERNAL_ERROR", "Internal server error", {"request_id": rid}),
-                rid,
+                "INTERNAL_ERROR",
+                "Internal server error",
+                {"request_id": rid},
+                [(b"x-request-id", rid.encode())],
             )

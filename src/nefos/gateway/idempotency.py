@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any
 
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nefos.api.envelope import error_body
-from nefos.security.apikeys import looks_like_api_key
+from nefos.api.envelope import send_error
+from nefos.gateway.client import credential
 from nefos.security.tokens import InvalidToken
 from nefos.services import idempotency
 from nefos.services.core import Core
@@ -54,7 +52,7 @@ class IdempotencyMiddleware:
             return
         key = raw_key.decode("latin-1").strip()
         if not key or len(key) > MAX_KEY or not key.isprintable() or not key.isascii():
-            await _reply(
+            await send_error(
                 send,
                 422,
                 "VALIDATION_ERROR",
@@ -69,7 +67,7 @@ class IdempotencyMiddleware:
             return
         body, more = await _read_body(receive)
         if more:
-            await _reply(send, 413, "VALIDATION_ERROR", "Request body too large", {})
+            await send_error(send, 413, "VALIDATION_ERROR", "Request body too large", {})
             return
         fingerprint = hashlib.sha256(
             b"\0".join(
@@ -81,7 +79,7 @@ class IdempotencyMiddleware:
                 session, owner, key, fingerprint, core.settings.idempotency_ttl
             )
         if result.outcome is Outcome.MISMATCH:
-            await _reply(
+            await send_error(
                 send,
                 422,
                 "VALIDATION_ERROR",
@@ -90,7 +88,7 @@ class IdempotencyMiddleware:
             )
             return
         if result.outcome is Outcome.IN_PROGRESS:
-            await _reply(
+            await send_error(
                 send,
                 409,
                 "CONFLICT",
@@ -173,23 +171,13 @@ async def _settle(
 
 
 def _owner(core: Core, headers: dict[bytes, bytes]) -> str | None:
-    token: str | None = None
-    auth = headers.get(b"authorization")
-    if auth and auth[:7].lower() == b"bearer ":
-        token = auth[7:].decode("latin-1").strip()
-    token = (
-        token
-        or (headers.get(b"x-auth-token") or headers.get(b"x-api-key") or b"")
-        .decode("latin-1")
-        .strip()
-        or None
-    )
-    if not token:
+    presented = credential(headers)
+    if presented is None:
         return None
-    if looks_like_api_key(token):
-        return "key:" + hashlib.sha256(token.encode()).hexdigest()[:40]
+    if presented.is_api_key:
+        return "key:" + presented.key_hash[:40]
     try:
-        claims = core.tokens.decode(token, typ="access")
+        claims = core.tokens.decode(presented.token, typ="access")
     except InvalidToken:
         return None
     return f"user:{claims.sub}"
@@ -216,19 +204,4 @@ async def _replay(send: Send, status: int, headers: dict[str, str], body: str) -
     out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
     out += [(b"content-length", str(len(raw)).encode()), (b"idempotent-replayed", b"true")]
     await send({"type": "http.response.start", "status": status, "headers": out})
-    await send({"type": "http.response.body", "body": raw})
-
-
-async def _reply(send: Send, status: int, code: str, message: str, details: dict[str, Any]) -> None:
-    raw = orjson.dumps(error_body(code, message, details))
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(raw)).encode()),
-            ],
-        }
-    )
     await send({"type": "http.response.body", "body": raw})

@@ -360,6 +360,8 @@ class AlertEngine:
                 if (alert.resource_kind, alert.resource_id) not in existing:
                     queued += await self._resolve(session, alert, now, "the resource is gone")
                 continue
+            if alert.kind not in BUILTIN_NAMES:
+                continue  # raised and resolved by its owner (billing's low_balance)
             key = builtin_key(alert.kind, alert.resource_id)
             if key in wrong:
                 seen.add(key)

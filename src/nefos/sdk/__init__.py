@@ -21,6 +21,7 @@ beginning with ``_`` are private.
 from nefos.schemas.common import Message, Page, Pagination
 from nefos.schemas.events import EventMessage
 from nefos.sdk._alerts import AlertRules, Alerts, Webhooks
+from nefos.sdk._analytics import Analytics
 from nefos.sdk._client import Client
 from nefos.sdk._errors import (
     AuthenticationError,
@@ -39,6 +40,18 @@ from nefos.sdk._errors import (
     ValidationError,
 )
 from nefos.sdk._events import EventStream
+from nefos.sdk._invoices import Invoices
+from nefos.sdk._payments import Payments
+from nefos.sdk._quotes import (
+    BillingAccounts,
+    Payouts,
+    Products,
+    Quotes,
+    container_item,
+    vm_item,
+    volume_item,
+)
+from nefos.sdk._rate_limits import RateLimits
 from nefos.sdk._resources import (
     Admin,
     ApiKeys,
@@ -64,10 +77,12 @@ __all__ = [
     "Admin",
     "AlertRules",
     "Alerts",
+    "Analytics",
     "ApiKeys",
     "Auth",
     "AuthenticationError",
     "Backups",
+    "BillingAccounts",
     "Client",
     "ConflictError",
     "Containers",
@@ -76,6 +91,7 @@ __all__ = [
     "Hosts",
     "Images",
     "InternalServerError",
+    "Invoices",
     "Message",
     "Monitoring",
     "NefosAPIError",
@@ -89,9 +105,14 @@ __all__ = [
     "Organisations",
     "Page",
     "Pagination",
+    "Payments",
+    "Payouts",
     "PermissionDeniedError",
+    "Products",
     "Projects",
+    "Quotes",
     "RateLimitedError",
+    "RateLimits",
     "ResourceExhaustedError",
     "ServiceUnavailableError",
     "Snapshots",
@@ -102,4 +123,7 @@ __all__ = [
     "Vms",
     "Volumes",
     "Webhooks",
+    "container_item",
+    "vm_item",
+    "volume_item",
 ]

@@ -43,6 +43,8 @@ import httpx
 
 from nefos.schemas.identity import AuthResult
 from nefos.sdk._alerts import AlertRules, Alerts, Webhooks
+from nefos.sdk._analytics import Analytics
+from nefos.sdk._billing import Billing, Wallet
 from nefos.sdk._errors import (
     AuthenticationError,
     NefosAPIError,
@@ -50,6 +52,10 @@ from nefos.sdk._errors import (
     error_from_response,
 )
 from nefos.sdk._events import EventStream
+from nefos.sdk._invoices import Invoices
+from nefos.sdk._payments import Payments
+from nefos.sdk._quotes import BillingAccounts, Payouts, Products, Quotes
+from nefos.sdk._rate_limits import RateLimits
 from nefos.sdk._resources import (
     Admin,
     ApiKeys,
@@ -187,6 +193,16 @@ class Client:
         self.alerts = Alerts(self)
         self.webhooks = Webhooks(self)
         self.monitoring = Monitoring(self)
+        self.payments = Payments(self)
+        self.wallet = Wallet(self)
+        self.billing = Billing(self)
+        self.products = Products(self)
+        self.billing_account = BillingAccounts(self)
+        self.quotes = Quotes(self)
+        self.payouts = Payouts(self)
+        self.invoices = Invoices(self)
+        self.analytics = Analytics(self)
+        self.rate_limits = RateLimits(self)
 
     def events(
         self,
@@ -360,8 +376,11 @@ class Client:
         data: dict[str, str] | None = None,
         files: dict[str, tuple[str, IO[bytes]]] | None = None,
         authenticated: bool = True,
+        raw: bool = False,
     ) -> Any:
-        """Call ``path`` (relative to ``/api/v1``) and return the envelope's ``data``.
+        """Call ``path`` (relative to ``/api/v1``) and return the envelope's ``data``
+        (with ``raw``, the body as text: a page that is not an envelope, such as an
+        invoice's HTML).
 
         The low-level way to reach a route the typed methods do not cover yet.
         ``headers`` are sent besides the credentials (``Idempotency-Key``, ...).
@@ -395,6 +414,8 @@ class Client:
                     data=data,
                     files=files,
                 )
+        if raw and response.is_success:
+            return response.text
         return _unwrap(response)
 
 

@@ -24,6 +24,8 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from nefos.billing import metering
+from nefos.billing.engine import require_funds
 from nefos.db.models import Container, ContainerReplica, Host, Operation, Project
 from nefos.db.session import begin_write
 from nefos.domain.access import Permission
@@ -177,6 +179,9 @@ class ContainerService:
     async def _check_quota(
         self, project_id: str, add: int, cpu_milli: int, memory_mb: int, storage_gb: int = 0
     ) -> None:
+        project = await self.session.get(Project, project_id)
+        assert project is not None
+        await require_funds(self.session, self.core, project.organisation_id)
         await check_quota(
             self.session,
             project_id,
@@ -367,6 +372,9 @@ class ContainerService:
     ) -> tuple[Container, Operation]:
         if container.status == "deleting":
             raise Conflict("The container is being deleted")
+        project = await self.session.get(Project, container.project_id)
+        assert project is not None
+        await require_funds(self.session, self.core, project.organisation_id)
         return await self._transition(
             principal, container, kind="container.start", status="starting", desired="running"
         )
@@ -757,6 +765,11 @@ class ContainerOps:
             await self._remove(container, r, hosts.get(r.host_id))
         async with self.core.db.sessionmaker() as session:
             await begin_write(session)
+            current = await session.get(
+                Container, container.id, populate_existing=True, with_for_update=True
+            )
+            if current is not None:
+                await metering.close(session, current)
             gone = await session.execute(delete(Container).where(Container.id == container.id))
             if gone.rowcount:  # type: ignore[attr-defined]
                 record(session, container_event(container, container.status, "deleted"))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
+from nefos.billing import metering
 from nefos.config import Settings
 from nefos.db.models import Project
 from nefos.db.session import Database
@@ -21,6 +22,7 @@ from nefos.services.drivers import DriverManager, DriverOptions
 from nefos.services.placement import Placer, scheduler_config
 
 if TYPE_CHECKING:
+    from nefos.billing.engine import BillingEngine
     from nefos.monitoring.collector import Collector
 
 
@@ -36,12 +38,15 @@ class Core:
     events: EventBus
     metrics: MetricStore
     collector: Collector = field(init=False)
+    billing: BillingEngine = field(init=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Core:
         db = Database(settings.resolved_database_url, pool_size=settings.db_pool_size)
         events = event_bus(settings, db)
         capture.install(db, events.publish_many)
+        if settings.billing_enabled:
+            metering.install(db)
         core = cls(
             settings=settings,
             db=db,
@@ -70,6 +75,9 @@ class Core:
         from nefos.monitoring.collector import Collector
 
         core.collector = Collector(core)
+        from nefos.billing.engine import BillingEngine
+
+        core.billing = BillingEngine(core)
         return core
 
 

@@ -8,6 +8,8 @@
 * ``hosts``: a ping of every enabled host's driver, at once, each with a short
   timeout; ``degraded`` when some do not answer, ``none`` with no hosts.
 * ``orchestrator``: the operation workers of this process (``disabled`` with 0).
+* ``billing``: the billing pass of this process runs, and its last pass did not
+  fail (``disabled`` when ``NEFOS_BILLING_ENABLED`` is false). Not required.
 
 Host pings are cached for a few seconds, so that a load balancer polling
 ``/health`` does not turn into a ping storm on the hypervisors.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from sqlalchemy import select
 
@@ -32,6 +35,12 @@ HOST_CACHE_SECONDS = 5.0
 REQUIRED = ("database", "event_bus")
 
 
+class Checked(Protocol):
+    """What reports its own health (the gateway's rate limiter)."""
+
+    async def check(self) -> str: ...
+
+
 @dataclass
 class HealthReport:
     status: str
@@ -44,23 +53,27 @@ class HealthReport:
 
 
 class HealthChecker:
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, limiter: Checked | None = None) -> None:
         self.core = core
+        self.limiter = limiter
         self._hosts: tuple[float, dict[str, str]] | None = None
         self._lock = asyncio.Lock()
 
     async def report(self) -> HealthReport:
         services: dict[str, str] = {}
-        database, bus, redis, hosts = await asyncio.gather(
+        database, bus, redis, hosts, limiter = await asyncio.gather(
             self._database(),
             self.core.events.check(),
             self.core.events.check_redis(),
             self._ping_hosts(),
+            self._rate_limiter(),
         )
         services["database"] = database
         services["event_bus"] = bus
         services["redis"] = redis or "disabled"
         services["orchestrator"] = self._orchestrator()
+        services["billing"] = self._billing()
+        services["rate_limiter"] = limiter
         if database == HEALTHY:
             services["hosts"] = (
                 "none"
@@ -86,10 +99,23 @@ class HealthChecker:
             return UNHEALTHY
         return HEALTHY
 
+    async def _rate_limiter(self) -> str:
+        """``disabled``, ``healthy``, or with Redis down ``degraded`` (failing open:
+        counted per process) or ``unhealthy`` (failing closed: requests get 503)."""
+        return "disabled" if self.limiter is None else await self.limiter.check()
+
     def _orchestrator(self) -> str:
         if not self.core.settings.workers:
             return "disabled"
         return HEALTHY if self.core.workers.running else UNHEALTHY
+
+    def _billing(self) -> str:
+        if not self.core.settings.billing_enabled:
+            return "disabled"
+        engine = self.core.billing
+        if not engine.running:
+            return UNHEALTHY
+        return DEGRADED if engine.last_error is not None else HEALTHY
 
     async def _ping_hosts(self) -> dict[str, str]:
         async with self._lock:

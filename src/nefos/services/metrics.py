@@ -16,6 +16,7 @@ from nefos.domain.units import human_rate
 from nefos.monitoring.prometheus import HOST_FAMILIES, INSTANCE_FAMILIES, Exposition
 from nefos.monitoring.store import Row, Series, from_ms
 from nefos.monitoring.types import Metric, ResourceKind
+from nefos.services.analytics import request_totals
 from nefos.services.core import Core
 from nefos.services.principal import Principal, visible_org_ids
 
@@ -62,6 +63,12 @@ class RequestStats(Protocol):
     def requests_per_second(self) -> float: ...
 
     def error_rate(self) -> float: ...
+
+
+class DropCounts(Protocol):
+    """The request log's drops by reason (``queue_full``, ``write_failed``)."""
+
+    dropped: dict[str, int]
 
 
 class MetricsService:
@@ -190,11 +197,19 @@ class MetricsService:
         }
 
     async def summary(
-        self, requests: RequestStats, project_ids: Sequence[str] | None = None
+        self, project_ids: Sequence[str] | None = None, org_ids: Sequence[str] | None = None
     ) -> dict[str, Any]:
         """Seed 004's ``GET /metrics``: a ``system`` and a ``requests`` block. With
-        ``project_ids``, ``system`` covers those projects only (a tenant's view)."""
+        ``project_ids``, ``system`` covers those projects only (a tenant's view); with
+        ``org_ids``, ``requests`` those organisations' requests only.
+
+        ``requests`` comes from the request log (every server process's requests):
+        ``total_requests`` and ``error_rate`` (5xx, %) over what the log keeps
+        (``request_log_retention_days``), ``requests_per_second`` over the last
+        minute. Requests still queued (up to ``request_log_flush_interval``) are not
+        in it yet."""
         system = await (self.system() if project_ids is None else self.tenant_system(project_ids))
+        requests = await request_totals(self.session, org_ids)
         return {
             "system": {
                 "total_containers": system["containers"]["total"],
@@ -205,28 +220,27 @@ class MetricsService:
                 "total_memory_usage": system["memory_usage"] or 0.0,
                 "total_network_io": system["network"]["total"],
             },
-            "requests": {
-                "total_requests": requests.total,
-                "requests_per_second": round(requests.requests_per_second(), 2),
-                "error_rate": round(requests.error_rate(), 2),
-            },
+            "requests": requests,
         }
 
-    async def summary_for(self, principal: Principal, requests: RequestStats) -> dict[str, Any]:
+    async def summary_for(self, principal: Principal) -> dict[str, Any]:
         """``summary`` as ``principal`` may see it: the platform for a platform admin
-        (not bound to an organisation by an API key), else the projects of the
-        organisations they hold a role in."""
+        (not bound to an organisation by an API key), else the projects and the
+        requests of the organisations they hold a role in."""
         if principal.is_admin and principal.key_organisation_id is None:
-            return await self.summary(requests)
+            return await self.summary()
         orgs = await visible_org_ids(self.session, principal)
         projects = (
             await self.session.scalars(select(Project.id).where(Project.organisation_id.in_(orgs)))
         ).all()
-        return await self.summary(requests, list(projects))
+        return await self.summary(list(projects), orgs)
 
-    async def prometheus(self, requests: RequestStats) -> str:
+    async def prometheus(
+        self, requests: RequestStats, request_log: DropCounts | None = None
+    ) -> str:
         """The Prometheus text exposition (format 0.0.4) of the platform and of every
-        instance sampled in the last passes."""
+        instance sampled in the last passes; with ``request_log``, the requests this
+        process's request log dropped."""
         latest = await self._latest()
         hosts = {h.id: h for h in await self.session.scalars(select(Host))}
         vm_ids = [r[0] for r in latest if r[3] == ResourceKind.VM]
@@ -263,6 +277,15 @@ class MetricsService:
             "nefos_http_requests_per_second", "gauge", "Requests per second over the last minute."
         )
         out.sample("nefos_http_requests_per_second", {}, requests.requests_per_second())
+        if request_log is not None:
+            out.metric(
+                "nefos_request_log_dropped_total",
+                "counter",
+                "Requests the request log did not record: its queue was full, or writing "
+                "them failed.",
+            )
+            for reason, n in sorted(request_log.dropped.items()):
+                out.sample("nefos_request_log_dropped_total", {"reason": reason}, n)
 
         by_family: dict[str, list[tuple[dict[str, str], float]]] = {}
         for resource_id, metric, _ts, kind, project_id, value in latest:

@@ -28,6 +28,8 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from nefos.billing import metering
+from nefos.billing.engine import require_funds
 from nefos.db.models import Backup, Host, Network, Operation, Project, Snapshot, Vm, Volume
 from nefos.db.session import begin_write
 from nefos.domain.access import Permission
@@ -335,6 +337,7 @@ class StorageService:
                 select(Volume.id).where(Volume.project_id == project.id, Volume.name == body.name)
             ):
                 raise Conflict("A volume with this name exists in the project", name=body.name)
+            await require_funds(self.session, self.core, project.organisation_id)
             await check_quota(self.session, project.id, storage_gb=body.size_gb)
             if vm is not None:
                 host_id: str = vm.host_id
@@ -535,6 +538,12 @@ class StorageOps:
     async def _remove(self, model: Any, object_id: str) -> None:
         async with self.core.db.sessionmaker() as session:
             await begin_write(session)
+            if model is Volume:
+                current = await session.get(
+                    Volume, object_id, populate_existing=True, with_for_update=True
+                )
+                if current is not None:
+                    await metering.close(session, current)
             await session.execute(delete(model).where(model.id == object_id))
             await session.commit()
 

@@ -24,6 +24,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from nefos.billing import metering
+from nefos.billing.engine import require_funds
 from nefos.db.models import Host, Image, Network, Operation, Project, Vm, Volume
 from nefos.db.session import begin_write
 from nefos.domain.access import Permission
@@ -193,6 +195,7 @@ class VmService:
                     raise ValidationFailed(
                         "No such network in this project", network_id=body.network_id
                     )
+            await require_funds(self.session, self.core, project.organisation_id)
             await check_quota(
                 self.session,
                 project.id,
@@ -287,6 +290,11 @@ class VmService:
                 "The host chosen for this VM does not answer; try again", reason=exc.error
             ) from exc
 
+    async def _org_of(self, vm: Vm) -> str:
+        project = await self.session.get(Project, vm.project_id)
+        assert project is not None
+        return project.organisation_id
+
     # --- transitions ------------------------------------------------------------------
     async def _transition(
         self,
@@ -336,6 +344,7 @@ class VmService:
         return current, op
 
     async def start(self, principal: Principal, vm: Vm) -> tuple[Vm, Operation]:
+        await require_funds(self.session, self.core, await self._org_of(vm))
         return await self._transition(
             principal, vm, kind="vm.start", status="starting", desired="running"
         )
@@ -652,8 +661,9 @@ class VmOps:
             await driver_call(self.core, host, driver.destroy(domain_of(vm)))
         async with self.core.db.sessionmaker() as session:
             await begin_write(session)
-            row = await session.get(Vm, vm.id, populate_existing=True)
+            row = await session.get(Vm, vm.id, populate_existing=True, with_for_update=True)
             if row is not None:
+                await metering.close(session, row)
                 await self.core.placer.release(
                     session, row.host_id, vm_request(row, host.driver if host else "libvirt")
                 )

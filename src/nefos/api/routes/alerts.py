@@ -42,9 +42,9 @@ from nefos.services.principal import resolve_project
 
 router = APIRouter(prefix="/monitoring", tags=["monitoring"])
 
-RuleId = Annotated[str, ObjectId]
-AlertId = Annotated[str, ObjectId]
-WebhookId = Annotated[str, ObjectId]
+RuleId = ObjectId
+AlertId = ObjectId
+WebhookId = ObjectId
 IdFilter = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 READ = Permission.MONITORING_READ

@@ -34,7 +34,7 @@ from nefos.services.principal import resolve_project
 
 router = APIRouter(prefix="/containers", tags=["containers"])
 
-ContainerId = Annotated[str, ObjectId]
+ContainerId = ObjectId
 StatusFilter = Annotated[
     str | None,
     Query(

@@ -22,7 +22,8 @@ class Health(BaseModel):
     version: str
     services: dict[str, str] = Field(
         description="database, event_bus, redis (`disabled` without NEFOS_REDIS_URL), "
-        "hosts (`none`, `healthy` or `degraded`), orchestrator."
+        "hosts (`none`, `healthy` or `degraded`), orchestrator, billing, rate_limiter "
+        "(`degraded`: its Redis is down and each process counts alone)."
     )
     timestamp: str
 
@@ -30,7 +31,8 @@ class Health(BaseModel):
 def _checker(request: Request, core: CoreDep) -> HealthChecker:
     checker: HealthChecker | None = getattr(request.app.state, "health", None)
     if checker is None:
-        checker = request.app.state.health = HealthChecker(core)
+        limiter = getattr(request.app.state, "rate_limiter", None)
+        checker = request.app.state.health = HealthChecker(core, limiter)
     return checker
 
 

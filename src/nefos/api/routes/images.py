@@ -30,7 +30,7 @@ from nefos.services.vms import op_ref
 
 router = APIRouter(prefix="/images", tags=["images"])
 
-ImageId = Annotated[str, ObjectId]
+ImageId = ObjectId
 
 
 def _public(image: Image) -> ImagePublic:

@@ -104,8 +104,10 @@ async def metrics_summary(
     access: Access = authorize(Permission.MONITORING_READ),
 ) -> Response:
     """Seed 004's summary (JSON): `system` (containers, VMs, cpu and memory usage,
-    network) and `requests` (this server process's request counters). A platform
-    admin sees the platform; anyone else the projects of their organisations.
+    network) and `requests` (from the request log, so every server process's:
+    `total_requests` and `error_rate` (5xx, %) over the log's retention,
+    `requests_per_second` over the last minute). A platform admin sees the
+    platform; anyone else the projects and the requests of their organisations.
 
     With `Accept: text/plain` (what Prometheus sends), the Prometheus exposition of
     `GET /prometheus` instead (platform admins only)."""
@@ -117,8 +119,9 @@ async def metrics_summary(
         if not platform:
             principal.require_scope(Permission.PLATFORM_ADMIN)
             raise Forbidden("The Prometheus exposition is for platform administrators")
-        return Response(await service.prometheus(counters), media_type=PROMETHEUS_TYPE)
-    return ok(await service.summary_for(principal, counters))
+        text = await service.prometheus(counters, request.app.state.request_log)
+        return Response(text, media_type=PROMETHEUS_TYPE)
+    return ok(await service.summary_for(principal))
 
 
 @router.get(
@@ -134,7 +137,9 @@ async def prometheus(
 ) -> Response:
     """Platform and per-instance metrics in the Prometheus text format, labelled
     `project`, `instance`, `name`, `host` (scrape with an admin API key)."""
-    text = await MetricsService(core, session).prometheus(request_counters(request))
+    text = await MetricsService(core, session).prometheus(
+        request_counters(request), request.app.state.request_log
+    )
     return Response(text, media_type=PROMETHEUS_TYPE)
 
 

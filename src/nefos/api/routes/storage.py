@@ -62,10 +62,10 @@ compute_backups = APIRouter(prefix="/compute", tags=["backups"])
 volumes = APIRouter(prefix="/volumes", tags=["volumes"])
 networks = APIRouter(prefix="/networks", tags=["networks"])
 
-SnapshotId = Annotated[str, ObjectId]
-BackupId = Annotated[str, ObjectId]
-VolumeId = Annotated[str, ObjectId]
-NetworkId = Annotated[str, ObjectId]
+SnapshotId = ObjectId
+BackupId = ObjectId
+VolumeId = ObjectId
+NetworkId = ObjectId
 StatusFilter = Annotated[str | None, Query(pattern="^[a-z-]{1,16}$")]
 VmFilter = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 

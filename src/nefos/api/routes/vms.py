@@ -39,7 +39,7 @@ from nefos.services.vms import VmService, op_ref, vm_public
 router = APIRouter(prefix="/vms", tags=["vms"])
 compute = APIRouter(prefix="/compute", tags=["vms"])
 
-VmId = Annotated[str, ObjectId]
+VmId = ObjectId
 StatusFilter = Annotated[
     str | None,
     Query(pattern="^[a-z]{1,16}$", description="Only VMs in this status (running, stopped, ...)."),
