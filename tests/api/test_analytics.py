@@ -215,6 +215,22 @@ async def test_tenants_and_platform(
         await client.post(f"{V1}/organisations", json={"name": "Team"}, headers=alice.headers)
     )
     await client.get(f"{V1}/organisations/{made['id']}", headers=alice.headers)
+    # So is the one a billing route names, by the query or by X-Organisation-ID...
+    await data(
+        await client.get(
+            f"{V1}/wallet", params={"organisation_id": made["id"]}, headers=alice.headers
+        )
+    )
+    await data(
+        await client.get(
+            f"{V1}/invoices", headers={**alice.headers, "X-Organisation-ID": made["id"]}
+        )
+    )
+    # ... but naming another tenant's counts for the caller's own.
+    r = await client.get(
+        f"{V1}/billing/summary", params={"organisation_id": made["id"]}, headers=bob.headers
+    )
+    assert r.status_code == 404, r.text
     # An API key's requests carry its id.
     key = await data(
         await client.post(
@@ -228,8 +244,14 @@ async def test_tenants_and_platform(
     await log_of(app).flush()
 
     team = await logged(app, made["id"])
-    assert [(x.method, x.route, x.status) for x in team] == [
-        ("GET", "/organisations/{org_id}", 200)
+    assert sorted((x.method, x.route, x.status) for x in team) == [
+        ("GET", "/invoices", 200),
+        ("GET", "/organisations/{org_id}", 200),
+        ("GET", "/wallet", 200),
+    ]
+    assert sorted((x.route, x.status) for x in await logged(app, b_org)) == [
+        ("/auth/me", 200),
+        ("/billing/summary", 404),
     ]
     mine = await logged(app, a_org)
     assert sum(1 for x in mine if x.api_key_id == key["id"]) == 1

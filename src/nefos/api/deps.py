@@ -29,6 +29,7 @@ from nefos.domain.errors import Forbidden, Unauthorized
 from nefos.domain.paging import PageParams
 from nefos.gateway.client import client_ip
 from nefos.services.auth import AuthService, ClientInfo
+from nefos.services.billing import resolve_org
 from nefos.services.core import Core
 from nefos.services.principal import Principal, authorize_org, authorize_project
 
@@ -108,6 +109,8 @@ class Access:
     role: Role | None = None
     organisation: Organisation | None = None
     project: Project | None = None
+    #: The request's state, where the request log reads the organisation it counts under.
+    state: Any = None
 
     @property
     def target_org(self) -> Organisation:
@@ -126,7 +129,31 @@ class Access:
 
     async def check_org(self, org_id: str) -> tuple[Organisation, Role]:
         """Apply this route's permission to an organisation named in the body."""
-        return await authorize_org(self.session, self.principal, org_id, self.permission)
+        org, role = await authorize_org(self.session, self.principal, org_id, self.permission)
+        self.log_under(org.id)
+        return org, role
+
+    async def org(
+        self,
+        org_id: str | None,
+        permission: Permission,
+        *,
+        missing: tuple[str, str] | None = None,
+    ) -> Organisation:
+        """The organisation a route acts for, named by the query, a header or the body
+        (none: the caller's default), checked against ``permission``; with ``missing``
+        (kind, id), one the caller may not see reads as that object not found. The
+        request is logged under it."""
+        org, _ = await resolve_org(
+            self.session, self.principal, org_id, permission, missing=missing
+        )
+        self.log_under(org.id)
+        return org
+
+    def log_under(self, org_id: str) -> None:
+        """Count this request under ``org_id`` in the request log (and its analytics)."""
+        if self.state is not None:
+            self.state.organisation_id = org_id
 
 
 def _path_id(request: Request, name: str) -> str:
@@ -159,7 +186,9 @@ class Authorize:
     async def __call__(
         self, request: Request, principal: PrincipalDep, session: SessionDep
     ) -> Access:
-        access = Access(principal=principal, session=session, permission=self.permission)
+        access = Access(
+            principal=principal, session=session, permission=self.permission, state=request.state
+        )
         if self.permission is Permission.PLATFORM_ADMIN:
             principal.require_scope(self.permission)
             if not principal.is_admin:
@@ -168,12 +197,12 @@ class Authorize:
             access.organisation, access.role = await authorize_org(
                 session, principal, _path_id(request, "org_id"), self.permission
             )
-            request.state.organisation_id = access.organisation.id  # for the request log
+            access.log_under(access.organisation.id)
         elif self.on == "project":
             access.project, access.role = await authorize_project(
                 session, principal, _path_id(request, "project_id"), self.permission
             )
-            request.state.organisation_id = access.project.organisation_id
+            access.log_under(access.project.organisation_id)
         else:
             principal.require_scope(self.permission)
         return access

@@ -24,9 +24,10 @@ Nothing on the request path waits for the database:
 What is recorded for whom: the user and API key that ``get_principal`` verified
 (``scope["state"]["principal"]``; for a request the rate limiter refused, the user of
 its token, or its API key with the key's user, found by the key's hash), the
-organisation of the route's target (``scope["state"]["organisation_id"]``, set by
-``Authorize``), else the API key's organisation, else the user's personal
-organisation, else none (anonymous calls).
+organisation of the route's target or the one it acts for
+(``scope["state"]["organisation_id"]``, set by ``Authorize`` and ``Access.org``),
+else the API key's organisation, else the user's personal organisation, else none
+(anonymous calls).
 A request that raised is recorded as a 500. WebSocket connections are not recorded:
 they are not requests with a status and a duration (the event stream is one
 connection that lasts for hours).

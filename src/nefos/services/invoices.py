@@ -27,7 +27,7 @@ from nefos.domain.access import Permission
 from nefos.domain.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from nefos.domain.paging import PageParams
 from nefos.schemas.billing import CreditNoteCreate, InvoiceCreate
-from nefos.services.billing import BillingService, resolve_org
+from nefos.services.billing import BillingService
 from nefos.services.paging import fetch_page
 from nefos.services.principal import MAX_ORG_DEPTH, Principal, authorize_org
 
@@ -168,23 +168,23 @@ class InvoiceService(BillingService):
     async def list(
         self,
         principal: Principal,
-        org_hint: str | None,
+        org: Organisation | None,
         page: PageParams,
         *,
+        org_filter: str | None = None,
         include_children: bool = False,
-        every: bool = False,
         status: str | None = None,
         kind: str | None = None,
     ) -> tuple[Sequence[Invoice], int]:
-        """The organisation's invoices (with ``include_children``, its customers' too),
-        or with ``every`` (platform admins) every organisation's; newest period first."""
+        """The invoices of ``org``, already authorised (with ``include_children``, its
+        customers' too), or with none every organisation's (platform admins; those of
+        ``org_filter`` only if given); newest period first."""
         where: list[Any] = []
-        if every:
+        if org is None:
             require_platform(principal)
-            if org_hint is not None:
-                where.append(Invoice.organisation_id == org_hint)
+            if org_filter is not None:
+                where.append(Invoice.organisation_id == org_filter)
         else:
-            org, _ = await resolve_org(self.session, principal, org_hint, READ)
             ids = [org.id]
             if include_children:
                 ids += await descendants(self.session, org.id)

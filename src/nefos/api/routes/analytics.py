@@ -29,7 +29,6 @@ from nefos.schemas.analytics import (
 )
 from nefos.schemas.common import Envelope
 from nefos.services.analytics import AnalyticsService, Window
-from nefos.services.billing import resolve_org
 
 READ = Permission.MONITORING_READ
 
@@ -49,7 +48,6 @@ Limit = Annotated[int, Query(ge=1, le=500, description="Most rows (the busiest f
 
 
 async def _window(
-    request: Request,
     access: Access,
     scope: str,
     organisation_id: str | None,
@@ -63,14 +61,12 @@ async def _window(
             principal.require_scope(Permission.PLATFORM_ADMIN)
             raise Forbidden("Platform-wide analytics are for platform administrators")
         return Window.of(None, period=period, start=start, end=end)
-    org, _ = await resolve_org(access.session, principal, organisation_id, READ)
-    request.state.organisation_id = org.id  # the request log's organisation
+    org = await access.org(organisation_id, READ)
     return Window.of(org.id, period=period, start=start, end=end)
 
 
 @router.get("/overview", response_model=Envelope[AnalyticsOverview])
 async def overview(
-    request: Request,
     session: SessionDep,
     organisation_id: OrgHint,
     scope: ScopeQ = "organisation",
@@ -82,13 +78,12 @@ async def overview(
     """Totals of the window: requests, error rates (5xx and 4xx), latency (avg and
     nearest-rank p50, p95, p99 in ms), unique users and IPs, bytes in and out, and
     the ten busiest endpoints (method and route template)."""
-    window = await _window(request, access, scope, organisation_id, period, start, end)
+    window = await _window(access, scope, organisation_id, period, start, end)
     return ok(await AnalyticsService(session).overview(window))
 
 
 @router.get("/traffic", response_model=Envelope[AnalyticsTraffic])
 async def traffic(
-    request: Request,
     session: SessionDep,
     organisation_id: OrgHint,
     scope: ScopeQ = "organisation",
@@ -103,13 +98,12 @@ async def traffic(
 ) -> Response:
     """Requests per bucket (UTC, every bucket of the window, at most 1,500) with their
     status classes (2xx, 3xx, 4xx, 5xx)."""
-    window = await _window(request, access, scope, organisation_id, period, start, end)
+    window = await _window(access, scope, organisation_id, period, start, end)
     return ok(await AnalyticsService(session).traffic(window, interval))
 
 
 @router.get("/performance", response_model=Envelope[AnalyticsPerformance])
 async def performance(
-    request: Request,
     session: SessionDep,
     organisation_id: OrgHint,
     scope: ScopeQ = "organisation",
@@ -121,7 +115,7 @@ async def performance(
 ) -> Response:
     """Per endpoint (method and route template): requests, latency (avg, p50, p95,
     p99 in ms) and error rates, the busiest first."""
-    window = await _window(request, access, scope, organisation_id, period, start, end)
+    window = await _window(access, scope, organisation_id, period, start, end)
     return ok(await AnalyticsService(session).performance(window, limit))
 
 
@@ -140,7 +134,7 @@ async def geography(
     """Requests by the client's country (from the offline GeoIP database of
     `NEFOS_GEOIP_DATABASE`) or, when none is configured, by the client's network
     (/24 for IPv4, /48 for IPv6)."""
-    window = await _window(request, access, scope, organisation_id, period, start, end)
+    window = await _window(access, scope, organisation_id, period, start, end)
     request_log: RequestLog = request.app.state.request_log
     by_country = request_log.geoip is not None
     return ok(await AnalyticsService(session).geography(window, by_country=by_country, limit=limit))

@@ -23,7 +23,7 @@ from nefos.schemas.billing import (
     WalletPublic,
 )
 from nefos.schemas.common import Envelope
-from nefos.services.billing import UsageService, entry_public, resolve_org, usage_owner
+from nefos.services.billing import UsageService, entry_public, usage_owner
 
 READ = Permission.BILLING_READ
 
@@ -50,7 +50,7 @@ async def get_wallet(
     """The organisation's wallet: `balance` (the sum of its ledger), `pending_charges`
     (usage not yet charged), `available` (what is left), and its status
     (`active`, `low_balance`, `depleted`, `suspended`)."""
-    org, _ = await resolve_org(session, access.principal, organisation_id, READ)
+    org = await access.org(organisation_id, READ)
     return ok(await UsageService(core, session).wallet_view(org))
 
 
@@ -67,7 +67,7 @@ async def get_ledger(
 ) -> Response:
     """The wallet's ledger, newest first: every top-up, charge, refund, adjustment,
     payout and revenue entry, with the balance after it."""
-    org, _ = await resolve_org(session, access.principal, organisation_id, READ)
+    org = await access.org(organisation_id, READ)
     currency, rows, total = await UsageService(core, session).ledger_page(
         org, params, kind=kind, start=_aware(start_date), end=_aware(end_date)
     )
@@ -84,7 +84,7 @@ async def billing_summary(
     with its usage in vCPU-hours, GB-hours of memory and GB-days of storage."""
     from nefos.db.types import utcnow
 
-    org, _ = await resolve_org(session, access.principal, organisation_id, READ)
+    org = await access.org(organisation_id, READ)
     return ok(await UsageService(core, session).summary(access.principal, org, utcnow()))
 
 
@@ -98,7 +98,7 @@ async def _usage(
     end_date: datetime | None,
 ) -> Response:
     org_id, name = await usage_owner(session, kind, resource_id)
-    org, _ = await resolve_org(session, access.principal, org_id, READ, missing=(kind, resource_id))
+    org = await access.org(org_id, READ, missing=(kind, resource_id))
     data = await UsageService(core, session).resource_usage(
         org, kind, resource_id, name, _aware(start_date), _aware(end_date)
     )

@@ -33,7 +33,6 @@ from nefos.schemas.billing import (
     InvoiceStatus,
 )
 from nefos.schemas.common import Envelope
-from nefos.services.billing import resolve_org
 from nefos.services.invoices import InvoiceService, bill_public, invoice_public
 from nefos.services.payouts import bound
 
@@ -79,10 +78,10 @@ async def list_invoices(
     service = InvoiceService(core, session)
     rows, total = await service.list(
         access.principal,
-        organisation_id,
+        None if every else await access.org(organisation_id, READ),
         params,
+        org_filter=organisation_id if every else None,
         include_children=include_children,
-        every=every,
         status=status,
         kind=kind,
     )
@@ -195,7 +194,7 @@ async def billing_history(
 ) -> Response:
     """Seed 004: the organisation's bills (finalized invoices) whose period meets
     [start_date, end_date), newest first, amounts as decimal strings."""
-    org, _ = await resolve_org(session, access.principal, organisation_id, READ)
+    org = await access.org(organisation_id, READ)
     start, end = bound(start_date), bound(end_date, end=True)
     if start is not None and end is not None and start >= end:
         raise ValidationFailed("start_date must be before end_date", start_date=str(start_date))

@@ -34,7 +34,6 @@ from nefos.schemas.billing import (
     StripeWebhookResult,
 )
 from nefos.schemas.common import Envelope
-from nefos.services.billing import resolve_org
 from nefos.services.payments import PaymentService, may_pay, payment_public
 
 router = APIRouter(tags=["billing"])
@@ -79,9 +78,7 @@ async def _create(
     *,
     admin_credits: bool,
 ) -> Response:
-    org, _ = await resolve_org(
-        session, access.principal, body.organisation_id or organisation_id, WRITE
-    )
+    org = await access.org(body.organisation_id or organisation_id, WRITE)
     payment, made = await PaymentService(core, session).create(
         access.principal, org, body, idempotency_key=idempotency_key, admin_credits=admin_credits
     )
@@ -146,7 +143,7 @@ async def list_payments(
     access: Access = authorize(READ),
 ) -> Response:
     """The organisation's payments, newest first."""
-    org, _ = await resolve_org(session, access.principal, organisation_id, READ)
+    org = await access.org(organisation_id, READ)
     rows, total = await PaymentService(core, session).list(
         org, params, status=status, provider=provider
     )

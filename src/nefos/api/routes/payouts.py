@@ -27,7 +27,6 @@ from nefos.schemas.billing import (
     TransactionPublic,
 )
 from nefos.schemas.common import Envelope, Page
-from nefos.services.billing import resolve_org
 from nefos.services.payouts import PayoutService, bound, payout_public, require_platform
 
 router = APIRouter(prefix="/billing", tags=["billing"])
@@ -81,7 +80,7 @@ async def list_payouts(
     if every:
         require_platform(access.principal)
     else:
-        org, _ = await resolve_org(session, access.principal, organisation_id, READ)
+        org = await access.org(organisation_id, READ)
     rows, total = await PayoutService(core, session).list_page(org, params, status=status)
     return listing([_payout(p) for p in rows], "payouts", total, params)
 
@@ -114,9 +113,7 @@ async def request_payout(
     the earnings not yet paid out (and the balance). The wallet is debited at once;
     the payout waits, `pending`, for a platform admin to settle or reject it. 201
     with the payout; 200 with the first one for a repeated `Idempotency-Key`."""
-    org, _ = await resolve_org(
-        session, access.principal, body.organisation_id or organisation_id, WRITE
-    )
+    org = await access.org(body.organisation_id or organisation_id, WRITE)
     payout, made = await PayoutService(core, session).request(
         access.principal, org, body, idempotency_key
     )
@@ -167,7 +164,7 @@ async def billing_overview(
     """Revenue summary (seed 002): the balance and the earnings available for payout
     now, and the period's revenue, charges, top-ups and payouts (default period: the
     current invoice period)."""
-    org, _ = await resolve_org(session, access.principal, organisation_id, READ)
+    org = await access.org(organisation_id, READ)
     start, end = _period(start_date, end_date)
     found = await PayoutService(core, session).overview(
         org, start=start, end=end, currency=currency
@@ -188,7 +185,7 @@ async def list_transactions(
     access: Access = authorize(READ),
 ) -> Response:
     """Transaction history (seed 002): the wallet's ledger, newest first."""
-    org, _ = await resolve_org(session, access.principal, organisation_id, READ)
+    org = await access.org(organisation_id, READ)
     start, end = _period(start_date, end_date)
     rows, total = await PayoutService(core, session).transactions(
         org, params, kind=type, start=start, end=end, currency=currency
@@ -206,6 +203,6 @@ async def current_subscription(
 ) -> Response:
     """Current subscription (seed 002). Nefos is prepaid pay-as-you-go: the plan is
     the wallet; `status` is `active`, `low_balance` or `suspended`."""
-    org, _ = await resolve_org(session, access.principal, organisation_id, READ)
+    org = await access.org(organisation_id, READ)
     data = await PayoutService(core, session).subscription(org)
     return ok(SubscriptionPublic.model_validate(data))

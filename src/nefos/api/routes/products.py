@@ -24,7 +24,6 @@ from nefos.schemas.billing import (
     ProductPublic,
 )
 from nefos.schemas.common import Envelope, Page
-from nefos.services.billing import resolve_org
 from nefos.services.products import ProductService, account_public, product_public
 
 router = APIRouter(prefix="/products", tags=["billing"])
@@ -63,7 +62,7 @@ async def list_products(
 ) -> Response:
     """The catalogue in force, each price as the organisation pays it (its reseller's
     margin included), in its currency unless `currency` names another."""
-    org, _ = await resolve_org(session, access.principal, organisation_id, READ)
+    org = await access.org(organisation_id, READ)
     found = await ProductService(core, session).catalogue(org, params, currency=currency)
     items = [_product(p) for p in found.items]
     body = page(
@@ -116,7 +115,7 @@ async def get_billing_account(
 ) -> Response:
     """The organisation's billing settings: currency, low-balance threshold, margin
     (resellers), and its status (active, low_balance, suspended)."""
-    org, _ = await resolve_org(session, access.principal, organisation_id, READ)
+    org = await access.org(organisation_id, READ)
     account = await ProductService(core, session).account(org)
     return ok(BillingAccountPublic.model_validate(account_public(account, org)))
 
@@ -132,8 +131,6 @@ async def update_billing_account(
     """Change the billing settings (organisation admins). `margin_percent` (0 to
     1000) is a reseller's markup on its child organisations' prices; `currency` may
     change only while nothing has been paid, charged or used."""
-    org, _ = await resolve_org(
-        session, access.principal, body.organisation_id or organisation_id, WRITE
-    )
+    org = await access.org(body.organisation_id or organisation_id, WRITE)
     account = await ProductService(core, session).update_account(org, body)
     return ok(BillingAccountPublic.model_validate(account_public(account, org)))

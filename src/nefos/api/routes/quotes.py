@@ -24,7 +24,6 @@ from nefos.domain.access import Permission
 from nefos.domain.errors import ValidationFailed
 from nefos.schemas.billing import QuoteAccept, QuoteAccepted, QuoteCreate, QuotePublic
 from nefos.schemas.common import Envelope, ErrorEnvelope, Page
-from nefos.services.billing import resolve_org
 from nefos.services.principal import authorize_project, resolve_project
 from nefos.services.quotes import QuoteService, quote_public
 
@@ -48,7 +47,7 @@ async def list_quotes(
     access: Access = authorize(READ),
 ) -> Response:
     """The organisation's quotes, newest first."""
-    org, _ = await resolve_org(session, access.principal, organisation_id, READ)
+    org = await access.org(organisation_id, READ)
     rows, total = await QuoteService(core, session).list_page(org, params, status=status)
     return listing([_quote(q) for q in rows], "quotes", total, params)
 
@@ -75,12 +74,12 @@ async def create_quote(
             raise ValidationFailed(
                 "The project is not in that organisation", project_id=body.project_id
             )
-        org, _ = await resolve_org(session, principal, project.organisation_id, READ)
+        org = await access.org(project.organisation_id, READ)
     elif org_hint is not None:
-        org, _ = await resolve_org(session, principal, org_hint, READ)
+        org = await access.org(org_hint, READ)
     else:
         project, _ = await resolve_project(session, principal, None, READ)
-        org, _ = await resolve_org(session, principal, project.organisation_id, READ)
+        org = await access.org(project.organisation_id, READ)
     quote = await QuoteService(core, session).create(principal, org, project, body)
     return ok(_quote(quote), 201)
 
