@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from nefos.billing import catalogue, invoices, ledger
+from nefos.billing import catalogue, invoices, ledger, metering
 from nefos.billing.money import round_money
 from nefos.billing.rating import rate_span
 from nefos.db.models import (
@@ -46,11 +46,18 @@ async def _org_of(client: Any, user: Any) -> str:
 
 
 async def _set_price(core: Any, sku: str, price: str) -> None:
+    """``price`` from the start of this second on: usage spans start on whole seconds
+    and are rated at the price in force when they start, so a resource that starts
+    running later in this second is priced at ``price`` too."""
     async with core.db.sessionmaker() as session:
         await begin_write(session)
         await catalogue.ensure_defaults(session, core.settings.billing_currency)
         await catalogue.set_price(
-            session, sku=sku, currency=core.settings.billing_currency, unit_price=D(price)
+            session,
+            sku=sku,
+            currency=core.settings.billing_currency,
+            unit_price=D(price),
+            at=metering.now_s(),
         )
         await session.commit()
 
@@ -232,7 +239,6 @@ async def test_an_empty_wallet_refuses_creates_and_suspends_after_grace(
     # A price no wallet of 10.00 covers for long (usage is rated with the price in
     # force when it started).
     await _set_price(core, "vcpu_hour", "1000000")
-    await asyncio.sleep(1.0)  # spans start on whole seconds: the next one after the change
     c = await _create_running(client, user, "spender")
     org_id = await _org_of(client, user)
     monkeypatch.setattr(core.settings, "billing_grace_period", 0.0)

@@ -137,7 +137,11 @@ class PriceBook:
     @classmethod
     def of(cls, currency: str, products: Iterable[Product]) -> PriceBook:
         book = cls(currency)
-        for p in sorted(products, key=lambda p: p.effective_from):
+        # A price replaced at the instant it took effect was never in force.
+        in_force = (
+            p for p in products if p.effective_to is None or p.effective_to > p.effective_from
+        )
+        for p in sorted(in_force, key=lambda p: p.effective_from):
             book._starts.setdefault(p.sku, []).append(p.effective_from)
             book._rows.setdefault(p.sku, []).append((p.effective_to, p.unit_price))
         return book
