@@ -13,7 +13,8 @@ recorded nor recorded without being told. The dispatcher sends the due ones:
   on the delivery.
 
 Server-side request forgery: a webhook URL must be http(s) and its host must
-resolve only to public addresses; loopback, private, link-local (the cloud
+resolve only to public addresses (the guard of :mod:`nefos.security.addresses`,
+shared with image pulls); loopback, private, link-local (the cloud
 metadata address 169.254.169.254 among them), shared (CGNAT), multicast,
 reserved and unspecified addresses, and their IPv6 forms (IPv4-mapped, NAT64,
 6to4, Teredo) are refused unless inside ``webhook_allowed_networks``. The check
@@ -28,9 +29,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import ipaddress
 import logging
-import socket
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -45,95 +44,23 @@ from nefos import __version__
 from nefos.db.models import Webhook, WebhookDelivery
 from nefos.db.session import Database, begin_write
 from nefos.domain.errors import ValidationFailed
+from nefos.security.addresses import (
+    IPAddress,
+    IPNetwork,
+    UnsafeTarget,
+    check_address,
+    parse_networks,
+    resolve,
+)
 
 log = logging.getLogger("nefos.webhooks")
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 SIGNATURE_HEADER = "X-Nefos-Signature"
 EVENT_HEADER = "X-Nefos-Event"
 DELIVERY_HEADER = "X-Nefos-Delivery"
-RESOLVE_TIMEOUT = 5.0
 MAX_ERROR = 500  # characters of an error kept on a delivery
 MAX_BATCH = 20  # deliveries claimed at once
 CLAIM_LEASE = timedelta(minutes=5)  # a claimed delivery is retried after this if we die
-
-_SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT (RFC 6598)
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
-
-
-class UnsafeTarget(Exception):
-    """The URL may not be called: its scheme, its host, or an address it resolves to."""
-
-
-# --- the address guard -------------------------------------------------------------------
-def parse_networks(values: Iterable[str]) -> list[IPNetwork]:
-    nets = []
-    for value in values:
-        try:
-            nets.append(ipaddress.ip_network(value.strip(), strict=False))
-        except ValueError:
-            log.warning("webhook_allowed_networks: %r is not a network; ignored", value)
-    return nets
-
-
-def _embedded(ip: IPAddress) -> list[IPAddress]:
-    """IPv4 addresses an IPv6 address carries (mapped, NAT64, 6to4, Teredo)."""
-    if not isinstance(ip, ipaddress.IPv6Address):
-        return []
-    out: list[IPAddress] = []
-    if ip.ipv4_mapped is not None:
-        out.append(ip.ipv4_mapped)
-    if ip in _NAT64:
-        out.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-    if ip.sixtofour is not None:
-        out.append(ip.sixtofour)
-    if ip.teredo is not None:
-        out.extend(ip.teredo)
-    return out
-
-
-def why_refused(ip: IPAddress) -> str | None:
-    """Why ``ip`` is no place for a webhook, or None for a public address."""
-    for inner in _embedded(ip):
-        reason = why_refused(inner)
-        if reason is not None:
-            return f"{reason} (inside {ip})"
-    if ip.is_unspecified:
-        return "an unspecified address"
-    if ip.is_loopback:
-        return "a loopback address"
-    if ip.is_link_local:
-        return "a link-local address (cloud metadata lives there)"
-    if ip.is_multicast:
-        return "a multicast address"
-    if isinstance(ip, ipaddress.IPv4Address) and ip in _SHARED:
-        return "a shared (carrier-grade NAT) address"
-    if isinstance(ip, ipaddress.IPv6Address) and (ip in _NAT64_LOCAL or ip.is_site_local):
-        return "a private address"
-    if ip.is_private:
-        return "a private address"
-    if ip.is_reserved:
-        return "a reserved address"
-    if not ip.is_global:
-        return "a non-public address"
-    return None
-
-
-def _allowed(ip: IPAddress, allowed: Sequence[IPNetwork]) -> bool:
-    candidates = [ip, *_embedded(ip)]
-    return any(c.version == net.version and c in net for c in candidates for net in allowed)
-
-
-def check_address(ip: IPAddress, allowed: Sequence[IPNetwork]) -> None:
-    reason = why_refused(ip)
-    if reason is not None and not _allowed(ip, allowed):
-        raise UnsafeTarget(
-            f"{ip} is {reason}; webhooks may only call public addresses "
-            "(an administrator may allow networks with webhook_allowed_networks)"
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,30 +92,6 @@ def parse_url(raw: str) -> httpx.URL:
     return url
 
 
-async def resolve(host: str, port: int) -> list[IPAddress]:
-    """Every address ``host`` resolves to (itself if it is an address)."""
-    with contextlib.suppress(ValueError):
-        return [ipaddress.ip_address(host)]
-    if len(host) > 253 or "\x00" in host:
-        raise UnsafeTarget("invalid host name")
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT
-        )
-    except (OSError, UnicodeError, TimeoutError) as exc:
-        raise UnsafeTarget(f"the host {host!r} could not be resolved ({exc})") from None
-    out: list[IPAddress] = []
-    for _family, _type, _proto, _canon, sockaddr in infos:
-        addr = str(sockaddr[0]).split("%", 1)[0]  # an IPv6 zone id is not part of it
-        ip = ipaddress.ip_address(addr)
-        if ip not in out:
-            out.append(ip)
-    if not out:
-        raise UnsafeTarget(f"the host {host!r} has no address")
-    return out
-
-
 async def check_target(raw: str, allowed: Sequence[IPNetwork]) -> Target:
     """The URL checked, resolved, and every address it resolves to allowed; else
     ``UnsafeTarget``. Nothing is connected to."""
@@ -203,7 +106,9 @@ async def check_target(raw: str, allowed: Sequence[IPNetwork]) -> Target:
 async def validate_webhook_url(raw: str, allowed_networks: Iterable[str]) -> str:
     """For the API: the URL, or ``ValidationFailed`` (422) saying why not."""
     try:
-        await check_target(raw, parse_networks(allowed_networks))
+        await check_target(
+            raw, parse_networks(allowed_networks, setting="webhook_allowed_networks")
+        )
     except UnsafeTarget as exc:
         raise ValidationFailed(f"Webhook URL refused: {exc}", url=str(exc)) from None
     return raw
@@ -317,7 +222,7 @@ class WebhookDispatcher:
         self.timeout = timeout
         self.max_attempts = max_attempts
         self.retry_base = retry_base
-        self.allowed = parse_networks(allowed_networks)
+        self.allowed = parse_networks(allowed_networks, setting="webhook_allowed_networks")
         self.poll_interval = poll_interval
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
