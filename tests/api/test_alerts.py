@@ -63,6 +63,38 @@ async def alerts_of(client: httpx.AsyncClient, who: Account, **params: Any) -> l
     return items
 
 
+async def test_an_alert_message_gives_its_value_in_the_metrics_unit(client, register, app) -> None:
+    user = await register()
+    await ok(
+        client,
+        "POST",
+        "/monitoring/alert-rules",
+        user,
+        json={
+            "name": "mem big",
+            "metric": "memory_bytes",
+            "comparison": "gt",
+            "threshold": 2 * 1024 * 1024,
+            "duration_seconds": 0,
+        },
+    )
+    c = await new_container(app, user.project_id)
+
+    def mem(value: float, seconds: int) -> Sample:
+        at = T0 + timedelta(seconds=seconds)
+        return Sample(ResourceKind.CONTAINER, c, Metric.MEMORY_BYTES, value, at, user.project_id)
+
+    await engine(app).on_samples([mem(2404350, 0)])
+    (alert,) = await alerts_of(client, user, status="firing")
+    assert alert["value"] == 2404350 and "(2.3 MiB)" in alert["message"]
+    assert "memory_bytes > 2.0 MiB" in alert["message"] and "e+" not in alert["message"]
+    # A later sample while it fires: the value and the message move together.
+    await engine(app).on_samples([mem(2256896, 60)])
+    (alert,) = await alerts_of(client, user, status="firing")
+    assert alert["value"] == 2256896 and "(2.2 MiB)" in alert["message"]
+    assert "2.3" not in alert["message"]
+
+
 async def test_a_rule_goes_pending_then_firing_then_resolved(client, register, app) -> None:
     user = await register()
     rule = await ok(
@@ -106,10 +138,13 @@ async def test_a_rule_goes_pending_then_firing_then_resolved(client, register, a
         await e.on_samples([cpu(vm, user.project_id, 96, T0 + timedelta(seconds=300))])
         (alert,) = await alerts_of(client, user, status="firing")
         assert alert["fired_at"].startswith("2026-11-29T12:05:00")
-        assert alert["severity"] == "critical" and "cpu_percent > 90" in alert["message"]
-        # Stays open (the same alert) while it holds.
+        assert alert["severity"] == "critical" and "cpu_percent > 90.0 %" in alert["message"]
+        assert alert["value"] == 96 and "(96.0 %)" in alert["message"]
+        # Stays open (the same alert) while it holds; its message tells the value it has.
         await e.on_samples([cpu(vm, user.project_id, 99, T0 + timedelta(seconds=360))])
-        assert [a["id"] for a in await alerts_of(client, user)] == [alert["id"]]
+        (held,) = await alerts_of(client, user)
+        assert held["id"] == alert["id"] and held["value"] == 99
+        assert "(99.0 %)" in held["message"] and "96" not in held["message"]
         # It no longer holds: resolved, with the time.
         await e.on_samples([cpu(vm, user.project_id, 40, T0 + timedelta(seconds=420))])
         got = await ok(client, "GET", f"/monitoring/alerts/{alert['id']}", user)

@@ -12,7 +12,9 @@ The collector calls ``AlertEngine.on_samples(samples)`` after each pass. Then:
   fires is resolved quietly: nobody was told of it.
 * Built-in alerts, checked each pass against the database: ``host_down`` (a host
   whose status is ``offline``; a platform alert, project None) and
-  ``instance_crashed`` (a VM or container in ``error``, in its project); resolved
+  ``instance_crashed`` (a VM or container in ``error``, in its project, unless its
+  latest operation failed: a create whose image never arrived is that operation's
+  failure, not a crash of something that ran); resolved
   when the resource recovers or is gone. A rule's alert on a resource that is gone
   is resolved too.
 
@@ -36,10 +38,19 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
-from nefos.db.models import Alert, AlertRule, Container, Host, Vm, Webhook, WebhookDelivery
+from nefos.db.models import (
+    Alert,
+    AlertRule,
+    Container,
+    Host,
+    Operation,
+    Vm,
+    Webhook,
+    WebhookDelivery,
+)
 from nefos.db.session import Database, begin_write
 from nefos.events import EventType, make, now_iso, record
-from nefos.monitoring.types import Sample
+from nefos.monitoring.types import Sample, format_metric
 
 log = logging.getLogger("nefos.alerts")
 
@@ -55,6 +66,25 @@ COMPARISONS: dict[str, Callable[[float, float], bool]] = {
     "lte": operator.le,
 }
 SYMBOLS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+
+
+async def _failed_by_operation(session: AsyncSession, resource_ids: Sequence[str]) -> set[str]:
+    """The resources whose latest operation failed: their ``error`` is that
+    operation's failure (an image that never arrived, a start refused), which the
+    operation itself reports -- not a crash of an instance that was running."""
+    if not resource_ids:
+        return set()
+    latest: dict[str, tuple[datetime, str]] = {}
+    for rid, created_at, status in (
+        await session.execute(
+            select(Operation.resource_id, Operation.created_at, Operation.status).where(
+                Operation.resource_id.in_(resource_ids)
+            )
+        )
+    ).all():
+        if rid not in latest or created_at >= latest[rid][0]:
+            latest[rid] = (created_at, status)
+    return {rid for rid, (_, status) in latest.items() if status == "failed"}
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -267,7 +297,11 @@ class AlertEngine:
     ) -> tuple[Alert | None, int]:
         ts = _aware(sample.ts)
         holds = COMPARISONS[rule.comparison](sample.value, rule.threshold)
-        condition = f"{rule.metric} {SYMBOLS[rule.comparison]} {rule.threshold:g}"
+        condition = (
+            f"{rule.metric} {SYMBOLS[rule.comparison]} {format_metric(rule.metric, rule.threshold)}"
+        )
+        # The message's number is always the ``value`` beside it (the same sample).
+        shown = format_metric(rule.metric, sample.value)
         if not holds:
             if alert is None:
                 return None, 0
@@ -280,7 +314,7 @@ class AlertEngine:
                 return alert, 0
             alert.message = (
                 f"{rule.name}: {condition} no longer holds on {sample.kind} "
-                f"{sample.resource_id} ({sample.value:g})"
+                f"{sample.resource_id} ({shown})"
             )
             await session.flush()
             return alert, await announce(session, alert, "resolved")
@@ -303,17 +337,17 @@ class AlertEngine:
             )
             session.add(alert)
         alert.value = sample.value
+        firing = f"{rule.name}: {condition} on {sample.kind} {sample.resource_id} ({shown})"
         if alert.status == "pending" and (ts - alert.started_at).total_seconds() >= (
             rule.duration_seconds
         ):
             alert.status = "firing"
             alert.fired_at = ts
-            alert.message = (
-                f"{rule.name}: {condition} on {sample.kind} {sample.resource_id} "
-                f"({sample.value:g}) for {rule.duration_seconds}s"
-            )
+            alert.message = f"{firing} for {rule.duration_seconds}s"
             await session.flush()
             return alert, await announce(session, alert, "firing")
+        if alert.status == "firing":
+            alert.message = f"{firing} since {_iso(alert.fired_at)}"
         await session.flush()
         return alert, 0
 
@@ -336,13 +370,17 @@ class AlertEngine:
                 f"Host {hostname} is offline{reason}",
             )
         for model, kind in ((Vm, "vm"), (Container, "container")):
-            for rid, name, owner, status_reason in (
+            in_error = (
                 await session.execute(
                     select(model.id, model.name, model.project_id, model.status_reason).where(
                         model.status == "error"
                     )
                 )
-            ).all():
+            ).all()
+            failed = await _failed_by_operation(session, [row[0] for row in in_error])
+            for rid, name, owner, status_reason in in_error:
+                if rid in failed:
+                    continue
                 why = f": {status_reason}" if status_reason else ""
                 wrong[builtin_key(INSTANCE_CRASHED, rid)] = (
                     INSTANCE_CRASHED,

@@ -27,6 +27,36 @@ class Metric(StrEnum):
     DISK_WRITE_BPS = "disk_write_bps"
 
 
+#: Metrics in bytes (rates: bytes per second); the rest of Metric are percents.
+_BYTES = {Metric.MEMORY_BYTES}
+_BYTE_RATES = {Metric.NET_RX_BPS, Metric.NET_TX_BPS, Metric.DISK_READ_BPS, Metric.DISK_WRITE_BPS}
+_PERCENTS = {Metric.CPU_PERCENT, Metric.MEMORY_PERCENT}
+
+
+def _binary(value: float) -> str:
+    """Bytes with an IEC unit: 512 -> '512 B', 2256896 -> '2.2 MiB'."""
+    if abs(value) < 1024:
+        return f"{value:.0f} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        value /= 1024
+        if abs(value) < 1024 or unit == "PiB":
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def format_metric(metric: str, value: float) -> str:
+    """A value of ``metric`` as people read it, in the metric's unit: bytes as
+    '2.2 MiB', rates as '1.5 KiB/s', percents as '85.3 %'. An unknown metric gets
+    the plain number (never float notation such as '2.40435e+06')."""
+    if metric in _BYTES:
+        return _binary(value)
+    if metric in _BYTE_RATES:
+        return f"{_binary(value)}/s"
+    if metric in _PERCENTS:
+        return f"{value:.1f} %"
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.6f}".rstrip("0")
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
     """One measured value of one metric of one resource at one time (UTC)."""
