@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-sqlite services lint typecheck bench clean
+.PHONY: install run stop test test-sqlite services lint typecheck bench clean
 
 install: $(STAMP)  ## Create .venv and install Nefos with its dev tools
 
@@ -17,10 +17,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,libvirt]'
 	@touch $(STAMP)
 
-run: install  ## Start Nefos on http://127.0.0.1:8000 (SQLite under ./var, local Podman and libvirt)
-	@scripts/ensure-podman.sh >/dev/null || echo "warning: Podman could not be started (see scripts/ensure-podman.sh); Nefos starts with no container host" >&2
-	@scripts/ensure-libvirt.sh >/dev/null || echo "warning: libvirt could not be started (see scripts/ensure-libvirt.sh); Nefos starts with no VM host" >&2
-	CONTAINERS_CONF=$(CURDIR)/var/podman/containers.conf NEFOS_LOCAL_DOCKER_URI=$${NEFOS_LOCAL_DOCKER_URI:-unix://$(CURDIR)/var/podman/podman.sock} $(VENV)/bin/nefos serve
+run: install  ## Start Nefos on http://127.0.0.1:8000 (SQLite under ./var, local Podman and libvirt); Ctrl-C stops it and what it started
+	@VENV=$(VENV) scripts/run.sh
+
+stop:  ## Stop the Podman service, libvirtd and Redis that `make run` / `make services` started
+	@scripts/stop-services.sh
 
 services:  ## Install and start what the tests need (PostgreSQL, Podman, libvirt, Redis)
 	@scripts/bootstrap-services.sh

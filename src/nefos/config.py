@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     api_key_max_ttl_days: int | None = Field(
         None, description="Longest lifetime an API key may be given (days); none = no cap."
     )
+    api_keys_per_user: int = Field(
+        25, ge=1, description="Live (not revoked, not expired) API keys a user may hold."
+    )
 
     # --- API ----------------------------------------------------------------
     page_default_limit: int = Field(20, ge=1, description="Default `limit` of list endpoints.")

@@ -127,6 +127,10 @@ MATRIX: dict[tuple[str, str], Rule] = {
     ("POST", "/resources/hosts"): ADMIN,
     ("GET", "/resources/hosts/{host_id}"): ADMIN,
     ("DELETE", "/resources/hosts/{host_id}"): ADMIN,
+    ("GET", "/hosts"): ADMIN,
+    ("POST", "/hosts"): ADMIN,
+    ("GET", "/hosts/{host_id}"): ADMIN,
+    ("DELETE", "/hosts/{host_id}"): ADMIN,
     ("GET", "/resources/stats"): ADMIN,
     # Containers name their project in the body, query or X-Project-ID (or use the
     # caller's default one), so the check is in the handler: no `on`.
@@ -274,6 +278,10 @@ MATRIX: dict[tuple[str, str], Rule] = {
 # Routes the canonical prefix serves but leaves out of the OpenAPI document, and why.
 UNDOCUMENTED = {
     ("POST", "/snapshots/{snapshot_id}/revert"): "an alias of POST /snapshots/{id}/restore",
+    ("GET", "/hosts"): "an alias of GET /resources/hosts",
+    ("POST", "/hosts"): "an alias of POST /resources/hosts",
+    ("GET", "/hosts/{host_id}"): "an alias of GET /resources/hosts/{id}",
+    ("DELETE", "/hosts/{host_id}"): "an alias of DELETE /resources/hosts/{id}",
 }
 
 
@@ -1025,6 +1033,11 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ),
     ("GET", "/resources/hosts/{host_id}"): Sample(other_status=403),
     ("DELETE", "/resources/hosts/{host_id}"): Sample(fresh=fresh_host, other_status=403),
+    ("POST", "/hosts"): Sample(
+        json={"hostname": Unique("host-{}"), "driver": "docker", "uri": DEAD_ENGINE}
+    ),
+    ("GET", "/hosts/{host_id}"): Sample(other_status=403),
+    ("DELETE", "/hosts/{host_id}"): Sample(fresh=fresh_host, other_status=403),
     ("GET", "/containers"): Sample(query={"project_id": Ref("project_id")}, role_checked=True),
     ("POST", "/containers"): Sample(
         json={

@@ -169,11 +169,11 @@ async def test_callers_are_counted_apart_and_a_refusal_lasts_until_retry_after(
     for _ in range(10):
         assert (await client.get(f"{V1}/containers", headers=a.headers)).status_code == 200
     assert_limited(await client.get(f"{V1}/containers", headers=a.headers), "containers", 10, 60)
-    # Another user, A's API key and an anonymous caller each have their own counters.
+    # Another user and an anonymous caller each have their own counters; A's API key
+    # spends A's.
     r = await client.get(f"{V1}/containers", headers=b.headers)
     assert r.status_code == 200 and r.headers["x-ratelimit-remaining"] == "9"
-    r = await client.get(f"{V1}/containers", headers=key)
-    assert r.status_code == 200 and r.headers["x-ratelimit-remaining"] == "9"
+    assert_limited(await client.get(f"{V1}/containers", headers=key), "containers", 10, 60)
     r = await client.get(f"{V1}/containers")
     assert r.status_code == 401 and r.headers["x-ratelimit-remaining"] == "9"
     # The refused caller is admitted again once Retry-After has passed: the clock is
@@ -238,6 +238,44 @@ async def test_an_api_keys_refusals_are_logged_as_its_own(
             )
         )
     assert nobodys == {(401, None): 10, (429, None): 1}, nobodys
+
+
+async def mint_keys(client: httpx.AsyncClient, user: Account, n: int) -> list[dict[str, str]]:
+    keys = []
+    for i in range(n):
+        r = await client.post(
+            f"{V1}/api-keys", json={"name": f"k{i}", "scopes": ["*"]}, headers=user.headers
+        )
+        assert r.status_code == 201, r.text
+        keys.append({"X-API-Key": r.json()["data"]["key"]})
+    return keys
+
+
+async def ten_keys_share_one_budget(client: httpx.AsyncClient) -> None:
+    """Ten API keys of one user spend the user's counters, the group's and the overall
+    one: minting keys buys no more requests (issue 14)."""
+    user = await sign_up(client)
+    keys = await mint_keys(client, user, 10)  # 10 of the user's 40 an hour
+    replies = [await client.get(f"{V1}/containers", headers=key) for key in keys]
+    assert [r.status_code for r in replies] == [200] * 10, [r.text for r in replies]
+    assert [r.headers["x-ratelimit-remaining"] for r in replies] == [str(9 - i) for i in range(10)]
+    # The containers budget is spent, for the user and for every one of the keys.
+    assert_limited(await client.get(f"{V1}/containers", headers=user.headers), "containers", 10, 60)
+    for key in keys:
+        assert_limited(await client.get(f"{V1}/containers", headers=key), "containers", 10, 60)
+    # 20 of the overall 40 are left, whichever key asks.
+    for i in range(20):
+        r = await client.get(f"{V1}/projects", headers=keys[i % 10])
+        assert r.status_code == 200, (i, r.text)
+    for key in [user.headers, *keys]:
+        assert_limited(await client.get(f"{V1}/projects", headers=key), "user", 40, 3600)
+    r = await client.get(f"{V1}/rate-limits", headers=keys[3])
+    limits = {x["group"]: x for x in r.json()["data"]["limits"]}
+    assert limits["user"]["remaining"] == 0 and limits["containers"]["remaining"] == 0
+
+
+async def test_a_users_api_keys_share_the_users_counters(client: httpx.AsyncClient) -> None:
+    await ten_keys_share_one_budget(client)
 
 
 async def test_the_overall_limit_counts_every_group(client: httpx.AsyncClient) -> None:
@@ -397,3 +435,21 @@ async def test_redis_down_failing_closed_refuses_with_503(dead_redis_app: Any) -
         assert_error(r, 503, "SERVICE_UNAVAILABLE")
         health = (await c.get("/health")).json()["data"]
         assert health["services"]["rate_limiter"] == "unhealthy"
+
+
+async def test_a_users_api_keys_share_the_users_counters_in_redis(
+    databases: DatabaseFactory, tmp_path: Path
+) -> None:
+    settings = await limited_settings(
+        databases,
+        tmp_path,
+        redis_url=redis_url(),
+        redis_prefix=f"nefos-test-{uuid.uuid4().hex[:8]}",
+        rate_limit_backend="redis",
+    )
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        assert application.state.rate_limiter.backend == "redis"
+        transport = httpx.ASGITransport(app=application, client=("203.0.113.10", 4000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://nefos.test") as c:
+            await ten_keys_share_one_budget(c)

@@ -261,3 +261,35 @@ async def test_keys_of_other_users_are_invisible(
     r = await client.get(f"{KEYS}/{created['id']}", headers=other.headers)
     assert r.status_code == 404
     assert r.json()["error"]["code"] == "NOT_FOUND"
+
+
+async def test_keys_per_user_are_capped_and_revoked_or_expired_ones_do_not_count(
+    client: Any, register: Any, create_key: Any, core: Any, monkeypatch: Any
+) -> None:
+    """Keys are no way to more of anything (issue 14): at most
+    ``NEFOS_API_KEYS_PER_USER`` live keys a user; one more is 409 with a clear message."""
+    monkeypatch.setattr(core.settings, "api_keys_per_user", 3)
+    acct = await register()
+    made = [await create_key(acct.headers) for _ in range(3)]
+    r = await client.post(KEYS, json={"name": "one-more", "scopes": ["*"]}, headers=acct.headers)
+    assert r.status_code == 409, r.text
+    error = r.json()["error"]
+    assert error["code"] == "CONFLICT" and "3 live API keys" in error["message"]
+    assert error["details"]["limit"] == 3
+    # Another user is not affected.
+    other = await register()
+    await create_key(other.headers)
+    # A revoked key and an expired one free their places.
+    r = await client.delete(f"{KEYS}/{made[0]['id']}", headers=acct.headers)
+    assert r.status_code == 200, r.text
+    await create_key(acct.headers)
+    async with core.db.session() as s:
+        await s.execute(
+            update(ApiKey)
+            .where(ApiKey.id == made[1]["id"])
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+        await s.commit()
+    await create_key(acct.headers)
+    r = await client.post(KEYS, json={"name": "one-more", "scopes": ["*"]}, headers=acct.headers)
+    assert r.status_code == 409, r.text

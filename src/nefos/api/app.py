@@ -97,6 +97,7 @@ def api_router() -> APIRouter:
     ):
         router.include_router(module.router)
     router.include_router(vms.compute)
+    router.include_router(resources.hosts)
     for sub in storage.routers:
         router.include_router(sub)
     router.include_router(organisations.invitations)

@@ -2,8 +2,8 @@
 
 A route belongs to a *group* by its path (``GROUPS``: ``auth``, ``containers``,
 ``monitoring``, ``billing``); every request also counts against the caller's overall
-``user`` limit. A caller is a user (a verified access token), an API key (each key
-its own counter) or, anonymous, the client's IP. Limits are settings
+``user`` limit. A caller is a user (a verified access token), an API key or,
+anonymous, the client's IP. Limits are settings
 (``NEFOS_RATE_LIMIT_*``); a platform admin can give an organisation its own
 (``RateLimitOverride``), which apply to its members and its API keys (a member of
 several organisations gets the most generous).
@@ -58,7 +58,7 @@ from nefos.domain.rate_limits import (
 )
 from nefos.gateway.client import client_ip, credential
 from nefos.security.tokens import InvalidToken
-from nefos.services.rate_limits import caller_overrides
+from nefos.services.rate_limits import caller_overrides, live_key_owner
 
 if TYPE_CHECKING:
     from nefos.services.core import Core
@@ -326,10 +326,16 @@ class Caller:
 
     kind: Literal["user", "key", "ip"]
     id: str  # the user id, the key's SHA-256 (hex), or the address
+    owner: str | None = None  # a key's: the user whose counters it spends
 
     @property
     def key(self) -> str:
         return f"{self.kind}:{self.id}"
+
+    @property
+    def bucket(self) -> str:
+        """Whose counters the request spends: a key spends its owner's."""
+        return f"user:{self.owner}" if self.owner is not None else self.key
 
 
 class RedisUnavailable(Exception):
@@ -357,8 +363,10 @@ class RateLimiter:
         self._retry_at = 0.0
         self._warned_at = -math.inf
         self.core: Core | None = None
-        # token → (user id, expiry); key hash → (user id, key's organisation)
+        # token → (user id, expiry)
         self._tokens: dict[str, tuple[str, float]] = {}
+        # key hash → (expiry (monotonic), its owner's id; None: no live key)
+        self._keys: dict[str, tuple[float, str | None]] = {}
         # caller key → (expiry (monotonic), its overrides by group)
         self._overrides: dict[str, tuple[float, dict[str, Policy]]] = {}
         self._any_override: tuple[float, bool] = (-math.inf, False)
@@ -407,11 +415,14 @@ class RateLimiter:
         return "healthy"
 
     # --- who ---------------------------------------------------------------------------
-    def caller(self, headers: dict[bytes, bytes], ip: str | None) -> Caller:
+    async def caller(self, headers: dict[bytes, bytes], ip: str | None) -> Caller:
         presented = credential(headers)
         if presented is not None and self.core is not None:
             if presented.is_api_key:
-                return Caller("key", presented.key_hash)
+                owner = await self.key_owner(presented.key_hash)
+                if owner is not None:
+                    return Caller("key", presented.key_hash, owner)
+                return Caller("ip", ip or "unknown")  # no live key: no counters of its own
             token = presented.token
             cached = self._tokens.get(token)
             if cached is not None and cached[1] > time.time():
@@ -426,6 +437,26 @@ class RateLimiter:
                 self._tokens[token] = (claims.sub, float(claims.exp))
                 return Caller("user", claims.sub)
         return Caller("ip", ip or "unknown")
+
+    async def key_owner(self, key_hash: str) -> str | None:
+        """The user whose live API key this is (None: none is), cached for
+        :data:`OVERRIDE_TTL` seconds. A database that cannot be read leaves None: the
+        request then counts against its address and meets the database's error."""
+        now = time.monotonic()
+        cached = self._keys.get(key_hash)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        assert self.core is not None
+        try:
+            async with self.core.db.sessionmaker() as session:
+                owner = await live_key_owner(session, key_hash)
+        except Exception:  # any failure to read the keys
+            log.warning("rate limiter: could not read an API key's owner", exc_info=True)
+            return cached[1] if cached is not None else None
+        if len(self._keys) >= MAX_CACHED:
+            self._keys.clear()
+        self._keys[key_hash] = (now + OVERRIDE_TTL, owner)
+        return owner
 
     # --- what applies ------------------------------------------------------------------
     def invalidate(self) -> None:
@@ -491,7 +522,7 @@ class RateLimiter:
 
     def keys(self, caller: Caller, policies: Sequence[Policy]) -> list[str]:
         # The window is in the key: a changed limit starts a counter of its own.
-        return [f"{self.prefix}{p.name}:{p.limit}:{p.window}:{caller.key}" for p in policies]
+        return [f"{self.prefix}{p.name}:{p.limit}:{p.window}:{caller.bucket}" for p in policies]
 
     # --- deciding ----------------------------------------------------------------------
     async def decide(self, caller: Caller, group: str | None) -> Decision | None:
@@ -620,7 +651,9 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        caller = limiter.caller(headers, client_ip(scope, limiter.settings.trust_forwarded_for))
+        caller = await limiter.caller(
+            headers, client_ip(scope, limiter.settings.trust_forwarded_for)
+        )
         try:
             decision = await limiter.decide(caller, group_of(scope["path"]))
         except RedisUnavailable as exc:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nefos.db.models import ApiKey
+from nefos.db.models import ApiKey, User
 from nefos.db.session import begin_write
 from nefos.db.types import utcnow
 from nefos.domain.access import Permission, parse_scopes
-from nefos.domain.errors import Forbidden, NotFound, ValidationFailed
+from nefos.domain.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from nefos.domain.paging import PageParams
 from nefos.schemas.identity import ApiKeyCreate
 from nefos.security.apikeys import display_prefix, generate_api_key, hash_secret
@@ -51,6 +52,7 @@ class ApiKeyService:
             expires_at = min(expires_at or principal.key_expires_at, principal.key_expires_at)
         raw = generate_api_key()
         await begin_write(self.session)
+        await self._check_cap(principal.user_id)
         key = ApiKey(
             user_id=principal.user_id,
             organisation_id=org_id,
@@ -63,6 +65,28 @@ class ApiKeyService:
         self.session.add(key)
         await self.session.commit()
         return key, raw
+
+    async def _check_cap(self, user_id: str) -> None:
+        """At most ``NEFOS_API_KEYS_PER_USER`` live keys a user (revoked and expired
+        ones do not count): keys are not a way to more of anything."""
+        cap = self.core.settings.api_keys_per_user
+        now = utcnow()
+        # The user's row locked (PostgreSQL): two creations at once count each other.
+        await self.session.execute(select(User.id).where(User.id == user_id).with_for_update())
+        live = await self.session.scalar(
+            select(func.count())
+            .select_from(ApiKey)
+            .where(
+                ApiKey.user_id == user_id,
+                ApiKey.revoked_at.is_(None),
+                or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
+            )
+        )
+        if (live or 0) >= cap:
+            raise Conflict(
+                f"You already hold {cap} live API keys, the most allowed: revoke one first",
+                limit=cap,
+            )
 
     async def list(self, principal: Principal, page: PageParams) -> tuple[Sequence[ApiKey], int]:
         return await fetch_page(

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.db.models import ApiKey, Membership, Organisation, RateLimitOverride
 from nefos.db.session import begin_write
+from nefos.db.types import utcnow
 from nefos.domain.errors import NotFound, ValidationFailed
 from nefos.domain.rate_limits import ALL_GROUPS, Policy, parse_rate
 
@@ -47,6 +48,17 @@ async def caller_overrides(
         )
     )
     return [(g, int(limit), int(window)) for g, limit, window in rows]
+
+
+async def live_key_owner(session: AsyncSession, key_hash: str) -> str | None:
+    """The owner's id of the live (not revoked, not expired) API key whose secret has
+    this SHA-256; None when there is none. The limiter counts a key against its owner."""
+    key = await session.scalar(
+        select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+    )
+    if key is None or (key.expires_at is not None and key.expires_at <= utcnow()):
+        return None
+    return key.user_id
 
 
 def _policy(row: RateLimitOverride) -> Policy:

@@ -36,7 +36,9 @@ async def my_rate_limits(request: Request) -> Response:
     remains now. Anonymous callers see their IP's. This route is not itself limited."""
     limiter = limiter_of(request)
     headers = dict(request.scope["headers"])
-    caller = limiter.caller(headers, client_ip(request.scope, limiter.settings.trust_forwarded_for))
+    caller = await limiter.caller(
+        headers, client_ip(request.scope, limiter.settings.trust_forwarded_for)
+    )
     policies, decision = await limiter.snapshot(caller)
     counted = {s.policy.name: s for s in decision.states} if decision is not None else {}
     states = []

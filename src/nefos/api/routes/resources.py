@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from nefos.api.deps import Access, CoreDep, ObjectId, PageDep, SessionDep, authorize
@@ -126,3 +127,19 @@ async def resource_stats(
 ) -> Response:
     """Capacity and use over all hosts (seed 003), with a breakdown by resource class."""
     return ok(await HostService(core, session).stats())
+
+
+# `/hosts`: where people who guess look for the hosts. The same endpoints as
+# /resources/hosts, left out of the OpenAPI document (it names the canonical paths).
+hosts = APIRouter(prefix="/hosts", tags=["hosts"], include_in_schema=False)
+for _route in router.routes:
+    assert isinstance(_route, APIRoute)
+    if _route.path.startswith("/resources/hosts"):
+        hosts.add_api_route(
+            _route.path.removeprefix("/resources/hosts"),
+            _route.endpoint,
+            methods=sorted(_route.methods),
+            status_code=_route.status_code,
+            response_model=_route.response_model,
+            name=f"{_route.name}_alias",
+        )
