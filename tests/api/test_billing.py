@@ -389,3 +389,71 @@ async def test_path_ids_are_checked_before_any_lookup(client, register):
         r = await client.get(path, headers=user.headers)
         assert r.status_code == 422, (path, r.text)
         assert r.json()["error"]["code"] == "VALIDATION_ERROR"
+
+
+async def _charge(core: Any, org_id: str, currency: str, amount: str, key: str) -> None:
+    """A charge of ``amount`` (exact, nine places) straight on the ledger."""
+    async with core.db.sessionmaker() as session:
+        await begin_write(session)
+        w = await session.scalar(
+            select(Wallet).where(Wallet.organisation_id == org_id, Wallet.currency == currency)
+        )
+        assert w is not None
+        await ledger.post(session, w, "charge", -D(amount), key=key)
+        await session.commit()
+
+
+async def test_money_is_shown_in_minor_units_and_the_ledger_keeps_it_exact(
+    client, app, register
+):
+    """Issue 14: a fractional charge leaves the balance at nine places; ``/wallet``
+    shows it in the currency's minor units, the ledger keeps the exact figure."""
+    core = app.state.core
+    user = await register()
+    org_id = await _org_of(client, user)
+    credit = core.settings.billing_signup_credit
+    await _charge(core, org_id, "USD", str(credit - D("9.994754774")), "frac-1")
+
+    r = await client.get("/api/v1/wallet", headers=user.headers)
+    assert r.status_code == 200, r.text
+    w = r.json()["data"]
+    assert (w["balance"], w["pending_charges"], w["available"]) == ("9.99", "0.00", "9.99")
+    assert D(w["available"]) == D(w["balance"]) - D(w["pending_charges"])
+
+    r = await client.get("/api/v1/wallet/ledger", headers=user.headers)
+    assert r.status_code == 200, r.text
+    charge, signup = r.json()["data"]["items"]
+    assert charge["kind"] == "charge"
+    assert charge["amount"] == f"{-round_money(credit - D('9.994754774'), 'USD'):f}"
+    assert charge["amount_exact"] == f"{-(credit - D('9.994754774')):f}"
+    assert (charge["balance_after"], charge["balance_after_exact"]) == ("9.99", "9.994754774")
+    assert (signup["amount"], signup["amount_exact"]) == (f"{credit:.2f}", f"{credit:f}")
+    # Seed 002's transactions are the same entries, shown the same way.
+    r = await client.get("/api/v1/billing/transactions", headers=user.headers)
+    assert r.status_code == 200, r.text
+    tx = r.json()["data"]["items"][0]
+    assert (tx["balance_after"], tx["balance_after_exact"]) == ("9.99", "9.994754774")
+    for path in ("/api/v1/billing/overview", "/api/v1/billing/subscription"):
+        r = await client.get(path, headers=user.headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["data"]["balance"] == "9.99", path
+
+
+async def test_a_zero_decimal_currency_is_shown_in_whole_units(client, app, register):
+    """JPY has no minor unit: a wallet at 9.6 yen shows 10."""
+    core = app.state.core
+    user = await register()
+    org_id = await _org_of(client, user)
+    r = await client.put(
+        "/api/v1/billing/account", json={"currency": "JPY"}, headers=user.headers
+    )
+    assert r.status_code == 200, r.text
+    await _charge(core, org_id, "JPY", "0.4", "frac-jpy")
+    r = await client.get("/api/v1/wallet", headers=user.headers)
+    assert r.status_code == 200, r.text
+    w = r.json()["data"]
+    assert (w["currency"], w["balance"], w["available"]) == ("JPY", "10", "10")
+    r = await client.get("/api/v1/wallet/ledger", headers=user.headers)
+    charge = r.json()["data"]["items"][0]
+    assert (charge["amount"], charge["amount_exact"]) == ("0", "-0.4")
+    assert (charge["balance_after"], charge["balance_after_exact"]) == ("10", "9.6")

@@ -325,3 +325,15 @@ async def test_threshold_and_currency_while_untouched(client, register, app):
     assert (await call(client, user, "GET", "/billing/account"))["currency"] == "USD"
     # Not a currency at all.
     await call(client, user, "PUT", "/billing/account", 422, json={"currency": "E1R"})
+
+
+async def test_unit_prices_keep_their_places_in_any_currency(client, register, admin):
+    """Issue 14: a unit price is not an amount: 0.000013 a second stays 0.000013,
+    in USD and in JPY (whose amounts have no decimals)."""
+    user = await register()
+    for currency in ("USD", "JPY"):
+        put = {"unit_price": "0.000013", "currency": currency}
+        new = await call(client, admin, "PUT", "/products/vcpu_hour", json=put)
+        assert new["unit_price"] == "0.000013"
+        listed = await call(client, user, "GET", "/products", params={"currency": currency})
+        assert prices(listed)["vcpu_hour"] == "0.000013"

@@ -5,21 +5,21 @@ from __future__ import annotations
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from nefos.domain.errors import ValidationFailed
+from nefos.domain.money import MINOR_UNITS, minor_exponent, minor_unit, round_money
 
-# ISO 4217 minor units of the currencies Nefos knows; others have two.
-MINOR_UNITS: dict[str, int] = {
-    "BHD": 3,
-    "CLP": 0,
-    "ISK": 0,
-    "JOD": 3,
-    "JPY": 0,
-    "KRW": 0,
-    "KWD": 3,
-    "OMR": 3,
-    "TND": 3,
-    "UGX": 0,
-    "VND": 0,
-}
+__all__ = [
+    "EXACT",
+    "MAX_AMOUNT",
+    "MINOR_UNITS",
+    "ZERO",
+    "check_currency",
+    "exact",
+    "minor_exponent",
+    "minor_unit",
+    "money_str",
+    "parse_amount",
+    "round_money",
+]
 ZERO = Decimal(0)
 # Rated amounts before the invoice line keep nine places (the ``Amount`` column).
 EXACT = Decimal("1e-9")
@@ -27,20 +27,6 @@ EXACT = Decimal("1e-9")
 # as 64-bit counts of 10⁻⁹ units (up to about 9.2e9), so a balance has room for
 # several of them.
 MAX_AMOUNT = Decimal("1000000000")
-
-
-def minor_exponent(currency: str) -> int:
-    return MINOR_UNITS.get(currency.upper(), 2)
-
-
-def minor_unit(currency: str) -> Decimal:
-    """The smallest amount of ``currency`` (0.01 for USD, 1 for JPY)."""
-    return Decimal(1).scaleb(-minor_exponent(currency))
-
-
-def round_money(amount: Decimal, currency: str) -> Decimal:
-    """``amount`` rounded half-up to the currency's minor unit: done once, at a line."""
-    return amount.quantize(minor_unit(currency), rounding=ROUND_HALF_UP)
 
 
 def exact(amount: Decimal) -> Decimal:

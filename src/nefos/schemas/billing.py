@@ -1,7 +1,9 @@
 """Wire schemas of billing: the catalogue, billing accounts, quotes, payouts and the
 seed 002 revenue views (overview, transactions, subscription).
 
-Money goes out as decimal strings (``"45.67"``) with a ``currency`` field. Amounts
+Money goes out as decimal strings (``"45.67"``) with a ``currency`` field, in that
+currency's minor units (:class:`Priced`); only unit prices (``Price``) and the
+ledger's ``*_exact`` figures keep more places. Amounts
 come in as a string or a JSON number and are parsed as ``Decimal``, never as a
 float; the service then checks them against the currency's minor unit.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -22,11 +24,37 @@ from pydantic import (
     model_validator,
 )
 
+from nefos.domain.money import round_money
 from nefos.domain.units import parse_cpu_milli, parse_memory_mb, parse_port
 from nefos.schemas.common import Id, Pagination, Request
 from nefos.schemas.compute import OperationRef
 
-Money = Annotated[str, Field(description="A decimal string.", examples=["45.67"])]
+
+class _MinorUnits:
+    """Marks a ``Money`` field: :class:`Priced` rounds it to the currency's minor unit."""
+
+    def __repr__(self) -> str:
+        return "MinorUnits"
+
+
+MINOR_UNITS = _MinorUnits()
+#: An amount: a decimal string in the currency's minor units (``"45.67"``, JPY
+#: ``"4567"``, KWD ``"4.567"``), rounded half-up by :class:`Priced`.
+Money = Annotated[
+    str,
+    MINOR_UNITS,
+    Field(description="A decimal string in the currency's minor units.", examples=["45.67"]),
+]
+#: The exact figure kept inside (nine places at most): the ledger's ``*_exact``.
+ExactMoney = Annotated[
+    str, Field(description="The exact decimal string (up to nine places).", examples=["45.6712"])
+]
+#: A unit price is not an amount: it keeps its places (0.000013 a second).
+Price = Annotated[
+    str,
+    Field(description="A decimal string, at the price's own precision.", examples=["0.000013"]),
+]
+Percent = Annotated[str, Field(description="A decimal string (percent).", examples=["12.5"])]
 Currency = Annotated[
     str, Field(min_length=3, max_length=3, pattern=r"^[A-Za-z]{3}$", examples=["USD"])
 ]
@@ -45,6 +73,31 @@ SKU_PATTERN = r"^(?:[a-z][a-z0-9_]{0,39}|flavor:[A-Za-z0-9][A-Za-z0-9_.-]{0,63})
 Note = Annotated[str, Field(max_length=2000)]
 
 
+def _in_minor_units(model: BaseModel, currency: str) -> None:
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, str) and MINOR_UNITS in info.metadata:
+            setattr(model, name, f"{round_money(Decimal(value), currency):f}")
+        inners = value.values() if isinstance(value, dict) else value
+        for inner in inners if isinstance(value, dict | list) else [value]:
+            if isinstance(inner, Priced) and "currency" not in type(inner).model_fields:
+                _in_minor_units(inner, currency)
+
+
+class Priced(BaseModel):
+    """A wire model with money: every ``Money`` field, its own and those of the
+    ``Priced`` models it holds that have no ``currency`` of their own, goes out in
+    its ``currency``'s minor units (ISO 4217: USD 2, JPY 0, KWD 3; half-up, as an
+    invoice line is rounded). The one place the rule is applied."""
+
+    @model_validator(mode="after")
+    def _money_in_minor_units(self) -> Self:
+        currency = getattr(self, "currency", None)
+        if isinstance(currency, str):
+            _in_minor_units(self, currency)
+        return self
+
+
 # --- catalogue -------------------------------------------------------------------------
 class ProductPublic(BaseModel):
     """One price of the catalogue. In ``GET /products`` ``unit_price`` is what the
@@ -59,7 +112,7 @@ class ProductPublic(BaseModel):
     description: str
     flavor: str | None = None
     currency: str
-    unit_price: Money
+    unit_price: Price
     effective_from: datetime
     effective_to: datetime | None = Field(None, description="null: in force")
     created_at: datetime
@@ -87,12 +140,12 @@ class ProductPriceSet(Request):
 AccountStatus = Literal["active", "low_balance", "suspended"]
 
 
-class BillingAccountPublic(BaseModel):
+class BillingAccountPublic(Priced):
     organisation_id: str
     organisation_kind: str = Field(description="standard or reseller")
     currency: str
     low_balance_threshold: Money
-    margin_percent: Money = Field(
+    margin_percent: Percent = Field(
         description="A reseller's margin on its child organisations' prices (percent)."
     )
     status: AccountStatus
@@ -268,7 +321,7 @@ class QuoteAccept(Request):
     )
 
 
-class QuoteLine(BaseModel):
+class QuoteLine(Priced):
     """One meter of one item, for a month: ``amount`` is ``quantity * unit_price``
     rounded half-up to the currency's minor unit, once."""
 
@@ -280,7 +333,7 @@ class QuoteLine(BaseModel):
     meter: str
     unit: str
     quantity: str = Field(description="Monthly quantity, in `unit`, for all `count`.")
-    unit_price: Money
+    unit_price: Price
     amount: Money
     currency: str
 
@@ -295,7 +348,7 @@ class QuoteResource(BaseModel):
     operation: OperationRef | None = None
 
 
-class QuotePublic(BaseModel):
+class QuotePublic(Priced):
     id: str
     organisation_id: str
     project_id: str | None
@@ -345,7 +398,7 @@ class PayoutDecision(Request):
     note: Note | None = Field(None, description="A transfer reference, or why it was rejected.")
 
 
-class PayoutPublic(BaseModel):
+class PayoutPublic(Priced):
     id: str
     organisation_id: str
     wallet_id: str
@@ -367,7 +420,7 @@ class Period(BaseModel):
     end: datetime
 
 
-class BillingOverview(BaseModel):
+class BillingOverview(Priced):
     """Seed 002's revenue summary. Totals cover ``period``; ``balance``,
     ``available_earnings`` and ``pending_payouts`` are as of now."""
 
@@ -385,7 +438,7 @@ class BillingOverview(BaseModel):
     period: Period
 
 
-class TransactionPublic(BaseModel):
+class TransactionPublic(Priced):
     """One ledger entry of the wallet (seed 002's transaction)."""
 
     id: str
@@ -393,7 +446,9 @@ class TransactionPublic(BaseModel):
     type: str = Field(description="top_up, charge, refund, adjustment, payout, revenue")
     kind: str
     amount: Money = Field(description="Signed: money out is negative.")
+    amount_exact: ExactMoney = Field(description="`amount` as the ledger keeps it.")
     balance_after: Money
+    balance_after_exact: ExactMoney
     currency: str
     description: str
     reference_kind: str | None
@@ -402,7 +457,7 @@ class TransactionPublic(BaseModel):
     created_at: datetime
 
 
-class SubscriptionPublic(BaseModel):
+class SubscriptionPublic(Priced):
     """Seed 002's current subscription. Nefos is prepaid pay-as-you-go: the plan is
     the wallet, its status the wallet's state."""
 
@@ -412,7 +467,7 @@ class SubscriptionPublic(BaseModel):
     currency: str
     balance: Money
     low_balance_threshold: Money
-    margin_percent: Money
+    margin_percent: Percent
     current_period: Period
     next_invoice_date: datetime
 
@@ -445,7 +500,7 @@ class PaymentFail(Request):
     reason: Annotated[str, Field(min_length=1, max_length=500)] = "Marked failed by an admin"
 
 
-class PaymentPublic(BaseModel):
+class PaymentPublic(Priced):
     """A payment. ``client_secret`` (a pending ``stripe`` payment's, for Stripe.js) is
     in the answers of its creation and, for those who may pay, of ``GET``."""
 
@@ -485,7 +540,7 @@ InvoiceStatus = Literal["draft", "open", "paid", "void"]
 InvoiceKind = Literal["invoice", "credit_note"]
 
 
-class InvoiceLinePublic(BaseModel):
+class InvoiceLinePublic(Priced):
     """One resource's use of one meter in the period (on a credit note: a credit)."""
 
     id: str
@@ -498,7 +553,7 @@ class InvoiceLinePublic(BaseModel):
     description: str
     quantity: str = Field(description="In `unit`, a decimal string.", examples=["720"])
     unit: str = Field(examples=["vCPU-hour"])
-    unit_price: Money = Field(description="The catalogue's price with the reseller's margin.")
+    unit_price: Price = Field(description="The catalogue's price with the reseller's margin.")
     amount: Money = Field(
         description="quantity times unit_price, rounded half-up to the minor unit (once)."
     )
@@ -507,7 +562,7 @@ class InvoiceLinePublic(BaseModel):
     )
 
 
-class InvoicePublic(BaseModel):
+class InvoicePublic(Priced):
     id: str
     number: str | None = Field(
         None, examples=["NEF-2026-000123"], description="Given when finalized."
@@ -578,7 +633,7 @@ class CreditNoteCreate(Request):
         return self
 
 
-class Bill(BaseModel):
+class Bill(Priced):
     """Seed 004's bill: one finalized invoice."""
 
     id: str
@@ -602,10 +657,12 @@ class BillingHistory(BaseModel):
 
 
 # --- wallet and usage (seeds 000 and 004) ---------------------------------------------------
-class WalletPublic(BaseModel):
+class WalletPublic(Priced):
     """An organisation's prepaid wallet. ``balance`` is the sum of its ledger;
     ``pending_charges`` what its usage not yet charged costs; ``available`` the
-    difference, which creates need above zero."""
+    difference, which creates need above zero. All three in minor units, and
+    ``available`` is the difference of the two as shown; the exact balance is the
+    ledger's ``balance_after_exact``."""
 
     id: str
     organisation_id: str
@@ -620,14 +677,28 @@ class WalletPublic(BaseModel):
     created_at: datetime
     updated_at: datetime
 
+    @model_validator(mode="after")
+    def _available_adds_up(self) -> Self:
+        shown = [
+            round_money(Decimal(v), self.currency) for v in (self.balance, self.pending_charges)
+        ]
+        self.available = f"{shown[0] - shown[1]:f}"
+        return self
 
-class LedgerEntryPublic(BaseModel):
+
+class LedgerEntryPublic(Priced):
+    """One entry of the ledger: ``amount`` and ``balance_after`` in minor units like
+    every amount, and as the ledger keeps them (``*_exact``, up to nine places): the
+    exact balance is the sum of the exact amounts."""
+
     id: str
     wallet_id: str
     kind: Literal["top_up", "charge", "refund", "adjustment", "payout", "revenue"]
     type: str = Field(description="Alias of kind.")
     amount: Money = Field(description="Signed: a charge or payout is negative.")
+    amount_exact: ExactMoney = Field(description="`amount` as the ledger keeps it.")
     balance_after: Money
+    balance_after_exact: ExactMoney
     currency: str
     description: str
     reference_kind: str | None = None
@@ -642,7 +713,7 @@ class LedgerPage(BaseModel):
     pagination: Pagination
 
 
-class SummaryPeriod(BaseModel):
+class SummaryPeriod(Priced):
     start_date: datetime
     end_date: datetime
     total_cost: Money
@@ -656,7 +727,7 @@ class SummaryUsage(BaseModel):
     network_gb: float
 
 
-class SummaryItem(BaseModel):
+class SummaryItem(Priced):
     """One resource of seed 004's summary (``container_id``, ``vm_id`` or
     ``volume_id`` names it)."""
 
@@ -667,7 +738,7 @@ class SummaryItem(BaseModel):
     usage: SummaryUsage
 
 
-class BillingSummary(BaseModel):
+class BillingSummary(Priced):
     """Seed 004's billing summary: the current period's cost so far."""
 
     user_id: str
@@ -679,7 +750,7 @@ class BillingSummary(BaseModel):
     currency: str
 
 
-class MeterUsage(BaseModel):
+class MeterUsage(Priced):
     """One meter of a resource: its quantity (``total_hours``, ``total_gb_hours``,
     ``total_gb_days`` or ``total_gb``) and cost."""
 
@@ -693,7 +764,7 @@ class UsagePeriod(BaseModel):
     end_date: datetime
 
 
-class ResourceUsage(BaseModel):
+class ResourceUsage(Priced):
     """Seed 004's usage of one container (``container_id``) or VM (``vm_id``)."""
 
     model_config = {"extra": "allow"}

@@ -18,6 +18,7 @@ from nefos.api.envelope import ok, page
 from nefos.domain.access import Permission
 from nefos.schemas.billing import (
     BillingSummary,
+    LedgerEntryPublic,
     LedgerPage,
     ResourceUsage,
     WalletPublic,
@@ -51,7 +52,7 @@ async def get_wallet(
     (usage not yet charged), `available` (what is left), and its status
     (`active`, `low_balance`, `depleted`, `suspended`)."""
     org = await access.org(organisation_id, READ)
-    return ok(await UsageService(core, session).wallet_view(org))
+    return ok(WalletPublic.model_validate(await UsageService(core, session).wallet_view(org)))
 
 
 @wallet.get("/ledger", response_model=Envelope[LedgerPage])
@@ -71,7 +72,8 @@ async def get_ledger(
     currency, rows, total = await UsageService(core, session).ledger_page(
         org, params, kind=kind, start=_aware(start_date), end=_aware(end_date)
     )
-    body = page([entry_public(e, currency) for e in rows], total, params)
+    entries = [LedgerEntryPublic.model_validate(entry_public(e, currency)) for e in rows]
+    body = page(entries, total, params)
     body["entries"] = body["items"]
     return ok(body)
 
@@ -85,7 +87,8 @@ async def billing_summary(
     from nefos.db.types import utcnow
 
     org = await access.org(organisation_id, READ)
-    return ok(await UsageService(core, session).summary(access.principal, org, utcnow()))
+    summary = await UsageService(core, session).summary(access.principal, org, utcnow())
+    return ok(BillingSummary.model_validate(summary))
 
 
 async def _usage(
@@ -102,7 +105,7 @@ async def _usage(
     data = await UsageService(core, session).resource_usage(
         org, kind, resource_id, name, _aware(start_date), _aware(end_date)
     )
-    return ok(data)
+    return ok(ResourceUsage.model_validate(data))
 
 
 @router.get("/containers/{container_id}/usage", response_model=Envelope[ResourceUsage])
