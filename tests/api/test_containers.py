@@ -19,6 +19,8 @@ import httpx
 import pytest
 
 from nefos.api.app import create_app
+from nefos.db.models import Container
+from nefos.db.session import begin_write
 from nefos.services.users import UserService
 from tests.conftest import (
     ADMIN_PASSWORD,
@@ -319,6 +321,10 @@ async def test_scale_rolling_and_recreate(client, admin, register, podman_host):
 
     data = await api.act("POST", url, {"replicas": 3})
     assert data["container"]["status"] == "scaling" and data["replicas"] == 3
+    # The answer shows the replica that runs (and its endpoint) beside the new ones.
+    states = [(s["slot"], s["state"]) for s in data["container"]["replica_states"]]
+    assert states == [(0, "running"), (1, "pending"), (2, "pending")]
+    assert [e["replica"] for e in data["container"]["endpoints"]] == [0]
     got = await api.get(c["id"])
     assert got["status"] == "running" and got["replicas"] == 3
     assert [(s["slot"], s["state"]) for s in got["replica_states"]] == [
@@ -546,7 +552,7 @@ async def test_no_active_host_is_resource_exhausted(client, admin, register):
     assert (await api.call("GET", "/operations"))["items"] == []
 
 
-async def test_an_unknown_image_fails_the_operation(client, admin, register, podman_host):
+async def test_an_unknown_image_fails_the_operation(client, admin, register, podman_host, app):
     api = Api(client, await register())
     data = await api.create(seed_body(image="localhost/nefos-no-such-image:never"))
     assert data["container"]["status"] == "creating"
@@ -557,9 +563,77 @@ async def test_an_unknown_image_fails_the_operation(client, admin, register, pod
     assert got["status"] == "error" and got["status_reason"]
     assert got["metrics"] is None and got["endpoints"] == []
     assert engine_containers(data["container_id"]) == []
+    # What it held is free again before it is deleted.
+    assert await host_usage(client, admin, podman_host["id"]) == IDLE
+    # It never ran: a failed operation, not a crash.
+    await app.state.alert_engine.on_samples([])
+    r = await client.get(f"{V1}/monitoring/alerts", headers=api.who.headers)
+    assert r.status_code == 200, r.text
+    assert [a for a in r.json()["data"]["items"] if a["kind"] == "instance_crashed"] == []
     # It can still be deleted, and the allocation goes with it.
     await api.delete(data["container_id"])
     assert await host_usage(client, admin, podman_host["id"]) == IDLE
+
+
+async def test_a_failed_scale_up_gives_its_capacity_back(client, admin, register, podman_host, app):
+    api = Api(client, await register())
+    c = await api.created(seed_body("grows"))
+    before = await host_usage(client, admin, podman_host["id"])
+    # The image goes away behind Nefos's back: the new replicas cannot be made.
+    async with app.state.core.db.sessionmaker() as session:
+        await begin_write(session)
+        row = await session.get(Container, c["id"])
+        assert row is not None
+        row.image = "localhost/nefos-no-such-image:never"
+        await session.commit()
+    await api.act("POST", f"/containers/{c['id']}/scale", {"replicas": 3}, expect="failed")
+    assert await host_usage(client, admin, podman_host["id"]) == before
+    got = await api.get(c["id"])
+    assert [(s["slot"], s["state"]) for s in got["replica_states"]] == [(0, "running")]
+    await api.delete(c["id"])
+
+
+# --- publishing ports ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "ports",
+    [["127.0.0.1:31000:8080"], ["22:8080"], ["8150:8080"], ["0.0.0.0::8080"], ["5432:8080"]],
+)
+async def test_tenants_publish_only_in_the_range_on_the_public_address(
+    client, register, podman_host, ports
+):
+    user = await register()
+    r = await client.post(f"{V1}/containers", json=seed_body(ports=ports), headers=user.headers)
+    body = assert_error(r, 422, "VALIDATION_ERROR")
+    assert "ports" in body["error"]["message"]
+    assert (await Api(client, user).call("GET", "/containers"))["items"] == []
+
+
+async def test_a_bare_port_gets_a_host_port_of_the_range(client, register, podman_host):
+    api = Api(client, await register())
+    c = await api.created(seed_body("ranged", ports=["8080"]))
+    [endpoint] = c["endpoints"]
+    assert 30000 <= endpoint["host_port"] <= 32767
+    await serves(endpoint["host_port"])
+    # A fixed port inside the range is the tenant's to choose.
+    port = 32767 if endpoint["host_port"] != 32767 else 32766
+    fixed = await api.created(seed_body("fixed", ports=[f"{port}:8080"]))
+    assert [e["host_port"] for e in fixed["endpoints"]] == [port]
+    await serves(port)
+    await api.delete(c["id"])
+    await api.delete(fixed["id"])
+
+
+async def test_a_platform_admin_may_publish_outside_the_range(client, admin, podman_host):
+    api = Api(client, admin)
+    c = await api.created(seed_body("admin-port", ports=["127.0.0.1:29999:8080"]))
+    assert [(e["host_ip"], e["host_port"]) for e in c["endpoints"]] == [("127.0.0.1", 29999)]
+    await serves(29999)
+    # Never on the platform's own ports.
+    r = await client.post(
+        f"{V1}/containers", json=seed_body("on-pg", ports=["5432:8080"]), headers=admin.headers
+    )
+    assert_error(r, 422, "VALIDATION_ERROR")
+    await api.delete(c["id"])
 
 
 # --- tenants, roles and scopes --------------------------------------------------------------

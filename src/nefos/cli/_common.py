@@ -234,13 +234,25 @@ def api(as_json: bool) -> Iterator[Client]:
         yield client
 
 
+#: What an operation's progress counts, read at each poll: ``(done, wanted, unit)``,
+#: e.g. ``(1, 3, "replicas ready")`` -- for an operation whose own percentage says
+#: too little (a container's replicas coming up one by one).
+Steps = Callable[[OperationPublic], tuple[int, int, str]]
+
+
 def wait_for(
-    client: Client, operation_id: str, as_json: bool, *, timeout: float | None = WAIT_TIMEOUT
+    client: Client,
+    operation_id: str,
+    as_json: bool,
+    *,
+    timeout: float | None = WAIT_TIMEOUT,
+    steps: Steps | None = None,
 ) -> OperationPublic:
     """Wait for an operation to end, with a progress bar on stderr (none with --json).
 
-    The succeeded operation; a failed one raises OperationFailedError, which
-    :func:`handle_errors` reports.
+    The bar shows the operation's percentage, or with ``steps`` its count (``2/3
+    replicas ready``). The succeeded operation; a failed one raises
+    OperationFailedError, which :func:`handle_errors` reports.
     """
     if as_json:
         return client.operations.wait(operation_id, timeout=timeout, poll=WAIT_POLL)
@@ -256,10 +268,20 @@ def wait_for(
         task = progress.add_task(f"operation {operation_id}", total=100)
 
         def update(op: OperationPublic) -> None:
+            description = f"{escape(op.kind)} {escape(op.status)}"
+            if steps is None:
+                progress.update(
+                    task,
+                    completed=100 if op.status == "succeeded" else op.progress,
+                    description=description,
+                )
+                return
+            done, wanted, unit = steps(op)
             progress.update(
                 task,
-                completed=100 if op.status == "succeeded" else op.progress,
-                description=f"{escape(op.kind)} {escape(op.status)}",
+                total=max(1, wanted),
+                completed=min(done, wanted),
+                description=f"{description}: {done}/{wanted} {escape(unit)}",
             )
 
         return client.operations.wait(

@@ -13,6 +13,7 @@ from nefos.cli._common import (
     JsonOpt,
     LimitOpt,
     PageOpt,
+    Steps,
     WaitOpt,
     YesOpt,
     api,
@@ -22,7 +23,12 @@ from nefos.cli._common import (
     wait_for,
 )
 from nefos.cli._metrics import series_table, values_of
-from nefos.schemas.compute import ContainerAccepted, ContainerPublic, PublishedEndpoint
+from nefos.schemas.compute import (
+    ContainerAccepted,
+    ContainerPublic,
+    OperationPublic,
+    PublishedEndpoint,
+)
 from nefos.sdk import Client
 
 app = typer.Typer(no_args_is_help=True, help="Containers: create, scale, follow and remove them.")
@@ -126,8 +132,25 @@ def _environment(pairs: list[str]) -> dict[str, str]:
     return env
 
 
+def _replicas_ready(c: Client, container_id: str) -> Steps:
+    """--wait's count for a create, start or scale: replicas running of those wanted."""
+
+    def steps(op: OperationPublic) -> tuple[int, int, str]:
+        container = c.containers.get(container_id)
+        running = sum(1 for r in container.replica_states if r.state == "running")
+        return min(running, container.replicas), container.replicas, "replicas ready"
+
+    return steps
+
+
 def _accepted(
-    c: Client, accepted: ContainerAccepted, wait: bool, as_json: bool, *, gone: bool = False
+    c: Client,
+    accepted: ContainerAccepted,
+    wait: bool,
+    as_json: bool,
+    *,
+    gone: bool = False,
+    stopping: bool = False,
 ) -> None:
     """Report a write: what was accepted, or (--wait) how it ended."""
     if not wait:
@@ -141,7 +164,12 @@ def _accepted(
             f"Operation {op.id}: follow it with `nefos operation wait {op.id}`"
         )
         return
-    final = wait_for(c, accepted.operation.id, as_json)
+    final = wait_for(
+        c,
+        accepted.operation.id,
+        as_json,
+        steps=None if gone or stopping else _replicas_ready(c, accepted.container_id),
+    )
     container = None if gone else c.containers.get(accepted.container_id)
     if as_json:
         data: dict[str, Any] = accepted.model_dump(mode="json")
@@ -246,7 +274,7 @@ def start(container_id: ContainerArg, wait: WaitOpt = False, as_json: JsonOpt = 
 def stop(container_id: ContainerArg, wait: WaitOpt = False, as_json: JsonOpt = False) -> None:
     """Stop a container (its replicas are kept, to start again)."""
     with api(as_json) as c:
-        _accepted(c, c.containers.stop(container_id), wait, as_json)
+        _accepted(c, c.containers.stop(container_id), wait, as_json, stopping=True)
 
 
 @app.command()

@@ -32,6 +32,7 @@ from nefos.domain.access import Permission
 from nefos.domain.errors import (
     Conflict,
     NotFound,
+    ResourceExhausted,
     ServiceUnavailable,
     ValidationFailed,
 )
@@ -303,6 +304,9 @@ class ContainerService:
                 await self._reachable([h for _, h in placed])
                 op = await enqueue(
                     self.session,
+        policy = self.core.settings.publish_policy
+        for text in body.ports:
+            policy.check(parse_port(text), admin=principal.is_admin)
                     kind="container.create",
                     resource_type="container",
                     resource_id=container.id,
@@ -583,7 +587,54 @@ class ContainerOps:
         )
         return container, replicas, hosts
 
-    def _spec(self, container: Container, replica: ContainerReplica) -> InstanceSpec:
+    async def _host_ports(
+        self, container: Container, replica: ContainerReplica
+    ) -> dict[tuple[int, str], int]:
+        """A free host port of the publishing range for each bare container port of
+        the replica, on its host: not one another replica on that host publishes (or
+        names as fixed), nor reserved. The engine's own pick would be an ephemeral
+        port anywhere, outside what the host's firewall opens for tenants."""
+        bare = [p for p in map(parse_port, container.ports) if p.host_port is None]
+        if not bare:
+            return {}
+        async with self.core.db.sessionmaker() as session:
+            rows = (
+                await session.execute(
+                    select(ContainerReplica.published, Container.ports)
+                    .join(Container, Container.id == ContainerReplica.container_id)
+                    .where(
+                        ContainerReplica.host_id == replica.host_id,
+                        ContainerReplica.id != replica.id,
+                    )
+                )
+            ).all()
+        taken = {int(p["host_port"]) for published, _ in rows for p in published or []}
+        taken |= {
+            port
+            for _, texts in rows
+            for port in (parse_port(t).host_port for t in texts or [])
+            if port is not None
+        }
+        taken |= {p.host_port for p in map(parse_port, container.ports) if p.host_port}
+        policy = self.core.settings.publish_policy
+        chosen: dict[tuple[int, str], int] = {}
+        for p in bare:
+            port = policy.pick(taken)
+            if port is None:
+                raise ResourceExhausted(
+                    "No free host port is left in the publishing range on the host",
+                    host_id=replica.host_id,
+                )
+            taken.add(port)
+            chosen[(p.container_port, p.protocol)] = port
+        return chosen
+
+    def _spec(
+        self,
+        container: Container,
+        replica: ContainerReplica,
+        host_ports: dict[tuple[int, str], int] | None = None,
+    ) -> InstanceSpec:
         ports = []
         for text in container.ports:
             p = parse_port(text)
@@ -591,7 +642,7 @@ class ContainerOps:
                 PortSpec(
                     container_port=p.container_port,
                     protocol="udp" if p.protocol == "udp" else "tcp",
-                    host_port=p.host_port,
+                    host_port=p.host_port or (host_ports or {}).get((p.container_port, p.protocol)),
                     host_ip=p.host_ip or self.core.settings.container_publish_ip,
                 )
             )
@@ -680,7 +731,8 @@ class ContainerOps:
             info = await self._driver_call(host, driver.get(name))
         except NotFound:
             try:
-                info = await self._driver_call(host, driver.create(self._spec(container, replica)))
+                spec = self._spec(container, replica, await self._host_ports(container, replica))
+                info = await self._driver_call(host, driver.create(spec))
             except ValidationFailed as invalid:
                 # Made by an earlier, interrupted attempt between our get and create?
                 try:
@@ -933,8 +985,34 @@ class ContainerOps:
 
 
 def replica_view(replicas: Sequence[ContainerReplica], hosts: dict[str, Host]) -> dict[str, Any]:
+            if ctx.op.kind in ("container.create", "container.scale"):
+                await self._drop_unmade(ctx)
     endpoints = []
     for r in replicas:
+    async def _drop_unmade(self, ctx: OpContext) -> None:
+        """A failed create (or scale-up) gives back what its replicas that never came
+        up hold: their allocations and rows go, so the host's capacity is free again
+        (the container stays, in ``error``, for the user to read and delete; a scale
+        makes the missing replicas again). Replicas that did come up stay. An engine
+        container such a replica left (made, but its start failed) is destroyed here
+        or, if its host does not answer, reaped by the reconciler as an orphan."""
+        async with self.core.db.sessionmaker() as session:
+            container, replicas, hosts = await self._load(session, ctx.op.resource_id)
+        if container is None:
+            return
+        if ctx.op.kind == "container.scale":
+            added = set(ctx.op.params.get("add", []))
+            replicas = [r for r in replicas if r.id in added]
+        for r in replicas:
+            if r.state != "pending":
+                continue
+            host = hosts.get(r.host_id)
+            try:
+                await self._remove(container, r, host)
+            except Exception:  # the engine side is then the reconciler's (orphan reaping)
+                log.warning("could not remove replica %s of a failed create", r.id, exc_info=True)
+                await self._remove(container, r, None)
+
         for p in r.published or []:
             host = hosts.get(r.host_id)
             endpoints.append({**p, "replica": r.slot, "host": host.hostname if host else None})

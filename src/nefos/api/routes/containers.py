@@ -77,12 +77,18 @@ def _ref(op: Operation) -> dict[str, str]:
     return {"id": op.id, "status": op.status, "url": operation_url(op.id)}
 
 
-def _accepted(message: str, c: Container, op: Operation, **extra: Any) -> Response:
+async def _accepted(
+    service: ContainerService, message: str, c: Container, op: Operation, **extra: Any
+) -> Response:
+    """The 202: the container as it stands, with its replicas and endpoints (a scale
+    of a running container shows those running), and the operation to follow."""
+    replicas = (await service.replicas([c.id]))[c.id]
+    hosts = await service._hosts(replicas)
     headers = {"Location": operation_url(op.id)}
     body = {
         "message": message,
         "container_id": c.id,
-        "container": container_public(c),
+        "container": container_public(c, replicas, hosts),
         "operation": _ref(op),
         **extra,
     }
@@ -126,8 +132,9 @@ async def create_container(
     project, _ = await resolve_project(
         session, access.principal, body.project_id or project_id, Permission.COMPUTE_WRITE
     )
-    container, op = await ContainerService(core, session).create(access.principal, project, body)
-    return _accepted("Container creation accepted", container, op)
+    service = ContainerService(core, session)
+    container, op = await service.create(access.principal, project, body)
+    return await _accepted(service, "Container creation accepted", container, op)
 
 
 @router.get("/{container_id}", response_model=Envelope[dict[str, ContainerPublic]])
@@ -157,7 +164,7 @@ async def start_container(
     service = ContainerService(core, session)
     c = await service.visible(access.principal, container_id, Permission.COMPUTE_WRITE)
     c, op = await service.start(access.principal, c)
-    return _accepted("Container start accepted", c, op)
+    return await _accepted(service, "Container start accepted", c, op)
 
 
 @router.put("/{container_id}/stop", status_code=202, response_model=Envelope[ContainerAccepted])
@@ -170,7 +177,7 @@ async def stop_container(
     service = ContainerService(core, session)
     c = await service.visible(access.principal, container_id, Permission.COMPUTE_WRITE)
     c, op = await service.stop(access.principal, c)
-    return _accepted("Container stop accepted", c, op)
+    return await _accepted(service, "Container stop accepted", c, op)
 
 
 @router.post("/{container_id}/scale", status_code=202, response_model=Envelope[ContainerAccepted])
@@ -186,7 +193,7 @@ async def scale_container(
     service = ContainerService(core, session)
     c = await service.visible(access.principal, container_id, Permission.COMPUTE_WRITE)
     c, op = await service.scale(access.principal, c, body)
-    return _accepted("Container scaling accepted", c, op, replicas=body.replicas)
+    return await _accepted(service, "Container scaling accepted", c, op, replicas=body.replicas)
 
 
 @router.delete("/{container_id}", status_code=202, response_model=Envelope[ContainerAccepted])
@@ -200,7 +207,7 @@ async def delete_container(
     service = ContainerService(core, session)
     c = await service.visible(access.principal, container_id, Permission.COMPUTE_WRITE)
     c, op = await service.delete(access.principal, c)
-    return _accepted("Container deletion accepted", c, op)
+    return await _accepted(service, "Container deletion accepted", c, op)
 
 
 @router.get("/{container_id}/logs", response_model=Envelope[ContainerLogs])

@@ -1,0 +1,96 @@
+"""Where tenants may publish container ports on a host (pure; no I/O).
+
+A tenant's container publishes only on the host's public address (the setting
+``container_publish_ip``) and on host ports inside the configured range
+(``container_port_range``, like Kubernetes' NodePort range). A request may name a
+fixed host port inside the range; a bare container port gets a free port of the
+range on its host. A platform admin may name a host address and a port outside the
+range (an ingress on 80/443, say). Nobody, admin or not, publishes on a reserved
+port: those the platform itself listens on (its API, PostgreSQL, Redis, libvirt,
+SSH...) -- a container bound there would take the port from, or shadow, the service.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from nefos.domain.errors import ValidationFailed
+from nefos.domain.units import PortMapping
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """``"30000-32767"`` -> ``(30000, 32767)``; ValueError unless 1024 <= low <= high <= 65535."""
+    low_text, sep, high_text = text.strip().partition("-")
+    try:
+        low, high = int(low_text), int(high_text if sep else low_text)
+    except ValueError:
+        raise ValueError(f"{text!r}: expected LOW-HIGH, e.g. 30000-32767") from None
+    if not 1024 <= low <= high <= 65535:
+        raise ValueError(f"{text!r}: expected 1024 <= LOW <= HIGH <= 65535")
+    return low, high
+
+
+def parse_port_list(text: str) -> frozenset[int]:
+    """``"22, 5432,6379"`` -> the ports; ValueError on anything but ports 1-65535."""
+    ports = set()
+    for item in text.replace(" ", "").split(","):
+        if not item:
+            continue
+        if not item.isdigit() or not 1 <= int(item) <= 65535:
+            raise ValueError(f"{item!r} is not a port (1-65535)")
+        ports.add(int(item))
+    return frozenset(ports)
+
+
+@dataclass(frozen=True, slots=True)
+class PublishPolicy:
+    low: int
+    high: int
+    reserved: frozenset[int]
+
+    def check(self, mapping: PortMapping, *, admin: bool) -> None:
+        """Refuse (ValidationFailed, a 422) a mapping this caller may not publish."""
+        text = _text(mapping)
+        if mapping.host_ip is not None and not admin:
+            raise ValidationFailed(
+                f"ports: {text!r} names a host address; containers are published on the "
+                "host's public address only: give 'HOST:CONTAINER' or 'CONTAINER'",
+                ports=text,
+            )
+        port = mapping.host_port
+        if port is None:
+            return
+        if port in self.reserved:
+            raise ValidationFailed(
+                f"ports: host port {port} is reserved for the platform's own services",
+                ports=text,
+            )
+        if not admin and not self.low <= port <= self.high:
+            raise ValidationFailed(
+                f"ports: host port {port} is outside the range containers may publish on "
+                f"({self.low}-{self.high}); give a port in it, or only the container "
+                "port to have one allocated",
+                ports=text,
+            )
+
+    def pick(self, taken: Collection[int], rng: random.Random | None = None) -> int | None:
+        """A free port of the range (not ``taken``, not reserved), or None if none is.
+
+        Random rather than the lowest free one: two placements racing on one host
+        (two workers, two processes) then rarely pick the same port."""
+        rng = rng or random.SystemRandom()
+        size = self.high - self.low + 1
+        start = rng.randrange(size)
+        for i in range(size):
+            port = self.low + (start + i) % size
+            if port not in taken and port not in self.reserved:
+                return port
+        return None
+
+
+def _text(m: PortMapping) -> str:
+    host = f"{m.host_ip}:" if m.host_ip else ""
+    host += f"{m.host_port}:" if m.host_port else ""
+    return f"{host}{m.container_port}/{m.protocol}"
