@@ -36,7 +36,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.billing import catalogue, ledger, metering
-from nefos.billing.money import ZERO, exact, money_str
+from nefos.billing.money import ZERO, exact, minor_str
 from nefos.billing.rating import record_cost
 from nefos.db.models import (
     Alert,
@@ -283,8 +283,8 @@ class BillingEngine:
                             {
                                 "organisation_id": org_id,
                                 "kind": "suspended",
-                                "balance": money_str(wallet.balance, wallet.currency),
-                                "available": money_str(available, wallet.currency),
+                                "balance": minor_str(wallet.balance, wallet.currency),
+                                "available": minor_str(available, wallet.currency),
                                 "currency": wallet.currency,
                             },
                             organisation_id=org_id,
@@ -440,8 +440,8 @@ def _charge_event(
         "organisation_id": org_id,
         "wallet_id": wallet.id,
         "kind": "charge",
-        "cost": money_str(amount, wallet.currency),
-        "balance": money_str(balance, wallet.currency),
+        "cost": minor_str(amount, wallet.currency),
+        "balance": minor_str(balance, wallet.currency),
         "currency": wallet.currency,
         "resources": [{"resource_kind": k, "resource_id": i} for k, i in sorted(per)][:100],
     }
@@ -471,8 +471,8 @@ async def _raise_low(
 
     cur = wallet.currency
     message = (
-        f"Wallet balance is low: {money_str(available, cur)} {cur} available "
-        f"(threshold {money_str(account.low_balance_threshold, cur)} {cur})"
+        f"Wallet balance is low: {minor_str(available, cur)} {cur} available "
+        f"(threshold {minor_str(account.low_balance_threshold, cur)} {cur})"
     )
     record(
         session,
@@ -482,9 +482,9 @@ async def _raise_low(
                 "organisation_id": org_id,
                 "wallet_id": wallet.id,
                 "kind": "low_balance",
-                "balance": money_str(wallet.balance, cur),
-                "available": money_str(available, cur),
-                "threshold": money_str(account.low_balance_threshold, cur),
+                "balance": minor_str(wallet.balance, cur),
+                "available": minor_str(available, cur),
+                "threshold": minor_str(account.low_balance_threshold, cur),
                 "currency": cur,
             },
             organisation_id=org_id,
@@ -544,7 +544,7 @@ async def require_funds(session: AsyncSession, core: Core, org_id: str) -> None:
         raise PaymentRequired(
             "The organisation's wallet is empty; top it up to create or start instances",
             organisation_id=org_id,
-            balance=money_str(balance, currency),
+            balance=minor_str(balance, currency),
             currency=currency,
         )
 

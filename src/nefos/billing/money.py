@@ -15,6 +15,7 @@ __all__ = [
     "check_currency",
     "exact",
     "minor_exponent",
+    "minor_str",
     "minor_unit",
     "money_str",
     "parse_amount",
@@ -43,6 +44,12 @@ def money_str(amount: Decimal | None, currency: str) -> str | None:
     if rounded == amount:
         return f"{rounded:f}"
     return f"{amount.normalize():f}"
+
+
+def minor_str(amount: Decimal, currency: str) -> str:
+    """An amount shown to people outside the schemas (events, alert texts, error
+    details): in the currency's minor units, as ``schemas.billing.Money`` is."""
+    return f"{round_money(amount, currency):f}"
 
 
 def parse_amount(value: object, currency: str, *, field: str = "amount") -> Decimal:
