@@ -15,9 +15,9 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# OWASP Password Storage Cheat Sheet, argon2id minimum: m=19 MiB, t=2, p=1.
 from nefos.domain.publishing import PublishPolicy, parse_port_list, parse_port_range
 
+# OWASP Password Storage Cheat Sheet, argon2id minimum: m=19 MiB, t=2, p=1.
 ARGON2_MIN_MEMORY_KIB = 19456
 ARGON2_MIN_TIME_COST = 2
 ARGON2_MIN_PARALLELISM = 1
@@ -163,6 +163,18 @@ class Settings(BaseSettings):
         "0.0.0.0",  # noqa: S104 - published ports are meant to be reachable, as in Docker
         description="Host address container ports are published on.",
     )
+    container_port_range: str = Field(
+        "30000-32767",
+        description="Host ports tenants' containers publish on, `LOW-HIGH` (like "
+        "Kubernetes' NodePort range): a fixed host port must lie inside it, a bare "
+        "container port gets a free one of it. Platform admins may go outside it.",
+    )
+    container_reserved_ports: str = Field(
+        "22,53,80,443,2375,2376,5432,6379,16509,16514",
+        description="Comma-separated host ports no container may publish on, admin or "
+        "not: the platform's own services (SSH, DNS, HTTP(S), Docker, PostgreSQL, Redis, "
+        "libvirt). `NEFOS_PORT` is always reserved too.",
+    )
     installation_id: str | None = Field(
         None,
         pattern=r"^[A-Za-z0-9_.-]{1,63}$",
@@ -177,18 +189,6 @@ class Settings(BaseSettings):
     )
     container_pids_limit: int = Field(
         512, ge=16, description="Processes (pids) one container may run."
-    )
-    container_port_range: str = Field(
-        "30000-32767",
-        description="Host ports tenants' containers publish on, `LOW-HIGH` (like "
-        "Kubernetes' NodePort range): a fixed host port must lie inside it, a bare "
-        "container port gets a free one of it. Platform admins may go outside it.",
-    )
-    container_reserved_ports: str = Field(
-        "22,53,80,443,2375,2376,5432,6379,16509,16514",
-        description="Comma-separated host ports no container may publish on, admin or "
-        "not: the platform's own services (SSH, DNS, HTTP(S), Docker, PostgreSQL, Redis, "
-        "libvirt). `NEFOS_PORT` is always reserved too.",
     )
     local_libvirt_uri: str | None = Field(
         None,
@@ -439,6 +439,18 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 1")
         return v
 
+    @field_validator("container_port_range")
+    @classmethod
+    def _port_range(cls, v: str) -> str:
+        parse_port_range(v)
+        return v
+
+    @field_validator("container_reserved_ports")
+    @classmethod
+    def _reserved_ports(cls, v: str) -> str:
+        parse_port_list(v)
+        return v
+
     @model_validator(mode="after")
     def _limits(self) -> Settings:
         if self.page_default_limit > self.page_max_limit:
@@ -450,6 +462,13 @@ class Settings(BaseSettings):
         """The URL with an async driver, whatever form the user wrote."""
         url = self.database_url or f"sqlite:///{(self.data_dir / 'nefos.db').resolve()}"
         return async_database_url(url)
+
+    @cached_property
+    def publish_policy(self) -> PublishPolicy:
+        """Where tenants may publish container ports (see nefos.domain.publishing)."""
+        low, high = parse_port_range(self.container_port_range)
+        reserved = parse_port_list(self.container_reserved_ports) | {self.port}
+        return PublishPolicy(low=low, high=high, reserved=reserved)
 
     @cached_property
     def resolved_image_dir(self) -> Path:
@@ -480,18 +499,6 @@ def async_database_url(url: str) -> str:
         ("sqlite+pysqlite://", "sqlite+aiosqlite://"),
     ):
         if url.startswith(plain):
-    @field_validator("container_port_range")
-    @classmethod
-    def _port_range(cls, v: str) -> str:
-        parse_port_range(v)
-        return v
-
-    @field_validator("container_reserved_ports")
-    @classmethod
-    def _reserved_ports(cls, v: str) -> str:
-        parse_port_list(v)
-        return v
-
             return driver + url[len(plain) :]
     return url
 
@@ -518,11 +525,4 @@ def settings_table() -> str:
 
 
 if __name__ == "__main__":  # python -m nefos.config prints the table for the README
-    @cached_property
-    def publish_policy(self) -> PublishPolicy:
-        """Where tenants may publish container ports (see nefos.domain.publishing)."""
-        low, high = parse_port_range(self.container_port_range)
-        reserved = parse_port_list(self.container_reserved_ports) | {self.port}
-        return PublishPolicy(low=low, high=high, reserved=reserved)
-
     print(settings_table())

@@ -266,6 +266,9 @@ class ContainerService:
                 raise ValidationFailed(f"command: {exc}", command=str(exc)) from None
         else:
             command = body.command
+        policy = self.core.settings.publish_policy
+        for text in body.ports:
+            policy.check(parse_port(text), admin=principal.is_admin)
         await begin_write(self.session)
         try:
             if await self.session.scalar(
@@ -304,9 +307,6 @@ class ContainerService:
                 await self._reachable([h for _, h in placed])
                 op = await enqueue(
                     self.session,
-        policy = self.core.settings.publish_policy
-        for text in body.ports:
-            policy.check(parse_port(text), admin=principal.is_admin)
                     kind="container.create",
                     resource_type="container",
                     resource_id=container.id,
@@ -945,7 +945,33 @@ class ContainerOps:
             # The row stays so that a retried delete can finish the job.
             await self._set_status(ctx.op.resource_id, "error", f"delete failed: {message}")
         else:
+            if ctx.op.kind in ("container.create", "container.scale"):
+                await self._drop_unmade(ctx)
             await self._set_status(ctx.op.resource_id, "error", f"{code}: {message}")
+
+    async def _drop_unmade(self, ctx: OpContext) -> None:
+        """A failed create (or scale-up) gives back what its replicas that never came
+        up hold: their allocations and rows go, so the host's capacity is free again
+        (the container stays, in ``error``, for the user to read and delete; a scale
+        makes the missing replicas again). Replicas that did come up stay. An engine
+        container such a replica left (made, but its start failed) is destroyed here
+        or, if its host does not answer, reaped by the reconciler as an orphan."""
+        async with self.core.db.sessionmaker() as session:
+            container, replicas, hosts = await self._load(session, ctx.op.resource_id)
+        if container is None:
+            return
+        if ctx.op.kind == "container.scale":
+            added = set(ctx.op.params.get("add", []))
+            replicas = [r for r in replicas if r.id in added]
+        for r in replicas:
+            if r.state != "pending":
+                continue
+            host = hosts.get(r.host_id)
+            try:
+                await self._remove(container, r, host)
+            except Exception:  # the engine side is then the reconciler's (orphan reaping)
+                log.warning("could not remove replica %s of a failed create", r.id, exc_info=True)
+                await self._remove(container, r, None)
 
     # --- cancelling a pending operation (in the cancelling transaction) ---------------
     async def cancel_create(self, session: AsyncSession, op: Operation) -> None:
@@ -985,34 +1011,8 @@ class ContainerOps:
 
 
 def replica_view(replicas: Sequence[ContainerReplica], hosts: dict[str, Host]) -> dict[str, Any]:
-            if ctx.op.kind in ("container.create", "container.scale"):
-                await self._drop_unmade(ctx)
     endpoints = []
     for r in replicas:
-    async def _drop_unmade(self, ctx: OpContext) -> None:
-        """A failed create (or scale-up) gives back what its replicas that never came
-        up hold: their allocations and rows go, so the host's capacity is free again
-        (the container stays, in ``error``, for the user to read and delete; a scale
-        makes the missing replicas again). Replicas that did come up stay. An engine
-        container such a replica left (made, but its start failed) is destroyed here
-        or, if its host does not answer, reaped by the reconciler as an orphan."""
-        async with self.core.db.sessionmaker() as session:
-            container, replicas, hosts = await self._load(session, ctx.op.resource_id)
-        if container is None:
-            return
-        if ctx.op.kind == "container.scale":
-            added = set(ctx.op.params.get("add", []))
-            replicas = [r for r in replicas if r.id in added]
-        for r in replicas:
-            if r.state != "pending":
-                continue
-            host = hosts.get(r.host_id)
-            try:
-                await self._remove(container, r, host)
-            except Exception:  # the engine side is then the reconciler's (orphan reaping)
-                log.warning("could not remove replica %s of a failed create", r.id, exc_info=True)
-                await self._remove(container, r, None)
-
         for p in r.published or []:
             host = hosts.get(r.host_id)
             endpoints.append({**p, "replica": r.slot, "host": host.hostname if host else None})
