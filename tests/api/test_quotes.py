@@ -468,3 +468,44 @@ async def test_accept_provisions_a_vm_and_a_volume(client, register, libvirt_hos
         gone = await call(client, user, "DELETE", path, 202)
         op = await wait_operation(client, user.headers, gone["operation"], timeout=120)
         assert op["status"] == "succeeded", op
+
+
+async def _balance(client: httpx.AsyncClient, who: Account) -> str:
+    wallet = await call(client, who, "GET", "/wallet")
+    return str(wallet["balance"])
+
+
+async def test_a_quote_whose_container_cannot_be_made_fails_and_refunds(
+    client, register, podman_host, app
+):
+    """Pulling is off in the tests: an image no host has cannot be had, so the quote
+    says failed, and why; nothing stays charged; it cannot be accepted again."""
+    user = await register()
+    before = await _balance(client, user)
+    body = _container_quote("absent", 1, image="localhost/nefos-quote-absent:none")
+    quote = await call(client, user, "POST", "/quotes", 201, json=body)
+    error = await call(client, user, "POST", f"/quotes/{quote['id']}/accept", 422)
+    assert error["code"] == "VALIDATION_ERROR"
+    got = await call(client, user, "GET", f"/quotes/{quote['id']}")
+    assert got["status"] == "failed", got
+    reason = got["failure_reason"]
+    assert reason.startswith("Container 'absent-container-1' cannot be made: "), reason
+    listed = await call(client, user, "GET", "/quotes", params={"status": "failed"})
+    assert [q["id"] for q in listed["items"]] == [quote["id"]]
+    error = await call(client, user, "POST", f"/quotes/{quote['id']}/accept", 409)
+    assert error["message"].startswith("The quote failed:")
+    assert await _containers(app, user.project_id) == {}
+    assert await _balance(client, user) == before
+
+
+async def test_a_quote_whose_vm_cannot_be_made_fails_at_accept(client, register, app):
+    user = await register()
+    before = await _balance(client, user)
+    item = {"type": "vm", "os_type": "nefos-no-such-os", "memory_gb": 1, "storage_gb": 1}
+    quote = await call(client, user, "POST", "/quotes", 201, json={"name": "nos", "items": [item]})
+    error = await call(client, user, "POST", f"/quotes/{quote['id']}/accept", 422)
+    assert error["code"] == "VALIDATION_ERROR"
+    got = await call(client, user, "GET", f"/quotes/{quote['id']}")
+    assert got["status"] == "failed"
+    assert got["failure_reason"].startswith("VM 'nos-vm-1' cannot be made: "), got
+    assert await _balance(client, user) == before

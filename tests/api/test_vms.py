@@ -287,6 +287,19 @@ async def test_vm_requests_that_cannot_be_met_make_nothing(
     body = await refused(tiny, 409, "RESOURCE_EXHAUSTED")
     assert body["error"]["details"]["quota"] == "instances"
     await api.call("PUT", f"/projects/{user.project_id}/quotas", json={"instances": 5})
+    # Too little memory for the image: refused before anything is made, naming the
+    # image as the user knows it and the least it needs (never raised silently).
+    floor = image["min_memory_mb"]
+    assert isinstance(floor, int) and floor > 64
+    body = await refused({**tiny, "memory_gb": 0.001}, 422, "VALIDATION_ERROR")
+    need = body["error"]["details"]["memory_gb"]
+    assert need.startswith("Image 'busybox 1' needs at least 0.") and need.endswith(" GB of memory")
+    assert float(need.split()[-4]) * 1024 >= floor
+    assert "nefos-img" not in body["error"]["message"]
+    body = await refused({**tiny, "memory_gb": None, "memory_mb": 64}, 422, "VALIDATION_ERROR")
+    assert body["error"]["details"]["memory_mb"] == (
+        f"Image 'busybox 1' needs at least {floor} MiB of memory"
+    )
     # Bad input.
     await refused({**tiny, "ssh_keys": ["not a key"]}, 422, "VALIDATION_ERROR")
     await refused({**tiny, "image_id": "nope"}, 422, "VALIDATION_ERROR")
@@ -308,6 +321,15 @@ async def test_vm_requests_that_cannot_be_met_make_nothing(
     await other.call("GET", f"/vms/{data['vm_id']}", 404)
     await other.call("POST", f"/vms/{data['vm_id']}/stop", 404)
     await api.wait(data["operation"])
+    # A resize below the image's floor is refused the same way.
+    body = assert_error(
+        await client.put(
+            f"{V1}/vms/{data['vm_id']}", json={"memory_gb": 0.001}, headers=user.headers
+        ),
+        422,
+        "VALIDATION_ERROR",
+    )
+    assert body["error"]["details"]["memory_gb"].startswith("Image 'busybox 1' needs at least")
     await api.act("DELETE", f"/vms/{data['vm_id']}")
 
 

@@ -53,6 +53,7 @@ from nefos.services.containers import ContainerOps
 from nefos.services.core import Core
 from nefos.services.hosts import HostService
 from nefos.services.images import ImageOps
+from nefos.services.quotes import QuoteOps
 from nefos.services.storage import StorageOps
 from nefos.services.users import UserService
 from nefos.services.vms import VmOps
@@ -146,6 +147,7 @@ def create_app(
         app.state.alert_engine = AlertEngine(core.db, on_deliveries=webhooks.wake)
         ContainerOps(core).register()
         VmOps(core).register()
+        QuoteOps(core).register()
         ImageOps(core).register()
         StorageOps(core).register()
         background = Background(core, Reconciler(core))

@@ -246,6 +246,8 @@ def _print_quote(quote: QuotePublic) -> None:
         )
     console.print(table)
     console.print(f"[bold]Monthly total: {quote.monthly_total} {quote.currency}[/]")
+    if quote.failure_reason:
+        console.print(f"[red]Failed:[/] {escape(quote.failure_reason)}")
     for r in quote.resources:
         console.print(f"  {r.type} {escape(r.name)}: {r.id or 'not made yet'}")
 
@@ -295,7 +297,7 @@ def create_quote(
 @quotes.command("list")
 def list_quotes(
     status: Annotated[
-        str | None, typer.Option(help="open, accepting, accepted or expired.")
+        str | None, typer.Option(help="open, accepting, accepted, failed or expired.")
     ] = None,
     org: OrgOpt = None,
     page: PageOpt = None,

@@ -438,6 +438,8 @@ class Image(Base):
     checksum: Mapped[str | None] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     min_disk_gb: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # The least memory (MiB) the image boots in, when known (a kernel image's header).
+    min_memory_mb: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
     status_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created()
@@ -1122,8 +1124,10 @@ class Quote(Base):
     items: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False)
     lines: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False)
     monthly_total: Mapped[Decimal] = mapped_column(Amount(), nullable=False)
-    # open, accepted, expired, cancelled
+    # open, accepting, accepted, failed (expired: open past valid_until)
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="open")
+    # Why provisioning failed (status failed): text for the client, no engine message.
+    failure_reason: Mapped[str | None] = mapped_column(Text)
     valid_until: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     resources: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False, default=list)
     created_by: Mapped[str | None] = mapped_column(

@@ -85,6 +85,9 @@ class Workers:
     name: str = field(
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     )
+    #: Called after any operation fails (after its own ``on_failure``): what other
+    #: records follow an operation's outcome (a quote its resources' creates).
+    failure_listeners: list[OnFailure] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stopping: bool = False
 
@@ -184,6 +187,11 @@ class Workers:
                 await handler.on_failure(ctx, code or "INTERNAL_ERROR", message or "")
             except Exception:
                 log.exception("on_failure of operation %s failed", op.id)
+            for listener in self.failure_listeners:
+                try:
+                    await listener(ctx, code or "INTERNAL_ERROR", message or "")
+                except Exception:
+                    log.exception("a failure listener of operation %s failed", op.id)
         async with self.db.sessionmaker() as session:
             await queue.finish(
                 session,

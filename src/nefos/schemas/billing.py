@@ -353,7 +353,10 @@ class QuotePublic(Priced):
     organisation_id: str
     project_id: str | None
     name: str
-    status: str = Field(description="open, accepting, accepted, expired")
+    status: str = Field(description="open, accepting, accepted, failed, expired")
+    failure_reason: str | None = Field(
+        None, description="Why provisioning failed (status failed), else null"
+    )
     currency: str
     hours_per_month: int
     items: list[dict[str, Any]]

@@ -114,6 +114,9 @@ class ImagePublic(BaseModel):
     checksum: str | None = Field(description="sha256 of the image's content")
     size_bytes: int
     min_disk_gb: int
+    min_memory_mb: int | None = Field(
+        None, description="The least memory (MiB) the image boots in, when known"
+    )
     status: str = Field(description="pending, active, error, deleting")
     status_reason: str | None
     created_at: datetime
@@ -183,7 +186,9 @@ class VmCreate(Request):
     def resolved_memory_mb(self) -> int:
         if self.memory_mb is not None:
             return self.memory_mb
-        return max(64, round((self.memory_gb if self.memory_gb is not None else 1) * 1024))
+        # Never raised to a floor here: the service refuses a size below the image's
+        # (or the platform's) least, naming it.
+        return round((self.memory_gb if self.memory_gb is not None else 1) * 1024)
 
 
 class VmUpdate(Request):
@@ -207,7 +212,7 @@ class VmUpdate(Request):
         if self.memory_mb is not None:
             return self.memory_mb
         if self.memory_gb is not None:
-            return max(64, round(self.memory_gb * 1024))
+            return round(self.memory_gb * 1024)
         return None
 
 

@@ -277,6 +277,8 @@ class Quotes(_Resource):
         return self._page(QuotePublic, "/quotes", params)
 
     def get(self, quote_id: str) -> QuotePublic:
+        """The quote; ``status`` ``failed`` (with ``failure_reason``) when what it
+        provisions could not be made (what was charged for it is refunded)."""
         return self._one(QuotePublic, "GET", f"/quotes/{_seg(quote_id)}")
 
     def accept(

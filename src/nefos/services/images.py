@@ -33,6 +33,7 @@ from nefos.db.types import new_id
 from nefos.domain.access import Permission
 from nefos.domain.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from nefos.domain.paging import PageParams
+from nefos.drivers.libvirt.domain import KERNEL_HEADER_BYTES, kernel_min_memory_mb
 from nefos.operations import OpContext, enqueue
 from nefos.schemas.vms import ImageCreate
 from nefos.services.core import Core
@@ -172,11 +173,41 @@ def image_public(image: Image) -> dict[str, Any]:
         "checksum": image.checksum,
         "size_bytes": image.size_bytes,
         "min_disk_gb": image.min_disk_gb,
+        "min_memory_mb": image.min_memory_mb,
         "status": image.status,
         "status_reason": image.status_reason,
         "created_at": image.created_at,
         "updated_at": image.updated_at,
     }
+
+
+def label(image: Image) -> str:
+    """An image as its users know it: its OS and version, else its name (never the
+    pool's ``nefos-img-<id>`` volume names)."""
+    return " ".join(p for p in (image.os_type, image.os_version) if p) or image.name
+
+
+def stored_min_memory_mb(folder: Path) -> int | None:
+    """The least memory (MiB) a kernel image in the store boots in: what its kernel
+    needs to decompress (from the setup header) plus its initrd, which the guest
+    holds in memory. None when unknown (not an x86 bzImage)."""
+    kernel = folder / STORE_NAMES["kernel"]
+    if not kernel.is_file():
+        return None
+    with kernel.open("rb") as f:
+        floor = kernel_min_memory_mb(f.read(KERNEL_HEADER_BYTES))
+    initrd = folder / STORE_NAMES["initrd"]
+    if floor is not None and initrd.is_file():
+        floor += -(-initrd.stat().st_size // (1024 * 1024))
+    return floor
+
+
+def min_memory_mb(core: Core, image: Image) -> int | None:
+    """The image's memory floor: as recorded at import, or (an image imported before
+    the floor was recorded) read from the image store."""
+    if image.min_memory_mb is not None or image.format != "kernel":
+        return image.min_memory_mb
+    return stored_min_memory_mb(store_dir(core, image.id))
 
 
 class ImageService:
@@ -534,6 +565,7 @@ class ImageOps:
             min_disk_gb = max(min_disk_gb, -(-virtual_size // _GIB))
         elif image.format == "raw":
             min_disk_gb = max(min_disk_gb, -(-parts["raw"]["size"] // _GIB))
+        floor = stored_min_memory_mb(folder) if image.format == "kernel" else None
         ctx.progress(50)
         imported = []
         for i, host in enumerate(hosts):
@@ -553,6 +585,7 @@ class ImageOps:
                 row.checksum = checksum
                 row.size_bytes = sum(int(p["size"]) for p in parts.values())
                 row.min_disk_gb = min_disk_gb
+                row.min_memory_mb = floor
                 row.status = "active"
                 row.status_reason = None
             await session.commit()

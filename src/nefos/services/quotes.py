@@ -18,9 +18,15 @@ Accepting provisions each VM, container and volume through the same use cases as
    operation). Names are unique in a project, so an entry made by a request that
    crashed before recording it (or by a concurrent accept) is found by its name
    and adopted, not made again.
-3. Once every entry is made the quote is ``accepted``. A failure half-way (a quota,
-   an empty wallet) leaves it ``accepting`` with what was made; accepting again
-   resumes.
+3. Once every entry is made the quote is ``accepted``. A failure half-way that may
+   pass (a quota, an empty wallet, a host down) leaves it ``accepting`` with what
+   was made; accepting again resumes.
+4. A failure that will not pass -- a create the configuration makes invalid (a VM
+   smaller than its image), or a resource's create operation failing (an image
+   that cannot be had) -- makes the quote ``failed`` with a ``failure_reason``
+   (Nefos's own words, never an engine's message), and refunds through the wallet
+   ledger what was charged for the resource that failed (one ``refund`` entry, key
+   ``quote-failed:<quote id>``); its usage not yet charged never will be.
 """
 
 from __future__ import annotations
@@ -39,7 +45,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from nefos.billing import catalogue
 from nefos.billing.money import EXACT, ZERO, money_str, round_money
 from nefos.billing.rating import with_margin
-from nefos.db.models import Container, Operation, Organisation, Project, Quote, Vm, Volume
+from nefos.db.models import (
+    Container,
+    Operation,
+    Organisation,
+    Project,
+    Quote,
+    UsageRecord,
+    Vm,
+    Volume,
+)
 from nefos.db.session import begin_write
 from nefos.db.types import new_id, utcnow
 from nefos.domain.access import Permission
@@ -59,7 +74,8 @@ from nefos.services.storage import StorageService
 from nefos.services.vms import VmService
 
 OPEN, ACCEPTING, ACCEPTED, EXPIRED = "open", "accepting", "accepted", "expired"
-STATUSES = (OPEN, ACCEPTING, ACCEPTED, EXPIRED)
+FAILED = "failed"
+STATUSES = (OPEN, ACCEPTING, ACCEPTED, FAILED, EXPIRED)
 B = TypeVar("B", bound=BaseModel)
 _ITEM = TypeAdapter[QuoteItem](QuoteItem)
 _BAD_NAME = re.compile(r"[^a-zA-Z0-9_.-]+")
@@ -211,6 +227,7 @@ def quote_public(q: Quote) -> dict[str, Any]:
         "project_id": q.project_id,
         "name": q.name,
         "status": effective_status(q),
+        "failure_reason": q.failure_reason,
         "currency": q.currency,
         "hours_per_month": q.hours_per_month,
         "items": list(q.items),
@@ -328,6 +345,11 @@ class QuoteService:
             status = effective_status(quote)
             if status == ACCEPTED:
                 raise Conflict("The quote has been accepted already", quote_id=quote.id)
+            if status == FAILED:
+                raise Conflict(
+                    f"The quote failed: {quote.failure_reason}; ask for a new one",
+                    quote_id=quote.id,
+                )
             if status == EXPIRED:
                 raise Conflict(
                     "The quote has expired; ask for a new one",
@@ -356,8 +378,28 @@ class QuoteService:
             if target is None:
                 raise NotFound("Project not found", project_id=project_id)
             item = items[entry["item"]]
-            made_id, op = await self._make(principal, target, item, entry["name"], claimed)
+            try:
+                made_id, op = await self._make(principal, target, item, entry["name"], claimed)
+            except (ValidationFailed, NotFound) as exc:  # the configuration cannot be made
+                what = f"{_KIND_NAMES[item.type]} {entry['name']!r} cannot be made: {exc.message}"
+                await fail_quote(self.core, quote_id, what, failed_ids=())
+                raise
             quote = await self._record(quote_id, index, made_id, op)
+            if op is not None and quote.status != FAILED:
+                # Its create may have failed before the entry was recorded (and so
+                # before QuoteOps could find the quote).
+                done = await self.session.get(Operation, op.id, populate_existing=True)
+                await self.session.commit()
+                if done is not None and done.status == "failed":
+                    failed = await fail_quote(
+                        self.core,
+                        quote_id,
+                        create_failure(item.type, entry["name"], done.error_code, done.id),
+                        failed_ids=[made_id],
+                    )
+                    quote = failed or quote
+            if quote.status == FAILED:  # an entry's create failed meanwhile
+                break
         return quote, list(quote.resources)
 
     async def _reload(self, quote_id: str) -> Quote:
@@ -551,7 +593,7 @@ class QuoteService:
             if entry["id"] == made_id and op is not None and not entry.get("operation"):
                 entry["operation"] = {"id": op.id, "status": op.status, "url": operation_url(op.id)}
             quote.resources = resources
-            if all(r.get("id") for r in resources):
+            if quote.status == ACCEPTING and all(r.get("id") for r in resources):
                 quote.status = ACCEPTED
             quote.updated_at = utcnow()
             await self.session.commit()
@@ -600,3 +642,112 @@ def _build(model: type[B], values: dict[str, Any]) -> B:
             ".".join(str(p) for p in err["loc"]) or "item": err["msg"] for err in exc.errors()
         }
         raise ValidationFailed("An item of the quote is not a valid create", **details) from None
+
+
+_KIND_NAMES = {"vm": "VM", "container": "Container", "volume": "Volume"}
+#: Why a resource's create operation failed, by the operation's error code: the
+#: operation itself (``GET /operations/{id}``) has the details.
+_CREATE_FAILURES = {
+    "VALIDATION_ERROR": "its configuration cannot be provisioned",
+    "NOT_FOUND": "something it needs (its image) cannot be had",
+    "RESOURCE_EXHAUSTED": "no host has room for it",
+}
+
+
+def create_failure(kind: str, name: str, code: str | None, op_id: str) -> str:
+    """A quote's failure reason for a resource whose create operation failed."""
+    why = _CREATE_FAILURES.get(code or "", "provisioning it failed")
+    return f"{_KIND_NAMES[kind]} {name!r} could not be made: {why} (operation {op_id})"
+
+
+async def fail_quote(
+    core: Core, quote_id: str, reason: str, *, failed_ids: Sequence[str]
+) -> Quote | None:
+    """Mark the quote ``failed`` with ``reason`` (once: a failed quote keeps its first
+    reason), and refund what was charged for the resources ``failed_ids``. Its own
+    transaction; the quote, or None if it is gone."""
+    async with core.db.sessionmaker() as session:
+        await begin_write(session)
+        try:
+            quote = await session.get(Quote, quote_id, populate_existing=True, with_for_update=True)
+            if quote is None or quote.status == FAILED:
+                await session.commit()
+                return quote
+            quote.status = FAILED
+            quote.failure_reason = reason[:2000]
+            quote.updated_at = utcnow()
+            if failed_ids:
+                await _refund(core, session, quote, list(failed_ids))
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+        return quote
+
+
+async def _refund(core: Core, session: AsyncSession, quote: Quote, ids: list[str]) -> None:
+    """Give back what the failed resources' usage was charged, and waive what is not
+    charged yet (so the billing pass never charges it)."""
+    from nefos.billing.engine import _cost, _mark
+
+    records = (
+        await session.scalars(select(UsageRecord).where(UsageRecord.resource_id.in_(ids)))
+    ).all()
+    waived = [r.id for r in records if r.charge_id is None]
+    if waived:
+        await _mark(session, waived, f"free:quote-{quote.id}"[:36])
+    charged = [r for r in records if r.charge_id and not r.charge_id.startswith("free:")]
+    if not charged:
+        return
+    billing = BillingService(core, session)
+    org = await session.get(Organisation, quote.organisation_id)
+    if org is None:
+        return
+    margin, _ = await billing.margin_of(org)
+    base, markup = await _cost(session, quote.currency, charged, margin)
+    amount = round_money(base + markup, quote.currency)
+    if amount > 0:
+        from nefos.billing import ledger
+
+        wallet = await billing.wallet(quote.organisation_id, quote.currency)
+        await ledger.post(
+            session,
+            wallet,
+            "refund",
+            amount,
+            key=f"quote-failed:{quote.id}",
+            description=f"Refund: quote {quote.name or quote.id} failed",
+            reference=("quote", quote.id),
+        )
+
+
+class QuoteOps:
+    """Follows the create operations of accepted quotes' resources: one that fails
+    fails its quote (:func:`fail_quote`)."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def register(self) -> None:
+        self.core.workers.failure_listeners.append(self.on_failure)
+
+    async def on_failure(self, ctx: Any, code: str, message: str) -> None:
+        op = ctx.op
+        kind, _, action = op.kind.partition(".")
+        if action != "create" or kind not in _MODELS or op.project_id is None:
+            return
+        async with self.core.db.sessionmaker() as session:
+            quotes = (
+                await session.scalars(
+                    select(Quote).where(
+                        Quote.project_id == op.project_id,
+                        Quote.status.in_((ACCEPTING, ACCEPTED)),
+                    )
+                )
+            ).all()
+            await session.commit()
+        for quote in quotes:
+            for entry in quote.resources:
+                if entry.get("id") == op.resource_id:
+                    reason = create_failure(kind, entry["name"], code, op.id)
+                    await fail_quote(self.core, quote.id, reason, failed_ids=[op.resource_id])

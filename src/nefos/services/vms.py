@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,7 +48,13 @@ from nefos.services.containers import LABEL_INSTALLATION, installation_id, opera
 from nefos.services.core import Core
 from nefos.services.drivers import VM_DRIVERS
 from nefos.services.hosts import HostService, domain_error, driver_call
-from nefos.services.images import ImageService, ensure_on_host, pool_image_name
+from nefos.services.images import (
+    ImageService,
+    ensure_on_host,
+    label,
+    min_memory_mb,
+    pool_image_name,
+)
 from nefos.services.paging import fetch_page
 from nefos.services.principal import Principal, authorize_project
 from nefos.services.quotas import check_quota
@@ -69,6 +76,32 @@ def network_name(network_id: str) -> str:
 def network_labels(core: Core, network: Network) -> dict[str, str]:
     """The labels a network carries on each host (the reconciler reads them)."""
     return {"nefos.network": network.id, LABEL_INSTALLATION: installation_id(core)}
+
+
+#: The least memory of any VM (MiB), whatever its image.
+MIN_MEMORY_MB = 64
+
+
+def check_sizes(
+    core: Core, image: Image, *, memory_mb: int, storage_gb: int, memory_field: str
+) -> None:
+    """Refuse (422, naming the field, the image as its users know it, and the least
+    that works) a VM smaller than its image needs: a size is never raised silently,
+    and a VM that could not boot is never accepted only to fail later.
+    ``memory_field`` is the field the caller gave (``memory_gb`` or ``memory_mb``)."""
+    image_floor = min_memory_mb(core, image) or 0
+    floor = max(MIN_MEMORY_MB, image_floor)
+    if memory_mb < floor:
+        who = f"Image {label(image)!r} needs" if image_floor >= floor else "A VM needs"
+        if memory_field == "memory_mb":
+            least = f"{floor} MiB"
+        else:  # in the field's unit, rounded up so that the size named is enough
+            least = f"{math.ceil(floor * 100 / 1024) / 100:g} GB"
+        message = f"{who} at least {least} of memory"
+        raise ValidationFailed(message, **{memory_field: message})
+    if storage_gb < image.min_disk_gb:
+        message = f"Image {label(image)!r} needs a disk of at least {image.min_disk_gb} GB"
+        raise ValidationFailed(message, storage_gb=message)
 
 
 def vm_request(vm: Vm, driver: str = "libvirt") -> PlacementRequest:
@@ -184,11 +217,13 @@ class VmService:
                 os_type=body.os_type,
                 os_version=body.os_version,
             )
-            if body.storage_gb < image.min_disk_gb:
-                raise ValidationFailed(
-                    f"The image needs a disk of at least {image.min_disk_gb} GB",
-                    storage_gb=f">= {image.min_disk_gb}",
-                )
+            check_sizes(
+                self.core,
+                image,
+                memory_mb=memory_mb,
+                storage_gb=body.storage_gb,
+                memory_field="memory_mb" if body.memory_mb is not None else "memory_gb",
+            )
             if body.network_id is not None:
                 network = await self.session.get(Network, body.network_id)
                 if network is None or network.project_id != project.id:
@@ -286,9 +321,11 @@ class VmService:
             raise Conflict("A VM with this name exists in the project") from exc
         if isinstance(exc, _Unreachable):
             await HostService(self.core, self.session).mark_offline(exc.host_id, exc.error)
-            raise ServiceUnavailable(
-                "The host chosen for this VM does not answer; try again", reason=exc.error
-            ) from exc
+            unavailable = ServiceUnavailable(
+                "The host chosen for this VM does not answer; try again"
+            )
+            unavailable.engine_message = exc.error  # platform admins only
+            raise unavailable from exc
 
     async def _org_of(self, vm: Vm) -> str:
         project = await self.session.get(Project, vm.project_id)
@@ -391,7 +428,8 @@ class VmService:
                     raise Conflict("A VM with this name exists in the project", name=body.name)
                 current.name = body.name
             cpu = body.cpu_cores if body.cpu_cores is not None else current.cpu_cores
-            memory = body.resolved_memory_mb or current.memory_mb
+            asked = body.resolved_memory_mb
+            memory = asked if asked is not None else current.memory_mb
             disk = body.storage_gb if body.storage_gb is not None else current.storage_gb
             old = (current.cpu_cores, current.memory_mb, current.storage_gb)
             if (cpu, memory, disk) == old:
@@ -401,6 +439,15 @@ class VmService:
                 raise ValidationFailed(
                     f"A disk only grows: storage_gb must be at least {current.storage_gb}",
                     storage_gb=f">= {current.storage_gb}",
+                )
+            image = await self.session.get(Image, current.image_id)
+            if image is not None:
+                check_sizes(
+                    self.core,
+                    image,
+                    memory_mb=memory,
+                    storage_gb=disk,
+                    memory_field="memory_mb" if body.memory_mb is not None else "memory_gb",
                 )
             if current.status != "stopped":
                 raise Conflict(

@@ -43,7 +43,7 @@ async def list_quotes(
     session: SessionDep,
     params: PageDep,
     organisation_id: OrgHint,
-    status: Literal["open", "accepting", "accepted", "expired"] | None = None,
+    status: Literal["open", "accepting", "accepted", "failed", "expired"] | None = None,
     access: Access = authorize(READ),
 ) -> Response:
     """The organisation's quotes, newest first."""

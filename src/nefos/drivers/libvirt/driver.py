@@ -1078,8 +1078,9 @@ class LibvirtDriver(ComputeDriver):
         image = self._resolve_image(conn, spec.image)
         if image.min_memory_mb is not None and spec.memory_mb < image.min_memory_mb:
             raise InvalidSpec(
-                f"image {spec.image!r} needs at least {image.min_memory_mb} MiB of memory "
-                f"to boot; the spec gives {spec.memory_mb} MiB"
+                # Not the image's name: for Nefos it is an internal pool volume name.
+                f"the image needs at least {image.min_memory_mb} MiB of memory to boot; "
+                f"the spec gives {spec.memory_mb} MiB"
             )
         boot = image.boot
         if opts.kernel_cmdline is not None:
