@@ -138,7 +138,7 @@ for _route in router.routes:
         hosts.add_api_route(
             _route.path.removeprefix("/resources/hosts"),
             _route.endpoint,
-            methods=sorted(_route.methods),
+            methods=sorted(_route.methods or ()),
             status_code=_route.status_code,
             response_model=_route.response_model,
             name=f"{_route.name}_alias",
