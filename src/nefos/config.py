@@ -202,6 +202,25 @@ class Settings(BaseSettings):
     )
     libvirt_pool: str = Field(
         "default", description="libvirt storage pool for VM disks, seeds and images."
+    container_registries: list[str] = Field(
+        default_factory=lambda: [
+            "docker.io",
+            "quay.io",
+            "ghcr.io",
+            "registry.k8s.io",
+            "public.ecr.aws",
+        ],
+        description="Registries (host[:port], JSON list) hosts may pull tenants' images "
+        "from; an image from any other registry must already be on the host. A "
+        "registry on a private address also needs its network in "
+        "container_registry_allowed_networks.",
+    )
+    container_registry_allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="Networks (CIDR, JSON list) a listed registry may resolve to although "
+        "they are loopback, private, link-local or metadata addresses. Only an admin "
+        "sets this.",
+    )
     )
     libvirt_backup_pool: str = Field(
         "nefos-backups", description="libvirt storage pool VM backups are copied to."

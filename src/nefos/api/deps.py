@@ -31,6 +31,7 @@ from nefos.gateway.client import client_ip
 from nefos.services.auth import AuthService, ClientInfo
 from nefos.services.billing import resolve_org
 from nefos.services.core import Core
+from nefos.services.operations import sees_engine_messages
 from nefos.services.principal import Principal, authorize_org, authorize_project
 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -84,6 +85,9 @@ async def get_principal(
         raise Unauthorized("Authentication required")
     # The verified caller, for the request log (nefos.gateway.requestlog).
     request.state.principal = principal
+    # Whether error bodies may carry an engine's raw text (api/errors.py); decided
+    # now, while the user row is loaded.
+    request.state.engine_messages = sees_engine_messages(principal)
     return principal
 
 

@@ -16,6 +16,7 @@ never reaches a response body.
     ├── ResourceExhausted     RESOURCE_EXHAUSTED  quota, capacity or wallet limit
     │   └── PaymentRequired                       an empty wallet (402)
     ├── RateLimited           RATE_LIMITED        too many attempts; has retry_after
+    ├── ImagePullFailed       IMAGE_PULL_FAILED   an image neither on the host nor pullable
     └── ServiceUnavailable    SERVICE_UNAVAILABLE a driver, host, database or Redis is down
 """
 
@@ -27,6 +28,9 @@ from typing import Any
 class NefosError(Exception):
     code = "INTERNAL_ERROR"
     default_message = "Internal error"
+    #: What an engine or hypervisor said (a driver error's raw text): for the server
+    #: log and platform admins only, never in a tenant's response.
+    engine_message: str | None = None
 
     def __init__(self, message: str | None = None, **details: Any) -> None:
         self.message = message or self.default_message
@@ -82,6 +86,11 @@ class RateLimited(NefosError):
     def __init__(self, message: str | None = None, *, retry_after: int, **details: Any) -> None:
         super().__init__(message, retry_after=retry_after, **details)
         self.retry_after = retry_after
+
+
+class ImagePullFailed(NefosError):
+    code = "IMAGE_PULL_FAILED"
+    default_message = "The image could not be pulled from its registry"
 
 
 class ServiceUnavailable(NefosError):

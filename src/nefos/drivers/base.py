@@ -22,12 +22,15 @@ caller before it calls; a method a driver does not support raises
 
 Errors. Drivers raise only :class:`DriverError` subclasses, wrapping the library's
 own error with ``raise ... from exc``. Each carries the wire ``code`` of the
-domain error the services layer should raise in its place::
+domain error the services layer should raise in its place; its ``message`` is the
+engine's own text, for logs and platform admins only (the services layer's
+``domain_error`` gives tenants a plain one)::
 
     DriverError           INTERNAL_ERROR       anything else the host refused
     ├── HostUnreachable   SERVICE_UNAVAILABLE  the engine/hypervisor does not answer
     ├── InstanceNotFound  NOT_FOUND            no such instance on this host
-    ├── ImageNotFound     VALIDATION_ERROR     the spec names an image the host lacks
+    ├── ImageNotFound     IMAGE_PULL_FAILED    the image is not on the host, nor pulled
+    │   └── ImagePullRefused                   a pull Nefos refused (registry, address)
     ├── InvalidSpec       VALIDATION_ERROR     the host rejects the spec itself
     ├── InsufficientCapacity RESOURCE_EXHAUSTED the host has no room (port, memory)
     ├── InvalidState      CONFLICT             the instance cannot do that now
@@ -74,7 +77,20 @@ class InstanceNotFound(DriverError):
 
 
 class ImageNotFound(DriverError):
-    code = "VALIDATION_ERROR"
+    """The image is not on the host and was not (or could not be) pulled."""
+
+    code = "IMAGE_PULL_FAILED"
+
+    def __init__(
+        self, message: str, *, instance_id: str | None = None, image: str | None = None
+    ) -> None:
+        super().__init__(message, instance_id=instance_id)
+        self.image = image
+
+
+class ImagePullRefused(ImageNotFound):
+    """Nefos refused to let the engine pull: the registry is not listed, or its host
+    resolves to an address tenants may not reach. Nothing was connected to."""
 
 
 class InvalidSpec(DriverError):
@@ -377,6 +393,11 @@ class ComputeDriver(abc.ABC):
 
         Raises :class:`InstanceNotFound` if it is gone.
         """
+
+    async def has_image(self, image: str) -> bool:
+        """Whether ``image`` is on the host already, so that creating from it pulls
+        nothing (container drivers). Raises :class:`HostUnreachable`."""
+        raise Unsupported(f"{self.name} hosts have no container images")
 
     async def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release connections; the driver is unusable afterwards."""

@@ -250,8 +250,10 @@ async def finish(
     result: dict[str, Any] | None = None,
     error_code: str | None = None,
     error_message: str | None = None,
+    engine_message: str | None = None,
 ) -> bool:
-    """End a running operation (this worker's); False if it was not ours any more."""
+    """End a running operation (this worker's); False if it was not ours any more.
+    ``engine_message`` (an engine's raw text) is kept for platform admins only."""
     now = utcnow()
     await begin_write(session)
     res = await session.execute(
@@ -262,6 +264,7 @@ async def finish(
             Operation.status == OpStatus.RUNNING,
         )
         .values(
+            **await _engine_params(session, op_id, engine_message),
             status=status,
             lock=None,
             result=result,
@@ -283,8 +286,30 @@ async def finish(
     return row is not None
 
 
+#: The key of ``Operation.params`` that keeps the engine's raw text of the last
+#: failure: ``operation_public`` shows it to platform admins only.
+ENGINE_MESSAGE = "engine_message"
+MAX_ENGINE_MESSAGE = 2000
+
+
+async def _engine_params(
+    session: AsyncSession, op_id: str, engine_message: str | None
+) -> dict[str, Any]:
+    """The ``params`` value that records ``engine_message`` (nothing to set if None)."""
+    if engine_message is None:
+        return {}
+    params = await session.scalar(select(Operation.params).where(Operation.id == op_id))
+    return {"params": {**(params or {}), ENGINE_MESSAGE: engine_message[:MAX_ENGINE_MESSAGE]}}
+
+
 async def retry_later(
-    session: AsyncSession, op_id: str, worker: str, *, delay: float, reason: str
+    session: AsyncSession,
+    op_id: str,
+    worker: str,
+    *,
+    delay: float,
+    reason: str,
+    engine_message: str | None = None,
 ) -> bool:
     """Put a running operation back to pending, to be claimed after ``delay`` seconds."""
     now = utcnow()
@@ -297,6 +322,7 @@ async def retry_later(
             Operation.status == OpStatus.RUNNING,
         )
         .values(
+            **await _engine_params(session, op_id, engine_message),
             status=OpStatus.PENDING,
             worker=None,
             run_after=now + timedelta(seconds=delay),

@@ -41,10 +41,13 @@ log = logging.getLogger("nefos.operations")
 class Retry(Exception):
     """Run the operation again later (a host is unreachable, a lock is held)."""
 
-    def __init__(self, reason: str, *, code: str = "SERVICE_UNAVAILABLE") -> None:
+    def __init__(
+        self, reason: str, *, code: str = "SERVICE_UNAVAILABLE", engine_message: str | None = None
+    ) -> None:
         super().__init__(reason)
-        self.reason = reason
+        self.reason = reason  # told to the operation's owner
         self.code = code
+        self.engine_message = engine_message  # platform admins only
 
 
 @dataclass
@@ -151,6 +154,7 @@ class Workers:
         handler = self.handlers.get(op.kind)
         beat = asyncio.create_task(self._heartbeat(ctx))
         status, result, code, message = OpStatus.SUCCEEDED, None, None, None
+        engine_message: str | None = None
         try:
             if handler is None:
                 raise NefosError(f"No handler for operation kind {op.kind!r}")
@@ -162,14 +166,23 @@ class Workers:
                 log.info("operation %s (%s) retries in %.1fs: %s", op.id, op.kind, delay, exc)
                 beat.cancel()
                 async with self.db.sessionmaker() as session:
-                    await queue.retry_later(session, op.id, worker, delay=delay, reason=exc.reason)
+                    await queue.retry_later(
+                        session,
+                        op.id,
+                        worker,
+                        delay=delay,
+                        reason=exc.reason,
+                        engine_message=exc.engine_message,
+                    )
                 return
             status, code, message = OpStatus.FAILED, exc.code, exc.reason
+            engine_message = exc.engine_message
         except asyncio.CancelledError:
             beat.cancel()
             raise  # shutting down: the lease runs out and the operation runs again
         except NefosError as exc:
             status, code, message = OpStatus.FAILED, exc.code, exc.message
+            engine_message = exc.engine_message
         except Exception as exc:
             log.exception("operation %s (%s) crashed", op.id, op.kind)
             status, code, message = OpStatus.FAILED, "INTERNAL_ERROR", f"{type(exc).__name__}"
@@ -201,6 +214,7 @@ class Workers:
                 result=result,
                 error_code=code,
                 error_message=message,
+                engine_message=engine_message,
             )
 
     async def _heartbeat(self, ctx: OpContext) -> None:

@@ -133,7 +133,7 @@ class OperationPublic(BaseModel):
     progress: int
     attempts: int
     result: dict[str, Any] | None
-    error: dict[str, str] | None = None
+    error: dict[str, Any] | None = None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -36,6 +36,12 @@ from nefos.domain.errors import (
     ServiceUnavailable,
     ValidationFailed,
 )
+from nefos.domain.image_refs import (
+    BadReference,
+    ImageReference,
+    parse_image_reference,
+    registry_listed,
+)
 from nefos.domain.paging import PageParams
 from nefos.domain.units import human_rate, parse_port
 from nefos.drivers.base import (
@@ -119,6 +125,14 @@ def _replica_request(replica: ContainerReplica, driver: str) -> PlacementRequest
         disk_gb=replica.storage_gb,
         anti_affinity_group=replica.container_id,
     )
+
+
+def image_reference(image: str) -> ImageReference:
+    """The parsed reference, or ValidationFailed (422) saying what is wrong."""
+    try:
+        return parse_image_reference(image)
+    except BadReference as exc:
+        raise ValidationFailed(f"Invalid image reference: {exc}", image=str(exc)) from None
 
 
 def operation_url(op_id: str) -> str:
@@ -227,6 +241,29 @@ class ContainerService:
             except (DriverError, TimeoutError, OSError) as exc:
                 raise _Unreachable(host.id, str(exc) or type(exc).__name__) from exc
 
+    async def _image_allowed(self, image: str, hosts: Sequence[Host]) -> None:
+        """An image whose registry tenants may not pull from (``container_registries``)
+        must already be on every chosen host: refused (422) before the 202, and before
+        any engine connects anywhere. The pull itself is vetted again by the driver,
+        the registry's addresses included (DNS may have changed since)."""
+        settings = self.core.settings
+        ref = image_reference(image)
+        if not settings.container_image_pull or registry_listed(ref, settings.container_registries):
+            return
+        timeout = min(3.0, settings.host_timeout)
+        for host in {h.id: h for h in hosts}.values():
+            driver = self.core.drivers.for_host(host)
+            try:
+                present = await asyncio.wait_for(driver.has_image(image), timeout)
+            except (DriverError, TimeoutError, OSError) as exc:
+                raise _Unreachable(host.id, str(exc) or type(exc).__name__) from exc
+            if not present:
+                raise ValidationFailed(
+                    f"Image {image!r} is not on the host, and its registry {ref.registry!r} "
+                    "is not one tenants may pull from",
+                    image="registry not allowed (see container_registries)",
+                )
+
     def _add_replicas(
         self, container: Container, placed: Sequence[tuple[Allocation, Host]], first_slot: int
     ) -> list[ContainerReplica]:
@@ -258,6 +295,7 @@ class ContainerService:
         self, principal: Principal, project: Project, body: ContainerCreate
     ) -> tuple[Container, Operation]:
         res = body.resources
+        image_reference(body.image)  # a bad reference is a 422 before anything else
         command: list[str] | None
         if isinstance(body.command, str):
             try:
@@ -305,6 +343,7 @@ class ContainerService:
                 placed = await self._place(container, body.replicas)
                 self._add_replicas(container, placed, 0)
                 await self._reachable([h for _, h in placed])
+                await self._image_allowed(body.image, [h for _, h in placed])
                 op = await enqueue(
                     self.session,
                     kind="container.create",
@@ -331,10 +370,11 @@ class ContainerService:
             from nefos.services.hosts import HostService
 
             await HostService(self.core, self.session).mark_offline(exc.host_id, exc.error)
-            raise ServiceUnavailable(
-                "The host chosen for this container does not answer; try again",
-                reason=exc.error,
-            ) from exc
+            unavailable = ServiceUnavailable(
+                "The host chosen for this container does not answer; try again"
+            )
+            unavailable.engine_message = exc.error  # platform admins only
+            raise unavailable from exc
 
     async def _transition(
         self,

@@ -112,7 +112,11 @@ def metric_store(settings: Settings, db: Database) -> MetricStore:
 def driver_options(settings: Settings) -> DriverOptions:
     """Each driver's own settings, from the process's."""
     return {
-        "docker": {"pull": settings.container_image_pull},
+        "docker": {
+            "pull": settings.container_image_pull,
+            "registries": settings.container_registries,
+            "registry_networks": settings.container_registry_allowed_networks,
+        },
         "libvirt": {
             "domain_type": settings.libvirt_domain_type,
             "pool": settings.libvirt_pool,

@@ -28,6 +28,7 @@ from nefos.db.session import begin_write
 from nefos.db.types import utcnow
 from nefos.domain.errors import (
     Conflict,
+    ImagePullFailed,
     NefosError,
     NotFound,
     ResourceExhausted,
@@ -35,7 +36,7 @@ from nefos.domain.errors import (
     ValidationFailed,
 )
 from nefos.domain.paging import PageParams
-from nefos.drivers.base import DriverError, HostCapacity, HostUnreachable
+from nefos.drivers.base import DriverError, HostCapacity, HostUnreachable, ImageNotFound
 from nefos.operations import Retry, enqueue
 from nefos.schemas.compute import HostCreate
 from nefos.services.core import Core
@@ -373,16 +374,38 @@ class HostService:
         return changed
 
 
+#: What tenants are told for each driver error code: the engine's own text (Podman's
+#: JSON, a resolver's address, a Python exception's repr) is no tenant's business.
+_PLAIN: dict[str, tuple[type[NefosError], str]] = {
+    "SERVICE_UNAVAILABLE": (ServiceUnavailable, "The host does not answer; try again later"),
+    "NOT_FOUND": (NotFound, "The instance is not on its host"),
+    "VALIDATION_ERROR": (ValidationFailed, "The host refused the instance's specification"),
+    "RESOURCE_EXHAUSTED": (
+        ResourceExhausted,
+        "The host has no room for it (a host port or its memory is taken)",
+    ),
+    "CONFLICT": (Conflict, "The instance cannot do that in its current state"),
+}
+
+
 def domain_error(exc: DriverError) -> NefosError:
-    """The domain error a driver error stands for (drivers name its code)."""
-    cls = {
-        "SERVICE_UNAVAILABLE": ServiceUnavailable,
-        "NOT_FOUND": NotFound,
-        "VALIDATION_ERROR": ValidationFailed,
-        "RESOURCE_EXHAUSTED": ResourceExhausted,
-        "CONFLICT": Conflict,
-    }.get(exc.code, NefosError)
-    return cls(exc.message)
+    """The domain error a driver error stands for (drivers name its code), with a
+    plain message and a stable code; the driver's raw text rides along as
+    ``engine_message`` (the server log and platform admins see it, tenants never).
+    Every driver error a service raises goes through here."""
+    err: NefosError
+    if isinstance(exc, ImageNotFound):
+        name = f"Image {exc.image!r}" if exc.image else "The image"
+        err = ImagePullFailed(
+            f"{name} is not on the host and could not be pulled from its registry",
+            image=exc.image,
+        )
+    else:
+        cls, message = _PLAIN.get(exc.code, (NefosError, "The host could not do it"))
+        err = cls(message)
+    err.engine_message = exc.message
+    log.info("driver error %s (%s): %s", type(exc).__name__, err.code, exc.message)
+    return err
 
 
 async def driver_call(core: Core, host: Host, call: Awaitable[T]) -> T:
@@ -394,7 +417,10 @@ async def driver_call(core: Core, host: Host, call: Awaitable[T]) -> T:
     except HostUnreachable as exc:
         async with core.db.sessionmaker() as session:
             await HostService(core, session).mark_offline(host.id, exc.message)
-        raise Retry(f"host {host.hostname} is unreachable: {exc.message}") from exc
+        raise Retry(
+            "The host does not answer; the operation will be retried",
+            engine_message=f"host {host.hostname} is unreachable: {exc.message}",
+        ) from exc
     except DriverError as exc:
         raise domain_error(exc) from exc
 

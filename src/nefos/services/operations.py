@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.db.models import Operation
 from nefos.db.session import begin_write
-from nefos.domain.access import Permission
+from nefos.domain.access import Permission, scopes_allow
 from nefos.domain.errors import Conflict, NotFound
 from nefos.domain.paging import PageParams
 from nefos.operations import queue
@@ -18,7 +18,24 @@ from nefos.services.paging import fetch_page
 from nefos.services.principal import Principal, authorize_project, visible_org_ids
 
 
-def operation_public(op: Operation) -> dict[str, Any]:
+def operation_error(op: Operation, *, engine_messages: bool = False) -> dict[str, Any] | None:
+    """The operation's error as its owner sees it: a stable code and a plain message;
+    the engine's raw text (``details.engine_message``) only for platform admins."""
+    if not op.error_code:
+        return None
+    error: dict[str, Any] = {"code": op.error_code, "message": op.error_message or ""}
+    raw = (op.params or {}).get(queue.ENGINE_MESSAGE)
+    if engine_messages and raw:
+        error["details"] = {"engine_message": raw}
+    return error
+
+
+def sees_engine_messages(principal: Principal) -> bool:
+    """Platform admins (with the platform-admin scope) see engines' raw errors."""
+    return principal.is_admin and scopes_allow(principal.scopes, Permission.PLATFORM_ADMIN)
+
+
+def operation_public(op: Operation, *, engine_messages: bool = False) -> dict[str, Any]:
     return {
         "id": op.id,
         "kind": op.kind,
@@ -29,9 +46,7 @@ def operation_public(op: Operation) -> dict[str, Any]:
         "progress": op.progress,
         "attempts": op.attempts,
         "result": op.result,
-        "error": {"code": op.error_code, "message": op.error_message or ""}
-        if op.error_code
-        else None,
+        "error": operation_error(op, engine_messages=engine_messages),
         "created_at": op.created_at,
         "started_at": op.started_at,
         "finished_at": op.finished_at,

@@ -12,7 +12,7 @@ from nefos.api.envelope import ok, page
 from nefos.domain.access import Permission
 from nefos.schemas.common import Envelope, Page
 from nefos.schemas.compute import OperationPublic
-from nefos.services.operations import OperationService, operation_public
+from nefos.services.operations import OperationService, operation_public, sees_engine_messages
 
 router = APIRouter(prefix="/operations", tags=["operations"])
 
@@ -39,7 +39,8 @@ async def list_operations(
     rows, total = await OperationService(core, session).list_page(
         access.principal, params, resource_id=resource_id, status=status
     )
-    return ok(page([operation_public(o) for o in rows], total, params))
+    raw = sees_engine_messages(access.principal)
+    return ok(page([operation_public(o, engine_messages=raw) for o in rows], total, params))
 
 
 @router.get("/{operation_id}", response_model=Envelope[OperationPublic])
@@ -52,7 +53,7 @@ async def get_operation(
     op = await OperationService(core, session).visible(
         access.principal, operation_id, Permission.COMPUTE_READ
     )
-    return ok(operation_public(op))
+    return ok(operation_public(op, engine_messages=sees_engine_messages(access.principal)))
 
 
 @router.delete("/{operation_id}", response_model=Envelope[OperationPublic])
@@ -65,4 +66,5 @@ async def cancel_operation(
     """Cancel a pending operation (409 once it runs); what its request reserved is undone."""
     service = OperationService(core, session)
     op = await service.visible(access.principal, operation_id, Permission.COMPUTE_WRITE)
-    return ok(operation_public(await service.cancel(op)))
+    raw = sees_engine_messages(access.principal)
+    return ok(operation_public(await service.cancel(op), engine_messages=raw))

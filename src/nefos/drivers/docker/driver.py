@@ -25,6 +25,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from nefos.domain.image_refs import BadReference, parse_image_reference, registry_listed
 from nefos.drivers.base import (
     LABEL_ID,
     LABEL_MANAGED,
@@ -36,6 +37,7 @@ from nefos.drivers.base import (
     HostUnreachable,
     HostUsage,
     ImageNotFound,
+    ImagePullRefused,
     InstanceCounters,
     InstanceInfo,
     InstanceKind,
@@ -48,6 +50,12 @@ from nefos.drivers.base import (
     InvalidState,
     Protocol,
     PublishedPort,
+)
+from nefos.security.addresses import (
+    UnsafeTarget,
+    check_address,
+    parse_networks,
+    resolve_blocking,
 )
 
 T = TypeVar("T")
@@ -214,11 +222,26 @@ class DockerDriver(ComputeDriver):
         supports_logs=True,
     )
 
-    def __init__(self, base_url: str, *, timeout: float = 30, pull: bool = False) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 30,
+        pull: bool = False,
+        registries: Sequence[str] | None = None,
+        registry_networks: Sequence[str] = (),
+    ) -> None:
         """``pull``: fetch an image the host lacks from its registries on create
-        (off by default: a missing image is then ``ImageNotFound`` at once)."""
+        (off by default: a missing image is then ``ImageNotFound`` at once).
+        ``registries``: the only registries a pull may use (None: any); whichever, the
+        registry's host must resolve to public addresses or into ``registry_networks``
+        (the address guard of webhooks), else :class:`ImagePullRefused`."""
         self.base_url = base_url
         self.pull = pull
+        self.registries = None if registries is None else list(registries)
+        self.registry_networks = parse_networks(
+            registry_networks, setting="container_registry_allowed_networks"
+        )
         self.timeout = timeout
         self._client: docker.DockerClient | None = None
         if not base_url.startswith("ssh://"):
@@ -314,6 +337,8 @@ class DockerDriver(ComputeDriver):
                 )
             return self._get(str(created["Id"]))
         except DriverError as exc:
+            if isinstance(exc, ImageNotFound) and exc.image is None:
+                exc.image = spec.image
             # A name clash is someone else's container: leave it alone.
             if not (isinstance(exc, InvalidSpec) and "already in use" in exc.message):
                 self._remove_quietly(name)
@@ -322,15 +347,57 @@ class DockerDriver(ComputeDriver):
             self._remove_quietly(name)
             raise
 
-    def _ensure_image(self, image: str) -> None:
-        """The image is on the host, or (with ``pull``) is pulled; else ImageNotFound."""
+    async def has_image(self, image: str) -> bool:
+        return await self._run(self._has_image, image)
+
+    def _has_image(self, image: str) -> bool:
         try:
             with _translated(creating=True):
                 self._api.inspect_image(image)
-            return
         except ImageNotFound:
-            if not self.pull:
-                raise
+            return False
+        return True
+
+    def _vet_pull(self, image: str) -> None:
+        """ImagePullRefused unless pulling ``image`` is allowed: a listed registry whose
+        host resolves only to allowed addresses. Nothing is connected to.
+
+        The engine resolves the name again when it pulls and cannot be pinned to the
+        address checked here: a DNS answer that changes in between (rebinding) is
+        the residual risk (docs/security.md)."""
+
+        def refuse(reason: str) -> ImagePullRefused:
+            return ImagePullRefused(
+                f"image {image!r} is not on the host and could not be pulled: "
+                f"refused before pulling: {reason}",
+                image=image,
+            )
+
+        try:
+            ref = parse_image_reference(image)
+        except BadReference as exc:
+            raise refuse(str(exc)) from None
+        if self.registries is not None and not registry_listed(ref, self.registries):
+            raise refuse(f"the registry {ref.registry!r} is not in container_registries")
+        try:
+            for ip in resolve_blocking(ref.endpoint_host, ref.port):
+                check_address(
+                    ip,
+                    self.registry_networks,
+                    what="image pulls",
+                    setting="container_registry_allowed_networks",
+                )
+        except UnsafeTarget as exc:
+            raise refuse(f"registry {ref.registry!r}: {exc}") from None
+
+    def _ensure_image(self, image: str) -> None:
+        """The image is on the host, or (with ``pull``, from an allowed registry) is
+        pulled; else ImageNotFound."""
+        if self._has_image(image):
+            return
+        if not self.pull:
+            raise ImageNotFound(f"image {image!r} is not on the host (pulling is off)", image=image)
+        self._vet_pull(image)
         repository, tag = docker.utils.parse_repository_tag(image)
         with _translated(creating=True):
             # The engine streams progress and reports a failed pull inside the
@@ -342,7 +409,8 @@ class DockerDriver(ComputeDriver):
         except ImageNotFound as exc:
             reason = str(output).strip().splitlines()[-1:] or [""]
             raise ImageNotFound(
-                f"image {image!r} is not on the host and could not be pulled: {reason[0][:300]}"
+                f"image {image!r} is not on the host and could not be pulled: {reason[0][:300]}",
+                image=image,
             ) from exc
 
     def _remove_quietly(self, name: str) -> None:
