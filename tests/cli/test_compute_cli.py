@@ -105,7 +105,8 @@ def test_container_lifecycle_with_wait(cli, user, admin_cli, podman):
     )  # fmt: skip
     out = _ok(created)
     assert name in out and "running" in out and "endpoints" in out and "metrics" in out
-    assert "container.create succeeded" in created.stderr  # the progress bar, on stderr
+    # The progress bar, on stderr, counts replicas ready out of those wanted.
+    assert "container.create succeeded: 1/1 replicas ready" in created.stderr
 
     rows = cli.json("container", "list")["items"]
     (container,) = [r for r in rows if r["name"] == name]
