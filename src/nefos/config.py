@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 from decimal import Decimal
 from functools import cached_property
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Literal
 
@@ -94,8 +95,22 @@ class Settings(BaseSettings):
     # --- API ----------------------------------------------------------------
     page_default_limit: int = Field(20, ge=1, description="Default `limit` of list endpoints.")
     page_max_limit: int = Field(500, ge=1, description="Cap on `limit` of list endpoints.")
+    forwarded_allow_ips: list[str] = Field(
+        default_factory=list,
+        description="Proxies (addresses or CIDRs, JSON list; `*` = any) whose "
+        "`X-Forwarded-For` is believed: the client is the rightmost hop that is not one "
+        "of them. Default: none, the peer's address is the client's.",
+    )
     trust_forwarded_for: bool = Field(
-        False, description="Take the client IP from `X-Forwarded-For` (behind a proxy)."
+        False,
+        description="Deprecated: `true` means `NEFOS_FORWARDED_ALLOW_IPS=[\"127.0.0.1\", "
+        "\"::1\"]` (a proxy on this machine) when that is not set.",
+    )
+    max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1,
+        description="Largest request body (bytes) but image uploads' (see "
+        "`NEFOS_IMAGE_UPLOAD_MAX_BYTES`); larger ones are refused (413) unread.",
     )
 
     # --- default project quotas (null = unlimited) --------------------------
@@ -477,6 +492,20 @@ class Settings(BaseSettings):
         return self
 
     @cached_property
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxies(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            if entry.strip() != "*":
+                ip_network(entry.strip(), strict=False)  # ValueError: not an address/CIDR
+        return v
+
+    @model_validator(mode="after")
+    def _forwarded_alias(self) -> Settings:
+        if self.trust_forwarded_for and not self.forwarded_allow_ips:
+            self.forwarded_allow_ips = ["127.0.0.1", "::1"]
+        return self
+
     def resolved_database_url(self) -> str:
         """The URL with an async driver, whatever form the user wrote."""
         url = self.database_url or f"sqlite:///{(self.data_dir / 'nefos.db').resolve()}"

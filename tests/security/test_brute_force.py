@@ -134,7 +134,7 @@ async def test_failures_for_unknown_accounts_count_against_the_ip(
 async def test_x_forwarded_for_is_ignored_unless_trusted(
     client: Any, register: Any, core: Any
 ) -> None:
-    assert core.settings.trust_forwarded_for is False
+    assert core.settings.forwarded_allow_ips == []
     accounts = [await register() for _ in range(11)]
     for i, acct in enumerate(accounts[:10]):
         r = await client.post(

@@ -163,3 +163,30 @@ async def test_the_throwaway_app_answers_domain_errors_normally(
     body = _assert_error_envelope(r, 403, "FORBIDDEN")
     assert body["error"]["message"] == "Nope"
     assert r.headers["X-Request-ID"]
+
+
+async def test_malformed_json_names_the_line_and_column(client: Any) -> None:
+    raw = '{"email": "a@example.com",\n    "password" "x"}'
+    r = await client.post(
+        f"{API}/auth/login", content=raw, headers={"Content-Type": "application/json"}
+    )
+    body = _assert_error_envelope(r, 400, "VALIDATION_ERROR")
+    assert body["error"]["details"] == {
+        "body": "Invalid JSON at line 2, column 16: Expecting ':' delimiter"
+    }
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+async def test_a_body_not_sent_as_json_says_how_to_send_it(
+    client: Any, content_type: str | None
+) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    r = await client.post(
+        f"{API}/auth/login",
+        content=b'{"email": "a@example.com", "password": "x"}',
+        headers=headers,
+    )
+    body = _assert_error_envelope(r, 422, "VALIDATION_ERROR")
+    message = "Send the body as JSON with Content-Type: application/json"
+    assert body["error"]["message"] == message
+    assert body["error"]["details"] == {"body": message}

@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 
 from nefos import __version__
-from nefos.api import errors
+from nefos.api import docs, errors
 from nefos.api.routes import (
     admin,
     alerts,
@@ -40,10 +40,12 @@ from nefos.api.routes import (
     vms,
 )
 from nefos.config import Settings
+from nefos.gateway.bodylimit import BodyLimitMiddleware
 from nefos.gateway.context import RequestContextMiddleware
 from nefos.gateway.counters import RequestCounters
 from nefos.gateway.idempotency import IdempotencyMiddleware
 from nefos.gateway.limiter import RateLimiter, RateLimitMiddleware
+from nefos.gateway.paths import TrailingSlashMiddleware
 from nefos.gateway.requestlog import RequestLog, RequestLogMiddleware
 from nefos.monitoring.alerts import AlertEngine
 from nefos.monitoring.webhooks import WebhookDispatcher
@@ -196,10 +198,13 @@ def create_app(
         ),
         lifespan=lifespan,
         generate_unique_id_function=_unique_ids,
-        docs_url="/docs",
-        redoc_url="/redoc",
+        docs_url=None,  # served from the installation's files, not a CDN: api.docs
+        redoc_url=None,
         openapi_url="/openapi.json",
+        # Paths lose their trailing slash before routing (gateway.paths): no redirects.
+        redirect_slashes=False,
     )
+    docs.install(app, "/openapi.json", "Nefos API")
     router = api_router()
     app.include_router(router, prefix=API_PREFIX)
     app.include_router(router, prefix=ALIAS_PREFIX, include_in_schema=False)
@@ -227,10 +232,21 @@ def create_app(
     # Rate limits: before idempotency and the app, after the request id is set.
     app.state.rate_limiter = limiter = RateLimiter(settings)
     app.add_middleware(RateLimitMiddleware, limiter=limiter)
+    # Bodies: refused above their limit before a byte is read, and before the rate
+    # limiter and idempotency (which reads the body) run; inside the request log and
+    # the request id, so a 413 is logged and counted like any answer.
+    upload_limit = 2 * settings.image_upload_max_bytes + settings.max_body_bytes
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.max_body_bytes,
+        larger={f"{prefix}/images/upload": upload_limit for prefix in (API_PREFIX, ALIAS_PREFIX)},
+    )
     # Counted by the middleware, read by GET /metrics and /prometheus.
     app.state.request_counters = counters = RequestCounters()
     app.add_middleware(RequestContextMiddleware, counters=counters)
     # Outermost: every request, as the client saw it (status, duration, bytes).
     app.state.request_log = request_log = RequestLog(settings)
     app.add_middleware(RequestLogMiddleware, request_log=request_log)
+    # Before anything reads the path: `/auth/login/` is `/auth/login`.
+    app.add_middleware(TrailingSlashMiddleware)
     return app

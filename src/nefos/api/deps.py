@@ -96,7 +96,7 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 async def client_info(request: Request) -> ClientInfo:
     core: Core = request.app.state.core
-    ip = client_ip(request.scope, core.settings.trust_forwarded_for)
+    ip = client_ip(request.scope, core.settings.forwarded_allow_ips)
     return ClientInfo(ip=ip, user_agent=request.headers.get("user-agent"))
 
 

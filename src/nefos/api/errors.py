@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from nefos.api.envelope import JSONResponse, error_body
 from nefos.domain import errors as e
+from nefos.gateway.bodylimit import BodyTooLarge
 
 log = logging.getLogger("nefos.api")
 
@@ -44,7 +45,7 @@ HTTP_CODES = {
     405: "METHOD_NOT_ALLOWED",
     406: "UNSUPPORTED_VERSION",
     409: "CONFLICT",
-    413: "VALIDATION_ERROR",
+    413: "PAYLOAD_TOO_LARGE",
     415: "VALIDATION_ERROR",
     422: "VALIDATION_ERROR",
     429: "RATE_LIMITED",
@@ -92,16 +93,44 @@ def _message(err: dict[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
+SEND_JSON = "Send the body as JSON with Content-Type: application/json"
+
+
+def _is_json(content_type: str | None) -> bool:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+def _json_error(err: dict[str, Any], doc: Any) -> str:
+    """``Invalid JSON at line L, column C: <what>`` from the parser's offset."""
+    loc = tuple(err.get("loc", ()))
+    pos = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else None
+    what = str((err.get("ctx") or {}).get("error") or "not valid JSON")
+    if pos is None or not isinstance(doc, str):
+        return f"Invalid JSON: {what}"
+    line = doc.count("\n", 0, pos) + 1
+    column = pos - doc.rfind("\n", 0, pos)
+    return f"Invalid JSON at line {line}, column {column}: {what}"
+
+
 async def validation_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
+    malformed = [err for err in errors if err.get("type") == "json_invalid"]
+    if malformed:  # where the parser stopped, in lines and columns, not an offset
+        where = {"body": _json_error(malformed[0], exc.body)}
+        return JSONResponse(error_body("VALIDATION_ERROR", "Malformed JSON body", where), 400)
+    if not _is_json(request.headers.get("content-type")) and any(
+        tuple(err.get("loc", ())) == ("body",) for err in errors
+    ):
+        # A JSON route sent no body, or one it did not parse for want of the header.
+        return JSONResponse(error_body("VALIDATION_ERROR", SEND_JSON, {"body": SEND_JSON}), 422)
     details: dict[str, str] = {}
     for err in errors:
         details.setdefault(_field(tuple(err.get("loc", ()))), _message(err))
-    malformed = any(err.get("type") == "json_invalid" for err in errors)
-    status = 400 if malformed else 422
-    message = "Malformed JSON body" if malformed else "Invalid input parameters"
-    return JSONResponse(error_body("VALIDATION_ERROR", message, details), status)
+    return JSONResponse(error_body("VALIDATION_ERROR", "Invalid input parameters", details), 422)
 
 
 async def http_handler(request: Request, exc: Exception) -> Response:
@@ -113,6 +142,8 @@ async def http_handler(request: Request, exc: Exception) -> Response:
     details: dict[str, Any] = {}
     if exc.status_code >= 500:
         details["request_id"] = request_id(request)
+    if isinstance(exc, BodyTooLarge):
+        details["limit"] = exc.limit
     return JSONResponse(
         error_body(code, message, details), exc.status_code, headers=getattr(exc, "headers", None)
     )

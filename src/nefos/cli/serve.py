@@ -72,5 +72,8 @@ def serve(
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
-        proxy_headers=settings.trust_forwarded_for,
+        # The same proxies as gateway.client.client_ip: uvicorn then also takes the
+        # scheme (X-Forwarded-Proto) from them, and the client it finds is the same.
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
     )

@@ -8,7 +8,10 @@ routes' ``client_info``, so they agree on one address and one credential per req
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 from starlette.types import Scope
 
@@ -46,15 +49,55 @@ def credential(headers: dict[bytes, bytes]) -> Credential | None:
     return Credential(token, looks_like_api_key(token))
 
 
-def client_ip(scope: Scope, trust_forwarded_for: bool) -> str | None:
-    """The peer's address, or the first ``X-Forwarded-For`` hop when the proxy in
-    front is trusted (``NEFOS_TRUST_FORWARDED_FOR``)."""
-    if trust_forwarded_for:
-        for key, value in scope["headers"]:
-            if key == b"x-forwarded-for":
-                first = value.split(b",", 1)[0].strip()[:MAX_IP]
-                if first:
-                    return bytes(first).decode("latin-1")
-                break
+def client_ip(scope: Scope, trusted_proxies: Sequence[str]) -> str | None:
+    """The client's address: the peer's, unless the peer is a trusted proxy
+    (``NEFOS_FORWARDED_ALLOW_IPS``); then the address the trusted proxies saw.
+
+    ``X-Forwarded-For`` is walked from the right (each proxy appends the address it
+    was called from), skipping the trusted proxies: the first hop not trusted is the
+    client. Hops to its left were written by the client itself and are never taken
+    (uvicorn's ``forwarded_allow_ips`` does the same). When every hop is trusted,
+    the leftmost is the client."""
     client = scope.get("client")
-    return str(client[0]) if client else None
+    peer = str(client[0]) if client else None
+    if not trusted_proxies or peer is None:
+        return peer
+    proxies = trusted(tuple(trusted_proxies))
+    if not proxies.trusts(peer):
+        return peer
+    values = [v for k, v in scope["headers"] if k == b"x-forwarded-for"]
+    if not values:
+        return peer
+    hops = [h.strip() for h in b",".join(values).decode("latin-1").split(",")]
+    hops = [h for h in hops if h]
+    for hop in reversed(hops):
+        if not proxies.trusts(hop):
+            return hop[:MAX_IP]
+    return hops[0][:MAX_IP] if hops else peer
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedProxies:
+    """Addresses and networks whose ``X-Forwarded-For`` is believed (``*``: all)."""
+
+    everyone: bool
+    networks: tuple[IPv4Network | IPv6Network, ...]
+
+    def trusts(self, host: str) -> bool:
+        if self.everyone:
+            return True
+        try:
+            address = ip_address(host)
+        except ValueError:
+            return False
+        if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in net for net in self.networks)
+
+
+@lru_cache(maxsize=8)
+def trusted(entries: tuple[str, ...]) -> TrustedProxies:
+    """The parsed form of ``NEFOS_FORWARDED_ALLOW_IPS`` (addresses or CIDRs, ``*``)."""
+    everyone = any(e.strip() == "*" for e in entries)
+    networks = tuple(ip_network(e.strip(), strict=False) for e in entries if e.strip() != "*")
+    return TrustedProxies(everyone, networks)

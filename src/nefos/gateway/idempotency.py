@@ -67,7 +67,9 @@ class IdempotencyMiddleware:
             return
         body, more = await _read_body(receive)
         if more:
-            await send_error(send, 413, "VALIDATION_ERROR", "Request body too large", {})
+            await send_error(
+                send, 413, "PAYLOAD_TOO_LARGE", "Request body too large", {"limit": MAX_BODY}
+            )
             return
         fingerprint = hashlib.sha256(
             b"\0".join(

@@ -652,7 +652,7 @@ class RateLimitMiddleware:
             return
         headers = dict(scope["headers"])
         caller = await limiter.caller(
-            headers, client_ip(scope, limiter.settings.trust_forwarded_for)
+            headers, client_ip(scope, limiter.settings.forwarded_allow_ips)
         )
         try:
             decision = await limiter.decide(caller, group_of(scope["path"]))

@@ -479,7 +479,7 @@ class RequestLogMiddleware:
     def __init__(self, app: ASGIApp, request_log: RequestLog) -> None:
         self.app = app
         self.log = request_log
-        self.trust_forwarded_for = request_log.settings.trust_forwarded_for
+        self.settings = request_log.settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.log.enabled:
@@ -551,7 +551,7 @@ class RequestLogMiddleware:
                     user_id,
                     org_id,
                     api_key_id,
-                    client_ip(scope, self.trust_forwarded_for),
+                    client_ip(scope, self.settings.forwarded_allow_ips),
                     agent,
                     bytes_in,
                     bytes_out,

@@ -2,7 +2,7 @@
 
     NefosError                      anything the SDK raises on purpose
     ├── NefosAPIError               the API answered with an error (or a body it cannot read)
-    │   ├── ValidationError             VALIDATION_ERROR     400, 422
+    │   ├── ValidationError             VALIDATION_ERROR     400, 422; PAYLOAD_TOO_LARGE 413
     │   ├── AuthenticationError         UNAUTHORIZED         401
     │   ├── PermissionDeniedError       FORBIDDEN            403
     │   ├── NotFoundError               NOT_FOUND            404 (also: another tenant's object)
@@ -175,6 +175,7 @@ class TransportError(NefosError):
 
 _BY_CODE: dict[str, type[NefosAPIError]] = {
     "VALIDATION_ERROR": ValidationError,
+    "PAYLOAD_TOO_LARGE": ValidationError,
     "UNAUTHORIZED": AuthenticationError,
     "FORBIDDEN": PermissionDeniedError,
     "NOT_FOUND": NotFoundError,
@@ -192,6 +193,7 @@ _BY_STATUS: dict[int, tuple[type[NefosAPIError], str]] = {
     403: (PermissionDeniedError, "FORBIDDEN"),
     404: (NotFoundError, "NOT_FOUND"),
     409: (ConflictError, "CONFLICT"),
+    413: (ValidationError, "PAYLOAD_TOO_LARGE"),
     422: (ValidationError, "VALIDATION_ERROR"),
     429: (RateLimitedError, "RATE_LIMITED"),
     500: (InternalServerError, "INTERNAL_ERROR"),

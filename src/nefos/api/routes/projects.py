@@ -142,7 +142,7 @@ async def set_quotas(
 
 
 # Seed 001 (CloudCIX) spelling, kept for its clients.
-@legacy.get("/", response_model=Envelope[Page[ProjectPublic]], deprecated=True)
+@legacy.get("", response_model=Envelope[Page[ProjectPublic]], deprecated=True)
 @deprecated_route(SEED_001_SUNSET)
 async def list_projects_legacy(
     core: CoreDep,
@@ -155,7 +155,7 @@ async def list_projects_legacy(
     return await list_projects(core, session, params, organisation_id, access)
 
 
-@legacy.post("/", status_code=201, response_model=Envelope[ProjectPublic], deprecated=True)
+@legacy.post("", status_code=201, response_model=Envelope[ProjectPublic], deprecated=True)
 @deprecated_route(SEED_001_SUNSET)
 async def create_project_legacy(
     body: ProjectCreate,

@@ -37,7 +37,7 @@ async def my_rate_limits(request: Request) -> Response:
     limiter = limiter_of(request)
     headers = dict(request.scope["headers"])
     caller = await limiter.caller(
-        headers, client_ip(request.scope, limiter.settings.trust_forwarded_for)
+        headers, client_ip(request.scope, limiter.settings.forwarded_allow_ips)
     )
     policies, decision = await limiter.snapshot(caller)
     counted = {s.policy.name: s for s in decision.states} if decision is not None else {}

@@ -234,7 +234,7 @@ async def list_backups(
     return listing([_backup(b) for b in rows], "backups", total, params)
 
 
-@compute_backups.get("/backups/", response_model=Envelope[dict[str, Any]], deprecated=True)
+@compute_backups.get("/backups", response_model=Envelope[dict[str, Any]], deprecated=True)
 @deprecated_route(SEED_001_SUNSET)
 async def list_backups_legacy(
     core: CoreDep,

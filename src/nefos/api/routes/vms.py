@@ -212,7 +212,7 @@ async def vm_console(
 
 
 # --- seed 001's aliases -----------------------------------------------------------------
-@compute.get("/instances/", response_model=Envelope[dict[str, Any]], deprecated=True)
+@compute.get("/instances", response_model=Envelope[dict[str, Any]], deprecated=True)
 @deprecated_route(SEED_001_SUNSET)
 async def list_instances_legacy(
     core: CoreDep,
@@ -227,7 +227,7 @@ async def list_instances_legacy(
     return await list_vms(core, session, params, project_id, status, status_filter, access)
 
 
-@compute.post("/instances/", status_code=202, response_model=Envelope[VmAccepted], deprecated=True)
+@compute.post("/instances", status_code=202, response_model=Envelope[VmAccepted], deprecated=True)
 @deprecated_route(SEED_001_SUNSET)
 async def create_instance_legacy(
     body: VmCreate,
