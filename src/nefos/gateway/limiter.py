@@ -3,7 +3,9 @@
 A route belongs to a *group* by its path (``GROUPS``: ``auth``, ``containers``,
 ``monitoring``, ``billing``); every request also counts against the caller's overall
 ``user`` limit. A caller is a user (a verified access token), an API key or,
-anonymous, the client's IP. Limits are settings
+anonymous, the client's IP. An API key counts against its owner's counters (per-user
+limits hold across all of a user's keys: minting keys buys no more requests); a key
+that is unknown, revoked or expired counts against the client's IP. Limits are settings
 (``NEFOS_RATE_LIMIT_*``); a platform admin can give an organisation its own
 (``RateLimitOverride``), which apply to its members and its API keys (a member of
 several organisations gets the most generous).
