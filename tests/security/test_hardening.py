@@ -107,3 +107,51 @@ async def test_a_key_minted_by_a_key_never_outlives_it(
         headers=bearer(parent["key"]),
     )
     assert r.json()["data"]["expires_at"] == parent["expires_at"]
+
+
+BIDI_AND_INVISIBLE = [
+    "evil\u202etxt.exe",  # RIGHT-TO-LEFT OVERRIDE (Cf)
+    "ad\u200bmin",  # ZERO WIDTH SPACE (Cf)
+    "a\u2066b",  # LEFT-TO-RIGHT ISOLATE (Cf)
+    "a\ufeffb",  # ZERO WIDTH NO-BREAK SPACE (Cf)
+    "a\x07b",  # BEL (Cc)
+    "a\ue000b",  # private use (Co)
+    "a\u0378b",  # unassigned (Cn)
+    "a\u2028b",  # LINE SEPARATOR (Zl)
+]
+
+
+async def test_names_refuse_bidi_overrides_and_invisible_characters(
+    client: Any, register: Any
+) -> None:
+    """Names and slugs are shown to other people: characters that reorder or hide text
+    are refused with a 422 saying so (issue 14), wherever a name is taken."""
+    acct = await register()
+    h = acct.headers
+
+    def bodies(bad: str) -> list[tuple[str, str, dict[str, Any]]]:
+        return [
+            ("PUT", f"{API}/users/profile", {"name": bad}),
+            ("PUT", f"{API}/users/profile", {"username": bad}),
+            ("POST", f"{API}/organisations", {"name": bad}),
+            ("POST", f"{API}/organisations", {"name": "Acme", "slug": bad}),
+            ("POST", f"{API}/projects", {"name": bad}),
+            ("POST", f"{API}/api-keys", {"name": bad, "scopes": ["*"]}),
+            ("POST", f"{API}/containers", {"name": bad, "image": "nginx:alpine"}),
+        ]
+
+    for bad in BIDI_AND_INVISIBLE:
+        for method, path, body in bodies(bad):
+            r = await client.request(method, path, json=body, headers=h)
+            assert r.status_code == 422, (method, path, repr(bad), r.text)
+            error = r.json()["error"]
+            assert error["code"] == "VALIDATION_ERROR", error
+    r = await client.post(f"{API}/organisations", json={"name": "evil\u202etxt"}, headers=h)
+    assert "invisible or control characters" in r.text, r.text
+    # Letters of any script, accents and emoji stay welcome.
+    for name in ("Zoë Ünal", "東京チーム", "Ωmega ✨"):
+        r = await client.post(f"{API}/organisations", json={"name": name}, headers=h)
+        assert r.status_code == 201, r.text
+        assert r.json()["data"]["name"] == name
+    r = await client.put(f"{API}/users/profile", json={"name": "Zoë Ünal"}, headers=h)
+    assert r.status_code == 200, r.text

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from nefos.schemas.common import Id, Request
+from nefos.schemas.common import Id, Request, ShortName
 
 Comparison = Literal["gt", "gte", "lt", "lte"]
 Severity = Literal["info", "warning", "critical"]
@@ -27,7 +27,7 @@ MetricName = Literal[
 WebhookEvent = Literal["alert.firing", "alert.resolved"]
 WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("alert.firing", "alert.resolved")
 
-RuleName = Annotated[str, Field(min_length=1, max_length=100)]
+RuleName = ShortName
 Threshold = Annotated[float, Field(allow_inf_nan=False, ge=-1e15, le=1e15)]
 Duration = Annotated[
     int, Field(ge=0, le=7 * 86400, description="Seconds the condition must hold before firing.")

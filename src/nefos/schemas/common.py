@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -24,14 +25,33 @@ def _email(value: str) -> str:
     return value
 
 
+#: Unicode categories no name may hold: control (Cc), format (Cf: bidirectional
+#: overrides and isolates, zero-width characters), surrogates (Cs), private use (Co),
+#: unassigned (Cn), line and paragraph separators (Zl, Zp). They reorder or hide what
+#: other people are shown ("evil\u202etxt.exe" reads "evilexe.txt").
+HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def _plain_name(value: str) -> str:
+    """A name shown to people: any script, but nothing that reorders or hides text."""
+    for ch in value:
+        if unicodedata.category(ch) in HIDDEN_CATEGORIES:
+            raise ValueError(
+                "must not contain invisible or control characters "
+                f"(U+{ord(ch):04X}: bidirectional overrides, zero-width and control "
+                "characters are not allowed in names)"
+            )
+    return value
+
+
 def _slug(value: str) -> str:
-    if not _SLUG.match(value):
+    if not _SLUG.fullmatch(value):
         raise ValueError("lowercase letters, digits and '-', 1-100 characters")
     return value
 
 
 def _username(value: str) -> str:
-    if not _USERNAME.match(value):
+    if not _USERNAME.fullmatch(value):
         raise ValueError("2-64 characters: letters, digits, '_', '.', '-'")
     return value
 
@@ -39,7 +59,9 @@ def _username(value: str) -> str:
 Email = Annotated[str, Field(max_length=320), AfterValidator(_email)]
 Slug = Annotated[str, AfterValidator(_slug)]
 Username = Annotated[str, AfterValidator(_username)]
-Name = Annotated[str, Field(min_length=1, max_length=200)]
+Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_plain_name)]
+#: A shorter name (projects, API keys, alert rules): the same characters as Name.
+ShortName = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_plain_name)]
 Id = Annotated[str, Field(min_length=1, max_length=64)]
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from nefos.schemas.common import Email, Id, Name, Public, Request, Username
+from nefos.schemas.common import Email, Id, Name, Public, Request, ShortName, Username
 
 Password = Annotated[str, Field(min_length=1, max_length=1024)]
 NewPassword = Annotated[str, Field(min_length=8, max_length=1024)]
@@ -136,7 +136,7 @@ class AdminUserUpdate(Request):
 
 
 class ApiKeyCreate(Request):
-    name: Annotated[str, Field(min_length=1, max_length=100)]
+    name: ShortName
     scopes: list[Annotated[str, Field(max_length=32)]] = Field(
         min_length=1,
         max_length=32,

@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import BaseModel, Field, model_validator
 
 from nefos.domain.access import OrgKind, Role
-from nefos.schemas.common import Email, Id, Name, Public, Request, Slug
+from nefos.schemas.common import Email, Id, Name, Public, Request, ShortName, Slug
 
 Description = Annotated[str, Field(max_length=2000)]
 
@@ -136,7 +136,7 @@ class QuotaPublic(Public):
 
 
 class ProjectCreate(Request):
-    name: Annotated[str, Field(min_length=1, max_length=100)]
+    name: ShortName
     description: Description = ""
     organisation_id: Id | None = Field(
         None, description="Default: the organisation of the caller's default project."
@@ -144,7 +144,7 @@ class ProjectCreate(Request):
 
 
 class ProjectUpdate(Request):
-    name: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+    name: ShortName | None = None
     description: Description | None = None
 
 
