@@ -287,6 +287,13 @@ class Settings(BaseSettings):
         description="Events buffered per WebSocket client; a slower client loses the "
         "oldest and is told how many it missed.",
     )
+    ws_ticket_ttl: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="Seconds a one-time WebSocket ticket (POST /ws/ticket) may wait "
+        "for its handshake (/ws?ticket=...).",
+    )
 
     # --- monitoring -------------------------------------------------------------
     metrics_interval: float = Field(

@@ -190,6 +190,7 @@ MATRIX: dict[tuple[str, str], Rule] = {
     ("GET", "/networks/{network_id}"): Rule(P.COMPUTE_READ),
     ("DELETE", "/networks/{network_id}"): Rule(P.COMPUTE_WRITE),
     ("GET", "/health"): PUBLIC,
+    ("POST", "/ws/ticket"): Rule(P.ACCOUNT_READ),
     # The catalogue, billing accounts, quotes, payouts and seed 002's views: the
     # organisation is named in the body or query (or is the caller's default), or is
     # the object's own; the handler checks it (no `on`). Accepting a quote creates its

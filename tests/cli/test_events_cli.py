@@ -47,3 +47,13 @@ def test_events_refuses_an_unknown_type(admin_cli: Cli) -> None:
     assert result.exit_code == 2
     assert "unknown event type" in result.stdout + result.stderr
     no_traceback(result)
+
+
+def test_events_ticket_prints_a_one_time_ticket(admin_cli: Cli) -> None:
+    result = admin_cli("events", "--ticket", "--json")
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    issued = json.loads(result.stdout)
+    assert issued["ticket"].startswith("nft_") and issued["expires_in"] > 0
+    plain = admin_cli("events", "--ticket")
+    assert plain.exit_code == 0 and plain.stdout.strip().startswith("nft_")
+    assert plain.stdout.strip() != issued["ticket"]

@@ -67,3 +67,19 @@ def test_a_blocking_stream_and_a_refused_token(
     with Client(live_server.url, access_token="not-a-token") as stranger:
         with pytest.raises(AuthenticationError):
             next(iter(stranger.events(reconnect=False)))
+
+
+async def test_a_ticket_opens_one_socket_and_the_stream_url_holds_no_credential(
+    live_server: LiveServer, admin_client: Client
+) -> None:
+    import json
+
+    from websockets.asyncio.client import connect
+
+    assert "?" not in admin_client.events().url  # the stream's credentials go in a header
+    issued = admin_client.events_ticket()
+    assert issued.ticket.startswith("nft_") and issued.expires_in > 0
+    url = live_server.url.replace("http://", "ws://") + f"/ws?ticket={issued.ticket}"
+    for expected in ("connected", "error"):  # once, then refused
+        async with connect(url, open_timeout=30) as ws:
+            assert json.loads(await ws.recv())["type"] == expected

@@ -210,7 +210,7 @@ def create_app(
     app.include_router(router, prefix=ALIAS_PREFIX, include_in_schema=False)
     # Root /health for load balancers and seed 004's `GET /api/health` alike.
     app.include_router(health.router, include_in_schema=False)
-    app.include_router(events.router)  # seed 004's ws://host/ws
+    app.include_router(events.router, include_in_schema=False)  # seed 004's ws://host/ws
     errors.install(app)
     if settings.cors_origins:
         app.add_middleware(

@@ -49,12 +49,28 @@ def events(
     count: Annotated[
         int | None, typer.Option("--count", "-n", min=1, help="Stop after this many events.")
     ] = None,
+    ticket: Annotated[
+        bool,
+        typer.Option(
+            "--ticket",
+            help="Print a one-time ticket for /ws?ticket=... (a browser, websocat) and exit.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Stream events (status changes, operations, metrics, alerts) until interrupted.
 
-    One line per event; with --json, one JSON object per line (JSON Lines).
+    One line per event; with --json, one JSON object per line (JSON Lines). The
+    credentials travel in a header, never in the URL.
     """
+    if ticket:
+        with api(as_json) as c:
+            issued = c.events_ticket()
+        if as_json:
+            print(issued.model_dump_json(), flush=True)
+        else:
+            print(issued.ticket, flush=True)
+        return
     unknown = sorted(set(types or []) - set(EVENT_TYPES))
     if unknown:
         raise typer.BadParameter(

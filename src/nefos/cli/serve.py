@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,6 +12,7 @@ from rich.console import Console
 from rich.panel import Panel
 
 from nefos.config import Settings
+from nefos.security.redact import install as redact_credentials
 
 console = Console()
 
@@ -33,6 +35,21 @@ def _banner(settings: Settings, created: tuple[Any, str | None] | None) -> None:
     else:
         lines.append("  Admin:    already set up (NEFOS_ADMIN_EMAIL / your own password)")
     console.print(Panel("\n".join(lines), expand=False))
+
+
+def _uvicorn_log_config() -> dict[str, Any]:
+    """uvicorn's own logging, with credentials redacted on each of its handlers: its
+    WebSocket lines print the path with its query (``/ws?token=...``), and at debug
+    level every handshake header."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact_credentials"] = {
+        "()": "nefos.security.redact.RedactCredentials"
+    }
+    for handler in config["handlers"].values():
+        handler.setdefault("filters", []).append("redact_credentials")
+    return config
 
 
 def serve(
@@ -65,6 +82,7 @@ def serve(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    redact_credentials()  # the root handler: Nefos's own logs, the websockets library's
     app = create_app(settings, on_started=lambda _core, created: _banner(settings, created))
     uvicorn.run(
         app,
@@ -72,6 +90,7 @@ def serve(
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
+        log_config=_uvicorn_log_config(),
         # The same proxies as gateway.client.client_ip: uvicorn then also takes the
         # scheme (X-Forwarded-Proto) from them, and the client it finds is the same.
         proxy_headers=bool(settings.forwarded_allow_ips),

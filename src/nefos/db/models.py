@@ -230,6 +230,29 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
+class WsTicket(Base):
+    """A one-time ticket for ``GET /ws?ticket=``: the SHA-256 of the secret, and the
+    session or API key it stands for (the socket checks and re-checks that
+    credential, never a copy of its rights). Taken by deleting the row."""
+
+    __tablename__ = "ws_tickets"
+
+    ticket_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    session_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("auth_sessions.id", ondelete="CASCADE"), index=True
+    )
+    api_key_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("api_keys.id", ondelete="CASCADE"), index=True
+    )
+    #: When the credential the ticket stands for expires (a JWT's ``exp``), if it does.
+    credential_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = _created()
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, index=True)
+
+
 # --- compute ---------------------------------------------------------------------------
 class Host(Base):
     """A compute endpoint (an Engine API socket, a libvirt URI, a simulated host).

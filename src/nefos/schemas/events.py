@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -30,3 +31,11 @@ class EventMessage(BaseModel):
     @property
     def is_event(self) -> bool:
         return self.type in EVENT_TYPES
+
+
+class WsTicket(BaseModel):
+    """``POST /ws/ticket``: a one-time ticket for ``/ws?ticket=<ticket>``."""
+
+    ticket: str
+    expires_at: datetime
+    expires_in: float = Field(description="Seconds the ticket stays valid.")

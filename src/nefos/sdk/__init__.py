@@ -19,7 +19,7 @@ beginning with ``_`` are private.
 """
 
 from nefos.schemas.common import Message, Page, Pagination
-from nefos.schemas.events import EventMessage
+from nefos.schemas.events import EventMessage, WsTicket
 from nefos.sdk._alerts import AlertRules, Alerts, Webhooks
 from nefos.sdk._analytics import Analytics
 from nefos.sdk._client import Client
@@ -123,6 +123,7 @@ __all__ = [
     "Vms",
     "Volumes",
     "Webhooks",
+    "WsTicket",
     "container_item",
     "vm_item",
     "volume_item",

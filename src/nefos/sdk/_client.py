@@ -41,6 +41,7 @@ from typing import IO, Any
 
 import httpx
 
+from nefos.schemas.events import WsTicket
 from nefos.schemas.identity import AuthResult
 from nefos.sdk._alerts import AlertRules, Alerts, Webhooks
 from nefos.sdk._analytics import Analytics
@@ -215,6 +216,13 @@ class Client:
         ``async for e in client.events(["vm_status_changed"])``. ``types`` narrows
         (default: every type your credentials may receive). See :class:`EventStream`."""
         return EventStream(self, types, reconnect=reconnect, include_control=include_control)
+
+    def events_ticket(self) -> WsTicket:
+        """A one-time ticket (``POST /ws/ticket``) for a client that cannot send
+        headers, a browser: it opens ``/ws?ticket=<ticket>`` once, within
+        ``expires_in`` seconds, acting as these credentials. The SDK's own stream
+        sends its credentials in a header and needs none."""
+        return WsTicket.model_validate(self.request("POST", "/ws/ticket"))
 
     # --- lifecycle ------------------------------------------------------------
     def close(self) -> None:

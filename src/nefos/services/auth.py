@@ -403,9 +403,14 @@ class AuthService:
         except InvalidToken as exc:
             message = "Token has expired" if exc.reason == "token_expired" else "Invalid token"
             raise Unauthorized(message, reason=exc.reason) from None
+        principal = await self._session_principal(claims.sub, claims.sid)
+        principal.expires_at = datetime.fromtimestamp(claims.exp, UTC)
+        return principal
+
+    async def _session_principal(self, user_id: str, session_id: str) -> Principal:
         row = (
             await self.session.execute(
-                _USER_AND_SESSION, {"user_id": claims.sub, "session_id": claims.sid}
+                _USER_AND_SESSION, {"user_id": user_id, "session_id": session_id}
             )
         ).one_or_none()
         if row is None:
@@ -415,22 +420,21 @@ class AuthService:
             raise Unauthorized("Session has been revoked", reason="session_revoked")
         if not user.is_active:
             raise Unauthorized("This account is disabled", reason="account_disabled")
-        return Principal(user=user, session_id=claims.sid)
+        return Principal(user=user, session_id=session_id)
 
     async def _live_key(self, raw: str) -> ApiKey | None:
         if not looks_like_api_key(raw) or len(raw) > 200:
             return None
         key = await self.session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_secret(raw)))
-        if key is None or key.revoked_at is not None:
-            return None
-        if key.expires_at is not None and key.expires_at <= utcnow():
-            return None
-        return key
+        return _live(key)
 
     async def authenticate_api_key(self, raw: str) -> Principal:
         key = await self._live_key(raw)
         if key is None:
             raise Unauthorized("Invalid API key", reason="invalid_api_key")
+        return await self._key_principal(key)
+
+    async def _key_principal(self, key: ApiKey) -> Principal:
         user = await self.session.get(User, key.user_id)
         if user is None or not user.is_active:
             raise Unauthorized("This account is disabled", reason="account_disabled")
@@ -468,3 +472,52 @@ class AuthService:
         finally:
             # End the read (or key-touch) transaction: services start their own.
             await self.session.commit()
+
+    async def authenticate_grant(self, grant: Grant) -> Principal:
+        """The principal a grant (a redeemed WebSocket ticket) stands for, checked as
+        its credential would be: the session or key still live, the user active, the
+        JWT not past its expiry."""
+        try:
+            if grant.credential_expires_at is not None and grant.credential_expires_at <= utcnow():
+                raise Unauthorized("Token has expired", reason="token_expired")
+            if grant.api_key_id is not None:
+                key = _live(await self.session.get(ApiKey, grant.api_key_id))
+                if key is None or key.user_id != grant.user_id:
+                    raise Unauthorized("Invalid API key", reason="invalid_api_key")
+                return await self._key_principal(key)
+            if grant.session_id is None:
+                raise Unauthorized("Invalid ticket", reason="invalid_ticket")
+            principal = await self._session_principal(grant.user_id, grant.session_id)
+            principal.expires_at = grant.credential_expires_at
+            return principal
+        finally:
+            await self.session.commit()
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A credential named by reference rather than by its secret: the session or API
+    key of a user, as a WebSocket ticket records it (``nefos.services.ws_tickets``)."""
+
+    user_id: str
+    session_id: str | None = None
+    api_key_id: str | None = None
+    credential_expires_at: datetime | None = None
+
+    @classmethod
+    def of(cls, principal: Principal) -> Grant:
+        return cls(
+            user_id=principal.user_id,
+            session_id=None if principal.api_key_id else principal.session_id,
+            api_key_id=principal.api_key_id,
+            credential_expires_at=principal.expires_at or principal.key_expires_at,
+        )
+
+
+def _live(key: ApiKey | None) -> ApiKey | None:
+    """The key if it is neither revoked nor expired."""
+    if key is None or key.revoked_at is not None:
+        return None
+    if key.expires_at is not None and key.expires_at <= utcnow():
+        return None
+    return key

@@ -30,6 +30,8 @@ class Principal:
     scopes: frozenset[str] = field(default_factory=lambda: frozenset(s.value for s in ALL_SCOPES))
     key_organisation_id: str | None = None
     key_expires_at: datetime | None = None
+    #: When the access token this principal came with expires (None: an API key).
+    expires_at: datetime | None = None
 
     @property
     def user_id(self) -> str:

@@ -1,6 +1,7 @@
 """Who may see which event: the view behind one WebSocket (or SDK stream).
 
-A view is made from the caller's credentials and re-made every
+A view is made from the caller's credentials (or the session or API key a
+WebSocket ticket stands for) and re-made every
 ``ws_recheck_interval`` seconds (``refresh``): a revoked session or API key, a
 disabled account or an expired token raises ``Unauthorized``; a lost membership
 raises ``Forbidden``. Either closes the socket.
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 
 from nefos.domain.errors import Forbidden
 from nefos.events import EVENT_TYPES, Event, EventType
-from nefos.services.auth import AuthService
+from nefos.services.auth import AuthService, Grant
 from nefos.services.core import Core
 from nefos.services.principal import Principal, visible_org_ids
 
@@ -40,7 +41,7 @@ TYPE_SCOPE: dict[str, str] = {
 @dataclass
 class EventView:
     core: Core
-    credential: str
+    credential: str | Grant
     principal: Principal | None = None
     everything: bool = False
     orgs: frozenset[str] = frozenset()
@@ -50,9 +51,11 @@ class EventView:
     async def refresh(self) -> None:
         """(Re-)authenticate and (re-)read what the caller may see."""
         async with self.core.db.sessionmaker() as session:
-            principal = await AuthService(self.core, session).authenticate(
-                self.credential, kind="bearer"
-            )
+            auth = AuthService(self.core, session)
+            if isinstance(self.credential, Grant):  # a redeemed ticket
+                principal = await auth.authenticate_grant(self.credential)
+            else:
+                principal = await auth.authenticate(self.credential, kind="bearer")
             orgs = frozenset(await visible_org_ids(session, principal))
             await session.commit()
         everything = principal.is_admin and principal.key_organisation_id is None

@@ -1,7 +1,15 @@
 """``WS /ws``: real-time events (seeds 002, 003, 004), also under ``/api/v1`` and ``/api``.
 
-Handshake: the credentials come as ``?token=<jwt or api key>``, or an
-``Authorization: Bearer`` / ``X-API-Key`` header. A browser's ``Origin`` must be
+Handshake: the credentials come, in this order of precedence, as
+
+* ``?ticket=<ticket>``: a one-time ticket from ``POST /ws/ticket`` (a browser's way
+  in: no long-lived credential in the URL; see ``nefos.services.ws_tickets``);
+* the ``Sec-WebSocket-Protocol`` header ``nefos.v1, bearer.<jwt or api key>``: the
+  answer selects ``nefos.v1``, never the credential;
+* ``?token=<jwt or api key>`` (kept for old clients; every log line redacts it);
+* an ``Authorization: Bearer`` / ``X-API-Key`` / ``X-Auth-Token`` header (the SDK).
+
+A browser's ``Origin`` must be
 the API's own, or listed in ``ws_allowed_origins`` or ``cors_origins``; another is
 refused before the upgrade (HTTP 403). Bad credentials: the socket opens, says
 ``{"type": "error", "data": {"code": "UNAUTHORIZED", ...}}`` and closes (4401).
@@ -27,12 +35,20 @@ from urllib.parse import urlsplit
 
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.responses import Response
 from starlette.websockets import WebSocketState
 
+from nefos.api.deps import Access, CoreDep, SessionDep, authorize
+from nefos.api.envelope import ok
+from nefos.domain.access import Permission
 from nefos.domain.errors import Forbidden, NefosError, Unauthorized
 from nefos.events import Event, now_iso
+from nefos.schemas.common import Envelope
+from nefos.schemas.events import WsTicket
+from nefos.services.auth import Grant
 from nefos.services.core import Core
 from nefos.services.subscriptions import EventView, unknown_types
+from nefos.services.ws_tickets import WsTicketService
 
 log = logging.getLogger("nefos.events")
 router = APIRouter(tags=["events"])
@@ -40,6 +56,10 @@ router = APIRouter(tags=["events"])
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 MAX_MESSAGE = 64 * 1024
+#: The subprotocol the server speaks, selected when offered.
+PROTOCOL = "nefos.v1"
+#: An offered subprotocol ``bearer.<credential>`` carries the credential.
+BEARER_PROTOCOL = "bearer."
 
 
 def _origin_allowed(ws: WebSocket, core: Core) -> bool:
@@ -55,7 +75,18 @@ def _origin_allowed(ws: WebSocket, core: Core) -> bool:
     return bool(parts.netloc) and parts.netloc == ws.headers.get("host")
 
 
-def _credential(ws: WebSocket) -> str | None:
+def _offered(ws: WebSocket) -> list[str]:
+    return [str(p) for p in ws.scope.get("subprotocols", [])]
+
+
+async def _credential(ws: WebSocket, core: Core) -> str | Grant | None:
+    ticket = ws.query_params.get("ticket")
+    if ticket:
+        async with core.db.sessionmaker() as session:
+            return await WsTicketService(core, session).redeem(ticket)
+    for protocol in _offered(ws):
+        if protocol.startswith(BEARER_PROTOCOL):
+            return protocol[len(BEARER_PROTOCOL) :] or None
     token = ws.query_params.get("token")
     if token:
         return token
@@ -213,12 +244,17 @@ async def events_socket(ws: WebSocket) -> None:
     if not _origin_allowed(ws, core):
         await ws.close(code=1008)  # before accept: the upgrade is refused with 403
         return
-    await ws.accept()
-    credential = _credential(ws)
-    view = EventView(core, credential or "")
+    # Only ``nefos.v1`` is ever selected: the answer must not echo a credential.
+    await ws.accept(subprotocol=PROTOCOL if PROTOCOL in _offered(ws) else None)
+    view = EventView(core, "")
     try:
+        credential = await _credential(ws, core)
         if not credential:
-            raise Unauthorized("Authentication required: ?token=<jwt or api key>")
+            raise Unauthorized(
+                "Authentication required: ?ticket=<ticket from POST /ws/ticket>, "
+                "Sec-WebSocket-Protocol: nefos.v1, bearer.<token>, or ?token=<token>"
+            )
+        view.credential = credential
         await view.refresh()
     except NefosError as exc:
         await ws.send_text(_error(exc.code, exc.message))
@@ -230,3 +266,14 @@ async def events_socket(ws: WebSocket) -> None:
         if ws.client_state is WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
                 await ws.close()
+
+
+@router.post("/ws/ticket", status_code=201, response_model=Envelope[WsTicket])
+async def create_ticket(
+    core: CoreDep, session: SessionDep, access: Access = authorize(Permission.ACCOUNT_READ)
+) -> Response:
+    """A one-time ticket for ``/ws?ticket=<ticket>``, valid ``ws_ticket_ttl`` seconds:
+    the socket it opens acts as the caller's session or API key (with its scopes)."""
+    ticket, expires_at = await WsTicketService(core, session).issue(access.principal)
+    body = WsTicket(ticket=ticket, expires_at=expires_at, expires_in=core.settings.ws_ticket_ttl)
+    return ok(body, 201, headers={"Cache-Control": "no-store"})
