@@ -478,3 +478,25 @@ def refresh_pool(pool: Any, within: float = 30) -> None:
             if "asynchronous jobs" not in str(exc) or time.monotonic() > deadline:
                 raise
         time.sleep(0.2)
+
+
+async def join_org(
+    client: httpx.AsyncClient,
+    org_id: str,
+    inviter: dict[str, str],
+    who: Account,
+    role: str = "member",
+    base: str = "/api/v1",
+) -> dict[str, Any]:
+    """``who`` joins an organisation the only way there is: invited by e-mail (by the
+    holder of ``inviter``'s headers), then accepting. Returns the organisation."""
+    r = await client.post(
+        f"{base}/organisations/{org_id}/members",
+        json={"email": who.email, "role": role},
+        headers=inviter,
+    )
+    assert r.status_code == 202, r.text
+    token = r.json()["data"]["token"]
+    r = await client.post(f"{base}/invitations/accept", json={"token": token}, headers=who.headers)
+    assert r.status_code == 200, r.text
+    return dict(r.json()["data"])

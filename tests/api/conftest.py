@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from nefos.domain.access import Role
-from tests.conftest import Account, DatabaseFactory, LiveServer, make_settings
+from tests.conftest import Account, DatabaseFactory, LiveServer, join_org, make_settings
 
 V1 = "/api/v1"
 
@@ -73,12 +73,7 @@ class World:
         return str(org["id"])
 
     async def add_member(self, org_id: str, who: Account, role: Role) -> None:
-        await self.ok(
-            "POST",
-            f"/organisations/{org_id}/members",
-            self.owner,
-            json={"email": who.email, "role": role.value},
-        )
+        await join_org(self.client, org_id, self.owner.headers, who, role.value, V1)
 
     async def new_member(self) -> Account:
         user = await self.register()

@@ -28,6 +28,7 @@ from tests.conftest import (
     Account,
     DatabaseFactory,
     docker_host_uri,
+    join_org,
     make_settings,
     wait_operation,
 )
@@ -376,12 +377,7 @@ async def test_list_pages_and_filters_and_names_per_project(client, register, po
     owner, member = await register(), await register()
     api, member_api = Api(client, owner), Api(client, member)
     org_id, project_id = await new_org_project(api)
-    await api.call(
-        "POST",
-        f"/organisations/{org_id}/members",
-        201,
-        json={"user_id": member.id, "role": "member"},
-    )
+    await join_org(client, org_id, owner.headers, member, "member")
     # The project named three ways: X-Project-ID, ?project_id= and the body.
     a = await api.created(seed_body("a"), headers={"X-Project-ID": project_id})
     b = await api.created(seed_body("b"), params={"project_id": project_id})
@@ -697,9 +693,7 @@ async def test_viewers_read_members_write(client, register, podman_host):
     api = Api(client, owner)
     org_id, project_id = await new_org_project(api)
     for who, role in ((viewer, "viewer"), (member, "member")):
-        await api.call(
-            "POST", f"/organisations/{org_id}/members", 201, json={"user_id": who.id, "role": role}
-        )
+        await join_org(client, org_id, owner.headers, who, role)
     c = await api.created(seed_body(project_id=project_id))
     [op] = (await api.call("GET", "/operations", params={"resource_id": c["id"]}))["items"]
     view = Api(client, viewer)

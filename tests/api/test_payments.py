@@ -23,7 +23,7 @@ from nefos.db.session import begin_write
 from nefos.domain.errors import ValidationFailed
 from nefos.services.billing import BillingService
 from nefos.services.subscriptions import EventView
-from tests.conftest import Account, free_port
+from tests.conftest import Account, free_port, join_org
 from tests.stripe_server import SECRET_KEY, WEBHOOK_SECRET, StripeServer, sign
 
 V1 = "/api/v1"
@@ -392,13 +392,7 @@ async def test_viewers_read_payments_and_admins_pay(
 ) -> None:
     owner, viewer = await register(), await register()
     org = await org_of(client, owner)
-    r = await post(
-        client,
-        f"/organisations/{org}/members",
-        owner,
-        json={"email": viewer.email, "role": "viewer"},
-    )
-    assert r.status_code == 201, r.text
+    await join_org(client, org, owner.headers, viewer, "viewer")
     r = await post(client, "/payments", owner, json={"amount": "3", "provider": "manual"})
     payment_id = r.json()["data"]["id"]
     params = {"organisation_id": org}

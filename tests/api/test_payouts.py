@@ -31,7 +31,7 @@ from nefos.services.billing import BillingService
 from nefos.services.payouts import PayoutService, earnings
 from nefos.services.principal import Principal
 from tests.api.test_products import call, reseller_with_child
-from tests.conftest import Account
+from tests.conftest import Account, join_org
 
 D = Decimal
 V1 = "/api/v1"
@@ -195,14 +195,7 @@ async def test_payout_requests_are_limited_to_earnings(client, register, app):
     assert error["details"]["available"] == "0.00"
     # Members may not ask; another tenant's organisation does not exist.
     member, stranger = await register(), await register()
-    await call(
-        client,
-        owner,
-        "POST",
-        f"/organisations/{reseller}/members",
-        201,
-        json={"email": member.email, "role": "member"},
-    )
+    await join_org(client, reseller, owner.headers, member, "member")
     await call(client, member, "POST", "/billing/payout-request", 403, **request(reseller, "10"))
     await call(client, stranger, "POST", "/billing/payout-request", 404, **request(reseller, "10"))
     assert len(await payouts_of(app, reseller)) == 1
@@ -229,14 +222,7 @@ async def test_payout_requests_are_idempotent_even_concurrently(client, register
     # Another admin of the organisation, the same key: the database's unique key
     # gives the first payout back (200), and a different amount is refused.
     colleague = await register()
-    await call(
-        client,
-        owner,
-        "POST",
-        f"/organisations/{reseller}/members",
-        201,
-        json={"email": colleague.email, "role": "admin"},
-    )
+    await join_org(client, reseller, owner.headers, colleague, "admin")
     theirs = await send(colleague, "k-1")
     assert theirs.status_code == 200 and theirs.json()["data"]["id"] == first.json()["data"]["id"]
     assert (await send(colleague, "k-1", "11")).status_code == 422

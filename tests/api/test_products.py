@@ -13,7 +13,7 @@ from nefos.billing import catalogue, ledger
 from nefos.billing.money import money_str
 from nefos.db.models import LedgerEntry, Wallet
 from nefos.db.session import begin_write
-from tests.conftest import Account
+from tests.conftest import Account, join_org
 
 D = Decimal
 V1 = "/api/v1"
@@ -217,14 +217,7 @@ async def test_margin_rules(client, register):
     )
     # The child's own admin sets nothing on the reseller, and cannot even see it.
     child_admin = await register()
-    await call(
-        client,
-        owner,
-        "POST",
-        f"/organisations/{child}/members",
-        201,
-        json={"email": child_admin.email, "role": "admin"},
-    )
+    await join_org(client, child, owner.headers, child_admin, "admin")
     error = await call(
         client,
         child_admin,
@@ -236,14 +229,7 @@ async def test_margin_rules(client, register):
     assert error["code"] == "NOT_FOUND"
     # A viewer of the reseller reads its settings but changes nothing.
     viewer = await register()
-    await call(
-        client,
-        owner,
-        "POST",
-        f"/organisations/{reseller}/members",
-        201,
-        json={"email": viewer.email, "role": "viewer"},
-    )
+    await join_org(client, reseller, owner.headers, viewer, "viewer")
     got = await call(
         client, viewer, "GET", "/billing/account", params={"organisation_id": reseller}
     )

@@ -19,7 +19,7 @@ from nefos.db.session import begin_write
 from nefos.db.types import utcnow
 from tests.api.conftest import HALT_DISK
 from tests.api.test_products import call, reseller_with_child
-from tests.conftest import TEST_IMAGE, Account, wait_operation
+from tests.conftest import TEST_IMAGE, Account, join_org, wait_operation
 
 D = Decimal
 V1 = "/api/v1"
@@ -227,14 +227,7 @@ async def test_another_tenants_quote_does_not_exist(client, register):
         client, owner, "POST", "/projects", 201, json={"name": "p", "organisation_id": team["id"]}
     )
     viewer = await register()
-    await call(
-        client,
-        owner,
-        "POST",
-        f"/organisations/{team['id']}/members",
-        201,
-        json={"email": viewer.email, "role": "viewer"},
-    )
+    await join_org(client, team["id"], owner.headers, viewer, "viewer")
     mine = await call(
         client, viewer, "POST", "/quotes", 201, json={**body, "project_id": project["id"]}
     )

@@ -197,8 +197,11 @@ class Callers:
                 )["id"]
             )
         if name == "user_id":
-            member_id, _ = register(self.server.url)
-            user.call("POST", f"/organisations/{org}/members", json={"user_id": member_id})
+            member_id, member_headers = register(self.server.url)
+            member = Caller(self.server.url, member_headers)
+            email = member.call("GET", "/auth/me")["email"]
+            invited = user.call("POST", f"/organisations/{org}/members", json={"email": email})
+            member.call("POST", "/invitations/accept", json={"token": invited["token"]})
             return member_id
         if name in ("container_id", "operation_id"):
             made = user.call(

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import uuid
 
+from tests.conftest import join_org
+
 V1 = "/api/v1"
+
+
+async def _accept(client, who, token):
+    r = await client.post(f"{V1}/invitations/accept", json={"token": token}, headers=who.headers)
+    assert r.status_code == 200, r.text
+    return r.json()["data"]
 
 
 async def _org(client, acct, **body):
@@ -63,6 +71,12 @@ async def test_reseller_creates_and_manages_child_organisations(client, register
     assert r.status_code == 201, r.text
     child = r.json()["data"]
     assert child["parent_id"] == org["id"]
+    # The customer is invited as owner, and owns it once they accept.
+    invitation = child["owner_invitation"]
+    assert invitation["email"] == customer.email and invitation["role"] == "owner"
+    r = await client.get(f"{V1}/organisations/{child['id']}", headers=customer.headers)
+    assert r.status_code == 404
+    await _accept(client, customer, invitation["token"])
     # The reseller's owner holds the same role in the child; the customer owns it.
     r = await client.get(f"{V1}/organisations/{child['id']}", headers=reseller.headers)
     assert r.status_code == 200 and r.json()["data"]["role"] == "owner"
@@ -105,13 +119,15 @@ async def test_member_roles_and_last_owner(client, register):
     org = await _org(client, owner)
     base = f"{V1}/organisations/{org['id']}/members"
     r = await client.post(base, json={"email": alice.email, "role": "admin"}, headers=owner.headers)
-    assert r.status_code == 201 and r.json()["data"]["role"] == "admin"
+    assert r.status_code == 202 and r.json()["data"]["role"] == "admin"
+    await _accept(client, alice, r.json()["data"]["token"])
     # An admin may add members but may not make owners.
-    r = await client.post(base, json={"user_id": bob.id, "role": "owner"}, headers=alice.headers)
+    r = await client.post(base, json={"email": bob.email, "role": "owner"}, headers=alice.headers)
     assert r.status_code == 403
-    r = await client.post(base, json={"user_id": bob.id, "role": "viewer"}, headers=alice.headers)
-    assert r.status_code == 201
-    r = await client.post(base, json={"user_id": bob.id}, headers=alice.headers)
+    r = await client.post(base, json={"email": bob.email, "role": "viewer"}, headers=alice.headers)
+    assert r.status_code == 202
+    await _accept(client, bob, r.json()["data"]["token"])
+    r = await client.post(base, json={"email": bob.email}, headers=alice.headers)
     assert r.status_code == 409
     # A viewer reads but cannot manage.
     assert (await client.get(base, headers=bob.headers)).json()["data"]["pagination"]["total"] == 3
@@ -221,12 +237,7 @@ async def test_listed_roles_are_each_organisations_own(client, register):
     owner, staff = await register(), await register()
     reseller = await _org(client, owner, name="Hosting Co", kind="reseller")
     base = f"{V1}/organisations"
-    r = await client.post(
-        f"{base}/{reseller['id']}/members",
-        json={"user_id": staff.id, "role": "viewer"},
-        headers=owner.headers,
-    )
-    assert r.status_code == 201
+    await join_org(client, reseller["id"], owner.headers, staff, "viewer")
     made = []
     for name in ("Customer A", "Customer B"):
         r = await client.post(
@@ -234,12 +245,7 @@ async def test_listed_roles_are_each_organisations_own(client, register):
         )
         made.append(r.json()["data"])
     # A direct role in one child beats the role inherited from the reseller.
-    r = await client.post(
-        f"{base}/{made[0]['id']}/members",
-        json={"user_id": staff.id, "role": "admin"},
-        headers=owner.headers,
-    )
-    assert r.status_code == 201
+    await join_org(client, made[0]["id"], owner.headers, staff, "admin")
     kids = (await client.get(f"{base}/{reseller['id']}/children", headers=staff.headers)).json()[
         "data"
     ]["items"]
@@ -248,3 +254,64 @@ async def test_listed_roles_are_each_organisations_own(client, register):
     roles = {o["name"]: o["role"] for o in listed}
     assert roles["Hosting Co"] == "viewer" and roles["Customer A"] == "admin"
     assert roles["Customer B"] == "viewer"
+
+
+async def test_adding_a_member_invites_and_tells_nothing_of_accounts(client, register):
+    """Issue 14: adding someone by e-mail is an invitation they accept; the answer is
+    the same whether or not the address has an account (no user id, name or username),
+    and nobody is a member before accepting."""
+    owner, bob = await register(), await register(name="Bob Example")
+    org = await _org(client, owner)
+    base = f"{V1}/organisations/{org['id']}/members"
+    nobody = f"nobody-{uuid.uuid4().hex[:8]}@example.com"
+    known = await client.post(base, json={"email": bob.email}, headers=owner.headers)
+    unknown = await client.post(base, json={"email": nobody}, headers=owner.headers)
+    assert known.status_code == unknown.status_code == 202, (known.text, unknown.text)
+    a, b = known.json()["data"], unknown.json()["data"]
+    assert set(a) == set(b), (a, b)
+    assert not {"user_id", "name", "username"} & set(a)
+    assert bob.id not in known.text and "Bob Example" not in known.text
+    assert a["email"] == bob.email and a["role"] == "member" and a["accepted_at"] is None
+    # Not a member yet: the organisation is invisible to Bob, and not in the list.
+    assert (
+        await client.get(f"{V1}/organisations/{org['id']}", headers=bob.headers)
+    ).status_code == 404
+    members = (await client.get(base, headers=owner.headers)).json()["data"]["items"]
+    assert [m["user_id"] for m in members] == [owner.id]
+    # Bob sees the invitation and accepts it: now he is a member.
+    mine = (await client.get(f"{V1}/invitations", headers=bob.headers)).json()["data"]["items"]
+    assert [i["id"] for i in mine] == [a["id"]]
+    joined = await _accept(client, bob, a["token"])
+    assert joined["id"] == org["id"] and joined["role"] == "member"
+    members = (await client.get(base, headers=owner.headers)).json()["data"]["items"]
+    assert {m["user_id"] for m in members} == {owner.id, bob.id}
+    # Adding by user id (which skipped consent) is refused with a clear message.
+    r = await client.post(base, json={"user_id": bob.id}, headers=owner.headers)
+    assert r.status_code == 422 and "invited by e-mail" in r.text, r.text
+
+
+async def test_a_child_organisations_owner_is_invited_whether_or_not_they_exist(client, register):
+    reseller, customer = await register(), await register()
+    org = await _org(client, reseller, name="Hosting Co", kind="reseller")
+    path = f"{V1}/organisations/{org['id']}/children"
+    nobody = f"nobody-{uuid.uuid4().hex[:8]}@example.com"
+    known = await client.post(
+        path, json={"name": "Cust K", "owner_email": customer.email}, headers=reseller.headers
+    )
+    unknown = await client.post(
+        path, json={"name": "Cust U", "owner_email": nobody}, headers=reseller.headers
+    )
+    assert known.status_code == unknown.status_code == 201, (known.text, unknown.text)
+    k, u = known.json()["data"]["owner_invitation"], unknown.json()["data"]["owner_invitation"]
+    assert set(k) == set(u) and k["role"] == u["role"] == "owner"
+    assert customer.id not in known.text
+    child = known.json()["data"]["id"]
+    # The customer owns nothing until they accept.
+    assert (
+        await client.get(f"{V1}/organisations/{child}", headers=customer.headers)
+    ).status_code == 404
+    members = (
+        await client.get(f"{V1}/organisations/{child}/members", headers=reseller.headers)
+    ).json()["data"]["items"]
+    assert members == []
+    assert (await _accept(client, customer, k["token"]))["role"] == "owner"

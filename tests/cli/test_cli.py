@@ -114,13 +114,18 @@ def test_org_commands_round_trip(cli, make_cli, user):
     table = cli("org", "list")
     assert table.exit_code == 0 and "Acme Ltd" in table.stdout and org["id"] in table.stdout
 
-    # Members.
+    # Members: adding one invites them; they are members once they accept.
     friend_email = register(cli.url)
-    member = cli.json("org", "add-member", org["id"], "--email", friend_email, "--role", "viewer")
-    assert member["role"] == "viewer"
-    assert cli.json("org", "set-role", org["id"], member["user_id"], "admin")["role"] == "admin"
+    invited = cli.json("org", "add-member", org["id"], "--email", friend_email, "--role", "viewer")
+    assert invited["role"] == "viewer" and "user_id" not in invited
     emails = {m["email"] for m in cli.json("org", "members", org["id"])["items"]}
-    assert emails == {user, friend_email}
+    assert emails == {user}
+    friend = make_cli()
+    friend.login(friend_email)
+    assert friend("org", "accept", invited["token"]).exit_code == 0
+    [member] = [m for m in cli.json("org", "members", org["id"])["items"] if m["email"] != user]
+    assert member["email"] == friend_email and member["role"] == "viewer"
+    assert cli.json("org", "set-role", org["id"], member["user_id"], "admin")["role"] == "admin"
     assert cli("org", "remove-member", org["id"], member["user_id"]).exit_code == 0
 
     # Invitations: the token is printed once; the invitee sees and accepts it.

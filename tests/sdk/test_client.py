@@ -286,11 +286,14 @@ def test_organisation_round_trip(live_server, new_user):
     assert page.pagination.pages == 2
     assert owner.organisations.list(page=2, limit=1).items[0].id != page.items[0].id
 
-    # Members: add by e-mail, change the role, remove.
+    # Members: adding by e-mail invites; the invitee accepts; change the role, remove.
     friend = new_user()
     friend_me = friend.auth.me()
-    member = owner.organisations.add_member(org.id, email=friend_me.email, role="viewer")
-    assert member.user_id == friend_me.id and member.role == "viewer"
+    invited = owner.organisations.add_member(org.id, email=friend_me.email, role="viewer")
+    assert invited.email == friend_me.email and invited.role == "viewer"
+    assert owner.auth.me().id in {m.user_id for m in owner.organisations.list_members(org.id).items}
+    assert friend_me.id not in {m.user_id for m in owner.organisations.list_members(org.id).items}
+    assert friend.organisations.accept_invitation(invited.token).id == org.id
     assert owner.organisations.update_member(org.id, friend_me.id, role="admin").role == "admin"
     assert {m.user_id for m in owner.organisations.list_members(org.id).items} == {
         owner.auth.me().id,

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import update
 
 from nefos.db.models import User
+from tests.conftest import join_org
 from tests.security.conftest import API, bearer, login
 
 ME = f"{API}/auth/me"
@@ -31,12 +32,7 @@ async def _org(client: Any, acct: Any, **body: Any) -> dict[str, Any]:
 
 
 async def _add_member(client: Any, owner: Any, org_id: str, member: Any, role: str) -> None:
-    r = await client.post(
-        f"{API}/organisations/{org_id}/members",
-        json={"email": member.email, "role": role},
-        headers=owner.headers,
-    )
-    assert r.status_code == 201, r.text
+    await join_org(client, org_id, owner.headers, member, role, API)
 
 
 # --- disabling a user --------------------------------------------------------------

@@ -19,6 +19,7 @@ from nefos.cli._common import (
     show,
     stdout,
 )
+from nefos.schemas.tenancy import InvitationCreated
 
 app = typer.Typer(no_args_is_help=True, help="Organisations, their members and invitations.")
 
@@ -137,7 +138,8 @@ def create_child(
     kind: KindOpt = None,
     description: DescriptionOpt = None,
     owner_email: Annotated[
-        str | None, typer.Option(help="An existing user to make owner of the new organisation.")
+        str | None,
+        typer.Option(help="Invite this address as owner (owner once they accept)."),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -152,6 +154,8 @@ def create_child(
             owner_email=owner_email,
         )
     show(org, as_json)
+    if org.owner_invitation is not None and not as_json:
+        _invited(org.owner_invitation, False)
 
 
 @app.command()
@@ -167,17 +171,15 @@ def members(
 @app.command("add-member")
 def add_member(
     org_id: OrgArg,
-    email: Annotated[str | None, typer.Option(help="The user's e-mail.")] = None,
-    user_id: Annotated[str | None, typer.Option(help="The user's id.")] = None,
+    email: Annotated[str, typer.Option(help="The e-mail to invite.", show_default=False)],
     role: RoleOpt = "member",
     as_json: JsonOpt = False,
 ) -> None:
-    """Add an existing user (by --email or --user-id). For anyone else: invite."""
-    if bool(email) == bool(user_id):
-        raise typer.BadParameter("give exactly one", param_hint="--email / --user-id")
+    """Invite --email to join (the same as `nefos org invite`): they become a member
+    when they accept. The invitation token is shown only now: pass it on."""
     with api(as_json) as c:
-        member = c.organisations.add_member(org_id, email=email, user_id=user_id, role=role)
-    show(member, as_json)
+        invitation = c.organisations.add_member(org_id, email=email, role=role)
+    _invited(invitation, as_json)
 
 
 @app.command("set-role")
@@ -216,6 +218,10 @@ def invite(
         invitation = c.organisations.invite(
             org_id, email=email, role=role, expires_in_days=expires_in_days
         )
+    _invited(invitation, as_json)
+
+
+def _invited(invitation: InvitationCreated, as_json: bool) -> None:
     if as_json:
         show(invitation, True)
         return

@@ -22,7 +22,9 @@ class OrganisationCreate(Request):
 
 class ChildOrganisationCreate(OrganisationCreate):
     owner_email: Email | None = Field(
-        None, description="An existing user to make owner of the new organisation."
+        None,
+        description="Invite this address as the new organisation's owner: the role takes "
+        "effect when the invitee accepts (the answer's `owner_invitation.token`).",
     )
 
 
@@ -46,14 +48,21 @@ class OrganisationPublic(Public):
 
 
 class MemberAdd(Request):
+    """Invite an address to join: nobody becomes a member without accepting."""
+
     email: Email | None = None
-    user_id: Id | None = None
+    user_id: Id | None = Field(
+        None, description="No longer accepted: members are invited by e-mail."
+    )
     role: Role = Role.MEMBER
+    expires_in_days: Annotated[int, Field(ge=1, le=90)] = 7
 
     @model_validator(mode="after")
-    def _one(self) -> MemberAdd:
-        if bool(self.email) == bool(self.user_id):
-            raise ValueError("give exactly one of email or user_id")
+    def _email(self) -> MemberAdd:
+        if self.user_id is not None or not self.email:
+            raise ValueError(
+                "give the e-mail to invite: members are invited by e-mail and join when they accept"
+            )
         return self
 
 
@@ -89,6 +98,12 @@ class InvitationPublic(Public):
 
 class InvitationCreated(InvitationPublic):
     token: str = Field(description="Give it to the invitee. Shown only in this response.")
+
+
+class ChildOrganisationCreated(OrganisationPublic):
+    owner_invitation: InvitationCreated | None = Field(
+        None, description="The invitation of `owner_email` (its token shown only here)."
+    )
 
 
 class InvitationAccept(Request):

@@ -44,6 +44,7 @@ from nefos.schemas.monitoring import (
     VmMetrics,
 )
 from nefos.schemas.tenancy import (
+    ChildOrganisationCreated,
     InvitationCreated,
     InvitationPublic,
     MemberPublic,
@@ -277,14 +278,15 @@ class Organisations(_Resource):
         kind: str | None = None,
         description: str | None = None,
         owner_email: str | None = None,
-    ) -> OrganisationPublic:
-        """A reseller creates a customer organisation; ``owner_email`` names an
-        existing user to own it."""
+    ) -> ChildOrganisationCreated:
+        """A reseller creates a customer organisation; ``owner_email`` is invited as its
+        owner (``owner_invitation``, its token shown only here): the role takes effect
+        when the invitee accepts."""
         body = _body(
             name=name, slug=slug, kind=kind, description=description, owner_email=owner_email
         )
         path = f"/organisations/{_seg(org_id)}/children"
-        return self._one(OrganisationPublic, "POST", path, json=body)
+        return self._one(ChildOrganisationCreated, "POST", path, json=body)
 
     def list_members(
         self, org_id: str, *, page: int | None = None, limit: int | None = None
@@ -296,15 +298,17 @@ class Organisations(_Resource):
         self,
         org_id: str,
         *,
-        email: str | None = None,
-        user_id: str | None = None,
+        email: str,
         role: str | None = None,
-    ) -> MemberPublic:
-        """Add an existing user, named by exactly one of ``email`` or ``user_id``.
+        expires_in_days: int | None = None,
+    ) -> InvitationCreated:
+        """Invite ``email`` to join: they become a member when they accept (the answer's
+        ``token``, shown only here; or they see it in ``my_invitations``). The answer is
+        the same whether or not the address has an account.
         ``role``: ``owner``, ``admin``, ``member`` (default) or ``viewer``."""
-        body = _body(email=email, user_id=user_id, role=role)
+        body = _body(email=email, role=role, expires_in_days=expires_in_days)
         path = f"/organisations/{_seg(org_id)}/members"
-        return self._one(MemberPublic, "POST", path, json=body)
+        return self._one(InvitationCreated, "POST", path, json=body)
 
     def update_member(self, org_id: str, user_id: str, *, role: str) -> MemberPublic:
         path = f"/organisations/{_seg(org_id)}/members/{_seg(user_id)}"

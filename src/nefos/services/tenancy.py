@@ -150,18 +150,15 @@ class TenancyService:
 
     async def create_child_org(
         self, principal: Principal, parent: Organisation, body: ChildOrganisationCreate
-    ) -> Organisation:
+    ) -> tuple[Organisation, tuple[Invitation, str] | None]:
+        """The child organisation, and the invitation (with its token) of
+        ``owner_email`` when one was given."""
         if parent.kind != OrgKind.RESELLER.value:
             raise Conflict("Only a reseller organisation can create child organisations")
         depth = len(await org_chain(self.session, parent.id))
         if depth >= MAX_ORG_DEPTH - 1:
             raise Conflict(f"Organisations nest at most {MAX_ORG_DEPTH - 1} levels deep")
         await begin_write(self.session)
-        owner: User | None = None
-        if body.owner_email:
-            owner = await self.session.scalar(select(User).where(User.email == body.owner_email))
-            if owner is None:
-                raise NotFound("No user with this email", owner_email=body.owner_email)
         org = Organisation(
             name=body.name,
             slug=await self._unique_slug(body.slug, body.name),
@@ -171,14 +168,17 @@ class TenancyService:
         )
         self.session.add(org)
         await self.session.flush()
-        if owner is not None:
-            self.session.add(Membership(organisation_id=org.id, user_id=owner.id, role=Role.OWNER))
+        invitation: tuple[Invitation, str] | None = None
+        if body.owner_email:
+            # The named owner is invited (whether or not the address has an account:
+            # the answer tells nothing of it); the owner role takes effect on accepting.
+            invitation = self._invite(principal, org, body.owner_email, Role.OWNER, 7)
         project = Project(organisation_id=org.id, name="default", is_default=True, description="")
         self.session.add(project)
         await self.session.flush()
         self.session.add(self._default_quota(project.id))
         await self._commit_unique("slug")
-        return org
+        return org, invitation
 
     async def list_children(
         self, principal: Principal, parent: Organisation, page: PageParams
@@ -266,24 +266,15 @@ class TenancyService:
             raise Forbidden("Only an owner can grant, change or remove the owner role")
 
     async def add_member(
-        self, org: Organisation, actor_role: Role, body: MemberAdd
-    ) -> dict[str, Any]:
-        self._check_grant(actor_role, body.role, None)
-        await begin_write(self.session)
-        if body.user_id:
-            user = await self.session.get(User, body.user_id)
-        else:
-            user = await self.session.scalar(select(User).where(User.email == body.email))
-        if user is None or not user.is_active:
-            raise NotFound(
-                "No active user with this email or id; send an invitation instead",
-            )
-        if await self.session.get(Membership, (org.id, user.id)):
-            raise Conflict("This user is already a member")
-        m = Membership(organisation_id=org.id, user_id=user.id, role=body.role.value)
-        self.session.add(m)
-        await self.session.commit()
-        return self._member(m, user)
+        self, principal: Principal, org: Organisation, actor_role: Role, body: MemberAdd
+    ) -> tuple[Invitation, str]:
+        """Adding someone is inviting them: they join when they accept. The answer is
+        the same whether or not the address has an account (no account oracle)."""
+        assert body.email is not None  # MemberAdd requires it
+        invite = InvitationCreate(
+            email=body.email, role=body.role, expires_in_days=body.expires_in_days
+        )
+        return await self.create_invitation(principal, org, actor_role, invite)
 
     async def _membership(self, org_id: str, user_id: str) -> tuple[Membership, User]:
         row = (
@@ -351,17 +342,23 @@ class TenancyService:
         )
         if existing:
             raise Conflict("This user is already a member")
+        inv, token = self._invite(principal, org, body.email, body.role, body.expires_in_days)
+        await self.session.commit()
+        return inv, token
+
+    def _invite(
+        self, principal: Principal, org: Organisation, email: str, role: Role, days: int
+    ) -> tuple[Invitation, str]:
         token = "nfi_" + secrets.token_urlsafe(32)
         inv = Invitation(
             organisation_id=org.id,
-            email=body.email,
-            role=body.role.value,
+            email=email,
+            role=role.value,
             token_hash=hash_secret(token),
             invited_by=principal.user_id,
-            expires_at=utcnow() + timedelta(days=body.expires_in_days),
+            expires_at=utcnow() + timedelta(days=days),
         )
         self.session.add(inv)
-        await self.session.commit()
         return inv, token
 
     async def list_invitations(

@@ -12,6 +12,7 @@ from nefos.domain.access import Permission, Role
 from nefos.schemas.common import Envelope, Message, Page
 from nefos.schemas.tenancy import (
     ChildOrganisationCreate,
+    ChildOrganisationCreated,
     InvitationAccept,
     InvitationCreate,
     InvitationCreated,
@@ -105,7 +106,9 @@ async def list_children(
     return ok(page([_org(o, r) for o, r in rows], total, params))
 
 
-@router.post("/{org_id}/children", status_code=201, response_model=Envelope[OrganisationPublic])
+@router.post(
+    "/{org_id}/children", status_code=201, response_model=Envelope[ChildOrganisationCreated]
+)
 async def create_child(
     org_id: OrgId,
     body: ChildOrganisationCreate,
@@ -113,11 +116,16 @@ async def create_child(
     session: SessionDep,
     access: Access = authorize(Permission.ORG_CHILD_CREATE, on="org"),
 ) -> Response:
-    """A reseller creates a customer organisation, which its staff then manage."""
-    org = await TenancyService(core, session).create_child_org(
+    """A reseller creates a customer organisation, which its staff then manage.
+    `owner_email` is invited as its owner: the role takes effect when accepted."""
+    org, invitation = await TenancyService(core, session).create_child_org(
         access.principal, access.target_org, body
     )
-    return ok(_org(org, access.target_role), 201)
+    out = ChildOrganisationCreated(
+        **_org(org, access.target_role).model_dump(),
+        owner_invitation=_invitation_created(*invitation) if invitation is not None else None,
+    )
+    return ok(out, 201)
 
 
 @router.get("/{org_id}/members", response_model=Envelope[Page[MemberPublic]])
@@ -132,7 +140,7 @@ async def list_members(
     return ok(page([MemberPublic.model_validate(m) for m in rows], total, params))
 
 
-@router.post("/{org_id}/members", status_code=201, response_model=Envelope[MemberPublic])
+@router.post("/{org_id}/members", status_code=202, response_model=Envelope[InvitationCreated])
 async def add_member(
     org_id: OrgId,
     body: MemberAdd,
@@ -140,11 +148,13 @@ async def add_member(
     session: SessionDep,
     access: Access = authorize(Permission.MEMBER_MANAGE, on="org"),
 ) -> Response:
-    """Add an existing user by `email` or `user_id`; for anyone else, send an invitation."""
-    member = await TenancyService(core, session).add_member(
-        access.target_org, access.target_role, body
+    """Invite an `email` to join: they become a member when they accept
+    (`POST /invitations/accept` with the answer's token, shown only here). The answer
+    is the same whether or not the address has an account."""
+    inv, token = await TenancyService(core, session).add_member(
+        access.principal, access.target_org, access.target_role, body
     )
-    return ok(MemberPublic.model_validate(member), 201)
+    return ok(_invitation_created(inv, token), 202)
 
 
 @router.put("/{org_id}/members/{user_id}", response_model=Envelope[MemberPublic])
