@@ -78,6 +78,21 @@ class Settings(BaseSettings):
     login_failure_window: int = Field(
         900, ge=1, description="Window, in seconds, over which failed logins are counted."
     )
+    login_backoff_base: int = Field(
+        60,
+        ge=1,
+        description="Seconds an account's sign-ins from unknown addresses wait after its "
+        "failures reach `NEFOS_LOGIN_MAX_FAILURES`; doubled with each further failure.",
+    )
+    login_backoff_max: int = Field(
+        900, ge=1, description="Longest per-account back-off, in seconds."
+    )
+    login_known_address_days: int = Field(
+        30,
+        ge=0,
+        description="Days an address a user signed in from stays known: the per-account "
+        "back-off does not apply there (the per-IP limit does). 0 = no known addresses.",
+    )
     registration_enabled: bool = Field(True, description="Allow `POST /auth/register`.")
     admin_email: str = Field("admin@nefos.local", description="E-mail of the first admin.")
     admin_username: str = Field("admin", description="Username of the first admin.")

@@ -6,9 +6,9 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
-from nefos.db.models import LoginFailure
+from nefos.db.models import KnownLoginAddress, LoginFailure
 from nefos.db.types import utcnow
 from tests.security.conftest import API, login
 
@@ -234,3 +234,62 @@ async def test_concurrent_guesses_cannot_exceed_the_limit(
         evaluated += 1
     assert evaluated == limit, statuses
     _assert_rate_limited(await login(client, acct), core.settings.login_failure_window)
+
+
+async def test_an_attack_from_many_addresses_slows_guessing_but_not_the_owner(
+    client_at: Any, register: Any, core: Any
+) -> None:
+    """Issue 14: failures from ten addresses used to lock the owner out everywhere.
+    Now they start a per-account back-off for unknown addresses only: the owner keeps
+    signing in from an address they signed in from before, and the back-off doubles
+    with each further failure, up to its cap."""
+    s = core.settings
+    acct = await register()
+    home = client_at("192.0.2.10")
+    assert (await login(home, acct)).status_code == 200  # a known address from now on
+    for i in range(10):  # the attack: ten addresses, each far under its own limit
+        assert (await login(client_at(f"198.51.100.{i + 1}"), acct.email, WRONG)).status_code == 401
+    # An unknown address waits, even with the right password ...
+    stranger = client_at("203.0.113.77")
+    r = await login(stranger, acct)
+    _assert_rate_limited(r, s.login_backoff_base)
+    assert r.json()["error"]["details"]["scope"] == "account"
+    # ... the owner at home does not, and signing in does not undo the back-off.
+    assert (await login(home, acct)).status_code == 200
+    _assert_rate_limited(await login(stranger, acct), s.login_backoff_base)
+    # Once the back-off has run (the failures aged instead of waited for), one more
+    # guess is let through, and the next wait is twice as long.
+    aged = utcnow() - timedelta(seconds=s.login_backoff_base + 1)
+    async with core.db.session() as db:
+        await db.execute(
+            update(LoginFailure)
+            .where(LoginFailure.kind == "account", LoginFailure.key == acct.email)
+            .values(created_at=aged)
+        )
+        await db.commit()
+    assert (await login(client_at("198.51.100.50"), acct.email, WRONG)).status_code == 401
+    r = await login(stranger, acct)
+    _assert_rate_limited(r, 2 * s.login_backoff_base)
+    assert int(r.headers["Retry-After"]) > s.login_backoff_base
+    # The wait is capped.
+    async with core.db.session() as db:
+        db.add_all(LoginFailure(kind="account", key=acct.email) for _ in range(40))
+        await db.commit()
+    r = await login(stranger, acct)
+    _assert_rate_limited(r, s.login_backoff_max)
+    assert (await login(home, acct)).status_code == 200
+    # A known address still has its own per-IP limit.
+    for i in range(s.login_max_failures):
+        assert (await login(home, acct.email, f"{WRONG}-{i}")).status_code == 401
+    r = await login(home, acct)
+    _assert_rate_limited(r, s.login_failure_window)
+    assert r.json()["error"]["details"]["scope"] == "ip"
+
+
+async def test_known_addresses_are_stored_hashed(client_at: Any, register: Any, core: Any) -> None:
+    acct = await register()
+    assert (await login(client_at("192.0.2.44"), acct)).status_code == 200
+    async with core.db.session() as db:
+        rows = (await db.execute(select(KnownLoginAddress))).scalars().all()
+    mine = [r for r in rows if r.user_id == acct.id]
+    assert len(mine) == 1 and "192.0.2.44" not in mine[0].ip_hash

@@ -123,6 +123,20 @@ class LoginFailure(Base):
     __table_args__ = (Index("ix_login_failures_kind_key_created", "kind", "key", "created_at"),)
 
 
+class KnownLoginAddress(Base):
+    """An address (keyed hash) a user signed in from successfully: the per-account
+    back-off does not apply to it (the per-IP limit does), so an attack from other
+    addresses cannot lock the owner out."""
+
+    __tablename__ = "known_login_addresses"
+
+    user_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    ip_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, index=True)
+
+
 class Organisation(Base):
     __tablename__ = "organisations"
 

@@ -14,14 +14,25 @@ membership or a deleted organisation stops working at once.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nefos.db.models import ApiKey, AuthSession, LoginFailure, RefreshToken, User
+from nefos.db.models import (
+    ApiKey,
+    AuthSession,
+    KnownLoginAddress,
+    LoginFailure,
+    RefreshToken,
+    User,
+)
 from nefos.db.session import begin_write
 from nefos.db.types import utcnow
 from nefos.domain.errors import Conflict, Forbidden, RateLimited, Unauthorized
@@ -130,8 +141,12 @@ class AuthService:
         user = await self._find_login_user(identifier, by_email=bool(body.email))
         # Failures count per account, whether it is named by e-mail or by username.
         account_key = (user.email if user else identifier).lower()
-        await self._check_lockout(account_key, client.ip)
-        claimed = await self._claim_attempt(account_key, client.ip)
+        # An address this account signed in from is not held back by the account's
+        # failures (an attack from elsewhere cannot lock the owner out); its own
+        # per-IP limit still applies.
+        known = user is not None and await self._known_address(user.id, client.ip)
+        await self._check_lockout(account_key, client.ip, known=known)
+        claimed = await self._claim_attempt(account_key, client.ip, known=known)
 
         ok = self.core.passwords.verify(user.password_hash if user else None, body.password)
         if not ok or user is None:
@@ -145,14 +160,15 @@ class AuthService:
                 raise Unauthorized("Invalid API key")
 
         await begin_write(self.session)
-        await self.session.execute(
-            delete(LoginFailure).where(
-                or_(
-                    and_(LoginFailure.kind == "account", LoginFailure.key == account_key),
-                    LoginFailure.id.in_(claimed),
-                )
-            )
-        )
+        failures, _ = await self._account_failures(account_key, claimed)
+        attacked = failures >= self.settings.login_max_failures
+        # Mistypes are forgiven by a good login; an attack's back-off is not undone by
+        # the owner signing in.
+        forgiven: list[ColumnElement[bool]] = [LoginFailure.id.in_(claimed)]
+        if not attacked:
+            forgiven.append(and_(LoginFailure.kind == "account", LoginFailure.key == account_key))
+        await self.session.execute(delete(LoginFailure).where(or_(*forgiven)))
+        await self._remember_address(user.id, client.ip)
         fresh = await self.session.get(User, user.id, populate_existing=True)
         if fresh is None:
             raise Unauthorized("Invalid credentials")
@@ -170,21 +186,89 @@ class AuthService:
             select(User).where(func.lower(User.username) == identifier.lower())
         )
 
+    def _address_hash(self, ip: str) -> str:
+        """A keyed hash of an address: the table holds no addresses."""
+        key = self.settings.jwt_secret.encode()
+        return hmac.new(key, b"login-address:" + ip.encode(), hashlib.sha256).hexdigest()
+
+    async def _known_address(self, user_id: str, ip: str | None) -> bool:
+        days = self.settings.login_known_address_days
+        if not ip or days <= 0:
+            return False
+        seen = await self.session.scalar(
+            select(KnownLoginAddress.last_seen_at).where(
+                KnownLoginAddress.user_id == user_id,
+                KnownLoginAddress.ip_hash == self._address_hash(ip),
+            )
+        )
+        return seen is not None and seen > utcnow() - timedelta(days=days)
+
+    async def _remember_address(self, user_id: str, ip: str | None) -> None:
+        """Record (or refresh) a successful sign-in's address, in the caller's
+        transaction; concurrent sign-ins from one address meet in an upsert."""
+        if not ip or self.settings.login_known_address_days <= 0:
+            return
+        now = utcnow()
+        values = {"user_id": user_id, "ip_hash": self._address_hash(ip), "last_seen_at": now}
+        dialect = self.session.get_bind().dialect.name
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        stmt = insert(KnownLoginAddress).values(**values)
+        await self.session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["user_id", "ip_hash"], set_={"last_seen_at": now}
+            )
+        )
+        stale = now - timedelta(days=self.settings.login_known_address_days)
+        await self.session.execute(
+            delete(KnownLoginAddress).where(
+                KnownLoginAddress.user_id == user_id, KnownLoginAddress.last_seen_at < stale
+            )
+        )
+
+    async def _account_failures(
+        self, account_key: str, exclude: list[int]
+    ) -> tuple[int, datetime | None]:
+        """The account's failures within the window (but ``exclude``'s): how many,
+        and the newest one's time."""
+        since = utcnow() - timedelta(seconds=self.settings.login_failure_window)
+        count, newest = (
+            await self.session.execute(
+                select(func.count(), func.max(LoginFailure.created_at)).where(
+                    LoginFailure.kind == "account",
+                    LoginFailure.key == account_key,
+                    LoginFailure.created_at > since,
+                    LoginFailure.id.not_in(exclude),
+                )
+            )
+        ).one()
+        if newest is not None and newest.tzinfo is None:  # aggregates skip the column type
+            newest = newest.replace(tzinfo=UTC)
+        return int(count), newest
+
     async def _check_lockout(
-        self, account_key: str, ip: str | None, *, counting_this_attempt: bool = False
+        self,
+        account_key: str,
+        ip: str | None,
+        *,
+        known: bool = False,
+        claimed: list[int] | None = None,
     ) -> None:
-        window = timedelta(seconds=self.settings.login_failure_window)
-        since = utcnow() - window
-        limit = self.settings.login_max_failures + (1 if counting_this_attempt else 0)
-        for kind, key in (("account", account_key), ("ip", ip)):
-            if not key:
-                continue
+        """429 when the address has spent its failures (``NEFOS_LOGIN_MAX_FAILURES`` in
+        the window, counted from the oldest), or, from an address the account has not
+        signed in from, while the account's back-off runs: once its failures reach the
+        limit, ``login_backoff_base`` seconds after the newest, doubled with each
+        further failure, at most ``login_backoff_max``. ``claimed``: this attempt's
+        own rows, already recorded."""
+        s = self.settings
+        window = timedelta(seconds=s.login_failure_window)
+        if ip:
+            limit = s.login_max_failures + (1 if claimed else 0)
             count, oldest = (
                 await self.session.execute(
                     select(func.count(), func.min(LoginFailure.created_at)).where(
-                        LoginFailure.kind == kind,
-                        LoginFailure.key == key,
-                        LoginFailure.created_at > since,
+                        LoginFailure.kind == "ip",
+                        LoginFailure.key == ip,
+                        LoginFailure.created_at > utcnow() - window,
                     )
                 )
             ).one()
@@ -195,10 +279,26 @@ class AuthService:
                 raise RateLimited(
                     "Too many failed login attempts; try again later",
                     retry_after=max(1, retry),
-                    scope=kind,
+                    scope="ip",
                 )
+        if known:
+            return
+        count, newest = await self._account_failures(account_key, claimed or [])
+        beyond = count - s.login_max_failures
+        if beyond < 0 or newest is None:
+            return
+        wait = min(s.login_backoff_base * 2 ** min(beyond, 30), s.login_backoff_max)
+        retry = math.ceil((newest + timedelta(seconds=wait) - utcnow()).total_seconds())
+        if retry > 0:
+            raise RateLimited(
+                "Too many failed login attempts for this account; try again later",
+                retry_after=retry,
+                scope="account",
+            )
 
-    async def _claim_attempt(self, account_key: str, ip: str | None) -> list[int]:
+    async def _claim_attempt(
+        self, account_key: str, ip: str | None, *, known: bool = False
+    ) -> list[int]:
         """Record this attempt as a failure *before* the password is checked.
 
         Counting after the insert is what makes the limit hold for parallel guesses
@@ -218,7 +318,7 @@ class AuthService:
         await self.session.commit()
         claimed = [row.id for row in rows]
         try:
-            await self._check_lockout(account_key, ip, counting_this_attempt=True)
+            await self._check_lockout(account_key, ip, known=known, claimed=claimed)
         except RateLimited:
             await self._release_attempt(claimed)
             raise
