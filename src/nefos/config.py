@@ -217,21 +217,6 @@ class Settings(BaseSettings):
         description="Pull an image a host lacks from its registries when a container is "
         "created (false: the image must already be on the host).",
     )
-    container_pids_limit: int = Field(
-        512, ge=16, description="Processes (pids) one container may run."
-    )
-    local_libvirt_uri: str | None = Field(
-        None,
-        description="libvirt URI to register at start. Default: `qemu:///system` when "
-        "libvirtd's socket is there.",
-    )
-    libvirt_domain_type: Literal["auto", "kvm", "qemu"] = Field(
-        "auto",
-        description="Domain type of new VMs: `kvm`, `qemu` (TCG emulation) or `auto` (kvm "
-        "when a probe guest boots under it in time, else qemu).",
-    )
-    libvirt_pool: str = Field(
-        "default", description="libvirt storage pool for VM disks, seeds and images."
     container_registries: list[str] = Field(
         default_factory=lambda: [
             "docker.io",
@@ -251,6 +236,21 @@ class Settings(BaseSettings):
         "they are loopback, private, link-local or metadata addresses. Only an admin "
         "sets this.",
     )
+    container_pids_limit: int = Field(
+        512, ge=16, description="Processes (pids) one container may run."
+    )
+    local_libvirt_uri: str | None = Field(
+        None,
+        description="libvirt URI to register at start. Default: `qemu:///system` when "
+        "libvirtd's socket is there.",
+    )
+    libvirt_domain_type: Literal["auto", "kvm", "qemu"] = Field(
+        "auto",
+        description="Domain type of new VMs: `kvm`, `qemu` (TCG emulation) or `auto` (kvm "
+        "when a probe guest boots under it in time, else qemu).",
+    )
+    libvirt_pool: str = Field(
+        "default", description="libvirt storage pool for VM disks, seeds and images."
     )
     libvirt_backup_pool: str = Field(
         "nefos-backups", description="libvirt storage pool VM backups are copied to."
@@ -507,13 +507,6 @@ class Settings(BaseSettings):
         parse_port_list(v)
         return v
 
-    @model_validator(mode="after")
-    def _limits(self) -> Settings:
-        if self.page_default_limit > self.page_max_limit:
-            raise ValueError("page_default_limit must not exceed page_max_limit")
-        return self
-
-    @cached_property
     @field_validator("forwarded_allow_ips")
     @classmethod
     def _proxies(cls, v: list[str]) -> list[str]:
@@ -528,6 +521,13 @@ class Settings(BaseSettings):
             self.forwarded_allow_ips = ["127.0.0.1", "::1"]
         return self
 
+    @model_validator(mode="after")
+    def _limits(self) -> Settings:
+        if self.page_default_limit > self.page_max_limit:
+            raise ValueError("page_default_limit must not exceed page_max_limit")
+        return self
+
+    @cached_property
     def resolved_database_url(self) -> str:
         """The URL with an async driver, whatever form the user wrote."""
         url = self.database_url or f"sqlite:///{(self.data_dir / 'nefos.db').resolve()}"

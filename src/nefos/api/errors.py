@@ -31,8 +31,8 @@ STATUS: dict[type[e.NefosError], int] = {
     e.NotFound: 404,
     e.Conflict: 409,
     e.PaymentRequired: 402,
-    e.ResourceExhausted: 409,
     e.ImagePullFailed: 422,
+    e.ResourceExhausted: 409,
     e.RateLimited: 429,
     e.ServiceUnavailable: 503,
 }
@@ -77,10 +77,10 @@ def nefos_error_response(request: Request, exc: e.NefosError) -> Response:
         )
     if status >= 500:
         details["request_id"] = request_id(request)
-    return JSONResponse(error_body(exc.code, exc.message, details), status, headers=headers)
     if exc.engine_message:
         if getattr(request.state, "engine_messages", False):  # set by api/deps.py
             details["engine_message"] = exc.engine_message
+    return JSONResponse(error_body(exc.code, exc.message, details), status, headers=headers)
 
 
 def _field(loc: tuple[Any, ...]) -> str:
