@@ -118,8 +118,8 @@ class Settings(BaseSettings):
     )
     trust_forwarded_for: bool = Field(
         False,
-        description="Deprecated: `true` means `NEFOS_FORWARDED_ALLOW_IPS=[\"127.0.0.1\", "
-        "\"::1\"]` (a proxy on this machine) when that is not set.",
+        description='Deprecated: `true` means `NEFOS_FORWARDED_ALLOW_IPS=["127.0.0.1", '
+        '"::1"]` (a proxy on this machine) when that is not set.',
     )
     max_body_bytes: int = Field(
         1024 * 1024,

@@ -403,9 +403,7 @@ async def _charge(core: Any, org_id: str, currency: str, amount: str, key: str) 
         await session.commit()
 
 
-async def test_money_is_shown_in_minor_units_and_the_ledger_keeps_it_exact(
-    client, app, register
-):
+async def test_money_is_shown_in_minor_units_and_the_ledger_keeps_it_exact(client, app, register):
     """Issue 14: a fractional charge leaves the balance at nine places; ``/wallet``
     shows it in the currency's minor units, the ledger keeps the exact figure."""
     core = app.state.core
@@ -444,9 +442,7 @@ async def test_a_zero_decimal_currency_is_shown_in_whole_units(client, app, regi
     core = app.state.core
     user = await register()
     org_id = await _org_of(client, user)
-    r = await client.put(
-        "/api/v1/billing/account", json={"currency": "JPY"}, headers=user.headers
-    )
+    r = await client.put("/api/v1/billing/account", json={"currency": "JPY"}, headers=user.headers)
     assert r.status_code == 200, r.text
     await _charge(core, org_id, "JPY", "0.4", "frac-jpy")
     r = await client.get("/api/v1/wallet", headers=user.headers)
