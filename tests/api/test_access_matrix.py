@@ -1298,8 +1298,8 @@ SAMPLES: dict[tuple[str, str], Sample] = {
 # Fields named like ids that are not lookups of a tenant's object, and why.
 NOT_TENANT_LOOKUPS = {
     ("POST", "/organisations/{org_id}/members", "user_id"): (
-        "names the user to add (any active user, like `email`); the access check is on "
-        "the organisation in the path"
+        "refused with a 422 whatever it names (members are invited by e-mail and join "
+        "by accepting); the access check is on the organisation in the path"
     ),
     ("GET", "/containers", "user_id"): (
         "filters the containers of a project the caller may read by their creator; it "
