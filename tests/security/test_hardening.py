@@ -109,6 +109,7 @@ async def test_a_key_minted_by_a_key_never_outlives_it(
     assert r.json()["data"]["expires_at"] == parent["expires_at"]
 
 
+QUOTED_CONTAINER = {"type": "container", "cpu": "0.5", "memory": "256m", "image": "nginx:alpine"}
 BIDI_AND_INVISIBLE = [
     "evil\u202etxt.exe",  # RIGHT-TO-LEFT OVERRIDE (Cf)
     "ad\u200bmin",  # ZERO WIDTH SPACE (Cf)
@@ -138,6 +139,7 @@ async def test_names_refuse_bidi_overrides_and_invisible_characters(
             ("POST", f"{API}/projects", {"name": bad}),
             ("POST", f"{API}/api-keys", {"name": bad, "scopes": ["*"]}),
             ("POST", f"{API}/containers", {"name": bad, "image": "nginx:alpine"}),
+            ("POST", f"{API}/quotes", {"name": bad, "items": [QUOTED_CONTAINER]}),
         ]
 
     for bad in BIDI_AND_INVISIBLE:
@@ -155,3 +157,5 @@ async def test_names_refuse_bidi_overrides_and_invisible_characters(
         assert r.json()["data"]["name"] == name
     r = await client.put(f"{API}/users/profile", json={"name": "Zoë Ünal"}, headers=h)
     assert r.status_code == 200, r.text
+    r = await client.post(f"{API}/quotes", json={"items": [QUOTED_CONTAINER]}, headers=h)
+    assert r.status_code == 201, r.text  # a quote's name may be left out

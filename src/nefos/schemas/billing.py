@@ -26,7 +26,7 @@ from pydantic import (
 
 from nefos.domain.money import round_money
 from nefos.domain.units import parse_cpu_milli, parse_memory_mb, parse_port
-from nefos.schemas.common import Id, Pagination, Request
+from nefos.schemas.common import Id, Name, OptionalName, Pagination, Request
 from nefos.schemas.compute import OperationRef
 
 
@@ -132,7 +132,7 @@ class ProductPriceSet(Request):
 
     unit_price: PriceIn
     currency: Currency | None = Field(None, description="Default: the platform's currency.")
-    name: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+    name: Name | None = None
     description: Note | None = None
 
 
@@ -299,7 +299,7 @@ class QuoteCreate(Request):
     """A configuration to price: VMs, containers and volumes, for ``hours_per_month``
     hours a month (default: the setting ``billing_hours_per_month``)."""
 
-    name: Annotated[str, Field(max_length=200)] = ""
+    name: OptionalName = ""
     project_id: Id | None = Field(
         None, description="Where accepting provisions it (default: your default project)."
     )

@@ -62,6 +62,8 @@ Username = Annotated[str, AfterValidator(_username)]
 Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_plain_name)]
 #: A shorter name (projects, API keys, alert rules): the same characters as Name.
 ShortName = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_plain_name)]
+#: A name that may be left empty (a quote's): the same characters as Name.
+OptionalName = Annotated[str, Field(max_length=200), AfterValidator(_plain_name)]
 Id = Annotated[str, Field(min_length=1, max_length=64)]
 
 
