@@ -298,7 +298,11 @@ def live_server(
     databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
     """Nefos served by uvicorn on a free port, with its own database."""
-    settings = make_settings(databases.new_url(), tmp_path_factory.mktemp("live"))
+    # No registry is reachable here: the live server pulls nothing, so an image the
+    # host lacks passes the registry check and fails its operation (IMAGE_PULL_FAILED).
+    settings = make_settings(
+        databases.new_url(), tmp_path_factory.mktemp("live"), container_image_pull=False
+    )
     with LiveServer(settings) as server:
         yield server
 

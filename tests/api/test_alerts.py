@@ -144,7 +144,7 @@ async def test_a_rule_goes_pending_then_firing_then_resolved(client, register, a
         await e.on_samples([cpu(vm, user.project_id, 99, T0 + timedelta(seconds=360))])
         (held,) = await alerts_of(client, user)
         assert held["id"] == alert["id"] and held["value"] == 99
-        assert "(99.0 %)" in held["message"] and "96" not in held["message"]
+        assert "(99.0 %)" in held["message"] and "(96.0 %)" not in held["message"]
         # It no longer holds: resolved, with the time.
         await e.on_samples([cpu(vm, user.project_id, 40, T0 + timedelta(seconds=420))])
         got = await ok(client, "GET", f"/monitoring/alerts/{alert['id']}", user)

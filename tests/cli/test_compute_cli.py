@@ -184,14 +184,14 @@ def test_a_failed_operation_exits_non_zero_with_its_error(cli, user, podman):
     name = unique("nope")
     result = cli("container", "create", name, "--image", MISSING_IMAGE, "--wait")
     assert result.exit_code == 1
-    assert "VALIDATION_ERROR" in result.stderr and MISSING_IMAGE in result.stderr
+    assert "IMAGE_PULL_FAILED" in result.stderr and MISSING_IMAGE in result.stderr
     assert "container.create" in result.stderr and "failed" in result.stderr
     _no_traceback(result)
 
     again = cli("container", "create", unique("nope"), "--image", MISSING_IMAGE, "--wait", "--json")
     assert again.exit_code == 1
     error = json.loads(again.stderr)["error"]
-    assert error["code"] == "VALIDATION_ERROR" and error["operation"]["status"] == "failed"
+    assert error["code"] == "IMAGE_PULL_FAILED" and error["operation"]["status"] == "failed"
 
     for c in cli.json("container", "list")["items"]:
         assert c["status"] == "error"

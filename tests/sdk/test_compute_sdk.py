@@ -274,7 +274,7 @@ def test_an_unknown_image_fails_the_operation_with_a_typed_error(new_user, podma
     with pytest.raises(OperationFailedError) as info:
         c.operations.wait(accepted, **WAIT)
     err = info.value
-    assert err.code == "VALIDATION_ERROR" and MISSING_IMAGE in err.message
+    assert err.code == "IMAGE_PULL_FAILED" and MISSING_IMAGE in err.message
     assert err.operation.status == "failed" and err.operation.id == accepted.operation.id
     assert err.operation.error == {"code": err.code, "message": err.message}
     assert accepted.operation.id in str(err)
