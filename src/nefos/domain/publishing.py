@@ -64,7 +64,9 @@ class PublishPolicy:
             return
         if port in self.reserved:
             raise ValidationFailed(
-                f"ports: host port {port} is reserved for the platform's own services",
+                f"ports: host port {port} is reserved for the platform's own services; "
+                f"give a port of {self.low}-{self.high}, or only the container port to "
+                "have one allocated",
                 ports=text,
             )
         if not admin and not self.low <= port <= self.high:
