@@ -75,6 +75,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         404: "Not found (also: another tenant's object)",
         406: "Unsupported API version in Accept",
         409: "Conflict with the current state",
+        413: "The request body is larger than allowed (PAYLOAD_TOO_LARGE)",
         422: "Invalid input parameters",
         429: "Too many requests (see Retry-After)",
         500: "Internal error (the body names the request id)",
