@@ -52,8 +52,11 @@ def test_every_hop_trusted_gives_the_leftmost_and_no_header_the_peer() -> None:
     assert client_ip(scope(None, "1.2.3.4"), PROXIES) is None
 
 
-def test_a_junk_hop_is_not_a_proxy() -> None:
-    assert client_ip(scope("10.0.0.2", "1.2.3.4, not-an-ip"), PROXIES) == "not-an-ip"
+def test_a_junk_hop_is_not_believed() -> None:
+    # Not a trusted proxy, and no address either: the proxy that sent it is the
+    # client as far as anything can tell.
+    assert client_ip(scope("10.0.0.2", "1.2.3.4, not-an-ip"), PROXIES) == "10.0.0.2"
+    assert client_ip(scope("192.168.1.1", "not-an-ip"), PROXIES) == "192.168.1.1"
 
 
 def test_ipv6_and_everyone() -> None:
@@ -73,3 +76,11 @@ def test_the_setting_is_checked_and_the_old_flag_means_loopback() -> None:
     )
     assert both.forwarded_allow_ips == ["10.0.0.1"]
     assert Settings(_env_file=None).forwarded_allow_ips == []  # type: ignore[call-arg]
+
+
+def test_a_hop_with_a_port_is_its_address() -> None:
+    # Some proxies (Azure's application gateway) write "IP:port": a new port on
+    # each connection must not be a new client.
+    assert client_ip(scope("192.168.1.1", "198.51.100.9:51234"), PROXIES) == "198.51.100.9"
+    assert client_ip(scope("192.168.1.1", "[2001:db8::7]:443"), PROXIES) == "2001:db8::7"
+    assert client_ip(scope("192.168.1.1", "2001:db8::7"), PROXIES) == "2001:db8::7"

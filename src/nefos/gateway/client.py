@@ -57,7 +57,10 @@ def client_ip(scope: Scope, trusted_proxies: Sequence[str]) -> str | None:
     was called from), skipping the trusted proxies: the first hop not trusted is the
     client. Hops to its left were written by the client itself and are never taken
     (uvicorn's ``forwarded_allow_ips`` does the same). When every hop is trusted,
-    the leftmost is the client."""
+    the leftmost is the client: with ``*`` that is whatever the client wrote, so
+    ``*`` is only for a proxy that replaces the header rather than appending to it.
+    A hop that is not an address (after dropping an ``IP:port``'s port) is not
+    believed: the peer is taken instead."""
     client = scope.get("client")
     peer = str(client[0]) if client else None
     if not trusted_proxies or peer is None:
@@ -72,8 +75,25 @@ def client_ip(scope: Scope, trusted_proxies: Sequence[str]) -> str | None:
     hops = [h for h in hops if h]
     for hop in reversed(hops):
         if not proxies.trusts(hop):
-            return hop[:MAX_IP]
-    return hops[0][:MAX_IP] if hops else peer
+            # Not an address (a proxy that writes "IP:port", or garbage): its port
+            # is dropped, and what is still no address is not believed: the proxy
+            # that sent it is the client as far as anything can tell.
+            return _address(hop) or peer
+    return (_address(hops[0]) or peer) if hops else peer
+
+
+def _address(hop: str) -> str | None:
+    """An ``X-Forwarded-For`` hop as a plain address ("1.2.3.4:80" and "[::1]:80"
+    lose their port), or None if it is none."""
+    text = hop[:MAX_IP]
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        return str(ip_address(text))
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
