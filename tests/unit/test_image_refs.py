@@ -68,6 +68,10 @@ def test_hosts_ports_and_the_hub_endpoint() -> None:
         ("bad_host.io/x", "host"),
         ("x/" + "a" * 300, "longer"),
         ("-nginx", "component"),
+        ("nginx:\uff46\uff4f\uff4f", "tag"),  # fullwidth letters: no tag an engine takes
+        ("nginx:\u0663", "tag"),  # an Arabic-Indic digit
+        ("[::1/foo", "port"),  # no closing bracket
+        ("[::1]x/foo", "port"),  # something but a port after it
     ],
 )
 def test_bad_references_say_why(text: str, says: str) -> None:

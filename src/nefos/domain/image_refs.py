@@ -26,7 +26,7 @@ _HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io"}
 
 MAX_NAME = 255
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
-_TAG = re.compile(r"[\w][\w.-]{0,127}")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # ASCII, as the engines
 _DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}")
 _HOST_LABEL = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?")
 
@@ -62,8 +62,10 @@ class ImageReference:
 
 def _split_registry(registry: str) -> tuple[str, int | None]:
     if registry.startswith("["):
-        host, _, rest = registry[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else None
+        host, closed, rest = registry[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            raise ValueError(registry)  # "[::1" or "[::1]x"
+        return host, int(rest[1:]) if rest else None
     host, _, port = registry.partition(":")
     return host, int(port) if port else None
 
