@@ -649,7 +649,8 @@ _KIND_NAMES = {"vm": "VM", "container": "Container", "volume": "Volume"}
 #: operation itself (``GET /operations/{id}``) has the details.
 _CREATE_FAILURES = {
     "VALIDATION_ERROR": "its configuration cannot be provisioned",
-    "NOT_FOUND": "something it needs (its image) cannot be had",
+    "NOT_FOUND": "something it needs cannot be had",
+    "IMAGE_PULL_FAILED": "its image is not on the host and could not be pulled",
     "RESOURCE_EXHAUSTED": "no host has room for it",
 }
 
