@@ -13,7 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from nefos.db.models import Alert, Container, Host, WebhookDelivery
+from nefos.db.models import Alert, Container, Host, Operation, WebhookDelivery
 from nefos.db.session import begin_write
 from nefos.events import EventType
 from nefos.monitoring.alerts import AlertEngine
@@ -286,6 +286,43 @@ async def test_host_down_and_instance_crashed(client, register, admin, app) -> N
     async with core.db.sessionmaker() as session:
         opened = (await session.scalars(select(Alert).where(Alert.open_key.is_not(None)))).all()
     assert opened == []
+
+
+async def test_a_failed_bring_up_is_no_crash_but_a_failed_stop_hides_none(
+    client, register, app
+) -> None:
+    """An instance in error whose latest operation failed to bring it up (create,
+    scale, start) raises no "Instance crashed": the operation tells that failure. One
+    whose latest failed operation was anything else (a stop) still does."""
+    user = await register()
+    made = {}
+    async with app.state.core.db.sessionmaker() as session:
+        for kind in ("container.create", "container.start", "container.stop"):
+            c = Container(
+                project_id=user.project_id,
+                name=kind.replace(".", "-"),
+                image="x",
+                cpu_milli=100,
+                memory_mb=8,
+                status="error",
+                status_reason="exited 1",
+            )
+            session.add(c)
+            await session.flush()
+            session.add(
+                Operation(
+                    kind=kind,
+                    resource_type="container",
+                    resource_id=c.id,
+                    project_id=user.project_id,
+                    status="failed",
+                )
+            )
+            made[kind] = c.id
+        await session.commit()
+    await engine(app).on_samples([])
+    crashed = {a["resource_id"] for a in await alerts_of(client, user)}
+    assert crashed == {made["container.stop"]}
 
 
 async def test_rule_validation_and_tenant_isolation(client, register, app) -> None:

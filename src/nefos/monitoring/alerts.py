@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, func, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
@@ -68,23 +68,35 @@ COMPARISONS: dict[str, Callable[[float, float], bool]] = {
 SYMBOLS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
 
+#: Operations that bring an instance up: when the latest one failed, the instance's
+#: ``error`` is that failure (an image that never arrived, a start refused).
+BRING_UP = ("container.create", "container.scale", "container.start", "vm.create", "vm.start")
+
+
 async def _failed_by_operation(session: AsyncSession, resource_ids: Sequence[str]) -> set[str]:
-    """The resources whose latest operation failed: their ``error`` is that
-    operation's failure (an image that never arrived, a start refused), which the
-    operation itself reports -- not a crash of an instance that was running."""
+    """The resources whose latest operation failed while bringing them up: their
+    ``error`` is that operation's failure, which the operation itself reports -- not
+    a crash of an instance that was running. (A failed stop does not hide a crash.)"""
     if not resource_ids:
         return set()
-    latest: dict[str, tuple[datetime, str]] = {}
-    for rid, created_at, status in (
-        await session.execute(
-            select(Operation.resource_id, Operation.created_at, Operation.status).where(
-                Operation.resource_id.in_(resource_ids)
-            )
+    latest = (
+        select(Operation.resource_id, func.max(Operation.created_at).label("at"))
+        .where(Operation.resource_id.in_(resource_ids))
+        .group_by(Operation.resource_id)
+        .subquery()
+    )
+    rows = await session.scalars(
+        select(Operation.resource_id)
+        .join(
+            latest,
+            and_(
+                Operation.resource_id == latest.c.resource_id,
+                Operation.created_at == latest.c.at,
+            ),
         )
-    ).all():
-        if rid not in latest or created_at >= latest[rid][0]:
-            latest[rid] = (created_at, status)
-    return {rid for rid, (_, status) in latest.items() if status == "failed"}
+        .where(Operation.status == "failed", Operation.kind.in_(BRING_UP))
+    )
+    return set(rows.all())
 
 
 def _iso(value: datetime | None) -> str | None:
