@@ -144,6 +144,14 @@ async def test_no_websocket_credential_reaches_the_server_log(
         ),
         (("< %s: %s", ("X-API-Key", "nfs_s3cret")), "< X-API-Key: [redacted]"),
         (("calling with access_token=s3cret", ()), "calling with access_token=[redacted]"),
+        # a percent-encoded parameter name (Starlette decodes it and takes the
+        # credential): caught by the credential's own shape
+        (
+            ('"WebSocket %s"', ("/ws?%74oken=eyJhbGciOi.eyJzdWIiOi.s3cret",)),
+            '"WebSocket /ws?%74oken=[redacted]"',
+        ),
+        (("key %s", ("nfs_AbCdEfGh_s3cret",)), "key [redacted]"),
+        (("ticket %s", ("nft_AbCdEfGh-s3cret",)), "ticket [redacted]"),
     ],
 )
 def test_the_log_filter_redacts_every_form_of_credential(

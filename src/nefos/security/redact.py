@@ -46,6 +46,13 @@ _HEADER = re.compile(
     re.IGNORECASE,
 )
 _BEARER = re.compile(r"(?P<key>\bbearer[\s.]+)(?P<value>[A-Za-z0-9._~+/=-]+)", re.IGNORECASE)
+#: Credentials by their own shape, wherever they stand (a percent-encoded parameter
+#: name, ``/ws?%74oken=...``, escapes the patterns above): Nefos's API keys, WebSocket
+#: tickets and invitation tokens by their prefixes, and JWTs (a JSON header, "eyJ").
+_SHAPES = re.compile(
+    r"(?P<key>)(?P<value>\b(?:nfs|nft|nfi)_[A-Za-z0-9_-]{8,}"
+    r"|\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*)"
+)
 
 
 def _keep_key(match: re.Match[str]) -> str:
@@ -58,7 +65,8 @@ def redact(text: str) -> str:
         return text
     text = _PARAM.sub(_keep_key, text)
     text = _HEADER.sub(_keep_key, text)
-    return _BEARER.sub(_keep_key, text)  # "[redacted]" itself does not match: no "["
+    text = _BEARER.sub(_keep_key, text)  # "[redacted]" itself does not match: no "["
+    return _SHAPES.sub(_keep_key, text)
 
 
 class RedactCredentials(logging.Filter):
