@@ -7,6 +7,7 @@ test image, and the tests fetch its page over HTTP from the published ports.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ import pytest
 from nefos.api.app import create_app
 from nefos.db.models import Container
 from nefos.db.session import begin_write
+from nefos.domain.publishing import PublishPolicy
 from nefos.services.users import UserService
 from tests.conftest import (
     ADMIN_PASSWORD,
@@ -622,6 +624,52 @@ async def test_a_bare_port_gets_a_host_port_of_the_range(client, register, podma
     await serves(port)
     await api.delete(c["id"])
     await api.delete(fixed["id"])
+
+
+def _two_free_ports() -> tuple[socket.socket, int, int]:
+    """A listening socket on a port of the range (as any process of the host might
+    hold one) and the free port after it."""
+    for low in range(31000 + uuid.uuid4().int % 1500, 32700):
+        held = socket.socket()
+        try:
+            held.bind(("0.0.0.0", low))
+            with socket.socket() as probe:
+                probe.bind(("0.0.0.0", low + 1))
+        except OSError:
+            held.close()
+            continue
+        held.listen()
+        return held, low, low + 1
+    raise AssertionError("no two free ports in the range")
+
+
+async def test_a_picked_port_taken_on_the_host_is_picked_again(
+    client, register, podman_host, app, monkeypatch
+):
+    """Nefos knows the ports its own replicas publish, not those of the host's other
+    processes (or of another installation): the engine refuses a start on a taken
+    one, and the replica is made again on another port of the range."""
+    held, taken, free = _two_free_ports()
+    settings = app.state.core.settings
+    monkeypatch.setitem(
+        settings.__dict__,
+        "publish_policy",
+        PublishPolicy(low=taken, high=free, reserved=settings.publish_policy.reserved),
+    )
+
+    def lowest(self: PublishPolicy, used: Any, rng: Any = None) -> int | None:
+        ports = range(self.low, self.high + 1)
+        return next((p for p in ports if p not in used and p not in self.reserved), None)
+
+    monkeypatch.setattr(PublishPolicy, "pick", lowest)  # the taken port comes first
+    try:
+        api = Api(client, await register())
+        c = await api.created(seed_body("second-pick", ports=["8080"]))
+        assert [e["host_port"] for e in c["endpoints"]] == [free]
+        await serves(free)
+        await api.delete(c["id"])
+    finally:
+        held.close()
 
 
 async def test_a_platform_admin_may_publish_outside_the_range(client, admin, podman_host):

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -49,6 +49,7 @@ from nefos.drivers.base import (
     InstanceInfo,
     InstanceNotFound,
     InstanceSpec,
+    InsufficientCapacity,
     PortSpec,
 )
 from nefos.events import record
@@ -65,6 +66,10 @@ from nefos.services.principal import Principal, authorize_project
 from nefos.services.quotas import check_quota
 
 log = logging.getLogger("nefos.containers")
+
+#: Tries at a replica's start on freshly picked host ports, when the engine finds a
+#: picked port taken by something Nefos does not know of.
+PORT_ATTEMPTS = 5
 
 #: The label naming the Nefos container (resource) an engine container belongs to;
 #: ``nefos.id`` is the replica's own id.
@@ -628,7 +633,7 @@ class ContainerOps:
         return container, replicas, hosts
 
     async def _host_ports(
-        self, container: Container, replica: ContainerReplica
+        self, container: Container, replica: ContainerReplica, *, avoid: Collection[int] = ()
     ) -> dict[tuple[int, str], int]:
         """A free host port of the publishing range for each bare container port of
         the replica, on its host: not one another replica on that host publishes (or
@@ -656,6 +661,7 @@ class ContainerOps:
             if port is not None
         }
         taken |= {p.host_port for p in map(parse_port, container.ports) if p.host_port}
+        taken |= set(avoid)
         policy = self.core.settings.publish_policy
         chosen: dict[tuple[int, str], int] = {}
         for p in bare:
@@ -770,21 +776,60 @@ class ContainerOps:
                 raise NotFound()
             info = await self._driver_call(host, driver.get(name))
         except NotFound:
-            try:
-                spec = self._spec(container, replica, await self._host_ports(container, replica))
-                info = await self._driver_call(host, driver.create(spec))
-            except ValidationFailed as invalid:
-                # Made by an earlier, interrupted attempt between our get and create?
-                try:
-                    info = await self._driver_call(host, driver.get(name))
-                except NotFound:
-                    raise invalid from None  # no: the create's own error (bad image, ...)
+            info = await self._make(container, replica, host, start=start)
+            state = "running" if start else "created"
+            await self._save_replica(replica.id, state=state, info=info)
+            return
         if start:
             # No write in between: if we die here, the next attempt finds it by name.
             info = await self._driver_call(host, driver.start(info.driver_id))
             await self._save_replica(replica.id, state="running", info=info)
         else:
             await self._save_replica(replica.id, state="created", info=info)
+
+    async def _make(
+        self, container: Container, replica: ContainerReplica, host: Host, *, start: bool
+    ) -> InstanceInfo:
+        """Create the replica's engine container (and start it, if ``start``).
+
+        A host port Nefos picked from the range may be taken by something Nefos does
+        not know of (another installation on the host, a process of the host's own):
+        the engine then refuses the start. The container is destroyed and made again
+        on other ports, at most PORT_ATTEMPTS times."""
+        driver = self.core.drivers.for_host(host)
+        name = _engine_name(replica)
+        avoid: set[int] = set()
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            ports = await self._host_ports(container, replica, avoid=avoid)
+            try:
+                info: InstanceInfo = await self._driver_call(
+                    host, driver.create(self._spec(container, replica, ports))
+                )
+            except ValidationFailed as invalid:
+                # Made by an earlier, interrupted attempt between our get and create?
+                try:
+                    info = await self._driver_call(host, driver.get(name))
+                except NotFound:
+                    raise invalid from None  # no: the create's own error (bad image, ...)
+                ports = {}  # not ours to re-pick
+            if not start:
+                return info
+            try:
+                started: InstanceInfo = await self._driver_call(host, driver.start(info.driver_id))
+                return started
+            except ResourceExhausted as exc:
+                port_taken = isinstance(exc.__cause__, InsufficientCapacity)
+                if not (port_taken and ports) or attempt == PORT_ATTEMPTS:
+                    raise
+                log.info(
+                    "replica %s: host port(s) %s taken on %s; picking others",
+                    replica.id,
+                    sorted(ports.values()),
+                    host.hostname,
+                )
+                await self._driver_call(host, driver.destroy(info.driver_id))
+                avoid |= set(ports.values())
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     async def _stop(self, replica: ContainerReplica, host: Host) -> None:
         driver = self.core.drivers.for_host(host)
