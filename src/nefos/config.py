@@ -106,6 +106,17 @@ class Settings(BaseSettings):
     api_keys_per_user: int = Field(
         25, ge=1, description="Live (not revoked, not expired) API keys a user may hold."
     )
+    auth_cache_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description=(
+            "How long a process may remember an authenticated caller (user, session or "
+            "key) without reading the database. Changes made through Nefos are seen at "
+            "once in every process (Redis carries them between processes); this bounds "
+            "changes made straight in the database. 0 turns the cache off."
+        ),
+    )
 
     # --- API ----------------------------------------------------------------
     page_default_limit: int = Field(20, ge=1, description="Default `limit` of list endpoints.")

@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 
 from nefos import __version__
-from nefos.api import docs, errors
+from nefos.api import docs, errors, routing
 from nefos.api.routes import (
     admin,
     alerts,
@@ -45,12 +45,13 @@ from nefos.gateway.context import RequestContextMiddleware
 from nefos.gateway.counters import RequestCounters
 from nefos.gateway.idempotency import IdempotencyMiddleware
 from nefos.gateway.limiter import RateLimiter, RateLimitMiddleware
-from nefos.gateway.paths import TrailingSlashMiddleware
+from nefos.gateway.paths import PathMiddleware
 from nefos.gateway.requestlog import RequestLog, RequestLogMiddleware
 from nefos.monitoring.alerts import AlertEngine
 from nefos.monitoring.webhooks import WebhookDispatcher
 from nefos.reconciler import Background, Reconciler
 from nefos.schemas.common import ErrorEnvelope
+from nefos.services.authn import Authenticator
 from nefos.services.containers import ContainerOps
 from nefos.services.core import Core
 from nefos.services.hosts import HostService
@@ -64,6 +65,9 @@ log = logging.getLogger("nefos")
 
 API_PREFIX = "/api/v1"
 ALIAS_PREFIX = "/api"
+#: Root paths served as ``API_PREFIX`` + path: ``/health`` for load balancers, and
+#: seed 004's ``ws://host/ws``.
+ROOTS = ("/health", "/ws")
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorEnvelope, "description": text}
@@ -84,43 +88,40 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def api_router() -> APIRouter:
-    router = APIRouter(responses=ERROR_RESPONSES)
-    for module in (
-        auth,
-        users,
-        admin,
-        organisations,
-        projects,
-        api_keys,
-        resources,
-        containers,
-        vms,
-        images,
-        operations,
-    ):
-        router.include_router(module.router)
-    router.include_router(vms.compute)
-    router.include_router(resources.hosts)
-    for sub in storage.routers:
-        router.include_router(sub)
-    router.include_router(organisations.invitations)
-    router.include_router(projects.legacy)
-    router.include_router(health.router)
-    router.include_router(alerts.router)
-    router.include_router(billing.wallet)
-    router.include_router(billing.router)
-    router.include_router(invoices.router)
-    router.include_router(products.router)
-    router.include_router(products.accounts)
-    router.include_router(quotes.router)
-    router.include_router(payouts.router)
-    router.include_router(payments.router)
-    router.include_router(monitoring.router)
-    router.include_router(events.router)
-    router.include_router(analytics.router)
-    router.include_router(rate_limits.router)
-    return router
+def api_routers() -> list[APIRouter]:
+    """The API's routers, in the order their routes are tried."""
+    return [
+        auth.router,
+        users.router,
+        admin.router,
+        organisations.router,
+        projects.router,
+        api_keys.router,
+        resources.router,
+        containers.router,
+        vms.router,
+        images.router,
+        operations.router,
+        vms.compute,
+        resources.hosts,
+        *storage.routers,
+        organisations.invitations,
+        projects.legacy,
+        health.router,
+        alerts.router,
+        billing.wallet,
+        billing.router,
+        invoices.router,
+        products.router,
+        products.accounts,
+        quotes.router,
+        payouts.router,
+        payments.router,
+        monitoring.router,
+        events.router,
+        analytics.router,
+        rate_limits.router,
+    ]
 
 
 def _unique_ids(route: APIRoute) -> str:
@@ -144,6 +145,7 @@ def create_app(
         async with core.db.session() as session:
             created = await UserService(core, session).ensure_admin()
         app.state.core = core
+        app.state.authenticator = Authenticator(core)
         # Alerts: the engine listens to the metrics collector's passes; deliveries
         # of webhooks go out from the dispatcher.
         app.state.webhooks = webhooks = WebhookDispatcher.from_settings(core.db, settings)
@@ -206,12 +208,11 @@ def create_app(
         redirect_slashes=False,
     )
     docs.install(app, "/openapi.json", "Nefos API")
-    router = api_router()
-    app.include_router(router, prefix=API_PREFIX)
-    app.include_router(router, prefix=ALIAS_PREFIX, include_in_schema=False)
-    # Root /health for load balancers and seed 004's `GET /api/health` alike.
-    app.include_router(health.router, include_in_schema=False)
-    app.include_router(events.router, include_in_schema=False)  # seed 004's ws://host/ws
+    # Every route once, under /api/v1; `/api/...`, the root `/health` (load balancers)
+    # and seed 004's `ws://host/ws` reach them by a path rewrite (gateway.paths).
+    routing.install(
+        app, routing.flat_routes(api_routers(), API_PREFIX, ERROR_RESPONSES), API_PREFIX
+    )
     errors.install(app)
     if settings.cors_origins:
         app.add_middleware(
@@ -240,7 +241,7 @@ def create_app(
     app.add_middleware(
         BodyLimitMiddleware,
         limit=settings.max_body_bytes,
-        larger={f"{prefix}/images/upload": upload_limit for prefix in (API_PREFIX, ALIAS_PREFIX)},
+        larger={f"{API_PREFIX}/images/upload": upload_limit},
     )
     # Counted by the middleware, read by GET /metrics and /prometheus.
     app.state.request_counters = counters = RequestCounters()
@@ -248,6 +249,7 @@ def create_app(
     # Outermost: every request, as the client saw it (status, duration, bytes).
     app.state.request_log = request_log = RequestLog(settings)
     app.add_middleware(RequestLogMiddleware, request_log=request_log)
-    # Before anything reads the path: `/auth/login/` is `/auth/login`.
-    app.add_middleware(TrailingSlashMiddleware)
+    # Before anything reads the path: `/auth/login/` is `/auth/login`, and
+    # `/api/auth/login` is `/api/v1/auth/login`.
+    app.add_middleware(PathMiddleware, prefix=API_PREFIX, alias=ALIAS_PREFIX, roots=ROOTS)
     return app

@@ -28,7 +28,8 @@ from nefos.domain.access import Permission, Role
 from nefos.domain.errors import Forbidden, Unauthorized
 from nefos.domain.paging import PageParams
 from nefos.gateway.client import client_ip
-from nefos.services.auth import AuthService, ClientInfo
+from nefos.services.auth import ClientInfo
+from nefos.services.authn import Authenticator
 from nefos.services.billing import resolve_org
 from nefos.services.core import Core
 from nefos.services.operations import sees_engine_messages
@@ -45,9 +46,16 @@ async def get_core(request: Request) -> Core:
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """The request's one session. It holds no connection until its first statement,
+    and one that never ran any (a caller the principal cache knew, a route that read
+    nothing) has nothing to close."""
     core: Core = request.app.state.core
-    async with core.db.sessionmaker() as session:
+    session = core.db.sessionmaker()
+    try:
         yield session
+    finally:
+        if session.in_transaction() or session.sync_session.identity_map:
+            await session.close()
 
 
 CoreDep = Annotated[Core, Depends(get_core)]
@@ -65,28 +73,26 @@ _x_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="An AP
 
 async def get_principal(
     request: Request,
-    core: CoreDep,
     session: SessionDep,
     bearer: Annotated[str | None, Depends(_bearer)],
     x_auth_token: Annotated[str | None, Depends(_x_auth_token)],
     x_api_key: Annotated[str | None, Depends(_x_api_key)],
 ) -> Principal:
-    auth = AuthService(core, session)
+    authenticator: Authenticator = request.app.state.authenticator
     authorization = request.headers.get("authorization")
     if authorization is not None and bearer is None:
         raise Unauthorized("Use 'Authorization: Bearer <token>'")
     if bearer:
-        principal = await auth.authenticate(bearer, kind="bearer")
+        principal = await authenticator.authenticate(bearer, kind="bearer", session=session)
     elif x_auth_token:
-        principal = await auth.authenticate(x_auth_token, kind="jwt")
+        principal = await authenticator.authenticate(x_auth_token, kind="jwt", session=session)
     elif x_api_key:
-        principal = await auth.authenticate(x_api_key, kind="api_key")
+        principal = await authenticator.authenticate(x_api_key, kind="api_key", session=session)
     else:
         raise Unauthorized("Authentication required")
     # The verified caller, for the request log (nefos.gateway.requestlog).
     request.state.principal = principal
-    # Whether error bodies may carry an engine's raw text (api/errors.py); decided
-    # now, while the user row is loaded.
+    # Whether error bodies may carry an engine's raw text (api/errors.py).
     request.state.engine_messages = sees_engine_messages(principal)
     return principal
 

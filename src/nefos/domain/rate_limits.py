@@ -10,8 +10,10 @@ from nefos.config import Settings
 
 UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 #: Groups and the path prefixes (after ``/api/v1`` or ``/api``) that belong to them.
+#: ``auth`` is about guessing passwords and sign-up spam: only the routes that take
+#: credentials, not a signed-in caller's ``/auth/me`` or ``/auth/logout``.
 GROUPS: dict[str, tuple[str, ...]] = {
-    "auth": ("/auth",),
+    "auth": ("/auth/register", "/auth/login", "/auth/token", "/auth/refresh", "/users/password"),
     "containers": ("/containers", "/services"),
     "monitoring": ("/monitoring", "/metrics", "/alerts", "/analytics"),
     "billing": (

@@ -12,6 +12,14 @@ a process-wide cache: a project never changes organisation) and sends it on:
 
 A subscriber owns a bounded queue: one that cannot keep up loses its oldest events
 and is told how many (``Subscription.take_dropped``), never slowing the others.
+
+Beside the events, the bus carries *control messages* between Nefos's own processes
+(never to a subscriber, never to a tenant): "forget these cached principals"
+(``nefos.services.authn``). ``control`` hands one to this process's handlers at once
+and, on Redis, publishes it on a channel of its own before it returns, so a change
+committed in one process is known to the others before its request is answered.
+``shares_control`` says whether every process can be told: always in one process,
+only while the Redis subscription is up otherwise (caches must not be trusted then).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -33,6 +42,9 @@ OrgResolver = Callable[[str], Awaitable[str | None]]
 Accept = Callable[[Event], bool]
 
 OUTBOX_SIZE = 100_000
+ControlHandler = Callable[[dict[str, Any]], None]
+#: A control message's size limit: what arrives larger is ignored.
+MAX_CONTROL_BYTES = 1_000_000
 
 
 def _untyped(value: Any) -> Any:
@@ -94,6 +106,7 @@ class EventBus:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._orgs: dict[str, str | None] = {}
+        self._control_handlers: list[ControlHandler] = []
         self.dropped = 0
 
     # --- life -------------------------------------------------------------------
@@ -177,6 +190,26 @@ class EventBus:
     async def _send(self, event: Event) -> None:
         self.deliver(event)
 
+    # --- control messages (between Nefos's processes) -------------------------------
+    def on_control(self, handler: ControlHandler) -> None:
+        self._control_handlers.append(handler)
+
+    def control(self, message: dict[str, Any]) -> None:
+        """Hand ``message`` to this process's handlers now (and to the others')."""
+        self._handle_control(message)
+
+    def _handle_control(self, message: dict[str, Any]) -> None:
+        for handler in self._control_handlers:
+            try:
+                handler(message)
+            except Exception:
+                log.exception("control handler failed")
+
+    @property
+    def shares_control(self) -> bool:
+        """Whether a control message reaches every process (one process: yes)."""
+        return True
+
     # --- subscribing ----------------------------------------------------------------
     def subscribe(self, accept: Accept | None = None, *, maxsize: int = 1000) -> Subscription:
         sub = Subscription(self, maxsize, accept)
@@ -214,9 +247,16 @@ class RedisBus(EventBus):
 
         self.url = url
         self.channel = f"{prefix}:events"
+        self.control_channel = f"{prefix}:control"
         self._redis = aioredis.Redis.from_url(
             url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=15
         )
+        # Control messages are published from synchronous code (a commit's hook),
+        # before the commit returns: a blocking client with a short timeout.
+        import redis as syncredis
+
+        self._sync = syncredis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        self._origin = f"{os.getpid()}:{id(self):x}"
         self._listening = asyncio.Event()
         self._last_warning = 0.0
 
@@ -232,6 +272,33 @@ class RedisBus(EventBus):
         await super().stop()
         with contextlib.suppress(Exception):
             await self._redis.aclose()
+        with contextlib.suppress(Exception):
+            self._sync.close()
+
+    def control(self, message: dict[str, Any]) -> None:
+        self._handle_control(message)
+        try:
+            self._sync.publish(
+                self.control_channel, orjson.dumps({"origin": self._origin, "message": message})
+            )
+        except Exception as exc:  # Redis away: the others stop trusting their caches
+            self._warn(f"Redis publish of a control message failed ({exc})")
+
+    @property
+    def shares_control(self) -> bool:
+        return self._listening.is_set()
+
+    def _on_control(self, data: bytes) -> None:
+        if len(data) > MAX_CONTROL_BYTES:
+            return
+        try:
+            wire = orjson.loads(data)
+            origin, message = wire["origin"], wire["message"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignored a malformed control message")
+            return
+        if origin != self._origin and isinstance(message, dict):
+            self._handle_control(message)
 
     async def _send(self, event: Event) -> None:
         if not self._listening.is_set():
@@ -249,12 +316,20 @@ class RedisBus(EventBus):
         while True:
             pubsub = self._redis.pubsub()
             try:
-                await pubsub.subscribe(self.channel)
+                await pubsub.subscribe(self.channel, self.control_channel)
+                # What was missed while away is unknown: every process's caches start over.
+                self._handle_control({"principals": "all"})
                 self._listening.set()
                 delay = 0.2
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
                     if message is None or message.get("type") != "message":
+                        continue
+                    if message.get("channel") in (
+                        self.control_channel,
+                        self.control_channel.encode(),
+                    ):
+                        self._on_control(message["data"])
                         continue
                     try:
                         event = Event.from_wire(orjson.loads(message["data"]))

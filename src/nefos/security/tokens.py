@@ -15,6 +15,11 @@ from typing import Any, Literal
 import jwt
 
 ALGORITHM = "HS256"
+LEEWAY = 5  # seconds of clock skew allowed on exp and nbf
+#: Access tokens whose signature and claims were verified, kept so that a token is
+#: verified once, not on every request (and not twice in one: the rate limiter and
+#: the route both read it). At most this many; the oldest go first.
+MAX_VERIFIED = 50_000
 TokenType = Literal["access", "refresh"]
 _REQUIRED = ["exp", "iat", "nbf", "iss", "aud", "sub", "typ", "jti", "sid"]
 
@@ -51,6 +56,7 @@ class TokenCodec:
         self._secret = secret
         self._issuer = issuer
         self._audience = audience
+        self._verified: dict[str, TokenClaims] = {}
 
     def _aud(self, typ: TokenType) -> str:
         return self._audience if typ == "access" else f"{self._audience}:refresh"
@@ -73,6 +79,24 @@ class TokenCodec:
         return IssuedToken(token=token, jti=jti, expires_at=now + ttl)
 
     def decode(self, token: str, *, typ: TokenType) -> TokenClaims:
+        """The claims of a token Nefos signed, of type ``typ``; ``InvalidToken`` if it
+        is anything else or has expired. An access token verified before is not
+        verified again: its claims are kept, and only its expiry is checked anew."""
+        if typ == "access":
+            known = self._verified.get(token)
+            if known is not None:
+                if known.exp + LEEWAY > time.time():
+                    return known
+                del self._verified[token]
+                raise InvalidToken("token_expired")
+        claims = self._verify(token, typ)
+        if typ == "access":
+            if len(self._verified) >= MAX_VERIFIED:
+                del self._verified[next(iter(self._verified))]
+            self._verified[token] = claims
+        return claims
+
+    def _verify(self, token: str, typ: TokenType) -> TokenClaims:
         try:
             claims = jwt.decode(
                 token,
@@ -81,7 +105,7 @@ class TokenCodec:
                 audience=self._aud(typ),
                 issuer=self._issuer,
                 options={"require": _REQUIRED, "strict_aud": True},
-                leeway=5,
+                leeway=LEEWAY,
             )
         except jwt.ExpiredSignatureError:
             raise InvalidToken("token_expired") from None

@@ -7,9 +7,10 @@ Sessions and refresh tokens
     most one wins. Presenting a spent token again means it leaked: the whole
     session (the token family) is revoked, which also ends its access tokens.
 
-Revocation takes effect on the next call: every request re-reads the user, the
-session or the key, so a disabled user, a revoked session or key, a removed
-membership or a deleted organisation stops working at once.
+Revocation takes effect on the next call: a request's caller comes from the
+database or from a cache that every commit changing it empties at once, in every
+process (``nefos.services.authn``), so a disabled user, a revoked session or key, a
+removed membership or a deleted organisation stops working at once.
 """
 
 from __future__ import annotations
@@ -40,10 +41,9 @@ from nefos.schemas.identity import LoginRequest, RegisterRequest
 from nefos.security.apikeys import hash_secret, looks_like_api_key
 from nefos.security.tokens import InvalidToken
 from nefos.services.core import Core
-from nefos.services.principal import Principal
+from nefos.services.principal import Principal, UserSnapshot, effective_role, org_chain
 from nefos.services.tenancy import TenancyService
 
-API_KEY_TOUCH_INTERVAL = timedelta(seconds=60)
 # Every authenticated request runs this: built once, not per request.
 _USER_AND_SESSION = (
     select(User, AuthSession.revoked_at)
@@ -462,7 +462,9 @@ class AuthService:
         revoke_api_keys: bool,
         client: ClientInfo,
     ) -> TokenPair:
-        user = principal.user
+        user = await self.session.get(User, principal.user_id)
+        if user is None:
+            raise Unauthorized("This account no longer exists")
         await self.verify_current_password(user, current_password, ip=client.ip)
         self._check_password_strength(new_password, email=user.email)
         new_hash = self.core.passwords.hash(new_password)
@@ -503,11 +505,12 @@ class AuthService:
         except InvalidToken as exc:
             message = "Token has expired" if exc.reason == "token_expired" else "Invalid token"
             raise Unauthorized(message, reason=exc.reason) from None
-        principal = await self._session_principal(claims.sub, claims.sid)
+        principal = await self.session_principal(claims.sub, claims.sid)
         principal.expires_at = datetime.fromtimestamp(claims.exp, UTC)
         return principal
 
-    async def _session_principal(self, user_id: str, session_id: str) -> Principal:
+    async def session_principal(self, user_id: str, session_id: str) -> Principal:
+        """The caller of a live session (its access token already verified)."""
         row = (
             await self.session.execute(
                 _USER_AND_SESSION, {"user_id": user_id, "session_id": session_id}
@@ -520,13 +523,20 @@ class AuthService:
             raise Unauthorized("Session has been revoked", reason="session_revoked")
         if not user.is_active:
             raise Unauthorized("This account is disabled", reason="account_disabled")
-        return Principal(user=user, session_id=session_id)
+        return Principal(user=UserSnapshot.of(user), session_id=session_id)
 
     async def _live_key(self, raw: str) -> ApiKey | None:
         if not looks_like_api_key(raw) or len(raw) > 200:
             return None
         key = await self.session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_secret(raw)))
         return _live(key)
+
+    async def key_principal(self, key_hash: str) -> tuple[Principal, datetime | None]:
+        """The caller of a live API key (by its hash), and when the key was last used."""
+        key = _live(await self.session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash)))
+        if key is None:
+            raise Unauthorized("Invalid API key", reason="invalid_api_key")
+        return await self._key_principal(key), key.last_used_at
 
     async def authenticate_api_key(self, raw: str) -> Principal:
         key = await self._live_key(raw)
@@ -539,24 +549,15 @@ class AuthService:
         if user is None or not user.is_active:
             raise Unauthorized("This account is disabled", reason="account_disabled")
         if key.organisation_id is not None and not user.is_admin:
-            from nefos.services.principal import effective_role, org_chain
-
+            probe = Principal(user=UserSnapshot.of(user), key_organisation_id=key.organisation_id)
             chain = await org_chain(self.session, key.organisation_id)
-            probe = Principal(user=user, key_organisation_id=key.organisation_id)
             if await effective_role(self.session, probe, chain) is None:
                 raise Unauthorized(
                     "This API key's organisation is no longer accessible",
                     reason="invalid_api_key",
                 )
-        now = utcnow()
-        if key.last_used_at is None or now - key.last_used_at > API_KEY_TOUCH_INTERVAL:
-            # Throttled so that a busy key does not turn every read into a write.
-            await begin_write(self.session)
-            await self.session.execute(
-                update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now)
-            )
         return Principal(
-            user=user,
+            user=UserSnapshot.of(user),
             api_key_id=key.id,
             scopes=frozenset(key.scopes),
             key_organisation_id=key.organisation_id,
@@ -564,14 +565,16 @@ class AuthService:
         )
 
     async def authenticate(self, credential: str, *, kind: str) -> Principal:
-        """``kind``: "bearer" (JWT or API key), "jwt" or "api_key"."""
+        """``kind``: "bearer" (JWT or API key), "jwt" or "api_key". Reads the database
+        every time (requests go through ``services.authn``'s cache instead); the read
+        is rolled back, not committed."""
         try:
             if kind == "api_key" or (kind == "bearer" and looks_like_api_key(credential)):
                 return await self.authenticate_api_key(credential)
             return await self.authenticate_jwt(credential)
         finally:
-            # End the read (or key-touch) transaction: services start their own.
-            await self.session.commit()
+            if self.session.in_transaction():
+                await self.session.rollback()
 
     async def authenticate_grant(self, grant: Grant) -> Principal:
         """The principal a grant (a redeemed WebSocket ticket) stands for, checked as
@@ -587,11 +590,12 @@ class AuthService:
                 return await self._key_principal(key)
             if grant.session_id is None:
                 raise Unauthorized("Invalid ticket", reason="invalid_ticket")
-            principal = await self._session_principal(grant.user_id, grant.session_id)
+            principal = await self.session_principal(grant.user_id, grant.session_id)
             principal.expires_at = grant.credential_expires_at
             return principal
         finally:
-            await self.session.commit()
+            if self.session.in_transaction():
+                await self.session.rollback()
 
 
 @dataclass(frozen=True)

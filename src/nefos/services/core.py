@@ -12,7 +12,7 @@ from nefos.billing import metering
 from nefos.config import Settings
 from nefos.db.models import Project
 from nefos.db.session import Database
-from nefos.events import capture
+from nefos.events import capture, identity
 from nefos.events.bus import EventBus, RedisBus
 from nefos.monitoring.store import MetricStore, Retention
 from nefos.operations import Workers
@@ -20,6 +20,7 @@ from nefos.security.passwords import Passwords
 from nefos.security.tokens import TokenCodec
 from nefos.services.drivers import DriverManager, DriverOptions
 from nefos.services.placement import Placer, scheduler_config
+from nefos.services.principal import PrincipalCache
 
 if TYPE_CHECKING:
     from nefos.billing.engine import BillingEngine
@@ -37,6 +38,8 @@ class Core:
     workers: Workers
     events: EventBus
     metrics: MetricStore
+    #: Authenticated callers, forgotten when a commit changes them (services.authn).
+    principals: PrincipalCache
     collector: Collector = field(init=False)
     billing: BillingEngine = field(init=False)
 
@@ -45,6 +48,16 @@ class Core:
         db = Database(settings.resolved_database_url, pool_size=settings.db_pool_size)
         events = event_bus(settings, db)
         capture.install(db, events.publish_many)
+        principals = PrincipalCache(
+            settings.auth_cache_seconds, trusted=lambda: events.shares_control
+        )
+        events.on_control(principals.on_control)
+        identity.install(
+            db,
+            lambda users: events.control(
+                {"principals": users if isinstance(users, str) else sorted(users)}
+            ),
+        )
         if settings.billing_enabled:
             metering.install(db)
         core = cls(
@@ -71,6 +84,7 @@ class Core:
             ),
             events=events,
             metrics=metric_store(settings, db),
+            principals=principals,
         )
         from nefos.monitoring.collector import Collector
 

@@ -8,9 +8,12 @@ organisation reaches that organisation and its descendants only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,13 +21,53 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from nefos.db.models import Membership, Organisation, Project, User
 from nefos.domain.access import ALL_SCOPES, Permission, Role, role_allows, scopes_allow
 from nefos.domain.errors import Forbidden, NotFound, ValidationFailed
+from nefos.events.identity import ALL
 
 MAX_ORG_DEPTH = 8
+#: Principals a process caches at most; the oldest go first.
+MAX_CACHED_PRINCIPALS = 50_000
+CacheKey = tuple[str, str]  # ("s", session id) or ("k", API key hash)
+
+
+@dataclass(frozen=True, slots=True)
+class UserSnapshot:
+    """What a request knows of its caller: the user's row as it was when the
+    credential was checked, detached from any session (it is cached across requests,
+    see ``nefos.services.authn``). No password hash: code that checks a password
+    loads the row."""
+
+    id: str
+    email: str
+    username: str | None
+    name: str
+    is_active: bool
+    is_admin: bool
+    default_project_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    last_login_at: datetime | None
+    settings: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, user: User) -> UserSnapshot:
+        return cls(
+            id=user.id,
+            email=user.email,
+            username=user.username,
+            name=user.name,
+            is_active=user.is_active,
+            is_admin=user.is_admin,
+            default_project_id=user.default_project_id,
+            created_at=user.created_at,
+            updated_at=user.updated_at,
+            last_login_at=user.last_login_at,
+            settings=MappingProxyType(dict(user.settings or {})),
+        )
 
 
 @dataclass
 class Principal:
-    user: User
+    user: UserSnapshot
     session_id: str | None = None
     api_key_id: str | None = None
     scopes: frozenset[str] = field(default_factory=lambda: frozenset(s.value for s in ALL_SCOPES))
@@ -32,6 +75,10 @@ class Principal:
     key_expires_at: datetime | None = None
     #: When the access token this principal came with expires (None: an API key).
     expires_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.user, User):  # a row handed in: keep what it says now
+            self.user = UserSnapshot.of(self.user)
 
     @property
     def user_id(self) -> str:
@@ -47,6 +94,81 @@ class Principal:
                 f"This API key lacks the scope {permission.scope.value!r}",
                 required_scope=permission.scope.value,
             )
+
+
+class PrincipalCache:
+    """Principals by credential (session id or API key hash), each remembered with its
+    user's id so that a change to that user forgets them all. How it is kept true:
+    ``nefos.services.authn``. ``trusted`` says whether invalidations reach this
+    process from every other one (the bus's control channel is up); when it does not,
+    the cache is not used."""
+
+    def __init__(self, ttl: float, *, trusted: Callable[[], bool] = lambda: True) -> None:
+        self.ttl = ttl
+        self._trusted = trusted
+        self._entries: dict[CacheKey, tuple[float, Principal]] = {}
+        self._by_user: dict[str, set[CacheKey]] = {}
+        #: Bumped by every invalidation: a store that began before one is dropped.
+        self.generation = 0
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.ttl > 0 and self._trusted()
+
+    def get(self, key: CacheKey) -> Principal | None:
+        if not self.enabled:
+            return None
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        if entry[0] <= time.monotonic():
+            self._drop(key, entry[1].user_id)
+            self.misses += 1
+            return None
+        self.hits += 1
+        return entry[1]
+
+    def put(self, key: CacheKey, principal: Principal, generation: int) -> None:
+        if not self.enabled or generation != self.generation:
+            return
+        if len(self._entries) >= MAX_CACHED_PRINCIPALS:
+            oldest = next(iter(self._entries))
+            self._drop(oldest, self._entries[oldest][1].user_id)
+        self._entries[key] = (time.monotonic() + self.ttl, principal)
+        self._by_user.setdefault(principal.user_id, set()).add(key)
+
+    def _drop(self, key: CacheKey, user_id: str) -> None:
+        self._entries.pop(key, None)
+        keys = self._by_user.get(user_id)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_user[user_id]
+
+    def invalidate(self, users: Iterable[str] | str) -> None:
+        """Forget the principals of ``users`` (``ALL``: every one)."""
+        self.generation += 1
+        if users == ALL:
+            self._entries.clear()
+            self._by_user.clear()
+            return
+        for user_id in users:
+            for key in self._by_user.pop(user_id, ()):
+                self._entries.pop(key, None)
+
+    def on_control(self, message: dict[str, Any]) -> None:
+        """A control message of the bus (another process committed a change)."""
+        users = message.get("principals")
+        if users == ALL:
+            self.invalidate(ALL)
+        elif isinstance(users, list):
+            self.invalidate(u for u in users if isinstance(u, str))
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 async def org_chain(session: AsyncSession, org_id: str) -> list[Organisation]:

@@ -550,8 +550,6 @@ class QuoteService:
             )
             return volume.id, op
         except Conflict:
-            # The service rolled back, which expired what the session held.
-            await self.session.refresh(principal.user)
             model = _MODELS[item.type]
             found = (
                 await self.session.execute(

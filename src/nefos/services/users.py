@@ -24,7 +24,7 @@ from nefos.schemas.identity import (
 from nefos.services.auth import AuthService
 from nefos.services.core import Core
 from nefos.services.paging import fetch_page
-from nefos.services.principal import Principal, authorize_project
+from nefos.services.principal import Principal, UserSnapshot, authorize_project
 
 
 class UserService:
@@ -46,7 +46,7 @@ class UserService:
             if not body.current_password:
                 raise Unauthorized("Changing the email requires the current password")
             await AuthService(self.core, self.session).verify_current_password(
-                principal.user, body.current_password, ip=ip
+                await self._load(principal.user_id), body.current_password, ip=ip
             )
         await begin_write(self.session)
         user = await self._load(principal.user_id)
@@ -71,7 +71,7 @@ class UserService:
         return user
 
     @staticmethod
-    def settings_of(user: User) -> UserSettings:
+    def settings_of(user: User | UserSnapshot) -> UserSettings:
         data: dict[str, Any] = dict(user.settings or {})
         data["default_project_id"] = user.default_project_id
         return UserSettings.model_validate(data)
