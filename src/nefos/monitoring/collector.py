@@ -33,6 +33,7 @@ from sqlalchemy import select
 from nefos.db.models import Container, ContainerReplica, Host, Vm
 from nefos.domain.units import human_rate
 from nefos.drivers.base import HostUsage, InstanceCounters
+from nefos.drivers.libvirt import domain_name
 from nefos.events import Event, EventType, make
 from nefos.monitoring.types import Metric, ResourceKind, Sample, SampleListener
 
@@ -212,8 +213,6 @@ class Collector:
         return samples
 
     async def _load(self) -> tuple[list[Host], dict[str, list[_Target]]]:
-        from nefos.services.vms import domain_of
-
         async with self.core.db.sessionmaker() as session:
             hosts = list(
                 await session.scalars(
@@ -240,7 +239,11 @@ class Collector:
             for vm in vms:
                 targets.setdefault(vm.host_id, []).append(
                     _Target(
-                        ResourceKind.VM, vm.id, vm.id, vm.driver_id or domain_of(vm), vm.project_id
+                        ResourceKind.VM,
+                        vm.id,
+                        vm.id,
+                        vm.driver_id or domain_name(vm.id),
+                        vm.project_id,
                     )
                 )
         return hosts, targets
