@@ -25,10 +25,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.billing import metering
-from nefos.billing.engine import require_funds
+from nefos.billing.accounts import require_funds
 from nefos.db.models import Container, ContainerReplica, Host, Operation, Project
 from nefos.db.session import begin_write
 from nefos.domain.access import Permission
+from nefos.domain.actors import SystemActor
 from nefos.domain.errors import (
     Conflict,
     NotFound,
@@ -201,7 +202,7 @@ class ContainerService:
     ) -> None:
         project = await self.session.get(Project, project_id)
         assert project is not None
-        await require_funds(self.session, self.core, project.organisation_id)
+        await require_funds(self.session, self.core.settings, project.organisation_id)
         await check_quota(
             self.session,
             project_id,
@@ -383,7 +384,7 @@ class ContainerService:
 
     async def _transition(
         self,
-        principal: Principal,
+        principal: Principal | SystemActor,
         container: Container,
         *,
         kind: str,
@@ -407,6 +408,7 @@ class ContainerService:
                 "from_status": current.status,
                 "from_desired": current.desired,
                 **(params or {}),
+                **(principal.record() if isinstance(principal, SystemActor) else {}),
             },
         )
         current.status = status
@@ -423,12 +425,15 @@ class ContainerService:
             raise Conflict("The container is being deleted")
         project = await self.session.get(Project, container.project_id)
         assert project is not None
-        await require_funds(self.session, self.core, project.organisation_id)
+        await require_funds(self.session, self.core.settings, project.organisation_id)
         return await self._transition(
             principal, container, kind="container.start", status="starting", desired="running"
         )
 
-    async def stop(self, principal: Principal, container: Container) -> tuple[Container, Operation]:
+    async def stop(
+        self, principal: Principal | SystemActor, container: Container
+    ) -> tuple[Container, Operation]:
+        """Stop the container, for a user or for the system (billing suspension)."""
         if container.status == "deleting":
             raise Conflict("The container is being deleted")
         return await self._transition(

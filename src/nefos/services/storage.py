@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.billing import metering
-from nefos.billing.engine import require_funds
+from nefos.billing.accounts import require_funds
 from nefos.db.models import Backup, Host, Network, Operation, Project, Snapshot, Vm, Volume
 from nefos.db.session import begin_write
 from nefos.domain.access import Permission
@@ -337,7 +337,7 @@ class StorageService:
                 select(Volume.id).where(Volume.project_id == project.id, Volume.name == body.name)
             ):
                 raise Conflict("A volume with this name exists in the project", name=body.name)
-            await require_funds(self.session, self.core, project.organisation_id)
+            await require_funds(self.session, self.core.settings, project.organisation_id)
             await check_quota(self.session, project.id, storage_gb=body.size_gb)
             if vm is not None:
                 host_id: str = vm.host_id

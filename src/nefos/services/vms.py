@@ -26,10 +26,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.billing import metering
-from nefos.billing.engine import require_funds
+from nefos.billing.accounts import require_funds
 from nefos.db.models import Host, Image, Network, Operation, Project, Vm, Volume
 from nefos.db.session import begin_write
 from nefos.domain.access import Permission
+from nefos.domain.actors import SystemActor
 from nefos.domain.errors import (
     Conflict,
     NotFound,
@@ -231,7 +232,7 @@ class VmService:
                     raise ValidationFailed(
                         "No such network in this project", network_id=body.network_id
                     )
-            await require_funds(self.session, self.core, project.organisation_id)
+            await require_funds(self.session, self.core.settings, project.organisation_id)
             await check_quota(
                 self.session,
                 project.id,
@@ -336,7 +337,7 @@ class VmService:
     # --- transitions ------------------------------------------------------------------
     async def _transition(
         self,
-        principal: Principal,
+        principal: Principal | SystemActor,
         vm: Vm,
         *,
         kind: str,
@@ -368,6 +369,7 @@ class VmService:
                     "from_status": current.status,
                     "from_desired": current.desired,
                     **(params or {}),
+                    **(principal.record() if isinstance(principal, SystemActor) else {}),
                 },
             )
             current.status = status
@@ -382,12 +384,15 @@ class VmService:
         return current, op
 
     async def start(self, principal: Principal, vm: Vm) -> tuple[Vm, Operation]:
-        await require_funds(self.session, self.core, await self._org_of(vm))
+        await require_funds(self.session, self.core.settings, await self._org_of(vm))
         return await self._transition(
             principal, vm, kind="vm.start", status="starting", desired="running"
         )
 
-    async def stop(self, principal: Principal, vm: Vm, body: VmStop) -> tuple[Vm, Operation]:
+    async def stop(
+        self, principal: Principal | SystemActor, vm: Vm, body: VmStop
+    ) -> tuple[Vm, Operation]:
+        """Stop the VM, for a user or for the system (billing suspension)."""
         timeout = 0.0 if body.force else body.timeout
         return await self._transition(
             principal,
