@@ -16,8 +16,8 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nefos.api.envelope import send_error
 from nefos.gateway.client import credential
+from nefos.gateway.envelope import send_error
 from nefos.security.tokens import InvalidToken
 from nefos.services import idempotency
 from nefos.services.core import Core

@@ -47,7 +47,6 @@ from sqlalchemy import select
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nefos.api.envelope import send_error
 from nefos.config import Settings
 from nefos.db.models import RateLimitOverride
 from nefos.domain.rate_limits import (
@@ -59,6 +58,7 @@ from nefos.domain.rate_limits import (
     group_of,
 )
 from nefos.gateway.client import client_ip, credential
+from nefos.gateway.envelope import send_error
 from nefos.security.tokens import InvalidToken
 from nefos.services.rate_limits import caller_overrides, live_key_owner
 

@@ -14,8 +14,8 @@ from fastapi import APIRouter, Query
 from starlette.responses import Response
 
 from nefos.api.deps import Access, CoreDep, ObjectId, OrgHint, PageDep, SessionDep, authorize
-from nefos.api.envelope import ok, page
 from nefos.domain.access import Permission
+from nefos.gateway.envelope import ok, page
 from nefos.schemas.billing import (
     BillingSummary,
     LedgerEntryPublic,
