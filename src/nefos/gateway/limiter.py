@@ -41,7 +41,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from sqlalchemy import select
 from starlette.routing import compile_path
@@ -59,11 +59,9 @@ from nefos.domain.rate_limits import (
 )
 from nefos.gateway.client import client_ip, credential
 from nefos.gateway.envelope import send_error
+from nefos.gateway.parts import GatewayParts
 from nefos.security.tokens import InvalidToken
 from nefos.services.rate_limits import caller_overrides, live_key_owner
-
-if TYPE_CHECKING:
-    from nefos.services.core import Core
 
 log = logging.getLogger("nefos.gateway.limiter")
 
@@ -364,7 +362,7 @@ class RateLimiter:
         self.redis_down_since: float | None = None
         self._retry_at = 0.0
         self._warned_at = -math.inf
-        self.core: Core | None = None
+        self.core: GatewayParts | None = None
         # token → (user id, expiry)
         self._tokens: dict[str, tuple[str, float]] = {}
         # key hash → (expiry (monotonic), its owner's id; None: no live key)
@@ -378,7 +376,7 @@ class RateLimiter:
     def backend(self) -> str:
         return "redis" if self.redis is not None else "memory"
 
-    def start(self, core: Core) -> None:
+    def start(self, core: GatewayParts) -> None:
         self.core = core
         if self.enabled and self.redis is not None:
             # Connect now, so that the first burst of requests does not wait for it.
