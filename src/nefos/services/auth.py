@@ -35,12 +35,12 @@ from nefos.db.models import (
 )
 from nefos.db.session import begin_write
 from nefos.db.types import utcnow
-from nefos.domain.errors import Conflict, Forbidden, RateLimited, Unauthorized
+from nefos.domain.errors import Conflict, Forbidden, RateLimited, Unauthorized, ValidationFailed
 from nefos.schemas.identity import LoginRequest, RegisterRequest
 from nefos.security.apikeys import hash_secret, looks_like_api_key
 from nefos.security.tokens import InvalidToken
 from nefos.services.core import Core
-from nefos.services.principal import Principal
+from nefos.services.principal import Principal, effective_role, org_chain
 from nefos.services.tenancy import TenancyService
 
 API_KEY_TOUCH_INTERVAL = timedelta(seconds=60)
@@ -118,8 +118,6 @@ class AuthService:
                 raise Conflict("This username is taken", username="already taken")
 
     def _check_password_strength(self, password: str, *, email: str) -> None:
-        from nefos.domain.errors import ValidationFailed
-
         if len(password) < self.settings.password_min_length:
             raise ValidationFailed(
                 password=f"Password must be at least {self.settings.password_min_length} characters"
@@ -539,8 +537,6 @@ class AuthService:
         if user is None or not user.is_active:
             raise Unauthorized("This account is disabled", reason="account_disabled")
         if key.organisation_id is not None and not user.is_admin:
-            from nefos.services.principal import effective_role, org_chain
-
             chain = await org_chain(self.session, key.organisation_id)
             probe = Principal(user=user, key_organisation_id=key.organisation_id)
             if await effective_role(self.session, probe, chain) is None:

@@ -60,7 +60,7 @@ from nefos.scheduler import NoValidHost, PlacementRequest
 from nefos.schemas.compute import ContainerCreate, ContainerScale
 from nefos.services.core import Core
 from nefos.services.drivers import CONTAINER_DRIVERS
-from nefos.services.hosts import domain_error, driver_call
+from nefos.services.hosts import HostService, domain_error, driver_call
 from nefos.services.paging import fetch_page
 from nefos.services.placement import Allocation
 from nefos.services.principal import Principal, authorize_project
@@ -373,8 +373,6 @@ class ContainerService:
             # A concurrent create took the name between our check and our insert.
             raise Conflict("A container with this name exists in the project") from exc
         if isinstance(exc, _Unreachable):
-            from nefos.services.hosts import HostService
-
             await HostService(self.core, self.session).mark_offline(exc.host_id, exc.error)
             unavailable = ServiceUnavailable(
                 "The host chosen for this container does not answer; try again"
