@@ -11,10 +11,10 @@ and record ``"actor": "system"``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy import select
 
-from nefos.billing.engine import Suspend
 from nefos.db.models import Container, Project, Vm
 from nefos.domain.actors import BILLING_SUSPENSION
 from nefos.schemas.vms import VmStop
@@ -25,8 +25,9 @@ from nefos.services.vms import VmService
 log = logging.getLogger(__name__)
 
 
-def suspender(core: Core) -> Suspend:
-    """The function that stops every running VM and container of an organisation."""
+def suspender(core: Core) -> Callable[[str], Awaitable[None]]:
+    """The function that stops every running VM and container of an organisation
+    (a ``billing.engine.Suspend``; a service names no loop, not even its types)."""
 
     async def suspend(org_id: str) -> None:
         async with core.db.sessionmaker() as session:
