@@ -16,6 +16,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -257,12 +258,14 @@ def test_every_package_has_one_layer() -> None:
     assert _packages() == set(named)
 
 
-def _upward(found: list[object]) -> list[str]:
+def _upward(found: list[Any]) -> list[str]:
+    """The imports of a package of the same layer or above (``found``: the script's
+    ``Import`` records)."""
     bad = []
     for i in found:
-        a, b = graph.package_of(i.importer), graph.package_of(i.target)  # type: ignore[attr-defined]
+        a, b = graph.package_of(i.importer), graph.package_of(i.target)
         if a != b and graph.level_of(b) <= graph.level_of(a):
-            bad.append(f"{i.importer}:{i.line} ({a}) imports {i.target} ({b})")  # type: ignore[attr-defined]
+            bad.append(f"{i.importer}:{i.line} ({a}) imports {i.target} ({b})")
     return bad
 
 
