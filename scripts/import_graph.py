@@ -102,10 +102,12 @@ def imports(src: Path = SRC) -> list[Import]:
     for module, path in known.items():
         tree = ast.parse(path.read_text(), filename=str(path))
         for node, in_function in _walk(tree):
+            if not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
+            else:
                 base = (
                     _absolute(module, path, node.level, node.module)
                     if node.level
