@@ -19,6 +19,7 @@ from nefos.db.models import (
     Alert,
     BillingAccount,
     LedgerEntry,
+    Operation,
     Organisation,
     UsageRecord,
     Wallet,
@@ -271,6 +272,16 @@ async def test_an_empty_wallet_refuses_creates_and_suspends_after_grace(
             break
         await asyncio.sleep(0.1)
     assert r.json()["data"]["container"]["status"] == "stopped"
+    # ... by the system, not by a user (no admin is borrowed to act as).
+    async with core.db.sessionmaker() as session:
+        stop = await session.scalar(
+            select(Operation).where(
+                Operation.resource_id == c["id"], Operation.kind == "container.stop"
+            )
+        )
+        assert stop is not None and stop.user_id is None
+        assert stop.params["actor"] == "system"
+        assert stop.params["reason"] == "billing_suspension"
     # Creates and starts are refused with 402.
     r = await client.post("/api/containers", json=seed_body("more"), headers=user.headers)
     assert r.status_code == 402, r.text

@@ -17,9 +17,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from nefos.api.envelope import JSONResponse, error_body
 from nefos.domain import errors as e
 from nefos.gateway.bodylimit import BodyTooLarge
+from nefos.gateway.envelope import JSONResponse, error_body
 
 log = logging.getLogger("nefos.api")
 

@@ -17,6 +17,11 @@ once are safe):
    its creates are refused (402) and, after ``billing_grace_period``, its running
    VMs and containers are stopped (not deleted). A top-up clears all of it.
 4. Invoices of finished periods are made and finalized (``invoices.run_due``).
+
+Stopping an organisation's instances is not billing's to do: the engine is handed a
+``suspend`` function by what builds it (above the services, which know how to stop
+a VM or a container) and calls it. The stops it makes are the system's, not any
+user's: their operations carry no user and ``"actor": "system"``.
 """
 
 from __future__ import annotations
@@ -25,36 +30,36 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nefos.billing import catalogue, ledger, metering
-from nefos.billing.money import ZERO, exact, minor_str
-from nefos.billing.rating import record_cost
-from nefos.db.models import (
-    Alert,
-    BillingAccount,
-    Container,
-    Organisation,
-    Project,
-    UsageRecord,
-    Vm,
-    Wallet,
+from nefos.billing import accounts, catalogue, invoices, ledger, metering
+from nefos.billing.accounts import (
+    BillingParts,
+    margin_of,
+    mark_charged,
+    pending_cost,
+    usage_cost,
 )
+from nefos.billing.money import ZERO, minor_str
+from nefos.config import Settings
+from nefos.db.models import Alert, BillingAccount, Organisation, Project, UsageRecord, Wallet
 from nefos.db.session import begin_write
 from nefos.db.types import utcnow
 from nefos.domain.errors import PaymentRequired
 from nefos.events import EventType, make, record
+from nefos.monitoring.alerts import announce, builtin_key, resolve_open
 
-if TYPE_CHECKING:
-    from nefos.services.core import Core
+#: Stops (never deletes) every running VM and container of an organisation, acting
+#: as the system. Given the organisation's id; failures are its own to log.
+Suspend = Callable[[str], Awaitable[None]]
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +82,10 @@ class PassResult:
 
 
 class BillingEngine:
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: BillingParts, *, suspend: Suspend | None = None) -> None:
         self.core = core
+        #: What stops a suspended organisation's instances (see :data:`Suspend`).
+        self.suspend = suspend
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         # Why the last pass failed (None: it succeeded, or none ran yet).
@@ -137,10 +144,6 @@ class BillingEngine:
             return result
 
     async def _invoices(self) -> None:
-        try:
-            from nefos.billing import invoices
-        except ImportError:  # pragma: no cover - invoices ship with billing
-            return
         await invoices.run_due(self.core)
 
     # --- charging ---------------------------------------------------------------------
@@ -168,16 +171,14 @@ class BillingEngine:
     async def charge_org(self, org_id: str) -> tuple[Decimal | None, bool]:
         """Charge one batch of the organisation's uncharged usage. (The amount charged,
         or None if nothing was; whether more batches wait.)"""
-        from nefos.services.billing import BillingService
-
+        settings = self.core.settings
         async with self.core.db.sessionmaker() as session:
             await begin_write(session)
             org = await session.get(Organisation, org_id)
             if org is None:
                 await session.rollback()
                 return None, False
-            service = BillingService(self.core, session)
-            account = await service.account(org_id)
+            account = await accounts.account(session, settings, org_id)
             records = (
                 await session.scalars(
                     select(UsageRecord)
@@ -190,10 +191,10 @@ class BillingEngine:
                 await session.rollback()
                 return None, False
             more = len(records) == CHARGE_BATCH
-            margin, reseller = await service.margin_of(org)
-            base, markup = await _cost(session, account.currency, records, margin)
+            margin, reseller = await margin_of(session, org)
+            base, markup = await usage_cost(session, account.currency, records, margin)
             amount = base + markup
-            wallet = await service.wallet(org_id, account.currency)
+            wallet = await accounts.wallet(session, settings, org_id, account.currency)
             ids = [r.id for r in records]
             key = "usage:" + hashlib.sha256(",".join(ids).encode()).hexdigest()[:40]
             try:
@@ -208,12 +209,14 @@ class BillingEngine:
                         description=_describe(records),
                         reference=("usage", ids[0]),
                     )
-                marked = await _mark(session, ids, entry.id if entry else f"free:{key[6:37]}")
+                marked = await mark_charged(
+                    session, ids, entry.id if entry else f"free:{key[6:37]}"
+                )
                 if marked != len(ids):  # another process charged some meanwhile
                     await session.rollback()
                     return None, True
                 if entry is not None and reseller is not None and markup > 0:
-                    await _revenue(session, service, reseller, account.currency, markup, entry.id)
+                    await _revenue(session, settings, reseller, account.currency, markup, entry.id)
                 if entry is not None:
                     record(
                         session,
@@ -249,17 +252,14 @@ class BillingEngine:
         """Warn, refuse or suspend one organisation as its balance requires (a top-up
         calls it to lift a 402 at once). True if it was suspended now."""
         settings = self.core.settings
-        from nefos.services.billing import BillingService
-
         async with self.core.db.sessionmaker() as session:
             await begin_write(session)
             account = await session.get(BillingAccount, org_id, populate_existing=True)
             if account is None:
                 await session.rollback()
                 return False
-            service = BillingService(self.core, session)
-            wallet = await service.wallet(org_id, account.currency)
-            owed = await pending_cost(session, self.core, org_id, account.currency)
+            wallet = await accounts.wallet(session, settings, org_id, account.currency)
+            owed = await pending_cost(session, org_id, account.currency)
             available = wallet.balance - owed
             suspend = False
             if available < account.low_balance_threshold:
@@ -299,116 +299,31 @@ class BillingEngine:
         return suspend
 
     async def _suspend(self, org_id: str) -> None:
-        """Stop (not delete) every running VM and container of the organisation."""
-        from nefos.schemas.vms import VmStop
-        from nefos.services.containers import ContainerService
-        from nefos.services.principal import Principal
-        from nefos.services.vms import VmService
-
-        async with self.core.db.sessionmaker() as session:
-            projects = select(Project.id).where(Project.organisation_id == org_id)
-            vms = (
-                await session.scalars(
-                    select(Vm).where(Vm.project_id.in_(projects), Vm.status == "running")
-                )
-            ).all()
-            containers = (
-                await session.scalars(
-                    select(Container).where(
-                        Container.project_id.in_(projects), Container.status == "running"
-                    )
-                )
-            ).all()
-            system = await _system_principal(session)
-        if system is None:
-            log.error("no platform admin to act as; organisation %s not suspended", org_id)
-            return
-        principal = Principal(user=system)
-        for vm in vms:
-            async with self.core.db.sessionmaker() as session:
-                try:
-                    await VmService(self.core, session).stop(principal, vm, VmStop())
-                except Exception:
-                    log.exception("could not stop VM %s of a suspended organisation", vm.id)
-        for c in containers:
-            async with self.core.db.sessionmaker() as session:
-                try:
-                    await ContainerService(self.core, session).stop(principal, c)
-                except Exception:
-                    log.exception("could not stop container %s of a suspended organisation", c.id)
-
-
-async def _system_principal(session: AsyncSession) -> Any:
-    from nefos.db.models import User
-
-    return await session.scalar(
-        select(User).where(User.is_admin.is_(True)).order_by(User.created_at).limit(1)
-    )
-
-
-async def _cost(
-    session: AsyncSession, currency: str, records: Sequence[UsageRecord], margin: Decimal
-) -> tuple[Decimal, Decimal]:
-    """(base, margin) of ``records`` at nine places, each with the prices in force at
-    its start."""
-    start = min(r.started_at for r in records)
-    end = max(r.started_at for r in records) + timedelta(seconds=1)
-    book = await catalogue.price_book(session, currency, start, end)
-    base, markup = ZERO, ZERO
-    for r in records:
-        b, m = record_cost(r, book, margin)
-        base += b
-        markup += m
-    return exact(base), exact(markup)
-
-
-async def pending_cost(session: AsyncSession, core: Core, org_id: str, currency: str) -> Decimal:
-    """What the organisation's usage not yet charged costs: the records waiting (a
-    wallet that could not cover them) and the spans open until now."""
-    records = [
-        *(
-            await session.scalars(
-                select(UsageRecord).where(
-                    UsageRecord.organisation_id == org_id, UsageRecord.charge_id.is_(None)
-                )
+        """Stop (not delete) every running VM and container of the organisation, as
+        the system, through the function the engine was handed."""
+        if self.suspend is None:
+            log.error(
+                "no suspend function was handed to the billing engine; the instances "
+                "of organisation %s keep running",
+                org_id,
             )
-        ).all(),
-        *await metering.open_spans(session, org_id, utcnow()),
-    ]
-    if not records:
-        return ZERO
-    from nefos.services.billing import BillingService
-
-    org = await session.get(Organisation, org_id)
-    margin = ZERO if org is None else (await BillingService(core, session).margin_of(org))[0]
-    base, markup = await _cost(session, currency, records, margin)
-    return base + markup
-
-
-async def _mark(session: AsyncSession, ids: list[str], charge_id: str) -> int:
-    marked = 0
-    for i in range(0, len(ids), 500):
-        chunk = ids[i : i + 500]
-        done = await session.execute(
-            update(UsageRecord)
-            .where(UsageRecord.id.in_(chunk), UsageRecord.charge_id.is_(None))
-            .values(charge_id=charge_id)
-            .execution_options(synchronize_session=False)
-        )
-        marked += done.rowcount  # type: ignore[attr-defined]
-    return marked
+            return
+        try:
+            await self.suspend(org_id)
+        except Exception:
+            log.exception("could not suspend organisation %s", org_id)
 
 
 async def _revenue(
     session: AsyncSession,
-    service: Any,
+    settings: Settings,
     reseller: Organisation,
     currency: str,
     amount: Decimal,
     charge_id: str,
 ) -> None:
     """Credit a reseller with its margin on a child's charge."""
-    wallet = await service.wallet(reseller.id, currency)
+    wallet = await accounts.wallet(session, settings, reseller.id, currency)
     await ledger.post(
         session,
         wallet,
@@ -467,8 +382,6 @@ async def _raise_low(
     available: Decimal,
     account: BillingAccount,
 ) -> None:
-    from nefos.monitoring.alerts import announce, builtin_key
-
     cur = wallet.currency
     message = (
         f"Wallet balance is low: {minor_str(available, cur)} {cur} available "
@@ -517,8 +430,6 @@ async def _raise_low(
 
 
 async def _resolve_low(session: AsyncSession, wallet: Wallet) -> None:
-    from nefos.monitoring.alerts import builtin_key, resolve_open
-
     open_alerts = (
         await session.scalars(
             select(Alert).where(Alert.open_key == builtin_key(LOW_BALANCE, wallet.id))
@@ -527,26 +438,9 @@ async def _resolve_low(session: AsyncSession, wallet: Wallet) -> None:
     await resolve_open(session, open_alerts, "topped up")
 
 
-async def require_funds(session: AsyncSession, core: Core, org_id: str) -> None:
-    """Refuse (402) to make or start anything for an organisation whose wallet is
-    empty (or whose usage it can no longer cover: the engine marks it depleted)."""
-    settings = core.settings
-    if not settings.billing_enabled:
-        return
-    account = await session.get(BillingAccount, org_id)
-    currency = account.currency if account else settings.billing_currency
-    balance = await session.scalar(
-        select(Wallet.balance).where(Wallet.organisation_id == org_id, Wallet.currency == currency)
-    )
-    if balance is None:  # no wallet yet: it will open with the signup credit
-        balance = settings.billing_signup_credit
-    if balance <= 0 or (account is not None and account.depleted_since is not None):
-        raise PaymentRequired(
-            "The organisation's wallet is empty; top it up to create or start instances",
-            organisation_id=org_id,
-            balance=minor_str(balance, currency),
-            currency=currency,
-        )
-
-
-__all__ = ["BillingEngine", "PassResult", "pending_cost", "require_funds", "top_of_hour"]
+__all__ = [
+    "BillingEngine",
+    "PassResult",
+    "Suspend",
+    "top_of_hour",
+]

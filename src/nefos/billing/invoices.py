@@ -27,13 +27,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from itertools import pairwise
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal, cast
 
 from sqlalchemy import Table, delete, exists, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.billing import catalogue, ledger, rating
+from nefos.billing.accounts import BillingParts
 from nefos.billing.ledger import _insert
 from nefos.billing.money import ZERO, check_currency, exact, money_str, parse_amount
 from nefos.billing.periods import period_bounds
@@ -52,9 +53,6 @@ from nefos.db.types import new_id, utcnow
 from nefos.domain.access import OrgKind
 from nefos.domain.errors import Conflict, ValidationFailed
 from nefos.events import EventType, make, record
-
-if TYPE_CHECKING:
-    from nefos.services.core import Core
 
 log = logging.getLogger(__name__)
 
@@ -730,7 +728,7 @@ async def uninvoiced(session: AsyncSession, start: datetime, end: datetime) -> l
 
 
 async def invoice_period(
-    core: Core, start: datetime, end: datetime, *, now: datetime | None = None
+    core: BillingParts, start: datetime, end: datetime, *, now: datetime | None = None
 ) -> list[str]:
     """Make and finalize the invoices of [start, end) that do not exist yet; the ids
     made. Usage is rated for all the organisations at once (a read), then each
@@ -767,7 +765,7 @@ async def invoice_period(
 
 
 async def _write_and_finalize(
-    core: Core,
+    core: BillingParts,
     org_id: str,
     currency: str,
     start: datetime,
@@ -798,7 +796,7 @@ async def _write_and_finalize(
     return None
 
 
-async def settle_all(core: Core, *, now: datetime | None = None) -> int:
+async def settle_all(core: BillingParts, *, now: datetime | None = None) -> int:
     """``settle_open`` for every organisation with an open invoice; how many were
     marked paid."""
     async with core.db.sessionmaker() as session:
@@ -818,7 +816,7 @@ async def settle_all(core: Core, *, now: datetime | None = None) -> int:
     return settled
 
 
-async def run_due(core: Core, now: datetime | None = None) -> list[str]:
+async def run_due(core: BillingParts, now: datetime | None = None) -> list[str]:
     """Invoice every organisation's usage in the completed periods (the last
     ``CATCH_UP_PERIODS``, each from ``SETTLE`` after its end) that has no invoice
     yet: made and finalized; then mark paid the open invoices whose usage has all

@@ -26,7 +26,7 @@ from nefos.cli._common import (
     stdout,
     wait_for,
 )
-from nefos.cli.vms import ProjectOpt
+from nefos.cli.vms import ProjectOpt, memory_mb
 from nefos.schemas.billing import QuoteAccepted, QuotePublic
 from nefos.sdk import Client
 
@@ -192,8 +192,6 @@ _VOLUME_KEYS = {"count": ("count", int), "size": ("size_gb", int), "name": ("nam
 
 def _item(kind: str, spec: str, keys: dict[str, tuple[str, Any]]) -> dict[str, Any]:
     """``count=2,cpu=2,memory=4g`` as a quote item."""
-    from nefos.cli.vms import memory_mb
-
     item: dict[str, Any] = {"type": kind}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         key, sep, value = part.partition("=")

@@ -6,8 +6,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from nefos.config import Settings
-
 UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 #: Groups and the path prefixes (after ``/api/v1`` or ``/api``) that belong to them.
 #: ``auth`` is about guessing passwords and sign-up spam: only the routes that take
@@ -76,7 +74,10 @@ def format_rate(limit: int, window: int) -> str:
     return f"{limit}/{window}s"
 
 
-def default_policies(settings: Settings) -> dict[str, Policy]:
+def default_policies(settings: object) -> dict[str, Policy]:
+    """Each group's policy from ``settings.rate_limit_<group>`` (the process's
+    ``Settings``; the domain does not import the configuration, the configuration
+    imports the domain)."""
     out = {}
     for name in ALL_GROUPS:
         limit, window = parse_rate(getattr(settings, f"rate_limit_{name}"))

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nefos.api.envelope import send_error
+from nefos.gateway.envelope import send_error
 
 CODE = "PAYLOAD_TOO_LARGE"
 

@@ -18,8 +18,8 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nefos.api.envelope import send_error
 from nefos.gateway.counters import RequestCounters
+from nefos.gateway.envelope import send_error
 
 log = logging.getLogger("nefos.gateway")
 

@@ -16,11 +16,11 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nefos.api.envelope import send_error
 from nefos.gateway.client import credential
+from nefos.gateway.envelope import send_error
+from nefos.gateway.parts import GatewayParts
 from nefos.security.tokens import InvalidToken
 from nefos.services import idempotency
-from nefos.services.core import Core
 from nefos.services.idempotency import Outcome
 
 log = logging.getLogger("nefos.gateway")
@@ -60,7 +60,7 @@ class IdempotencyMiddleware:
                 {"Idempotency-Key": "invalid"},
             )
             return
-        core: Core = scope["app"].state.core
+        core: GatewayParts = scope["app"].state.core
         owner = _owner(core, headers)
         if owner is None:
             await self.app(scope, receive, send)
@@ -109,7 +109,9 @@ class IdempotencyMiddleware:
             return
         await self._run(core, scope, body, send, result.record.id)
 
-    async def _run(self, core: Core, scope: Scope, body: bytes, send: Send, record_id: str) -> None:
+    async def _run(
+        self, core: GatewayParts, scope: Scope, body: bytes, send: Send, record_id: str
+    ) -> None:
         sent = False
 
         async def replay_receive() -> Message:
@@ -157,7 +159,7 @@ class IdempotencyMiddleware:
 
 
 async def _settle(
-    core: Core, record_id: str, response: tuple[int, dict[str, str], bytes] | None
+    core: GatewayParts, record_id: str, response: tuple[int, dict[str, str], bytes] | None
 ) -> None:
     try:
         async with core.db.sessionmaker() as session:
@@ -172,7 +174,7 @@ async def _settle(
         log.exception("could not record the idempotent response %s", record_id)
 
 
-def _owner(core: Core, headers: dict[bytes, bytes]) -> str | None:
+def _owner(core: GatewayParts, headers: dict[bytes, bytes]) -> str | None:
     presented = credential(headers)
     if presented is None:
         return None

@@ -41,13 +41,12 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from sqlalchemy import select
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nefos.api.envelope import send_error
 from nefos.config import Settings
 from nefos.db.models import RateLimitOverride
 from nefos.domain.rate_limits import (
@@ -59,11 +58,10 @@ from nefos.domain.rate_limits import (
     group_of,
 )
 from nefos.gateway.client import client_ip, credential
+from nefos.gateway.envelope import send_error
+from nefos.gateway.parts import GatewayParts
 from nefos.security.tokens import InvalidToken
 from nefos.services.rate_limits import caller_overrides, live_key_owner
-
-if TYPE_CHECKING:
-    from nefos.services.core import Core
 
 log = logging.getLogger("nefos.gateway.limiter")
 
@@ -364,7 +362,7 @@ class RateLimiter:
         self.redis_down_since: float | None = None
         self._retry_at = 0.0
         self._warned_at = -math.inf
-        self.core: Core | None = None
+        self.core: GatewayParts | None = None
         # key hash → (expiry (monotonic), its owner's id; None: no live key)
         self._keys: dict[str, tuple[float, str | None]] = {}
         # caller key → (expiry (monotonic), its overrides by group)
@@ -376,7 +374,7 @@ class RateLimiter:
     def backend(self) -> str:
         return "redis" if self.redis is not None else "memory"
 
-    def start(self, core: Core) -> None:
+    def start(self, core: GatewayParts) -> None:
         self.core = core
         if self.enabled and self.redis is not None:
             # Connect now, so that the first burst of requests does not wait for it.

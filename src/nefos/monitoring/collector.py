@@ -26,18 +26,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sqlalchemy import select
 
+from nefos.config import Settings
 from nefos.db.models import Container, ContainerReplica, Host, Vm
+from nefos.db.session import Database
 from nefos.domain.units import human_rate
-from nefos.drivers.base import HostUsage, InstanceCounters
+from nefos.drivers.base import ComputeDriver, HostUsage, InstanceCounters
+from nefos.drivers.libvirt import domain_name
 from nefos.events import Event, EventType, make
+from nefos.events.bus import EventBus
+from nefos.monitoring.store import MetricStore
 from nefos.monitoring.types import Metric, ResourceKind, Sample, SampleListener
-
-if TYPE_CHECKING:
-    from nefos.services.core import Core
 
 log = logging.getLogger("nefos.monitoring")
 
@@ -110,10 +112,30 @@ def host_cpu_percent(previous: HostUsage | None, now: HostUsage) -> float | None
     return min(max(busy / total * 100.0, 0.0), 100.0)
 
 
+class HostDrivers(Protocol):
+    def for_host(self, host: Host) -> ComputeDriver: ...
+
+
+class CollectorParts(Protocol):
+    """What the collector uses of the process (the composition root hands it these;
+    ``Core`` has them all)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def db(self) -> Database: ...
+    @property
+    def drivers(self) -> HostDrivers: ...
+    @property
+    def events(self) -> EventBus: ...
+    @property
+    def metrics(self) -> MetricStore: ...
+
+
 class Collector:
     """Samples hosts, VMs and containers; see the module docstring."""
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: CollectorParts) -> None:
         self.core = core
         self.listeners: list[SampleListener] = []
         self._previous: dict[str, InstanceCounters] = {}
@@ -212,8 +234,6 @@ class Collector:
         return samples
 
     async def _load(self) -> tuple[list[Host], dict[str, list[_Target]]]:
-        from nefos.services.vms import domain_of
-
         async with self.core.db.sessionmaker() as session:
             hosts = list(
                 await session.scalars(
@@ -240,7 +260,11 @@ class Collector:
             for vm in vms:
                 targets.setdefault(vm.host_id, []).append(
                     _Target(
-                        ResourceKind.VM, vm.id, vm.id, vm.driver_id or domain_of(vm), vm.project_id
+                        ResourceKind.VM,
+                        vm.id,
+                        vm.id,
+                        vm.driver_id or domain_name(vm.id),
+                        vm.project_id,
                     )
                 )
         return hosts, targets

@@ -43,6 +43,7 @@ from nefos.services.containers import LABEL_INSTALLATION, derive_status, install
 from nefos.services.core import Core
 from nefos.services.drivers import VM_DRIVERS, supported_driver
 from nefos.services.hosts import ACTIVE, HostService
+from nefos.services.suspension import suspender
 from nefos.services.vms import SETTLED, seen_status
 
 log = logging.getLogger("nefos.reconciler")
@@ -266,6 +267,13 @@ class Background:
     def __init__(self, core: Core, reconciler: Reconciler) -> None:
         self.core = core
         self.reconciler = reconciler
+        # TEMPORARY, removed when the roles branch lands: the composition root
+        # (nefos/bootstrap.py) hands the billing engine its suspend function when it
+        # builds it. Until then Core.build makes the engine without one, and this,
+        # the first part above the services that every serving process builds,
+        # gives it.
+        if core.billing.suspend is None:
+            core.billing.suspend = suspender(core)
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:

@@ -25,13 +25,11 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nefos.schemas.events import EventMessage
 from nefos.sdk._errors import AuthenticationError, PermissionDeniedError, TransportError
-
-if TYPE_CHECKING:
-    from nefos.sdk._client import Client
+from nefos.sdk._transport import Transport
 
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
@@ -41,7 +39,7 @@ MAX_BACKOFF = 10.0
 class EventStream:
     def __init__(
         self,
-        client: Client,
+        client: Transport,
         types: list[str] | None = None,
         *,
         reconnect: bool = True,

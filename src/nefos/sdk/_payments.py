@@ -8,14 +8,11 @@ the same payment, and the wallet is credited once.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import TYPE_CHECKING
 
 from nefos.schemas.billing import PaymentPublic
 from nefos.schemas.common import Page
 from nefos.sdk._resources import _body, _idempotent, _paging, _Resource, _seg
-
-if TYPE_CHECKING:
-    from nefos.sdk._client import Client
+from nefos.sdk._transport import Transport
 
 PAYMENTS = "/payments"
 Amount = Decimal | str | int
@@ -29,7 +26,7 @@ def money(amount: Amount) -> str:
 
 
 def pay(
-    client: Client,
+    client: Transport,
     path: str,
     amount: Amount,
     *,

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, Any, TypeVar
 from urllib.parse import quote
 
 from pydantic import BaseModel
@@ -67,10 +67,8 @@ from nefos.schemas.vms import (
     VolumePublic,
 )
 from nefos.sdk._errors import OperationFailedError, OperationTimeoutError
+from nefos.sdk._transport import Transport
 from nefos.sdk._types import NOT_GIVEN, NotGiven
-
-if TYPE_CHECKING:
-    from nefos.sdk._client import Client
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -96,7 +94,7 @@ def _idempotent(key: str | None) -> dict[str, str] | None:
 
 
 class _Resource:
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Transport) -> None:
         self._client = client
 
     def _one(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:

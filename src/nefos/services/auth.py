@@ -36,7 +36,7 @@ from nefos.db.models import (
 )
 from nefos.db.session import begin_write
 from nefos.db.types import utcnow
-from nefos.domain.errors import Conflict, Forbidden, RateLimited, Unauthorized
+from nefos.domain.errors import Conflict, Forbidden, RateLimited, Unauthorized, ValidationFailed
 from nefos.schemas.identity import LoginRequest, RegisterRequest
 from nefos.security.apikeys import hash_secret, looks_like_api_key
 from nefos.security.tokens import InvalidToken
@@ -118,8 +118,6 @@ class AuthService:
                 raise Conflict("This username is taken", username="already taken")
 
     def _check_password_strength(self, password: str, *, email: str) -> None:
-        from nefos.domain.errors import ValidationFailed
-
         if len(password) < self.settings.password_min_length:
             raise ValidationFailed(
                 password=f"Password must be at least {self.settings.password_min_length} characters"

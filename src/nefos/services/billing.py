@@ -16,8 +16,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nefos.billing import catalogue, ledger, metering
-from nefos.billing.engine import pending_cost
+from nefos.billing import accounts, catalogue, metering
+from nefos.billing.accounts import pending_cost
 from nefos.billing.money import ZERO, exact, money_str
 from nefos.billing.periods import period_bounds
 from nefos.billing.rating import RatedLine, merge, rate, rate_span, record_totals
@@ -34,7 +34,7 @@ from nefos.db.models import (
 )
 from nefos.db.session import begin_write
 from nefos.db.types import utcnow
-from nefos.domain.access import OrgKind, Permission, Role
+from nefos.domain.access import Permission, Role
 from nefos.domain.errors import NotFound, ValidationFailed
 from nefos.domain.paging import PageParams
 from nefos.services.core import Core
@@ -155,40 +155,18 @@ class BillingService:
 
     async def account(self, org_id: str) -> BillingAccount:
         """The account, made with the defaults on first use (the caller commits)."""
-        return await ledger.account(
-            self.session,
-            org_id,
-            currency=self.currency,
-            threshold=self.core.settings.billing_low_balance_threshold,
-        )
+        return await accounts.account(self.session, self.core.settings, org_id)
 
     async def wallet(self, org_id: str, currency: str | None = None) -> Wallet:
         """The organisation's wallet (in its account's currency by default), made with
         the signup credit on first use. Opens (and leaves open) a write transaction
         when it has to make one; the caller commits."""
-        currency = currency or (await self.account(org_id)).currency
-        found = await self.session.scalar(
-            select(Wallet).where(Wallet.organisation_id == org_id, Wallet.currency == currency)
-        )
-        if found is not None:
-            return found
-        return await ledger.wallet(
-            self.session,
-            org_id,
-            currency,
-            signup_credit=self.core.settings.billing_signup_credit,
-        )
+        return await accounts.wallet(self.session, self.core.settings, org_id, currency)
 
     async def margin_of(self, org: Organisation) -> tuple[Decimal, Organisation | None]:
         """The margin (percent) the organisation's reseller puts on its prices, and
         that reseller (None: no parent reseller, margin 0)."""
-        if org.parent_id is None:
-            return Decimal(0), None
-        parent = await self.session.get(Organisation, org.parent_id)
-        if parent is None or parent.kind != OrgKind.RESELLER:
-            return Decimal(0), None
-        account = await self.session.get(BillingAccount, parent.id)
-        return (account.margin_percent if account else Decimal(0)), parent
+        return await accounts.margin_of(self.session, org)
 
 
 # --- usage and costs (seed 004) ----------------------------------------------------------
@@ -324,7 +302,7 @@ class UsageService(BillingService):
         account = await self.account(org.id)
         wallet = await self.wallet(org.id, account.currency)
         await self.session.commit()
-        owed = await pending_cost(self.session, self.core, org.id, wallet.currency)
+        owed = await pending_cost(self.session, org.id, wallet.currency)
         cur = wallet.currency
         status = "active"
         if account.suspended_at is not None:

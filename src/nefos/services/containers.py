@@ -25,10 +25,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.billing import metering
-from nefos.billing.engine import require_funds
+from nefos.billing.accounts import require_funds
 from nefos.db.models import Container, ContainerReplica, Host, Operation, Project
 from nefos.db.session import begin_write
 from nefos.domain.access import Permission
+from nefos.domain.actors import SystemActor
 from nefos.domain.errors import (
     Conflict,
     NotFound,
@@ -59,7 +60,7 @@ from nefos.scheduler import NoValidHost, PlacementRequest
 from nefos.schemas.compute import ContainerCreate, ContainerScale
 from nefos.services.core import Core
 from nefos.services.drivers import CONTAINER_DRIVERS
-from nefos.services.hosts import domain_error, driver_call
+from nefos.services.hosts import HostService, domain_error, driver_call
 from nefos.services.paging import fetch_page
 from nefos.services.placement import Allocation
 from nefos.services.principal import Principal, authorize_project
@@ -201,7 +202,7 @@ class ContainerService:
     ) -> None:
         project = await self.session.get(Project, project_id)
         assert project is not None
-        await require_funds(self.session, self.core, project.organisation_id)
+        await require_funds(self.session, self.core.settings, project.organisation_id)
         await check_quota(
             self.session,
             project_id,
@@ -372,8 +373,6 @@ class ContainerService:
             # A concurrent create took the name between our check and our insert.
             raise Conflict("A container with this name exists in the project") from exc
         if isinstance(exc, _Unreachable):
-            from nefos.services.hosts import HostService
-
             await HostService(self.core, self.session).mark_offline(exc.host_id, exc.error)
             unavailable = ServiceUnavailable(
                 "The host chosen for this container does not answer; try again"
@@ -383,7 +382,7 @@ class ContainerService:
 
     async def _transition(
         self,
-        principal: Principal,
+        principal: Principal | SystemActor,
         container: Container,
         *,
         kind: str,
@@ -407,6 +406,7 @@ class ContainerService:
                 "from_status": current.status,
                 "from_desired": current.desired,
                 **(params or {}),
+                **(principal.record() if isinstance(principal, SystemActor) else {}),
             },
         )
         current.status = status
@@ -423,12 +423,15 @@ class ContainerService:
             raise Conflict("The container is being deleted")
         project = await self.session.get(Project, container.project_id)
         assert project is not None
-        await require_funds(self.session, self.core, project.organisation_id)
+        await require_funds(self.session, self.core.settings, project.organisation_id)
         return await self._transition(
             principal, container, kind="container.start", status="starting", desired="running"
         )
 
-    async def stop(self, principal: Principal, container: Container) -> tuple[Container, Operation]:
+    async def stop(
+        self, principal: Principal | SystemActor, container: Container
+    ) -> tuple[Container, Operation]:
+        """Stop the container, for a user or for the system (billing suspension)."""
         if container.status == "deleting":
             raise Conflict("The container is being deleted")
         return await self._transition(

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nefos.db.models import Operation
+from nefos.db.models import Operation, Project
 from nefos.db.session import begin_write
 from nefos.domain.access import Permission, scopes_allow
 from nefos.domain.errors import Conflict, NotFound
@@ -83,10 +84,6 @@ class OperationService:
         resource_id: str | None,
         status: str | None,
     ) -> tuple[Sequence[Operation], int]:
-        from sqlalchemy import select
-
-        from nefos.db.models import Project
-
         where: list[Any] = []
         if not principal.is_admin or principal.key_organisation_id is not None:
             orgs = await visible_org_ids(self.session, principal)

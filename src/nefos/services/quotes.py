@@ -42,7 +42,8 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nefos.billing import catalogue
+from nefos.billing import accounts, catalogue, ledger
+from nefos.billing.accounts import margin_of, mark_charged, require_funds, usage_cost
 from nefos.billing.money import EXACT, ZERO, money_str, round_money
 from nefos.billing.rating import with_margin
 from nefos.db.models import (
@@ -63,7 +64,6 @@ from nefos.domain.paging import PageParams
 from nefos.schemas.billing import QuoteContainer, QuoteCreate, QuoteItem, QuoteVm, QuoteVolume
 from nefos.schemas.compute import ContainerCreate
 from nefos.schemas.vms import VmCreate, VolumeCreate
-from nefos.services.billing import BillingService
 from nefos.services.containers import ContainerService, operation_url
 from nefos.services.core import Core
 from nefos.services.paging import fetch_page
@@ -294,7 +294,7 @@ class QuoteService:
         products = ProductService(self.core, self.session)
         currency = await products.currency_of(org.id)
         await products.ensure_catalogue(currency)
-        margin, _ = await BillingService(self.core, self.session).margin_of(org)
+        margin, _ = await margin_of(self.session, org)
         prices = {p.sku: p.unit_price for p in await catalogue.in_force(self.session, currency)}
         hours = body.hours_per_month or settings.billing_hours_per_month
         now = utcnow()
@@ -471,9 +471,7 @@ class QuoteService:
         containers = [i for i in items if isinstance(i, QuoteContainer)]
         volumes = [i for i in items if isinstance(i, QuoteVolume)]
         try:
-            from nefos.billing.engine import require_funds
-
-            await require_funds(self.session, self.core, quote.organisation_id)
+            await require_funds(self.session, self.core.settings, quote.organisation_id)
             await check_quota(
                 self.session,
                 project.id,
@@ -687,28 +685,25 @@ async def fail_quote(
 async def _refund(core: Core, session: AsyncSession, quote: Quote, ids: list[str]) -> None:
     """Give back what the failed resources' usage was charged, and waive what is not
     charged yet (so the billing pass never charges it)."""
-    from nefos.billing.engine import _cost, _mark
-
     records = (
         await session.scalars(select(UsageRecord).where(UsageRecord.resource_id.in_(ids)))
     ).all()
     waived = [r.id for r in records if r.charge_id is None]
     if waived:
-        await _mark(session, waived, f"free:quote-{quote.id}"[:36])
+        await mark_charged(session, waived, f"free:quote-{quote.id}"[:36])
     charged = [r for r in records if r.charge_id and not r.charge_id.startswith("free:")]
     if not charged:
         return
-    billing = BillingService(core, session)
     org = await session.get(Organisation, quote.organisation_id)
     if org is None:
         return
-    margin, _ = await billing.margin_of(org)
-    base, markup = await _cost(session, quote.currency, charged, margin)
+    margin, _ = await margin_of(session, org)
+    base, markup = await usage_cost(session, quote.currency, charged, margin)
     amount = round_money(base + markup, quote.currency)
     if amount > 0:
-        from nefos.billing import ledger
-
-        wallet = await billing.wallet(quote.organisation_id, quote.currency)
+        wallet = await accounts.wallet(
+            session, core.settings, quote.organisation_id, quote.currency
+        )
         await ledger.post(
             session,
             wallet,

@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.billing import metering
-from nefos.billing.engine import require_funds
+from nefos.billing.accounts import require_funds
 from nefos.db.models import Backup, Host, Network, Operation, Project, Snapshot, Vm, Volume
 from nefos.db.session import begin_write
 from nefos.domain.access import Permission
@@ -50,7 +50,7 @@ from nefos.services.hosts import ACTIVE, driver_call
 from nefos.services.paging import fetch_page
 from nefos.services.principal import Principal, authorize_project
 from nefos.services.quotas import check_quota
-from nefos.services.vms import VmService, domain_of, network_name
+from nefos.services.vms import VmService, network_name, vm_domain
 
 log = logging.getLogger("nefos.storage")
 
@@ -337,7 +337,7 @@ class StorageService:
                 select(Volume.id).where(Volume.project_id == project.id, Volume.name == body.name)
             ):
                 raise Conflict("A volume with this name exists in the project", name=body.name)
-            await require_funds(self.session, self.core, project.organisation_id)
+            await require_funds(self.session, self.core.settings, project.organisation_id)
             await check_quota(self.session, project.id, storage_gb=body.size_gb)
             if vm is not None:
                 host_id: str = vm.host_id
@@ -594,7 +594,7 @@ class StorageOps:
         if snap is None or vm is None or host is None:
             return {"skipped": "snapshot or VM no longer exists"}
         info = await driver_call(
-            self.core, host, self._driver(host).snapshot(vm.driver_id or domain_of(vm), snap.id)
+            self.core, host, self._driver(host).snapshot(vm_domain(vm), snap.id)
         )
         await self._save(Snapshot, snap.id, status="available", status_reason=None)
         return {"snapshot": info.name}
@@ -607,7 +607,7 @@ class StorageOps:
         if snap is None or vm is None or host is None:
             return {"skipped": "snapshot or VM no longer exists"}
         driver = self._driver(host)
-        domain = vm.driver_id or domain_of(vm)
+        domain = vm_domain(vm)
         await driver_call(self.core, host, driver.revert_snapshot(domain, snap.id))
         # The disk comes back at its size of then; the VM's record says how big it is.
         try:
@@ -638,7 +638,7 @@ class StorageOps:
             await driver_call(
                 self.core,
                 host,
-                self._driver(host).delete_snapshot(vm.driver_id or domain_of(vm), snap.id),
+                self._driver(host).delete_snapshot(vm_domain(vm), snap.id),
             )
         await self._remove(Snapshot, snap.id)
         return {"deleted": True}
@@ -653,7 +653,7 @@ class StorageOps:
         if vm is None or host is None:
             return {"skipped": "VM no longer exists"}
         info = await driver_call(
-            self.core, host, self._driver(host).backup(vm.driver_id or domain_of(vm), backup.id)
+            self.core, host, self._driver(host).backup(vm_domain(vm), backup.id)
         )
         await self._save(
             Backup,
@@ -706,7 +706,7 @@ class StorageOps:
             vm: Vm | None = await self._get(Vm, attach_to)
             if vm is not None:
                 device = await driver_call(
-                    self.core, host, driver.attach_volume(vm.driver_id or domain_of(vm), volume.id)
+                    self.core, host, driver.attach_volume(vm_domain(vm), volume.id)
                 )
                 await self._save(Volume, volume.id, status="in-use", vm_id=vm.id, device=device)
         return {"volume": volume.id}
@@ -721,7 +721,7 @@ class StorageOps:
         device = await driver_call(
             self.core,
             host,
-            self._driver(host).attach_volume(vm.driver_id or domain_of(vm), volume.id),
+            self._driver(host).attach_volume(vm_domain(vm), volume.id),
         )
         await self._save(Volume, volume.id, status="in-use", device=device, status_reason=None)
         return {"device": device}
@@ -750,7 +750,7 @@ class StorageOps:
             await driver_call(
                 self.core,
                 host,
-                self._driver(host).detach_volume(vm.driver_id or domain_of(vm), volume.id),
+                self._driver(host).detach_volume(vm_domain(vm), volume.id),
             )
         await self._save(
             Volume, volume.id, status="available", vm_id=None, device=None, status_reason=None

@@ -26,10 +26,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.billing import metering
-from nefos.billing.engine import require_funds
+from nefos.billing.accounts import require_funds
 from nefos.db.models import Host, Image, Network, Operation, Project, Vm, Volume
 from nefos.db.session import begin_write
 from nefos.domain.access import Permission
+from nefos.domain.actors import SystemActor
 from nefos.domain.errors import (
     Conflict,
     NotFound,
@@ -39,6 +40,7 @@ from nefos.domain.errors import (
 )
 from nefos.domain.paging import PageParams
 from nefos.drivers.base import DriverError, InstanceInfo, InstanceState
+from nefos.drivers.libvirt import VmSpec, domain_name
 from nefos.events import record
 from nefos.events.capture import vm_event
 from nefos.operations import OpContext, enqueue
@@ -180,7 +182,7 @@ class VmService:
         driver = self.core.drivers.for_host(host)
         try:
             return await asyncio.wait_for(
-                driver.logs(vm.driver_id or domain_of(vm), tail=tail),
+                driver.logs(vm_domain(vm), tail=tail),
                 self.core.settings.host_timeout,
             )
         except TimeoutError as exc:
@@ -230,7 +232,7 @@ class VmService:
                     raise ValidationFailed(
                         "No such network in this project", network_id=body.network_id
                     )
-            await require_funds(self.session, self.core, project.organisation_id)
+            await require_funds(self.session, self.core.settings, project.organisation_id)
             await check_quota(
                 self.session,
                 project.id,
@@ -335,7 +337,7 @@ class VmService:
     # --- transitions ------------------------------------------------------------------
     async def _transition(
         self,
-        principal: Principal,
+        principal: Principal | SystemActor,
         vm: Vm,
         *,
         kind: str,
@@ -367,6 +369,7 @@ class VmService:
                     "from_status": current.status,
                     "from_desired": current.desired,
                     **(params or {}),
+                    **(principal.record() if isinstance(principal, SystemActor) else {}),
                 },
             )
             current.status = status
@@ -381,12 +384,15 @@ class VmService:
         return current, op
 
     async def start(self, principal: Principal, vm: Vm) -> tuple[Vm, Operation]:
-        await require_funds(self.session, self.core, await self._org_of(vm))
+        await require_funds(self.session, self.core.settings, await self._org_of(vm))
         return await self._transition(
             principal, vm, kind="vm.start", status="starting", desired="running"
         )
 
-    async def stop(self, principal: Principal, vm: Vm, body: VmStop) -> tuple[Vm, Operation]:
+    async def stop(
+        self, principal: Principal | SystemActor, vm: Vm, body: VmStop
+    ) -> tuple[Vm, Operation]:
+        """Stop the VM, for a user or for the system (billing suspension)."""
         timeout = 0.0 if body.force else body.timeout
         return await self._transition(
             principal,
@@ -507,9 +513,9 @@ class _Unreachable(Exception):
         self.error = error
 
 
-def domain_of(vm: Vm) -> str:
-    """The libvirt domain name of a VM (the driver names domains ``nefos-<id>``)."""
-    return f"nefos-{vm.id}"
+def vm_domain(vm: Vm) -> str:
+    """The VM's libvirt domain: the one recorded, else the name the driver gives it."""
+    return vm.driver_id or domain_name(vm.id)
 
 
 _SEEN = {
@@ -550,8 +556,6 @@ class VmOps:
             return vm, host, image, network
 
     def spec(self, vm: Vm, image: Image) -> Any:
-        from nefos.drivers.libvirt import VmSpec
-
         return VmSpec(
             nefos_id=vm.id,
             project_id=vm.project_id,
@@ -596,7 +600,7 @@ class VmOps:
         """The VM's domain, made if it does not exist yet (with its image and network
         on the host first)."""
         driver: Any = self.core.drivers.for_host(host)
-        name = domain_of(vm)
+        name = domain_name(vm.id)
         try:
             return await driver_call(self.core, host, driver.get(name))
         except NotFound:
@@ -655,7 +659,7 @@ class VmOps:
         driver = self.core.drivers.for_host(host)
         try:
             info = await driver_call(
-                self.core, host, driver.stop(vm.driver_id or domain_of(vm), grace_seconds=grace)
+                self.core, host, driver.stop(vm_domain(vm), grace_seconds=grace)
             )
         except NotFound:
             await self._save(vm.id, status="error", reason="the domain is gone from its host")
@@ -671,7 +675,7 @@ class VmOps:
         info = await driver_call(
             self.core,
             host,
-            driver.reboot(vm.driver_id or domain_of(vm), hard=bool(ctx.op.params.get("hard"))),
+            driver.reboot(vm_domain(vm), hard=bool(ctx.op.params.get("hard"))),
         )
         await self._save(vm.id, status="running", info=info)
         return {"state": "running"}
@@ -705,7 +709,7 @@ class VmOps:
             driver = self.core.drivers.for_host(host)
             # By name, not UUID: a domain removed behind Nefos's back still names its
             # volumes, which destroy then removes too.
-            await driver_call(self.core, host, driver.destroy(domain_of(vm)))
+            await driver_call(self.core, host, driver.destroy(domain_name(vm.id)))
         async with self.core.db.sessionmaker() as session:
             await begin_write(session)
             row = await session.get(Vm, vm.id, populate_existing=True, with_for_update=True)

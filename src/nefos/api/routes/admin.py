@@ -4,8 +4,8 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from nefos.api.deps import Access, CoreDep, ObjectId, PageDep, SessionDep, authorize
-from nefos.api.envelope import ok, page
 from nefos.domain.access import Permission
+from nefos.gateway.envelope import ok, page
 from nefos.schemas.common import Envelope, Page
 from nefos.schemas.identity import AdminUserCreate, AdminUserUpdate, UserPublic
 from nefos.services.auth import AuthService

@@ -15,10 +15,10 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from nefos.api.deps import Access, CoreDep, ObjectId, PageDep, ProjectHint, SessionDep, authorize
-from nefos.api.envelope import listing, ok
 from nefos.db.models import Project
 from nefos.domain.access import Permission
 from nefos.domain.errors import ValidationFailed
+from nefos.gateway.envelope import listing, ok
 from nefos.schemas.alerts import (
     AlertPublic,
     AlertRuleCreate,

@@ -17,9 +17,9 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from nefos.api.deps import Access, OrgHint, SessionDep, authorize
-from nefos.api.envelope import ok
 from nefos.domain.access import Permission
 from nefos.domain.errors import Forbidden
+from nefos.gateway.envelope import ok
 from nefos.gateway.requestlog import RequestLog
 from nefos.schemas.analytics import (
     AnalyticsGeography,

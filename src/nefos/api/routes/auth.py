@@ -8,8 +8,8 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from nefos.api.deps import Access, ClientDep, CoreDep, Public, SessionDep, authorize
-from nefos.api.envelope import ok
 from nefos.domain.access import Permission
+from nefos.gateway.envelope import ok
 from nefos.schemas.common import Envelope, Message
 from nefos.schemas.identity import (
     AuthResult,

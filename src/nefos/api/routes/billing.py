@@ -14,8 +14,9 @@ from fastapi import APIRouter, Query
 from starlette.responses import Response
 
 from nefos.api.deps import Access, CoreDep, ObjectId, OrgHint, PageDep, SessionDep, authorize
-from nefos.api.envelope import ok, page
+from nefos.db.types import utcnow
 from nefos.domain.access import Permission
+from nefos.gateway.envelope import ok, page
 from nefos.schemas.billing import (
     BillingSummary,
     LedgerEntryPublic,
@@ -84,8 +85,6 @@ async def billing_summary(
 ) -> Response:
     """Seed 004: the current period's cost so far, per container (and VM and volume),
     with its usage in vCPU-hours, GB-hours of memory and GB-days of storage."""
-    from nefos.db.types import utcnow
-
     org = await access.org(organisation_id, READ)
     summary = await UsageService(core, session).summary(access.principal, org, utcnow())
     return ok(BillingSummary.model_validate(summary))

@@ -17,9 +17,9 @@ from nefos.api.deps import (
     SessionDep,
     authorize,
 )
-from nefos.api.envelope import listing, ok
 from nefos.db.models import Container, ContainerReplica, Host, Operation
 from nefos.domain.access import Permission
+from nefos.gateway.envelope import listing, ok
 from nefos.schemas.common import Envelope
 from nefos.schemas.compute import (
     ContainerAccepted,

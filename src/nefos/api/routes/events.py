@@ -39,10 +39,10 @@ from starlette.responses import Response
 from starlette.websockets import WebSocketState
 
 from nefos.api.deps import Access, CoreDep, SessionDep, authorize
-from nefos.api.envelope import ok
 from nefos.domain.access import Permission
 from nefos.domain.errors import Forbidden, NefosError, Unauthorized
 from nefos.events import Event, now_iso
+from nefos.gateway.envelope import ok
 from nefos.schemas.common import Envelope
 from nefos.schemas.events import WsTicket
 from nefos.services.auth import Grant

@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from nefos import __version__
 from nefos.api.deps import CoreDep, Public
-from nefos.api.envelope import ok
+from nefos.gateway.envelope import ok
 from nefos.schemas.common import Envelope
 from nefos.services.health import HealthChecker
 

@@ -18,10 +18,10 @@ from nefos.api.deps import (
     SessionDep,
     authorize,
 )
-from nefos.api.envelope import listing, ok
 from nefos.db.models import Image, Operation
 from nefos.domain.access import Permission
 from nefos.domain.errors import ValidationFailed
+from nefos.gateway.envelope import listing, ok
 from nefos.schemas.common import Envelope
 from nefos.schemas.vms import ImageAccepted, ImageCreate, ImageDeleted, ImagePublic
 from nefos.services.images import ImageService, image_public

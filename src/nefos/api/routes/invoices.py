@@ -17,11 +17,11 @@ from fastapi import APIRouter, Query
 from starlette.responses import HTMLResponse, Response
 
 from nefos.api.deps import Access, CoreDep, ObjectId, OrgHint, PageDep, SessionDep, authorize
-from nefos.api.envelope import listing, ok, page
 from nefos.billing.money import ZERO
 from nefos.db.models import Invoice
 from nefos.domain.access import Permission
 from nefos.domain.errors import ValidationFailed
+from nefos.gateway.envelope import listing, ok, page
 from nefos.schemas.billing import (
     Bill,
     BillingHistory,

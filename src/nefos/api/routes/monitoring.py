@@ -9,10 +9,10 @@ from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import Response
 
 from nefos.api.deps import Access, CoreDep, ObjectId, SessionDep, authorize
-from nefos.api.envelope import ok
 from nefos.domain.access import Permission
 from nefos.domain.errors import Forbidden
 from nefos.gateway.counters import RequestCounters
+from nefos.gateway.envelope import ok
 from nefos.schemas.common import Envelope
 from nefos.schemas.monitoring import (
     ContainerMetrics,

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Query
 from starlette.responses import Response
 
 from nefos.api.deps import ID_PATTERN, Access, CoreDep, ObjectId, PageDep, SessionDep, authorize
-from nefos.api.envelope import ok, page
 from nefos.domain.access import Permission
+from nefos.gateway.envelope import ok, page
 from nefos.schemas.common import Envelope, Page
 from nefos.schemas.compute import OperationPublic
 from nefos.services.operations import OperationService, operation_public, sees_engine_messages

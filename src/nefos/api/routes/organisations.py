@@ -6,9 +6,9 @@ from fastapi import APIRouter, Query
 from starlette.responses import Response
 
 from nefos.api.deps import Access, CoreDep, ObjectId, OrgId, PageDep, SessionDep, authorize
-from nefos.api.envelope import ok, page
 from nefos.db.models import Invitation, Organisation
 from nefos.domain.access import Permission, Role
+from nefos.gateway.envelope import ok, page
 from nefos.schemas.common import Envelope, Message, Page
 from nefos.schemas.tenancy import (
     ChildOrganisationCreate,

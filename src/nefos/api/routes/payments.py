@@ -22,9 +22,9 @@ from nefos.api.deps import (
     SessionDep,
     authorize,
 )
-from nefos.api.envelope import listing, ok
 from nefos.domain.access import Permission
 from nefos.domain.errors import MalformedRequest
+from nefos.gateway.envelope import listing, ok
 from nefos.schemas.billing import (
     PaymentCreate,
     PaymentFail,

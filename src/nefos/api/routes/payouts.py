@@ -14,10 +14,10 @@ from fastapi import APIRouter, Body, Header, Query
 from starlette.responses import Response
 
 from nefos.api.deps import Access, CoreDep, ObjectId, OrgHint, PageDep, SessionDep, authorize
-from nefos.api.envelope import listing, ok
 from nefos.db.models import Organisation
 from nefos.domain.access import Permission
 from nefos.domain.errors import ValidationFailed
+from nefos.gateway.envelope import listing, ok
 from nefos.schemas.billing import (
     BillingOverview,
     PayoutDecision,

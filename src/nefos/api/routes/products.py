@@ -13,8 +13,8 @@ from fastapi import APIRouter, Path, Query
 from starlette.responses import Response
 
 from nefos.api.deps import Access, CoreDep, OrgHint, PageDep, SessionDep, authorize
-from nefos.api.envelope import ok, page
 from nefos.domain.access import Permission
+from nefos.gateway.envelope import ok, page
 from nefos.schemas.billing import (
     SKU_PATTERN,
     BillingAccountPublic,

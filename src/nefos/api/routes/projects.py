@@ -17,9 +17,9 @@ from nefos.api.deps import (
     authorize,
     deprecated_route,
 )
-from nefos.api.envelope import ok, page
 from nefos.db.models import ProjectQuota
 from nefos.domain.access import Permission
+from nefos.gateway.envelope import ok, page
 from nefos.schemas.common import Envelope, Message, Page
 from nefos.schemas.tenancy import (
     ProjectCreate,

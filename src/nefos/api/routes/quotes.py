@@ -18,10 +18,10 @@ from nefos.api.deps import (
     SessionDep,
     authorize,
 )
-from nefos.api.envelope import listing, ok
 from nefos.db.models import Organisation, Project
 from nefos.domain.access import Permission
 from nefos.domain.errors import ValidationFailed
+from nefos.gateway.envelope import listing, ok
 from nefos.schemas.billing import QuoteAccept, QuoteAccepted, QuoteCreate, QuotePublic
 from nefos.schemas.common import Envelope, ErrorEnvelope, Page
 from nefos.services.principal import authorize_project, resolve_project

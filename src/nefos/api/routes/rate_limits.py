@@ -10,10 +10,10 @@ from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
 from nefos.api.deps import Access, ObjectId, Public, SessionDep, authorize
-from nefos.api.envelope import ok
 from nefos.domain.access import Permission
 from nefos.domain.rate_limits import ALL_GROUPS
 from nefos.gateway.client import client_ip
+from nefos.gateway.envelope import ok
 from nefos.gateway.limiter import RateLimiter
 from nefos.schemas.common import Envelope
 from nefos.schemas.rate_limits import CallerLimits, LimitState, OrgLimits, OrgLimitsSet

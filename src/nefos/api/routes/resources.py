@@ -9,9 +9,9 @@ from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from nefos.api.deps import Access, CoreDep, ObjectId, PageDep, SessionDep, authorize
-from nefos.api.envelope import ok, page
 from nefos.db.models import Host
 from nefos.domain.access import Permission
+from nefos.gateway.envelope import ok, page
 from nefos.schemas.common import Envelope, Page
 from nefos.schemas.compute import (
     HostCreate,

@@ -19,7 +19,6 @@ from nefos.api.deps import (
     authorize,
     deprecated_route,
 )
-from nefos.api.envelope import listing, ok
 from nefos.api.routes.projects import SEED_001_SUNSET
 from nefos.api.routes.vms import VmId
 from nefos.api.routes.vms import _accepted as vm_accepted
@@ -27,6 +26,7 @@ from nefos.db.models import Backup, Network, Operation, Project, Snapshot, Volum
 from nefos.domain.access import Permission
 from nefos.domain.errors import ValidationFailed
 from nefos.domain.paging import PageParams
+from nefos.gateway.envelope import listing, ok
 from nefos.schemas.common import Envelope
 from nefos.schemas.vms import (
     BackupAccepted,

@@ -4,9 +4,9 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from nefos.api.deps import Access, ClientDep, CoreDep, SessionDep, authorize
-from nefos.api.envelope import ok
 from nefos.api.routes.auth import AuthEnvelope, _tokens
 from nefos.domain.access import Permission
+from nefos.gateway.envelope import ok
 from nefos.schemas.common import Envelope
 from nefos.schemas.identity import (
     PasswordChange,

@@ -18,10 +18,10 @@ from nefos.api.deps import (
     authorize,
     deprecated_route,
 )
-from nefos.api.envelope import listing, ok
 from nefos.api.routes.projects import SEED_001_SUNSET
 from nefos.db.models import Operation, Vm
 from nefos.domain.access import Permission
+from nefos.gateway.envelope import listing, ok
 from nefos.schemas.common import Envelope
 from nefos.schemas.vms import (
     VmAccepted,

@@ -1,7 +1,7 @@
 """The libvirt driver: virtual machines through libvirt (QEMU with KVM, or TCG)."""
 
 from nefos.drivers.base import BackupInfo, NetworkInfo, SnapshotInfo, VolumeInfo
-from nefos.drivers.libvirt.driver import LibvirtDriver, VmSpec
+from nefos.drivers.libvirt.driver import LibvirtDriver, VmSpec, domain_name
 
 __all__ = [
     "BackupInfo",
@@ -10,4 +10,5 @@ __all__ = [
     "SnapshotInfo",
     "VmSpec",
     "VolumeInfo",
+    "domain_name",
 ]

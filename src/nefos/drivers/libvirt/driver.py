@@ -211,6 +211,8 @@ _STATES = {
 
 
 def domain_name(nefos_id: str) -> str:
+    """The libvirt domain of Nefos instance ``nefos_id`` (what a VM whose ``driver_id``
+    is not recorded yet is found by)."""
     return f"nefos-{nefos_id}"
 
 

@@ -1,5 +1,9 @@
 """The response envelope of API.md, serialised once with orjson.
 
+It lives in the gateway, the lower of the two layers that answer HTTP: the pure
+ASGI middlewares refuse requests in it (:func:`send_error`) before the app runs,
+and the API's routes and error map answer in it.
+
 Routes declare ``response_model=Envelope[X]`` for the OpenAPI schema and return
 :func:`ok`, whose body is built straight from the pydantic model; FastAPI does not
 validate a returned ``Response`` a second time.
