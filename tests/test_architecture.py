@@ -158,6 +158,8 @@ RULES = {
             # `nefos serve` starts the server in-process: it is the one command that is
             # not an API client.
             "nefos.api.app",
+            # ... checks its role against the database before it listens.
+            "nefos.bootstrap",
             # ... and puts the credential-redacting filter on its log handlers.
             "nefos.security.redact",
         ),
