@@ -205,10 +205,11 @@ async def test_api_and_worker_processes_share_the_work_once(
             r = await c1.put(f"{V1}/containers/{made['via-two']}/stop", headers=headers)
             assert r.status_code == 202, r.text
 
+            dead = holder.pid
             holder.kill(signal.SIGKILL)
             killed = time.monotonic()
             moved = await eventually(
-                lambda: _held_by_one(api1.url, not_pid=holder.pid),
+                lambda: _held_by_one(api1.url, not_pid=dead),
                 "the standby worker took every loop over",
                 within=4 * LEASE + 20,
             )
