@@ -350,24 +350,32 @@ class Process:
             self.created = await UserService(self.core, session).ensure_admin()
 
     async def stop(self) -> None:
-        """Everything down, the reverse of ``start``; leases released at once."""
+        """Everything down, the reverse of ``start``; leases released at once. A step
+        that fails is logged and the next ones still run."""
         core, started = self.core, self._started
-        if "request_log" in started:
-            await self.request_log.stop()  # type: ignore[union-attr]  # writes what is queued
-        if "limiter" in started:
-            await self.limiter.stop()  # type: ignore[union-attr]
+        steps: list[tuple[str, Any]] = []
+        if "request_log" in started and self.request_log is not None:
+            steps.append(("request log", self.request_log.stop))  # writes what is queued
+        if "limiter" in started and self.limiter is not None:
+            steps.append(("rate limiter", self.limiter.stop))
         if "singletons" in started:
-            for singleton in reversed(self.singletons):
-                await singleton.stop()
+            steps += [(f"lease {s.name}", s.stop) for s in reversed(self.singletons)]
         if "workers" in started:
-            await core.workers.stop()
+            steps.append(("operation workers", core.workers.stop))
         if self._process_lease is not None:
-            await self._process_lease.stop()
+            steps.append(("lease process", self._process_lease.stop))
         if "events" in started:
-            await core.events.stop()
-        await self.webhooks.stop()  # its HTTP client, also where it never ran
-        await core.drivers.close()
-        await core.db.dispose()
+            steps.append(("event bus", core.events.stop))
+        steps += [
+            ("webhooks", self.webhooks.stop),  # its HTTP client, also where it never ran
+            ("drivers", core.drivers.close),
+            ("database", core.db.dispose),
+        ]
+        for what, step in steps:
+            try:
+                await step()
+            except Exception:
+                log.exception("stopping the %s failed", what)
         self._started = []
 
     async def leases(self) -> list[LeaseView]:
