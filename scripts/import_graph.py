@@ -28,6 +28,7 @@ ROOT = "nefos"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),
     ("api",),
+    ("bootstrap",),
     ("gateway",),
     ("reconciler",),
     ("services",),

@@ -43,18 +43,31 @@ def serve_env(database_url: str, data_dir: Path, **extra: str) -> dict[str, str]
 class Server:
     """`nefos serve` in a child process of its own."""
 
-    def __init__(self, env: dict[str, str], cwd: Path, log: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], cwd: Path, log: Path, *args: str, role: str | None = None
+    ) -> None:
+        """``args``: more of ``nefos serve``'s options; ``role``: its ``--role``."""
         self.env, self.cwd, self.log = env, cwd, log
+        self.args = [*args, *(["--role", role] if role else [])]
         self.url = f"http://127.0.0.1:{env['NEFOS_PORT']}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def command(self) -> list[str]:
         nefos = Path(sys.executable).parent / "nefos"
         cmd = (
             [str(nefos), "serve"]
             if nefos.exists()
             else [sys.executable, "-c", "from nefos.cli.main import main; main()", "serve"]
         )
+        return [*cmd, *self.args]
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        cmd = self.command()
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(  # noqa: S603 - our own CLI
                 cmd,
@@ -94,8 +107,10 @@ class Server:
 
 
 @contextmanager
-def server(env: dict[str, str], cwd: Path, log: Path) -> Iterator[Server]:
-    s = Server(env, cwd, log)
+def server(
+    env: dict[str, str], cwd: Path, log: Path, *args: str, role: str | None = None
+) -> Iterator[Server]:
+    s = Server(env, cwd, log, *args, role=role)
     try:
         s.start()
         yield s

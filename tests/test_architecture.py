@@ -180,6 +180,8 @@ RULES = {
             # `nefos serve` starts the server in-process: it is the one command that is
             # not an API client.
             "nefos.api.app",
+            # ... checks its role against the database before it listens.
+            "nefos.bootstrap",
             # ... and puts the credential-redacting filter on its log handlers.
             "nefos.security.redact",
         ),
@@ -227,20 +229,12 @@ def test_a_driver_never_imports_another_driver() -> None:
 # --- one layer order, no cycle ----------------------------------------------------------
 IMPORTS = graph.imports()
 
-# TEMPORARY, removed when the roles branch lands: Core.build (services/core.py) still
-# builds the collector and the billing engine, with imports inside its function. The
-# composition root (nefos/bootstrap.py) takes that over and these go.
-TEMPORARY: set[tuple[str, str]] = {
-    ("nefos.services.core", "nefos.monitoring.collector"),
-    ("nefos.services.core", "nefos.billing.engine"),
-}
-
 #: Imports inside a function that are meant, and why. Any other is a cycle dodged or
 #: a dependency hidden: hand the lower layer the function it needs instead.
 IN_FUNCTION: dict[tuple[str, str], str] = {
     # `nefos serve` starts the server; the CLI's other commands do not load it.
     ("nefos.cli.serve", "nefos.api.app"): "startup cost of the CLI",
-    **{edge: "TEMPORARY: the roles branch" for edge in TEMPORARY},
+    ("nefos.cli.serve", "nefos.bootstrap"): "startup cost of the CLI",
 }
 
 #: The process's loops: the composition root builds them and hands them what they
@@ -288,7 +282,7 @@ def test_no_service_imports_a_loop() -> None:
         for i in IMPORTS
         if i.importer.startswith("nefos.services.") and i.target in LOOPS
     }
-    assert bad <= TEMPORARY, sorted(bad - TEMPORARY)
+    assert bad == set(), sorted(bad)
 
 
 def test_the_architecture_doc_draws_the_real_graph() -> None:

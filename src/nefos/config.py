@@ -181,6 +181,29 @@ class Settings(BaseSettings):
     host_timeout: float = Field(
         10.0, gt=0, description="Seconds an engine call may take before the host is unreachable."
     )
+    role: Literal["all", "api", "worker"] = Field(
+        "all",
+        description="What this process runs: `all` (HTTP, operation workers and the "
+        "singleton loops: the one-process install), `api` (HTTP only) or `worker` "
+        "(operation workers and the singleton loops; HTTP serves only /health). `api` "
+        "and `worker` need PostgreSQL.",
+    )
+    processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="API processes on one port (uvicorn workers), each with this role. "
+        "More than 1 needs PostgreSQL (and Redis, so that events and revocations reach "
+        "every process).",
+    )
+    lease_seconds: float = Field(
+        15.0,
+        ge=1.0,
+        le=3600.0,
+        description="Seconds a singleton loop's lease (collector, billing, reconciler, "
+        "host checks, webhooks, retention) lasts unrenewed: another process takes the "
+        "loop over within this long after its holder dies.",
+    )
     workers: int = Field(
         4, ge=0, description="Operation workers in this process (0: this process runs none)."
     )

@@ -152,7 +152,7 @@ async def test_a_running_container_is_billed_for_its_running_seconds(
 
     # The engine charges it once; the balance is the ledger's sum.
     before, _ = await _wallet(core, org_id)
-    result = await core.billing.run_once()
+    result = await app.state.billing.run_once()
     assert result.charges >= 1
     after, total = await _wallet(core, org_id)
     assert after.balance == total
@@ -174,7 +174,7 @@ async def test_a_running_container_is_billed_for_its_running_seconds(
     assert before.balance - after.balance == charged
     assert abs(charged - D(run.seconds) * D("0.005")) < D("0.000001")
     # A second pass charges nothing more for those records.
-    await core.billing.run_once()
+    await app.state.billing.run_once()
     again, _ = await _wallet(core, org_id)
     assert again.balance == after.balance
 
@@ -246,7 +246,7 @@ async def test_an_empty_wallet_refuses_creates_and_suspends_after_grace(
     sub = core.events.subscribe(lambda e: e.type == EventType.BILLING)
     try:
         await asyncio.sleep(1.1)
-        print("PASS", await core.billing.run_once())
+        print("PASS", await app.state.billing.run_once())
         kinds = []
         while "suspended" not in kinds:
             event = await asyncio.wait_for(sub.get(), 10)
@@ -300,7 +300,7 @@ async def test_an_empty_wallet_refuses_creates_and_suspends_after_grace(
         assert w is not None
         await ledger.post(session, w, "top_up", D("100000000"), key="test-top-up")
         await session.commit()
-    await core.billing.run_once()
+    await app.state.billing.run_once()
     async with core.db.sessionmaker() as session:
         account = await session.get(BillingAccount, org_id)
         assert account is not None

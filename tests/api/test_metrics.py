@@ -40,9 +40,12 @@ async def eventually(check: Callable[[], Awaitable[Any]], what: str, within: flo
 async def quiet_collector(app: Any) -> AsyncIterator[None]:
     """The app's own collector and maintenance pause: the tests run the passes (and
     give the times), so no background pass prunes or rolls up behind their back."""
-    await app.state.collector.stop()
+    paused = [s for s in app.state.process.singletons if s.name in ("collector", "retention")]
+    for singleton in paused:
+        await singleton.stop()
     yield
-    app.state.collector.start()
+    for singleton in paused:
+        await singleton.start()
 
 
 def sample(metric: Metric, value: float, ts: datetime, rid: str = "vm-1") -> Sample:

@@ -99,7 +99,7 @@ async def test_a_resellers_margin_on_its_childs_usage_is_its_revenue(client, reg
             )
         )
         await session.commit()
-    await core.billing.run_once()
+    await app.state.billing.run_once()
     # 4 vCPU-hours: 0.20 at list price, 0.25 with the margin; the 0.05 is revenue.
     child_view = await call(
         client, owner, "GET", "/billing/overview", params={"organisation_id": child}

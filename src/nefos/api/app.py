@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
+from starlette.responses import JSONResponse
 
 from nefos import __version__
 from nefos.api import docs, errors, routing
@@ -39,27 +40,19 @@ from nefos.api.routes import (
     users,
     vms,
 )
+from nefos.bootstrap import Process
 from nefos.config import Settings
 from nefos.gateway.bodylimit import BodyLimitMiddleware
 from nefos.gateway.context import RequestContextMiddleware
 from nefos.gateway.counters import RequestCounters
+from nefos.gateway.envelope import error_body
 from nefos.gateway.idempotency import IdempotencyMiddleware
 from nefos.gateway.limiter import RateLimiter, RateLimitMiddleware
 from nefos.gateway.paths import PathMiddleware
 from nefos.gateway.requestlog import RequestLog, RequestLogMiddleware
-from nefos.monitoring.alerts import AlertEngine
-from nefos.monitoring.webhooks import WebhookDispatcher
-from nefos.reconciler import Background, Reconciler
 from nefos.schemas.common import ErrorEnvelope
 from nefos.services.authn import Authenticator
-from nefos.services.containers import ContainerOps
 from nefos.services.core import Core
-from nefos.services.hosts import HostService
-from nefos.services.images import ImageOps
-from nefos.services.quotes import QuoteOps
-from nefos.services.storage import StorageOps
-from nefos.services.users import UserService
-from nefos.services.vms import VmOps
 
 log = logging.getLogger("nefos")
 
@@ -139,57 +132,24 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        core = Core.build(settings)
-        await core.db.migrate()
-        await core.events.start()
-        async with core.db.session() as session:
-            created = await UserService(core, session).ensure_admin()
-        app.state.core = core
-        app.state.authenticator = Authenticator(core)
-        # Alerts: the engine listens to the metrics collector's passes; deliveries
-        # of webhooks go out from the dispatcher.
-        app.state.webhooks = webhooks = WebhookDispatcher.from_settings(core.db, settings)
-        app.state.alert_engine = AlertEngine(core.db, on_deliveries=webhooks.wake)
-        ContainerOps(core).register()
-        VmOps(core).register()
-        QuoteOps(core).register()
-        ImageOps(core).register()
-        StorageOps(core).register()
-        background = Background(core, Reconciler(core))
-        app.state.reconciler = background.reconciler
-        if settings.register_local_hosts:
-            async with core.db.session() as session:
-                hosts = await HostService(core, session).register_local()
-            for host in hosts:
-                log.info("local %s host: %s (%s)", host.driver, host.hostname, host.uri)
-        if settings.workers:
-            core.workers.start()
-        background.start()
-        webhooks.start()
-        # Metrics: a pass every metrics_interval, rollup and pruning every minute.
-        app.state.collector = core.collector
-        core.collector.listeners.append(app.state.alert_engine)  # alerts on each pass
-        core.collector.start()
-        # Billing: cut usage, charge wallets, watch balances every billing_interval.
-        core.billing.start()
-        # The request log's writer: batches of the queued requests, and retention.
-        request_log.start(core.db)
-        limiter.start(core)  # the rate limiter reads tokens and overrides through core
-        if on_started is not None:
-            on_started(core, created)
+        # The composition root builds this process's parts for its role (see
+        # nefos.bootstrap); the app only hands them to the routes.
+        process = Process.build(settings, request_log=request_log, limiter=limiter)
+        app.state.process = process
+        app.state.core = process.core
+        app.state.authenticator = Authenticator(process.core)
+        app.state.webhooks = process.webhooks
+        app.state.alert_engine = process.alerts
+        app.state.reconciler = process.reconciler
+        app.state.collector = process.collector
+        app.state.billing = process.billing
         try:
+            await process.start()
+            if on_started is not None:
+                on_started(process.core, process.created)
             yield
         finally:
-            await request_log.stop()  # writes what is still queued
-            await limiter.stop()
-            await core.billing.stop()
-            await core.collector.stop()
-            await webhooks.stop()
-            await background.stop()
-            await core.workers.stop()
-            await core.events.stop()
-            await core.drivers.close()
-            await core.db.dispose()
+            await process.stop()
 
     app = FastAPI(
         title="Nefos API",
@@ -253,3 +213,24 @@ def create_app(
     # `/api/auth/login` is `/api/v1/auth/login`.
     app.add_middleware(PathMiddleware, prefix=API_PREFIX, alias=ALIAS_PREFIX, roots=ROOTS)
     return app
+
+
+HEALTH_PATHS = frozenset({"/health", f"{API_PREFIX}/health", f"{ALIAS_PREFIX}/health"})
+
+
+def health_only(app: FastAPI) -> Callable[..., Any]:
+    """A ``worker`` process's HTTP: its lifespan, and ``/health`` (for a supervisor
+    or load balancer to watch); every other path is 404 in the envelope."""
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket") and scope["path"] not in HEALTH_PATHS:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            body = error_body("NOT_FOUND", "a worker process serves only /health")
+            await JSONResponse(body, status_code=404)(scope, receive, send)
+            return
+        await app(scope, receive, send)
+
+    asgi.app = app  # type: ignore[attr-defined]  # tests and the CLI reach the FastAPI app
+    return asgi

@@ -1,9 +1,10 @@
-"""`nefos serve`: the embedded control plane in one process."""
+"""`nefos serve`: the embedded control plane in one process, or one role of several."""
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,6 +25,8 @@ def _banner(settings: Settings, created: tuple[Any, str | None] | None) -> None:
         f"  API:      [cyan]{base}/api/v1[/]  (alias [cyan]{base}/api[/])",
         f"  Docs:     [cyan]{base}/docs[/]",
         f"  Database: {settings.resolved_database_url.split('@')[-1]}",
+        f"  Role:     {settings.role}"
+        + (f" ({settings.processes} processes)" if settings.processes > 1 else ""),
     ]
     if created is not None:
         user, generated = created
@@ -52,6 +55,33 @@ def _uvicorn_log_config() -> dict[str, Any]:
     return config
 
 
+def _app(settings: Settings) -> Any:
+    """The ASGI app of one process: the whole API, or for a worker only /health."""
+    from nefos.api.app import create_app, health_only
+
+    def started(_core: Any, created: tuple[Any, str | None] | None) -> None:
+        if settings.processes == 1 or created is not None:  # one banner, not N
+            _banner(settings, created)
+
+    app = create_app(settings, on_started=started)
+    return health_only(app) if settings.role == "worker" else app
+
+
+def app_factory() -> Any:
+    """Each of ``--processes N``'s processes builds its app here, its settings from
+    the environment the parent set (uvicorn's ``factory=True``)."""
+    _logging(settings := Settings())
+    return _app(settings)
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    redact_credentials()  # the root handler: Nefos's own logs, the websockets library's
+
+
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address [NEFOS_HOST].")] = None,
     port: Annotated[int | None, typer.Option(help="Port [NEFOS_PORT].")] = None,
@@ -59,12 +89,27 @@ def serve(
     database_url: Annotated[
         str | None, typer.Option(help="Database URL [NEFOS_DATABASE_URL].")
     ] = None,
+    role: Annotated[
+        str | None,
+        typer.Option(
+            help="all (HTTP, workers and loops: one process), api (HTTP only) or worker "
+            "(operation workers and loops; HTTP only /health) [NEFOS_ROLE]."
+        ),
+    ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(help="Processes on one port, each with this role [NEFOS_PROCESSES]."),
+    ] = None,
     reload: Annotated[bool, typer.Option(help="Reload on code changes (development).")] = False,
 ) -> None:
-    """Start Nefos: API, migrations and the first admin, in one process."""
-    import uvicorn
+    """Start Nefos: API, migrations and the first admin, in one process (or, on
+    PostgreSQL, as one of several: see --role and --processes)."""
+    import asyncio
 
-    from nefos.api.app import create_app
+    import uvicorn
+    from pydantic import ValidationError
+
+    from nefos.bootstrap import RoleError, preflight
 
     overrides: dict[str, Any] = {
         k: v
@@ -73,26 +118,41 @@ def serve(
             "port": port,
             "data_dir": data_dir,
             "database_url": database_url,
+            "role": role,
+            "processes": processes,
         }.items()
         if v is not None
     }
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "settings"
+            console.print(f"[red]error:[/] {where}: {err['msg']}")
+        raise typer.Exit(2) from None
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    redact_credentials()  # the root handler: Nefos's own logs, the websockets library's
-    app = create_app(settings, on_started=lambda _core, created: _banner(settings, created))
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-        log_config=_uvicorn_log_config(),
+    _logging(settings)
+    try:
+        asyncio.run(preflight(settings))
+    except RoleError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": False,
+        "log_config": _uvicorn_log_config(),
         # The same proxies as gateway.client.client_ip: uvicorn then also takes the
         # scheme (X-Forwarded-Proto) from them, and the client it finds is the same.
-        proxy_headers=bool(settings.forwarded_allow_ips),
-        forwarded_allow_ips=settings.forwarded_allow_ips or None,
-    )
+        "proxy_headers": bool(settings.forwarded_allow_ips),
+        "forwarded_allow_ips": settings.forwarded_allow_ips or None,
+    }
+    if settings.processes == 1:
+        uvicorn.run(_app(settings), **common)
+        return
+    # Several processes: uvicorn's workers, each building its app from the
+    # environment; what the command line set goes there.
+    for name, value in overrides.items():
+        os.environ[f"NEFOS_{name.upper()}"] = str(value)
+    uvicorn.run("nefos.cli.serve:app_factory", factory=True, workers=settings.processes, **common)

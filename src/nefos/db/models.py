@@ -1276,3 +1276,21 @@ class RequestLogEntry(Base):
         Index("ix_request_log_ts", "ts"),
         Index("ix_request_log_org_ts", "organisation_id", "ts"),
     )
+
+
+class Lease(Base):
+    """A singleton loop's lease (nefos.operations.leases): who runs it, until when.
+
+    ``token`` (the fencing token) grows by one on every takeover, never on a renewal:
+    a holder that finds another token than the one it took has lost the lease. A
+    released lease keeps its row and token, with no holder and an expiry in the past.
+    """
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(128))  # host:pid:random
+    token: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    renewed_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)

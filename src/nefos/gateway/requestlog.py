@@ -225,6 +225,9 @@ class RequestLog:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_prune = 0.0
+        # Retention in the writer's loop; the bootstrap turns it off and runs prune()
+        # under the singleton "retention" lease (one process prunes, not each).
+        self.prune_in_writer = True
         self._stopping = False
         self._failed = False  # the last write failed: the writer waits an interval
         # The INSERT of one batch; tests replace it to make writes fail.
@@ -292,7 +295,7 @@ class RequestLog:
                 return  # stop() writes what is left
             try:
                 await self.flush()
-                if time.monotonic() - self._last_prune >= PRUNE_INTERVAL:
+                if self.prune_in_writer and time.monotonic() - self._last_prune >= PRUNE_INTERVAL:
                     self._last_prune = time.monotonic()
                     await self.prune()
             except asyncio.CancelledError:

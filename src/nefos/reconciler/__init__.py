@@ -20,14 +20,13 @@ One pass (``Reconciler.run_once``):
 3. A host that cannot be listed is marked offline; the host checker brings it back
    (and the next pass reconciles it) when it answers again.
 
-``Background`` runs the host checker and the reconciler on their intervals in the
-server process.
+``Background`` holds the host checker; the bootstrap (nefos.bootstrap) runs it and
+the reconciler on their intervals, in the one process holding each one's lease.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +42,6 @@ from nefos.services.containers import LABEL_INSTALLATION, derive_status, install
 from nefos.services.core import Core
 from nefos.services.drivers import VM_DRIVERS, supported_driver
 from nefos.services.hosts import ACTIVE, HostService
-from nefos.services.suspension import suspender
 from nefos.services.vms import SETTLED, seen_status
 
 log = logging.getLogger("nefos.reconciler")
@@ -262,50 +260,17 @@ class Reconciler:
 
 
 class Background:
-    """The host checker and the reconciler, each on its own interval."""
+    """The host checker, and the reconciler it calls when a host changed. The
+    bootstrap runs ``check_hosts`` and ``reconciler.run_once`` on their intervals,
+    each under its singleton lease (nefos.operations.leases)."""
 
     def __init__(self, core: Core, reconciler: Reconciler) -> None:
         self.core = core
         self.reconciler = reconciler
-        # TEMPORARY, removed when the roles branch lands: the composition root
-        # (nefos/bootstrap.py) hands the billing engine its suspend function when it
-        # builds it. Until then Core.build makes the engine without one, and this,
-        # the first part above the services that every serving process builds,
-        # gives it.
-        if core.billing.suspend is None:
-            core.billing.suspend = suspender(core)
-        self._tasks: list[asyncio.Task[None]] = []
 
-    def start(self) -> None:
-        s = self.core.settings
-        self._tasks = [
-            asyncio.create_task(self._every(s.host_check_interval, self._check_hosts)),
-            asyncio.create_task(self._every(s.reconcile_interval, self.reconciler.run_once)),
-        ]
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks = []
-
-    async def _check_hosts(self) -> None:
+    async def check_hosts(self) -> None:
         async with self.core.db.sessionmaker() as session:
             changed = await HostService(self.core, session).check_all()
         if changed:
             await self.reconciler.run_once()
             self.core.workers.notify()
-
-    async def _every(self, interval: float, job: object) -> None:
-        assert callable(job)
-        while True:
-            # First at once: after a restart, interrupted work is picked up now.
-            try:
-                await job()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("background job %s failed", getattr(job, "__name__", job))
-            await asyncio.sleep(interval)

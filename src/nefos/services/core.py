@@ -1,14 +1,14 @@
-"""What every service needs, built once per process."""
+"""What every service needs, built once per process (by nefos.bootstrap, the
+composition root, which also builds what runs: collector, billing engine, loops)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
 
 from sqlalchemy import select
 
-from nefos.billing import metering
 from nefos.config import Settings
 from nefos.db.models import Project
 from nefos.db.session import Database
@@ -22,9 +22,12 @@ from nefos.services.drivers import DriverManager, DriverOptions
 from nefos.services.placement import Placer, scheduler_config
 from nefos.services.principal import PrincipalCache
 
-if TYPE_CHECKING:
-    from nefos.billing.engine import BillingEngine
-    from nefos.monitoring.collector import Collector
+
+class BalanceCheck(Protocol):
+    """The billing engine's look at one organisation's balance (a top-up lifts a
+    402 at once); set on ``Core.balances`` by the bootstrap."""
+
+    async def check_org(self, org_id: str, now: datetime) -> bool: ...
 
 
 @dataclass
@@ -40,8 +43,8 @@ class Core:
     metrics: MetricStore
     #: Authenticated callers, forgotten when a commit changes them (services.authn).
     principals: PrincipalCache
-    collector: Collector = field(init=False)
-    billing: BillingEngine = field(init=False)
+    # The billing engine's balance check, in every role; None without billing.
+    balances: BalanceCheck | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Core:
@@ -58,9 +61,7 @@ class Core:
                 {"principals": users if isinstance(users, str) else sorted(users)}
             ),
         )
-        if settings.billing_enabled:
-            metering.install(db)
-        core = cls(
+        return cls(
             settings=settings,
             db=db,
             passwords=Passwords(
@@ -86,13 +87,6 @@ class Core:
             metrics=metric_store(settings, db),
             principals=principals,
         )
-        from nefos.monitoring.collector import Collector
-
-        core.collector = Collector(core)
-        from nefos.billing.engine import BillingEngine
-
-        core.billing = BillingEngine(core)
-        return core
 
 
 def event_bus(settings: Settings, db: Database) -> EventBus:

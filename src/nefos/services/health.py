@@ -8,8 +8,11 @@
 * ``hosts``: a ping of every enabled host's driver, at once, each with a short
   timeout; ``degraded`` when some do not answer, ``none`` with no hosts.
 * ``orchestrator``: the operation workers of this process (``disabled`` with 0).
-* ``billing``: the billing pass of this process runs, and its last pass did not
-  fail (``disabled`` when ``NEFOS_BILLING_ENABLED`` is false). Not required.
+* ``billing``: some process holds the ``billing`` lease (so the pass runs there),
+  and, when it is this one, its last pass did not fail (``disabled`` when
+  ``NEFOS_BILLING_ENABLED`` is false). Not required.
+* ``leases`` (beside ``services``): every singleton lease, who holds it and until
+  when (nefos.operations.leases), and whether this process is the holder.
 
 Host pings are cached for a few seconds, so that a load balancer polling
 ``/health`` does not turn into a ping storm on the hypervisors.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,6 +30,8 @@ from sqlalchemy import select
 
 from nefos.db.models import Host
 from nefos.drivers.base import DriverError
+from nefos.operations import leases
+from nefos.operations.leases import LeaseView, Singleton
 from nefos.services.core import Core
 from nefos.services.drivers import supported_driver
 
@@ -46,6 +52,8 @@ class HealthReport:
     status: str
     services: dict[str, str]
     hosts: dict[str, str] = field(default_factory=dict)
+    leases: list[LeaseView] = field(default_factory=list)
+    held_here: set[str] = field(default_factory=set)
 
     @property
     def http_status(self) -> int:
@@ -53,26 +61,33 @@ class HealthReport:
 
 
 class HealthChecker:
-    def __init__(self, core: Core, limiter: Checked | None = None) -> None:
+    def __init__(
+        self,
+        core: Core,
+        limiter: Checked | None = None,
+        singletons: Sequence[Singleton] = (),
+    ) -> None:
         self.core = core
         self.limiter = limiter
+        self.singletons = {s.name: s for s in singletons}  # this process's leases
         self._hosts: tuple[float, dict[str, str]] | None = None
         self._lock = asyncio.Lock()
 
     async def report(self) -> HealthReport:
         services: dict[str, str] = {}
-        database, bus, redis, hosts, limiter = await asyncio.gather(
+        database, bus, redis, hosts, limiter, held = await asyncio.gather(
             self._database(),
             self.core.events.check(),
             self.core.events.check_redis(),
             self._ping_hosts(),
             self._rate_limiter(),
+            self._leases(),
         )
         services["database"] = database
         services["event_bus"] = bus
         services["redis"] = redis or "disabled"
         services["orchestrator"] = self._orchestrator()
-        services["billing"] = self._billing()
+        services["billing"] = self._billing(held)
         services["rate_limiter"] = limiter
         if database == HEALTHY:
             services["hosts"] = (
@@ -90,7 +105,10 @@ class HealthChecker:
             status = DEGRADED
         else:
             status = HEALTHY
-        return HealthReport(status=status, services=services, hosts=hosts)
+        here = {n for n, s in self.singletons.items() if s.held}
+        return HealthReport(
+            status=status, services=services, hosts=hosts, leases=held, held_here=here
+        )
 
     async def _database(self) -> str:
         try:
@@ -109,13 +127,24 @@ class HealthChecker:
             return "disabled"
         return HEALTHY if self.core.workers.running else UNHEALTHY
 
-    def _billing(self) -> str:
+    async def _leases(self) -> list[LeaseView]:
+        try:
+            return await asyncio.wait_for(leases.listing(self.core.db), 5.0)
+        except Exception:  # the database check says what went wrong
+            return []
+
+    def _billing(self, held: list[LeaseView]) -> str:
+        """Healthy while some process holds the billing lease (its pass runs there);
+        degraded when that is this process and its last pass failed."""
         if not self.core.settings.billing_enabled:
             return "disabled"
-        engine = self.core.billing
-        if not engine.running:
+        lease = next((v for v in held if v.name == "billing"), None)
+        if lease is None or not lease.live():
             return UNHEALTHY
-        return DEGRADED if engine.last_error is not None else HEALTHY
+        mine = self.singletons.get("billing")
+        if mine is not None and mine.held and any(p.last_error for p in mine.passes):
+            return DEGRADED
+        return HEALTHY
 
     async def _ping_hosts(self) -> dict[str, str]:
         async with self._lock:

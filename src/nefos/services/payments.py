@@ -533,10 +533,10 @@ class PaymentService:
     async def _after_credit(self, org_id: str) -> None:
         """Let the billing engine look at the balance now rather than at its next
         pass: a top-up lifts a depleted organisation's refusal (402) at once."""
-        if not self.settings.billing_enabled:
+        if not self.settings.billing_enabled or self.core.balances is None:
             return
         try:
-            await self.core.billing.check_org(org_id, utcnow())
+            await self.core.balances.check_org(org_id, utcnow())
         except Exception:  # the credit stands; the engine's next pass looks again
             log.exception("balance check after a top-up of %s failed", org_id)
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
@@ -15,6 +16,19 @@ from nefos.services.health import HealthChecker
 router = APIRouter(tags=["health"])
 
 
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class LeaseHeld(BaseModel):
+    name: str
+    holder: str | None = Field(description="`host:pid:random` of the holder; null: free.")
+    token: int = Field(description="The fencing token: one more on every takeover.")
+    expires_at: str
+    renewed_at: str
+    here: bool = Field(description="This process (the one answering) holds it.")
+
+
 class Health(BaseModel):
     status: str = Field(
         description="`healthy`, `degraded` (an optional part is down) or `unhealthy`."
@@ -25,6 +39,11 @@ class Health(BaseModel):
         "hosts (`none`, `healthy` or `degraded`), orchestrator, billing, rate_limiter "
         "(`degraded`: its Redis is down and each process counts alone)."
     )
+    leases: list[LeaseHeld] = Field(
+        default_factory=list,
+        description="Who runs each singleton loop (collector, billing, reconciler, "
+        "host-checks, webhooks, retention; `process` on SQLite) and until when.",
+    )
     timestamp: str
 
 
@@ -32,7 +51,9 @@ def _checker(request: Request, core: CoreDep) -> HealthChecker:
     checker: HealthChecker | None = getattr(request.app.state, "health", None)
     if checker is None:
         limiter = getattr(request.app.state, "rate_limiter", None)
-        checker = request.app.state.health = HealthChecker(core, limiter)
+        process = getattr(request.app.state, "process", None)
+        singletons = process.singletons if process is not None else ()
+        checker = request.app.state.health = HealthChecker(core, limiter, singletons)
     return checker
 
 
@@ -48,6 +69,17 @@ async def health(request: Request, core: CoreDep) -> Response:
         status=report.status,
         version=__version__,
         services=report.services,
+        leases=[
+            LeaseHeld(
+                name=v.name,
+                holder=v.holder if v.live() else None,
+                token=v.token,
+                expires_at=_iso(v.expires_at),
+                renewed_at=_iso(v.renewed_at),
+                here=v.name in report.held_here,
+            )
+            for v in report.leases
+        ],
         timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     return ok(body, report.http_status)
