@@ -197,6 +197,7 @@ async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client on a freshly emptied platform (no users at all)."""
     await _empty_tables(app)
     app.state.core.placer.invalidate()
+    app.state.core.principals.invalidate("all")  # the rows went by TRUNCATE, not a commit
     transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 40000))
     async with httpx.AsyncClient(transport=transport, base_url="http://nefos.test") as c:
         yield c

@@ -99,8 +99,11 @@ class EventBus:
 
     kind = "memory"
 
-    def __init__(self, resolve_org: OrgResolver | None = None) -> None:
+    def __init__(
+        self, resolve_org: OrgResolver | None = None, *, single_process: bool = True
+    ) -> None:
         self._resolve_org = resolve_org
+        self._single_process = single_process
         self._subscribers: set[Subscription] = set()
         self._outbox: asyncio.Queue[Event] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -207,8 +210,9 @@ class EventBus:
 
     @property
     def shares_control(self) -> bool:
-        """Whether a control message reaches every process (one process: yes)."""
-        return True
+        """Whether a control message reaches every process: in memory, only when this
+        is the installation's one process (``--role all``, one process)."""
+        return self._single_process
 
     # --- subscribing ----------------------------------------------------------------
     def subscribe(self, accept: Accept | None = None, *, maxsize: int = 1000) -> Subscription:
@@ -242,7 +246,7 @@ class RedisBus(EventBus):
     def __init__(
         self, url: str, *, prefix: str = "nefos", resolve_org: OrgResolver | None = None
     ) -> None:
-        super().__init__(resolve_org)
+        super().__init__(resolve_org, single_process=False)
         import redis.asyncio as aioredis
 
         self.url = url

@@ -102,7 +102,10 @@ def event_bus(settings: Settings, db: Database) -> EventBus:
         return RedisBus(
             settings.redis_url, prefix=settings.redis_prefix, resolve_org=organisation_of
         )
-    return EventBus(resolve_org=organisation_of)
+    # Without Redis, processes cannot tell each other what changed: the principal
+    # cache is then used only by the installation's one process.
+    single = settings.role == "all" and settings.processes == 1
+    return EventBus(resolve_org=organisation_of, single_process=single)
 
 
 def metric_store(settings: Settings, db: Database) -> MetricStore:
