@@ -553,17 +553,25 @@ async def test_status_changes_are_told_at_commit_and_never_after_a_rollback(
 ) -> None:
     from nefos.db.models import Host
 
-    r = await client.post(
-        f"{V1}/resources/hosts",
-        json={"hostname": "sim-ev", "driver": "sim", "uri": "sim://sim-ev?cpus=4&memory_mb=8192"},
-        headers=admin.headers,
-    )
-    assert r.status_code == 201, r.text
-    host_id = r.json()["data"]["id"]
     core = app.state.core
     with core.events.subscribe(
-        lambda e: e.type == "host_status_changed" and e.data["host_id"] == host_id
+        lambda e: e.type == "host_status_changed" and e.data["hostname"] == "sim-ev"
     ) as told:
+        r = await client.post(
+            f"{V1}/resources/hosts",
+            json={
+                "hostname": "sim-ev",
+                "driver": "sim",
+                "uri": "sim://sim-ev?cpus=4&memory_mb=8192",
+            },
+            headers=admin.headers,
+        )
+        assert r.status_code == 201, r.text
+        host_id = r.json()["data"]["id"]
+        # The host's creation is told first (the bus may deliver it after the response
+        # went): wait for it, so that what follows is all that is left to tell.
+        created = await asyncio.wait_for(told.get(), 10)
+        assert (created.data["previous_status"], created.data["status"]) == (None, "active")
         async with core.db.sessionmaker() as session:
             await begin_write(session)
             host = await session.get(Host, host_id)

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse
 
 from nefos import __version__
 from nefos.api import docs, errors, routing
+from nefos.api.deps import SECURITY_SCHEMES, SessionMiddleware, needs_credentials
 from nefos.api.routes import (
     admin,
     alerts,
@@ -171,7 +172,11 @@ def create_app(
     # Every route once, under /api/v1; `/api/...`, the root `/health` (load balancers)
     # and seed 004's `ws://host/ws` reach them by a path rewrite (gateway.paths).
     routing.install(
-        app, routing.flat_routes(api_routers(), API_PREFIX, ERROR_RESPONSES), API_PREFIX
+        app,
+        routing.flat_routes(api_routers(), API_PREFIX, ERROR_RESPONSES),
+        API_PREFIX,
+        schemes=SECURITY_SCHEMES,
+        secured=needs_credentials,
     )
     errors.install(app)
     if settings.cors_origins:
@@ -190,6 +195,8 @@ def create_app(
                 "RateLimit",
             ],
         )
+    # Innermost: the request's database session is closed once the app is done with it.
+    app.add_middleware(SessionMiddleware)
     app.add_middleware(IdempotencyMiddleware)
     # Rate limits: before idempotency and the app, after the request id is set.
     app.state.rate_limiter = limiter = RateLimiter(settings)

@@ -13,7 +13,7 @@ Every route names its access rule with exactly one of:
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
@@ -22,6 +22,7 @@ from fastapi import Depends, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nefos.db.models import Organisation, Project
 from nefos.domain.access import Permission, Role
@@ -29,7 +30,7 @@ from nefos.domain.errors import Forbidden, Unauthorized
 from nefos.domain.paging import PageParams
 from nefos.gateway.client import client_ip
 from nefos.services.auth import ClientInfo
-from nefos.services.authn import Authenticator
+from nefos.services.authn import Authenticator, Kind
 from nefos.services.billing import resolve_org
 from nefos.services.core import Core
 from nefos.services.operations import sees_engine_messages
@@ -45,23 +46,49 @@ async def get_core(request: Request) -> Core:
     return request.app.state.core  # type: ignore[no-any-return]
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """The request's one session. It holds no connection until its first statement,
-    and one that never ran any (a caller the principal cache knew, a route that read
-    nothing) has nothing to close."""
-    core: Core = request.app.state.core
-    session = core.db.sessionmaker()
-    try:
-        yield session
-    finally:
-        if session.in_transaction() or session.sync_session.identity_map:
-            await session.close()
+#: Where the request's session is kept in the ASGI scope (``SessionMiddleware``).
+SESSION = "nefos.session"
+
+
+async def get_session(request: Request) -> AsyncSession:
+    """The request's one session, made on first use. It holds no connection until its
+    first statement; ``SessionMiddleware`` closes it when the request is over (a plain
+    function, not a generator dependency: FastAPI's exit stack around one costs more
+    than a whole cached request)."""
+    scope = request.scope
+    session: AsyncSession | None = scope.get(SESSION)
+    if session is None:
+        core: Core = request.app.state.core
+        session = scope[SESSION] = core.db.sessionmaker()
+    return session
+
+
+class SessionMiddleware:
+    """Closes the request's session, if one was made and used, once the app is done."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            session: AsyncSession | None = scope.pop(SESSION, None)
+            if session is not None and (
+                session.in_transaction() or session.sync_session.identity_map
+            ):
+                await session.close()
 
 
 CoreDep = Annotated[Core, Depends(get_core)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
-# Declared so that /docs shows the three ways in and its Authorize button works.
+# The ways in, as /docs shows them (and its Authorize button uses). They are not
+# dependencies: ``get_principal`` reads the headers itself, and the OpenAPI document
+# names these schemes on every route that needs credentials (``security_schemes``).
 _bearer = OAuth2PasswordBearer(
     tokenUrl="/api/v1/auth/token",
     auto_error=False,
@@ -69,32 +96,45 @@ _bearer = OAuth2PasswordBearer(
 )
 _x_auth_token = APIKeyHeader(name="X-Auth-Token", auto_error=False, description="A JWT.")
 _x_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key.")
+SECURITY_SCHEMES = (_bearer, _x_auth_token, _x_api_key)
 
 
-async def get_principal(
-    request: Request,
-    session: SessionDep,
-    bearer: Annotated[str | None, Depends(_bearer)],
-    x_auth_token: Annotated[str | None, Depends(_x_auth_token)],
-    x_api_key: Annotated[str | None, Depends(_x_api_key)],
-) -> Principal:
+async def get_principal(request: Request) -> Principal:
+    """The caller, from ``Authorization: Bearer`` (a JWT or an API key),
+    ``X-Auth-Token`` (a JWT) or ``X-API-Key``, in that order."""
+    headers = request.headers
     authenticator: Authenticator = request.app.state.authenticator
-    authorization = request.headers.get("authorization")
-    if authorization is not None and bearer is None:
-        raise Unauthorized("Use 'Authorization: Bearer <token>'")
+    authorization = headers.get("authorization")
+    bearer = None
+    if authorization is not None:
+        scheme, _, bearer = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            raise Unauthorized("Use 'Authorization: Bearer <token>'")
+        bearer = bearer.strip()
+    credential: str
+    kind: Kind
     if bearer:
-        principal = await authenticator.authenticate(bearer, kind="bearer", session=session)
-    elif x_auth_token:
-        principal = await authenticator.authenticate(x_auth_token, kind="jwt", session=session)
-    elif x_api_key:
-        principal = await authenticator.authenticate(x_api_key, kind="api_key", session=session)
+        credential, kind = bearer, "bearer"
+    elif x_auth_token := headers.get("x-auth-token"):
+        credential, kind = x_auth_token, "jwt"
+    elif x_api_key := headers.get("x-api-key"):
+        credential, kind = x_api_key, "api_key"
     else:
         raise Unauthorized("Authentication required")
+    session = await get_session(request)
+    principal = await authenticator.authenticate(credential, kind=kind, session=session)
     # The verified caller, for the request log (nefos.gateway.requestlog).
     request.state.principal = principal
     # Whether error bodies may carry an engine's raw text (api/errors.py).
     request.state.engine_messages = sees_engine_messages(principal)
     return principal
+
+
+def needs_credentials(dependant: Any) -> bool:
+    """Whether a route's dependencies include the caller (for its OpenAPI security)."""
+    return dependant.call is get_principal or any(
+        needs_credentials(d) for d in dependant.dependencies
+    )
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -18,12 +18,13 @@ before: it documents ``/api/v1`` only.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, APIWebSocketRoute
+from fastapi.security.base import SecurityBase
 from starlette.routing import BaseRoute, Match, NoMatchFound, compile_path
 from starlette.types import Receive, Scope, Send
 
@@ -119,18 +120,54 @@ def walk(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
             yield route
 
 
-def install(app: FastAPI, routes: list[BaseRoute], prefix: str) -> None:
-    """Serve ``routes`` (already under ``prefix``) in groups, and document them flat."""
+def install(
+    app: FastAPI,
+    routes: list[BaseRoute],
+    prefix: str,
+    *,
+    schemes: Sequence[SecurityBase] = (),
+    secured: Callable[[Any], bool] = lambda _dependant: False,
+) -> None:
+    """Serve ``routes`` (already under ``prefix``) in groups, and document them flat:
+    the operations whose dependant is ``secured`` name ``schemes`` as their security
+    (the credentials are read by a dependency of the app's, not by FastAPI's security
+    classes, which would run on every request)."""
     app.router.routes.extend(grouped(routes, prefix))
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=list(walk(app.router.routes)),
+            flat = list(walk(app.router.routes))
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=flat
             )
+            _document_security(schema, flat, schemes, secured)
+            app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _document_security(
+    schema: dict[str, Any],
+    routes: list[BaseRoute],
+    schemes: Sequence[SecurityBase],
+    secured: Callable[[Any], bool],
+) -> None:
+    if not schemes:
+        return
+    models = {
+        s.scheme_name: s.model.model_dump(mode="json", by_alias=True, exclude_none=True)
+        for s in schemes
+    }
+    requirement: list[dict[str, list[str]]] = [{name: []} for name in models]
+    schema.setdefault("components", {})["securitySchemes"] = models
+    for route in routes:
+        if not isinstance(route, APIRoute) or not route.include_in_schema:
+            continue
+        if not secured(route.dependant):
+            continue
+        operations = schema["paths"].get(route.path_format, {})
+        for method in route.methods or ():
+            operation = operations.get(method.lower())
+            if operation is not None:
+                operation["security"] = requirement
