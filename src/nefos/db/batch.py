@@ -80,7 +80,9 @@ class _ConnectionStatements:
         return int(self._connection.execute(statement, dict(params)).rowcount)
 
     def executemany(self, statement: UpdateBase, rows: Sequence[Params]) -> None:
-        if rows:
+        if len(rows) == 1:  # SQLAlchemy's executemany path costs more for one row
+            self._connection.execute(statement, dict(rows[0]))
+        elif rows:
             self._connection.execute(statement, [dict(r) for r in rows])
 
 
