@@ -11,8 +11,10 @@ is placed exactly as ``ContainerService.create`` places one
 
     a new session; begin_write (BEGIN IMMEDIATE on SQLite)
     under Placer.lock:
-        Placer.allocate(session, PlacementRequest(count=R, ...))  # pool + guarded UPDATEs
-        session.add(ContainerReplica(...)) for each replica; commit
+        Placer.allocate(session, PlacementRequest(count=R, ...),
+                        replicas=ReplicaRows(container_id))  # pool + guarded UPDATEs
+                                                             # + the R replica rows
+        commit
 
 ``--placements`` placements are made as containers of R replicas (``--replicas``;
 default: both 1 and 10), one transaction per container: R = 1 is one placement per
@@ -62,11 +64,11 @@ from typing import Any
 from sqlalchemy import insert, text
 
 from nefos.config import Settings, async_database_url
-from nefos.db.models import Container, ContainerReplica, Host, Organisation, Project
+from nefos.db.models import Container, Host, Organisation, Project
 from nefos.db.session import Database, begin_write
 from nefos.drivers.sim import parse_uri
 from nefos.scheduler import PlacementRequest, SchedulerConfig
-from nefos.services.placement import Placer, scheduler_config
+from nefos.services.placement import Placer, ReplicaRows, scheduler_config
 
 HOST_URI = "sim://bench-{i}?cpus=64&memory_mb=262144&disk_gb=2000"
 AIM = 1000.0  # placements/s, including persistence
@@ -228,20 +230,11 @@ class Result:
 async def nefos_placements(
     url: str, wants: Sequence[Want], containers: Sequence[str], replicas: int
 ) -> Result:
-    """Per container: Placer.allocate (``replicas`` replicas) + their ContainerReplica
-    rows + commit, in one transaction, as ContainerService.create does."""
+    """Per container: Placer.allocate (``replicas`` replicas, with their
+    ContainerReplica rows) + commit, in one transaction, as ContainerService.create
+    does (``_place``)."""
     db = Database(async_database_url(url))
     placer = Placer(scheduler_config(settings(url)))
-    claim = placer._claim
-    races = 0
-
-    async def counted(*args: Any) -> bool:
-        nonlocal races
-        won = await claim(*args)
-        races += not won
-        return won
-
-    placer._claim = counted  # type: ignore[method-assign]
     try:
         async with db.engine.connect() as conn:  # open the pool's first connection
             await conn.execute(text("SELECT 1"))
@@ -261,19 +254,9 @@ async def nefos_placements(
                                 count=replicas,
                                 anti_affinity_group=container_id,
                             ),
+                            replicas=ReplicaRows(container_id, 0),
                         )
-                        for slot, alloc in enumerate(allocations):
-                            session.add(
-                                ContainerReplica(
-                                    container_id=container_id,
-                                    slot=slot,
-                                    host_id=alloc.host_id,
-                                    cpu_milli=alloc.cpu_milli,
-                                    memory_mb=alloc.memory_mb,
-                                    storage_gb=alloc.storage_gb,
-                                    state="pending",
-                                )
-                            )
+                        assert len(allocations) == replicas
                         await session.commit()
                 except BaseException:
                     await session.rollback()
@@ -282,7 +265,9 @@ async def nefos_placements(
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     finally:
         await db.dispose()
-    return Result(_backend(url), "Nefos", replicas, len(wants) * replicas, wall, cpu, races)
+    return Result(
+        _backend(url), "Nefos", replicas, len(wants) * replicas, wall, cpu, placer.claims_lost
+    )
 
 
 def _backend(url: str) -> str:

@@ -74,27 +74,20 @@ async def test_two_creates_two_apps_one_database(lab: Lab, limit: str) -> None:
         a, b = await first.user(), await first.user()
         # Both placers load the (empty) host now and keep that view: each will think
         # the host has room, so only the database can refuse the second claim.
-        claims: list[bool] = []
-        for n in (first, second):
-            placer = n.core.placer
+        placers = [first.core.placer, second.core.placer]
+        for n, placer in zip((first, second), placers, strict=True):
             placer.max_age = 3600.0
             placer.invalidate()
             async with n.core.db.sessionmaker() as session:
                 pool = await placer._pool_for(session)
                 assert host["id"] in pool
-            claim = placer._claim
-
-            async def counted(*args: Any, _claim: Any = claim, **kwargs: Any) -> bool:
-                ok = bool(await _claim(*args, **kwargs))
-                claims.append(ok)
-                return ok
-
-            placer._claim = counted
+            placer.claims_won = placer.claims_lost = 0
 
         responses = await asyncio.gather(
             first.create(a, "one", **body), second.create(b, "two", **body)
         )
         _outcome(list(responses))
         # The loser's placer chose the host and its guarded UPDATE matched no row.
-        assert sorted(claims) == [False, True], claims
+        claims = sorted((p.claims_won, p.claims_lost) for p in placers)
+        assert claims == [(0, 1), (1, 0)], claims
         await _one_allocation(first, host["id"], body)

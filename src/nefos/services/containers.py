@@ -62,7 +62,7 @@ from nefos.services.core import Core
 from nefos.services.drivers import CONTAINER_DRIVERS
 from nefos.services.hosts import HostService, domain_error, driver_call
 from nefos.services.paging import fetch_page
-from nefos.services.placement import Allocation
+from nefos.services.placement import Allocation, ReplicaRows
 from nefos.services.principal import Principal, authorize_project
 from nefos.services.quotas import check_quota
 
@@ -213,13 +213,18 @@ class ContainerService:
         )
 
     # --- placement --------------------------------------------------------------------
-    async def _place(self, container: Container, count: int) -> list[tuple[Allocation, Host]]:
+    async def _place(
+        self, container: Container, count: int, first_slot: int
+    ) -> list[tuple[Allocation, Host]]:
+        """Claim hosts for ``count`` replicas and write their rows (state pending, in
+        slots from ``first_slot``): one call to the database (``Placer.allocate``)."""
         placer = self.core.placer
         last: NoValidHost | None = None
+        rows = ReplicaRows(container.id, first_slot)
         for driver in CONTAINER_DRIVERS:
             try:
                 allocations = await placer.allocate(
-                    self.session, _request(container, driver, count)
+                    self.session, _request(container, driver, count), replicas=rows
                 )
             except NoValidHost as exc:
                 last = exc
@@ -269,24 +274,6 @@ class ContainerService:
                     "is not one tenants may pull from",
                     image="registry not allowed (see container_registries)",
                 )
-
-    def _add_replicas(
-        self, container: Container, placed: Sequence[tuple[Allocation, Host]], first_slot: int
-    ) -> list[ContainerReplica]:
-        rows = []
-        for i, (alloc, _host) in enumerate(placed):
-            row = ContainerReplica(
-                container_id=container.id,
-                slot=first_slot + i,
-                host_id=alloc.host_id,
-                cpu_milli=alloc.cpu_milli,
-                memory_mb=alloc.memory_mb,
-                storage_gb=alloc.storage_gb,
-                state="pending",
-            )
-            self.session.add(row)
-            rows.append(row)
-        return rows
 
     async def _commit_or_undo(self) -> None:
         try:
@@ -346,8 +333,7 @@ class ContainerService:
             self.session.add(container)
             await self.session.flush()
             async with self.core.placer.lock:
-                placed = await self._place(container, body.replicas)
-                self._add_replicas(container, placed, 0)
+                placed = await self._place(container, body.replicas, 0)
                 await self._reachable([h for _, h in placed])
                 await self._image_allowed(body.image, [h for _, h in placed])
                 op = await enqueue(
@@ -470,10 +456,8 @@ class ContainerService:
             async with self.core.placer.lock:
                 if grow > 0:
                     first = max((r.slot for r in old), default=-1) + 1
-                    placed = await self._place(current, grow)
-                    rows = self._add_replicas(current, placed, first)
-                    await self.session.flush()
-                    new_ids = [r.id for r in rows]
+                    placed = await self._place(current, grow, first)
+                    new_ids = [a.replica_id for a, _ in placed if a.replica_id]
                     await self._reachable([h for _, h in placed])
                 if body.strategy == "rolling":
                     remove = [r.id for r in sorted(old, key=lambda r: r.slot)[target:]]

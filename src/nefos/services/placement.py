@@ -20,8 +20,11 @@ after any failed transaction (``invalidate``), and host by host after a lost rac
 
 The guarded ``UPDATE`` (and the one that gives resources back) is a Core statement
 built once per placement policy, with bind parameters for the host and the sizes:
-building the ORM expression anew for every claim cost more than running it (see
-docs/benchmarks.md, bench_placement.py).
+building the ORM expression anew for every claim cost more than running it. A round
+of claims, and the replica rows that go with them (``ReplicaRows``), is one call to
+the database connection (``db.batch.run_batch``): on SQLite, one call in aiosqlite's
+thread instead of three or four per statement (see docs/benchmarks.md,
+bench_placement.py).
 """
 
 from __future__ import annotations
@@ -31,14 +34,16 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import cast
+from functools import lru_cache, partial
+from typing import Any, cast
 
-from sqlalchemy import Integer, String, Table, Update, bindparam, func, select, update
+from sqlalchemy import Integer, String, Table, Update, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.config import Settings
+from nefos.db.batch import Statements, run_batch
 from nefos.db.models import ContainerReplica, Host
+from nefos.db.types import new_id
 from nefos.scheduler import HostPool, HostState, NoValidHost, PlacementRequest, SchedulerConfig
 
 #: How often one request re-places after losing a race before giving up.
@@ -51,6 +56,18 @@ class Allocation:
     cpu_milli: int
     memory_mb: int
     storage_gb: int
+    #: The ``ContainerReplica`` row written with the claim (``allocate(replicas=...)``).
+    replica_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRows:
+    """Ask :meth:`Placer.allocate` to write a ``ContainerReplica`` row (state
+    ``pending``) per allocation, in slots from ``first_slot``, in the same call to the
+    database as the claims. The container's row must exist (flushed) already."""
+
+    container_id: str
+    first_slot: int = 0
 
 
 def scheduler_config(settings: Settings) -> SchedulerConfig:
@@ -128,6 +145,35 @@ RESTORE = (
 )
 
 
+_REPLICAS = cast(Table, ContainerReplica.__table__)
+#: A replica row with its allocation; the columns' defaults fill in the rest.
+INSERT_REPLICA = insert(_REPLICAS)
+
+
+def _claim_round(
+    claim: Update,
+    sizes: dict[str, Any],
+    hosts: Sequence[str],
+    rows: Sequence[dict[str, Any]],
+    db: Statements,
+) -> tuple[list[str], list[str]]:
+    """One round of claims, run in one call to the database: the guarded ``UPDATE``
+    per chosen host; then, if every claim matched, the replica rows, and if one did
+    not, the won claims given back. The hosts whose claims won and lost."""
+    won: list[str] = []
+    lost: list[str] = []
+    for host_id in hosts:
+        sizes["p_host_id"] = host_id
+        (won if db.execute(claim, sizes) else lost).append(host_id)
+    if lost:
+        for host_id in won:
+            sizes["p_host_id"] = host_id
+            db.execute(RELEASE, sizes)
+    else:
+        db.executemany(INSERT_REPLICA, rows)
+    return won, lost
+
+
 def _sizes(host_id: str, request: PlacementRequest, cpu_milli: int) -> dict[str, object]:
     return {
         "p_host_id": host_id,
@@ -179,6 +225,9 @@ class Placer:
         self._pool: HostPool | None = None
         self._loaded_at = 0.0
         self.lock = asyncio.Lock()
+        #: Guarded UPDATEs that matched, and that matched no row (a lost race).
+        self.claims_won = 0
+        self.claims_lost = 0
 
     def invalidate(self) -> None:
         self._pool = None
@@ -235,30 +284,59 @@ class Placer:
         )
         pool.update(host_state(host, {c: n for c, n in rows}))
 
-    async def allocate(self, session: AsyncSession, request: PlacementRequest) -> list[Allocation]:
-        """Claim a host for each replica of ``request`` in ``session``'s transaction.
+    async def allocate(
+        self,
+        session: AsyncSession,
+        request: PlacementRequest,
+        *,
+        replicas: ReplicaRows | None = None,
+    ) -> list[Allocation]:
+        """Claim a host for each replica of ``request`` in ``session``'s transaction,
+        and with ``replicas`` write their ``ContainerReplica`` rows too.
 
-        Raises ``NoValidHost`` (nothing claimed) when a replica fits nowhere. The
-        caller commits; if it rolls back instead it must call :meth:`invalidate`.
-        Callers hold :attr:`lock` so this process's pool has one user at a time.
+        Raises ``NoValidHost`` (nothing claimed, no row written) when a replica fits
+        nowhere. The caller commits; if it rolls back instead it must call
+        :meth:`invalidate`. Callers hold :attr:`lock` so this process's pool has one
+        user at a time.
         """
         pool = await self._pool_for(session)
         cpu_milli = round(request.cpus * 1000)
+        sizes: dict[str, Any] = _sizes("", request, cpu_milli)
+        claim = claim_statement(self.config)
+        # Pending ORM changes go first (the container the replica rows refer to): the
+        # claims are Core statements, which do not autoflush.
+        await session.flush()
         for _ in range(MAX_RACES):
-            placements = pool.place(request)
-            lost: list[str] = []
-            done: list[str] = []
-            for p in placements:
-                if await self._claim(session, p.host_id, request, cpu_milli):
-                    done.append(p.host_id)
-                else:
-                    lost.append(p.host_id)
+            hosts = [p.host_id for p in pool.place(request)]
+            ids: list[str | None] = [None] * len(hosts)
+            rows: list[dict[str, Any]] = []
+            if replicas is not None:
+                ids = [new_id() for _ in hosts]
+                rows = [
+                    {
+                        "id": ids[i],
+                        "container_id": replicas.container_id,
+                        "slot": replicas.first_slot + i,
+                        "host_id": host_id,
+                        "cpu_milli": cpu_milli,
+                        "memory_mb": request.memory_mb,
+                        "storage_gb": request.disk_gb,
+                        "state": "pending",
+                    }
+                    for i, host_id in enumerate(hosts)
+                ]
+            won, lost = await run_batch(session, partial(_claim_round, claim, sizes, hosts, rows))
+            self.claims_won += len(won)
+            self.claims_lost += len(lost)
             if not lost:
-                return [Allocation(h, cpu_milli, request.memory_mb, request.disk_gb) for h in done]
-            # Undo this round's claims in the database and re-read the hosts that lost.
-            for host_id in done:
-                await self.release(session, host_id, request, pool_only=False)
-            for host_id in {p.host_id for p in placements}:
+                return [
+                    Allocation(h, cpu_milli, request.memory_mb, request.disk_gb, replica_id)
+                    for h, replica_id in zip(hosts, ids, strict=True)
+                ]
+            # The round's won claims were given back in the database; re-read the hosts.
+            for host_id in won:
+                pool.release(host_id, request)
+            for host_id in set(hosts):
                 await self._reload_host(session, pool, host_id)
         raise NoValidHost(hosts=len(pool), rejections={"concurrent placements": len(pool)})
 
@@ -271,7 +349,12 @@ class Placer:
         result = await session.execute(
             claim_statement(self.config), _sizes(host_id, request, cpu_milli)
         )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        won = bool(result.rowcount)  # type: ignore[attr-defined]
+        if won:
+            self.claims_won += 1
+        else:
+            self.claims_lost += 1
+        return won
 
     async def release(
         self,
