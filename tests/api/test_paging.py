@@ -93,8 +93,7 @@ async def test_items_inserted_or_deleted_between_pages_neither_repeat_nor_skip(
     org = await world.new_org()
     await _projects(world, org, 7)
     ordered = [
-        p["id"]
-        for p in (await _get(world, "/projects", world.owner, organisation_id=org))["items"]
+        p["id"] for p in (await _get(world, "/projects", world.owner, organisation_id=org))["items"]
     ]
     assert len(ordered) == 7
 
@@ -108,7 +107,9 @@ async def test_items_inserted_or_deleted_between_pages_neither_repeat_nor_skip(
     cursor = page1["pagination"]["next_cursor"]
     seen = [p["id"] for p in page1["items"]]
     while cursor is not None:
-        data = await _get(world, "/projects", world.owner, organisation_id=org, limit=3, cursor=cursor)
+        data = await _get(
+            world, "/projects", world.owner, organisation_id=org, limit=3, cursor=cursor
+        )
         seen += [p["id"] for p in data["items"]]
         cursor = data["pagination"]["next_cursor"]
     assert seen == ordered[:3] + ordered[4:] + [new]
@@ -118,7 +119,9 @@ async def test_items_inserted_or_deleted_between_pages_neither_repeat_nor_skip(
 async def test_lists_in_newest_first_order_walk_by_cursor_too(world: World) -> None:
     # API keys: created_at descending, id ascending (a mixed order).
     for i in range(4):
-        await world.ok("POST", "/api-keys", world.owner, json={"name": f"k{i}", "scopes": ["org:read"]})
+        await world.ok(
+            "POST", "/api-keys", world.owner, json={"name": f"k{i}", "scopes": ["org:read"]}
+        )
     everything = [k["id"] for k in (await _get(world, "/api-keys", world.owner))["items"]]
     assert len(everything) == 5
     walked = await _walk(world, "/api-keys", world.owner, limit=2)
@@ -148,7 +151,11 @@ async def test_bad_cursors_are_a_422_in_the_envelope(world: World) -> None:
     # Foreign: another list's, or the same list's with other filters.
     orgs = await _get(world, "/organisations", world.owner, limit=1)
     await _refused(
-        world, "/projects", world.owner, cursor=orgs["pagination"]["next_cursor"], organisation_id=org
+        world,
+        "/projects",
+        world.owner,
+        cursor=orgs["pagination"]["next_cursor"],
+        organisation_id=org,
     )
     await _refused(world, "/projects", world.owner, cursor=good)  # without the filter
     # A cursor with page or skip.

@@ -240,7 +240,9 @@ def list_scope(request: Request) -> str:
     """What a cursor is bound to: the list (its path, the same under ``/api`` and
     ``/api/v1``) and its filters (every query parameter but the paging ones)."""
     path = _API_PREFIX.sub("", request.url.path) or "/"
-    filters = sorted((k, v) for k, v in request.query_params.multi_items() if k not in _PAGING_PARAMS)
+    filters = sorted(
+        (k, v) for k, v in request.query_params.multi_items() if k not in _PAGING_PARAMS
+    )
     return "\n".join([path, *(f"{k}={v}" for k, v in filters)])
 
 

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from nefos.cli._common import (
     Column,
+    CursorOpt,
     JsonOpt,
     LimitOpt,
     PageOpt,
@@ -132,6 +133,7 @@ def list_invoices(
     status: Annotated[str | None, typer.Option(help="draft, open, paid or void.")] = None,
     kind: Annotated[str | None, typer.Option(help="invoice or credit_note.")] = None,
     page: PageOpt = None,
+    cursor: CursorOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -144,6 +146,7 @@ def list_invoices(
             status=status,
             kind=kind,
             page=page,
+            cursor=cursor,
             limit=limit,
         )
     listing(rows, INVOICE_COLUMNS, as_json, empty="No invoices.")
@@ -188,13 +191,19 @@ def history(
     ] = None,
     org: OrgOpt = None,
     page: PageOpt = None,
+    cursor: CursorOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The billing history: finalized invoices, newest first."""
     with api(as_json) as c:
         found = c.invoices.history(
-            start_date=start, end_date=end, organisation_id=org, page=page, limit=limit
+            start_date=start,
+            end_date=end,
+            organisation_id=org,
+            page=page,
+            cursor=cursor,
+            limit=limit,
         )
     if as_json:
         echo_json(found)

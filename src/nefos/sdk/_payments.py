@@ -86,6 +86,7 @@ class Payments(_Resource):
         organisation_id: str | None = None,
         page: int | None = None,
         limit: int | None = None,
+        cursor: str | None = None,
         skip: int | None = None,
     ) -> Page[PaymentPublic]:
         """The organisation's payments, newest first; ``status``: pending, succeeded,
@@ -93,6 +94,7 @@ class Payments(_Resource):
         params = _paging(
             page,
             limit,
+            cursor=cursor,
             skip=skip,
             status=status,
             provider=provider,

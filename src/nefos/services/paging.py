@@ -121,7 +121,7 @@ def _cascade_names(table: Table) -> frozenset[str]:
     return found
 
 
-def _written(statement: Any) -> set[str] | None | bool:
+def _written(statement: Any) -> set[str] | bool | None:
     """The tables ``statement`` writes; None when it may write to any; False when it
     writes nothing."""
     if isinstance(statement, UpdateBase):
@@ -320,7 +320,9 @@ async def fetch_page(
 
     if page.after is not None:
         key = _checked(page.after, spec)
-        rows = list((await session.scalars(ordered.where(_after(spec, key)).limit(limit + 1))).all())
+        rows = list(
+            (await session.scalars(ordered.where(_after(spec, key)).limit(limit + 1))).all()
+        )
         start = None
     else:
         start = page.offset
@@ -332,7 +334,9 @@ async def fetch_page(
             # A deep page also reads the row before it: its key marks this page's start.
             learn = start >= CACHE_FROM
             first = start - 1 if learn else start
-            rows = list(await _offset_rows(session, model, where, order_by, first, limit + 1 + learn))
+            rows = list(
+                await _offset_rows(session, model, where, order_by, first, limit + 1 + learn)
+            )
             if learn and rows:
                 cache.keep_mark(start, _key_of(rows[0], spec))
                 rows = rows[1:]
@@ -362,7 +366,7 @@ async def _offset_rows(
 ) -> Sequence[M]:
     """``limit`` rows from ``offset``. Past the start, the skipped rows are walked as
     ids only (an index covers them) and just the kept ones loaded as objects."""
-    keys = inspect(model).primary_key  # type: ignore[union-attr]
+    keys = inspect(model).primary_key
     if offset == 0 or len(keys) != 1:
         query = select(model).where(*where).order_by(*order_by).offset(offset).limit(limit)
         return (await session.scalars(query)).all()
