@@ -42,7 +42,7 @@ from sqlalchemy import Column, Table, and_, bindparam, event, func, inspect, or_
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import operators
-from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.sql.dml import Delete, UpdateBase
 from sqlalchemy.sql.elements import ColumnElement, TextClause, UnaryExpression
 from sqlalchemy.sql.util import find_tables
 
@@ -88,7 +88,7 @@ class _EngineState:
 
 
 _states: weakref.WeakKeyDictionary[Engine, _EngineState] = weakref.WeakKeyDictionary()
-_cascades: dict[Table, frozenset[str]] = {}
+_cascades: dict[tuple[int, str], frozenset[str]] = {}
 _WRITTEN = "nefos.paging.written"
 
 
@@ -100,24 +100,23 @@ def _state(engine: Engine) -> _EngineState:
 
 
 def _cascade_names(table: Table) -> frozenset[str]:
-    """``table`` and every table whose rows a write to it may change through a foreign
-    key (ON DELETE CASCADE / SET NULL), transitively."""
-    found = _cascades.get(table)
+    """``table`` and every table whose rows a delete from it may change through a
+    foreign key (ON DELETE CASCADE / SET NULL), transitively."""
+    key = (id(table.metadata), table.name)
+    found = _cascades.get(key)
     if found is None:
         names = {table.name}
-        frontier = [table]
+        frontier = [table.name]
         while frontier:
             parent = frontier.pop()
             for other in table.metadata.tables.values():
-                if other.name in names:
-                    continue
-                if any(
-                    fk.column.table is parent and (fk.ondelete or "").upper() != "RESTRICT"
+                if other.name not in names and any(
+                    fk.column.table.name == parent and (fk.ondelete or "").upper() != "RESTRICT"
                     for fk in other.foreign_keys
                 ):
                     names.add(other.name)
-                    frontier.append(other)
-        found = _cascades[table] = frozenset(names)
+                    frontier.append(other.name)
+        found = _cascades[key] = frozenset(names)
     return found
 
 
@@ -126,9 +125,11 @@ def _written(statement: Any) -> set[str] | bool | None:
     writes nothing."""
     if isinstance(statement, UpdateBase):
         table = statement.table
-        if isinstance(table, Table):
+        if not isinstance(table, Table):
+            return None
+        if isinstance(statement, Delete):  # ON DELETE CASCADE / SET NULL reach further
             return set(_cascade_names(table))
-        return None
+        return {table.name}
     if isinstance(statement, TextClause):
         statement = statement.text
     if isinstance(statement, str):
