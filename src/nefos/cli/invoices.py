@@ -210,8 +210,10 @@ def history(
         return
     listing(found.bills, BILL_COLUMNS, as_json, empty="No bills.")
     p = found.pagination
-    if p.get("pages", 1) > 1:
-        stdout().print(f"[dim]Page {p['page']} of {p['pages']} ({p['total']} in all).[/]")
+    if p.pages is not None and p.pages > 1:
+        stdout().print(f"[dim]Page {p.page} of {p.pages} ({p.total} in all).[/]")
+    if p.next_cursor:
+        stdout().print(f"[dim]Next page: --cursor {p.next_cursor}[/]")
 
 
 @app.command("create")
