@@ -406,7 +406,13 @@ async def test_list_pages_and_filters_and_names_per_project(client, register, po
         return [x["name"] for x in data["items"]]
 
     data = await api.call("GET", "/containers", params={"project_id": project_id})
-    assert data["pagination"] == {"page": 1, "limit": 20, "total": 3, "pages": 1}
+    assert data["pagination"] == {
+        "page": 1,
+        "limit": 20,
+        "total": 3,
+        "pages": 1,
+        "next_cursor": None,
+    }
     assert await names(project_id=project_id) == ["a", "b", "c"]
     r = await client.get(f"{V1}/containers", headers={**owner.headers, "X-Project-ID": project_id})
     assert [x["name"] for x in r.json()["data"]["items"]] == ["a", "b", "c"]

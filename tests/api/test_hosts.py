@@ -207,7 +207,13 @@ async def test_list_get_and_delete(client, admin):
     r = await client.get(f"{V1}/resources/hosts", headers=admin.headers)
     data = r.json()["data"]
     assert [h["hostname"] for h in data["items"]] == ["h0", "h1", "h2"]
-    assert data["pagination"] == {"page": 1, "limit": 20, "total": 3, "pages": 1}
+    assert data["pagination"] == {
+        "page": 1,
+        "limit": 20,
+        "total": 3,
+        "pages": 1,
+        "next_cursor": None,
+    }
     r = await client.get(
         f"{V1}/resources/hosts", params={"page": 2, "limit": 2}, headers=admin.headers
     )

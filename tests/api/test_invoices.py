@@ -790,7 +790,13 @@ async def test_billing_history_lists_finalized_invoices_in_seed_004s_shape(
         r = await client.get(f"{prefix}/billing/history", headers=user.headers)
         assert r.status_code == 200, r.text
         data = r.json()["data"]
-        assert data["pagination"] == {"page": 1, "limit": 20, "total": 2, "pages": 1}
+        assert data["pagination"] == {
+            "page": 1,
+            "limit": 20,
+            "total": 2,
+            "pages": 1,
+            "next_cursor": None,
+        }
         assert data["items"] == data["bills"]
         newest, oldest = data["bills"]
         assert newest == {

@@ -26,8 +26,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nefos.db.models import Organisation, Project
 from nefos.domain.access import Permission, Role
-from nefos.domain.errors import Forbidden, Unauthorized
-from nefos.domain.paging import PageParams
+from nefos.domain.errors import Forbidden, Unauthorized, ValidationFailed
+from nefos.domain.paging import MAX_CURSOR_CHARS, CursorCodec, PageParams
 from nefos.gateway.client import client_ip
 from nefos.services.auth import ClientInfo
 from nefos.services.authn import Authenticator, Kind
@@ -278,6 +278,20 @@ class PublicMarker:
 Public = Depends(PublicMarker())
 
 
+_API_PREFIX = re.compile(r"^/api(?:/v\d+)?(?=/|$)")
+_PAGING_PARAMS = frozenset({"page", "skip", "limit", "cursor"})
+
+
+def list_scope(request: Request) -> str:
+    """What a cursor is bound to: the list (its path, the same under ``/api`` and
+    ``/api/v1``) and its filters (every query parameter but the paging ones)."""
+    path = _API_PREFIX.sub("", request.url.path) or "/"
+    filters = sorted(
+        (k, v) for k, v in request.query_params.multi_items() if k not in _PAGING_PARAMS
+    )
+    return "\n".join([path, *(f"{k}={v}" for k, v in filters)])
+
+
 async def page_params(
     request: Request,
     page: Annotated[int | None, Query(ge=1, le=10_000_000, description="Page, from 1.")] = None,
@@ -287,12 +301,28 @@ async def page_params(
     limit: Annotated[
         int | None, Query(ge=1, le=10**9, description="Items per page (default 20, max 500).")
     ] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=MAX_CURSOR_CHARS,
+            description="Keyset paging: the `next_cursor` of the previous page (instead of "
+            "`page`/`skip`). Opaque; valid for this list with the same filters.",
+        ),
+    ] = None,
 ) -> PageParams:
     settings = request.app.state.core.settings
     size = min(limit or settings.page_default_limit, settings.page_max_limit)
+    codec = CursorCodec.for_list(settings.jwt_secret, list_scope(request))
+    if cursor is not None:
+        if page is not None or skip is not None:
+            raise ValidationFailed(
+                "Give either a cursor or page/skip, not both",
+                cursor="cannot be combined with page or skip",
+            )
+        return PageParams(offset=0, limit=size, after=codec.decode(cursor), cursors=codec)
     if skip is not None:
-        return PageParams(offset=skip, limit=size)
-    return PageParams(offset=((page or 1) - 1) * size, limit=size)
+        return PageParams(offset=skip, limit=size, cursors=codec)
+    return PageParams(offset=((page or 1) - 1) * size, limit=size, cursors=codec)
 
 
 PageDep = Annotated[PageParams, Depends(page_params)]

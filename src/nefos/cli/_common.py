@@ -66,6 +66,13 @@ JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print JSON (the API's data) instead of a table.")
 ]
 PageOpt = Annotated[int | None, typer.Option(min=1, help="Page number, from 1.")]
+CursorOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Go on after the page that printed this cursor (its next_cursor), instead of --page.",
+        show_default=False,
+    ),
+]
 LimitOpt = Annotated[int | None, typer.Option(min=1, max=500, help="Items per page (max 500).")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 WaitOpt = Annotated[
@@ -405,9 +412,12 @@ def listing(
         for item in rows:
             table.add_row(*(escape(_cell(_value(item, attr))) for _, attr in columns))
         console.print(table)
-    if isinstance(items, Page) and items.pagination.pages > 1:
+    if isinstance(items, Page):
         p = items.pagination
-        console.print(f"[dim]Page {p.page} of {p.pages} ({p.total} in all); use --page.[/]")
+        if p.pages is not None and p.pages > 1:
+            console.print(f"[dim]Page {p.page} of {p.pages} ({p.total} in all); use --page.[/]")
+        if p.next_cursor:
+            console.print(f"[dim]Next page: --cursor {p.next_cursor}[/]")
 
 
 def done(message: str, as_json: bool, data: BaseModel | None = None) -> None:

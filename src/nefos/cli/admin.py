@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from nefos.cli._common import JsonOpt, LimitOpt, PageOpt, api, listing, show
+from nefos.cli._common import CursorOpt, JsonOpt, LimitOpt, PageOpt, api, listing, show
 
 app = typer.Typer(no_args_is_help=True, help="Platform administration (admins only).")
 
@@ -51,10 +51,12 @@ def create_user(
 
 
 @app.command("list-users")
-def list_users(page: PageOpt = None, limit: LimitOpt = None, as_json: JsonOpt = False) -> None:
+def list_users(
+    page: PageOpt = None, cursor: CursorOpt = None, limit: LimitOpt = None, as_json: JsonOpt = False
+) -> None:
     """List every user of the platform."""
     with api(as_json) as c:
-        users = c.admin.list_users(page=page, limit=limit)
+        users = c.admin.list_users(page=page, cursor=cursor, limit=limit)
     listing(users, USER_COLUMNS, as_json, empty="No users.")
 
 

@@ -8,6 +8,7 @@ import typer
 
 from nefos.cli._common import (
     Column,
+    CursorOpt,
     JsonOpt,
     LimitOpt,
     PageOpt,
@@ -83,12 +84,13 @@ DELIVERY_COLUMNS: list[Column] = [
 def list_rules(
     project: ProjectOpt = None,
     page: PageOpt = None,
+    cursor: CursorOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List a project's alert rules."""
     with api(as_json) as c:
-        rows = c.alert_rules.list(project_id=project, page=page, limit=limit)
+        rows = c.alert_rules.list(project_id=project, page=page, cursor=cursor, limit=limit)
     listing(rows, RULE_COLUMNS, as_json, empty="No alert rules.")
 
 
@@ -197,6 +199,7 @@ def list_alerts(
     ] = False,
     project: ProjectOpt = None,
     page: PageOpt = None,
+    cursor: CursorOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -211,6 +214,7 @@ def list_alerts(
             platform=platform or None,
             project_id=project,
             page=page,
+            cursor=cursor,
             limit=limit,
         )
     listing(rows, ALERT_COLUMNS, as_json, empty="No alerts.")
@@ -248,12 +252,13 @@ def create_webhook(
 def list_webhooks(
     project: ProjectOpt = None,
     page: PageOpt = None,
+    cursor: CursorOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List a project's webhooks."""
     with api(as_json) as c:
-        rows = c.webhooks.list(project_id=project, page=page, limit=limit)
+        rows = c.webhooks.list(project_id=project, page=page, cursor=cursor, limit=limit)
     listing(rows, WEBHOOK_COLUMNS, as_json, empty="No webhooks.")
 
 
@@ -280,12 +285,15 @@ def deliveries(
     webhook_id: WebhookArg,
     status: Annotated[str | None, typer.Option(help="pending, succeeded or failed.")] = None,
     page: PageOpt = None,
+    cursor: CursorOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List a webhook's deliveries, newest first."""
     with api(as_json) as c:
-        rows = c.webhooks.deliveries(webhook_id, status=status, page=page, limit=limit)
+        rows = c.webhooks.deliveries(
+            webhook_id, status=status, page=page, cursor=cursor, limit=limit
+        )
     listing(rows, DELIVERY_COLUMNS, as_json, empty="No deliveries.")
 
 

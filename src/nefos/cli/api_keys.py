@@ -7,7 +7,17 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from nefos.cli._common import JsonOpt, LimitOpt, PageOpt, api, listing, show, stderr, stdout
+from nefos.cli._common import (
+    CursorOpt,
+    JsonOpt,
+    LimitOpt,
+    PageOpt,
+    api,
+    listing,
+    show,
+    stderr,
+    stdout,
+)
 
 app = typer.Typer(no_args_is_help=True, help="API keys: scoped, revocable credentials.")
 
@@ -24,10 +34,12 @@ KEY_COLUMNS = [
 
 
 @app.command("list")
-def list_(page: PageOpt = None, limit: LimitOpt = None, as_json: JsonOpt = False) -> None:
+def list_(
+    page: PageOpt = None, cursor: CursorOpt = None, limit: LimitOpt = None, as_json: JsonOpt = False
+) -> None:
     """List your API keys (never their secrets)."""
     with api(as_json) as c:
-        keys = c.api_keys.list(page=page, limit=limit)
+        keys = c.api_keys.list(page=page, cursor=cursor, limit=limit)
     listing(keys, KEY_COLUMNS, as_json, empty="No API keys.")
 
 

@@ -9,6 +9,7 @@ import typer
 
 from nefos.cli._common import (
     Column,
+    CursorOpt,
     JsonOpt,
     LimitOpt,
     PageOpt,
@@ -47,12 +48,15 @@ def list_(
     ] = None,
     project: ProjectOpt = None,
     page: PageOpt = None,
+    cursor: CursorOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List a project's backups."""
     with api(as_json) as c:
-        rows = c.backups.list(vm_id=vm, status=status, project_id=project, page=page, limit=limit)
+        rows = c.backups.list(
+            vm_id=vm, status=status, project_id=project, page=page, cursor=cursor, limit=limit
+        )
     listing(rows, BACKUP_COLUMNS, as_json, empty="No backups.")
 
 

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from nefos.cli._common import (
     Column,
+    CursorOpt,
     JsonOpt,
     LimitOpt,
     PageOpt,
@@ -190,13 +191,14 @@ def list_(
     user: Annotated[str | None, typer.Option("--user", help="Only those this user made.")] = None,
     project: ProjectOpt = None,
     page: PageOpt = None,
+    cursor: CursorOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List a project's containers."""
     with api(as_json) as c:
         rows = c.containers.list(
-            status=status, user_id=user, project_id=project, page=page, limit=limit
+            status=status, user_id=user, project_id=project, page=page, cursor=cursor, limit=limit
         )
     listing(rows, CONTAINER_COLUMNS, as_json, empty="No containers.")
 

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from nefos.cli._common import (
     Column,
+    CursorOpt,
     JsonOpt,
     LimitOpt,
     PageOpt,
@@ -56,10 +57,12 @@ HOST_COLUMNS: list[Column] = [
 
 
 @app.command("list")
-def list_(page: PageOpt = None, limit: LimitOpt = None, as_json: JsonOpt = False) -> None:
+def list_(
+    page: PageOpt = None, cursor: CursorOpt = None, limit: LimitOpt = None, as_json: JsonOpt = False
+) -> None:
     """List the hosts, their state and what they carry."""
     with api(as_json) as c:
-        hosts = c.hosts.list(page=page, limit=limit)
+        hosts = c.hosts.list(page=page, cursor=cursor, limit=limit)
     listing(hosts, HOST_COLUMNS, as_json, empty="No hosts: add one with `nefos host add`.")
 
 

@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from nefos.cli._common import (
     Column,
+    CursorOpt,
     JsonOpt,
     LimitOpt,
     PageOpt,
@@ -109,13 +110,20 @@ def list_(
     ] = None,
     project: ProjectOpt = None,
     page: PageOpt = None,
+    cursor: CursorOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List the public images and the project's own."""
     with api(as_json) as c:
         rows = c.images.list(
-            kind=kind, os_type=os_type, status=status, project_id=project, page=page, limit=limit
+            kind=kind,
+            os_type=os_type,
+            status=status,
+            project_id=project,
+            page=page,
+            cursor=cursor,
+            limit=limit,
         )
     listing(rows, IMAGE_COLUMNS, as_json, empty="No images.")
 

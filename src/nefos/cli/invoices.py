@@ -12,6 +12,7 @@ from rich.table import Table
 
 from nefos.cli._common import (
     Column,
+    CursorOpt,
     JsonOpt,
     LimitOpt,
     PageOpt,
@@ -132,6 +133,7 @@ def list_invoices(
     status: Annotated[str | None, typer.Option(help="draft, open, paid or void.")] = None,
     kind: Annotated[str | None, typer.Option(help="invoice or credit_note.")] = None,
     page: PageOpt = None,
+    cursor: CursorOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -144,6 +146,7 @@ def list_invoices(
             status=status,
             kind=kind,
             page=page,
+            cursor=cursor,
             limit=limit,
         )
     listing(rows, INVOICE_COLUMNS, as_json, empty="No invoices.")
@@ -188,21 +191,29 @@ def history(
     ] = None,
     org: OrgOpt = None,
     page: PageOpt = None,
+    cursor: CursorOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The billing history: finalized invoices, newest first."""
     with api(as_json) as c:
         found = c.invoices.history(
-            start_date=start, end_date=end, organisation_id=org, page=page, limit=limit
+            start_date=start,
+            end_date=end,
+            organisation_id=org,
+            page=page,
+            cursor=cursor,
+            limit=limit,
         )
     if as_json:
         echo_json(found)
         return
     listing(found.bills, BILL_COLUMNS, as_json, empty="No bills.")
     p = found.pagination
-    if p.get("pages", 1) > 1:
-        stdout().print(f"[dim]Page {p['page']} of {p['pages']} ({p['total']} in all).[/]")
+    if p.pages is not None and p.pages > 1:
+        stdout().print(f"[dim]Page {p.page} of {p.pages} ({p.total} in all).[/]")
+    if p.next_cursor:
+        stdout().print(f"[dim]Next page: --cursor {p.next_cursor}[/]")
 
 
 @app.command("create")

@@ -8,6 +8,7 @@ import typer
 
 from nefos.cli._common import (
     Column,
+    CursorOpt,
     JsonOpt,
     LimitOpt,
     PageOpt,
@@ -42,12 +43,15 @@ def list_(
     status: Annotated[str | None, typer.Option(help="Only this status.")] = None,
     project: ProjectOpt = None,
     page: PageOpt = None,
+    cursor: CursorOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List a project's networks."""
     with api(as_json) as c:
-        rows = c.networks.list(status=status, project_id=project, page=page, limit=limit)
+        rows = c.networks.list(
+            status=status, project_id=project, page=page, cursor=cursor, limit=limit
+        )
     listing(rows, NETWORK_COLUMNS, as_json, empty="No networks.")
 
 

@@ -6,7 +6,17 @@ from typing import Annotated
 
 import typer
 
-from nefos.cli._common import Column, JsonOpt, LimitOpt, PageOpt, api, listing, show, wait_for
+from nefos.cli._common import (
+    Column,
+    CursorOpt,
+    JsonOpt,
+    LimitOpt,
+    PageOpt,
+    api,
+    listing,
+    show,
+    wait_for,
+)
 
 app = typer.Typer(
     no_args_is_help=True, help="Operations: follow, wait for and cancel long actions."
@@ -34,12 +44,15 @@ def list_(
         typer.Option(help="Only this status: pending, running, succeeded, failed, cancelled."),
     ] = None,
     page: PageOpt = None,
+    cursor: CursorOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List operations in the projects you can see, newest first."""
     with api(as_json) as c:
-        ops = c.operations.list(resource_id=resource, status=status, page=page, limit=limit)
+        ops = c.operations.list(
+            resource_id=resource, status=status, page=page, cursor=cursor, limit=limit
+        )
     listing(ops, OPERATION_COLUMNS, as_json, empty="No operations.")
 
 

@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 
 from nefos.cli._common import (
+    CursorOpt,
     JsonOpt,
     LimitOpt,
     PageOpt,
@@ -63,12 +64,13 @@ def list_(
         bool, typer.Option("--all", help="Every organisation (platform admins).")
     ] = False,
     page: PageOpt = None,
+    cursor: CursorOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List your organisations."""
     with api(as_json) as c:
-        orgs = c.organisations.list(page=page, limit=limit, all_orgs=all_orgs)
+        orgs = c.organisations.list(page=page, cursor=cursor, limit=limit, all_orgs=all_orgs)
     listing(orgs, ORG_COLUMNS, as_json, empty="No organisations.")
 
 
@@ -122,11 +124,15 @@ def delete(org_id: OrgArg, yes: YesOpt = False, as_json: JsonOpt = False) -> Non
 
 @app.command()
 def children(
-    org_id: OrgArg, page: PageOpt = None, limit: LimitOpt = None, as_json: JsonOpt = False
+    org_id: OrgArg,
+    page: PageOpt = None,
+    cursor: CursorOpt = None,
+    limit: LimitOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """List a reseller's child organisations."""
     with api(as_json) as c:
-        orgs = c.organisations.list_children(org_id, page=page, limit=limit)
+        orgs = c.organisations.list_children(org_id, page=page, cursor=cursor, limit=limit)
     listing(orgs, ORG_COLUMNS, as_json, empty="No child organisations.")
 
 
@@ -242,16 +248,17 @@ def invitations(
         typer.Argument(help="Organisation id; without it, the invitations sent to you."),
     ] = None,
     page: PageOpt = None,
+    cursor: CursorOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List an organisation's invitations, or your own pending ones."""
     with api(as_json) as c:
         if org_id is None:
-            mine = c.organisations.my_invitations(page=page, limit=limit)
+            mine = c.organisations.my_invitations(page=page, cursor=cursor, limit=limit)
             listing(mine, MY_INVITATION_COLUMNS, as_json, empty="No pending invitations.")
             return
-        rows = c.organisations.list_invitations(org_id, page=page, limit=limit)
+        rows = c.organisations.list_invitations(org_id, page=page, cursor=cursor, limit=limit)
     listing(rows, INVITATION_COLUMNS, as_json, empty="No invitations.")
 
 

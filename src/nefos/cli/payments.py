@@ -10,7 +10,17 @@ from typing import Annotated
 
 import typer
 
-from nefos.cli._common import Column, JsonOpt, LimitOpt, PageOpt, YesOpt, api, listing, show
+from nefos.cli._common import (
+    Column,
+    CursorOpt,
+    JsonOpt,
+    LimitOpt,
+    PageOpt,
+    YesOpt,
+    api,
+    listing,
+    show,
+)
 from nefos.schemas.billing import PaymentPublic
 
 app = typer.Typer(
@@ -82,13 +92,19 @@ def list_payments(
     provider: Annotated[str | None, typer.Option(help="credit, manual or stripe.")] = None,
     org: OrgOpt = None,
     page: PageOpt = None,
+    cursor: CursorOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List the organisation's payments, newest first."""
     with api(as_json) as c:
         rows = c.payments.list(
-            status=status, provider=provider, organisation_id=org, page=page, limit=limit
+            status=status,
+            provider=provider,
+            organisation_id=org,
+            page=page,
+            cursor=cursor,
+            limit=limit,
         )
     listing(rows, COLUMNS, as_json, empty="No payments.")
 

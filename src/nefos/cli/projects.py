@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from nefos.cli._common import (
+    CursorOpt,
     JsonOpt,
     LimitOpt,
     PageOpt,
@@ -61,12 +62,13 @@ def list_(
         str | None, typer.Option("--org", help="Only this organisation's projects.")
     ] = None,
     page: PageOpt = None,
+    cursor: CursorOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List the projects you can see."""
     with api(as_json) as c:
-        projects = c.projects.list(organisation_id=org, page=page, limit=limit)
+        projects = c.projects.list(organisation_id=org, page=page, cursor=cursor, limit=limit)
     listing(projects, PROJECT_COLUMNS, as_json, empty="No projects.")
 
 

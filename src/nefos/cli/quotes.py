@@ -15,6 +15,7 @@ from rich.table import Table
 
 from nefos.cli._common import (
     Column,
+    CursorOpt,
     JsonOpt,
     LimitOpt,
     PageOpt,
@@ -124,12 +125,15 @@ def list_products(
     currency: CurrencyOpt = None,
     org: OrgOpt = None,
     page: PageOpt = None,
+    cursor: CursorOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The prices in force, as your organisation pays them (margin included)."""
     with api(as_json) as c:
-        found = c.products.list(currency=currency, organisation_id=org, page=page, limit=limit)
+        found = c.products.list(
+            currency=currency, organisation_id=org, page=page, cursor=cursor, limit=limit
+        )
     if as_json:
         echo_json(found)
         return
@@ -141,12 +145,13 @@ def product_history(
     sku: SkuArg,
     currency: CurrencyOpt = None,
     page: PageOpt = None,
+    cursor: CursorOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Every price a SKU has had, newest first (platform admins)."""
     with api(as_json) as c:
-        rows = c.products.history(sku, currency=currency, page=page, limit=limit)
+        rows = c.products.history(sku, currency=currency, page=page, cursor=cursor, limit=limit)
     listing(rows, PRODUCT_COLUMNS, as_json, empty="No prices.")
 
 
@@ -299,12 +304,15 @@ def list_quotes(
     ] = None,
     org: OrgOpt = None,
     page: PageOpt = None,
+    cursor: CursorOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The organisation's quotes, newest first."""
     with api(as_json) as c:
-        rows = c.quotes.list(status=status, organisation_id=org, page=page, limit=limit)
+        rows = c.quotes.list(
+            status=status, organisation_id=org, page=page, cursor=cursor, limit=limit
+        )
     listing(rows, QUOTE_COLUMNS, as_json, empty="No quotes.")
 
 
@@ -369,12 +377,15 @@ def list_payouts(
     ] = False,
     org: OrgOpt = None,
     page: PageOpt = None,
+    cursor: CursorOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Payouts, newest first."""
     with api(as_json) as c:
-        rows = c.payouts.list(status=status, all=every, organisation_id=org, page=page, limit=limit)
+        rows = c.payouts.list(
+            status=status, all=every, organisation_id=org, page=page, cursor=cursor, limit=limit
+        )
     listing(rows, PAYOUT_COLUMNS, as_json, empty="No payouts.")
 
 
@@ -459,6 +470,7 @@ def transactions(
     end: Annotated[str | None, typer.Option("--to", help="End date, included.")] = None,
     org: OrgOpt = None,
     page: PageOpt = None,
+    cursor: CursorOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -470,6 +482,7 @@ def transactions(
             end_date=end,
             organisation_id=org,
             page=page,
+            cursor=cursor,
             limit=limit,
         )
     listing(rows, TRANSACTION_COLUMNS, as_json, empty="No transactions.")

@@ -8,6 +8,7 @@ import typer
 
 from nefos.cli._common import (
     Column,
+    CursorOpt,
     JsonOpt,
     LimitOpt,
     PageOpt,
@@ -43,12 +44,15 @@ def list_(
     ] = None,
     project: ProjectOpt = None,
     page: PageOpt = None,
+    cursor: CursorOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List a project's snapshots."""
     with api(as_json) as c:
-        rows = c.snapshots.list(vm_id=vm, status=status, project_id=project, page=page, limit=limit)
+        rows = c.snapshots.list(
+            vm_id=vm, status=status, project_id=project, page=page, cursor=cursor, limit=limit
+        )
     listing(rows, SNAPSHOT_COLUMNS, as_json, empty="No snapshots.")
 
 

@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from nefos.cli._common import (
     Column,
+    CursorOpt,
     JsonOpt,
     LimitOpt,
     PageOpt,
@@ -131,12 +132,13 @@ def list_(
     ] = None,
     project: ProjectOpt = None,
     page: PageOpt = None,
+    cursor: CursorOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List a project's VMs."""
     with api(as_json) as c:
-        rows = c.vms.list(status=status, project_id=project, page=page, limit=limit)
+        rows = c.vms.list(status=status, project_id=project, page=page, cursor=cursor, limit=limit)
     listing(rows, VM_COLUMNS, as_json, empty="No VMs.")
 
 

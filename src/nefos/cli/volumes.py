@@ -8,6 +8,7 @@ import typer
 
 from nefos.cli._common import (
     Column,
+    CursorOpt,
     JsonOpt,
     LimitOpt,
     PageOpt,
@@ -44,12 +45,15 @@ def list_(
     ] = None,
     project: ProjectOpt = None,
     page: PageOpt = None,
+    cursor: CursorOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List a project's volumes."""
     with api(as_json) as c:
-        rows = c.volumes.list(vm_id=vm, status=status, project_id=project, page=page, limit=limit)
+        rows = c.volumes.list(
+            vm_id=vm, status=status, project_id=project, page=page, cursor=cursor, limit=limit
+        )
     listing(rows, VOLUME_COLUMNS, as_json, empty="No volumes.")
 
 

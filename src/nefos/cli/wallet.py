@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from nefos.cli._common import Column, JsonOpt, LimitOpt, PageOpt, api, listing, show
+from nefos.cli._common import Column, CursorOpt, JsonOpt, LimitOpt, PageOpt, api, listing, show
 from nefos.cli.payments import AmountArg, CurrencyOpt, KeyOpt, show_payment
 
 app = typer.Typer(no_args_is_help=True, help="The prepaid wallet: balance, ledger, top-ups.")
@@ -41,12 +41,15 @@ def ledger(
     ] = None,
     org: OrgOpt = None,
     page: PageOpt = None,
+    cursor: CursorOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The wallet's ledger, newest first."""
     with api(as_json) as c:
-        rows = c.wallet.ledger(kind=kind, organisation_id=org, page=page, limit=limit)
+        rows = c.wallet.ledger(
+            kind=kind, organisation_id=org, page=page, cursor=cursor, limit=limit
+        )
     listing(rows, ENTRY_COLUMNS, as_json, empty="No ledger entries.")
 
 

@@ -243,6 +243,9 @@ class ApiKey(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
+    # The key list pages in (created_at, id) within a user (see services.paging).
+    __table_args__ = (Index("ix_api_keys_user_created_id", "user_id", "created_at", "id"),)
+
 
 class WsTicket(Base):
     """A one-time ticket for ``GET /ws?ticket=``: the SHA-256 of the secret, and the
@@ -415,7 +418,12 @@ class Operation(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = _updated()
 
-    __table_args__ = (Index("ix_operations_status_created", "status", "created_at"),)
+    __table_args__ = (
+        Index("ix_operations_status_created", "status", "created_at"),
+        # The operations list pages newest first across a caller's projects: read in
+        # (created_at, id) order and stopped after a page, not sorted in full.
+        Index("ix_operations_created_id", "created_at", "id"),
+    )
 
 
 class IdempotencyRecord(Base):

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from starlette.responses import Response
 from starlette.types import Send
 
+from nefos.domain.errors import ValidationFailed
 from nefos.domain.paging import PageParams
 
 
@@ -59,13 +60,22 @@ def ok(
 
 
 def page(items: Sequence[Any], total: int, params: PageParams, **extra: Any) -> dict[str, Any]:
+    """A list's ``data``: its items and ``pagination``. ``next_cursor`` continues after
+    the last item (null on the last page); on a page read by cursor, ``page`` and
+    ``pages`` are null (a keyset page has no number)."""
+    if params.after is not None and not params.end.keyset:
+        # A list that does not read through services.paging cannot honour a cursor:
+        # refused rather than answered with its first page again (a loop for clients).
+        raise ValidationFailed("This list does not take a cursor", cursor="not supported here")
+    keyset = params.after is not None
     return {
         "items": [_plain(i) for i in items],
         "pagination": {
-            "page": params.page,
+            "page": None if keyset else params.page,
             "limit": params.limit,
             "total": total,
-            "pages": params.pages(total),
+            "pages": None if keyset else params.pages(total),
+            "next_cursor": params.next_cursor(),
         },
         **extra,
     }

@@ -656,7 +656,7 @@ class Bill(Priced):
 class BillingHistory(BaseModel):
     bills: list[Bill]
     items: list[Bill]
-    pagination: dict[str, int]
+    pagination: Pagination
 
 
 # --- wallet and usage (seeds 000 and 004) ---------------------------------------------------

@@ -129,10 +129,15 @@ class ErrorEnvelope(BaseModel):
 
 
 class Pagination(BaseModel):
-    page: int
+    """Where a page is in its list. ``total`` counts every item matching the filters
+    (all pages); ``page`` and ``pages`` are null on a page read by ``cursor``;
+    ``next_cursor`` reads on after this page's last item (null on the last page)."""
+
+    page: int | None
     limit: int
     total: int
-    pages: int
+    pages: int | None
+    next_cursor: str | None = None
 
 
 class Page(BaseModel, Generic[T]):

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from nefos.domain.units import parse_cpu_milli, parse_memory_mb, parse_port, parse_storage_gb
-from nefos.schemas.common import Id, Request
+from nefos.schemas.common import Id, Pagination, Request
 
 # --- hosts -----------------------------------------------------------------------------
 HostDriver = Literal["docker", "libvirt", "sim"]
@@ -307,7 +307,7 @@ class ContainerAccepted(BaseModel):
 class ContainerList(BaseModel):
     items: list[ContainerPublic]
     containers: list[ContainerPublic] = Field(description="Seed 004's name for `items`.")
-    pagination: dict[str, int]
+    pagination: Pagination
 
 
 class ContainerLogs(BaseModel):

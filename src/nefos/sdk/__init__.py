@@ -7,6 +7,8 @@
         page = nefos.projects.list(limit=50)
         for project in page.items:
             print(project.id, project.name)
+        for vm in iterate(nefos.vms.list, status="running"):  # every page, by cursor
+            print(vm.id)
         accepted = nefos.containers.create(name="web", image="nginx:alpine", ports=["8080:80"])
         nefos.operations.wait(accepted)  # raises OperationFailedError if it failed
 
@@ -41,6 +43,7 @@ from nefos.sdk._errors import (
 )
 from nefos.sdk._events import EventStream
 from nefos.sdk._invoices import Invoices
+from nefos.sdk._paging import TooManyPagesError, iterate
 from nefos.sdk._payments import Payments
 from nefos.sdk._quotes import (
     BillingAccounts,
@@ -117,6 +120,7 @@ __all__ = [
     "ServiceUnavailableError",
     "Snapshots",
     "Tokens",
+    "TooManyPagesError",
     "TransportError",
     "Users",
     "ValidationError",
@@ -125,6 +129,7 @@ __all__ = [
     "Webhooks",
     "WsTicket",
     "container_item",
+    "iterate",
     "vm_item",
     "volume_item",
 ]

@@ -31,10 +31,13 @@ class AlertRules(_Resource):
         project_id: str | None = None,
         page: int | None = None,
         limit: int | None = None,
+        cursor: str | None = None,
         skip: int | None = None,
     ) -> Page[AlertRulePublic]:
         """One project's rules (default: the caller's default project)."""
-        params = _paging(page, limit, skip=skip, enabled=enabled, project_id=project_id)
+        params = _paging(
+            page, limit, cursor=cursor, skip=skip, enabled=enabled, project_id=project_id
+        )
         return self._page(AlertRulePublic, RULES, params)
 
     def create(
@@ -127,6 +130,7 @@ class Alerts(_Resource):
         project_id: str | None = None,
         page: int | None = None,
         limit: int | None = None,
+        cursor: str | None = None,
         skip: int | None = None,
     ) -> Page[AlertPublic]:
         """A project's alerts, newest first; ``status`` ``open`` is pending or firing.
@@ -135,6 +139,7 @@ class Alerts(_Resource):
         params: dict[str, Any] = _paging(
             page,
             limit,
+            cursor=cursor,
             skip=skip,
             status=status,
             severity=severity,
@@ -178,9 +183,10 @@ class Webhooks(_Resource):
         project_id: str | None = None,
         page: int | None = None,
         limit: int | None = None,
+        cursor: str | None = None,
         skip: int | None = None,
     ) -> Page[WebhookPublic]:
-        params = _paging(page, limit, skip=skip, project_id=project_id)
+        params = _paging(page, limit, cursor=cursor, skip=skip, project_id=project_id)
         return self._page(WebhookPublic, WEBHOOKS, params)
 
     def get(self, webhook_id: str) -> WebhookPublic:
@@ -196,10 +202,11 @@ class Webhooks(_Resource):
         status: str | None = None,
         page: int | None = None,
         limit: int | None = None,
+        cursor: str | None = None,
         skip: int | None = None,
     ) -> Page[DeliveryPublic]:
         """The webhook's deliveries, newest first, each with its attempts' log."""
-        params = _paging(page, limit, skip=skip, status=status)
+        params = _paging(page, limit, cursor=cursor, skip=skip, status=status)
         return self._page(DeliveryPublic, f"{WEBHOOKS}/{_seg(webhook_id)}/deliveries", params)
 
     def test(self, webhook_id: str) -> DeliveryPublic:

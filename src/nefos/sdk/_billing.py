@@ -43,12 +43,14 @@ class Wallet(_Resource):
         organisation_id: str | None = None,
         page: int | None = None,
         limit: int | None = None,
+        cursor: str | None = None,
     ) -> Page[LedgerEntryPublic]:
         """The ledger, newest first; ``kind``: top_up, charge, refund, adjustment,
         payout or revenue."""
         params = _paging(
             page,
             limit,
+            cursor=cursor,
             kind=kind,
             start_date=_when(start_date),
             end_date=_when(end_date),

@@ -48,6 +48,7 @@ class Invoices(_Resource):
         kind: str | None = None,
         page: int | None = None,
         limit: int | None = None,
+        cursor: str | None = None,
         skip: int | None = None,
     ) -> Page[InvoicePublic]:
         """Newest period first. ``include_children``: a reseller's customers' too;
@@ -56,6 +57,7 @@ class Invoices(_Resource):
         params = _paging(
             page,
             limit,
+            cursor=cursor,
             skip=skip,
             organisation_id=organisation_id,
             include_children=include_children,
@@ -136,12 +138,14 @@ class Invoices(_Resource):
         organisation_id: str | None = None,
         page: int | None = None,
         limit: int | None = None,
+        cursor: str | None = None,
     ) -> BillingHistory:
         """Seed 004's billing history: the finalized invoices ("bills") whose period
         meets [start_date, end_date), newest first."""
         params = _paging(
             page,
             limit,
+            cursor=cursor,
             start_date=_when(start_date),
             end_date=_when(end_date),
             organisation_id=organisation_id,

@@ -83,6 +83,7 @@ class Payments(_Resource):
         organisation_id: str | None = None,
         page: int | None = None,
         limit: int | None = None,
+        cursor: str | None = None,
         skip: int | None = None,
     ) -> Page[PaymentPublic]:
         """The organisation's payments, newest first; ``status``: pending, succeeded,
@@ -90,6 +91,7 @@ class Payments(_Resource):
         params = _paging(
             page,
             limit,
+            cursor=cursor,
             skip=skip,
             status=status,
             provider=provider,

@@ -56,10 +56,13 @@ class Products(_Resource):
         organisation_id: str | None = None,
         page: int | None = None,
         limit: int | None = None,
+        cursor: str | None = None,
     ) -> ProductPage:
         """The prices in force as the organisation pays them (its reseller's margin
         included), in its currency unless ``currency`` names another."""
-        params = _paging(page, limit, currency=currency, organisation_id=organisation_id)
+        params = _paging(
+            page, limit, cursor=cursor, currency=currency, organisation_id=organisation_id
+        )
         return ProductPage.model_validate(self._client.request("GET", "/products", params=params))
 
     def history(
@@ -69,9 +72,10 @@ class Products(_Resource):
         currency: str | None = None,
         page: int | None = None,
         limit: int | None = None,
+        cursor: str | None = None,
     ) -> Page[ProductPublic]:
         """Every price ``sku`` has had, newest first (platform admins)."""
-        params = _paging(page, limit, currency=currency)
+        params = _paging(page, limit, cursor=cursor, currency=currency)
         return self._page(ProductPublic, f"/products/{_seg(sku)}/history", params)
 
     def set_price(
@@ -147,12 +151,14 @@ class BillingAccounts(_Resource):
         organisation_id: str | None = None,
         page: int | None = None,
         limit: int | None = None,
+        cursor: str | None = None,
     ) -> Page[TransactionPublic]:
         """The wallet's ledger, newest first; ``type``: ``top_up``, ``charge``,
         ``refund``, ``adjustment``, ``payout`` or ``revenue``."""
         params = _paging(
             page,
             limit,
+            cursor=cursor,
             type=type,
             start_date=_when(start_date),
             end_date=_when(end_date),
@@ -272,8 +278,9 @@ class Quotes(_Resource):
         organisation_id: str | None = None,
         page: int | None = None,
         limit: int | None = None,
+        cursor: str | None = None,
     ) -> Page[QuotePublic]:
-        params = _paging(page, limit, status=status, organisation_id=organisation_id)
+        params = _paging(page, limit, cursor=cursor, status=status, organisation_id=organisation_id)
         return self._page(QuotePublic, "/quotes", params)
 
     def get(self, quote_id: str) -> QuotePublic:
@@ -312,10 +319,16 @@ class Payouts(_Resource):
         organisation_id: str | None = None,
         page: int | None = None,
         limit: int | None = None,
+        cursor: str | None = None,
     ) -> Page[PayoutPublic]:
         """Newest first; ``all=True`` (platform admins): every organisation's."""
         params = _paging(
-            page, limit, status=status, all=all or None, organisation_id=organisation_id
+            page,
+            limit,
+            cursor=cursor,
+            status=status,
+            all=all or None,
+            organisation_id=organisation_id,
         )
         return self._page(PayoutPublic, "/billing/payouts", params)
 

@@ -225,10 +225,15 @@ class Organisations(_Resource):
     """Organisations, their child organisations, members and invitations."""
 
     def list(
-        self, *, page: int | None = None, limit: int | None = None, all_orgs: bool = False
+        self,
+        *,
+        page: int | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        all_orgs: bool = False,
     ) -> Page[OrganisationPublic]:
         """The caller's organisations; ``all_orgs=True`` (platform admins): every one."""
-        params = _paging(page, limit, all="true" if all_orgs else None)
+        params = _paging(page, limit, cursor=cursor, all="true" if all_orgs else None)
         return self._page(OrganisationPublic, "/organisations", params)
 
     def create(
@@ -262,10 +267,15 @@ class Organisations(_Resource):
         return self._one(Message, "DELETE", f"/organisations/{_seg(org_id)}")
 
     def list_children(
-        self, org_id: str, *, page: int | None = None, limit: int | None = None
+        self,
+        org_id: str,
+        *,
+        page: int | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
     ) -> Page[OrganisationPublic]:
         path = f"/organisations/{_seg(org_id)}/children"
-        return self._page(OrganisationPublic, path, _paging(page, limit))
+        return self._page(OrganisationPublic, path, _paging(page, limit, cursor=cursor))
 
     def create_child(
         self,
@@ -317,10 +327,15 @@ class Organisations(_Resource):
         return self._one(Message, "DELETE", path)
 
     def list_invitations(
-        self, org_id: str, *, page: int | None = None, limit: int | None = None
+        self,
+        org_id: str,
+        *,
+        page: int | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
     ) -> Page[InvitationPublic]:
         path = f"/organisations/{_seg(org_id)}/invitations"
-        return self._page(InvitationPublic, path, _paging(page, limit))
+        return self._page(InvitationPublic, path, _paging(page, limit, cursor=cursor))
 
     def invite(
         self,
@@ -340,10 +355,10 @@ class Organisations(_Resource):
         return self._one(Message, "DELETE", path)
 
     def my_invitations(
-        self, *, page: int | None = None, limit: int | None = None
+        self, *, page: int | None = None, limit: int | None = None, cursor: str | None = None
     ) -> Page[InvitationPublic]:
         """Pending invitations addressed to the caller's e-mail."""
-        return self._page(InvitationPublic, "/invitations", _paging(page, limit))
+        return self._page(InvitationPublic, "/invitations", _paging(page, limit, cursor=cursor))
 
     def accept_invitation(self, token: str) -> OrganisationPublic:
         return self._one(OrganisationPublic, "POST", "/invitations/accept", json={"token": token})
@@ -358,8 +373,9 @@ class Projects(_Resource):
         organisation_id: str | None = None,
         page: int | None = None,
         limit: int | None = None,
+        cursor: str | None = None,
     ) -> Page[ProjectPublic]:
-        params = _paging(page, limit, organisation_id=organisation_id)
+        params = _paging(page, limit, cursor=cursor, organisation_id=organisation_id)
         return self._page(ProjectPublic, "/projects", params)
 
     def create(
@@ -414,8 +430,10 @@ class Projects(_Resource):
 class ApiKeys(_Resource):
     """The caller's API keys."""
 
-    def list(self, *, page: int | None = None, limit: int | None = None) -> Page[ApiKeyPublic]:
-        return self._page(ApiKeyPublic, "/api-keys", _paging(page, limit))
+    def list(
+        self, *, page: int | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> Page[ApiKeyPublic]:
+        return self._page(ApiKeyPublic, "/api-keys", _paging(page, limit, cursor=cursor))
 
     def create(
         self,
@@ -447,8 +465,10 @@ class ApiKeys(_Resource):
 class Admin(_Resource):
     """Platform administration (platform admins only)."""
 
-    def list_users(self, *, page: int | None = None, limit: int | None = None) -> Page[UserPublic]:
-        return self._page(UserPublic, "/admin/users", _paging(page, limit))
+    def list_users(
+        self, *, page: int | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> Page[UserPublic]:
+        return self._page(UserPublic, "/admin/users", _paging(page, limit, cursor=cursor))
 
     def create_user(
         self,
@@ -509,8 +529,10 @@ def _operation_id(operation: OperationLike) -> str:
 class Hosts(_Resource):
     """The hosts compute runs on, and their capacity (platform admins only)."""
 
-    def list(self, *, page: int | None = None, limit: int | None = None) -> Page[HostPublic]:
-        return self._page(HostPublic, "/resources/hosts", _paging(page, limit))
+    def list(
+        self, *, page: int | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> Page[HostPublic]:
+        return self._page(HostPublic, "/resources/hosts", _paging(page, limit, cursor=cursor))
 
     def register(
         self,
@@ -587,10 +609,13 @@ class Containers(_Resource):
         project_id: str | None = None,
         page: int | None = None,
         limit: int | None = None,
+        cursor: str | None = None,
     ) -> Page[ContainerPublic]:
         """One project's containers; ``status`` (``running``, ``stopped``, ``error``,
         ...) and ``user_id`` (the creator) filter them."""
-        params = _paging(page, limit, status=status, user_id=user_id, project_id=project_id)
+        params = _paging(
+            page, limit, cursor=cursor, status=status, user_id=user_id, project_id=project_id
+        )
         return self._page(ContainerPublic, "/containers", params)
 
     def create(
@@ -700,11 +725,14 @@ class Vms(_Resource):
         project_id: str | None = None,
         page: int | None = None,
         limit: int | None = None,
+        cursor: str | None = None,
         skip: int | None = None,
     ) -> Page[VmPublic]:
         """One project's VMs; ``status`` (``running``, ``stopped``, ``error``, ...)
         filters them. ``skip`` (items to skip) is an alternative to ``page``."""
-        params = _paging(page, limit, skip=skip, status=status, project_id=project_id)
+        params = _paging(
+            page, limit, cursor=cursor, skip=skip, status=status, project_id=project_id
+        )
         return self._page(VmPublic, "/vms", params)
 
     def create(
@@ -842,12 +870,20 @@ class Images(_Resource):
         project_id: str | None = None,
         page: int | None = None,
         limit: int | None = None,
+        cursor: str | None = None,
         skip: int | None = None,
     ) -> Page[ImagePublic]:
         """Public images and the project's own. ``kind``: ``vm`` or ``container``;
         ``status``: ``pending``, ``active``, ``error``, ``deleting``."""
         params = _paging(
-            page, limit, skip=skip, kind=kind, os_type=os_type, status=status, project_id=project_id
+            page,
+            limit,
+            cursor=cursor,
+            skip=skip,
+            kind=kind,
+            os_type=os_type,
+            status=status,
+            project_id=project_id,
         )
         return self._page(ImagePublic, "/images", params)
 
@@ -981,12 +1017,15 @@ class Snapshots(_Resource):
         project_id: str | None = None,
         page: int | None = None,
         limit: int | None = None,
+        cursor: str | None = None,
         skip: int | None = None,
     ) -> Page[SnapshotPublic]:
         """One project's snapshots (default: the caller's default project), or one
         VM's (``vm_id``); ``status``: ``creating``, ``available``, ``reverting``,
         ``deleting``, ``error``."""
-        params = _paging(page, limit, skip=skip, vm_id=vm_id, status=status, project_id=project_id)
+        params = _paging(
+            page, limit, cursor=cursor, skip=skip, vm_id=vm_id, status=status, project_id=project_id
+        )
         return self._page(SnapshotPublic, "/snapshots", params)
 
     def create(
@@ -1031,11 +1070,14 @@ class Backups(_Resource):
         project_id: str | None = None,
         page: int | None = None,
         limit: int | None = None,
+        cursor: str | None = None,
         skip: int | None = None,
     ) -> Page[BackupPublic]:
         """One project's backups (default: the caller's default project); ``vm_id``
         and ``status`` (``creating``, ``available``, ``deleting``, ``error``) filter them."""
-        params = _paging(page, limit, skip=skip, vm_id=vm_id, status=status, project_id=project_id)
+        params = _paging(
+            page, limit, cursor=cursor, skip=skip, vm_id=vm_id, status=status, project_id=project_id
+        )
         return self._page(BackupPublic, "/backups", params)
 
     def create(
@@ -1091,11 +1133,14 @@ class Volumes(_Resource):
         project_id: str | None = None,
         page: int | None = None,
         limit: int | None = None,
+        cursor: str | None = None,
         skip: int | None = None,
     ) -> Page[VolumePublic]:
         """One project's volumes (default: the caller's default project); ``vm_id``
         and ``status`` (``available``, ``in-use``, ``error``, ...) filter them."""
-        params = _paging(page, limit, skip=skip, vm_id=vm_id, status=status, project_id=project_id)
+        params = _paging(
+            page, limit, cursor=cursor, skip=skip, vm_id=vm_id, status=status, project_id=project_id
+        )
         return self._page(VolumePublic, "/volumes", params)
 
     def create(
@@ -1151,10 +1196,13 @@ class Networks(_Resource):
         project_id: str | None = None,
         page: int | None = None,
         limit: int | None = None,
+        cursor: str | None = None,
         skip: int | None = None,
     ) -> Page[NetworkPublic]:
         """One project's networks (default: the caller's default project)."""
-        params = _paging(page, limit, skip=skip, status=status, project_id=project_id)
+        params = _paging(
+            page, limit, cursor=cursor, skip=skip, status=status, project_id=project_id
+        )
         return self._page(NetworkPublic, "/networks", params)
 
     def create(
@@ -1193,10 +1241,11 @@ class Operations(_Resource):
         status: str | None = None,
         page: int | None = None,
         limit: int | None = None,
+        cursor: str | None = None,
     ) -> Page[OperationPublic]:
         """Operations in the projects you can see, newest first. ``status``:
         ``pending``, ``running``, ``succeeded``, ``failed`` or ``cancelled``."""
-        params = _paging(page, limit, resource_id=resource_id, status=status)
+        params = _paging(page, limit, cursor=cursor, resource_id=resource_id, status=status)
         return self._page(OperationPublic, "/operations", params)
 
     def get(self, operation_id: str) -> OperationPublic:

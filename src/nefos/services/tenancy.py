@@ -114,20 +114,19 @@ class TenancyService:
     async def list_orgs(
         self, principal: Principal, page: PageParams, *, all_orgs: bool = False
     ) -> tuple[list[tuple[Organisation, Role | None]], int]:
-        query = select(Organisation)
+        where = []
         if not (all_orgs and principal.is_admin and principal.key_organisation_id is None):
             ids = await visible_org_ids(self.session, principal)
-            query = query.where(Organisation.id.in_(ids))
-        total = await self.session.scalar(select(func.count()).select_from(query.subquery()))
-        orgs = (
-            await self.session.scalars(
-                query.order_by(Organisation.created_at, Organisation.id)
-                .offset(page.offset)
-                .limit(page.limit)
-            )
-        ).all()
+            where.append(Organisation.id.in_(ids))
+        orgs, total = await fetch_page(
+            self.session,
+            Organisation,
+            *where,
+            order_by=(Organisation.created_at, Organisation.id),
+            page=page,
+        )
         roles = await roles_in(self.session, principal, orgs)
-        return [(o, roles[o.id]) for o in orgs], total or 0
+        return [(o, roles[o.id]) for o in orgs], total
 
     async def role_in(self, principal: Principal, org_id: str) -> Role | None:
         return await effective_role(self.session, principal, await org_chain(self.session, org_id))
