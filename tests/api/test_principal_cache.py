@@ -302,3 +302,31 @@ async def test_the_auth_rate_limit_group_is_only_the_credential_routes() -> None
     assert group_of(f"{V1}/users/password") == "auth"
     for path in ("/auth/me", "/auth/logout", "/users/profile", "/users/settings"):
         assert group_of(V1 + path) is None, path
+
+
+async def test_an_organisation_made_under_one_a_cached_caller_sees(
+    client: Any, app: Any, register: Any
+) -> None:
+    """The organisations a caller sees are remembered with the principal: a customer
+    organisation made under their reseller shows in their very next list."""
+    owner = await register()
+    staff = await register()
+    r = await client.post(
+        f"{V1}/organisations", headers=owner.headers, json={"name": "Resell", "kind": "reseller"}
+    )
+    assert r.status_code == 201, r.text
+    reseller = r.json()["data"]["id"]
+    await join_org(client, reseller, owner.headers, staff, "viewer")
+    await cached(client, app, staff.headers)
+
+    async def seen() -> set[str]:
+        r = await client.get(f"{V1}/organisations", headers=staff.headers, params={"limit": 500})
+        return {o["id"] for o in r.json()["data"]["items"]}
+
+    before = await seen()
+    assert reseller in before
+    r = await client.post(
+        f"{V1}/organisations/{reseller}/children", headers=owner.headers, json={"name": "Cust"}
+    )
+    assert r.status_code == 201, r.text
+    assert await seen() == before | {r.json()["data"]["id"]}

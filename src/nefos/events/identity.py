@@ -3,7 +3,8 @@
 ``install(db, sink)`` attaches listeners to the database's own Session class. A
 commit that wrote a user, an auth session, an API key or a membership hands
 ``sink`` the ids of the users concerned; one that deleted an organisation or
-changed its parent (an API key bound to it may lose its reach), or that ran a bulk
+changed its parent, or made one under another (an API key bound to it may lose its
+reach; the organisations a cached caller sees change), or that ran a bulk
 ``UPDATE``/``DELETE`` on any of those tables (rows it cannot name), hands it
 ``ALL``. The sink is the principal cache's invalidation (``nefos.services.authn``).
 
@@ -51,10 +52,15 @@ def _users_of(session: Session) -> set[str] | str:
         elif isinstance(obj, AuthSession | ApiKey | Membership):
             users.add(obj.user_id)
         elif isinstance(obj, Organisation) and (
-            obj in session.deleted or inspect(obj).attrs.parent_id.history.has_changes()
+            obj in session.deleted
+            or (obj.parent_id is not None if obj in session.new else _moved(obj))
         ):
-            return ALL
+            return ALL  # who sees which organisation changed
     return users
+
+
+def _moved(org: Organisation) -> bool:
+    return bool(inspect(org).attrs.parent_id.history.has_changes())
 
 
 def install(db: Database, sink: Sink) -> None:

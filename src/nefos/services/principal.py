@@ -75,6 +75,10 @@ class Principal:
     key_expires_at: datetime | None = None
     #: When the access token this principal came with expires (None: an API key).
     expires_at: datetime | None = None
+    #: What was worked out from the database about this caller (the organisations
+    #: they see), kept with the cached principal and shared by its per-request
+    #: copies; emptied when the cache forgets the principal.
+    memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.user, User):  # a row handed in: keep what it says now
@@ -152,12 +156,16 @@ class PrincipalCache:
         """Forget the principals of ``users`` (``ALL``: every one)."""
         self.generation += 1
         if users == ALL:
+            for _, principal in self._entries.values():
+                principal.memo.clear()  # a request holding a copy sees it too
             self._entries.clear()
             self._by_user.clear()
             return
         for user_id in users:
             for key in self._by_user.pop(user_id, ()):
-                self._entries.pop(key, None)
+                entry = self._entries.pop(key, None)
+                if entry is not None:
+                    entry[1].memo.clear()
 
     def on_control(self, message: dict[str, Any]) -> None:
         """A control message of the bus (another process committed a change)."""
@@ -265,7 +273,18 @@ async def authorize_project(
 
 
 async def visible_org_ids(session: AsyncSession, principal: Principal) -> list[str]:
-    """Every organisation the caller holds a role in: memberships and their descendants."""
+    """Every organisation the caller holds a role in: memberships and their descendants.
+    Remembered with the principal (``memo``): a change of membership, or an
+    organisation made, moved or deleted, makes the cache forget it."""
+    known: list[str] | None = principal.memo.get("visible_orgs")
+    if known is not None:
+        return list(known)
+    found = await _visible_org_ids(session, principal)
+    principal.memo["visible_orgs"] = found
+    return list(found)
+
+
+async def _visible_org_ids(session: AsyncSession, principal: Principal) -> list[str]:
     if principal.key_organisation_id is not None:
         roots = [principal.key_organisation_id]
         if not principal.is_admin:
