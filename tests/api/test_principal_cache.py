@@ -181,9 +181,7 @@ def r_token(r: httpx.Response) -> str:
     return str(r.json()["data"]["access_token"])
 
 
-async def test_an_account_disabled(
-    client: Any, app: Any, register: Any, admin: Account
-) -> None:
+async def test_an_account_disabled(client: Any, app: Any, register: Any, admin: Account) -> None:
     user = await register()
     key = await api_key(client, user, ["account:read"])
     await cached(client, app, user.headers)
