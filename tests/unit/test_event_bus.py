@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from nefos.events import Event, EventType, make
 from nefos.events.bus import EventBus
 
@@ -83,3 +85,44 @@ def test_the_wire_form_round_trips() -> None:
     assert back == event
     assert set(event.message()) == {"id", "type", "data", "timestamp"}
     assert event.message()["data"]["timestamp"] == event.timestamp
+
+
+async def test_control_messages_cross_processes_through_redis_and_reach_no_subscriber() -> None:
+    """Two buses on one Redis stand for two processes: a control message told in one
+    is handled in the other (not twice in its own), and never reaches a subscriber
+    of events. While a bus's subscription is down, it says it shares nothing."""
+    import os
+    import uuid
+
+    from nefos.events.bus import RedisBus
+
+    url = os.environ.get("NEFOS_TEST_REDIS_URL")
+    if not url:
+        pytest.fail("NEFOS_TEST_REDIS_URL is not set: run the tests through `make test`")
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    a, b = RedisBus(url, prefix=prefix), RedisBus(url, prefix=prefix)
+    got_a: list[dict[str, object]] = []
+    got_b: list[dict[str, object]] = []
+    a.on_control(got_a.append)
+    b.on_control(got_b.append)
+    assert not a.shares_control  # not subscribed yet: nothing would reach the others
+    await a.start()
+    await b.start()
+    try:
+        assert a.shares_control and b.shares_control
+        got_a.clear()  # each (re)subscription forgets everything: {"principals": "all"}
+        got_b.clear()
+        with b.subscribe() as events:
+            a.control({"principals": ["u1"]})
+            assert got_a == [{"principals": ["u1"]}]  # at once, in its own process
+            for _ in range(100):
+                if got_b:
+                    break
+                await asyncio.sleep(0.02)
+            assert got_b == [{"principals": ["u1"]}]
+            await asyncio.sleep(0.1)
+            assert got_a == [{"principals": ["u1"]}]  # not again, back through Redis
+            assert events.get_nowait() is None
+    finally:
+        await a.stop()
+        await b.stop()
