@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import PoolResetState
 
 from nefos.config import is_sqlite
 
@@ -54,24 +53,6 @@ def _sqlite_begin(conn: Connection) -> None:
         conn.exec_driver_sql(sql)
 
 
-def _sqlite_reset(dbapi_conn: Any, _record: Any, state: PoolResetState) -> None:
-    # Replaces the pool's ROLLBACK on every return (pool_reset_on_return=None): after
-    # a COMMIT, the usual case, there is nothing to roll back, and on aiosqlite that
-    # ROLLBACK was one more call in the connection's thread per transaction. SQLite
-    # itself says whether a transaction is open (sqlite3_get_autocommit, read without
-    # a call into the thread: the connection is idle while it is being returned).
-    if state.terminate_only or not state.asyncio_safe:
-        return  # not reusable, or no event loop to roll back on: SQLAlchemy's rule
-    if state.transaction_was_reset:
-        return
-    try:
-        open_transaction = dbapi_conn.driver_connection.in_transaction
-    except ValueError:  # aiosqlite: the connection is closed already
-        return
-    if open_transaction:
-        dbapi_conn.rollback()
-
-
 async def begin_write(session: AsyncSession) -> None:
     """Start ``session``'s transaction as a write transaction.
 
@@ -94,14 +75,12 @@ class Database:
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            kwargs["pool_reset_on_return"] = None  # _sqlite_reset does it when needed
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
-            event.listen(self.engine.sync_engine, "reset", _sqlite_reset)
         # A Session class of this database's own, so that listeners (the events'
         # capture) attach to its sessions only, not to every engine in the process.
         self.sync_session_class: type[Session] = type("NefosSession", (Session,), {})

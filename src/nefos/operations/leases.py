@@ -55,6 +55,30 @@ log = logging.getLogger("nefos.leases")
 # period counts as failed: the holder's deadline is never passed waiting on it.
 RENEW_SHARE = 3
 RELEASE_TIMEOUT = 5.0
+#: How long a stopping lease waits for its cancelled passes before it goes on
+#: without them (and says which, with where each was stuck).
+STOP_TIMEOUT = 10.0
+
+
+async def _cancel_and_wait(tasks: Sequence[asyncio.Task[Any]], what: str) -> None:
+    """Cancel ``tasks`` and wait for them, at most ``STOP_TIMEOUT``. A cancellation
+    can be lost (Python 3.11's ``asyncio.wait_for`` returns the inner result when it
+    finishes as the cancellation arrives), so a task still running is cancelled
+    again until it ends."""
+    pending = set(tasks)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while pending and time.monotonic() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.2)
+    for task in pending:
+        frames = "".join(
+            f"\n  {f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}"
+            for f in task.get_stack(limit=8)
+        )
+        log.error(
+            "%s: %s did not stop within %.0f s:%s", what, task.get_name(), STOP_TIMEOUT, frames
+        )
 
 
 def new_holder() -> str:
@@ -254,9 +278,7 @@ class Singleton:
         """Stop what runs, then release the lease so that another process takes the
         loops over on its next look."""
         if self._keeper is not None:
-            self._keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._keeper
+            await _cancel_and_wait([self._keeper], f"lease {self.name}")
             self._keeper = None
         token = self.token
         await self._lose()
@@ -344,11 +366,7 @@ class Singleton:
     async def _lose(self) -> None:
         self.token = None
         running, self._running = self._running, []
-        for task in running:
-            task.cancel()
-        for task in running:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await _cancel_and_wait(running, f"lease {self.name}")
         for service in self.services:
             try:
                 await service.stop()
