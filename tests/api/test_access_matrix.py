@@ -338,6 +338,14 @@ def served_routes(app: FastAPI) -> list[Served]:
         prefix = next((p for p in PREFIXES if route.path.startswith(p + "/")), "")
         for method in sorted(route.methods):
             out.append(Served(method, route.path, prefix, route.include_in_schema, route.dependant))
+    if any(isinstance(r, PrefixGroup) for r in app.routes):
+        # Nefos registers each route once, under /api/v1; /api reaches the same route
+        # by a path rewrite (gateway.paths), undocumented. The walks send both.
+        out += [
+            Served(s.method, "/api" + s.template, "/api", False, s.dependant)
+            for s in out
+            if s.prefix == "/api/v1"
+        ]
     return out
 
 
@@ -385,9 +393,11 @@ def routes(static_app: FastAPI) -> list[Served]:
 def test_every_route_declares_exactly_one_access_rule(
     static_app: FastAPI, routes: list[Served]
 ) -> None:
-    # Each route is registered once, under /api/v1 (/api and the root by a path rewrite).
-    assert len(routes) >= len(MATRIX)
-    assert {s.prefix for s in routes} == {"/api/v1"}
+    # Each route is registered once, under /api/v1; the walk sees it under /api too
+    # (a path rewrite), so twice.
+    assert len(routes) >= 2 * len(MATRIX)
+    assert {s.prefix for s in routes} == {"/api/v1", "/api"}
+    assert all(isinstance(r, PrefixGroup) for r in static_app.routes if not hasattr(r, "path"))
     assert access_problems(static_app) == []
 
 
@@ -429,7 +439,7 @@ def test_matrix_and_routes_agree_both_ways(routes: list[Served]) -> None:
         if served.in_schema != documented:
             problems.append(f"{served}: in OpenAPI is {served.in_schema}")
     for key in MATRIX:
-        missing = {"/api/v1"} - served_keys.get(key, set())
+        missing = set(PREFIXES) - served_keys.get(key, set())
         if missing:
             problems.append(f"{key[0]} {key[1]}: in MATRIX but not served under {sorted(missing)}")
     assert problems == []
