@@ -11,12 +11,15 @@ uvicorn and its workers as an operator runs them), registers a user, measures
 The load comes from bench_api's helpers: ``wrk -t1 -cN -dDs`` (or, where wrk cannot
 be installed, its bounded in-Python httpx generator, which the output names). An
 ``api`` process runs no loops and no operation workers, so the figure is the
-request path alone. Only 127.0.0.1 is contacted; every wait is bounded.
+request path alone. With ``NEFOS_BENCH_REDIS_URL`` or ``NEFOS_TEST_REDIS_URL`` set,
+the processes use that Redis, as an installation of several processes should (its
+principal cache needs it). Only 127.0.0.1 is contacted; every wait is bounded.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -51,6 +54,11 @@ def nefos_serve(processes: int, database_url: str, data_dir: Path, log: Path) ->
     port = free_port()
     env = nefos_env(database_url, data_dir)
     env.update(NEFOS_HOST="127.0.0.1", NEFOS_PORT=str(port), NEFOS_REGISTER_LOCAL_HOSTS="false")
+    # Several processes share what they learn through Redis (events, rate limits, the
+    # cached callers' invalidations); without it they cache no caller at all.
+    redis = os.environ.get("NEFOS_BENCH_REDIS_URL") or os.environ.get("NEFOS_TEST_REDIS_URL")
+    if redis:
+        env["NEFOS_REDIS_URL"] = redis
     nefos = Path(sys.executable).parent / "nefos"
     cmd = (
         [str(nefos)]
