@@ -107,7 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument(
+        "--database",
+        action="append",
+        choices=["sqlite", "postgresql"],
+        help="As bench/run_all.py passes it: only PostgreSQL runs several processes "
+        "(without postgresql in the list, nothing is measured).",
+    )
     args = parser.parse_args(argv)
+    if args.database and "postgresql" not in args.database:
+        print("bench_processes: several processes need PostgreSQL; skipped on SQLite")
+        return 0
     wrk = ensure_wrk()
     print(f"bench_processes on {machine()}")
     results: dict[int, Load] = {}
