@@ -63,14 +63,18 @@ STOP_TIMEOUT = 10.0
 async def _cancel_and_wait(tasks: Sequence[asyncio.Task[Any]], what: str) -> None:
     """Cancel ``tasks`` and wait for them, at most ``STOP_TIMEOUT``. A cancellation
     can be lost (Python 3.11's ``asyncio.wait_for`` returns the inner result when it
-    finishes as the cancellation arrives), so a task still running is cancelled
-    again until it ends."""
-    pending = set(tasks)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while pending and time.monotonic() < deadline:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.2)
+    finishes as the cancellation arrives): a task still running after a second is
+    cancelled once more. Not more often: a task that is rolling back its transaction
+    must be let finish, or its connection keeps the database's write lock."""
+    if not tasks:
+        return
+    for task in tasks:
+        task.cancel()
+    _, pending = await asyncio.wait(tasks, timeout=1.0)
+    for task in pending:
+        task.cancel()
+    if pending:
+        _, pending = await asyncio.wait(pending, timeout=STOP_TIMEOUT)
     for task in pending:
         frames = "".join(
             f"\n  {f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}"
@@ -260,6 +264,9 @@ class Singleton:
     _deadline: float = field(default=0.0, init=False)
     _keeper: asyncio.Task[None] | None = field(default=None, init=False)
     _running: list[asyncio.Task[None]] = field(default_factory=list, init=False)
+    #: Bumped when the passes are to stop: a pass whose cancellation was lost ends at
+    #: its next turn.
+    _generation: int = field(default=0, init=False)
     _abandoning: asyncio.Task[None] | None = field(default=None, init=False)
 
     @property
@@ -340,7 +347,8 @@ class Singleton:
         for service in self.services:
             service.start()
         self._running = [
-            asyncio.create_task(self._run(p), name=f"{self.name}-{p.name}") for p in self.passes
+            asyncio.create_task(self._run(p, self._generation), name=f"{self.name}-{p.name}")
+            for p in self.passes
         ]
 
     async def _renew(self) -> None:
@@ -365,6 +373,7 @@ class Singleton:
 
     async def _lose(self) -> None:
         self.token = None
+        self._generation += 1
         running, self._running = self._running, []
         await _cancel_and_wait(running, f"lease {self.name}")
         for service in self.services:
@@ -373,9 +382,9 @@ class Singleton:
             except Exception:
                 log.exception("lease %s: stopping a service failed", self.name)
 
-    async def _run(self, job: Pass) -> None:
+    async def _run(self, job: Pass, generation: int) -> None:
         await asyncio.sleep(job.first_delay)
-        while True:
+        while generation == self._generation:
             started = time.monotonic()
             mine = await self.check()
             if mine:
