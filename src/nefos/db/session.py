@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,6 +25,24 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
 WRITE_OPTION = "nefos_write"
+
+
+class _SQLiteConnection(sqlite3.Connection):
+    """A connection that rolls its transaction back when it is closed.
+
+    sqlite3's ``close`` is ``sqlite3_close_v2``: while a statement of the connection
+    is not finalized (a cursor still referenced, say from the traceback of a task
+    cancelled in the middle of a query, which a log record keeps), the connection
+    only becomes a "zombie", and its transaction, with SQLite's write lock, stays
+    open until that statement is gone. SQLAlchemy closes a connection it
+    invalidated (a query cancelled) without a rollback; every other writer then
+    waits on the lock until it gives up ("database is locked")."""
+
+    def close(self) -> None:
+        if self.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.rollback()
+        super().close()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -75,6 +95,7 @@ class Database:
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"factory": _SQLiteConnection}
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)

@@ -164,7 +164,10 @@ def _after_commit(conn: Connection) -> None:
 
 @event.listens_for(Engine, "rollback")
 def _after_rollback(conn: Connection) -> None:
-    conn.info.pop(_WRITTEN, None)
+    # An invalidated connection (a query cancelled) has no info to read: asking for
+    # it raises, and the rollback would stop half-way.
+    if not (conn.invalidated or conn.closed):
+        conn.info.pop(_WRITTEN, None)
 
 
 # --- the sort key --------------------------------------------------------------------
