@@ -49,6 +49,7 @@ from nefos.gateway.limiter import RateLimiter
 from nefos.gateway.requestlog import PRUNE_INTERVAL, RequestLog
 from nefos.monitoring.alerts import AlertEngine
 from nefos.monitoring.collector import MAINTENANCE_INTERVAL, Collector
+from nefos.monitoring.servicehealth import TICK, HealthChecker
 from nefos.monitoring.webhooks import WebhookDispatcher
 from nefos.operations import leases
 from nefos.operations.leases import LeaseView, Pass, Singleton
@@ -193,6 +194,7 @@ class Process:
     webhooks: WebhookDispatcher
     reconciler: Reconciler
     background: Background
+    health: HealthChecker
     request_log: RequestLog | None = None
     limiter: RateLimiter | None = None
     singletons: list[Singleton] = field(default_factory=list)
@@ -240,6 +242,7 @@ class Process:
             webhooks=webhooks,
             reconciler=reconciler,
             background=Background(core, reconciler),
+            health=HealthChecker(core),
             request_log=request_log,
             limiter=limiter,
         )
@@ -275,6 +278,7 @@ class Process:
                 "host-checks",
                 [Pass("host-checks", s.host_check_interval, self.background.check_hosts)],
             ),
+            self._lease("service-checks", [Pass("service-checks", TICK, self.health.run_once)]),
             self._lease("webhooks", services=[self.webhooks]),
             self._lease("retention", retention),
         ]
@@ -369,6 +373,7 @@ class Process:
             steps.append(("event bus", core.events.stop))
         steps += [
             ("webhooks", self.webhooks.stop),  # its HTTP client, also where it never ran
+            ("health checks", self.health.close),
             ("drivers", core.drivers.close),
             ("database", core.db.dispose),
         ]

@@ -43,14 +43,14 @@ from fastapi.dependencies.models import Dependant
 from fastapi.params import Form as FormParam
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, TypeAdapter
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from nefos.api.app import create_app
 from nefos.api.deps import Authorize, PublicMarker, authorize
 from nefos.api.deps import Public as PublicDep
 from nefos.api.routing import PrefixGroup
 from nefos.api.routing import walk as walk_routes
-from nefos.db.models import Image
+from nefos.db.models import ContainerReplica, Image
 from nefos.domain.access import ALL_SCOPES, ROLE_PERMISSIONS, Permission, Role, Scope, role_allows
 from tests.api.conftest import GREEDY_KERNEL, HALT_DISK, World
 from tests.conftest import (
@@ -146,6 +146,10 @@ MATRIX: dict[tuple[str, str], Rule] = {
     ("POST", "/containers/{container_id}/scale"): Rule(P.COMPUTE_WRITE),
     ("DELETE", "/containers/{container_id}"): Rule(P.COMPUTE_WRITE),
     ("GET", "/containers/{container_id}/logs"): Rule(P.COMPUTE_READ),
+    ("GET", "/services"): Rule(P.COMPUTE_READ),
+    ("GET", "/services/{service_id}"): Rule(P.COMPUTE_READ),
+    ("PUT", "/services/{service_id}"): Rule(P.COMPUTE_WRITE),
+    ("POST", "/services/{service_id}/instances/{instance_id}/maintenance"): Rule(P.COMPUTE_WRITE),
     ("GET", "/operations"): Rule(P.COMPUTE_READ),
     ("GET", "/operations/{operation_id}"): Rule(P.COMPUTE_READ),
     ("DELETE", "/operations/{operation_id}"): Rule(P.COMPUTE_WRITE),
@@ -618,8 +622,16 @@ async def walk_world(
     )
     op = await wait_operation(w.client, w.owner.headers, data["operation"])
     assert op["status"] == "succeeded", op
+    async with app.state.core.db.session() as session:
+        replica = await session.scalar(
+            select(ContainerReplica.id).where(ContainerReplica.container_id == data["container_id"])
+        )
     w.ids.update(
-        host_id=podman_host["id"], container_id=data["container_id"], operation_id=op["id"]
+        host_id=podman_host["id"],
+        container_id=data["container_id"],
+        operation_id=op["id"],
+        service_id=data["container_id"],  # a service is its container
+        instance_id=str(replica),
     )
     settings = app.state.core.settings
     allowed = settings.webhook_allowed_networks
@@ -1087,6 +1099,12 @@ SAMPLES: dict[tuple[str, str], Sample] = {
         json={"replicas": 2}, fresh=fresh_container, role_checked=True
     ),
     ("DELETE", "/containers/{container_id}"): Sample(fresh=fresh_container, role_checked=True),
+    ("GET", "/services"): Sample(query={"project_id": Ref("project_id")}, role_checked=True),
+    ("GET", "/services/{service_id}"): Sample(role_checked=True),
+    ("PUT", "/services/{service_id}"): Sample(json={"version": "2.0.0"}, role_checked=True),
+    ("POST", "/services/{service_id}/instances/{instance_id}/maintenance"): Sample(
+        json={"enabled": False}, role_checked=True
+    ),
     # Another tenant's resource id filters to nothing, like a random one.
     ("GET", "/operations"): Sample(query={"resource_id": Ref("container_id")}, other_status=200),
     ("GET", "/operations/{operation_id}"): Sample(role_checked=True),
@@ -1354,6 +1372,8 @@ def random_ids() -> dict[str, str]:
             "key_id",
             "host_id",
             "container_id",
+            "service_id",
+            "instance_id",
             "operation_id",
             "vm_id",
             "image_id",

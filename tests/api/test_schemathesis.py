@@ -238,6 +238,10 @@ class Callers:
             finally:
                 member.http.close()
             return member_id
+        if name == "service_id":  # a service is its container
+            return self.new("container_id")
+        if name == "instance_id":  # (a method the route has not: any id does)
+            return str(uuid.uuid4())
         if name in ("container_id", "operation_id"):
             made = user.call(
                 "POST",
@@ -429,6 +433,10 @@ def callers(fuzz_server: LiveServer) -> Iterator[Callers]:
     c.ids["operation_id"] = user.call(
         "GET", "/operations", params={"resource_id": c.ids["container_id"]}
     )["items"][0]["id"]
+    # The container is a service; its instance, if its replica is still there.
+    c.ids["service_id"] = c.ids["container_id"]
+    instances = user.call("GET", f"/services/{c.ids['service_id']}")["service"]["instances"]
+    c.ids["instance_id"] = instances[0]["id"] if instances else str(uuid.uuid4())
     # VMs: the test libvirtd as a host. The shared VM boots GREEDY_KERNEL, so its
     # create and the operations fuzzed requests start on it fail at once; the
     # snapshots and backups are of a real VM that halts at once (HALT_DISK), stopped.

@@ -33,7 +33,15 @@ from tests.processes import Server, serve_env, server
 
 LEASE = 3.0
 METRICS_INTERVAL = 2.0
-LOOPS = ("billing", "collector", "host-checks", "reconciler", "retention", "webhooks")
+LOOPS = (
+    "billing",
+    "collector",
+    "host-checks",
+    "reconciler",
+    "retention",
+    "service-checks",
+    "webhooks",
+)
 
 
 def _nefos(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -1302,3 +1302,54 @@ class Lease(Base):
     acquired_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     renewed_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+
+
+class ServiceSettings(Base):
+    """What a tenant says about one of its services; the service itself is the
+    container it runs (``id`` is the container's id), so it goes with it.
+
+    A container without a row has the defaults (version ``1.0.0``, no tags, no
+    metadata, the default health check); ``PUT /services/{id}`` writes the row.
+    """
+
+    __tablename__ = "service_settings"
+
+    id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("containers.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[str] = mapped_column(String(64), nullable=False, default="1.0.0")
+    tags: Mapped[list[str]] = mapped_column(JSON, nullable=False, default=list)
+    meta: Mapped[dict[str, str]] = mapped_column("metadata", JSON, nullable=False, default=dict)
+    check: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+
+class ServiceInstanceHealth(Base):
+    """The health of one instance (a container replica), kept by the health checker.
+
+    The row goes with its replica (ON DELETE CASCADE): a replica removed or lost
+    leaves its service at once, and nothing registers itself, so nothing goes
+    stale. ``status`` is passing, warning or critical; ``maintenance`` (set by the
+    tenant) takes the instance out of traffic whatever its checks say. ``checks``
+    and ``transitions`` are bounded histories, newest last.
+    """
+
+    __tablename__ = "service_instance_health"
+
+    replica_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("container_replicas.id", ondelete="CASCADE"), primary_key=True
+    )
+    container_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("containers.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="critical")
+    output: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    successes: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    maintenance: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    maintenance_reason: Mapped[str | None] = mapped_column(String(500))
+    checks: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False, default=list)
+    transitions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False, default=list)
+    checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    changed_at: Mapped[datetime] = _created()

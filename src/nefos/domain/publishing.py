@@ -96,3 +96,19 @@ def _text(m: PortMapping) -> str:
     host = f"{m.host_ip}:" if m.host_ip else ""
     host += f"{m.host_port}:" if m.host_port else ""
     return f"{host}{m.container_port}/{m.protocol}"
+
+
+_ANY_ADDRESS = ("", "0.0.0.0", "::", "[::]")  # noqa: S104 - recognised, not bound
+
+
+def dial_address(published_ip: str | None, host_ip: str | None, host_uri: str = "") -> str | None:
+    """Where Nefos reaches a port a replica published: the address it was published
+    on, unless that is the wildcard, then the host's own address; a host reached on a
+    local socket (``unix://``) without an address of its own is this machine (None:
+    unknown). All of it comes from Nefos's records (the engine's answer, the host's
+    registration), never from a tenant."""
+    if published_ip and published_ip not in _ANY_ADDRESS:
+        return published_ip
+    if host_ip:
+        return host_ip
+    return "127.0.0.1" if host_uri.startswith("unix://") else None

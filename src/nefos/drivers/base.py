@@ -139,6 +139,15 @@ class Capabilities:
     supports_volumes: bool = False  # data volumes: create, attach, detach, grow, delete
     supports_networks: bool = False  # isolated private networks instances can join
     supports_backups: bool = False  # full standalone disk copies, restorable into new VMs
+    supports_exec: bool = False  # exec() runs a command inside a running instance
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    """What ``exec`` ran: its exit code and (the start of) its output."""
+
+    exit_code: int
+    output: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,6 +402,18 @@ class ComputeDriver(abc.ABC):
 
         Raises :class:`InstanceNotFound` if it is gone.
         """
+
+    async def exec(
+        self, instance_id: str, command: Sequence[str], *, output_limit: int = 4096
+    ) -> ExecResult:
+        """Run ``command`` (argv, no shell) inside the running instance and wait for
+        it (``supports_exec``): its exit code and the first ``output_limit`` bytes of
+        its stdout and stderr. The caller bounds the wait (a health check's timeout).
+
+        Raises :class:`InstanceNotFound` if it is gone, :class:`InvalidState` if it
+        is not running.
+        """
+        raise Unsupported(f"{self.name} instances cannot run commands")
 
     async def has_image(self, image: str) -> bool:
         """Whether ``image`` is on the host already, so that creating from it pulls

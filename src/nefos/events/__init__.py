@@ -37,6 +37,7 @@ class EventType(StrEnum):
     BILLING = "billing_update"
     ALERT = "resource_alert"
     OPERATION = "operation_update"
+    SERVICE_HEALTH = "service_health_changed"
 
 
 EVENT_TYPES: frozenset[str] = frozenset(t.value for t in EventType)

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import docker
 import docker.errors
+import docker.utils.socket
 import requests.exceptions
 
 from nefos.domain.image_refs import BadReference, parse_image_reference, registry_listed
@@ -33,6 +34,7 @@ from nefos.drivers.base import (
     Capabilities,
     ComputeDriver,
     DriverError,
+    ExecResult,
     HostCapacity,
     HostUnreachable,
     HostUsage,
@@ -220,6 +222,7 @@ class DockerDriver(ComputeDriver):
         supports_ports=True,
         supports_stats=True,
         supports_logs=True,
+        supports_exec=True,
     )
 
     def __init__(
@@ -540,6 +543,33 @@ class DockerDriver(ComputeDriver):
         with _translated(instance_id):
             out = self._api.logs(instance_id, stdout=True, stderr=True, tail=tail)
         return bytes(out).decode("utf-8", errors="replace")
+
+    async def exec(
+        self, instance_id: str, command: Sequence[str], *, output_limit: int = 4096
+    ) -> ExecResult:
+        return await self._run(self._exec, instance_id, list(command), output_limit)
+
+    def _exec(self, instance_id: str, command: builtins.list[str], output_limit: int) -> ExecResult:
+        with _translated(instance_id):
+            created = self._api.exec_create(instance_id, command, stdout=True, stderr=True)
+            # The raw socket, closed here: the SDK's streamed answer leaves its socket
+            # open. Frames are read to the end (the exec's end), only the start kept.
+            sock = self._api.exec_start(created["Id"], socket=True)
+            raw = getattr(sock, "_sock", None)  # the SocketIO's own socket
+            kept = bytearray()
+            try:
+                for _, chunk in docker.utils.socket.frames_iter(sock, tty=False):
+                    if len(kept) < output_limit:
+                        kept += chunk[: output_limit - len(kept)]
+            finally:
+                sock.close()
+                if raw is not None:
+                    raw.close()
+            code = self._api.exec_inspect(created["Id"]).get("ExitCode")
+        return ExecResult(
+            exit_code=int(code) if code is not None else -1,
+            output=bytes(kept).decode("utf-8", errors="replace"),
+        )
 
     async def close(self) -> None:
         if self._client is not None:

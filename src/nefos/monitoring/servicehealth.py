@@ -1,0 +1,327 @@
+"""The service health checker: server-side checks of every instance of every service.
+
+A pass (:meth:`HealthChecker.run_once`, every second under the ``service-checks``
+lease) reads which replicas exist, checks those whose interval is up (each check
+bounded by its own timeout, at most ``CONCURRENCY`` at once), and writes what the
+results changed in one transaction: each instance's counters, status and bounded
+history, and a ``service_health_changed`` event per change of status.
+
+Nothing registers itself: the instances are the replica rows Nefos keeps, and an
+instance's health row goes with its replica (ON DELETE CASCADE). A replica that is
+not running is critical at once, whatever the thresholds say (the engine's word is
+enough); a running one is checked by its service's check:
+
+* ``http``: a request to the replica's published port (the address and port are
+  Nefos's records, the path the tenant's), the status against the expected range;
+* ``tcp``: a connection to the published port;
+* ``exec``: a command inside the container, through the Engine API's exec;
+* ``none``: running is passing (a service that publishes no port).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+from sqlalchemy import select
+
+from nefos.config import Settings
+from nefos.db.models import (
+    Container,
+    ContainerReplica,
+    Host,
+    ServiceInstanceHealth,
+    ServiceSettings,
+)
+from nefos.db.session import Database, begin_write
+from nefos.db.types import utcnow
+from nefos.domain.health import (
+    CheckSpec,
+    Health,
+    InstanceState,
+    check_from_dict,
+    clip,
+    default_check,
+    exec_result,
+    http_result,
+)
+from nefos.domain.publishing import dial_address
+from nefos.domain.units import parse_port
+from nefos.drivers.base import DriverError
+from nefos.events import EventType, make, record
+from nefos.monitoring.collector import HostDrivers
+
+log = logging.getLogger("nefos.monitoring.health")
+
+#: Seconds between passes: each pass checks the instances whose interval is up.
+TICK = 1.0
+#: Checks in flight at once, all services together.
+CONCURRENCY = 200
+#: Bytes of an HTTP check's response body kept as its output.
+BODY_LIMIT = 512
+
+
+class CheckerParts(Protocol):
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def db(self) -> Database: ...
+    @property
+    def drivers(self) -> HostDrivers: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One instance as a pass sees it."""
+
+    replica_id: str
+    container_id: str
+    project_id: str
+    replica_state: str
+    driver_id: str | None
+    host: Host
+    spec: CheckSpec
+    address: str | None
+    port: int | None  # the published host port the check reaches
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    health: Health
+    output: str
+    latency_ms: float | None
+
+
+def _published_port(
+    published: Sequence[dict[str, Any]], container_ports: Sequence[str], wanted: int | None
+) -> tuple[str | None, int | None]:
+    """(published host address, host port) of the check's container port: ``wanted``,
+    else the container's first TCP port."""
+    if wanted is None:
+        tcp = [m for m in map(parse_port, container_ports) if m.protocol == "tcp"]
+        if not tcp:
+            return None, None
+        wanted = tcp[0].container_port
+    for p in published:
+        if int(p.get("container_port") or 0) == wanted and p.get("protocol", "tcp") == "tcp":
+            port = p.get("host_port")
+            return p.get("host_ip"), int(port) if port else None
+    return None, None
+
+
+class HealthChecker:
+    """See the module docstring."""
+
+    def __init__(self, core: CheckerParts) -> None:
+        self.core = core
+        self._due: dict[str, float] = {}
+        self._gate = asyncio.Semaphore(CONCURRENCY)
+        self._http: httpx.AsyncClient | None = None
+        self.passes = 0
+        self.checks = 0
+
+    # --- a pass -----------------------------------------------------------------------
+    async def run_once(self) -> int:
+        """Check every instance that is due; how many were checked."""
+        targets = await self._load()
+        now = time.monotonic()
+        due = [t for t in targets if self._due.get(t.replica_id, 0.0) <= now]
+        for t in due:
+            self._due[t.replica_id] = now + t.spec.interval
+        live = {t.replica_id for t in targets}
+        for gone in [k for k in self._due if k not in live]:
+            del self._due[gone]
+        results = await asyncio.gather(*(self._check(t) for t in due))
+        await self._save(due, results)
+        self.passes += 1
+        self.checks += len(due)
+        return len(due)
+
+    async def _load(self) -> list[Target]:
+        async with self.core.db.sessionmaker() as session:
+            rows = await session.execute(
+                select(ContainerReplica, Container, Host, ServiceSettings.check)
+                .join(Container, Container.id == ContainerReplica.container_id)
+                .join(Host, Host.id == ContainerReplica.host_id)
+                .outerjoin(ServiceSettings, ServiceSettings.id == Container.id)
+            )
+            targets = []
+            for replica, container, host, check in rows:
+                spec = check_from_dict(check) if check else default_check(bool(container.ports))
+                published_ip, port = _published_port(
+                    replica.published or [], container.ports or [], spec.port
+                )
+                targets.append(
+                    Target(
+                        replica_id=replica.id,
+                        container_id=container.id,
+                        project_id=container.project_id,
+                        replica_state=replica.state,
+                        driver_id=replica.driver_id,
+                        host=host,
+                        spec=spec,
+                        address=dial_address(published_ip, host.ip_address, host.uri),
+                        port=port,
+                    )
+                )
+        return targets
+
+    async def _save(
+        self,
+        due: Sequence[Target],
+        results: Sequence[Result],
+    ) -> None:
+        if not due:
+            return
+        at = utcnow()
+        stamp = at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        async with self.core.db.sessionmaker() as session:
+            await begin_write(session)
+            existing = {
+                h.replica_id: h
+                for h in await session.scalars(
+                    select(ServiceInstanceHealth).where(
+                        ServiceInstanceHealth.replica_id.in_([t.replica_id for t in due])
+                    )
+                )
+            }
+            live = set(
+                await session.scalars(
+                    select(ContainerReplica.id).where(
+                        ContainerReplica.id.in_([t.replica_id for t in due])
+                    )
+                )
+            )
+            for target, result in zip(due, results, strict=True):
+                if target.replica_id not in live:
+                    continue  # removed while it was checked: it left its service
+                row = existing.get(target.replica_id)
+                if row is None:
+                    row = ServiceInstanceHealth(
+                        replica_id=target.replica_id,
+                        container_id=target.container_id,
+                        status=Health.CRITICAL.value,
+                        output="not checked yet",
+                        successes=0,
+                        failures=0,
+                        maintenance=False,
+                        checks=[],
+                        transitions=[],
+                        changed_at=at,
+                    )
+                    session.add(row)
+                state = InstanceState(
+                    status=Health(row.status),
+                    successes=row.successes,
+                    failures=row.failures,
+                    checks=list(row.checks or []),
+                    transitions=list(row.transitions or []),
+                )
+                spec = target.spec
+                if target.replica_state != "running":
+                    # The engine's word: no threshold to wait for.
+                    spec = CheckSpec(type="none", rise=1, fall=1)
+                before = state.status
+                changed = state.record(result.health, result.output, stamp, result.latency_ms, spec)
+                row.status = state.status.value
+                row.successes, row.failures = state.successes, state.failures
+                row.checks, row.transitions = state.checks, state.transitions
+                row.output = clip(result.output)
+                row.checked_at = at
+                if changed is not None:
+                    row.changed_at = at
+                    if not row.maintenance:
+                        record(
+                            session,
+                            make(
+                                EventType.SERVICE_HEALTH,
+                                {
+                                    "service_id": target.container_id,
+                                    "instance_id": target.replica_id,
+                                    "from": before.value,
+                                    "to": changed.value,
+                                    "output": clip(result.output),
+                                },
+                                project_id=target.project_id,
+                            ),
+                        )
+            await session.commit()
+
+    # --- one check --------------------------------------------------------------------
+    async def _check(self, t: Target) -> Result:
+        if t.replica_state != "running":
+            return Result(Health.CRITICAL, f"replica is {t.replica_state}", None)
+        spec = t.spec
+        async with self._gate:
+            started = time.perf_counter()
+            try:
+                result = await asyncio.wait_for(self._probe(t, spec), spec.timeout)
+            except TimeoutError:
+                return Result(
+                    Health.CRITICAL,
+                    f"timed out after {spec.timeout:g} s",
+                    (time.perf_counter() - started) * 1000,
+                )
+            except Exception as exc:  # an unreachable instance is a result, not a crash
+                return Result(
+                    Health.CRITICAL,
+                    f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+                    (time.perf_counter() - started) * 1000,
+                )
+            return Result(result[0], result[1], (time.perf_counter() - started) * 1000)
+
+    async def _probe(self, t: Target, spec: CheckSpec) -> tuple[Health, str]:
+        if spec.type == "none":
+            return Health.PASSING, "replica is running"
+        if spec.type == "exec":
+            driver = self.core.drivers.for_host(t.host)
+            if not driver.capabilities.supports_exec:
+                return Health.CRITICAL, f"{driver.name} hosts cannot run a command check"
+            try:
+                done = await driver.exec(t.driver_id or f"nefos-{t.replica_id}", spec.command)
+            except DriverError as exc:
+                return Health.CRITICAL, str(exc)
+            return exec_result(done.exit_code), f"exit {done.exit_code}: {done.output}"
+        if t.address is None or t.port is None:
+            return Health.CRITICAL, "the checked port is not published"
+        if spec.type == "tcp":
+            _, writer = await asyncio.open_connection(t.address, t.port)
+            writer.close()
+            return Health.PASSING, f"TCP connect {t.address}:{t.port}: success"
+        return await self._http_probe(t.address, t.port, spec)
+
+    async def _http_probe(self, address: str, port: int, spec: CheckSpec) -> tuple[Health, str]:
+        if self._http is None:
+            # No redirects (a check says what this instance answers, not where it
+            # points), no proxies from the environment, no connection reuse across
+            # instances needed beyond the pool's own.
+            self._http = httpx.AsyncClient(
+                follow_redirects=False,
+                trust_env=False,
+                limits=httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=0),
+            )
+        path, _, query = spec.path.partition("?")
+        url = httpx.URL(scheme="http", host=address, port=port, path=path, query=query.encode())
+        async with self._http.stream(
+            spec.method, url, timeout=spec.timeout, headers={"User-Agent": "nefos-health-check"}
+        ) as response:
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) >= BODY_LIMIT:
+                    break
+        text = bytes(body[:BODY_LIMIT]).decode("utf-8", errors="replace")
+        return (
+            http_result(response.status_code, spec),
+            f"HTTP {spec.method} {spec.path}: {response.status_code} {text}",
+        )
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
