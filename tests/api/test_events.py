@@ -299,6 +299,7 @@ async def test_credentials_and_origins_are_checked(live: LiveServer) -> None:
                 assert hello["data"]["subscriptions"] == [
                     "container_status_update",
                     "operation_update",
+                    "service_health_changed",
                     "vm_status_changed",
                 ]
 

@@ -22,6 +22,7 @@ from nefos.cli import (
     projects,
     quotes,
     rate_limits,
+    services,
     snapshots,
     vms,
     volumes,
@@ -56,6 +57,7 @@ app.add_typer(api_keys.app, name="api-key")
 app.add_typer(admin.app, name="admin")
 app.add_typer(hosts.app, name="host")
 app.add_typer(containers.app, name="container")
+app.add_typer(services.app, name="service")
 app.add_typer(vms.app, name="vm")
 app.add_typer(images.app, name="image")
 app.add_typer(snapshots.app, name="snapshot")

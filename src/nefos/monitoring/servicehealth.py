@@ -120,6 +120,7 @@ class HealthChecker:
     def __init__(self, core: CheckerParts) -> None:
         self.core = core
         self._due: dict[str, float] = {}
+        self._specs: dict[str, CheckSpec] = {}
         self._gate = asyncio.Semaphore(CONCURRENCY)
         self._http: httpx.AsyncClient | None = None
         self.passes = 0
@@ -130,12 +131,17 @@ class HealthChecker:
         """Check every instance that is due; how many were checked."""
         targets = await self._load()
         now = time.monotonic()
+        for t in targets:
+            if self._specs.get(t.replica_id) != t.spec:  # new, or its check changed
+                self._specs[t.replica_id] = t.spec
+                self._due[t.replica_id] = 0.0
         due = [t for t in targets if self._due.get(t.replica_id, 0.0) <= now]
         for t in due:
             self._due[t.replica_id] = now + t.spec.interval
         live = {t.replica_id for t in targets}
         for gone in [k for k in self._due if k not in live]:
             del self._due[gone]
+            self._specs.pop(gone, None)
         results = await asyncio.gather(*(self._check(t) for t in due))
         await self._save(due, results)
         self.passes += 1

@@ -73,6 +73,7 @@ from nefos.sdk._resources import (
     Vms,
     Volumes,
 )
+from nefos.sdk._services import Services
 from nefos.sdk._types import NOT_GIVEN, NotGiven, Tokens
 
 __all__ = [
@@ -118,6 +119,7 @@ __all__ = [
     "RateLimits",
     "ResourceExhaustedError",
     "ServiceUnavailableError",
+    "Services",
     "Snapshots",
     "Tokens",
     "TooManyPagesError",

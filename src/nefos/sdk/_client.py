@@ -75,6 +75,7 @@ from nefos.sdk._resources import (
     Vms,
     Volumes,
 )
+from nefos.sdk._services import Services
 from nefos.sdk._types import Tokens
 
 API_PREFIX = "/api/v1"
@@ -183,6 +184,7 @@ class Client:
         self.admin = Admin(self)
         self.hosts = Hosts(self)
         self.containers = Containers(self)
+        self.services = Services(self)
         self.vms = Vms(self)
         self.images = Images(self)
         self.snapshots = Snapshots(self)
