@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -125,17 +126,27 @@ class HealthChecker:
         self._http: httpx.AsyncClient | None = None
         self.passes = 0
         self.checks = 0
+        self.lag = 0.0
 
     # --- a pass -----------------------------------------------------------------------
     async def run_once(self) -> int:
         """Check every instance that is due; how many were checked."""
         targets = await self._load()
         now = time.monotonic()
+        first = self.passes == 0
         for t in targets:
             if self._specs.get(t.replica_id) != t.spec:  # new, or its check changed
                 self._specs[t.replica_id] = t.spec
-                self._due[t.replica_id] = 0.0
-        due = [t for t in targets if self._due.get(t.replica_id, 0.0) <= now]
+                # A process taking the checks over spreads what it inherits over one
+                # interval (no burst of every check at once); a new instance, or a
+                # changed check, is checked at once.
+                self._due[t.replica_id] = (
+                    now + random.uniform(0, t.spec.interval) if first else now  # noqa: S311
+                )
+        due = [t for t in targets if self._due[t.replica_id] <= now]
+        # How late the latest of this pass's checks starts (its schedule, not the
+        # tick's): the checker keeps up while this stays below a tick or two.
+        self.lag = max((now - self._due[t.replica_id] for t in due), default=0.0)
         for t in due:
             self._due[t.replica_id] = now + t.spec.interval
         live = {t.replica_id for t in targets}
