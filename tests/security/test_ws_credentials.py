@@ -246,6 +246,7 @@ async def test_a_tickets_principal_keeps_its_scopes_and_its_revocation(live: Liv
             welcome = await hello(ws)
             assert welcome["data"]["subscriptions"] == [
                 "container_status_update",
+                "load_test_update",
                 "operation_update",
                 "vm_status_changed",
             ]

@@ -38,6 +38,7 @@ from nefos.api.routes import (
     rate_limits,
     resources,
     storage,
+    testing,
     users,
     vms,
 )
@@ -115,6 +116,7 @@ def api_routers() -> list[APIRouter]:
         events.router,
         analytics.router,
         rate_limits.router,
+        testing.router,
     ]
 
 

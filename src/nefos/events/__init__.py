@@ -37,6 +37,7 @@ class EventType(StrEnum):
     BILLING = "billing_update"
     ALERT = "resource_alert"
     OPERATION = "operation_update"
+    LOAD_TEST = "load_test_update"
 
 
 EVENT_TYPES: frozenset[str] = frozenset(t.value for t in EventType)

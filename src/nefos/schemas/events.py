@@ -15,6 +15,7 @@ EVENT_TYPES = (
     "billing_update",
     "resource_alert",
     "operation_update",
+    "load_test_update",
 )
 # Messages about the stream itself, not events.
 CONTROL_TYPES = ("connected", "subscribed", "pong", "error", "events_dropped")

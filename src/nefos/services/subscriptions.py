@@ -31,6 +31,7 @@ TYPE_SCOPE: dict[str, str] = {
     EventType.CONTAINER_STATUS: "compute:read",
     EventType.VM_STATUS: "compute:read",
     EventType.OPERATION: "compute:read",
+    EventType.LOAD_TEST: "compute:read",
     EventType.HOST_STATUS: "admin",
     EventType.METRICS: "monitoring:read",
     EventType.ALERT: "monitoring:read",
