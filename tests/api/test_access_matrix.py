@@ -1439,6 +1439,8 @@ def random_ids() -> dict[str, str]:
             "quote_id",
             "payout_id",
             "payment_id",
+            "test_id",
+            "scenario_id",
         )
     }
     ids["token"] = "nfi_" + secrets.token_urlsafe(32)
