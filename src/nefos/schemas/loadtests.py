@@ -133,7 +133,6 @@ class LoadTestCreate(Request):
     thresholds: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=20)] = Field(
         default_factory=list
     )
-    project_id: Id | None = None
 
 
 class OperationRef(BaseModel):
