@@ -43,6 +43,7 @@ from nefos.sdk._errors import (
 )
 from nefos.sdk._events import EventStream
 from nefos.sdk._invoices import Invoices
+from nefos.sdk._loadtests import LoadTests, Scenarios
 from nefos.sdk._paging import TooManyPagesError, iterate
 from nefos.sdk._payments import Payments
 from nefos.sdk._quotes import (
@@ -95,6 +96,7 @@ __all__ = [
     "Images",
     "InternalServerError",
     "Invoices",
+    "LoadTests",
     "Message",
     "Monitoring",
     "NefosAPIError",
@@ -117,6 +119,7 @@ __all__ = [
     "RateLimitedError",
     "RateLimits",
     "ResourceExhaustedError",
+    "Scenarios",
     "ServiceUnavailableError",
     "Snapshots",
     "Tokens",
