@@ -108,21 +108,21 @@ class Generator:
         try:
             while time.monotonic() < self.end:
                 u, req = self._next()
-                sent = time.monotonic()
-                self.rec.sent(sent)
-                await self._one(conns[u], req, sent, None)
+                self.rec.sent(time.monotonic())
+                await self._one(conns[u], req, None)
         finally:
             for c in conns:
                 c.close()
             self._in_flight -= 1
             self.rec.users(self._in_flight)
 
-    async def _one(
-        self, conn: Connection, req: Prepared, sent: float, intended: float | None
-    ) -> None:
+    async def _one(self, conn: Connection, req: Prepared, intended: float | None) -> None:
+        """One request; its latency from the moment its bytes went out (closed model)
+        or from its intended send time (open model, with the other one beside it),
+        to the arrival of the response's last byte."""
         try:
             async with asyncio.timeout(self.plan.timeout):
-                status = await conn.request(req)
+                answer = await conn.request(req)
         except TimeoutError:
             conn.close()
             self.rec.done(time.monotonic(), None, kind="timeout")
@@ -130,15 +130,11 @@ class Generator:
         except RequestFailed as exc:
             self.rec.done(time.monotonic(), None, kind=exc.kind)
             return
-        except ValueError:  # a response that does not parse
-            conn.close()
-            self.rec.done(time.monotonic(), None, kind="protocol")
-            return
-        done = time.monotonic()
+        done, sent = answer.done, answer.sent
         if intended is None:
-            self.rec.done(done, done - sent, status=status)
+            self.rec.done(done, done - sent, status=answer.status)
         else:
-            self.rec.done(done, done - intended, status=status, uncorrected=done - sent)
+            self.rec.done(done, done - intended, status=answer.status, uncorrected=done - sent)
 
     # --- open model -----------------------------------------------------------------
     async def _open(self, rate: float) -> None:
@@ -150,10 +146,9 @@ class Generator:
         async def send(u: int, req: Prepared, intended: float) -> None:
             pool = idle[u]
             conn = pool.pop() if pool else Connection(req.host, req.port)
-            sent = time.monotonic()
             self._in_flight += 1
             try:
-                await self._one(conn, req, sent, intended)
+                await self._one(conn, req, intended)
             finally:
                 self._in_flight -= 1
                 room.release()
