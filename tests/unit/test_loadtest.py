@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from hdrh.histogram import HdrHistogram
 
-from nefos.loadtest import thresholds
+from nefos.loadtest import engine, thresholds
 from nefos.loadtest.http import RequestFailed, prepare
 from nefos.loadtest.plan import (
     Plan,
@@ -185,8 +185,10 @@ def test_memory_stays_constant_however_long_the_run() -> None:
         rec.done(s + 0.5, 0.002, status=200)
         rec.take()
     # One histogram for the run, one reused for the current second, no timeline kept.
-    assert rec.finished == [] and rec.total.get_total_count() == 2000
-    assert rec.current.get_total_count() == 1
+    assert rec.finished == [] and rec.total.get_total_count() == 1999
+    assert rec.current.get_total_count() == 1  # the open second, added when it closes
+    rec.flush()
+    assert rec.total.get_total_count() == 2000
 
 
 def test_saturation_flag() -> None:
@@ -224,7 +226,10 @@ async def tiny_server() -> AsyncIterator[int]:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                ok = head.split(b" ", 2)[1] == b"/"
+                path = head.split(b" ", 2)[1]
+                if path == b"/slow":
+                    await asyncio.sleep(3600)  # never answers
+                ok = path == b"/"
                 body = b"ok" if ok else b"missing"
                 status = b"200 OK" if ok else b"404 Not Found"
                 writer.write(
@@ -293,3 +298,19 @@ async def test_killing_the_generator_leaves_no_process() -> None:
         assert first["type"] in ("second", "progress")
         await gen.kill()
         assert gen.returncode is not None
+
+
+async def test_a_request_without_an_answer_in_time_is_a_timeout() -> None:
+    async with tiny_server() as port:
+        url = f"http://127.0.0.1:{port}/"
+        plan = Plan(
+            urls=(url,),
+            requests=(RequestSpec(path="/slow"), RequestSpec(path="/")),
+            duration=1.5,
+            users=2,
+            timeout=0.3,
+        )
+        summary = await asyncio.wait_for(engine.run(plan, lambda _m: None), 30)
+    assert summary["errors"]["by_kind"].get("timeout", 0) > 0
+    assert summary["successful_requests"] > 0
+    assert summary["max_response_time"] < 300  # a timed-out request has no latency

@@ -34,6 +34,20 @@ class Generator:
         self.end = 0.0
         self.rec: Recorder
         self._in_flight = 0
+        #: Every open connection, for the ticker's timeouts.
+        self._conns: set[Connection] = set()
+
+    def _connection(self, host: str, port: int) -> Connection:
+        conn = Connection(host, port, self.plan.timeout)
+        self._conns.add(conn)
+        return conn
+
+    def _expire(self, now: float) -> None:
+        """End the requests that have waited longer than the timeout."""
+        limit = now - self.plan.timeout
+        for conn in self._conns:
+            if conn.busy_since and conn.busy_since < limit:
+                conn.expire()
 
     def _next(self) -> tuple[int, Prepared]:
         u = next(self._url)
@@ -71,6 +85,7 @@ class Generator:
             await asyncio.sleep(max(0.0, wake - time.monotonic()))
             now = time.monotonic()
             self.rec.tick(now - wake)
+            self._expire(now)
             if now - wake > TICK:  # far behind: start again from now
                 wake = now
             if self.plan.rate is not None:
@@ -104,7 +119,7 @@ class Generator:
             return
         self._in_flight += 1
         self.rec.users(self._in_flight)
-        conns = [Connection(p[0].host, p[0].port) for p in self.prepared]
+        conns = [self._connection(p[0].host, p[0].port) for p in self.prepared]
         try:
             while time.monotonic() < self.end:
                 u, req = self._next()
@@ -113,6 +128,7 @@ class Generator:
         finally:
             for c in conns:
                 c.close()
+                self._conns.discard(c)
             self._in_flight -= 1
             self.rec.users(self._in_flight)
 
@@ -121,12 +137,7 @@ class Generator:
         or from its intended send time (open model, with the other one beside it),
         to the arrival of the response's last byte."""
         try:
-            async with asyncio.timeout(self.plan.timeout):
-                answer = await conn.request(req)
-        except TimeoutError:
-            conn.close()
-            self.rec.done(time.monotonic(), None, kind="timeout")
-            return
+            answer = await conn.request(req)
         except RequestFailed as exc:
             self.rec.done(time.monotonic(), None, kind=exc.kind)
             return
@@ -145,7 +156,7 @@ class Generator:
 
         async def send(u: int, req: Prepared, intended: float) -> None:
             pool = idle[u]
-            conn = pool.pop() if pool else Connection(req.host, req.port)
+            conn = pool.pop() if pool else self._connection(req.host, req.port)
             self._in_flight += 1
             try:
                 await self._one(conn, req, intended)

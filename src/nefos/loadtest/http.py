@@ -24,7 +24,7 @@ MAX_HEADER_BYTES = 64 * 1024
 
 
 class RequestFailed(Exception):
-    """No HTTP answer: ``kind`` is ``connect``, ``read`` or ``protocol``."""
+    """No HTTP answer: ``kind`` is ``connect``, ``timeout``, ``read`` or ``protocol``."""
 
     def __init__(self, kind: str, message: str = "") -> None:
         super().__init__(message or kind)
@@ -183,11 +183,19 @@ class _Http(asyncio.Protocol):
 
 class Connection:
     """One connection to one ``host:port``, opened on first use and again after the
-    server closes it."""
+    server closes it.
 
-    def __init__(self, host: str, port: int) -> None:
+    A request that waits too long is ended by ``expire``, called by the generator's
+    ticker for each connection ``busy_since`` longer than the timeout: one look per
+    tick for all connections rather than a timer per request, which cost more than
+    the rest of the client's work."""
+
+    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
         self.host = host
         self.port = port
+        self.timeout = timeout
+        #: When the request in flight was sent (monotonic), 0 when idle.
+        self.busy_since = 0.0
         self._proto: _Http | None = None
 
     async def request(self, req: Prepared) -> Answer:
@@ -215,16 +223,28 @@ class Connection:
         if proto is None or proto.lost:
             loop = asyncio.get_running_loop()
             try:
-                _, proto = await loop.create_connection(_Http, self.host, self.port)
+                async with asyncio.timeout(self.timeout):
+                    _, proto = await loop.create_connection(_Http, self.host, self.port)
+            except TimeoutError as exc:
+                raise RequestFailed("timeout", "connect timed out") from exc
             except OSError as exc:
                 raise RequestFailed("connect", str(exc)) from exc
             self._proto = proto
         assert proto.transport is not None
         waiter = proto.expect(req.head)
         sent = time.monotonic()
+        self.busy_since = sent
         proto.transport.write(req.raw)
-        status, done = await waiter
+        try:
+            status, done = await waiter
+        finally:
+            self.busy_since = 0.0
         return Answer(status, sent, done)
+
+    def expire(self) -> None:
+        """End the request in flight as a ``timeout`` (and close the connection)."""
+        if self._proto is not None:
+            self._proto._fail(RequestFailed("timeout", "no response in time"))
 
     def close(self) -> None:
         if self._proto is not None and self._proto.transport is not None:

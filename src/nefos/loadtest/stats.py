@@ -113,9 +113,11 @@ def is_saturated(
 
 @dataclass
 class Recorder:
-    """Counts and histograms of one run. ``clock`` is the generator's monotonic clock;
-    ``start`` the run's start on it. Outcomes are filed under the second in which
-    they completed."""
+    """Counts and histograms of one run. ``start`` is the run's start on the
+    generator's monotonic clock. Outcomes are filed under the second in which they
+    completed. A latency is recorded once, into the current second's histogram,
+    which is added to the run's as the second closes: the run's totals trail the
+    latencies by at most a second until ``flush``."""
 
     start: float
     target: Callable[[int], float | None] = lambda _s: None
@@ -168,8 +170,7 @@ class Recorder:
         self.last_done = max(self.last_done, now)
         if latency is not None:
             us = clamp_us(latency)
-            self.total.record_value(us)
-            self.current.record_value(us)
+            self.current.record_value(us)  # added to ``total`` when the second closes
             self.total_us += us
             if uncorrected is not None:
                 unc = clamp_us(uncorrected)
@@ -204,6 +205,8 @@ class Recorder:
             self._close()
 
     def _close(self) -> None:
+        if self.current.get_total_count():
+            self.total.add(self.current)
         p = latency_summary(self.current)
         self.finished.append(
             Second(
