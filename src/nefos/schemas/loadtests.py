@@ -52,8 +52,9 @@ class ScenarioRequest(Request):
                 raise ValueError(f"invalid header name {name[:64]!r}")
             if name.lower() in RESERVED_HEADERS:
                 raise ValueError(f"{name} is set by the generator")
-            control = any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value)
-            if len(value) > 1000 or control:
+            # Printable ASCII (and tabs) only: sent as is on the wire.
+            printable = all(c == "\t" or 32 <= ord(c) < 127 for c in value)
+            if len(value) > 1000 or not printable:
                 raise ValueError(f"invalid value of header {name}")
         return v
 
