@@ -355,3 +355,47 @@ async def test_scenarios_crud(client, register):
     assert_error(r, 404, "NOT_FOUND")
     await api.call("DELETE", f"/testing/scenarios/{made['id']}")
     await api.call("GET", f"/testing/scenarios/{made['id']}", 404)
+
+
+async def test_a_test_whose_process_died_is_marked_failed_not_run_again(client, app, register):
+    """The operation of a test whose worker died is claimed again (its heartbeat
+    stopped): the second attempt ends the test as failed, "interrupted"."""
+    from nefos.db.models import Project
+    from nefos.db.types import utcnow
+    from nefos.operations import OpContext
+    from nefos.operations.queue import OpView
+    from nefos.services.loadtests import LoadTestOps
+
+    owner = await register()
+    core = app.state.core
+    async with core.db.sessionmaker() as session:
+        project = await session.get(Project, owner.project_id)
+        test = LoadTest(
+            project_id=project.id,
+            organisation_id=project.organisation_id,
+            target_type="container",
+            target_id=str(uuid.uuid4()),
+            scenario="web_app",
+            params={"duration": 60, "users": 1, "requests": []},
+            status="running",
+            started_at=utcnow(),
+        )
+        session.add(test)
+        await session.commit()
+        test_id = test.id
+    op = OpView(
+        id=str(uuid.uuid4()),
+        kind="load_test",
+        resource_type="load_test",
+        resource_id=test_id,
+        project_id=owner.project_id,
+        user_id=owner.id,
+        params={},
+        attempts=2,
+        created_at=utcnow(),
+    )
+    result = await LoadTestOps(core).run(OpContext(op=op, db=core.db, worker="w"))
+    assert result == {"status": "failed", "interrupted": True}
+    data = await results(client, owner, test_id)
+    assert data["status"] == "failed" and "interrupted" in data["error"]
+    assert data["completed_at"] is not None
