@@ -62,6 +62,13 @@ SQL
 
 echo "PostgreSQL $PG_VER on port $PG_PORT: ready"
 
+# --- wrk ----------------------------------------------------------------------
+# The HTTP load generator the benchmarks compare with (bench_api, bench_loadgen).
+if ! command -v wrk >/dev/null 2>&1; then
+  echo "Installing wrk from Debian..."
+  apt_install wrk
+fi
+
 # --- Podman -------------------------------------------------------------------
 scripts/ensure-podman.sh >/dev/null || die "Podman could not be started (run scripts/ensure-podman.sh to see why)"
 PODMAN_SOCK="$PWD/var/podman/podman.sock"

@@ -36,7 +36,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("monitoring",),
     ("operations",),
     ("events",),
-    ("drivers", "scheduler"),
+    ("drivers", "scheduler", "loadtest"),
     ("db", "sdk", "security"),
     ("schemas",),
     ("config",),

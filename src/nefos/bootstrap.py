@@ -58,6 +58,7 @@ from nefos.services.containers import ContainerOps
 from nefos.services.core import Core
 from nefos.services.hosts import HostService
 from nefos.services.images import ImageOps
+from nefos.services.loadtests import LoadTestOps
 from nefos.services.quotes import QuoteOps
 from nefos.services.storage import StorageOps
 from nefos.services.suspension import suspender
@@ -307,7 +308,7 @@ class Process:
             await self._process_lease.start()
         await core.events.start()
         self._started.append("events")
-        for ops in (ContainerOps, VmOps, QuoteOps, ImageOps, StorageOps):
+        for ops in (ContainerOps, VmOps, QuoteOps, ImageOps, StorageOps, LoadTestOps):
             ops(core).register()  # every process may enqueue; workers run them
         if self.runs_loops:
             if s.register_local_hosts:

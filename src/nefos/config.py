@@ -344,6 +344,36 @@ class Settings(BaseSettings):
         "for its handshake (/ws?ticket=...).",
     )
 
+    # --- load tests (nefos.loadtest, services/loadtests.py) -------------------------
+    loadtest_max_duration: int = Field(
+        600, ge=1, le=86400, description="Longest load test a tenant may run (seconds)."
+    )
+    loadtest_max_users: int = Field(
+        500,
+        ge=1,
+        le=100_000,
+        description="Most virtual users of a load test (closed model), and the most "
+        "requests in flight at once (open model).",
+    )
+    loadtest_max_rate: float = Field(
+        5000.0,
+        gt=0,
+        le=1_000_000,
+        description="Highest arrival rate of a load test (open model, requests per second).",
+    )
+    loadtest_max_concurrent: int = Field(
+        2,
+        ge=0,
+        description="Load tests an organisation may have running at once (more: 409 "
+        "`RESOURCE_EXHAUSTED`). 0 turns load tests off.",
+    )
+    loadtest_request_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="Seconds a load test's request may take before it counts as a `timeout` error.",
+    )
+
     # --- monitoring -------------------------------------------------------------
     metrics_interval: float = Field(
         15.0, gt=0, description="Seconds between samples of every host, VM and container."

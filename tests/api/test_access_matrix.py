@@ -246,6 +246,17 @@ MATRIX: dict[tuple[str, str], Rule] = {
     ("DELETE", "/monitoring/webhooks/{webhook_id}"): Rule(P.MONITORING_WRITE),
     ("GET", "/monitoring/webhooks/{webhook_id}/deliveries"): Rule(P.MONITORING_READ),
     ("POST", "/monitoring/webhooks/{webhook_id}/test"): Rule(P.MONITORING_WRITE),
+    # Load tests and their scenarios: in the target's (or the named) project, so the
+    # check is in the handler.
+    ("POST", "/testing/load"): Rule(P.COMPUTE_WRITE),
+    ("GET", "/testing/results"): Rule(P.COMPUTE_READ),
+    ("GET", "/testing/results/{test_id}"): Rule(P.COMPUTE_READ),
+    ("DELETE", "/testing/results/{test_id}"): Rule(P.COMPUTE_WRITE),
+    ("GET", "/testing/scenarios"): Rule(P.COMPUTE_READ),
+    ("POST", "/testing/scenarios"): Rule(P.COMPUTE_WRITE),
+    ("GET", "/testing/scenarios/{scenario_id}"): Rule(P.COMPUTE_READ),
+    ("PUT", "/testing/scenarios/{scenario_id}"): Rule(P.COMPUTE_WRITE),
+    ("DELETE", "/testing/scenarios/{scenario_id}"): Rule(P.COMPUTE_WRITE),
     # Metrics: an instance's series need monitoring.read on its project (checked in
     # the handler, like compute); hosts' and the platform's are for platform admins.
     ("GET", "/monitoring/vm-metrics/{vm_id}"): Rule(P.MONITORING_READ),
@@ -636,6 +647,7 @@ async def walk_world(
     settings = app.state.core.settings
     allowed = settings.webhook_allowed_networks
     settings.webhook_allowed_networks = ["127.0.0.0/8"]  # WALK_WEBHOOK
+    load_tests_at_once = settings.loadtest_max_concurrent
     try:
         await _vm_world(w)
         # The walk's VMs must be accepted (202) and then fail in libvirt: the greedy
@@ -647,12 +659,15 @@ async def walk_world(
             )
             await session.commit()
         await _monitoring_world(w, app)
+        settings.loadtest_max_concurrent = 1000
+        await _loadtest_world(w)
         await _invoice_world(w, app)
         await _billing_world(w, app)
         w.ids.update(await fresh_payment(w, w.owner, Role.OWNER))
         yield w
     finally:
         settings.webhook_allowed_networks = allowed
+        settings.loadtest_max_concurrent = load_tests_at_once
         # The operations the walk started end before the hosts' fixtures clean up.
         await w.settle()
         await _remove_libvirt_leftovers(app)
@@ -733,6 +748,44 @@ async def _monitoring_world(w: ComputeWorld, app: Any) -> None:
         "POST", "/monitoring/webhooks", w.owner, json={"url": WALK_WEBHOOK, "project_id": w.project}
     )
     w.ids["webhook_id"] = hook["id"]
+
+
+async def _loadtest_world(w: ComputeWorld) -> None:
+    """A finished load test of the walked container, and a stored scenario. The walk
+    starts many tests at once: the per-organisation cap is lifted for it."""
+    made = await w.ok(
+        "POST",
+        "/testing/load",
+        w.owner,
+        json={"duration": 1, "users": 1, "target": w.ids["container_id"]},
+    )
+    w.ids["test_id"] = made["test_id"]
+    w.ids.update(await fresh_scenario(w, w.owner, Role.OWNER))
+
+
+async def fresh_load_test(w: World, who: Account, role: Role) -> dict[str, str]:
+    """A running test to cancel (short: a refused cancel leaves it running)."""
+    made = await w.ok(
+        "POST",
+        "/testing/load",
+        w.owner,
+        json={"duration": 5, "users": 1, "target": w.ids["container_id"]},
+    )
+    return {"test_id": made["test_id"]}
+
+
+async def fresh_scenario(w: World, who: Account, role: Role) -> dict[str, str]:
+    made = await w.ok(
+        "POST",
+        "/testing/scenarios",
+        w.owner,
+        json={
+            "name": f"s-{uuid.uuid4().hex[:10]}",
+            "requests": [{"path": "/"}],
+            "project_id": w.ids["project_id"],
+        },
+    )
+    return {"scenario_id": made["id"]}
 
 
 async def fresh_rule(w: World, who: Account, role: Role) -> dict[str, str]:
@@ -1236,6 +1289,24 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("DELETE", "/monitoring/webhooks/{webhook_id}"): Sample(fresh=fresh_webhook, role_checked=True),
     ("GET", "/monitoring/webhooks/{webhook_id}/deliveries"): Sample(role_checked=True),
     ("POST", "/monitoring/webhooks/{webhook_id}/test"): Sample(role_checked=True),
+    # Load tests of the walked (running) container, one second long; a cancel meets a
+    # test of its own (see _loadtest_world).
+    ("POST", "/testing/load"): Sample(
+        json={"duration": 1, "users": 1, "target": Ref("container_id")}, role_checked=True
+    ),
+    ("GET", "/testing/results"): OF_PROJECT,
+    ("GET", "/testing/results/{test_id}"): Sample(role_checked=True),
+    ("DELETE", "/testing/results/{test_id}"): Sample(fresh=fresh_load_test, role_checked=True),
+    ("GET", "/testing/scenarios"): OF_PROJECT,
+    ("POST", "/testing/scenarios"): Sample(
+        json={"name": Unique("s-{}"), "requests": [{"path": "/"}], "project_id": Ref("project_id")},
+        role_checked=True,
+    ),
+    ("GET", "/testing/scenarios/{scenario_id}"): Sample(role_checked=True),
+    ("PUT", "/testing/scenarios/{scenario_id}"): Sample(
+        json={"description": "walked"}, role_checked=True
+    ),
+    ("DELETE", "/testing/scenarios/{scenario_id}"): Sample(fresh=fresh_scenario, role_checked=True),
     # Payments of A's organisation: bank transfers (the walk's app has no Stripe).
     ("GET", "/payments"): Sample(query={"organisation_id": Ref("org_id")}, role_checked=True),
     ("POST", "/payments"): Sample(
@@ -1388,6 +1459,8 @@ def random_ids() -> dict[str, str]:
             "quote_id",
             "payout_id",
             "payment_id",
+            "test_id",
+            "scenario_id",
         )
     }
     ids["token"] = "nfi_" + secrets.token_urlsafe(32)

@@ -298,6 +298,7 @@ async def test_credentials_and_origins_are_checked(live: LiveServer) -> None:
                 # its scope bounds what it may receive
                 assert hello["data"]["subscriptions"] == [
                     "container_status_update",
+                    "load_test_update",
                     "operation_update",
                     "service_health_changed",
                     "vm_status_changed",

@@ -154,6 +154,33 @@ class Callers:
                 self.user.call("DELETE", f"/vms/{vm['id']}")
         self.idle()
 
+    def load_test_row(self) -> str:
+        """A load test in the compute project, running (as the API leaves one), with
+        no generator behind it: the handlers read it, a DELETE cancels it."""
+        from nefos.db.models import LoadTest, Project
+        from nefos.db.types import utcnow
+
+        test_id = str(uuid.uuid4())
+
+        async def add(session: Any) -> None:
+            project = await session.get(Project, self.compute_project_id)
+            session.add(
+                LoadTest(
+                    id=test_id,
+                    project_id=project.id,
+                    organisation_id=project.organisation_id,
+                    target_type="container",
+                    target_id=str(uuid.uuid4()),
+                    scenario="web_app",
+                    params={"duration": 1, "users": 1, "requests": []},
+                    status="running",
+                    started_at=utcnow(),
+                )
+            )
+
+        self.on_database(add)
+        return test_id
+
     def on_database(self, work: Any) -> None:
         """Run ``work(session)`` in a write transaction of the fuzz server's database."""
         from nefos.db.session import Database, begin_write
@@ -330,6 +357,15 @@ class Callers:
                     json={"url": FUZZ_WEBHOOK, "project_id": self.compute_project_id},
                 )["id"]
             )
+        if name == "scenario_id":
+            body = {
+                "name": f"doomed-{uuid.uuid4().hex[:8]}",
+                "requests": [{"path": "/"}],
+                "project_id": self.compute_project_id,
+            }
+            return str(user.call("POST", "/testing/scenarios", json=body)["id"])
+        if name == "test_id":  # a running load test's row (no target runs here)
+            return self.load_test_row()
         if name == "payment_id":  # a pending bank transfer of the reseller
             payment = {"amount": "5.00", "provider": "manual", "organisation_id": org}
             return str(user.call("POST", "/payments", json=payment)["id"])
@@ -477,7 +513,7 @@ def _monitoring_objects(c: Callers) -> None:
     its operation's failure, not a crash."""
     from nefos.db.models import Container
 
-    for name in ("rule_id", "webhook_id"):
+    for name in ("rule_id", "webhook_id", "scenario_id", "test_id"):
         c.ids[name] = c.new(name)
 
     async def crashed(session: Any) -> None:

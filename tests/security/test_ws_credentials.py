@@ -246,7 +246,9 @@ async def test_a_tickets_principal_keeps_its_scopes_and_its_revocation(live: Liv
             welcome = await hello(ws)
             assert welcome["data"]["subscriptions"] == [
                 "container_status_update",
+                "load_test_update",
                 "operation_update",
+                "service_health_changed",
                 "vm_status_changed",
             ]
             r = await c.delete(f"{V1}/api-keys/{key_id}", headers=bearer(a["access_token"]))

@@ -39,6 +39,7 @@ from nefos.api.routes import (
     resources,
     services,
     storage,
+    testing,
     users,
     vms,
 )
@@ -117,6 +118,7 @@ def api_routers() -> list[APIRouter]:
         events.router,
         analytics.router,
         rate_limits.router,
+        testing.router,
     ]
 
 

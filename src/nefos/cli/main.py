@@ -15,6 +15,7 @@ from nefos.cli import (
     hosts,
     images,
     invoices,
+    loadtest,
     networks,
     operations,
     orgs,
@@ -78,6 +79,7 @@ app.add_typer(wallet.app, name="wallet")
 app.add_typer(invoices.app, name="invoice")
 app.add_typer(analytics.app, name="analytics")
 app.add_typer(rate_limits.app, name="rate-limit")
+app.add_typer(loadtest.app, name="loadtest")
 
 
 def main() -> None:

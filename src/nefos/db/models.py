@@ -1353,3 +1353,87 @@ class ServiceInstanceHealth(Base):
     transitions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False, default=list)
     checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     changed_at: Mapped[datetime] = _created()
+
+
+class LoadTestScenario(Base):
+    """A stored load-test scenario: weighted requests (method, path, headers, body)
+    sent to a target's URLs; a test names it by id or name."""
+
+    __tablename__ = "load_test_scenarios"
+
+    id: Mapped[str] = _id()
+    project_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("projects.id", ondelete="CASCADE"), nullable=False
+    )
+    user_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    description: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    requests: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False, default=list)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+    __table_args__ = (
+        UniqueConstraint("project_id", "name", name="uq_load_test_scenarios_project_id_name"),
+        Index("ix_load_test_scenarios_project_created_id", "project_id", "created_at", "id"),
+    )
+
+
+class LoadTest(Base):
+    """One load test (seed 004's ``test_id``): what was asked (``params``, with the
+    scenario's requests as they were then), where it runs, and what it measured.
+
+    ``status`` is ``running`` from its acceptance until it ends ``completed``,
+    ``failed`` or ``cancelled``; every write of the runner is guarded by ``status =
+    'running'``, so a cancel (a guarded ``UPDATE`` of its own) always wins.
+    ``results`` is the latest summary (partial while running), ``histogram`` the
+    encoded HDR histogram of the whole run; the timeline is ``load_test_seconds``.
+    """
+
+    __tablename__ = "load_tests"
+
+    id: Mapped[str] = _id()
+    project_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("projects.id", ondelete="CASCADE"), nullable=False
+    )
+    organisation_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("organisations.id", ondelete="CASCADE"), nullable=False
+    )
+    user_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    target_type: Mapped[str] = mapped_column(String(16), nullable=False)  # container
+    target_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    scenario: Mapped[str] = mapped_column(String(100), nullable=False)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="running")
+    results: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    histogram: Mapped[str | None] = mapped_column(Text)
+    verdict: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    operation_id: Mapped[str | None] = mapped_column(String(36))
+    #: ``host:pid`` of the generator process while it runs (operators, tests).
+    runner: Mapped[str | None] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+    __table_args__ = (
+        Index("ix_load_tests_project_created_id", "project_id", "created_at", "id"),
+        Index("ix_load_tests_org_status", "organisation_id", "status"),
+    )
+
+
+class LoadTestSecond(Base):
+    """One second of a load test's timeline, appended as the second ends (a run's
+    writes stay one small row a second however long it lasts)."""
+
+    __tablename__ = "load_test_seconds"
+
+    test_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("load_tests.id", ondelete="CASCADE"), primary_key=True
+    )
+    second: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)

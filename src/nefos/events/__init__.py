@@ -38,6 +38,7 @@ class EventType(StrEnum):
     ALERT = "resource_alert"
     OPERATION = "operation_update"
     SERVICE_HEALTH = "service_health_changed"
+    LOAD_TEST = "load_test_update"
 
 
 EVENT_TYPES: frozenset[str] = frozenset(t.value for t in EventType)

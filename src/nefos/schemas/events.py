@@ -16,6 +16,7 @@ EVENT_TYPES = (
     "resource_alert",
     "operation_update",
     "service_health_changed",
+    "load_test_update",
 )
 # Messages about the stream itself, not events.
 CONTROL_TYPES = ("connected", "subscribed", "pong", "error", "events_dropped")

@@ -43,6 +43,7 @@ from nefos.sdk._errors import (
 )
 from nefos.sdk._events import EventStream
 from nefos.sdk._invoices import Invoices
+from nefos.sdk._loadtests import LoadTests, Scenarios
 from nefos.sdk._paging import TooManyPagesError, iterate
 from nefos.sdk._payments import Payments
 from nefos.sdk._quotes import (
@@ -96,6 +97,7 @@ __all__ = [
     "Images",
     "InternalServerError",
     "Invoices",
+    "LoadTests",
     "Message",
     "Monitoring",
     "NefosAPIError",
@@ -118,6 +120,7 @@ __all__ = [
     "RateLimitedError",
     "RateLimits",
     "ResourceExhaustedError",
+    "Scenarios",
     "ServiceUnavailableError",
     "Services",
     "Snapshots",

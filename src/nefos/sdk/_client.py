@@ -54,6 +54,7 @@ from nefos.sdk._errors import (
 )
 from nefos.sdk._events import EventStream
 from nefos.sdk._invoices import Invoices
+from nefos.sdk._loadtests import LoadTests, Scenarios
 from nefos.sdk._payments import Payments
 from nefos.sdk._quotes import BillingAccounts, Payouts, Products, Quotes
 from nefos.sdk._rate_limits import RateLimits
@@ -206,6 +207,8 @@ class Client:
         self.invoices = Invoices(self)
         self.analytics = Analytics(self)
         self.rate_limits = RateLimits(self)
+        self.load_tests = LoadTests(self)
+        self.load_test_scenarios = Scenarios(self)
 
     def events(
         self,

@@ -32,6 +32,7 @@ TYPE_SCOPE: dict[str, str] = {
     EventType.VM_STATUS: "compute:read",
     EventType.OPERATION: "compute:read",
     EventType.SERVICE_HEALTH: "compute:read",
+    EventType.LOAD_TEST: "compute:read",
     EventType.HOST_STATUS: "admin",
     EventType.METRICS: "monitoring:read",
     EventType.ALERT: "monitoring:read",
