@@ -226,6 +226,3 @@ async def test_two_containers_cannot_share_a_meshed_port(client, app, register, 
     )
     assert_error(r, 409, "CONFLICT")
     await api.delete(c["id"])
-
-
-
