@@ -194,8 +194,9 @@ async def _insert_service(database_url: str, project_id: str, upstream_port: int
                     ],
                 )
             )
+            service_id = str(container.id)
             await session.commit()
-            return str(container.id)
+            return service_id
     finally:
         await engine.dispose()
 
