@@ -66,6 +66,7 @@ HOP_BY_HOP = frozenset(
 #: Set by the ingress itself from what it saw, whatever the client sent.
 _OWN = frozenset({b"x-forwarded-proto", b"x-forwarded-host"})
 _SCOPE_KEY = "nefos.ingress"
+MAX_ID = 36
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -203,7 +204,7 @@ class Ingress:
                 return
         else:
             service_id = key
-        ups = await self.upstreams(service_id)
+        ups = await self.upstreams(service_id) if service_id else None
         if ups is None:
             await send_error(
                 send, 404, "NOT_FOUND", "Service not found", {"service_id": service_id}
@@ -252,6 +253,8 @@ class Ingress:
             request = self.client.build_request(
                 method, url, headers=headers, content=body() if has_body else None
             )
+            if len(self.sent) > CACHE_SIZE:
+                self.sent.clear()  # instances long gone; the counts restart
             self.sent[up.instance_id] = self.sent.get(up.instance_id, 0) + 1
             try:
                 response = await self._send(request)
@@ -388,6 +391,8 @@ def _route(scope: Scope, apps_domain: str) -> tuple[str, str, bytes] | None:
     service_id, _, _ = path[len(PATH_PREFIX) :].partition("/")
     if not service_id:
         return None
+    if len(service_id) > MAX_ID:
+        service_id = ""  # no such service: a 404 without a look in the database
     # The rest of the path as the client wrote it (percent-escapes kept).
     prefix = PATH_PREFIX.encode() + service_id.encode()
     rest = raw_path[len(prefix) :] if raw_path.startswith(prefix) else b""
