@@ -245,6 +245,12 @@ class Target:
     def p99(self) -> float:
         return statistics.median(r.p99_ms for r in self.light)
 
+    @property
+    def cpu_us(self) -> float:
+        """The serving process's CPU time per request at saturation: unlike req/s
+        and p99, hardly moved by other processes competing for the cores."""
+        return statistics.median(r.cpu_us for r in self.runs)
+
 
 def wrk_load(wrk: str, target: Target, duration: float, connections: int) -> Load:
     cmd = [wrk, "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "--timeout", "5s"]
@@ -311,7 +317,8 @@ def bench_backend(
                         errors = load.errors + light.errors
                         print(
                             f"[{backend}] {t.name}: {load.rps:,.0f} req/s ({connections} "
-                            f"clients), p99 {light.p99_ms:.2f} ms (1 client)"
+                            f"clients), p99 {light.p99_ms:.2f} ms (1 client), "
+                            f"{load.cpu_us:,.0f} us CPU/request"
                             + (f", {errors} errors" if errors else ""),
                             flush=True,
                         )
@@ -321,16 +328,17 @@ def bench_backend(
 def report(backend: str, targets: list[Target], connections: int) -> bool:
     direct, bare, ingress = targets
     print(f"\n{backend}: medians")
-    print(f"| target | req/s ({connections} clients) | p99 ms (1 client) |")
-    print("| --- | ---: | ---: |")
+    print(f"| target | req/s ({connections} clients) | p99 ms (1 client) | CPU us/request |")
+    print("| --- | ---: | ---: | ---: |")
     for t in targets:
-        print(f"| {t.name} | {t.rps:,.0f} | {t.p99:.2f} |")
+        print(f"| {t.name} | {t.rps:,.0f} | {t.p99:.2f} | {t.cpu_us:,.0f} |")
     ratio = ingress.rps / bare.rps
     p99_delta = ingress.p99 - bare.p99
     print(
         f"ingress / bare proxy: {ratio:.2f} of its req/s (aim >= 0.80), p99 "
         f"{p99_delta:+.2f} ms (aim <= +2 ms); ingress / direct: "
-        f"{ingress.rps / direct.rps:.2f} of req/s, p99 {ingress.p99 - direct.p99:+.2f} ms"
+        f"{ingress.rps / direct.rps:.2f} of req/s, p99 {ingress.p99 - direct.p99:+.2f} ms; "
+        f"CPU per request: ingress / bare proxy {ingress.cpu_us / bare.cpu_us:.2f}"
     )
     note = busy_note_for([*bare.runs, *ingress.runs])
     if note:
