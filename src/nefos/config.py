@@ -162,6 +162,14 @@ class Settings(BaseSettings):
     ingress_max_connections: int = Field(
         256, ge=1, description="Connections the ingress keeps open to instances, in all."
     )
+    ingress_instance_concurrency: int = Field(
+        16,
+        ge=1,
+        le=10_000,
+        description="Requests the ingress (each process) sends one instance at once; "
+        "more wait, up to `NEFOS_INGRESS_TIMEOUT`, for one to end (then 503). New "
+        "requests go to the instance with the fewest in flight.",
+    )
     ingress_cache_seconds: float = Field(
         1.0,
         ge=0,

@@ -7,7 +7,9 @@ A request reaches a service by its host name or by path:
 
 It is proxied to one of the service's routable instances (``services.endpoints``:
 running replicas, at the addresses Nefos recorded for them; never an address a caller
-gives), round-robin, skipping instances known down. Bodies stream both ways; the
+gives): the one with the fewest requests in flight (round-robin among equals),
+skipping instances known down; at most ``NEFOS_INGRESS_INSTANCE_CONCURRENCY`` at once
+per instance (more wait for a slot). Bodies stream both ways; the
 request body is bounded by ``NEFOS_MAX_BODY_BYTES`` (``BodyLimitMiddleware``).
 Hop-by-hop headers are dropped; ``X-Forwarded-For``/``-Proto``/``-Host`` are set. An
 idempotent request (GET, HEAD, OPTIONS, PUT, DELETE) whose body has not started to
@@ -118,6 +120,19 @@ class TtlCache(Generic[K, V]):
         self._items.clear()
 
 
+class _Gate:
+    """One instance's requests in flight through this process, and the slots that
+    bound them. The bound keeps httpx's connection pool small: its cost per request
+    grows with the requests waiting in it (about 5 ms of CPU at 50 at once, 0.9 ms
+    at 8 on the benchmark's machine)."""
+
+    __slots__ = ("inflight", "slots")
+
+    def __init__(self, limit: int) -> None:
+        self.inflight = 0
+        self.slots = asyncio.Semaphore(limit)
+
+
 class _Refused(Exception):
     """The instance could not be connected to, or closed without answering."""
 
@@ -136,6 +151,7 @@ class Ingress:
             settings.ingress_cache_seconds
         )
         self.down: dict[tuple[str, int], float] = {}
+        self._gates: dict[tuple[str, int], _Gate] = {}
         self._turn = itertools.count()
         self.retries = 0
         #: Requests each instance was sent (its id -> count), for operators and tests.
@@ -178,15 +194,32 @@ class Ingress:
 
         return await self.instances.get(service_id, load)
 
+    def gate(self, up: Upstream) -> _Gate:
+        key = (up.address, up.port)
+        gate = self._gates.get(key)
+        if gate is None:
+            if len(self._gates) > CACHE_SIZE:
+                self._gates = {k: g for k, g in self._gates.items() if g.inflight}
+            gate = self._gates[key] = _Gate(self.settings.ingress_instance_concurrency)
+        return gate
+
     def pick(self, ups: list[Upstream], tried: set[Upstream]) -> Upstream | None:
-        """Round-robin over the instances not tried yet and not known down."""
+        """The instance with the fewest requests in flight, among those not tried yet
+        and not known down; ties go round-robin."""
         now = time.monotonic()
-        alive = [
-            u for u in ups if u not in tried and self.down.get((u.address, u.port), 0.0) <= now
-        ]
-        if not alive:
-            return None
-        return alive[next(self._turn) % len(alive)]
+        count = len(ups)
+        start = next(self._turn)
+        best: Upstream | None = None
+        least = 0
+        for i in range(count):
+            up = ups[(start + i) % count]
+            if up in tried or self.down.get((up.address, up.port), 0.0) > now:
+                continue
+            gate = self._gates.get((up.address, up.port))
+            load = gate.inflight if gate is not None else 0
+            if best is None or load < least:
+                best, least = up, load
+        return best
 
     def mark_down(self, up: Upstream) -> None:
         self.down[(up.address, up.port)] = time.monotonic() + DOWN_SECONDS
@@ -249,40 +282,58 @@ class Ingress:
             if up is None:
                 break
             tried.add(up)
-            url = httpx.URL(scheme="http", host=up.address, port=up.port, raw_path=raw_path)
-            request = self.client.build_request(
-                method, url, headers=headers, content=body() if has_body else None
-            )
             if len(self.sent) > CACHE_SIZE:
                 self.sent.clear()  # instances long gone; the counts restart
             self.sent[up.instance_id] = self.sent.get(up.instance_id, 0) + 1
+            url = httpx.URL(scheme="http", host=up.address, port=up.port, raw_path=raw_path)
+            gate = self.gate(up)
+            gate.inflight += 1
             try:
-                response = await self._send(request)
-            except _Refused:
-                self.mark_down(up)
-                self.instances.forget(service_id)
-                if streamed or attempt + 1 == attempts:
-                    await send_error(
-                        send, 502, "BAD_GATEWAY", "The service's instance did not answer"
+                if gate.slots.locked():
+                    # The instance has its share in flight: wait for one to end.
+                    try:
+                        await asyncio.wait_for(gate.slots.acquire(), self.settings.ingress_timeout)
+                    except TimeoutError:
+                        await _unavailable(send, service_id, "its instances are all busy")
+                        return
+                else:
+                    await gate.slots.acquire()
+                try:
+                    request = self.client.build_request(
+                        method, url, headers=headers, content=body() if has_body else None
                     )
+                    try:
+                        response = await self._send(request)
+                    except _Refused:
+                        self.mark_down(up)
+                        self.instances.forget(service_id)
+                        if streamed or attempt + 1 == attempts:
+                            await send_error(
+                                send, 502, "BAD_GATEWAY", "The service's instance did not answer"
+                            )
+                            return
+                        self.retries += 1
+                        continue
+                    except httpx.TimeoutException:
+                        await send_error(
+                            send,
+                            504,
+                            "GATEWAY_TIMEOUT",
+                            "The service did not answer within "
+                            f"{self.settings.ingress_timeout:g} s",
+                        )
+                        return
+                    except _ClientGone:
+                        return
+                    except httpx.HTTPError:
+                        await send_error(send, 502, "BAD_GATEWAY", "The service's instance failed")
+                        return
+                    await _relay(response, send)
                     return
-                self.retries += 1
-                continue
-            except httpx.TimeoutException:
-                await send_error(
-                    send,
-                    504,
-                    "GATEWAY_TIMEOUT",
-                    f"The service did not answer within {self.settings.ingress_timeout:g} s",
-                )
-                return
-            except _ClientGone:
-                return
-            except httpx.HTTPError:
-                await send_error(send, 502, "BAD_GATEWAY", "The service's instance failed")
-                return
-            await _relay(response, send)
-            return
+                finally:
+                    gate.slots.release()
+            finally:
+                gate.inflight -= 1
         await _unavailable(send, service_id, "none of its instances answers")
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
