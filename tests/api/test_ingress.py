@@ -186,6 +186,33 @@ async def test_unknown_services_are_404(client, register):
     assert (await client.get("/health")).status_code == 200
 
 
+async def test_the_apis_websocket_is_not_served_under_a_service_name(app):
+    """WebSockets are not proxied: under a service's host (or /svc/) the API's own
+    /ws is never reached either; it is closed before the handshake (a 403)."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    for host, path in (("web-1a2b3c4d.apps.localhost", "/ws"), ("nefos.test", "/svc/x/ws")):
+        scope = {
+            "type": "websocket",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "headers": [(b"host", host.encode())],
+            "scheme": "ws",
+            "client": ("127.0.0.1", 1234),
+            "subprotocols": [],
+        }
+        sent.clear()
+        await app(scope, receive, send)
+        assert sent == [{"type": "websocket.close", "code": 1008}], (host, sent)
+
+
 async def test_a_tenant_may_not_publish_below_1024_or_on_reserved_ports(
     client, register, podman_host
 ):

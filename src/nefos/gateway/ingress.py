@@ -463,9 +463,14 @@ class IngressMiddleware:
         self.limited = BodyLimitMiddleware(ingress.proxy, ingress.settings.max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.ingress.running:
+        if scope["type"] in ("http", "websocket") and self.ingress.running:
             route = _route(scope, self.apps_domain)
             if route is not None:
+                if scope["type"] == "websocket":
+                    # Not proxied (yet); and never the API's own /ws under a service's
+                    # name. Closing before the accept is a 403 to the client.
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
                 scope[_SCOPE_KEY] = route
                 await self.limited(scope, receive, send)
                 return
