@@ -345,7 +345,7 @@ class Process:
             self.limiter.start(core)  # it reads tokens and overrides through core
             self._started.append("limiter")
         if self.ingress is not None:
-            self.ingress.start(core.db)
+            self.ingress.start(core.db, core.events)
             self._started.append("ingress")
 
     async def _setup(self) -> None:

@@ -22,12 +22,14 @@ failed), 504 ``GATEWAY_TIMEOUT`` (``NEFOS_INGRESS_TIMEOUT``). The ingress is pub
 a service's endpoint is its owner's published app. It never shows an upstream.
 
 The instance list of a service is read from the database at most once per
-``NEFOS_INGRESS_CACHE_SECONDS`` per process (one read for concurrent misses).
+``NEFOS_INGRESS_CACHE_SECONDS`` per process (one read for concurrent misses), and
+forgotten at once when the container's status changes (the event bus).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -40,6 +42,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nefos.config import Settings
 from nefos.db.session import Database
+from nefos.events import Event, EventType
+from nefos.events.bus import EventBus, Subscription
 from nefos.gateway.bodylimit import BodyLimitMiddleware
 from nefos.gateway.envelope import send_error
 from nefos.services.endpoints import Upstream, find_by_label, label_of_host, upstreams
@@ -120,6 +124,10 @@ class TtlCache(Generic[K, V]):
         self._items.clear()
 
 
+def _container_status(event: Event) -> bool:
+    return event.type == EventType.CONTAINER_STATUS
+
+
 class _Gate:
     """One instance's requests in flight through this process, and the slots that
     bound them. The bound keeps httpx's connection pool small: its cost per request
@@ -152,13 +160,21 @@ class Ingress:
         )
         self.down: dict[tuple[str, int], float] = {}
         self._gates: dict[tuple[str, int], _Gate] = {}
+        self._changes: Subscription | None = None
+        self._listener: asyncio.Task[None] | None = None
         self._turn = itertools.count()
         self.retries = 0
         #: Requests each instance was sent (its id -> count), for operators and tests.
         self.sent: dict[str, int] = {}
 
-    def start(self, db: Database) -> None:
+    def start(self, db: Database, events: EventBus | None = None) -> None:
+        """Open the client; with ``events``, forget a service's instances as soon as
+        its container's status changes (started, stopped, scaled, degraded, deleted:
+        in any process, when the bus is Redis) rather than at the cache's expiry."""
         self.db = db
+        if events is not None:
+            self._changes = events.subscribe(_container_status)
+            self._listener = asyncio.create_task(self._forget_changed(self._changes))
         limit = self.settings.ingress_max_connections
         timeout = self.settings.ingress_timeout
         self.client = httpx.AsyncClient(
@@ -169,9 +185,24 @@ class Ingress:
         )
 
     async def stop(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+        if self._changes is not None:
+            self._changes.close()
+            self._changes = None
         client, self.client = self.client, None
         if client is not None:
             await client.aclose()
+
+    async def _forget_changed(self, changes: Subscription) -> None:
+        while True:
+            event = await changes.get()
+            service_id = event.data.get("container_id")
+            if isinstance(service_id, str):
+                self.instances.forget(service_id)
 
     @property
     def running(self) -> bool:
