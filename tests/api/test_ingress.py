@@ -160,6 +160,15 @@ async def test_endpoints_are_public_but_their_instances_are_not(client, register
     # ... and nothing of where it runs: no upstream in the answer.
     instance_port = c["endpoints"][0]["host_port"]
     assert str(instance_port) not in "".join(f"{k}{v}" for k, v in r.headers.items())
+    # Bodies are bounded as the API's are: refused before any instance is reached.
+    limit = client._transport.app.state.core.settings.max_body_bytes  # type: ignore[attr-defined]
+    r = await client.post(f"/svc/{c['id']}/", content=b"x" * (limit + 1))
+    assert_error(r, 413, "PAYLOAD_TOO_LARGE")
+
+    # A body within the limit reaches the instance: busybox httpd's own 501 (it
+    # serves no POST here), relayed as it is, not an envelope of the ingress.
+    r = await client.post("/", headers={"Host": host}, content=b"hello")
+    assert r.status_code == 501 and '"success"' not in r.text
     # The service's metadata stays its owner's.
     theirs = Api(client, other)
     await theirs.call("GET", f"/containers/{c['id']}", 404)

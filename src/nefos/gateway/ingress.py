@@ -44,7 +44,7 @@ from nefos.config import Settings
 from nefos.db.session import Database
 from nefos.events import Event, EventType
 from nefos.events.bus import EventBus, Subscription
-from nefos.gateway.bodylimit import BodyLimitMiddleware
+from nefos.gateway.bodylimit import BodyLimitMiddleware, BodyTooLarge
 from nefos.gateway.envelope import send_error
 from nefos.services.endpoints import Upstream, find_by_label, label_of_host, upstreams
 
@@ -293,12 +293,21 @@ class Ingress:
         headers, has_body = _request_headers(scope)
         streamed = False
 
+        #: Why the client's side of the body ended early (too large, or gone): the
+        #: HTTP client may report it as its own error; this is what is answered.
+        broken: list[BaseException] = []
+
         async def body() -> AsyncIterator[bytes]:
             nonlocal streamed
             while True:
-                message = await receive()
+                try:
+                    message = await receive()
+                except BodyTooLarge as exc:
+                    broken.append(exc)
+                    raise
                 if message["type"] == "http.disconnect":
-                    raise _ClientGone
+                    broken.append(_ClientGone())
+                    raise broken[-1]
                 chunk = message.get("body", b"")
                 if chunk:
                     streamed = True
@@ -334,7 +343,12 @@ class Ingress:
                         method, url, headers=headers, content=body() if has_body else None
                     )
                     try:
-                        response = await self._send(request)
+                        try:
+                            response = await self._send(request)
+                        except Exception:
+                            if broken:
+                                raise broken[0] from None
+                            raise
                     except _Refused:
                         self.mark_down(up)
                         self.instances.forget(service_id)
