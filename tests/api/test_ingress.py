@@ -145,7 +145,7 @@ async def _status(
     return r if r.status_code == status and text in r.text else None
 
 
-async def test_endpoints_are_public_but_their_instances_are_not(client, register, podman_host):
+async def test_endpoints_are_public_but_their_instances_are_not(client, app, register, podman_host):
     owner, other = await register(), await register()
     mine = Api(client, owner)
     c = await mine.created(seed_body("shop", ports=["8080"]))
@@ -161,7 +161,7 @@ async def test_endpoints_are_public_but_their_instances_are_not(client, register
     instance_port = c["endpoints"][0]["host_port"]
     assert str(instance_port) not in "".join(f"{k}{v}" for k, v in r.headers.items())
     # Bodies are bounded as the API's are: refused before any instance is reached.
-    limit = client._transport.app.state.core.settings.max_body_bytes  # type: ignore[attr-defined]
+    limit = app.state.core.settings.max_body_bytes
     r = await client.post(f"/svc/{c['id']}/", content=b"x" * (limit + 1))
     assert_error(r, 413, "PAYLOAD_TOO_LARGE")
 
