@@ -18,8 +18,9 @@ Roles (``NEFOS_ROLE``, ``nefos serve --role``):
 
 Every singleton loop runs under a lease of its own (``nefos.operations.leases``):
 ``collector`` (samples, and the alert engine on each pass), ``billing``,
-``reconciler``, ``host-checks``, ``webhooks`` (the dispatcher) and ``retention``
-(metric rollups and pruning, the request log's retention). Each ``all``/``worker``
+``reconciler``, ``host-checks``, ``webhooks`` (the dispatcher), ``retention``
+(metric rollups and pruning, the request log's retention) and ``port-mesh`` (the
+listeners on containers' fixed host ports, ``nefos.gateway.mesh``). Each ``all``/``worker``
 process competes for every lease; one holds each, and another takes over within a
 lease period (``NEFOS_LEASE_SECONDS``) of its death. Operation workers claim
 operations with leases of their own and run in every ``all``/``worker`` process.
@@ -45,7 +46,9 @@ from nefos.config import Settings, is_sqlite
 from nefos.db.models import Lease
 from nefos.db.session import Database, begin_write
 from nefos.db.types import utcnow
+from nefos.gateway.ingress import Ingress
 from nefos.gateway.limiter import RateLimiter
+from nefos.gateway.mesh import PortMesh
 from nefos.gateway.requestlog import PRUNE_INTERVAL, RequestLog
 from nefos.monitoring.alerts import AlertEngine
 from nefos.monitoring.collector import MAINTENANCE_INTERVAL, Collector
@@ -198,6 +201,8 @@ class Process:
     health: HealthChecker
     request_log: RequestLog | None = None
     limiter: RateLimiter | None = None
+    ingress: Ingress | None = None
+    mesh: PortMesh | None = None
     singletons: list[Singleton] = field(default_factory=list)
     created: tuple[Any, str | None] | None = None
     _process_lease: Singleton | None = None
@@ -218,6 +223,7 @@ class Process:
         *,
         request_log: RequestLog | None = None,
         limiter: RateLimiter | None = None,
+        ingress: Ingress | None = None,
     ) -> Process:
         check_role(settings)
         core = Core.build(settings)
@@ -246,6 +252,8 @@ class Process:
             health=HealthChecker(core),
             request_log=request_log,
             limiter=limiter,
+            ingress=ingress,
+            mesh=PortMesh(core.db, settings) if settings.port_mesh_enabled else None,
         )
         process.singletons = process._leases()
         return process
@@ -283,6 +291,16 @@ class Process:
             self._lease("webhooks", services=[self.webhooks]),
             self._lease("retention", retention),
         ]
+        if self.mesh is not None:
+            # One process listens on the meshed ports; it closes them when it loses
+            # the lease, and the next holder opens them.
+            found.append(
+                self._lease(
+                    "port-mesh",
+                    [Pass("port-mesh", s.port_mesh_interval, self.mesh.sync)],
+                    services=[self.mesh],
+                )
+            )
         if s.billing_enabled:
             # The first pass waits one interval: a process starting charges nothing
             # under the feet of what it is starting up.
@@ -331,6 +349,9 @@ class Process:
         if self.limiter is not None:
             self.limiter.start(core)  # it reads tokens and overrides through core
             self._started.append("limiter")
+        if self.ingress is not None:
+            self.ingress.start(core.db, core.events)
+            self._started.append("ingress")
 
     async def _setup(self) -> None:
         """Migrations and the first admin. On PostgreSQL under an advisory lock: the
@@ -360,6 +381,8 @@ class Process:
         that fails is logged and the next ones still run."""
         core, started = self.core, self._started
         steps: list[tuple[str, Any]] = []
+        if "ingress" in started and self.ingress is not None:
+            steps.append(("ingress", self.ingress.stop))
         if "request_log" in started and self.request_log is not None:
             steps.append(("request log", self.request_log.stop))  # writes what is queued
         if "limiter" in started and self.limiter is not None:

@@ -139,6 +139,61 @@ class Settings(BaseSettings):
         "`NEFOS_IMAGE_UPLOAD_MAX_BYTES`); larger ones are refused (413) unread.",
     )
 
+    # --- services: the ingress and the port mesh ------------------------------
+    apps_domain: str = Field(
+        "apps.localhost",
+        max_length=200,
+        pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$",
+        description="Domain of services' endpoints: a request whose `Host` is "
+        "`{name}-{first 8 characters of the id}.{apps_domain}` goes to that service "
+        "(a wildcard DNS record `*.{apps_domain}` must point at Nefos; `*.localhost` "
+        "resolves to loopback by itself). `/svc/{id}/...` reaches a service too.",
+    )
+    ingress_enabled: bool = Field(
+        True, description="Serve services' endpoints (the HTTP ingress) on the API's port."
+    )
+    ingress_timeout: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Seconds the ingress waits on an instance to connect, to answer, "
+        "and between two chunks of its answer (504 when it answers nothing in time).",
+    )
+    ingress_max_connections: int = Field(
+        256, ge=1, description="Connections the ingress keeps open to instances, in all."
+    )
+    ingress_instance_concurrency: int = Field(
+        16,
+        ge=1,
+        le=10_000,
+        description="Requests the ingress (each process) sends one instance at once; "
+        "more wait, up to `NEFOS_INGRESS_TIMEOUT`, for one to end (then 503). New "
+        "requests go to the instance with the fewest in flight.",
+    )
+    ingress_cache_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="How long the ingress reuses a service's instance list read from "
+        "the database (0: read on every request).",
+    )
+    port_mesh_enabled: bool = Field(
+        True,
+        description="Publish a container's fixed host port (`HOST:CONTAINER`) on a host "
+        "Nefos can listen on (a local engine) by listening on it itself and balancing "
+        "connections over the replicas, which then share the host on ports of the "
+        "range; false: one replica per host, each publishing the port itself.",
+    )
+    port_mesh_interval: float = Field(
+        1.0, gt=0, description="Seconds between the port mesh's looks at the database."
+    )
+    port_mesh_max_connections: int = Field(
+        1024, ge=1, description="Connections the port mesh carries at once, per port."
+    )
+    port_mesh_idle_timeout: float = Field(
+        300.0, gt=0, description="Seconds a port-mesh connection may stay silent both ways."
+    )
+
     # --- default project quotas (null = unlimited) --------------------------
     quota_instances: int | None = Field(20, description="Default quota: instances per project.")
     quota_vcpus: int | None = Field(64, description="Default quota: vCPUs per project.")

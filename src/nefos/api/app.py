@@ -50,6 +50,7 @@ from nefos.gateway.context import RequestContextMiddleware
 from nefos.gateway.counters import RequestCounters
 from nefos.gateway.envelope import error_body
 from nefos.gateway.idempotency import IdempotencyMiddleware
+from nefos.gateway.ingress import Ingress, IngressMiddleware
 from nefos.gateway.limiter import RateLimiter, RateLimitMiddleware
 from nefos.gateway.paths import PathMiddleware
 from nefos.gateway.requestlog import RequestLog, RequestLogMiddleware
@@ -139,7 +140,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The composition root builds this process's parts for its role (see
         # nefos.bootstrap); the app only hands them to the routes.
-        process = Process.build(settings, request_log=request_log, limiter=limiter)
+        process = Process.build(settings, request_log=request_log, limiter=limiter, ingress=ingress)
         app.state.process = process
         app.state.core = process.core
         app.state.authenticator = Authenticator(process.core)
@@ -148,6 +149,7 @@ def create_app(
         app.state.reconciler = process.reconciler
         app.state.collector = process.collector
         app.state.billing = process.billing
+        app.state.mesh = process.mesh
         try:
             await process.start()
             if on_started is not None:
@@ -223,6 +225,11 @@ def create_app(
     # Before anything reads the path: `/auth/login/` is `/auth/login`, and
     # `/api/auth/login` is `/api/v1/auth/login`.
     app.add_middleware(PathMiddleware, prefix=API_PREFIX, alias=ALIAS_PREFIX, roots=ROOTS)
+    # Outside everything: services' endpoints (Host `*.{apps_domain}`, `/svc/{id}/...`)
+    # are tenants' apps, not the API: no path rewrite, API limits or request log.
+    app.state.ingress = ingress = Ingress(settings) if settings.ingress_enabled else None
+    if ingress is not None:
+        app.add_middleware(IngressMiddleware, ingress=ingress)
     return app
 
 

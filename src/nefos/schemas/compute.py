@@ -254,6 +254,14 @@ class PublishedEndpoint(BaseModel):
     host_ip: str
     host_port: int
     host: str | None = None
+    mesh: bool = Field(
+        False,
+        description="Published by Nefos's port mesh: Nefos listens on `host_port` and "
+        "balances connections over the replicas (which then share the host).",
+    )
+    instance_port: int | None = Field(
+        None, description="With `mesh`: the replica's own host port the mesh forwards to."
+    )
 
 
 class ReplicaPublic(BaseModel):
@@ -283,6 +291,12 @@ class ContainerPublic(BaseModel):
     )
     status_reason: str | None = None
     ports: list[str]
+    endpoint: str | None = Field(
+        None,
+        description="The service's stable HTTP endpoint on Nefos's ingress (its first "
+        "TCP port, balanced over the running replicas); null without a TCP port.",
+        examples=["http://web-app-1a2b3c4d.apps.localhost:8000/"],
+    )
     endpoints: list[PublishedEndpoint] = []
     environment: dict[str, str]
     command: list[str] | None

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.billing import metering
 from nefos.billing.accounts import require_funds
+from nefos.config import Settings
 from nefos.db.models import Container, ContainerReplica, Host, Operation, Project
 from nefos.db.session import begin_write
 from nefos.domain.access import Permission
@@ -60,6 +61,7 @@ from nefos.scheduler import NoValidHost, PlacementRequest
 from nefos.schemas.compute import ContainerCreate, ContainerScale
 from nefos.services.core import Core
 from nefos.services.drivers import CONTAINER_DRIVERS
+from nefos.services.endpoints import mesh_mapping, mesh_ports, meshable
 from nefos.services.hosts import HostService, domain_error, driver_call
 from nefos.services.paging import fetch_page
 from nefos.services.placement import Allocation, ReplicaRows
@@ -109,9 +111,23 @@ def derive_status(desired: str, states: Sequence[str]) -> tuple[str, str | None]
     return "degraded", f"{running} of {len(states)} replica(s) running"
 
 
-def _request(container: Container, driver: str, count: int = 1) -> PlacementRequest:
-    # A fixed host port can be published once per host: such replicas never share one.
-    fixed = any(parse_port(p).host_port for p in container.ports)
+def _fixed_ports(container: Container, *, mesh: bool) -> list[int]:
+    """The host ports the engine itself must publish on each replica's host (so one
+    replica per host): every fixed port, but those the port mesh publishes when
+    ``mesh`` (see ``services.endpoints``)."""
+    return [
+        p.host_port
+        for p in map(parse_port, container.ports)
+        if p.host_port and not (mesh and mesh_mapping(p))
+    ]
+
+
+def _request(
+    container: Container, driver: str, count: int = 1, *, mesh: bool = False
+) -> PlacementRequest:
+    # A fixed host port can be published once per host: such replicas never share one,
+    # unless the port mesh publishes it for them.
+    fixed = _fixed_ports(container, mesh=mesh)
     return PlacementRequest(
         driver=driver,
         cpus=container.cpu_milli / 1000,
@@ -120,6 +136,37 @@ def _request(container: Container, driver: str, count: int = 1) -> PlacementRequ
         count=count,
         anti_affinity_group=container.id,
         anti_affinity="hard" if fixed else None,
+    )
+
+
+async def mesh_everywhere(session: AsyncSession, settings: Settings, driver: str) -> bool:
+    """Does the port mesh publish fixed host ports wherever a replica may go? True
+    when it is on and every active host of the driver is one Nefos listens on (the
+    local host of a one-host install); a fleet with a remote host keeps one replica
+    per host for a fixed port."""
+    if not settings.port_mesh_enabled:
+        return False
+    hosts = (
+        await session.scalars(
+            select(Host).where(Host.driver == driver, Host.status == "active", Host.enabled)
+        )
+    ).all()
+    return bool(hosts) and all(meshable(h) for h in hosts)
+
+
+def _once_per_host(container: Container, exc: NoValidHost, fixed: list[int]) -> ResourceExhausted:
+    """Placement refused under the hard anti-affinity a fixed host port imposes: say
+    why, and what to do instead."""
+    ports = ", ".join(map(str, sorted(set(fixed))))
+    hosts = exc.hosts
+    return ResourceExhausted(
+        f"A fixed host port ({ports}) can be published once per host, and Nefos cannot "
+        f"listen on these hosts itself to share it between replicas: {hosts} host(s) can "
+        f"carry {hosts} replica(s) of this container. Leave the host port out (give only "
+        "the container port, e.g. '8080') to have one allocated for each replica.",
+        host_ports=sorted(set(fixed)),
+        hosts=hosts,
+        rejections=exc.rejections,
     )
 
 
@@ -222,12 +269,18 @@ class ContainerService:
         last: NoValidHost | None = None
         rows = ReplicaRows(container.id, first_slot)
         for driver in CONTAINER_DRIVERS:
+            mesh = await mesh_everywhere(self.session, self.core.settings, driver)
+            if mesh:
+                await self._mesh_port_free(container)
             try:
                 allocations = await placer.allocate(
-                    self.session, _request(container, driver, count), replicas=rows
+                    self.session, _request(container, driver, count, mesh=mesh), replicas=rows
                 )
             except NoValidHost as exc:
+                fixed = _fixed_ports(container, mesh=mesh)
                 last = exc
+                if fixed and exc.rejections.get("anti-affinity"):
+                    raise _once_per_host(container, exc, fixed) from exc
                 continue
             hosts = {
                 h.id: h
@@ -240,6 +293,24 @@ class ContainerService:
             return [(a, hosts[a.host_id]) for a in allocations]
         assert last is not None
         raise last
+
+    async def _mesh_port_free(self, container: Container) -> None:
+        """A fixed host port the mesh publishes is the installation's one listener on
+        that port: another container naming it is a 409 (the engine would have
+        refused the second binding on the host)."""
+        mine = set(mesh_ports(container.ports).values())
+        if not mine:
+            return
+        rows = await self.session.execute(
+            select(Container.id, Container.ports).where(Container.id != container.id)
+        )
+        for _, ports in rows:
+            taken = mine & {p.host_port for p in map(parse_port, ports or []) if p.host_port}
+            if taken:
+                port = min(taken)
+                raise Conflict(
+                    f"Host port {port} is published by another container", host_port=port
+                )
 
     async def _reachable(self, hosts: Sequence[Host]) -> None:
         """Ping each chosen host before committing to it: a dead engine is a 503 now,
@@ -620,13 +691,25 @@ class ContainerOps:
         return container, replicas, hosts
 
     async def _host_ports(
-        self, container: Container, replica: ContainerReplica, *, avoid: Collection[int] = ()
+        self,
+        container: Container,
+        replica: ContainerReplica,
+        host: Host,
+        *,
+        avoid: Collection[int] = (),
     ) -> dict[tuple[int, str], int]:
         """A free host port of the publishing range for each bare container port of
         the replica, on its host: not one another replica on that host publishes (or
         names as fixed), nor reserved. The engine's own pick would be an ephemeral
-        port anywhere, outside what the host's firewall opens for tenants."""
-        bare = [p for p in map(parse_port, container.ports) if p.host_port is None]
+        port anywhere, outside what the host's firewall opens for tenants. On a host
+        the port mesh serves, a fixed TCP port gets one too: Nefos listens on the
+        fixed port and forwards to it."""
+        mesh = self.core.settings.port_mesh_enabled and meshable(host)
+        bare = [
+            p
+            for p in map(parse_port, container.ports)
+            if p.host_port is None or (mesh and mesh_mapping(p))
+        ]
         if not bare:
             return {}
         async with self.core.db.sessionmaker() as session:
@@ -675,7 +758,7 @@ class ContainerOps:
                 PortSpec(
                     container_port=p.container_port,
                     protocol="udp" if p.protocol == "udp" else "tcp",
-                    host_port=p.host_port or (host_ports or {}).get((p.container_port, p.protocol)),
+                    host_port=(host_ports or {}).get((p.container_port, p.protocol)) or p.host_port,
                     host_ip=p.host_ip or self.core.settings.container_publish_ip,
                 )
             )
@@ -787,7 +870,7 @@ class ContainerOps:
         name = _engine_name(replica)
         avoid: set[int] = set()
         for attempt in range(1, PORT_ATTEMPTS + 1):
-            ports = await self._host_ports(container, replica, avoid=avoid)
+            ports = await self._host_ports(container, replica, host, avoid=avoid)
             try:
                 info: InstanceInfo = await self._driver_call(
                     host, driver.create(self._spec(container, replica, ports))
@@ -952,8 +1035,9 @@ class ContainerOps:
                     continue
                 async with self.core.placer.lock:
                     try:
+                        mesh = await mesh_everywhere(session, self.core.settings, drained.driver)
                         (alloc,) = await self.core.placer.allocate(
-                            session, _request(container, drained.driver, 1)
+                            session, _request(container, drained.driver, 1, mesh=mesh)
                         )
                     except BaseException:
                         await session.rollback()
@@ -1082,12 +1166,26 @@ class ContainerOps:
         container.status = op.params.get("from_status", container.status)
 
 
-def replica_view(replicas: Sequence[ContainerReplica], hosts: dict[str, Host]) -> dict[str, Any]:
+def replica_view(
+    container: Container, replicas: Sequence[ContainerReplica], hosts: dict[str, Host]
+) -> dict[str, Any]:
+    """Each replica's published ports. A fixed port the port mesh publishes shows as
+    that port (``mesh``: true), with ``instance_port`` the replica's own port of the
+    range that the mesh forwards to."""
+    fixed = {
+        (p.container_port, p.protocol): p.host_port
+        for p in map(parse_port, container.ports)
+        if p.host_port
+    }
     endpoints = []
     for r in replicas:
         for p in r.published or []:
             host = hosts.get(r.host_id)
-            endpoints.append({**p, "replica": r.slot, "host": host.hostname if host else None})
+            view = {**p, "replica": r.slot, "host": host.hostname if host else None}
+            wanted = fixed.get((int(p.get("container_port", 0)), p.get("protocol", "tcp")))
+            if wanted and p.get("host_port") and p["host_port"] != wanted:
+                view.update(host_port=wanted, mesh=True, instance_port=p["host_port"])
+            endpoints.append(view)
     return {
         "endpoints": endpoints,
         "replica_states": [

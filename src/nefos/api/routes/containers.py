@@ -17,6 +17,7 @@ from nefos.api.deps import (
     SessionDep,
     authorize,
 )
+from nefos.config import Settings
 from nefos.db.models import Container, ContainerReplica, Host, Operation
 from nefos.domain.access import Permission
 from nefos.gateway.envelope import listing, ok
@@ -30,6 +31,7 @@ from nefos.schemas.compute import (
     ContainerScale,
 )
 from nefos.services.containers import ContainerService, operation_url, replica_view
+from nefos.services.endpoints import endpoint_url, target_port
 from nefos.services.principal import resolve_project
 
 router = APIRouter(prefix="/containers", tags=["containers"])
@@ -45,12 +47,17 @@ StatusFilter = Annotated[
 
 
 def container_public(
+    settings: Settings,
     c: Container,
     replicas: list[ContainerReplica] | None = None,
     hosts: dict[str, Host] | None = None,
     metrics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    endpoint = None
+    if settings.ingress_enabled and target_port(c.ports) is not None:
+        endpoint = endpoint_url(settings, c.name, c.id)
     data: dict[str, Any] = {
+        "endpoint": endpoint,
         "id": c.id,
         "user_id": c.user_id,
         "project_id": c.project_id,
@@ -67,7 +74,7 @@ def container_public(
         "updated_at": c.updated_at,
     }
     if replicas is not None:
-        data.update(replica_view(replicas, hosts or {}))
+        data.update(replica_view(c, replicas, hosts or {}))
     if metrics is not None:
         data["metrics"] = metrics
     return ContainerPublic.model_validate(data).model_dump(mode="json", exclude_none=False)
@@ -88,7 +95,7 @@ async def _accepted(
     body = {
         "message": message,
         "container_id": c.id,
-        "container": container_public(c, replicas, hosts),
+        "container": container_public(service.core.settings, c, replicas, hosts),
         "operation": _ref(op),
         **extra,
     }
@@ -115,7 +122,7 @@ async def list_containers(
         project, params, status=status or status_filter, user_id=user_id
     )
     replicas = await service.replicas([c.id for c in rows])
-    items = [container_public(c, replicas[c.id]) for c in rows]
+    items = [container_public(core.settings, c, replicas[c.id]) for c in rows]
     return listing(items, "containers", total, params)
 
 
@@ -151,7 +158,7 @@ async def get_container(
     replicas = (await service.replicas([c.id]))[c.id]
     hosts = await service._hosts(replicas)
     metrics = await service.metrics(c, replicas)
-    return ok({"container": container_public(c, replicas, hosts, metrics)})
+    return ok({"container": container_public(core.settings, c, replicas, hosts, metrics)})
 
 
 @router.put("/{container_id}/start", status_code=202, response_model=Envelope[ContainerAccepted])

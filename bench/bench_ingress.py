@@ -1,0 +1,385 @@
+"""Ingress benchmark: a service's endpoint against a bare reverse proxy on the same
+stack, and against the instance itself, same run.
+
+    python bench/bench_ingress.py [--database sqlite] [--database postgresql] [--duration 5]
+
+Three targets, each its own process on 127.0.0.1, all served by uvicorn with the
+settings of ``bench/serve.py`` (one worker, no access log):
+
+* ``upstream``: the instance, a tiny raw ASGI app answering ``GET /`` with 1 KiB;
+* ``bare proxy``: a minimal Starlette app that forwards every request to the upstream
+  with one shared ``httpx.AsyncClient`` (streamed both ways, hop-by-hop headers
+  dropped): what a reverse proxy on this stack costs at the least;
+* ``ingress``: Nefos (``bench/serve.py nefos``), the request sent with the service's
+  ``Host`` (``{name}-{id8}.apps.localhost``). The service is a container whose one
+  replica row (state running) publishes the upstream's port: rows written straight
+  into the database, on a host no check reaches (the engine is not what is measured).
+
+Load: ``wrk -t1 -c50`` for req/s (the proxy saturated) and ``wrk -t1 -c1`` for p99
+(unloaded latency; at saturation p99 is queueing), ``--rounds`` times, alternating,
+medians compared. The aim (issue 16): the ingress at >= 0.8 of the bare proxy's
+req/s, its p99 within +2 ms of the bare proxy's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+from bench_api import (  # noqa: E402
+    Load,
+    busy_note_for,
+    database,
+    ensure_wrk,
+    free_port,
+    machine,
+    measure,
+    nefos_env,
+    parse_wrk,
+    server,
+)
+
+PASSWORD = "bench-password-123"
+BODY = b"x" * 1024
+START_TIMEOUT = 60.0
+
+
+# --- the two plain servers (run in a child: bench_ingress.py --serve KIND PORT ...) -----
+def upstream_app() -> Any:
+    headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(BODY)).encode())]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": BODY})
+
+    return app
+
+
+def bare_proxy_app(upstream: str) -> Any:
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.requests import Request
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route
+
+    hop = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host"}
+    client = httpx.AsyncClient(
+        base_url=upstream, limits=httpx.Limits(max_connections=256), trust_env=False
+    )
+
+    async def forward(request: Request) -> StreamingResponse:
+        headers = [(k, v) for k, v in request.headers.raw if k.decode() not in hop]
+        body = request.stream() if request.method in ("POST", "PUT", "PATCH") else None
+        req = client.build_request(request.method, request.url.path, headers=headers, content=body)
+        resp = await client.send(req, stream=True)
+        out = {k: v for k, v in resp.headers.items() if k.lower() not in hop}
+        return StreamingResponse(
+            resp.aiter_raw(), resp.status_code, out, background=BackgroundTask(resp.aclose)
+        )
+
+    methods = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"]
+    return Starlette(routes=[Route("/{path:path}", forward, methods=methods)])
+
+
+def serve(argv: list[str]) -> None:
+    import threading
+
+    import uvicorn
+    from serve import UVICORN, watchdog
+
+    kind, port = argv[0], int(argv[1])
+    threading.Thread(target=watchdog, daemon=True).start()
+    app = upstream_app() if kind == "upstream" else bare_proxy_app(argv[2])
+    uvicorn.run(app, port=port, **UVICORN)
+
+
+@contextmanager
+def child(args: list[str], log: Path) -> Iterator[tuple[str, int]]:
+    """This script's ``--serve`` in a child process; its base URL and pid once it answers."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", args[0], str(port), *args[1:]],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=BENCH_DIR,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + START_TIMEOUT
+            while True:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{args[0]} did not start:\n{log.read_text()}")
+                with suppress(httpx.HTTPError):
+                    httpx.get(base + "/", timeout=2.0)
+                    break
+                time.sleep(0.1)
+            yield base, proc.pid
+        finally:
+            with suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+# --- the service: rows a container with one running replica would have ------------------
+async def _insert_service(database_url: str, project_id: str, upstream_port: int) -> str:
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    from nefos.config import async_database_url
+    from nefos.db.models import Container, ContainerReplica, Host
+
+    engine = create_async_engine(async_database_url(database_url))
+    try:
+        async with async_sessionmaker(engine)() as session:
+            host = Host(
+                hostname=f"bench-{uuid.uuid4().hex[:6]}",
+                driver="docker",
+                uri="unix:///nonexistent/bench.sock",
+                hypervisor_type="podman",
+                status="offline",  # no reconciler pass looks at it
+                cpu_cores=2,
+                memory_mb=1024,
+                storage_gb=10,
+            )
+            container = Container(
+                project_id=project_id,
+                name="bench-app",
+                image="bench/upstream:latest",
+                ports=["8080"],
+                environment={},
+                resources={"cpu": "0.5", "memory": "64m"},
+                cpu_milli=500,
+                memory_mb=64,
+                status="running",
+                desired="running",
+            )
+            session.add_all([host, container])
+            await session.flush()
+            session.add(
+                ContainerReplica(
+                    container_id=container.id,
+                    slot=0,
+                    host_id=host.id,
+                    cpu_milli=500,
+                    memory_mb=64,
+                    state="running",
+                    published=[
+                        {
+                            "container_port": 8080,
+                            "protocol": "tcp",
+                            "host_ip": "127.0.0.1",
+                            "host_port": upstream_port,
+                        }
+                    ],
+                )
+            )
+            service_id = str(container.id)
+            await session.commit()
+            return service_id
+    finally:
+        await engine.dispose()
+
+
+def seed(base: str, database_url: str, upstream_port: int) -> str:
+    """Register a user, write its service; the service's ingress Host."""
+    from nefos.services.endpoints import host_label
+
+    with httpx.Client(base_url=base, timeout=30.0) as client:
+        r = client.post(
+            "/api/v1/auth/register",
+            json={"email": "ingress@example.com", "password": PASSWORD, "name": "Ingress"},
+        )
+        r.raise_for_status()
+        project_id = r.json()["data"]["user"]["default_project_id"]
+        service_id = asyncio.run(_insert_service(database_url, project_id, upstream_port))
+        r = client.get(
+            f"/api/v1/containers/{service_id}",
+            headers={"Authorization": f"Bearer {r.json()['data']['access_token']}"},
+        )
+        r.raise_for_status()
+        endpoint = r.json()["data"]["container"]["endpoint"]
+    host = f"{host_label('bench-app', service_id)}.apps.localhost"
+    assert httpx.URL(endpoint).host == host, endpoint
+    r = httpx.get(base + "/", headers={"Host": host}, timeout=5.0)
+    if r.status_code != 200 or r.content != BODY:
+        raise RuntimeError(f"the ingress does not reach the upstream: {r.status_code} {r.text}")
+    return host
+
+
+# --- measuring ----------------------------------------------------------------------------
+@dataclass
+class Target:
+    name: str
+    url: str
+    host: str | None = None
+    pid: int = 0
+    runs: list[Load] = field(default_factory=list)
+    light: list[Load] = field(default_factory=list)
+
+    @property
+    def rps(self) -> float:
+        return statistics.median(r.rps for r in self.runs)
+
+    @property
+    def p99(self) -> float:
+        return statistics.median(r.p99_ms for r in self.light)
+
+    @property
+    def cpu_us(self) -> float:
+        """The serving process's CPU time per request at saturation: unlike req/s
+        and p99, hardly moved by other processes competing for the cores."""
+        return statistics.median(r.cpu_us for r in self.runs)
+
+
+def wrk_load(wrk: str, target: Target, duration: float, connections: int) -> Load:
+    cmd = [wrk, "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "--timeout", "5s"]
+    if target.host:
+        cmd += ["-H", f"Host: {target.host}"]
+    done = subprocess.run(
+        [*cmd, target.url], capture_output=True, text=True, timeout=duration + 60, check=True
+    )
+    return parse_wrk(done.stdout)
+
+
+def measured(
+    wrk: str, target: Target, duration: float, connections: int, pids: list[int], pg: str | None
+) -> Load:
+    """``wrk_load`` with bench_api's accounting of the server's CPU and of other load."""
+    import bench_api
+
+    original = bench_api.run_load
+    bench_api.run_load = lambda *_: wrk_load(wrk, target, duration, connections)  # type: ignore[assignment]
+    try:
+        return measure(
+            wrk, target.url, "", duration, connections,
+            server=target.pid, pids=pids, database=pg,
+        )  # fmt: skip
+    finally:
+        bench_api.run_load = original
+
+
+def bench_backend(
+    backend: str, wrk: str, *, duration: float, warmup: float, connections: int, rounds: int
+) -> list[Target]:
+    with tempfile.TemporaryDirectory(prefix=f"nefos-bench-ingress-{backend}-") as tmp_name:
+        tmp = Path(tmp_name)
+        with (
+            database(backend, tmp) as db_url,
+            child(["upstream"], tmp / "upstream.log") as (upstream, upstream_pid),
+            child(["bare", upstream], tmp / "bare.log") as (bare, bare_pid),
+        ):
+            data = tmp / "data"
+            data.mkdir()
+            env = nefos_env(db_url, data) | {
+                "NEFOS_REGISTER_LOCAL_HOSTS": "false",
+                "NEFOS_BILLING_ENABLED": "false",
+            }
+            with server(
+                ["nefos"], env=env, cwd=tmp, log=tmp / "nefos.log", ready_path="/health"
+            ) as (nefos, nefos_pid):
+                port = int(upstream.rsplit(":", 1)[1])
+                host = seed(nefos, db_url, port)
+                targets = [
+                    Target("upstream (direct)", upstream + "/", pid=upstream_pid),
+                    Target("bare proxy", bare + "/", pid=bare_pid),
+                    Target("ingress", nefos + "/", host=host, pid=nefos_pid),
+                ]
+                pids = [upstream_pid, bare_pid, nefos_pid]
+                pg = db_url.rsplit("/", 1)[1] if backend == "postgresql" else None
+                for t in targets:
+                    wrk_load(wrk, t, warmup, connections)
+                for _ in range(rounds):
+                    for t in targets:
+                        t.runs.append(measured(wrk, t, duration, connections, pids, pg))
+                        t.light.append(measured(wrk, t, duration, 1, pids, pg))
+                        load, light = t.runs[-1], t.light[-1]
+                        errors = load.errors + light.errors
+                        print(
+                            f"[{backend}] {t.name}: {load.rps:,.0f} req/s ({connections} "
+                            f"clients), p99 {light.p99_ms:.2f} ms (1 client), "
+                            f"{load.cpu_us:,.0f} us CPU/request"
+                            + (f", {errors} errors" if errors else ""),
+                            flush=True,
+                        )
+                return targets
+
+
+def report(backend: str, targets: list[Target], connections: int) -> bool:
+    direct, bare, ingress = targets
+    print(f"\n{backend}: medians")
+    print(f"| target | req/s ({connections} clients) | p99 ms (1 client) | CPU us/request |")
+    print("| --- | ---: | ---: | ---: |")
+    for t in targets:
+        print(f"| {t.name} | {t.rps:,.0f} | {t.p99:.2f} | {t.cpu_us:,.0f} |")
+    ratio = ingress.rps / bare.rps
+    p99_delta = ingress.p99 - bare.p99
+    print(
+        f"ingress / bare proxy: {ratio:.2f} of its req/s (aim >= 0.80), p99 "
+        f"{p99_delta:+.2f} ms (aim <= +2 ms); ingress / direct: "
+        f"{ingress.rps / direct.rps:.2f} of req/s, p99 {ingress.p99 - direct.p99:+.2f} ms; "
+        f"CPU per request: ingress / bare proxy {ingress.cpu_us / bare.cpu_us:.2f}"
+    )
+    note = busy_note_for([*bare.runs, *ingress.runs])
+    if note:
+        print(note)
+    return ratio >= 0.8 and p99_delta <= 2.0
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--serve"]:
+        serve(argv[1:])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument(
+        "--database", action="append", choices=["sqlite", "postgresql"],
+        help="Backend (repeatable; default sqlite).",
+    )  # fmt: skip
+    parser.add_argument("--duration", type=float, default=5.0, help="Seconds per measurement.")
+    parser.add_argument("--warmup", type=float, default=2.0, help="Warm-up seconds per target.")
+    parser.add_argument("--connections", type=int, default=50, help="Concurrent clients.")
+    parser.add_argument("--rounds", type=int, default=3, help="Measurements of each target.")
+    args = parser.parse_args(argv)
+    wrk = ensure_wrk()
+    if wrk is None:
+        print("bench_ingress: wrk is not available; skipped")
+        return 0
+    print(f"Machine: {machine()}; load: wrk -t1, {args.connections} and 1 client(s)")
+    met = True
+    for backend in args.database or ["sqlite"]:
+        targets = bench_backend(
+            backend,
+            wrk,
+            duration=args.duration,
+            warmup=args.warmup,
+            connections=args.connections,
+            rounds=args.rounds,
+        )
+        met = report(backend, targets, args.connections) and met
+    print("\naims met" if met else "\naims NOT met (see above)")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main(sys.argv[1:]))

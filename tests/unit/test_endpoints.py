@@ -1,0 +1,173 @@
+"""services.endpoints and the ingress's pure parts: names, URLs, the local-host
+predicate, which replicas are routable, and the request's routing and headers."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from nefos.config import Settings
+from nefos.db.models import ContainerReplica, Host
+from nefos.gateway.ingress import TtlCache, _request_headers, _route
+from nefos.services.endpoints import (
+    Upstream,
+    endpoint_url,
+    host_label,
+    label_of_host,
+    mesh_ports,
+    meshable,
+    routable,
+    target_port,
+)
+
+SID = "1a2b3c4d-0000-4000-8000-000000000000"
+
+
+def settings(**values: object) -> Settings:
+    return Settings(_env_file=None, data_dir=Path("/nonexistent"), **values)  # type: ignore[call-arg]
+
+
+def test_the_host_label_is_one_dns_label():
+    assert host_label("web-app", SID) == "web-app-1a2b3c4d"
+    assert host_label("Web_App.v2", SID) == "web-app-v2-1a2b3c4d"
+    assert len(host_label("a" * 63, SID)) == 63
+    assert host_label("___", SID) == "svc-1a2b3c4d"
+
+
+def test_the_endpoint_follows_the_public_url():
+    assert (
+        endpoint_url(settings(), "web-app", SID) == "http://web-app-1a2b3c4d.apps.localhost:8000/"
+    )
+    s = settings(public_url="https://cloud.example.com", apps_domain="apps.example.com")
+    assert endpoint_url(s, "web", SID) == "https://web-1a2b3c4d.apps.example.com/"
+    s = settings(public_url="http://10.0.0.5:9000")
+    assert endpoint_url(s, "web", SID) == "http://web-1a2b3c4d.apps.localhost:9000/"
+
+
+def test_the_apps_domain_must_be_a_host_name():
+    with pytest.raises(ValueError):
+        settings(apps_domain="*.apps.example.com")
+
+
+def test_a_label_is_read_from_the_host_header():
+    assert label_of_host("web-1a2b3c4d.apps.localhost:8000", "apps.localhost") == "web-1a2b3c4d"
+    assert label_of_host("WEB-1a2b3c4d.Apps.Localhost", "apps.localhost") == "web-1a2b3c4d"
+    assert label_of_host("a.b.apps.localhost", "apps.localhost") is None
+    assert label_of_host("apps.localhost", "apps.localhost") is None
+    assert label_of_host("nefos.test", "apps.localhost") is None
+    assert label_of_host("[::1]:8000", "apps.localhost") is None
+
+
+def host(uri: str, driver: str = "docker", ip: str | None = None) -> Host:
+    return Host(id="h", hostname="h1", driver=driver, uri=uri, ip_address=ip)
+
+
+def test_nefos_listens_only_on_a_local_engine():
+    assert meshable(host("unix:///run/podman/podman.sock"))
+    assert meshable(host("tcp://127.0.0.1:2375"))
+    assert meshable(host("tcp://localhost:2375"))
+    assert not meshable(host("tcp://10.0.0.7:2376"))
+    assert not meshable(host("ssh://root@10.0.0.7"))
+    assert not meshable(host("qemu:///system", driver="libvirt"))
+
+
+def test_the_mesh_publishes_fixed_tcp_ports_on_the_public_address():
+    assert mesh_ports(["31080:8080", "8081", "31053:53/udp", "127.0.0.1:31081:9090"]) == {
+        8080: 31080
+    }
+    assert target_port(["53/udp", "31080:8080", "9090"]) == 8080
+    assert target_port(["53/udp"]) is None
+
+
+def replica(rid: str, state: str, port: int | None, ip: str = "0.0.0.0") -> ContainerReplica:
+    published = (
+        []
+        if port is None
+        else [{"container_port": 8080, "protocol": "tcp", "host_ip": ip, "host_port": port}]
+    )
+    return ContainerReplica(id=rid, host_id="h", state=state, published=published)
+
+
+def test_only_running_replicas_with_the_port_are_routable():
+    rows = [
+        replica("a", "running", 31001),
+        replica("b", "stopped", 31002),
+        replica("c", "running", None),
+        replica("d", "running", 31004, ip="10.1.2.3"),
+    ]
+    local = {"h": host("unix:///x.sock")}
+    assert routable(rows, local, 8080) == [
+        Upstream("a", "127.0.0.1", 31001),
+        Upstream("d", "10.1.2.3", 31004),
+    ]
+    remote = {"h": host("tcp://10.0.0.7:2376", ip="192.0.2.10")}
+    assert routable(rows[:1], remote, 8080) == [Upstream("a", "192.0.2.10", 31001)]
+    assert routable(rows, local, 9090) == []
+
+
+def scope(path: str, host_header: str = "nefos.test", **extra: object) -> dict[str, object]:
+    return {
+        "type": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"host", host_header.encode())],
+        **extra,
+    }
+
+
+def test_requests_are_routed_by_host_or_by_path():
+    assert _route(scope("/a/b", "web-1a2b3c4d.apps.localhost"), "apps.localhost") == (
+        "host",
+        "web-1a2b3c4d",
+        b"/a/b",
+    )
+    assert _route(scope(f"/svc/{SID}/x%20y", query_string=b"q=1"), "apps.localhost") == (
+        "path",
+        SID,
+        b"/x%20y?q=1",
+    )
+    assert _route(scope(f"/svc/{SID}"), "apps.localhost") == ("path", SID, b"/")
+    assert _route(scope("/api/v1/health"), "apps.localhost") is None
+    assert _route(scope("/svc/"), "apps.localhost") is None
+
+
+def test_hop_by_hop_headers_are_dropped_and_forwarded_ones_set():
+    s = scope("/", "web-1a2b3c4d.apps.localhost", scheme="http", client=("203.0.113.9", 5000))
+    s["headers"] = [
+        (b"host", b"web-1a2b3c4d.apps.localhost"),
+        (b"connection", b"keep-alive, x-secret"),
+        (b"x-secret", b"1"),
+        (b"keep-alive", b"timeout=5"),
+        (b"x-forwarded-for", b"198.51.100.1"),
+        (b"x-forwarded-proto", b"https"),
+        (b"content-length", b"3"),
+    ]
+    headers, has_body = _request_headers(s)
+    names = [k for k, _ in headers]
+    assert has_body
+    assert b"connection" not in names and b"x-secret" not in names and b"keep-alive" not in names
+    got = dict(headers)
+    assert got[b"x-forwarded-for"] == b"198.51.100.1, 203.0.113.9"
+    assert got[b"x-forwarded-proto"] == b"http"
+    assert got[b"x-forwarded-host"] == b"web-1a2b3c4d.apps.localhost"
+    assert got[b"host"] == b"web-1a2b3c4d.apps.localhost"
+
+
+async def test_concurrent_misses_share_one_load():
+    cache: TtlCache[str, int] = TtlCache(60)
+    calls = 0
+
+    async def load() -> int:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.01)
+        return 7
+
+    assert await asyncio.gather(*(cache.get("k", load) for _ in range(20))) == [7] * 20
+    assert calls == 1
+    assert await cache.get("k", load) == 7 and calls == 1
+    cache.forget("k")
+    assert await cache.get("k", load) == 7 and calls == 2
