@@ -192,6 +192,28 @@ async def _empty_tables(application: Any) -> None:
                 raise
 
 
+async def wait_serving(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    service_id: str,
+    count: int = 1,
+    timeout: float = 60,  # noqa: ASYNC109 - a deadline for polling, not a cancel scope
+) -> dict[str, Any]:
+    """Poll a service (a container) until ``count`` of its instances pass their health
+    checks, so that the ingress, the port mesh and load tests send them traffic (a
+    new instance takes none before); the service's JSON."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = await client.get(f"/api/v1/services/{service_id}", headers=headers)
+        assert r.status_code == 200, r.text
+        data: dict[str, Any] = r.json()["data"]["service"]
+        if data["passing"] >= count:
+            return data
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{count} instance(s) not passing in {timeout}s: {data}")
+        await asyncio.sleep(0.1)
+
+
 @pytest.fixture
 async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client on a freshly emptied platform (no users at all)."""

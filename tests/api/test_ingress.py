@@ -23,7 +23,7 @@ from tests.api.test_containers import (
     refuses,
     seed_body,
 )
-from tests.conftest import docker_host_uri
+from tests.conftest import docker_host_uri, wait_serving
 
 V1 = "/api/v1"
 #: Serve a page holding the container's hostname: one distinct page per replica.
@@ -79,6 +79,7 @@ async def test_a_fixed_port_scaled_to_three_on_one_host_is_balanced(
 
     # Seed 004: scale to 3 with a fixed host port, on a one-host install.
     await api.act("POST", f"/containers/{c['id']}/scale", {"replicas": 3})
+    await wait_serving(client, api.who.headers, c["id"], 3)  # traffic once they pass
     got = await api.get(c["id"])
     assert got["status"] == "running" and len(got["replica_states"]) == 3
     # The API shows the fixed port, published by the mesh; each replica has its own.
@@ -150,6 +151,7 @@ async def test_endpoints_are_public_but_their_instances_are_not(client, app, reg
     mine = Api(client, owner)
     c = await mine.created(seed_body("shop", ports=["8080"]))
     host = host_of(c)
+    await wait_serving(client, owner.headers, c["id"])
 
     # Anyone reaches the published app, with no credential or another tenant's.
     for headers in ({}, other.headers):

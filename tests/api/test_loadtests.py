@@ -22,7 +22,7 @@ from sqlalchemy import select
 from nefos.db.models import LoadTest
 from nefos.events import Event
 from tests.api.test_containers import Api, assert_error, seed_body
-from tests.conftest import docker_host_uri, wait_operation
+from tests.conftest import docker_host_uri, wait_operation, wait_serving
 
 V1 = "/api/v1"
 ENDED = ("completed", "failed", "cancelled")
@@ -117,6 +117,7 @@ async def test_closed_and_open_model_against_a_real_container(client, app, regis
     owner, other = await register(), await register()
     api = Api(client, owner)
     c = await api.created(seed_body("web"))
+    await wait_serving(client, owner.headers, c["id"])  # load goes where traffic may
     sub = subscription(app)
 
     # Seed 004's body on seed 004's path (the /api alias), plus the target.
@@ -236,6 +237,7 @@ async def test_cancel_kills_the_generator_and_the_cap_per_organisation(
     owner = await register()
     api = Api(client, owner)
     c = await api.created(seed_body("slow"))
+    await wait_serving(client, owner.headers, c["id"])
     body = {"duration": 120, "users": 2, "target": c["id"]}
     first = (await api.call("POST", "/testing/load", 202, json=body))["test_id"]
     second = (await api.call("POST", "/testing/load", 202, json=body))["test_id"]

@@ -3,6 +3,7 @@ container of the test Podman."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -31,6 +32,11 @@ def test_loadtest_run_show_list_cancel_and_scenarios(cli: Cli, user: str, podman
         "container", "create", unique("lt"), "--image", TEST_IMAGE, "-p", "8080", "--wait"
     )
     target = accepted["id"] if "id" in accepted else accepted["container"]["id"]
+    # A load test goes where traffic may: to instances that pass their checks.
+    deadline = time.monotonic() + 60
+    while cli.json("service", "show", target)["passing"] < 1:
+        assert time.monotonic() < deadline, "the container's instance never passed"
+        time.sleep(0.2)
 
     # A failing threshold: the results table, and exit status 1.
     result = cli(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nefos.config import Settings
-from nefos.db.models import ContainerReplica, Host
+from nefos.db.models import ContainerReplica, Host, ServiceInstanceHealth
 from nefos.gateway.ingress import TtlCache, _request_headers, _route
 from nefos.services.endpoints import (
     Upstream,
@@ -90,6 +90,12 @@ def replica(rid: str, state: str, port: int | None, ip: str = "0.0.0.0") -> Cont
     return ContainerReplica(id=rid, host_id="h", state=state, published=published)
 
 
+def health(rid: str, status: str = "passing", maintenance: bool = False) -> ServiceInstanceHealth:
+    return ServiceInstanceHealth(
+        replica_id=rid, container_id="c", status=status, maintenance=maintenance
+    )
+
+
 def test_only_running_replicas_with_the_port_are_routable():
     rows = [
         replica("a", "running", 31001),
@@ -98,13 +104,31 @@ def test_only_running_replicas_with_the_port_are_routable():
         replica("d", "running", 31004, ip="10.1.2.3"),
     ]
     local = {"h": host("unix:///x.sock")}
-    assert routable(rows, local, 8080) == [
+    passing = {r.id: health(r.id) for r in rows}
+    assert routable(rows, local, 8080, passing) == [
         Upstream("a", "127.0.0.1", 31001),
         Upstream("d", "10.1.2.3", 31004),
     ]
     remote = {"h": host("tcp://10.0.0.7:2376", ip="192.0.2.10")}
-    assert routable(rows[:1], remote, 8080) == [Upstream("a", "192.0.2.10", 31001)]
-    assert routable(rows, local, 9090) == []
+    assert routable(rows[:1], remote, 8080, passing) == [Upstream("a", "192.0.2.10", 31001)]
+    assert routable(rows, local, 9090, passing) == []
+
+
+@pytest.mark.parametrize(
+    ("row", "routed"),
+    [
+        (None, False),  # not checked yet: a new instance takes no traffic
+        (health("a"), True),
+        (health("a", "warning"), True),  # alive, shedding load
+        (health("a", "critical"), False),
+        (health("a", maintenance=True), False),
+    ],
+)
+def test_only_instances_whose_health_takes_traffic_are_routable(row, routed):
+    rows = [replica("a", "running", 31001)]
+    local = {"h": host("unix:///x.sock")}
+    found = routable(rows, local, 8080, {"a": row} if row is not None else {})
+    assert found == ([Upstream("a", "127.0.0.1", 31001)] if routed else [])
 
 
 def scope(path: str, host_header: str = "nefos.test", **extra: object) -> dict[str, object]:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import random
 from collections.abc import Collection
 from dataclasses import dataclass
+from ipaddress import ip_address
+from urllib.parse import urlsplit
 
 from nefos.domain.errors import ValidationFailed
 from nefos.domain.units import PortMapping
@@ -101,14 +103,30 @@ def _text(m: PortMapping) -> str:
 _ANY_ADDRESS = ("", "0.0.0.0", "::", "[::]")  # noqa: S104 - recognised, not bound
 
 
-def dial_address(published_ip: str | None, host_ip: str | None, host_uri: str = "") -> str | None:
+def local_engine(uri: str) -> bool:
+    """Is an engine at ``uri`` on this machine (a unix socket, or TCP on loopback)?"""
+    if uri.startswith("unix://"):
+        return True
+    hostname = urlsplit(uri).hostname or ""
+    if hostname == "localhost":
+        return True
+    try:
+        return ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
+def dial_address(
+    published_ip: str | None, host_ip: str | None, host_uri: str = "", hostname: str = ""
+) -> str:
     """Where Nefos reaches a port a replica published: the address it was published
-    on, unless that is the wildcard, then the host's own address; a host reached on a
-    local socket (``unix://``) without an address of its own is this machine (None:
-    unknown). All of it comes from Nefos's records (the engine's answer, the host's
+    on, unless that is the wildcard; then loopback for an engine on this machine, else
+    the host's recorded address, else the name in its engine's URI, else its name.
+    All of it comes from Nefos's records (the engine's answer, the host's
     registration), never from a tenant."""
-    if published_ip and published_ip not in _ANY_ADDRESS:
-        return published_ip
-    if host_ip:
-        return host_ip
-    return "127.0.0.1" if host_uri.startswith("unix://") else None
+    ip = (published_ip or "").strip()
+    if ip not in _ANY_ADDRESS:
+        return ip.strip("[]")
+    if local_engine(host_uri):
+        return "127.0.0.1"
+    return host_ip or urlsplit(host_uri).hostname or hostname

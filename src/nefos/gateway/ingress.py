@@ -125,7 +125,9 @@ class TtlCache(Generic[K, V]):
 
 
 def _container_status(event: Event) -> bool:
-    return event.type == EventType.CONTAINER_STATUS
+    """What changes a service's instances: its container's status (replicas placed,
+    removed, lost) and an instance's health (passing, critical, maintenance)."""
+    return event.type in (EventType.CONTAINER_STATUS, EventType.SERVICE_HEALTH)
 
 
 class _Gate:
@@ -200,7 +202,7 @@ class Ingress:
     async def _forget_changed(self, changes: Subscription) -> None:
         while True:
             event = await changes.get()
-            service_id = event.data.get("container_id")
+            service_id = event.data.get("container_id") or event.data.get("service_id")
             if isinstance(service_id, str):
                 self.instances.forget(service_id)
 

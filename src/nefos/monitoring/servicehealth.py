@@ -304,7 +304,7 @@ class HealthChecker:
             except DriverError as exc:
                 return Health.CRITICAL, str(exc)
             return exec_result(done.exit_code), f"exit {done.exit_code}: {done.output}"
-        if t.address is None or t.port is None:
+        if not t.address or t.port is None:
             return Health.CRITICAL, "the checked port is not published"
         if spec.type == "tcp":
             _, writer = await asyncio.open_connection(t.address, t.port)

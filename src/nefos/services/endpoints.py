@@ -3,10 +3,10 @@ endpoint URL, and which of its ports the port mesh publishes.
 
 A *service* is, for now, a container: its id is the container's id and its
 instances are the container's replicas. An instance is *routable* when its replica
-row is ``running`` and has a host port published for the service's target port (its
-first TCP port). The registry of services and their health checks (issue 16's other
-half) narrows this list to passing instances; everything that routes (the HTTP
-ingress, the port mesh) asks only this module.
+row is ``running``, has a host port published for the service's target port (its
+first TCP port), and its health takes traffic (passing or warning, not in
+maintenance: ``services/discovery.py``, ``monitoring/servicehealth.py``); everything
+that routes (the HTTP ingress, the port mesh, a load test) asks only this module.
 
 Nothing here takes an address from a caller: every upstream is an address Nefos
 recorded for a replica of that service (the engine's published port on the host it
@@ -25,14 +25,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from ipaddress import ip_address
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.config import Settings
-from nefos.db.models import Container, ContainerReplica, Host
+from nefos.db.models import Container, ContainerReplica, Host, ServiceInstanceHealth
+from nefos.domain.health import Health
+from nefos.domain.publishing import dial_address, local_engine
 from nefos.domain.units import PortMapping, parse_port
 
 #: The replica state whose published ports take traffic.
@@ -118,17 +119,7 @@ def meshable(host: Host) -> bool:
     one-host install: a docker host whose engine is a unix socket (on this machine,
     or Nefos could not open it) or a TCP address on loopback. A remote engine's host
     is another machine: Nefos cannot listen there."""
-    if host.driver != "docker":
-        return False
-    if host.uri.startswith("unix://"):
-        return True
-    hostname = urlsplit(host.uri).hostname or ""
-    if hostname == "localhost":
-        return True
-    try:
-        return ip_address(hostname).is_loopback
-    except ValueError:
-        return False
+    return host.driver == "docker" and local_engine(host.uri)
 
 
 def mesh_mapping(mapping: PortMapping) -> bool:
@@ -159,22 +150,21 @@ def target_port(ports: Iterable[str]) -> int | None:
 
 
 def _address(host: Host, published_ip: str | None) -> str:
-    ip = (published_ip or "").strip()
-    if ip not in _WILDCARDS:
-        return ip.strip("[]")
-    if meshable(host):
-        return "127.0.0.1"
-    return host.ip_address or urlsplit(host.uri).hostname or host.hostname
+    return dial_address(published_ip, host.ip_address, host.uri, host.hostname)
 
 
 def routable(
-    replicas: Sequence[ContainerReplica], hosts: dict[str, Host], container_port: int
+    replicas: Sequence[ContainerReplica],
+    hosts: dict[str, Host],
+    container_port: int,
+    health: dict[str, ServiceInstanceHealth],
 ) -> list[Upstream]:
-    """The replicas' upstreams for ``container_port`` (pure: rows in, upstreams out)."""
+    """The replicas' upstreams for ``container_port`` (pure: rows in, upstreams out):
+    running, and taking traffic by their health (:func:`takes_traffic`)."""
     out = []
     for r in replicas:
         host = hosts.get(r.host_id)
-        if r.state != ROUTABLE_STATE or host is None:
+        if r.state != ROUTABLE_STATE or host is None or not takes_traffic(health.get(r.id)):
             continue
         for p in r.published or []:
             if (
@@ -187,12 +177,22 @@ def routable(
     return out
 
 
+def takes_traffic(health: ServiceInstanceHealth | None) -> bool:
+    """Passing (or warning: alive, shedding load) and not in maintenance. A replica
+    not checked yet takes none: a new instance receives traffic once it passes."""
+    return (
+        health is not None
+        and not health.maintenance
+        and health.status in (Health.PASSING.value, Health.WARNING.value)
+    )
+
+
 async def _replicas_and_hosts(
     session: AsyncSession, container_ids: Sequence[str]
-) -> tuple[dict[str, list[ContainerReplica]], dict[str, Host]]:
+) -> tuple[dict[str, list[ContainerReplica]], dict[str, Host], dict[str, ServiceInstanceHealth]]:
     by_container: dict[str, list[ContainerReplica]] = {c: [] for c in container_ids}
     if not container_ids:
-        return by_container, {}
+        return by_container, {}, {}
     rows = await session.scalars(
         select(ContainerReplica)
         .where(
@@ -209,7 +209,18 @@ async def _replicas_and_hosts(
         if host_ids
         else {}
     )
-    return by_container, hosts
+    ids = [r.id for rs in by_container.values() for r in rs]
+    health = (
+        {
+            h.replica_id: h
+            for h in await session.scalars(
+                select(ServiceInstanceHealth).where(ServiceInstanceHealth.replica_id.in_(ids))
+            )
+        }
+        if ids
+        else {}
+    )
+    return by_container, hosts, health
 
 
 async def upstreams(session: AsyncSession, service_id: str) -> list[Upstream] | None:
@@ -221,8 +232,8 @@ async def upstreams(session: AsyncSession, service_id: str) -> list[Upstream] | 
     port = target_port(ports)
     if port is None:
         return []
-    replicas, hosts = await _replicas_and_hosts(session, [service_id])
-    return routable(replicas[service_id], hosts, port)
+    replicas, hosts, health = await _replicas_and_hosts(session, [service_id])
+    return routable(replicas[service_id], hosts, port, health)
 
 
 async def mesh_table(session: AsyncSession) -> list[MeshPort]:
@@ -250,10 +261,10 @@ async def mesh_table(session: AsyncSession) -> list[MeshPort]:
             fixed = mesh_ports(ports or [])
             if fixed:
                 wanted[cid] = fixed
-    replicas, hosts = await _replicas_and_hosts(session, list(wanted))
+    replicas, hosts, health = await _replicas_and_hosts(session, list(wanted))
     out = []
     for cid, fixed in wanted.items():
         for container_port, host_port in fixed.items():
-            ups = tuple(routable(replicas[cid], hosts, container_port))
+            ups = tuple(routable(replicas[cid], hosts, container_port, health))
             out.append(MeshPort(cid, host_port, container_port, ups))
     return out

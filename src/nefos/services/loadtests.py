@@ -29,7 +29,6 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -38,8 +37,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from nefos.config import Settings
 from nefos.db.models import (
     Container,
-    ContainerReplica,
-    Host,
     LoadTest,
     LoadTestScenario,
     LoadTestSecond,
@@ -52,7 +49,6 @@ from nefos.db.types import utcnow
 from nefos.domain.access import Permission
 from nefos.domain.errors import Conflict, NotFound, ResourceExhausted, ValidationFailed
 from nefos.domain.paging import PageParams
-from nefos.domain.units import parse_port
 from nefos.events import Event, EventType, make, record
 from nefos.loadtest import thresholds as threshold_rules
 from nefos.loadtest.plan import Plan, RequestSpec
@@ -65,6 +61,7 @@ from nefos.schemas.loadtests import (
     ScenarioCreate,
     ScenarioUpdate,
 )
+from nefos.services import endpoints
 from nefos.services.core import Core
 from nefos.services.paging import fetch_page
 from nefos.services.principal import Principal, authorize_project
@@ -107,20 +104,6 @@ class Target:
     project_id: str
 
 
-def _host_address(host: Host | None) -> str:
-    """Where a host's published ports are reached when they are published on every
-    address: its recorded address, else the name in its engine URI (a local socket:
-    this machine)."""
-    if host is None:
-        return "127.0.0.1"
-    if host.ip_address:
-        return host.ip_address
-    if host.uri.startswith("unix://"):
-        return "127.0.0.1"
-    name = urlsplit(host.uri).hostname
-    return name or "127.0.0.1"
-
-
 def _url(address: str, port: int) -> str:
     if ":" in address and not address.startswith("["):
         address = f"[{address}]"  # an IPv6 literal
@@ -128,46 +111,17 @@ def _url(address: str, port: int) -> str:
 
 
 async def resolve_target(session: AsyncSession, settings: Settings, target: Target) -> list[str]:
-    """The base URLs a load test of ``target`` sends to, round-robin: today each
-    running replica's published host port of the container's first TCP port, on the
-    address it is published on (``container_publish_ip``, or the host's address when
-    that is every address). Empty when nothing runs. Never a URL a caller gave.
+    """The base URLs a load test of ``target`` sends to, round-robin: the service's
+    instances that take traffic (running, passing or warning, not in maintenance:
+    ``services.endpoints``, what the ingress balances over), each at its published
+    port. Empty when none does. Never a URL a caller gave.
 
-    The one place that knows where a service is reached: when services get their
-    ingress endpoint, it is what this returns."""
+    The generator reaches the instances themselves rather than the ingress: a test
+    then measures the service, not the API process that also serves the ingress."""
     if target.type != "container":
         return []
-    container = await session.get(Container, target.id)
-    if container is None:
-        return []
-    tcp = [p for p in (parse_port(text) for text in container.ports) if p.protocol == "tcp"]
-    if not tcp:
-        return []
-    port = tcp[0].container_port
-    replicas = (
-        await session.scalars(
-            select(ContainerReplica)
-            .where(ContainerReplica.container_id == container.id)
-            .where(ContainerReplica.state == "running")
-            .order_by(ContainerReplica.slot)
-        )
-    ).all()
-    host_ids = {r.host_id for r in replicas}
-    hosts = (
-        {h.id: h for h in await session.scalars(select(Host).where(Host.id.in_(host_ids)))}
-        if host_ids
-        else {}
-    )
-    urls = []
-    for r in replicas:
-        for p in r.published or []:
-            if p.get("protocol", "tcp") != "tcp" or int(p["container_port"]) != port:
-                continue
-            address = str(p.get("host_ip") or settings.container_publish_ip or "")
-            if address in _UNSPECIFIED:
-                address = _host_address(hosts.get(r.host_id))
-            urls.append(_url(address, int(p["host_port"])))
-    return urls
+    found = await endpoints.upstreams(session, target.id)
+    return [_url(u.address, u.port) for u in found or []]
 
 
 # --- wire forms ------------------------------------------------------------------------
@@ -285,7 +239,8 @@ class LoadTestService:
         urls = await resolve_target(self.session, s, target)
         if not urls:
             raise Conflict(
-                "The target has no running replica with a published TCP port to test",
+                "The target has no instance taking traffic (running, with a published TCP "
+                "port, its health check passing) to test",
                 target=target.id,
             )
         scenario, requests = await self._scenario(principal, body.scenario, target.project_id)
@@ -521,7 +476,7 @@ class LoadTestOps:
             params = dict(test.params)
             await session.rollback()
         if not urls:
-            await self._end(test_id, FAILED, error="the target has no running replica")
+            await self._end(test_id, FAILED, error="the target has no instance taking traffic")
             return {"status": FAILED}
         plan = self._plan(urls, params)
         return await self._drive(ctx, test_id, plan, params)

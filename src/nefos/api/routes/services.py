@@ -32,6 +32,7 @@ from nefos.services.discovery import (
     fingerprint,
     parse_metadata_filters,
 )
+from nefos.services.endpoints import endpoint_url
 from nefos.services.principal import resolve_project
 
 router = APIRouter(prefix="/services", tags=["services"])
@@ -100,12 +101,6 @@ def detail(
     return {**summary(s, endpoint), "instances": instances}
 
 
-def endpoint_of(s: ServiceView) -> str | None:
-    """The service's own endpoint: where its instances answer, until the ingress
-    gives each service one address of its own."""
-    return next((i.endpoint for i in s.instances if i.endpoint), None)
-
-
 async def instance_metrics(core: Any, s: ServiceView) -> dict[str, dict[str, float]]:
     """cpu_usage and memory_usage of each running instance, read live (bounded)."""
     running = [i for i in s.instances if i.replica.state == "running" and i.host is not None]
@@ -172,7 +167,11 @@ async def list_services(
     else:
         services = await registry.search(project, where)
     shown = services[params.offset : params.offset + params.limit]
-    body = page([summary(s, endpoint_of(s)) for s in shown], len(services), params)
+    body = page(
+        [summary(s, endpoint_url(core.settings, s.container.name, s.id)) for s in shown],
+        len(services),
+        params,
+    )
     body["services"] = body["items"]
     body["index"] = fingerprint(services)
     return ok(body, headers={"X-Nefos-Index": str(body["index"])})
@@ -189,7 +188,7 @@ async def get_service(
     with their last output and history, its health transitions, and live metrics."""
     s = await ServiceRegistry(core, session).get(access.principal, service_id)
     metrics = await instance_metrics(core, s)
-    return ok({"service": detail(s, endpoint_of(s), metrics)})
+    return ok({"service": detail(s, endpoint_url(core.settings, s.container.name, s.id), metrics)})
 
 
 @router.put("/{service_id}", response_model=Envelope[dict[str, ServicePublic]])
@@ -202,7 +201,7 @@ async def update_service(
 ) -> Response:
     """Set the service's version, tags, metadata or health check."""
     s = await ServiceRegistry(core, session).update(access.principal, service_id, body)
-    return ok({"service": detail(s, endpoint_of(s), {})})
+    return ok({"service": detail(s, endpoint_url(core.settings, s.container.name, s.id), {})})
 
 
 @router.post(
@@ -222,4 +221,4 @@ async def instance_maintenance(
     s = await ServiceRegistry(core, session).maintenance(
         access.principal, service_id, instance_id, body or Maintenance()
     )
-    return ok({"service": detail(s, endpoint_of(s), {})})
+    return ok({"service": detail(s, endpoint_url(core.settings, s.container.name, s.id), {})})
