@@ -170,6 +170,22 @@ class Settings(BaseSettings):
         "more wait, up to `NEFOS_INGRESS_TIMEOUT`, for one to end (then 503). New "
         "requests go to the instance with the fewest in flight.",
     )
+    readiness_timeout: float = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description="Seconds a scale or a host drain waits for each new replica of a "
+        "service with a health check of its own to pass it, before it goes on (and "
+        "before it removes any old replica).",
+    )
+    drain_seconds: float = Field(
+        2.0,
+        ge=0,
+        le=300,
+        description="Seconds a replica being removed stays `terminating` (out of the "
+        "ingress and the port mesh, still running) before it is stopped, so that the "
+        "requests it was given end.",
+    )
     ingress_cache_seconds: float = Field(
         1.0,
         ge=0,

@@ -128,6 +128,26 @@ async def test_a_container_is_a_service_checked_server_side(client, register, po
     )
     assert health_of(back)[alive] == "passing"
 
+    # Readiness: a rolling scale of a service with its own check ends once the new
+    # replica passes it; a replica removed is `terminating` (out of traffic) first.
+    data = await api.call("POST", f"/containers/{sid}/scale", 202, json={"replicas": 3})
+    op = await api.wait(data["operation"])
+    assert op["status"] == "succeeded" and op["result"] == {"replicas": 3, "ready": 1}, op
+    grown = (await api.call("GET", f"/services/{sid}"))["service"]
+    assert grown["passing"] == 3 and len(grown["instances"]) == 3
+    data = await api.call("POST", f"/containers/{sid}/scale", 202, json={"replicas": 2})
+    states: set[str] = set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        shown = (await api.call("GET", f"/services/{sid}"))["service"]
+        states |= {i["state"] for i in shown["instances"]}
+        if len(shown["instances"]) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert "terminating" in states and len(shown["instances"]) == 2, states
+    assert (await api.wait(data["operation"]))["status"] == "succeeded"
+    assert {i["id"] for i in shown["instances"]} == {victim_id, alive}
+
     # A replica killed in the engine: its checks fail, it goes critical after `fall`
     # failures, and the service shows one passing instance of two. (The reconciler
     # may see the engine container stopped meanwhile: critical as well.)

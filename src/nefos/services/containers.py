@@ -27,7 +27,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from nefos.billing import metering
 from nefos.billing.accounts import require_funds
 from nefos.config import Settings
-from nefos.db.models import Container, ContainerReplica, Host, Operation, Project
+from nefos.db.models import (
+    Container,
+    ContainerReplica,
+    Host,
+    Operation,
+    Project,
+    ServiceInstanceHealth,
+    ServiceSettings,
+)
 from nefos.db.session import begin_write
 from nefos.domain.access import Permission
 from nefos.domain.actors import SystemActor
@@ -61,7 +69,13 @@ from nefos.scheduler import NoValidHost, PlacementRequest
 from nefos.schemas.compute import ContainerCreate, ContainerScale
 from nefos.services.core import Core
 from nefos.services.drivers import CONTAINER_DRIVERS
-from nefos.services.endpoints import mesh_mapping, mesh_ports, meshable
+from nefos.services.endpoints import (
+    mesh_mapping,
+    mesh_ports,
+    meshable,
+    takes_traffic,
+    target_port,
+)
 from nefos.services.hosts import HostService, domain_error, driver_call
 from nefos.services.paging import fetch_page
 from nefos.services.placement import Allocation, ReplicaRows
@@ -993,25 +1007,84 @@ class ContainerOps:
         start = container.desired == "running"
         add = [by_id[i] for i in params.get("add", []) if i in by_id]
         remove = [by_id[i] for i in params.get("remove", []) if i in by_id]
+        ready: int | None = None
         if params.get("strategy") == "recreate":
             # Everything old goes first, then the new replicas come up.
+            await self._drain(container, remove)
             for r in remove:
                 await self._remove(container, r, hosts.get(r.host_id))
             for r in add:
                 await self._ensure(
                     container, r, hosts[r.host_id], start=start, first_attempt=ctx.op.attempts == 1
                 )
+            if start:
+                ready = await self._await_ready(container, add)
         else:
-            # Rolling: new replicas run before any old one is removed, so the
-            # count never drops below the old one while scaling up.
+            # Rolling: new replicas run, and pass their checks, before any old one is
+            # removed, so the count never drops below the old one while scaling up.
             for r in add:
                 await self._ensure(
                     container, r, hosts[r.host_id], start=start, first_attempt=ctx.op.attempts == 1
                 )
+            if start:
+                ready = await self._await_ready(container, add)
+            await self._drain(container, remove)
             for r in remove:
                 await self._remove(container, r, hosts.get(r.host_id))
         await self._set_status(container.id)
-        return {"replicas": params.get("replicas")}
+        result: dict[str, Any] = {"replicas": params.get("replicas")}
+        if ready is not None:
+            result["ready"] = ready
+        return result
+
+    async def _await_ready(
+        self, container: Container, replicas: Sequence[ContainerReplica]
+    ) -> int | None:
+        """Wait (at most ``readiness_timeout``) for ``replicas`` to take traffic by
+        their health; how many do. Only for a service with a health check of its own
+        (as Kubernetes waits only for a readiness probe): None for the others."""
+        if not replicas:
+            return None
+        async with self.core.db.sessionmaker() as session:
+            settings = await session.get(ServiceSettings, container.id)
+        if settings is None or not settings.check:
+            return None
+        ids = [r.id for r in replicas]
+        deadline = time.monotonic() + self.core.settings.readiness_timeout
+        while True:
+            async with self.core.db.sessionmaker() as session:
+                rows = await session.scalars(
+                    select(ServiceInstanceHealth).where(ServiceInstanceHealth.replica_id.in_(ids))
+                )
+                ready = sum(1 for h in rows if takes_traffic(h))
+            if ready == len(ids) or time.monotonic() >= deadline:
+                if ready < len(ids):
+                    log.warning(
+                        "container %s: %d of %d new replicas passed their checks in %.0f s",
+                        container.id,
+                        ready,
+                        len(ids),
+                        self.core.settings.readiness_timeout,
+                    )
+                return ready
+            await asyncio.sleep(0.25)
+
+    async def _drain(self, container: Container, replicas: Sequence[ContainerReplica]) -> None:
+        """Take ``replicas`` out of traffic (state ``terminating``: the ingress, the
+        port mesh and load tests skip them) and give what they were sent
+        ``drain_seconds`` to end, before they are stopped."""
+        running = [r.id for r in replicas if r.state == "running"]
+        if not running:
+            return
+        async with self.core.db.sessionmaker() as session:
+            await begin_write(session)
+            for row in await session.scalars(
+                select(ContainerReplica).where(ContainerReplica.id.in_(running))
+            ):
+                row.state = "terminating"
+            await session.commit()
+        if target_port(container.ports or []) is not None:
+            await asyncio.sleep(self.core.settings.drain_seconds)
 
     async def run_drain(self, ctx: OpContext) -> dict[str, Any] | None:
         """Move every replica off the host (new one up first), then remove the host."""
@@ -1061,12 +1134,11 @@ class ContainerOps:
                     await session.commit()
                 target = await session.get(Host, alloc.host_id)
             assert target is not None
-            await self._ensure(
-                container,
-                new,
-                target,
-                start=container.desired == "running" and old.state == "running",
-            )
+            started = container.desired == "running" and old.state == "running"
+            await self._ensure(container, new, target, start=started)
+            if started:
+                await self._await_ready(container, [new])
+            await self._drain(container, [old])
             await self._remove(container, old, drained)
             await self._set_status(container.id)
             moved += 1
