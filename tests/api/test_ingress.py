@@ -159,6 +159,11 @@ async def test_endpoints_are_public_but_their_instances_are_not(client, app, reg
         assert r.status_code == 200 and "nefos test page" in r.text
         r = await client.get(f"/svc/{c['id']}/", headers=headers)
         assert r.status_code == 200 and "nefos test page" in r.text
+    # Its owner sees the traffic the ingress sent each instance.
+    [instance] = (await mine.call("GET", f"/services/{c['id']}"))["service"]["instances"]
+    seen = instance["metrics"]
+    assert seen["requests_per_second"] > 0 and seen["error_rate"] == 0, seen
+    assert seen["p95_response_time"] > 0
     # ... and nothing of where it runs: no upstream in the answer.
     instance_port = c["endpoints"][0]["host_port"]
     assert str(instance_port) not in "".join(f"{k}{v}" for k, v in r.headers.items())

@@ -46,6 +46,7 @@ from nefos.events import Event, EventType
 from nefos.events.bus import EventBus, Subscription
 from nefos.gateway.bodylimit import BodyLimitMiddleware, BodyTooLarge
 from nefos.gateway.envelope import send_error
+from nefos.gateway.traffic import TrafficStats
 from nefos.services.endpoints import Upstream, find_by_label, label_of_host, upstreams
 
 log = logging.getLogger("nefos.ingress")
@@ -168,6 +169,8 @@ class Ingress:
         self.retries = 0
         #: Requests each instance was sent (its id -> count), for operators and tests.
         self.sent: dict[str, int] = {}
+        #: Each instance's last minute: requests/s, error rate, p95 (GET /services/{id}).
+        self.traffic = TrafficStats()
 
     def start(self, db: Database, events: EventBus | None = None) -> None:
         """Open the client; with ``events``, forget a service's instances as soon as
@@ -341,6 +344,7 @@ class Ingress:
                 else:
                     await gate.slots.acquire()
                 try:
+                    started = time.perf_counter()
                     request = self.client.build_request(
                         method, url, headers=headers, content=body() if has_body else None
                     )
@@ -352,6 +356,7 @@ class Ingress:
                                 raise broken[0] from None
                             raise
                     except _Refused:
+                        self.traffic.record(up.instance_id, time.perf_counter() - started, True)
                         self.mark_down(up)
                         self.instances.forget(service_id)
                         if streamed or attempt + 1 == attempts:
@@ -362,6 +367,7 @@ class Ingress:
                         self.retries += 1
                         continue
                     except httpx.TimeoutException:
+                        self.traffic.record(up.instance_id, time.perf_counter() - started, True)
                         await send_error(
                             send,
                             504,
@@ -376,6 +382,9 @@ class Ingress:
                         await send_error(send, 502, "BAD_GATEWAY", "The service's instance failed")
                         return
                     await _relay(response, send)
+                    self.traffic.record(
+                        up.instance_id, time.perf_counter() - started, response.status_code >= 500
+                    )
                     return
                 finally:
                     gate.slots.release()

@@ -105,8 +105,14 @@ class Transition(BaseModel):
 
 
 class InstanceMetrics(BaseModel):
-    cpu_usage: float = Field(description="Percent of the replica's CPU limit in use.")
-    memory_usage: float = Field(description="Percent of its memory limit in use.")
+    """Live usage from the engine; and, for an instance the ingress (this process's)
+    sent traffic to in the last minute, its requests/s, error rate and p95."""
+
+    cpu_usage: float | None = Field(None, description="Percent of its CPU limit in use.")
+    memory_usage: float | None = Field(None, description="Percent of its memory limit in use.")
+    requests_per_second: float | None = None
+    error_rate: float | None = Field(None, description="Percent answered 5xx or not at all.")
+    p95_response_time: float | None = Field(None, description="Milliseconds.")
 
 
 class InstanceCheck(BaseModel):

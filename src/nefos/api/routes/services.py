@@ -70,7 +70,7 @@ def summary(s: ServiceView, endpoint: str | None) -> dict[str, Any]:
 
 
 def detail(
-    s: ServiceView, endpoint: str | None, metrics: dict[str, dict[str, float]]
+    s: ServiceView, endpoint: str | None, metrics: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
     spec = s.check
     instances = []
@@ -101,7 +101,7 @@ def detail(
     return {**summary(s, endpoint), "instances": instances}
 
 
-async def instance_metrics(core: Any, s: ServiceView) -> dict[str, dict[str, float]]:
+async def instance_metrics(core: Any, s: ServiceView) -> dict[str, dict[str, Any]]:
     """cpu_usage and memory_usage of each running instance, read live (bounded)."""
     running = [i for i in s.instances if i.replica.state == "running" and i.host is not None]
     limit_cores = s.container.cpu_milli / 1000 or 1.0
@@ -112,7 +112,7 @@ async def instance_metrics(core: Any, s: ServiceView) -> dict[str, dict[str, flo
         return await asyncio.wait_for(driver.stats(name), STATS_TIMEOUT)
 
     samples = await asyncio.gather(*(one(i) for i in running), return_exceptions=True)
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for i, sample in zip(running, samples, strict=True):
         if isinstance(sample, BaseException):
             continue
@@ -180,6 +180,7 @@ async def list_services(
 @router.get("/{service_id}", response_model=Envelope[dict[str, ServicePublic]])
 async def get_service(
     service_id: ObjectId,
+    request: Request,
     core: CoreDep,
     session: SessionDep,
     access: Access = authorize(Permission.COMPUTE_READ),
@@ -188,6 +189,16 @@ async def get_service(
     with their last output and history, its health transitions, and live metrics."""
     s = await ServiceRegistry(core, session).get(access.principal, service_id)
     metrics = await instance_metrics(core, s)
+    ingress = getattr(request.app.state, "ingress", None)
+    if ingress is not None:
+        for i in s.instances:
+            seen = ingress.traffic.of(i.replica.id)
+            if seen is not None:
+                metrics.setdefault(i.replica.id, {}).update(
+                    requests_per_second=seen.requests_per_second,
+                    error_rate=seen.error_rate,
+                    p95_response_time=seen.p95_ms,
+                )
     return ok({"service": detail(s, endpoint_url(core.settings, s.container.name, s.id), metrics)})
 
 
