@@ -305,10 +305,13 @@ class Settings(BaseSettings):
         "container port gets a free one of it. Platform admins may go outside it.",
     )
     container_reserved_ports: str = Field(
-        "22,53,80,443,2375,2376,5432,6379,16509,16514",
+        "22,53,2375,2376,5432,6379,16509,16514",
         description="Comma-separated host ports no container may publish on, admin or "
-        "not: the platform's own services (SSH, DNS, HTTP(S), Docker, PostgreSQL, Redis, "
-        "libvirt). `NEFOS_PORT` is always reserved too.",
+        "not: the platform's own services (SSH, DNS, Docker, PostgreSQL, Redis, "
+        "libvirt). `NEFOS_PORT` is always reserved too; add 80 and 443 when a proxy in "
+        "front of Nefos listens there (by default a platform admin may publish a "
+        "service on them, as seed 004's `\"80:80\"`; tenants stay inside "
+        "`NEFOS_CONTAINER_PORT_RANGE`).",
     )
     installation_id: str | None = Field(
         None,
