@@ -310,7 +310,7 @@ class Settings(BaseSettings):
         "not: the platform's own services (SSH, DNS, Docker, PostgreSQL, Redis, "
         "libvirt). `NEFOS_PORT` is always reserved too; add 80 and 443 when a proxy in "
         "front of Nefos listens there (by default a platform admin may publish a "
-        "service on them, as seed 004's `\"80:80\"`; tenants stay inside "
+        'service on them, as seed 004\'s `"80:80"`; tenants stay inside '
         "`NEFOS_CONTAINER_PORT_RANGE`).",
     )
     installation_id: str | None = Field(

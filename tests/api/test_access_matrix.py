@@ -61,6 +61,7 @@ from tests.conftest import (
     make_settings,
     remove_managed_domains,
     wait_operation,
+    wait_serving,
 )
 
 P = Permission
@@ -753,6 +754,8 @@ async def _monitoring_world(w: ComputeWorld, app: Any) -> None:
 async def _loadtest_world(w: ComputeWorld) -> None:
     """A finished load test of the walked container, and a stored scenario. The walk
     starts many tests at once: the per-organisation cap is lifted for it."""
+    # A test goes to instances that take traffic: the container's must pass first.
+    await wait_serving(w.client, w.owner.headers, w.ids["container_id"])
     made = await w.ok(
         "POST",
         "/testing/load",

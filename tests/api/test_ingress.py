@@ -159,6 +159,13 @@ async def test_endpoints_are_public_but_their_instances_are_not(client, app, reg
         assert r.status_code == 200 and "nefos test page" in r.text
         r = await client.get(f"/svc/{c['id']}/", headers=headers)
         assert r.status_code == 200 and "nefos test page" in r.text
+    # The path form serves the page on the API's own origin: sandboxed there (an
+    # opaque origin: no access to the API's storage, cookies or pages); the host
+    # form, on its own origin, is not.
+    r = await client.get(f"/svc/{c['id']}/")
+    assert r.headers["content-security-policy"].startswith("sandbox")
+    r = await client.get("/", headers={"Host": host})
+    assert "content-security-policy" not in r.headers
     # Its owner sees the traffic the ingress sent each instance.
     [instance] = (await mine.call("GET", f"/services/{c['id']}"))["service"]["instances"]
     seen = instance["metrics"]
@@ -181,11 +188,11 @@ async def test_endpoints_are_public_but_their_instances_are_not(client, app, reg
     await theirs.call("GET", f"/containers/{c['id']}", 404)
 
     # Stopped: 503 in the envelope (at once: its instance refuses; then from the
-    # database: no running instance), naming no instance.
+    # database: no instance passes), naming no instance.
     await mine.act("PUT", f"/containers/{c['id']}/stop")
     r = await via_host(client, host)
     assert_error(r, 503, "SERVICE_UNAVAILABLE")
-    r = await eventually(lambda: _status(client, host, 503, "no running"), "stopped is a 503")
+    r = await eventually(lambda: _status(client, host, 503, "passes"), "stopped is a 503")
     assert_error(r, 503, "SERVICE_UNAVAILABLE")
     assert str(instance_port) not in r.text
     await mine.delete(c["id"])
@@ -198,8 +205,44 @@ async def test_unknown_services_are_404(client, register):
     assert_error(r, 404, "NOT_FOUND")
     r = await via_host(client, "no-label.apps.localhost:8000", "/api/v1/health")
     assert_error(r, 404, "NOT_FOUND")
+    # Ids that cannot be one: a 404 without a look in the database (a NUL byte is
+    # an error of PostgreSQL's, not an id).
+    for odd in ("%00", "a.b", "%E2%9C%93"):
+        r = await client.get(f"/svc/{odd}/")
+        assert_error(r, 404, "NOT_FOUND")
     # The API's own host is untouched.
     assert (await client.get("/health")).status_code == 200
+
+
+async def test_a_request_target_that_is_not_a_path_is_refused(app):
+    """``OPTIONS *`` and absolute-form targets reach no instance: a 400 in the
+    envelope, not an error of the HTTP client's."""
+    for raw in (b"*", b"http://elsewhere.example/x"):
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any], into: list[dict[str, Any]] = sent) -> None:
+            into.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "OPTIONS",
+            "scheme": "http",
+            "path": raw.decode(),
+            "raw_path": raw,
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"shop-1a2b3c4d.apps.localhost")],
+            "client": ("203.0.113.9", 4000),
+            "server": ("127.0.0.1", 8000),
+        }
+        await app(scope, receive, send)
+        assert sent[0]["status"] == 400, sent
+        assert b"VALIDATION_ERROR" in b"".join(m.get("body", b"") for m in sent[1:])
 
 
 async def test_the_apis_websocket_is_not_served_under_a_service_name(app):

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -266,6 +267,12 @@ class Ingress:
     # --- proxying -------------------------------------------------------------------------
     async def proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind, key, raw_path = scope[_SCOPE_KEY]
+        if not raw_path.startswith(b"/"):
+            # ``OPTIONS *`` or an absolute-form target: nothing an instance is sent.
+            await send_error(
+                send, 400, "VALIDATION_ERROR", "A service is sent origin-form paths only"
+            )
+            return
         if kind == "host":
             service_id = await self.service_of_label(key)
             if service_id is None:
@@ -280,7 +287,7 @@ class Ingress:
             )
             return
         if not ups:
-            await _unavailable(send, service_id, "it has no running instance")
+            await _unavailable(send, service_id, "none of its instances passes its checks")
             return
         await self._forward(scope, receive, send, service_id, ups, raw_path)
 
@@ -381,7 +388,7 @@ class Ingress:
                     except httpx.HTTPError:
                         await send_error(send, 502, "BAD_GATEWAY", "The service's instance failed")
                         return
-                    await _relay(response, send)
+                    await _relay(response, send, on_api_origin=scope[_SCOPE_KEY][0] == "path")
                     self.traffic.record(
                         up.instance_id, time.perf_counter() - started, response.status_code >= 500
                     )
@@ -454,17 +461,28 @@ def _request_headers(scope: Scope) -> tuple[list[tuple[bytes, bytes]], bool]:
     return out, has_body
 
 
-async def _relay(response: httpx.Response, send: Send) -> None:
+#: Headers a service may not set on the API's own origin (the ``/svc/`` form): a
+#: cookie of the API's domain, a service worker scoped over the API's pages.
+_ORIGIN_BOUND = frozenset({b"set-cookie", b"set-cookie2", b"service-worker-allowed"})
+#: The ``/svc/`` form serves the tenant's page on the API's origin: sandboxed, it
+#: runs as an opaque origin, with no access to the API's storage, cookies or pages.
+_SANDBOX = (b"content-security-policy", b"sandbox allow-scripts allow-forms allow-popups")
+
+
+async def _relay(response: httpx.Response, send: Send, *, on_api_origin: bool = False) -> None:
     try:
         named: set[bytes] = set()
         for key, value in response.headers.raw:
             if key.lower() == b"connection":
                 named |= {v.strip().lower() for v in value.split(b",")}
+        dropped = HOP_BY_HOP | named | (_ORIGIN_BOUND if on_api_origin else frozenset())
         headers = [
             (key.lower(), value)
             for key, value in response.headers.raw
-            if key.lower() not in HOP_BY_HOP and key.lower() not in named
+            if key.lower() not in dropped
         ]
+        if on_api_origin:
+            headers.append(_SANDBOX)
         await send(
             {"type": "http.response.start", "status": response.status_code, "headers": headers}
         )
@@ -479,6 +497,9 @@ async def _relay(response: httpx.Response, send: Send) -> None:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:
         await response.aclose()
+
+
+_SERVICE_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def _route(scope: Scope, apps_domain: str) -> tuple[str, str, bytes] | None:
@@ -498,7 +519,7 @@ def _route(scope: Scope, apps_domain: str) -> tuple[str, str, bytes] | None:
     service_id, _, _ = path[len(PATH_PREFIX) :].partition("/")
     if not service_id:
         return None
-    if len(service_id) > MAX_ID:
+    if len(service_id) > MAX_ID or not _SERVICE_ID.match(service_id):
         service_id = ""  # no such service: a 404 without a look in the database
     # The rest of the path as the client wrote it (percent-escapes kept).
     prefix = PATH_PREFIX.encode() + service_id.encode()
