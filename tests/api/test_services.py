@@ -209,6 +209,31 @@ async def test_a_container_is_a_service_checked_server_side(client, register, po
         lambda d: health_of(d)[alive] == "warning",
         "an exec check exiting 1 warns",
     )
+    # A command that never ends (and never stops talking) is cut at its timeout:
+    # critical, and no thread of the checker's process waits on it.
+    await api.call(
+        "PUT",
+        f"/services/{sid}",
+        json={
+            "check": {
+                "type": "exec",
+                "command": ["/bin/busybox", "yes"],
+                "interval": 1,
+                "timeout": 1,
+                "fall": 1,
+            }
+        },
+    )
+    cut = await until(
+        api,
+        f"/services/{sid}",
+        lambda d: health_of(d)[alive] == "critical",
+        "a never-ending exec check goes critical",
+    )
+    [mine] = [i for i in cut["service"]["instances"] if i["id"] == alive]
+    output = mine["checks"][0]["output"]
+    assert "did not end within 1 s" in output or "timed out after 1 s" in output, output
+    assert (await asyncio.wait_for(asyncio.to_thread(lambda: 1), 5)) == 1
     await api.delete(sid)
     assert (await api.call("GET", "/services"))["services"] == []
 

@@ -404,11 +404,18 @@ class ComputeDriver(abc.ABC):
         """
 
     async def exec(
-        self, instance_id: str, command: Sequence[str], *, output_limit: int = 4096
+        self,
+        instance_id: str,
+        command: Sequence[str],
+        *,
+        deadline: float | None = None,
+        output_limit: int = 4096,
     ) -> ExecResult:
         """Run ``command`` (argv, no shell) inside the running instance and wait for
         it (``supports_exec``): its exit code and the first ``output_limit`` bytes of
-        its stdout and stderr. The caller bounds the wait (a health check's timeout).
+        its stdout and stderr. With ``deadline`` (seconds), stop reading once it has
+        passed and raise :class:`DriverError` (the command may go on in the instance;
+        the caller's thread no longer waits on it).
 
         Raises :class:`InstanceNotFound` if it is gone, :class:`InvalidState` if it
         is not running.

@@ -68,11 +68,13 @@ class Answer:
 
 
 class _Http(asyncio.Protocol):
-    """Parses one response at a time as its bytes arrive."""
+    """Parses one response at a time as its bytes arrive. The head is kept (bounded by
+    ``MAX_HEADER_BYTES``); the body is counted, never kept: a target that answers
+    gigabytes costs the generator no memory."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
+        self.buf = bytearray()  # the head, then a chunk-size line or a trailer
         self.waiter: asyncio.Future[tuple[int, float]] | None = None
         self.head = False
         self.lost = False
@@ -80,9 +82,10 @@ class _Http(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.status = 0
-        self.body_at = -1  # where the body starts in buf, once the head is read
-        self.length: int | None = None
+        self.in_body = False
+        self.length: int | None = None  # bytes of body (or of the chunk) still to come
         self.chunked = False
+        self.chunk_state = "size"  # size, data, data-end, trailer
         self.close = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -96,27 +99,31 @@ class _Http(asyncio.Protocol):
         return self.waiter
 
     def data_received(self, data: bytes) -> None:
-        self.buf += data
         if self.waiter is None or self.waiter.done():
-            return
+            return  # nothing asked (a server's stray bytes): dropped
         try:
-            if self.body_at < 0 and not self._head():
-                return
-            if self._complete():
+            if not self.in_body:
+                self.buf += data
+                end = self.buf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(self.buf) > MAX_HEADER_BYTES:
+                        raise ValueError("response head too long")
+                    return
+                self._head(bytes(self.buf[:end]))
+                data = bytes(self.buf[end + 4 :])
+                self.buf.clear()
+            if self._body(data):
                 self._finish()
         except (ValueError, IndexError) as exc:
             self._fail(RequestFailed("protocol", str(exc)))
 
-    def _head(self) -> bool:
-        end = self.buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self.buf) > MAX_HEADER_BYTES:
-                raise ValueError("response head too long")
-            return False
-        lines = bytes(self.buf[:end]).split(b"\r\n")
+    def _head(self, head: bytes) -> None:
+        lines = head.split(b"\r\n")
         parts = lines[0].split(b" ", 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
             raise ValueError("not an HTTP response")
+        if not (len(parts[1]) == 3 and parts[1].isdigit() and 100 <= int(parts[1]) <= 599):
+            raise ValueError("not an HTTP status")
         self.status = int(parts[1])
         self.close = parts[0] == b"HTTP/1.0"
         for line in lines[1:]:
@@ -124,37 +131,73 @@ class _Http(asyncio.Protocol):
             name = name.strip().lower()
             if name == b"content-length":
                 self.length = int(value.strip())
+                if self.length < 0:
+                    raise ValueError("negative Content-Length")
             elif name == b"transfer-encoding":
                 self.chunked = b"chunked" in value.lower()
             elif name == b"connection":
                 v = value.strip().lower()
                 self.close = v == b"close" or (self.close and v != b"keep-alive")
-        self.body_at = end + 4
+        self.in_body = True
         if self.head or self.status in (204, 304) or 100 <= self.status < 200:
             self.length, self.chunked = 0, False
-        return True
+        elif self.chunked:
+            self.length = None
+        elif self.length is None:
+            self.close = True  # to the end of the connection: connection_lost ends it
 
-    def _complete(self) -> bool:
-        if self.chunked:
-            return self._chunks_done()
-        if self.length is not None:
-            return len(self.buf) - self.body_at >= self.length
-        self.close = True
-        return False  # to the end of the connection: connection_lost finishes it
-
-    def _chunks_done(self) -> bool:
-        at = self.body_at
-        buf = self.buf
+    def _body(self, data: bytes) -> bool:
+        """Count ``data`` against the body; True once the body is complete."""
+        if not self.chunked:
+            if self.length is None:
+                return False
+            self.length -= min(len(data), self.length)
+            return self.length == 0
+        at = 0
         while True:
-            eol = buf.find(b"\r\n", at)
+            if self.chunk_state == "data":
+                assert self.length is not None
+                take = min(len(data) - at, self.length)
+                self.length -= take
+                at += take
+                if self.length:
+                    return False
+                self.chunk_state = "data-end"
+                self.length = 2  # the CRLF after the chunk's data
+                continue
+            if self.chunk_state == "data-end":
+                assert self.length is not None
+                take = min(len(data) - at, self.length)
+                self.length -= take
+                at += take
+                if self.length:
+                    return False
+                self.chunk_state = "size"
+                continue
+            # "size" and "trailer": a line at a time, kept until its CRLF (which may
+            # come cut in two).
+            if self.buf:
+                data, at = bytes(self.buf) + data[at:], 0
+                self.buf.clear()
+            eol = data.find(b"\r\n", at)
             if eol < 0:
+                self.buf += data[at:]
+                if len(self.buf) > MAX_HEADER_BYTES:
+                    raise ValueError("chunk line too long")
                 return False
-            size = int(bytes(buf[at:eol]).split(b";", 1)[0].strip(), 16)
+            line = data[at:eol]
+            at = eol + 2
+            if self.chunk_state == "trailer":
+                if not line:
+                    return True  # the empty line after the trailers: done
+                continue
+            size = int(line.split(b";", 1)[0].strip(), 16)
+            if size < 0:
+                raise ValueError("negative chunk size")
             if size == 0:
-                return buf.find(b"\r\n\r\n", eol) >= 0 or buf.endswith(b"0\r\n\r\n")
-            at = eol + 2 + size + 2
-            if at > len(buf):
-                return False
+                self.chunk_state = "trailer"
+            else:
+                self.chunk_state, self.length = "data", size
 
     def _finish(self) -> None:
         now = time.monotonic()
@@ -175,7 +218,7 @@ class _Http(asyncio.Protocol):
         self.lost = True
         if self.waiter is None or self.waiter.done():
             return
-        if self.body_at >= 0 and self.length is None and not self.chunked:
+        if self.in_body and self.length is None and not self.chunked:
             self._finish()  # a body read to the end of the connection
         else:
             self._fail(RequestFailed("read", str(exc) if exc else "connection closed"))

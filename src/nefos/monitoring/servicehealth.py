@@ -63,6 +63,8 @@ log = logging.getLogger("nefos.monitoring.health")
 TICK = 1.0
 #: Checks in flight at once, all services together.
 CONCURRENCY = 200
+#: Exec checks in flight at once (each holds a thread while its command runs).
+EXEC_CONCURRENCY = 2
 #: Bytes of an HTTP check's response body kept as its output.
 BODY_LIMIT = 512
 
@@ -122,6 +124,10 @@ class HealthChecker:
         self.core = core
         self._due: dict[str, float] = {}
         self._specs: dict[str, CheckSpec] = {}
+        self._inflight: dict[str, asyncio.Task[Result]] = {}
+        self._landed: list[tuple[Target, Result]] = []
+        # Exec checks hold a thread of the process's pool while they run: two at once.
+        self._exec_gate = asyncio.Semaphore(EXEC_CONCURRENCY)
         self._gate = asyncio.Semaphore(CONCURRENCY)
         self._http: httpx.AsyncClient | None = None
         self.passes = 0
@@ -143,7 +149,12 @@ class HealthChecker:
                 self._due[t.replica_id] = (
                     now + random.uniform(0, t.spec.interval) if first else now  # noqa: S311
                 )
-        due = [t for t in targets if self._due[t.replica_id] <= now]
+        # An instance whose last check has not ended yet is not checked again.
+        due = [
+            t
+            for t in targets
+            if self._due[t.replica_id] <= now and t.replica_id not in self._inflight
+        ]
         # How late the latest of this pass's checks starts (its schedule, not the
         # tick's): the checker keeps up while this stays below a tick or two.
         self.lag = max((now - self._due[t.replica_id] for t in due), default=0.0)
@@ -153,11 +164,29 @@ class HealthChecker:
         for gone in [k for k in self._due if k not in live]:
             del self._due[gone]
             self._specs.pop(gone, None)
-        results = await asyncio.gather(*(self._check(t) for t in due))
-        await self._save(due, results)
+        # Each check runs on its own: a pass saves what ended within half a tick and
+        # what ended since the last pass, so a slow check (a long timeout, a port that
+        # accepts and never answers) holds up only its own instance.
+        started = [self._launch(t) for t in due]
+        if started:
+            await asyncio.wait(started, timeout=TICK / 2)
+        landed, self._landed = self._landed, []
+        await self._save([t for t, _ in landed], [r for _, r in landed])
         self.passes += 1
-        self.checks += len(due)
-        return len(due)
+        self.checks += len(landed)
+        return len(landed)
+
+    def _launch(self, target: Target) -> asyncio.Task[Result]:
+        task = asyncio.create_task(self._check(target), name=f"check-{target.replica_id}")
+        self._inflight[target.replica_id] = task
+
+        def landed(done: asyncio.Task[Result]) -> None:
+            self._inflight.pop(target.replica_id, None)
+            if not done.cancelled() and done.exception() is None:
+                self._landed.append((target, done.result()))
+
+        task.add_done_callback(landed)
+        return task
 
     async def _load(self) -> list[Target]:
         async with self.core.db.sessionmaker() as session:
@@ -300,7 +329,10 @@ class HealthChecker:
             if not driver.capabilities.supports_exec:
                 return Health.CRITICAL, f"{driver.name} hosts cannot run a command check"
             try:
-                done = await driver.exec(t.driver_id or f"nefos-{t.replica_id}", spec.command)
+                async with self._exec_gate:
+                    done = await driver.exec(
+                        t.driver_id or f"nefos-{t.replica_id}", spec.command, deadline=spec.timeout
+                    )
             except DriverError as exc:
                 return Health.CRITICAL, str(exc)
             return exec_result(done.exit_code), f"exit {done.exit_code}: {done.output}"
@@ -339,6 +371,11 @@ class HealthChecker:
         )
 
     async def close(self) -> None:
+        running = list(self._inflight.values())
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running, timeout=5)
         if self._http is not None:
             await self._http.aclose()
             self._http = None

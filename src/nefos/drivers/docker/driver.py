@@ -545,22 +545,42 @@ class DockerDriver(ComputeDriver):
         return bytes(out).decode("utf-8", errors="replace")
 
     async def exec(
-        self, instance_id: str, command: Sequence[str], *, output_limit: int = 4096
+        self,
+        instance_id: str,
+        command: Sequence[str],
+        *,
+        deadline: float | None = None,
+        output_limit: int = 4096,
     ) -> ExecResult:
-        return await self._run(self._exec, instance_id, list(command), output_limit)
+        return await self._run(self._exec, instance_id, list(command), deadline, output_limit)
 
-    def _exec(self, instance_id: str, command: builtins.list[str], output_limit: int) -> ExecResult:
+    def _exec(
+        self,
+        instance_id: str,
+        command: builtins.list[str],
+        deadline: float | None,
+        output_limit: int,
+    ) -> ExecResult:
         with _translated(instance_id):
             created = self._api.exec_create(instance_id, command, stdout=True, stderr=True)
             # The raw socket, closed here: the SDK's streamed answer leaves its socket
             # open. Frames are read to the end (the exec's end), only the start kept.
             sock = self._api.exec_start(created["Id"], socket=True)
             raw = getattr(sock, "_sock", None)  # the SocketIO's own socket
+            if raw is not None:
+                raw.settimeout(deadline)
+            ends = None if deadline is None else time.monotonic() + deadline
             kept = bytearray()
             try:
                 for _, chunk in docker.utils.socket.frames_iter(sock, tty=False):
                     if len(kept) < output_limit:
                         kept += chunk[: output_limit - len(kept)]
+                    if ends is not None and time.monotonic() > ends:
+                        raise TimeoutError  # a command that never stops talking
+            except TimeoutError as exc:
+                raise DriverError(
+                    f"the command did not end within {deadline:g} s", instance_id=instance_id
+                ) from exc
             finally:
                 sock.close()
                 if raw is not None:
