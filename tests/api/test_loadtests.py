@@ -272,6 +272,21 @@ async def test_cancel_kills_the_generator_and_the_cap_per_organisation(
     test_id = (await api.call("POST", "/testing/load", 202, json=short))["test_id"]
     assert (await ended(client, owner, test_id))["status"] == "completed"
 
+    # An instance that leaves the target during a test (scaled away: its port may be
+    # given to another container) stops the test, with what it measured so far.
+    await api.act("POST", f"/containers/{c['id']}/scale", {"replicas": 2})
+    await wait_serving(client, owner.headers, c["id"], 2)
+    test_id = (await api.call("POST", "/testing/load", 202, json=body))["test_id"]
+
+    async def some_seconds() -> bool:
+        return bool((await results(client, owner, test_id))["timeline"])
+
+    await until(some_seconds, "the first second of the test")
+    await api.act("POST", f"/containers/{c['id']}/scale", {"replicas": 1})
+    data = await ended(client, owner, test_id)
+    assert data["status"] == "failed" and "left it during the test" in data["error"], data
+    assert data["results"]["total_requests"] > 0
+
 
 async def op_of(app: Any, test_id: str) -> str:
     async with app.state.core.db.sessionmaker() as session:

@@ -63,8 +63,11 @@ async def test_a_container_is_a_service_checked_server_side(client, register, po
     detail = await until(
         api,
         f"/services/{sid}",
-        lambda d: d["service"]["health"] == "passing",
-        "both instances pass",
+        lambda d: (
+            d["service"]["health"] == "passing"
+            and all(i["checks"][0]["output"].startswith("HTTP") for i in d["service"]["instances"])
+        ),
+        "both instances pass their HTTP check",
     )
     s = detail["service"]
     assert s["id"] == sid and s["name"] == "web-app" and s["instances"] and s["passing"] == 2
@@ -173,6 +176,11 @@ async def test_a_container_is_a_service_checked_server_side(client, register, po
     [dead] = [i for i in s["instances"] if i["id"] == victim_id]
     assert dead["checks"][0]["history"][-1]["status"] == "critical"
     assert [t["to"] for t in dead["transitions"]][-2:] == ["passing", "critical"]
+
+    # A check that could never reach the container: refused, not a service cut off.
+    for check in ({"type": "tcp", "port": 9999}, {"type": "http", "port": 22}):
+        r = await client.put(f"/api/v1/services/{sid}", json={"check": check}, headers=user.headers)
+        assert_error(r, 422, "VALIDATION_ERROR")
 
     # Another tenant sees nothing of it.
     other = Api(client, await register())

@@ -35,7 +35,7 @@ from nefos.db.models import (
 from nefos.db.session import begin_write
 from nefos.db.types import utcnow
 from nefos.domain.access import Permission
-from nefos.domain.errors import NotFound
+from nefos.domain.errors import NotFound, ValidationFailed
 from nefos.domain.health import (
     CheckSpec,
     Health,
@@ -46,6 +46,7 @@ from nefos.domain.health import (
     service_health,
 )
 from nefos.domain.publishing import dial_address
+from nefos.domain.units import parse_port
 from nefos.events import Event, EventType, make, record
 from nefos.schemas.services import Maintenance, ServiceUpdate
 from nefos.services.core import Core
@@ -284,6 +285,7 @@ class ServiceRegistry:
         if body.metadata is not None:
             row.meta = dict(body.metadata)
         if body.check is not None:
+            _reachable(body.check.type, body.check.port, container.ports or [])
             row.check = body.check.model_dump(mode="json")
         row.updated_at = utcnow()
         await self.session.commit()
@@ -341,6 +343,26 @@ class ServiceRegistry:
             )
         await self.session.commit()
         return await self.get(principal, service_id)
+
+
+def _reachable(kind: str, port: int | None, ports: Sequence[str]) -> None:
+    """An http or tcp check reaches a TCP port the container publishes: one it never
+    could would cut every instance from traffic (a 422, not a service down)."""
+    if kind not in ("http", "tcp"):
+        return
+    tcp = [m.container_port for m in map(parse_port, ports) if m.protocol == "tcp"]
+    if not tcp:
+        raise ValidationFailed(
+            f"check: a {kind} check needs a TCP port, and the container publishes none; "
+            "use an exec check, or none",
+            check="no TCP port",
+        )
+    if port is not None and port not in tcp:
+        raise ValidationFailed(
+            f"check: port {port} is not one of the container's TCP ports "
+            f"({', '.join(map(str, tcp))})",
+            check=f"port {port}",
+        )
 
 
 def parse_metadata_filters(query: Iterable[tuple[str, str]]) -> dict[str, str]:

@@ -236,6 +236,31 @@ async def upstreams(session: AsyncSession, service_id: str) -> list[Upstream] | 
     return routable(replicas[service_id], hosts, port, health)
 
 
+async def held(session: AsyncSession, service_id: str) -> list[Upstream]:
+    """Every address a replica of the service holds now, whatever its state or health:
+    a port stays the replica's (no other container is given it) until the replica's
+    row is gone."""
+    ports = await session.scalar(select(Container.ports).where(Container.id == service_id))
+    port = target_port(ports or [])
+    if port is None:
+        return []
+    rows = (
+        await session.execute(
+            select(ContainerReplica, Host)
+            .join(Host, Host.id == ContainerReplica.host_id)
+            .where(ContainerReplica.container_id == service_id)
+        )
+    ).all()
+    out = []
+    for replica, host in rows:
+        for p in replica.published or []:
+            if int(p.get("container_port", 0)) == port and p.get("host_port"):
+                out.append(
+                    Upstream(replica.id, _address(host, p.get("host_ip")), int(p["host_port"]))
+                )
+    return out
+
+
 async def mesh_table(session: AsyncSession) -> list[MeshPort]:
     """Every fixed host port the mesh publishes now, with its upstreams: the ports of
     containers that have (or had) a replica on a meshable host. Read on each pass of

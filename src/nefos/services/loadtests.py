@@ -92,6 +92,11 @@ EVENT_KEYS = (
 _UNSPECIFIED = {"", "0.0.0.0", "::"}  # noqa: S104 - an address to replace, not to bind
 
 
+#: Seconds a generator may run past its plan (duration and one request's timeout)
+#: before it is killed as hung.
+RUN_SLACK = 30.0
+
+
 def operation_url(op_id: str) -> str:
     return f"/api/v1/operations/{op_id}"
 
@@ -479,7 +484,7 @@ class LoadTestOps:
             await self._end(test_id, FAILED, error="the target has no instance taking traffic")
             return {"status": FAILED}
         plan = self._plan(urls, params)
-        return await self._drive(ctx, test_id, plan, params)
+        return await self._drive(ctx, test_id, plan, params, target)
 
     def _plan(self, urls: list[str], params: dict[str, Any]) -> Plan:
         s = self.core.settings
@@ -495,12 +500,13 @@ class LoadTestOps:
         )
 
     async def _drive(
-        self, ctx: OpContext, test_id: str, plan: Plan, params: dict[str, Any]
+        self, ctx: OpContext, test_id: str, plan: Plan, params: dict[str, Any], target: Target
     ) -> dict[str, Any]:
         gen = GeneratorProcess(plan)
         await gen.start()
         self.running[test_id] = gen
-        watcher = asyncio.create_task(self._watch(test_id, gen))
+        stopped: list[str] = []  # why the watcher stopped the generator, if it did
+        watcher = asyncio.create_task(self._watch(test_id, gen, plan, target, stopped))
         seconds: list[dict[str, Any]] = []
         summary: dict[str, Any] | None = None
         final: dict[str, Any] | None = None
@@ -532,6 +538,8 @@ class LoadTestOps:
             watcher.cancel()
             await gen.kill()
             self.running.pop(test_id, None)
+        if stopped:
+            final, error = None, stopped[0]
         if final is None and error is None:
             if not await self._still_running(test_id):
                 return {"status": CANCELLED}
@@ -546,12 +554,42 @@ class LoadTestOps:
         await self._end(test_id, COMPLETED, seconds=seconds, summary=final, verdict=verdict)
         return {"status": COMPLETED, "passed": verdict["passed"]}
 
-    async def _watch(self, test_id: str, gen: GeneratorProcess) -> None:
-        """Kill the generator within a second of a cancel from any process."""
+    async def _watch(
+        self,
+        test_id: str,
+        gen: GeneratorProcess,
+        plan: Plan,
+        target: Target,
+        stopped: list[str],
+    ) -> None:
+        """Every second: kill the generator on a cancel from any process; when an
+        instance it sends to has left the target (scaled away, replaced: its port may
+        soon be another container's; an instance merely failing keeps its port, and
+        the test counts its errors); and when the run outlasts its plan by far (a hung
+        generator holds a test slot)."""
+        ends = asyncio.get_running_loop().time() + plan.duration + plan.timeout + RUN_SLACK
+        sent_to = set(plan.urls)
         while True:
             await asyncio.sleep(SAVE_INTERVAL)
             try:
                 if not await self._still_running(test_id):
+                    await gen.kill()
+                    return
+                async with self.db.sessionmaker() as session:
+                    now = {
+                        _url(u.address, u.port) for u in await endpoints.held(session, target.id)
+                    }
+                    await session.rollback()
+                if sent_to - now:
+                    stopped.append(
+                        "an instance of the target left it during the test (scaled away or "
+                        "replaced): the test stopped rather than send to an address that "
+                        "may be another's"
+                    )
+                    await gen.kill()
+                    return
+                if asyncio.get_running_loop().time() > ends:
+                    stopped.append("the generator did not end in time")
                     await gen.kill()
                     return
             except asyncio.CancelledError:
