@@ -90,3 +90,29 @@ def test_bad_status_ranges(text: str) -> None:
 def test_status_ranges() -> None:
     assert parse_status_range("204") == (204, 204)
     assert parse_status_range(" 200 - 399 ") == (200, 399)
+
+
+async def test_a_replica_gone_mid_save_costs_only_its_own_result() -> None:
+    """The checker's batch save fails when a replica was deleted between its read and
+    its write (PostgreSQL's foreign key); the others' results are saved one by one."""
+    from sqlalchemy.exc import IntegrityError
+
+    from nefos.monitoring.servicehealth import HealthChecker, Result
+
+    saved: list[list[str]] = []
+
+    class Checker(HealthChecker):
+        async def _save(self, due, results):  # type: ignore[no-untyped-def]
+            ids = [t.replica_id for t in due]
+            if "gone" in ids:
+                raise IntegrityError("INSERT", {}, Exception("foreign key"))
+            saved.append(ids)
+
+    class T:
+        def __init__(self, rid: str) -> None:
+            self.replica_id = rid
+
+    checker = Checker(core=None)  # type: ignore[arg-type]
+    ok = Result(P, "fine", 1.0)
+    await checker._save_all([(T("a"), ok), (T("gone"), ok), (T("b"), ok)])  # type: ignore[list-item]
+    assert saved == [["a"], ["b"]]

@@ -30,6 +30,8 @@ from typing import Any, Protocol
 
 import httpx
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
 
 from nefos.config import Settings
 from nefos.db.models import (
@@ -171,7 +173,7 @@ class HealthChecker:
         if started:
             await asyncio.wait(started, timeout=TICK / 2)
         landed, self._landed = self._landed, []
-        await self._save([t for t, _ in landed], [r for _, r in landed])
+        await self._save_all(landed)
         self.passes += 1
         self.checks += len(landed)
         return len(landed)
@@ -216,6 +218,22 @@ class HealthChecker:
                     )
                 )
         return targets
+
+    async def _save_all(self, landed: Sequence[tuple[Target, Result]]) -> None:
+        """Save the results in one transaction; if a replica went away meanwhile (its
+        row, and its health row with it, deleted between our read and our write:
+        PostgreSQL reports the foreign key), save them one by one, so that one
+        tenant's scale does not cost every other instance its result."""
+        if not landed:
+            return
+        try:
+            await self._save([t for t, _ in landed], [r for _, r in landed])
+        except (IntegrityError, StaleDataError):
+            for target, result in landed:
+                try:
+                    await self._save([target], [result])
+                except (IntegrityError, StaleDataError):
+                    log.info("health of %s not saved: its replica is gone", target.replica_id)
 
     async def _save(
         self,
