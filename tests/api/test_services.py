@@ -271,6 +271,30 @@ async def test_a_bad_check_is_refused(client, register, check):
     assert_error(r, 422, "VALIDATION_ERROR")
 
 
+async def test_blocking_queries_are_bounded_per_user(client, register):
+    from nefos.api.routes.services import MAX_WAITING
+
+    user = await register()
+    index = (await client.get("/api/v1/services", headers=user.headers)).json()["data"]["index"]
+    waiting = [
+        asyncio.create_task(
+            client.get(f"/api/v1/services?index={index}&wait=20s", headers=user.headers)
+        )
+        for _ in range(MAX_WAITING)
+    ]
+    await asyncio.sleep(1.0)
+    assert not any(w.done() for w in waiting)
+    r = await client.get(f"/api/v1/services?index={index}&wait=20s", headers=user.headers)
+    assert_error(r, 429, "RATE_LIMITED")
+    # Another user is not held up by this one's waits.
+    other = await register()
+    r = await client.get("/api/v1/services?index=1&wait=1s", headers=other.headers)
+    assert r.status_code == 200
+    for w in waiting:
+        w.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+
+
 async def test_bad_list_queries_are_refused(client, register):
     user = await register()
     for query in ("health=sick", "index=1&wait=forever", "index=-1", "cursor=abc"):

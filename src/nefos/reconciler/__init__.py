@@ -149,6 +149,8 @@ class Reconciler:
                     continue
                 found = engine.get(r.id)
                 seen = "missing" if found is None else _STATE[found.state]
+                if row.state == "terminating" and seen == "running":
+                    continue  # being drained by a scale: out of traffic until it goes
                 if seen != row.state:
                     row.state = seen
                     report.replicas_changed[row.id] = seen

@@ -4,7 +4,9 @@ instances are its replicas, with their server-side health."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -20,7 +22,7 @@ from nefos.api.deps import (
     authorize,
 )
 from nefos.domain.access import Permission
-from nefos.domain.errors import ValidationFailed
+from nefos.domain.errors import RateLimited, ValidationFailed
 from nefos.gateway.envelope import ok, page
 from nefos.schemas.common import Envelope
 from nefos.schemas.services import Maintenance, ServiceList, ServicePublic, ServiceUpdate
@@ -49,6 +51,32 @@ def parse_wait(text: str) -> float:
         raise ValidationFailed("wait: a duration such as 30s, 2m or 500ms", wait=text)
     value = float(m.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[m.group(2)]
     return min(value, MAX_WAIT)
+
+
+#: Blocking queries one user may hold open at once (in each API process).
+MAX_WAITING = 8
+_waiting: dict[str, int] = {}
+
+
+@contextlib.contextmanager
+def blocking_slot(user_id: str) -> Iterator[None]:
+    """One of the user's blocking-query slots, or RateLimited (429): a wait holds a
+    subscription and re-reads its list on every change, so their number is bounded
+    per user, not only their rate."""
+    if _waiting.get(user_id, 0) >= MAX_WAITING:
+        raise RateLimited(
+            f"At most {MAX_WAITING} blocking queries at once; wait for one to answer",
+            retry_after=1,
+        )
+    _waiting[user_id] = _waiting.get(user_id, 0) + 1
+    try:
+        yield
+    finally:
+        left = _waiting[user_id] - 1
+        if left:
+            _waiting[user_id] = left
+        else:
+            del _waiting[user_id]
 
 
 def summary(s: ServiceView, endpoint: str | None) -> dict[str, Any]:
@@ -163,7 +191,9 @@ async def list_services(
     where = ServiceFilter(health=health, name=name, tags=tuple(tag or ()), metadata=metadata)
     registry = ServiceRegistry(core, session)
     if index is not None:
-        services = await registry.watch(project, where, index, parse_wait(wait or "30s"))
+        seconds = parse_wait(wait or "30s")
+        with blocking_slot(access.principal.user_id):
+            services = await registry.watch(project, where, index, seconds)
     else:
         services = await registry.search(project, where)
     shown = services[params.offset : params.offset + params.limit]
