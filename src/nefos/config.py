@@ -170,6 +170,15 @@ class Settings(BaseSettings):
         "more wait, up to `NEFOS_INGRESS_TIMEOUT`, for one to end (then 503). New "
         "requests go to the instance with the fewest in flight.",
     )
+    ingress_service_concurrency: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="Requests the ingress (each process) has in flight to one "
+        "service's instances at once, all of them together; more are answered 503 at "
+        "once, so that one service cannot take every connection of "
+        "`NEFOS_INGRESS_MAX_CONNECTIONS` from the others.",
+    )
     readiness_timeout: float = Field(
         60.0,
         ge=0,

@@ -195,3 +195,44 @@ async def test_concurrent_misses_share_one_load():
     assert await cache.get("k", load) == 7 and calls == 1
     cache.forget("k")
     assert await cache.get("k", load) == 7 and calls == 2
+
+
+async def test_one_service_has_a_bounded_share_of_the_ingress():
+    """Requests in flight to one service are bounded: beyond, a 503 at once, and other
+    services are not held up."""
+    from nefos.gateway.ingress import _SCOPE_KEY, Ingress
+
+    ingress = Ingress(settings(ingress_service_concurrency=2))
+    release = asyncio.Event()
+    forwarded: list[str] = []
+
+    async def upstreams(service_id: str) -> list[Upstream]:
+        return [Upstream("i", "127.0.0.1", 31001)]
+
+    async def forward(scope, receive, send, service_id, ups, raw_path):  # type: ignore[no-untyped-def]
+        forwarded.append(service_id)
+        await release.wait()
+
+    ingress.upstreams = upstreams  # type: ignore[method-assign]
+    ingress._forward = forward  # type: ignore[method-assign]
+
+    async def call(service_id: str) -> list[dict[str, object]]:
+        sent: list[dict[str, object]] = []
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+
+        request = {"type": "http", "method": "GET", _SCOPE_KEY: ("path", service_id, b"/")}
+        await ingress.proxy(request, None, send)  # type: ignore[arg-type]
+        return sent
+
+    held = [asyncio.create_task(call("busy")) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    refused = await call("busy")
+    assert refused[0]["status"] == 503
+    other = asyncio.create_task(call("calm"))
+    await asyncio.sleep(0.05)
+    assert forwarded == ["busy", "busy", "calm"]
+    release.set()
+    await asyncio.gather(*held, other)
+    assert ingress._service_inflight == {}

@@ -170,6 +170,8 @@ class Ingress:
         self.retries = 0
         #: Requests each instance was sent (its id -> count), for operators and tests.
         self.sent: dict[str, int] = {}
+        #: Requests in flight per service (bounded by ingress_service_concurrency).
+        self._service_inflight: dict[str, int] = {}
         #: Each instance's last minute: requests/s, error rate, p95 (GET /services/{id}).
         self.traffic = TrafficStats()
 
@@ -289,7 +291,19 @@ class Ingress:
         if not ups:
             await _unavailable(send, service_id, "none of its instances passes its checks")
             return
-        await self._forward(scope, receive, send, service_id, ups, raw_path)
+        busy = self._service_inflight.get(service_id, 0)
+        if busy >= self.settings.ingress_service_concurrency:
+            await _unavailable(send, service_id, "it has too many requests in flight")
+            return
+        self._service_inflight[service_id] = busy + 1
+        try:
+            await self._forward(scope, receive, send, service_id, ups, raw_path)
+        finally:
+            left = self._service_inflight[service_id] - 1
+            if left:
+                self._service_inflight[service_id] = left
+            else:
+                del self._service_inflight[service_id]
 
     async def _forward(
         self,
