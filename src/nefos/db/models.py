@@ -1354,6 +1354,22 @@ class ServiceInstanceHealth(Base):
     checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     changed_at: Mapped[datetime] = _created()
 
+    @classmethod
+    def unchecked(cls, replica_id: str, container_id: str, at: datetime) -> ServiceInstanceHealth:
+        """A new instance's row: critical until its first checks pass."""
+        return cls(
+            replica_id=replica_id,
+            container_id=container_id,
+            status="critical",
+            output="not checked yet",
+            successes=0,
+            failures=0,
+            maintenance=False,
+            checks=[],
+            transitions=[],
+            changed_at=at,
+        )
+
 
 class LoadTestScenario(Base):
     """A stored load-test scenario: weighted requests (method, path, headers, body)

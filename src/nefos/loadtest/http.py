@@ -155,24 +155,18 @@ class _Http(asyncio.Protocol):
             return self.length == 0
         at = 0
         while True:
-            if self.chunk_state == "data":
+            if self.chunk_state in ("data", "data-end"):
+                # A chunk's bytes, then the CRLF after them: counted, not kept.
                 assert self.length is not None
                 take = min(len(data) - at, self.length)
                 self.length -= take
                 at += take
                 if self.length:
                     return False
-                self.chunk_state = "data-end"
-                self.length = 2  # the CRLF after the chunk's data
-                continue
-            if self.chunk_state == "data-end":
-                assert self.length is not None
-                take = min(len(data) - at, self.length)
-                self.length -= take
-                at += take
-                if self.length:
-                    return False
-                self.chunk_state = "size"
+                if self.chunk_state == "data":
+                    self.chunk_state, self.length = "data-end", 2
+                else:
+                    self.chunk_state = "size"
                 continue
             # "size" and "trailer": a line at a time, kept until its CRLF (which may
             # come cut in two).

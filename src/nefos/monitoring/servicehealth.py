@@ -266,17 +266,8 @@ class HealthChecker:
                     continue  # removed while it was checked: it left its service
                 row = existing.get(target.replica_id)
                 if row is None:
-                    row = ServiceInstanceHealth(
-                        replica_id=target.replica_id,
-                        container_id=target.container_id,
-                        status=Health.CRITICAL.value,
-                        output="not checked yet",
-                        successes=0,
-                        failures=0,
-                        maintenance=False,
-                        checks=[],
-                        transitions=[],
-                        changed_at=at,
+                    row = ServiceInstanceHealth.unchecked(
+                        target.replica_id, target.container_id, at
                     )
                     session.add(row)
                 state = InstanceState(

@@ -302,18 +302,7 @@ class ServiceRegistry:
         row = await self.session.get(ServiceInstanceHealth, replica.id)
         at = utcnow()
         if row is None:
-            row = ServiceInstanceHealth(
-                replica_id=replica.id,
-                container_id=container.id,
-                status=Health.CRITICAL.value,
-                output="not checked yet",
-                successes=0,
-                failures=0,
-                maintenance=False,
-                checks=[],
-                transitions=[],
-                changed_at=at,
-            )
+            row = ServiceInstanceHealth.unchecked(replica.id, container.id, at)
             self.session.add(row)
         before = effective(row.status, row.maintenance)
         row.maintenance = body.enabled
