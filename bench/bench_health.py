@@ -124,7 +124,8 @@ async def set_up(url: str, instances: int, port: int, interval: float) -> None:
                                "host_ip": "127.0.0.1", "host_port": port}],
             } for cid in containers])  # fmt: skip
             await conn.execute(insert(ServiceSettings), [{
-                "id": cid, "version": "1.0.0", "tags": [], "metadata": {}, "check": check,
+                "id": cid, "container_id": cid, "version": "1.0.0", "tags": [], "metadata": {},
+                "check": check,
                 "created_at": now, "updated_at": now,
             } for cid in containers])  # fmt: skip
     finally:

@@ -89,8 +89,15 @@ async def test_a_fixed_port_scaled_to_three_on_one_host_is_balanced(
     assert len(own) == 3 and port not in own
     assert all(settings.publish_policy.low <= p <= settings.publish_policy.high for p in own)
 
-    # The fixed port answers, and every replica takes some of the connections.
+    # The fixed port answers, and every replica takes some of the connections (once
+    # the mesh's next pass, after the third passed its check, has it as an upstream).
     await eventually(lambda: direct(port), f"the mesh listens on {port}")
+    mesh = app.state.mesh
+
+    async def balanced() -> bool:
+        return port in mesh.listeners and len(mesh.listeners[port].upstreams) == 3
+
+    await eventually(balanced, "the mesh balances over the three replicas")
     pages = [await direct(port) for _ in range(30)]
     assert all(pages) and len(set(pages)) == 3, pages
     stats = app.state.mesh.stats()[port]

@@ -8,6 +8,7 @@ of the module, with whatever domains and pool images are left.
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,9 @@ def test_images_and_a_vm_through_the_cli(admin_cli, cli, user, libvirt, tmp_path
     keys = tmp_path / "keys.pub"
     keys.write_text(f"# my laptop\n\n{KEY}\n")
     vm_name = unique("vm")
+    # On a network with a subnet, serving on a port: the VM is a service too.
+    cidr = f"10.79.{random.randrange(256)}.0/24"  # noqa: S311 - a subnet, not a secret
+    network_id = cli.json("network", "create", unique("net"), "--cidr", cidr)["id"]
     created = cli(
         "vm", "create", vm_name,
         "--image", image_id,
@@ -69,6 +73,8 @@ def test_images_and_a_vm_through_the_cli(admin_cli, cli, user, libvirt, tmp_path
         "--disk", "1",
         "--user-data-file", str(user_data),
         "--ssh-key-file", str(keys),
+        "--network", network_id,
+        "--service-port", "8080",
         "--wait",
     )  # fmt: skip
     out = ok(created)
@@ -81,6 +87,15 @@ def test_images_and_a_vm_through_the_cli(admin_cli, cli, user, libvirt, tmp_path
         1,
         [KEY],
     )
+    service = cli.json("service", "show", vm_id)
+    assert (service["kind"], service["name"], service["check"]["port"]) == ("vm", vm_name, None)
+    assert [i["id"] for i in service["instances"]] == [vm_id]
+    assert "no longer a service" in ok(cli("vm", "serve", vm_id, "--off"))
+    gone = cli("service", "show", vm_id)
+    assert gone.exit_code == 1 and "NOT_FOUND" in gone.stderr
+    assert "serves on port 9090" in ok(cli("vm", "serve", vm_id, "9090"))
+    assert cli.json("vm", "show", vm_id)["service_port"] == 9090
+    assert cli("vm", "serve", vm_id).exit_code == 2  # a port, or --off
     table = ok(cli("vm", "list", "--status", "running"))
     assert vm_id in table and "128 MiB" in table
     assert cli.json("vm", "show", vm_id)["image_id"] == image_id
@@ -122,6 +137,7 @@ def test_images_and_a_vm_through_the_cli(admin_cli, cli, user, libvirt, tmp_path
     gone = cli("vm", "show", vm_id)
     assert gone.exit_code == 1 and "NOT_FOUND" in gone.stderr
     no_traceback(gone)
+    ok(cli("network", "rm", network_id, "--yes", "--wait"))
 
     # Without --wait: the operation to follow.
     text = ok(cli("image", "rm", image_id, "--yes"))

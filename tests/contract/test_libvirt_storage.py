@@ -627,6 +627,13 @@ async def test_a_network_with_a_cidr_serves_dhcp_or_fails_leaving_nothing(
         try:
             await vm_driver.start(vm.driver_id)
             await console_until(vm_driver, vm.driver_id, f"inet 10.213.{third}.")
+            # The network's leases say where the guest is (not the guest's own word).
+            deadline = time.monotonic() + 30
+            while not (leased := await vm_driver.guest_addresses(vm.driver_id)):
+                assert time.monotonic() < deadline, "no lease seen"
+                await asyncio.sleep(0.5)
+            [address] = leased
+            assert address.startswith(f"10.213.{third}.") and address != f"10.213.{third}.1"
         finally:
             await vm_driver.destroy(vm.driver_id)
     finally:

@@ -92,6 +92,11 @@ def test_vm_lifecycle_on_libvirt(admin_client, new_user, libvirt):
         c.vms.resize(vm_id, cpu_cores=2)
     renamed = c.vms.update(vm_id, name=f"{name}-b")
     assert isinstance(renamed, VmPublic) and renamed.name == f"{name}-b"
+    # A service port needs a network with a subnet (this VM is on none).
+    with pytest.raises(ValidationError) as no_network:
+        c.vms.update(vm_id, service_port=8080)
+    assert "network" in no_network.value.message
+    assert c.vms.get(vm_id).service_port is None
 
     # A graceful stop: the guest's own poweroff ran.
     stopping = c.vms.stop(vm_id, timeout=60)

@@ -92,7 +92,12 @@ def replica(rid: str, state: str, port: int | None, ip: str = "0.0.0.0") -> Cont
 
 def health(rid: str, status: str = "passing", maintenance: bool = False) -> ServiceInstanceHealth:
     return ServiceInstanceHealth(
-        replica_id=rid, container_id="c", status=status, maintenance=maintenance
+        instance_id=rid,
+        service_id="c",
+        replica_id=rid,
+        container_id="c",
+        status=status,
+        maintenance=maintenance,
     )
 
 
@@ -236,3 +241,32 @@ async def test_one_service_has_a_bounded_share_of_the_ingress():
     release.set()
     await asyncio.gather(*held, other)
     assert ingress._service_inflight == {}
+
+
+def test_a_guest_address_is_taken_only_inside_its_networks_subnet() -> None:
+    from nefos.domain.publishing import guest_address
+
+    cidr = "10.78.4.0/24"
+    assert guest_address(["10.78.4.23"], cidr) == "10.78.4.23"
+    # The first lease inside the subnet; never the host's side, the network or
+    # broadcast address, anything outside it, or anything without a subnet at all.
+    assert guest_address(["192.168.1.5", "junk", "10.78.4.9"], cidr) == "10.78.4.9"
+    for refused in ("10.78.4.1", "10.78.4.0", "10.78.4.255", "127.0.0.1", "10.78.5.2"):
+        assert guest_address([refused], cidr) is None, refused
+    assert guest_address(["10.78.4.23"], None) is None
+    assert guest_address(["10.78.4.23"], "not a cidr") is None
+
+
+def test_a_vm_upstream_needs_running_an_address_and_health_that_takes_traffic() -> None:
+    from nefos.db.models import Vm
+    from nefos.services.endpoints import Upstream, vm_upstream
+
+    def vm(status: str = "running", ip: str | None = "10.78.4.23") -> Vm:
+        return Vm(id="v", status=status, ip_address=ip, service_port=8080)
+
+    assert vm_upstream(vm(), health("v")) == Upstream("v", "10.78.4.23", 8080)
+    assert vm_upstream(vm("stopped"), health("v")) is None
+    assert vm_upstream(vm(ip=None), health("v")) is None
+    assert vm_upstream(vm(), health("v", "critical")) is None
+    assert vm_upstream(vm(), health("v", maintenance=True)) is None
+    assert vm_upstream(vm(), None) is None

@@ -103,14 +103,14 @@ async def test_a_replica_gone_mid_save_costs_only_its_own_result() -> None:
 
     class Checker(HealthChecker):
         async def _save(self, due, results):  # type: ignore[no-untyped-def]
-            ids = [t.replica_id for t in due]
+            ids = [t.instance_id for t in due]
             if "gone" in ids:
                 raise IntegrityError("INSERT", {}, Exception("foreign key"))
             saved.append(ids)
 
     class T:
         def __init__(self, rid: str) -> None:
-            self.replica_id = rid
+            self.instance_id = rid
 
     checker = Checker(core=None)  # type: ignore[arg-type]
     ok = Result(P, "fine", 1.0)

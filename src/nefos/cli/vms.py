@@ -174,6 +174,16 @@ def create(
     network: Annotated[
         str | None, typer.Option("--network", help="A network id of the project.")
     ] = None,
+    service_port: Annotated[
+        int | None,
+        typer.Option(
+            "--service-port",
+            min=1,
+            max=65535,
+            help="The TCP port the guest serves on: the VM becomes a service "
+            "(needs --network with a subnet).",
+        ),
+    ] = None,
     project: ProjectOpt = None,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
@@ -195,6 +205,7 @@ def create(
             user_data=user_data,
             ssh_keys=keys,
             network_id=network,
+            service_port=service_port,
             project_id=project,
             **sizes,
         )
@@ -272,6 +283,34 @@ def resize(
             echo_json(result)
         else:
             stdout().print(f"VM {result.id} already has these sizes.")
+
+
+@app.command()
+def serve(
+    vm_id: VmArg,
+    port: Annotated[
+        int | None,
+        typer.Argument(help="The TCP port the guest serves on.", min=1, max=65535),
+    ] = None,
+    off: Annotated[
+        bool, typer.Option("--off", help="End the VM's service (it stays as it is).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a VM a service on PORT (checked, with an endpoint: `nefos service show`),
+    or end its service with --off."""
+    if (port is None) == (not off):
+        raise typer.BadParameter("give a PORT, or --off", param_hint="PORT")
+    with api(as_json) as c:
+        result = c.vms.update(vm_id, service_port=None if off else port)
+    if as_json:
+        echo_json(result)
+    elif off:
+        stdout().print(f"VM {vm_id} is no longer a service.")
+    else:
+        stdout().print(
+            f"VM {vm_id} serves on port {port}: see [bold]nefos service show {vm_id}[/bold]."
+        )
 
 
 @app.command("rm")

@@ -15,6 +15,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     Float,
     ForeignKey,
     Index,
@@ -553,7 +554,11 @@ class Vm(Base):
     # The backup volume the root disk is restored from (create only).
     restore_from: Mapped[str | None] = mapped_column(String(255))
     driver_id: Mapped[str | None] = mapped_column(String(64))
+    # The guest's address on its network, as the network's DHCP server leased it
+    # (read by the service health checker while the VM declares a service port).
     ip_address: Mapped[str | None] = mapped_column(String(64))
+    # The TCP port the guest serves on: the VM is then a service (GET /services).
+    service_port: Mapped[int | None] = mapped_column(Integer)
     # creating, starting, running, stopping, stopped, rebooting, resizing, deleting, error
     status: Mapped[str] = mapped_column(String(16), nullable=False)
     desired: Mapped[str] = mapped_column(String(16), nullable=False, default="running")
@@ -1305,17 +1310,22 @@ class Lease(Base):
 
 
 class ServiceSettings(Base):
-    """What a tenant says about one of its services; the service itself is the
-    container it runs (``id`` is the container's id), so it goes with it.
+    """What a tenant says about one of its services; the service itself is what it
+    runs -- a container (``container_id``) or a VM that declares a port (``vm_id``)
+    -- and ``id`` is that container's or VM's id, so the row goes with it.
 
-    A container without a row has the defaults (version ``1.0.0``, no tags, no
+    A service without a row has the defaults (version ``1.0.0``, no tags, no
     metadata, the default health check); ``PUT /services/{id}`` writes the row.
     """
 
-    __tablename__ = "service_settings"
+    __tablename__ = "services"
 
-    id: Mapped[str] = mapped_column(
-        String(36), ForeignKey("containers.id", ondelete="CASCADE"), primary_key=True
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    container_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("containers.id", ondelete="CASCADE"), unique=True
+    )
+    vm_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("vms.id", ondelete="CASCADE"), unique=True
     )
     version: Mapped[str] = mapped_column(String(64), nullable=False, default="1.0.0")
     tags: Mapped[list[str]] = mapped_column(JSON, nullable=False, default=list)
@@ -1324,24 +1334,52 @@ class ServiceSettings(Base):
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
 
+    __table_args__ = (
+        CheckConstraint(
+            "(container_id IS NOT NULL AND vm_id IS NULL AND id = container_id)"
+            " OR (vm_id IS NOT NULL AND container_id IS NULL AND id = vm_id)",
+            name="one_workload",
+        ),
+    )
+
+    @classmethod
+    def default(cls, service_id: str, *, vm: bool) -> ServiceSettings:
+        """A service's first row, with the defaults."""
+        return cls(
+            id=service_id,
+            container_id=None if vm else service_id,
+            vm_id=service_id if vm else None,
+            version="1.0.0",
+            tags=[],
+            meta={},
+        )
+
 
 class ServiceInstanceHealth(Base):
-    """The health of one instance (a container replica), kept by the health checker.
+    """The health of one instance of a service, kept by the health checker: a
+    container replica (``replica_id``, ``container_id``) or a VM (``vm_id``; a VM is
+    its service's one instance). ``instance_id`` is the replica's or the VM's id,
+    ``service_id`` the container's or the VM's.
 
-    The row goes with its replica (ON DELETE CASCADE): a replica removed or lost
+    The row goes with its instance (ON DELETE CASCADE): a replica removed or lost
     leaves its service at once, and nothing registers itself, so nothing goes
     stale. ``status`` is passing, warning or critical; ``maintenance`` (set by the
     tenant) takes the instance out of traffic whatever its checks say. ``checks``
     and ``transitions`` are bounded histories, newest last.
     """
 
-    __tablename__ = "service_instance_health"
+    __tablename__ = "service_health"
 
-    replica_id: Mapped[str] = mapped_column(
-        String(36), ForeignKey("container_replicas.id", ondelete="CASCADE"), primary_key=True
+    instance_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    service_id: Mapped[str] = mapped_column(String(36), nullable=False, index=True)
+    replica_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("container_replicas.id", ondelete="CASCADE"), unique=True
     )
-    container_id: Mapped[str] = mapped_column(
-        String(36), ForeignKey("containers.id", ondelete="CASCADE"), nullable=False, index=True
+    container_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("containers.id", ondelete="CASCADE"), index=True
+    )
+    vm_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("vms.id", ondelete="CASCADE"), unique=True
     )
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="critical")
     output: Mapped[str] = mapped_column(Text, nullable=False, default="")
@@ -1354,12 +1392,27 @@ class ServiceInstanceHealth(Base):
     checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     changed_at: Mapped[datetime] = _created()
 
+    __table_args__ = (
+        CheckConstraint(
+            "(replica_id IS NOT NULL AND container_id IS NOT NULL AND vm_id IS NULL"
+            " AND instance_id = replica_id AND service_id = container_id)"
+            " OR (vm_id IS NOT NULL AND replica_id IS NULL AND container_id IS NULL"
+            " AND instance_id = vm_id AND service_id = vm_id)",
+            name="one_instance",
+        ),
+    )
+
     @classmethod
-    def unchecked(cls, replica_id: str, container_id: str, at: datetime) -> ServiceInstanceHealth:
+    def unchecked(
+        cls, instance_id: str, service_id: str, at: datetime, *, vm: bool = False
+    ) -> ServiceInstanceHealth:
         """A new instance's row: critical until its first checks pass."""
         return cls(
-            replica_id=replica_id,
-            container_id=container_id,
+            instance_id=instance_id,
+            service_id=service_id,
+            replica_id=None if vm else instance_id,
+            container_id=None if vm else service_id,
+            vm_id=instance_id if vm else None,
             status="critical",
             output="not checked yet",
             successes=0,
@@ -1419,7 +1472,7 @@ class LoadTest(Base):
     user_id: Mapped[str | None] = mapped_column(
         String(36), ForeignKey("users.id", ondelete="SET NULL")
     )
-    target_type: Mapped[str] = mapped_column(String(16), nullable=False)  # container
+    target_type: Mapped[str] = mapped_column(String(16), nullable=False)  # container, vm
     target_id: Mapped[str] = mapped_column(String(36), nullable=False)
     scenario: Mapped[str] = mapped_column(String(100), nullable=False)
     params: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)

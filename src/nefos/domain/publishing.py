@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Collection
 from dataclasses import dataclass
-from ipaddress import ip_address
+from ipaddress import ip_address, ip_network
 from urllib.parse import urlsplit
 
 from nefos.domain.errors import ValidationFailed
@@ -130,3 +130,30 @@ def dial_address(
     if local_engine(host_uri):
         return "127.0.0.1"
     return host_ip or urlsplit(host_uri).hostname or hostname
+
+
+def guest_address(leased: Collection[str], cidr: str | None) -> str | None:
+    """The first of a VM's leased addresses that Nefos may dial: inside the subnet of
+    the Nefos network the VM is on, and neither the subnet's network, broadcast nor
+    first address (the host's own side of the bridge). None when there is none (no
+    subnet, no lease yet, or only addresses outside it: the guest's word is never
+    taken for where it is)."""
+    if not cidr:
+        return None
+    try:
+        net = ip_network(cidr, strict=False)
+    except ValueError:
+        return None
+    reserved = {net.network_address, net.broadcast_address, net.network_address + 1}
+    for text in leased:
+        try:
+            address = ip_address(text)
+        except ValueError:
+            continue
+        if (
+            address in net
+            and address not in reserved
+            and not (address.is_loopback or address.is_link_local or address.is_multicast)
+        ):
+            return str(address)
+    return None

@@ -127,9 +127,14 @@ class TtlCache(Generic[K, V]):
 
 
 def _container_status(event: Event) -> bool:
-    """What changes a service's instances: its container's status (replicas placed,
-    removed, lost) and an instance's health (passing, critical, maintenance)."""
-    return event.type in (EventType.CONTAINER_STATUS, EventType.SERVICE_HEALTH)
+    """What changes a service's instances: its container's or VM's status (replicas
+    placed, removed, lost; a VM started or stopped) and an instance's health
+    (passing, critical, maintenance)."""
+    return event.type in (
+        EventType.CONTAINER_STATUS,
+        EventType.VM_STATUS,
+        EventType.SERVICE_HEALTH,
+    )
 
 
 class _Gate:

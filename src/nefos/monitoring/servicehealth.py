@@ -1,13 +1,14 @@
 """The service health checker: server-side checks of every instance of every service.
 
 A pass (:meth:`HealthChecker.run_once`, every second under the ``service-checks``
-lease) reads which replicas exist, checks those whose interval is up (each check
+lease) reads which instances exist (container replicas, and VMs that declare a
+service port), checks those whose interval is up (each check
 bounded by its own timeout, at most ``CONCURRENCY`` at once), and writes what the
 results changed in one transaction: each instance's counters, status and bounded
 history, and a ``service_health_changed`` event per change of status.
 
-Nothing registers itself: the instances are the replica rows Nefos keeps, and an
-instance's health row goes with its replica (ON DELETE CASCADE). A replica that is
+Nothing registers itself: the instances are the replica and VM rows Nefos keeps,
+and an instance's health row goes with it (ON DELETE CASCADE). An instance that is
 not running is critical at once, whatever the thresholds say (the engine's word is
 enough); a running one is checked by its service's check:
 
@@ -16,11 +17,17 @@ enough); a running one is checked by its service's check:
 * ``tcp``: a connection to the published port;
 * ``exec``: a command inside the container, through the Engine API's exec;
 * ``none``: running is passing (a service that publishes no port).
+
+A VM's checks go to its address on its Nefos network, read from the network's DHCP
+leases (libvirt's, not the guest's word) before each check and vetted against the
+network's subnet (``domain.publishing.guest_address``); the address found is saved
+as the VM's ``ip_address``, where the ingress and load tests find it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -31,6 +38,7 @@ from typing import Any, Protocol
 import httpx
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
 from nefos.config import Settings
@@ -38,8 +46,10 @@ from nefos.db.models import (
     Container,
     ContainerReplica,
     Host,
+    Network,
     ServiceInstanceHealth,
     ServiceSettings,
+    Vm,
 )
 from nefos.db.session import Database, begin_write
 from nefos.db.types import utcnow
@@ -53,9 +63,10 @@ from nefos.domain.health import (
     exec_result,
     http_result,
 )
-from nefos.domain.publishing import dial_address
+from nefos.domain.publishing import dial_address, guest_address
 from nefos.domain.units import parse_port
 from nefos.drivers.base import DriverError
+from nefos.drivers.libvirt import domain_name
 from nefos.events import EventType, make, record
 from nefos.monitoring.collector import HostDrivers
 
@@ -82,17 +93,19 @@ class CheckerParts(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One instance as a pass sees it."""
+    """One instance as a pass sees it: a container replica, or a VM (``vm``)."""
 
-    replica_id: str
-    container_id: str
+    instance_id: str
+    service_id: str
     project_id: str
-    replica_state: str
+    state: str  # the replica's state, or the VM's status
     driver_id: str | None
     host: Host
     spec: CheckSpec
     address: str | None
-    port: int | None  # the published host port the check reaches
+    port: int | None  # the published host port (a VM's: its own port) the check reaches
+    vm: bool = False
+    subnet: str | None = None  # a VM's network: where its address must lie
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +113,8 @@ class Result:
     health: Health
     output: str
     latency_ms: float | None
+    #: A VM's address on its network as this check found it (None: none found).
+    address: str | None = None
 
 
 def _published_port(
@@ -143,26 +158,26 @@ class HealthChecker:
         now = time.monotonic()
         first = self.passes == 0
         for t in targets:
-            if self._specs.get(t.replica_id) != t.spec:  # new, or its check changed
-                self._specs[t.replica_id] = t.spec
+            if self._specs.get(t.instance_id) != t.spec:  # new, or its check changed
+                self._specs[t.instance_id] = t.spec
                 # A process taking the checks over spreads what it inherits over one
                 # interval (no burst of every check at once); a new instance, or a
                 # changed check, is checked at once.
-                self._due[t.replica_id] = (
+                self._due[t.instance_id] = (
                     now + random.uniform(0, t.spec.interval) if first else now  # noqa: S311
                 )
         # An instance whose last check has not ended yet is not checked again.
         due = [
             t
             for t in targets
-            if self._due[t.replica_id] <= now and t.replica_id not in self._inflight
+            if self._due[t.instance_id] <= now and t.instance_id not in self._inflight
         ]
         # How late the latest of this pass's checks starts (its schedule, not the
         # tick's): the checker keeps up while this stays below a tick or two.
-        self.lag = max((now - self._due[t.replica_id] for t in due), default=0.0)
+        self.lag = max((now - self._due[t.instance_id] for t in due), default=0.0)
         for t in due:
-            self._due[t.replica_id] = now + t.spec.interval
-        live = {t.replica_id for t in targets}
+            self._due[t.instance_id] = now + t.spec.interval
+        live = {t.instance_id for t in targets}
         for gone in [k for k in self._due if k not in live]:
             del self._due[gone]
             self._specs.pop(gone, None)
@@ -179,11 +194,11 @@ class HealthChecker:
         return len(landed)
 
     def _launch(self, target: Target) -> asyncio.Task[Result]:
-        task = asyncio.create_task(self._check(target), name=f"check-{target.replica_id}")
-        self._inflight[target.replica_id] = task
+        task = asyncio.create_task(self._check(target), name=f"check-{target.instance_id}")
+        self._inflight[target.instance_id] = task
 
         def landed(done: asyncio.Task[Result]) -> None:
-            self._inflight.pop(target.replica_id, None)
+            self._inflight.pop(target.instance_id, None)
             if not done.cancelled() and done.exception() is None:
                 self._landed.append((target, done.result()))
 
@@ -192,13 +207,13 @@ class HealthChecker:
 
     async def _load(self) -> list[Target]:
         async with self.core.db.sessionmaker() as session:
+            targets = await self._load_vms(session)
             rows = await session.execute(
                 select(ContainerReplica, Container, Host, ServiceSettings.check)
                 .join(Container, Container.id == ContainerReplica.container_id)
                 .join(Host, Host.id == ContainerReplica.host_id)
                 .outerjoin(ServiceSettings, ServiceSettings.id == Container.id)
             )
-            targets = []
             for replica, container, host, check in rows:
                 spec = check_from_dict(check) if check else default_check(bool(container.ports))
                 published_ip, port = _published_port(
@@ -206,10 +221,10 @@ class HealthChecker:
                 )
                 targets.append(
                     Target(
-                        replica_id=replica.id,
-                        container_id=container.id,
+                        instance_id=replica.id,
+                        service_id=container.id,
                         project_id=container.project_id,
-                        replica_state=replica.state,
+                        state=replica.state,
                         driver_id=replica.driver_id,
                         host=host,
                         spec=spec,
@@ -218,6 +233,35 @@ class HealthChecker:
                     )
                 )
         return targets
+
+    @staticmethod
+    async def _load_vms(session: AsyncSession) -> list[Target]:
+        rows = await session.execute(
+            select(Vm, Host, Network.cidr, ServiceSettings.check)
+            .join(Host, Host.id == Vm.host_id)
+            .outerjoin(Network, Network.id == Vm.network_id)
+            .outerjoin(ServiceSettings, ServiceSettings.id == Vm.id)
+            .where(Vm.service_port.is_not(None))
+        )
+        out = []
+        for vm, host, cidr, check in rows:
+            spec = check_from_dict(check) if check else default_check(True)
+            out.append(
+                Target(
+                    instance_id=vm.id,
+                    service_id=vm.id,
+                    project_id=vm.project_id,
+                    state=vm.status,
+                    driver_id=vm.driver_id or domain_name(vm.id),
+                    host=host,
+                    spec=spec,
+                    address=vm.ip_address,
+                    port=spec.port or vm.service_port,
+                    vm=True,
+                    subnet=cidr,
+                )
+            )
+        return out
 
     async def _save_all(self, landed: Sequence[tuple[Target, Result]]) -> None:
         """Save the results in one transaction; if a replica went away meanwhile (its
@@ -233,7 +277,7 @@ class HealthChecker:
                 try:
                     await self._save([target], [result])
                 except (IntegrityError, StaleDataError):
-                    log.info("health of %s not saved: its replica is gone", target.replica_id)
+                    log.info("health of %s not saved: its replica is gone", target.instance_id)
 
     async def _save(
         self,
@@ -247,29 +291,46 @@ class HealthChecker:
         async with self.core.db.sessionmaker() as session:
             await begin_write(session)
             existing = {
-                h.replica_id: h
+                h.instance_id: h
                 for h in await session.scalars(
                     select(ServiceInstanceHealth).where(
-                        ServiceInstanceHealth.replica_id.in_([t.replica_id for t in due])
+                        ServiceInstanceHealth.instance_id.in_([t.instance_id for t in due])
                     )
                 )
             }
-            live = set(
-                await session.scalars(
-                    select(ContainerReplica.id).where(
-                        ContainerReplica.id.in_([t.replica_id for t in due])
+            replicas = [t.instance_id for t in due if not t.vm]
+            live = (
+                set(
+                    await session.scalars(
+                        select(ContainerReplica.id).where(ContainerReplica.id.in_(replicas))
                     )
                 )
+                if replicas
+                else set()
             )
+            vms = {
+                v.id: v
+                for v in await session.scalars(
+                    select(Vm).where(Vm.id.in_([t.instance_id for t in due if t.vm]))
+                )
+            }
+            live |= set(vms)
             for target, result in zip(due, results, strict=True):
-                if target.replica_id not in live:
+                if target.instance_id not in live:
                     continue  # removed while it was checked: it left its service
-                row = existing.get(target.replica_id)
+                row = existing.get(target.instance_id)
                 if row is None:
                     row = ServiceInstanceHealth.unchecked(
-                        target.replica_id, target.container_id, at
+                        target.instance_id, target.service_id, at, vm=target.vm
                     )
                     session.add(row)
+                vm = vms.get(target.instance_id)
+                if (
+                    vm is not None
+                    and target.state == vm.status == "running"
+                    and vm.ip_address != result.address
+                ):
+                    vm.ip_address = result.address
                 state = InstanceState(
                     status=Health(row.status),
                     successes=row.successes,
@@ -278,7 +339,7 @@ class HealthChecker:
                     transitions=list(row.transitions or []),
                 )
                 spec = target.spec
-                if target.replica_state != "running":
+                if target.state != "running":
                     # The engine's word: no threshold to wait for.
                     spec = CheckSpec(type="none", rise=1, fall=1)
                 before = state.status
@@ -296,8 +357,8 @@ class HealthChecker:
                             make(
                                 EventType.SERVICE_HEALTH,
                                 {
-                                    "service_id": target.container_id,
-                                    "instance_id": target.replica_id,
+                                    "service_id": target.service_id,
+                                    "instance_id": target.instance_id,
                                     "from": before.value,
                                     "to": changed.value,
                                     "output": clip(result.output),
@@ -309,30 +370,56 @@ class HealthChecker:
 
     # --- one check --------------------------------------------------------------------
     async def _check(self, t: Target) -> Result:
-        if t.replica_state != "running":
-            return Result(Health.CRITICAL, f"replica is {t.replica_state}", None)
+        if t.state != "running":
+            return Result(Health.CRITICAL, f"{'VM' if t.vm else 'replica'} is {t.state}", None)
         spec = t.spec
         async with self._gate:
             started = time.perf_counter()
             try:
+                if t.vm:
+                    t = dataclasses.replace(
+                        t, address=await asyncio.wait_for(self._vm_address(t), spec.timeout)
+                    )
                 result = await asyncio.wait_for(self._probe(t, spec), spec.timeout)
             except TimeoutError:
                 return Result(
                     Health.CRITICAL,
                     f"timed out after {spec.timeout:g} s",
                     (time.perf_counter() - started) * 1000,
+                    t.address,
                 )
             except Exception as exc:  # an unreachable instance is a result, not a crash
                 return Result(
                     Health.CRITICAL,
                     f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
                     (time.perf_counter() - started) * 1000,
+                    t.address,
                 )
-            return Result(result[0], result[1], (time.perf_counter() - started) * 1000)
+            return Result(result[0], result[1], (time.perf_counter() - started) * 1000, t.address)
+
+    async def _vm_address(self, t: Target) -> str | None:
+        """The VM's address on its network now, from the network's leases, vetted."""
+        driver = self.core.drivers.for_host(t.host)
+        leases = getattr(driver, "guest_addresses", None)
+        if leases is None:
+            return None
+        try:
+            found = await leases(t.driver_id or domain_name(t.instance_id))
+        except DriverError:
+            return None
+        return guest_address(found, t.subnet)
 
     async def _probe(self, t: Target, spec: CheckSpec) -> tuple[Health, str]:
         if spec.type == "none":
-            return Health.PASSING, "replica is running"
+            return Health.PASSING, f"{'VM' if t.vm else 'replica'} is running"
+        if t.vm and spec.type == "exec":
+            return Health.CRITICAL, "a VM runs no command check (use http, tcp or none)"
+        if t.vm and not t.address:
+            return Health.CRITICAL, (
+                "the VM has no address on its network yet"
+                if t.subnet
+                else "the VM is on no Nefos network with a subnet: Nefos cannot reach it"
+            )
         if spec.type == "exec":
             driver = self.core.drivers.for_host(t.host)
             if not driver.capabilities.supports_exec:
@@ -340,7 +427,7 @@ class HealthChecker:
             try:
                 async with self._exec_gate:
                     done = await driver.exec(
-                        t.driver_id or f"nefos-{t.replica_id}", spec.command, deadline=spec.timeout
+                        t.driver_id or f"nefos-{t.instance_id}", spec.command, deadline=spec.timeout
                     )
             except DriverError as exc:
                 return Health.CRITICAL, str(exc)

@@ -160,6 +160,12 @@ class VmCreate(Request):
     ssh_keys: Annotated[list[Annotated[str, Field(max_length=16_384)]], Field(max_length=32)] = []
     network_id: Id | None = None
     project_id: Id | None = None
+    service_port: Annotated[int | None, Field(ge=1, le=65_535)] = Field(
+        None,
+        description="The TCP port the guest serves on: the VM is then a service "
+        "(`GET /services`), checked and reached at its address on its network "
+        "(`network_id`, a network with a subnet).",
+    )
 
     @field_validator("ssh_keys")
     @classmethod
@@ -200,6 +206,11 @@ class VmUpdate(Request):
     memory_gb: Annotated[float | None, Field(gt=0, le=4096)] = None
     memory_mb: Annotated[int | None, Field(ge=64, le=4 * 1024 * 1024)] = None
     storage_gb: Annotated[int | None, Field(ge=0, le=65_536)] = None
+    service_port: Annotated[int | None, Field(ge=1, le=65_535)] = Field(
+        None,
+        description="Declare (or change) the port the guest serves on; `null` makes the "
+        "VM no longer a service.",
+    )
 
     @model_validator(mode="after")
     def _one_memory(self) -> VmUpdate:
@@ -245,6 +256,7 @@ class VmPublic(BaseModel):
     storage_gb: int
     ip_address: str | None
     network_id: str | None
+    service_port: int | None
     ssh_keys: list[str]
     has_user_data: bool
     status: str = Field(

@@ -749,6 +749,7 @@ class Vms(_Resource):
         user_data: str | None = None,
         ssh_keys: Sequence[str] = (),
         network_id: str | None = None,
+        service_port: int | None = None,
         flavor: str | None = None,
         project_id: str | None = None,
         idempotency_key: str | None = None,
@@ -760,6 +761,8 @@ class Vms(_Resource):
         (1 GB when neither); ``storage_gb`` is the root disk. ``user_data``
         (cloud-init) and ``ssh_keys`` (OpenSSH public key lines) reach the guest on
         a NoCloud seed. ``network_id`` names one of the project's networks.
+        ``service_port`` (the TCP port the guest serves on; needs a network with a
+        subnet) makes the VM a service: ``client.services`` checks and routes it.
         """
         body = _body(
             name=name,
@@ -773,6 +776,7 @@ class Vms(_Resource):
             user_data=user_data,
             ssh_keys=list(ssh_keys) or None,
             network_id=network_id,
+            service_port=service_port,
             flavor=flavor,
             project_id=project_id,
         )
@@ -794,12 +798,15 @@ class Vms(_Resource):
         memory_gb: float | None = None,
         memory_mb: int | None = None,
         storage_gb: int | None = None,
+        service_port: int | NotGiven | None = NOT_GIVEN,
         idempotency_key: str | None = None,
     ) -> VmAccepted | VmPublic:
-        """Resize and/or rename. New sizes need the VM stopped (a ConflictError
-        otherwise) and the disk only grows; they are applied by the ``vm.resize``
-        operation of the :class:`VmAccepted` returned. When the sizes stay as they
-        are (a rename alone), the change is made at once and the VM is returned."""
+        """Resize and/or rename, or declare the port the guest serves on. New sizes
+        need the VM stopped (a ConflictError otherwise) and the disk only grows; they
+        are applied by the ``vm.resize`` operation of the :class:`VmAccepted`
+        returned. When the sizes stay as they are (a rename, a service port), the
+        change is made at once and the VM is returned. ``service_port=None`` ends
+        the VM's service; leaving it out keeps it as it is."""
         body = _body(
             name=name,
             cpu_cores=cpu_cores,
@@ -807,6 +814,8 @@ class Vms(_Resource):
             memory_mb=memory_mb,
             storage_gb=storage_gb,
         )
+        if not isinstance(service_port, NotGiven):
+            body["service_port"] = service_port
         data = self._client.request(
             "PUT", f"/vms/{_seg(vm_id)}", json=body, headers=_idempotent(idempotency_key)
         )

@@ -1,16 +1,19 @@
 """Where a service's traffic may go: its routable instances, its ingress name, its
 endpoint URL, and which of its ports the port mesh publishes.
 
-A *service* is, for now, a container: its id is the container's id and its
-instances are the container's replicas. An instance is *routable* when its replica
-row is ``running``, has a host port published for the service's target port (its
-first TCP port), and its health takes traffic (passing or warning, not in
-maintenance: ``services/discovery.py``, ``monitoring/servicehealth.py``); everything
-that routes (the HTTP ingress, the port mesh, a load test) asks only this module.
+A *service* is a container (its instances are its replicas) or a VM that declares
+a ``service_port`` (its one instance is the VM). A replica is *routable* when its row
+is ``running``, has a host port published for the service's target port (its first
+TCP port), and its health takes traffic (passing or warning, not in maintenance:
+``services/discovery.py``, ``monitoring/servicehealth.py``); a VM when it is
+running, its address on its network is known, and its health takes traffic.
+Everything that routes (the HTTP ingress, a load test; the port mesh for
+containers) asks only this module.
 
 Nothing here takes an address from a caller: every upstream is an address Nefos
-recorded for a replica of that service (the engine's published port on the host it
-placed the replica on).
+recorded for an instance of that service (the engine's published port on the host
+it placed a replica on; the address a VM's network leased it, which the health
+checker vetted against the network's subnet).
 
 The *port mesh*: a fixed host port (``"31080:8080"``) of a container whose replicas
 run on a host Nefos can listen on (:func:`meshable`: the engine is a local unix
@@ -31,7 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.config import Settings
-from nefos.db.models import Container, ContainerReplica, Host, ServiceInstanceHealth
+from nefos.db.models import Container, ContainerReplica, Host, ServiceInstanceHealth, Vm
 from nefos.domain.health import Health
 from nefos.domain.publishing import dial_address, local_engine
 from nefos.domain.units import PortMapping, parse_port
@@ -104,12 +107,13 @@ async def find_by_label(session: AsyncSession, label: str) -> str | None:
     slug, _, prefix = label.rpartition("-")
     if not slug or not _PREFIX.match(prefix):
         return None
-    rows = await session.execute(
-        select(Container.id, Container.name).where(Container.id.like(f"{prefix}%"))
-    )
-    for service_id, name in rows:
-        if host_label(name, service_id) == label:
-            return str(service_id)
+    for kind in (Container, Vm):
+        query = select(kind.id, kind.name).where(kind.id.like(f"{prefix}%"))
+        if kind is Vm:
+            query = query.where(Vm.service_port.is_not(None))
+        for service_id, name in await session.execute(query):
+            if host_label(name, service_id) == label:
+                return str(service_id)
     return None
 
 
@@ -212,9 +216,9 @@ async def _replicas_and_hosts(
     ids = [r.id for rs in by_container.values() for r in rs]
     health = (
         {
-            h.replica_id: h
+            h.instance_id: h
             for h in await session.scalars(
-                select(ServiceInstanceHealth).where(ServiceInstanceHealth.replica_id.in_(ids))
+                select(ServiceInstanceHealth).where(ServiceInstanceHealth.instance_id.in_(ids))
             )
         }
         if ids
@@ -223,12 +227,33 @@ async def _replicas_and_hosts(
     return by_container, hosts, health
 
 
+def vm_upstream(vm: Vm, health: ServiceInstanceHealth | None) -> Upstream | None:
+    """A VM service's one upstream, if it takes traffic now (pure)."""
+    if (
+        vm.status != ROUTABLE_STATE
+        or not vm.ip_address
+        or not vm.service_port
+        or not takes_traffic(health)
+    ):
+        return None
+    return Upstream(vm.id, vm.ip_address, vm.service_port)
+
+
+async def _vm_service(session: AsyncSession, service_id: str) -> Vm | None:
+    vm = await session.get(Vm, service_id)
+    return vm if vm is not None and vm.service_port is not None else None
+
+
 async def upstreams(session: AsyncSession, service_id: str) -> list[Upstream] | None:
     """The routable instances of a service for its target port; None if there is no
     such service (``[]``: it exists, nothing routable now)."""
     ports = await session.scalar(select(Container.ports).where(Container.id == service_id))
     if ports is None:
-        return None
+        vm = await _vm_service(session, service_id)
+        if vm is None:
+            return None
+        up = vm_upstream(vm, await session.get(ServiceInstanceHealth, vm.id))
+        return [up] if up else []
     port = target_port(ports)
     if port is None:
         return []
@@ -241,7 +266,12 @@ async def held(session: AsyncSession, service_id: str) -> list[Upstream]:
     a port stays the replica's (no other container is given it) until the replica's
     row is gone."""
     ports = await session.scalar(select(Container.ports).where(Container.id == service_id))
-    port = target_port(ports or [])
+    if ports is None:
+        vm = await _vm_service(session, service_id)
+        if vm is None or not vm.ip_address or not vm.service_port:
+            return []
+        return [Upstream(vm.id, vm.ip_address, vm.service_port)]
+    port = target_port(ports)
     if port is None:
         return []
     rows = (

@@ -63,6 +63,7 @@ from nefos.schemas.loadtests import (
 )
 from nefos.services import endpoints
 from nefos.services.core import Core
+from nefos.services.discovery import ServiceRegistry
 from nefos.services.paging import fetch_page
 from nefos.services.principal import Principal, authorize_project
 
@@ -123,7 +124,7 @@ async def resolve_target(session: AsyncSession, settings: Settings, target: Targ
 
     The generator reaches the instances themselves rather than the ingress: a test
     then measures the service, not the API process that also serves the ingress."""
-    if target.type != "container":
+    if target.type not in ("container", "vm"):
         return []
     found = await endpoints.upstreams(session, target.id)
     return [_url(u.address, u.port) for u in found or []]
@@ -195,18 +196,16 @@ class LoadTestService:
         return rules
 
     async def _target(self, principal: Principal, target_id: str) -> Target:
-        """The caller's service ``target_id`` (today: a container of a project the
-        caller may write to); another tenant's is NotFound, like a missing one."""
-        container = await self.session.get(Container, target_id)
-        if container is None:
-            raise NotFound("Target service not found", target=target_id)
+        """The caller's service ``target_id`` (a container, or a VM with a service
+        port, of a project the caller may write to); another tenant's is NotFound,
+        like a missing one."""
+        registry = ServiceRegistry(self.core, self.session)
         try:
-            await authorize_project(
-                self.session, principal, container.project_id, Permission.COMPUTE_WRITE
-            )
+            found = await registry.visible(principal, target_id, Permission.COMPUTE_WRITE)
         except NotFound:
             raise NotFound("Target service not found", target=target_id) from None
-        return Target("container", container.id, container.project_id)
+        kind = "container" if isinstance(found, Container) else "vm"
+        return Target(kind, found.id, found.project_id)
 
     async def _scenario(
         self, principal: Principal, name: str, project_id: str

@@ -27,7 +27,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.billing import metering
 from nefos.billing.accounts import require_funds
-from nefos.db.models import Host, Image, Network, Operation, Project, Vm, Volume
+from nefos.db.models import (
+    Host,
+    Image,
+    Network,
+    Operation,
+    Project,
+    ServiceInstanceHealth,
+    ServiceSettings,
+    Vm,
+    Volume,
+)
 from nefos.db.session import begin_write
 from nefos.domain.access import Permission
 from nefos.domain.actors import SystemActor
@@ -133,6 +143,7 @@ def vm_public(vm: Vm) -> dict[str, Any]:
         "storage_gb": vm.storage_gb,
         "ip_address": vm.ip_address,
         "network_id": vm.network_id,
+        "service_port": vm.service_port,
         "ssh_keys": list(vm.ssh_keys or []),
         "has_user_data": bool(vm.user_data),
         "status": vm.status,
@@ -226,12 +237,15 @@ class VmService:
                 storage_gb=body.storage_gb,
                 memory_field="memory_mb" if body.memory_mb is not None else "memory_gb",
             )
+            network = None
             if body.network_id is not None:
                 network = await self.session.get(Network, body.network_id)
                 if network is None or network.project_id != project.id:
                     raise ValidationFailed(
                         "No such network in this project", network_id=body.network_id
                     )
+            if body.service_port is not None:
+                _serviceable(network)
             await require_funds(self.session, self.core.settings, project.organisation_id)
             await check_quota(
                 self.session,
@@ -255,6 +269,7 @@ class VmService:
                 user_data=body.user_data,
                 ssh_keys=list(body.ssh_keys),
                 network_id=body.network_id,
+                service_port=body.service_port,
                 restore_from=restore_from,
                 status="creating",
                 desired="running",
@@ -433,6 +448,8 @@ class VmService:
                 if taken:
                     raise Conflict("A VM with this name exists in the project", name=body.name)
                 current.name = body.name
+            if "service_port" in body.model_fields_set:
+                await self._set_service_port(current, body.service_port)
             cpu = body.cpu_cores if body.cpu_cores is not None else current.cpu_cores
             asked = body.resolved_memory_mb
             memory = asked if asked is not None else current.memory_mb
@@ -504,6 +521,32 @@ class VmService:
             raise
         self.core.workers.notify()
         return current, op
+
+    async def _set_service_port(self, vm: Vm, port: int | None) -> None:
+        """Declare the VM's service port (it becomes a service), change it, or with
+        None end its service (its settings and health go with it)."""
+        if port is not None:
+            network = await self.session.get(Network, vm.network_id) if vm.network_id else None
+            _serviceable(network)
+        elif vm.service_port is not None:
+            await self.session.execute(
+                delete(ServiceSettings).where(ServiceSettings.vm_id == vm.id)
+            )
+            await self.session.execute(
+                delete(ServiceInstanceHealth).where(ServiceInstanceHealth.vm_id == vm.id)
+            )
+        vm.service_port = port
+
+
+def _serviceable(network: Network | None) -> None:
+    """A VM's service is reached at its address on a Nefos network with a subnet
+    (leased by the network's DHCP server): without one there is nothing to reach."""
+    if network is None or not network.cidr:
+        raise ValidationFailed(
+            "service_port: a VM serves on a Nefos network with a subnet; give network_id "
+            "(a network created with a cidr)",
+            service_port="needs a network with a subnet",
+        )
 
 
 class _Unreachable(Exception):

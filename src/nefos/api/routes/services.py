@@ -1,5 +1,6 @@
 """Services (seed 004's service discovery): each container is a service whose
-instances are its replicas, with their server-side health."""
+instances are its replicas, and so is each VM that declares a service port (its one
+instance is the VM), with their server-side health."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from nefos.schemas.common import Envelope
 from nefos.schemas.services import Maintenance, ServiceList, ServicePublic, ServiceUpdate
 from nefos.services.discovery import (
     MAX_WAIT,
+    InstanceView,
     ServiceFilter,
     ServiceRegistry,
     ServiceView,
@@ -36,6 +38,7 @@ from nefos.services.discovery import (
 )
 from nefos.services.endpoints import endpoint_url
 from nefos.services.principal import resolve_project
+from nefos.services.vms import vm_domain
 
 router = APIRouter(prefix="/services", tags=["services"])
 
@@ -82,9 +85,9 @@ def blocking_slot(user_id: str) -> Iterator[None]:
 def summary(s: ServiceView, endpoint: str | None) -> dict[str, Any]:
     return {
         "id": s.id,
-        "name": s.container.name,
-        "kind": "container",
-        "project_id": s.container.project_id,
+        "name": s.name,
+        "kind": s.kind,
+        "project_id": s.project_id,
         "version": s.version,
         "endpoint": endpoint,
         "health": s.health.value,
@@ -93,7 +96,7 @@ def summary(s: ServiceView, endpoint: str | None) -> dict[str, Any]:
         "tags": s.tags,
         "metadata": s.metadata,
         "check": s.check.as_dict(),
-        "created_at": s.container.created_at,
+        "created_at": s.created_at,
     }
 
 
@@ -106,8 +109,8 @@ def detail(
         h = i.health
         instances.append(
             {
-                "id": i.replica.id,
-                "slot": i.replica.slot,
+                "id": i.id,
+                "slot": i.slot,
                 "endpoint": i.endpoint,
                 "host": i.host.hostname if i.host else None,
                 "state": i.state,
@@ -123,7 +126,7 @@ def detail(
                     }
                 ],
                 "transitions": list(h.transitions) if h else [],
-                "metrics": metrics.get(i.replica.id),
+                "metrics": metrics.get(i.id),
             }
         )
     return {**summary(s, endpoint), "instances": instances}
@@ -131,12 +134,12 @@ def detail(
 
 async def instance_metrics(core: Any, s: ServiceView) -> dict[str, dict[str, Any]]:
     """cpu_usage and memory_usage of each running instance, read live (bounded)."""
-    running = [i for i in s.instances if i.replica.state == "running" and i.host is not None]
-    limit_cores = s.container.cpu_milli / 1000 or 1.0
+    running = [i for i in s.instances if i.running and i.host is not None]
+    limit_cores = s.cpu_limit
 
-    async def one(i: Any) -> Any:
+    async def one(i: InstanceView) -> Any:
         driver = core.drivers.for_host(i.host)
-        name = i.replica.driver_id or f"nefos-{i.replica.id}"
+        name = i.driver_id or (vm_domain(s.vm) if s.vm is not None else f"nefos-{i.id}")
         return await asyncio.wait_for(driver.stats(name), STATS_TIMEOUT)
 
     samples = await asyncio.gather(*(one(i) for i in running), return_exceptions=True)
@@ -144,7 +147,7 @@ async def instance_metrics(core: Any, s: ServiceView) -> dict[str, dict[str, Any
     for i, sample in zip(running, samples, strict=True):
         if isinstance(sample, BaseException):
             continue
-        out[i.replica.id] = {
+        out[i.id] = {
             "cpu_usage": round(sample.cpu_percent / limit_cores, 2),
             "memory_usage": round(100 * sample.memory_bytes / (sample.memory_limit_bytes or 1), 2),
         }
@@ -198,7 +201,7 @@ async def list_services(
         services = await registry.search(project, where)
     shown = services[params.offset : params.offset + params.limit]
     body = page(
-        [summary(s, endpoint_url(core.settings, s.container.name, s.id)) for s in shown],
+        [summary(s, endpoint_url(core.settings, s.name, s.id)) for s in shown],
         len(services),
         params,
     )
@@ -222,14 +225,14 @@ async def get_service(
     ingress = getattr(request.app.state, "ingress", None)
     if ingress is not None:
         for i in s.instances:
-            seen = ingress.traffic.of(i.replica.id)
+            seen = ingress.traffic.of(i.id)
             if seen is not None:
-                metrics.setdefault(i.replica.id, {}).update(
+                metrics.setdefault(i.id, {}).update(
                     requests_per_second=seen.requests_per_second,
                     error_rate=seen.error_rate,
                     p95_response_time=seen.p95_ms,
                 )
-    return ok({"service": detail(s, endpoint_url(core.settings, s.container.name, s.id), metrics)})
+    return ok({"service": detail(s, endpoint_url(core.settings, s.name, s.id), metrics)})
 
 
 @router.put("/{service_id}", response_model=Envelope[dict[str, ServicePublic]])
@@ -242,7 +245,7 @@ async def update_service(
 ) -> Response:
     """Set the service's version, tags, metadata or health check."""
     s = await ServiceRegistry(core, session).update(access.principal, service_id, body)
-    return ok({"service": detail(s, endpoint_url(core.settings, s.container.name, s.id), {})})
+    return ok({"service": detail(s, endpoint_url(core.settings, s.name, s.id), {})})
 
 
 @router.post(
@@ -262,4 +265,4 @@ async def instance_maintenance(
     s = await ServiceRegistry(core, session).maintenance(
         access.principal, service_id, instance_id, body or Maintenance()
     )
-    return ok({"service": detail(s, endpoint_url(core.settings, s.container.name, s.id), {})})
+    return ok({"service": detail(s, endpoint_url(core.settings, s.name, s.id), {})})

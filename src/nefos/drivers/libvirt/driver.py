@@ -2167,6 +2167,31 @@ class LibvirtDriver(ComputeDriver):
         self._cpu_samples[uuid] = (int(raw.get("cpu.time", 0)), now)
         return stats_from(raw, limit, previous, (int(raw.get("cpu.time", 0)), now))
 
+    async def guest_addresses(self, instance_id: str) -> builtins.list[str]:
+        """The IPv4 addresses a running guest holds on libvirt networks, as their
+        DHCP server leased them (libvirt's lease source: the network's dnsmasq, not the
+        guest's word), in NIC order; ``[]`` when it has none yet (still booting, or
+        its NIC is on no network). :class:`NotFound` if the domain is not ours."""
+        return await self._run(self._read, self._guest_addresses, instance_id)
+
+    def _guest_addresses(self, instance_id: str) -> builtins.list[str]:
+        conn = self._connect()
+        dom, _ = self._ours(conn, instance_id)
+        with self._translated(instance_id):
+            if not dom.isActive():
+                return []
+            try:
+                source = libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE
+                found: dict[str, Any] = dom.interfaceAddresses(source) or {}  # type: ignore[assignment]
+            except libvirt.libvirtError:
+                return []  # a NIC on no network has no lease source
+        out = []
+        for _name, nic in sorted(found.items()):
+            for a in nic.get("addrs") or []:
+                if a.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4 and a.get("addr"):
+                    out.append(str(a["addr"]))
+        return out
+
     async def logs(self, instance_id: str, *, tail: int = 100) -> str:
         return await self._run(self._read, self._logs, instance_id, tail)
 
