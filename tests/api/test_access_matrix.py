@@ -151,6 +151,15 @@ MATRIX: dict[tuple[str, str], Rule] = {
     ("GET", "/services/{service_id}"): Rule(P.COMPUTE_READ),
     ("PUT", "/services/{service_id}"): Rule(P.COMPUTE_WRITE),
     ("POST", "/services/{service_id}/instances/{instance_id}/maintenance"): Rule(P.COMPUTE_WRITE),
+    ("GET", "/apis"): Rule(P.COMPUTE_READ),
+    ("POST", "/apis"): Rule(P.COMPUTE_WRITE),
+    ("GET", "/apis/{api_id}"): Rule(P.COMPUTE_READ),
+    ("PUT", "/apis/{api_id}"): Rule(P.COMPUTE_WRITE),
+    ("DELETE", "/apis/{api_id}"): Rule(P.COMPUTE_WRITE),
+    ("GET", "/apis/{api_id}/deployments"): Rule(P.COMPUTE_READ),
+    ("GET", "/apis/{api_id}/openapi"): Rule(P.COMPUTE_READ),
+    ("GET", "/apis/{api_id}/logs"): Rule(P.COMPUTE_READ),
+    ("GET", "/apis/{api_id}/metrics"): Rule(P.MONITORING_READ),
     ("GET", "/operations"): Rule(P.COMPUTE_READ),
     ("GET", "/operations/{operation_id}"): Rule(P.COMPUTE_READ),
     ("DELETE", "/operations/{operation_id}"): Rule(P.COMPUTE_WRITE),
@@ -645,6 +654,23 @@ async def walk_world(
         service_id=data["container_id"],  # a service is its container
         instance_id=str(replica),
     )
+    api = await w.ok(
+        "POST",
+        "/apis",
+        w.owner,
+        json={
+            "name": "walked-api",
+            "image": TEST_IMAGE,
+            "port": 8080,
+            "resources": {"cpu": "0.1", "memory": "32m"},
+            "openapi": {"openapi": "3.1.0", "info": {"title": "t", "version": "1"}},
+            "project_id": project,
+        },
+    )
+    assert (await wait_operation(w.client, w.owner.headers, api["operation"]))["status"] == (
+        "succeeded"
+    )
+    w.ids["api_id"] = api["api_id"]
     settings = app.state.core.settings
     allowed = settings.webhook_allowed_networks
     settings.webhook_allowed_networks = ["127.0.0.0/8"]  # WALK_WEBHOOK
@@ -948,6 +974,26 @@ async def fresh_host(w: World, who: Account, role: Role) -> dict[str, str]:
     return {"host_id": host["id"]}
 
 
+async def fresh_api(w: World, who: Account, role: Role) -> dict[str, str]:
+    """An API of A's project whose deployment has ended (its image is nowhere, so it
+    failed at once)."""
+    data = await w.ok(
+        "POST",
+        "/apis",
+        w.owner,
+        json={
+            "name": f"a-{uuid.uuid4().hex[:10]}",
+            "image": NO_IMAGE,
+            "port": 8080,
+            "resources": TINY,
+            "project_id": w.ids["project_id"],
+        },
+    )
+    op = await wait_operation(w.client, w.owner.headers, data["operation"])
+    assert op["status"] == "failed", op
+    return {"api_id": data["api_id"]}
+
+
 async def fresh_container(w: World, who: Account, role: Role) -> dict[str, str]:
     """A container of A's project with no operation in progress (so a write on it is
     not refused as busy)."""
@@ -1158,6 +1204,24 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("GET", "/services"): Sample(query={"project_id": Ref("project_id")}, role_checked=True),
     ("GET", "/services/{service_id}"): Sample(role_checked=True),
     ("PUT", "/services/{service_id}"): Sample(json={"version": "2.0.0"}, role_checked=True),
+    ("GET", "/apis"): Sample(query={"project_id": Ref("project_id")}, role_checked=True),
+    ("POST", "/apis"): Sample(
+        json={
+            "name": Unique("a-{}"),
+            "image": NO_IMAGE,
+            "port": 8080,
+            "resources": TINY,
+            "project_id": Ref("project_id"),
+        },
+        role_checked=True,
+    ),
+    ("GET", "/apis/{api_id}"): Sample(role_checked=True),
+    ("PUT", "/apis/{api_id}"): Sample(json={"description": "walked"}, role_checked=True),
+    ("DELETE", "/apis/{api_id}"): Sample(fresh=fresh_api, role_checked=True),
+    ("GET", "/apis/{api_id}/deployments"): Sample(role_checked=True),
+    ("GET", "/apis/{api_id}/openapi"): Sample(role_checked=True),
+    ("GET", "/apis/{api_id}/logs"): Sample(role_checked=True),
+    ("GET", "/apis/{api_id}/metrics"): Sample(role_checked=True),
     ("POST", "/services/{service_id}/instances/{instance_id}/maintenance"): Sample(
         json={"enabled": False}, role_checked=True
     ),
@@ -1448,6 +1512,7 @@ def random_ids() -> dict[str, str]:
             "container_id",
             "service_id",
             "instance_id",
+            "api_id",
             "operation_id",
             "vm_id",
             "image_id",

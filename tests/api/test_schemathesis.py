@@ -267,6 +267,20 @@ class Callers:
             return member_id
         if name == "service_id":  # a service is its container
             return self.new("container_id")
+        if name == "api_id":  # an API whose image is nowhere: its deployment failed
+            made = user.call(
+                "POST",
+                "/apis",
+                json={
+                    "name": f"doomed-{uuid.uuid4().hex[:8]}",
+                    "image": NO_IMAGE,
+                    "port": 8080,
+                    "resources": {"cpu": "0.05", "memory": "8m"},
+                    "project_id": self.compute_project_id,
+                },
+            )
+            user.finished(made["operation"])
+            return str(made["api_id"])
         if name == "instance_id":  # (a method the route has not: any id does)
             return str(uuid.uuid4())
         if name in ("container_id", "operation_id"):
@@ -473,6 +487,7 @@ def callers(fuzz_server: LiveServer) -> Iterator[Callers]:
     c.ids["service_id"] = c.ids["container_id"]
     instances = user.call("GET", f"/services/{c.ids['service_id']}")["service"]["instances"]
     c.ids["instance_id"] = instances[0]["id"] if instances else str(uuid.uuid4())
+    c.ids["api_id"] = c.new("api_id")
     # VMs: the test libvirtd as a host. The shared VM boots GREEDY_KERNEL, so its
     # create and the operations fuzzed requests start on it fail at once; the
     # snapshots and backups are of a real VM that halts at once (HALT_DISK), stopped.

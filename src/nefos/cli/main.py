@@ -7,6 +7,7 @@ from nefos.cli import (
     alerts,
     analytics,
     api_keys,
+    apis,
     auth,
     backups,
     billing,
@@ -59,6 +60,7 @@ app.add_typer(admin.app, name="admin")
 app.add_typer(hosts.app, name="host")
 app.add_typer(containers.app, name="container")
 app.add_typer(services.app, name="service")
+app.add_typer(apis.app, name="api")
 app.add_typer(vms.app, name="vm")
 app.add_typer(images.app, name="image")
 app.add_typer(snapshots.app, name="snapshot")

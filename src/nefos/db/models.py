@@ -1424,6 +1424,86 @@ class ServiceInstanceHealth(Base):
         )
 
 
+class Api(Base):
+    """An API a creator deploys (seed 002): a container service (``container_id``,
+    its replicas the API's instances) with the API's own word on it -- the port it
+    serves, its health-check path, the base path of its routes, its OpenAPI
+    document -- and a global ``slug`` (``/gw/{slug}/``).
+
+    Deleting an API removes its container; the row stays (``deleted_at``) so that
+    its deployments, logs and invoices keep what they refer to.
+    """
+
+    __tablename__ = "apis"
+
+    id: Mapped[str] = _id()
+    project_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("projects.id", ondelete="CASCADE"), nullable=False
+    )
+    user_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    name: Mapped[str] = mapped_column(String(63), nullable=False)
+    slug: Mapped[str] = mapped_column(String(63), nullable=False, unique=True)
+    description: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    container_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("containers.id", ondelete="SET NULL"), unique=True
+    )
+    port: Mapped[int] = mapped_column(Integer, nullable=False)
+    health_check_path: Mapped[str] = mapped_column(String(256), nullable=False, default="/")
+    base_path: Mapped[str] = mapped_column(String(256), nullable=False, default="/")
+    openapi: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    openapi_path: Mapped[str | None] = mapped_column(String(256))
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+    __table_args__ = (
+        # One live API of a name in a project (a deleted one frees its name).
+        Index(
+            "uq_apis_project_name_live",
+            "project_id",
+            "name",
+            unique=True,
+            sqlite_where=text("deleted_at IS NULL"),
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+        Index("ix_apis_project_created_id", "project_id", "created_at", "id"),
+    )
+
+
+class ApiDeployment(Base):
+    """One version of an API's spec (seed 002's ``deployments``): the image,
+    environment, resources and replicas it runs, and the operation that rolled it
+    out. Its status is its operation's (``services.apis.deployment_status``), so it
+    has no second writer."""
+
+    __tablename__ = "api_deployments"
+
+    id: Mapped[str] = _id()
+    api_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("apis.id", ondelete="CASCADE"), nullable=False
+    )
+    number: Mapped[int] = mapped_column(Integer, nullable=False)
+    image: Mapped[str] = mapped_column(String(500), nullable=False)
+    environment: Mapped[dict[str, str]] = mapped_column(JSON, nullable=False, default=dict)
+    resources: Mapped[dict[str, str]] = mapped_column(JSON, nullable=False, default=dict)
+    replicas: Mapped[int] = mapped_column(Integer, nullable=False)
+    # The deployment this one rolled back to (POST /apis/{id}/rollback).
+    rollback_of: Mapped[str | None] = mapped_column(String(36))
+    operation_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("operations.id", ondelete="SET NULL")
+    )
+    user_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = _created()
+
+    __table_args__ = (
+        UniqueConstraint("api_id", "number", name="uq_api_deployments_api_id_number"),
+    )
+
+
 class LoadTestScenario(Base):
     """A stored load-test scenario: weighted requests (method, path, headers, body)
     sent to a target's URLs; a test names it by id or name."""

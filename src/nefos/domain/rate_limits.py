@@ -12,7 +12,7 @@ UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 #: credentials, not a signed-in caller's ``/auth/me`` or ``/auth/logout``.
 GROUPS: dict[str, tuple[str, ...]] = {
     "auth": ("/auth/register", "/auth/login", "/auth/token", "/auth/refresh", "/users/password"),
-    "containers": ("/containers", "/services"),
+    "containers": ("/containers", "/services", "/apis"),
     "monitoring": ("/monitoring", "/metrics", "/alerts", "/analytics"),
     "billing": (
         "/billing",

@@ -45,6 +45,7 @@ from nefos.schemas.events import WsTicket
 from nefos.schemas.identity import AuthResult
 from nefos.sdk._alerts import AlertRules, Alerts, Webhooks
 from nefos.sdk._analytics import Analytics
+from nefos.sdk._apis import Apis
 from nefos.sdk._billing import Billing, Wallet
 from nefos.sdk._errors import (
     AuthenticationError,
@@ -186,6 +187,7 @@ class Client:
         self.hosts = Hosts(self)
         self.containers = Containers(self)
         self.services = Services(self)
+        self.apis = Apis(self)
         self.vms = Vms(self)
         self.images = Images(self)
         self.snapshots = Snapshots(self)

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import shlex
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -370,8 +370,15 @@ class ContainerService:
 
     # --- writing ----------------------------------------------------------------------
     async def create(
-        self, principal: Principal, project: Project, body: ContainerCreate
+        self,
+        principal: Principal,
+        project: Project,
+        body: ContainerCreate,
+        *,
+        also: Callable[[Container, Operation], Awaitable[None]] | None = None,
     ) -> tuple[Container, Operation]:
+        """Check, place and record a container, and enqueue its ``container.create``.
+        ``also`` adds rows of the caller's (an API's) in the same transaction."""
         res = body.resources
         image_reference(body.image)  # a bad reference is a 422 before anything else
         command: list[str] | None
@@ -429,6 +436,8 @@ class ContainerService:
                     project_id=project.id,
                     user_id=principal.user_id,
                 )
+                if also is not None:
+                    await also(container, op)
                 await self._commit_or_undo()
         except BaseException as exc:
             await self._abandon(exc)

@@ -1,0 +1,266 @@
+"""`nefos api ...`: deploy APIs, follow their deployments, logs and metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from nefos.cli._common import (
+    Column,
+    CursorOpt,
+    JsonOpt,
+    LimitOpt,
+    PageOpt,
+    WaitOpt,
+    YesOpt,
+    api,
+    echo_json,
+    listing,
+    stdout,
+    wait_for,
+)
+from nefos.cli._metrics import series_table
+from nefos.cli.containers import _environment
+from nefos.schemas.apis import ApiAccepted, ApiPublic, DeploymentPublic
+from nefos.sdk import Client
+
+app = typer.Typer(no_args_is_help=True, help="APIs: deploy them, follow their deployments.")
+
+ApiArg = Annotated[str, typer.Argument(help="API id.", show_default=False)]
+ProjectOpt = Annotated[
+    str | None, typer.Option("--project", help="Project id (default: your default project).")
+]
+_HEALTH = {"passing": "green", "warning": "yellow", "critical": "red", "maintenance": "blue"}
+
+
+def _health(a: ApiPublic) -> str:
+    return a.health or "-"
+
+
+def _deployment(a: ApiPublic) -> str:
+    d = a.deployment
+    return f"#{d.number} {d.status}" if d else "-"
+
+
+API_COLUMNS: list[Column] = [
+    ("ID", "id"),
+    ("NAME", "name"),
+    ("SLUG", "slug"),
+    ("STATUS", "status"),
+    ("HEALTH", _health),
+    ("REPLICAS", "replicas"),
+    ("DEPLOYMENT", _deployment),
+]
+DEPLOYMENT_COLUMNS: list[Column] = [
+    ("#", "number"),
+    ("STATUS", "status"),
+    ("IMAGE", "image"),
+    ("REPLICAS", "replicas"),
+    ("CREATED", "created_at"),
+    ("OPERATION", "operation_id"),
+]
+
+
+def print_api(a: ApiPublic) -> None:
+    console = stdout()
+    colour = _HEALTH.get(a.health or "", "white")
+    console.print(
+        f"[bold]{escape(a.name)}[/bold] ({a.id})  slug {escape(a.slug)}  "
+        f"status {escape(a.status)}  health [{colour}]{escape(a.health or '-')}[/{colour}]"
+    )
+    console.print(f"image {escape(a.image or '-')}  port {a.port}  replicas {a.replicas}")
+    console.print(f"health check {escape(a.health_check_path)}  base path {escape(a.base_path)}")
+    if a.endpoint:
+        console.print(f"endpoint {escape(a.endpoint)}")
+    if a.deployment:
+        console.print(f"deployment #{a.deployment.number}: {a.deployment.status}")
+
+
+def _accepted(c: Client, accepted: ApiAccepted, wait: bool, as_json: bool) -> None:
+    """Report a write: what was accepted, or (--wait) how it ended."""
+    op = accepted.operation
+    if op is None or not wait:
+        if as_json:
+            echo_json(accepted)
+        elif op is None:
+            print_api(accepted.api)
+        else:
+            stdout().print(
+                f"{escape(accepted.message)}: {escape(accepted.api.name)} ({accepted.api_id})\n"
+                f"Operation {op.id}: follow it with `nefos operation wait {op.id}`"
+            )
+        return
+    final = wait_for(c, op.id, as_json)
+    gone = accepted.api.status == "deleting"
+    if as_json:
+        data: dict[str, Any] = accepted.model_dump(mode="json")
+        data["operation"] = final.model_dump(mode="json")
+        if not gone:
+            data["api"] = c.apis.get(accepted.api_id).model_dump(mode="json")
+        echo_json(data)
+    elif gone:
+        stdout().print(f"API {accepted.api_id} deleted.")
+    else:
+        print_api(c.apis.get(accepted.api_id))
+
+
+@app.command("list")
+def list_(
+    project: ProjectOpt = None,
+    page: PageOpt = None,
+    limit: LimitOpt = None,
+    cursor: CursorOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Your APIs, with their health and latest deployment."""
+    with api(as_json) as c:
+        items = c.apis.list(project_id=project, page=page, limit=limit, cursor=cursor)
+    listing(items, API_COLUMNS, as_json, empty="No APIs yet: `nefos api deploy`.")
+
+
+@app.command()
+def deploy(
+    name: Annotated[str, typer.Argument(help="Name, unique in the project.", show_default=False)],
+    image: Annotated[
+        str, typer.Option("--image", "-i", help="The API's container image.", show_default=False)
+    ],
+    port: Annotated[
+        int, typer.Option("--port", "-p", min=1, max=65535, help="The port it serves on.")
+    ],
+    health_path: Annotated[
+        str, typer.Option("--health-path", help="Checked on each replica.")
+    ] = "/health",
+    replicas: Annotated[int, typer.Option(min=1, max=64, help="Number of replicas.")] = 1,
+    env: Annotated[
+        list[str] | None,
+        typer.Option("--env", "-e", help="KEY=VALUE (repeat for more).", show_default=False),
+    ] = None,
+    cpu: Annotated[str | None, typer.Option(help="CPU cores per replica, e.g. 0.5.")] = None,
+    memory: Annotated[str | None, typer.Option(help="Memory per replica, e.g. 128m.")] = None,
+    base_path: Annotated[str | None, typer.Option(help="Where its routes start.")] = None,
+    description: Annotated[str | None, typer.Option(help="What it does.")] = None,
+    slug: Annotated[str | None, typer.Option(help="Its name on the gateway.")] = None,
+    openapi_file: Annotated[
+        Path | None, typer.Option("--openapi-file", help="Its OpenAPI document (JSON).")
+    ] = None,
+    project: ProjectOpt = None,
+    wait: WaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Deploy an API from a container image."""
+    document = None
+    if openapi_file is not None:
+        try:
+            document = json.loads(openapi_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise typer.BadParameter(str(exc), param_hint="--openapi-file") from None
+    resources = {k: v for k, v in (("cpu", cpu), ("memory", memory)) if v}
+    with api(as_json) as c:
+        accepted = c.apis.deploy(
+            name,
+            image=image,
+            port=port,
+            health_check_path=health_path,
+            replicas=replicas,
+            environment=_environment(env or []) or None,
+            resources=resources or None,
+            base_path=base_path,
+            description=description,
+            slug=slug,
+            openapi=document,
+            project_id=project,
+        )
+        _accepted(c, accepted, wait, as_json)
+
+
+@app.command("show")
+def show_(api_id: ApiArg, as_json: JsonOpt = False) -> None:
+    """Show an API: its status, health, endpoint and latest deployment."""
+    with api(as_json) as c:
+        found = c.apis.get(api_id)
+    if as_json:
+        echo_json(found)
+    else:
+        print_api(found)
+
+
+@app.command()
+def update(
+    api_id: ApiArg,
+    replicas: Annotated[int | None, typer.Option(min=1, max=64, help="A new count.")] = None,
+    health_path: Annotated[str | None, typer.Option("--health-path")] = None,
+    base_path: Annotated[str | None, typer.Option("--base-path")] = None,
+    description: Annotated[str | None, typer.Option()] = None,
+    wait: WaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change an API (a new replica count is a new deployment)."""
+    with api(as_json) as c:
+        accepted = c.apis.update(
+            api_id,
+            replicas=replicas,
+            health_check_path=health_path,
+            base_path=base_path,
+            description=description,
+        )
+        _accepted(c, accepted, wait, as_json)
+
+
+@app.command("rm")
+def rm(
+    api_id: ApiArg, yes: YesOpt = False, wait: WaitOpt = False, as_json: JsonOpt = False
+) -> None:
+    """Delete an API (its replicas are drained and removed)."""
+    if not yes:
+        typer.confirm(f"Delete API {api_id}?", abort=True)
+    with api(as_json) as c:
+        _accepted(c, c.apis.delete(api_id), wait, as_json)
+
+
+@app.command()
+def deployments(api_id: ApiArg, as_json: JsonOpt = False) -> None:
+    """An API's deployments, newest first."""
+    with api(as_json) as c:
+        items: list[DeploymentPublic] = c.apis.deployments(api_id)
+    listing(items, DEPLOYMENT_COLUMNS, as_json, empty="No deployments.")
+
+
+@app.command()
+def logs(
+    api_id: ApiArg,
+    tail: Annotated[int, typer.Option(min=1, max=10_000, help="Lines per replica.")] = 100,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the output of an API's replicas."""
+    with api(as_json) as c:
+        got = c.apis.logs(api_id, tail=tail)
+    if as_json:
+        echo_json(got)
+    elif got.logs:
+        typer.echo(got.logs)
+
+
+@app.command()
+def metrics(
+    api_id: ApiArg,
+    period: Annotated[str, typer.Option(help="1h, 24h, 7d or 30d.")] = "1h",
+    as_json: JsonOpt = False,
+) -> None:
+    """An API's replicas' cpu and memory (% of their limits) over the period."""
+    with api(as_json) as c:
+        data = c.apis.metrics(api_id, period=period)
+    if as_json:
+        echo_json(data)
+        return
+    series = data["metrics"]
+    series_table(
+        {
+            "cpu": [float(p["value"]) for p in series["cpu"]],
+            "memory": [float(p["value"]) for p in series["memory"]],
+        },
+        title=f"API {api_id}, last {period}",
+    )

@@ -1,0 +1,155 @@
+"""Wire shapes of APIs and their deployments (seed 002's API management)."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, Field, field_validator
+
+from nefos.schemas.common import Id, Request
+from nefos.schemas.compute import ContainerResources, OperationPublic, _image, _name
+
+#: Largest OpenAPI document kept with an API (serialised JSON).
+MAX_OPENAPI_BYTES = 256 * 1024
+_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
+_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+
+Environment = Annotated[dict[str, Annotated[str, Field(max_length=32_768)]], Field(max_length=256)]
+
+
+def _path(value: str) -> str:
+    if not _PATH.match(value) or "//" in value:
+        raise ValueError("a path starting with '/', without spaces, '?', '#' or a host")
+    return value
+
+
+def _slug(value: str) -> str:
+    if not _SLUG.match(value):
+        raise ValueError("1-63 lowercase letters, digits and '-', not at either end")
+    return value
+
+
+def _env(value: dict[str, str]) -> dict[str, str]:
+    for key in value:
+        if not _ENV_KEY.match(key):
+            raise ValueError(f"invalid variable name {key[:40]!r}")
+    return value
+
+
+def _openapi(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if len(json.dumps(value)) > MAX_OPENAPI_BYTES:
+        raise ValueError(f"at most {MAX_OPENAPI_BYTES // 1024} KiB of JSON")
+    if not isinstance(value.get("openapi") or value.get("swagger"), str):
+        raise ValueError("an OpenAPI document: an object with an 'openapi' version string")
+    return value
+
+
+Path = Annotated[str, Field(max_length=256), AfterValidator(_path)]
+
+
+class ApiCreate(Request):
+    """Seed 002's ``POST /apis``: deploy an API from a container image."""
+
+    name: Annotated[str, AfterValidator(_name)]
+    image: Annotated[str, AfterValidator(_image)]
+    port: Annotated[int, Field(ge=1, le=65535, description="The port the API serves on.")]
+    health_check_path: Path = Field(
+        "/health", description="Checked on every replica: a replica takes calls once it passes."
+    )
+    replicas: Annotated[int, Field(ge=1, le=64)] = 1
+    environment: Annotated[Environment, AfterValidator(_env)] = {}
+    resources: ContainerResources = ContainerResources()
+    base_path: Path = Field("/", description="Where the API's routes start inside the service.")
+    description: Annotated[str, Field(max_length=2000)] = ""
+    slug: Annotated[str, AfterValidator(_slug)] | None = Field(
+        None, description="Its name on the gateway (`/gw/{slug}/`); default: name-id."
+    )
+    openapi: Annotated[dict[str, Any] | None, AfterValidator(_openapi)] = Field(
+        None, description="The API's OpenAPI document."
+    )
+    openapi_path: Path | None = Field(
+        None, description="Or: the path inside the service that serves its OpenAPI document."
+    )
+    project_id: Id | None = None
+
+
+class ApiUpdate(Request):
+    """``PUT /apis/{id}``: a new image, environment or resources is a new deployment
+    (rolled out replica by replica); the rest changes at once. Omitted fields stay."""
+
+    image: Annotated[str, AfterValidator(_image)] | None = None
+    environment: Annotated[Environment, AfterValidator(_env)] | None = None
+    resources: ContainerResources | None = None
+    replicas: Annotated[int, Field(ge=1, le=64)] | None = None
+    health_check_path: Path | None = None
+    base_path: Path | None = None
+    description: Annotated[str, Field(max_length=2000)] | None = None
+    openapi: Annotated[dict[str, Any] | None, AfterValidator(_openapi)] = None
+    openapi_path: Path | None = None
+
+    @field_validator("environment")
+    @classmethod
+    def _keys(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        return _env(v) if v is not None else None
+
+
+class DeploymentPublic(BaseModel):
+    id: str
+    api_id: str
+    number: int
+    image: str
+    environment_keys: list[str] = Field(
+        description="The variables it sets (their values are never shown again)."
+    )
+    resources: dict[str, str]
+    replicas: int
+    status: str = Field(
+        description="in_progress, active (serving now), succeeded (superseded), failed, rolled_back"
+    )
+    rollback_of: str | None
+    operation_id: str | None
+    error: dict[str, Any] | None = None
+    created_at: datetime
+    finished_at: datetime | None = None
+
+
+class ApiPublic(BaseModel):
+    id: str
+    name: str
+    slug: str
+    project_id: str
+    description: str
+    status: str = Field(description="The container's: creating, running, scaling, ..., error")
+    health: str | None = Field(None, description="passing, warning, critical, maintenance")
+    image: str | None
+    port: int
+    replicas: int | None
+    health_check_path: str
+    base_path: str
+    endpoint: str | None = Field(None, description="The service's endpoint on the ingress.")
+    container_id: str | None
+    deployment: DeploymentPublic | None = Field(None, description="The latest deployment.")
+    has_openapi: bool
+    openapi_path: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ApiAccepted(BaseModel):
+    message: str
+    api_id: str
+    api: ApiPublic
+    deployment: DeploymentPublic | None = None
+    operation: OperationPublic | None = None
+
+
+class ApiLogs(BaseModel):
+    api_id: str
+    logs: str
+    replicas: list[dict[str, Any]]

@@ -1,0 +1,131 @@
+"""APIs (seed 002's API management): deploy an API from a container image, and
+follow its deployments, logs and metrics."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Mapping
+from typing import Any
+
+from nefos.schemas.apis import ApiAccepted, ApiLogs, ApiPublic, DeploymentPublic
+from nefos.schemas.common import Page
+from nefos.sdk._resources import _body, _idempotent, _paging, _Resource, _seg
+
+APIS = "/apis"
+
+
+class Apis(_Resource):
+    """A creator's APIs. ``deploy`` answers at once (an :class:`ApiAccepted` with the
+    first deployment and its operation: follow it with
+    ``client.operations.wait(accepted)``); the API takes calls once a replica passes
+    its health check (``client.services.get(api.container_id)``)."""
+
+    def list(
+        self,
+        *,
+        project_id: str | None = None,
+        page: int | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page[ApiPublic]:
+        return self._page(
+            ApiPublic, APIS, _paging(page, limit, cursor=cursor, project_id=project_id)
+        )
+
+    def deploy(
+        self,
+        name: str,
+        *,
+        image: str,
+        port: int,
+        health_check_path: str = "/health",
+        replicas: int = 1,
+        environment: Mapping[str, str] | None = None,
+        resources: Mapping[str, str] | None = None,
+        base_path: str | None = None,
+        description: str | None = None,
+        slug: str | None = None,
+        openapi: Mapping[str, Any] | None = None,
+        openapi_path: str | None = None,
+        project_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> ApiAccepted:
+        """Deploy an API: ``replicas`` containers of ``image`` serving ``port``,
+        each checked on ``health_check_path``."""
+        body = _body(
+            name=name,
+            image=image,
+            port=port,
+            health_check_path=health_check_path,
+            replicas=replicas,
+            environment=None if environment is None else dict(environment),
+            resources=None if resources is None else dict(resources),
+            base_path=base_path,
+            description=description,
+            slug=slug,
+            openapi=None if openapi is None else dict(openapi),
+            openapi_path=openapi_path,
+            project_id=project_id,
+        )
+        return self._one(ApiAccepted, "POST", APIS, json=body, headers=_idempotent(idempotency_key))
+
+    def get(self, api_id: str) -> ApiPublic:
+        return ApiPublic.model_validate(
+            self._client.request("GET", f"{APIS}/{_seg(api_id)}")["api"]
+        )
+
+    def update(
+        self,
+        api_id: str,
+        *,
+        replicas: int | None = None,
+        health_check_path: str | None = None,
+        base_path: str | None = None,
+        description: str | None = None,
+        openapi: Mapping[str, Any] | None = None,
+        openapi_path: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> ApiAccepted:
+        """Change what is given. A new replica count is a deployment (the answer's
+        ``operation`` carries it out); the rest changes at once (no operation)."""
+        body = _body(
+            replicas=replicas,
+            health_check_path=health_check_path,
+            base_path=base_path,
+            description=description,
+            openapi=None if openapi is None else dict(openapi),
+            openapi_path=openapi_path,
+        )
+        return self._one(
+            ApiAccepted,
+            "PUT",
+            f"{APIS}/{_seg(api_id)}",
+            json=body,
+            headers=_idempotent(idempotency_key),
+        )
+
+    def delete(self, api_id: str, *, idempotency_key: str | None = None) -> ApiAccepted:
+        """Delete the API: its replicas drain and go (follow the operation)."""
+        return self._one(
+            ApiAccepted, "DELETE", f"{APIS}/{_seg(api_id)}", headers=_idempotent(idempotency_key)
+        )
+
+    def deployments(self, api_id: str) -> builtins.list[DeploymentPublic]:
+        """The API's deployments, newest first."""
+        data = self._client.request("GET", f"{APIS}/{_seg(api_id)}/deployments")
+        return [DeploymentPublic.model_validate(d) for d in data["deployments"]]
+
+    def openapi(self, api_id: str) -> dict[str, Any]:
+        data = self._client.request("GET", f"{APIS}/{_seg(api_id)}/openapi")
+        return dict(data["openapi"])
+
+    def logs(self, api_id: str, *, tail: int = 100) -> ApiLogs:
+        """The last ``tail`` lines of each replica's output."""
+        return self._one(ApiLogs, "GET", f"{APIS}/{_seg(api_id)}/logs", params={"tail": tail})
+
+    def metrics(self, api_id: str, *, period: str = "1h") -> dict[str, Any]:
+        """The replicas' cpu, memory and network over ``period`` (1h, 24h, 7d, 30d)."""
+        data = self._client.request(
+            "GET", f"{APIS}/{_seg(api_id)}/metrics", params={"period": period}
+        )
+        return dict(data)

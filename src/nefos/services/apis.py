@@ -1,0 +1,293 @@
+"""APIs (seed 002's API management): a creator's API is a container service.
+
+``POST /apis`` makes the API's container (its replicas are the API's instances,
+one service in ``services.discovery``) with an HTTP health check on the API's
+``health_check_path``, so a replica takes calls only once it passes; the API row
+and its first *deployment* are written in the container's own transaction. Every
+deployment records the spec it runs (image, environment, resources, replicas) and
+the operation that carried it out; its status is that operation's, read, never
+written twice.
+
+Deleting an API deletes its container and keeps the row (``deleted_at``), its
+deployments and what refers to it (logs, usage, invoices); its name is free again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from nefos.db.models import Api, ApiDeployment, Container, Operation, Project, ServiceSettings
+from nefos.db.session import begin_write
+from nefos.db.types import new_id, utcnow
+from nefos.domain.access import Permission
+from nefos.domain.errors import Conflict, NotFound
+from nefos.domain.paging import PageParams
+from nefos.schemas.apis import ApiCreate, ApiUpdate
+from nefos.schemas.compute import ContainerCreate, ContainerScale
+from nefos.schemas.services import HealthCheck
+from nefos.services.containers import ContainerService
+from nefos.services.core import Core
+from nefos.services.endpoints import host_label
+from nefos.services.paging import fetch_page
+from nefos.services.principal import Principal, authorize_project
+
+#: How often an API's replicas are checked (a new replica is checked at once).
+CHECK_INTERVAL = 5.0
+
+
+def health_check(api: Api) -> dict[str, Any]:
+    """The service check of an API (the stored form of ``PUT /services/{id}``'s
+    ``check``): GET its health-check path on its port, 2xx or 3xx passing."""
+    return HealthCheck(
+        type="http", port=api.port, path=api.health_check_path, interval=CHECK_INTERVAL
+    ).model_dump(mode="json")
+
+
+def container_name(api_name: str) -> str:
+    """The API's container: ``api-{name}``, kept within a container name's 63."""
+    return f"api-{api_name}"[:63]
+
+
+def deployment_status(op: Operation | None, active: bool) -> str:
+    """A deployment's status, from its operation: ``in_progress``, ``active`` (the
+    newest that succeeded: serving now), ``succeeded`` (superseded since),
+    ``rolled_back``, ``failed`` or ``cancelled``."""
+    if op is None:
+        return "succeeded"
+    if op.status in ("pending", "running"):
+        return "in_progress"
+    if op.status == "succeeded":
+        return "active" if active else "succeeded"
+    if op.status == "failed":
+        return "rolled_back" if (op.result or {}).get("rolled_back") else "failed"
+    return op.status
+
+
+class ApiService:
+    def __init__(self, core: Core, session: AsyncSession) -> None:
+        self.core = core
+        self.session = session
+
+    # --- reading ----------------------------------------------------------------------
+    async def visible(self, principal: Principal, api_id: str, permission: Permission) -> Api:
+        """The live API if the caller may act on it; another tenant's, a deleted one
+        and a missing one are alike NotFound."""
+        api = await self.session.get(Api, api_id)
+        if api is not None and api.deleted_at is None:
+            try:
+                await authorize_project(self.session, principal, api.project_id, permission)
+                return api
+            except NotFound:
+                pass
+        raise NotFound("API not found", api_id=api_id)
+
+    async def list_page(self, project: Project, page: PageParams) -> tuple[Sequence[Api], int]:
+        return await fetch_page(
+            self.session,
+            Api,
+            Api.project_id == project.id,
+            Api.deleted_at.is_(None),
+            order_by=(Api.created_at, Api.id),
+            page=page,
+        )
+
+    async def containers(self, apis: Sequence[Api]) -> dict[str, Container]:
+        ids = [a.container_id for a in apis if a.container_id]
+        if not ids:
+            return {}
+        rows = await self.session.scalars(select(Container).where(Container.id.in_(ids)))
+        return {c.id: c for c in rows}
+
+    async def deployments(
+        self, apis: Sequence[Api], *, latest_only: bool = False
+    ) -> dict[str, list[tuple[ApiDeployment, Operation | None, str]]]:
+        """Each API's deployments, newest first, with their operation and status."""
+        out: dict[str, list[tuple[ApiDeployment, Operation | None, str]]] = {a.id: [] for a in apis}
+        if not apis:
+            return out
+        rows = (
+            await self.session.execute(
+                select(ApiDeployment, Operation)
+                .outerjoin(Operation, Operation.id == ApiDeployment.operation_id)
+                .where(ApiDeployment.api_id.in_([a.id for a in apis]))
+                .order_by(ApiDeployment.api_id, ApiDeployment.number.desc())
+            )
+        ).all()
+        for deployment, op in rows:
+            listed = out[deployment.api_id]
+            active = (
+                op is not None
+                and op.status == "succeeded"
+                and not any(o is not None and o.status == "succeeded" for _, o, _ in listed)
+            )
+            listed.append((deployment, op, deployment_status(op, active)))
+        if latest_only:
+            return {k: v[:1] for k, v in out.items()}
+        return out
+
+    # --- writing ----------------------------------------------------------------------
+    async def _name_free(self, project_id: str, name: str, slug: str) -> None:
+        taken = await self.session.scalar(
+            select(Api.id).where(
+                Api.project_id == project_id, Api.name == name, Api.deleted_at.is_(None)
+            )
+        )
+        if taken:
+            raise Conflict("An API with this name exists in the project", name=name)
+        if await self.session.scalar(select(Api.id).where(Api.slug == slug)):
+            raise Conflict("This slug is taken; choose another", slug=slug)
+
+    async def create(
+        self, principal: Principal, project: Project, body: ApiCreate
+    ) -> tuple[Api, ApiDeployment, Operation]:
+        """Make the API's container and record the API and its first deployment, in
+        one transaction; the container's ``container.create`` is the deployment's
+        operation."""
+        api = Api(
+            id=new_id(),
+            project_id=project.id,
+            user_id=principal.user_id,
+            name=body.name,
+            description=body.description,
+            port=body.port,
+            health_check_path=body.health_check_path,
+            base_path=body.base_path,
+            openapi=body.openapi,
+            openapi_path=body.openapi_path,
+        )
+        api.slug = body.slug or host_label(body.name, api.id)
+        await self._name_free(project.id, body.name, api.slug)
+        spec = ContainerCreate(
+            name=container_name(body.name),
+            image=body.image,
+            ports=[str(body.port)],
+            environment=body.environment,
+            resources=body.resources,
+            replicas=body.replicas,
+            project_id=project.id,
+        )
+        made: dict[str, Any] = {}
+
+        async def record(container: Container, op: Operation) -> None:
+            api.container_id = container.id
+            self.session.add(api)
+            self.session.add(
+                ServiceSettings(
+                    id=container.id,
+                    container_id=container.id,
+                    version="1",
+                    tags=["api"],
+                    meta={"api_id": api.id, "api_slug": api.slug},
+                    check=health_check(api),
+                )
+            )
+            deployment = ApiDeployment(
+                api_id=api.id,
+                number=1,
+                image=body.image,
+                environment=dict(body.environment),
+                resources=dict(container.resources),
+                replicas=body.replicas,
+                operation_id=op.id,
+                user_id=principal.user_id,
+            )
+            self.session.add(deployment)
+            await self.session.flush()
+            made["deployment"], made["op"] = deployment, op
+
+        try:
+            await ContainerService(self.core, self.session).create(
+                principal, project, spec, also=record
+            )
+        except Conflict as exc:
+            # The container's name (api-NAME) or, in a race, the API's name or slug.
+            raise Conflict(
+                "An API (or a container named api-NAME) with this name exists in the project",
+                name=body.name,
+            ) from exc
+        return api, made["deployment"], made["op"]
+
+    async def update(
+        self, principal: Principal, api: Api, body: ApiUpdate
+    ) -> tuple[Api, ApiDeployment | None, Operation | None]:
+        """What changes at once (description, paths, OpenAPI, the health check) is
+        written now; a new replica count is a scale of the API's container."""
+        await begin_write(self.session)
+        current = await self.session.get(Api, api.id, populate_existing=True)
+        if current is None or current.deleted_at is not None:
+            await self.session.rollback()
+            raise NotFound("API not found", api_id=api.id)
+        fields = body.model_fields_set
+        for name in ("description", "base_path", "openapi", "openapi_path"):
+            if name in fields:
+                setattr(current, name, getattr(body, name))
+        if body.health_check_path is not None and body.health_check_path != (
+            current.health_check_path
+        ):
+            current.health_check_path = body.health_check_path
+            if current.container_id:
+                settings = await self.session.get(ServiceSettings, current.container_id)
+                if settings is not None:
+                    settings.check = health_check(current)
+                    settings.updated_at = utcnow()
+        current.updated_at = utcnow()
+        await self.session.commit()
+        deployment: ApiDeployment | None = None
+        op: Operation | None = None
+        if body.replicas is not None and current.container_id:
+            containers = ContainerService(self.core, self.session)
+            container = await self.session.get(Container, current.container_id)
+            if container is not None and container.replicas != body.replicas:
+                _, op = await containers.scale(
+                    principal, container, ContainerScale(replicas=body.replicas)
+                )
+                deployment = await self._record(current, container, op, principal)
+        return current, deployment, op
+
+    async def _record(
+        self, api: Api, container: Container, op: Operation, principal: Principal
+    ) -> ApiDeployment:
+        """A deployment of the container's spec now, carried out by ``op``."""
+        await begin_write(self.session)
+        number = await self.session.scalar(
+            select(func.coalesce(func.max(ApiDeployment.number), 0)).where(
+                ApiDeployment.api_id == api.id
+            )
+        )
+        deployment = ApiDeployment(
+            api_id=api.id,
+            number=int(number or 0) + 1,
+            image=container.image,
+            environment=dict(container.environment),
+            resources=dict(container.resources),
+            replicas=container.replicas,
+            operation_id=op.id,
+            user_id=principal.user_id,
+        )
+        self.session.add(deployment)
+        try:
+            await self.session.commit()
+        except IntegrityError as exc:  # two changes at once: the operation lock refuses one
+            await self.session.rollback()
+            raise Conflict("Another change of this API is being recorded; retry") from exc
+        return deployment
+
+    async def delete(self, principal: Principal, api: Api) -> Operation | None:
+        """Delete the API's container (its replicas drain and go) and mark the API
+        deleted; its row, deployments and what refers to it stay."""
+        op = None
+        if api.container_id:
+            container = await self.session.get(Container, api.container_id)
+            if container is not None:
+                _, op = await ContainerService(self.core, self.session).delete(principal, container)
+        await begin_write(self.session)
+        current = await self.session.get(Api, api.id, populate_existing=True)
+        if current is not None:
+            current.deleted_at = utcnow()
+        await self.session.commit()
+        return op

@@ -1,0 +1,97 @@
+"""`nefos api ...` and the SDK's ``client.apis`` against a live server: an API
+deployed on the test Podman, checked, scaled, followed and removed."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nefos.schemas.apis import ApiAccepted
+from nefos.schemas.compute import HostPublic
+from nefos.sdk import Client
+from nefos.sdk._errors import ConflictError, NotFoundError, ValidationError
+from tests.cli.conftest import Cli
+from tests.conftest import ADMIN_PASSWORD, PASSWORD, TEST_IMAGE, LiveServer
+from tests.sdk.test_compute_sdk import ensure_podman_host, unique, unregister_podman_host
+
+
+@pytest.fixture(scope="module")
+def podman_teardown(live_server: LiveServer) -> Iterator[None]:
+    yield
+    unregister_podman_host(live_server)
+
+
+@pytest.fixture
+def podman(live_server: LiveServer, podman_teardown: None) -> HostPublic:
+    with Client(live_server.url, username="admin", password=ADMIN_PASSWORD) as admin:
+        return ensure_podman_host(admin)
+
+
+def _ok(result) -> str:
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stdout + result.stderr
+    return str(result.stdout)
+
+
+def passing(sdk: Client, service_id: str, count: int, within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    while sdk.services.get(service_id).passing < count:
+        assert time.monotonic() < deadline, f"{count} replicas not passing in {within}s"
+        time.sleep(0.2)
+
+
+def test_api_deploy_show_update_logs_and_rm(
+    cli: Cli, user: str, podman: HostPublic, tmp_path: Path
+) -> None:
+    name = unique("api")
+    spec = tmp_path / "openapi.json"
+    spec.write_text(json.dumps({"openapi": "3.1.0", "info": {"title": "t", "version": "1"}}))
+    deployed = cli.json(
+        "api", "deploy", name, "--image", TEST_IMAGE, "--port", "8080",
+        "--health-path", "/index.html", "--cpu", "0.1", "--memory", "32m",
+        "--env", "MODE=prod", "--openapi-file", str(spec), "--wait",
+    )  # fmt: skip
+    api_id = deployed["api_id"]
+    assert deployed["operation"]["status"] == "succeeded"
+    assert deployed["api"]["status"] == "running" and deployed["api"]["has_openapi"] is True
+    assert deployed["deployment"]["environment_keys"] == ["MODE"]
+    table = _ok(cli("api", "list"))
+    assert name in table and "#1" in table
+
+    with Client(cli.url, email=user, password=PASSWORD) as sdk:
+        passing(sdk, deployed["api"]["container_id"], 1)
+        shown = _ok(cli("api", "show", api_id))
+        assert "passing" in shown and "/index.html" in shown
+        scaled = cli.json("api", "update", api_id, "--replicas", "2", "--wait")
+        assert scaled["deployment"]["number"] == 2 and scaled["api"]["replicas"] == 2
+        deployments = [(d.number, d.status) for d in sdk.apis.deployments(api_id)]
+        assert deployments == [(2, "active"), (1, "succeeded")]
+        assert "active" in _ok(cli("api", "deployments", api_id))
+        assert sdk.apis.openapi(api_id)["openapi"] == "3.1.0"
+
+        # The SDK: the same API, its errors typed.
+        got = sdk.apis.get(api_id)
+        assert got.name == name and got.replicas == 2
+        changed = sdk.apis.update(api_id, description="Forecasts")
+        assert isinstance(changed, ApiAccepted) and changed.operation is None
+        assert sdk.apis.get(api_id).description == "Forecasts"
+        with pytest.raises(ConflictError):
+            sdk.apis.deploy(name, image=TEST_IMAGE, port=8080)
+        with pytest.raises(ValidationError):
+            sdk.apis.deploy(unique("api"), image=TEST_IMAGE, port=8080, health_check_path="x")
+        with pytest.raises(NotFoundError):
+            sdk.apis.get("00000000-0000-0000-0000-000000000000")
+        passing(sdk, deployed["api"]["container_id"], 2)
+        assert "response:200" in sdk.apis.logs(api_id, tail=20).logs
+        assert "cpu" in _ok(cli("api", "metrics", api_id))
+
+    bad = cli("api", "deploy", unique("api"), "--image", TEST_IMAGE, "--port", "8080",
+              "--openapi-file", str(tmp_path / "missing.json"))  # fmt: skip
+    assert bad.exit_code == 2 and "--openapi-file" in bad.stderr
+    assert f"API {api_id} deleted" in _ok(cli("api", "rm", api_id, "--yes", "--wait"))
+    gone = cli("api", "show", api_id)
+    assert gone.exit_code == 1 and "NOT_FOUND" in gone.stderr
