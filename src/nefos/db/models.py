@@ -1504,6 +1504,82 @@ class ApiDeployment(Base):
     )
 
 
+#: Tables of the marketplace's full-text index, made by migration 0018 for each
+#: database (an FTS5 table and its shadow tables on SQLite, a tsvector table on
+#: PostgreSQL) and written by ``services.marketplace``: not in the models.
+SEARCH_TABLE_PREFIX = "marketplace_search"
+
+
+class Listing(Base):
+    """An API's page on the marketplace (one per API): what browsers read, and the
+    plans they may subscribe to. ``status`` is published or unpublished;
+    ``visibility`` public (browsable without an account) or private (its creator's
+    organisation only, until invitations)."""
+
+    __tablename__ = "marketplace_listings"
+
+    id: Mapped[str] = _id()
+    api_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("apis.id", ondelete="CASCADE"), nullable=False, unique=True
+    )
+    organisation_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("organisations.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    user_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    title: Mapped[str] = mapped_column(String(120), nullable=False)
+    summary: Mapped[str] = mapped_column(String(300), nullable=False, default="")
+    description: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    category: Mapped[str] = mapped_column(String(40), nullable=False)
+    tags: Mapped[list[str]] = mapped_column(JSON, nullable=False, default=list)
+    visibility: Mapped[str] = mapped_column(String(16), nullable=False, default="public")
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="published")
+    currency: Mapped[str] = mapped_column(String(3), nullable=False)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+    __table_args__ = (
+        Index("ix_marketplace_listings_browse", "status", "visibility", "published_at"),
+    )
+
+
+class ListingPlan(Base):
+    """One version of a plan of a listing. A plan is never edited: a change retires
+    the row (``retired_at``) and adds the next ``version`` of the same ``key``, so a
+    subscriber keeps the terms it subscribed to until it changes plan.
+
+    ``model``: ``free`` (``included_calls`` a month, or unlimited), ``pay_per_use``
+    (``price_per_call``), ``freemium`` (``included_calls`` free a month, then
+    ``price_per_call``), ``monthly`` (``monthly_price`` for ``included_calls``, then
+    ``overage_price`` a call). ``rate_limit_per_minute`` bounds every plan."""
+
+    __tablename__ = "marketplace_plans"
+
+    id: Mapped[str] = _id()
+    listing_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("marketplace_listings.id", ondelete="CASCADE"), nullable=False
+    )
+    key: Mapped[str] = mapped_column(String(40), nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    name: Mapped[str] = mapped_column(String(80), nullable=False)
+    model: Mapped[str] = mapped_column(String(16), nullable=False)
+    price_per_call: Mapped[Decimal | None] = mapped_column(Amount())
+    monthly_price: Mapped[Decimal | None] = mapped_column(Amount())
+    included_calls: Mapped[int | None] = mapped_column(BigInteger)
+    overage_price: Mapped[Decimal | None] = mapped_column(Amount())
+    rate_limit_per_minute: Mapped[int] = mapped_column(Integer, nullable=False)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = _created()
+
+    __table_args__ = (
+        UniqueConstraint(
+            "listing_id", "key", "version", name="uq_marketplace_plans_listing_key_version"
+        ),
+    )
+
+
 class LoadTestScenario(Base):
     """A stored load-test scenario: weighted requests (method, path, headers, body)
     sent to a target's URLs; a test names it by id or name."""

@@ -1,0 +1,194 @@
+"""Wire shapes of the marketplace: listings of APIs and their plans (seed 002)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, Field, model_validator
+
+from nefos.schemas.billing import Price, PriceIn
+from nefos.schemas.common import Id, Pagination, Request
+
+PriceModel = Literal["free", "pay_per_use", "freemium", "monthly"]
+Visibility = Literal["public", "private"]
+_CATEGORY = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+_TAG = re.compile(r"^[a-z0-9][a-z0-9+#.-]{0,29}$")
+_KEY_UNSAFE = re.compile(r"[^a-z0-9]+")
+MAX_PLANS = 8
+
+
+def plan_key(name: str) -> str:
+    """A plan's stable key across versions: its name, slugged (``Pro Plus`` -> ``pro-plus``)."""
+    return _KEY_UNSAFE.sub("-", name.lower()).strip("-")[:40] or "plan"
+
+
+def _distinct(plans: list[PlanIn]) -> None:
+    keys = [plan_key(p.name) for p in plans]
+    if len(set(keys)) != len(keys):
+        raise ValueError("each plan has a name of its own")
+
+
+def _category(value: str) -> str:
+    value = value.strip().lower()
+    if not _CATEGORY.match(value):
+        raise ValueError("1-40 lowercase letters, digits and '-' (e.g. 'weather')")
+    return value
+
+
+def _tags(value: list[str]) -> list[str]:
+    out = []
+    for tag in value:
+        tag = tag.strip().lower()
+        if not _TAG.match(tag):
+            raise ValueError(
+                f"tag {tag[:30]!r}: 1-30 lowercase letters, digits, '+', '#', '.', '-'"
+            )
+        if tag not in out:
+            out.append(tag)
+    return out
+
+
+class PlanIn(Request):
+    """One plan of a listing. ``free``: ``included_calls`` a month (none: unlimited);
+    ``pay_per_use``: ``price_per_call``; ``freemium``: ``included_calls`` free a
+    month, then ``price_per_call``; ``monthly``: ``monthly_price`` for
+    ``included_calls``, then ``overage_price`` a call (none: refused beyond)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=80)]
+    model: PriceModel
+    price_per_call: PriceIn | None = None
+    monthly_price: PriceIn | None = None
+    included_calls: Annotated[int, Field(ge=1, le=10**12)] | None = None
+    overage_price: PriceIn | None = None
+    rate_limit_per_minute: Annotated[int, Field(ge=1, le=100_000)] = 60
+
+    @model_validator(mode="after")
+    def _terms(self) -> PlanIn:
+        m = self.model
+        given = {
+            k
+            for k in ("price_per_call", "monthly_price", "overage_price", "included_calls")
+            if getattr(self, k) is not None
+        }
+        allowed = {
+            "free": {"included_calls"},
+            "pay_per_use": {"price_per_call"},
+            "freemium": {"included_calls", "price_per_call"},
+            "monthly": {"monthly_price", "included_calls", "overage_price"},
+        }[m]
+        needed = {
+            "free": set(),
+            "pay_per_use": {"price_per_call"},
+            "freemium": {"included_calls", "price_per_call"},
+            "monthly": {"monthly_price", "included_calls"},
+        }[m]
+        if extra := sorted(given - allowed):
+            raise ValueError(f"a {m} plan takes no {', '.join(extra)}")
+        if missing := sorted(needed - given):
+            raise ValueError(f"a {m} plan needs {', '.join(missing)}")
+        for k in ("price_per_call", "monthly_price"):
+            value = getattr(self, k)
+            if k in needed and value is not None and value <= 0:
+                raise ValueError(f"{k} of a {m} plan is above 0 (use a free plan)")
+        return self
+
+
+class PublishRequest(Request):
+    """``POST /marketplace/publish``: a listing for one of the caller's APIs."""
+
+    api_id: Id
+    title: Annotated[str, Field(min_length=1, max_length=120)]
+    summary: Annotated[str, Field(max_length=300)] = ""
+    description: Annotated[str, Field(max_length=20_000, description="Markdown.")] = ""
+    category: Annotated[str, Field(max_length=40), AfterValidator(_category)]
+    tags: Annotated[list[Annotated[str, Field(max_length=30)]], Field(max_length=10)] = []
+    visibility: Visibility = "public"
+    plans: Annotated[list[PlanIn], Field(min_length=1, max_length=MAX_PLANS)]
+
+    @model_validator(mode="after")
+    def _unique(self) -> PublishRequest:
+        self.tags = _tags(self.tags)
+        _distinct(self.plans)
+        return self
+
+
+class ListingUpdate(Request):
+    """``PUT /marketplace/listings/{id}``: what is given replaces what was. ``plans``
+    is the whole new set: a plan whose terms changed gets a new version (subscribers
+    keep theirs), a plan left out is retired, a new one is added."""
+
+    title: Annotated[str, Field(min_length=1, max_length=120)] | None = None
+    summary: Annotated[str, Field(max_length=300)] | None = None
+    description: Annotated[str, Field(max_length=20_000)] | None = None
+    category: Annotated[str, Field(max_length=40), AfterValidator(_category)] | None = None
+    tags: Annotated[list[Annotated[str, Field(max_length=30)]], Field(max_length=10)] | None = None
+    visibility: Visibility | None = None
+    status: Literal["published", "unpublished"] | None = None
+    plans: Annotated[list[PlanIn], Field(min_length=1, max_length=MAX_PLANS)] | None = None
+
+    @model_validator(mode="after")
+    def _unique(self) -> ListingUpdate:
+        if self.tags is not None:
+            self.tags = _tags(self.tags)
+        if self.plans is not None:
+            _distinct(self.plans)
+        return self
+
+
+class PlanPublic(BaseModel):
+    id: str
+    key: str
+    version: int
+    name: str
+    model: PriceModel
+    currency: str
+    price_per_call: Price | None
+    monthly_price: Price | None
+    included_calls: int | None
+    overage_price: Price | None
+    rate_limit_per_minute: int
+
+
+class Rating(BaseModel):
+    average: float | None
+    count: int
+
+
+class ListingPublic(BaseModel):
+    id: str
+    api_id: str
+    slug: str
+    title: str
+    summary: str
+    description: str
+    category: str
+    tags: list[str]
+    visibility: Visibility
+    status: str
+    currency: str
+    price_models: list[PriceModel]
+    plans: list[PlanPublic]
+    rating: Rating
+    calls_30d: int
+    organisation_id: str
+    docs: dict[str, Any] | None = Field(
+        None, description="The API's OpenAPI document (in a listing's own page)."
+    )
+    published_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    relevance: float | None = Field(None, description="With `q`: how well it matches.")
+
+
+class ListingPage(BaseModel):
+    items: list[ListingPublic]
+    listings: list[ListingPublic]
+    pagination: Pagination
+
+
+def price_text(value: Decimal | None) -> str | None:
+    """A plan's price as the wire shows it: its own places, no exponent."""
+    return None if value is None else format(Decimal(value).normalize(), "f")
