@@ -12,8 +12,10 @@ settings of ``bench/serve.py`` (one worker, no access log):
   dropped): what a reverse proxy on this stack costs at the least;
 * ``ingress``: Nefos (``bench/serve.py nefos``), the request sent with the service's
   ``Host`` (``{name}-{id8}.apps.localhost``). The service is a container whose one
-  replica row (state running) publishes the upstream's port: rows written straight
-  into the database, on a host no check reaches (the engine is not what is measured).
+  replica row (state running, its health row passing, as the ingress routes only to
+  instances that pass their checks) publishes the upstream's port: rows written
+  straight into the database, on a host no check reaches (the engine is not what is
+  measured).
 
 Load: ``wrk -t1 -c50`` for req/s (the proxy saturated) and ``wrk -t1 -c1`` for p99
 (unloaded latency; at saturation p99 is queueing), ``--rounds`` times, alternating,
@@ -36,6 +38,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +150,7 @@ async def _insert_service(database_url: str, project_id: str, upstream_port: int
     from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
     from nefos.config import async_database_url
-    from nefos.db.models import Container, ContainerReplica, Host
+    from nefos.db.models import Container, ContainerReplica, Host, ServiceInstanceHealth
 
     engine = create_async_engine(async_database_url(database_url))
     try:
@@ -176,24 +179,28 @@ async def _insert_service(database_url: str, project_id: str, upstream_port: int
             )
             session.add_all([host, container])
             await session.flush()
-            session.add(
-                ContainerReplica(
-                    container_id=container.id,
-                    slot=0,
-                    host_id=host.id,
-                    cpu_milli=500,
-                    memory_mb=64,
-                    state="running",
-                    published=[
-                        {
-                            "container_port": 8080,
-                            "protocol": "tcp",
-                            "host_ip": "127.0.0.1",
-                            "host_port": upstream_port,
-                        }
-                    ],
-                )
+            replica = ContainerReplica(
+                container_id=container.id,
+                slot=0,
+                host_id=host.id,
+                cpu_milli=500,
+                memory_mb=64,
+                state="running",
+                published=[
+                    {
+                        "container_port": 8080,
+                        "protocol": "tcp",
+                        "host_ip": "127.0.0.1",
+                        "host_port": upstream_port,
+                    }
+                ],
             )
+            session.add(replica)
+            await session.flush()
+            # The ingress routes to instances whose checks pass: this one's have.
+            health = ServiceInstanceHealth.unchecked(replica.id, container.id, datetime.now(UTC))
+            health.status, health.output, health.successes = "passing", "bench", 1
+            session.add(health)
             service_id = str(container.id)
             await session.commit()
             return service_id
