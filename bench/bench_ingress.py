@@ -2,6 +2,7 @@
 stack, and against the instance itself, same run.
 
     python bench/bench_ingress.py [--database sqlite] [--database postgresql] [--duration 5]
+        [--upstream-cpu 0] [--proxy-cpu 1] [--no-pin]
 
 Three targets, each its own process on 127.0.0.1, all served by uvicorn with the
 settings of ``bench/serve.py`` (one worker, no access log):
@@ -21,6 +22,14 @@ Load: ``wrk -t1 -c50`` for req/s (the proxy saturated) and ``wrk -t1 -c1`` for p
 (unloaded latency; at saturation p99 is queueing), ``--rounds`` times, alternating,
 medians compared. The aim (issue 16): the ingress at >= 0.8 of the bare proxy's
 req/s, its p99 within +2 ms of the bare proxy's.
+
+Pinning (unless ``--no-pin``): the upstream runs on ``--upstream-cpu``, both proxies
+(the bare one and Nefos, with every thread: SQLite's too) on ``--proxy-cpu``, and
+wrk on whichever of the two CPUs the server being measured is not on: with the
+upstream for the proxies (at a proxy's few hundred requests/s the upstream and wrk
+use a few % of their core, so the proxy under test has a core to itself), with the
+idle proxies for the upstream measured directly. PostgreSQL's server is the
+machine's shared service and is not pinned.
 """
 
 from __future__ import annotations
@@ -49,13 +58,16 @@ sys.path.insert(0, str(BENCH_DIR))
 from bench_api import (  # noqa: E402
     Load,
     busy_note_for,
+    check_pinned,
     database,
     ensure_wrk,
     free_port,
     machine,
     measure,
     nefos_env,
+    on_cpus,
     parse_wrk,
+    pin,
     server,
 )
 
@@ -243,6 +255,7 @@ class Target:
     pid: int = 0
     runs: list[Load] = field(default_factory=list)
     light: list[Load] = field(default_factory=list)
+    load_cpus: set[int] | None = None  # where wrk runs when it measures this target
 
     @property
     def rps(self) -> float:
@@ -263,9 +276,10 @@ def wrk_load(wrk: str, target: Target, duration: float, connections: int) -> Loa
     cmd = [wrk, "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "--timeout", "5s"]
     if target.host:
         cmd += ["-H", f"Host: {target.host}"]
-    done = subprocess.run(
-        [*cmd, target.url], capture_output=True, text=True, timeout=duration + 60, check=True
-    )
+    with on_cpus(target.load_cpus):
+        done = subprocess.run(
+            [*cmd, target.url], capture_output=True, text=True, timeout=duration + 60, check=True
+        )
     return parse_wrk(done.stdout)
 
 
@@ -287,7 +301,15 @@ def measured(
 
 
 def bench_backend(
-    backend: str, wrk: str, *, duration: float, warmup: float, connections: int, rounds: int
+    backend: str,
+    wrk: str,
+    *,
+    duration: float,
+    warmup: float,
+    connections: int,
+    rounds: int,
+    upstream_cpus: set[int] | None = None,
+    proxy_cpus: set[int] | None = None,
 ) -> list[Target]:
     with tempfile.TemporaryDirectory(prefix=f"nefos-bench-ingress-{backend}-") as tmp_name:
         tmp = Path(tmp_name)
@@ -307,11 +329,16 @@ def bench_backend(
             ) as (nefos, nefos_pid):
                 port = int(upstream.rsplit(":", 1)[1])
                 host = seed(nefos, db_url, port)
+                pin(upstream_pid, upstream_cpus)
+                pin(bare_pid, proxy_cpus)
+                pin(nefos_pid, proxy_cpus)
                 targets = [
                     Target("upstream (direct)", upstream + "/", pid=upstream_pid),
                     Target("bare proxy", bare + "/", pid=bare_pid),
                     Target("ingress", nefos + "/", host=host, pid=nefos_pid),
                 ]
+                targets[0].load_cpus = proxy_cpus
+                targets[1].load_cpus = targets[2].load_cpus = upstream_cpus
                 pids = [upstream_pid, bare_pid, nefos_pid]
                 pg = db_url.rsplit("/", 1)[1] if backend == "postgresql" else None
                 for t in targets:
@@ -325,10 +352,15 @@ def bench_backend(
                         print(
                             f"[{backend}] {t.name}: {load.rps:,.0f} req/s ({connections} "
                             f"clients), p99 {light.p99_ms:.2f} ms (1 client), "
-                            f"{load.cpu_us:,.0f} us CPU/request"
+                            f"{load.cpu_us:,.0f} us CPU/request; other processes "
+                            f"{load.others:.2f} / {light.others:.2f} cores"
                             + (f", {errors} errors" if errors else ""),
                             flush=True,
                         )
+                if proxy_cpus is not None:  # nothing escaped its CPU meanwhile
+                    check_pinned(upstream_pid, upstream_cpus, "the upstream")
+                    check_pinned(bare_pid, proxy_cpus, "the bare proxy")
+                    check_pinned(nefos_pid, proxy_cpus, "Nefos")
                 return targets
 
 
@@ -366,12 +398,31 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="Warm-up seconds per target.")
     parser.add_argument("--connections", type=int, default=50, help="Concurrent clients.")
     parser.add_argument("--rounds", type=int, default=3, help="Measurements of each target.")
+    parser.add_argument("--upstream-cpu", type=int, default=0, help="The upstream's CPU.")
+    parser.add_argument("--proxy-cpu", type=int, default=1, help="The proxies' CPU.")
+    parser.add_argument("--no-pin", action="store_true", help="Run everything on every CPU.")
     args = parser.parse_args(argv)
     wrk = ensure_wrk()
     if wrk is None:
         print("bench_ingress: wrk is not available; skipped")
         return 0
     print(f"Machine: {machine()}; load: wrk -t1, {args.connections} and 1 client(s)")
+    allowed = os.sched_getaffinity(0)
+    upstream_cpus: set[int] | None = {args.upstream_cpu}
+    proxy_cpus: set[int] | None = {args.proxy_cpu}
+    if args.no_pin:
+        upstream_cpus = proxy_cpus = None
+        print(f"Not pinned: every process on CPUs {sorted(allowed)}")
+    elif args.upstream_cpu == args.proxy_cpu or not {args.upstream_cpu, args.proxy_cpu} <= allowed:
+        raise SystemExit(
+            f"--upstream-cpu and --proxy-cpu must be two different CPUs of {sorted(allowed)}"
+        )
+    else:
+        print(
+            f"Pinned: the upstream on CPU {args.upstream_cpu}, both proxies on CPU "
+            f"{args.proxy_cpu}; wrk on CPU {args.upstream_cpu} for the proxies and on CPU "
+            f"{args.proxy_cpu} for the upstream measured directly"
+        )
     met = True
     for backend in args.database or ["sqlite"]:
         targets = bench_backend(
@@ -381,6 +432,8 @@ def main(argv: list[str]) -> int:
             warmup=args.warmup,
             connections=args.connections,
             rounds=args.rounds,
+            upstream_cpus=upstream_cpus,
+            proxy_cpus=proxy_cpus,
         )
         met = report(backend, targets, args.connections) and met
     print("\naims met" if met else "\naims NOT met (see above)")
