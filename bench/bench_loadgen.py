@@ -26,7 +26,9 @@ two never take turns on one core, which made the figures of a 2-core machine dep
 on how the scheduler interleaved them. Children inherit the CPU affinity of the
 thread that starts them, which is how the generator (started by
 ``nefos.loadtest.runner.GeneratorProcess``) is pinned without changing it.
-``--no-pin`` measures as before (every process on every CPU).
+``--no-pin`` measures as before (every process on every CPU). wrk runs at the
+niceness the generator sets itself (10), so that other processes on the machine, if
+any, take the same share from both.
 ``--database`` arguments (from ``bench/run_all.py``) are accepted and ignored.
 """
 
@@ -50,6 +52,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_api import _ms, check_pinned, ensure_wrk, free_port, machine, on_cpus
 
+from nefos.loadtest.__main__ import NICENESS as GENERATOR_NICENESS
 from nefos.loadtest.plan import Plan, RequestSpec
 from nefos.loadtest.runner import GeneratorProcess
 
@@ -209,6 +212,12 @@ def target(kind: str, cpus: set[int] | None = None) -> Iterator[tuple[str, int]]
                 proc.kill()
 
 
+def _generator_niceness() -> None:
+    """wrk at the niceness the generator gives itself (``nefos.loadtest.__main__``):
+    against other processes on the machine both tools then weigh the same."""
+    os.nice(GENERATOR_NICENESS)
+
+
 def run_wrk(
     wrk: str,
     url: str,
@@ -222,7 +231,12 @@ def run_wrk(
     meter.start()
     with on_cpus(cpus):
         out = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=duration + 60, check=True
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=duration + 60,
+            check=True,
+            preexec_fn=_generator_niceness,
         ).stdout
     import re
 
@@ -331,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     levels = [args.connections, *sorted(low)]
     print(f"Machine: {machine()}; load average {os.getloadavg()[0]:.2f}")
     print(pinning)
+    print(f"wrk runs at niceness {GENERATOR_NICENESS}, as the generator sets itself.")
     print(
         f"Fixed concurrency {args.connections} (judged) and "
         f"{', '.join(map(str, levels[1:])) or 'no other'} (extra rows), "
