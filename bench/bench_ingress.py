@@ -56,6 +56,7 @@ import httpx
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 from bench_api import (  # noqa: E402
+    BUSY,
     Load,
     busy_note_for,
     check_pinned,
@@ -373,15 +374,29 @@ def report(backend: str, targets: list[Target], connections: int) -> bool:
         print(f"| {t.name} | {t.rps:,.0f} | {t.p99:.2f} | {t.cpu_us:,.0f} |")
     ratio = ingress.rps / bare.rps
     p99_delta = ingress.p99 - bare.p99
+    # Pinning keeps this bench's processes apart; it cannot keep other processes (another
+    # test run) off their CPUs, and p99 at one client is what they disturb most. The
+    # p99 is also given over the 1-client rounds that had the machine to themselves.
+    quiet = [[r.p99_ms for r in t.light if r.others < BUSY] for t in (bare, ingress)]
     print(
         f"ingress / bare proxy: {ratio:.2f} of its req/s (aim >= 0.80), p99 "
         f"{p99_delta:+.2f} ms (aim <= +2 ms); ingress / direct: "
         f"{ingress.rps / direct.rps:.2f} of req/s, p99 {ingress.p99 - direct.p99:+.2f} ms; "
         f"CPU per request: ingress / bare proxy {ingress.cpu_us / bare.cpu_us:.2f}"
     )
-    note = busy_note_for([*bare.runs, *ingress.runs])
+    note = busy_note_for([*bare.runs, *ingress.runs, *bare.light, *ingress.light])
     if note:
         print(note)
+    if note and all(quiet):
+        p99_delta = statistics.median(quiet[1]) - statistics.median(quiet[0])
+        print(
+            f"p99 over the quiet 1-client rounds only (other processes < {BUSY} cores): "
+            f"bare proxy {statistics.median(quiet[0]):.2f} ms ({len(quiet[0])} of "
+            f"{len(bare.light)} rounds), ingress {statistics.median(quiet[1]):.2f} ms "
+            f"({len(quiet[1])} of {len(ingress.light)}): {p99_delta:+.2f} ms (aim <= +2 ms)"
+        )
+    elif note:
+        print("p99: no quiet 1-client round of each proxy; the p99 aim is not judged")
     return ratio >= 0.8 and p99_delta <= 2.0
 
 
