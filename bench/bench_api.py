@@ -204,6 +204,42 @@ def measure(
 
 
 # --- servers ------------------------------------------------------------------------
+@contextmanager
+def on_cpus(cpus: set[int] | None) -> Iterator[None]:
+    """Processes started inside run on ``cpus`` (``None``: wherever they are allowed):
+    a child inherits the CPU affinity of the thread that forks it."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def pin(pid: int, cpus: set[int] | None) -> None:
+    """Move every thread of the running process ``pid`` onto ``cpus`` (threads and
+    processes it starts later inherit it); nothing if ``cpus`` is None."""
+    if cpus is None:
+        return
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with suppress(ProcessLookupError):  # a thread that just ended
+            os.sched_setaffinity(int(task.name), cpus)
+    check_pinned(pid, cpus, f"process {pid}")
+
+
+def check_pinned(pid: int, cpus: set[int] | None, what: str) -> None:
+    """``RuntimeError`` unless every thread of ``pid`` may run on ``cpus`` only."""
+    if cpus is None:
+        return
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with suppress(ProcessLookupError):
+            if (actual := os.sched_getaffinity(int(task.name))) != cpus:
+                raise RuntimeError(f"{what} runs on CPUs {sorted(actual)}, not {sorted(cpus)}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
