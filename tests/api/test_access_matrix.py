@@ -160,6 +160,12 @@ MATRIX: dict[tuple[str, str], Rule] = {
     ("GET", "/apis/{api_id}/openapi"): Rule(P.COMPUTE_READ),
     ("GET", "/apis/{api_id}/logs"): Rule(P.COMPUTE_READ),
     ("GET", "/apis/{api_id}/metrics"): Rule(P.MONITORING_READ),
+    # The marketplace is browsable without an account; a private or unpublished
+    # listing is a 404 to strangers (tests/api/test_marketplace.py).
+    ("GET", "/marketplace/listings"): PUBLIC,
+    ("GET", "/marketplace/listings/{listing_id}"): PUBLIC,
+    ("POST", "/marketplace/publish"): Rule(P.COMPUTE_WRITE),
+    ("PUT", "/marketplace/listings/{listing_id}"): Rule(P.COMPUTE_WRITE),
     ("GET", "/operations"): Rule(P.COMPUTE_READ),
     ("GET", "/operations/{operation_id}"): Rule(P.COMPUTE_READ),
     ("DELETE", "/operations/{operation_id}"): Rule(P.COMPUTE_WRITE),
@@ -671,6 +677,18 @@ async def walk_world(
         "succeeded"
     )
     w.ids["api_id"] = api["api_id"]
+    listed = await w.ok(
+        "POST",
+        "/marketplace/publish",
+        w.owner,
+        json={
+            "api_id": api["api_id"],
+            "title": "Walked",
+            "category": "tools",
+            "plans": [{"name": "Free", "model": "free"}],
+        },
+    )
+    w.ids["listing_id"] = listed["listing"]["id"]
     settings = app.state.core.settings
     allowed = settings.webhook_allowed_networks
     settings.webhook_allowed_networks = ["127.0.0.0/8"]  # WALK_WEBHOOK
@@ -1222,6 +1240,19 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("GET", "/apis/{api_id}/openapi"): Sample(role_checked=True),
     ("GET", "/apis/{api_id}/logs"): Sample(role_checked=True),
     ("GET", "/apis/{api_id}/metrics"): Sample(role_checked=True),
+    ("POST", "/marketplace/publish"): Sample(
+        json={
+            "api_id": Ref("api_id"),
+            "title": "Walked",
+            "category": "tools",
+            "plans": [{"name": "Free", "model": "free"}],
+        },
+        fresh=fresh_api,
+        role_checked=True,
+    ),
+    ("PUT", "/marketplace/listings/{listing_id}"): Sample(
+        json={"title": "Walked again"}, role_checked=True
+    ),
     ("POST", "/services/{service_id}/instances/{instance_id}/maintenance"): Sample(
         json={"enabled": False}, role_checked=True
     ),
@@ -1513,6 +1544,7 @@ def random_ids() -> dict[str, str]:
             "service_id",
             "instance_id",
             "api_id",
+            "listing_id",
             "operation_id",
             "vm_id",
             "image_id",

@@ -95,3 +95,42 @@ def test_api_deploy_show_update_logs_and_rm(
     assert f"API {api_id} deleted" in _ok(cli("api", "rm", api_id, "--yes", "--wait"))
     gone = cli("api", "show", api_id)
     assert gone.exit_code == 1 and "NOT_FOUND" in gone.stderr
+
+
+def test_marketplace_publish_search_show_and_unpublish(
+    cli: Cli, make_cli, user: str, podman: HostPublic
+) -> None:
+    with Client(cli.url, email=user, password=PASSWORD) as sdk:
+        made = sdk.apis.deploy(unique("api"), image=TEST_IMAGE, port=8080, health_check_path="/")
+    word = unique("zephyr").replace("-", "")  # a word no other listing has
+    plan = '{"name":"Basic","model":"freemium","included_calls":1000,"price_per_call":"0.001"}'
+    published = cli.json(
+        "marketplace", "publish", made.api_id, "--title", "Wind Speeds",
+        "--category", "weather", "--plan", plan, "--plan", '{"name":"Free","model":"free"}',
+        "--summary", f"Gusts and {word} alerts", "--tag", "wind",
+    )  # fmt: skip
+    listing_id = published["id"]
+    assert [p["key"] for p in published["plans"]] == ["basic", "free"]
+    bad = cli("marketplace", "publish", made.api_id, "--title", "x", "--category", "w")
+    assert bad.exit_code == 2 and "--plan" in bad.stderr
+
+    # Anyone finds it, without logging in (NEFOS_URL names the server).
+    stranger = make_cli()
+    found = stranger.json("marketplace", "search", word, NEFOS_URL=cli.url)
+    assert [i["id"] for i in found["items"]] == [listing_id]
+    table = _ok(stranger("marketplace", "search", word, NEFOS_URL=cli.url))
+    assert "Wind Speeds" in table and "freemium" in table
+    shown = _ok(stranger("marketplace", "show", listing_id, NEFOS_URL=cli.url))
+    assert "1,000 free, then 0.001" in shown and "/gw/" in shown
+    with Client(cli.url) as anonymous:
+        assert anonymous.marketplace.get(listing_id).title == "Wind Speeds"
+        assert [i.id for i in anonymous.marketplace.search(word).items] == [listing_id]
+
+    changed = cli.json("marketplace", "update", listing_id, "--unpublish")
+    assert changed["status"] == "unpublished"
+    assert stranger.json("marketplace", "search", word, NEFOS_URL=cli.url)["items"] == []
+    gone = stranger("marketplace", "show", listing_id, NEFOS_URL=cli.url)
+    assert gone.exit_code == 1 and "NOT_FOUND" in gone.stderr
+    with Client(cli.url, email=user, password=PASSWORD) as sdk:
+        sdk.operations.wait(made)
+        sdk.operations.wait(sdk.apis.delete(made.api_id))

@@ -189,8 +189,10 @@ def _token_writer(config: Config) -> Callable[[Tokens | None], None]:
     return write
 
 
-def open_client(as_json: bool) -> Client:
-    """The client for this invocation: ``NEFOS_API_KEY``, else the stored session."""
+def open_client(as_json: bool, *, anonymous: bool = False) -> Client:
+    """The client for this invocation: ``NEFOS_API_KEY``, else the stored session;
+    with ``anonymous`` (what anyone may read, such as the marketplace), no
+    credentials when there are none."""
     try:
         config = load_config()
     except ConfigError as exc:
@@ -202,6 +204,8 @@ def open_client(as_json: bool) -> Client:
             return Client(url, api_key=api_key)
         # The stored tokens belong to the stored server: never send them elsewhere.
         session = config.has_session and config.url is not None and _same_server(config.url, url)
+        if not session and anonymous:
+            return Client(url)
         if not session:
             fail(
                 f"Not logged in to {url}: run `nefos login` (or set NEFOS_API_KEY).",
@@ -234,9 +238,9 @@ def handle_errors(as_json: bool) -> Iterator[None]:
 
 
 @contextmanager
-def api(as_json: bool) -> Iterator[Client]:
+def api(as_json: bool, *, anonymous: bool = False) -> Iterator[Client]:
     """The SDK client of one command, with its errors reported as the CLI does."""
-    client = open_client(as_json)
+    client = open_client(as_json, anonymous=anonymous)
     with client, handle_errors(as_json):
         yield client
 

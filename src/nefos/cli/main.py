@@ -17,6 +17,7 @@ from nefos.cli import (
     images,
     invoices,
     loadtest,
+    marketplace,
     networks,
     operations,
     orgs,
@@ -61,6 +62,7 @@ app.add_typer(hosts.app, name="host")
 app.add_typer(containers.app, name="container")
 app.add_typer(services.app, name="service")
 app.add_typer(apis.app, name="api")
+app.add_typer(marketplace.app, name="marketplace")
 app.add_typer(vms.app, name="vm")
 app.add_typer(images.app, name="image")
 app.add_typer(snapshots.app, name="snapshot")

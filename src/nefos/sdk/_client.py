@@ -56,6 +56,7 @@ from nefos.sdk._errors import (
 from nefos.sdk._events import EventStream
 from nefos.sdk._invoices import Invoices
 from nefos.sdk._loadtests import LoadTests, Scenarios
+from nefos.sdk._marketplace import Marketplace
 from nefos.sdk._payments import Payments
 from nefos.sdk._quotes import BillingAccounts, Payouts, Products, Quotes
 from nefos.sdk._rate_limits import RateLimits
@@ -188,6 +189,7 @@ class Client:
         self.containers = Containers(self)
         self.services = Services(self)
         self.apis = Apis(self)
+        self.marketplace = Marketplace(self)
         self.vms = Vms(self)
         self.images = Images(self)
         self.snapshots = Snapshots(self)

@@ -1,0 +1,202 @@
+"""`nefos marketplace ...`: find APIs (no account needed), publish yours."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from nefos.cli._common import Column, JsonOpt, LimitOpt, PageOpt, api, echo_json, listing, stdout
+from nefos.schemas.marketplace import ListingPublic, PlanPublic
+
+app = typer.Typer(no_args_is_help=True, help="The marketplace: find APIs, publish yours.")
+
+ListingArg = Annotated[str, typer.Argument(help="Listing id.", show_default=False)]
+PlanOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--plan",
+        help='A plan as JSON: \'{"name":"Basic","model":"freemium","included_calls":1000,'
+        '"price_per_call":"0.001"}\' (repeat for more).',
+        show_default=False,
+    ),
+]
+
+
+def _price(p: PlanPublic) -> str:
+    if p.model == "free":
+        return "free" + (f", {p.included_calls:,} calls/month" if p.included_calls else "")
+    if p.model == "pay_per_use":
+        return f"{p.price_per_call} {p.currency}/call"
+    if p.model == "freemium":
+        return f"{p.included_calls:,} free, then {p.price_per_call} {p.currency}/call"
+    over = f", then {p.overage_price}/call" if p.overage_price else ""
+    return f"{p.monthly_price} {p.currency}/month for {p.included_calls:,}{over}"
+
+
+def _models(item: ListingPublic) -> str:
+    return ", ".join(item.price_models)
+
+
+LISTING_COLUMNS: list[Column] = [
+    ("ID", "id"),
+    ("TITLE", "title"),
+    ("CATEGORY", "category"),
+    ("PRICING", _models),
+    ("SLUG", "slug"),
+]
+
+
+def print_listing(item: ListingPublic) -> None:
+    console = stdout()
+    console.print(f"[bold]{escape(item.title)}[/bold] ({item.id})  {escape(item.status)}")
+    if item.summary:
+        console.print(escape(item.summary))
+    console.print(
+        f"category {escape(item.category)}  tags {escape(', '.join(item.tags) or '-')}  "
+        f"gateway /gw/{escape(item.slug)}/"
+    )
+    table = Table(title="Plans")
+    for header in ("PLAN", "MODEL", "PRICE", "RATE LIMIT", "VERSION"):
+        table.add_column(header)
+    for p in item.plans:
+        table.add_row(
+            escape(p.name),
+            p.model,
+            escape(_price(p)),
+            f"{p.rate_limit_per_minute}/min",
+            str(p.version),
+        )
+    console.print(table)
+    if item.description:
+        console.print(escape(item.description))
+
+
+def _plans(texts: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for text in texts:
+        try:
+            plan = json.loads(text)
+        except ValueError as exc:
+            raise typer.BadParameter(f"{text[:40]!r}: {exc}", param_hint="--plan") from None
+        if not isinstance(plan, dict):
+            raise typer.BadParameter(f"{text[:40]!r}: a JSON object", param_hint="--plan")
+        out.append(plan)
+    return out
+
+
+@app.command()
+def search(
+    q: Annotated[str | None, typer.Argument(help="Words to look for.")] = None,
+    category: Annotated[str | None, typer.Option(help="Only this category.")] = None,
+    tag: Annotated[str | None, typer.Option(help="Only listings with this tag.")] = None,
+    price_model: Annotated[
+        str | None, typer.Option(help="free, pay_per_use, freemium or monthly.")
+    ] = None,
+    sort: Annotated[
+        str | None, typer.Option(help="relevance, popularity, rating or newest.")
+    ] = None,
+    page: PageOpt = None,
+    limit: LimitOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Find APIs on the marketplace (no login needed)."""
+    with api(as_json, anonymous=True) as c:
+        found = c.marketplace.search(
+            q,
+            category=category,
+            tag=tag,
+            price_model=price_model,
+            sort=sort,
+            page=page,
+            limit=limit,
+        )
+    if as_json:
+        echo_json(found)
+        return
+    listing(found.items, LISTING_COLUMNS, False, empty="No listing matches.")
+
+
+@app.command()
+def show(listing_id: ListingArg, as_json: JsonOpt = False) -> None:
+    """A listing with its plans (no login needed for a public one)."""
+    with api(as_json, anonymous=True) as c:
+        found = c.marketplace.get(listing_id)
+    if as_json:
+        echo_json(found)
+    else:
+        print_listing(found)
+
+
+@app.command()
+def publish(
+    api_id: Annotated[str, typer.Argument(help="Your API's id.", show_default=False)],
+    title: Annotated[str, typer.Option(help="The listing's title.", show_default=False)],
+    category: Annotated[str, typer.Option(help="e.g. weather, finance.", show_default=False)],
+    plan: PlanOpt = None,
+    summary: Annotated[str | None, typer.Option(help="One line.")] = None,
+    description_file: Annotated[
+        Path | None, typer.Option("--description-file", help="A Markdown description.")
+    ] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", help="A tag (repeat).", show_default=False)
+    ] = None,
+    private: Annotated[bool, typer.Option("--private", help="Your organisation only.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List one of your APIs with its plans."""
+    if not plan:
+        raise typer.BadParameter("give at least one --plan", param_hint="--plan")
+    description = None
+    if description_file is not None:
+        try:
+            description = description_file.read_text()
+        except OSError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--description-file") from None
+    with api(as_json) as c:
+        made = c.marketplace.publish(
+            api_id,
+            title=title,
+            category=category,
+            plans=_plans(plan),
+            summary=summary,
+            description=description,
+            tags=tag or (),
+            visibility="private" if private else None,
+        )
+    if as_json:
+        echo_json(made)
+    else:
+        print_listing(made)
+
+
+@app.command()
+def update(
+    listing_id: ListingArg,
+    title: Annotated[str | None, typer.Option()] = None,
+    summary: Annotated[str | None, typer.Option()] = None,
+    plan: PlanOpt = None,
+    unpublish: Annotated[bool, typer.Option("--unpublish", help="Take it off.")] = False,
+    republish: Annotated[bool, typer.Option("--publish", help="Put it back.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change your listing (--plan: the whole new set of plans)."""
+    if unpublish and republish:
+        raise typer.BadParameter("--unpublish or --publish, not both")
+    status = "unpublished" if unpublish else ("published" if republish else None)
+    with api(as_json) as c:
+        changed = c.marketplace.update(
+            listing_id,
+            title=title,
+            summary=summary,
+            status=status,
+            plans=_plans(plan) if plan else None,
+        )
+    if as_json:
+        echo_json(changed)
+    else:
+        print_listing(changed)
