@@ -13,6 +13,7 @@ from nefos.api.deps import (
     CoreDep,
     ObjectId,
     PageDep,
+    Public,
     SessionDep,
     authorize,
     get_principal,
@@ -90,7 +91,7 @@ def listing_public(
     }
 
 
-@router.get("/listings", response_model=Envelope[ListingPage])
+@router.get("/listings", response_model=Envelope[ListingPage], dependencies=[Public])
 async def browse_listings(
     request: Request,
     core: CoreDep,
@@ -128,7 +129,11 @@ async def browse_listings(
     return listing(items, "listings", total, params)
 
 
-@router.get("/listings/{listing_id}", response_model=Envelope[dict[str, ListingPublic]])
+@router.get(
+    "/listings/{listing_id}",
+    response_model=Envelope[dict[str, ListingPublic]],
+    dependencies=[Public],
+)
 async def get_listing(
     listing_id: ObjectId,
     request: Request,
