@@ -220,7 +220,10 @@ async def test_seed_004_flow_end_to_end(client, admin, register, podman_host):
 
     got = await api.get(c["id"])
     assert got["status"] == "running" and got["status_reason"] is None
-    assert got["replica_states"] == [{"slot": 0, "state": "running", "host_id": podman_host["id"]}]
+    assert got["generation"] == 1
+    assert got["replica_states"] == [
+        {"slot": 0, "state": "running", "host_id": podman_host["id"], "generation": 1}
+    ]
     [endpoint] = got["endpoints"]
     assert endpoint["replica"] == 0 and endpoint["container_port"] == 8080
     assert endpoint["protocol"] == "tcp" and endpoint["host"] == "podman-test"

@@ -937,13 +937,20 @@ class ContainerOps:
         )
 
     async def _save_replica(
-        self, replica_id: str, *, state: str, info: InstanceInfo | None = None
+        self,
+        replica_id: str,
+        *,
+        state: str,
+        info: InstanceInfo | None = None,
+        generation: int | None = None,
     ) -> None:
         async with self.core.db.sessionmaker() as session:
             await begin_write(session)
             row = await session.get(ContainerReplica, replica_id, populate_existing=True)
             if row is not None:
                 row.state = state
+                if generation is not None:
+                    row.generation = generation
                 if info is not None:
                     row.driver_id = info.driver_id
                     row.published = [
@@ -1006,7 +1013,10 @@ class ContainerOps:
         except NotFound:
             info = await self._make(container, replica, host, start=start)
             state = "running" if start else "created"
-            await self._save_replica(replica.id, state=state, info=info)
+            # Made (again) from the container's spec: the replica runs its generation.
+            await self._save_replica(
+                replica.id, state=state, info=info, generation=container.generation
+            )
             return
         if start:
             # No write in between: if we die here, the next attempt finds it by name.
