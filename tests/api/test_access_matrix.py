@@ -142,6 +142,7 @@ MATRIX: dict[tuple[str, str], Rule] = {
     ("GET", "/containers"): Rule(P.COMPUTE_READ),
     ("POST", "/containers"): Rule(P.COMPUTE_WRITE),
     ("GET", "/containers/{container_id}"): Rule(P.COMPUTE_READ),
+    ("PUT", "/containers/{container_id}"): Rule(P.COMPUTE_WRITE),
     ("PUT", "/containers/{container_id}/start"): Rule(P.COMPUTE_WRITE),
     ("PUT", "/containers/{container_id}/stop"): Rule(P.COMPUTE_WRITE),
     ("POST", "/containers/{container_id}/scale"): Rule(P.COMPUTE_WRITE),
@@ -1213,6 +1214,9 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ),
     ("GET", "/containers/{container_id}"): Sample(role_checked=True),
     ("GET", "/containers/{container_id}/logs"): Sample(role_checked=True),
+    ("PUT", "/containers/{container_id}"): Sample(
+        json={"environment": {"NEW": "1"}}, fresh=fresh_container, role_checked=True
+    ),
     ("PUT", "/containers/{container_id}/start"): Sample(fresh=fresh_container, role_checked=True),
     ("PUT", "/containers/{container_id}/stop"): Sample(fresh=fresh_container, role_checked=True),
     ("POST", "/containers/{container_id}/scale"): Sample(

@@ -7,6 +7,7 @@ test image, and the tests fetch its page over HTTP from the published ports.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 import uuid
@@ -23,6 +24,7 @@ from nefos.api.app import create_app
 from nefos.db.models import Container
 from nefos.db.session import begin_write
 from nefos.domain.publishing import PublishPolicy
+from nefos.operations import queue
 from nefos.services.users import UserService
 from tests.conftest import (
     ADMIN_PASSWORD,
@@ -38,6 +40,14 @@ from tests.conftest import (
 V1 = "/api/v1"
 PAGE = "nefos test page"
 HTTPD = "/bin/busybox httpd -f -p 8080 -h /www"  # what the test image runs
+NEW_PAGE = "the new generation"
+#: Serves a page of its own (the test image's httpd, on another document root): what a
+#: rolling update moves to.
+SERVE_NEW = [
+    "/bin/sh",
+    "-c",
+    f"mkdir -p /tmp/w && echo '{NEW_PAGE}' > /tmp/w/index.html && exec httpd -f -p 8080 -h /tmp/w",
+]
 
 
 def seed_body(name: str = "my-app", **extra: Any) -> dict[str, Any]:
@@ -210,7 +220,10 @@ async def test_seed_004_flow_end_to_end(client, admin, register, podman_host):
 
     got = await api.get(c["id"])
     assert got["status"] == "running" and got["status_reason"] is None
-    assert got["replica_states"] == [{"slot": 0, "state": "running", "host_id": podman_host["id"]}]
+    assert got["generation"] == 1
+    assert got["replica_states"] == [
+        {"slot": 0, "state": "running", "host_id": podman_host["id"], "generation": 1}
+    ]
     [endpoint] = got["endpoints"]
     assert endpoint["replica"] == 0 and endpoint["container_port"] == 8080
     assert endpoint["protocol"] == "tcp" and endpoint["host"] == "podman-test"
@@ -943,3 +956,69 @@ async def test_cancelling_a_pending_stop_or_scale_restores_the_container(idle: I
     await api.call("GET", f"/containers/{cid}", 404)
     assert engine_containers(cid) == []
     assert await host_usage(client, admin, idle.host["id"]) == IDLE
+
+
+async def test_a_pending_update_cancelled_puts_the_spec_back(idle: Idle):
+    client, admin = idle.client, idle.admin
+    api = Api(client, admin)
+    data = await api.create(seed_body())
+    cid = data["container_id"]
+    idle.made.append(cid)
+    await idle.run_one()
+    assert (await api.get(cid))["status"] == "running"
+
+    upd = await api.call("PUT", f"/containers/{cid}", 202, json={"resources": {"cpu": "0.25"}})
+    got = await api.get(cid)
+    assert got["status"] == "updating" and got["generation"] == 2
+    assert got["resources"] == {"cpu": "0.25", "memory": "64m"}
+    assert len(got["replica_states"]) == 2
+    assert (await host_usage(client, admin, idle.host["id"]))["instances"] == 2
+    await api.call("DELETE", f"/operations/{upd['operation']['id']}")
+    got = await api.get(cid)
+    assert got["status"] == "running" and got["generation"] == 1
+    assert got["resources"] == {"cpu": "0.5", "memory": "64m"}
+    assert [(r["slot"], r["generation"]) for r in got["replica_states"]] == [(0, 1)]
+    assert (await host_usage(client, admin, idle.host["id"]))["instances"] == 1
+
+
+async def test_an_update_whose_worker_dies_is_finished_by_the_next_claim(idle: Idle):
+    client, admin = idle.client, idle.admin
+    api = Api(client, admin)
+    core = idle.app.state.core
+    data = await api.create(seed_body(replicas=2))
+    cid = data["container_id"]
+    idle.made.append(cid)
+    await idle.run_one()
+
+    upd = await api.call("PUT", f"/containers/{cid}", 202, json={"command": SERVE_NEW})
+    # A worker runs it and dies once the first new replica runs (its task cancelled:
+    # the lease is left to run out, as when a process is killed).
+    worker = asyncio.create_task(core.workers.run_one())
+    deadline = time.monotonic() + 60
+    while True:
+        states = (await api.get(cid))["replica_states"]
+        if any(r["generation"] == 2 and r["state"] == "running" for r in states):
+            break
+        assert time.monotonic() < deadline and not worker.done(), states
+        await asyncio.sleep(0.05)
+    worker.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await worker
+    op = await api.call("GET", f"/operations/{upd['operation']['id']}")
+    assert op["status"] == "running"
+
+    # The reconciler requeues it (its heartbeat is older than the lease); the next
+    # claim finishes the rollout from where it stood.
+    async with core.db.sessionmaker() as session:
+        assert await queue.requeue_stale(session, 0) == [op["id"]]
+    await idle.run_one()
+    op = await api.call("GET", f"/operations/{op['id']}")
+    assert op["status"] == "succeeded" and op["attempts"] == 2, op
+    got = await api.get(cid)
+    assert got["status"] == "running" and got["generation"] == 2
+    assert [r["generation"] for r in got["replica_states"]] == [2, 2]
+    engine = engine_containers(cid)
+    assert len(engine) == 2
+    assert {e.labels["nefos.id"] for e in engine} == {
+        r["id"] for r in (await api.call("GET", f"/services/{cid}"))["service"]["instances"]
+    }

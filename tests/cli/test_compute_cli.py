@@ -153,6 +153,17 @@ def test_container_lifecycle_with_wait(cli, user, admin_cli, podman):
     assert cancel.exit_code == 1 and "CONFLICT" in cancel.stderr
     _no_traceback(cancel)
 
+    # A rolling update, followed to its end.
+    updated = cli.json("container", "update", cid, "-e", "GREETING=hi", "--wait")
+    assert updated["operation"]["status"] == "succeeded", updated
+    assert updated["operation"]["kind"] == "container.update"
+    assert updated["container"]["environment"] == {"GREETING": "hi"}
+    assert updated["container"]["generation"] == 2
+    assert [r["generation"] for r in updated["container"]["replica_states"]] == [2, 2]
+    for e in updated["container"]["endpoints"]:
+        assert "nefos test page" in fetch(e["host_port"])
+    assert "Nothing to change" in _ok(cli("container", "update", cid, "-e", "GREETING=hi"))
+
     # The admin may not remove the host while it carries the container.
     busy = admin_cli("host", "rm", podman.id, "--yes")
     assert busy.exit_code == 1 and "CONFLICT" in busy.stderr and "drain" in busy.stderr

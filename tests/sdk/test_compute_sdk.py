@@ -258,6 +258,21 @@ def test_container_lifecycle_on_podman(live_server, admin_client, new_user, podm
     with pytest.raises(ConflictError):  # finished: too late to cancel
         c.operations.cancel(history.items[0].id)
 
+    # A rolling update: the replicas are replaced by ones of the new spec.
+    updated = c.containers.update(cid, environment={"GREETING": "bonjour"}, memory="48m")
+    assert isinstance(updated, ContainerAccepted)
+    assert updated.container.status == "updating" and updated.container.generation == 2
+    done = c.operations.wait(updated, **WAIT)
+    assert done.kind == "container.update" and done.result == {"generation": 2, "replaced": 2}
+    container = c.containers.get(cid)
+    assert container.environment == {"GREETING": "bonjour"} and container.generation == 2
+    assert container.resources["memory"] == "48m"
+    assert [r.generation for r in container.replica_states] == [2, 2]
+    for e in container.endpoints:
+        assert "nefos test page" in fetch(e.host_port)
+    same = c.containers.update(cid, environment={"GREETING": "bonjour"})
+    assert isinstance(same, ContainerPublic) and same.generation == 2
+
     deleting = c.containers.delete(cid)
     assert deleting.container.status == "deleting"
     done = c.operations.wait(deleting, **WAIT)

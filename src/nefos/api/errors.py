@@ -32,6 +32,7 @@ STATUS: dict[type[e.NefosError], int] = {
     e.Conflict: 409,
     e.PaymentRequired: 402,
     e.ImagePullFailed: 422,
+    e.RolledBack: 409,  # an operation's error; no request raises it
     e.ResourceExhausted: 409,
     e.RateLimited: 429,
     e.ServiceUnavailable: 503,

@@ -36,7 +36,7 @@ Metered = Vm | Container | Volume
 KIND: dict[type[Any], str] = {Vm: "vm", Container: "container", Volume: "volume"}
 # States in which compute (vCPUs, memory, instance-hours) is billed. Storage is
 # billed for as long as the resource exists.
-RUNNING = {"vm": {"running", "rebooting"}, "container": {"running", "scaling"}}
+RUNNING = {"vm": {"running", "rebooting"}, "container": {"running", "scaling", "updating"}}
 # Attributes whose change changes the price of a resource.
 _WATCHED = {
     Vm: ("status", "cpu_cores", "memory_mb", "storage_gb", "flavor"),

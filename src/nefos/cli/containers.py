@@ -30,7 +30,7 @@ from nefos.schemas.compute import (
     OperationPublic,
     PublishedEndpoint,
 )
-from nefos.sdk import Client
+from nefos.sdk import NOT_GIVEN, Client
 
 app = typer.Typer(no_args_is_help=True, help="Containers: create, scale, follow and remove them.")
 
@@ -297,6 +297,51 @@ def scale(
     with api(as_json) as c:
         accepted = c.containers.scale(container_id, replicas=replicas, strategy=strategy)
         _accepted(c, accepted, wait, as_json)
+
+
+@app.command()
+def update(
+    container_id: ContainerArg,
+    image: Annotated[
+        str | None, typer.Option("--image", "-i", help="The new image.", show_default=False)
+    ] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--env",
+            "-e",
+            help="KEY=VALUE: the new environment, whole (repeat the option for more).",
+            show_default=False,
+        ),
+    ] = None,
+    command: Annotated[
+        str | None, typer.Option(help='The new command, split like a shell: "httpd -f".')
+    ] = None,
+    cpu: Annotated[str | None, typer.Option(help="CPU cores per replica, e.g. 0.5.")] = None,
+    memory: Annotated[str | None, typer.Option(help="Memory per replica, e.g. 64m, 1g.")] = None,
+    wait: WaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Roll a container to a new image, environment, command or size: one replica at
+    a time, each new one passing the service's check before an old one goes; rolled
+    back on its own if one does not."""
+    environment = _environment(env) if env is not None else None
+    with api(as_json) as c:
+        result = c.containers.update(
+            container_id,
+            image=image,
+            environment=environment,
+            cpu=cpu,
+            memory=memory,
+            command=NOT_GIVEN if command is None else command,
+        )
+        if isinstance(result, ContainerAccepted):
+            _accepted(c, result, wait, as_json)
+        elif as_json:
+            echo_json(result)
+        else:
+            stdout().print("Nothing to change.")
+            print_container(result)
 
 
 @app.command("rm")

@@ -335,6 +335,10 @@ class Container(Base):
     memory_mb: Mapped[int] = mapped_column(Integer, nullable=False)
     storage_gb: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     replicas: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    # Which spec (image, environment, command, resources) the row holds: a rolling
+    # update (PUT /containers/{id}) moves it on, its rollback moves it back, and each
+    # replica records the one it was made with.
+    generation: Mapped[int] = mapped_column(Integer, nullable=False, default=1, server_default="1")
     status: Mapped[str] = mapped_column(String(16), nullable=False)
     desired: Mapped[str] = mapped_column(String(16), nullable=False, default="running")
     status_reason: Mapped[str | None] = mapped_column(Text)
@@ -375,6 +379,8 @@ class ContainerReplica(Base):
     # pending (not made yet), created, running, stopped, missing, error
     state: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
     published: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False, default=list)
+    # The container's generation (its spec) this replica runs.
+    generation: Mapped[int] = mapped_column(Integer, nullable=False, default=1, server_default="1")
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
 

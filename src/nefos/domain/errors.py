@@ -17,6 +17,7 @@ never reaches a response body.
     │   └── PaymentRequired                       an empty wallet (402)
     ├── RateLimited           RATE_LIMITED        too many attempts; has retry_after
     ├── ImagePullFailed       IMAGE_PULL_FAILED   an image neither on the host nor pullable
+    ├── RolledBack            ROLLED_BACK         an operation that failed and undid its work
     └── ServiceUnavailable    SERVICE_UNAVAILABLE a driver, host, database or Redis is down
 """
 
@@ -31,6 +32,9 @@ class NefosError(Exception):
     #: What an engine or hypervisor said (a driver error's raw text): for the server
     #: log and platform admins only, never in a tenant's response.
     engine_message: str | None = None
+    #: Raised by an operation's handler: the result its failed operation records
+    #: (what the handler did before failing, or undid).
+    result: dict[str, Any] | None = None
 
     def __init__(self, message: str | None = None, **details: Any) -> None:
         self.message = message or self.default_message
@@ -91,6 +95,19 @@ class RateLimited(NefosError):
 class ImagePullFailed(NefosError):
     code = "IMAGE_PULL_FAILED"
     default_message = "The image could not be pulled from its registry"
+
+
+class RolledBack(NefosError):
+    """An operation failed and put back what it had changed (a rolling update whose
+    new replicas did not come up): the resource serves as before. An operation's
+    error only, never an HTTP answer."""
+
+    code = "ROLLED_BACK"
+    default_message = "The change failed and was rolled back"
+
+    def __init__(self, message: str | None = None, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.result = {"rolled_back": True, **details}
 
 
 class ServiceUnavailable(NefosError):

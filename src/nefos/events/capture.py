@@ -64,6 +64,7 @@ def container_event(container: Container, previous: str | None, status: str) -> 
             "status": status,
             "previous_status": previous,
             "replicas": container.replicas,
+            "generation": container.generation,
             "reason": container.status_reason,
         },
         project_id=container.project_id,

@@ -9,8 +9,9 @@ from the start (after its lease expires), so each step checks what already exist
 * It raises ``Retry`` (the services layer raises it when a host is unreachable):
   the operation goes back to pending and runs again after a back-off, until
   ``operation_retry_deadline`` has passed since it was created; then it fails.
-* It raises anything else: the operation fails with the error's code and message,
-  and the handler's ``on_failure`` hook runs to put the resource in ``error``.
+* It raises anything else: the operation fails with the error's code and message
+  (and a ``NefosError``'s ``result``, e.g. ``rolled_back``), and the handler's
+  ``on_failure`` hook runs to put the resource in ``error``.
 """
 
 from __future__ import annotations
@@ -183,6 +184,7 @@ class Workers:
         except NefosError as exc:
             status, code, message = OpStatus.FAILED, exc.code, exc.message
             engine_message = exc.engine_message
+            result = exc.result
         except Exception as exc:
             log.exception("operation %s (%s) crashed", op.id, op.kind)
             status, code, message = OpStatus.FAILED, "INTERNAL_ERROR", f"{type(exc).__name__}"

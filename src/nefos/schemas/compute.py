@@ -242,6 +242,30 @@ class ContainerCreate(Request):
         return v
 
 
+class ContainerUpdate(Request):
+    """A rolling update: what is given replaces what was (``resources`` field by
+    field; ``command: null`` goes back to the image's own). Nothing changed: 200."""
+
+    image: Annotated[str, AfterValidator(_image)] | None = None
+    environment: (
+        Annotated[dict[str, Annotated[str, Field(max_length=32_768)]], Field(max_length=256)] | None
+    ) = None
+    command: (
+        Annotated[list[Annotated[str, Field(max_length=4096)]], Field(min_length=1, max_length=256)]
+        | Annotated[str, Field(min_length=1, max_length=8192)]
+        | None
+    ) = None
+    resources: ContainerResources | None = None
+
+    @field_validator("environment")
+    @classmethod
+    def _env(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        for key in v or {}:
+            if not _ENV_KEY.match(key):
+                raise ValueError(f"invalid variable name {key[:40]!r}")
+        return v
+
+
 class ContainerScale(Request):
     replicas: Annotated[int, Field(ge=1, le=64)]
     strategy: Literal["rolling", "recreate"] = "rolling"
@@ -268,6 +292,7 @@ class ReplicaPublic(BaseModel):
     slot: int
     state: str
     host_id: str
+    generation: int = Field(1, description="The container's generation this replica runs.")
 
 
 class ContainerMetrics(BaseModel):
@@ -287,7 +312,8 @@ class ContainerPublic(BaseModel):
     name: str
     image: str
     status: str = Field(
-        description="creating, starting, running, stopping, stopped, scaling, deleting, error"
+        description="creating, starting, running, stopping, stopped, scaling, updating, "
+        "deleting, error"
     )
     status_reason: str | None = None
     ports: list[str]
@@ -302,6 +328,11 @@ class ContainerPublic(BaseModel):
     command: list[str] | None
     resources: dict[str, str]
     replicas: int
+    generation: int = Field(
+        1,
+        description="The spec's generation: each rolling update (`PUT`) moves it on, a "
+        "rollback moves it back.",
+    )
     replica_states: list[ReplicaPublic] = []
     metrics: ContainerMetrics | None = None
     created_at: datetime
@@ -316,6 +347,14 @@ class ContainerAccepted(BaseModel):
     container: ContainerPublic
     operation: OperationRef
     replicas: int | None = None
+
+
+class ContainerUpdated(BaseModel):
+    """A ``PUT`` that changed nothing (200): the container as it is."""
+
+    message: str
+    container_id: str
+    container: ContainerPublic
 
 
 class ContainerList(BaseModel):

@@ -686,6 +686,44 @@ class Containers(_Resource):
         path = f"/containers/{_seg(container_id)}/scale"
         return self._write("POST", path, idempotency_key, body)
 
+    def update(
+        self,
+        container_id: str,
+        *,
+        image: str | None = None,
+        environment: Mapping[str, str] | None = None,
+        command: str | Sequence[str] | NotGiven | None = NOT_GIVEN,
+        cpu: str | float | None = None,
+        memory: str | None = None,
+        storage: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> ContainerAccepted | ContainerPublic:
+        """A rolling update to a new ``image``, ``environment`` (the whole set),
+        ``command`` (``None``: the image's own) or resources: the replicas are replaced
+        one at a time, each new one passing the service's check before an old one
+        goes, and the update rolls back on its own if one does not (the operation then
+        fails with ``ROLLED_BACK``). A :class:`ContainerAccepted` to follow; the
+        container itself when nothing would change."""
+        resources = _body(cpu=cpu, memory=memory, storage=storage)
+        body = _body(
+            image=image,
+            environment=dict(environment) if environment is not None else None,
+            resources=resources or None,
+        )
+        if not isinstance(command, NotGiven):
+            body["command"] = (
+                command if command is None or isinstance(command, str) else list(command)
+            )
+        data = self._client.request(
+            "PUT",
+            f"/containers/{_seg(container_id)}",
+            json=body,
+            headers=_idempotent(idempotency_key),
+        )
+        if isinstance(data, dict) and data.get("operation"):
+            return ContainerAccepted.model_validate(data)
+        return ContainerPublic.model_validate(data["container"])
+
     def delete(self, container_id: str, *, idempotency_key: str | None = None) -> ContainerAccepted:
         """Remove every replica, then the container (once the operation succeeds)."""
         return self._write("DELETE", f"/containers/{_seg(container_id)}", idempotency_key)

@@ -41,8 +41,10 @@ from nefos.domain.access import Permission
 from nefos.domain.actors import SystemActor
 from nefos.domain.errors import (
     Conflict,
+    NefosError,
     NotFound,
     ResourceExhausted,
+    RolledBack,
     ServiceUnavailable,
     ValidationFailed,
 )
@@ -66,7 +68,12 @@ from nefos.events import record
 from nefos.events.capture import container_event
 from nefos.operations import OpContext, enqueue
 from nefos.scheduler import NoValidHost, PlacementRequest
-from nefos.schemas.compute import ContainerCreate, ContainerScale
+from nefos.schemas.compute import (
+    ContainerCreate,
+    ContainerResources,
+    ContainerScale,
+    ContainerUpdate,
+)
 from nefos.services.core import Core
 from nefos.services.drivers import CONTAINER_DRIVERS
 from nefos.services.endpoints import (
@@ -202,6 +209,25 @@ def image_reference(image: str) -> ImageReference:
         raise ValidationFailed(f"Invalid image reference: {exc}", image=str(exc)) from None
 
 
+def _command(command: str | list[str] | None) -> list[str] | None:
+    """A command as the engine takes it: a string is split as a shell would."""
+    if not isinstance(command, str):
+        return command
+    try:
+        return shlex.split(command)
+    except ValueError as exc:
+        raise ValidationFailed(f"command: {exc}", command=str(exc)) from None
+
+
+#: What a rolling update may change: a container's spec, kept in the operation's
+#: params (``previous``) so that a rollback can put it back.
+SPEC = ("image", "environment", "command", "resources", "cpu_milli", "memory_mb", "storage_gb")
+
+
+def spec_of(container: Container) -> dict[str, Any]:
+    return {key: getattr(container, key) for key in SPEC}
+
+
 def operation_url(op_id: str) -> str:
     return f"/api/v1/operations/{op_id}"
 
@@ -281,7 +307,7 @@ class ContainerService:
         slots from ``first_slot``): one call to the database (``Placer.allocate``)."""
         placer = self.core.placer
         last: NoValidHost | None = None
-        rows = ReplicaRows(container.id, first_slot)
+        rows = ReplicaRows(container.id, first_slot, container.generation)
         for driver in CONTAINER_DRIVERS:
             mesh = await mesh_everywhere(self.session, self.core.settings, driver)
             if mesh:
@@ -381,14 +407,7 @@ class ContainerService:
         ``also`` adds rows of the caller's (an API's) in the same transaction."""
         res = body.resources
         image_reference(body.image)  # a bad reference is a 422 before anything else
-        command: list[str] | None
-        if isinstance(body.command, str):
-            try:
-                command = shlex.split(body.command)
-            except ValueError as exc:
-                raise ValidationFailed(f"command: {exc}", command=str(exc)) from None
-        else:
-            command = body.command
+        command = _command(body.command)
         policy = self.core.settings.publish_policy
         for text in body.ports:
             policy.check(parse_port(text), admin=principal.is_admin)
@@ -582,6 +601,122 @@ class ContainerService:
         self.core.workers.notify()
         return current, op
 
+    async def update(
+        self, principal: Principal, container: Container, body: ContainerUpdate
+    ) -> tuple[Container, Operation | None]:
+        """A rolling update to a new spec (image, environment, command, resources):
+        the container row takes the new spec and the next generation at once, and the
+        ``container.update`` operation replaces the replicas one at a time
+        (``ContainerOps.run_update``). ``None`` for the operation when nothing would
+        change (the spec is the same and every replica runs it)."""
+        if body.image is not None:
+            image_reference(body.image)
+        command = _command(body.command) if "command" in body.model_fields_set else None
+        await begin_write(self.session)
+        try:
+            current = await self.session.get(Container, container.id, populate_existing=True)
+            if current is None:
+                raise NotFound("Container not found", container_id=container.id)
+            if current.status == "deleting":
+                raise Conflict("The container is being deleted")
+            previous = spec_of(current)
+            wanted = dict(previous)
+            if body.image is not None:
+                wanted["image"] = body.image
+            if body.environment is not None:
+                wanted["environment"] = dict(body.environment)
+            if "command" in body.model_fields_set:
+                wanted["command"] = command
+            if body.resources is not None:
+                given = body.resources.model_dump(include=body.resources.model_fields_set)
+                merged = ContainerResources.model_validate({**current.resources, **given})
+                wanted["resources"] = {"cpu": merged.cpu, "memory": merged.memory}
+                if merged.storage:
+                    wanted["resources"]["storage"] = merged.storage
+                wanted |= {
+                    "cpu_milli": merged.cpu_milli,
+                    "memory_mb": merged.memory_mb,
+                    "storage_gb": merged.storage_gb,
+                }
+            old = (await self.replicas([current.id]))[current.id]
+            if wanted == previous and all(r.generation == current.generation for r in old):
+                await self.session.rollback()
+                await self.session.refresh(current)
+                return current, None
+            # Monotonic: a replica of an update that failed without rolling back keeps
+            # a generation no later spec may share.
+            generation = max([current.generation, *(r.generation for r in old)]) + 1
+            mesh = await mesh_everywhere(self.session, self.core.settings, "docker")
+            # Where a fixed host port is published by each replica's engine, two
+            # replicas may not share a host: the update replaces in place.
+            surge = not _fixed_ports(current, mesh=mesh)
+            await self._update_quota(current, wanted, surge=surge)
+            from_generation = current.generation
+            for key, value in wanted.items():
+                setattr(current, key, value)
+            current.generation = generation
+            async with self.core.placer.lock:
+                add: list[str] = []
+                hosts = list((await self._hosts(old)).values())
+                if surge:
+                    first = max((r.slot for r in old), default=-1) + 1
+                    placed = await self._place(current, 1, first)
+                    add = [a.replica_id for a, _ in placed if a.replica_id]
+                    hosts += [h for _, h in placed]
+                    await self._reachable([h for _, h in placed])
+                if wanted["image"] != previous["image"]:
+                    await self._image_allowed(wanted["image"], hosts)
+                op = await enqueue(
+                    self.session,
+                    kind="container.update",
+                    resource_type="container",
+                    resource_id=current.id,
+                    project_id=current.project_id,
+                    user_id=principal.user_id,
+                    params={
+                        "from_status": current.status,
+                        "from_generation": from_generation,
+                        "previous": previous,
+                        "generation": generation,
+                        "mode": "surge" if surge else "in_place",
+                        "image_changed": wanted["image"] != previous["image"],
+                        "add": add,
+                    },
+                )
+                current.status = "updating"
+                current.status_reason = f"rolling update to generation {generation}"
+                await self._commit_or_undo()
+        except BaseException as exc:
+            await self._abandon(exc)
+            raise
+        self.core.workers.notify()
+        return current, op
+
+    async def _update_quota(
+        self, container: Container, wanted: dict[str, Any], *, surge: bool
+    ) -> None:
+        """The most the update adds to what the project holds, at its peak: one
+        replica more (the surge) while the replicas move from the old size to the
+        new, one at a time."""
+        project = await self.session.get(Project, container.project_id)
+        assert project is not None
+        await require_funds(self.session, self.core.settings, project.organisation_id)
+        n = container.replicas
+
+        def extra(old: int, new: int) -> int:
+            if surge:  # k new + the surge + (n - k - 1) old, at most
+                return max(new, n * (new - old) + old)
+            return max(0, n * (new - old))
+
+        await check_quota(
+            self.session,
+            container.project_id,
+            containers=1 if surge else 0,
+            cpu_milli=extra(container.cpu_milli, wanted["cpu_milli"]),
+            memory_mb=extra(container.memory_mb, wanted["memory_mb"]),
+            storage_gb=extra(container.storage_gb, wanted["storage_gb"]),
+        )
+
     # --- live data --------------------------------------------------------------------
     async def _hosts(self, replicas: Sequence[ContainerReplica]) -> dict[str, Host]:
         ids = {r.host_id for r in replicas}
@@ -661,6 +796,12 @@ class ContainerService:
 _NET_SAMPLES: dict[str, tuple[float, int]] = {}
 
 
+class _ReplicaFailed(NefosError):
+    """A replica of a rolling update could not be made, or did not pass in time."""
+
+    code = "UPDATE_FAILED"
+
+
 class _Unreachable(Exception):
     def __init__(self, host_id: str, error: str) -> None:
         super().__init__(error)
@@ -686,6 +827,7 @@ class ContainerOps:
         w.register("container.stop", self.run_stop, self.failed, self.cancel_transition)
         w.register("container.delete", self.run_delete, self.failed, self.cancel_transition)
         w.register("container.scale", self.run_scale, self.failed, self.cancel_scale)
+        w.register("container.update", self.run_update, self.failed, self.cancel_update)
         w.register("host.drain", self.run_drain, self.drain_failed, self.cancel_drain)
 
     # --- helpers ----------------------------------------------------------------------
@@ -804,13 +946,20 @@ class ContainerOps:
         )
 
     async def _save_replica(
-        self, replica_id: str, *, state: str, info: InstanceInfo | None = None
+        self,
+        replica_id: str,
+        *,
+        state: str,
+        info: InstanceInfo | None = None,
+        generation: int | None = None,
     ) -> None:
         async with self.core.db.sessionmaker() as session:
             await begin_write(session)
             row = await session.get(ContainerReplica, replica_id, populate_existing=True)
             if row is not None:
                 row.state = state
+                if generation is not None:
+                    row.generation = generation
                 if info is not None:
                     row.driver_id = info.driver_id
                     row.published = [
@@ -827,7 +976,8 @@ class ContainerOps:
     async def _set_status(
         self, container_id: str, status: str | None = None, reason: str | None = None
     ) -> None:
-        """Set the status, or (``None``) derive it from the replicas' states."""
+        """Set the status, or (``None``) derive it from the replicas' states (and show
+        ``reason`` if that status has none of its own)."""
         async with self.core.db.sessionmaker() as session:
             await begin_write(session)
             container = await session.get(Container, container_id, populate_existing=True)
@@ -840,7 +990,8 @@ class ContainerOps:
                             )
                         )
                     ).all()
-                    status, reason = derive_status(container.desired, list(states))
+                    status, derived = derive_status(container.desired, list(states))
+                    reason = derived or reason
                 container.status = status
                 container.status_reason = reason
             await session.commit()
@@ -871,7 +1022,10 @@ class ContainerOps:
         except NotFound:
             info = await self._make(container, replica, host, start=start)
             state = "running" if start else "created"
-            await self._save_replica(replica.id, state=state, info=info)
+            # Made (again) from the container's spec: the replica runs its generation.
+            await self._save_replica(
+                replica.id, state=state, info=info, generation=container.generation
+            )
             return
         if start:
             # No write in between: if we die here, the next attempt finds it by name.
@@ -1046,6 +1200,177 @@ class ContainerOps:
             result["ready"] = ready
         return result
 
+    # --- rolling update ---------------------------------------------------------------
+    async def run_update(self, ctx: OpContext) -> dict[str, Any] | None:
+        """Replace the replicas, one at a time, with replicas of the container's new
+        generation (Kubernetes' RollingUpdate with maxSurge 1, maxUnavailable 0; in
+        place where a fixed host port forbids the surge). A new replica that cannot be
+        made, or does not pass its checks within ``readiness_timeout``, rolls the
+        update back: the previous spec goes back on the row and the replicas roll to
+        it the same way, so the old ones serve throughout.
+
+        Each step is read from the rows (every replica's generation, the container's)
+        and a rollback is recorded in the operation's params in the same transaction
+        as the spec it puts back: a worker that dies anywhere leaves a state the next
+        claim finishes, or goes on rolling back."""
+        params = ctx.op.params
+        generation = int(params["generation"])
+        reason = params.get("rollback")
+        if reason is None:
+            what = "the new image" if params.get("image_changed") else "the new spec"
+            try:
+                replaced = await self._roll(ctx, generation, what)
+            except _ReplicaFailed as exc:
+                reason = exc.message
+                await self._begin_rollback(ctx, reason)
+            else:
+                await self._set_status(ctx.op.resource_id)
+                return {"generation": generation, "replaced": replaced}
+        await self._drop_unserving(ctx.op.resource_id, generation)
+        from_generation = int(params["from_generation"])
+        try:
+            await self._roll(ctx, from_generation, "the previous spec")
+        except _ReplicaFailed as exc:
+            raise _ReplicaFailed(f"rolling back ({reason}): {exc.message}") from exc
+        what = "image" if params.get("image_changed") else "spec"
+        raise RolledBack(f"{reason}; the previous {what} is serving", generation=from_generation)
+
+    async def _roll(self, ctx: OpContext, target: int, what: str) -> int:
+        """Move the replicas to generation ``target`` (the container row's spec), one
+        at a time; how many were replaced. Raises ``_ReplicaFailed`` when a replica of
+        ``target`` cannot be placed or made, or does not pass in time."""
+        surge = ctx.op.params.get("mode", "surge") == "surge"
+        ready: set[str] = set()
+        replaced = 0
+        while True:
+            async with self.core.db.sessionmaker() as session:
+                container, replicas, hosts = await self._load(session, ctx.op.resource_id)
+            if container is None:
+                return replaced
+            start = container.desired == "running"
+            fresh = [r for r in replicas if r.generation == target]
+            stale = [r for r in replicas if r.generation != target]
+            n = container.replicas
+            for i, r in enumerate(fresh, 1):
+                if r.id in ready:
+                    continue
+                try:
+                    if r.state != ("running" if start else "created"):
+                        await self._ensure(container, r, hosts[r.host_id], start=start)
+                    passed = await self._await_ready(container, [r]) if start else None
+                except NefosError as exc:
+                    raise _ReplicaFailed(
+                        f"replica {i} of {what} could not be made: {exc.message}"
+                    ) from exc
+                if passed == 0:
+                    raise _ReplicaFailed(
+                        f"replica {i} of {what} did not pass its health check within "
+                        f"{self.core.settings.readiness_timeout:.0f} s"
+                    )
+                ready.add(r.id)
+            if not stale and len(fresh) >= n:
+                return replaced
+            if stale and (len(replicas) > n or (not surge and len(replicas) >= n)):
+                # Out first: one already draining, then one that serves nothing.
+                out = min(
+                    stale, key=lambda r: (r.state != "terminating", r.state == "running", r.slot)
+                )
+                await self._drain(container, [out])
+                await self._remove(container, out, hosts.get(out.host_id))
+                replaced += 1
+                ctx.progress(int(100 * replaced / max(1, n)))
+                await self._note(
+                    container.id, f"generation {target}: {len(fresh)} of {n} replica(s)"
+                )
+            else:
+                try:
+                    await self._place_one(container.id)
+                except NefosError as exc:
+                    raise _ReplicaFailed(
+                        f"replica {len(fresh) + 1} of {what} could not be placed: {exc.message}"
+                    ) from exc
+
+    async def _place_one(self, container_id: str) -> None:
+        """One more replica of the container's current generation, in a slot of its
+        own, placed as a create places them (its row pending, for ``_roll`` to make)."""
+        async with self.core.db.sessionmaker() as session:
+            await begin_write(session)
+            container = await session.get(Container, container_id, populate_existing=True)
+            if container is None:
+                await session.commit()
+                return
+            top = await session.scalar(
+                select(func.max(ContainerReplica.slot)).where(
+                    ContainerReplica.container_id == container_id
+                )
+            )
+            async with self.core.placer.lock:
+                try:
+                    await ContainerService(self.core, session)._place(
+                        container, 1, 0 if top is None else top + 1
+                    )
+                    await session.commit()
+                except BaseException:
+                    await session.rollback()
+                    self.core.placer.invalidate()
+                    raise
+
+    async def _begin_rollback(self, ctx: OpContext, reason: str) -> None:
+        """Put the previous spec back on the container row and record the rollback in
+        the operation's params, in one transaction: from here on every claim of the
+        operation rolls back."""
+        params = ctx.op.params
+        async with self.core.db.sessionmaker() as session:
+            await begin_write(session)
+            container = await session.get(Container, ctx.op.resource_id, populate_existing=True)
+            op = await session.get(Operation, ctx.op.id, populate_existing=True)
+            assert op is not None
+            op.params = {**(op.params or {}), "rollback": reason}
+            if container is not None:
+                for key, value in params["previous"].items():
+                    setattr(container, key, value)
+                container.generation = int(params["from_generation"])
+                container.status_reason = f"rolling back: {reason}"
+                record(session, container_event(container, container.status, container.status))
+            await session.commit()
+        log.warning("container %s: update rolled back: %s", ctx.op.resource_id, reason)
+
+    async def _drop_unserving(self, container_id: str, generation: int) -> None:
+        """Remove the replicas of ``generation`` that take no traffic (the one that
+        failed): they serve nothing, so nothing waits for them."""
+        async with self.core.db.sessionmaker() as session:
+            container, replicas, hosts = await self._load(session, container_id)
+            if container is None:
+                return
+            mine = [r for r in replicas if r.generation == generation]
+            checked = await session.get(ServiceSettings, container_id)
+            health = {
+                h.replica_id: h
+                for h in await session.scalars(
+                    select(ServiceInstanceHealth).where(
+                        ServiceInstanceHealth.replica_id.in_([r.id for r in mine])
+                    )
+                )
+            }
+        for r in mine:
+            serving = r.state == "running"
+            if serving and checked is not None and checked.check:
+                h = health.get(r.id)
+                serving = h is not None and takes_traffic(h)
+            if not serving:
+                await self._remove(container, r, hosts.get(r.host_id))
+
+    async def _note(self, container_id: str, reason: str) -> None:
+        """Show a step of an operation that keeps the container's status (a
+        ``container_status_update`` with the new reason)."""
+        async with self.core.db.sessionmaker() as session:
+            await begin_write(session)
+            container = await session.get(Container, container_id, populate_existing=True)
+            if container is not None:
+                container.status_reason = reason
+                record(session, container_event(container, container.status, container.status))
+            await session.commit()
+
     async def _await_ready(
         self, container: Container, replicas: Sequence[ContainerReplica]
     ) -> int | None:
@@ -1138,6 +1463,7 @@ class ContainerOps:
                         memory_mb=alloc.memory_mb,
                         storage_gb=alloc.storage_gb,
                         state="pending",
+                        generation=container.generation,
                     )
                     session.add(new)
                     await session.commit()
@@ -1181,8 +1507,11 @@ class ContainerOps:
         if ctx.op.kind == "container.delete":
             # The row stays so that a retried delete can finish the job.
             await self._set_status(ctx.op.resource_id, "error", f"delete failed: {message}")
+        elif code == RolledBack.code:
+            # The previous spec serves again: the container is as it was.
+            await self._set_status(ctx.op.resource_id, None, f"update rolled back: {message}")
         else:
-            if ctx.op.kind in ("container.create", "container.scale"):
+            if ctx.op.kind in ("container.create", "container.scale", "container.update"):
                 await self._drop_unmade(ctx)
             await self._set_status(ctx.op.resource_id, "error", f"{code}: {message}")
 
@@ -1200,6 +1529,7 @@ class ContainerOps:
         if ctx.op.kind == "container.scale":
             added = set(ctx.op.params.get("add", []))
             replicas = [r for r in replicas if r.id in added]
+
         for r in replicas:
             if r.state != "pending":
                 continue
@@ -1246,6 +1576,25 @@ class ContainerOps:
         container.replicas = op.params.get("from_replicas", container.replicas)
         container.status = op.params.get("from_status", container.status)
 
+    async def cancel_update(self, session: AsyncSession, op: Operation) -> None:
+        if op.attempts:
+            # It ran before (and went back to pending to retry): replicas may have
+            # moved already. It finishes, or rolls back, on its own.
+            raise Conflict("The update has begun; it finishes or rolls back on its own")
+        container = await session.get(Container, op.resource_id, populate_existing=True)
+        if container is None:
+            return
+        for replica_id in op.params.get("add", []):
+            r = await session.get(ContainerReplica, replica_id)
+            if r is not None:
+                await self.core.placer.release(session, r.host_id, _replica_request(r, "docker"))
+                await session.delete(r)
+        for key, value in op.params.get("previous", {}).items():
+            setattr(container, key, value)
+        container.generation = op.params.get("from_generation", container.generation)
+        container.status = op.params.get("from_status", container.status)
+        container.status_reason = None
+
 
 def replica_view(
     container: Container, replicas: Sequence[ContainerReplica], hosts: dict[str, Host]
@@ -1270,6 +1619,7 @@ def replica_view(
     return {
         "endpoints": endpoints,
         "replica_states": [
-            {"slot": r.slot, "state": r.state, "host_id": r.host_id} for r in replicas
+            {"slot": r.slot, "state": r.state, "host_id": r.host_id, "generation": r.generation}
+            for r in replicas
         ],
     }

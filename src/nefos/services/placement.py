@@ -68,6 +68,7 @@ class ReplicaRows:
 
     container_id: str
     first_slot: int = 0
+    generation: int = 1
 
 
 def scheduler_config(settings: Settings) -> SchedulerConfig:
@@ -322,6 +323,7 @@ class Placer:
                         "memory_mb": request.memory_mb,
                         "storage_gb": request.disk_gb,
                         "state": "pending",
+                        "generation": replicas.generation,
                     }
                     for i, host_id in enumerate(hosts)
                 ]

@@ -29,6 +29,8 @@ from nefos.schemas.compute import (
     ContainerLogs,
     ContainerPublic,
     ContainerScale,
+    ContainerUpdate,
+    ContainerUpdated,
 )
 from nefos.services.containers import ContainerService, operation_url, replica_view
 from nefos.services.endpoints import endpoint_url, target_port
@@ -70,6 +72,7 @@ def container_public(
         "command": c.command,
         "resources": c.resources,
         "replicas": c.replicas,
+        "generation": c.generation,
         "created_at": c.created_at,
         "updated_at": c.updated_at,
     }
@@ -159,6 +162,38 @@ async def get_container(
     hosts = await service._hosts(replicas)
     metrics = await service.metrics(c, replicas)
     return ok({"container": container_public(core.settings, c, replicas, hosts, metrics)})
+
+
+@router.put(
+    "/{container_id}",
+    response_model=Envelope[ContainerUpdated],
+    responses={
+        202: {
+            "model": Envelope[ContainerAccepted],
+            "description": "A rolling update: follow `operation`",
+        }
+    },
+)
+async def update_container(
+    container_id: ContainerId,
+    body: ContainerUpdate,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(Permission.COMPUTE_WRITE),
+) -> Response:
+    """A rolling update to a new `image`, `environment`, `command` or `resources`: one
+    new replica at a time comes up (and passes the service's own check) before one
+    old replica is drained and removed; one that does not rolls the update back.
+    202 with the `container.update` operation; 200 when nothing would change."""
+    service = ContainerService(core, session)
+    c = await service.visible(access.principal, container_id, Permission.COMPUTE_WRITE)
+    c, op = await service.update(access.principal, c, body)
+    if op is None:
+        replicas = (await service.replicas([c.id]))[c.id]
+        hosts = await service._hosts(replicas)
+        view = container_public(core.settings, c, replicas, hosts)
+        return ok({"message": "Nothing to change", "container_id": c.id, "container": view})
+    return await _accepted(service, "Container update accepted", c, op)
 
 
 @router.put("/{container_id}/start", status_code=202, response_model=Envelope[ContainerAccepted])
