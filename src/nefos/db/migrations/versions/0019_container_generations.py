@@ -5,9 +5,9 @@ environment, command or resources and replaces its replicas one at a time; the
 container's ``generation`` names its spec and each replica's the spec it was made
 with. Existing rows are generation 1.
 
-Revision ID: 0017
-Revises: 0016
-Create Date: 2026-12-13 10:00:00.000000
+Revision ID: 0019
+Revises: 0018
+Create Date: 2026-12-06 10:00:00.000000
 """
 
 from collections.abc import Sequence
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0017"
-down_revision: str | None = "0016"
+revision: str = "0019"
+down_revision: str | None = "0018"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
