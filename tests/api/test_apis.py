@@ -156,3 +156,71 @@ async def test_api_requests_that_cannot_be_met_make_nothing(
     assert [c["name"] for c in containers] == ["api-dup"]
     await api.wait(data["operation"])
     await api.act("DELETE", f"/apis/{data['api_id']}")
+
+
+async def test_a_deployment_rolls_out_a_failing_one_rolls_back_and_rollback_restores(
+    client: httpx.AsyncClient, register: Any, podman_host: Any, app: Any, monkeypatch: Any
+) -> None:
+    # An image that is nowhere: with pulling off the engine refuses it at once.
+    monkeypatch.setattr(app.state.core.settings, "container_image_pull", False)
+    user = await register()
+    api = Api(client, user)
+    data = await api.call("POST", "/apis", 202, json=api_body("rolling", replicas=2))
+    api_id, container_id = data["api_id"], data["api"]["container_id"]
+    await api.wait(data["operation"])
+    await wait_serving(client, user.headers, container_id, 2)
+
+    # A new environment is deployment 2, rolled out replica by replica.
+    put = await api.call("PUT", f"/apis/{api_id}", 202, json={"environment": {"MODE": "v2"}})
+    assert put["deployment"]["number"] == 2 and put["operation"]["kind"] == "container.update"
+    assert (await api.wait(put["operation"]))["status"] == "succeeded"
+    assert (await api.call("GET", f"/apis/{api_id}/deployments"))["deployments"][0][
+        "status"
+    ] == "active"
+    await wait_serving(client, user.headers, container_id, 2)
+    # Both a spec and a replica count in one request: one deployment each, so 422.
+    r = await client.put(
+        f"{V1}/apis/{api_id}", json={"image": TEST_IMAGE, "replicas": 3}, headers=user.headers
+    )
+    assert_error(r, 422, "VALIDATION_ERROR")
+
+    # A deployment whose replicas never come up is rolled back; the API answers
+    # from its old replicas throughout.
+    put = await api.call(
+        "PUT",
+        f"/apis/{api_id}",
+        202,
+        json={"image": "localhost/nefos-missing:absent", "description": "broken"},
+    )
+    answers = []
+    while True:
+        op = await api.call("GET", f"/operations/{put['operation']['id']}")
+        answers.append((await client.get(f"/svc/{container_id}/")).status_code)
+        if op["status"] not in ("pending", "running"):
+            break
+    assert op["status"] == "failed" and op["error"]["code"] == "ROLLED_BACK", op
+    assert set(answers) == {200}, answers
+    listed = (await api.call("GET", f"/apis/{api_id}/deployments"))["deployments"]
+    assert [(d["number"], d["status"]) for d in listed] == [
+        (3, "rolled_back"),
+        (2, "active"),
+        (1, "succeeded"),
+    ]
+    got = (await api.call("GET", f"/apis/{api_id}"))["api"]
+    assert got["image"] == TEST_IMAGE and got["description"] == "broken"
+
+    # Rollback: deployment 1's spec again, as deployment 4.
+    back = await api.call("POST", f"/apis/{api_id}/rollback", 202)
+    first = listed[2]
+    assert back["deployment"]["number"] == 4 and back["deployment"]["rollback_of"] == first["id"]
+    assert (await api.wait(back["operation"]))["status"] == "succeeded"
+    listed = (await api.call("GET", f"/apis/{api_id}/deployments"))["deployments"]
+    assert listed[0]["status"] == "active" and listed[0]["environment_keys"] == [
+        "API_TOKEN",
+        "MODE",
+    ]
+    # Another tenant cannot roll it back.
+    other = await register()
+    r = await client.post(f"{V1}/apis/{api_id}/rollback", headers=other.headers)
+    assert_error(r, 404, "NOT_FOUND")
+    await api.act("DELETE", f"/apis/{api_id}")

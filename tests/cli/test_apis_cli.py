@@ -87,6 +87,13 @@ def test_api_deploy_show_update_logs_and_rm(
             sdk.apis.get("00000000-0000-0000-0000-000000000000")
         passing(sdk, deployed["api"]["container_id"], 2)
         assert "response:200" in sdk.apis.logs(api_id, tail=20).logs
+        # A new environment is deployment 3 (rolled out); rollback is deployment 4.
+        rolled = cli.json("api", "update", api_id, "--env", "MODE=v2", "--wait")
+        assert rolled["deployment"]["number"] == 3
+        assert rolled["operation"]["kind"] == "container.update"
+        back = cli.json("api", "rollback", api_id, "--wait")
+        assert back["deployment"]["number"] == 4 and back["deployment"]["rollback_of"]
+        assert [d.status for d in sdk.apis.deployments(api_id)][:2] == ["active", "succeeded"]
         assert "cpu" in _ok(cli("api", "metrics", api_id))
 
     bad = cli("api", "deploy", unique("api"), "--image", TEST_IMAGE, "--port", "8080",

@@ -191,6 +191,11 @@ def show_(api_id: ApiArg, as_json: JsonOpt = False) -> None:
 @app.command()
 def update(
     api_id: ApiArg,
+    image: Annotated[str | None, typer.Option("--image", "-i", help="A new image.")] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option("--env", "-e", help="KEY=VALUE: the whole new environment (repeat)."),
+    ] = None,
     replicas: Annotated[int | None, typer.Option(min=1, max=64, help="A new count.")] = None,
     health_path: Annotated[str | None, typer.Option("--health-path")] = None,
     base_path: Annotated[str | None, typer.Option("--base-path")] = None,
@@ -198,16 +203,26 @@ def update(
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Change an API (a new replica count is a new deployment)."""
+    """Change an API (a new image, environment or replica count is a new deployment,
+    rolled out replica by replica)."""
     with api(as_json) as c:
         accepted = c.apis.update(
             api_id,
+            image=image,
+            environment=_environment(env) if env else None,
             replicas=replicas,
             health_check_path=health_path,
             base_path=base_path,
             description=description,
         )
         _accepted(c, accepted, wait, as_json)
+
+
+@app.command()
+def rollback(api_id: ApiArg, wait: WaitOpt = False, as_json: JsonOpt = False) -> None:
+    """Deploy again the last spec that succeeded before the active one."""
+    with api(as_json) as c:
+        _accepted(c, c.apis.rollback(api_id), wait, as_json)
 
 
 @app.command("rm")

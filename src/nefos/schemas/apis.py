@@ -81,7 +81,9 @@ class ApiCreate(Request):
 
 class ApiUpdate(Request):
     """``PUT /apis/{id}``: a new image, environment or resources is a new deployment
-    (rolled out replica by replica); the rest changes at once. Omitted fields stay."""
+    (rolled out replica by replica, rolled back if a new replica never passes its
+    health check), as is a new replica count (not both in one request); the rest
+    changes at once. Omitted fields stay."""
 
     image: Annotated[str, AfterValidator(_image)] | None = None
     environment: Annotated[Environment, AfterValidator(_env)] | None = None

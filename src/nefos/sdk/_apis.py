@@ -78,6 +78,9 @@ class Apis(_Resource):
         self,
         api_id: str,
         *,
+        image: str | None = None,
+        environment: Mapping[str, str] | None = None,
+        resources: Mapping[str, str] | None = None,
         replicas: int | None = None,
         health_check_path: str | None = None,
         base_path: str | None = None,
@@ -86,9 +89,14 @@ class Apis(_Resource):
         openapi_path: str | None = None,
         idempotency_key: str | None = None,
     ) -> ApiAccepted:
-        """Change what is given. A new replica count is a deployment (the answer's
-        ``operation`` carries it out); the rest changes at once (no operation)."""
+        """Change what is given. A new image, environment or resources is a
+        deployment rolled out replica by replica (rolled back if a new replica never
+        passes its check), and so is a new replica count: the answer's
+        ``operation`` carries it out. The rest changes at once (no operation)."""
         body = _body(
+            image=image,
+            environment=None if environment is None else dict(environment),
+            resources=None if resources is None else dict(resources),
             replicas=replicas,
             health_check_path=health_check_path,
             base_path=base_path,
@@ -101,6 +109,15 @@ class Apis(_Resource):
             "PUT",
             f"{APIS}/{_seg(api_id)}",
             json=body,
+            headers=_idempotent(idempotency_key),
+        )
+
+    def rollback(self, api_id: str, *, idempotency_key: str | None = None) -> ApiAccepted:
+        """Deploy again the last spec that succeeded before the active one."""
+        return self._one(
+            ApiAccepted,
+            "POST",
+            f"{APIS}/{_seg(api_id)}/rollback",
             headers=_idempotent(idempotency_key),
         )
 

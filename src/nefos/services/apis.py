@@ -25,10 +25,15 @@ from nefos.db.models import Api, ApiDeployment, Container, Operation, Project, S
 from nefos.db.session import begin_write
 from nefos.db.types import new_id, utcnow
 from nefos.domain.access import Permission
-from nefos.domain.errors import Conflict, NotFound
+from nefos.domain.errors import Conflict, NotFound, ValidationFailed
 from nefos.domain.paging import PageParams
 from nefos.schemas.apis import ApiCreate, ApiUpdate
-from nefos.schemas.compute import ContainerCreate, ContainerScale
+from nefos.schemas.compute import (
+    ContainerCreate,
+    ContainerResources,
+    ContainerScale,
+    ContainerUpdate,
+)
 from nefos.schemas.services import HealthCheck
 from nefos.services.containers import ContainerService
 from nefos.services.core import Core
@@ -216,7 +221,38 @@ class ApiService:
         self, principal: Principal, api: Api, body: ApiUpdate
     ) -> tuple[Api, ApiDeployment | None, Operation | None]:
         """What changes at once (description, paths, OpenAPI, the health check) is
-        written now; a new replica count is a scale of the API's container."""
+        written now. A new image, environment or resources is a deployment rolled
+        out by the container's rolling update (``container.update``: replica by
+        replica, each new one taking calls once it passes, rolled back if one never
+        does); a new replica count alone is a deployment carried out by a scale."""
+        spec_change = any(
+            getattr(body, k) is not None for k in ("image", "environment", "resources")
+        )
+        if spec_change and body.replicas is not None:
+            raise ValidationFailed(
+                "Change the image, environment or resources, or the replicas, in one "
+                "request each (each is a deployment of its own)",
+                replicas="not with a new spec",
+            )
+        # The deployment first: if it is refused (quota, a busy container, a bad
+        # image), nothing of the request is written.
+        deployment: ApiDeployment | None = None
+        op: Operation | None = None
+        container = (
+            await self.session.get(Container, api.container_id) if api.container_id else None
+        )
+        if container is not None:
+            containers = ContainerService(self.core, self.session)
+            if spec_change:
+                given = {k: getattr(body, k) for k in ("image", "environment", "resources")}
+                update = ContainerUpdate(**{k: v for k, v in given.items() if v is not None})
+                container, op = await containers.update(principal, container, update)
+            elif body.replicas is not None and container.replicas != body.replicas:
+                container, op = await containers.scale(
+                    principal, container, ContainerScale(replicas=body.replicas)
+                )
+            if op is not None:
+                deployment = await self._record(api, container, op, principal)
         await begin_write(self.session)
         current = await self.session.get(Api, api.id, populate_existing=True)
         if current is None or current.deleted_at is not None:
@@ -237,20 +273,56 @@ class ApiService:
                     settings.updated_at = utcnow()
         current.updated_at = utcnow()
         await self.session.commit()
-        deployment: ApiDeployment | None = None
-        op: Operation | None = None
-        if body.replicas is not None and current.container_id:
-            containers = ContainerService(self.core, self.session)
-            container = await self.session.get(Container, current.container_id)
-            if container is not None and container.replicas != body.replicas:
-                _, op = await containers.scale(
-                    principal, container, ContainerScale(replicas=body.replicas)
-                )
-                deployment = await self._record(current, container, op, principal)
         return current, deployment, op
 
+    async def rollback(self, principal: Principal, api: Api) -> tuple[ApiDeployment, Operation]:
+        """Deploy again the spec of the newest deployment before the active one that
+        succeeded: a new deployment (``rollback_of`` names the one it restores),
+        rolled out like any other."""
+        listed = (await self.deployments([api]))[api.id]
+        active = next((i for i, (_, _, st) in enumerate(listed) if st == "active"), None)
+        if active is None:
+            raise Conflict("No deployment of this API is active: nothing to roll back from")
+        earlier = next(
+            (d for d, op, _ in listed[active + 1 :] if op is not None and op.status == "succeeded"),
+            None,
+        )
+        if earlier is None:
+            raise Conflict("No earlier deployment succeeded: nothing to roll back to")
+        container = (
+            await self.session.get(Container, api.container_id) if api.container_id else None
+        )
+        if container is None:
+            raise NotFound("API not found", api_id=api.id)
+        containers = ContainerService(self.core, self.session)
+        op: Operation | None
+        if container.replicas != earlier.replicas:
+            raise Conflict(
+                f"Deployment {earlier.number} ran {earlier.replicas} replicas: scale to "
+                f"{earlier.replicas} first (PUT /apis/{{id}} replicas), then roll back"
+            )
+        container, op = await containers.update(
+            principal,
+            container,
+            ContainerUpdate(
+                image=earlier.image,
+                environment=dict(earlier.environment),
+                resources=ContainerResources.model_validate(earlier.resources),
+            ),
+        )
+        if op is None:
+            raise Conflict(f"The API already runs deployment {earlier.number}'s spec")
+        deployment = await self._record(api, container, op, principal, rollback_of=earlier.id)
+        return deployment, op
+
     async def _record(
-        self, api: Api, container: Container, op: Operation, principal: Principal
+        self,
+        api: Api,
+        container: Container,
+        op: Operation,
+        principal: Principal,
+        *,
+        rollback_of: str | None = None,
     ) -> ApiDeployment:
         """A deployment of the container's spec now, carried out by ``op``."""
         await begin_write(self.session)
@@ -266,6 +338,7 @@ class ApiService:
             environment=dict(container.environment),
             resources=dict(container.resources),
             replicas=container.replicas,
+            rollback_of=rollback_of,
             operation_id=op.id,
             user_id=principal.user_id,
         )

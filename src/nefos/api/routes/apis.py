@@ -193,9 +193,11 @@ async def update_api(
     session: SessionDep,
     access: Access = authorize(Permission.COMPUTE_WRITE),
 ) -> Response:
-    """Change the API. Its description, paths, OpenAPI document and health-check
-    path change at once (200); a new replica count is a new deployment (202 with
-    its operation)."""
+    """Change the API. A new image, environment or resources is a new deployment,
+    rolled out replica by replica (each new replica takes calls once it passes its
+    health check; one that never does rolls the deployment back), and so is a new
+    replica count: 202 with the deployment and its operation. The description,
+    paths, OpenAPI document and health-check path change at once (200)."""
     service = ApiService(core, session)
     api = await service.visible(access.principal, api_id, Permission.COMPUTE_WRITE)
     api, deployment, op = await service.update(access.principal, api, body)
@@ -206,6 +208,27 @@ async def update_api(
     return _accepted(
         "API deployment accepted",
         api_body,
+        deployment_public(deployment, op, "in_progress"),
+        op,
+    )
+
+
+@router.post("/{api_id}/rollback", status_code=202, response_model=Envelope[ApiAccepted])
+async def rollback_api(
+    api_id: ObjectId,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(Permission.COMPUTE_WRITE),
+) -> Response:
+    """Deploy again the spec of the last deployment that succeeded before the
+    active one (a new deployment, rolled out like any other; 409 when there is
+    none)."""
+    service = ApiService(core, session)
+    api = await service.visible(access.principal, api_id, Permission.COMPUTE_WRITE)
+    deployment, op = await service.rollback(access.principal, api)
+    return _accepted(
+        "API rollback accepted",
+        await _one(core, session, api),
         deployment_public(deployment, op, "in_progress"),
         op,
     )
