@@ -1586,6 +1586,114 @@ class ListingPlan(Base):
     )
 
 
+class Subscription(Base):
+    """A consumer organisation's subscription to one listing's plan (the plan
+    version it agreed to: ``plan_id``). One active subscription per organisation and
+    listing; a change of plan moves it to another plan row, and the calls counted
+    in the period stay counted. ``period_start``/``period_end`` bound the current
+    month of quota."""
+
+    __tablename__ = "marketplace_subscriptions"
+
+    id: Mapped[str] = _id()
+    listing_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("marketplace_listings.id", ondelete="CASCADE"), nullable=False
+    )
+    plan_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("marketplace_plans.id", ondelete="RESTRICT"), nullable=False
+    )
+    organisation_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("organisations.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    user_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    # active, cancelled (at once: free plans, or the API deleted), ended (at the
+    # period's end, for a paid plan cancelled)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="active")
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    period_end: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    cancel_at_period_end: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+    __table_args__ = (
+        Index(
+            "uq_marketplace_subscriptions_active",
+            "listing_id",
+            "organisation_id",
+            unique=True,
+            sqlite_where=text("status = 'active'"),
+            postgresql_where=text("status = 'active'"),
+        ),
+    )
+
+
+class SubscriptionKey(Base):
+    """A key a consumer calls a subscribed API with (``X-API-Key`` or ``Authorization:
+    Bearer`` on ``/gw/{slug}/``): kept as its SHA-256, shown once. Rotation gives
+    the old key an ``expires_at`` (an overlap window); revocation ends it at once."""
+
+    __tablename__ = "marketplace_keys"
+
+    id: Mapped[str] = _id()
+    subscription_id: Mapped[str] = mapped_column(
+        String(36),
+        ForeignKey("marketplace_subscriptions.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    )
+    name: Mapped[str] = mapped_column(String(80), nullable=False, default="")
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False)
+    key_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = _created()
+
+
+class ApiCall(Base):
+    """One call through the gateway (seed 002's ``api_calls``): who called which API
+    on which plan, what it answered, and what it costs. ``request_id`` is unique:
+    a replayed request is recorded, and billed, once. ``charge_id`` is the ledger
+    entry that charged it (NULL: not yet, or nothing to charge)."""
+
+    __tablename__ = "api_calls"
+
+    id: Mapped[str] = _id()
+    request_id: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    api_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("apis.id", ondelete="CASCADE"), nullable=False
+    )
+    subscription_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("marketplace_subscriptions.id", ondelete="SET NULL")
+    )
+    plan_id: Mapped[str | None] = mapped_column(String(36))
+    organisation_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    method: Mapped[str] = mapped_column(String(8), nullable=False)
+    path: Mapped[str] = mapped_column(String(500), nullable=False)
+    status: Mapped[int] = mapped_column(Integer, nullable=False)
+    latency_ms: Mapped[float] = mapped_column(Float, nullable=False)
+    bytes_in: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    bytes_out: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    units: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    price: Mapped[Decimal] = mapped_column(Amount(), nullable=False, default=Decimal(0))
+    charge_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = _created()
+
+    __table_args__ = (
+        Index("ix_api_calls_api_created", "api_id", "created_at"),
+        Index("ix_api_calls_subscription_created", "subscription_id", "created_at"),
+        Index(
+            "ix_api_calls_uncharged",
+            "organisation_id",
+            sqlite_where=text("charge_id IS NULL AND price > 0"),
+            postgresql_where=text("charge_id IS NULL AND price > 0"),
+        ),
+    )
+
+
 class LoadTestScenario(Base):
     """A stored load-test scenario: weighted requests (method, path, headers, body)
     sent to a target's URLs; a test names it by id or name."""
