@@ -47,6 +47,8 @@ from nefos.api.routes import (
 )
 from nefos.bootstrap import Process
 from nefos.config import Settings
+from nefos.gateway.apigw import PATH_PREFIX as GATEWAY_PREFIX
+from nefos.gateway.apigw import ApiGateway
 from nefos.gateway.bodylimit import BodyLimitMiddleware
 from nefos.gateway.context import RequestContextMiddleware
 from nefos.gateway.counters import RequestCounters
@@ -233,7 +235,10 @@ def create_app(
     # are tenants' apps, not the API: no path rewrite, API limits or request log.
     app.state.ingress = ingress = Ingress(settings) if settings.ingress_enabled else None
     if ingress is not None:
-        app.add_middleware(IngressMiddleware, ingress=ingress)
+        app.state.api_gateway = gateway = ApiGateway(ingress)
+        app.add_middleware(
+            IngressMiddleware, ingress=ingress, gateway=gateway, gateway_prefix=GATEWAY_PREFIX
+        )
     return app
 
 

@@ -1,4 +1,5 @@
-"""The HTTP ingress (pure ASGI): services' stable endpoints, on the API's own port.
+"""The HTTP ingress (pure ASGI): services' stable endpoints, on the API's own port;
+and, through it, consumers' calls to published APIs (``/gw/``: ``gateway/apigw.py``).
 
 A request reaches a service by its host name or by path:
 
@@ -552,13 +553,32 @@ class IngressMiddleware:
     """Outermost: requests for a service never reach the API (no API rate limits, no
     request log entry, no path rewrite); every other request passes untouched."""
 
-    def __init__(self, app: ASGIApp, ingress: Ingress) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        ingress: Ingress,
+        gateway: ASGIApp | None = None,
+        gateway_prefix: str = "/gw/",
+    ) -> None:
         self.app = app
         self.ingress = ingress
         self.apps_domain = ingress.settings.apps_domain
         self.limited = BodyLimitMiddleware(ingress.proxy, ingress.settings.max_body_bytes)
+        self.gateway_prefix = gateway_prefix
+        self.gated = (
+            BodyLimitMiddleware(gateway, ingress.settings.max_body_bytes) if gateway else None
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.gated is not None
+            and scope["type"] == "http"
+            and self.ingress.running
+            and scope["path"].startswith(self.gateway_prefix)
+        ):
+            # A consumer's call to a published API (gateway/apigw.py).
+            await self.gated(scope, receive, send)
+            return
         if scope["type"] in ("http", "websocket") and self.ingress.running:
             route = _route(scope, self.apps_domain)
             if route is not None:

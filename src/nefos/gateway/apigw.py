@@ -1,0 +1,419 @@
+"""The API gateway (pure ASGI): consumers' calls to published APIs (seed 002).
+
+``/gw/{api slug}/{path}`` with a subscription's key (``X-API-Key``, or
+``Authorization: Bearer nfc_...``). Before anything is forwarded, in this order:
+
+1. the key: live (not revoked, not past its rotation window), its subscription
+   active, and for this API (a key of one subscription calls no other API: 403);
+2. the plan's rate limit: at most ``rate_limit_per_minute`` calls per subscription
+   in each minute (429 ``RATE_LIMITED`` with ``RateLimit-Limit``, ``-Remaining``,
+   ``-Reset`` and ``Retry-After``): counted when the call is admitted, so 200 calls
+   at once against a limit of 50 forward exactly 50;
+3. the plan's quota and price for this call (``domain.plans.call_price``): a call
+   beyond a quota with no price beyond is a 429 ``QUOTA_EXCEEDED`` (with
+   ``X-Quota-Limit``/``-Remaining``); a priced call must be covered by the
+   consumer's wallet less what its calls not charged yet already owe, less what
+   calls in flight in this process hold (402 ``PAYMENT_REQUIRED``).
+
+Then the call goes to one of the API's replicas that pass their checks, through the
+ingress (``Ingress.proxy``: least outstanding, bounded, streaming, one retry of an
+idempotent request), at the API's ``base_path``, with the consumer's credentials
+and cookies stripped and ``X-Request-ID``, ``X-Nefos-Consumer`` (the consumer's
+organisation) and ``X-Forwarded-*`` added; the answer carries ``X-Request-ID``.
+
+Every forwarded call is one ``api_calls`` row, keyed by the subscription and its
+request id (the client's ``X-Request-ID`` when it sends a well-formed one): a
+replayed request id is recorded, counted against the quota and priced once. An
+answer of 500 or more is recorded with price 0 (not billed).
+
+Per process: keys are remembered for ``KEY_CACHE_SECONDS`` (a revoked key stops
+within that), and the rate-limit windows and period counts are this process's
+(the period count is read from the database on first use).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from starlette.types import Message, Receive, Scope, Send
+
+from nefos.billing.accounts import wallet
+from nefos.db.models import Api, ApiCall, Listing, ListingPlan, Subscription, SubscriptionKey
+from nefos.db.types import utcnow
+from nefos.domain.consumer_keys import key_hash, looks_like
+from nefos.domain.plans import ZERO, call_price
+from nefos.gateway.envelope import send_error
+from nefos.gateway.ingress import _SCOPE_KEY, Ingress
+
+PATH_PREFIX = "/gw/"
+#: How long a key's look-up is remembered by a process.
+KEY_CACHE_SECONDS = 5.0
+CACHE_SIZE = 10_000
+_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+#: The consumer's own headers that never reach the API.
+_STRIPPED = frozenset({b"authorization", b"x-api-key", b"cookie", b"x-request-id"})
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A live key's subscription, plan and API, as one look-up found them."""
+
+    key_id: str
+    subscription_id: str
+    organisation_id: str
+    period_start: datetime
+    plan: ListingPlan
+    currency: str
+    api_id: str
+    slug: str
+    container_id: str | None
+    base_path: str
+
+
+class _Window:
+    __slots__ = ("count", "start")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.count = 0
+
+
+class ApiGateway:
+    def __init__(self, ingress: Ingress) -> None:
+        self.ingress = ingress
+        self._keys: OrderedDict[str, tuple[float, Caller | None]] = OrderedDict()
+        self._windows: dict[str, _Window] = {}
+        self._used: dict[str, tuple[datetime, int]] = {}
+        #: Money held by priced calls in flight, per consumer organisation.
+        self._held: dict[str, Decimal] = {}
+
+    # --- look-ups ---------------------------------------------------------------------
+    async def caller(self, key: str) -> Caller | None:
+        digest = key_hash(key)
+        now = time.monotonic()
+        cached = self._keys.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        found = await self._lookup(digest)
+        self._keys[digest] = (now + KEY_CACHE_SECONDS, found)
+        self._keys.move_to_end(digest)
+        while len(self._keys) > CACHE_SIZE:
+            self._keys.popitem(last=False)
+        return found
+
+    async def _lookup(self, digest: str) -> Caller | None:
+        assert self.ingress.db is not None
+        now = utcnow()
+        async with self.ingress.db.sessionmaker() as session:
+            row = (
+                await session.execute(
+                    select(SubscriptionKey, Subscription, ListingPlan, Listing, Api)
+                    .join(Subscription, Subscription.id == SubscriptionKey.subscription_id)
+                    .join(ListingPlan, ListingPlan.id == Subscription.plan_id)
+                    .join(Listing, Listing.id == Subscription.listing_id)
+                    .join(Api, Api.id == Listing.api_id)
+                    .where(SubscriptionKey.key_hash == digest)
+                )
+            ).first()
+        if row is None:
+            return None
+        key, sub, plan, listing, api = row
+        if (
+            key.revoked_at is not None
+            or (key.expires_at is not None and key.expires_at <= now)
+            or sub.status != "active"
+            or (sub.cancel_at_period_end and sub.period_end <= now)
+            or api.deleted_at is not None
+        ):
+            return None
+        return Caller(
+            key_id=key.id,
+            subscription_id=sub.id,
+            organisation_id=sub.organisation_id,
+            period_start=sub.period_start,
+            plan=plan,
+            currency=listing.currency,
+            api_id=api.id,
+            slug=api.slug,
+            container_id=api.container_id,
+            base_path=api.base_path,
+        )
+
+    async def used(self, caller: Caller) -> int:
+        """Calls counted this period (answered below 500), this process's count after
+        one read of the database."""
+        known = self._used.get(caller.subscription_id)
+        if known is not None and known[0] == caller.period_start:
+            return known[1]
+        assert self.ingress.db is not None
+        async with self.ingress.db.sessionmaker() as session:
+            count = await session.scalar(
+                select(func.count())
+                .select_from(ApiCall)
+                .where(
+                    ApiCall.subscription_id == caller.subscription_id,
+                    ApiCall.created_at >= caller.period_start,
+                    ApiCall.status < 500,
+                )
+            )
+        self._used[caller.subscription_id] = (caller.period_start, int(count or 0))
+        return int(count or 0)
+
+    async def affordable(self, caller: Caller, price: Decimal) -> bool:
+        """The consumer's wallet covers ``price`` on top of what its calls not
+        charged yet owe and what its calls in flight hold."""
+        assert self.ingress.db is not None
+        async with self.ingress.db.sessionmaker() as session:
+            balance = (
+                await wallet(
+                    session,
+                    self.ingress.settings,
+                    caller.organisation_id,
+                    caller.currency,
+                )
+            ).balance
+            owed = await session.scalar(
+                select(func.coalesce(func.sum(ApiCall.price), 0)).where(
+                    ApiCall.organisation_id == caller.organisation_id,
+                    ApiCall.charge_id.is_(None),
+                    ApiCall.price > 0,
+                )
+            )
+            await session.commit()  # a wallet made on first use
+        held = self._held.get(caller.organisation_id, ZERO)
+        return Decimal(balance) - Decimal(owed or 0) - held >= price
+
+    def admit(self, caller: Caller) -> tuple[bool, int, float]:
+        """Count the call in its subscription's minute: (admitted, remaining, seconds
+        to the window's end)."""
+        now = time.monotonic()
+        window = self._windows.get(caller.subscription_id)
+        if window is None or now - window.start >= 60.0:
+            if len(self._windows) > CACHE_SIZE:
+                self._windows = {k: w for k, w in self._windows.items() if now - w.start < 60}
+            window = self._windows[caller.subscription_id] = _Window(now)
+        limit = caller.plan.rate_limit_per_minute
+        reset = max(0.0, 60.0 - (now - window.start))
+        if window.count >= limit:
+            return False, 0, reset
+        window.count += 1
+        return True, limit - window.count, reset
+
+    # --- a call -----------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        slug, rest = _split(scope)
+        key = _key_of(scope)
+        if key is None:
+            await send_error(
+                send,
+                401,
+                "UNAUTHORIZED",
+                "Call with your subscription's key: X-API-Key: nfc_... "
+                "(subscribe on the marketplace to get one)",
+                headers=[(b"www-authenticate", b'Bearer realm="nefos-gateway"')],
+            )
+            return
+        caller = await self.caller(key)
+        if caller is None:
+            await send_error(
+                send,
+                401,
+                "UNAUTHORIZED",
+                "This key is not valid (revoked, expired, or its subscription ended)",
+                headers=[(b"www-authenticate", b'Bearer realm="nefos-gateway"')],
+            )
+            return
+        if slug != caller.slug:
+            await send_error(
+                send, 403, "FORBIDDEN", "This key is for another API", {"api": caller.slug}
+            )
+            return
+        admitted, remaining, reset = self.admit(caller)
+        limit_headers = [
+            (b"ratelimit-limit", str(caller.plan.rate_limit_per_minute).encode()),
+            (b"ratelimit-remaining", str(remaining).encode()),
+            (b"ratelimit-reset", str(int(reset + 0.999)).encode()),
+        ]
+        if not admitted:
+            await send_error(
+                send,
+                429,
+                "RATE_LIMITED",
+                f"The plan allows {caller.plan.rate_limit_per_minute} calls a minute",
+                {"retry_after": int(reset + 0.999)},
+                [*limit_headers, (b"retry-after", str(int(reset + 0.999)).encode())],
+            )
+            return
+        used = await self.used(caller)
+        included = caller.plan.included_calls
+        quota_headers = (
+            [
+                (b"x-quota-limit", str(included).encode()),
+                (b"x-quota-remaining", str(max(0, included - used - 1)).encode()),
+            ]
+            if included is not None
+            else []
+        )
+        price = call_price(caller.plan, used)
+        if price is None:
+            await send_error(
+                send,
+                429,
+                "QUOTA_EXCEEDED",
+                f"This period's {included} calls are used up; change plan for more",
+                {"included_calls": included},
+                [*limit_headers, *quota_headers],
+            )
+            return
+        if price > 0 and not await self.affordable(caller, price):
+            await send_error(
+                send,
+                402,
+                "PAYMENT_REQUIRED",
+                "Your wallet cannot pay for this call: top it up",
+                {"price": str(price), "currency": caller.currency},
+                limit_headers,
+            )
+            return
+        if caller.container_id is None:
+            await send_error(send, 404, "NOT_FOUND", "This API runs no replicas")
+            return
+        await self._forward(
+            scope, receive, send, caller, rest, price, [*limit_headers, *quota_headers]
+        )
+
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        caller: Caller,
+        rest: bytes,
+        price: Decimal,
+        extra: list[tuple[bytes, bytes]],
+    ) -> None:
+        request_id = _request_id(scope)
+        headers = [(k, v) for k, v in scope["headers"] if k not in _STRIPPED]
+        headers += [
+            (b"x-request-id", request_id.encode()),
+            (b"x-nefos-consumer", caller.organisation_id.encode()),
+        ]
+        base = caller.base_path.rstrip("/").encode()
+        inner = dict(scope)
+        inner["headers"] = headers
+        assert caller.container_id is not None
+        inner[_SCOPE_KEY] = ("path", caller.container_id, base + rest)
+        seen: dict[str, Any] = {"status": 502, "bytes": 0}
+
+        async def observed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+                message = {
+                    **message,
+                    "headers": [
+                        *message.get("headers", []),
+                        (b"x-request-id", request_id.encode()),
+                        *extra,
+                    ],
+                }
+            elif message["type"] == "http.response.body":
+                seen["bytes"] += len(message.get("body", b""))
+            await send(message)
+
+        held = price if price > 0 else ZERO
+        if held:
+            org = caller.organisation_id
+            self._held[org] = self._held.get(org, ZERO) + held
+        started = time.perf_counter()
+        try:
+            await self.ingress.proxy(inner, receive, observed)
+        finally:
+            latency = (time.perf_counter() - started) * 1000
+            try:
+                await self._record(caller, request_id, scope, seen, latency, price)
+            finally:
+                if held:
+                    left = self._held[caller.organisation_id] - held
+                    if left > 0:
+                        self._held[caller.organisation_id] = left
+                    else:
+                        del self._held[caller.organisation_id]
+
+    async def _record(
+        self,
+        caller: Caller,
+        request_id: str,
+        scope: Scope,
+        seen: dict[str, Any],
+        latency_ms: float,
+        price: Decimal,
+    ) -> None:
+        status = int(seen["status"])
+        assert self.ingress.db is not None
+        call = ApiCall(
+            request_id=f"{caller.subscription_id}:{request_id}"[:64],
+            api_id=caller.api_id,
+            subscription_id=caller.subscription_id,
+            plan_id=caller.plan.id,
+            organisation_id=caller.organisation_id,
+            method=str(scope["method"])[:8],
+            path=str(scope["path"])[:500],
+            status=status,
+            latency_ms=round(latency_ms, 3),
+            bytes_out=int(seen["bytes"]),
+            units=1,
+            price=price if status < 500 else ZERO,
+        )
+        async with self.ingress.db.sessionmaker() as session:
+            session.add(call)
+            try:
+                await session.commit()
+            except IntegrityError:
+                return  # a replayed request id: recorded, counted and priced once
+        if status < 500:
+            period, count = self._used.get(caller.subscription_id, (caller.period_start, 0))
+            self._used[caller.subscription_id] = (period, count + 1)
+
+
+def _split(scope: Scope) -> tuple[str, bytes]:
+    """(slug, the rest of the raw path with the query) of a ``/gw/`` request."""
+    raw: bytes = scope.get("raw_path") or scope["path"].encode()
+    query: bytes = scope.get("query_string", b"")
+    after = raw[len(PATH_PREFIX) :]
+    slug, sep, rest = after.partition(b"/")
+    text = slug.decode("latin-1")
+    if not _SLUG.match(text):
+        text = ""
+    rest = b"/" + rest if sep else b"/"
+    return text, rest + (b"?" + query if query else b"")
+
+
+def _key_of(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"x-api-key":
+            text = str(value.decode("latin-1")).strip()
+            return text if looks_like(text) else None
+        if name == b"authorization":
+            scheme, _, token = str(value.decode("latin-1")).partition(" ")
+            if scheme.lower() == "bearer" and looks_like(token.strip()):
+                return str(token.strip())
+    return None
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            text = str(value.decode("latin-1")).strip()
+            if _REQUEST_ID.match(text):
+                return text
+    return uuid.uuid4().hex

@@ -1,0 +1,169 @@
+"""The API gateway (seed 002): consumers call a published API through /gw/{slug}/
+with their subscription's key; the plan's rate limit, quota and price and the
+consumer's wallet are checked before anything is forwarded; each call is recorded
+once per request id. Real HTTP to a real API on the test Podman."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+
+from nefos.db.models import ApiCall, ListingPlan, Project, Subscription, SubscriptionKey
+from nefos.db.types import utcnow
+from nefos.domain.consumer_keys import new_key
+from tests.api.test_apis import api_body
+from tests.api.test_containers import Api, assert_error
+from tests.conftest import wait_serving
+
+PLANS = [
+    {
+        "name": "Basic",
+        "model": "freemium",
+        "included_calls": 3,
+        "price_per_call": "4.00",
+        "rate_limit_per_minute": 1000,
+    },
+    {"name": "Burst", "model": "free", "rate_limit_per_minute": 50},
+]
+
+
+async def subscribe(app: Any, consumer: Any, plan_id: str) -> str:
+    """A subscription of the consumer's organisation to a plan, and its key."""
+    key, prefix, digest = new_key()
+    now = utcnow()
+    async with app.state.core.db.sessionmaker() as session:
+        org = await session.scalar(
+            select(Project.organisation_id).where(Project.id == consumer.project_id)
+        )
+        plan = await session.get(ListingPlan, plan_id)
+        assert plan is not None and org is not None
+        sub = Subscription(
+            listing_id=plan.listing_id,
+            plan_id=plan_id,
+            organisation_id=org,
+            user_id=None,
+            status="active",
+            period_start=now - timedelta(seconds=1),
+            period_end=now + timedelta(days=30),
+        )
+        session.add(sub)
+        await session.flush()
+        session.add(SubscriptionKey(subscription_id=sub.id, prefix=prefix, key_hash=digest))
+        await session.commit()
+    return key
+
+
+async def calls_of(app: Any, **where: Any) -> list[ApiCall]:
+    async with app.state.core.db.sessionmaker() as session:
+        query = select(ApiCall).order_by(ApiCall.created_at)
+        for name, value in where.items():
+            query = query.where(getattr(ApiCall, name) == value)
+        return list(await session.scalars(query))
+
+
+async def test_calls_are_checked_forwarded_limited_priced_and_recorded_once(
+    client: httpx.AsyncClient, register: Any, podman_host: Any, app: Any
+) -> None:
+    creator = await register()
+    api = Api(client, creator)
+    made = await api.call("POST", "/apis", 202, json=api_body("weather"))
+    other = await api.call("POST", "/apis", 202, json=api_body("quotes"))
+    await api.wait(made["operation"])
+    await wait_serving(client, creator.headers, made["api"]["container_id"])
+    listing = (
+        await api.call(
+            "POST",
+            "/marketplace/publish",
+            201,
+            json={
+                "api_id": made["api_id"],
+                "title": "Weather",
+                "category": "weather",
+                "plans": PLANS,
+            },
+        )  # fmt: skip
+    )["listing"]
+    other_listing = (
+        await api.call(
+            "POST",
+            "/marketplace/publish",
+            201,
+            json={
+                "api_id": other["api_id"],
+                "title": "Quotes",
+                "category": "finance",
+                "plans": [{"name": "Free", "model": "free"}],
+            },
+        )  # fmt: skip
+    )["listing"]
+    plans = {p["key"]: p["id"] for p in listing["plans"]}
+    slug = listing["slug"]
+
+    consumer = await register()
+    key = await subscribe(app, consumer, plans["basic"])
+    gw = f"/gw/{slug}"
+
+    # No key, a wrong key, a key of another API: refused before anything is sent.
+    assert_error(await client.get(f"{gw}/index.html"), 401, "UNAUTHORIZED")
+    r = await client.get(f"{gw}/index.html", headers={"X-API-Key": "nfc_" + "x" * 43})
+    assert_error(r, 401, "UNAUTHORIZED")
+    other_key = await subscribe(app, consumer, other_listing["plans"][0]["id"])
+    r = await client.get(f"{gw}/index.html", headers={"X-API-Key": other_key})
+    assert_error(r, 403, "FORBIDDEN")
+    # A consumer's Nefos session is not a key: never taken for one.
+    r = await client.get(f"{gw}/index.html", headers=consumer.headers)
+    assert_error(r, 401, "UNAUTHORIZED")
+
+    # Within the free quota: forwarded, with the plan's headers and a request id.
+    r = await client.get(
+        f"{gw}/index.html", headers={"X-API-Key": key, "X-Request-ID": "first-call"}
+    )
+    assert r.status_code == 200 and r.text.strip() == "nefos test page"
+    assert r.headers["x-request-id"] == "first-call"
+    assert r.headers["ratelimit-limit"] == "1000" and r.headers["x-quota-limit"] == "3"
+    assert r.headers["x-quota-remaining"] == "2"
+    # The same request id again: forwarded, but recorded, counted and priced once.
+    r = await client.get(
+        f"{gw}/index.html", headers={"Authorization": f"Bearer {key}", "X-Request-ID": "first-call"}
+    )
+    assert r.status_code == 200
+    for _ in range(2):
+        assert (await client.get(f"{gw}/index.html", headers={"X-API-Key": key})).status_code == 200
+    recorded = await calls_of(app, api_id=made["api_id"])
+    assert len(recorded) == 3 and all(c.price == 0 for c in recorded)
+    assert recorded[0].request_id.endswith(":first-call") and recorded[0].status == 200
+
+    # Beyond the quota each call costs 4.00: the wallet (10.00) pays for two.
+    priced = [await client.get(f"{gw}/index.html", headers={"X-API-Key": key}) for _ in range(3)]
+    assert [r.status_code for r in priced] == [200, 200, 402], [r.text for r in priced]
+    assert_error(priced[2], 402, "PAYMENT_REQUIRED")
+    recorded = await calls_of(app, api_id=made["api_id"])
+    assert sorted(c.price for c in recorded) == [0, 0, 0, 4, 4]
+
+    # 200 calls at once against a limit of 50 a minute: exactly 50 forwarded.
+    burst = await subscribe(app, await register(), plans["burst"])  # another consumer
+    answers = await asyncio.gather(
+        *(client.get(f"{gw}/index.html", headers={"X-API-Key": burst}) for _ in range(200))
+    )
+    counts = Counter(r.status_code for r in answers)
+    assert counts == {200: 50, 429: 150}, counts
+    limited = next(r for r in answers if r.status_code == 429)
+    assert_error(limited, 429, "RATE_LIMITED")
+    assert limited.headers["ratelimit-remaining"] == "0" and int(limited.headers["retry-after"]) > 0
+    async with app.state.core.db.sessionmaker() as session:
+        forwarded = await session.scalar(
+            select(func.count())
+            .select_from(ApiCall)
+            .join(Subscription, Subscription.id == ApiCall.subscription_id)
+            .where(Subscription.plan_id == plans["burst"])
+        )
+    assert forwarded == 50
+
+    for m in (made, other):
+        await api.wait(m["operation"])
+        await api.act("DELETE", f"/apis/{m['api_id']}")
