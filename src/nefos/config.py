@@ -493,6 +493,13 @@ class Settings(BaseSettings):
     billing_currency: str = Field(
         "USD", pattern=r"^[A-Z]{3}$", description="Currency of new wallets and the catalogue."
     )
+    marketplace_fee_percent: Decimal = Field(
+        Decimal("20"),
+        ge=0,
+        le=100,
+        description="The platform's share of each marketplace call's price, in percent "
+        "(the creator earns the rest).",
+    )
     billing_interval: float = Field(
         300.0,
         gt=0,

@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import httpx
 from sqlalchemy import func, select
 
+from nefos.billing import apicalls
 from nefos.db.models import ApiCall, ListingPlan, Project, Subscription, SubscriptionKey
 from nefos.db.types import utcnow
 from nefos.domain.consumer_keys import new_key
@@ -67,7 +69,7 @@ async def calls_of(app: Any, **where: Any) -> list[ApiCall]:
 
 
 async def test_calls_are_checked_forwarded_limited_priced_and_recorded_once(
-    client: httpx.AsyncClient, register: Any, podman_host: Any, app: Any
+    client: httpx.AsyncClient, register: Any, podman_host: Any, app: Any, monkeypatch: Any
 ) -> None:
     creator = await register()
     api = Api(client, creator)
@@ -144,6 +146,28 @@ async def test_calls_are_checked_forwarded_limited_priced_and_recorded_once(
     assert_error(priced[2], 402, "PAYMENT_REQUIRED")
     recorded = await calls_of(app, api_id=made["api_id"])
     assert sorted(c.price for c in recorded) == [0, 0, 0, 4, 4]
+
+    # The billing pass charges the consumer for its priced calls, once, and credits
+    # the creator its share (less the platform's 20 %); the creator is paid out.
+    settings = app.state.core.settings
+    assert await apicalls.charge_calls(app.state.core.db, settings) == (1, Decimal("8"))
+    assert await apicalls.charge_calls(app.state.core.db, settings) == (0, Decimal("0"))
+    consumer_api, creator_api = Api(client, consumer), Api(client, creator)
+    ledger = (await consumer_api.call("GET", "/wallet/ledger"))["items"]
+    assert [(e["kind"], e["amount"]) for e in ledger][0] == ("charge", "-8.00"), ledger
+    assert (await consumer_api.call("GET", "/wallet"))["balance"] == "2.00"
+    earned = (await creator_api.call("GET", "/wallet/ledger"))["items"]
+    assert [(e["kind"], e["amount"]) for e in earned][0] == ("revenue", "6.40"), earned
+    assert all(c.charge_id for c in await calls_of(app, api_id=made["api_id"]) if c.price > 0)
+    monkeypatch.setattr(settings, "billing_min_payout", Decimal("5"))
+    payout = await creator_api.call(
+        "POST",
+        "/billing/payout-request",
+        201,
+        json={"amount": "6.40", "destination": "DE89 3704 0044 0532 0130 00"},
+        headers={"Idempotency-Key": "gw-payout-1"},
+    )
+    assert payout["amount"] == "6.40"
 
     # 200 calls at once against a limit of 50 a minute: exactly 50 forwarded.
     burst = await subscribe(app, await register(), plans["burst"])  # another consumer

@@ -40,7 +40,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nefos.billing import accounts, catalogue, invoices, ledger, metering
+from nefos.billing import accounts, apicalls, catalogue, invoices, ledger, metering
 from nefos.billing.accounts import (
     BillingParts,
     margin_of,
@@ -139,6 +139,9 @@ class BillingEngine:
                         self.core.db, hour - timedelta(hours=back)
                     )
             result.charges, result.charged = await self.charge()
+            calls, charged = await apicalls.charge_calls(self.core.db, self.core.settings)
+            result.charges += calls
+            result.charged += charged
             result.suspended = await self.check_balances(now)
             await self._invoices()
             return result
