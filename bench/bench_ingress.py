@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -257,6 +257,7 @@ class Target:
     runs: list[Load] = field(default_factory=list)
     light: list[Load] = field(default_factory=list)
     load_cpus: set[int] | None = None  # where wrk runs when it measures this target
+    headers: list[str] = field(default_factory=list)  # more request headers
 
     @property
     def rps(self) -> float:
@@ -277,6 +278,8 @@ def wrk_load(wrk: str, target: Target, duration: float, connections: int) -> Loa
     cmd = [wrk, "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "--timeout", "5s"]
     if target.host:
         cmd += ["-H", f"Host: {target.host}"]
+    for header in target.headers:
+        cmd += ["-H", header]
     with on_cpus(target.load_cpus):
         done = subprocess.run(
             [*cmd, target.url], capture_output=True, text=True, timeout=duration + 60, check=True
@@ -311,7 +314,10 @@ def bench_backend(
     rounds: int,
     upstream_cpus: set[int] | None = None,
     proxy_cpus: set[int] | None = None,
+    more: Callable[[str, str], list[Target]] | None = None,
 ) -> list[Target]:
+    """Measure the upstream, the bare proxy and the ingress (and the targets ``more``
+    makes of Nefos's URL and the database's, served by Nefos) in rounds."""
     with tempfile.TemporaryDirectory(prefix=f"nefos-bench-ingress-{backend}-") as tmp_name:
         tmp = Path(tmp_name)
         with (
@@ -338,8 +344,12 @@ def bench_backend(
                     Target("bare proxy", bare + "/", pid=bare_pid),
                     Target("ingress", nefos + "/", host=host, pid=nefos_pid),
                 ]
+                for extra in more(nefos, db_url) if more else []:
+                    extra.pid = nefos_pid
+                    targets.append(extra)
                 targets[0].load_cpus = proxy_cpus
-                targets[1].load_cpus = targets[2].load_cpus = upstream_cpus
+                for t in targets[1:]:
+                    t.load_cpus = upstream_cpus
                 pids = [upstream_pid, bare_pid, nefos_pid]
                 pg = db_url.rsplit("/", 1)[1] if backend == "postgresql" else None
                 for t in targets:
@@ -366,7 +376,7 @@ def bench_backend(
 
 
 def report(backend: str, targets: list[Target], connections: int) -> bool:
-    direct, bare, ingress = targets
+    direct, bare, ingress = targets[:3]
     print(f"\n{backend}: medians")
     print(f"| target | req/s ({connections} clients) | p99 ms (1 client) | CPU us/request |")
     print("| --- | ---: | ---: | ---: |")
