@@ -140,10 +140,13 @@ async def test_calls_are_checked_forwarded_limited_priced_and_recorded_once(
     assert len(recorded) == 3 and all(c.price == 0 for c in recorded)
     assert recorded[0].request_id.endswith(":first-call") and recorded[0].status == 200
 
-    # Beyond the quota each call costs 4.00: the wallet (10.00) pays for two.
-    priced = [await client.get(f"{gw}/index.html", headers={"X-API-Key": key}) for _ in range(3)]
-    assert [r.status_code for r in priced] == [200, 200, 402], [r.text for r in priced]
-    assert_error(priced[2], 402, "PAYMENT_REQUIRED")
+    # Beyond the quota each call costs 4.00: the wallet (10.00) pays for two, even
+    # when the calls come at once.
+    priced = await asyncio.gather(
+        *(client.get(f"{gw}/index.html", headers={"X-API-Key": key}) for _ in range(4))
+    )
+    assert Counter(r.status_code for r in priced) == {200: 2, 402: 2}, [r.text for r in priced]
+    assert_error(next(r for r in priced if r.status_code == 402), 402, "PAYMENT_REQUIRED")
     recorded = await calls_of(app, api_id=made["api_id"])
     assert sorted(c.price for c in recorded) == [0, 0, 0, 4, 4]
 
@@ -168,6 +171,25 @@ async def test_calls_are_checked_forwarded_limited_priced_and_recorded_once(
         headers={"Idempotency-Key": "gw-payout-1"},
     )
     assert payout["amount"] == "6.40"
+
+    # The free quota holds under concurrency too: of 5 calls at once on a fresh
+    # subscription, 3 are free and 2 priced (its wallet pays for both).
+    second = await register()
+    fresh = await subscribe(app, second, plans["basic"])
+    answers = await asyncio.gather(
+        *(client.get(f"{gw}/index.html", headers={"X-API-Key": fresh}) for _ in range(5))
+    )
+    assert [r.status_code for r in answers] == [200] * 5, [r.text for r in answers]
+    async with app.state.core.db.sessionmaker() as session:
+        prices = sorted(
+            await session.scalars(
+                select(ApiCall.price)
+                .join(Subscription, Subscription.id == ApiCall.subscription_id)
+                .where(Subscription.organisation_id != recorded[0].organisation_id)
+                .where(ApiCall.api_id == made["api_id"])
+            )
+        )
+    assert prices == [0, 0, 0, 4, 4], prices
 
     # 200 calls at once against a limit of 50 a minute: exactly 50 forwarded.
     burst = await subscribe(app, await register(), plans["burst"])  # another consumer

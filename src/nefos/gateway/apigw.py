@@ -47,7 +47,16 @@ from sqlalchemy.exc import IntegrityError
 from starlette.types import Message, Receive, Scope, Send
 
 from nefos.billing.accounts import wallet
-from nefos.db.models import Api, ApiCall, Listing, ListingPlan, Subscription, SubscriptionKey
+from nefos.db.models import (
+    Api,
+    ApiCall,
+    Listing,
+    ListingPlan,
+    Subscription,
+    SubscriptionKey,
+    Wallet,
+)
+from nefos.db.session import begin_write
 from nefos.db.types import utcnow
 from nefos.domain.consumer_keys import key_hash, looks_like
 from nefos.domain.plans import ZERO, call_price
@@ -166,32 +175,37 @@ class ApiGateway:
                     ApiCall.status < 500,
                 )
             )
-        self._used[caller.subscription_id] = (caller.period_start, int(count or 0))
-        return int(count or 0)
+        known = self._used.get(caller.subscription_id)
+        if known is None or known[0] != caller.period_start:
+            # (Another call may have read it, and reserved its place, meanwhile.)
+            known = self._used[caller.subscription_id] = (caller.period_start, int(count or 0))
+        return known[1]
 
-    async def affordable(self, caller: Caller, price: Decimal) -> bool:
-        """The consumer's wallet covers ``price`` on top of what its calls not
-        charged yet owe and what its calls in flight hold."""
+    async def affordable(self, caller: Caller) -> bool:
+        """The consumer's wallet covers what its calls not charged yet owe and what
+        its calls in flight hold (this one's price among them)."""
         assert self.ingress.db is not None
+        org, currency = caller.organisation_id, caller.currency
         async with self.ingress.db.sessionmaker() as session:
-            balance = (
-                await wallet(
-                    session,
-                    self.ingress.settings,
-                    caller.organisation_id,
-                    caller.currency,
+            balance = await session.scalar(
+                select(Wallet.balance).where(
+                    Wallet.organisation_id == org, Wallet.currency == currency
                 )
-            ).balance
+            )
             owed = await session.scalar(
                 select(func.coalesce(func.sum(ApiCall.price), 0)).where(
-                    ApiCall.organisation_id == caller.organisation_id,
+                    ApiCall.organisation_id == org,
                     ApiCall.charge_id.is_(None),
                     ApiCall.price > 0,
                 )
             )
-            await session.commit()  # a wallet made on first use
+        if balance is None:  # made on first use, in a write transaction of its own
+            async with self.ingress.db.sessionmaker() as session:
+                await begin_write(session)
+                balance = (await wallet(session, self.ingress.settings, org, currency)).balance
+                await session.commit()
         held = self._held.get(caller.organisation_id, ZERO)
-        return Decimal(balance) - Decimal(owed or 0) - held >= price
+        return Decimal(balance) - Decimal(owed or 0) - held >= 0
 
     def admit(self, caller: Caller) -> tuple[bool, int, float]:
         """Count the call in its subscription's minute: (admitted, remaining, seconds
@@ -275,22 +289,44 @@ class ApiGateway:
                 [*limit_headers, *quota_headers],
             )
             return
-        if price > 0 and not await self.affordable(caller, price):
-            await send_error(
-                send,
-                402,
-                "PAYMENT_REQUIRED",
-                "Your wallet cannot pay for this call: top it up",
-                {"price": str(price), "currency": caller.currency},
-                limit_headers,
+        # Reserved before anything awaits, so that calls at once cannot all take
+        # the last free call, or the last of the wallet: the call's place in the
+        # quota and its price held; given back if it is refused, replayed or 5xx.
+        self._count(caller, 1)
+        org = caller.organisation_id
+        if price > 0:
+            self._held[org] = self._held.get(org, ZERO) + price
+        counted = False
+        try:
+            if price > 0 and not await self.affordable(caller):
+                await send_error(
+                    send,
+                    402,
+                    "PAYMENT_REQUIRED",
+                    "Your wallet cannot pay for this call: top it up",
+                    {"price": str(price), "currency": caller.currency},
+                    limit_headers,
+                )
+                return
+            if caller.container_id is None:
+                await send_error(send, 404, "NOT_FOUND", "This API runs no replicas")
+                return
+            counted = await self._forward(
+                scope, receive, send, caller, rest, price, [*limit_headers, *quota_headers]
             )
-            return
-        if caller.container_id is None:
-            await send_error(send, 404, "NOT_FOUND", "This API runs no replicas")
-            return
-        await self._forward(
-            scope, receive, send, caller, rest, price, [*limit_headers, *quota_headers]
-        )
+        finally:
+            if not counted:
+                self._count(caller, -1)
+            if price > 0:
+                left = self._held[org] - price
+                if left > 0:
+                    self._held[org] = left
+                else:
+                    del self._held[org]
+
+    def _count(self, caller: Caller, delta: int) -> None:
+        period, count = self._used.get(caller.subscription_id, (caller.period_start, 0))
+        self._used[caller.subscription_id] = (period, max(0, count + delta))
 
     async def _forward(
         self,
@@ -301,7 +337,9 @@ class ApiGateway:
         rest: bytes,
         price: Decimal,
         extra: list[tuple[bytes, bytes]],
-    ) -> None:
+    ) -> bool:
+        """Forward the call and record it; whether it counts against the quota (not
+        a replay, not answered 500 or more)."""
         request_id = _request_id(scope)
         headers = [(k, v) for k, v in scope["headers"] if k not in _STRIPPED]
         headers += [
@@ -330,24 +368,13 @@ class ApiGateway:
                 seen["bytes"] += len(message.get("body", b""))
             await send(message)
 
-        held = price if price > 0 else ZERO
-        if held:
-            org = caller.organisation_id
-            self._held[org] = self._held.get(org, ZERO) + held
         started = time.perf_counter()
         try:
             await self.ingress.proxy(inner, receive, observed)
         finally:
             latency = (time.perf_counter() - started) * 1000
-            try:
-                await self._record(caller, request_id, scope, seen, latency, price)
-            finally:
-                if held:
-                    left = self._held[caller.organisation_id] - held
-                    if left > 0:
-                        self._held[caller.organisation_id] = left
-                    else:
-                        del self._held[caller.organisation_id]
+            recorded = await self._record(caller, request_id, scope, seen, latency, price)
+        return recorded and int(seen["status"]) < 500
 
     async def _record(
         self,
@@ -357,7 +384,8 @@ class ApiGateway:
         seen: dict[str, Any],
         latency_ms: float,
         price: Decimal,
-    ) -> None:
+    ) -> bool:
+        """Record the call; False for a replayed request id (recorded already)."""
         status = int(seen["status"])
         assert self.ingress.db is not None
         call = ApiCall(
@@ -379,10 +407,8 @@ class ApiGateway:
             try:
                 await session.commit()
             except IntegrityError:
-                return  # a replayed request id: recorded, counted and priced once
-        if status < 500:
-            period, count = self._used.get(caller.subscription_id, (caller.period_start, 0))
-            self._used[caller.subscription_id] = (period, count + 1)
+                return False  # a replayed request id: recorded, counted and priced once
+        return True
 
 
 def _split(scope: Scope) -> tuple[str, bytes]:
