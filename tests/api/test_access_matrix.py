@@ -1014,6 +1014,32 @@ async def fresh_api(w: World, who: Account, role: Role) -> dict[str, str]:
     return {"api_id": data["api_id"]}
 
 
+async def fresh_rollbackable(w: World, who: Account, role: Role) -> dict[str, str]:
+    """An API of A's project with two deployments that succeeded (so a rollback has
+    one to go back to): made on the test image, then given a new environment."""
+    data = await w.ok(
+        "POST",
+        "/apis",
+        w.owner,
+        json={
+            "name": f"r-{uuid.uuid4().hex[:10]}",
+            "image": TEST_IMAGE,
+            "port": 8080,
+            "health_check_path": "/",
+            "resources": TINY,
+            "project_id": w.ids["project_id"],
+        },
+    )
+    op = await wait_operation(w.client, w.owner.headers, data["operation"])
+    assert op["status"] == "succeeded", op
+    put = await w.ok(
+        "PUT", f"/apis/{data['api_id']}", w.owner, json={"environment": {"ROUND": "2"}}
+    )
+    op = await wait_operation(w.client, w.owner.headers, put["operation"])
+    assert op["status"] == "succeeded", op
+    return {"api_id": data["api_id"]}
+
+
 async def fresh_container(w: World, who: Account, role: Role) -> dict[str, str]:
     """A container of A's project with no operation in progress (so a write on it is
     not refused as busy)."""
@@ -1242,7 +1268,7 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("PUT", "/apis/{api_id}"): Sample(json={"description": "walked"}, role_checked=True),
     ("DELETE", "/apis/{api_id}"): Sample(fresh=fresh_api, role_checked=True),
     ("GET", "/apis/{api_id}/deployments"): Sample(role_checked=True),
-    ("POST", "/apis/{api_id}/rollback"): Sample(fresh=fresh_api, role_checked=True),
+    ("POST", "/apis/{api_id}/rollback"): Sample(fresh=fresh_rollbackable, role_checked=True),
     ("GET", "/apis/{api_id}/openapi"): Sample(role_checked=True),
     ("GET", "/apis/{api_id}/logs"): Sample(role_checked=True),
     ("GET", "/apis/{api_id}/metrics"): Sample(role_checked=True),

@@ -235,12 +235,12 @@ class ApiService:
                 replicas="not with a new spec",
             )
         # The deployment first: if it is refused (quota, a busy container, a bad
-        # image), nothing of the request is written.
+        # image), nothing of the request is written. (The container's calls commit
+        # and roll back this session: ``api`` is read from here on by its ids.)
+        api_id, container_id = api.id, api.container_id
         deployment: ApiDeployment | None = None
         op: Operation | None = None
-        container = (
-            await self.session.get(Container, api.container_id) if api.container_id else None
-        )
+        container = await self.session.get(Container, container_id) if container_id else None
         if container is not None:
             containers = ContainerService(self.core, self.session)
             if spec_change:
@@ -252,12 +252,12 @@ class ApiService:
                     principal, container, ContainerScale(replicas=body.replicas)
                 )
             if op is not None:
-                deployment = await self._record(api, container, op, principal)
+                deployment = await self._record(api_id, container, op, principal)
         await begin_write(self.session)
-        current = await self.session.get(Api, api.id, populate_existing=True)
+        current = await self.session.get(Api, api_id, populate_existing=True)
         if current is None or current.deleted_at is not None:
             await self.session.rollback()
-            raise NotFound("API not found", api_id=api.id)
+            raise NotFound("API not found", api_id=api_id)
         fields = body.model_fields_set
         for name in ("description", "base_path", "openapi", "openapi_path"):
             if name in fields:
@@ -279,7 +279,8 @@ class ApiService:
         """Deploy again the spec of the newest deployment before the active one that
         succeeded: a new deployment (``rollback_of`` names the one it restores),
         rolled out like any other."""
-        listed = (await self.deployments([api]))[api.id]
+        api_id, container_id = api.id, api.container_id
+        listed = (await self.deployments([api]))[api_id]
         active = next((i for i, (_, _, st) in enumerate(listed) if st == "active"), None)
         if active is None:
             raise Conflict("No deployment of this API is active: nothing to roll back from")
@@ -289,13 +290,12 @@ class ApiService:
         )
         if earlier is None:
             raise Conflict("No earlier deployment succeeded: nothing to roll back to")
-        container = (
-            await self.session.get(Container, api.container_id) if api.container_id else None
-        )
+        container = await self.session.get(Container, container_id) if container_id else None
         if container is None:
-            raise NotFound("API not found", api_id=api.id)
+            raise NotFound("API not found", api_id=api_id)
         containers = ContainerService(self.core, self.session)
         op: Operation | None
+        earlier_id, number = earlier.id, earlier.number
         if container.replicas != earlier.replicas:
             raise Conflict(
                 f"Deployment {earlier.number} ran {earlier.replicas} replicas: scale to "
@@ -311,13 +311,13 @@ class ApiService:
             ),
         )
         if op is None:
-            raise Conflict(f"The API already runs deployment {earlier.number}'s spec")
-        deployment = await self._record(api, container, op, principal, rollback_of=earlier.id)
+            raise Conflict(f"The API already runs deployment {number}'s spec")
+        deployment = await self._record(api_id, container, op, principal, rollback_of=earlier_id)
         return deployment, op
 
     async def _record(
         self,
-        api: Api,
+        api_id: str,
         container: Container,
         op: Operation,
         principal: Principal,
@@ -328,11 +328,11 @@ class ApiService:
         await begin_write(self.session)
         number = await self.session.scalar(
             select(func.coalesce(func.max(ApiDeployment.number), 0)).where(
-                ApiDeployment.api_id == api.id
+                ApiDeployment.api_id == api_id
             )
         )
         deployment = ApiDeployment(
-            api_id=api.id,
+            api_id=api_id,
             number=int(number or 0) + 1,
             image=container.image,
             environment=dict(container.environment),
