@@ -242,6 +242,20 @@ class Callers:
         made["op"] = self.user.finished(made["operation"])
         return made
 
+    def publish(self) -> dict[str, Any]:
+        """A listing, with one free plan, of a fresh API of the user's."""
+        listing: dict[str, Any] = self.user.call(
+            "POST",
+            "/marketplace/publish",
+            json={
+                "api_id": self.new("api_id"),
+                "title": "Doomed",
+                "category": "tools",
+                "plans": [{"name": "Free", "model": "free"}],
+            },
+        )["listing"]
+        return listing
+
     def new(self, name: str) -> str:
         """A fresh object for a DELETE to consume."""
         user, org = self.user, self.ids["org_id"]
@@ -281,20 +295,10 @@ class Callers:
             )
             user.finished(made["operation"])
             return str(made["api_id"])
-        if name in ("listing_id", "plan_id", "subscription_id"):
-            # A free listing of a fresh API, and the reseller's subscription to it.
-            listed = user.call(
-                "POST",
-                "/marketplace/publish",
-                json={
-                    "api_id": self.new("api_id"),
-                    "title": "Doomed",
-                    "category": "tools",
-                    "plans": [{"name": "Free", "model": "free"}],
-                },
-            )["listing"]
-            if name != "subscription_id":
-                return str(listed["id"] if name == "listing_id" else listed["plans"][0]["id"])
+        if name == "listing_id":
+            return str(self.publish()["id"])
+        if name == "subscription_id":  # the reseller's, to a fresh free listing
+            listed = self.publish()
             made = user.call(
                 "POST",
                 f"/marketplace/listings/{listed['id']}/subscribe",
@@ -519,6 +523,8 @@ def callers(fuzz_server: LiveServer) -> Iterator[Callers]:
     instances = user.call("GET", f"/services/{c.ids['service_id']}")["service"]["instances"]
     c.ids["instance_id"] = instances[0]["id"] if instances else str(uuid.uuid4())
     c.ids["api_id"] = c.new("api_id")
+    listed = c.publish()
+    c.ids["listing_id"], c.ids["plan_id"] = listed["id"], listed["plans"][0]["id"]
     c.ids["subscription_id"] = c.new("subscription_id")
     # VMs: the test libvirtd as a host. The shared VM boots GREEDY_KERNEL, so its
     # create and the operations fuzzed requests start on it fail at once; the

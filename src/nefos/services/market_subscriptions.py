@@ -398,8 +398,9 @@ class SubscriptionService:
             )
         ).all()
         until = now + timedelta(seconds=overlap_seconds)
-        remaining = [k for k in live if not rotate or until > now]
-        if len(remaining) >= MAX_LIVE_KEYS:
+        # A rotation with an overlap leaves the old keys live until it ends.
+        still_live = 0 if rotate and overlap_seconds == 0 else len(live)
+        if still_live >= MAX_LIVE_KEYS:
             raise Conflict(
                 f"This subscription already holds {MAX_LIVE_KEYS} live keys, the most "
                 "allowed: revoke one first (or rotate with overlap_seconds 0)",
