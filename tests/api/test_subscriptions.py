@@ -5,6 +5,7 @@ once, a paid plan's at its period's end. Tenants and roles are kept apart."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -373,3 +374,23 @@ async def test_subscriptions_are_their_organisations_alone(
     assert_error(r, 404, "NOT_FOUND")
     r = await client.post(f"{V1}/marketplace/listings/{lid}/subscribe", json={"plan_id": plan_id})
     assert r.status_code == 401
+
+
+async def test_concurrent_subscriptions_of_one_organisation_make_one(
+    client: httpx.AsyncClient, register: Any, podman_host: Any
+) -> None:
+    creator_user, consumer_user = await register(), await register()
+    creator, consumer = Api(client, creator_user), Api(client, consumer_user)
+    made, listed = await publish(creator, "tides", [FREE])
+    path = f"{V1}/marketplace/listings/{listed['id']}/subscribe"
+    body = {"plan_id": listed["plans"][0]["id"]}
+    answers = await asyncio.gather(
+        *(client.post(path, json=body, headers=consumer_user.headers) for _ in range(4))
+    )
+    assert sorted(r.status_code for r in answers) == [201, 409, 409, 409], [r.text for r in answers]
+    for r in answers:
+        if r.status_code == 409:
+            assert_error(r, 409, "CONFLICT")
+    assert len((await consumer.call("GET", "/marketplace/subscriptions"))["items"]) == 1
+    await creator.wait(made["operation"])
+    await creator.act("DELETE", f"/apis/{made['api_id']}")
