@@ -168,6 +168,16 @@ MATRIX: dict[tuple[str, str], Rule] = {
     ("GET", "/marketplace/listings/{listing_id}"): PUBLIC,
     ("POST", "/marketplace/publish"): Rule(P.COMPUTE_WRITE),
     ("PUT", "/marketplace/listings/{listing_id}"): Rule(P.COMPUTE_WRITE),
+    # Subscribing spends an organisation's money: its billing managers' call. The
+    # subscription's organisation is named in the body or query, or is the one the
+    # subscription belongs to (a role check on it, not on a path's org).
+    ("POST", "/marketplace/listings/{listing_id}/subscribe"): Rule(P.BILLING_WRITE),
+    ("GET", "/marketplace/subscriptions"): Rule(P.BILLING_READ),
+    ("GET", "/marketplace/subscriptions/{subscription_id}"): Rule(P.BILLING_READ),
+    ("PUT", "/marketplace/subscriptions/{subscription_id}"): Rule(P.BILLING_WRITE),
+    ("DELETE", "/marketplace/subscriptions/{subscription_id}"): Rule(P.BILLING_WRITE),
+    ("POST", "/marketplace/subscriptions/{subscription_id}/keys"): Rule(P.BILLING_WRITE),
+    ("DELETE", "/marketplace/subscriptions/{subscription_id}/keys/{key_id}"): Rule(P.BILLING_WRITE),
     ("GET", "/operations"): Rule(P.COMPUTE_READ),
     ("GET", "/operations/{operation_id}"): Rule(P.COMPUTE_READ),
     ("DELETE", "/operations/{operation_id}"): Rule(P.COMPUTE_WRITE),
@@ -691,6 +701,15 @@ async def walk_world(
         },
     )
     w.ids["listing_id"] = listed["listing"]["id"]
+    w.ids["plan_id"] = listed["listing"]["plans"][0]["id"]
+    # A's reseller subscribes to its own listing (creators test their APIs).
+    subscribed = await w.ok(
+        "POST",
+        f"/marketplace/listings/{w.ids['listing_id']}/subscribe",
+        w.owner,
+        json={"plan_id": w.ids["plan_id"], "organisation_id": w.ids["org_id"]},
+    )
+    w.ids["subscription_id"] = subscribed["subscription"]["id"]
     settings = app.state.core.settings
     allowed = settings.webhook_allowed_networks
     settings.webhook_allowed_networks = ["127.0.0.0/8"]  # WALK_WEBHOOK
@@ -1040,6 +1059,43 @@ async def fresh_rollbackable(w: World, who: Account, role: Role) -> dict[str, st
     return {"api_id": data["api_id"]}
 
 
+async def fresh_listing(w: World, who: Account, role: Role) -> dict[str, str]:
+    """A listing (with one free plan) of a fresh API of A's, that no one subscribes to."""
+    api = await fresh_api(w, who, role)
+    listed = await w.ok(
+        "POST",
+        "/marketplace/publish",
+        w.owner,
+        json={
+            "api_id": api["api_id"],
+            "title": "Fresh",
+            "category": "tools",
+            "plans": [{"name": "Free", "model": "free"}],
+        },
+    )
+    return {"listing_id": listed["listing"]["id"], "plan_id": listed["listing"]["plans"][0]["id"]}
+
+
+async def fresh_subscription(w: World, who: Account, role: Role) -> dict[str, str]:
+    """A's reseller's subscription to a fresh listing (to cancel)."""
+    listing = await fresh_listing(w, who, role)
+    subscribed = await w.ok(
+        "POST",
+        f"/marketplace/listings/{listing['listing_id']}/subscribe",
+        w.owner,
+        json={"plan_id": listing["plan_id"], "organisation_id": w.ids["org_id"]},
+    )
+    return {"subscription_id": subscribed["subscription"]["id"]}
+
+
+async def fresh_subscription_key(w: World, who: Account, role: Role) -> dict[str, str]:
+    """A new key of A's reseller's subscription (to revoke)."""
+    made = await w.ok(
+        "POST", f"/marketplace/subscriptions/{w.ids['subscription_id']}/keys", w.owner
+    )
+    return {"key_id": made["key"]["id"]}
+
+
 async def fresh_container(w: World, who: Account, role: Role) -> dict[str, str]:
     """A container of A's project with no operation in progress (so a write on it is
     not refused as busy)."""
@@ -1284,6 +1340,28 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ),
     ("PUT", "/marketplace/listings/{listing_id}"): Sample(
         json={"title": "Walked again"}, role_checked=True
+    ),
+    # Another tenant naming A's organisation gets its 404 before any listing is read.
+    ("POST", "/marketplace/listings/{listing_id}/subscribe"): Sample(
+        json={"plan_id": Ref("plan_id"), "organisation_id": Ref("org_id")},
+        fresh=fresh_listing,
+        role_checked=True,
+    ),
+    ("GET", "/marketplace/subscriptions"): OF_ORG,
+    ("GET", "/marketplace/subscriptions/{subscription_id}"): Sample(role_checked=True),
+    # The plan it holds already: a change that changes nothing, for every role.
+    ("PUT", "/marketplace/subscriptions/{subscription_id}"): Sample(
+        json={"plan_id": Ref("plan_id")}, role_checked=True
+    ),
+    ("DELETE", "/marketplace/subscriptions/{subscription_id}"): Sample(
+        fresh=fresh_subscription, role_checked=True
+    ),
+    # A rotation at once: the walk's new keys never pile up to the cap.
+    ("POST", "/marketplace/subscriptions/{subscription_id}/keys"): Sample(
+        json={"rotate": True, "overlap_seconds": 0}, role_checked=True
+    ),
+    ("DELETE", "/marketplace/subscriptions/{subscription_id}/keys/{key_id}"): Sample(
+        fresh=fresh_subscription_key, role_checked=True
     ),
     ("POST", "/services/{service_id}/instances/{instance_id}/maintenance"): Sample(
         json={"enabled": False}, role_checked=True
@@ -1577,6 +1655,8 @@ def random_ids() -> dict[str, str]:
             "instance_id",
             "api_id",
             "listing_id",
+            "plan_id",
+            "subscription_id",
             "operation_id",
             "vm_id",
             "image_id",

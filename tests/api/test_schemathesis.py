@@ -242,6 +242,20 @@ class Callers:
         made["op"] = self.user.finished(made["operation"])
         return made
 
+    def publish(self) -> dict[str, Any]:
+        """A listing, with one free plan, of a fresh API of the user's."""
+        listing: dict[str, Any] = self.user.call(
+            "POST",
+            "/marketplace/publish",
+            json={
+                "api_id": self.new("api_id"),
+                "title": "Doomed",
+                "category": "tools",
+                "plans": [{"name": "Free", "model": "free"}],
+            },
+        )["listing"]
+        return listing
+
     def new(self, name: str) -> str:
         """A fresh object for a DELETE to consume."""
         user, org = self.user, self.ids["org_id"]
@@ -281,6 +295,21 @@ class Callers:
             )
             user.finished(made["operation"])
             return str(made["api_id"])
+        if name == "listing_id":
+            return str(self.publish()["id"])
+        if name == "subscription_id":  # the reseller's, to a fresh free listing
+            listed = self.publish()
+            made = user.call(
+                "POST",
+                f"/marketplace/listings/{listed['id']}/subscribe",
+                json={"plan_id": listed["plans"][0]["id"], "organisation_id": org},
+            )
+            return str(made["subscription"]["id"])
+        if name == "subscription_key_id":  # a key of the shared subscription
+            path = f"/marketplace/subscriptions/{self.ids['subscription_id']}/keys"
+            return str(
+                user.call("POST", path, json={"rotate": True, "overlap_seconds": 0})["key"]["id"]
+            )
         if name == "instance_id":  # (a method the route has not: any id does)
             return str(uuid.uuid4())
         if name in ("container_id", "operation_id"):
@@ -424,6 +453,12 @@ class Callers:
             return {"host_id": self.new("host_id") if consumed else self.ids["host_id"]}
         if case.operation.path.endswith("/backups/{backup_id}/restore"):
             self.make_room()  # a restore makes a real VM (it halts at once)
+        if case.operation.path.startswith("/api/v1/marketplace/subscriptions/"):
+            # A subscription's key_id is a consumer key, not an API key.
+            ids = {**self.ids, "key_id": self.new("subscription_key_id")}
+            if case.method.upper() == "DELETE" and "key_id" not in case.path_parameters:
+                ids["subscription_id"] = self.new("subscription_id")
+            return {k: ids[k] for k in case.path_parameters}
         if case.method.upper() == "DELETE":
             # The deepest id is the one consumed; the others stay the shared ones.
             *keep, consumed = list(case.path_parameters)
@@ -488,6 +523,9 @@ def callers(fuzz_server: LiveServer) -> Iterator[Callers]:
     instances = user.call("GET", f"/services/{c.ids['service_id']}")["service"]["instances"]
     c.ids["instance_id"] = instances[0]["id"] if instances else str(uuid.uuid4())
     c.ids["api_id"] = c.new("api_id")
+    listed = c.publish()
+    c.ids["listing_id"], c.ids["plan_id"] = listed["id"], listed["plans"][0]["id"]
+    c.ids["subscription_id"] = c.new("subscription_id")
     # VMs: the test libvirtd as a host. The shared VM boots GREEDY_KERNEL, so its
     # create and the operations fuzzed requests start on it fail at once; the
     # snapshots and backups are of a real VM that halts at once (HALT_DISK), stopped.

@@ -14,7 +14,7 @@ from nefos.schemas.apis import ApiAccepted
 from nefos.schemas.compute import HostPublic
 from nefos.sdk import Client
 from nefos.sdk._errors import ConflictError, NotFoundError, ValidationError
-from tests.cli.conftest import Cli
+from tests.cli.conftest import Cli, register
 from tests.conftest import ADMIN_PASSWORD, PASSWORD, TEST_IMAGE, LiveServer
 from tests.sdk.test_compute_sdk import ensure_podman_host, unique, unregister_podman_host
 
@@ -141,3 +141,82 @@ def test_marketplace_publish_search_show_and_unpublish(
     with Client(cli.url, email=user, password=PASSWORD) as sdk:
         sdk.operations.wait(made)
         sdk.operations.wait(sdk.apis.delete(made.api_id))
+
+
+def test_marketplace_subscribe_keys_rotate_revoke_and_cancel(
+    cli: Cli, make_cli, user: str, podman: HostPublic
+) -> None:
+    # A creator publishes (through the SDK); the CLI's user subscribes.
+    creator_email = register(cli.url)
+    with Client(cli.url, email=creator_email, password=PASSWORD) as creator:
+        made = creator.apis.deploy(unique("api"), image=TEST_IMAGE, port=8080)
+        listed = creator.marketplace.publish(
+            made.api_id,
+            title="Tide Tables",
+            category="weather",
+            plans=[
+                {"name": "Basic", "model": "freemium", "included_calls": 100,
+                 "price_per_call": "0.001"},
+                {"name": "Free", "model": "free"},
+            ],
+        )  # fmt: skip
+    basic, free = (next(p for p in listed.plans if p.key == k) for k in ("basic", "free"))
+
+    result = cli("marketplace", "subscribe", listed.id, "--plan", basic.id)
+    out = _ok(result)
+    assert "Tide Tables" in out and "nfc_" in out
+    assert "only time the key is shown" in result.stderr
+    key = next(w for w in out.split() if w.startswith("nfc_"))
+    subs = cli.json("marketplace", "subscriptions")
+    (sub,) = subs["items"]
+    assert sub["listing_id"] == listed.id and sub["plan"]["id"] == basic.id
+    again = cli("marketplace", "subscribe", listed.id, "--plan", free.id)
+    assert again.exit_code == 1 and "CONFLICT" in again.stderr
+    table = _ok(cli("marketplace", "keys", sub["id"]))
+    assert key[:10] in table and key not in table
+
+    rotated = cli.json("marketplace", "key-create", sub["id"], "--rotate", "--overlap", "30m")
+    assert rotated["key"].startswith("nfc_")
+    bad = cli("marketplace", "key-create", sub["id"], "--rotate", "--overlap", "8d")
+    assert bad.exit_code == 2 and "7d" in bad.stderr
+    with Client(cli.url, email=user, password=PASSWORD) as sdk:
+        keys = {k.id: k for k in sdk.subscriptions.get(sub["id"]).keys}
+        assert len(keys) == 2 and keys[rotated["id"]].expires_at is None
+        (old,) = [k for k in keys.values() if k.id != rotated["id"]]
+        assert old.expires_at is not None
+        assert "revoked" in _ok(cli("marketplace", "key-revoke", sub["id"], old.id))
+        assert sdk.subscriptions.get(sub["id"]).keys[-1].revoked_at is not None
+        # The SDK: the rest of the calls, their errors typed.
+        made_key = sdk.subscriptions.create_key(sub["id"], name="sdk")
+        assert made_key.key.startswith("nfc_") and made_key.name == "sdk"
+        assert sdk.subscriptions.revoke_key(sub["id"], made_key.id).revoked_at is not None
+        changed = sdk.subscriptions.change_plan(sub["id"], free.id)
+        assert (
+            changed.plan.id == free.id
+            and changed.period_end == sdk.subscriptions.get(sub["id"]).period_end
+        )
+        assert [s.id for s in sdk.subscriptions.list(status="active").items] == [sub["id"]]
+        with pytest.raises(NotFoundError):
+            sdk.subscriptions.get("00000000-0000-0000-0000-000000000000")
+        with pytest.raises(ValidationError):
+            sdk.subscriptions.change_plan(sub["id"], "00000000-0000-0000-0000-000000000000")
+    # A free plan ends at once.
+    assert "cancelled" in _ok(cli("marketplace", "cancel", sub["id"]))
+    assert (
+        cli.json("marketplace", "subscriptions", "--status", "cancelled")["items"][0]["id"]
+        == sub["id"]
+    )
+    # Another user sees none of it.
+    stranger = make_cli()
+    stranger.login(register(cli.url))
+    assert stranger.json("marketplace", "subscriptions")["items"] == []
+    gone = stranger("marketplace", "keys", sub["id"])
+    assert gone.exit_code == 1 and "NOT_FOUND" in gone.stderr
+    with Client(cli.url, email=user, password=PASSWORD) as sdk:
+        resub = sdk.subscriptions.subscribe(listed.id, basic.id)
+        assert resub.key.key.startswith("nfc_")
+        ends = sdk.subscriptions.cancel(resub.subscription.id)
+        assert ends.status == "active" and ends.cancel_at_period_end is True
+    with Client(cli.url, email=creator_email, password=PASSWORD) as creator:
+        creator.operations.wait(made)
+        creator.operations.wait(creator.apis.delete(made.api_id))

@@ -1,8 +1,10 @@
-"""`nefos marketplace ...`: find APIs (no account needed), publish yours."""
+"""`nefos marketplace ...`: find APIs (no account needed), publish yours, subscribe
+to others' and manage your subscriptions' keys."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,10 +12,29 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from nefos.cli._common import Column, JsonOpt, LimitOpt, PageOpt, api, echo_json, listing, stdout
-from nefos.schemas.marketplace import ListingPublic, PlanPublic
+from nefos.cli._common import (
+    Column,
+    JsonOpt,
+    LimitOpt,
+    PageOpt,
+    api,
+    echo_json,
+    listing,
+    stderr,
+    stdout,
+)
+from nefos.schemas.marketplace import (
+    MAX_OVERLAP_SECONDS,
+    ApiSubscriptionPublic,
+    ListingPublic,
+    PlanPublic,
+    SubscriptionKeyCreated,
+)
 
-app = typer.Typer(no_args_is_help=True, help="The marketplace: find APIs, publish yours.")
+app = typer.Typer(
+    no_args_is_help=True,
+    help="The marketplace: find APIs, publish yours, subscribe and manage your keys.",
+)
 
 ListingArg = Annotated[str, typer.Argument(help="Listing id.", show_default=False)]
 PlanOpt = Annotated[
@@ -200,3 +221,178 @@ def update(
         echo_json(changed)
     else:
         print_listing(changed)
+
+
+# --- subscriptions and keys --------------------------------------------------------
+SubArg = Annotated[str, typer.Argument(help="Subscription id.", show_default=False)]
+OrgOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--org", help="Organisation (default: your default project's).", show_default=False
+    ),
+]
+_DURATION = re.compile(r"^(\d+)([smhd]?)$")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+SUBSCRIPTION_COLUMNS: list[Column] = [
+    ("ID", "id"),
+    ("API", "title"),
+    ("PLAN", lambda s: f"{s.plan.name} ({s.plan.model})"),
+    ("STATUS", "status"),
+    ("PERIOD END", "period_end"),
+    ("ENDS THEN", "cancel_at_period_end"),
+]
+KEY_COLUMNS: list[Column] = [
+    ("ID", "id"),
+    ("NAME", "name"),
+    ("PREFIX", "prefix"),
+    ("CREATED", "created_at"),
+    ("EXPIRES", "expires_at"),
+    ("REVOKED", "revoked_at"),
+    ("LAST USED", "last_used_at"),
+]
+
+
+def seconds(text: str) -> int:
+    """A duration: 90, 90s, 30m, 1h, 7d."""
+    found = _DURATION.match(text.strip().lower())
+    if not found:
+        raise typer.BadParameter(f"{text!r}: a duration such as 90s, 30m, 1h or 7d")
+    value = int(found.group(1)) * _UNIT[found.group(2)]
+    if value > MAX_OVERLAP_SECONDS:
+        raise typer.BadParameter(f"{text!r}: at most 7d")
+    return value
+
+
+def print_key(key: SubscriptionKeyCreated) -> None:
+    out = stdout()
+    out.print(f"Key {escape(key.name or key.prefix)} ({key.id}):")
+    out.print(escape(key.key), soft_wrap=True)
+    stderr().print(
+        "[bold yellow]Warning:[/] this is the only time the key is shown; Nefos keeps only "
+        "a hash. Call the API with it in the X-API-Key header."
+    )
+
+
+def print_subscription(sub: ApiSubscriptionPublic) -> None:
+    ends = " (ends then)" if sub.cancel_at_period_end else ""
+    stdout().print(
+        f"[bold]{escape(sub.title)}[/bold] ({sub.id}): plan {escape(sub.plan.name)} "
+        f"({escape(_price(sub.plan))}), {sub.status}; period to "
+        f"{sub.period_end:%Y-%m-%d %H:%M:%SZ}{ends}; gateway /gw/{escape(sub.api_slug)}/"
+    )
+
+
+@app.command()
+def subscribe(
+    listing_id: ListingArg,
+    plan: Annotated[str, typer.Option("--plan", help="The plan's id.", show_default=False)],
+    org: OrgOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Subscribe to a plan of a listing; prints the first key (shown once)."""
+    with api(as_json) as c:
+        made = c.subscriptions.subscribe(listing_id, plan, organisation_id=org)
+    if as_json:
+        echo_json(made)
+    else:
+        print_subscription(made.subscription)
+        print_key(made.key)
+
+
+@app.command()
+def subscriptions(
+    status: Annotated[str | None, typer.Option(help="active, cancelled or ended.")] = None,
+    org: OrgOpt = None,
+    page: PageOpt = None,
+    limit: LimitOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Your organisations' subscriptions."""
+    with api(as_json) as c:
+        found = c.subscriptions.list(status=status, organisation_id=org, page=page, limit=limit)
+    if as_json:
+        echo_json(found)
+        return
+    listing(found.items, SUBSCRIPTION_COLUMNS, False, empty="No subscription.")
+
+
+@app.command()
+def keys(subscription_id: SubArg, as_json: JsonOpt = False) -> None:
+    """A subscription's keys (their prefixes: keys are shown only when made)."""
+    with api(as_json) as c:
+        sub = c.subscriptions.get(subscription_id)
+    if as_json:
+        echo_json(sub)
+        return
+    print_subscription(sub)
+    listing(sub.keys, KEY_COLUMNS, False, empty="No key.")
+
+
+@app.command("key-create")
+def key_create(
+    subscription_id: SubArg,
+    name: Annotated[str | None, typer.Option(help="A name to know it by.")] = None,
+    rotate: Annotated[
+        bool, typer.Option("--rotate", help="The other live keys expire after --overlap.")
+    ] = False,
+    overlap: Annotated[
+        str | None,
+        typer.Option(help="With --rotate: how long the old keys keep working (0, 30m, 1h, 7d)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A new key for a subscription (printed once)."""
+    if overlap is not None and not rotate:
+        raise typer.BadParameter("--overlap goes with --rotate", param_hint="--overlap")
+    overlap_seconds = seconds(overlap) if overlap is not None else None
+    with api(as_json) as c:
+        key = c.subscriptions.create_key(
+            subscription_id, name=name, rotate=rotate or None, overlap_seconds=overlap_seconds
+        )
+    if as_json:
+        echo_json(key)
+        stderr().print("[bold yellow]Warning:[/] the key is shown only this once.")
+    else:
+        print_key(key)
+
+
+@app.command("key-revoke")
+def key_revoke(
+    subscription_id: SubArg,
+    key_id: Annotated[str, typer.Argument(help="Key id.", show_default=False)],
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke a key: it stops working at once."""
+    with api(as_json) as c:
+        key = c.subscriptions.revoke_key(subscription_id, key_id)
+    if as_json:
+        echo_json(key)
+    else:
+        stdout().print(f"Key {key.prefix}... ({key.id}) revoked.")
+
+
+@app.command("change-plan")
+def change_plan(
+    subscription_id: SubArg,
+    plan: Annotated[str, typer.Option("--plan", help="The new plan's id.", show_default=False)],
+    as_json: JsonOpt = False,
+) -> None:
+    """Move a subscription to another plan of its listing (the period carries over)."""
+    with api(as_json) as c:
+        sub = c.subscriptions.change_plan(subscription_id, plan)
+    if as_json:
+        echo_json(sub)
+    else:
+        print_subscription(sub)
+
+
+@app.command()
+def cancel(subscription_id: SubArg, as_json: JsonOpt = False) -> None:
+    """Cancel: a free plan ends now, a paid one at its period's end."""
+    with api(as_json) as c:
+        sub = c.subscriptions.cancel(subscription_id)
+    if as_json:
+        echo_json(sub)
+    else:
+        print_subscription(sub)

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
-from nefos.schemas.billing import Price, PriceIn
+from nefos.schemas.billing import Price, PriceIn, SubscriptionPublic
 from nefos.schemas.common import Id, Pagination, Request
 
 PriceModel = Literal["free", "pay_per_use", "freemium", "monthly"]
@@ -192,3 +192,105 @@ class ListingPage(BaseModel):
 def price_text(value: Decimal | None) -> str | None:
     """A plan's price as the wire shows it: its own places, no exponent."""
     return None if value is None else format(Decimal(value).normalize(), "f")
+
+
+# --- subscriptions and their keys ---------------------------------------------------
+SubscriptionStatus = Literal["active", "cancelled", "ended"]
+#: The longest overlap a rotation gives the keys it replaces (7 days).
+MAX_OVERLAP_SECONDS = 7 * 24 * 3600
+
+
+class SubscribeRequest(Request):
+    """``POST /marketplace/listings/{id}/subscribe``: a current plan of the listing,
+    for an organisation of the caller's (default: its default project's)."""
+
+    plan_id: Id
+    organisation_id: Id | None = None
+
+
+class SubscriptionUpdate(Request):
+    """``PUT /marketplace/subscriptions/{id}``: move to another current plan of the
+    same listing; the period, and the calls counted in it, carry over."""
+
+    plan_id: Id
+
+
+class SubscriptionKeyCreate(Request):
+    """``POST /marketplace/subscriptions/{id}/keys``. With ``rotate``, every other
+    live key of the subscription expires ``overlap_seconds`` from now."""
+
+    name: Annotated[str, Field(max_length=80)] = ""
+    rotate: bool = False
+    overlap_seconds: Annotated[int, Field(ge=0, le=MAX_OVERLAP_SECONDS)] = 3600
+
+
+class SubscriptionKeyPublic(BaseModel):
+    """A consumer key as it is shown after its creation: never the key nor its hash."""
+
+    id: str
+    name: str
+    prefix: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class SubscriptionKeyCreated(SubscriptionKeyPublic):
+    key: str = Field(description="The key (`nfc_...`): shown this once, kept only as a hash.")
+
+
+class ApiSubscriptionPublic(BaseModel):
+    """An organisation's subscription to one listing's plan (the plan version it
+    agreed to). ``status`` is as of now: a paid plan cancelled at its period's end
+    reads ``ended`` once that end has passed."""
+
+    id: str
+    listing_id: str
+    title: str
+    api_slug: str
+    plan: PlanPublic
+    organisation_id: str
+    status: SubscriptionStatus
+    period_start: datetime
+    period_end: datetime
+    cancel_at_period_end: bool
+    ended_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ApiSubscriptionDetail(ApiSubscriptionPublic):
+    keys: list[SubscriptionKeyPublic]
+
+
+class Subscribed(BaseModel):
+    subscription: ApiSubscriptionPublic
+    key: SubscriptionKeyCreated
+
+
+class SubscriptionPage(BaseModel):
+    items: list[ApiSubscriptionPublic]
+    subscriptions: list[ApiSubscriptionPublic]
+    pagination: Pagination
+
+
+class PlansSold(BaseModel):
+    listing_id: str
+    title: str
+    status: str
+    plans: list[PlanPublic]
+    subscribers: int = Field(description="Its active subscriptions.")
+
+
+class MarketplaceAccount(BaseModel):
+    """An organisation's side of the marketplace: what it subscribes to, what it sells."""
+
+    subscriptions: list[ApiSubscriptionPublic]
+    plans_sold: list[PlansSold]
+
+
+class BillingSubscriptionPublic(SubscriptionPublic):
+    """``GET /billing/subscription``: the wallet's plan, and the marketplace's."""
+
+    marketplace: MarketplaceAccount

@@ -79,6 +79,7 @@ from nefos.sdk._resources import (
     Volumes,
 )
 from nefos.sdk._services import Services
+from nefos.sdk._subscriptions import Subscriptions
 from nefos.sdk._types import Tokens
 
 API_PREFIX = "/api/v1"
@@ -190,6 +191,7 @@ class Client:
         self.services = Services(self)
         self.apis = Apis(self)
         self.marketplace = Marketplace(self)
+        self.subscriptions = Subscriptions(self)
         self.vms = Vms(self)
         self.images = Images(self)
         self.snapshots = Snapshots(self)

@@ -35,7 +35,13 @@ from nefos.db.types import utcnow
 from nefos.domain.access import Permission
 from nefos.domain.errors import Conflict, NotFound
 from nefos.domain.paging import PageParams
-from nefos.schemas.marketplace import ListingUpdate, PlanIn, PublishRequest, plan_key
+from nefos.schemas.marketplace import (
+    ListingUpdate,
+    PlanIn,
+    PublishRequest,
+    plan_key,
+    price_text,
+)
 from nefos.services.apis import ApiService
 from nefos.services.core import Core
 from nefos.services.principal import Principal, visible_org_ids
@@ -69,6 +75,23 @@ def _terms(plan: PlanIn | ListingPlan) -> tuple[Any, ...]:
     )
 
 
+def plan_public(p: ListingPlan, currency: str) -> dict[str, Any]:
+    """A plan version's terms, as listings and subscriptions show them."""
+    return {
+        "id": p.id,
+        "key": p.key,
+        "version": p.version,
+        "name": p.name,
+        "model": p.model,
+        "currency": currency,
+        "price_per_call": price_text(p.price_per_call),
+        "monthly_price": price_text(p.monthly_price),
+        "included_calls": p.included_calls,
+        "overage_price": price_text(p.overage_price),
+        "rate_limit_per_minute": p.rate_limit_per_minute,
+    }
+
+
 @dataclass
 class Found:
     listing: Listing
@@ -97,7 +120,8 @@ class MarketplaceService:
         orgs = await self._seller_orgs(principal)
         return orgs is None or listing.organisation_id in orgs
 
-    async def _plans(self, listing_ids: Sequence[str]) -> dict[str, list[ListingPlan]]:
+    async def plans(self, listing_ids: Sequence[str]) -> dict[str, list[ListingPlan]]:
+        """Each listing's current plans (retired versions left out)."""
         out: dict[str, list[ListingPlan]] = {i: [] for i in listing_ids}
         if not listing_ids:
             return out
@@ -117,7 +141,7 @@ class MarketplaceService:
             raise NotFound("Listing not found", listing_id=listing_id)
         api = await self.session.get(Api, listing.api_id)
         assert api is not None
-        return Found(listing, (await self._plans([listing.id]))[listing.id]), api
+        return Found(listing, (await self.plans([listing.id]))[listing.id]), api
 
     async def browse(
         self,
@@ -155,7 +179,7 @@ class MarketplaceService:
                 query.order_by(Listing.published_at.desc(), Listing.id).limit(BROWSE_LIMIT)
             )
         ).all()
-        plans = await self._plans([listing.id for listing, _ in rows])
+        plans = await self.plans([listing.id for listing, _ in rows])
         found = [
             Found(listing, plans[listing.id], scores.get(listing.id) if scores else None)
             for listing, _ in rows
@@ -321,13 +345,13 @@ class MarketplaceService:
         listing.updated_at = utcnow()
         await self._index(listing)
         await self.session.commit()
-        return Found(listing, (await self._plans([listing.id]))[listing.id])
+        return Found(listing, (await self.plans([listing.id]))[listing.id])
 
     async def _replace_plans(self, listing: Listing, wanted: Sequence[PlanIn]) -> None:
         """Plans whose terms changed get their next version; those left out retire;
         new ones start at version 1. Unchanged plans keep their row."""
         now = utcnow()
-        current = {p.key: p for p in (await self._plans([listing.id]))[listing.id]}
+        current = {p.key: p for p in (await self.plans([listing.id]))[listing.id]}
         latest: dict[str, int] = dict(
             (
                 await self.session.execute(

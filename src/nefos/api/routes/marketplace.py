@@ -1,17 +1,19 @@
 """The marketplace (seed 002): browse listings without an account, publish one of
-your APIs with its plans, change or unpublish it."""
+your APIs with its plans, change or unpublish it; subscribe an organisation to a
+listing's plan and manage the subscription's keys."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Body, Query, Request
 from starlette.responses import Response
 
 from nefos.api.deps import (
     Access,
     CoreDep,
     ObjectId,
+    OrgHint,
     PageDep,
     Public,
     SessionDep,
@@ -23,13 +25,22 @@ from nefos.domain.access import Permission
 from nefos.gateway.envelope import listing, ok
 from nefos.schemas.common import Envelope
 from nefos.schemas.marketplace import (
+    ApiSubscriptionDetail,
     ListingPage,
     ListingPublic,
     ListingUpdate,
     PublishRequest,
-    price_text,
+    Subscribed,
+    SubscribeRequest,
+    SubscriptionKeyCreate,
+    SubscriptionKeyCreated,
+    SubscriptionKeyPublic,
+    SubscriptionPage,
+    SubscriptionStatus,
+    SubscriptionUpdate,
 )
-from nefos.services.marketplace import Found, MarketplaceService
+from nefos.services.market_subscriptions import SubscriptionService, key_public
+from nefos.services.marketplace import Found, MarketplaceService, plan_public
 from nefos.services.principal import Principal
 
 router = APIRouter(prefix="/marketplace", tags=["marketplace"])
@@ -50,22 +61,7 @@ def listing_public(
     settings: Settings, found: Found, slug: str, docs: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     lst = found.listing
-    plans = [
-        {
-            "id": p.id,
-            "key": p.key,
-            "version": p.version,
-            "name": p.name,
-            "model": p.model,
-            "currency": lst.currency,
-            "price_per_call": price_text(p.price_per_call),
-            "monthly_price": price_text(p.monthly_price),
-            "included_calls": p.included_calls,
-            "overage_price": price_text(p.overage_price),
-            "rate_limit_per_minute": p.rate_limit_per_minute,
-        }
-        for p in found.plans
-    ]
+    plans = [plan_public(p, lst.currency) for p in found.plans]
     return {
         "id": lst.id,
         "api_id": lst.api_id,
@@ -177,3 +173,152 @@ async def update_listing(
     await service.update(access.principal, listing_id, body)
     found, api = await service.get(access.principal, listing_id)
     return ok({"listing": listing_public(core.settings, found, api.slug, api.openapi)})
+
+
+# --- subscriptions and their keys -----------------------------------------------------
+SubscriptionId = ObjectId
+KeyId = ObjectId
+SUBSCRIBE = Permission.BILLING_WRITE  # subscribing spends the organisation's money
+READ = Permission.BILLING_READ
+
+
+@router.post(
+    "/listings/{listing_id}/subscribe", status_code=201, response_model=Envelope[Subscribed]
+)
+async def subscribe(
+    listing_id: ObjectId,
+    body: SubscribeRequest,
+    core: CoreDep,
+    session: SessionDep,
+    organisation_id: OrgHint,
+    access: Access = authorize(SUBSCRIBE),
+) -> Response:
+    """Subscribe an organisation (`organisation_id` in the body or query, or
+    `X-Organisation-ID`; default: your default project's) to a current plan of a
+    listing. The answer holds the subscription's first key (`nfc_...`), shown this
+    once. One active subscription per organisation and listing (409)."""
+    org = await access.org(body.organisation_id or organisation_id, SUBSCRIBE)
+    service = SubscriptionService(core, session)
+    sub, key = await service.subscribe(access.principal, org, listing_id, body.plan_id)
+    (view,) = await service.views([sub])
+    return ok({"subscription": view, "key": key.public()}, 201)
+
+
+@router.get("/subscriptions", response_model=Envelope[SubscriptionPage])
+async def list_subscriptions(
+    core: CoreDep,
+    session: SessionDep,
+    params: PageDep,
+    organisation_id: OrgHint,
+    status: Annotated[
+        SubscriptionStatus | None, Query(description="active, cancelled or ended (as of now).")
+    ] = None,
+    access: Access = authorize(READ),
+) -> Response:
+    """Your organisations' subscriptions (one organisation's with `organisation_id`),
+    newest first."""
+    org = await access.org(organisation_id, READ) if organisation_id else None
+    items, total = await SubscriptionService(core, session).list_page(
+        access.principal, params, org=org, status=status
+    )
+    return listing(items, "subscriptions", total, params)
+
+
+async def _subscription(
+    core: CoreDep, session: SessionDep, access: Access, subscription_id: str
+) -> tuple[SubscriptionService, Any]:
+    service = SubscriptionService(core, session)
+    sub = await service.visible(access.principal, subscription_id, access.permission)
+    access.log_under(sub.organisation_id)
+    return service, sub
+
+
+@router.get(
+    "/subscriptions/{subscription_id}",
+    response_model=Envelope[dict[str, ApiSubscriptionDetail]],
+)
+async def get_subscription(
+    subscription_id: SubscriptionId,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(READ),
+) -> Response:
+    """A subscription with its keys (their prefixes: never a key)."""
+    service, sub = await _subscription(core, session, access, subscription_id)
+    return ok({"subscription": await service.detail(sub)})
+
+
+@router.put(
+    "/subscriptions/{subscription_id}",
+    response_model=Envelope[dict[str, ApiSubscriptionDetail]],
+)
+async def change_plan(
+    subscription_id: SubscriptionId,
+    body: SubscriptionUpdate,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(SUBSCRIBE),
+) -> Response:
+    """Change plan, to a current plan of the same listing. The period, and the calls
+    counted in it, carry over."""
+    service, sub = await _subscription(core, session, access, subscription_id)
+    sub = await service.change_plan(sub, body.plan_id)
+    return ok({"subscription": await service.detail(sub)})
+
+
+@router.delete(
+    "/subscriptions/{subscription_id}",
+    response_model=Envelope[dict[str, ApiSubscriptionDetail]],
+)
+async def cancel_subscription(
+    subscription_id: SubscriptionId,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(SUBSCRIBE),
+) -> Response:
+    """Cancel: a free plan ends at once (its keys stop working); a paid plan
+    (pay_per_use, freemium, monthly) ends at its period's end
+    (`cancel_at_period_end`)."""
+    service, sub = await _subscription(core, session, access, subscription_id)
+    sub = await service.cancel(sub)
+    return ok({"subscription": await service.detail(sub)})
+
+
+@router.post(
+    "/subscriptions/{subscription_id}/keys",
+    status_code=201,
+    response_model=Envelope[dict[str, SubscriptionKeyCreated]],
+)
+async def create_key(
+    subscription_id: SubscriptionId,
+    core: CoreDep,
+    session: SessionDep,
+    body: Annotated[SubscriptionKeyCreate | None, Body()] = None,
+    access: Access = authorize(SUBSCRIBE),
+) -> Response:
+    """A new key, shown this once. `rotate`: every other live key expires
+    `overlap_seconds` from now (default an hour, at most 7 days; 0: at once). At
+    most 10 live keys a subscription (409)."""
+    body = body or SubscriptionKeyCreate()
+    service, sub = await _subscription(core, session, access, subscription_id)
+    key = await service.create_key(
+        sub, name=body.name, rotate=body.rotate, overlap_seconds=body.overlap_seconds
+    )
+    return ok({"key": key.public()}, 201)
+
+
+@router.delete(
+    "/subscriptions/{subscription_id}/keys/{key_id}",
+    response_model=Envelope[dict[str, SubscriptionKeyPublic]],
+)
+async def revoke_key(
+    subscription_id: SubscriptionId,
+    key_id: KeyId,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(SUBSCRIBE),
+) -> Response:
+    """Revoke a key: it stops working at once."""
+    service, sub = await _subscription(core, session, access, subscription_id)
+    key = await service.revoke_key(sub, key_id)
+    return ok({"key": key_public(key)})

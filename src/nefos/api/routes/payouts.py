@@ -23,10 +23,11 @@ from nefos.schemas.billing import (
     PayoutDecision,
     PayoutPublic,
     PayoutRequest,
-    SubscriptionPublic,
     TransactionPublic,
 )
 from nefos.schemas.common import Envelope, Page
+from nefos.schemas.marketplace import BillingSubscriptionPublic
+from nefos.services.market_subscriptions import SubscriptionService
 from nefos.services.payouts import PayoutService, bound, payout_public, require_platform
 
 router = APIRouter(prefix="/billing", tags=["billing"])
@@ -194,7 +195,7 @@ async def list_transactions(
     return listing(items, "transactions", total, params)
 
 
-@router.get("/subscription", response_model=Envelope[SubscriptionPublic])
+@router.get("/subscription", response_model=Envelope[BillingSubscriptionPublic])
 async def current_subscription(
     core: CoreDep,
     session: SessionDep,
@@ -202,7 +203,9 @@ async def current_subscription(
     access: Access = authorize(READ),
 ) -> Response:
     """Current subscription (seed 002). Nefos is prepaid pay-as-you-go: the plan is
-    the wallet; `status` is `active`, `low_balance` or `suspended`."""
+    the wallet; `status` is `active`, `low_balance` or `suspended`. `marketplace`:
+    the organisation's active API subscriptions, and the plans of its own listings."""
     org = await access.org(organisation_id, READ)
     data = await PayoutService(core, session).subscription(org)
-    return ok(SubscriptionPublic.model_validate(data))
+    data["marketplace"] = await SubscriptionService(core, session).account(org)
+    return ok(BillingSubscriptionPublic.model_validate(data))
