@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -15,9 +14,7 @@ import httpx
 from sqlalchemy import func, select
 
 from nefos.billing import apicalls
-from nefos.db.models import ApiCall, ListingPlan, Project, Subscription, SubscriptionKey
-from nefos.db.types import utcnow
-from nefos.domain.consumer_keys import new_key
+from nefos.db.models import ApiCall, Subscription
 from tests.api.test_apis import api_body
 from tests.api.test_containers import Api, assert_error
 from tests.conftest import wait_serving
@@ -34,29 +31,12 @@ PLANS = [
 ]
 
 
-async def subscribe(app: Any, consumer: Any, plan_id: str) -> str:
-    """A subscription of the consumer's organisation to a plan, and its key."""
-    key, prefix, digest = new_key()
-    now = utcnow()
-    async with app.state.core.db.sessionmaker() as session:
-        org = await session.scalar(
-            select(Project.organisation_id).where(Project.id == consumer.project_id)
-        )
-        plan = await session.get(ListingPlan, plan_id)
-        assert plan is not None and org is not None
-        sub = Subscription(
-            listing_id=plan.listing_id,
-            plan_id=plan_id,
-            organisation_id=org,
-            user_id=None,
-            status="active",
-            period_start=now - timedelta(seconds=1),
-            period_end=now + timedelta(days=30),
-        )
-        session.add(sub)
-        await session.flush()
-        session.add(SubscriptionKey(subscription_id=sub.id, prefix=prefix, key_hash=digest))
-        await session.commit()
+async def subscribe(client: httpx.AsyncClient, consumer: Any, listing_id: str, plan_id: str) -> str:
+    """The consumer's organisation subscribes to a plan; its first key."""
+    data = await Api(client, consumer).call(
+        "POST", f"/marketplace/listings/{listing_id}/subscribe", 201, json={"plan_id": plan_id}
+    )
+    key: str = data["key"]["key"]
     return key
 
 
@@ -107,14 +87,16 @@ async def test_calls_are_checked_forwarded_limited_priced_and_recorded_once(
     slug = listing["slug"]
 
     consumer = await register()
-    key = await subscribe(app, consumer, plans["basic"])
+    key = await subscribe(client, consumer, listing["id"], plans["basic"])
     gw = f"/gw/{slug}"
 
     # No key, a wrong key, a key of another API: refused before anything is sent.
     assert_error(await client.get(f"{gw}/index.html"), 401, "UNAUTHORIZED")
     r = await client.get(f"{gw}/index.html", headers={"X-API-Key": "nfc_" + "x" * 43})
     assert_error(r, 401, "UNAUTHORIZED")
-    other_key = await subscribe(app, consumer, other_listing["plans"][0]["id"])
+    other_key = await subscribe(
+        client, consumer, other_listing["id"], other_listing["plans"][0]["id"]
+    )
     r = await client.get(f"{gw}/index.html", headers={"X-API-Key": other_key})
     assert_error(r, 403, "FORBIDDEN")
     # A consumer's Nefos session is not a key: never taken for one.
@@ -175,7 +157,7 @@ async def test_calls_are_checked_forwarded_limited_priced_and_recorded_once(
     # The free quota holds under concurrency too: of 5 calls at once on a fresh
     # subscription, 3 are free and 2 priced (its wallet pays for both).
     second = await register()
-    fresh = await subscribe(app, second, plans["basic"])
+    fresh = await subscribe(client, second, listing["id"], plans["basic"])
     answers = await asyncio.gather(
         *(client.get(f"{gw}/index.html", headers={"X-API-Key": fresh}) for _ in range(5))
     )
@@ -192,7 +174,7 @@ async def test_calls_are_checked_forwarded_limited_priced_and_recorded_once(
     assert prices == [0, 0, 0, 4, 4], prices
 
     # 200 calls at once against a limit of 50 a minute: exactly 50 forwarded.
-    burst = await subscribe(app, await register(), plans["burst"])  # another consumer
+    burst = await subscribe(client, await register(), listing["id"], plans["burst"])
     answers = await asyncio.gather(
         *(client.get(f"{gw}/index.html", headers={"X-API-Key": burst}) for _ in range(200))
     )
@@ -209,6 +191,19 @@ async def test_calls_are_checked_forwarded_limited_priced_and_recorded_once(
             .where(Subscription.plan_id == plans["burst"])
         )
     assert forwarded == 50
+
+    # A revoked key stops calling (within the gateway's 5 s memory of keys).
+    sub = (await Api(client, consumer).call("GET", "/marketplace/subscriptions"))["items"]
+    basic_sub = next(x for x in sub if x["listing_id"] == listing["id"])
+    keys = await Api(client, consumer).call("GET", f"/marketplace/subscriptions/{basic_sub['id']}")
+    [key_row] = keys["subscription"]["keys"] if "subscription" in keys else keys["keys"]
+    await Api(client, consumer).call(
+        "DELETE", f"/marketplace/subscriptions/{basic_sub['id']}/keys/{key_row['id']}"
+    )
+    deadline = asyncio.get_running_loop().time() + 15
+    while (await client.get(f"{gw}/index.html", headers={"X-API-Key": key})).status_code != 401:
+        assert asyncio.get_running_loop().time() < deadline, "a revoked key still calls"
+        await asyncio.sleep(0.5)
 
     for m in (made, other):
         await api.wait(m["operation"])

@@ -47,21 +47,14 @@ from sqlalchemy.exc import IntegrityError
 from starlette.types import Message, Receive, Scope, Send
 
 from nefos.billing.accounts import wallet
-from nefos.db.models import (
-    Api,
-    ApiCall,
-    Listing,
-    ListingPlan,
-    Subscription,
-    SubscriptionKey,
-    Wallet,
-)
+from nefos.db.models import Api, ApiCall, ListingPlan, Wallet
 from nefos.db.session import begin_write
 from nefos.db.types import utcnow
 from nefos.domain.consumer_keys import key_hash, looks_like
 from nefos.domain.plans import ZERO, call_price
 from nefos.gateway.envelope import send_error
 from nefos.gateway.ingress import _SCOPE_KEY, Ingress
+from nefos.services.market_subscriptions import live_key
 
 PATH_PREFIX = "/gw/"
 #: How long a key's look-up is remembered by a process.
@@ -113,40 +106,25 @@ class ApiGateway:
         cached = self._keys.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
-        found = await self._lookup(digest)
+        found = await self._lookup(key)
         self._keys[digest] = (now + KEY_CACHE_SECONDS, found)
         self._keys.move_to_end(digest)
         while len(self._keys) > CACHE_SIZE:
             self._keys.popitem(last=False)
         return found
 
-    async def _lookup(self, digest: str) -> Caller | None:
+    async def _lookup(self, key: str) -> Caller | None:
         assert self.ingress.db is not None
-        now = utcnow()
         async with self.ingress.db.sessionmaker() as session:
-            row = (
-                await session.execute(
-                    select(SubscriptionKey, Subscription, ListingPlan, Listing, Api)
-                    .join(Subscription, Subscription.id == SubscriptionKey.subscription_id)
-                    .join(ListingPlan, ListingPlan.id == Subscription.plan_id)
-                    .join(Listing, Listing.id == Subscription.listing_id)
-                    .join(Api, Api.id == Listing.api_id)
-                    .where(SubscriptionKey.key_hash == digest)
-                )
-            ).first()
-        if row is None:
-            return None
-        key, sub, plan, listing, api = row
-        if (
-            key.revoked_at is not None
-            or (key.expires_at is not None and key.expires_at <= now)
-            or sub.status != "active"
-            or (sub.cancel_at_period_end and sub.period_end <= now)
-            or api.deleted_at is not None
-        ):
+            found = await live_key(session, key, utcnow())
+            if found is None:
+                return None
+            key_row, sub, listing, plan = found
+            api = await session.get(Api, listing.api_id)
+        if api is None:
             return None
         return Caller(
-            key_id=key.id,
+            key_id=key_row.id,
             subscription_id=sub.id,
             organisation_id=sub.organisation_id,
             period_start=sub.period_start,
