@@ -196,7 +196,7 @@ async def test_calls_are_checked_forwarded_limited_priced_and_recorded_once(
     sub = (await Api(client, consumer).call("GET", "/marketplace/subscriptions"))["items"]
     basic_sub = next(x for x in sub if x["listing_id"] == listing["id"])
     keys = await Api(client, consumer).call("GET", f"/marketplace/subscriptions/{basic_sub['id']}")
-    [key_row] = keys["subscription"]["keys"] if "subscription" in keys else keys["keys"]
+    [key_row] = keys["subscription"]["keys"]
     await Api(client, consumer).call(
         "DELETE", f"/marketplace/subscriptions/{basic_sub['id']}/keys/{key_row['id']}"
     )
