@@ -327,6 +327,7 @@ class HealthChecker:
                 vm = vms.get(target.instance_id)
                 if (
                     vm is not None
+                    and result.address is not None
                     and target.state == vm.status == "running"
                     and vm.ip_address != result.address
                 ):
@@ -377,9 +378,10 @@ class HealthChecker:
             started = time.perf_counter()
             try:
                 if t.vm:
-                    t = dataclasses.replace(
-                        t, address=await asyncio.wait_for(self._vm_address(t), spec.timeout)
-                    )
+                    # The lease read now; if it finds none (the read failed, or the
+                    # lease is being renewed), the last address vetted stands.
+                    found = await asyncio.wait_for(self._vm_address(t), spec.timeout)
+                    t = dataclasses.replace(t, address=found or t.address)
                 result = await asyncio.wait_for(self._probe(t, spec), spec.timeout)
             except TimeoutError:
                 return Result(
