@@ -132,6 +132,17 @@ async def test_calls_are_checked_forwarded_limited_priced_and_recorded_once(
     recorded = await calls_of(app, api_id=made["api_id"])
     assert sorted(c.price for c in recorded) == [0, 0, 0, 4, 4]
 
+    # The listing counts the calls answered in 30 days; popularity sorts by them.
+    shown = (await client.get(f"/api/v1/marketplace/listings/{listing['id']}")).json()["data"]
+    assert shown["listing"]["calls_30d"] == 5
+    popular = (await client.get("/api/v1/marketplace/listings?sort=popularity")).json()["data"]
+    assert [(i["title"], i["calls_30d"]) for i in popular["items"]] == [
+        ("Weather", 5),
+        ("Quotes", 0),
+    ]
+    newest = (await client.get("/api/v1/marketplace/listings?sort=newest")).json()["data"]
+    assert [i["title"] for i in newest["items"]] == ["Quotes", "Weather"]
+
     # The billing pass charges the consumer for its priced calls, once, and credits
     # the creator its share (less the platform's 20 %); the creator is paid out.
     settings = app.state.core.settings

@@ -22,14 +22,15 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.billing.accounts import account
-from nefos.db.models import Api, Listing, ListingPlan, Project
+from nefos.db.models import Api, ApiCall, Listing, ListingPlan, Project
 from nefos.db.session import begin_write
 from nefos.db.types import utcnow
 from nefos.domain.access import Permission
@@ -97,6 +98,8 @@ class Found:
     listing: Listing
     plans: list[ListingPlan]
     relevance: float | None = None
+    #: Calls answered (below 500) through the gateway in the last 30 days.
+    calls_30d: int = 0
 
 
 class MarketplaceService:
@@ -141,7 +144,9 @@ class MarketplaceService:
             raise NotFound("Listing not found", listing_id=listing_id)
         api = await self.session.get(Api, listing.api_id)
         assert api is not None
-        return Found(listing, (await self.plans([listing.id]))[listing.id]), api
+        calls = (await self.calls_30d([api.id])).get(api.id, 0)
+        plans = (await self.plans([listing.id]))[listing.id]
+        return Found(listing, plans, calls_30d=calls), api
 
     async def browse(
         self,
@@ -190,13 +195,34 @@ class MarketplaceService:
         if price_model:
             found = [f for f in found if any(p.model == price_model for p in f.plans)]
         order = sort or ("relevance" if scores is not None else "newest")
+        calls = await self.calls_30d([listing.api_id for listing, _ in rows])
+        for f in found:
+            f.calls_30d = calls.get(f.listing.api_id, 0)
         if order == "relevance" and scores is not None:
             found.sort(key=lambda f: -(f.relevance or 0.0))  # stable: newest first on ties
-        # popularity (calls in 30 days) and rating (the average of reviews) are 0 and
-        # none for every listing until calls go through the gateway and reviews exist:
-        # the newest order stands.
+        elif order == "popularity":
+            found.sort(key=lambda f: -f.calls_30d)  # stable: newest first on ties
+        # rating (the average of reviews) is none for every listing until reviews
+        # exist: the newest order stands.
         slugs = {listing.id: slug for listing, slug in rows}
         return found[page.offset : page.offset + page.limit], len(found), slugs
+
+    async def calls_30d(self, api_ids: Sequence[str]) -> dict[str, int]:
+        """API id -> calls answered below 500 through the gateway in the last 30 days
+        (one grouped count over ``ix_api_calls_api_created``)."""
+        if not api_ids:
+            return {}
+        since = utcnow() - timedelta(days=30)
+        rows = await self.session.execute(
+            select(ApiCall.api_id, func.count())
+            .where(
+                ApiCall.api_id.in_(list(api_ids)),
+                ApiCall.created_at >= since,
+                ApiCall.status < 500,
+            )
+            .group_by(ApiCall.api_id)
+        )
+        return {str(api_id): int(count) for api_id, count in rows}
 
     async def _search(self, words: list[str]) -> dict[str, float]:
         """Listing id -> relevance (higher is better) of the listings matching every

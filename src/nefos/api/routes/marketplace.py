@@ -77,7 +77,7 @@ def listing_public(
         "price_models": sorted({p.model for p in found.plans}),
         "plans": plans,
         "rating": {"average": None, "count": 0},
-        "calls_30d": 0,
+        "calls_30d": found.calls_30d,
         "organisation_id": lst.organisation_id,
         "docs": docs,
         "published_at": lst.published_at,
