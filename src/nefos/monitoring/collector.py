@@ -278,13 +278,18 @@ class Collector:
         usage: HostUsage | None = None
         counters: dict[str, InstanceCounters] = {}
         ids = [t.instance_id for t in targets]
-        got = await asyncio.gather(
-            asyncio.wait_for(driver.host_usage(), timeout),
-            asyncio.wait_for(driver.counters(ids), timeout)
-            if ids and driver.capabilities.supports_stats
-            else _nothing(),
-            return_exceptions=True,
-        )
+
+        # The driver's coroutines are made inside the tasks gather starts: a pass
+        # cancelled before they run then leaves no coroutine behind never awaited.
+        async def read_usage() -> HostUsage | None:
+            return await asyncio.wait_for(driver.host_usage(), timeout)
+
+        async def read_counters() -> dict[str, InstanceCounters]:
+            if not ids or not driver.capabilities.supports_stats:
+                return {}
+            return await asyncio.wait_for(driver.counters(ids), timeout)
+
+        got = await asyncio.gather(read_usage(), read_counters(), return_exceptions=True)
         if isinstance(got[0], BaseException):
             log.warning("host %s usage: %s", host.hostname, got[0])
         else:
@@ -312,10 +317,6 @@ class Collector:
             out.append(sample(Metric.CPU_PERCENT, cpu))
         self._host_previous[host.id] = usage
         return out
-
-
-async def _nothing() -> dict[str, InstanceCounters]:
-    return {}
 
 
 def resource_samples(
