@@ -92,6 +92,19 @@ if ! podman_ping; then
     die "podman system service did not answer on $PODMAN_SOCK (log above: $PODMAN_DIR/service.log)"
   fi
 fi
+# Nefos's containers whose process died without the engine's clean-up (killed
+# with their conmon, or a crash that left /run): Podman still calls them running
+# (or stuck `stopping`), and their firewall rules still send their host ports to
+# an address nothing answers. A later container published on one of those ports
+# gets a rule behind the stale one and is unreachable (its checks time out).
+# Remove them: Nefos's reconciler reports their replicas `missing`.
+for id in $(podman ps -a -q --filter label=nefos.managed=true 2>/dev/null); do
+  read -r state pid < <(podman inspect --format '{{.State.Status}} {{.State.Pid}}' "$id" 2>/dev/null) || continue
+  case "$state" in running|stopping|paused) ;; *) continue ;; esac
+  if [ "${pid:-0}" -gt 0 ] && kill -0 "$pid" 2>/dev/null; then continue; fi
+  echo "Removing container $id: Podman calls it $state but its process ${pid:-?} is gone."
+  podman rm -f -t 0 "$id" >/dev/null 2>&1 || echo "ensure-podman: could not remove $id" >&2
+done
 scripts/build-test-image.sh || die "building the test image (scripts/build-test-image.sh) failed"
 echo "Podman $(podman version --format '{{.Client.Version}}' 2>/dev/null) on $PODMAN_SOCK: ready"
 
