@@ -116,8 +116,15 @@ async def test_calls_are_checked_forwarded_limited_priced_and_recorded_once(
         f"{gw}/index.html", headers={"Authorization": f"Bearer {key}", "X-Request-ID": "first-call"}
     )
     assert r.status_code == 200
-    for _ in range(2):
-        assert (await client.get(f"{gw}/index.html", headers={"X-API-Key": key})).status_code == 200
+    assert (await client.get(f"{gw}/index.html", headers={"X-API-Key": key})).status_code == 200
+    # The same API by Host, {slug}.{apps domain}: the gateway's too, key and all.
+    host = f"{slug}.{app.state.core.settings.apps_domain}"
+    assert_error(await client.get("/index.html", headers={"Host": host}), 401, "UNAUTHORIZED")
+    r = await client.get("/index.html", headers={"Host": host, "X-API-Key": key})
+    assert r.status_code == 200 and r.text.strip() == "nefos test page", r.text
+    assert r.headers["x-quota-remaining"] == "0"
+    r = await client.get("/index.html", headers={"Host": host, "X-API-Key": other_key})
+    assert_error(r, 403, "FORBIDDEN")
     recorded = await calls_of(app, api_id=made["api_id"])
     assert len(recorded) == 3 and all(c.price == 0 for c in recorded)
     assert recorded[0].request_id.endswith(":first-call") and recorded[0].status == 200

@@ -237,7 +237,11 @@ def create_app(
     if ingress is not None:
         app.state.api_gateway = gateway = ApiGateway(ingress)
         app.add_middleware(
-            IngressMiddleware, ingress=ingress, gateway=gateway, gateway_prefix=GATEWAY_PREFIX
+            IngressMiddleware,
+            ingress=ingress,
+            gateway=gateway,
+            gateway_prefix=GATEWAY_PREFIX,
+            gateway_slug=gateway.is_slug,
         )
     return app
 

@@ -1,7 +1,9 @@
 """The API gateway (pure ASGI): consumers' calls to published APIs (seed 002).
 
-``/gw/{api slug}/{path}`` with a subscription's key (``X-API-Key``, or
-``Authorization: Bearer nfc_...``). Before anything is forwarded, in this order:
+``/gw/{api slug}/{path}``, or ``{api slug}.{NEFOS_APPS_DOMAIN}`` by ``Host`` (the
+ingress hands those over: ``IngressMiddleware``), with a subscription's key
+(``X-API-Key``, or ``Authorization: Bearer nfc_...``). Before anything is
+forwarded, in this order:
 
 1. the key: live (not revoked, not past its rotation window), its subscription
    active, and for this API (a key of one subscription calls no other API: 403);
@@ -53,7 +55,7 @@ from nefos.db.types import utcnow
 from nefos.domain.consumer_keys import key_hash, looks_like
 from nefos.domain.plans import ZERO, call_price
 from nefos.gateway.envelope import send_error
-from nefos.gateway.ingress import _SCOPE_KEY, Ingress
+from nefos.gateway.ingress import _SCOPE_KEY, HOST_CALL, Ingress, TtlCache
 from nefos.services.market_subscriptions import live_key
 
 PATH_PREFIX = "/gw/"
@@ -98,6 +100,20 @@ class ApiGateway:
         self._used: dict[str, tuple[datetime, int]] = {}
         #: Money held by priced calls in flight, per consumer organisation.
         self._held: dict[str, Decimal] = {}
+        #: Which ``Host`` labels are API slugs (and which are not), for a while.
+        self._slugs: TtlCache[str, bool] = TtlCache(ingress.settings.ingress_cache_seconds)
+
+    async def is_slug(self, label: str) -> bool:
+        """Is ``label`` (of ``{label}.{apps_domain}``) an API's slug?"""
+        if not _SLUG.match(label):
+            return False
+
+        async def load() -> bool:
+            assert self.ingress.db is not None
+            async with self.ingress.db.sessionmaker() as session:
+                return (await session.scalar(select(Api.id).where(Api.slug == label))) is not None
+
+        return await self._slugs.get(label, load)
 
     # --- look-ups ---------------------------------------------------------------------
     async def caller(self, key: str) -> Caller | None:
@@ -203,7 +219,7 @@ class ApiGateway:
 
     # --- a call -----------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        slug, rest = _split(scope)
+        slug, rest = scope[HOST_CALL] if HOST_CALL in scope else _split(scope)
         key = _key_of(scope)
         if key is None:
             await send_error(

@@ -520,6 +520,9 @@ async def _relay(response: httpx.Response, send: Send, *, on_api_origin: bool = 
 
 
 _SERVICE_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+#: The scope key under which the ingress hands the API gateway a call by ``Host``
+#: (``{api slug}.{apps_domain}``): (slug, the raw path with its query).
+HOST_CALL = "nefos.gateway.host"
 
 
 def _route(scope: Scope, apps_domain: str) -> tuple[str, str, bytes] | None:
@@ -559,12 +562,15 @@ class IngressMiddleware:
         ingress: Ingress,
         gateway: ASGIApp | None = None,
         gateway_prefix: str = "/gw/",
+        gateway_slug: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.app = app
         self.ingress = ingress
         self.apps_domain = ingress.settings.apps_domain
         self.limited = BodyLimitMiddleware(ingress.proxy, ingress.settings.max_body_bytes)
         self.gateway_prefix = gateway_prefix
+        #: Is a ``Host`` label an API's slug? Then the call is the gateway's.
+        self.gateway_slug = gateway_slug
         self.gated = (
             BodyLimitMiddleware(gateway, ingress.settings.max_body_bytes) if gateway else None
         )
@@ -581,6 +587,18 @@ class IngressMiddleware:
             return
         if scope["type"] in ("http", "websocket") and self.ingress.running:
             route = _route(scope, self.apps_domain)
+            if (
+                route is not None
+                and route[0] == "host"
+                and scope["type"] == "http"
+                and self.gated is not None
+                and self.gateway_slug is not None
+                and await self.gateway_slug(route[1])
+            ):
+                # ``{api slug}.{apps_domain}``: a consumer's call to a published API.
+                scope[HOST_CALL] = (route[1], route[2])
+                await self.gated(scope, receive, send)
+                return
             if route is not None:
                 if scope["type"] == "websocket":
                     # Not proxied (yet); and never the API's own /ws under a service's
@@ -593,4 +611,4 @@ class IngressMiddleware:
         await self.app(scope, receive, send)
 
 
-__all__ = ["Ingress", "IngressMiddleware", "TtlCache"]
+__all__ = ["HOST_CALL", "Ingress", "IngressMiddleware", "TtlCache"]
