@@ -128,6 +128,7 @@ async def post(
     reference: tuple[str, str] | None = None,
     created_by: str | None = None,
     allow_negative: bool = False,
+    entry_id: str | None = None,
 ) -> LedgerEntry:
     """Move ``amount`` (signed: a charge is negative) in and out of ``target``.
 
@@ -136,7 +137,8 @@ async def post(
     (unless ``allow_negative``). On PostgreSQL two concurrent posts with one new key
     both pass the lookup; the second's INSERT then violates the unique key and its
     transaction (with its UPDATE) rolls back: the caller retries and finds the first.
-    The caller commits.
+    The caller commits. ``entry_id``: the new entry's id, when the caller has already
+    marked what the entry covers with it (in the same transaction).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown ledger kind {kind!r}")
@@ -182,6 +184,8 @@ async def post(
         created_by=created_by,
         created_at=utcnow(),
     )
+    if entry_id is not None:
+        entry.id = entry_id
     session.add(entry)
     await session.flush()
     return entry

@@ -1691,6 +1691,13 @@ class ApiCall(Base):
             sqlite_where=text("charge_id IS NULL AND price > 0"),
             postgresql_where=text("charge_id IS NULL AND price > 0"),
         ),
+        # The calls a charge covers (nothing to maintain while a call is uncharged).
+        Index(
+            "ix_api_calls_charge",
+            "charge_id",
+            sqlite_where=text("charge_id IS NOT NULL"),
+            postgresql_where=text("charge_id IS NOT NULL"),
+        ),
     )
 
 
