@@ -1,6 +1,6 @@
 """A lean HTTP/1.1 client for the generator: one keep-alive connection per object,
-requests prepared once as bytes, responses parsed as they arrive, with
-``Content-Length``, chunked encoding, or to the end of the connection.
+requests prepared once as bytes, responses parsed as they arrive by httptools
+(``Content-Length``, chunked encoding, or to the end of the connection).
 
 Why not httpx here: its per-request cost (about half a millisecond of Python) would
 make the generator the bottleneck long before the target. And the clock: a response
@@ -17,6 +17,8 @@ import asyncio
 import time
 from dataclasses import dataclass
 from typing import cast
+
+import httptools
 
 from nefos.loadtest.plan import RequestSpec, host_port
 
@@ -68,24 +70,25 @@ class Answer:
 
 
 class _Http(asyncio.Protocol):
-    """Parses one response at a time as its bytes arrive. The head is kept (bounded by
-    ``MAX_HEADER_BYTES``); the body is counted, never kept: a target that answers
+    """One response at a time, parsed by httptools (llhttp, as uvicorn's server
+    side) as its bytes arrive. The head is bounded by ``MAX_HEADER_BYTES``; the body
+    is never kept (the parser is given no ``on_body``): a target that answers
     gigabytes costs the generator no memory."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()  # the head, then a chunk-size line or a trailer
         self.waiter: asyncio.Future[tuple[int, float]] | None = None
         self.head = False
         self.lost = False
+        self.parser = httptools.HttpResponseParser(self)
         self._reset()
 
     def _reset(self) -> None:
         self.status = 0
         self.in_body = False
-        self.length: int | None = None  # bytes of body (or of the chunk) still to come
-        self.chunked = False
-        self.chunk_state = "size"  # size, data, data-end, trailer
+        self.head_bytes = 0  # bytes fed before the head ended
+        self.complete = False
+        self.framed = False  # a Content-Length or Transfer-Encoding: not to the end
         self.close = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -94,104 +97,41 @@ class _Http(asyncio.Protocol):
     def expect(self, head: bool) -> asyncio.Future[tuple[int, float]]:
         self.head = head
         self._reset()
-        self.buf.clear()
+        # A parser per response: an answer to HEAD leaves one mid-body (llhttp cannot
+        # be told the request was HEAD), and a fresh one costs less than a reset.
+        self.parser = httptools.HttpResponseParser(self)
         self.waiter = asyncio.get_running_loop().create_future()
         return self.waiter
 
+    # --- httptools' callbacks ------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) in (14, 17) and name.lower() in (b"content-length", b"transfer-encoding"):
+            self.framed = True
+
+    def on_headers_complete(self) -> None:
+        # (Asked here: llhttp answers for the message being parsed.)
+        self.status = self.parser.get_status_code()
+        self.close = not self.parser.should_keep_alive()
+        self.in_body = True
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+    # --- bytes in ------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         if self.waiter is None or self.waiter.done():
             return  # nothing asked (a server's stray bytes): dropped
+        if not self.in_body:
+            self.head_bytes += len(data)
         try:
-            if not self.in_body:
-                self.buf += data
-                end = self.buf.find(b"\r\n\r\n")
-                if end < 0:
-                    if len(self.buf) > MAX_HEADER_BYTES:
-                        raise ValueError("response head too long")
-                    return
-                self._head(bytes(self.buf[:end]))
-                data = bytes(self.buf[end + 4 :])
-                self.buf.clear()
-            if self._body(data):
-                self._finish()
-        except (ValueError, IndexError) as exc:
-            self._fail(RequestFailed("protocol", str(exc)))
-
-    def _head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
-        parts = lines[0].split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
-            raise ValueError("not an HTTP response")
-        if not (len(parts[1]) == 3 and parts[1].isdigit() and 100 <= int(parts[1]) <= 599):
-            raise ValueError("not an HTTP status")
-        self.status = int(parts[1])
-        self.close = parts[0] == b"HTTP/1.0"
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                self.length = int(value.strip())
-                if self.length < 0:
-                    raise ValueError("negative Content-Length")
-            elif name == b"transfer-encoding":
-                self.chunked = b"chunked" in value.lower()
-            elif name == b"connection":
-                v = value.strip().lower()
-                self.close = v == b"close" or (self.close and v != b"keep-alive")
-        self.in_body = True
-        if self.head or self.status in (204, 304) or 100 <= self.status < 200:
-            self.length, self.chunked = 0, False
-        elif self.chunked:
-            self.length = None
-        elif self.length is None:
-            self.close = True  # to the end of the connection: connection_lost ends it
-
-    def _body(self, data: bytes) -> bool:
-        """Count ``data`` against the body; True once the body is complete."""
-        if not self.chunked:
-            if self.length is None:
-                return False
-            self.length -= min(len(data), self.length)
-            return self.length == 0
-        at = 0
-        while True:
-            if self.chunk_state in ("data", "data-end"):
-                # A chunk's bytes, then the CRLF after them: counted, not kept.
-                assert self.length is not None
-                take = min(len(data) - at, self.length)
-                self.length -= take
-                at += take
-                if self.length:
-                    return False
-                if self.chunk_state == "data":
-                    self.chunk_state, self.length = "data-end", 2
-                else:
-                    self.chunk_state = "size"
-                continue
-            # "size" and "trailer": a line at a time, kept until its CRLF (which may
-            # come cut in two).
-            if self.buf:
-                data, at = bytes(self.buf) + data[at:], 0
-                self.buf.clear()
-            eol = data.find(b"\r\n", at)
-            if eol < 0:
-                self.buf += data[at:]
-                if len(self.buf) > MAX_HEADER_BYTES:
-                    raise ValueError("chunk line too long")
-                return False
-            line = data[at:eol]
-            at = eol + 2
-            if self.chunk_state == "trailer":
-                if not line:
-                    return True  # the empty line after the trailers: done
-                continue
-            size = int(line.split(b";", 1)[0].strip(), 16)
-            if size < 0:
-                raise ValueError("negative chunk size")
-            if size == 0:
-                self.chunk_state = "trailer"
-            else:
-                self.chunk_state, self.length = "data", size
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(RequestFailed("protocol", str(exc) or type(exc).__name__))
+            return
+        if self.complete or (self.head and self.in_body):
+            self._finish()
+        elif not self.in_body and self.head_bytes > MAX_HEADER_BYTES:
+            self._fail(RequestFailed("protocol", "response head too long"))
 
     def _finish(self) -> None:
         now = time.monotonic()
@@ -212,7 +152,7 @@ class _Http(asyncio.Protocol):
         self.lost = True
         if self.waiter is None or self.waiter.done():
             return
-        if self.in_body and self.length is None and not self.chunked:
+        if self.in_body and not self.framed and exc is None:
             self._finish()  # a body read to the end of the connection
         else:
             self._fail(RequestFailed("read", str(exc) if exc else "connection closed"))
