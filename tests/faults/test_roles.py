@@ -3,7 +3,8 @@ under leases, and SQLite's refusal of more than one process.
 
 The PostgreSQL test runs two ``nefos serve --role api`` and two ``--role worker`` (one
 holds the loops' leases, one stands by) on one database and one Redis, as real
-processes: containers made through either API run once, every metric sample is
+processes: containers made through either API run once (the workers woken through
+Redis, not by polling), every metric sample is
 stored once, a key revoked through one API is refused by the other, and after
 ``kill -9`` of the lease holder the other worker takes every loop over within a
 lease period (with a deadline), with no duplicate charge or alert.
@@ -116,6 +117,9 @@ async def test_api_and_worker_processes_share_the_work_once(
         "NEFOS_BILLING_INTERVAL": "1",
         "NEFOS_RECONCILE_INTERVAL": "2",
         "NEFOS_WORKERS": "2",
+        # Workers poll for operations only every 5 minutes: what an API process
+        # enqueues reaches them by the bus's wake-up, or this test times out.
+        "NEFOS_OPERATION_POLL_INTERVAL": "300",
     }
 
     def start(name: str, role: str) -> Server:

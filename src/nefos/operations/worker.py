@@ -92,8 +92,13 @@ class Workers:
     #: Called after any operation fails (after its own ``on_failure``): what other
     #: records follow an operation's outcome (a quote its resources' creates).
     failure_listeners: list[OnFailure] = field(default_factory=list)
+    #: Tells the other processes' workers that work was committed (the composition
+    #: root sets it: a control message on the event bus). Without it they find the
+    #: work on their next poll.
+    broadcast: Callable[[], None] | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stopping: bool = False
+    _broadcasting: bool = False
 
     def register(
         self,
@@ -125,6 +130,26 @@ class Workers:
         return any(not t.done() for t in self._tasks)
 
     def notify(self) -> None:
+        """Work was committed: wake this process's workers and, once per turn of the
+        event loop however many commits call this, the other processes'."""
+        self.wakeup.notify()
+        if self.broadcast is not None and not self._broadcasting:
+            self._broadcasting = True
+            try:
+                asyncio.get_running_loop().call_soon(self._send_broadcast)
+            except RuntimeError:  # no loop (a synchronous caller): at once
+                self._send_broadcast()
+
+    def _send_broadcast(self) -> None:
+        self._broadcasting = False
+        if self.broadcast is not None:
+            try:
+                self.broadcast()
+            except Exception:  # the others find the work on their poll
+                log.warning("could not wake the other processes' workers", exc_info=True)
+
+    def woken(self) -> None:
+        """Another process committed work: wake ours (and tell no one else)."""
         self.wakeup.notify()
 
     async def _loop(self, worker: str) -> None:

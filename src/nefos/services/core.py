@@ -61,6 +61,19 @@ class Core:
                 {"principals": users if isinstance(users, str) else sorted(users)}
             ),
         )
+        workers = Workers(
+            db=db,
+            concurrency=settings.workers,
+            poll_interval=settings.operation_poll_interval,
+            lease=settings.operation_lease,
+            retry_deadline=settings.operation_retry_deadline,
+        )
+        if events.kind == "redis":
+            # Several processes: an operation enqueued in one wakes the workers of all.
+            workers.broadcast = lambda: events.control({"operations": "wake"})
+            events.on_control(
+                lambda message: workers.woken() if message.get("operations") == "wake" else None
+            )
         return cls(
             settings=settings,
             db=db,
@@ -76,13 +89,7 @@ class Core:
             ),
             drivers=DriverManager(timeout=settings.host_timeout, options=driver_options(settings)),
             placer=Placer(scheduler_config(settings)),
-            workers=Workers(
-                db=db,
-                concurrency=settings.workers,
-                poll_interval=settings.operation_poll_interval,
-                lease=settings.operation_lease,
-                retry_deadline=settings.operation_retry_deadline,
-            ),
+            workers=workers,
             events=events,
             metrics=metric_store(settings, db),
             principals=principals,
