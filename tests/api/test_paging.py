@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from nefos.domain.access import Role
 from nefos.services import paging
 from tests.api.conftest import V1, World
 from tests.conftest import Account
@@ -164,8 +165,20 @@ async def test_bad_cursors_are_a_422_in_the_envelope(world: World) -> None:
             world, "/projects", world.owner, organisation_id=org, cursor=good, **extra
         )
         assert "page" in error["message"]
-    # A list that does not page by cursor says so rather than repeating its first page.
+    # Another list's cursor on the members list: refused, not its first page again.
     await _refused(world, f"/organisations/{org}/members", world.owner, cursor=good)
+
+
+async def test_members_walk_by_cursor(world: World) -> None:
+    org = await world.new_org()
+    for role in (Role.ADMIN, Role.MEMBER, Role.VIEWER):
+        await world.add_member(org, await world.register(), role)
+    path = f"/organisations/{org}/members"
+    everything = await _get(world, path, world.owner, limit=500)
+    assert everything["pagination"]["total"] == 4
+    walked = await _walk(world, path, world.owner, limit=1)
+    assert [m["user_id"] for m in walked] == [m["user_id"] for m in everything["items"]]
+    assert walked[0]["user_id"] == world.owner.id and walked[0]["role"] == "owner"
 
 
 async def test_a_cursor_shows_no_other_tenant_anything(world: World) -> None:

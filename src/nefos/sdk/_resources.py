@@ -297,10 +297,15 @@ class Organisations(_Resource):
         return self._one(ChildOrganisationCreated, "POST", path, json=body)
 
     def list_members(
-        self, org_id: str, *, page: int | None = None, limit: int | None = None
+        self,
+        org_id: str,
+        *,
+        page: int | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
     ) -> Page[MemberPublic]:
         path = f"/organisations/{_seg(org_id)}/members"
-        return self._page(MemberPublic, path, _paging(page, limit))
+        return self._page(MemberPublic, path, _paging(page, limit, cursor=cursor))
 
     def add_member(
         self,

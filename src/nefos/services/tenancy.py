@@ -232,19 +232,20 @@ class TenancyService:
     async def list_members(
         self, org: Organisation, page: PageParams
     ) -> tuple[list[dict[str, Any]], int]:
-        where = Membership.organisation_id == org.id
-        total = await self.session.scalar(select(func.count()).select_from(Membership).where(where))
-        rows = (
-            await self.session.execute(
-                select(Membership, User)
-                .join(User, User.id == Membership.user_id)
-                .where(where)
-                .order_by(Membership.created_at, User.email)
-                .offset(page.offset)
-                .limit(page.limit)
+        members, total = await fetch_page(
+            self.session,
+            Membership,
+            Membership.organisation_id == org.id,
+            order_by=(Membership.created_at, Membership.user_id),
+            page=page,
+        )
+        users = {
+            u.id: u
+            for u in await self.session.scalars(
+                select(User).where(User.id.in_([m.user_id for m in members]))
             )
-        ).all()
-        return [self._member(m, u) for m, u in rows], total or 0
+        }
+        return [self._member(m, users[m.user_id]) for m in members if m.user_id in users], total
 
     @staticmethod
     def _member(m: Membership, u: User) -> dict[str, Any]:
