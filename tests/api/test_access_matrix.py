@@ -178,6 +178,14 @@ MATRIX: dict[tuple[str, str], Rule] = {
     ("DELETE", "/marketplace/subscriptions/{subscription_id}"): Rule(P.BILLING_WRITE),
     ("POST", "/marketplace/subscriptions/{subscription_id}/keys"): Rule(P.BILLING_WRITE),
     ("DELETE", "/marketplace/subscriptions/{subscription_id}/keys/{key_id}"): Rule(P.BILLING_WRITE),
+    # Reviews are read like their listing (public, or a 404 to strangers); written for
+    # an organisation named in the body or query (or the caller's default), or the
+    # review's own; replied to by whoever may change the listing (tests/api/test_reviews.py).
+    ("GET", "/marketplace/reviews"): PUBLIC,
+    ("POST", "/marketplace/reviews"): Rule(P.COMPUTE_WRITE),
+    ("PUT", "/marketplace/reviews/{review_id}"): Rule(P.COMPUTE_WRITE),
+    ("DELETE", "/marketplace/reviews/{review_id}"): Rule(P.COMPUTE_WRITE),
+    ("POST", "/marketplace/reviews/{review_id}/reply"): Rule(P.COMPUTE_WRITE),
     ("GET", "/operations"): Rule(P.COMPUTE_READ),
     ("GET", "/operations/{operation_id}"): Rule(P.COMPUTE_READ),
     ("DELETE", "/operations/{operation_id}"): Rule(P.COMPUTE_WRITE),
@@ -546,9 +554,13 @@ class ComputeWorld(World):
     (``operation_id``); the test libvirtd as a host, A's private images (``image_id``,
     a kernel no VM boots from; ``halt_image_id``, a disk that halts at once), a stopped
     VM (``vm_id``) with a snapshot and a backup, a running VM (``running_vm_id``), a
-    volume and a network. ``admin`` is the platform admin, who registers hosts."""
+    volume and a network. ``admin`` is the platform admin, who registers hosts.
+    ``stranger`` is a third tenant: the seller of the listing A's reseller reviews
+    (``reviewed_listing_id``, ``review_id``), and a reviewer of A's listing."""
 
     admin: Any = None
+    app: Any = None
+    stranger: Any = None
     running_vm_id: str = ""
     halt_image_id: str = ""
 
@@ -638,7 +650,9 @@ async def walk_world(
     podman_host: dict[str, Any],
     libvirt_host: dict[str, Any],
 ) -> AsyncIterator[ComputeWorld]:
-    w = ComputeWorld(**{f.name: getattr(world, f.name) for f in fields(World)}, admin=admin)
+    w = ComputeWorld(
+        **{f.name: getattr(world, f.name) for f in fields(World)}, admin=admin, app=app
+    )
     project = w.ids["project_id"]
     # NO_IMAGE is nowhere to pull from: with pulling off the request passes the registry
     # check (tests/security/test_image_pulls.py) and the engine fails the create at once.
@@ -729,6 +743,7 @@ async def walk_world(
         await _loadtest_world(w)
         await _invoice_world(w, app)
         await _billing_world(w, app)
+        await _review_world(w)
         w.ids.update(await fresh_payment(w, w.owner, Role.OWNER))
         yield w
     finally:
@@ -893,6 +908,109 @@ async def fresh_payment(w: World, who: Account, role: Role) -> dict[str, str]:
 
 
 QUOTED = {"type": "container", "image": NO_IMAGE, **TINY}
+
+
+async def record_call(w: ComputeWorld, subscription_id: str) -> None:
+    """A call of the subscription the API answered with a 200, as the gateway
+    records one (the walk checks access, not the gateway: tests/api/test_reviews.py
+    makes real calls)."""
+    from nefos.db.models import ApiCall, Listing, Subscription
+
+    async with w.app.state.core.db.sessionmaker() as session:
+        sub = await session.get(Subscription, subscription_id)
+        listing = await session.get(Listing, sub.listing_id)
+        session.add(
+            ApiCall(
+                request_id=f"walked:{uuid.uuid4().hex}",
+                api_id=listing.api_id,
+                subscription_id=sub.id,
+                plan_id=sub.plan_id,
+                organisation_id=sub.organisation_id,
+                method="GET",
+                path="/",
+                status=200,
+                latency_ms=1.0,
+            )
+        )
+        await session.commit()
+
+
+async def _review_world(w: ComputeWorld) -> None:
+    """A third tenant's listing (of an API that failed at once) that A's reseller
+    subscribes to, calls and reviews."""
+    w.stranger = await w.register()
+    api = await w.ok(
+        "POST",
+        "/apis",
+        w.stranger,
+        json={"name": "sold", "image": NO_IMAGE, "port": 8080, "resources": TINY},
+    )
+    await wait_operation(w.client, w.stranger.headers, api["operation"])
+    listed = await w.ok(
+        "POST",
+        "/marketplace/publish",
+        w.stranger,
+        json={
+            "api_id": api["api_id"],
+            "title": "Sold",
+            "category": "tools",
+            "plans": [{"name": "Free", "model": "free"}],
+        },
+    )
+    w.ids["reviewed_listing_id"] = listed["listing"]["id"]
+    subscribed = await w.ok(
+        "POST",
+        f"/marketplace/listings/{w.ids['reviewed_listing_id']}/subscribe",
+        w.owner,
+        json={"plan_id": listed["listing"]["plans"][0]["id"], "organisation_id": w.ids["org_id"]},
+    )
+    await record_call(w, subscribed["subscription"]["id"])
+    w.ids.update(await fresh_review(w, w.owner, Role.OWNER))
+
+
+async def fresh_review(w: World, who: Account, role: Role) -> dict[str, str]:
+    """A's reseller's review of the third tenant's listing (made again if a DELETE
+    took it)."""
+    made = await w.ok(
+        "POST",
+        "/marketplace/reviews",
+        w.owner,
+        json={
+            "listing_id": w.ids["reviewed_listing_id"],
+            "stars": 4,
+            "text": "Walked",
+            "organisation_id": w.ids["org_id"],
+        },
+    )
+    return {"review_id": made["review"]["id"]}
+
+
+async def fresh_review_of_mine(w: World, who: Account, role: Role) -> dict[str, str]:
+    """A review, with no reply yet, of A's listing: by a new organisation of the third
+    tenant's that subscribed and called it."""
+    c = compute(w)
+    org = await c.ok(
+        "POST", "/organisations", c.stranger, json={"name": f"Org {uuid.uuid4().hex[:8]}"}
+    )
+    subscribed = await c.ok(
+        "POST",
+        f"/marketplace/listings/{c.ids['listing_id']}/subscribe",
+        c.stranger,
+        json={"plan_id": c.ids["plan_id"], "organisation_id": org["id"]},
+    )
+    await record_call(c, subscribed["subscription"]["id"])
+    made = await c.ok(
+        "POST",
+        "/marketplace/reviews",
+        c.stranger,
+        json={
+            "listing_id": c.ids["listing_id"],
+            "stars": 3,
+            "text": "Walked",
+            "organisation_id": org["id"],
+        },
+    )
+    return {"review_id": made["review"]["id"]}
 
 
 async def _billing_world(w: ComputeWorld, app: Any) -> None:
@@ -1363,6 +1481,24 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("DELETE", "/marketplace/subscriptions/{subscription_id}/keys/{key_id}"): Sample(
         fresh=fresh_subscription_key, role_checked=True
     ),
+    # Another tenant naming A's organisation gets its 404 before any listing is read.
+    ("POST", "/marketplace/reviews"): Sample(
+        json={
+            "listing_id": Ref("reviewed_listing_id"),
+            "stars": 5,
+            "text": "Walked again",
+            "organisation_id": Ref("org_id"),
+        },
+        role_checked=True,
+    ),
+    ("PUT", "/marketplace/reviews/{review_id}"): Sample(
+        json={"stars": 3}, fresh=fresh_review, role_checked=True
+    ),
+    ("DELETE", "/marketplace/reviews/{review_id}"): Sample(fresh=fresh_review, role_checked=True),
+    # A review of A's listing, for each call its own (a reply is once).
+    ("POST", "/marketplace/reviews/{review_id}/reply"): Sample(
+        json={"text": "Thanks"}, fresh=fresh_review_of_mine, role_checked=True
+    ),
     ("POST", "/services/{service_id}/instances/{instance_id}/maintenance"): Sample(
         json={"enabled": False}, role_checked=True
     ),
@@ -1657,6 +1793,8 @@ def random_ids() -> dict[str, str]:
             "listing_id",
             "plan_id",
             "subscription_id",
+            "review_id",
+            "reviewed_listing_id",
             "operation_id",
             "vm_id",
             "image_id",

@@ -305,6 +305,14 @@ class Callers:
                 json={"plan_id": listed["plans"][0]["id"], "organisation_id": org},
             )
             return str(made["subscription"]["id"])
+        if name == "review_id":  # the reseller's review of the seller's listing
+            review = {
+                "listing_id": self.ids["reviewed_listing_id"],
+                "stars": 4,
+                "text": "Fuzzed",
+                "organisation_id": org,
+            }
+            return str(user.call("POST", "/marketplace/reviews", json=review)["review"]["id"])
         if name == "subscription_key_id":  # a key of the shared subscription
             path = f"/marketplace/subscriptions/{self.ids['subscription_id']}/keys"
             return str(
@@ -459,6 +467,9 @@ class Callers:
             if case.method.upper() == "DELETE" and "key_id" not in case.path_parameters:
                 ids["subscription_id"] = self.new("subscription_id")
             return {k: ids[k] for k in case.path_parameters}
+        if case.operation.path.endswith("/reviews/{review_id}/reply"):
+            # A review of the user's own listing: its creator's to reply to (once).
+            return {"review_id": self.ids["review_of_mine_id"]}
         if case.method.upper() == "DELETE":
             # The deepest id is the one consumed; the others stay the shared ones.
             *keep, consumed = list(case.path_parameters)
@@ -539,6 +550,7 @@ def callers(fuzz_server: LiveServer) -> Iterator[Callers]:
         _vm_objects(c)
         _monitoring_objects(c)
         _billing_objects(c)
+        _review_objects(c)
         yield c
     finally:
         c.idle()
@@ -617,6 +629,79 @@ def _billing_objects(c: Callers) -> None:
     c.on_database(earn)
     for name in ("quote_id", "payout_id", "sku", "invoice_id"):
         c.ids[name] = c.new(name)
+
+
+def _record_call(c: Callers, subscription_id: str) -> None:
+    """A call of the subscription that its API answered with a 200, as the gateway
+    records one (tests/api/test_reviews.py makes real ones)."""
+    from nefos.db.models import ApiCall, Listing, Subscription
+
+    async def called(session: Any) -> None:
+        sub = await session.get(Subscription, subscription_id)
+        listing = await session.get(Listing, sub.listing_id)
+        session.add(
+            ApiCall(
+                request_id=f"fuzz:{uuid.uuid4().hex}",
+                api_id=listing.api_id,
+                subscription_id=sub.id,
+                plan_id=sub.plan_id,
+                organisation_id=sub.organisation_id,
+                method="GET",
+                path="/",
+                status=200,
+                latency_ms=1.0,
+            )
+        )
+
+    c.on_database(called)
+
+
+def _review_objects(c: Callers) -> None:
+    """A seller (another user) whose listing the reseller has called and reviews; and
+    the seller's review of the user's listing, for the user to reply to."""
+    seller = Caller(c.server.url, register(c.server.url)[1])
+    try:
+        api = seller.call(
+            "POST",
+            "/apis",
+            json={
+                "name": "sold",
+                "image": NO_IMAGE,
+                "port": 8080,
+                "resources": {"cpu": "0.05", "memory": "8m"},
+            },
+        )
+        seller.finished(api["operation"])
+        listed = seller.call(
+            "POST",
+            "/marketplace/publish",
+            json={
+                "api_id": api["api_id"],
+                "title": "Sold",
+                "category": "tools",
+                "plans": [{"name": "Free", "model": "free"}],
+            },
+        )["listing"]
+        c.ids["reviewed_listing_id"] = listed["id"]
+        made = c.user.call(
+            "POST",
+            f"/marketplace/listings/{listed['id']}/subscribe",
+            json={"plan_id": listed["plans"][0]["id"], "organisation_id": c.ids["org_id"]},
+        )
+        _record_call(c, made["subscription"]["id"])
+        c.ids["review_id"] = c.new("review_id")
+        made = seller.call(
+            "POST",
+            f"/marketplace/listings/{c.ids['listing_id']}/subscribe",
+            json={"plan_id": c.ids["plan_id"]},
+        )
+        _record_call(c, made["subscription"]["id"])
+        review = {"listing_id": c.ids["listing_id"], "stars": 3, "text": "Fuzzed"}
+        c.ids["review_of_mine_id"] = seller.call("POST", "/marketplace/reviews", json=review)[
+            "review"
+        ]["id"]
+    finally:
+        seller.http.close()
 
 
 def _remove_libvirt_leftovers(c: Callers) -> None:

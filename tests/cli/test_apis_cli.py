@@ -8,12 +8,18 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from nefos.schemas.apis import ApiAccepted
 from nefos.schemas.compute import HostPublic
 from nefos.sdk import Client
-from nefos.sdk._errors import ConflictError, NotFoundError, ValidationError
+from nefos.sdk._errors import (
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    ValidationError,
+)
 from tests.cli.conftest import Cli, register
 from tests.conftest import ADMIN_PASSWORD, PASSWORD, TEST_IMAGE, LiveServer
 from tests.sdk.test_compute_sdk import ensure_podman_host, unique, unregister_podman_host
@@ -219,4 +225,76 @@ def test_marketplace_subscribe_keys_rotate_revoke_and_cancel(
         assert ends.status == "active" and ends.cancel_at_period_end is True
     with Client(cli.url, email=creator_email, password=PASSWORD) as creator:
         creator.operations.wait(made)
+        creator.operations.wait(creator.apis.delete(made.api_id))
+
+
+def test_marketplace_review_reviews_reply_and_rating_sort(
+    cli: Cli, make_cli, user: str, podman: HostPublic
+) -> None:
+    # A creator publishes a serving API (through the SDK); the CLI's user subscribes.
+    creator_email = register(cli.url)
+    with Client(cli.url, email=creator_email, password=PASSWORD) as creator:
+        made = creator.apis.deploy(
+            unique("api"), image=TEST_IMAGE, port=8080, health_check_path="/index.html"
+        )
+        creator.operations.wait(made)
+        passing(creator, made.api.container_id, 1)
+        listed = creator.marketplace.publish(
+            made.api_id,
+            title="Moon Phases",
+            category="science",
+            plans=[{"name": "Free", "model": "free"}],
+        )
+    with Client(cli.url, email=user, password=PASSWORD) as sdk:
+        key = sdk.subscriptions.subscribe(listed.id, listed.plans[0].id).key.key
+
+    # Not before a successful call through the gateway.
+    refused = cli("marketplace", "review", listed.id, "--stars", "4", "--text", "Handy")
+    assert refused.exit_code == 1 and "FORBIDDEN" in refused.stderr and "used" in refused.stderr
+    r = httpx.get(f"{cli.url}/gw/{listed.slug}/index.html", headers={"X-API-Key": key})
+    assert r.status_code == 200
+    # The gateway records the call once it has answered: poll for the review.
+    deadline = time.monotonic() + 15
+    while True:
+        result = cli("marketplace", "review", listed.id, "--stars", "4", "--text", "Handy")
+        if result.exit_code == 0:
+            break
+        assert "FORBIDDEN" in result.stderr and time.monotonic() < deadline, result.stderr
+        time.sleep(0.2)
+    assert "****." in result.stdout and "Handy" in result.stdout
+    edited = cli.json("marketplace", "review", listed.id, "--stars", "5", "--text", "Very handy")
+    assert edited["stars"] == 5 and edited["mine"] is True
+    bad = cli("marketplace", "review", listed.id, "--stars", "6", "--text", "x")
+    assert bad.exit_code == 1 and "VALIDATION_ERROR" in bad.stderr
+
+    # Anyone reads them (no login), with the rating; the search shows it too.
+    stranger = make_cli()
+    table = _ok(stranger("marketplace", "reviews", listed.id, NEFOS_URL=cli.url))
+    assert "5.00/5 (1 review)" in table and "Very handy" in table and "*****" in table
+    page = stranger.json("marketplace", "reviews", listed.id, NEFOS_URL=cli.url)
+    assert [i["id"] for i in page["items"]] == [edited["id"]] and page["rating"]["count"] == 1
+    found = stranger.json("marketplace", "search", "--sort", "rating", NEFOS_URL=cli.url)
+    assert found["items"][0]["id"] == listed.id
+    assert found["items"][0]["rating"]["average"] == 5.0
+    assert "5.00/5" in _ok(stranger("marketplace", "show", listed.id, NEFOS_URL=cli.url))
+
+    # The creator replies, once; the reviewer cannot.
+    seller = make_cli()
+    seller.login(creator_email)
+    mine = cli("marketplace", "reply", edited["id"], "--text", "Thanks")
+    assert mine.exit_code == 1 and "NOT_FOUND" in mine.stderr
+    assert "reply: Thanks" in _ok(seller("marketplace", "reply", edited["id"], "--text", "Thanks"))
+    again = seller("marketplace", "reply", edited["id"], "--text", "Again")
+    assert again.exit_code == 1 and "CONFLICT" in again.stderr
+    with Client(cli.url) as anonymous:
+        (shown,) = anonymous.marketplace.reviews(listed.id).items
+        assert shown.reply is not None and shown.reply.text == "Thanks"
+    with Client(cli.url, email=user, password=PASSWORD) as sdk:
+        assert sdk.marketplace.update_review(edited["id"], text="Handy!").text == "Handy!"
+    with Client(cli.url, email=creator_email, password=PASSWORD) as creator:
+        with pytest.raises(PermissionDeniedError):
+            creator.marketplace.review(listed.id, 5, "My own")
+    assert f"Review {edited['id']} deleted" in _ok(cli("marketplace", "review-rm", edited["id"]))
+    assert stranger.json("marketplace", "reviews", listed.id, NEFOS_URL=cli.url)["items"] == []
+    with Client(cli.url, email=creator_email, password=PASSWORD) as creator:
         creator.operations.wait(creator.apis.delete(made.api_id))

@@ -1,5 +1,6 @@
 """`nefos marketplace ...`: find APIs (no account needed), publish yours, subscribe
-to others' and manage your subscriptions' keys."""
+to others' and manage your subscriptions' keys; review what you have used, and reply
+to the reviews of yours."""
 
 from __future__ import annotations
 
@@ -28,12 +29,14 @@ from nefos.schemas.marketplace import (
     ApiSubscriptionPublic,
     ListingPublic,
     PlanPublic,
+    Rating,
+    ReviewPublic,
     SubscriptionKeyCreated,
 )
 
 app = typer.Typer(
     no_args_is_help=True,
-    help="The marketplace: find APIs, publish yours, subscribe and manage your keys.",
+    help="The marketplace: find APIs, publish yours, subscribe, manage your keys, review.",
 )
 
 ListingArg = Annotated[str, typer.Argument(help="Listing id.", show_default=False)]
@@ -63,11 +66,22 @@ def _models(item: ListingPublic) -> str:
     return ", ".join(item.price_models)
 
 
+def stars_text(stars: int) -> str:
+    return "*" * stars + "." * (5 - stars)
+
+
+def rating_text(rating: Rating) -> str:
+    if rating.average is None:
+        return "no reviews"
+    return f"{rating.average:.2f}/5 ({rating.count} review{'s' if rating.count != 1 else ''})"
+
+
 LISTING_COLUMNS: list[Column] = [
     ("ID", "id"),
     ("TITLE", "title"),
     ("CATEGORY", "category"),
     ("PRICING", _models),
+    ("RATING", lambda i: rating_text(i.rating)),
     ("SLUG", "slug"),
 ]
 
@@ -81,6 +95,7 @@ def print_listing(item: ListingPublic) -> None:
         f"category {escape(item.category)}  tags {escape(', '.join(item.tags) or '-')}  "
         f"gateway /gw/{escape(item.slug)}/"
     )
+    console.print(f"rating {rating_text(item.rating)}")
     table = Table(title="Plans")
     for header in ("PLAN", "MODEL", "PRICE", "RATE LIMIT", "VERSION"):
         table.add_column(header)
@@ -119,7 +134,8 @@ def search(
         str | None, typer.Option(help="free, pay_per_use, freemium or monthly.")
     ] = None,
     sort: Annotated[
-        str | None, typer.Option(help="relevance, popularity, rating or newest.")
+        str | None,
+        typer.Option(help="relevance, popularity, rating (best first, unrated last) or newest."),
     ] = None,
     page: PageOpt = None,
     limit: LimitOpt = None,
@@ -396,3 +412,84 @@ def cancel(subscription_id: SubArg, as_json: JsonOpt = False) -> None:
         echo_json(sub)
     else:
         print_subscription(sub)
+
+
+# --- reviews -------------------------------------------------------------------------
+ReviewArg = Annotated[str, typer.Argument(help="Review id.", show_default=False)]
+REVIEW_COLUMNS: list[Column] = [
+    ("ID", "id"),
+    ("STARS", lambda r: stars_text(r.stars)),
+    ("REVIEW", "text"),
+    ("REPLY", lambda r: r.reply.text if r.reply else None),
+    ("MINE", "mine"),
+    ("UPDATED", "updated_at"),
+]
+
+
+def print_review(review: ReviewPublic) -> None:
+    out = stdout()
+    out.print(f"{stars_text(review.stars)}  {escape(review.text)}  ({review.id})")
+    if review.reply is not None:
+        out.print(f"  reply: {escape(review.reply.text)}")
+
+
+@app.command()
+def reviews(
+    listing_id: ListingArg,
+    stars: Annotated[int | None, typer.Option(help="Only reviews of so many stars.")] = None,
+    page: PageOpt = None,
+    limit: LimitOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A listing's reviews, newest first, and its rating (no login needed)."""
+    with api(as_json, anonymous=True) as c:
+        found = c.marketplace.reviews(listing_id, stars=stars, page=page, limit=limit)
+    if as_json:
+        echo_json(found)
+        return
+    histogram = "  ".join(f"{n}*: {found.rating.histogram.get(str(n), 0)}" for n in range(5, 0, -1))
+    stdout().print(f"Rating {rating_text(found.rating)}   {histogram}")
+    listing(found.items, REVIEW_COLUMNS, False, empty="No review.")
+
+
+@app.command()
+def review(
+    listing_id: ListingArg,
+    stars: Annotated[int, typer.Option(help="1 (poor) to 5 (excellent).", show_default=False)],
+    text: Annotated[str, typer.Option(help="What you found.", show_default=False)],
+    org: OrgOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Review an API you have called (again: changes your organisation's review)."""
+    with api(as_json) as c:
+        made = c.marketplace.review(listing_id, stars, text, organisation_id=org)
+    if as_json:
+        echo_json(made)
+    else:
+        print_review(made)
+
+
+@app.command("review-rm")
+def review_rm(review_id: ReviewArg, as_json: JsonOpt = False) -> None:
+    """Withdraw your organisation's review."""
+    with api(as_json) as c:
+        done = c.marketplace.delete_review(review_id)
+    if as_json:
+        echo_json(done)
+    else:
+        stdout().print(f"Review {review_id} deleted.")
+
+
+@app.command()
+def reply(
+    review_id: ReviewArg,
+    text: Annotated[str, typer.Option(help="Your answer.", show_default=False)],
+    as_json: JsonOpt = False,
+) -> None:
+    """Reply to a review of your listing (once)."""
+    with api(as_json) as c:
+        answered = c.marketplace.reply(review_id, text)
+    if as_json:
+        echo_json(answered)
+    else:
+        print_review(answered)

@@ -1653,6 +1653,42 @@ class SubscriptionKey(Base):
     created_at: Mapped[datetime] = _created()
 
 
+class ListingReview(Base):
+    """A consumer organisation's review of a listing (seed 002's reviews): 1 to 5
+    ``stars`` and a text, one per organisation and listing (the listing is its API's
+    one page, so: one per consumer and API), edited in place. Only an organisation
+    whose subscription to the listing had a call answered below 400 may write one,
+    never the listing's own; the creator may reply once (``reply_text``)."""
+
+    __tablename__ = "marketplace_reviews"
+
+    id: Mapped[str] = _id()
+    listing_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("marketplace_listings.id", ondelete="CASCADE"), nullable=False
+    )
+    organisation_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("organisations.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    user_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    stars: Mapped[int] = mapped_column(Integer, nullable=False)
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+    reply_text: Mapped[str | None] = mapped_column(Text)
+    reply_user_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    replied_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+    __table_args__ = (
+        UniqueConstraint("listing_id", "organisation_id"),
+        CheckConstraint("stars BETWEEN 1 AND 5", name="stars"),
+        Index("ix_marketplace_reviews_listing_created", "listing_id", "created_at"),
+    )
+
+
 class ApiCall(Base):
     """One call through the gateway (seed 002's ``api_calls``): who called which API
     on which plan, what it answered, and what it costs. ``request_id`` is unique:

@@ -18,6 +18,9 @@ _CATEGORY = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 _TAG = re.compile(r"^[a-z0-9][a-z0-9+#.-]{0,29}$")
 _KEY_UNSAFE = re.compile(r"[^a-z0-9]+")
 MAX_PLANS = 8
+STAR_KEYS = ("1", "2", "3", "4", "5")
+#: The longest review, and the longest reply to one.
+MAX_REVIEW_TEXT = 4000
 
 
 def plan_key(name: str) -> str:
@@ -153,8 +156,15 @@ class PlanPublic(BaseModel):
 
 
 class Rating(BaseModel):
+    """A listing's reviews in figures: the average of their stars (2 places; null
+    with none), how many there are, and how many gave each number of stars."""
+
     average: float | None
     count: int
+    histogram: dict[str, int] = Field(
+        description='Reviews by stars: {"1": n, ..., "5": n}.',
+        default_factory=lambda: dict.fromkeys(STAR_KEYS, 0),
+    )
 
 
 class ListingPublic(BaseModel):
@@ -294,3 +304,69 @@ class BillingSubscriptionPublic(SubscriptionPublic):
     """``GET /billing/subscription``: the wallet's plan, and the marketplace's."""
 
     marketplace: MarketplaceAccount
+
+
+# --- reviews ------------------------------------------------------------------------
+Stars = Annotated[int, Field(ge=1, le=5, description="1 (poor) to 5 (excellent).")]
+
+
+# Requests strip whitespace first: a text of blanks is too short.
+ReviewText = Annotated[str, Field(min_length=1, max_length=MAX_REVIEW_TEXT)]
+
+
+class ReviewCreate(Request):
+    """``POST /marketplace/reviews``: your organisation's review of a listing (a
+    second one changes the first). Only an organisation that has called the API
+    successfully (an answer below 400 through the gateway, on one of its
+    subscriptions) may review it, and never the listing's own."""
+
+    listing_id: Id
+    stars: Stars
+    text: ReviewText
+    organisation_id: Id | None = None
+
+
+class ReviewUpdate(Request):
+    """``PUT /marketplace/reviews/{id}``: new stars, a new text, or both."""
+
+    stars: Stars | None = None
+    text: ReviewText | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> ReviewUpdate:
+        if self.stars is None and self.text is None:
+            raise ValueError("give stars, text or both")
+        return self
+
+
+class ReplyCreate(Request):
+    """``POST /marketplace/reviews/{id}/reply``: the creator's one answer to a review."""
+
+    text: ReviewText
+
+
+class ReviewReply(BaseModel):
+    text: str
+    replied_at: datetime
+
+
+class ReviewPublic(BaseModel):
+    """A review as everyone who may see the listing reads it: by a consumer
+    organisation that called the API (which one is not shown), with the creator's
+    reply if any. ``mine``: written by one of your organisations."""
+
+    id: str
+    listing_id: str
+    stars: int
+    text: str
+    mine: bool
+    reply: ReviewReply | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ReviewPage(BaseModel):
+    items: list[ReviewPublic]
+    reviews: list[ReviewPublic]
+    pagination: Pagination
+    rating: Rating

@@ -1,20 +1,24 @@
 """The marketplace (seed 002): browse and search listings (no account needed),
-publish your APIs with their plans."""
+publish your APIs with their plans, review what you have used and reply to the
+reviews of your own listings."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from nefos.schemas.marketplace import ListingPage, ListingPublic
+from nefos.schemas.common import Message
+from nefos.schemas.marketplace import ListingPage, ListingPublic, ReviewPage, ReviewPublic
 from nefos.sdk._resources import _body, _paging, _Resource, _seg
 
 MARKETPLACE = "/marketplace"
 
 
 class Marketplace(_Resource):
-    """Listings of APIs. ``search`` and ``get`` work without logging in (a client made
-    without credentials); ``publish`` and ``update`` are the creator's."""
+    """Listings of APIs and their reviews. ``search``, ``get`` and ``reviews`` work
+    without logging in (a client made without credentials); ``publish``, ``update``
+    and ``reply`` are the creator's; ``review`` is a consumer's that has called the
+    API successfully."""
 
     def search(
         self,
@@ -93,3 +97,45 @@ class Marketplace(_Resource):
         )
         data = self._client.request("PUT", f"{MARKETPLACE}/listings/{_seg(listing_id)}", json=body)
         return ListingPublic.model_validate(data["listing"])
+
+    # --- reviews ------------------------------------------------------------------
+    def reviews(
+        self,
+        listing_id: str,
+        *,
+        stars: int | None = None,
+        page: int | None = None,
+        limit: int | None = None,
+    ) -> ReviewPage:
+        """A listing's reviews, newest first, and its ``rating``."""
+        params = _paging(page, limit, listing_id=listing_id, stars=stars)
+        data = self._client.request("GET", f"{MARKETPLACE}/reviews", params=params)
+        return ReviewPage.model_validate(data)
+
+    def review(
+        self, listing_id: str, stars: int, text: str, *, organisation_id: str | None = None
+    ) -> ReviewPublic:
+        """Review a listing (1 to 5 stars) for your organisation (default: your
+        default project's); again changes the organisation's review. Refused
+        (:class:`~nefos.sdk.PermissionDeniedError`) unless the organisation has called the
+        API successfully, and always for the listing's own organisation."""
+        body = _body(listing_id=listing_id, stars=stars, text=text, organisation_id=organisation_id)
+        data = self._client.request("POST", f"{MARKETPLACE}/reviews", json=body)
+        return ReviewPublic.model_validate(data["review"])
+
+    def update_review(
+        self, review_id: str, *, stars: int | None = None, text: str | None = None
+    ) -> ReviewPublic:
+        body = _body(stars=stars, text=text)
+        data = self._client.request("PUT", f"{MARKETPLACE}/reviews/{_seg(review_id)}", json=body)
+        return ReviewPublic.model_validate(data["review"])
+
+    def delete_review(self, review_id: str) -> Message:
+        return self._one(Message, "DELETE", f"{MARKETPLACE}/reviews/{_seg(review_id)}")
+
+    def reply(self, review_id: str, text: str) -> ReviewPublic:
+        """Reply to a review of your listing, once (again: a ConflictError)."""
+        data = self._client.request(
+            "POST", f"{MARKETPLACE}/reviews/{_seg(review_id)}/reply", json={"text": text}
+        )
+        return ReviewPublic.model_validate(data["review"])

@@ -15,28 +15,32 @@ and PostgreSQL's ``tsvector`` with a GIN index (ranked by ``ts_rank`` over weigh
 fields). A query is reduced to its words (letters and digits) before it reaches
 either engine, each word a prefix, all of them required: nothing a browser types
 is read as the engine's own syntax.
+
+Ratings are counted from the reviews (``services/reviews.py``) when a listing is
+shown, by one grouped count: nothing is kept beside them that could drift.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.billing.accounts import account
-from nefos.db.models import Api, ApiCall, Listing, ListingPlan, Project
+from nefos.db.models import Api, ApiCall, Listing, ListingPlan, ListingReview, Project
 from nefos.db.session import begin_write
 from nefos.db.types import utcnow
 from nefos.domain.access import Permission
 from nefos.domain.errors import Conflict, NotFound
 from nefos.domain.paging import PageParams
 from nefos.schemas.marketplace import (
+    STAR_KEYS,
     ListingUpdate,
     PlanIn,
     PublishRequest,
@@ -93,6 +97,10 @@ def plan_public(p: ListingPlan, currency: str) -> dict[str, Any]:
     }
 
 
+def no_rating() -> dict[str, Any]:
+    return {"average": None, "count": 0, "histogram": dict.fromkeys(STAR_KEYS, 0)}
+
+
 @dataclass
 class Found:
     listing: Listing
@@ -100,6 +108,8 @@ class Found:
     relevance: float | None = None
     #: Calls answered (below 500) through the gateway in the last 30 days.
     calls_30d: int = 0
+    #: Its reviews in figures: ``average`` (null with none), ``count``, ``histogram``.
+    rating: dict[str, Any] = field(default_factory=no_rating)
 
 
 class MarketplaceService:
@@ -146,7 +156,8 @@ class MarketplaceService:
         assert api is not None
         calls = (await self.calls_30d([api.id])).get(api.id, 0)
         plans = (await self.plans([listing.id]))[listing.id]
-        return Found(listing, plans, calls_30d=calls), api
+        rating = (await self.ratings([listing.id]))[listing.id]
+        return Found(listing, plans, calls_30d=calls, rating=rating), api
 
     async def browse(
         self,
@@ -196,14 +207,24 @@ class MarketplaceService:
             found = [f for f in found if any(p.model == price_model for p in f.plans)]
         order = sort or ("relevance" if scores is not None else "newest")
         calls = await self.calls_30d([listing.api_id for listing, _ in rows])
+        ratings = await self.ratings([f.listing.id for f in found])
         for f in found:
             f.calls_30d = calls.get(f.listing.api_id, 0)
+            f.rating = ratings[f.listing.id]
+        # Each sort is stable: newest first on ties.
         if order == "relevance" and scores is not None:
-            found.sort(key=lambda f: -(f.relevance or 0.0))  # stable: newest first on ties
+            found.sort(key=lambda f: -(f.relevance or 0.0))
         elif order == "popularity":
-            found.sort(key=lambda f: -f.calls_30d)  # stable: newest first on ties
-        # rating (the average of reviews) is none for every listing until reviews
-        # exist: the newest order stands.
+            found.sort(key=lambda f: -f.calls_30d)
+        elif order == "rating":
+            # The best average first, the more reviewed first among equals; unrated last.
+            found.sort(
+                key=lambda f: (
+                    f.rating["count"] == 0,
+                    -(f.rating["average"] or 0.0),
+                    -f.rating["count"],
+                )
+            )
         slugs = {listing.id: slug for listing, slug in rows}
         return found[page.offset : page.offset + page.limit], len(found), slugs
 
@@ -223,6 +244,31 @@ class MarketplaceService:
             .group_by(ApiCall.api_id)
         )
         return {str(api_id): int(count) for api_id, count in rows}
+
+    async def ratings(self, listing_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Listing id -> its reviews' average (2 places; None with none), count and
+        count by stars: one grouped count over ``uq_marketplace_reviews_listing_id``,
+        so it is never out of step with the reviews."""
+        out = {i: no_rating() for i in listing_ids}
+        if not listing_ids:
+            return out
+        rows = await self.session.execute(
+            select(ListingReview.listing_id, ListingReview.stars, func.count())
+            .where(ListingReview.listing_id.in_(list(listing_ids)))
+            .group_by(ListingReview.listing_id, ListingReview.stars)
+        )
+        for listing_id, stars, count in rows:
+            histogram = out[str(listing_id)]["histogram"]
+            histogram[str(stars)] = int(count)
+        for rating in out.values():
+            counts = rating["histogram"]
+            total = sum(counts.values())
+            if total:
+                stars_sum = sum(int(k) * n for k, n in counts.items())
+                rating["count"] = total
+                average = (Decimal(stars_sum) / total).quantize(Decimal("0.01"), ROUND_HALF_UP)
+                rating["average"] = float(average)
+        return out
 
     async def _search(self, words: list[str]) -> dict[str, float]:
         """Listing id -> relevance (higher is better) of the listings matching every
@@ -283,7 +329,7 @@ class MarketplaceService:
             )
 
     # --- writing ----------------------------------------------------------------------
-    async def _seller(self, principal: Principal, listing: Listing) -> None:
+    async def seller(self, principal: Principal, listing: Listing) -> None:
         """The caller may change this listing: it may change the listing's API."""
         try:
             await ApiService(self.core, self.session).visible(
@@ -351,7 +397,7 @@ class MarketplaceService:
         listing = await self.session.get(Listing, listing_id)
         if listing is None:
             raise NotFound("Listing not found", listing_id=listing_id)
-        await self._seller(principal, listing)
+        await self.seller(principal, listing)
         await begin_write(self.session)
         listing = await self.session.get(Listing, listing_id, populate_existing=True)
         if listing is None:

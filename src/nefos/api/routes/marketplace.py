@@ -1,6 +1,7 @@
 """The marketplace (seed 002): browse listings without an account, publish one of
 your APIs with its plans, change or unpublish it; subscribe an organisation to a
-listing's plan and manage the subscription's keys."""
+listing's plan and manage the subscription's keys; review what you have used, and
+reply to the reviews of your own listings."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from fastapi import APIRouter, Body, Query, Request
 from starlette.responses import Response
 
 from nefos.api.deps import (
+    ID_PATTERN,
     Access,
     CoreDep,
     ObjectId,
@@ -22,14 +24,19 @@ from nefos.api.deps import (
 )
 from nefos.config import Settings
 from nefos.domain.access import Permission
-from nefos.gateway.envelope import listing, ok
-from nefos.schemas.common import Envelope
+from nefos.gateway.envelope import listing, ok, page
+from nefos.schemas.common import Envelope, Message
 from nefos.schemas.marketplace import (
     ApiSubscriptionDetail,
     ListingPage,
     ListingPublic,
     ListingUpdate,
     PublishRequest,
+    ReplyCreate,
+    ReviewCreate,
+    ReviewPage,
+    ReviewPublic,
+    ReviewUpdate,
     Subscribed,
     SubscribeRequest,
     SubscriptionKeyCreate,
@@ -42,6 +49,8 @@ from nefos.schemas.marketplace import (
 from nefos.services.market_subscriptions import SubscriptionService, key_public
 from nefos.services.marketplace import Found, MarketplaceService, plan_public
 from nefos.services.principal import Principal
+from nefos.services.reviews import WRITE as REVIEW
+from nefos.services.reviews import ReviewService
 
 router = APIRouter(prefix="/marketplace", tags=["marketplace"])
 
@@ -76,7 +85,7 @@ def listing_public(
         "currency": lst.currency,
         "price_models": sorted({p.model for p in found.plans}),
         "plans": plans,
-        "rating": {"average": None, "count": 0},
+        "rating": found.rating,
         "calls_30d": found.calls_30d,
         "organisation_id": lst.organisation_id,
         "docs": docs,
@@ -322,3 +331,109 @@ async def revoke_key(
     service, sub = await _subscription(core, session, access, subscription_id)
     key = await service.revoke_key(sub, key_id)
     return ok({"key": key_public(key)})
+
+
+# --- reviews ---------------------------------------------------------------------------
+ReviewId = ObjectId
+
+
+@router.get("/reviews", response_model=Envelope[ReviewPage], dependencies=[Public])
+async def list_reviews(
+    request: Request,
+    core: CoreDep,
+    session: SessionDep,
+    params: PageDep,
+    listing_id: Annotated[str, Query(pattern=ID_PATTERN, description="The listing.")],
+    stars: Annotated[
+        int | None, Query(ge=1, le=5, description="Only reviews of so many stars.")
+    ] = None,
+) -> Response:
+    """A listing's reviews, newest first, with its rating (`average`, `count`,
+    `histogram`). Public for a public published listing (no account needed); a
+    private or unpublished listing's are a 404 except to its own organisation."""
+    principal = await optional_principal(request)
+    items, total, rating = await ReviewService(core, session).list_page(
+        principal, listing_id, params, stars=stars
+    )
+    body = page(items, total, params)
+    return ok({**body, "reviews": body["items"], "rating": rating})
+
+
+@router.post(
+    "/reviews",
+    status_code=201,
+    response_model=Envelope[dict[str, ReviewPublic]],
+    responses={200: {"model": Envelope[dict[str, ReviewPublic]], "description": "Changed."}},
+)
+async def post_review(
+    body: ReviewCreate,
+    core: CoreDep,
+    session: SessionDep,
+    organisation_id: OrgHint,
+    access: Access = authorize(REVIEW),
+) -> Response:
+    """Review a listing for an organisation (`organisation_id` in the body or query,
+    or `X-Organisation-ID`; default: your default project's): 201 for a new review,
+    200 when it changes the organisation's review of the listing (one each).
+    Only an organisation that has called the API successfully (an answer below 400
+    through the gateway, on one of its subscriptions) may review it, and never the
+    listing's own organisation or anyone in it: 403 `FORBIDDEN` otherwise."""
+    org = await access.org(body.organisation_id or organisation_id, REVIEW)
+    service = ReviewService(core, session)
+    review, created = await service.post(
+        access.principal, org, body.listing_id, stars=body.stars, text=body.text
+    )
+    (view,) = await service.views(access.principal, [review])
+    return ok({"review": view}, 201 if created else 200)
+
+
+@router.put("/reviews/{review_id}", response_model=Envelope[dict[str, ReviewPublic]])
+async def update_review(
+    review_id: ReviewId,
+    body: ReviewUpdate,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(REVIEW),
+) -> Response:
+    """Change your organisation's review (its stars, its text or both)."""
+    service = ReviewService(core, session)
+    review = await service.own(access.principal, review_id)
+    access.log_under(review.organisation_id)
+    review = await service.update(review, stars=body.stars, text=body.text)
+    (view,) = await service.views(access.principal, [review])
+    return ok({"review": view})
+
+
+@router.delete("/reviews/{review_id}", response_model=Envelope[Message])
+async def delete_review(
+    review_id: ReviewId,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(REVIEW),
+) -> Response:
+    """Withdraw your organisation's review (it may write another later)."""
+    service = ReviewService(core, session)
+    review = await service.own(access.principal, review_id)
+    access.log_under(review.organisation_id)
+    await service.delete(review)
+    return ok(Message(message="Review deleted"))
+
+
+@router.post(
+    "/reviews/{review_id}/reply",
+    status_code=201,
+    response_model=Envelope[dict[str, ReviewPublic]],
+)
+async def reply_to_review(
+    review_id: ReviewId,
+    body: ReplyCreate,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(REVIEW),
+) -> Response:
+    """Reply to a review of your listing, once (a second reply is a 409 `CONFLICT`).
+    To anyone who may not change the listing the review is a 404."""
+    service = ReviewService(core, session)
+    review = await service.reply(access.principal, review_id, body.text)
+    (view,) = await service.views(access.principal, [review])
+    return ok({"review": view}, 201)
