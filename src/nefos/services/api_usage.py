@@ -316,7 +316,7 @@ async def call_figures(
     ).all()
 
     step = STEPS[period]
-    bucket = ((_epoch_seconds(session) / step) * step).label("bucket")
+    bucket = ((_epoch_seconds(session) // step) * step).label("bucket")
     found = {
         int(b): (int(n), int(e), int(ce), avg_ms)
         for b, n, e, ce, avg_ms in await session.execute(

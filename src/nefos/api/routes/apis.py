@@ -348,7 +348,15 @@ async def api_logs(
                 "Only the gateway's call log can be followed", follow="with source=gateway"
             )
         return await _follow(core, access, where, seconds)
-    body: dict[str, Any] = {"api_id": api.id, "source": source, "logs": "", "replicas": []}
+    body: dict[str, Any] = {
+        "api_id": api.id,
+        "source": source,
+        "logs": "",
+        "replicas": [],
+        "items": [],
+        "calls": [],
+        "pagination": None,
+    }
     if source in ("container", "all"):
         container = await session.get(Container, api.container_id) if api.container_id else None
         if container is not None:
