@@ -46,7 +46,6 @@ def upgrade() -> None:
         ),
     )
 
-
     with op.batch_alter_table("api_calls", schema=None) as batch_op:
         batch_op.alter_column(
             "request_id",
