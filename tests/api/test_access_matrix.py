@@ -174,6 +174,7 @@ MATRIX: dict[tuple[str, str], Rule] = {
     ("POST", "/marketplace/listings/{listing_id}/subscribe"): Rule(P.BILLING_WRITE),
     ("GET", "/marketplace/subscriptions"): Rule(P.BILLING_READ),
     ("GET", "/marketplace/subscriptions/{subscription_id}"): Rule(P.BILLING_READ),
+    ("GET", "/marketplace/subscriptions/{subscription_id}/usage"): Rule(P.BILLING_READ),
     ("PUT", "/marketplace/subscriptions/{subscription_id}"): Rule(P.BILLING_WRITE),
     ("DELETE", "/marketplace/subscriptions/{subscription_id}"): Rule(P.BILLING_WRITE),
     ("POST", "/marketplace/subscriptions/{subscription_id}/keys"): Rule(P.BILLING_WRITE),
@@ -1467,6 +1468,7 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ),
     ("GET", "/marketplace/subscriptions"): OF_ORG,
     ("GET", "/marketplace/subscriptions/{subscription_id}"): Sample(role_checked=True),
+    ("GET", "/marketplace/subscriptions/{subscription_id}/usage"): Sample(role_checked=True),
     # The plan it holds already: a change that changes nothing, for every role.
     ("PUT", "/marketplace/subscriptions/{subscription_id}"): Sample(
         json={"plan_id": Ref("plan_id")}, role_checked=True

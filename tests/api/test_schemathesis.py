@@ -755,6 +755,8 @@ def call_and_validate(case: schemathesis.Case, callers: Callers) -> None:
         headers = register(callers.server.url)[1]
     else:
         headers = callers.user.headers
+    if path.endswith("/logs") and case.query and case.query.get("follow") in (True, "true"):
+        case.query["seconds"] = 1  # a followed log streams for as long as it is asked
     case.call_and_validate(base_url=callers.server.url, headers=headers, checks=CHECKS)
 
 

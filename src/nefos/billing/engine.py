@@ -40,7 +40,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nefos.billing import accounts, apicalls, catalogue, invoices, ledger, metering
+from nefos.billing import accounts, apicalls, catalogue, invoices, ledger, metering, quota
 from nefos.billing.accounts import (
     BillingParts,
     margin_of,
@@ -142,6 +142,8 @@ class BillingEngine:
             calls, charged = await apicalls.charge_calls(self.core.db, self.core.settings)
             result.charges += calls
             result.charged += charged
+            # Quota crossings no gateway process saw (each counts only its own calls).
+            await quota.sweep(self.core.db, now)
             result.suspended = await self.check_balances(now)
             await self._invoices()
             return result

@@ -25,7 +25,8 @@ from nefos.cli._common import (
 )
 from nefos.cli._metrics import series_table
 from nefos.cli.containers import _environment
-from nefos.schemas.apis import ApiAccepted, ApiPublic, DeploymentPublic
+from nefos.schemas.apis import ApiAccepted, ApiCallLog, ApiPublic, DeploymentPublic
+from nefos.schemas.common import Page
 from nefos.sdk import Client
 
 app = typer.Typer(no_args_is_help=True, help="APIs: deploy them, follow their deployments.")
@@ -244,19 +245,86 @@ def deployments(api_id: ApiArg, as_json: JsonOpt = False) -> None:
     listing(items, DEPLOYMENT_COLUMNS, as_json, empty="No deployments.")
 
 
+CALL_COLUMNS: list[Column] = [
+    ("TIME", lambda c: f"{c.created_at:%Y-%m-%d %H:%M:%S}"),
+    ("METHOD", "method"),
+    ("PATH", "path"),
+    ("STATUS", "status"),
+    ("MS", lambda c: f"{c.latency_ms:.1f}"),
+    ("BYTES", "bytes_out"),
+    ("CONSUMER", "consumer"),
+    ("REQUEST", "request_id"),
+]
+
+
+def _call_line(c: ApiCallLog) -> str:
+    return (
+        f"{c.created_at:%Y-%m-%d %H:%M:%S} {c.method} {c.path} {c.status} "
+        f"{c.latency_ms:.1f}ms {c.bytes_out}B consumer={c.consumer} request={c.request_id}"
+    )
+
+
 @app.command()
 def logs(
     api_id: ApiArg,
+    source: Annotated[
+        str, typer.Option(help="container (replicas' output), gateway (call log) or all.")
+    ] = "all",
     tail: Annotated[int, typer.Option(min=1, max=10_000, help="Lines per replica.")] = 100,
+    since: Annotated[str | None, typer.Option(help="Calls from then on (ISO 8601).")] = None,
+    until: Annotated[str | None, typer.Option(help="Calls before then (ISO 8601).")] = None,
+    status: Annotated[str | None, typer.Option(help="Calls answered 404, or 4xx.")] = None,
+    consumer: Annotated[
+        str | None, typer.Option(help="Calls of this consumer organisation.")
+    ] = None,
+    level: Annotated[
+        str | None,
+        typer.Option(help="debug, info, warning or error (calls: error 5xx, warning 4xx+)."),
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Print the new calls as they come.")
+    ] = False,
+    seconds: Annotated[int, typer.Option(min=1, max=300, help="How long to follow.")] = 60,
+    page: PageOpt = None,
+    limit: LimitOpt = None,
+    cursor: CursorOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Print the output of an API's replicas."""
+    """Print an API's logs: its replicas' output and its gateway call log (newest
+    first); with --follow, the calls made from now on, one a line."""
     with api(as_json) as c:
-        got = c.apis.logs(api_id, tail=tail)
+        if follow:
+            for call in c.apis.follow(
+                api_id,
+                seconds=seconds,
+                since=since,
+                status=status,
+                consumer=consumer,
+                level=level,
+            ):
+                typer.echo(call.model_dump_json() if as_json else _call_line(call))
+            return
+        got = c.apis.logs(
+            api_id,
+            source=source,
+            tail=tail,
+            since=since,
+            until=until,
+            status=status,
+            consumer=consumer,
+            level=level,
+            page=page,
+            limit=limit,
+            cursor=cursor,
+        )
     if as_json:
         echo_json(got)
-    elif got.logs:
+        return
+    if got.logs:
         typer.echo(got.logs)
+    if got.source != "container" and got.pagination is not None:
+        calls = Page[ApiCallLog](items=got.items, pagination=got.pagination)
+        listing(calls, CALL_COLUMNS, False, empty="No call.")
 
 
 @app.command()
@@ -265,11 +333,30 @@ def metrics(
     period: Annotated[str, typer.Option(help="1h, 24h, 7d or 30d.")] = "1h",
     as_json: JsonOpt = False,
 ) -> None:
-    """An API's replicas' cpu and memory (% of their limits) over the period."""
+    """An API's calls (how many, errors, latency, bytes, by endpoint and consumer) and
+    its replicas' cpu and memory (% of their limits) over the period."""
     with api(as_json) as c:
         data = c.apis.metrics(api_id, period=period)
     if as_json:
         echo_json(data)
+        return
+    calls = data["calls"]
+    latency = calls["latency_ms"]
+    out = stdout()
+    out.print(
+        f"[bold]Calls[/bold], last {period}: {calls['calls']}, errors {calls['errors']} "
+        f"(5xx, {calls['error_rate']} %), client errors {calls['client_errors']} (4xx); "
+        f"latency p50 {latency['p50']} ms, p95 {latency['p95']} ms, p99 {latency['p99']} ms; "
+        f"{calls['bytes_out']} bytes out"
+    )
+    for e in calls["endpoints"]:
+        out.print(
+            f"  {escape(e['method'])} {escape(e['path'])}: {e['calls']} calls, "
+            f"{e['errors']} errors, p95 {e['p95_ms']} ms"
+        )
+    for k in calls["consumers"]:
+        out.print(f"  consumer {k['consumer']}: {k['calls']} calls, {k['amount']}")
+    if "metrics" not in data:
         return
     series = data["metrics"]
     series_table(

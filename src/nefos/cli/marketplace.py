@@ -334,6 +334,29 @@ def subscriptions(
 
 
 @app.command()
+def usage(subscription_id: SubArg, as_json: JsonOpt = False) -> None:
+    """A subscription's use of its period: calls, quota left, cost, usage alerts."""
+    with api(as_json) as c:
+        got = c.subscriptions.usage(subscription_id)
+    if as_json:
+        echo_json(got)
+        return
+    quota = (
+        f"{got.calls} of {got.quota} calls ({got.percent_used} %), {got.remaining} left"
+        if got.quota is not None
+        else f"{got.calls} calls (no quota)"
+    )
+    alerts = ", ".join(f"{t} %" for t in got.alerts) or "none"
+    stdout().print(
+        f"[bold]{escape(got.title)}[/bold] ({got.subscription_id}), plan "
+        f"{escape(got.plan.name)}, period {got.period_start:%Y-%m-%d} to "
+        f"{got.period_end:%Y-%m-%d}: {quota}; {got.errors} answered 5xx (not counted); "
+        f"cost {got.amount} {got.currency} ({got.charged} charged, {got.pending} to "
+        f"charge); alerts told: {alerts}"
+    )
+
+
+@app.command()
 def keys(subscription_id: SubArg, as_json: JsonOpt = False) -> None:
     """A subscription's keys (their prefixes: keys are shown only when made)."""
     with api(as_json) as c:

@@ -1698,7 +1698,8 @@ class ApiCall(Base):
     __tablename__ = "api_calls"
 
     id: Mapped[str] = _id()
-    request_id: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    # "<subscription id>:<the call's X-Request-ID>" (36 + 1 + at most 64).
+    request_id: Mapped[str] = mapped_column(String(101), nullable=False, unique=True)
     api_id: Mapped[str] = mapped_column(
         String(36), ForeignKey("apis.id", ondelete="CASCADE"), nullable=False
     )
@@ -1733,6 +1734,36 @@ class ApiCall(Base):
             "charge_id",
             sqlite_where=text("charge_id IS NOT NULL"),
             postgresql_where=text("charge_id IS NOT NULL"),
+        ),
+    )
+
+
+class UsageAlert(Base):
+    """A subscription's calls crossed ``threshold`` % of its plan's quota in the
+    period starting ``period_start``: the ``usage_alert`` told once. The unique key
+    (subscription, period, threshold) is what makes it once: whoever inserts the row
+    (the gateway at the crossing call, or the billing pass's sweep) tells it, in the
+    same transaction; a second insert fails and tells nothing."""
+
+    __tablename__ = "usage_alerts"
+
+    id: Mapped[str] = _id()
+    subscription_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("marketplace_subscriptions.id", ondelete="CASCADE"), nullable=False
+    )
+    organisation_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    threshold: Mapped[int] = mapped_column(Integer, nullable=False)
+    calls: Mapped[int] = mapped_column(Integer, nullable=False)
+    quota: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+    __table_args__ = (
+        UniqueConstraint(
+            "subscription_id",
+            "period_start",
+            "threshold",
+            name="uq_usage_alerts_subscription_period_threshold",
         ),
     )
 

@@ -39,6 +39,7 @@ class EventType(StrEnum):
     OPERATION = "operation_update"
     SERVICE_HEALTH = "service_health_changed"
     LOAD_TEST = "load_test_update"
+    USAGE_ALERT = "usage_alert"
 
 
 EVENT_TYPES: frozenset[str] = frozenset(t.value for t in EventType)

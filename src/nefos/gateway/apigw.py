@@ -26,7 +26,16 @@ organisation) and ``X-Forwarded-*`` added; the answer carries ``X-Request-ID``.
 Every forwarded call is one ``api_calls`` row, keyed by the subscription and its
 request id (the client's ``X-Request-ID`` when it sends a well-formed one): a
 replayed request id is recorded, counted against the quota and priced once. An
-answer of 500 or more is recorded with price 0 (not billed).
+answer of 500 or more is recorded with price 0 (not billed). The row is the call
+log the creator reads (``GET /apis/{id}/logs?source=gateway``) and the figures of
+``GET /apis/{id}/metrics``: method, the path within the API (after the slug, no
+query), status, latency (until the answer's last byte), bytes in and out, the
+consumer's organisation and subscription.
+
+After a counted call is recorded (its answer sent), a count that has reached 50, 80
+or 100 % of the plan's quota has ``billing.quota.check`` tell the ``usage_alert``
+once (a unique row per threshold and period); nothing more awaits before a call is
+forwarded.
 
 Per process: keys are remembered for ``KEY_CACHE_SECONDS`` (a revoked key stops
 within that), and the rate-limit windows and period counts are this process's
@@ -35,6 +44,7 @@ within that), and the rate-limit windows and period counts are this process's
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -45,9 +55,10 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from starlette.types import Message, Receive, Scope, Send
 
+from nefos.billing import quota
 from nefos.billing.accounts import wallet
 from nefos.db.models import Api, ApiCall, ListingPlan, Wallet
 from nefos.db.session import begin_write
@@ -57,6 +68,8 @@ from nefos.domain.plans import ZERO, call_price
 from nefos.gateway.envelope import send_error
 from nefos.gateway.ingress import _SCOPE_KEY, HOST_CALL, Ingress, TtlCache
 from nefos.services.market_subscriptions import live_key
+
+log = logging.getLogger("nefos.gateway.api")
 
 PATH_PREFIX = "/gw/"
 #: How long a key's look-up is remembered by a process.
@@ -98,6 +111,8 @@ class ApiGateway:
         self._keys: OrderedDict[str, tuple[float, Caller | None]] = OrderedDict()
         self._windows: dict[str, _Window] = {}
         self._used: dict[str, tuple[datetime, int]] = {}
+        #: The highest usage threshold known told, per (subscription, period start).
+        self._told: dict[tuple[str, datetime], int] = {}
         #: Money held by priced calls in flight, per consumer organisation.
         self._held: dict[str, Decimal] = {}
         #: Which ``Host`` labels are API slugs (and which are not), for a while.
@@ -160,19 +175,11 @@ class ApiGateway:
             return known[1]
         assert self.ingress.db is not None
         async with self.ingress.db.sessionmaker() as session:
-            count = await session.scalar(
-                select(func.count())
-                .select_from(ApiCall)
-                .where(
-                    ApiCall.subscription_id == caller.subscription_id,
-                    ApiCall.created_at >= caller.period_start,
-                    ApiCall.status < 500,
-                )
-            )
+            count = await quota.period_calls(session, caller.subscription_id, caller.period_start)
         known = self._used.get(caller.subscription_id)
         if known is None or known[0] != caller.period_start:
             # (Another call may have read it, and reserved its place, meanwhile.)
-            known = self._used[caller.subscription_id] = (caller.period_start, int(count or 0))
+            known = self._used[caller.subscription_id] = (caller.period_start, count)
         return known[1]
 
     async def affordable(self, caller: Caller) -> bool:
@@ -345,7 +352,7 @@ class ApiGateway:
         inner["headers"] = headers
         assert caller.container_id is not None
         inner[_SCOPE_KEY] = ("path", caller.container_id, base + rest)
-        seen: dict[str, Any] = {"status": 502, "bytes": 0}
+        seen: dict[str, Any] = {"status": 502, "bytes": 0, "bytes_in": 0}
 
         async def observed(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -362,19 +369,53 @@ class ApiGateway:
                 seen["bytes"] += len(message.get("body", b""))
             await send(message)
 
+        async def counted() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                seen["bytes_in"] += len(message.get("body", b""))
+            return message
+
         started = time.perf_counter()
         try:
-            await self.ingress.proxy(inner, receive, observed)
+            await self.ingress.proxy(inner, counted, observed)
         finally:
             latency = (time.perf_counter() - started) * 1000
-            recorded = await self._record(caller, request_id, scope, seen, latency, price)
-        return recorded and int(seen["status"]) < 500
+            path = rest.partition(b"?")[0].decode("utf-8", "replace")
+            recorded = await self._record(caller, request_id, scope, path, seen, latency, price)
+        counts = recorded and int(seen["status"]) < 500
+        if counts:
+            await self._tell_usage(caller)
+        return counts
+
+    async def _tell_usage(self, caller: Caller) -> None:
+        """After a counted call (its answer sent): when this process's count of the
+        period has reached a threshold of the quota not known told, have
+        ``quota.check`` count in the database and tell what was crossed (once)."""
+        included = caller.plan.included_calls
+        _, used = self._used.get(caller.subscription_id, (caller.period_start, 0))
+        # (``used`` holds this call, reserved when it was admitted.)
+        reached = quota.crossed(used, included)
+        key = (caller.subscription_id, caller.period_start)
+        if not reached or reached[-1] <= self._told.get(key, 0):
+            return
+        assert self.ingress.db is not None
+        try:
+            told, _ = await quota.check(self.ingress.db, caller.subscription_id)
+        except SQLAlchemyError:
+            # The answer is sent; the billing pass's sweep tells what this missed.
+            log.warning("usage alerts of %s not checked", caller.subscription_id, exc_info=True)
+            return
+        if told:
+            if len(self._told) > CACHE_SIZE:
+                self._told.clear()
+            self._told[key] = told[-1]
 
     async def _record(
         self,
         caller: Caller,
         request_id: str,
         scope: Scope,
+        path: str,
         seen: dict[str, Any],
         latency_ms: float,
         price: Decimal,
@@ -383,15 +424,16 @@ class ApiGateway:
         status = int(seen["status"])
         assert self.ingress.db is not None
         call = ApiCall(
-            request_id=f"{caller.subscription_id}:{request_id}"[:64],
+            request_id=f"{caller.subscription_id}:{request_id}",
             api_id=caller.api_id,
             subscription_id=caller.subscription_id,
             plan_id=caller.plan.id,
             organisation_id=caller.organisation_id,
             method=str(scope["method"])[:8],
-            path=str(scope["path"])[:500],
+            path=path[:500],
             status=status,
             latency_ms=round(latency_ms, 3),
+            bytes_in=int(seen["bytes_in"]),
             bytes_out=int(seen["bytes"]),
             units=1,
             price=price if status < 500 else ZERO,

@@ -23,9 +23,13 @@ MetricName = Literal[
     "disk_read_bps",
     "disk_write_bps",
 ]
-#: Events a webhook may subscribe to (``ping`` is sent by ``POST .../test`` only).
-WebhookEvent = Literal["alert.firing", "alert.resolved"]
-WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("alert.firing", "alert.resolved")
+#: Events a webhook may subscribe to (``ping`` is sent by ``POST .../test`` only):
+#: its project's alerts, and ``usage_alert`` (a marketplace subscription of the
+#: project's organisation at 50, 80 or 100 % of its quota).
+WebhookEvent = Literal["alert.firing", "alert.resolved", "usage_alert"]
+WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("alert.firing", "alert.resolved", "usage_alert")
+#: What a webhook made without ``events`` subscribes to.
+DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("alert.firing", "alert.resolved")
 
 RuleName = ShortName
 Threshold = Annotated[float, Field(allow_inf_nan=False, ge=-1e15, le=1e15)]
@@ -115,7 +119,7 @@ class WebhookCreate(Request):
 
     url: Annotated[str, Field(min_length=1, max_length=2000, examples=["https://example.com/hook"])]
     events: Annotated[list[WebhookEvent], Field(max_length=10)] = Field(
-        default_factory=lambda: list(WEBHOOK_EVENTS)
+        default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS)
     )
     description: Description = ""
     enabled: bool = True

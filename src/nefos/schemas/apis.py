@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, field_validator
 
-from nefos.schemas.common import Id, Request
+from nefos.schemas.common import Id, Pagination, Request
 from nefos.schemas.compute import ContainerResources, OperationPublic, _image, _name
 
 #: Largest OpenAPI document kept with an API (serialised JSON).
@@ -151,7 +151,36 @@ class ApiAccepted(BaseModel):
     operation: OperationPublic | None = None
 
 
+LogSource = Literal["container", "gateway", "all"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class ApiCallLog(BaseModel):
+    """One call through the gateway, as the API's creator sees it."""
+
+    id: str
+    request_id: str = Field(description="The call's X-Request-ID, as the API received it.")
+    method: str
+    path: str = Field(description="The path within the API (after /gw/{slug}), no query.")
+    status: int
+    latency_ms: float = Field(description="From forwarding to the answer's last byte.")
+    bytes_in: int
+    bytes_out: int
+    consumer: str = Field(description="The consumer's organisation.")
+    subscription_id: str | None
+    plan_id: str | None
+    price: str = Field(description="What the call costs the consumer (0: free or 5xx).")
+    created_at: datetime
+
+
 class ApiLogs(BaseModel):
+    """The API's logs: its replicas' output (``logs``, ``replicas``) and a page of its
+    gateway call log (``items``/``calls``, newest first), as ``source`` asks."""
+
     api_id: str
-    logs: str
-    replicas: list[dict[str, Any]]
+    source: LogSource = "all"
+    logs: str = ""
+    replicas: list[dict[str, Any]] = Field(default_factory=list)
+    items: list[ApiCallLog] = Field(default_factory=list)
+    calls: list[ApiCallLog] = Field(default_factory=list)
+    pagination: Pagination | None = None

@@ -17,6 +17,7 @@ EVENT_TYPES = (
     "operation_update",
     "service_health_changed",
     "load_test_update",
+    "usage_alert",
 )
 # Messages about the stream itself, not events.
 CONTROL_TYPES = ("connected", "subscribed", "pong", "error", "events_dropped")

@@ -274,6 +274,29 @@ class ApiSubscriptionDetail(ApiSubscriptionPublic):
     keys: list[SubscriptionKeyPublic]
 
 
+class SubscriptionUsage(BaseModel):
+    """A subscription's use of its current period, as its consumer sees it."""
+
+    subscription_id: str
+    listing_id: str
+    title: str
+    api_slug: str
+    plan: PlanPublic
+    status: SubscriptionStatus
+    period_start: datetime
+    period_end: datetime
+    calls: int = Field(description="Calls counted against the quota (answered below 500).")
+    errors: int = Field(description="Calls answered 500 or more: neither counted nor billed.")
+    quota: int | None = Field(description="The plan's included calls (null: no quota).")
+    remaining: int | None
+    percent_used: float | None
+    currency: str
+    amount: str = Field(description="What this period's calls cost.")
+    charged: str = Field(description="Of which charged to the wallet already.")
+    pending: str = Field(description="Of which the billing pass charges next.")
+    alerts: list[int] = Field(description="The usage alerts told this period (50, 80, 100 %).")
+
+
 class Subscribed(BaseModel):
     subscription: ApiSubscriptionPublic
     key: SubscriptionKeyCreated

@@ -4,11 +4,15 @@ follow its deployments, logs and metrics."""
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
-from nefos.schemas.apis import ApiAccepted, ApiLogs, ApiPublic, DeploymentPublic
+import httpx
+
+from nefos.schemas.apis import ApiAccepted, ApiCallLog, ApiLogs, ApiPublic, DeploymentPublic
 from nefos.schemas.common import Page
+from nefos.sdk._errors import TransportError, error_from_response
 from nefos.sdk._resources import _body, _idempotent, _paging, _Resource, _seg
 
 APIS = "/apis"
@@ -136,13 +140,92 @@ class Apis(_Resource):
         data = self._client.request("GET", f"{APIS}/{_seg(api_id)}/openapi")
         return dict(data["openapi"])
 
-    def logs(self, api_id: str, *, tail: int = 100) -> ApiLogs:
-        """The last ``tail`` lines of each replica's output."""
-        return self._one(ApiLogs, "GET", f"{APIS}/{_seg(api_id)}/logs", params={"tail": tail})
+    def logs(
+        self,
+        api_id: str,
+        *,
+        source: str = "all",
+        tail: int = 100,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        status: int | str | None = None,
+        consumer: str | None = None,
+        level: str | None = None,
+        page: int | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> ApiLogs:
+        """The API's logs: its replicas' output (the last ``tail`` lines of each, at
+        ``level`` or above) and a page of its gateway call log (newest first; by
+        ``since``/``until``, ``status`` (404 or "4xx"), ``consumer`` (an
+        organisation) and ``level`` (error: 5xx, warning: 4xx and 5xx)).
+        ``source``: container, gateway or all."""
+        params = _paging(
+            page,
+            limit,
+            cursor=cursor,
+            source=source,
+            tail=tail,
+            since=_when(since),
+            until=_when(until),
+            status=None if status is None else str(status),
+            consumer=consumer,
+            level=level,
+        )
+        return self._one(ApiLogs, "GET", f"{APIS}/{_seg(api_id)}/logs", params=params)
+
+    def follow(
+        self,
+        api_id: str,
+        *,
+        seconds: int = 60,
+        since: datetime | str | None = None,
+        status: int | str | None = None,
+        consumer: str | None = None,
+        level: str | None = None,
+    ) -> Iterator[ApiCallLog]:
+        """The API's calls as the gateway records them, from now (or ``since``) on,
+        for ``seconds`` (at most 300); stop iterating to leave earlier."""
+        params = _body(
+            source="gateway",
+            follow="true",
+            seconds=seconds,
+            since=_when(since),
+            status=None if status is None else str(status),
+            consumer=consumer,
+            level=level,
+        )
+        auth, _ = self._client._credentials()
+        path = f"{APIS}/{_seg(api_id)}/logs"
+        timeout = httpx.Timeout(10.0, read=seconds + 30.0)
+        try:
+            with self._client._http.stream(
+                "GET", path, params=params, headers=auth, timeout=timeout
+            ) as response:
+                if not response.is_success:
+                    response.read()
+                    try:
+                        body = response.json()
+                    except ValueError:
+                        body = None
+                    raise error_from_response(response, body)
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield ApiCallLog.model_validate_json(line)
+        except httpx.HTTPError as exc:
+            raise TransportError(f"GET {path}: {exc}") from exc
 
     def metrics(self, api_id: str, *, period: str = "1h") -> dict[str, Any]:
-        """The replicas' cpu, memory and network over ``period`` (1h, 24h, 7d, 30d)."""
+        """Over ``period`` (1h, 24h, 7d, 30d): the API's calls (``calls``: how many,
+        errors 5xx and 4xx, latency p50/p95/p99, bytes, by endpoint, by consumer, a
+        series) and its replicas' cpu, memory and network (``metrics``)."""
         data = self._client.request(
             "GET", f"{APIS}/{_seg(api_id)}/metrics", params={"period": period}
         )
         return dict(data)
+
+
+def _when(value: datetime | str | None) -> str | None:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value

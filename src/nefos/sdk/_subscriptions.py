@@ -9,6 +9,7 @@ from nefos.schemas.marketplace import (
     SubscriptionKeyCreated,
     SubscriptionKeyPublic,
     SubscriptionPage,
+    SubscriptionUsage,
 )
 from nefos.sdk._resources import _body, _paging, _Resource, _seg
 
@@ -46,6 +47,13 @@ class Subscriptions(_Resource):
         """The subscription with its keys (prefixes only)."""
         data = self._client.request("GET", f"{SUBSCRIPTIONS}/{_seg(subscription_id)}")
         return ApiSubscriptionDetail.model_validate(data["subscription"])
+
+    def usage(self, subscription_id: str) -> SubscriptionUsage:
+        """The subscription's use of its current period: calls counted against the
+        quota, what is left, what the calls cost and how much is charged, and the
+        usage alerts told (50, 80, 100 %)."""
+        data = self._client.request("GET", f"{SUBSCRIPTIONS}/{_seg(subscription_id)}/usage")
+        return SubscriptionUsage.model_validate(data["usage"])
 
     def create_key(
         self,

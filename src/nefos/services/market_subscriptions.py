@@ -24,20 +24,31 @@ import calendar
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, Literal, Protocol
 
-from sqlalchemy import and_, func, not_, or_, select, update
+from sqlalchemy import and_, case, func, not_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
-from nefos.db.models import Api, Listing, ListingPlan, Organisation, Subscription, SubscriptionKey
+from nefos.billing import quota
+from nefos.db.models import (
+    Api,
+    ApiCall,
+    Listing,
+    ListingPlan,
+    Organisation,
+    Subscription,
+    SubscriptionKey,
+)
 from nefos.db.session import begin_write
 from nefos.db.types import utcnow
 from nefos.domain import consumer_keys
 from nefos.domain.access import Permission
 from nefos.domain.errors import Conflict, NotFound, ValidationFailed
 from nefos.domain.paging import PageParams
+from nefos.schemas.marketplace import price_text
 from nefos.services.core import Core
 from nefos.services.marketplace import MarketplaceService, plan_public
 from nefos.services.paging import fetch_page
@@ -245,6 +256,52 @@ class SubscriptionService:
             .order_by(SubscriptionKey.created_at.desc(), SubscriptionKey.id)
         )
         return {**view, "keys": [key_public(k) for k in keys]}
+
+    async def usage(self, sub: Subscription) -> dict[str, Any]:
+        """The subscription's use of its current period: the calls counted against
+        its quota (answered below 500), those answered 500 or more (not counted, not
+        billed), the quota and what is left of it, what the calls cost (``amount``),
+        how much of that is charged to the wallet already, and the usage alerts told
+        (50, 80, 100 %)."""
+        (view,) = await self.views([sub])
+        ok_calls = case((ApiCall.status < 500, 1), else_=0)
+        failed = case((ApiCall.status >= 500, 1), else_=0)
+        charged = case((ApiCall.charge_id.is_not(None), ApiCall.price), else_=0)
+        counted, errors, amount, paid = (
+            await self.session.execute(
+                select(
+                    func.coalesce(func.sum(ok_calls), 0),
+                    func.coalesce(func.sum(failed), 0),
+                    func.coalesce(func.sum(ApiCall.price), 0),
+                    func.coalesce(func.sum(charged), 0),
+                ).where(
+                    ApiCall.subscription_id == sub.id,
+                    ApiCall.created_at >= sub.period_start,
+                )
+            )
+        ).one()
+        counted, quota_calls = int(counted), view["plan"]["included_calls"]
+        amount, paid = Decimal(amount), Decimal(paid)
+        return {
+            "subscription_id": sub.id,
+            "listing_id": view["listing_id"],
+            "title": view["title"],
+            "api_slug": view["api_slug"],
+            "plan": view["plan"],
+            "status": view["status"],
+            "period_start": sub.period_start,
+            "period_end": sub.period_end,
+            "calls": counted,
+            "errors": int(errors),
+            "quota": quota_calls,
+            "remaining": None if quota_calls is None else max(0, quota_calls - counted),
+            "percent_used": (None if not quota_calls else round(counted / quota_calls * 100.0, 2)),
+            "currency": view["plan"]["currency"],
+            "amount": price_text(amount),
+            "charged": price_text(paid),
+            "pending": price_text(amount - paid),
+            "alerts": await quota.told(self.session, sub.id, sub.period_start),
+        }
 
     async def account(self, org: Organisation) -> dict[str, Any]:
         """``GET /billing/subscription``'s marketplace part: the organisation's active

@@ -37,6 +37,7 @@ TYPE_SCOPE: dict[str, str] = {
     EventType.METRICS: "monitoring:read",
     EventType.ALERT: "monitoring:read",
     EventType.BILLING: "billing:read",
+    EventType.USAGE_ALERT: "billing:read",
 }
 
 

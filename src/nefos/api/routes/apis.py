@@ -4,26 +4,35 @@ with the operation that carries them out."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from nefos.api.deps import Access, CoreDep, ObjectId, PageDep, ProjectHint, SessionDep, authorize
+from nefos.api.routes.services import blocking_slot
 from nefos.config import Settings
 from nefos.db.models import Api, ApiDeployment, Container, Operation
+from nefos.db.types import utcnow
 from nefos.domain.access import Permission
-from nefos.domain.errors import NotFound
-from nefos.gateway.envelope import listing, ok
+from nefos.domain.errors import NotFound, ValidationFailed
+from nefos.gateway.envelope import listing, ok, page
 from nefos.schemas.apis import (
     ApiAccepted,
+    ApiCallLog,
     ApiCreate,
     ApiLogs,
     ApiPublic,
     ApiUpdate,
     DeploymentPublic,
+    LogLevel,
+    LogSource,
 )
-from nefos.schemas.common import Envelope, Page
+from nefos.schemas.common import Envelope, Id, Page
+from nefos.services import api_usage
+from nefos.services.api_usage import MAX_FOLLOW
 from nefos.services.apis import ApiService
 from nefos.services.containers import ContainerService, operation_url
 from nefos.services.discovery import ServiceRegistry
@@ -278,24 +287,114 @@ async def get_openapi(
     return ok({"openapi": api.openapi})
 
 
-@router.get("/{api_id}/logs", response_model=Envelope[ApiLogs])
+@router.get(
+    "/{api_id}/logs",
+    response_model=Envelope[ApiLogs],
+    responses={
+        200: {
+            "content": {
+                "application/x-ndjson": {
+                    "schema": {"$ref": "#/components/schemas/ApiCallLog"},
+                    "example": "One call a line, as they come (follow=true).",
+                }
+            }
+        }
+    },
+)
 async def api_logs(
     api_id: ObjectId,
     core: CoreDep,
     session: SessionDep,
+    params: PageDep,
+    source: Annotated[
+        LogSource,
+        Query(description="container: the replicas' output; gateway: the call log; all: both."),
+    ] = "all",
     tail: Annotated[int, Query(ge=1, le=10_000, description="Lines per replica.")] = 100,
+    since: Annotated[datetime | None, Query(description="Calls from then on.")] = None,
+    until: Annotated[datetime | None, Query(description="Calls before then.")] = None,
+    status: Annotated[
+        str | None,
+        Query(pattern=r"^([1-5][0-9][0-9]|[1-5]xx)$", description="Calls answered 404, or 4xx."),
+    ] = None,
+    consumer: Annotated[
+        Id | None, Query(description="Calls of this consumer organisation only.")
+    ] = None,
+    level: Annotated[
+        LogLevel | None,
+        Query(
+            description="Output lines at this level or above (by their words); calls: "
+            "error = 5xx, warning = 4xx and 5xx."
+        ),
+    ] = None,
+    follow: Annotated[
+        bool, Query(description="Stream the new calls (NDJSON, one a line) as they come.")
+    ] = False,
+    seconds: Annotated[int, Query(ge=1, le=MAX_FOLLOW, description="How long to follow.")] = 60,
     access: Access = authorize(Permission.COMPUTE_READ),
 ) -> Response:
-    """The output of the API's replicas (the last `tail` lines of each)."""
+    """The API's logs: its replicas' output (the last `tail` lines of each, at `level`
+    or above) and its gateway call log (method, path, status, latency, bytes,
+    consumer, request id; newest first, paged, filtered by `since`/`until`,
+    `status`, `consumer` and `level`). With `follow=true`, the calls made from now
+    (or from `since`) on are streamed as NDJSON, one a line, for `seconds`."""
     api = await ApiService(core, session).visible(access.principal, api_id, Permission.COMPUTE_READ)
-    container = await session.get(Container, api.container_id) if api.container_id else None
-    per_replica: list[dict[str, Any]] = []
-    if container is not None:
-        per_replica = await ContainerService(core, session).logs(container, tail=tail, slot=None)
-    text = "\n".join(
-        f"[replica {r['replica']}] {line}" for r in per_replica for line in r["logs"].splitlines()
+    where = api_usage.CallFilter(
+        api_id=api.id, since=since, until=until, status=status, consumer=consumer, level=level
     )
-    return ok({"api_id": api.id, "logs": text, "replicas": per_replica})
+    if follow:
+        if source == "container":
+            raise ValidationFailed(
+                "Only the gateway's call log can be followed", follow="with source=gateway"
+            )
+        return await _follow(core, access, where, seconds)
+    body: dict[str, Any] = {
+        "api_id": api.id,
+        "source": source,
+        "logs": "",
+        "replicas": [],
+        "items": [],
+        "calls": [],
+        "pagination": None,
+    }
+    if source in ("container", "all"):
+        container = await session.get(Container, api.container_id) if api.container_id else None
+        if container is not None:
+            per_replica = await ContainerService(core, session).logs(
+                container, tail=tail, slot=None
+            )
+            body["replicas"] = [
+                {**r, "logs": api_usage.at_least(r["logs"], level)} for r in per_replica
+            ]
+        body["logs"] = "\n".join(
+            f"[replica {r['replica']}] {line}"
+            for r in body["replicas"]
+            for line in r["logs"].splitlines()
+        )
+    if source in ("gateway", "all"):
+        calls, total = await api_usage.calls_page(session, where, params)
+        listed = page([api_usage.call_public(c) for c in calls], total, params)
+        body.update(listed, calls=listed["items"])
+    return ok(body)
+
+
+async def _follow(core: Any, access: Access, where: api_usage.CallFilter, seconds: int) -> Response:
+    user_id = access.principal.user_id
+    with blocking_slot(user_id):
+        pass  # a 429 now if the user holds all of its blocking slots
+    start = where.since or utcnow()
+
+    async def lines() -> AsyncIterator[bytes]:
+        # The slot is held while the stream runs: taken when it starts, given back
+        # when it ends or its client goes.
+        with blocking_slot(user_id):
+            async for call in api_usage.follow(core.db, where, seconds=seconds, start=start):
+                entry = ApiCallLog.model_validate(api_usage.call_public(call))
+                yield entry.model_dump_json().encode() + b"\n"
+
+    return StreamingResponse(
+        lines(), media_type="application/x-ndjson", headers={"Cache-Control": "no-store"}
+    )
 
 
 @router.get("/{api_id}/metrics", response_model=Envelope[dict[str, Any]])
@@ -306,13 +405,15 @@ async def api_metrics(
     period: Period = "1h",
     access: Access = authorize(Permission.MONITORING_READ),
 ) -> Response:
-    """The API's replicas' cpu and memory (% of their limits) and network over the
-    `period`."""
+    """The API's calls over the `period` (`calls`: how many, errors 5xx and 4xx,
+    latency p50/p95/p99, bytes, the busiest endpoints and consumers, a series) and
+    its replicas' cpu and memory (% of their limits) and network."""
     api = await ApiService(core, session).visible(
         access.principal, api_id, Permission.MONITORING_READ
     )
     container = await session.get(Container, api.container_id) if api.container_id else None
-    if container is None:
-        raise NotFound("This API runs no replicas", api_id=api.id)
-    data = await MetricsService(core, session).container_metrics(container, period)
-    return ok({"api_id": api.id, **data})
+    replicas: dict[str, Any] = {}
+    if container is not None:
+        replicas = await MetricsService(core, session).container_metrics(container, period)
+    figures = await api_usage.call_figures(session, api.id, period)
+    return ok({"api_id": api.id, **replicas, "calls": figures})

@@ -45,6 +45,7 @@ from nefos.schemas.marketplace import (
     SubscriptionPage,
     SubscriptionStatus,
     SubscriptionUpdate,
+    SubscriptionUsage,
 )
 from nefos.services.market_subscriptions import SubscriptionService, key_public
 from nefos.services.marketplace import Found, MarketplaceService, plan_public
@@ -255,6 +256,23 @@ async def get_subscription(
     """A subscription with its keys (their prefixes: never a key)."""
     service, sub = await _subscription(core, session, access, subscription_id)
     return ok({"subscription": await service.detail(sub)})
+
+
+@router.get(
+    "/subscriptions/{subscription_id}/usage",
+    response_model=Envelope[dict[str, SubscriptionUsage]],
+)
+async def subscription_usage(
+    subscription_id: SubscriptionId,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(READ),
+) -> Response:
+    """The subscription's use of its current period: calls counted against the
+    quota, the quota and what is left, what the calls cost and how much of it is
+    charged, and the usage alerts told (50, 80, 100 %)."""
+    service, sub = await _subscription(core, session, access, subscription_id)
+    return ok({"usage": await service.usage(sub)})
 
 
 @router.put(
