@@ -51,9 +51,7 @@ def test_two_passes_at_once_charge_every_call_once(
                 await bench.populate(backend, target, world, 2000)
                 sums = await bench.exact_sums(db)
                 settings = Settings(database_url=url)
-                passes = await asyncio.gather(
-                    *(bench.charge_all(db, settings) for _ in range(3))
-                )
+                passes = await asyncio.gather(*(bench.charge_all(db, settings) for _ in range(3)))
                 assert sum(n for _, n in passes) >= 6
                 await bench.check(db, settings, world, sums)
             finally:

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from nefos.billing import apicalls
 from nefos.db.models import ApiCall, Subscription
+from nefos.services.endpoints import host_label
 from tests.api.test_apis import api_body
 from tests.api.test_containers import Api, assert_error
 from tests.conftest import wait_serving
@@ -125,6 +126,20 @@ async def test_calls_are_checked_forwarded_limited_priced_and_recorded_once(
     assert r.headers["x-quota-remaining"] == "0"
     r = await client.get("/index.html", headers={"Host": host, "X-API-Key": other_key})
     assert_error(r, 403, "FORBIDDEN")
+    # Never around the gateway: the API's container is no service of its own on the
+    # ingress, by path or by its host name.
+    container_id = made["api"]["container_id"]
+    assert_error(await client.get(f"/svc/{container_id}/index.html"), 404, "NOT_FOUND")
+    shown = await api.call("GET", f"/services/{container_id}")
+    label = host_label(shown["service"]["name"], container_id)
+    service_host = f"{label}.{app.state.core.settings.apps_domain}"
+    r = await client.get("/index.html", headers={"Host": service_host})
+    assert_error(r, 404, "NOT_FOUND")
+    # Nothing climbs out of the API's base path; a name that is no slug is a 404.
+    for escape in ("%2e%2e/index.html", "a/..%2findex.html", "%2E/index.html"):
+        r = await client.get(f"{gw}/{escape}", headers={"X-API-Key": key})
+        assert_error(r, 400, "VALIDATION_ERROR")
+    assert_error(await client.get("/gw/Not_A_Slug/", headers={"X-API-Key": key}), 404, "NOT_FOUND")
     recorded = await calls_of(app, api_id=made["api_id"])
     assert len(recorded) == 3 and all(c.price == 0 for c in recorded)
     assert recorded[0].request_id.endswith(":first-call") and recorded[0].status == 200

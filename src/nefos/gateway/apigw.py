@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -66,7 +67,7 @@ from nefos.db.types import utcnow
 from nefos.domain.consumer_keys import key_hash, looks_like
 from nefos.domain.plans import ZERO, call_price
 from nefos.gateway.envelope import send_error
-from nefos.gateway.ingress import _SCOPE_KEY, HOST_CALL, Ingress, TtlCache
+from nefos.gateway.ingress import _SCOPE_KEY, GATEWAY_FORWARD, HOST_CALL, Ingress, TtlCache
 from nefos.services.market_subscriptions import live_key
 
 log = logging.getLogger("nefos.gateway.api")
@@ -78,7 +79,18 @@ CACHE_SIZE = 10_000
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 #: The consumer's own headers that never reach the API.
-_STRIPPED = frozenset({b"authorization", b"x-api-key", b"cookie", b"x-request-id"})
+_STRIPPED = frozenset(
+    {
+        b"authorization",
+        b"x-api-key",
+        b"x-auth-token",  # a Nefos session (seed 001): never the API's to see
+        b"cookie",
+        b"x-request-id",
+        b"forwarded",  # the gateway says who called, in X-Forwarded-* and X-Nefos-*
+    }
+)
+#: Headers of the gateway's own: a consumer's copy never reaches the API.
+_OWN_PREFIX = b"x-nefos-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +138,10 @@ class ApiGateway:
         async def load() -> bool:
             assert self.ingress.db is not None
             async with self.ingress.db.sessionmaker() as session:
-                return (await session.scalar(select(Api.id).where(Api.slug == label))) is not None
+                found = await session.scalar(
+                    select(Api.id).where(Api.slug == label, Api.deleted_at.is_(None))
+                )
+                return found is not None
 
         return await self._slugs.get(label, load)
 
@@ -227,6 +242,19 @@ class ApiGateway:
     # --- a call -----------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         slug, rest = scope[HOST_CALL] if HOST_CALL in scope else _split(scope)
+        if not slug:
+            await send_error(send, 404, "NOT_FOUND", "No API has this name")
+            return
+        if _escapes(rest):
+            # Under the API's base path, and nowhere else: no dot segment (decoded
+            # too) may climb out of it, nor an encoded slash the API might decode.
+            await send_error(
+                send,
+                400,
+                "VALIDATION_ERROR",
+                "A call's path may not contain '.' or '..' segments or encoded slashes",
+            )
+            return
         key = _key_of(scope)
         if key is None:
             await send_error(
@@ -342,7 +370,11 @@ class ApiGateway:
         """Forward the call and record it; whether it counts against the quota (not
         a replay, not answered 500 or more)."""
         request_id = _request_id(scope)
-        headers = [(k, v) for k, v in scope["headers"] if k not in _STRIPPED]
+        headers = [
+            (k, v)
+            for k, v in scope["headers"]
+            if k not in _STRIPPED and not k.startswith(_OWN_PREFIX)
+        ]
         headers += [
             (b"x-request-id", request_id.encode()),
             (b"x-nefos-consumer", caller.organisation_id.encode()),
@@ -352,6 +384,7 @@ class ApiGateway:
         inner["headers"] = headers
         assert caller.container_id is not None
         inner[_SCOPE_KEY] = ("path", caller.container_id, base + rest)
+        inner[GATEWAY_FORWARD] = True
         seen: dict[str, Any] = {"status": 502, "bytes": 0, "bytes_in": 0}
 
         async def observed(message: Message) -> None:
@@ -458,6 +491,21 @@ def _split(scope: Scope) -> tuple[str, bytes]:
         text = ""
     rest = b"/" + rest if sep else b"/"
     return text, rest + (b"?" + query if query else b"")
+
+
+def _escapes(rest: bytes) -> bool:
+    """Could the path (before its query) leave the API's base path: a ``.`` or ``..``
+    segment, plain or percent-encoded, or an encoded ``/`` or ``\\``?"""
+    path = rest.partition(b"?")[0]
+    for segment in path.split(b"/"):
+        if b"%" in segment or b"\\" in segment:
+            decoded = unquote_to_bytes(segment)
+            if b"/" in decoded or b"\\" in decoded:
+                return True
+            segment = decoded
+        if segment in (b".", b".."):
+            return True
+    return False
 
 
 def _key_of(scope: Scope) -> str | None:

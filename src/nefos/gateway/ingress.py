@@ -49,7 +49,13 @@ from nefos.events.bus import EventBus, Subscription
 from nefos.gateway.bodylimit import BodyLimitMiddleware, BodyTooLarge
 from nefos.gateway.envelope import send_error
 from nefos.gateway.traffic import TrafficStats
-from nefos.services.endpoints import Upstream, find_by_label, label_of_host, upstreams
+from nefos.services.endpoints import (
+    Upstream,
+    find_by_label,
+    is_api_container,
+    label_of_host,
+    upstreams,
+)
 
 log = logging.getLogger("nefos.ingress")
 
@@ -165,6 +171,8 @@ class Ingress:
         self.db: Database | None = None
         self.client: httpx.AsyncClient | None = None
         self.labels: TtlCache[str, str | None] = TtlCache(settings.ingress_cache_seconds)
+        #: Which services are APIs' containers (reached through the gateway only).
+        self.gated: TtlCache[str, bool] = TtlCache(settings.ingress_cache_seconds)
         self.instances: TtlCache[str, list[Upstream] | None] = TtlCache(
             settings.ingress_cache_seconds
         )
@@ -231,6 +239,14 @@ class Ingress:
 
         return await self.labels.get(label, load)
 
+    async def is_gated(self, service_id: str) -> bool:
+        async def load() -> bool:
+            assert self.db is not None
+            async with self.db.sessionmaker() as session:
+                return await is_api_container(session, service_id)
+
+        return await self.gated.get(service_id, load)
+
     async def upstreams(self, service_id: str) -> list[Upstream] | None:
         async def load() -> list[Upstream] | None:
             assert self.db is not None
@@ -288,6 +304,10 @@ class Ingress:
                 return
         else:
             service_id = key
+        if service_id and not scope.get(GATEWAY_FORWARD) and await self.is_gated(service_id):
+            # An API's replicas answer its consumers' calls, each checked, limited
+            # and priced by the gateway: never a call around it.
+            service_id = ""
         ups = await self.upstreams(service_id) if service_id else None
         if ups is None:
             await send_error(
@@ -520,6 +540,8 @@ async def _relay(response: httpx.Response, send: Send, *, on_api_origin: bool = 
 
 
 _SERVICE_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+#: Set by the API gateway on the calls it forwards: only those reach an API's container.
+GATEWAY_FORWARD = "nefos.gateway.forward"
 #: The scope key under which the ingress hands the API gateway a call by ``Host``
 #: (``{api slug}.{apps_domain}``): (slug, the raw path with its query).
 HOST_CALL = "nefos.gateway.host"
@@ -576,16 +598,9 @@ class IngressMiddleware:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            self.gated is not None
-            and scope["type"] == "http"
-            and self.ingress.running
-            and scope["path"].startswith(self.gateway_prefix)
-        ):
-            # A consumer's call to a published API (gateway/apigw.py).
-            await self.gated(scope, receive, send)
-            return
         if scope["type"] in ("http", "websocket") and self.ingress.running:
+            # A host name under the apps domain first: every path of it is the
+            # service's (or the API's), ``/gw/...`` included.
             route = _route(scope, self.apps_domain)
             if (
                 route is not None
@@ -597,6 +612,15 @@ class IngressMiddleware:
             ):
                 # ``{api slug}.{apps_domain}``: a consumer's call to a published API.
                 scope[HOST_CALL] = (route[1], route[2])
+                await self.gated(scope, receive, send)
+                return
+            if (
+                (route is None or route[0] != "host")
+                and self.gated is not None
+                and scope["type"] == "http"
+                and scope["path"].startswith(self.gateway_prefix)
+            ):
+                # A consumer's call to a published API (gateway/apigw.py).
                 await self.gated(scope, receive, send)
                 return
             if route is not None:
@@ -611,4 +635,4 @@ class IngressMiddleware:
         await self.app(scope, receive, send)
 
 
-__all__ = ["HOST_CALL", "Ingress", "IngressMiddleware", "TtlCache"]
+__all__ = ["GATEWAY_FORWARD", "HOST_CALL", "Ingress", "IngressMiddleware", "TtlCache"]

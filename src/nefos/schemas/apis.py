@@ -30,7 +30,14 @@ def _path(value: str) -> str:
 def _slug(value: str) -> str:
     if not _SLUG.match(value):
         raise ValueError("1-63 lowercase letters, digits and '-', not at either end")
+    if _SERVICE_FORM.search(value):
+        # Services' host names ({name}-{8 hex of the id}) are Nefos's to give: a
+        # chosen slug of that form could shadow another tenant's endpoint.
+        raise ValueError("a chosen slug may not end in '-' and 8 hex digits")
     return value
+
+
+_SERVICE_FORM = re.compile(r"-[0-9a-f]{8}$")
 
 
 def _env(value: dict[str, str]) -> dict[str, str]:

@@ -34,7 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.config import Settings
-from nefos.db.models import Container, ContainerReplica, Host, ServiceInstanceHealth, Vm
+from nefos.db.models import Api, Container, ContainerReplica, Host, ServiceInstanceHealth, Vm
 from nefos.domain.health import Health
 from nefos.domain.publishing import dial_address, local_engine
 from nefos.domain.units import PortMapping, parse_port
@@ -115,6 +115,15 @@ async def find_by_label(session: AsyncSession, label: str) -> str | None:
             if host_label(name, service_id) == label:
                 return str(service_id)
     return None
+
+
+async def is_api_container(session: AsyncSession, service_id: str) -> bool:
+    """Is this service the container of an API (not deleted)? Its calls go through
+    the API gateway only: the key, the plan's limits and the price come first."""
+    found = await session.scalar(
+        select(Api.id).where(Api.container_id == service_id, Api.deleted_at.is_(None)).limit(1)
+    )
+    return found is not None
 
 
 # --- hosts Nefos can listen on --------------------------------------------------------
