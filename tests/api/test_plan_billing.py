@@ -165,6 +165,22 @@ async def test_a_monthly_plan_is_paid_at_subscribing_or_refused_with_402(
     assert (await subscribe(poor, lid, plan_of(listed, "hobby")["id"]))["subscription"][
         "next_charge"
     ] is None
+    # Leaving the paid period for a free plan credits its unused part (all of it,
+    # to the cent, seconds in) and keeps the period; the creator gives back its share.
+    freed = await consumer.call(
+        "PUT",
+        f"/marketplace/subscriptions/{sub['id']}",
+        json={"plan_id": plan_of(listed, "hobby")["id"]},
+    )
+    assert freed["subscription"]["period_start"] == sub["period_start"]
+    assert freed["subscription"]["next_charge"] is None
+    assert (await entries(consumer))[-1] == ("refund", "4.00")
+    assert await balance(consumer) == D("10.00")
+    assert (await entries(creator))[-1] == ("adjustment", "-3.20")
+    assert [(f.kind, f.amount) for f in await fee_rows(app, sub["id"])] == [
+        ("fee", D("4")),
+        ("credit", D("-4")),
+    ]
 
     await creator.wait(made["operation"])
     await creator.act("DELETE", f"/apis/{made['api_id']}")
