@@ -1,7 +1,8 @@
 """Marketplace subscriptions (seed 002): an organisation subscribes to a listing's
 plan and gets a key (shown once); keys are rotated with an overlap, revoked at once,
-capped; plans change within the period; a free plan's cancellation ends it at
-once, a paid plan's at its period's end. Tenants and roles are kept apart."""
+capped; plans without a fee change within the period, a monthly one starts its own;
+a free plan's cancellation ends it at once, a paid plan's at its period's end.
+Tenants and roles are kept apart. (The money of plans: test_plan_billing.py.)"""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ V1 = "/api/v1"
 MONTHLY = {
     "name": "Pro",
     "model": "monthly",
-    "monthly_price": "20",
+    "monthly_price": "4",
     "included_calls": 10000,
     "overage_price": "0.001",
 }
@@ -184,12 +185,24 @@ async def test_subscribe_get_a_key_rotate_revoke_change_plan_and_cancel(
     assert all([await lookup(app, k["key"]) is None for k in live])
     assert await lookup(app, last["key"]) is not None
 
-    # A change of plan keeps the period (and what was counted in it).
+    # A change between plans without a fee keeps the period (and what was counted
+    # in it); a change to a monthly plan starts a period of its own, paid for.
+    changed = (
+        await consumer.call(
+            "PUT", f"/marketplace/subscriptions/{sid}", json={"plan_id": hobby["id"]}
+        )
+    )["subscription"]
+    assert changed["plan"]["id"] == hobby["id"] and changed["next_charge"] is None
+    assert (changed["period_start"], changed["period_end"]) == (start, end)
     changed = (
         await consumer.call("PUT", f"/marketplace/subscriptions/{sid}", json={"plan_id": pro["id"]})
     )["subscription"]
-    assert changed["plan"]["id"] == pro["id"]
-    assert (changed["period_start"], changed["period_end"]) == (start, end)
+    assert changed["plan"]["id"] == pro["id"] and changed["period_start"] > start
+    assert changed["next_charge"] == {
+        "amount": "4.00",
+        "currency": "USD",
+        "at": changed["period_end"],
+    }
     r = await client.put(
         f"{V1}/marketplace/subscriptions/{sid}",
         json={"plan_id": "00000000-0000-0000-0000-000000000000"},
@@ -200,7 +213,7 @@ async def test_subscribe_get_a_key_rotate_revoke_change_plan_and_cancel(
     # Cancelling a paid plan: it runs to its period's end, then it has ended.
     cancelled = (await consumer.call("DELETE", f"/marketplace/subscriptions/{sid}"))["subscription"]
     assert cancelled["status"] == "active" and cancelled["cancel_at_period_end"] is True
-    assert cancelled["ended_at"] is None
+    assert cancelled["ended_at"] is None and cancelled["next_charge"] is None
     assert await lookup(app, last["key"]) is not None
     async with app.state.core.db.session() as session:
         await session.execute(
@@ -212,6 +225,7 @@ async def test_subscribe_get_a_key_rotate_revoke_change_plan_and_cancel(
     assert await lookup(app, last["key"]) is None
     ended = (await consumer.call("GET", f"/marketplace/subscriptions/{sid}"))["subscription"]
     assert ended["status"] == "ended" and ended["ended_at"] is not None
+    assert ended["ended_reason"] == "cancelled"
     assert [
         s["id"]
         for s in (await consumer.call("GET", "/marketplace/subscriptions?status=ended"))["items"]

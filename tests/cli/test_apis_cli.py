@@ -18,6 +18,7 @@ from nefos.sdk._errors import (
     ConflictError,
     NotFoundError,
     PermissionDeniedError,
+    ResourceExhaustedError,
     ValidationError,
 )
 from tests.cli.conftest import Cli, register
@@ -164,9 +165,15 @@ def test_marketplace_subscribe_keys_rotate_revoke_and_cancel(
                 {"name": "Basic", "model": "freemium", "included_calls": 100,
                  "price_per_call": "0.001"},
                 {"name": "Free", "model": "free"},
+                {"name": "Pro", "model": "monthly", "monthly_price": "3",
+                 "included_calls": 1000},
+                {"name": "Big", "model": "monthly", "monthly_price": "50",
+                 "included_calls": 1000},
             ],
         )  # fmt: skip
-    basic, free = (next(p for p in listed.plans if p.key == k) for k in ("basic", "free"))
+    basic, free, pro, big = (
+        next(p for p in listed.plans if p.key == k) for k in ("basic", "free", "pro", "big")
+    )
 
     result = cli("marketplace", "subscribe", listed.id, "--plan", basic.id)
     out = _ok(result)
@@ -221,6 +228,19 @@ def test_marketplace_subscribe_keys_rotate_revoke_and_cancel(
     with Client(cli.url, email=user, password=PASSWORD) as sdk:
         resub = sdk.subscriptions.subscribe(listed.id, basic.id)
         assert resub.key.key.startswith("nfc_")
+        # A monthly plan: its fee paid now, its next charge shown; a fee the wallet
+        # cannot pay is a 402 PAYMENT_REQUIRED.
+        with pytest.raises(ResourceExhaustedError) as refused:
+            sdk.subscriptions.change_plan(resub.subscription.id, big.id)
+        assert refused.value.code == "PAYMENT_REQUIRED"
+        rid = resub.subscription.id
+        shown = _ok(cli("marketplace", "change-plan", rid, "--plan", pro.id))
+        renews = sdk.subscriptions.get(rid)
+        assert renews.next_charge is not None and renews.next_charge.amount == "3.00"
+        when = f"{renews.period_end:%Y-%m-%d}"
+        assert f"next charge 3.00 USD on {when}" in shown
+        table = _ok(cli("marketplace", "subscriptions", "--status", "active"))
+        assert "NEXT CHARGE" in table and f"3.00 USD on {when}" in table
         ends = sdk.subscriptions.cancel(resub.subscription.id)
         assert ends.status == "active" and ends.cancel_at_period_end is True
     with Client(cli.url, email=creator_email, password=PASSWORD) as creator:

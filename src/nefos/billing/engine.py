@@ -12,6 +12,9 @@ once are safe):
    gets there first). The margin is credited to the reseller's wallet as
    ``revenue``. A charge the balance cannot cover is not posted: the records wait
    (the balance never goes below zero) and count against ``available``.
+   Marketplace calls are charged the same way (``apicalls``), and subscriptions
+   whose period has ended are renewed: a monthly plan's fee charged for the new
+   period, once (``planfees.renew_due``).
 3. ``check_balances``: under the low-balance threshold an organisation gets one
    ``billing_update`` event and a ``low_balance`` alert; with nothing available
    its creates are refused (402) and, after ``billing_grace_period``, its running
@@ -40,7 +43,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nefos.billing import accounts, apicalls, catalogue, invoices, ledger, metering, quota
+from nefos.billing import accounts, apicalls, catalogue, invoices, ledger, metering, planfees, quota
 from nefos.billing.accounts import (
     BillingParts,
     margin_of,
@@ -144,6 +147,9 @@ class BillingEngine:
             result.charged += charged
             # Quota crossings no gateway process saw (each counts only its own calls).
             await quota.sweep(self.core.db, now)
+            renewed = await planfees.renew_due(self.core.db, self.core.settings, now)
+            result.charges += renewed.charged
+            result.charged += renewed.amount
             result.suspended = await self.check_balances(now)
             await self._invoices()
             return result

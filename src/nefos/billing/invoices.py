@@ -1,5 +1,8 @@
 """Invoices: a period's rated usage as a statement, frozen once finalized.
 
+Beside the usage, a consumer's invoice holds its marketplace lines: the priced API
+calls and the plan fees and credits of the period (``marketlines``).
+
 An invoice covers one organisation, currency and period (``billing_invoice_period``,
 UTC). It is made as a ``draft`` whose lines are the period's usage rated with the
 prices in force when it happened (``rating``): one line per resource and meter (a
@@ -33,7 +36,7 @@ from sqlalchemy import Table, delete, exists, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nefos.billing import catalogue, ledger, rating
+from nefos.billing import catalogue, ledger, marketlines, rating
 from nefos.billing.accounts import BillingParts
 from nefos.billing.ledger import _insert
 from nefos.billing.money import ZERO, check_currency, exact, money_str, parse_amount
@@ -219,7 +222,7 @@ def _line_row(invoice_id: str, position: int, ln: RatedLine) -> dict[str, Any]:
         "resource_name": ln.resource_name[:63],
         "meter": ln.meter,
         "sku": ln.sku,
-        "description": catalogue.describe(ln.sku).name,
+        "description": ln.description or catalogue.describe(ln.sku).name,
         "quantity": exact(ln.quantity),
         "unit": ln.unit,
         "unit_price": exact(ln.unit_price),
@@ -350,6 +353,8 @@ async def generate(
         UsageRecord.organisation_id == org.id,
         margin_percent=margin_percent,
     )
+    market = await marketlines.lines(session, [org.id], currency, start, end)
+    lines += market.get(org.id, [])
     return await write_draft(session, org.id, currency, start, end, lines, notes=notes)
 
 
@@ -413,7 +418,8 @@ async def next_number(session: AsyncSession, series: str) -> str:
 
 
 async def all_charged(session: AsyncSession, org_id: str, start: datetime, end: datetime) -> bool:
-    """Whether every usage record the organisation started in [start, end) is charged."""
+    """Whether every usage record the organisation started in [start, end), and every
+    priced API call it made then, is charged."""
     # An organisation has few uncharged records and many in a period: the range is
     # written so that no index takes it (SQLite would walk the period's records in
     # ix_usage_records_org_started), and the partial index of the uncharged does.
@@ -428,7 +434,7 @@ async def all_charged(session: AsyncSession, org_id: str, start: datetime, end: 
         )
         .limit(1)
     )
-    return uncharged is None
+    return uncharged is None and await marketlines.calls_charged(session, org_id, start, end)
 
 
 async def finalize(
@@ -713,8 +719,9 @@ async def _credit_lines(
 
 # --- the billing engine's pass ---------------------------------------------------------
 async def uninvoiced(session: AsyncSession, start: datetime, end: datetime) -> list[str]:
-    """Organisations with usage started in [start, end) and no finalized (or void)
-    invoice overlapping it: two index probes per organisation."""
+    """Organisations with usage started in [start, end), or marketplace calls or plan
+    charges then, and no finalized (or void) invoice overlapping it: two index probes
+    per organisation."""
     u, i, o = UsageRecord, Invoice, Organisation
     used = exists().where(u.organisation_id == o.id, u.started_at >= start, u.started_at < end)
     invoiced = exists().where(
@@ -724,7 +731,12 @@ async def uninvoiced(session: AsyncSession, start: datetime, end: datetime) -> l
         i.period_start < end,
         i.period_end > start,
     )
-    return list((await session.scalars(select(o.id).where(used, ~invoiced).order_by(o.id))).all())
+    found = set((await session.scalars(select(o.id).where(used, ~invoiced))).all())
+    market = sorted(await marketlines.active_orgs(session, start, end) - found)
+    for k in range(0, len(market), _IN_LIMIT):
+        chunk = market[k : k + _IN_LIMIT]
+        found.update((await session.scalars(select(o.id).where(o.id.in_(chunk), ~invoiced))).all())
+    return sorted(found)
 
 
 async def invoice_period(
@@ -753,6 +765,9 @@ async def invoice_period(
         for currency, orgs in by_currency.items():
             book = await catalogue.price_book(session, currency, start, end)
             rated.update(await rate_organisations(session, book, start, end, margins, only=orgs))
+            market = await marketlines.lines(session, orgs, currency, start, end)
+            for org_id, extra in market.items():
+                rated[org_id] = [*rated.get(org_id, []), *extra]
     made = []
     for currency, orgs in by_currency.items():
         for org_id in orgs:

@@ -74,6 +74,8 @@ class RatedLine:
     # exact_amount is computed from, and what merging adds.
     units: int = 0
     per: Decimal = _ONE
+    # The line's text when it is not the SKU's catalogue name (marketplace lines).
+    description: str | None = None
 
     @property
     def amount(self) -> Decimal:

@@ -255,7 +255,8 @@ SUBSCRIPTION_COLUMNS: list[Column] = [
     ("API", "title"),
     ("PLAN", lambda s: f"{s.plan.name} ({s.plan.model})"),
     ("STATUS", "status"),
-    ("PERIOD END", "period_end"),
+    ("PERIOD", lambda s: f"{s.period_start:%Y-%m-%d} to {s.period_end:%Y-%m-%d}"),
+    ("NEXT CHARGE", lambda s: _next_charge(s)),
     ("ENDS THEN", "cancel_at_period_end"),
 ]
 KEY_COLUMNS: list[Column] = [
@@ -290,12 +291,27 @@ def print_key(key: SubscriptionKeyCreated) -> None:
     )
 
 
+def _next_charge(sub: ApiSubscriptionPublic) -> str:
+    """``4.00 USD on 2026-01-06`` (a monthly plan's renewal), or ``-``."""
+    charge = sub.next_charge
+    return "-" if charge is None else f"{charge.amount} {charge.currency} on {charge.at:%Y-%m-%d}"
+
+
 def print_subscription(sub: ApiSubscriptionPublic) -> None:
     ends = " (ends then)" if sub.cancel_at_period_end else ""
+    why = f" ({sub.ended_reason})" if sub.ended_reason else ""
+    nxt = f"; next charge {_next_charge(sub)}" if sub.next_charge is not None else ""
+    due = (
+        "; [bold yellow]its renewal is unpaid: top up the wallet, or cancel[/]"
+        if sub.status == "past_due"
+        else ""
+    )
     stdout().print(
         f"[bold]{escape(sub.title)}[/bold] ({sub.id}): plan {escape(sub.plan.name)} "
-        f"({escape(_price(sub.plan))}), {sub.status}; period to "
-        f"{sub.period_end:%Y-%m-%d %H:%M:%SZ}{ends}; gateway /gw/{escape(sub.api_slug)}/"
+        f"({escape(_price(sub.plan))}), {sub.status}{why}; period "
+        f"{sub.period_start:%Y-%m-%d %H:%M:%SZ} to "
+        f"{sub.period_end:%Y-%m-%d %H:%M:%SZ}{ends}{escape(nxt)}{due}; "
+        f"gateway /gw/{escape(sub.api_slug)}/"
     )
 
 
@@ -318,13 +334,15 @@ def subscribe(
 
 @app.command()
 def subscriptions(
-    status: Annotated[str | None, typer.Option(help="active, cancelled or ended.")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="active, past_due, cancelled or ended.")
+    ] = None,
     org: OrgOpt = None,
     page: PageOpt = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Your organisations' subscriptions."""
+    """Your organisations' subscriptions, with their period and next charge."""
     with api(as_json) as c:
         found = c.subscriptions.list(status=status, organisation_id=org, page=page, limit=limit)
     if as_json:
@@ -417,7 +435,9 @@ def change_plan(
     plan: Annotated[str, typer.Option("--plan", help="The new plan's id.", show_default=False)],
     as_json: JsonOpt = False,
 ) -> None:
-    """Move a subscription to another plan of its listing (the period carries over)."""
+    """Move a subscription to another plan of its listing. Between plans without a
+    fee the period carries over; a monthly plan starts a new period and charges its
+    fee now, and leaving one credits its unused part."""
     with api(as_json) as c:
         sub = c.subscriptions.change_plan(subscription_id, plan)
     if as_json:
@@ -428,7 +448,8 @@ def change_plan(
 
 @app.command()
 def cancel(subscription_id: SubArg, as_json: JsonOpt = False) -> None:
-    """Cancel: a free plan ends now, a paid one at its period's end."""
+    """Cancel: a free plan (or a past-due one) ends now, a paid one at its period's
+    end, not renewed."""
     with api(as_json) as c:
         sub = c.subscriptions.cancel(subscription_id)
     if as_json:

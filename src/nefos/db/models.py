@@ -1608,25 +1608,69 @@ class Subscription(Base):
     user_id: Mapped[str | None] = mapped_column(
         String(36), ForeignKey("users.id", ondelete="SET NULL")
     )
-    # active, cancelled (at once: free plans, or the API deleted), ended (at the
-    # period's end, for a paid plan cancelled)
+    # active, past_due (a renewal's fee unpaid), cancelled (at once: free plans, a
+    # past-due one, or the API deleted), ended (at the period's end: a paid plan
+    # cancelled, or a renewal never paid); see ``domain.plans``
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="active")
     period_start: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     period_end: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     cancel_at_period_end: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # cancelled, unpaid, api_deleted (NULL: not ended, or ended at a period's end
+    # before the row was settled)
+    ended_reason: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
 
     __table_args__ = (
+        # One live subscription per organisation and listing.
         Index(
-            "uq_marketplace_subscriptions_active",
+            "uq_marketplace_subscriptions_live",
             "listing_id",
             "organisation_id",
             unique=True,
-            sqlite_where=text("status = 'active'"),
-            postgresql_where=text("status = 'active'"),
+            sqlite_where=text("status IN ('active', 'past_due')"),
+            postgresql_where=text("status IN ('active', 'past_due')"),
         ),
+        Index("ix_marketplace_subscriptions_renewal", "status", "period_end"),
+    )
+
+
+class SubscriptionCharge(Base):
+    """A plan fee charged for one period of a subscription (``kind`` fee), or the
+    unused part of one given back (``credit``): the ledger entry that moved it, and
+    what the consumer's invoice shows. One of each kind per subscription and period
+    start (unique): a renewal, however many passes run it, charges its period once,
+    and a period is credited once."""
+
+    __tablename__ = "marketplace_subscription_charges"
+
+    id: Mapped[str] = _id()
+    subscription_id: Mapped[str] = mapped_column(
+        String(36),
+        ForeignKey("marketplace_subscriptions.id", ondelete="CASCADE"),
+        nullable=False,
+    )
+    # The consumer's organisation (the subscription's), for its invoices.
+    organisation_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    plan_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    kind: Mapped[str] = mapped_column(String(8), nullable=False)  # fee, credit
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    period_end: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    # What the consumer's wallet moved: a fee positive (charged), a credit negative.
+    amount: Mapped[Decimal] = mapped_column(Amount(), nullable=False)
+    currency: Mapped[str] = mapped_column(String(3), nullable=False)
+    ledger_entry_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+    __table_args__ = (
+        UniqueConstraint(
+            "subscription_id",
+            "kind",
+            "period_start",
+            name="uq_marketplace_subscription_charges_period",
+        ),
+        Index("ix_marketplace_subscription_charges_org_created", "organisation_id", "created_at"),
     )
 
 
@@ -1722,6 +1766,7 @@ class ApiCall(Base):
     __table_args__ = (
         Index("ix_api_calls_api_created", "api_id", "created_at"),
         Index("ix_api_calls_subscription_created", "subscription_id", "created_at"),
+        Index("ix_api_calls_org_created", "organisation_id", "created_at"),
         Index(
             "ix_api_calls_uncharged",
             "organisation_id",

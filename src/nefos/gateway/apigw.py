@@ -6,7 +6,8 @@ ingress hands those over: ``IngressMiddleware``), with a subscription's key
 forwarded, in this order:
 
 1. the key: live (not revoked, not past its rotation window), its subscription
-   active, and for this API (a key of one subscription calls no other API: 403);
+   active, and for this API (a key of one subscription calls no other API: 403); a
+   subscription past due (its renewal's fee unpaid) is a 402 ``PAYMENT_REQUIRED``;
 2. the plan's rate limit: at most ``rate_limit_per_minute`` calls per subscription
    in each minute (429 ``RATE_LIMITED`` with ``RateLimit-Limit``, ``-Remaining``,
    ``-Reset`` and ``Retry-After``): counted when the call is admitted, so 200 calls
@@ -65,7 +66,7 @@ from nefos.db.models import Api, ApiCall, ListingPlan, Wallet
 from nefos.db.session import begin_write
 from nefos.db.types import utcnow
 from nefos.domain.consumer_keys import key_hash, looks_like
-from nefos.domain.plans import ZERO, call_price
+from nefos.domain.plans import PAST_DUE, ZERO, call_price
 from nefos.gateway.envelope import send_error
 from nefos.gateway.ingress import _SCOPE_KEY, GATEWAY_FORWARD, HOST_CALL, Ingress, TtlCache
 from nefos.services.market_subscriptions import live_key
@@ -101,6 +102,7 @@ class Caller:
     subscription_id: str
     organisation_id: str
     period_start: datetime
+    past_due: bool
     plan: ListingPlan
     currency: str
     api_id: str
@@ -174,6 +176,7 @@ class ApiGateway:
             subscription_id=sub.id,
             organisation_id=sub.organisation_id,
             period_start=sub.period_start,
+            past_due=sub.status == PAST_DUE,
             plan=plan,
             currency=listing.currency,
             api_id=api.id,
@@ -279,6 +282,16 @@ class ApiGateway:
         if slug != caller.slug:
             await send_error(
                 send, 403, "FORBIDDEN", "This key is for another API", {"api": caller.slug}
+            )
+            return
+        if caller.past_due:
+            await send_error(
+                send,
+                402,
+                "PAYMENT_REQUIRED",
+                "This subscription's renewal is unpaid: top up the wallet (the next "
+                "billing pass charges it) or cancel it",
+                {"subscription_id": caller.subscription_id, "status": PAST_DUE},
             )
             return
         admitted, remaining, reset = self.admit(caller)

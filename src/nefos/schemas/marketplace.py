@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
-from nefos.schemas.billing import Price, PriceIn, SubscriptionPublic
+from nefos.schemas.billing import Money, Price, Priced, PriceIn, SubscriptionPublic
 from nefos.schemas.common import Id, Pagination, Request
 
 PriceModel = Literal["free", "pay_per_use", "freemium", "monthly"]
@@ -205,7 +205,8 @@ def price_text(value: Decimal | None) -> str | None:
 
 
 # --- subscriptions and their keys ---------------------------------------------------
-SubscriptionStatus = Literal["active", "cancelled", "ended"]
+SubscriptionStatus = Literal["active", "past_due", "cancelled", "ended"]
+EndedReason = Literal["cancelled", "unpaid", "api_deleted"]
 #: The longest overlap a rotation gives the keys it replaces (7 days).
 MAX_OVERLAP_SECONDS = 7 * 24 * 3600
 
@@ -220,7 +221,10 @@ class SubscribeRequest(Request):
 
 class SubscriptionUpdate(Request):
     """``PUT /marketplace/subscriptions/{id}``: move to another current plan of the
-    same listing; the period, and the calls counted in it, carry over."""
+    same listing. Between plans without a fee the period, and the calls counted in
+    it, carry over; leaving a paid monthly period credits its unused part, and a
+    monthly plan starts a new period now with its fee charged (402 if the wallet
+    cannot pay it)."""
 
     plan_id: Id
 
@@ -250,10 +254,19 @@ class SubscriptionKeyCreated(SubscriptionKeyPublic):
     key: str = Field(description="The key (`nfc_...`): shown this once, kept only as a hash.")
 
 
+class NextCharge(Priced):
+    """The fee the subscription's renewal will charge, and when."""
+
+    amount: Money
+    currency: str
+    at: datetime
+
+
 class ApiSubscriptionPublic(BaseModel):
     """An organisation's subscription to one listing's plan (the plan version it
     agreed to). ``status`` is as of now: a paid plan cancelled at its period's end
-    reads ``ended`` once that end has passed."""
+    reads ``ended`` once that end has passed; ``past_due``: its renewal's fee is
+    unpaid (calls answer 402 until a billing pass charges it)."""
 
     id: str
     listing_id: str
@@ -266,6 +279,15 @@ class ApiSubscriptionPublic(BaseModel):
     period_end: datetime
     cancel_at_period_end: bool
     ended_at: datetime | None
+    ended_reason: EndedReason | None = Field(
+        description="Why it ended: cancelled, unpaid (a renewal never paid) or api_deleted."
+    )
+    renews_at: datetime | None = Field(
+        description="When its next period starts (none once it ends there or has ended)."
+    )
+    next_charge: NextCharge | None = Field(
+        description="A monthly plan's fee at its renewal (none without a fee or renewal)."
+    )
     created_at: datetime
     updated_at: datetime
 

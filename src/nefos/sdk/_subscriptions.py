@@ -23,7 +23,9 @@ class Subscriptions(_Resource):
         self, listing_id: str, plan_id: str, organisation_id: str | None = None
     ) -> Subscribed:
         """Subscribe (default: the organisation of your default project). The answer's
-        ``key.key`` is the subscription's first key: shown this once."""
+        ``key.key`` is the subscription's first key: shown this once. A monthly plan's
+        first period is charged now (``ResourceExhaustedError``, code
+        ``PAYMENT_REQUIRED``, if the wallet cannot pay it)."""
         body = _body(plan_id=plan_id, organisation_id=organisation_id)
         data = self._client.request(
             "POST", f"/marketplace/listings/{_seg(listing_id)}/subscribe", json=body
@@ -78,13 +80,16 @@ class Subscriptions(_Resource):
         return SubscriptionKeyPublic.model_validate(data["key"])
 
     def change_plan(self, subscription_id: str, plan_id: str) -> ApiSubscriptionDetail:
-        """Another current plan of the same listing; the period carries over."""
+        """Another current plan of the same listing. Between plans without a fee the
+        period carries over; a monthly plan starts a new period with its fee charged
+        (402 if the wallet cannot pay), and leaving one credits its unused part."""
         data = self._client.request(
             "PUT", f"{SUBSCRIPTIONS}/{_seg(subscription_id)}", json={"plan_id": plan_id}
         )
         return ApiSubscriptionDetail.model_validate(data["subscription"])
 
     def cancel(self, subscription_id: str) -> ApiSubscriptionDetail:
-        """A free plan ends at once; a paid one at its period's end."""
+        """A free plan (or a past-due one) ends at once; a paid one at its period's
+        end, not renewed."""
         data = self._client.request("DELETE", f"{SUBSCRIPTIONS}/{_seg(subscription_id)}")
         return ApiSubscriptionDetail.model_validate(data["subscription"])

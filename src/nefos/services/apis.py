@@ -10,6 +10,9 @@ written twice.
 
 Deleting an API deletes its container and keeps the row (``deleted_at``), its
 deployments and what refers to it (logs, usage, invoices); its name is free again.
+In the transaction that marks it deleted, its listing is unpublished and its
+subscriptions end at once, their keys revoked and the unused part of each paid
+monthly period credited (``market_endings.end_for_api``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from nefos.schemas.services import HealthCheck
 from nefos.services.containers import ContainerService
 from nefos.services.core import Core
 from nefos.services.endpoints import host_label
+from nefos.services.market_endings import end_for_api
 from nefos.services.paging import fetch_page
 from nefos.services.principal import Principal, authorize_project
 
@@ -352,15 +356,20 @@ class ApiService:
 
     async def delete(self, principal: Principal, api: Api) -> Operation | None:
         """Delete the API's container (its replicas drain and go) and mark the API
-        deleted; its row, deployments and what refers to it stay."""
+        deleted; its row, deployments and what refers to it stay. In the same
+        transaction as the mark, and only by the request that sets it: the listing is
+        unpublished and its subscriptions end with their credits (``end_for_api``)."""
+        api_id, container_id = api.id, api.container_id
         op = None
-        if api.container_id:
-            container = await self.session.get(Container, api.container_id)
+        if container_id:
+            container = await self.session.get(Container, container_id)
             if container is not None:
                 _, op = await ContainerService(self.core, self.session).delete(principal, container)
         await begin_write(self.session)
-        current = await self.session.get(Api, api.id, populate_existing=True)
-        if current is not None:
-            current.deleted_at = utcnow()
+        current = await self.session.get(Api, api_id, populate_existing=True, with_for_update=True)
+        if current is not None and current.deleted_at is None:
+            now = utcnow()
+            current.deleted_at = now
+            await end_for_api(self.session, self.core.settings, api_id, now)
         await self.session.commit()
         return op

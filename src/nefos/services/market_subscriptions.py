@@ -1,16 +1,27 @@
 """Marketplace subscriptions (seed 002) and the consumer keys they are called with.
 
-An organisation subscribes to one plan version of one listing: one active
-subscription per organisation and listing (a partial unique index holds it under
-concurrent requests). A subscription runs in monthly periods; changing plan keeps the
-period, so the calls counted in it stay counted.
+An organisation subscribes to one plan version of one listing: one live (active or
+past-due) subscription per organisation and listing (a partial unique index holds it
+under concurrent requests). A subscription runs in monthly periods
+(``domain.plans``), rolled by the billing pass (``billing.planfees.renew_due``).
 
-Cancelling a free plan ends it at once (``cancelled``). A paid plan (pay_per_use,
-freemium, monthly) was paid for up to its period's end, so cancelling it only sets
-``cancel_at_period_end``: from ``period_end`` on it is over. Nothing has to run at
-that instant for it to be so -- ``effective_status`` reads it from the row and the
-clock, and the row is settled (``ended``) the next time someone subscribes to the
-same listing for the same organisation.
+Money (Stripe's semantics): a ``monthly`` plan's fee is paid in advance, in the
+subscribing transaction (a wallet that cannot pay it: 402 ``PAYMENT_REQUIRED`` and no
+subscription) and at each renewal (unpaid: ``past_due``, calls answer 402). Changing
+plan between plans without a fee keeps the period, so the calls counted in it stay
+counted. Changing *to* a monthly plan starts a new period now and charges its fee
+(Stripe resets the billing cycle from a free price to a paid one); changing *away
+from* a paid monthly period credits its unused part, pro rata. Deleting the API
+ends its subscriptions at once with the same credit (``market_endings``).
+
+Cancelling a free plan ends it at once (``cancelled``), and so does cancelling a
+past-due one (nothing was paid for its period). A paid plan (pay_per_use, freemium,
+monthly) was paid for up to its period's end, so cancelling it only sets
+``cancel_at_period_end``: from ``period_end`` on it is over, and it is not renewed.
+Nothing has to run at that instant for it to be so -- ``effective_status`` reads it
+from the row and the clock, and the row is settled (``ended``) by the next billing
+pass or the next time someone subscribes to the same listing for the same
+organisation.
 
 Keys are ``nfc_`` keys (``domain.consumer_keys``): shown once, kept as SHA-256 with a
 display prefix. A rotation gives the keys it replaces an ``expires_at`` (an overlap
@@ -20,19 +31,19 @@ one lookup the gateway makes of a key.
 
 from __future__ import annotations
 
-import calendar
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from sqlalchemy import and_, case, func, not_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
-from nefos.billing import quota
+from nefos.billing import planfees, quota
+from nefos.billing.money import money_str
 from nefos.db.models import (
     Api,
     ApiCall,
@@ -46,8 +57,17 @@ from nefos.db.session import begin_write
 from nefos.db.types import utcnow
 from nefos.domain import consumer_keys
 from nefos.domain.access import Permission
-from nefos.domain.errors import Conflict, NotFound, ValidationFailed
+from nefos.domain.errors import Conflict, NotFound, PaymentDue, ValidationFailed
 from nefos.domain.paging import PageParams
+from nefos.domain.plans import (
+    ACTIVE,
+    CANCELLED,
+    ENDED,
+    LIVE,
+    PAST_DUE,
+    effective_status,
+    month_after,
+)
 from nefos.schemas.marketplace import price_text
 from nefos.services.core import Core
 from nefos.services.marketplace import MarketplaceService, plan_public
@@ -56,23 +76,7 @@ from nefos.services.principal import Principal, authorize_org, visible_org_ids
 
 #: Live (neither revoked nor expired) keys a subscription holds at most.
 MAX_LIVE_KEYS = 10
-ACTIVE, CANCELLED, ENDED = "active", "cancelled", "ended"
-Status = Literal["active", "cancelled", "ended"]
-
-
-class _Dated(Protocol):
-    status: str
-    cancel_at_period_end: bool
-    period_end: datetime
-
-
-def effective_status(sub: _Dated, now: datetime) -> str:
-    """The subscription's status as of ``now``: an active one cancelled at its
-    period's end counts as ended once that end has passed (whether or not the row
-    has been settled yet)."""
-    if sub.status == ACTIVE and sub.cancel_at_period_end and now >= sub.period_end:
-        return ENDED
-    return sub.status
+Status = Literal["active", "past_due", "cancelled", "ended"]
 
 
 def _effectively(status: str, now: datetime) -> ColumnElement[bool]:
@@ -85,16 +89,13 @@ def _effectively(status: str, now: datetime) -> ColumnElement[bool]:
     return Subscription.status == status
 
 
+def _running(now: datetime) -> ColumnElement[bool]:
+    """Subscriptions that have not ended as of ``now`` (active or past due)."""
+    return or_(_effectively(ACTIVE, now), Subscription.status == PAST_DUE)
+
+
 def is_free(plan: ListingPlan) -> bool:
     return plan.model == "free"
-
-
-def month_after(when: datetime) -> datetime:
-    """The same instant a calendar month later (the 31st of January: the last of
-    February)."""
-    year, month = (when.year + 1, 1) if when.month == 12 else (when.year, when.month + 1)
-    day = min(when.day, calendar.monthrange(year, month)[1])
-    return when.replace(year=year, month=month, day=day)
 
 
 def _live(now: datetime) -> ColumnElement[bool]:
@@ -108,8 +109,9 @@ async def live_key(
     session: AsyncSession, key_text: str, now: datetime
 ) -> tuple[SubscriptionKey, Subscription, Listing, ListingPlan] | None:
     """What a consumer key calls, if it may call now: the key (neither revoked nor
-    expired), its subscription (effectively active), the listing (its API not
-    deleted) and the plan version the subscription holds; else None.
+    expired), its subscription (effectively active, or past due: the gateway answers
+    that 402), the listing (its API not deleted) and the plan version the
+    subscription holds; else None.
 
     One indexed lookup by hash. It writes nothing: the gateway batches
     ``last_used_at``."""
@@ -125,7 +127,7 @@ async def live_key(
             .where(
                 SubscriptionKey.key_hash == consumer_keys.key_hash(key_text),
                 _live(now),
-                Subscription.status == ACTIVE,
+                Subscription.status.in_(LIVE),
                 Api.deleted_at.is_(None),
             )
         )
@@ -133,7 +135,7 @@ async def live_key(
     if found is None:
         return None
     key, sub, listing, plan = found
-    if effective_status(sub, now) != ACTIVE:
+    if effective_status(sub, now) not in LIVE:
         return None
     return key, sub, listing, plan
 
@@ -227,20 +229,34 @@ class SubscriptionService:
         out = []
         for sub in subs:
             listing, slug = listings[sub.listing_id]
+            plan = plans[sub.plan_id]
+            status = effective_status(sub, now)
+            renews = status == ACTIVE and not sub.cancel_at_period_end
+            fee = planfees.fee_of(plan, listing.currency)
             out.append(
                 {
                     "id": sub.id,
                     "listing_id": sub.listing_id,
                     "title": listing.title,
                     "api_slug": slug,
-                    "plan": plan_public(plans[sub.plan_id], listing.currency),
+                    "plan": plan_public(plan, listing.currency),
                     "organisation_id": sub.organisation_id,
-                    "status": effective_status(sub, now),
+                    "status": status,
                     "period_start": sub.period_start,
                     "period_end": sub.period_end,
                     "cancel_at_period_end": sub.cancel_at_period_end,
-                    "ended_at": sub.ended_at
-                    or (sub.period_end if effective_status(sub, now) == ENDED else None),
+                    "ended_at": sub.ended_at or (sub.period_end if status == ENDED else None),
+                    "ended_reason": sub.ended_reason or ("cancelled" if status == ENDED else None),
+                    "next_charge": (
+                        {
+                            "amount": money_str(fee, listing.currency),
+                            "currency": listing.currency,
+                            "at": sub.period_end,
+                        }
+                        if renews and planfees.billed(plan, listing.currency)
+                        else None
+                    ),
+                    "renews_at": sub.period_end if renews else None,
                     "created_at": sub.created_at,
                     "updated_at": sub.updated_at,
                 }
@@ -304,13 +320,14 @@ class SubscriptionService:
         }
 
     async def account(self, org: Organisation) -> dict[str, Any]:
-        """``GET /billing/subscription``'s marketplace part: the organisation's active
-        subscriptions, and the plans of its own listings with their subscribers."""
+        """``GET /billing/subscription``'s marketplace part: the organisation's live
+        (active or past-due) subscriptions, and the plans of its own listings with
+        their subscribers."""
         now = utcnow()
         subs = (
             await self.session.scalars(
                 select(Subscription)
-                .where(Subscription.organisation_id == org.id, _effectively(ACTIVE, now))
+                .where(Subscription.organisation_id == org.id, _running(now))
                 .order_by(Subscription.created_at.desc(), Subscription.id)
             )
         ).all()
@@ -328,7 +345,7 @@ class SubscriptionService:
                     select(Subscription.listing_id, func.count())
                     .where(
                         Subscription.listing_id.in_([x.id for x in listings] or [""]),
-                        _effectively(ACTIVE, now),
+                        _running(now),
                     )
                     .group_by(Subscription.listing_id)
                 )
@@ -362,8 +379,11 @@ class SubscriptionService:
     ) -> tuple[Subscription, NewKey]:
         """Subscribe ``org`` to a current plan of a listing the caller may see, and
         make its first key. A listing whose API is deleted is a 404; a second active
-        subscription of the organisation to the listing is a 409 naming the first."""
-        _, api = await MarketplaceService(self.core, self.session).get(principal, listing_id)
+        subscription of the organisation to the listing is a 409 naming the first. A
+        monthly plan's first period is charged in the same transaction: a wallet that
+        cannot pay it is a 402 (PaymentDue) and no subscription."""
+        found, api = await MarketplaceService(self.core, self.session).get(principal, listing_id)
+        listing = found.listing
         if api.deleted_at is not None:
             raise NotFound("Listing not found", listing_id=listing_id)
         plan = await self._current_plan(listing_id, plan_id)
@@ -374,12 +394,12 @@ class SubscriptionService:
             .where(
                 Subscription.listing_id == listing_id,
                 Subscription.organisation_id == org.id,
-                Subscription.status == ACTIVE,
+                Subscription.status.in_(LIVE),
             )
             .with_for_update()
         )
         if existing is not None:
-            if effective_status(existing, now) == ACTIVE:
+            if effective_status(existing, now) in LIVE:
                 raise Conflict(
                     "This organisation subscribes to this listing already: change its plan "
                     f"with PUT /marketplace/subscriptions/{existing.id}",
@@ -389,6 +409,7 @@ class SubscriptionService:
             # new subscription is the one active row.
             existing.status = ENDED
             existing.ended_at = existing.period_end
+            existing.ended_reason = "cancelled"
             existing.updated_at = now
             await self.session.flush()
         sub = Subscription(
@@ -411,6 +432,14 @@ class SubscriptionService:
                 "This organisation subscribes to this listing already",
                 listing_id=listing_id,
             ) from None
+        if planfees.billed(plan, listing.currency):
+            try:
+                await planfees.charge_fee(
+                    self.session, self.core.settings, sub, plan, listing, now, sub.period_end
+                )
+            except PaymentDue:
+                await self.session.rollback()
+                raise
         key = self._new_key(sub.id, "default")
         await self.session.commit()
         return sub, key
@@ -423,9 +452,10 @@ class SubscriptionService:
         self.session.add(row)
         return NewKey(row, text)
 
-    async def _locked(self, sub: Subscription) -> Subscription:
+    async def _locked(self, sub: Subscription, *, past_due: bool = True) -> Subscription:
         """The subscription re-read in a write transaction (its row locked on
-        PostgreSQL), refused unless it is active now."""
+        PostgreSQL), refused unless it is active (or, with ``past_due``, past due)
+        now."""
         await begin_write(self.session)
         locked = await self.session.scalar(
             select(Subscription)
@@ -436,8 +466,13 @@ class SubscriptionService:
         if locked is None:
             raise NotFound("Subscription not found", subscription_id=sub.id)
         status = effective_status(locked, utcnow())
-        if status != ACTIVE:
-            raise Conflict(f"This subscription is {status}", subscription_id=sub.id)
+        if status != ACTIVE and not (past_due and status == PAST_DUE):
+            hint = ": top up the wallet (the next billing pass renews it) or cancel it"
+            raise Conflict(
+                f"This subscription is {status}{hint if status == PAST_DUE else ''}",
+                subscription_id=sub.id,
+                status=status,
+            )
         return locked
 
     # --- keys -------------------------------------------------------------------------
@@ -496,25 +531,46 @@ class SubscriptionService:
 
     # --- plan changes and cancellation ------------------------------------------------
     async def change_plan(self, sub: Subscription, plan_id: str) -> Subscription:
-        """Move to another current plan of the same listing; the period (and the calls
-        counted in it) carry over. The same plan again changes nothing."""
+        """Move to another current plan of the same listing. Between plans without a
+        fee the period (and the calls counted in it) carries over. Leaving a monthly
+        period that was paid credits its unused part; moving to a monthly plan starts
+        a new period now and charges its fee, in the same transaction (402
+        PaymentDue: nothing changed). The same plan again changes nothing; a past-due
+        subscription is paid or cancelled first (409)."""
         plan = await self._current_plan(sub.listing_id, plan_id)
-        sub = await self._locked(sub)
-        if sub.plan_id != plan.id:
-            sub.plan_id = plan.id
-            sub.updated_at = utcnow()
-            await self.session.commit()
+        sub = await self._locked(sub, past_due=False)
+        if sub.plan_id == plan.id:
+            return sub
+        listing = await self.session.get(Listing, sub.listing_id)
+        assert listing is not None
+        now = utcnow()
+        settings = self.core.settings
+        try:
+            await planfees.credit_unused(self.session, settings, sub, listing, now)
+            if planfees.billed(plan, listing.currency):
+                sub.period_start, sub.period_end = now, month_after(now)
+                await planfees.charge_fee(
+                    self.session, settings, sub, plan, listing, now, sub.period_end
+                )
+        except PaymentDue:
+            await self.session.rollback()
+            raise
+        sub.plan_id = plan.id
+        sub.updated_at = now
+        await self.session.commit()
         return sub
 
     async def cancel(self, sub: Subscription) -> Subscription:
-        """A free plan ends at once; a paid one at its period's end (again: a no-op)."""
+        """A free plan, or a past-due one, ends at once; a paid one at its period's
+        end, and is not renewed (again: a no-op)."""
         sub = await self._locked(sub)
         plan = await self.session.get(ListingPlan, sub.plan_id)
         assert plan is not None
         now = utcnow()
-        if is_free(plan):
+        if is_free(plan) or sub.status == PAST_DUE:
             sub.status = CANCELLED
             sub.ended_at = now
+            sub.ended_reason = "cancelled"
         elif sub.cancel_at_period_end:
             return sub
         else:
@@ -522,3 +578,14 @@ class SubscriptionService:
         sub.updated_at = now
         await self.session.commit()
         return sub
+
+
+__all__ = [
+    "MAX_LIVE_KEYS",
+    "NewKey",
+    "SubscriptionService",
+    "effective_status",
+    "key_public",
+    "live_key",
+    "month_after",
+]

@@ -251,7 +251,10 @@ async def delete_api(
     access: Access = authorize(Permission.COMPUTE_WRITE),
 ) -> Response:
     """Delete the API: its replicas are drained and removed (follow the operation);
-    its deployments and what refers to it stay."""
+    its listing is unpublished and its subscriptions end at once (`cancelled`,
+    `ended_reason: api_deleted`, keys revoked), each paid monthly period credited
+    its unused part to the consumer (the creator gives back its share). Its
+    deployments, calls and invoices stay."""
     service = ApiService(core, session)
     api = await service.visible(access.principal, api_id, Permission.COMPUTE_WRITE)
     api_body = await _one(core, session, api)

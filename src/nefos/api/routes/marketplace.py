@@ -206,7 +206,10 @@ async def subscribe(
     """Subscribe an organisation (`organisation_id` in the body or query, or
     `X-Organisation-ID`; default: your default project's) to a current plan of a
     listing. The answer holds the subscription's first key (`nfc_...`), shown this
-    once. One active subscription per organisation and listing (409)."""
+    once. One live subscription per organisation and listing (409). A monthly plan's
+    first period is charged to the organisation's wallet at once (its creator
+    credited, less the platform's fee); a wallet that cannot pay it is a 402
+    `PAYMENT_REQUIRED` and no subscription is made."""
     org = await access.org(body.organisation_id or organisation_id, SUBSCRIBE)
     service = SubscriptionService(core, session)
     sub, key = await service.subscribe(access.principal, org, listing_id, body.plan_id)
@@ -221,7 +224,8 @@ async def list_subscriptions(
     params: PageDep,
     organisation_id: OrgHint,
     status: Annotated[
-        SubscriptionStatus | None, Query(description="active, cancelled or ended (as of now).")
+        SubscriptionStatus | None,
+        Query(description="active, past_due, cancelled or ended (as of now)."),
     ] = None,
     access: Access = authorize(READ),
 ) -> Response:
@@ -286,8 +290,11 @@ async def change_plan(
     session: SessionDep,
     access: Access = authorize(SUBSCRIBE),
 ) -> Response:
-    """Change plan, to a current plan of the same listing. The period, and the calls
-    counted in it, carry over."""
+    """Change plan, to a current plan of the same listing. Between plans without a
+    fee the period, and the calls counted in it, carry over. Leaving a paid monthly
+    period credits its unused part (pro rata, to the second); moving to a monthly
+    plan starts a new period now and charges its fee (402 `PAYMENT_REQUIRED`:
+    nothing changed). A past-due subscription is paid or cancelled first (409)."""
     service, sub = await _subscription(core, session, access, subscription_id)
     sub = await service.change_plan(sub, body.plan_id)
     return ok({"subscription": await service.detail(sub)})
@@ -303,9 +310,9 @@ async def cancel_subscription(
     session: SessionDep,
     access: Access = authorize(SUBSCRIBE),
 ) -> Response:
-    """Cancel: a free plan ends at once (its keys stop working); a paid plan
-    (pay_per_use, freemium, monthly) ends at its period's end
-    (`cancel_at_period_end`)."""
+    """Cancel: a free plan, or a past-due one, ends at once (its keys stop working);
+    a paid plan (pay_per_use, freemium, monthly) ends at its period's end
+    (`cancel_at_period_end`) and is not renewed."""
     service, sub = await _subscription(core, session, access, subscription_id)
     sub = await service.cancel(sub)
     return ok({"subscription": await service.detail(sub)})

@@ -3,7 +3,7 @@
 subscription's id and a whole request id of up to 64 characters
 
 Revision ID: 0023
-Revises: 0021
+Revises: 0022
 Create Date: 2026-12-06 12:25:35.734036
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 import nefos.db.types
 
 revision: str = "0023"
-down_revision: str | None = "0021"
+down_revision: str | None = "0022"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
