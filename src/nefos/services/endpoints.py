@@ -34,7 +34,15 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.config import Settings
-from nefos.db.models import Api, Container, ContainerReplica, Host, ServiceInstanceHealth, Vm
+from nefos.db.models import (
+    Api,
+    Container,
+    ContainerReplica,
+    Host,
+    Listing,
+    ServiceInstanceHealth,
+    Vm,
+)
 from nefos.domain.health import Health
 from nefos.domain.publishing import dial_address, local_engine
 from nefos.domain.units import PortMapping, parse_port
@@ -118,10 +126,18 @@ async def find_by_label(session: AsyncSession, label: str) -> str | None:
 
 
 async def is_api_container(session: AsyncSession, service_id: str) -> bool:
-    """Is this service the container of an API (not deleted)? Its calls go through
-    the API gateway only: the key, the plan's limits and the price come first."""
+    """Is this service the container of an API on sale (a published listing)? Its
+    calls go through the API gateway only: the key, the plan's limits and the price
+    come first. An API not on sale is its creator's service like any other."""
     found = await session.scalar(
-        select(Api.id).where(Api.container_id == service_id, Api.deleted_at.is_(None)).limit(1)
+        select(Api.id)
+        .join(Listing, Listing.api_id == Api.id)
+        .where(
+            Api.container_id == service_id,
+            Api.deleted_at.is_(None),
+            Listing.status == "published",
+        )
+        .limit(1)
     )
     return found is not None
 
