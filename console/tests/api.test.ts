@@ -188,7 +188,7 @@ describe("Api envelopes", () => {
       "POST /api/v1/containers": () => [422, { success: false, error: { code: "VALIDATION_ERROR", message: "Invalid input parameters", details: { name: "1-63 characters", request_id: "r1" } } }],
     });
     const api = new Api({ fetch: srv.fetch });
-    const error = await api.post("/containers", { name: "!" }, { auth: false }).catch((e) => e);
+    const error: any = await api.post("/containers", { name: "!" }, { auth: false }).catch((e: any) => e);
     expect(error).toBeInstanceOf(ApiError);
     expect(error.status).toBe(422);
     expect(error.code).toBe("VALIDATION_ERROR");
@@ -208,7 +208,7 @@ describe("Api envelopes", () => {
         throw new TypeError("Failed to fetch");
       }) as typeof fetch,
     });
-    const error = await api.get("/x", undefined, { auth: false }).catch((e) => e);
+    const error: any = await api.get("/x", undefined, { auth: false }).catch((e: any) => e);
     expect(error.code).toBe("NETWORK_ERROR");
   });
 });

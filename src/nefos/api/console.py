@@ -116,6 +116,8 @@ class ConsoleMiddleware:
         relative = path.lstrip("/")
         if not relative or "\x00" in relative:
             return None
+        if any(part.startswith(".") for part in relative.split("/")):
+            return None  # dot files (the build's stamp) and `..` are never served
         candidate = (self.directory / relative).resolve()
         if not candidate.is_relative_to(self.directory) or not candidate.is_file():
             return None
