@@ -166,3 +166,57 @@ def test_another_tenants_container_url_shows_not_found(
     # A page the console does not have at all: its own "not found", not a server error.
     visit.goto("/no-such-page")
     expect(page.get_by_role("heading", name="Page not found")).to_be_visible()
+
+
+def test_a_phone_in_the_dark_theme_by_keyboard_alone(
+    visit: Visit, console_server: ConsoleServer
+) -> None:
+    page = visit.page
+    page.set_viewport_size({"width": 360, "height": 740})
+    page.emulate_media(color_scheme="dark")
+    sign_up(visit)
+    assert page.evaluate("() => matchMedia('(prefers-color-scheme: dark)').matches")
+    background = page.evaluate("() => getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(18, 20, 23)", background
+    overflow = "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    assert page.evaluate(overflow) <= 0
+    check_a11y(visit, "overview (360 px, dark)")
+
+    # On a page load the first Tab reaches the skip link; the menu opens from the
+    # keyboard, and a link in it is followed with Enter.
+    page.reload()
+    page.get_by_role("heading", name="Overview").wait_for()
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    menu = page.get_by_role("button", name="Menu")
+    menu.focus()
+    page.keyboard.press("Enter")
+    expect(menu).to_have_attribute("aria-expanded", "true")
+    containers = page.get_by_role("navigation", name="Main").get_by_role("link", name="Containers")
+    containers.focus()
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/containers")
+    expect(page.get_by_role("heading", name="Containers")).to_be_visible()
+    # The move put the focus on the new page's content.
+    expect(page.locator("main")).to_be_focused()
+    assert page.evaluate(overflow) <= 0
+    check_a11y(visit, "containers (360 px, dark)")
+    page.get_by_role("link", name="New container").first.focus()
+    page.keyboard.press("Enter")
+    page.get_by_role("heading", name="New container").wait_for()
+    assert page.evaluate(overflow) <= 0
+    check_a11y(visit, "new container (360 px, dark)")
+
+
+def test_the_accessibility_check_finds_what_it_should(visit: Visit) -> None:
+    # The checker itself: a page with an unlabelled field and unreadable text fails it.
+    visit.page.set_content(
+        '<html lang="en"><body><main><input type="text">'
+        '<p style="color:#777;background:#888">faint</p></main></body></html>'
+    )
+    try:
+        check_a11y(visit, "a broken page")
+    except AssertionError as exc:
+        assert "label" in str(exc) and "color-contrast" in str(exc)
+    else:
+        raise AssertionError("axe found nothing wrong with an unlabelled field")
