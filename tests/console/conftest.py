@@ -92,7 +92,9 @@ class ConsoleServer:
 
 
 @pytest.fixture(scope="module")
-def console_server(databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleServer]:
+def console_server(
+    databases: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ConsoleServer]:
     """`nefos serve` with the console's build and the test Podman as a host."""
     _require_prerequisites()
     tmp = tmp_path_factory.mktemp("console-serve")
@@ -112,7 +114,9 @@ def console_server(databases: DatabaseFactory, tmp_path_factory: pytest.TempPath
     srv.start()
     try:
         with httpx.Client(base_url=srv.url, timeout=30) as http:
-            r = http.post(f"{V1}/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD})
+            r = http.post(
+                f"{V1}/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}
+            )
             assert r.status_code == 200, r.text
             admin = r.json()["data"]["access_token"]
             r = http.post(
@@ -165,7 +169,9 @@ class Visit:
 
 
 @pytest.fixture
-def visit(browser: Any, console_server: ConsoleServer, request: pytest.FixtureRequest) -> Iterator[Visit]:
+def visit(
+    browser: Any, console_server: ConsoleServer, request: pytest.FixtureRequest
+) -> Iterator[Visit]:
     # The CSP forbids inline scripts, and axe is injected as one: the test context
     # bypasses it (the console itself never needs to).
     context = browser.new_context(
@@ -263,4 +269,3 @@ def record_timing(name: str, value_ms: float) -> None:
     with path.open("a") as f:
         f.write(json.dumps({"name": name, "ms": round(value_ms, 1), "at": time.time()}) + "\n")
     print(f"{name}: {value_ms:.0f} ms")  # noqa: T201
-
