@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from tests.conftest import (
     ADMIN_PASSWORD,
@@ -57,8 +58,10 @@ CHROMIUM_ARGS = [
     "--disable-dev-shm-usage",
 ]
 #: Waits for what the console shows: generous, since a container's start on a loaded
-#: machine takes its time, but never a fixed sleep.
+#: machine (two cores, shared with the rest of the suite) takes its time, but never a
+#: fixed sleep. Locator actions and `expect` (5 s by default) wait this long.
 UI_TIMEOUT_MS = 90_000
+expect.set_options(timeout=UI_TIMEOUT_MS)
 
 
 def _require_prerequisites() -> None:
