@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run stop test test-sqlite services lint typecheck bench clean
+.PHONY: install console console-test run stop test test-sqlite services lint typecheck bench clean
 
 install: $(STAMP)  ## Create .venv and install Nefos with its dev tools
 
@@ -17,7 +17,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,libvirt]'
 	@touch $(STAMP)
 
-run: install  ## Start Nefos on http://127.0.0.1:8000 (SQLite under ./var, local Podman and libvirt); Ctrl-C stops it and what it started
+console:  ## Build the web console (console/ -> src/nefos/api/console_dist) if its sources changed
+	@scripts/ensure-console.sh >/dev/null
+
+# The console's type check and unit tests (svelte-check, vitest); its browser tests
+# are in tests/console (pytest).
+console-test: console
+	@cd console && npm run --silent check && npm test --silent
+
+run: install console  ## Start Nefos on http://127.0.0.1:8000 (SQLite under ./var, local Podman and libvirt); Ctrl-C stops it and what it started
 	@VENV=$(VENV) scripts/run.sh
 
 stop:  ## Stop the Podman service, libvirtd and Redis that `make run` / `make services` started
@@ -30,7 +38,7 @@ services:  ## Install and start what the tests need (PostgreSQL, Podman, libvirt
 # suite waits on engines, VMs and databases rather than on the CPU.
 PYTEST_WORKERS ?= 3
 
-test: install services lint typecheck  ## Lint, types, and every test on SQLite and PostgreSQL
+test: install services lint typecheck console-test  ## Lint, types, and every test on SQLite and PostgreSQL
 	@source var/test-services.env && $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations 10 --tb=short $(PYTEST_ARGS)
 
 test-sqlite: install  ## The suite on SQLite only (no services needed)
@@ -47,4 +55,4 @@ bench: install services  ## Benchmarks against their baselines (see docs/benchma
 	@source var/test-services.env && $(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache console/node_modules src/nefos/api/console_dist

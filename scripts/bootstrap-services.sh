@@ -11,6 +11,7 @@
 #               and the tiny VM image var/images/nefos-tiny (scripts/ensure-libvirt.sh).
 #   Redis:      a loopback redis-server of our own on port 6390 (scripts/ensure-redis.sh)
 #               for the event bus's pub/sub fan-out and the rate limiter.
+#   Chromium:   Debian's, for the web console's browser tests (Playwright drives it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p var
@@ -67,6 +68,14 @@ echo "PostgreSQL $PG_VER on port $PG_PORT: ready"
 if ! command -v wrk >/dev/null 2>&1; then
   echo "Installing wrk from Debian..."
   apt_install wrk
+fi
+
+# --- Chromium -----------------------------------------------------------------
+# The web console's browser tests (tests/console) drive Debian's Chromium headless
+# through Playwright, launched with this path: no browser is ever downloaded.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "Installing Chromium from Debian..."
+  apt_install chromium
 fi
 
 # --- Podman -------------------------------------------------------------------

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed by CORS (JSON list)."
     )
+    console_dir: Path | None = Field(
+        None,
+        description="Directory of the web console's build (`index.html`, `assets/`), "
+        "served at `/`. Default: the build inside the package, which `make run` makes "
+        "from `console/` (scripts/ensure-console.sh).",
+    )
 
     # --- identity -----------------------------------------------------------
     secret_key: str | None = Field(

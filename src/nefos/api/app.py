@@ -14,6 +14,8 @@ from starlette.responses import JSONResponse
 
 from nefos import __version__
 from nefos.api import docs, errors, routing
+from nefos.api.console import BUILD_DIR as CONSOLE_BUILD
+from nefos.api.console import ConsoleMiddleware, first_segment
 from nefos.api.deps import SECURITY_SCHEMES, SessionMiddleware, needs_credentials
 from nefos.api.routes import (
     admin,
@@ -231,6 +233,15 @@ def create_app(
     # Before anything reads the path: `/auth/login/` is `/auth/login`, and
     # `/api/auth/login` is `/api/v1/auth/login`.
     app.add_middleware(PathMiddleware, prefix=API_PREFIX, alias=ALIAS_PREFIX, roots=ROOTS)
+    # The web console: GET/HEAD of a path the API does not own (any route's or mount's
+    # first segment, the rewritten roots, the gateway's and the ingress's prefixes).
+    # Outside the API's middleware: its files are neither rate-limited nor logged as
+    # API requests; inside the ingress, which takes tenants' hosts first.
+    owned = {first_segment(getattr(r, "path", "")) for r in app.routes}
+    owned |= {first_segment(p) for p in (ALIAS_PREFIX, GATEWAY_PREFIX, *ROOTS)}
+    app.add_middleware(
+        ConsoleMiddleware, directory=settings.console_dir or CONSOLE_BUILD, reserved=owned
+    )
     # Outside everything: services' endpoints (Host `*.{apps_domain}`, `/svc/{id}/...`)
     # are tenants' apps, not the API: no path rewrite, API limits or request log.
     app.state.ingress = ingress = Ingress(settings) if settings.ingress_enabled else None

@@ -22,6 +22,7 @@ def _banner(settings: Settings, created: tuple[Any, str | None] | None) -> None:
     base = settings.public_url or f"http://{settings.host}:{settings.port}"
     lines = [
         f"[bold]Nefos[/] is listening on [cyan]{base}[/]",
+        f"  Console:  [cyan]{base}/[/]",
         f"  API:      [cyan]{base}/api/v1[/]  (alias [cyan]{base}/api[/])",
         f"  Docs:     [cyan]{base}/docs[/]",
         f"  Database: {settings.resolved_database_url.split('@')[-1]}",
