@@ -112,11 +112,12 @@ async def test_calls_are_checked_forwarded_limited_priced_and_recorded_once(
     assert r.headers["x-request-id"] == "first-call"
     assert r.headers["ratelimit-limit"] == "1000" and r.headers["x-quota-limit"] == "3"
     assert r.headers["x-quota-remaining"] == "2"
-    # The same request id again: forwarded, but recorded, counted and priced once.
+    # The same request id again: a 409, forwarded nowhere, counted and priced once.
     r = await client.get(
         f"{gw}/index.html", headers={"Authorization": f"Bearer {key}", "X-Request-ID": "first-call"}
     )
-    assert r.status_code == 200
+    body = assert_error(r, 409, "CONFLICT")
+    assert body["error"]["details"] == {"request_id": "first-call", "status": 200}
     assert (await client.get(f"{gw}/index.html", headers={"X-API-Key": key})).status_code == 200
     # The same API by Host, {slug}.{apps domain}: the gateway's too, key and all.
     host = f"{slug}.{app.state.core.settings.apps_domain}"
@@ -237,6 +238,26 @@ async def test_calls_are_checked_forwarded_limited_priced_and_recorded_once(
     while (await client.get(f"{gw}/index.html", headers={"X-API-Key": key})).status_code != 401:
         assert asyncio.get_running_loop().time() < deadline, "a revoked key still calls"
         await asyncio.sleep(0.5)
+
+    # Ten calls at once with one new request id: one is forwarded.
+    replayer = await subscribe(client, await register(), listing["id"], plans["burst"])
+    same = {"X-API-Key": replayer, "X-Request-ID": "once-only"}
+    answers = await asyncio.gather(
+        *(client.get(f"{gw}/index.html", headers=same) for _ in range(10))
+    )
+    assert Counter(r.status_code for r in answers) == {200: 1, 409: 9}
+    # A call answered 500 or more was not billed: a retry with its id is forwarded,
+    # on the same row.
+    [once] = [c for c in await calls_of(app) if c.request_id.endswith(":once-only")]
+    async with app.state.core.db.sessionmaker() as session:
+        row = await session.get(ApiCall, once.id)
+        assert row is not None
+        row.status, row.price = 502, Decimal(0)
+        await session.commit()
+    r = await client.get(f"{gw}/index.html", headers=same)
+    assert r.status_code == 200, r.text
+    [retried] = await calls_of(app, id=once.id)
+    assert retried.status == 200
 
     for m in (made, other):
         await api.wait(m["operation"])

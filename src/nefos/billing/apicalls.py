@@ -23,14 +23,16 @@ import logging
 import uuid
 from decimal import Decimal
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, func, or_, select, update
 
 from nefos.billing import accounts, ledger
 from nefos.billing.money import ZERO
 from nefos.config import Settings
 from nefos.db.models import ApiCall, Listing, ListingPlan
 from nefos.db.session import Database, begin_write
+from nefos.db.types import utcnow
 from nefos.domain.errors import PaymentRequired
+from nefos.domain.plans import CALL_IN_FLIGHT, IN_FLIGHT_CHARGE_AFTER
 
 log = logging.getLogger("nefos.billing.apicalls")
 
@@ -47,7 +49,15 @@ def creator_share(total: Decimal, fee_percent: Decimal) -> Decimal:
 
 
 def _uncharged() -> tuple[ColumnElement[bool], ...]:
-    return (ApiCall.charge_id.is_(None), ApiCall.price > 0)
+    """Priced calls not charged yet, and not in flight (a call in flight may still
+    be answered 5xx and cost nothing), unless in flight for so long that the process
+    forwarding it died: it was forwarded, so it is charged as it stands."""
+    stale = utcnow() - IN_FLIGHT_CHARGE_AFTER
+    return (
+        ApiCall.charge_id.is_(None),
+        ApiCall.price > 0,
+        or_(ApiCall.status != CALL_IN_FLIGHT, ApiCall.created_at < stale),
+    )
 
 
 async def charge_calls(db: Database, settings: Settings) -> tuple[int, Decimal]:

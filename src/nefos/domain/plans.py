@@ -13,11 +13,17 @@ or never paid).
 from __future__ import annotations
 
 import calendar
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Protocol
 
 ZERO = Decimal(0)
+#: ``api_calls.status`` of a call recorded before the gateway forwards it (a client's
+#: own request id claimed), until its answer is written.
+CALL_IN_FLIGHT = 0
+#: An in-flight call older than this was forwarded by a process that died before
+#: writing its answer: it is charged as it stands.
+IN_FLIGHT_CHARGE_AFTER = timedelta(minutes=10)
 ACTIVE, PAST_DUE, CANCELLED, ENDED = "active", "past_due", "cancelled", "ended"
 #: The statuses of a subscription that has not ended: one per organisation and listing.
 LIVE = (ACTIVE, PAST_DUE)

@@ -25,9 +25,11 @@ and cookies stripped and ``X-Request-ID``, ``X-Nefos-Consumer`` (the consumer's
 organisation) and ``X-Forwarded-*`` added; the answer carries ``X-Request-ID``.
 
 Every forwarded call is one ``api_calls`` row, keyed by the subscription and its
-request id (the client's ``X-Request-ID`` when it sends a well-formed one): a
-replayed request id is recorded, counted against the quota and priced once. An
-answer of 500 or more is recorded with price 0 (not billed). The row is the call
+request id. The client's own well-formed ``X-Request-ID`` is claimed before the
+call is forwarded (the row written in flight): a second call with it is a 409 and
+goes nowhere, unless the first was answered 500 or more (not billed), whose retry
+is forwarded on the same row; a call without one gets a fresh id and is recorded
+once answered. An answer of 500 or more is recorded with price 0 (not billed). The row is the call
 log the creator reads (``GET /apis/{id}/logs?source=gateway``) and the figures of
 ``GET /apis/{id}/metrics``: method, the path within the API (after the slug, no
 query), status, latency (until the answer's last byte), bytes in and out, the
@@ -56,7 +58,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from starlette.types import Message, Receive, Scope, Send
 
@@ -66,7 +68,7 @@ from nefos.db.models import Api, ApiCall, ListingPlan, Wallet
 from nefos.db.session import begin_write
 from nefos.db.types import utcnow
 from nefos.domain.consumer_keys import key_hash, looks_like
-from nefos.domain.plans import PAST_DUE, ZERO, call_price
+from nefos.domain.plans import CALL_IN_FLIGHT, PAST_DUE, ZERO, call_price
 from nefos.gateway.envelope import send_error
 from nefos.gateway.ingress import _SCOPE_KEY, GATEWAY_FORWARD, HOST_CALL, Ingress, TtlCache
 from nefos.services.market_subscriptions import live_key
@@ -90,6 +92,7 @@ _STRIPPED = frozenset(
         b"forwarded",  # the gateway says who called, in X-Forwarded-* and X-Nefos-*
     }
 )
+IN_FLIGHT = CALL_IN_FLIGHT
 #: Headers of the gateway's own: a consumer's copy never reaches the API.
 _OWN_PREFIX = b"x-nefos-"
 
@@ -381,8 +384,32 @@ class ApiGateway:
         extra: list[tuple[bytes, bytes]],
     ) -> bool:
         """Forward the call and record it; whether it counts against the quota (not
-        a replay, not answered 500 or more)."""
-        request_id = _request_id(scope)
+        refused as a replay, not answered 500 or more).
+
+        A call with the client's own ``X-Request-ID`` is recorded *before* it is
+        forwarded (in flight, its price held in the row), so that the id is claimed
+        once: a second call with it is a 409 and goes nowhere, unless the first was
+        answered 500 or more (not billed: a retry of it is forwarded, on the same
+        row). A call without one gets a fresh id no client can send again, and is
+        recorded once it is answered."""
+        client_id = _client_request_id(scope)
+        request_id = client_id or uuid.uuid4().hex
+        path = rest.partition(b"?")[0].decode("utf-8", "replace")
+        claimed: str | None = None
+        if client_id is not None:
+            claimed, earlier = await self._claim(caller, request_id, scope, path, price)
+            if claimed is None:
+                await send_error(
+                    send,
+                    409,
+                    "CONFLICT",
+                    "This X-Request-ID names a call already made "
+                    + ("and still in flight" if earlier == IN_FLIGHT else f"(answered {earlier})")
+                    + ": a new call needs a new request id",
+                    {"request_id": request_id, "status": earlier},
+                    [(b"x-request-id", request_id.encode()), *extra],
+                )
+                return False
         headers = [
             (k, v)
             for k, v in scope["headers"]
@@ -426,8 +453,10 @@ class ApiGateway:
             await self.ingress.proxy(inner, counted, observed)
         finally:
             latency = (time.perf_counter() - started) * 1000
-            path = rest.partition(b"?")[0].decode("utf-8", "replace")
-            recorded = await self._record(caller, request_id, scope, path, seen, latency, price)
+            if claimed is not None:
+                recorded = await self._settle(claimed, seen, latency, price)
+            else:
+                recorded = await self._record(caller, request_id, scope, path, seen, latency, price)
         counts = recorded and int(seen["status"]) < 500
         if counts:
             await self._tell_usage(caller)
@@ -456,6 +485,79 @@ class ApiGateway:
                 self._told.clear()
             self._told[key] = told[-1]
 
+    async def _claim(
+        self, caller: Caller, request_id: str, scope: Scope, path: str, price: Decimal
+    ) -> tuple[str | None, int | None]:
+        """Record the call in flight under the client's request id: (its row's id,
+        None), or (None, the status of the call that holds the id) when it is taken
+        by a call in flight or answered below 500."""
+        assert self.ingress.db is not None
+        key = f"{caller.subscription_id}:{request_id}"
+        call = ApiCall(
+            request_id=key,
+            api_id=caller.api_id,
+            subscription_id=caller.subscription_id,
+            plan_id=caller.plan.id,
+            organisation_id=caller.organisation_id,
+            method=str(scope["method"])[:8],
+            path=path[:500],
+            status=IN_FLIGHT,
+            latency_ms=0.0,
+            bytes_in=0,
+            bytes_out=0,
+            units=1,
+            price=price,
+        )
+        async with self.ingress.db.sessionmaker() as session:
+            session.add(call)
+            try:
+                await session.commit()
+                return call.id, None
+            except IntegrityError:
+                await session.rollback()
+        async with self.ingress.db.sessionmaker() as session:
+            await begin_write(session)
+            # A retry of a call answered 500 or more (recorded, not billed) takes its row.
+            retried = await session.execute(
+                update(ApiCall)
+                .where(ApiCall.request_id == key, ApiCall.status >= 500)
+                .values(status=IN_FLIGHT, price=price, plan_id=caller.plan.id)
+                .returning(ApiCall.id)
+            )
+            again = retried.scalar_one_or_none()
+            if again is not None:
+                await session.commit()
+                return again, None
+            earlier = await session.scalar(select(ApiCall.status).where(ApiCall.request_id == key))
+            await session.rollback()
+        return None, int(earlier) if earlier is not None else IN_FLIGHT
+
+    async def _settle(
+        self, call_id: str, seen: dict[str, Any], latency_ms: float, price: Decimal
+    ) -> bool:
+        """Write the answer of a call recorded in flight. If that fails, the row
+        stays in flight with its price: the billing pass charges it later (it was
+        forwarded)."""
+        status = int(seen["status"])
+        assert self.ingress.db is not None
+        try:
+            async with self.ingress.db.sessionmaker() as session:
+                await session.execute(
+                    update(ApiCall)
+                    .where(ApiCall.id == call_id)
+                    .values(
+                        status=status,
+                        latency_ms=round(latency_ms, 3),
+                        bytes_in=int(seen["bytes_in"]),
+                        bytes_out=int(seen["bytes"]),
+                        price=price if status < 500 else ZERO,
+                    )
+                )
+                await session.commit()
+        except SQLAlchemyError:
+            log.warning("the answer of call %s was not recorded", call_id, exc_info=True)
+        return True
+
     async def _record(
         self,
         caller: Caller,
@@ -466,7 +568,7 @@ class ApiGateway:
         latency_ms: float,
         price: Decimal,
     ) -> bool:
-        """Record the call; False for a replayed request id (recorded already)."""
+        """Record the call; False if its (generated) request id was taken already."""
         status = int(seen["status"])
         assert self.ingress.db is not None
         call = ApiCall(
@@ -489,7 +591,7 @@ class ApiGateway:
             try:
                 await session.commit()
             except IntegrityError:
-                return False  # a replayed request id: recorded, counted and priced once
+                return False  # (a fresh id: only a collision of random ids)
         return True
 
 
@@ -533,10 +635,11 @@ def _key_of(scope: Scope) -> str | None:
     return None
 
 
-def _request_id(scope: Scope) -> str:
+def _client_request_id(scope: Scope) -> str | None:
+    """The client's own well-formed ``X-Request-ID``, if it sent one."""
     for name, value in scope["headers"]:
         if name == b"x-request-id":
             text = str(value.decode("latin-1")).strip()
             if _REQUEST_ID.match(text):
                 return text
-    return uuid.uuid4().hex
+    return None

@@ -37,6 +37,7 @@ from nefos.db.models import ApiCall
 from nefos.db.session import Database
 from nefos.domain.errors import ValidationFailed
 from nefos.domain.paging import PageParams
+from nefos.domain.plans import CALL_IN_FLIGHT
 from nefos.schemas.marketplace import price_text
 from nefos.services.paging import fetch_page
 
@@ -262,7 +263,13 @@ async def call_figures(
         raise ValidationFailed("Unknown period", period=f"one of {', '.join(PERIODS)}")
     end = now or datetime.now(UTC)
     start = end - PERIODS[period]
-    where = [C.api_id == api_id, C.created_at >= start, C.created_at < end]
+    # Answered calls: one the gateway holds in flight has no status or latency yet.
+    where = [
+        C.api_id == api_id,
+        C.created_at >= start,
+        C.created_at < end,
+        C.status != CALL_IN_FLIGHT,
+    ]
     total, errors, client_errors, b_in, b_out, avg = (
         await session.execute(
             select(
