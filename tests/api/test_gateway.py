@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from nefos.billing import apicalls
 from nefos.db.models import ApiCall, Subscription
+from nefos.db.session import begin_write
 from nefos.services.endpoints import host_label
 from tests.api.test_apis import api_body
 from tests.api.test_containers import Api, assert_error
@@ -151,7 +152,7 @@ async def test_calls_are_checked_forwarded_limited_priced_and_recorded_once(
         *(client.get(f"{gw}/index.html", headers={"X-API-Key": key}) for _ in range(4))
     )
     assert Counter(r.status_code for r in priced) == {200: 2, 402: 2}, [r.text for r in priced]
-    assert_error(next(r for r in priced if r.status_code == 402), 402, "PAYMENT_REQUIRED")
+    assert_error(next(r for r in priced if r.status_code == 402), 402, "RESOURCE_EXHAUSTED")
     recorded = await calls_of(app, api_id=made["api_id"])
     assert sorted(c.price for c in recorded) == [0, 0, 0, 4, 4]
 
@@ -250,6 +251,7 @@ async def test_calls_are_checked_forwarded_limited_priced_and_recorded_once(
     # on the same row.
     [once] = [c for c in await calls_of(app) if c.request_id.endswith(":once-only")]
     async with app.state.core.db.sessionmaker() as session:
+        await begin_write(session)  # (a read, then a write: SQLite's lock first)
         row = await session.get(ApiCall, once.id)
         assert row is not None
         row.status, row.price = 502, Decimal(0)

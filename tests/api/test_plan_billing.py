@@ -81,6 +81,9 @@ async def end_period_now(app: Any, sid: str) -> tuple[datetime, datetime]:
     a second before it started (and before now): the clock past its end. The period
     it is moved to."""
     async with app.state.core.db.sessionmaker() as session:
+        # A write transaction from the start: on SQLite a read that turns into a
+        # write fails at once if the app's loops wrote in between.
+        await begin_write(session)
         sub = await session.get(Subscription, sid)
         assert sub is not None
         old = sub.period_start
@@ -134,13 +137,13 @@ async def test_a_monthly_plan_is_paid_at_subscribing_or_refused_with_402(
     (fee,) = await fee_rows(app, sub["id"])
     assert (fee.kind, fee.amount, fee.period_start) == ("fee", D("4"), when(sub["period_start"]))
 
-    # A wallet that cannot pay the fee: 402 PAYMENT_REQUIRED, and nothing is made.
+    # A wallet that cannot pay the fee: 402 RESOURCE_EXHAUSTED, and nothing is made.
     r = await client.post(
         f"{V1}/marketplace/listings/{lid}/subscribe",
         json={"plan_id": plan_of(listed, "big")["id"]},
         headers=poor_user.headers,
     )
-    body = assert_error(r, 402, "PAYMENT_REQUIRED")
+    body = assert_error(r, 402, "RESOURCE_EXHAUSTED")
     assert body["error"]["details"]["fee"] == "12.00"
     async with app.state.core.db.sessionmaker() as session:
         made_subs = await session.scalar(
@@ -157,7 +160,7 @@ async def test_a_monthly_plan_is_paid_at_subscribing_or_refused_with_402(
         json={"plan_id": plan_of(listed, "big")["id"]},
         headers=consumer_user.headers,
     )
-    assert_error(r, 402, "PAYMENT_REQUIRED")
+    assert_error(r, 402, "RESOURCE_EXHAUSTED")
     same = (await consumer.call("GET", f"/marketplace/subscriptions/{sub['id']}"))["subscription"]
     assert same["plan"]["key"] == "pro" and same["period_start"] == sub["period_start"]
     assert await balance(consumer) == D("6.00")
@@ -229,7 +232,7 @@ async def test_renewals_charge_once_go_past_due_unpaid_and_stop_when_cancelled(
             break
         assert asyncio.get_running_loop().time() < deadline, r.text
         await asyncio.sleep(0.5)
-    assert_error(r, 402, "PAYMENT_REQUIRED")
+    assert_error(r, 402, "RESOURCE_EXHAUSTED")
     assert r.json()["error"]["details"]["status"] == "past_due"
     listed_due = await consumer.call("GET", "/marketplace/subscriptions?status=past_due")
     assert [s["id"] for s in listed_due["items"]] == [sid]

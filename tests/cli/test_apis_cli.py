@@ -229,10 +229,10 @@ def test_marketplace_subscribe_keys_rotate_revoke_and_cancel(
         resub = sdk.subscriptions.subscribe(listed.id, basic.id)
         assert resub.key.key.startswith("nfc_")
         # A monthly plan: its fee paid now, its next charge shown; a fee the wallet
-        # cannot pay is a 402 PAYMENT_REQUIRED.
+        # cannot pay is a 402 RESOURCE_EXHAUSTED.
         with pytest.raises(ResourceExhaustedError) as refused:
             sdk.subscriptions.change_plan(resub.subscription.id, big.id)
-        assert refused.value.code == "PAYMENT_REQUIRED"
+        assert refused.value.code == "RESOURCE_EXHAUSTED"
         rid = resub.subscription.id
         shown = _ok(cli("marketplace", "change-plan", rid, "--plan", pro.id))
         renews = sdk.subscriptions.get(rid)

@@ -9,7 +9,7 @@ A fee pays for one period in advance (Stripe's ``charge_automatically``):
   ``SubscriptionCharge`` (kind ``fee``). The charge's ledger key and the charge row
   are both unique per subscription and period start, so one period is charged once
   whoever tries. A wallet that cannot pay raises ``PaymentDue`` (402
-  ``PAYMENT_REQUIRED``) having moved nothing.
+  ``RESOURCE_EXHAUSTED``) having moved nothing.
 - ``credit_unused`` gives back the part of a paid period that is left (whole seconds,
   rounded half-up to the minor unit): a ``refund`` to the consumer and, from the
   creator, its share of it (an ``adjustment``; what the creator's balance cannot

@@ -15,8 +15,8 @@ never reaches a response body.
     ├── Conflict              CONFLICT            state or uniqueness conflict
     ├── ResourceExhausted     RESOURCE_EXHAUSTED  quota, capacity or wallet limit
     │   └── PaymentRequired                       an empty wallet (402)
-    │       └── PaymentDue        PAYMENT_REQUIRED    a marketplace fee or call the wallet
-    │                                                 cannot pay (402, the gateway's code)
+    │       └── PaymentDue                        a marketplace plan's fee the wallet
+    │                                                 cannot pay (402, as the gateway's)
     ├── RateLimited           RATE_LIMITED        too many attempts; has retry_after
     ├── ImagePullFailed       IMAGE_PULL_FAILED   an image neither on the host nor pullable
     ├── RolledBack            ROLLED_BACK         an operation that failed and undid its work
@@ -89,7 +89,6 @@ class PaymentDue(PaymentRequired):
     """A marketplace plan's fee the consumer's wallet cannot pay: the code the API
     gateway answers an unpaid call with, so a consumer meets one code for both."""
 
-    code = "PAYMENT_REQUIRED"
     default_message = "The wallet cannot pay this plan's fee: top it up"
 
 

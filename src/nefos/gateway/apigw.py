@@ -7,16 +7,16 @@ forwarded, in this order:
 
 1. the key: live (not revoked, not past its rotation window), its subscription
    active, and for this API (a key of one subscription calls no other API: 403); a
-   subscription past due (its renewal's fee unpaid) is a 402 ``PAYMENT_REQUIRED``;
+   subscription past due (its renewal's fee unpaid) is a 402 ``RESOURCE_EXHAUSTED``;
 2. the plan's rate limit: at most ``rate_limit_per_minute`` calls per subscription
    in each minute (429 ``RATE_LIMITED`` with ``RateLimit-Limit``, ``-Remaining``,
    ``-Reset`` and ``Retry-After``): counted when the call is admitted, so 200 calls
    at once against a limit of 50 forward exactly 50;
 3. the plan's quota and price for this call (``domain.plans.call_price``): a call
-   beyond a quota with no price beyond is a 429 ``QUOTA_EXCEEDED`` (with
+   beyond a quota with no price beyond is a 429 ``RESOURCE_EXHAUSTED`` (with
    ``X-Quota-Limit``/``-Remaining``); a priced call must be covered by the
    consumer's wallet less what its calls not charged yet already owe, less what
-   calls in flight in this process hold (402 ``PAYMENT_REQUIRED``).
+   calls in flight in this process hold (402 ``RESOURCE_EXHAUSTED``).
 
 Then the call goes to one of the API's replicas that pass their checks, through the
 ingress (``Ingress.proxy``: least outstanding, bounded, streaming, one retry of an
@@ -64,7 +64,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from nefos.billing import quota
 from nefos.billing.accounts import wallet
-from nefos.db.models import Api, ApiCall, ListingPlan, Wallet
+from nefos.db.models import Api, ApiCall, Listing, ListingPlan, Wallet
 from nefos.db.session import begin_write
 from nefos.db.types import utcnow
 from nefos.domain.consumer_keys import key_hash, looks_like
@@ -131,7 +131,7 @@ class ApiGateway:
         #: The highest usage threshold known told, per (subscription, period start).
         self._told: dict[tuple[str, datetime], int] = {}
         #: Money held by priced calls in flight, per consumer organisation.
-        self._held: dict[str, Decimal] = {}
+        self._held: dict[tuple[str, str], Decimal] = {}
         #: Which ``Host`` labels are API slugs (and which are not), for a while.
         self._slugs: TtlCache[str, bool] = TtlCache(ingress.settings.ingress_cache_seconds)
 
@@ -208,25 +208,34 @@ class ApiGateway:
         its calls in flight hold (this one's price among them)."""
         assert self.ingress.db is not None
         org, currency = caller.organisation_id, caller.currency
+        # One statement, so one snapshot: a charge committing between a read of the
+        # balance and one of what is owed cannot be missed by both. Owed in this
+        # currency only (a listing's calls are priced in its currency).
+        balance_of = (
+            select(Wallet.balance)
+            .where(Wallet.organisation_id == org, Wallet.currency == currency)
+            .scalar_subquery()
+        )
+        owed_of = (
+            select(func.coalesce(func.sum(ApiCall.price), 0))
+            .join(ListingPlan, ListingPlan.id == ApiCall.plan_id)
+            .join(Listing, Listing.id == ListingPlan.listing_id)
+            .where(
+                ApiCall.organisation_id == org,
+                ApiCall.charge_id.is_(None),
+                ApiCall.price > 0,
+                Listing.currency == currency,
+            )
+            .scalar_subquery()
+        )
         async with self.ingress.db.sessionmaker() as session:
-            balance = await session.scalar(
-                select(Wallet.balance).where(
-                    Wallet.organisation_id == org, Wallet.currency == currency
-                )
-            )
-            owed = await session.scalar(
-                select(func.coalesce(func.sum(ApiCall.price), 0)).where(
-                    ApiCall.organisation_id == org,
-                    ApiCall.charge_id.is_(None),
-                    ApiCall.price > 0,
-                )
-            )
+            balance, owed = (await session.execute(select(balance_of, owed_of))).one()
         if balance is None:  # made on first use, in a write transaction of its own
             async with self.ingress.db.sessionmaker() as session:
                 await begin_write(session)
                 balance = (await wallet(session, self.ingress.settings, org, currency)).balance
                 await session.commit()
-        held = self._held.get(caller.organisation_id, ZERO)
+        held = self._held.get((org, currency), ZERO)
         return Decimal(balance) - Decimal(owed or 0) - held >= 0
 
     def admit(self, caller: Caller) -> tuple[bool, int, float]:
@@ -291,10 +300,14 @@ class ApiGateway:
             await send_error(
                 send,
                 402,
-                "PAYMENT_REQUIRED",
+                "RESOURCE_EXHAUSTED",
                 "This subscription's renewal is unpaid: top up the wallet (the next "
                 "billing pass charges it) or cancel it",
-                {"subscription_id": caller.subscription_id, "status": PAST_DUE},
+                {
+                    "reason": "past_due",
+                    "subscription_id": caller.subscription_id,
+                    "status": PAST_DUE,
+                },
             )
             return
         admitted, remaining, reset = self.admit(caller)
@@ -328,9 +341,9 @@ class ApiGateway:
             await send_error(
                 send,
                 429,
-                "QUOTA_EXCEEDED",
+                "RESOURCE_EXHAUSTED",
                 f"This period's {included} calls are used up; change plan for more",
-                {"included_calls": included},
+                {"reason": "quota", "included_calls": included},
                 [*limit_headers, *quota_headers],
             )
             return
@@ -338,18 +351,18 @@ class ApiGateway:
         # the last free call, or the last of the wallet: the call's place in the
         # quota and its price held; given back if it is refused, replayed or 5xx.
         self._count(caller, 1)
-        org = caller.organisation_id
+        purse = (caller.organisation_id, caller.currency)
         if price > 0:
-            self._held[org] = self._held.get(org, ZERO) + price
+            self._held[purse] = self._held.get(purse, ZERO) + price
         counted = False
         try:
             if price > 0 and not await self.affordable(caller):
                 await send_error(
                     send,
                     402,
-                    "PAYMENT_REQUIRED",
+                    "RESOURCE_EXHAUSTED",
                     "Your wallet cannot pay for this call: top it up",
-                    {"price": str(price), "currency": caller.currency},
+                    {"reason": "wallet", "price": str(price), "currency": caller.currency},
                     limit_headers,
                 )
                 return
@@ -363,11 +376,11 @@ class ApiGateway:
             if not counted:
                 self._count(caller, -1)
             if price > 0:
-                left = self._held[org] - price
+                left = self._held[purse] - price
                 if left > 0:
-                    self._held[org] = left
+                    self._held[purse] = left
                 else:
-                    del self._held[org]
+                    del self._held[purse]
 
     def _count(self, caller: Caller, delta: int) -> None:
         period, count = self._used.get(caller.subscription_id, (caller.period_start, 0))

@@ -7,7 +7,7 @@
     │   ├── PermissionDeniedError       FORBIDDEN            403
     │   ├── NotFoundError               NOT_FOUND            404 (also: another tenant's object)
     │   ├── ConflictError               CONFLICT             409
-    │   ├── ResourceExhaustedError      RESOURCE_EXHAUSTED   409, 402; PAYMENT_REQUIRED 402
+    │   ├── ResourceExhaustedError      RESOURCE_EXHAUSTED   409, 402, 429 (a plan's quota)
     │   ├── RateLimitedError            RATE_LIMITED         429, with ``retry_after``
     │   ├── ServiceUnavailableError     SERVICE_UNAVAILABLE  503
     │   └── InternalServerError         INTERNAL_ERROR       500
@@ -182,7 +182,6 @@ _BY_CODE: dict[str, type[NefosAPIError]] = {
     "CONFLICT": ConflictError,
     "RESOURCE_EXHAUSTED": ResourceExhaustedError,
     # A marketplace plan's fee or call the wallet cannot pay (the gateway's code).
-    "PAYMENT_REQUIRED": ResourceExhaustedError,
     "RATE_LIMITED": RateLimitedError,
     "SERVICE_UNAVAILABLE": ServiceUnavailableError,
     "INTERNAL_ERROR": InternalServerError,

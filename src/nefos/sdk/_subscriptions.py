@@ -25,7 +25,7 @@ class Subscriptions(_Resource):
         """Subscribe (default: the organisation of your default project). The answer's
         ``key.key`` is the subscription's first key: shown this once. A monthly plan's
         first period is charged now (``ResourceExhaustedError``, code
-        ``PAYMENT_REQUIRED``, if the wallet cannot pay it)."""
+        ``RESOURCE_EXHAUSTED``, if the wallet cannot pay it)."""
         body = _body(plan_id=plan_id, organisation_id=organisation_id)
         data = self._client.request(
             "POST", f"/marketplace/listings/{_seg(listing_id)}/subscribe", json=body

@@ -6,7 +6,7 @@ under concurrent requests). A subscription runs in monthly periods
 (``domain.plans``), rolled by the billing pass (``billing.planfees.renew_due``).
 
 Money (Stripe's semantics): a ``monthly`` plan's fee is paid in advance, in the
-subscribing transaction (a wallet that cannot pay it: 402 ``PAYMENT_REQUIRED`` and no
+subscribing transaction (a wallet that cannot pay it: 402 ``RESOURCE_EXHAUSTED`` and no
 subscription) and at each renewal (unpaid: ``past_due``, calls answer 402). Changing
 plan between plans without a fee keeps the period, so the calls counted in it stay
 counted. Changing *to* a monthly plan starts a new period now and charges its fee

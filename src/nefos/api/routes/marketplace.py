@@ -209,7 +209,7 @@ async def subscribe(
     once. One live subscription per organisation and listing (409). A monthly plan's
     first period is charged to the organisation's wallet at once (its creator
     credited, less the platform's fee); a wallet that cannot pay it is a 402
-    `PAYMENT_REQUIRED` and no subscription is made."""
+    `RESOURCE_EXHAUSTED` and no subscription is made."""
     org = await access.org(body.organisation_id or organisation_id, SUBSCRIBE)
     service = SubscriptionService(core, session)
     sub, key = await service.subscribe(access.principal, org, listing_id, body.plan_id)
@@ -293,7 +293,7 @@ async def change_plan(
     """Change plan, to a current plan of the same listing. Between plans without a
     fee the period, and the calls counted in it, carry over. Leaving a paid monthly
     period credits its unused part (pro rata, to the second); moving to a monthly
-    plan starts a new period now and charges its fee (402 `PAYMENT_REQUIRED`:
+    plan starts a new period now and charges its fee (402 `RESOURCE_EXHAUSTED`:
     nothing changed). A past-due subscription is paid or cancelled first (409)."""
     service, sub = await _subscription(core, session, access, subscription_id)
     sub = await service.change_plan(sub, body.plan_id)
