@@ -173,7 +173,7 @@ class MarketplaceService:
         """Published listings the caller may see, filtered, sorted and paged; and
         each listing's API slug."""
         scores: dict[str, float] | None = None
-        if q is not None:
+        if q is not None and q.strip():  # (a blank query is no search: every listing)
             words = query_words(q)
             scores = await self._search(words) if words else {}
         query = (
@@ -271,15 +271,15 @@ class MarketplaceService:
         return out
 
     async def _search(self, words: list[str]) -> dict[str, float]:
-        """Listing id -> relevance (higher is better) of the listings matching every
-        word (as a prefix)."""
+        """Listing id -> relevance (higher is better) of the best ``BROWSE_LIMIT``
+        listings matching every word (as a prefix)."""
         if self.core.db.is_sqlite:
             match = " ".join(f'"{w}"*' for w in words)
             rows = await self.session.execute(
                 text(
                     "SELECT listing_id, -bm25(marketplace_search, 0.0, 10.0, 4.0, 1.0, 6.0)"
-                    " FROM marketplace_search WHERE marketplace_search MATCH :match"
-                    " LIMIT :limit"
+                    " AS score FROM marketplace_search WHERE marketplace_search MATCH :match"
+                    " ORDER BY score DESC LIMIT :limit"
                 ),
                 {"match": match, "limit": BROWSE_LIMIT},
             )
@@ -287,9 +287,9 @@ class MarketplaceService:
             tsquery = " & ".join(f"{w}:*" for w in words)
             rows = await self.session.execute(
                 text(
-                    "SELECT listing_id, ts_rank(document, q)"
+                    "SELECT listing_id, ts_rank(document, q) AS score"
                     " FROM marketplace_search, to_tsquery('english', :q) AS q"
-                    " WHERE document @@ q LIMIT :limit"
+                    " WHERE document @@ q ORDER BY score DESC LIMIT :limit"
                 ),
                 {"q": tsquery, "limit": BROWSE_LIMIT},
             )
