@@ -219,6 +219,16 @@ async def test_a_deployment_rolls_out_a_failing_one_rolls_back_and_rollback_rest
         "API_TOKEN",
         "MODE",
     ]
+    # A scale is a deployment but no spec: rolling back after one goes past it, to
+    # the newest earlier spec that differs from the running one (deployment 2's),
+    # at the replica count the API runs now.
+    scaled = await api.call("PUT", f"/apis/{api_id}", 202, json={"replicas": 1})
+    assert (await api.wait(scaled["operation"]))["status"] == "succeeded"
+    back = await api.call("POST", f"/apis/{api_id}/rollback", 202)
+    second = next(d for d in listed if d["number"] == 2)
+    assert back["deployment"]["rollback_of"] == second["id"]
+    assert back["deployment"]["replicas"] == 1
+    assert (await api.wait(back["operation"]))["status"] == "succeeded"
     # Another tenant cannot roll it back.
     other = await register()
     r = await client.post(f"{V1}/apis/{api_id}/rollback", headers=other.headers)

@@ -280,31 +280,36 @@ class ApiService:
         return current, deployment, op
 
     async def rollback(self, principal: Principal, api: Api) -> tuple[ApiDeployment, Operation]:
-        """Deploy again the spec of the newest deployment before the active one that
-        succeeded: a new deployment (``rollback_of`` names the one it restores),
-        rolled out like any other."""
+        """Deploy again the spec (image, environment, resources) of the newest earlier
+        deployment that succeeded with another spec than the one running now: a new
+        deployment (``rollback_of`` names the one it restores), rolled out like any
+        other, at the replica count the API runs now (a scale is no spec to roll back
+        to, nor does it stand in the way)."""
         api_id, container_id = api.id, api.container_id
         listed = (await self.deployments([api]))[api_id]
         active = next((i for i, (_, _, st) in enumerate(listed) if st == "active"), None)
         if active is None:
             raise Conflict("No deployment of this API is active: nothing to roll back from")
-        earlier = next(
-            (d for d, op, _ in listed[active + 1 :] if op is not None and op.status == "succeeded"),
-            None,
-        )
-        if earlier is None:
-            raise Conflict("No earlier deployment succeeded: nothing to roll back to")
         container = await self.session.get(Container, container_id) if container_id else None
         if container is None:
             raise NotFound("API not found", api_id=api_id)
-        containers = ContainerService(self.core, self.session)
-        op: Operation | None
-        earlier_id, number = earlier.id, earlier.number
-        if container.replicas != earlier.replicas:
+        running = (container.image, dict(container.environment), dict(container.resources))
+        earlier = next(
+            (
+                d
+                for d, op, _ in listed[active + 1 :]
+                if op is not None
+                and op.status == "succeeded"
+                and (d.image, dict(d.environment), dict(d.resources)) != running
+            ),
+            None,
+        )
+        if earlier is None:
             raise Conflict(
-                f"Deployment {earlier.number} ran {earlier.replicas} replicas: scale to "
-                f"{earlier.replicas} first (PUT /apis/{{id}} replicas), then roll back"
+                "No earlier deployment with another spec succeeded: nothing to roll back to"
             )
+        containers = ContainerService(self.core, self.session)
+        earlier_id, number = earlier.id, earlier.number
         container, op = await containers.update(
             principal,
             container,
