@@ -261,6 +261,28 @@ async def test_calls_are_checked_forwarded_limited_priced_and_recorded_once(
     [retried] = await calls_of(app, id=once.id)
     assert retried.status == 200
 
+    # Ending a subscription and subscribing again gives no free quota anew: the
+    # period, and the calls made in it, carry over to the new subscription.
+    hopper = await register()
+    hop = Api(client, hopper)
+    first_key = await subscribe(client, hopper, listing["id"], plans["basic"])
+    for _ in range(3):
+        r = await client.get(f"{gw}/index.html", headers={"X-API-Key": first_key})
+        assert r.status_code == 200, r.text
+    [hopped] = (await hop.call("GET", "/marketplace/subscriptions"))["items"]
+    await hop.call(
+        "PUT", f"/marketplace/subscriptions/{hopped['id']}", json={"plan_id": plans["burst"]}
+    )
+    await hop.call("DELETE", f"/marketplace/subscriptions/{hopped['id']}")
+    again = await subscribe(client, hopper, listing["id"], plans["basic"])
+    r = await client.get(f"{gw}/index.html", headers={"X-API-Key": again})
+    assert r.status_code == 200 and r.headers["x-quota-remaining"] == "0", r.headers
+    async with app.state.core.db.sessionmaker() as session:
+        last = await session.scalar(
+            select(ApiCall).where(ApiCall.request_id.like(f"%:{r.headers['x-request-id']}"))
+        )
+    assert last is not None and last.price == Decimal(4)
+
     for m in (made, other):
         await api.wait(m["operation"])
         await api.act("DELETE", f"/apis/{m['api_id']}")

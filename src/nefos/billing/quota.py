@@ -2,7 +2,8 @@
 when it crosses 50, 80 and 100 % of it (seed 002).
 
 **What counts.** The calls of the subscription recorded by the gateway since its
-period started and answered below 500 (``period_calls``): what the gateway counts
+period started and answered below 500 (``period_calls``: the organisation's calls
+to the API): what the gateway counts
 against the quota, what ``GET /marketplace/subscriptions/{id}/usage`` shows.
 
 **Once per threshold and period.** A ``usage_alerts`` row per (subscription, period
@@ -69,13 +70,19 @@ def crossed(calls: int, quota: int | None) -> list[int]:
     return [t for t in THRESHOLDS if calls * 100 >= t * quota]
 
 
-async def period_calls(session: AsyncSession, subscription_id: str, period_start: datetime) -> int:
-    """The subscription's calls counted against its quota since ``period_start``."""
+async def period_calls(
+    session: AsyncSession, organisation_id: str, api_id: str, period_start: datetime
+) -> int:
+    """The calls counted against a subscription's quota: the organisation's calls to
+    the API since ``period_start`` answered below 500, by any of its subscriptions
+    to it (one at a time; one that ended this period hands its period on, so that
+    ending and subscribing again gives no quota anew)."""
     count = await session.scalar(
         select(func.count())
         .select_from(ApiCall)
         .where(
-            ApiCall.subscription_id == subscription_id,
+            ApiCall.organisation_id == organisation_id,
+            ApiCall.api_id == api_id,
             ApiCall.created_at >= period_start,
             ApiCall.status < 500,
         )
@@ -127,7 +134,7 @@ async def _check(db: Database, subscription_id: str) -> tuple[list[int], list[in
         sub, plan, listing, slug = found
         quota = plan.included_calls
         period = sub.period_start
-        calls = await period_calls(session, sub.id, period)
+        calls = await period_calls(session, sub.organisation_id, listing.api_id, period)
         done = await told(session, sub.id, period)
         new = [t for t in crossed(calls, quota) if t not in done]
         if not new:

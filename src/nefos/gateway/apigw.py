@@ -196,7 +196,9 @@ class ApiGateway:
             return known[1]
         assert self.ingress.db is not None
         async with self.ingress.db.sessionmaker() as session:
-            count = await quota.period_calls(session, caller.subscription_id, caller.period_start)
+            count = await quota.period_calls(
+                session, caller.organisation_id, caller.api_id, caller.period_start
+            )
         known = self._used.get(caller.subscription_id)
         if known is None or known[0] != caller.period_start:
             # (Another call may have read it, and reserved its place, meanwhile.)

@@ -291,7 +291,10 @@ class SubscriptionService:
                     func.coalesce(func.sum(ApiCall.price), 0),
                     func.coalesce(func.sum(charged), 0),
                 ).where(
-                    ApiCall.subscription_id == sub.id,
+                    # (What the quota counts: the organisation's calls to the API.)
+                    ApiCall.organisation_id == sub.organisation_id,
+                    ApiCall.api_id
+                    == select(Listing.api_id).where(Listing.id == sub.listing_id).scalar_subquery(),
                     ApiCall.created_at >= sub.period_start,
                 )
             )
@@ -412,14 +415,33 @@ class SubscriptionService:
             existing.ended_reason = "cancelled"
             existing.updated_at = now
             await self.session.flush()
+        start, end = now, month_after(now)
+        if not planfees.billed(plan, listing.currency):
+            # A subscription of the organisation to the listing that ended within its
+            # period hands the period on, with the calls made in it: ending and
+            # subscribing again gives no free quota anew. (A paid plan starts a
+            # period of its own: its fee pays for it.)
+            ended = await self.session.scalar(
+                select(Subscription)
+                .where(
+                    Subscription.listing_id == listing_id,
+                    Subscription.organisation_id == org.id,
+                    Subscription.status.not_in(LIVE),
+                    Subscription.period_end > now,
+                )
+                .order_by(Subscription.period_end.desc())
+                .limit(1)
+            )
+            if ended is not None:
+                start, end = ended.period_start, ended.period_end
         sub = Subscription(
             listing_id=listing_id,
             plan_id=plan.id,
             organisation_id=org.id,
             user_id=principal.user_id,
             status=ACTIVE,
-            period_start=now,
-            period_end=month_after(now),
+            period_start=start,
+            period_end=end,
             cancel_at_period_end=False,
         )
         self.session.add(sub)
