@@ -64,6 +64,16 @@ async def test_an_api_is_deployed_checked_served_scaled_and_deleted(
     assert got["deployment"]["status"] == "active" and got["endpoint"]
     r = await client.get(f"/svc/{container_id}/")
     assert r.status_code == 200 and r.text.strip() == "nefos test page"
+    # Its container changes only through the API (each change a deployment).
+    for method, path, body in (
+        ("PUT", "", {"environment": {"MODE": "x"}}),
+        ("POST", "/scale", {"replicas": 2}),
+        ("DELETE", "", None),
+    ):
+        r = await client.request(
+            method, f"{V1}/containers/{container_id}{path}", json=body, headers=user.headers
+        )
+        assert_error(r, 409, "CONFLICT")
     listed = await api.call("GET", "/apis")
     assert [a["id"] for a in listed["apis"]] == [api_id] and listed["pagination"]["total"] == 1
     assert (await api.call("GET", f"/apis/{api_id}/openapi"))["openapi"] == OPENAPI

@@ -28,6 +28,7 @@ from nefos.billing import metering
 from nefos.billing.accounts import require_funds
 from nefos.config import Settings
 from nefos.db.models import (
+    Api,
     Container,
     ContainerReplica,
     Host,
@@ -258,6 +259,20 @@ class ContainerService:
             order_by=(Container.created_at, Container.id),
             page=page,
         )
+
+    async def not_an_apis(self, container: Container) -> None:
+        """Refuse (409) a change of spec, scale or delete of an API's container made
+        around the API: through ``/apis`` each is a deployment, rolled out and kept
+        in the API's history."""
+        api = await self.session.scalar(
+            select(Api.id).where(Api.container_id == container.id, Api.deleted_at.is_(None))
+        )
+        if api is not None:
+            raise Conflict(
+                f"This container runs an API: change it with PUT /apis/{api} "
+                f"(or DELETE /apis/{api})",
+                api_id=api,
+            )
 
     async def visible(
         self, principal: Principal, container_id: str, permission: Permission

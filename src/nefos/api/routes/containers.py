@@ -187,6 +187,7 @@ async def update_container(
     202 with the `container.update` operation; 200 when nothing would change."""
     service = ContainerService(core, session)
     c = await service.visible(access.principal, container_id, Permission.COMPUTE_WRITE)
+    await service.not_an_apis(c)
     c, op = await service.update(access.principal, c, body)
     if op is None:
         replicas = (await service.replicas([c.id]))[c.id]
@@ -234,6 +235,7 @@ async def scale_container(
     removing any; `recreate` removes every old replica, then starts the new ones."""
     service = ContainerService(core, session)
     c = await service.visible(access.principal, container_id, Permission.COMPUTE_WRITE)
+    await service.not_an_apis(c)
     c, op = await service.scale(access.principal, c, body)
     return await _accepted(service, "Container scaling accepted", c, op, replicas=body.replicas)
 
@@ -248,6 +250,7 @@ async def delete_container(
     """Remove every engine container, free the allocations, then the record."""
     service = ContainerService(core, session)
     c = await service.visible(access.principal, container_id, Permission.COMPUTE_WRITE)
+    await service.not_an_apis(c)
     c, op = await service.delete(access.principal, c)
     return await _accepted(service, "Container deletion accepted", c, op)
 
