@@ -6,11 +6,14 @@ once per request id. Real HTTP to a real API on the test Podman."""
 from __future__ import annotations
 
 import asyncio
+import os
+import uuid
 from collections import Counter
 from decimal import Decimal
 from typing import Any
 
 import httpx
+import redis.asyncio as aioredis
 from sqlalchemy import func, select
 
 from nefos.billing import apicalls
@@ -19,6 +22,7 @@ from nefos.db.session import begin_write
 from nefos.services.endpoints import host_label
 from tests.api.test_apis import api_body
 from tests.api.test_containers import Api, assert_error
+from tests.api.test_invoices import org_of
 from tests.conftest import wait_serving
 
 PLANS = [
@@ -282,6 +286,43 @@ async def test_calls_are_checked_forwarded_limited_priced_and_recorded_once(
             select(ApiCall).where(ApiCall.request_id.like(f"%:{r.headers['x-request-id']}"))
         )
     assert last is not None and last.price == Decimal(4)
+
+    # The same with the counts in Redis, as every API process of an installation
+    # with NEFOS_REDIS_URL shares them: 200 at once against 50, and a quota.
+    redis_url = os.environ.get("NEFOS_TEST_REDIS_URL")
+    assert redis_url, "make services starts Redis (NEFOS_TEST_REDIS_URL)"
+    gateway = app.state.api_gateway
+    redis = aioredis.Redis.from_url(redis_url)
+    monkeypatch.setattr(gateway, "shared", None)
+    gateway.share(redis, f"nefos-test-{uuid.uuid4().hex}:gw:")
+    try:
+        burst = await subscribe(client, await register(), listing["id"], plans["burst"])
+        answers = await asyncio.gather(
+            *(client.get(f"{gw}/index.html", headers={"X-API-Key": burst}) for _ in range(200))
+        )
+        counts = Counter(r.status_code for r in answers)
+        # (50 a clock minute: a burst across a minute's turn admits each minute's 50.)
+        assert counts[200] in (50, 100) and counts[200] + counts[429] == 200, counts
+        metered = await register()
+        priced_key = await subscribe(client, metered, listing["id"], plans["basic"])
+        answers = await asyncio.gather(
+            *(client.get(f"{gw}/index.html", headers={"X-API-Key": priced_key}) for _ in range(6))
+        )
+        # 3 free, then 4.00 each: the wallet's 10.00 pays for 2 more, the last is a 402.
+        assert Counter(r.status_code for r in answers) == {200: 5, 402: 1}, [
+            r.text for r in answers
+        ]
+        async with app.state.core.db.sessionmaker() as session:
+            prices = sorted(
+                await session.scalars(
+                    select(ApiCall.price)
+                    .join(Subscription, Subscription.id == ApiCall.subscription_id)
+                    .where(Subscription.organisation_id == await org_of(client, metered))
+                )
+            )
+        assert prices == [0, 0, 0, 4, 4], prices
+    finally:
+        await redis.aclose()
 
     for m in (made, other):
         await api.wait(m["operation"])

@@ -247,6 +247,9 @@ def create_app(
     app.state.ingress = ingress = Ingress(settings) if settings.ingress_enabled else None
     if ingress is not None:
         app.state.api_gateway = gateway = ApiGateway(ingress)
+        if limiter.redis is not None:
+            # Plans' windows and quotas counted with every other API process.
+            gateway.share(limiter.redis.redis, f"{settings.redis_prefix}:gw:")
         app.add_middleware(
             IngressMiddleware,
             ingress=ingress,

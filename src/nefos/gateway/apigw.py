@@ -40,13 +40,17 @@ or 100 % of the plan's quota has ``billing.quota.check`` tell the ``usage_alert`
 once (a unique row per threshold and period); nothing more awaits before a call is
 forwarded.
 
-Per process: keys are remembered for ``KEY_CACHE_SECONDS`` (a revoked key stops
-within that), and the rate-limit windows and period counts are this process's
-(the period count is read from the database on first use).
+Keys are remembered by each process for ``KEY_CACHE_SECONDS`` (a revoked key stops
+within that). The plans' windows and the quotas' period counts are in Redis when the
+process has it (``gateway/apicounts.py``: shared by every API process, one script a
+call); without it they are this process's (the period count read from the database
+on first use), exact for the one process of an embedded install. Money held by
+calls in flight is each process's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -69,6 +73,7 @@ from nefos.db.session import begin_write
 from nefos.db.types import utcnow
 from nefos.domain.consumer_keys import key_hash, looks_like
 from nefos.domain.plans import CALL_IN_FLIGHT, PAST_DUE, ZERO, call_price
+from nefos.gateway.apicounts import UNKNOWN, Admission, SharedCounts
 from nefos.gateway.envelope import send_error
 from nefos.gateway.ingress import _SCOPE_KEY, GATEWAY_FORWARD, HOST_CALL, Ingress, TtlCache
 from nefos.services.market_subscriptions import live_key
@@ -76,6 +81,8 @@ from nefos.services.market_subscriptions import live_key
 log = logging.getLogger("nefos.gateway.api")
 
 PATH_PREFIX = "/gw/"
+#: Seconds a quota's count is kept in Redis (longer than any period).
+QUOTA_KEEP_SECONDS = 40 * 86400
 #: How long a key's look-up is remembered by a process.
 KEY_CACHE_SECONDS = 5.0
 CACHE_SIZE = 10_000
@@ -134,6 +141,58 @@ class ApiGateway:
         self._held: dict[tuple[str, str], Decimal] = {}
         #: Which ``Host`` labels are API slugs (and which are not), for a while.
         self._slugs: TtlCache[str, bool] = TtlCache(ingress.settings.ingress_cache_seconds)
+        #: The windows and quota counts in Redis, when the process has it.
+        self.shared: SharedCounts | None = None
+        self._shared_warned = -1e9
+
+    def share(self, redis: Any, prefix: str) -> None:
+        """Count windows and quotas in Redis (``redis.asyncio.Redis``), with every
+        other API process of the installation."""
+        self.shared = SharedCounts(redis, prefix)
+
+    async def _admit_shared(self, caller: Caller) -> Admission | None:
+        """The call's admission by the shared counts (its quota place reserved);
+        None if Redis failed (this process's own counts decide then)."""
+        shared = self.shared
+        assert shared is not None
+        key = (
+            shared.quota_key(caller.organisation_id, caller.api_id, caller.period_start.isoformat())
+            if caller.plan.included_calls is not None
+            else None
+        )
+        try:
+            admission = await shared.admit(
+                caller.subscription_id, caller.plan.rate_limit_per_minute, key
+            )
+            if admission.count == UNKNOWN:
+                assert key is not None and self.ingress.db is not None
+                async with self.ingress.db.sessionmaker() as session:
+                    counted = await quota.period_calls(
+                        session, caller.organisation_id, caller.api_id, caller.period_start
+                    )
+                count = await shared.start(key, counted, QUOTA_KEEP_SECONDS)
+                admission = dataclasses.replace(admission, count=count)
+        except Exception:  # Redis away: this process's counts, as the limiter does
+            now = time.monotonic()
+            if now - self._shared_warned > 30:
+                self._shared_warned = now
+                log.warning("gateway: Redis unreachable, counting in this process", exc_info=True)
+            return None
+        return admission
+
+    async def _give_back(self, caller: Caller, shared: bool) -> None:
+        """Give back a quota place reserved for a call that did not count."""
+        if not shared:
+            self._count(caller, -1)
+            return
+        assert self.shared is not None
+        key = self.shared.quota_key(
+            caller.organisation_id, caller.api_id, caller.period_start.isoformat()
+        )
+        try:
+            await self.shared.give_back(key)
+        except Exception:  # counted one too many until the period's end: logged
+            log.warning("gateway: a quota place was not given back", exc_info=True)
 
     async def is_slug(self, label: str) -> bool:
         """Is ``label`` (of ``{label}.{apps_domain}``) an API's slug?"""
@@ -312,7 +371,11 @@ class ApiGateway:
                 },
             )
             return
-        admitted, remaining, reset = self.admit(caller)
+        admission = await self._admit_shared(caller) if self.shared is not None else None
+        if admission is None:
+            admitted, remaining, reset = self.admit(caller)
+        else:
+            admitted, remaining, reset = admission.admitted, admission.remaining, admission.reset
         limit_headers = [
             (b"ratelimit-limit", str(caller.plan.rate_limit_per_minute).encode()),
             (b"ratelimit-remaining", str(remaining).encode()),
@@ -328,7 +391,13 @@ class ApiGateway:
                 [*limit_headers, (b"retry-after", str(int(reset + 0.999)).encode())],
             )
             return
-        used = await self.used(caller)
+        # The quota's place: reserved in Redis by the admission (``shared``), or here.
+        shared = admission is not None and admission.count is not None
+        if shared:
+            assert admission is not None and admission.count is not None
+            used = admission.count - 1
+        else:
+            used = await self.used(caller)
         included = caller.plan.included_calls
         quota_headers = (
             [
@@ -340,6 +409,8 @@ class ApiGateway:
         )
         price = call_price(caller.plan, used)
         if price is None:
+            if shared:
+                await self._give_back(caller, shared)
             await send_error(
                 send,
                 429,
@@ -352,7 +423,11 @@ class ApiGateway:
         # Reserved before anything awaits, so that calls at once cannot all take
         # the last free call, or the last of the wallet: the call's place in the
         # quota and its price held; given back if it is refused, replayed or 5xx.
-        self._count(caller, 1)
+        if shared:
+            # (This process's view of the count, for the usage alerts' crossing.)
+            self._used[caller.subscription_id] = (caller.period_start, used + 1)
+        else:
+            self._count(caller, 1)
         purse = (caller.organisation_id, caller.currency)
         if price > 0:
             self._held[purse] = self._held.get(purse, ZERO) + price
@@ -376,7 +451,7 @@ class ApiGateway:
             )
         finally:
             if not counted:
-                self._count(caller, -1)
+                await self._give_back(caller, shared)
             if price > 0:
                 left = self._held[purse] - price
                 if left > 0:
