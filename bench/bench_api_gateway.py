@@ -3,7 +3,7 @@ plan rate limit, quota, and one ``api_calls`` row per call) against the bare
 reverse proxy and the instance itself, in the same run.
 
     python bench/bench_api_gateway.py [--database sqlite] [--database postgresql] [--duration 5]
-        [--upstream-cpu 0] [--proxy-cpu 1] [--no-pin]
+        [--upstream-cpu 0] [--proxy-cpu 1] [--no-pin] [--redis]
 
 The harness is bench_ingress's (the same three processes, pinning, wrk, rounds and
 medians); on top of its service the bench writes an API, a listing with a free plan
@@ -150,12 +150,27 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--upstream-cpu", type=int, default=0, help="The upstream's CPU.")
     parser.add_argument("--proxy-cpu", type=int, default=1, help="The proxies' CPU.")
     parser.add_argument("--no-pin", action="store_true", help="Run everything on every CPU.")
+    parser.add_argument(
+        "--redis",
+        action="store_true",
+        help="Nefos with NEFOS_REDIS_URL (NEFOS_TEST_REDIS_URL): the gateway's windows and "
+        "quota counts (and the API's rate limits) in Redis.",
+    )
     args = parser.parse_args(argv)
+    extra: dict[str, str] = {}
+    if args.redis:
+        url = os.environ.get("NEFOS_TEST_REDIS_URL") or os.environ.get("NEFOS_REDIS_URL")
+        if not url:
+            raise SystemExit("--redis needs NEFOS_TEST_REDIS_URL (make services starts Redis)")
+        extra = {"NEFOS_REDIS_URL": url, "NEFOS_REDIS_PREFIX": f"bench-gw-{os.getpid()}"}
     wrk = ensure_wrk()
     if wrk is None:
         print("bench_api_gateway: wrk is not available; skipped")
         return 0
-    print(f"Machine: {machine()}; load: wrk -t1, {args.connections} and 1 client(s)")
+    print(
+        f"Machine: {machine()}; load: wrk -t1, {args.connections} and 1 client(s); "
+        f"counts {'in Redis' if args.redis else 'in the process'}"
+    )
     pins = (None, None) if args.no_pin else ({args.upstream_cpu}, {args.proxy_cpu})
     if not args.no_pin and (
         args.upstream_cpu == args.proxy_cpu
@@ -174,6 +189,7 @@ def main(argv: list[str]) -> int:
             upstream_cpus=pins[0],
             proxy_cpus=pins[1],
             more=gateway_target,
+            nefos_env_extra=extra,
         )
         met = report(backend, targets, args.connections) and met
     print("\naims met" if met else "\naims NOT met (see above)")

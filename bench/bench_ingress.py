@@ -315,9 +315,11 @@ def bench_backend(
     upstream_cpus: set[int] | None = None,
     proxy_cpus: set[int] | None = None,
     more: Callable[[str, str], list[Target]] | None = None,
+    nefos_env_extra: dict[str, str] | None = None,
 ) -> list[Target]:
     """Measure the upstream, the bare proxy and the ingress (and the targets ``more``
-    makes of Nefos's URL and the database's, served by Nefos) in rounds."""
+    makes of Nefos's URL and the database's, served by Nefos) in rounds. Nefos runs
+    with ``nefos_env_extra`` added to its environment."""
     with tempfile.TemporaryDirectory(prefix=f"nefos-bench-ingress-{backend}-") as tmp_name:
         tmp = Path(tmp_name)
         with (
@@ -330,6 +332,7 @@ def bench_backend(
             env = nefos_env(db_url, data) | {
                 "NEFOS_REGISTER_LOCAL_HOSTS": "false",
                 "NEFOS_BILLING_ENABLED": "false",
+                **(nefos_env_extra or {}),
             }
             with server(
                 ["nefos"], env=env, cwd=tmp, log=tmp / "nefos.log", ready_path="/health"
