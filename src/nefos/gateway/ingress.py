@@ -240,9 +240,12 @@ class Ingress:
         return await self.labels.get(label, load)
 
     async def is_gated(self, service_id: str) -> bool:
+        db = self.db
+        if db is None:  # (no database, no APIs)
+            return False
+
         async def load() -> bool:
-            assert self.db is not None
-            async with self.db.sessionmaker() as session:
+            async with db.sessionmaker() as session:
                 return await is_api_container(session, service_id)
 
         return await self.gated.get(service_id, load)
