@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import os
 import socket
@@ -528,3 +529,13 @@ async def join_org(
     r = await client.post(f"{base}/invitations/accept", json={"token": token}, headers=who.headers)
     assert r.status_code == 200, r.text
     return dict(r.json()["data"])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _collect_what_the_module_left() -> Iterator[None]:
+    """Collect garbage when a test module ends, so that whatever it left unclosed (a
+    connection, a coroutine never awaited) is reported as an error of that module's
+    last test, rather than of whichever test the collector happens to run in later
+    on the same worker."""
+    yield
+    gc.collect()
