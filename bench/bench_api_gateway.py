@@ -77,6 +77,10 @@ async def _publish(database_url: str) -> str:
                 tags=[],
                 currency="USD",
                 published_at=utcnow(),
+                # Unpublished after its subscriber came (a subscriber keeps calling):
+                # the service stays reachable through the ingress too (a published
+                # API's container is the gateway's only), so both run over one upstream.
+                status="unpublished",
             )
             session.add(listing)
             await session.flush()

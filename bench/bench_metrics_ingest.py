@@ -81,8 +81,19 @@ async def fresh_database(backend: str) -> AsyncIterator[tuple[str, str]]:
         yield url, plain
     finally:
         conn = await asyncpg.connect(admin)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
+        try:
+            # An autovacuum worker busy with the bench's tables holds the database and
+            # is not ours to terminate: it ends (or is cancelled by PostgreSQL) soon.
+            for attempt in range(60):
+                try:
+                    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                    break
+                except (asyncpg.InsufficientPrivilegeError, asyncpg.ObjectInUseError):
+                    if attempt == 59:
+                        raise
+                    await asyncio.sleep(1)
+        finally:
+            await conn.close()
 
 
 def one_pass(prefix: str, resources: int, ts: datetime) -> list[Sample]:
