@@ -168,6 +168,9 @@ async def test_calls_are_checked_forwarded_limited_priced_and_recorded_once(
         ("Weather", 5),
         ("Quotes", 0),
     ]
+    # Published without a description of their own, the listings say their APIs'.
+    found = (await client.get("/api/v1/marketplace/listings?q=forecasts")).json()["data"]
+    assert {i["title"] for i in found["items"]} == {"Weather", "Quotes"}
     newest = (await client.get("/api/v1/marketplace/listings?sort=newest")).json()["data"]
     assert [i["title"] for i in newest["items"]] == ["Quotes", "Weather"]
 

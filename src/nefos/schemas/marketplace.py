@@ -105,7 +105,9 @@ class PublishRequest(Request):
     api_id: Id
     title: Annotated[str, Field(min_length=1, max_length=120)]
     summary: Annotated[str, Field(max_length=300)] = ""
-    description: Annotated[str, Field(max_length=20_000, description="Markdown.")] = ""
+    description: Annotated[
+        str, Field(max_length=20_000, description="Markdown; default: the API's description.")
+    ] = ""
     category: Annotated[str, Field(max_length=40), AfterValidator(_category)]
     tags: Annotated[list[Annotated[str, Field(max_length=30)]], Field(max_length=10)] = []
     visibility: Visibility = "public"

@@ -362,7 +362,8 @@ class MarketplaceService:
             user_id=principal.user_id,
             title=body.title,
             summary=body.summary,
-            description=body.description,
+            # (A listing says what its API says of itself unless it says more.)
+            description=body.description or api.description,
             category=body.category,
             tags=list(body.tags),
             visibility=body.visibility,
