@@ -186,7 +186,13 @@ async def follow(
             rows = (
                 await session.scalars(
                     select(ApiCall)
-                    .where(*where.where(), C.created_at >= max(start, newest - FOLLOW_LAG))
+                    .where(
+                        *where.where(),
+                        # A call shows once answered (one the gateway holds in flight
+                        # has no status yet): sent once, with its answer.
+                        C.status != CALL_IN_FLIGHT,
+                        C.created_at >= max(start, newest - FOLLOW_LAG),
+                    )
                     .order_by(C.created_at, C.id)
                     .limit(FOLLOW_BATCH + len(sent))
                 )
