@@ -19,9 +19,10 @@ from typing import Any
 import docker
 import httpx
 import pytest
+from sqlalchemy import select, text
 
 from nefos.api.app import create_app
-from nefos.db.models import Container
+from nefos.db.models import Container, ContainerReplica
 from nefos.db.session import begin_write
 from nefos.domain.publishing import PublishPolicy
 from nefos.operations import queue
@@ -912,6 +913,56 @@ async def test_cancelling_a_pending_create_undoes_it(idle: Idle):
     data = await api.create(seed_body())
     idle.made.append(data["container_id"])
     await api.call("DELETE", f"/operations/{data['operation']['id']}")
+
+
+async def test_cancelling_a_create_while_its_health_is_written(idle: Idle):
+    """A health check's write holds the container (as its new row's foreign key does,
+    before it reaches the replica) when the create is cancelled: the cancel waits for
+    the write instead of removing the replica under it. It used to remove the replica
+    first, and the two transactions deadlocked (PostgreSQL aborted the cancel: a 500)."""
+    core = idle.app.state.core
+    if core.db.engine.dialect.name != "postgresql":
+        pytest.skip("row locks are PostgreSQL's; SQLite has one writer")
+    api = Api(idle.client, idle.admin)
+    data = await api.create(seed_body())
+    cid, op = data["container_id"], data["operation"]
+    idle.made.append(cid)
+    async with core.db.sessionmaker() as session:
+        (replica_id,) = (
+            await session.scalars(
+                select(ContainerReplica.id).where(ContainerReplica.container_id == cid)
+            )
+        ).all()
+
+    async with core.db.sessionmaker() as writer, core.db.sessionmaker() as watcher:
+        pid = await writer.scalar(text("SELECT pg_backend_pid()"))
+        await writer.execute(
+            select(Container.id).where(Container.id == cid).with_for_update(key_share=True)
+        )
+        cancel = asyncio.create_task(
+            idle.client.delete(f"{V1}/operations/{op['id']}", headers=idle.admin.headers)
+        )
+        blocked = text(
+            "SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"
+        )
+        deadline = time.monotonic() + 30
+        while not await watcher.scalar(blocked, {"pid": pid}):
+            assert not cancel.done(), cancel.result().text
+            assert time.monotonic() < deadline, "the cancel never waited for the writer"
+            await asyncio.sleep(0.05)
+            await watcher.rollback()  # a fresh snapshot of pg_stat_activity
+        # The replica is still there for the writer to hold, as its row's key needs.
+        live = await writer.scalars(
+            select(ContainerReplica.id)
+            .where(ContainerReplica.id == replica_id)
+            .with_for_update(key_share=True)
+        )
+        assert live.all() == [replica_id]
+        await writer.commit()
+    r = await cancel
+    assert r.status_code == 200, r.text
+    assert r.json()["data"]["status"] == "cancelled"
+    await api.call("GET", f"/containers/{cid}", 404)
 
 
 async def test_cancelling_a_pending_stop_or_scale_restores_the_container(idle: Idle):

@@ -134,6 +134,35 @@ def _published_port(
     return None, None
 
 
+async def lock_live_replicas(session: AsyncSession, targets: Sequence[Target]) -> set[str]:
+    """The targets' replicas that still exist, each locked (with its container) until
+    the caller's transaction ends, so that its health row can be written.
+
+    The lock order is the one a transaction removing a container takes (the container,
+    then its replicas: ``ContainerService.cancel_create``). Left to the new health
+    row's two foreign keys, PostgreSQL would lock the replica and the container in its
+    own order, and a cancelled create removing both at that moment deadlocked with
+    the write. A replica removed meanwhile is not returned (SQLite has one writer and
+    no row locks: its ``FOR KEY SHARE`` is not rendered)."""
+    if not targets:
+        return set()
+    containers = sorted({t.service_id for t in targets})
+    await session.execute(
+        select(Container.id)
+        .where(Container.id.in_(containers))
+        .order_by(Container.id)
+        .with_for_update(key_share=True)
+    )
+    return set(
+        await session.scalars(
+            select(ContainerReplica.id)
+            .where(ContainerReplica.id.in_(sorted(t.instance_id for t in targets)))
+            .order_by(ContainerReplica.id)
+            .with_for_update(key_share=True)
+        )
+    )
+
+
 class HealthChecker:
     """See the module docstring."""
 
@@ -298,16 +327,7 @@ class HealthChecker:
                     )
                 )
             }
-            replicas = [t.instance_id for t in due if not t.vm]
-            live = (
-                set(
-                    await session.scalars(
-                        select(ContainerReplica.id).where(ContainerReplica.id.in_(replicas))
-                    )
-                )
-                if replicas
-                else set()
-            )
+            live = await lock_live_replicas(session, [t for t in due if not t.vm])
             vms = {
                 v.id: v
                 for v in await session.scalars(

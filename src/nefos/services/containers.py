@@ -1557,7 +1557,11 @@ class ContainerOps:
 
     # --- cancelling a pending operation (in the cancelling transaction) ---------------
     async def cancel_create(self, session: AsyncSession, op: Operation) -> None:
-        container = await session.get(Container, op.resource_id, populate_existing=True)
+        # The container is locked before its replicas are removed: the order every
+        # writer of their rows takes (nefos.monitoring.servicehealth.lock_live_replicas).
+        container = await session.get(
+            Container, op.resource_id, populate_existing=True, with_for_update=True
+        )
         if container is None:
             return
         rows = (
