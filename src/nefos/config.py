@@ -625,6 +625,19 @@ class Settings(BaseSettings):
     request_log_flush_interval: float = Field(
         1.0, gt=0, description="Seconds between writes of the queued requests."
     )
+    api_call_flush_interval: float = Field(
+        0.05,
+        gt=0,
+        le=5,
+        description="Seconds between two group writes of the gateway's answered calls "
+        "(`api_calls`, billed): what a crash of the process may lose at most.",
+    )
+    api_call_buffer: int = Field(
+        10000,
+        ge=10,
+        description="Answered gateway calls waiting to be written; at this many the "
+        "gateway refuses new calls (503) until they are written.",
+    )
     request_log_retention_days: float = Field(
         30.0, gt=0, description="Days requests are kept in the log."
     )

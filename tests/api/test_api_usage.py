@@ -114,6 +114,7 @@ class Follow:
 
 
 async def calls_of(app: Any, subscription_id: str) -> list[ApiCall]:
+    await app.state.core.calls.flush()  # the gateway writes calls in groups
     async with app.state.core.db.sessionmaker() as session:
         rows = await session.scalars(
             select(ApiCall).where(ApiCall.subscription_id == subscription_id)
@@ -284,6 +285,7 @@ async def test_the_creator_sees_the_call_log_and_figures_and_the_consumer_its_us
     metrics = await creator.call("GET", f"/apis/{api_id}/metrics", params={"period": "1h"})
     figures = metrics["calls"]
     assert (figures["calls"], figures["errors"], figures["client_errors"]) == (9, 1, 1)
+    await app.state.core.calls.flush()  # the gateway writes calls in groups
     async with app.state.core.db.sessionmaker() as session:
         sent = await session.scalar(
             select(func.sum(ApiCall.bytes_out)).where(ApiCall.api_id == api_id)

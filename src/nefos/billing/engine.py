@@ -129,6 +129,8 @@ class BillingEngine:
         async with self._lock:
             now = now or utcnow()
             result = PassResult()
+            # This process's gateway calls answered by now are charged in this pass.
+            await self.core.calls.flush()
             async with self.core.db.sessionmaker() as session:
                 await begin_write(session)
                 await catalogue.ensure_defaults(session, self.core.settings.billing_currency)

@@ -29,8 +29,11 @@ request id. The client's own well-formed ``X-Request-ID`` is claimed before the
 call is forwarded (the row written in flight): a second call with it is a 409 and
 goes nowhere, unless the first was answered 500 or more (not billed), whose retry
 is forwarded on the same row; a call without one gets a fresh id and is recorded
-once answered. An answer of 500 or more is recorded with price 0 (not billed). The row is the call
-log the creator reads (``GET /apis/{id}/logs?source=gateway``) and the figures of
+once answered, handed to the call log (``billing.calllog``: written with the other
+calls of a few milliseconds in one statement, off the call's cycle; its price held
+until then; while too many wait unwritten, new calls are a 503). An answer of 500
+or more is recorded with price 0 (not billed). The row is the call log the creator
+reads (``GET /apis/{id}/logs?source=gateway``) and the figures of
 ``GET /apis/{id}/metrics``: method, the path within the API (after the slug, no
 query), status, latency (until the answer's last byte), bytes in and out, the
 consumer's organisation and subscription.
@@ -56,6 +59,7 @@ import re
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -68,6 +72,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from nefos.billing import quota
 from nefos.billing.accounts import wallet
+from nefos.billing.calllog import CallLog
 from nefos.db.models import Api, ApiCall, Listing, ListingPlan, Wallet
 from nefos.db.session import begin_write
 from nefos.db.types import utcnow
@@ -144,6 +149,8 @@ class ApiGateway:
         #: The windows and quota counts in Redis, when the process has it.
         self.shared: SharedCounts | None = None
         self._shared_warned = -1e9
+        #: Where answered calls go (``Core.calls``, set by the app's lifespan).
+        self.calls: CallLog | None = None
 
     def share(self, redis: Any, prefix: str) -> None:
         """Count windows and quotas in Redis (``redis.asyncio.Redis``), with every
@@ -166,6 +173,7 @@ class ApiGateway:
             )
             if admission.count == UNKNOWN:
                 assert key is not None and self.ingress.db is not None
+                await self._written()
                 async with self.ingress.db.sessionmaker() as session:
                     counted = await quota.period_calls(
                         session, caller.organisation_id, caller.api_id, caller.period_start
@@ -254,6 +262,7 @@ class ApiGateway:
         if known is not None and known[0] == caller.period_start:
             return known[1]
         assert self.ingress.db is not None
+        await self._written()
         async with self.ingress.db.sessionmaker() as session:
             count = await quota.period_calls(
                 session, caller.organisation_id, caller.api_id, caller.period_start
@@ -297,6 +306,8 @@ class ApiGateway:
                 balance = (await wallet(session, self.ingress.settings, org, currency)).balance
                 await session.commit()
         held = self._held.get((org, currency), ZERO)
+        if self.calls is not None:
+            held += self.calls.owed(org, currency)  # answered, not written yet
         return Decimal(balance) - Decimal(owed or 0) - held >= 0
 
     def admit(self, caller: Caller) -> tuple[bool, int, float]:
@@ -355,6 +366,17 @@ class ApiGateway:
         if slug != caller.slug:
             await send_error(
                 send, 403, "FORBIDDEN", "This key is for another API", {"api": caller.slug}
+            )
+            return
+        if self.calls is not None and self.calls.full:
+            # The calls already answered are not written yet (the database is away,
+            # or slower than the calls): no call is made that could not be billed.
+            await send_error(
+                send,
+                503,
+                "SERVICE_UNAVAILABLE",
+                "The gateway cannot record calls right now; try again shortly",
+                headers=[(b"retry-after", b"1")],
             )
             return
         if caller.past_due:
@@ -429,8 +451,22 @@ class ApiGateway:
         else:
             self._count(caller, 1)
         purse = (caller.organisation_id, caller.currency)
-        if price > 0:
-            self._held[purse] = self._held.get(purse, ZERO) + price
+        held = price if price > 0 else ZERO
+        if held:
+            self._held[purse] = self._held.get(purse, ZERO) + held
+
+        def release() -> None:
+            """The call's row owes its price now (or the call is over): held no more
+            here, lest a wallet check count it twice."""
+            nonlocal held
+            if held:
+                left = self._held[purse] - held
+                if left > 0:
+                    self._held[purse] = left
+                else:
+                    del self._held[purse]
+                held = ZERO
+
         counted = False
         try:
             if price > 0 and not await self.affordable(caller):
@@ -447,17 +483,12 @@ class ApiGateway:
                 await send_error(send, 404, "NOT_FOUND", "This API runs no replicas")
                 return
             counted = await self._forward(
-                scope, receive, send, caller, rest, price, [*limit_headers, *quota_headers]
+                scope, receive, send, caller, rest, price, [*limit_headers, *quota_headers], release
             )
         finally:
+            release()
             if not counted:
                 await self._give_back(caller, shared)
-            if price > 0:
-                left = self._held[purse] - price
-                if left > 0:
-                    self._held[purse] = left
-                else:
-                    del self._held[purse]
 
     def _count(self, caller: Caller, delta: int) -> None:
         period, count = self._used.get(caller.subscription_id, (caller.period_start, 0))
@@ -472,9 +503,11 @@ class ApiGateway:
         rest: bytes,
         price: Decimal,
         extra: list[tuple[bytes, bytes]],
+        release: Callable[[], None],
     ) -> bool:
-        """Forward the call and record it; whether it counts against the quota (not
-        refused as a replay, not answered 500 or more).
+        """Forward the call and record it (``release`` once its row owes its price);
+        whether it counts against the quota (not refused as a replay, not answered
+        500 or more).
 
         A call with the client's own ``X-Request-ID`` is recorded *before* it is
         forwarded (in flight, its price held in the row), so that the id is claimed
@@ -500,6 +533,7 @@ class ApiGateway:
                     [(b"x-request-id", request_id.encode()), *extra],
                 )
                 return False
+            release()  # the claimed row owes the price from now on
         headers = [
             (k, v)
             for k, v in scope["headers"]
@@ -547,6 +581,7 @@ class ApiGateway:
                 recorded = await self._settle(claimed, seen, latency, price)
             else:
                 recorded = await self._record(caller, request_id, scope, path, seen, latency, price)
+            release()
         counts = recorded and int(seen["status"]) < 500
         if counts:
             await self._tell_usage(caller)
@@ -565,6 +600,7 @@ class ApiGateway:
             return
         assert self.ingress.db is not None
         try:
+            await self._written()  # this call's row among them
             told, _ = await quota.check(self.ingress.db, caller.subscription_id)
         except SQLAlchemyError:
             # The answer is sent; the billing pass's sweep tells what this missed.
@@ -658,31 +694,36 @@ class ApiGateway:
         latency_ms: float,
         price: Decimal,
     ) -> bool:
-        """Record the call; False if its (generated) request id was taken already."""
+        """Hand the answered call to the call log (written with others in a moment;
+        its price held until then: ``affordable``)."""
         status = int(seen["status"])
-        assert self.ingress.db is not None
-        call = ApiCall(
-            request_id=f"{caller.subscription_id}:{request_id}",
-            api_id=caller.api_id,
-            subscription_id=caller.subscription_id,
-            plan_id=caller.plan.id,
-            organisation_id=caller.organisation_id,
-            method=str(scope["method"])[:8],
-            path=path[:500],
-            status=status,
-            latency_ms=round(latency_ms, 3),
-            bytes_in=int(seen["bytes_in"]),
-            bytes_out=int(seen["bytes"]),
-            units=1,
-            price=price if status < 500 else ZERO,
-        )
-        async with self.ingress.db.sessionmaker() as session:
-            session.add(call)
-            try:
-                await session.commit()
-            except IntegrityError:
-                return False  # (a fresh id: only a collision of random ids)
+        assert self.calls is not None
+        charged = price if status < 500 else ZERO
+        row = {
+            "id": str(uuid.uuid4()),
+            "request_id": f"{caller.subscription_id}:{request_id}",
+            "api_id": caller.api_id,
+            "subscription_id": caller.subscription_id,
+            "plan_id": caller.plan.id,
+            "organisation_id": caller.organisation_id,
+            "method": str(scope["method"])[:8],
+            "path": path[:500],
+            "status": status,
+            "latency_ms": round(latency_ms, 3),
+            "bytes_in": int(seen["bytes_in"]),
+            "bytes_out": int(seen["bytes"]),
+            "units": 1,
+            "price": charged,
+            "charge_id": None,
+            "created_at": utcnow(),
+        }
+        await self.calls.add(row, (caller.organisation_id, caller.currency), charged)
         return True
+
+    async def _written(self) -> None:
+        """Every call this process answered is in the database."""
+        if self.calls is not None:
+            await self.calls.flush()
 
 
 def _split(scope: Scope) -> tuple[str, bytes]:

@@ -11,7 +11,16 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from starlette.responses import Response, StreamingResponse
 
-from nefos.api.deps import Access, CoreDep, ObjectId, PageDep, ProjectHint, SessionDep, authorize
+from nefos.api.deps import (
+    Access,
+    CallsWritten,
+    CoreDep,
+    ObjectId,
+    PageDep,
+    ProjectHint,
+    SessionDep,
+    authorize,
+)
 from nefos.api.routes.services import blocking_slot
 from nefos.config import Settings
 from nefos.db.models import Api, ApiDeployment, Container, Operation
@@ -293,6 +302,7 @@ async def get_openapi(
 @router.get(
     "/{api_id}/logs",
     response_model=Envelope[ApiLogs],
+    dependencies=[CallsWritten],
     responses={
         200: {
             "content": {
@@ -400,7 +410,9 @@ async def _follow(core: Any, access: Access, where: api_usage.CallFilter, second
     )
 
 
-@router.get("/{api_id}/metrics", response_model=Envelope[dict[str, Any]])
+@router.get(
+    "/{api_id}/metrics", response_model=Envelope[dict[str, Any]], dependencies=[CallsWritten]
+)
 async def api_metrics(
     api_id: ObjectId,
     core: CoreDep,

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from nefos.api.deps import (
     ID_PATTERN,
     Access,
+    CallsWritten,
     CoreDep,
     ObjectId,
     OrgHint,
@@ -265,6 +266,7 @@ async def get_subscription(
 @router.get(
     "/subscriptions/{subscription_id}/usage",
     response_model=Envelope[dict[str, SubscriptionUsage]],
+    dependencies=[CallsWritten],
 )
 async def subscription_usage(
     subscription_id: SubscriptionId,
@@ -387,6 +389,7 @@ async def list_reviews(
 @router.post(
     "/reviews",
     status_code=201,
+    dependencies=[CallsWritten],
     response_model=Envelope[dict[str, ReviewPublic]],
     responses={200: {"model": Envelope[dict[str, ReviewPublic]], "description": "Changed."}},
 )
