@@ -381,13 +381,16 @@ class SubscriptionService:
         self, principal: Principal, org: Organisation, listing_id: str, plan_id: str
     ) -> tuple[Subscription, NewKey]:
         """Subscribe ``org`` to a current plan of a listing the caller may see, and
-        make its first key. A listing whose API is deleted is a 404; a second active
+        make its first key. A listing whose API is deleted is a 404, and so is a
+        private one for an organisation it did not invite; a second active
         subscription of the organisation to the listing is a 409 naming the first. A
         monthly plan's first period is charged in the same transaction: a wallet that
         cannot pay it is a 402 (PaymentDue) and no subscription."""
-        found, api = await MarketplaceService(self.core, self.session).get(principal, listing_id)
+        market = MarketplaceService(self.core, self.session)
+        found, api = await market.get(principal, listing_id)
         listing = found.listing
-        if api.deleted_at is not None:
+        if api.deleted_at is not None or not await market.may_subscribe(principal, listing, org.id):
+            # (A private listing the caller sees, for an organisation it did not invite.)
             raise NotFound("Listing not found", listing_id=listing_id)
         plan = await self._current_plan(listing_id, plan_id)
         await begin_write(self.session)
