@@ -79,6 +79,14 @@ async def test_an_invited_organisation_sees_a_private_listing_and_subscribes(
         "POST", f"/marketplace/listings/{lid}/subscribe", 201, json={"plan_id": basic["id"]}
     )
     sub, key = got["subscription"], got["key"]["key"]
+    # Another organisation of the same user is not invited: it may not subscribe.
+    other_org = (await consumer.call("POST", "/organisations", 201, json={"name": "Side"}))["id"]
+    r = await client.post(
+        f"{V1}/marketplace/listings/{lid}/subscribe",
+        json={"plan_id": hobby["id"], "organisation_id": other_org},
+        headers=consumer_user.headers,
+    )
+    assert_error(r, 404, "NOT_FOUND")
 
     # What makes no sense is refused, in the envelope.
     for body, status, code in (

@@ -1520,7 +1520,7 @@ class Listing(Base):
     """An API's page on the marketplace (one per API): what browsers read, and the
     plans they may subscribe to. ``status`` is published or unpublished;
     ``visibility`` public (browsable without an account) or private (its creator's
-    organisation only, until invitations)."""
+    organisation and the organisations it invited: ``ListingInvitation``)."""
 
     __tablename__ = "marketplace_listings"
 
