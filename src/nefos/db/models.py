@@ -1520,7 +1520,7 @@ class Listing(Base):
     """An API's page on the marketplace (one per API): what browsers read, and the
     plans they may subscribe to. ``status`` is published or unpublished;
     ``visibility`` public (browsable without an account) or private (its creator's
-    organisation only, until invitations)."""
+    organisation and the organisations it invited: ``ListingInvitation``)."""
 
     __tablename__ = "marketplace_listings"
 
@@ -1730,6 +1730,45 @@ class ListingReview(Base):
         UniqueConstraint("listing_id", "organisation_id"),
         CheckConstraint("stars BETWEEN 1 AND 5", name="stars"),
         Index("ix_marketplace_reviews_listing_created", "listing_id", "created_at"),
+    )
+
+
+class ListingInvitation(Base):
+    """An invitation to a private listing (seed 002's "private by invitation"): to an
+    organisation (``organisation_id`` named by the seller, accepted at once), or to
+    an e-mail address (a one-time token, kept as ``token_hash``, that the holder of
+    the address accepts for one of its organisations, which sets
+    ``organisation_id``). While accepted and not revoked, it lets its organisation
+    see the published private listing and subscribe to it."""
+
+    __tablename__ = "marketplace_invitations"
+
+    id: Mapped[str] = _id()
+    listing_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("marketplace_listings.id", ondelete="CASCADE"), nullable=False
+    )
+    organisation_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("organisations.id", ondelete="CASCADE")
+    )
+    email: Mapped[str | None] = mapped_column(String(320))
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    invited_by: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    accepted_by: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = _created()
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        CheckConstraint("email IS NOT NULL OR organisation_id IS NOT NULL", name="invitee"),
+        # The seller's list, newest first.
+        Index("ix_marketplace_invitations_listing_created", "listing_id", "created_at"),
+        # Who sees a private listing: an organisation's accepted invitations.
+        Index("ix_marketplace_invitations_org_listing", "organisation_id", "listing_id"),
     )
 
 
