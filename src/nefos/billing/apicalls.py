@@ -2,45 +2,85 @@
 their share (seed 002).
 
 The gateway records every call with its price (``api_calls.price``; 0 within a free
-quota or for an answer of 500 or more). A pass of the billing engine charges each
-consumer organisation's uncharged priced calls in batches, set-based: one guarded
-``UPDATE`` marks a batch of them (oldest first, at most ``BATCH``, only those still
-uncharged) with the id of the ``charge`` ledger entry it is about to post; one
-``GROUP BY`` over the calls marked with it (``ix_api_calls_charge``) gives the
-total and each creator's part; then, in the same transaction, the consumer's wallet
-is debited by one entry of that id and each creator organisation is credited one
-``revenue`` entry of its calls' total less the platform's fee
-(``NEFOS_MARKETPLACE_FEE_PERCENT``), keyed by the charge. Two passes at once mark
-disjoint calls (the guard is re-checked on the rows the other pass locked), so
-nothing is charged twice; a wallet that cannot pay rolls the batch back and its
-calls wait for the next pass. Revenue is what payouts pay out
-(``services/payouts.py``).
+quota or for an answer of 500 or more). The billing pass charges closed windows of
+time, as usage-billing systems rate, and never rewrites a call:
+
+- **The watermark.** Each consumer organisation and currency has one
+  (``api_call_watermarks.charged_until``): its priced calls with ``created_at`` at or
+  before it are charged, those after it are not. A pass charges the window
+  ``watermark < created_at <= end`` with ``end`` the earliest of *now less the
+  settling delay* (``NEFOS_MARKETPLACE_SETTLE_SECONDS``: a row is written, and
+  committed, within it) and just before the oldest priced call of the organisation
+  still in flight (it may yet be answered 5xx and cost nothing; one in flight for
+  ``IN_FLIGHT_CHARGE_AFTER`` was forwarded by a process that died: it is charged as it
+  stands). A row's ``created_at`` is when it is written; a 5xx call retried under its
+  request id is taken back in flight with ``created_at`` moved to then, after any
+  closed window.
+- **The charge.** One aggregate of every account's window (a ``GROUP BY`` consumer,
+  creator and currency, read outside any write transaction), then per account one
+  short write transaction: the guarded ``UPDATE ... SET charged_until = :end WHERE
+  charged_until = :as_read`` (two passes at once: one moves it, the other finds it
+  moved and does nothing), the consumer's wallet debited by one ``charge`` entry
+  (key ``apicalls:<start>/<end>``, unique in the wallet), each creator credited one
+  ``revenue`` entry of its calls' total less the platform's fee
+  (``NEFOS_MARKETPLACE_FEE_PERCENT``), and the window recorded
+  (``api_call_windows``: its count, sum and each creator's part; its id is the
+  charge's). A wallet that cannot pay rolls its account back: the watermark stays
+  and the next pass tries a longer window. A window with no priced call is not
+  charged and does not move the watermark.
+- **The recount.** A row committed more than the settling delay after it was
+  stamped (a stalled writer) may land in a window already charged. Each window is
+  counted again once, ``NEFOS_MARKETPLACE_RECOUNT_SECONDS`` after it closed: a
+  difference is charged to the consumer (or refunded), and each creator's share of
+  it credited (or taken back), in the transaction that marks the window recounted
+  (guarded, so once). So a call is charged exactly once if its row is committed
+  within the recount delay of its stamp; a row committed later than that is never
+  charged (the pass's transactions, and the gateway's, are far shorter).
+
+Revenue is what payouts pay out (``services/payouts.py``).
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy import ColumnElement, func, literal, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.billing import accounts, ledger
+from nefos.billing.ledger import _insert
 from nefos.billing.money import ZERO
 from nefos.config import Settings
-from nefos.db.models import ApiCall, Listing, ListingPlan
+from nefos.db.models import (
+    ApiCall,
+    ApiCallWatermark,
+    ApiCallWindow,
+    Listing,
+    ListingPlan,
+    Subscription,
+)
 from nefos.db.session import Database, begin_write
-from nefos.db.types import utcnow
+from nefos.db.types import UTCDateTime, utcnow
 from nefos.domain.errors import PaymentRequired
 from nefos.domain.plans import CALL_IN_FLIGHT, IN_FLIGHT_CHARGE_AFTER
 
 log = logging.getLogger("nefos.billing.apicalls")
 
-#: Calls one charge covers at most (one write transaction: on SQLite the gateway's
-#: writes wait for it).
-BATCH = 10_000
-#: Batches one pass charges at most per consumer and currency (the next pass goes on).
-MAX_BATCHES = 100
+#: The watermark of an account that has never been charged.
+NEVER = datetime(1970, 1, 1, tzinfo=UTC)
+#: A window ends just before a call in flight (timestamps are kept to the microsecond).
+TICK = timedelta(microseconds=1)
+#: Accounts (consumer organisation, currency) one aggregate covers.
+ACCOUNTS_PER_QUERY = 500
+#: Accounts one pass charges at most (the next pass goes on).
+MAX_ACCOUNTS = 20_000
+#: Windows one pass recounts at most.
+RECOUNT_LIMIT = 1000
+
+Parts = dict[str, tuple[int, Decimal]]
 
 
 def creator_share(total: Decimal, fee_percent: Decimal) -> Decimal:
@@ -48,107 +88,353 @@ def creator_share(total: Decimal, fee_percent: Decimal) -> Decimal:
     return total - total * fee_percent / Decimal(100)
 
 
-def _uncharged() -> tuple[ColumnElement[bool], ...]:
-    """Priced calls not charged yet, and not in flight (a call in flight may still
-    be answered 5xx and cost nothing), unless in flight for so long that the process
-    forwarding it died: it was forwarded, so it is charged as it stands."""
-    stale = utcnow() - IN_FLIGHT_CHARGE_AFTER
-    return (
-        ApiCall.charge_id.is_(None),
-        ApiCall.price > 0,
-        or_(ApiCall.status != CALL_IN_FLIGHT, ApiCall.created_at < stale),
+@dataclass
+class _Window:
+    org_id: str
+    currency: str
+    start: datetime
+    end: datetime
+    parts: Parts = field(default_factory=dict)
+
+
+def charged_until(org_id: object, currency: object) -> ColumnElement[datetime]:
+    """SQL: the watermark of the account (organisation, currency), ``NEVER`` if it
+    has none: its priced calls are charged if and only if at or before it."""
+    return func.coalesce(
+        select(ApiCallWatermark.charged_until)
+        .where(
+            ApiCallWatermark.organisation_id == org_id,
+            ApiCallWatermark.currency == currency,
+        )
+        .scalar_subquery(),
+        literal(NEVER, UTCDateTime()),
     )
 
 
-async def charge_calls(db: Database, settings: Settings) -> tuple[int, Decimal]:
-    """Charge every consumer's uncharged priced calls: (charges posted, their sum)."""
-    async with db.sessionmaker() as session:
-        accounts_due = (
-            await session.execute(
-                select(ApiCall.organisation_id, Listing.currency)
-                .join(ListingPlan, ListingPlan.id == ApiCall.plan_id)
-                .join(Listing, Listing.id == ListingPlan.listing_id)
-                .where(*_uncharged())
-                .distinct()
-            )
-        ).all()
-    posted, total = 0, ZERO
-    for org_id, currency in accounts_due:
-        for _ in range(MAX_BATCHES):
-            amount, more = await _charge_batch(db, settings, org_id, currency)
-            if amount is not None:
-                posted += 1
-                total += amount
-            if not more:
-                break
+async def charge_calls(
+    db: Database, settings: Settings, now: datetime | None = None
+) -> tuple[int, Decimal]:
+    """Recount the windows due, then charge every account's closed window: (ledger
+    charges posted, their net sum)."""
+    now = now or utcnow()
+    posted, total = await recount(db, settings, now)
+    cut = now - timedelta(seconds=settings.marketplace_settle_seconds)
+    windows = await _windows(db, now, cut)
+    for window in windows:
+        amount = await _charge(db, settings, window)
+        if amount is not None:
+            posted += 1
+            total += amount
     return posted, total
 
 
-async def _charge_batch(
-    db: Database, settings: Settings, org_id: str, currency: str
-) -> tuple[Decimal | None, bool]:
-    """Charge one batch: (its amount, or None if nothing was charged; whether more
-    calls may be waiting)."""
-    entry_id = str(uuid.uuid4())
+async def _windows(db: Database, now: datetime, cut: datetime) -> list[_Window]:
+    """Every account's window closed at ``cut`` with its priced calls by creator."""
+    stale = now - IN_FLIGHT_CHARGE_AFTER
     async with db.sessionmaker() as session:
-        await begin_write(session)
-        batch = (
-            select(ApiCall.id)
-            .join(ListingPlan, ListingPlan.id == ApiCall.plan_id)
-            .join(Listing, Listing.id == ListingPlan.listing_id)
-            .where(ApiCall.organisation_id == org_id, Listing.currency == currency, *_uncharged())
-            .order_by(ApiCall.created_at, ApiCall.id)
-            .limit(BATCH)
-        )
-        marked = await session.execute(
-            update(ApiCall)
-            .where(ApiCall.id.in_(batch.scalar_subquery()), ApiCall.charge_id.is_(None))
-            .values(charge_id=entry_id)
-            .execution_options(synchronize_session=False)
-        )
-        count = marked.rowcount  # type: ignore[attr-defined]
-        if not count:
-            await session.rollback()
-            return None, False
-        parts = (
+        # The accounts: a consumer's subscriptions' currencies.
+        accounts_of = (
             await session.execute(
-                select(Listing.organisation_id, func.count(), func.sum(ApiCall.price))
-                .join(ListingPlan, ListingPlan.id == ApiCall.plan_id)
-                .join(Listing, Listing.id == ListingPlan.listing_id)
-                .where(ApiCall.charge_id == entry_id)
-                .group_by(Listing.organisation_id)
+                select(Subscription.organisation_id, Listing.currency)
+                .join(Listing, Listing.id == Subscription.listing_id)
+                .distinct()
+                .order_by(Subscription.organisation_id, Listing.currency)
+                .limit(MAX_ACCOUNTS)
             )
         ).all()
-        earned = {creator: Decimal(gross) for creator, _, gross in parts}
-        amount = sum(earned.values(), ZERO)
-        wallet = await accounts.wallet(session, settings, org_id, currency)
-        try:
-            await ledger.post(
-                session,
-                wallet,
-                "charge",
-                -amount,
-                key=f"apicalls:{entry_id}",
-                description=f"{count} API calls through the marketplace",
-                reference=("api_calls", entry_id),
-                entry_id=entry_id,
-            )
-            for creator, gross in sorted(earned.items()):
-                share = creator_share(gross, settings.marketplace_fee_percent)
-                if share > 0:
-                    target = await accounts.wallet(session, settings, creator, currency)
-                    await ledger.post(
-                        session,
-                        target,
-                        "revenue",
-                        share,
-                        key=f"apirevenue:{entry_id}",
-                        description="Marketplace calls, less the platform's fee",
-                        reference=("charge", entry_id),
+        marks = {
+            (org, cur): at
+            for org, cur, at in (
+                await session.execute(
+                    select(
+                        ApiCallWatermark.organisation_id,
+                        ApiCallWatermark.currency,
+                        ApiCallWatermark.charged_until,
                     )
-            await session.commit()
+                )
+            ).all()
+        }
+        # The oldest priced call still in flight of each organisation (the few rows
+        # of ix_api_calls_in_flight).
+        held = dict(
+            (
+                await session.execute(
+                    select(ApiCall.organisation_id, func.min(ApiCall.created_at))
+                    .where(
+                        ApiCall.status == CALL_IN_FLIGHT,
+                        ApiCall.created_at >= stale,
+                        ApiCall.price > 0,
+                    )
+                    .group_by(ApiCall.organisation_id)
+                )
+            ).all()
+        )
+        windows: dict[tuple[str, str], _Window] = {}
+        for org, cur in accounts_of:
+            start = marks.get((org, cur), NEVER)
+            end = cut if org not in held else min(cut, held[org] - TICK)
+            if end > start:
+                windows[(org, cur)] = _Window(org, cur, start, end)
+        # Accounts mostly share one window (from the last pass's end to this one's):
+        # one aggregate per span and chunk of organisations.
+        spans: dict[tuple[datetime, datetime], list[str]] = {}
+        for w in windows.values():
+            orgs = spans.setdefault((w.start, w.end), [])
+            if not orgs or orgs[-1] != w.org_id:
+                orgs.append(w.org_id)
+        for (lo, hi), org_ids in sorted(spans.items()):
+            for i in range(0, len(org_ids), ACCOUNTS_PER_QUERY):
+                rows = await session.execute(
+                    select(
+                        ApiCall.organisation_id,
+                        Listing.currency,
+                        Listing.organisation_id,
+                        func.count(),
+                        func.sum(ApiCall.price),
+                    )
+                    .join(ListingPlan, ListingPlan.id == ApiCall.plan_id)
+                    .join(Listing, Listing.id == ListingPlan.listing_id)
+                    .where(
+                        ApiCall.organisation_id.in_(org_ids[i : i + ACCOUNTS_PER_QUERY]),
+                        ApiCall.created_at > lo,
+                        ApiCall.created_at <= hi,
+                        ApiCall.price > 0,
+                    )
+                    .group_by(ApiCall.organisation_id, Listing.currency, Listing.organisation_id)
+                )
+                for org, cur, creator, count, gross in rows.all():
+                    window = windows.get((org, cur))
+                    # (An organisation's account in another currency may have
+                    # another span: its calls are counted in that span's aggregate.)
+                    if window is not None and (window.start, window.end) == (lo, hi):
+                        window.parts[creator] = (int(count), Decimal(gross))
+    return [w for w in windows.values() if w.parts]
+
+
+async def _charge(db: Database, settings: Settings, window: _Window) -> Decimal | None:
+    """Charge one account's window: its amount, or None if it was not charged (the
+    watermark moved by another pass, or the wallet cannot pay)."""
+    amount = sum((gross for _, gross in window.parts.values()), ZERO)
+    calls = sum(count for count, _ in window.parts.values())
+    async with db.sessionmaker() as session:
+        await begin_write(session)
+        if window.start == NEVER:
+            await session.execute(
+                _insert(session, ApiCallWatermark)
+                .values(
+                    organisation_id=window.org_id,
+                    currency=window.currency,
+                    charged_until=NEVER,
+                    updated_at=utcnow(),
+                )
+                .on_conflict_do_nothing()
+            )
+        moved = await session.execute(
+            update(ApiCallWatermark)
+            .where(
+                ApiCallWatermark.organisation_id == window.org_id,
+                ApiCallWatermark.currency == window.currency,
+                ApiCallWatermark.charged_until == window.start,
+            )
+            .values(charged_until=window.end, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        if not moved.rowcount:  # type: ignore[attr-defined]
+            await session.rollback()  # another pass charged this window
+            return None
+        made = ApiCallWindow(
+            organisation_id=window.org_id,
+            currency=window.currency,
+            charged_after=window.start,
+            charged_until=window.end,
+            calls=calls,
+            amount=amount,
+            parts=_parts_json(window.parts),
+        )
+        session.add(made)
+        await session.flush()
+        entry_id = made.id
+        try:
+            await _post(
+                session,
+                settings,
+                window.org_id,
+                window.currency,
+                window.parts,
+                entry_id,
+                key=f"apicalls:{window.start.isoformat()}/{window.end.isoformat()}",
+                description=f"{calls} API calls through the marketplace",
+            )
         except PaymentRequired:
             await session.rollback()
-            log.info("organisation %s cannot cover %s of API calls yet", org_id, amount)
-            return None, False
-        return amount, count == BATCH
+            log.info("organisation %s cannot cover %s of API calls yet", window.org_id, amount)
+            return None
+        await session.commit()
+    return amount
+
+
+async def _post(
+    session: AsyncSession,
+    settings: Settings,
+    org_id: str,
+    currency: str,
+    parts: Parts,
+    window_id: str,
+    *,
+    key: str,
+    description: str,
+    recount: bool = False,
+) -> None:
+    """Move ``parts`` (each creator's calls and gross; negative in a recount that
+    found less) out of the consumer's wallet and into the creators' (less the fee)."""
+    amount = sum((gross for _, gross in parts.values()), ZERO)
+    wallet = await accounts.wallet(session, settings, org_id, currency)
+    if amount > 0:
+        await ledger.post(
+            session,
+            wallet,
+            "charge",
+            -amount,
+            key=key,
+            description=description,
+            reference=("api_call_windows", window_id),
+            entry_id=None if recount else window_id,
+            # A recount charges calls already forwarded: owed even past the balance.
+            allow_negative=recount,
+        )
+    elif amount < 0:
+        await ledger.post(
+            session,
+            wallet,
+            "refund",
+            -amount,
+            key=key,
+            description=description,
+            reference=("api_call_windows", window_id),
+        )
+    for creator, (_, gross) in sorted(parts.items()):
+        share = creator_share(gross, settings.marketplace_fee_percent)
+        if share == 0:
+            continue
+        target = await accounts.wallet(session, settings, creator, currency)
+        await ledger.post(
+            session,
+            target,
+            "revenue" if share > 0 else "adjustment",
+            share,
+            key=("apirevenue-recount:" if recount else "apirevenue:") + window_id,
+            description="Marketplace calls, less the platform's fee"
+            + (" (recounted)" if recount else ""),
+            reference=("api_call_windows", window_id),
+            allow_negative=True,
+        )
+
+
+def _parts_json(parts: Parts) -> dict[str, list[object]]:
+    return {creator: [count, f"{gross:f}"] for creator, (count, gross) in parts.items()}
+
+
+def _parts_of(raw: dict[str, list[object]]) -> Parts:
+    return {
+        creator: (int(str(count)), Decimal(str(gross))) for creator, (count, gross) in raw.items()
+    }
+
+
+async def recount(db: Database, settings: Settings, now: datetime) -> tuple[int, Decimal]:
+    """Count once more the windows closed ``marketplace_recount_seconds`` ago and not
+    recounted yet; charge or credit what changed: (entries posted, their net sum)."""
+    due = now - timedelta(seconds=settings.marketplace_recount_seconds)
+    async with db.sessionmaker() as session:
+        found = (
+            await session.execute(
+                select(
+                    ApiCallWindow.id,
+                    ApiCallWindow.organisation_id,
+                    ApiCallWindow.currency,
+                    ApiCallWindow.charged_after,
+                    ApiCallWindow.charged_until,
+                    ApiCallWindow.parts,
+                )
+                .where(ApiCallWindow.recounted_at.is_(None), ApiCallWindow.charged_until < due)
+                .order_by(ApiCallWindow.charged_until)
+                .limit(RECOUNT_LIMIT)
+            )
+        ).all()
+    posted, total = 0, ZERO
+    for window_id, org_id, currency, start, end, raw in found:
+        async with db.sessionmaker() as session:
+            await begin_write(session)
+            marked = await session.execute(
+                update(ApiCallWindow)
+                .where(ApiCallWindow.id == window_id, ApiCallWindow.recounted_at.is_(None))
+                .values(recounted_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if not marked.rowcount:  # type: ignore[attr-defined]
+                await session.rollback()  # another pass recounted it
+                continue
+            counted = await window_parts(session, org_id, currency, start, end)
+            before = _parts_of(raw)
+            diff: Parts = {}
+            for creator in {*before, *counted}:
+                n0, g0 = before.get(creator, (0, ZERO))
+                n1, g1 = counted.get(creator, (0, ZERO))
+                if (n0, g0) != (n1, g1):
+                    diff[creator] = (n1 - n0, g1 - g0)
+            if diff:
+                delta = sum((g for _, g in diff.values()), ZERO)
+                calls = sum(n for n, _ in counted.values())
+                log.warning(
+                    "window %s of organisation %s recounted: %s more to charge",
+                    window_id,
+                    org_id,
+                    delta,
+                )
+                await session.execute(
+                    update(ApiCallWindow)
+                    .where(ApiCallWindow.id == window_id)
+                    .values(
+                        calls=calls,
+                        amount=sum((g for _, g in counted.values()), ZERO),
+                        parts=_parts_json(counted),
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+                await _post(
+                    session,
+                    settings,
+                    org_id,
+                    currency,
+                    diff,
+                    window_id,
+                    key=f"apicalls-recount:{window_id}",
+                    description=f"API calls through the marketplace written late "
+                    f"({start:%Y-%m-%d %H:%M:%S} to {end:%Y-%m-%d %H:%M:%S})",
+                    recount=True,
+                )
+                if delta != 0:
+                    posted += 1
+                    total += delta
+            await session.commit()
+    return posted, total
+
+
+async def window_parts(
+    session: AsyncSession, org_id: str, currency: str, start: datetime, end: datetime
+) -> Parts:
+    """The organisation's priced calls in ``currency`` with ``start < created_at <=
+    end``, by creator: (count, sum)."""
+    rows = await session.execute(
+        select(Listing.organisation_id, func.count(), func.sum(ApiCall.price))
+        .join(ListingPlan, ListingPlan.id == ApiCall.plan_id)
+        .join(Listing, Listing.id == ListingPlan.listing_id)
+        .where(
+            ApiCall.organisation_id == org_id,
+            ApiCall.created_at > start,
+            ApiCall.created_at <= end,
+            ApiCall.price > 0,
+            Listing.currency == currency,
+        )
+        .group_by(Listing.organisation_id)
+    )
+    return {creator: (int(count), Decimal(gross)) for creator, count, gross in rows.all()}
