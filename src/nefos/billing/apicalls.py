@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import ColumnElement, func, literal, select, update
+from sqlalchemy import ColumnElement, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.billing import accounts, ledger
@@ -61,10 +61,10 @@ from nefos.db.models import (
     Listing,
     ListingPlan,
     Subscription,
+    Wallet,
 )
 from nefos.db.session import Database, begin_write
-from nefos.db.types import UTCDateTime, utcnow
-from nefos.domain.errors import PaymentRequired
+from nefos.db.types import UTCDateTime, new_id, utcnow
 from nefos.domain.plans import CALL_IN_FLIGHT, IN_FLIGHT_CHARGE_AFTER
 
 log = logging.getLogger("nefos.billing.apicalls")
@@ -75,6 +75,9 @@ NEVER = datetime(1970, 1, 1, tzinfo=UTC)
 TICK = timedelta(microseconds=1)
 #: Accounts (consumer organisation, currency) one aggregate covers.
 ACCOUNTS_PER_QUERY = 500
+#: Accounts charged in one write transaction (on SQLite the gateway's writes wait
+#: for it).
+ACCOUNTS_PER_CHARGE = 200
 #: Accounts one pass charges at most (the next pass goes on).
 MAX_ACCOUNTS = 20_000
 #: Windows one pass recounts at most.
@@ -95,6 +98,7 @@ class _Window:
     start: datetime
     end: datetime
     parts: Parts = field(default_factory=dict)
+    id: str = ""
 
 
 def charged_until(org_id: object, currency: object) -> ColumnElement[datetime]:
@@ -120,11 +124,10 @@ async def charge_calls(
     posted, total = await recount(db, settings, now)
     cut = now - timedelta(seconds=settings.marketplace_settle_seconds)
     windows = await _windows(db, now, cut)
-    for window in windows:
-        amount = await _charge(db, settings, window)
-        if amount is not None:
-            posted += 1
-            total += amount
+    for i in range(0, len(windows), ACCOUNTS_PER_CHARGE):
+        amounts = await _charge_chunk(db, settings, windows[i : i + ACCOUNTS_PER_CHARGE])
+        posted += len(amounts)
+        total += sum(amounts, ZERO)
     return posted, total
 
 
@@ -211,66 +214,141 @@ async def _windows(db: Database, now: datetime, cut: datetime) -> list[_Window]:
     return [w for w in windows.values() if w.parts]
 
 
-async def _charge(db: Database, settings: Settings, window: _Window) -> Decimal | None:
-    """Charge one account's window: its amount, or None if it was not charged (the
-    watermark moved by another pass, or the wallet cannot pay)."""
-    amount = sum((gross for _, gross in window.parts.values()), ZERO)
-    calls = sum(count for count, _ in window.parts.values())
+async def _charge_chunk(db: Database, settings: Settings, chunk: list[_Window]) -> list[Decimal]:
+    """Charge accounts' windows in one write transaction: the amounts charged. A
+    window whose watermark another pass has moved, or whose wallet cannot pay, is
+    left (its account untouched)."""
+    now = utcnow()
     async with db.sessionmaker() as session:
         await begin_write(session)
-        if window.start == NEVER:
+        new = [w for w in chunk if w.start == NEVER]
+        if new:
             await session.execute(
-                _insert(session, ApiCallWatermark)
-                .values(
-                    organisation_id=window.org_id,
-                    currency=window.currency,
-                    charged_until=NEVER,
-                    updated_at=utcnow(),
+                _insert(session, ApiCallWatermark).on_conflict_do_nothing(),
+                [
+                    {
+                        "organisation_id": w.org_id,
+                        "currency": w.currency,
+                        "charged_until": NEVER,
+                        "updated_at": now,
+                    }
+                    for w in new
+                ],
+            )
+        # The watermarks locked, in order (so two passes cannot deadlock on them),
+        # and checked: those another pass has moved since they were read are its.
+        orgs = sorted({w.org_id for w in chunk})
+        marks = {
+            (org, cur): at
+            for org, cur, at in (
+                await session.execute(
+                    select(
+                        ApiCallWatermark.organisation_id,
+                        ApiCallWatermark.currency,
+                        ApiCallWatermark.charged_until,
+                    )
+                    .where(ApiCallWatermark.organisation_id.in_(orgs))
+                    .order_by(ApiCallWatermark.organisation_id, ApiCallWatermark.currency)
+                    .with_for_update()
                 )
-                .on_conflict_do_nothing()
-            )
-        moved = await session.execute(
-            update(ApiCallWatermark)
-            .where(
-                ApiCallWatermark.organisation_id == window.org_id,
-                ApiCallWatermark.currency == window.currency,
-                ApiCallWatermark.charged_until == window.start,
-            )
-            .values(charged_until=window.end, updated_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-        if not moved.rowcount:  # type: ignore[attr-defined]
-            await session.rollback()  # another pass charged this window
-            return None
-        made = ApiCallWindow(
-            organisation_id=window.org_id,
-            currency=window.currency,
-            charged_after=window.start,
-            charged_until=window.end,
-            calls=calls,
-            amount=amount,
-            parts=_parts_json(window.parts),
-        )
-        session.add(made)
-        await session.flush()
-        entry_id = made.id
-        try:
-            await _post(
-                session,
-                settings,
-                window.org_id,
-                window.currency,
-                window.parts,
-                entry_id,
-                key=f"apicalls:{window.start.isoformat()}/{window.end.isoformat()}",
-                description=f"{calls} API calls through the marketplace",
-            )
-        except PaymentRequired:
+            ).all()
+        }
+        mine = [w for w in chunk if marks.get((w.org_id, w.currency)) == w.start]
+        if not mine:
             await session.rollback()
-            log.info("organisation %s cannot cover %s of API calls yet", window.org_id, amount)
-            return None
+            return []
+        wallets = await _wallets(
+            session,
+            settings,
+            {(w.org_id, w.currency) for w in mine}
+            | {(creator, w.currency) for w in mine for creator in w.parts},
+        )
+        groups: list[list[ledger.Move]] = []
+        for w in mine:
+            w.id = new_id()
+            amount = sum((gross for _, gross in w.parts.values()), ZERO)
+            calls = sum(count for count, _ in w.parts.values())
+            moves = [
+                ledger.Move(
+                    wallets[(w.org_id, w.currency)],
+                    "charge",
+                    -amount,
+                    key=f"apicalls:{w.start.isoformat()}/{w.end.isoformat()}",
+                    description=f"{calls} API calls through the marketplace",
+                    reference=("api_call_windows", w.id),
+                    entry_id=w.id,
+                )
+            ]
+            for creator, (_, gross) in sorted(w.parts.items()):
+                share = creator_share(gross, settings.marketplace_fee_percent)
+                if share > 0:
+                    moves.append(
+                        ledger.Move(
+                            wallets[(creator, w.currency)],
+                            "revenue",
+                            share,
+                            key=f"apirevenue:{w.id}",
+                            description="Marketplace calls, less the platform's fee",
+                            reference=("api_call_windows", w.id),
+                        )
+                    )
+            groups.append(moves)
+        posted = await ledger.post_groups(session, groups)
+        charged = [w for w, ok in zip(mine, posted, strict=True) if ok]
+        for w, ok in zip(mine, posted, strict=True):
+            if not ok:
+                log.info("organisation %s cannot cover its API calls yet", w.org_id)
+        if charged:
+            await session.execute(
+                update(ApiCallWatermark),
+                [
+                    {
+                        "organisation_id": w.org_id,
+                        "currency": w.currency,
+                        "charged_until": w.end,
+                        "updated_at": now,
+                    }
+                    for w in charged
+                ],
+            )
+            await session.execute(
+                insert(ApiCallWindow),
+                [
+                    {
+                        "id": w.id,
+                        "organisation_id": w.org_id,
+                        "currency": w.currency,
+                        "charged_after": w.start,
+                        "charged_until": w.end,
+                        "calls": sum(count for count, _ in w.parts.values()),
+                        "amount": sum((gross for _, gross in w.parts.values()), ZERO),
+                        "parts": _parts_json(w.parts),
+                        "recounted_at": None,
+                        "created_at": now,
+                    }
+                    for w in charged
+                ],
+            )
         await session.commit()
-    return amount
+    return [sum((gross for _, gross in w.parts.values()), ZERO) for w in charged]
+
+
+async def _wallets(
+    session: AsyncSession, settings: Settings, wanted: set[tuple[str, str]]
+) -> dict[tuple[str, str], str]:
+    """The ids of the wallets (organisation, currency), made on first use."""
+    out: dict[tuple[str, str], str] = {}
+    orgs = sorted({org for org, _ in wanted})
+    for i in range(0, len(orgs), ACCOUNTS_PER_QUERY):
+        rows = await session.execute(
+            select(Wallet.organisation_id, Wallet.currency, Wallet.id).where(
+                Wallet.organisation_id.in_(orgs[i : i + ACCOUNTS_PER_QUERY])
+            )
+        )
+        out.update({(org, cur): wallet_id for org, cur, wallet_id in rows.all()})
+    for org, cur in sorted(wanted - set(out)):
+        out[(org, cur)] = (await accounts.wallet(session, settings, org, cur)).id
+    return out
 
 
 async def _post(
