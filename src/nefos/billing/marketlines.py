@@ -22,7 +22,7 @@ from collections.abc import Collection
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.billing.apicalls import charged_until
@@ -150,8 +150,7 @@ async def calls_charged(session: AsyncSession, org_id: str, start: datetime, end
     """Whether every priced call the organisation made in [start, end) is charged."""
     waiting = await session.scalar(
         select(
-            exists()
-            .select_from(ApiCall)
+            select(ApiCall.id)
             .join(ListingPlan, ListingPlan.id == ApiCall.plan_id)
             .join(Listing, Listing.id == ListingPlan.listing_id)
             .where(
@@ -162,6 +161,7 @@ async def calls_charged(session: AsyncSession, org_id: str, start: datetime, end
                 # Not charged: after its account's watermark (``apicalls``).
                 ApiCall.created_at > charged_until(org_id, Listing.currency),
             )
+            .exists()
         )
     )
     return not waiting
