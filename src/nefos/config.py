@@ -510,8 +510,9 @@ class Settings(BaseSettings):
         60.0,
         ge=0,
         le=3600,
-        description="Marketplace calls are charged once this old: a window of calls "
-        "closes this long after its end (a call written later is a late row).",
+        description="How old a marketplace call is when the billing pass charges it: "
+        "each pass charges the calls up to now less this (a row committed later after "
+        "its time is a late row, left to the recount).",
     )
     marketplace_recount_seconds: float = Field(
         3600.0,
