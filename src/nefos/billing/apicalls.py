@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import ColumnElement, func, insert, literal, select, update
+from sqlalchemy import ColumnElement, func, insert, literal, literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.billing import accounts, ledger
@@ -80,6 +80,11 @@ ACCOUNTS_PER_QUERY = 500
 ACCOUNTS_PER_CHARGE = 200
 #: Accounts one pass charges at most (the next pass goes on).
 MAX_ACCOUNTS = 20_000
+#: Where this process's next pass starts among the consumer organisations, when its
+#: last one stopped at MAX_ACCOUNTS.
+_resume_after = ""
+#: Calls in flight one pass reads at most (more: every window ends before the last).
+MAX_IN_FLIGHT = 100_000
 #: Windows one pass recounts at most.
 RECOUNT_LIMIT = 1000
 
@@ -135,16 +140,30 @@ async def _windows(db: Database, now: datetime, cut: datetime) -> list[_Window]:
     """Every account's window closed at ``cut`` with its priced calls by creator."""
     stale = now - IN_FLIGHT_CHARGE_AFTER
     async with db.sessionmaker() as session:
-        # The accounts: a consumer's subscriptions' currencies.
-        accounts_of = (
-            await session.execute(
-                select(Subscription.organisation_id, Listing.currency)
-                .join(Listing, Listing.id == Subscription.listing_id)
-                .distinct()
-                .order_by(Subscription.organisation_id, Listing.currency)
-                .limit(MAX_ACCOUNTS)
-            )
-        ).all()
+        # The accounts: a consumer's subscriptions' currencies, at most MAX_ACCOUNTS
+        # a pass, from where this process's last pass stopped.
+        global _resume_after
+        accounts_of = list(
+            (
+                await session.execute(
+                    select(Subscription.organisation_id, Listing.currency)
+                    .join(Listing, Listing.id == Subscription.listing_id)
+                    .where(Subscription.organisation_id > _resume_after)
+                    .distinct()
+                    .order_by(Subscription.organisation_id, Listing.currency)
+                    .limit(MAX_ACCOUNTS + 1)
+                )
+            ).all()
+        )
+        if len(accounts_of) > MAX_ACCOUNTS:
+            # (The last organisation whole: the next pass starts after the one before.)
+            last = accounts_of[-1][0]
+            accounts_of = [a for a in accounts_of if a[0] != last]
+            _resume_after = accounts_of[-1][0] if accounts_of else last
+        else:
+            _resume_after = ""
+        if not accounts_of:
+            return []
         marks = {
             (org, cur): at
             for org, cur, at in (
@@ -153,25 +172,34 @@ async def _windows(db: Database, now: datetime, cut: datetime) -> list[_Window]:
                         ApiCallWatermark.organisation_id,
                         ApiCallWatermark.currency,
                         ApiCallWatermark.charged_until,
+                    ).where(
+                        ApiCallWatermark.organisation_id >= accounts_of[0][0],
+                        ApiCallWatermark.organisation_id <= accounts_of[-1][0],
                     )
                 )
             ).all()
         }
-        # The oldest priced call still in flight of each organisation (the few rows
-        # of ix_api_calls_in_flight).
-        held = dict(
-            (
-                await session.execute(
-                    select(ApiCall.organisation_id, func.min(ApiCall.created_at))
-                    .where(
-                        ApiCall.status == CALL_IN_FLIGHT,
-                        ApiCall.created_at >= stale,
-                        ApiCall.price > 0,
-                    )
-                    .group_by(ApiCall.organisation_id)
+        # The oldest priced call still in flight of each organisation: the few rows
+        # of ix_api_calls_in_flight, oldest first.
+        flying = (
+            await session.execute(
+                select(ApiCall.organisation_id, ApiCall.created_at)
+                .where(
+                    # (A literal, so that the partial index serves it.)
+                    ApiCall.status == literal_column(str(CALL_IN_FLIGHT)),
+                    ApiCall.created_at >= stale,
+                    ApiCall.price > 0,
                 )
-            ).all()
-        )
+                .order_by(ApiCall.created_at)
+                .limit(MAX_IN_FLIGHT)
+            )
+        ).all()
+        held: dict[str, datetime] = {}
+        for org, at in flying:
+            held.setdefault(org, at)
+        if len(flying) == MAX_IN_FLIGHT:
+            # More in flight than read: no window ends past the last one read.
+            cut = min(cut, flying[-1][1] - TICK)
         windows: dict[tuple[str, str], _Window] = {}
         for org, cur in accounts_of:
             start = marks.get((org, cur), NEVER)
