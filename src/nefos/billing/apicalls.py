@@ -379,46 +379,33 @@ async def _wallets(
     return out
 
 
-async def _post(
+async def _post_difference(
     session: AsyncSession,
     settings: Settings,
     org_id: str,
     currency: str,
-    parts: Parts,
+    diff: Parts,
     window_id: str,
-    *,
-    key: str,
     description: str,
-    recount: bool = False,
 ) -> None:
-    """Move ``parts`` (each creator's calls and gross; negative in a recount that
-    found less) out of the consumer's wallet and into the creators' (less the fee)."""
-    amount = sum((gross for _, gross in parts.values()), ZERO)
+    """Move what a recount found (each creator's calls and gross more, or less,
+    than the window charged) out of the consumer's wallet and into the creators'
+    (less the fee); or back, when less."""
+    amount = sum((gross for _, gross in diff.values()), ZERO)
     wallet = await accounts.wallet(session, settings, org_id, currency)
-    if amount > 0:
+    if amount != 0:
         await ledger.post(
             session,
             wallet,
-            "charge",
+            "charge" if amount > 0 else "refund",
             -amount,
-            key=key,
+            key=f"apicalls-recount:{window_id}",
             description=description,
             reference=("api_call_windows", window_id),
-            entry_id=None if recount else window_id,
-            # A recount charges calls already forwarded: owed even past the balance.
-            allow_negative=recount,
+            # Calls already forwarded: owed even past the balance.
+            allow_negative=True,
         )
-    elif amount < 0:
-        await ledger.post(
-            session,
-            wallet,
-            "refund",
-            -amount,
-            key=key,
-            description=description,
-            reference=("api_call_windows", window_id),
-        )
-    for creator, (_, gross) in sorted(parts.items()):
+    for creator, (_, gross) in sorted(diff.items()):
         share = creator_share(gross, settings.marketplace_fee_percent)
         if share == 0:
             continue
@@ -428,9 +415,8 @@ async def _post(
             target,
             "revenue" if share > 0 else "adjustment",
             share,
-            key=("apirevenue-recount:" if recount else "apirevenue:") + window_id,
-            description="Marketplace calls, less the platform's fee"
-            + (" (recounted)" if recount else ""),
+            key=f"apirevenue-recount:{window_id}",
+            description="Marketplace calls written late, less the platform's fee",
             reference=("api_call_windows", window_id),
             allow_negative=True,
         )
@@ -506,17 +492,15 @@ async def recount(db: Database, settings: Settings, now: datetime) -> tuple[int,
                     )
                     .execution_options(synchronize_session=False)
                 )
-                await _post(
+                await _post_difference(
                     session,
                     settings,
                     org_id,
                     currency,
                     diff,
                     window_id,
-                    key=f"apicalls-recount:{window_id}",
-                    description=f"API calls through the marketplace written late "
+                    f"API calls through the marketplace written late "
                     f"({start:%Y-%m-%d %H:%M:%S} to {end:%Y-%m-%d %H:%M:%S})",
-                    recount=True,
                 )
                 if delta != 0:
                     posted += 1
