@@ -506,6 +506,21 @@ class Settings(BaseSettings):
         description="The platform's share of each marketplace call's price, in percent "
         "(the creator earns the rest).",
     )
+    marketplace_settle_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description="How old a marketplace call is when the billing pass charges it: "
+        "each pass charges the calls up to now less this (a row committed later after "
+        "its time is a late row, left to the recount).",
+    )
+    marketplace_recount_seconds: float = Field(
+        3600.0,
+        ge=60,
+        le=30 * 86400,
+        description="A charged window of marketplace calls is counted once more this "
+        "long after it closed: a late row in it is charged (or credited) then.",
+    )
     billing_interval: float = Field(
         300.0,
         gt=0,

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from sqlalchemy import func, select
 
 from nefos.billing import apicalls
-from nefos.db.models import ApiCall, Subscription
+from nefos.db.models import ApiCall, ApiCallWatermark, Subscription
 from nefos.db.session import begin_write
 from nefos.services.endpoints import host_label
 from tests.api.test_apis import api_body
@@ -186,7 +186,15 @@ async def test_calls_are_checked_forwarded_limited_priced_and_recorded_once(
     assert (await consumer_api.call("GET", "/wallet"))["balance"] == "2.00"
     earned = (await creator_api.call("GET", "/wallet/ledger"))["items"]
     assert [(e["kind"], e["amount"]) for e in earned][0] == ("revenue", "6.40"), earned
-    assert all(c.charge_id for c in await calls_of(app, api_id=made["api_id"]) if c.price > 0)
+    # Charged: every priced call at or before the consumer's watermark, none rewritten.
+    priced = [c for c in await calls_of(app, api_id=made["api_id"]) if c.price > 0]
+    async with app.state.core.db.sessionmaker() as session:
+        mark = await session.scalar(
+            select(ApiCallWatermark.charged_until).where(
+                ApiCallWatermark.organisation_id == priced[0].organisation_id
+            )
+        )
+    assert mark is not None and all(c.created_at <= mark for c in priced)
     monkeypatch.setattr(settings, "billing_min_payout", Decimal("5"))
     payout = await creator_api.call(
         "POST",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -65,7 +66,6 @@ def call(api_id: str, n: int, price: str = "0.5", org: str = "org-1") -> dict[st
         "bytes_out": 10,
         "units": 1,
         "price": D(price),
-        "charge_id": None,
         "created_at": utcnow(),
     }
 
@@ -179,3 +179,21 @@ async def test_a_flush_waits_for_the_group_being_written(db: Database, api_id: s
         assert await count(db, api_id) == 2
     finally:
         await log.stop()
+
+
+async def test_a_call_that_waited_long_is_stamped_when_written(db: Database, api_id: str):
+    """The billing's windows close behind the calls' stamps: a row that waited past
+    ``restamp_after`` (the database away) takes the time it is written."""
+    log = CallLog(db, interval=3600, limit=100, restamp_after=1.0)
+    old, fresh = call(api_id, 0), call(api_id, 1)
+    old["created_at"] = utcnow() - timedelta(seconds=30)
+    stamped_at = fresh["created_at"]
+    await log.add(old, ("org-1", "USD"), D("1"))
+    await log.add(fresh, ("org-1", "USD"), D("1"))
+    async with db.sessionmaker() as session:
+        rows = {
+            c.path: c.created_at
+            for c in await session.scalars(select(ApiCall).where(ApiCall.api_id == api_id))
+        }
+    assert rows["/0"] > utcnow() - timedelta(seconds=5)  # stamped anew
+    assert rows["/1"] == stamped_at  # kept

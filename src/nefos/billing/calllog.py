@@ -38,6 +38,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Sequence
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -45,6 +46,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from nefos.db.models import ApiCall
 from nefos.db.session import Database
+from nefos.db.types import utcnow
 
 log = logging.getLogger("nefos.billing.calllog")
 
@@ -63,10 +65,13 @@ Purse = tuple[str, str]  # (consumer organisation, currency)
 class CallLog:
     """See the module docstring."""
 
-    def __init__(self, db: Database, *, interval: float, limit: int) -> None:
+    def __init__(
+        self, db: Database, *, interval: float, limit: int, restamp_after: float = 30.0
+    ) -> None:
         self.db = db
         self.interval = interval
         self.limit = limit
+        self.restamp_after = timedelta(seconds=restamp_after)
         self._rows: deque[tuple[dict[str, Any], Purse | None, Decimal]] = deque()
         self._owed: dict[Purse, Decimal] = {}
         self._lock = asyncio.Lock()
@@ -108,6 +113,13 @@ class CallLog:
             while self._rows:
                 n = min(len(self._rows), STATEMENT_ROWS)
                 group = [self._rows[i] for i in range(n)]
+                # A row that waited long (the database away) is stamped now: the
+                # billing pass's windows close behind ``created_at``
+                # (NEFOS_MARKETPLACE_SETTLE_SECONDS), and it must land in an open one.
+                late = utcnow() - self.restamp_after
+                for row, _, _ in group:
+                    if row["created_at"] < late:
+                        row["created_at"] = utcnow()
                 await self._insert([row for row, _, _ in group])
                 for _ in range(n):
                     self._rows.popleft()

@@ -144,7 +144,7 @@ class BillingEngine:
                         self.core.db, hour - timedelta(hours=back)
                     )
             result.charges, result.charged = await self.charge()
-            calls, charged = await apicalls.charge_calls(self.core.db, self.core.settings)
+            calls, charged = await apicalls.charge_calls(self.core.db, self.core.settings, now)
             result.charges += calls
             result.charged += charged
             # Quota crossings no gateway process saw (each counts only its own calls).

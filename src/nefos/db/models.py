@@ -1775,8 +1775,10 @@ class ListingInvitation(Base):
 class ApiCall(Base):
     """One call through the gateway (seed 002's ``api_calls``): who called which API
     on which plan, what it answered, and what it costs. ``request_id`` is unique:
-    a replayed request is recorded, and billed, once. ``charge_id`` is the ledger
-    entry that charged it (NULL: not yet, or nothing to charge)."""
+    a replayed request is recorded, and billed, once. A call is charged when its
+    ``created_at`` is at or before its consumer's watermark
+    (``ApiCallWatermark``): the billing pass charges windows of time, never
+    rewriting a call."""
 
     __tablename__ = "api_calls"
 
@@ -1799,25 +1801,67 @@ class ApiCall(Base):
     bytes_out: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     units: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
     price: Mapped[Decimal] = mapped_column(Amount(), nullable=False, default=Decimal(0))
-    charge_id: Mapped[str | None] = mapped_column(String(36))
+    # When the row was written (a retried 5xx call taken back in flight: when retried).
     created_at: Mapped[datetime] = _created()
 
     __table_args__ = (
         Index("ix_api_calls_api_created", "api_id", "created_at"),
         Index("ix_api_calls_subscription_created", "subscription_id", "created_at"),
+        # A consumer's calls in a window of time: what the billing pass charges.
         Index("ix_api_calls_org_created", "organisation_id", "created_at"),
+        # The calls in flight (few at a time): they hold their consumer's watermark.
         Index(
-            "ix_api_calls_uncharged",
-            "organisation_id",
-            sqlite_where=text("charge_id IS NULL AND price > 0"),
-            postgresql_where=text("charge_id IS NULL AND price > 0"),
+            "ix_api_calls_in_flight",
+            "created_at",
+            sqlite_where=text("status = 0"),
+            postgresql_where=text("status = 0"),
         ),
-        # The calls a charge covers (nothing to maintain while a call is uncharged).
+    )
+
+
+class ApiCallWatermark(Base):
+    """How far a consumer organisation's priced calls in one currency are charged:
+    every call with ``created_at <= charged_until`` (``billing/apicalls.py``). It
+    only moves forward, by a guarded ``UPDATE`` in the transaction of the charge."""
+
+    __tablename__ = "api_call_watermarks"
+
+    organisation_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    charged_until: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    updated_at: Mapped[datetime] = _updated()
+
+
+class ApiCallWindow(Base):
+    """One charged window of a consumer's priced calls in one currency: those with
+    ``charged_after < created_at <= charged_until``, their count and sum, and each creator's part
+    (``parts``: creator organisation -> [calls, amount as text]). ``id`` is the id of
+    the ``charge`` ledger entry. ``recounted_at``: when the pass counted the window's
+    calls again (a row written late is charged, or credited, then)."""
+
+    __tablename__ = "api_call_windows"
+
+    id: Mapped[str] = _id()
+    organisation_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    currency: Mapped[str] = mapped_column(String(3), nullable=False)
+    charged_after: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    charged_until: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    calls: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    amount: Mapped[Decimal] = mapped_column(Amount(), nullable=False)
+    parts: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    recounted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = _created()
+
+    __table_args__ = (
+        UniqueConstraint(
+            "organisation_id", "currency", "charged_after", name="uq_api_call_windows_account_after"
+        ),
+        # The windows still to recount, oldest first.
         Index(
-            "ix_api_calls_charge",
-            "charge_id",
-            sqlite_where=text("charge_id IS NOT NULL"),
-            postgresql_where=text("charge_id IS NOT NULL"),
+            "ix_api_call_windows_recount",
+            "charged_until",
+            sqlite_where=text("recounted_at IS NULL"),
+            postgresql_where=text("recounted_at IS NULL"),
         ),
     )
 

@@ -72,6 +72,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from nefos.billing import quota
 from nefos.billing.accounts import wallet
+from nefos.billing.apicalls import charged_until
 from nefos.billing.calllog import CallLog
 from nefos.db.models import Api, ApiCall, Listing, ListingPlan, Wallet
 from nefos.db.session import begin_write
@@ -274,8 +275,9 @@ class ApiGateway:
         return known[1]
 
     async def affordable(self, caller: Caller) -> bool:
-        """The consumer's wallet covers what its calls not charged yet owe and what
-        its calls in flight hold (this one's price among them)."""
+        """The consumer's wallet covers what its calls not charged yet (after its
+        watermark) owe and what its calls in flight hold (this one's price among
+        them)."""
         assert self.ingress.db is not None
         org, currency = caller.organisation_id, caller.currency
         # One statement, so one snapshot: a charge committing between a read of the
@@ -292,7 +294,8 @@ class ApiGateway:
             .join(Listing, Listing.id == ListingPlan.listing_id)
             .where(
                 ApiCall.organisation_id == org,
-                ApiCall.charge_id.is_(None),
+                # Not charged yet: after the account's watermark.
+                ApiCall.created_at > charged_until(org, currency),
                 ApiCall.price > 0,
                 Listing.currency == currency,
             )
@@ -643,11 +646,13 @@ class ApiGateway:
                 await session.rollback()
         async with self.ingress.db.sessionmaker() as session:
             await begin_write(session)
-            # A retry of a call answered 500 or more (recorded, not billed) takes its row.
+            # A retry of a call answered 500 or more (recorded, not billed) takes its
+            # row, stamped anew: after any window the billing pass has closed, so the
+            # retry is charged (once) in a window still to come.
             retried = await session.execute(
                 update(ApiCall)
                 .where(ApiCall.request_id == key, ApiCall.status >= 500)
-                .values(status=IN_FLIGHT, price=price, plan_id=caller.plan.id)
+                .values(status=IN_FLIGHT, price=price, plan_id=caller.plan.id, created_at=utcnow())
                 .returning(ApiCall.id)
             )
             again = retried.scalar_one_or_none()
@@ -714,7 +719,6 @@ class ApiGateway:
             "bytes_out": int(seen["bytes"]),
             "units": 1,
             "price": charged,
-            "charge_id": None,
             "created_at": utcnow(),
         }
         await self.calls.add(row, (caller.organisation_id, caller.currency), charged)

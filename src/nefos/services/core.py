@@ -98,7 +98,11 @@ class Core:
             metrics=metric_store(settings, db),
             principals=principals,
             calls=CallLog(
-                db, interval=settings.api_call_flush_interval, limit=settings.api_call_buffer
+                db,
+                interval=settings.api_call_flush_interval,
+                limit=settings.api_call_buffer,
+                # Written within half the billing's settling delay, or stamped anew.
+                restamp_after=max(1.0, settings.marketplace_settle_seconds / 2),
             ),
         )
 

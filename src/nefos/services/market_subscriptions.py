@@ -43,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 from nefos.billing import planfees, quota, subevents
+from nefos.billing.apicalls import charged_until
 from nefos.billing.money import money_str
 from nefos.db.models import (
     Api,
@@ -282,7 +283,15 @@ class SubscriptionService:
         (view,) = await self.views([sub])
         ok_calls = case((ApiCall.status < 500, 1), else_=0)
         failed = case((ApiCall.status >= 500, 1), else_=0)
-        charged = case((ApiCall.charge_id.is_not(None), ApiCall.price), else_=0)
+        # Charged: at or before the account's watermark (``billing/apicalls.py``).
+        currency = view["plan"]["currency"]
+        charged = case(
+            (
+                ApiCall.created_at <= charged_until(sub.organisation_id, currency),
+                ApiCall.price,
+            ),
+            else_=0,
+        )
         counted, errors, amount, paid = (
             await self.session.execute(
                 select(
