@@ -93,18 +93,17 @@ async def test_capacity_reports_the_real_host(driver: ComputeDriver) -> None:
     assert cap.disk_gb is None or cap.disk_gb >= 1
 
 
-async def test_unreachable_host_raises_host_unreachable_quickly(harness: Harness) -> None:
+async def test_unreachable_host_raises_host_unreachable(harness: Harness) -> None:
     dead = harness.unreachable()
-    started = time.monotonic()
     # docker-py leaves the socket of a failed connect for the collector to close
     # (with a ResourceWarning); the driver releases it while handling the error.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         for call in (dead.ping, dead.list, dead.capacity, lambda: dead.create(harness.spec())):
             with pytest.raises(HostUnreachable):
-                await call()
+                # The driver's own timeout ends it: a deadline against a hang, not a measure.
+                await asyncio.wait_for(call(), 60)
         gc.collect()
-    assert time.monotonic() - started < 10
     await dead.close()
 
 
