@@ -70,7 +70,7 @@ def _rule_path(value: str) -> str:
     return value
 
 
-class UnitRulePublic(BaseModel):
+class UnitRulePublic(Request):
     """What a call to matching endpoints weighs: the first rule that matches wins."""
 
     method: UnitMethod = Field(description="An HTTP method, or * for any.")
