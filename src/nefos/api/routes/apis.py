@@ -411,8 +411,9 @@ async def api_metrics(
     period: Period = "1h",
     access: Access = authorize(Permission.MONITORING_READ),
 ) -> Response:
-    """The API's calls over the `period` (`calls`: how many, errors 5xx and 4xx,
-    latency p50/p95/p99, bytes, the busiest endpoints and consumers, a series) and
+    """The API's calls over the `period` (`calls`: how many and their units, errors
+    5xx and 4xx, latency p50/p95/p99, bytes, the busiest endpoints and consumers, a
+    series) and
     its replicas' cpu and memory (% of their limits) and network."""
     api = await ApiService(core, session).visible(
         access.principal, api_id, Permission.MONITORING_READ
