@@ -283,13 +283,19 @@ async def test_calls_count_and_cost_their_units_declared_or_said_by_the_answer(
         shared_user = await register()
         shared_key = await subscribe(client, shared_user, listing["id"], plans["basic"])
         shared_org = await org_of(client, shared_user)
-        for path, status in (
-            ("/index.html", 200),  # 2 units free
-            ("/cgi-bin/units?4", 200),  # 3 free, 1 priced (said 4 of a declared 3)
-            ("/cgi-bin/units?fail", 503),  # given back
-            ("/index.html", 200),  # 2 priced
+        for path, status, request_id in (
+            ("/index.html", 200, None),  # 2 units free
+            # 3 free, 1 priced (said 4 of a declared 3), on a row claimed in flight
+            # (the client's own request id) with the declared units, then settled.
+            ("/cgi-bin/units?4", 200, "said-4"),
+            ("/cgi-bin/units?fail", 503, None),  # given back
+            ("/index.html", 200, None),  # 2 priced
         ):
-            r = await client.get(f"{gw}{path}", headers={"X-API-Key": shared_key})
+            headers = {
+                "X-API-Key": shared_key,
+                **({"X-Request-ID": request_id} if request_id else {}),
+            }
+            r = await client.get(f"{gw}{path}", headers=headers)
             assert r.status_code == status and "x-units" not in r.headers, r.text
         quota_key = gateway.shared.quota_key(
             shared_org, made["api_id"], (await period_of(app, shared_org)).isoformat()
@@ -297,12 +303,9 @@ async def test_calls_count_and_cost_their_units_declared_or_said_by_the_answer(
         assert int(await redis.get(quota_key)) == 8
         r = await client.get(f"{gw}/index.html", headers={"X-API-Key": shared_key})
         assert r.headers["x-quota-remaining"] == "0"
-        assert [(c.units, c.price) for c in await calls(app, shared_org) if c.status < 500] == [
-            (2, 0),
-            (4, 1),
-            (2, 2),
-            (2, 2),
-        ]
+        shared_rows = [c for c in await calls(app, shared_org) if c.status < 500]
+        assert [(c.units, c.price) for c in shared_rows] == [(2, 0), (4, 1), (2, 2), (2, 2)]
+        assert shared_rows[1].request_id.endswith(":said-4")
         assert int(await redis.get(quota_key)) == 10
     finally:
         await redis.aclose()
