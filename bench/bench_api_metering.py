@@ -15,13 +15,13 @@ time order, nine in ten priced, the rest free or answered 5xx), with the driver
 alone (``executemany`` in one transaction on SQLite, ``COPY`` on PostgreSQL), and
 times, ``--repeat`` times each, after one uncounted aggregate:
 
-- **baseline**: the driver alone running one ``GROUP BY`` of the uncharged priced
-  calls by consumer, creator and currency (count and sum of prices), all rows
-  fetched: what any rating must at least read;
+- **baseline**: the driver alone running one ``GROUP BY`` of the priced calls (none
+  is charged yet) by consumer, creator and currency (count and sum of prices), all
+  rows fetched: what any rating must at least read;
 - **Nefos**: ``billing.apicalls.charge_calls`` until it charges nothing more, as the
-  billing engine's passes do: every consumer charged (ledger entries, wallets
-  debited), every creator credited its share less the platform fee, every call
-  marked with its charge.
+  billing engine's passes do: every consumer's closed window charged (ledger
+  entries, wallets debited, the window recorded, its watermark moved), every
+  creator credited its share less the platform fee.
 
 Before each Nefos run the charges of the previous one are undone (not timed). Each
 run is checked against the baseline: every consumer's charges and every creator's
@@ -79,7 +79,7 @@ NANO = 10**9
 COLUMNS = (
     "id", "request_id", "api_id", "subscription_id", "plan_id", "organisation_id",
     "method", "path", "status", "latency_ms", "bytes_in", "bytes_out", "units", "price",
-    "charge_id", "created_at",
+    "created_at",
 )  # fmt: skip
 
 BASELINE = """
@@ -87,7 +87,7 @@ SELECT c.organisation_id, l.organisation_id, l.currency, COUNT(*), SUM(c.price)
 FROM api_calls c
 JOIN marketplace_plans p ON p.id = c.plan_id
 JOIN marketplace_listings l ON l.id = p.listing_id
-WHERE c.charge_id IS NULL AND c.price > 0
+WHERE c.price > 0
 GROUP BY c.organisation_id, l.organisation_id, l.currency
 """
 
@@ -189,7 +189,7 @@ def call_rows(world: World, calls: int, sqlite: bool) -> Iterator[tuple[Any, ...
             priced = Decimal(0)
         yield (
             str(uuid.uuid4()), f"{sub_id}:{i}", api_id, sub_id, plan_id, org_id, "GET",
-            "/v1/forecast", status, 3.5, 0, 512, 1, int(priced * NANO) if sqlite else priced, None,
+            "/v1/forecast", status, 3.5, 0, 512, 1, int(priced * NANO) if sqlite else priced,
             stamp(START + step * i),
         )  # fmt: skip
 
@@ -259,7 +259,7 @@ async def exact_sums(db: Database) -> Sums:
             )
             .join(ListingPlan, ListingPlan.id == ApiCall.plan_id)
             .join(Listing, Listing.id == ListingPlan.listing_id)
-            .where(ApiCall.charge_id.is_(None), ApiCall.price > 0)
+            .where(ApiCall.price > 0)
         )
         async for consumer, creator, currency, price in rows:
             item = out[(consumer, creator, currency)]
@@ -291,7 +291,13 @@ async def check(db: Database, settings: Settings, world: World, sums: Sums) -> N
         left = await session.scalar(
             select(func.count())
             .select_from(ApiCall)
-            .where(ApiCall.charge_id.is_(None), ApiCall.price > 0)
+            .join(ListingPlan, ListingPlan.id == ApiCall.plan_id)
+            .join(Listing, Listing.id == ListingPlan.listing_id)
+            .where(
+                ApiCall.price > 0,
+                ApiCall.created_at
+                > apicalls.charged_until(ApiCall.organisation_id, Listing.currency),
+            )
         )
         assert left == 0, f"{left} priced calls left uncharged"
         rows = await session.execute(
@@ -315,7 +321,8 @@ async def undo(db: Database) -> None:
     """Back to every call uncharged and every wallet full (not timed)."""
     async with db.sessionmaker() as session:
         await begin_write(session)
-        await session.execute(update(ApiCall).values(charge_id=None))
+        await session.execute(text("DELETE FROM api_call_windows"))
+        await session.execute(text("DELETE FROM api_call_watermarks"))
         await session.execute(text("DELETE FROM ledger_entries"))
         await session.execute(update(Wallet).values(balance=FUNDS))
         await session.commit()

@@ -127,6 +127,9 @@ def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
         "operation_poll_interval": 0.2,
         # No billing pass on its own during a test: tests that need one call run_once.
         "billing_interval": 3600.0,
+        # A test's marketplace calls are written before it charges them: charged at
+        # once (tests of the settling delay set their own).
+        "marketplace_settle_seconds": 0.0,
         # The kvm probe of "auto" is the driver's to test (tests/contract); every test
         # app would otherwise spend its timeout where /dev/kvm hangs.
         "libvirt_domain_type": os.environ.get("NEFOS_TEST_LIBVIRT_DOMAIN_TYPE") or "qemu",

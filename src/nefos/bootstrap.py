@@ -352,6 +352,8 @@ class Process:
         if self.ingress is not None:
             self.ingress.start(core.db, core.events)
             self._started.append("ingress")
+            core.calls.start()  # the gateway's calls, written in groups
+            self._started.append("calls")
 
     async def _setup(self) -> None:
         """Migrations and the first admin. On PostgreSQL under an advisory lock: the
@@ -383,6 +385,8 @@ class Process:
         steps: list[tuple[str, Any]] = []
         if "ingress" in started and self.ingress is not None:
             steps.append(("ingress", self.ingress.stop))
+        if "calls" in started:
+            steps.append(("gateway calls", core.calls.stop))  # writes what waits
         if "request_log" in started and self.request_log is not None:
             steps.append(("request log", self.request_log.stop))  # writes what is queued
         if "limiter" in started and self.limiter is not None:

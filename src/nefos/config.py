@@ -506,6 +506,21 @@ class Settings(BaseSettings):
         description="The platform's share of each marketplace call's price, in percent "
         "(the creator earns the rest).",
     )
+    marketplace_settle_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description="How old a marketplace call is when the billing pass charges it: "
+        "each pass charges the calls up to now less this (a row committed later after "
+        "its time is a late row, left to the recount).",
+    )
+    marketplace_recount_seconds: float = Field(
+        3600.0,
+        ge=60,
+        le=30 * 86400,
+        description="A charged window of marketplace calls is counted once more this "
+        "long after it closed: a late row in it is charged (or credited) then.",
+    )
     billing_interval: float = Field(
         300.0,
         gt=0,
@@ -624,6 +639,19 @@ class Settings(BaseSettings):
     )
     request_log_flush_interval: float = Field(
         1.0, gt=0, description="Seconds between writes of the queued requests."
+    )
+    api_call_flush_interval: float = Field(
+        0.05,
+        gt=0,
+        le=5,
+        description="Seconds between two group writes of the gateway's answered calls "
+        "(`api_calls`, billed): what a crash of the process may lose at most.",
+    )
+    api_call_buffer: int = Field(
+        10000,
+        ge=10,
+        description="Answered gateway calls waiting to be written; at this many the "
+        "gateway refuses new calls (503) until they are written.",
     )
     request_log_retention_days: float = Field(
         30.0, gt=0, description="Days requests are kept in the log."

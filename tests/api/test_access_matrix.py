@@ -168,6 +168,15 @@ MATRIX: dict[tuple[str, str], Rule] = {
     ("GET", "/marketplace/listings/{listing_id}"): PUBLIC,
     ("POST", "/marketplace/publish"): Rule(P.COMPUTE_WRITE),
     ("PUT", "/marketplace/listings/{listing_id}"): Rule(P.COMPUTE_WRITE),
+    # Invitations are the seller's (whoever may change the listing); accepting one
+    # lets an organisation subscribe: its billing managers' call, for the organisation
+    # named in the body or query (tests/api/test_market_invitations.py).
+    ("POST", "/marketplace/listings/{listing_id}/invitations"): Rule(P.COMPUTE_WRITE),
+    ("GET", "/marketplace/listings/{listing_id}/invitations"): Rule(P.COMPUTE_WRITE),
+    ("DELETE", "/marketplace/listings/{listing_id}/invitations/{invitation_id}"): Rule(
+        P.COMPUTE_WRITE
+    ),
+    ("POST", "/marketplace/invitations/accept"): Rule(P.BILLING_WRITE),
     # Subscribing spends an organisation's money: its billing managers' call. The
     # subscription's organisation is named in the body or query, or is the one the
     # subscription belongs to (a role check on it, not on a path's org).
@@ -725,6 +734,13 @@ async def walk_world(
         json={"plan_id": w.ids["plan_id"], "organisation_id": w.ids["org_id"]},
     )
     w.ids["subscription_id"] = subscribed["subscription"]["id"]
+    invited = await w.ok(
+        "POST",
+        f"/marketplace/listings/{w.ids['listing_id']}/invitations",
+        w.owner,
+        json={"email": w.ids["invitee_email"]},
+    )
+    w.ids["listing_token"] = invited["invitation"]["token"]
     settings = app.state.core.settings
     allowed = settings.webhook_allowed_networks
     settings.webhook_allowed_networks = ["127.0.0.0/8"]  # WALK_WEBHOOK
@@ -1195,6 +1211,34 @@ async def fresh_listing(w: World, who: Account, role: Role) -> dict[str, str]:
     return {"listing_id": listed["listing"]["id"], "plan_id": listed["listing"]["plans"][0]["id"]}
 
 
+async def fresh_listing_invitation(w: World, who: Account, role: Role) -> dict[str, str]:
+    """An invitation of a new address to A's listing (to revoke)."""
+    made = await w.ok(
+        "POST",
+        f"/marketplace/listings/{w.ids['listing_id']}/invitations",
+        w.owner,
+        json={"email": f"guest-{uuid.uuid4().hex[:10]}@example.com"},
+    )
+    return {"invitation_id": made["invitation"]["id"]}
+
+
+async def fresh_listing_token(w: World, who: Account, role: Role) -> dict[str, str]:
+    """A pending invitation of ``who``'s address to A's listing: its token, for
+    ``who`` to accept (one refused to an earlier call is revoked first)."""
+    invitations = f"/marketplace/listings/{w.ids['listing_id']}/invitations"
+    for _ in range(2):
+        r = await w.client.post(
+            f"/api/v1{invitations}", json={"email": who.email}, headers=w.owner.headers
+        )
+        if r.status_code == 409:
+            pending = r.json()["error"]["details"]["invitation_id"]
+            await w.ok("DELETE", f"{invitations}/{pending}", w.owner)
+            continue
+        assert r.status_code == 201, r.text
+        return {"listing_token": r.json()["data"]["invitation"]["token"]}
+    raise AssertionError("no invitation for the call")
+
+
 async def fresh_subscription(w: World, who: Account, role: Role) -> dict[str, str]:
     """A's reseller's subscription to a fresh listing (to cancel)."""
     listing = await fresh_listing(w, who, role)
@@ -1459,6 +1503,20 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ),
     ("PUT", "/marketplace/listings/{listing_id}"): Sample(
         json={"title": "Walked again"}, role_checked=True
+    ),
+    ("POST", "/marketplace/listings/{listing_id}/invitations"): Sample(
+        json={"email": Unique("guest-{}@example.com")}, role_checked=True
+    ),
+    ("GET", "/marketplace/listings/{listing_id}/invitations"): Sample(role_checked=True),
+    ("DELETE", "/marketplace/listings/{listing_id}/invitations/{invitation_id}"): Sample(
+        fresh=fresh_listing_invitation, role_checked=True
+    ),
+    # Each role accepts an invitation of its own address, for A's organisation (the
+    # seller's own: harmless). Another tenant naming A's organisation gets its 404.
+    ("POST", "/marketplace/invitations/accept"): Sample(
+        json={"token": Ref("listing_token"), "organisation_id": Ref("org_id")},
+        fresh=fresh_listing_token,
+        role_checked=True,
     ),
     # Another tenant naming A's organisation gets its 404 before any listing is read.
     ("POST", "/marketplace/listings/{listing_id}/subscribe"): Sample(
@@ -1771,6 +1829,10 @@ NOT_TENANT_LOOKUPS = {
     ("GET", "/monitoring/alerts", "resource_id"): (
         "filters the alerts of a project the caller may read by resource; it looks nothing up"
     ),
+    ("POST", "/marketplace/listings/{listing_id}/invitations", "organisation_id"): (
+        "names the organisation invited to the seller's listing, any organisation's id "
+        "(the seller got it from its members); the access check is on the listing"
+    ),
 }
 
 
@@ -1816,6 +1878,7 @@ def random_ids() -> dict[str, str]:
         )
     }
     ids["token"] = "nfi_" + secrets.token_urlsafe(32)
+    ids["listing_token"] = "nfl_" + secrets.token_urlsafe(32)
     ids["sku"] = f"flavor:random-{uuid.uuid4().hex[:10]}"
     ids["group"] = "user"
     ids["outsider_email"] = f"nobody-{uuid.uuid4().hex[:10]}@example.com"

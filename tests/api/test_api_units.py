@@ -313,6 +313,7 @@ async def test_calls_count_and_cost_their_units_declared_or_said_by_the_answer(
 
 
 async def calls(app: Any, org: str) -> list[ApiCall]:
+    await app.state.core.calls.flush()  # the gateway writes calls in groups
     async with app.state.core.db.sessionmaker() as session:
         return list(
             await session.scalars(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from nefos.db.models import ApiCall, UsageAlert, WebhookDelivery
 from nefos.db.types import utcnow
 from nefos.services.subscriptions import EventView
 from tests.api.test_apis import api_body
-from tests.api.test_containers import Api, assert_error
+from tests.api.test_containers import Api, assert_error, engine_containers
 from tests.api.test_gateway import subscribe
 from tests.conftest import DatabaseFactory, make_settings, wait_serving
 
@@ -114,6 +115,7 @@ class Follow:
 
 
 async def calls_of(app: Any, subscription_id: str) -> list[ApiCall]:
+    await app.state.core.calls.flush()  # the gateway writes calls in groups
     async with app.state.core.db.sessionmaker() as session:
         rows = await session.scalars(
             select(ApiCall).where(ApiCall.subscription_id == subscription_id)
@@ -250,10 +252,10 @@ async def test_the_creator_sees_the_call_log_and_figures_and_the_consumer_its_us
     assert_error(r, 422, "VALIDATION_ERROR")
     r = await client.get(
         f"{V1}/apis/{api_id}/logs",
-        params={"source": "container", "follow": "true"},
+        params={"source": "container", "follow": "true", "until": "2030-01-01T00:00:00Z"},
         headers=published["creator"].headers,
     )
-    assert_error(r, 422, "VALIDATION_ERROR")
+    assert_error(r, 422, "VALIDATION_ERROR")  # a followed log has no end
 
     # The replicas' output, and both at once.
     both = await creator.call("GET", f"/apis/{api_id}/logs")
@@ -280,10 +282,60 @@ async def test_the_creator_sees_the_call_log_and_figures_and_the_consumer_its_us
         ("followed", small_org, 200)
     ]
 
+    # The replicas' output followed: a line a replica writes arrives, with its time.
+    follow = Follow(
+        app,
+        f"{V1}/apis/{api_id}/logs",
+        "source=container&follow=true&seconds=120",
+        published["creator"].headers,
+    )
+    await asyncio.wait_for(follow.started.wait(), 30)
+    assert follow.status == 200
+    api_row = await creator.call("GET", f"/apis/{api_id}")
+    (engine,) = engine_containers(api_row["api"]["container_id"])
+    said = await asyncio.to_thread(
+        engine.exec_run, ["sh", "-c", "echo nefos-followed-line > /proc/1/fd/1"]
+    )
+    assert said.exit_code == 0, said.output
+
+    async def written_line() -> None:  # (the health checks' request lines come too)
+        while True:
+            follow.arrived.clear()
+            if any(x["line"] == "nefos-followed-line" for x in follow.lines):
+                return
+            await follow.arrived.wait()
+
+    await asyncio.wait_for(written_line(), 60)  # a deadline, not a measure
+    await follow.close()
+    [line] = [x for x in follow.lines if x["line"] == "nefos-followed-line"]
+    assert all(x["replica"] == 0 and x["time"] for x in follow.lines)
+    assert line["replica"] == 0 and line["time"].startswith(str(utcnow().year))
+    # By time: the line is within since/until around it, not before it; with its time.
+    written = datetime.fromisoformat(line["time"][:19] + "+00:00")
+    around = {"source": "container", "timestamps": "true"}
+    within = await creator.call(
+        "GET",
+        f"/apis/{api_id}/logs",
+        params={
+            **around,
+            "since": (written - timedelta(seconds=2)).isoformat(),
+            "until": (written + timedelta(seconds=2)).isoformat(),
+        },
+    )
+    [stamped] = [x for x in within["logs"].splitlines() if x.endswith("nefos-followed-line")]
+    assert stamped.startswith("[replica 0] " + line["time"][:19])
+    before = await creator.call(
+        "GET",
+        f"/apis/{api_id}/logs",
+        params={**around, "until": (written - timedelta(seconds=2)).isoformat()},
+    )
+    assert "nefos-followed-line" not in before["logs"]
+
     # Figures over the last hour: the calls and errors made, by endpoint and consumer.
     metrics = await creator.call("GET", f"/apis/{api_id}/metrics", params={"period": "1h"})
     figures = metrics["calls"]
     assert (figures["calls"], figures["errors"], figures["client_errors"]) == (9, 1, 1)
+    await app.state.core.calls.flush()  # the gateway writes calls in groups
     async with app.state.core.db.sessionmaker() as session:
         sent = await session.scalar(
             select(func.sum(ApiCall.bytes_out)).where(ApiCall.api_id == api_id)

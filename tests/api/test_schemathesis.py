@@ -305,6 +305,10 @@ class Callers:
                 json={"plan_id": listed["plans"][0]["id"], "organisation_id": org},
             )
             return str(made["subscription"]["id"])
+        if name == "listing_invitation_id":  # of an address to the shared listing
+            path = f"/marketplace/listings/{self.ids['listing_id']}/invitations"
+            email = f"doomed-{uuid.uuid4().hex[:8]}@example.com"
+            return str(user.call("POST", path, json={"email": email})["invitation"]["id"])
         if name == "review_id":  # the reseller's review of the seller's listing
             review = {
                 "listing_id": self.ids["reviewed_listing_id"],
@@ -467,6 +471,12 @@ class Callers:
             if case.method.upper() == "DELETE" and "key_id" not in case.path_parameters:
                 ids["subscription_id"] = self.new("subscription_id")
             return {k: ids[k] for k in case.path_parameters}
+        if case.operation.path.startswith("/api/v1/marketplace/listings/{listing_id}/invitations/"):
+            # A listing's invitation, not an organisation's.
+            return {
+                "listing_id": self.ids["listing_id"],
+                "invitation_id": self.new("listing_invitation_id"),
+            }
         if case.operation.path.endswith("/reviews/{review_id}/reply"):
             # A review of the user's own listing: its creator's to reply to (once).
             return {"review_id": self.ids["review_of_mine_id"]}

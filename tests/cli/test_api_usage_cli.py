@@ -103,6 +103,31 @@ def test_call_log_figures_and_usage_through_the_cli_and_the_sdk(
         assert not reader.is_alive()
         assert [c.request_id for c in seen][-1] == "followed" and len(seen) == 4
 
+        # The replicas' output since the calls began (httpd said a line per request),
+        # followed for two seconds, with each line's replica and time.
+        output = list(creator.apis.follow_output(made.api_id, seconds=2, since=started))
+        assert any("response:200" in o.line for o in output), output
+        assert all(
+            o.replica == 0 and o.time >= started.strftime("%Y-%m-%dT%H:%M:%S") for o in output
+        )
+    printed = _ok(
+        cli(
+            "api",
+            "logs",
+            made.api_id,
+            "--source",
+            "container",
+            "--follow",
+            "--seconds",
+            "2",
+            "--since",
+            started.isoformat(),
+        )
+    )
+    assert "[replica 0] " in printed and "response:200" in printed
+    stamped = _ok(cli("api", "logs", made.api_id, "--source", "container", "--timestamps"))
+    assert f"[replica 0] {started:%Y-%m-%d}T" in stamped
+
     # The consumer's usage: 4 of 4 calls, every alert told; the creator's log is not
     # the consumer's to read.
     shown = _ok(consumer_cli("marketplace", "usage", sid))

@@ -163,3 +163,63 @@ async def test_amounts_are_exact_on_both_databases(db):
     await post(db, wallet_id, "charge", D("-0.000000001"))
     balance, total = await balance_and_sum(db, wallet_id)
     assert balance == total == D("0.999999999")
+
+
+async def post_groups(db: Database, groups: list[list[ledger.Move]]) -> list[bool]:
+    async with db.sessionmaker() as session:
+        await begin_write(session)
+        posted = await ledger.post_groups(session, groups)
+        await session.commit()
+        return posted
+
+
+async def test_groups_post_all_or_nothing_once_and_keep_the_balance_the_sum(db):
+    payer, payee = await new_wallet(db, D("10.00")), await new_wallet(db)
+
+    def group(n: int, amount: str, credit: str) -> list[ledger.Move]:
+        return [
+            ledger.Move(payer, "charge", -D(amount), key=f"c{n}"),
+            ledger.Move(payee, "revenue", D(credit), key=f"r{n}"),
+        ]
+
+    # The second would take the payer below zero: refused whole (the payee's too).
+    got = await post_groups(db, [group(1, "6", "5"), group(2, "6", "5"), group(3, "4", "3")])
+    assert got == [True, False, True]
+    assert await balance_and_sum(db, payer) == (D(0), D(0))
+    assert await balance_and_sum(db, payee) == (D(8), D(8))
+    # Posted again: the keys are there, nothing moves.
+    assert await post_groups(db, [group(1, "6", "5")]) == [True]
+    assert await balance_and_sum(db, payee) == (D(8), D(8))
+    async with db.sessionmaker() as session:
+        entries = (
+            await session.scalars(
+                select(LedgerEntry)
+                .where(LedgerEntry.wallet_id == payee)
+                .order_by(LedgerEntry.balance_after)
+            )
+        ).all()
+    assert [(e.key, e.amount, e.balance_after) for e in entries] == [
+        ("r1", D(5), D(5)),
+        ("r3", D(3), D(8)),
+    ]
+
+
+async def test_concurrent_groups_admit_what_the_balance_covers(db):
+    payer, payee = await new_wallet(db, D("10.00")), await new_wallet(db)
+    outcomes = await asyncio.gather(
+        *(
+            post_groups(
+                db,
+                [
+                    [
+                        ledger.Move(payer, "charge", -D(3), key=f"c{i}"),
+                        ledger.Move(payee, "revenue", D(2), key=f"r{i}"),
+                    ]
+                ],
+            )
+            for i in range(8)
+        )
+    )
+    assert sum(o == [True] for o in outcomes) == 3
+    assert await balance_and_sum(db, payer) == (D(1), D(1))
+    assert await balance_and_sum(db, payee) == (D(6), D(6))

@@ -158,6 +158,8 @@ def create_app(
         app.state.collector = process.collector
         app.state.billing = process.billing
         app.state.mesh = process.mesh
+        if ingress is not None:
+            app.state.api_gateway.calls = process.core.calls
         try:
             await process.start()
             if on_started is not None:

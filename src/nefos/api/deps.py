@@ -83,6 +83,15 @@ class SessionMiddleware:
                 await session.close()
 
 
+async def _calls_written(request: Request) -> None:
+    """Every gateway call this process answered is in the database (they are written
+    in groups: nefos.billing.calllog). Before the request's session reads anything."""
+    await request.app.state.core.calls.flush()
+
+
+#: On a route that reads the gateway's calls: its caller sees its own calls at once.
+CallsWritten = Depends(_calls_written)
+
 CoreDep = Annotated[Core, Depends(get_core)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 

@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.billing import catalogue, ledger, metering
+from nefos.billing.calllog import CallLog
 from nefos.billing.money import ZERO, exact, minor_str
 from nefos.billing.rating import record_cost
 from nefos.config import Settings
@@ -37,6 +38,8 @@ class BillingParts(Protocol):
     def settings(self) -> Settings: ...
     @property
     def db(self) -> Database: ...
+    @property
+    def calls(self) -> CallLog: ...
 
 
 async def account(session: AsyncSession, settings: Settings, org_id: str) -> BillingAccount:

@@ -129,6 +129,8 @@ class BillingEngine:
         async with self._lock:
             now = now or utcnow()
             result = PassResult()
+            # This process's gateway calls answered by now are charged in this pass.
+            await self.core.calls.flush()
             async with self.core.db.sessionmaker() as session:
                 await begin_write(session)
                 await catalogue.ensure_defaults(session, self.core.settings.billing_currency)
@@ -142,7 +144,7 @@ class BillingEngine:
                         self.core.db, hour - timedelta(hours=back)
                     )
             result.charges, result.charged = await self.charge()
-            calls, charged = await apicalls.charge_calls(self.core.db, self.core.settings)
+            calls, charged = await apicalls.charge_calls(self.core.db, self.core.settings, now)
             result.charges += calls
             result.charged += charged
             # Quota crossings no gateway process saw (each counts only its own calls).

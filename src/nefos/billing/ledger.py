@@ -6,15 +6,21 @@ sum of the entries. The guard (``balance + amount >= 0``) holds under any
 concurrency: on PostgreSQL the row lock orders concurrent posts, on SQLite the
 write transaction (``begin_write``) does. An entry's ``key`` is unique within its
 wallet: a retried top-up or charge finds its first entry instead of posting twice.
+
+``post_groups`` posts many movements at once (the billing pass's charges of many
+accounts): the wallets locked and read in one statement, each group of movements
+all or nothing under the same guard, one ``UPDATE`` per wallet moved and one
+``INSERT`` of the entries.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
@@ -189,6 +195,112 @@ async def post(
     session.add(entry)
     await session.flush()
     return entry
+
+
+@dataclass(frozen=True)
+class Move:
+    """One movement for ``post_groups``: what ``post`` takes, with the wallet's id."""
+
+    wallet_id: str
+    kind: str
+    amount: Decimal
+    key: str
+    description: str = ""
+    reference: tuple[str, str] | None = None
+    allow_negative: bool = False
+    entry_id: str | None = None
+
+
+#: Wallets (and keys) one look-up names at most.
+_IN_LIMIT = 500
+
+
+async def post_groups(session: AsyncSession, groups: Sequence[Sequence[Move]]) -> list[bool]:
+    """Post each group of movements, in order, all of it or none of it: whether each
+    was posted (a movement whose key its wallet has already is a no-op, as in
+    ``post``). A group is refused when one of its movements would take its wallet
+    below zero (unless ``allow_negative``). The wallets are locked (``FOR UPDATE``,
+    in id order: concurrent callers cannot deadlock on them; on SQLite the write
+    transaction the caller began does it) and read once; each moved wallet gets one
+    ``UPDATE`` to its new balance, and the entries one ``INSERT``, so the balance
+    still equals the sum of the entries. The caller commits."""
+    ids = sorted({m.wallet_id for g in groups for m in g})
+    balances: dict[str, Decimal] = {}
+    known: set[tuple[str, str]] = set()
+    wanted = {(m.wallet_id, m.key) for g in groups for m in g}
+    for i in range(0, len(ids), _IN_LIMIT):
+        chunk = ids[i : i + _IN_LIMIT]
+        rows = await session.execute(
+            select(Wallet.id, Wallet.balance)
+            .where(Wallet.id.in_(chunk))
+            .order_by(Wallet.id)
+            .with_for_update()
+        )
+        balances.update({wallet_id: Decimal(b) for wallet_id, b in rows.all()})
+        in_chunk = set(chunk)
+        keys = sorted({m.key for g in groups for m in g if m.wallet_id in in_chunk})
+        for j in range(0, len(keys), _IN_LIMIT):
+            found = await session.execute(
+                select(LedgerEntry.wallet_id, LedgerEntry.key).where(
+                    LedgerEntry.wallet_id.in_(chunk), LedgerEntry.key.in_(keys[j : j + _IN_LIMIT])
+                )
+            )
+            known.update((w, str(k)) for w, k in found.all() if (w, k) in wanted)
+    missing = set(ids) - set(balances)
+    if missing:
+        raise ValueError(f"no wallet {sorted(missing)[0]}")
+    now = utcnow()
+    entries: list[dict[str, Any]] = []
+    moved: set[str] = set()
+    posted: list[bool] = []
+    for group in groups:
+        after = dict(balances)
+        rows_of: list[dict[str, Any]] = []
+        taken: set[tuple[str, str]] = set()
+        ok = True
+        for m in group:
+            if m.kind not in KINDS:
+                raise ValueError(f"unknown ledger kind {m.kind!r}")
+            amount = exact(Decimal(m.amount))
+            sign = _SIGN.get(m.kind)
+            if amount == 0 or (sign is not None and (amount > 0) != (sign > 0)):
+                raise ValueError(f"a {m.kind} of {amount} moves nothing or the wrong way")
+            if (m.wallet_id, m.key) in known or (m.wallet_id, m.key) in taken:
+                continue
+            balance = after[m.wallet_id] + amount
+            if amount < 0 and balance < 0 and not m.allow_negative:
+                ok = False
+                break
+            after[m.wallet_id] = balance
+            taken.add((m.wallet_id, m.key))
+            rows_of.append(
+                {
+                    "id": m.entry_id or new_id(),
+                    "wallet_id": m.wallet_id,
+                    "kind": m.kind,
+                    "amount": amount,
+                    "balance_after": balance,
+                    "description": m.description,
+                    "reference_kind": m.reference[0] if m.reference else None,
+                    "reference_id": m.reference[1] if m.reference else None,
+                    "key": m.key,
+                    "created_by": None,
+                    "created_at": now,
+                }
+            )
+        posted.append(ok)
+        if ok:
+            balances = after
+            known |= taken
+            entries += rows_of
+            moved.update(r["wallet_id"] for r in rows_of)
+    if moved:
+        await session.execute(
+            update(Wallet),
+            [{"id": w, "balance": balances[w], "updated_at": now} for w in sorted(moved)],
+        )
+        await session.execute(insert(LedgerEntry), entries)
+    return posted
 
 
 async def ledger_sum(session: AsyncSession, wallet_id: str) -> Decimal:

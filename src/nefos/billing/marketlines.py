@@ -27,9 +27,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import NamedTuple
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from nefos.billing.apicalls import charged_until
 from nefos.billing.rating import RatedLine
 from nefos.db.models import ApiCall, Listing, ListingPlan, Subscription, SubscriptionCharge
 from nefos.domain.plans import unit_price
@@ -179,13 +180,18 @@ async def calls_charged(session: AsyncSession, org_id: str, start: datetime, end
     """Whether every priced call the organisation made in [start, end) is charged."""
     waiting = await session.scalar(
         select(
-            exists().where(
+            select(ApiCall.id)
+            .join(ListingPlan, ListingPlan.id == ApiCall.plan_id)
+            .join(Listing, Listing.id == ListingPlan.listing_id)
+            .where(
                 ApiCall.organisation_id == org_id,
-                ApiCall.charge_id.is_(None),
                 ApiCall.price > 0,
                 ApiCall.created_at >= start,
                 ApiCall.created_at < end,
+                # Not charged: after its account's watermark (``apicalls``).
+                ApiCall.created_at > charged_until(org_id, Listing.currency),
             )
+            .exists()
         )
     )
     return not waiting

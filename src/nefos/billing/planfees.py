@@ -40,9 +40,9 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nefos.billing import accounts, ledger
+from nefos.billing import accounts, ledger, subevents
 from nefos.billing.apicalls import creator_share
-from nefos.billing.money import ZERO, exact, round_money
+from nefos.billing.money import ZERO, exact, money_str, round_money
 from nefos.config import Settings
 from nefos.db.models import (
     LedgerEntry,
@@ -63,6 +63,7 @@ from nefos.domain.plans import (
     month_after,
     unused_fraction,
 )
+from nefos.events import EventType
 
 log = logging.getLogger("nefos.billing.planfees")
 
@@ -316,6 +317,7 @@ async def _renew(
         if sub.cancel_at_period_end:
             sub.status, sub.ended_at, sub.ended_reason = ENDED, sub.period_end, "cancelled"
             sub.updated_at = now
+            await subevents.tell(session, subevents.ENDED, sub, listing=listing, plan=plan, now=now)
             await session.commit()
             done.ended += 1
             return
@@ -335,16 +337,20 @@ async def _renew(
             return
         await session.refresh(sub)
         done.rolled += 1
+        told, charged = subevents.RENEWED, None
         if billed(plan, listing.currency):
             try:
                 charge = await charge_fee(session, settings, sub, plan, listing, start, end)
             except PaymentDue:
                 sub.status = PAST_DUE
+                told = subevents.PAST_DUE
                 done.past_due += 1
                 log.info("subscription %s is past due: its wallet cannot pay", sub.id)
             else:
                 done.charged += 1
                 done.amount += charge.amount
+                charged = charge.amount
+        await _tell_renewal(session, told, sub, plan, listing, now, charged)
         await session.commit()
 
 
@@ -361,11 +367,13 @@ async def _retry(
     period over unpaid, ended."""
     if not billed(plan, listing.currency):  # (a plan without a fee is never past due; be safe)
         sub.status, sub.updated_at = ACTIVE, now
+        await _tell_renewal(session, subevents.RENEWED, sub, plan, listing, now, None)
         await session.commit()
         return
     if sub.period_end <= now:
         sub.status, sub.ended_at, sub.ended_reason = ENDED, sub.period_end, "unpaid"
         sub.updated_at = now
+        await subevents.tell(session, subevents.ENDED, sub, listing=listing, plan=plan, now=now)
         await session.commit()
         done.ended += 1
         return
@@ -378,9 +386,32 @@ async def _retry(
         return
     sub.status = ACTIVE
     sub.updated_at = now
+    await _tell_renewal(session, subevents.RENEWED, sub, plan, listing, now, charge.amount)
     await session.commit()
     done.charged += 1
     done.amount += charge.amount
+
+
+async def _tell_renewal(
+    session: AsyncSession,
+    event: EventType,
+    sub: Subscription,
+    plan: ListingPlan,
+    listing: Listing,
+    now: datetime,
+    charged: Decimal | None,
+) -> None:
+    """``renewed`` (with the fee ``charged``, if any) or ``past_due`` (with the fee
+    ``due``)."""
+    currency = listing.currency
+    extra = (
+        {"charged": money_str(charged, currency)}
+        if event == subevents.RENEWED
+        else {"due": money_str(fee_of(plan, currency), currency)}
+    )
+    await subevents.tell(
+        session, event, sub, listing=listing, plan=plan, now=now, currency=currency, **extra
+    )
 
 
 __all__ = [

@@ -143,7 +143,7 @@ async def _check(db: Database, subscription_id: str) -> tuple[list[int], list[in
             await session.rollback()
             return done, []
         assert quota is not None
-        hooks = await _hooks(session, sub.organisation_id)
+        hooks = await hooks_of(session, sub.organisation_id, WEBHOOK_EVENT)
         for threshold in new:
             session.add(
                 UsageAlert(
@@ -187,7 +187,9 @@ async def _check(db: Database, subscription_id: str) -> tuple[list[int], list[in
         return sorted([*done, *new]), new
 
 
-async def _hooks(session: AsyncSession, organisation_id: str) -> list[Webhook]:
+async def hooks_of(session: AsyncSession, organisation_id: str, event: str) -> list[Webhook]:
+    """The enabled webhooks of the organisation's projects that take ``event`` (at
+    most :data:`MAX_HOOKS` looked at)."""
     hooks = await session.scalars(
         select(Webhook)
         .join(Project, Project.id == Webhook.project_id)
@@ -195,7 +197,7 @@ async def _hooks(session: AsyncSession, organisation_id: str) -> list[Webhook]:
         .order_by(Webhook.created_at, Webhook.id)
         .limit(MAX_HOOKS)
     )
-    return [h for h in hooks if WEBHOOK_EVENT in h.events]
+    return [h for h in hooks if event in h.events]
 
 
 async def sweep(db: Database, now: datetime) -> int:

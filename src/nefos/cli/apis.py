@@ -324,8 +324,15 @@ def logs(
         str, typer.Option(help="container (replicas' output), gateway (call log) or all.")
     ] = "all",
     tail: Annotated[int, typer.Option(min=1, max=10_000, help="Lines per replica.")] = 100,
-    since: Annotated[str | None, typer.Option(help="Calls from then on (ISO 8601).")] = None,
-    until: Annotated[str | None, typer.Option(help="Calls before then (ISO 8601).")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Calls and output from then on (ISO 8601).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Calls and output before then (ISO 8601).")
+    ] = None,
+    timestamps: Annotated[
+        bool, typer.Option("--timestamps", help="Each output line after its time.")
+    ] = False,
     status: Annotated[str | None, typer.Option(help="Calls answered 404, or 4xx.")] = None,
     consumer: Annotated[
         str | None, typer.Option(help="Calls of this consumer organisation.")
@@ -335,7 +342,12 @@ def logs(
         typer.Option(help="debug, info, warning or error (calls: error 5xx, warning 4xx+)."),
     ] = None,
     follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Print the new calls as they come.")
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="Print the new calls (or, with --source container, output lines) as they come.",
+        ),
     ] = False,
     seconds: Annotated[int, typer.Option(min=1, max=300, help="How long to follow.")] = 60,
     page: PageOpt = None,
@@ -344,8 +356,17 @@ def logs(
     as_json: JsonOpt = False,
 ) -> None:
     """Print an API's logs: its replicas' output and its gateway call log (newest
-    first); with --follow, the calls made from now on, one a line."""
+    first); with --follow, the calls made from now on (with --source container, the
+    lines the replicas write), one a line."""
     with api(as_json) as c:
+        if follow and source == "container":
+            for out in c.apis.follow_output(api_id, seconds=seconds, since=since, level=level):
+                typer.echo(
+                    out.model_dump_json()
+                    if as_json
+                    else f"[replica {out.replica}] {out.time} {out.line}"
+                )
+            return
         if follow:
             for call in c.apis.follow(
                 api_id,
@@ -369,6 +390,7 @@ def logs(
             page=page,
             limit=limit,
             cursor=cursor,
+            timestamps=timestamps,
         )
     if as_json:
         echo_json(got)

@@ -1,6 +1,6 @@
-"""`nefos marketplace ...`: find APIs (no account needed), publish yours, subscribe
-to others' and manage your subscriptions' keys; review what you have used, and reply
-to the reviews of yours."""
+"""`nefos marketplace ...`: find APIs (no account needed), publish yours and invite
+organisations to the private ones, subscribe to others' and manage your
+subscriptions' keys; review what you have used, and reply to the reviews of yours."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from nefos.cli._common import (
 from nefos.schemas.marketplace import (
     MAX_OVERLAP_SECONDS,
     ApiSubscriptionPublic,
+    ListingInvitationPublic,
     ListingPublic,
     PlanPublic,
     Rating,
@@ -457,6 +458,116 @@ def cancel(subscription_id: SubArg, as_json: JsonOpt = False) -> None:
         echo_json(sub)
     else:
         print_subscription(sub)
+
+
+# --- invitations to private listings --------------------------------------------------
+INVITATION_COLUMNS: list[Column] = [
+    ("ID", "id"),
+    ("INVITEE", lambda i: i.email or i.organisation_id),
+    ("ORGANISATION", "organisation_id"),
+    ("STATUS", "status"),
+    ("EXPIRES", lambda i: f"{i.expires_at:%Y-%m-%d %H:%M}Z" if i.status == "pending" else None),
+    ("CREATED", "created_at"),
+]
+
+
+def print_invitation(inv: ListingInvitationPublic) -> None:
+    who = f"{inv.email}" if inv.email else f"organisation {inv.organisation_id}"
+    stdout().print(
+        f"Invitation {inv.id} of {escape(who)} to listing {inv.listing_id}: {inv.status}"
+        + (f", until {inv.expires_at:%Y-%m-%d %H:%M}Z" if inv.status == "pending" else "")
+    )
+
+
+@app.command()
+def invite(
+    listing_id: ListingArg,
+    email: Annotated[
+        str | None, typer.Option(help="An e-mail address (gets a token to accept).")
+    ] = None,
+    org: Annotated[
+        str | None, typer.Option("--org", help="An organisation's id (in at once).")
+    ] = None,
+    days: Annotated[
+        int | None, typer.Option(help="Days an e-mail invitation's token holds (7).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Invite an organisation (--org ID: it sees your private listing and may
+    subscribe at once) or an e-mail address (--email: prints a token, shown once,
+    for you to pass on; its holder runs `nefos marketplace accept TOKEN`)."""
+    if (email is None) == (org is None):
+        stderr().print("[red]Error:[/] give either --email or --org.")
+        raise typer.Exit(2)
+    with api(as_json) as c:
+        made = c.marketplace.invite(
+            listing_id, email=email, organisation_id=org, expires_in_days=days
+        )
+    if as_json:
+        echo_json(made)
+    else:
+        print_invitation(made)
+    if made.token:
+        if not as_json:
+            stdout().print(f"Token: [bold]{made.token}[/bold]")
+        stderr().print(
+            "[bold yellow]Warning:[/] the token is shown only this once: pass it on to "
+            f"{escape(made.email or '')} (Nefos sends no mail)."
+        )
+
+
+@app.command()
+def invitations(
+    listing_id: ListingArg,
+    status: Annotated[
+        str | None, typer.Option(help="pending, accepted, revoked or expired.")
+    ] = None,
+    page: PageOpt = None,
+    limit: LimitOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Your listing's invitations, newest first."""
+    with api(as_json) as c:
+        found = c.marketplace.invitations(listing_id, status=status, page=page, limit=limit)
+    if as_json:
+        echo_json(found)
+        return
+    listing(found.items, INVITATION_COLUMNS, False, empty="No invitation.")
+
+
+@app.command("invite-rm")
+def invite_rm(
+    listing_id: ListingArg,
+    invitation_id: Annotated[str, typer.Argument(help="Invitation id.", show_default=False)],
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke an invitation: its organisation no longer sees the listing, and its
+    subscription is cancelled (a paid period runs to its end)."""
+    with api(as_json) as c:
+        done = c.marketplace.revoke_invitation(listing_id, invitation_id)
+    if as_json:
+        echo_json(done)
+    else:
+        print_invitation(done.invitation)
+        if done.subscriptions_cancelled:
+            stdout().print(f"Subscriptions cancelled: {done.subscriptions_cancelled}.")
+
+
+@app.command()
+def accept(
+    token: Annotated[str, typer.Argument(help="The token you were given.", show_default=False)],
+    org: OrgOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Accept an invitation to a private listing, for an organisation of yours."""
+    with api(as_json) as c:
+        got = c.marketplace.accept_invitation(token, organisation_id=org)
+    if as_json:
+        echo_json(got)
+        return
+    print_invitation(got.invitation)
+    if got.listing is not None:
+        print_listing(got.listing)
 
 
 # --- reviews -------------------------------------------------------------------------

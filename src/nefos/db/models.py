@@ -1525,7 +1525,7 @@ class Listing(Base):
     """An API's page on the marketplace (one per API): what browsers read, and the
     plans they may subscribe to. ``status`` is published or unpublished;
     ``visibility`` public (browsable without an account) or private (its creator's
-    organisation only, until invitations)."""
+    organisation and the organisations it invited: ``ListingInvitation``)."""
 
     __tablename__ = "marketplace_listings"
 
@@ -1738,11 +1738,52 @@ class ListingReview(Base):
     )
 
 
+class ListingInvitation(Base):
+    """An invitation to a private listing (seed 002's "private by invitation"): to an
+    organisation (``organisation_id`` named by the seller, accepted at once), or to
+    an e-mail address (a one-time token, kept as ``token_hash``, that the holder of
+    the address accepts for one of its organisations, which sets
+    ``organisation_id``). While accepted and not revoked, it lets its organisation
+    see the published private listing and subscribe to it."""
+
+    __tablename__ = "marketplace_invitations"
+
+    id: Mapped[str] = _id()
+    listing_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("marketplace_listings.id", ondelete="CASCADE"), nullable=False
+    )
+    organisation_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("organisations.id", ondelete="CASCADE")
+    )
+    email: Mapped[str | None] = mapped_column(String(320))
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    invited_by: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    accepted_by: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("users.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = _created()
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        CheckConstraint("email IS NOT NULL OR organisation_id IS NOT NULL", name="invitee"),
+        # The seller's list, newest first.
+        Index("ix_marketplace_invitations_listing_created", "listing_id", "created_at"),
+        # Who sees a private listing: an organisation's accepted invitations.
+        Index("ix_marketplace_invitations_org_listing", "organisation_id", "listing_id"),
+    )
+
+
 class ApiCall(Base):
     """One call through the gateway (seed 002's ``api_calls``): who called which API
     on which plan, what it answered, and what it costs. ``request_id`` is unique:
-    a replayed request is recorded, and billed, once. ``charge_id`` is the ledger
-    entry that charged it (NULL: not yet, or nothing to charge)."""
+    a replayed request is recorded, and billed, once. A call is charged when its
+    ``created_at`` is at or before its consumer's watermark
+    (``ApiCallWatermark``): the billing pass charges windows of time, never
+    rewriting a call."""
 
     __tablename__ = "api_calls"
 
@@ -1765,25 +1806,67 @@ class ApiCall(Base):
     bytes_out: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     units: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
     price: Mapped[Decimal] = mapped_column(Amount(), nullable=False, default=Decimal(0))
-    charge_id: Mapped[str | None] = mapped_column(String(36))
+    # When the row was written (a retried 5xx call taken back in flight: when retried).
     created_at: Mapped[datetime] = _created()
 
     __table_args__ = (
         Index("ix_api_calls_api_created", "api_id", "created_at"),
         Index("ix_api_calls_subscription_created", "subscription_id", "created_at"),
+        # A consumer's calls in a window of time: what the billing pass charges.
         Index("ix_api_calls_org_created", "organisation_id", "created_at"),
+        # The calls in flight (few at a time): they hold their consumer's watermark.
         Index(
-            "ix_api_calls_uncharged",
-            "organisation_id",
-            sqlite_where=text("charge_id IS NULL AND price > 0"),
-            postgresql_where=text("charge_id IS NULL AND price > 0"),
+            "ix_api_calls_in_flight",
+            "created_at",
+            sqlite_where=text("status = 0"),
+            postgresql_where=text("status = 0"),
         ),
-        # The calls a charge covers (nothing to maintain while a call is uncharged).
+    )
+
+
+class ApiCallWatermark(Base):
+    """How far a consumer organisation's priced calls in one currency are charged:
+    every call with ``created_at <= charged_until`` (``billing/apicalls.py``). It
+    only moves forward, by a guarded ``UPDATE`` in the transaction of the charge."""
+
+    __tablename__ = "api_call_watermarks"
+
+    organisation_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    charged_until: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    updated_at: Mapped[datetime] = _updated()
+
+
+class ApiCallWindow(Base):
+    """One charged window of a consumer's priced calls in one currency: those with
+    ``charged_after < created_at <= charged_until``, their count and sum, and each creator's part
+    (``parts``: creator organisation -> [calls, amount as text]). ``id`` is the id of
+    the ``charge`` ledger entry. ``recounted_at``: when the pass counted the window's
+    calls again (a row written late is charged, or credited, then)."""
+
+    __tablename__ = "api_call_windows"
+
+    id: Mapped[str] = _id()
+    organisation_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    currency: Mapped[str] = mapped_column(String(3), nullable=False)
+    charged_after: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    charged_until: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    calls: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    amount: Mapped[Decimal] = mapped_column(Amount(), nullable=False)
+    parts: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    recounted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = _created()
+
+    __table_args__ = (
+        UniqueConstraint(
+            "organisation_id", "currency", "charged_after", name="uq_api_call_windows_account_after"
+        ),
+        # The windows still to recount, oldest first.
         Index(
-            "ix_api_calls_charge",
-            "charge_id",
-            sqlite_where=text("charge_id IS NOT NULL"),
-            postgresql_where=text("charge_id IS NOT NULL"),
+            "ix_api_call_windows_recount",
+            "charged_until",
+            sqlite_where=text("recounted_at IS NULL"),
+            postgresql_where=text("recounted_at IS NULL"),
         ),
     )
 

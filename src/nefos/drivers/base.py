@@ -132,6 +132,7 @@ class Capabilities:
     supports_ports: bool = False  # InstanceSpec.ports are published on the host
     supports_stats: bool = False  # stats() returns live numbers
     supports_logs: bool = False  # logs() returns the console/stdout
+    supports_log_times: bool = False  # logs() takes since/until/timestamps
     supports_snapshots: bool = False
     supports_resize: bool = False
     supports_reboot: bool = False
@@ -397,8 +398,20 @@ class ComputeDriver(abc.ABC):
         not report them. Raises :class:`HostUnreachable` if it does not answer."""
 
     @abc.abstractmethod
-    async def logs(self, instance_id: str, *, tail: int = 100) -> str:
-        """The last ``tail`` lines of the console/stdout+stderr (``supports_logs``).
+    async def logs(
+        self,
+        instance_id: str,
+        *,
+        tail: int = 100,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        timestamps: bool = False,
+    ) -> str:
+        """The last ``tail`` lines of the console/stdout+stderr (``supports_logs``),
+        of those written after ``since`` and not after ``until`` when given; with
+        ``timestamps``, each line starts with its time (RFC 3339, UTC) and a space.
+        A driver whose log keeps no times (``supports_log_times`` False) raises
+        :class:`Unsupported` for ``since``, ``until`` or ``timestamps``.
 
         Raises :class:`InstanceNotFound` if it is gone.
         """

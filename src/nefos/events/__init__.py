@@ -40,6 +40,13 @@ class EventType(StrEnum):
     SERVICE_HEALTH = "service_health_changed"
     LOAD_TEST = "load_test_update"
     USAGE_ALERT = "usage_alert"
+    # A marketplace subscription's life (``billing/subevents.py``).
+    SUBSCRIPTION_CREATED = "subscription.created"
+    SUBSCRIPTION_PLAN_CHANGED = "subscription.plan_changed"
+    SUBSCRIPTION_RENEWED = "subscription.renewed"
+    SUBSCRIPTION_PAST_DUE = "subscription.past_due"
+    SUBSCRIPTION_CANCELLED = "subscription.cancelled"
+    SUBSCRIPTION_ENDED = "subscription.ended"
 
 
 EVENT_TYPES: frozenset[str] = frozenset(t.value for t in EventType)

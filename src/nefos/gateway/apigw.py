@@ -33,16 +33,18 @@ request id. The client's own well-formed ``X-Request-ID`` is claimed before the
 call is forwarded (the row written in flight): a second call with it is a 409 and
 goes nowhere, unless the first was answered 500 or more (not billed), whose retry
 is forwarded on the same row; a call without one gets a fresh id and is recorded
-once answered. An answer of 500 or more is recorded with price 0 (not billed). When the
-API names a units header (``units_header``) and its answer (below 500) carries it
-with an integer from 0 to 1000, that is the call's units: its row's ``units`` and
-``price`` are those units' (priced from the same place in the quota, with no second
-wallet check: the answer is sent, so the call is charged what the header says, at
-most 1000 units), and its quota count moves by the difference; a bad value is
-ignored (the declared units stand). The header is stripped from the answer either
-way: the consumer never sees it. The row is the call
-log the creator reads (``GET /apis/{id}/logs?source=gateway``) and the figures of
-``GET /apis/{id}/metrics``: method, the path within the API (after the slug, no
+once answered, handed to the call log (``billing.calllog``: written with the other
+calls of a few milliseconds in one statement, off the call's cycle; its price held
+until then; while too many wait unwritten, new calls are a 503). An answer of 500
+or more is recorded with price 0 (not billed). When the API names a units header
+(``units_header``) and its answer (below 500) carries it with an integer from 0 to
+1000, that is the call's units: its row's ``units`` and ``price`` are those units'
+(priced from the same place in the quota, with no second wallet check: the answer
+is sent, so the call is charged what the header says, at most 1000 units), and its
+quota count moves by the difference; a bad value is ignored (the declared units
+stand). The header is stripped from the answer either way: the consumer never sees
+it. The row is the call log the creator reads (``GET /apis/{id}/logs?source=gateway``)
+and the figures of ``GET /apis/{id}/metrics``: method, the path within the API (after the slug, no
 query), status, latency (until the answer's last byte), bytes in and out, the
 consumer's organisation and subscription, the units and the price.
 
@@ -67,6 +69,7 @@ import re
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -79,6 +82,8 @@ from starlette.types import Message, Receive, Scope, Send
 
 from nefos.billing import quota
 from nefos.billing.accounts import wallet
+from nefos.billing.apicalls import charged_until
+from nefos.billing.calllog import CallLog
 from nefos.db.models import Api, ApiCall, Listing, ListingPlan, Wallet
 from nefos.db.session import begin_write
 from nefos.db.types import utcnow
@@ -159,6 +164,8 @@ class ApiGateway:
         #: The windows and quota counts in Redis, when the process has it.
         self.shared: SharedCounts | None = None
         self._shared_warned = -1e9
+        #: Where answered calls go (``Core.calls``, set by the app's lifespan).
+        self.calls: CallLog | None = None
 
     def share(self, redis: Any, prefix: str) -> None:
         """Count windows and quotas in Redis (``redis.asyncio.Redis``), with every
@@ -181,6 +188,7 @@ class ApiGateway:
             )
             if admission.count == UNKNOWN:
                 assert key is not None and self.ingress.db is not None
+                await self._written()
                 async with self.ingress.db.sessionmaker() as session:
                     counted = await quota.period_units(
                         session, caller.organisation_id, caller.api_id, caller.period_start
@@ -274,6 +282,7 @@ class ApiGateway:
         if known is not None and known[0] == caller.period_start:
             return known[1]
         assert self.ingress.db is not None
+        await self._written()
         async with self.ingress.db.sessionmaker() as session:
             count = await quota.period_units(
                 session, caller.organisation_id, caller.api_id, caller.period_start
@@ -285,8 +294,9 @@ class ApiGateway:
         return known[1]
 
     async def affordable(self, caller: Caller) -> bool:
-        """The consumer's wallet covers what its calls not charged yet owe and what
-        its calls in flight hold (this one's price among them)."""
+        """The consumer's wallet covers what its calls not charged yet (after its
+        watermark) owe and what its calls in flight hold (this one's price among
+        them)."""
         assert self.ingress.db is not None
         org, currency = caller.organisation_id, caller.currency
         # One statement, so one snapshot: a charge committing between a read of the
@@ -303,7 +313,8 @@ class ApiGateway:
             .join(Listing, Listing.id == ListingPlan.listing_id)
             .where(
                 ApiCall.organisation_id == org,
-                ApiCall.charge_id.is_(None),
+                # Not charged yet: after the account's watermark.
+                ApiCall.created_at > charged_until(org, currency),
                 ApiCall.price > 0,
                 Listing.currency == currency,
             )
@@ -317,6 +328,8 @@ class ApiGateway:
                 balance = (await wallet(session, self.ingress.settings, org, currency)).balance
                 await session.commit()
         held = self._held.get((org, currency), ZERO)
+        if self.calls is not None:
+            held += self.calls.owed(org, currency)  # answered, not written yet
         return Decimal(balance) - Decimal(owed or 0) - held >= 0
 
     def admit(self, caller: Caller) -> tuple[bool, int, float]:
@@ -375,6 +388,17 @@ class ApiGateway:
         if slug != caller.slug:
             await send_error(
                 send, 403, "FORBIDDEN", "This key is for another API", {"api": caller.slug}
+            )
+            return
+        if self.calls is not None and self.calls.full:
+            # The calls already answered are not written yet (the database is away,
+            # or slower than the calls): no call is made that could not be billed.
+            await send_error(
+                send,
+                503,
+                "SERVICE_UNAVAILABLE",
+                "The gateway cannot record calls right now; try again shortly",
+                headers=[(b"retry-after", b"1")],
             )
             return
         if caller.past_due:
@@ -460,8 +484,22 @@ class ApiGateway:
         else:
             self._count(caller, units)
         purse = (caller.organisation_id, caller.currency)
-        if price > 0:
-            self._held[purse] = self._held.get(purse, ZERO) + price
+        held = price if price > 0 else ZERO
+        if held:
+            self._held[purse] = self._held.get(purse, ZERO) + held
+
+        def release() -> None:
+            """The call's row owes its price now (or the call is over): held no more
+            here, lest a wallet check count it twice."""
+            nonlocal held
+            if held:
+                left = self._held[purse] - held
+                if left > 0:
+                    self._held[purse] = left
+                else:
+                    del self._held[purse]
+                held = ZERO
+
         counted: int | None = None
         try:
             if price > 0 and not await self.affordable(caller):
@@ -490,6 +528,7 @@ class ApiGateway:
                 rest,
                 (used, units, price),
                 [*limit_headers, *quota_headers],
+                release,
             )
             if counted is not None:
                 if counted != units:  # the answer's header said other units
@@ -498,14 +537,9 @@ class ApiGateway:
                         self._count(caller, counted - units)
                 await self._tell_usage(caller)
         finally:
+            release()
             if counted is None:
                 await self._give_back(caller, shared, units)
-            if price > 0:
-                left = self._held[purse] - price
-                if left > 0:
-                    self._held[purse] = left
-                else:
-                    del self._held[purse]
 
     def _count(self, caller: Caller, delta: int) -> None:
         period, count = self._used.get(caller.subscription_id, (caller.period_start, 0))
@@ -520,10 +554,12 @@ class ApiGateway:
         rest: bytes,
         terms: tuple[int, int, Decimal],
         extra: list[tuple[bytes, bytes]],
+        release: Callable[[], None],
     ) -> int | None:
-        """Forward the call and record it; the units it counts against the quota, or
-        None when it does not count (refused as a replay, or answered 500 or more).
-        ``terms``: the units counted before it, its declared units and their price.
+        """Forward the call and record it (``release`` once its row owes its price);
+        the units it counts against the quota, or None when it does not count
+        (refused as a replay, or answered 500 or more). ``terms``: the units counted
+        before it, its declared units and their price.
 
         A call with the client's own ``X-Request-ID`` is recorded *before* it is
         forwarded (in flight, its price held in the row), so that the id is claimed
@@ -550,6 +586,7 @@ class ApiGateway:
                     [(b"x-request-id", request_id.encode()), *extra],
                 )
                 return None
+            release()  # the claimed row owes the price from now on
         headers = [
             (k, v)
             for k, v in scope["headers"]
@@ -613,6 +650,7 @@ class ApiGateway:
                 recorded = await self._record(
                     caller, request_id, scope, path, seen, latency, units, price
                 )
+            release()
         return units if recorded and int(seen["status"]) < 500 else None
 
     async def _tell_usage(self, caller: Caller) -> None:
@@ -628,6 +666,7 @@ class ApiGateway:
             return
         assert self.ingress.db is not None
         try:
+            await self._written()  # this call's row among them
             told, _ = await quota.check(self.ingress.db, caller.subscription_id)
         except SQLAlchemyError:
             # The answer is sent; the billing pass's sweep tells what this missed.
@@ -670,11 +709,19 @@ class ApiGateway:
                 await session.rollback()
         async with self.ingress.db.sessionmaker() as session:
             await begin_write(session)
-            # A retry of a call answered 500 or more (recorded, not billed) takes its row.
+            # A retry of a call answered 500 or more (recorded, not billed) takes its
+            # row, stamped anew: after any window the billing pass has closed, so the
+            # retry is charged (once) in a window still to come.
             retried = await session.execute(
                 update(ApiCall)
                 .where(ApiCall.request_id == key, ApiCall.status >= 500)
-                .values(status=IN_FLIGHT, units=units, price=price, plan_id=caller.plan.id)
+                .values(
+                    status=IN_FLIGHT,
+                    units=units,
+                    price=price,
+                    plan_id=caller.plan.id,
+                    created_at=utcnow(),
+                )
                 .returning(ApiCall.id)
             )
             again = retried.scalar_one_or_none()
@@ -723,31 +770,35 @@ class ApiGateway:
         units: int,
         price: Decimal,
     ) -> bool:
-        """Record the call; False if its (generated) request id was taken already."""
+        """Hand the answered call to the call log (written with others in a moment;
+        its price held until then: ``affordable``)."""
         status = int(seen["status"])
-        assert self.ingress.db is not None
-        call = ApiCall(
-            request_id=f"{caller.subscription_id}:{request_id}",
-            api_id=caller.api_id,
-            subscription_id=caller.subscription_id,
-            plan_id=caller.plan.id,
-            organisation_id=caller.organisation_id,
-            method=str(scope["method"])[:8],
-            path=path[:500],
-            status=status,
-            latency_ms=round(latency_ms, 3),
-            bytes_in=int(seen["bytes_in"]),
-            bytes_out=int(seen["bytes"]),
-            units=units,
-            price=price if status < 500 else ZERO,
-        )
-        async with self.ingress.db.sessionmaker() as session:
-            session.add(call)
-            try:
-                await session.commit()
-            except IntegrityError:
-                return False  # (a fresh id: only a collision of random ids)
+        assert self.calls is not None
+        charged = price if status < 500 else ZERO
+        row = {
+            "id": str(uuid.uuid4()),
+            "request_id": f"{caller.subscription_id}:{request_id}",
+            "api_id": caller.api_id,
+            "subscription_id": caller.subscription_id,
+            "plan_id": caller.plan.id,
+            "organisation_id": caller.organisation_id,
+            "method": str(scope["method"])[:8],
+            "path": path[:500],
+            "status": status,
+            "latency_ms": round(latency_ms, 3),
+            "bytes_in": int(seen["bytes_in"]),
+            "bytes_out": int(seen["bytes"]),
+            "units": units,
+            "price": charged,
+            "created_at": utcnow(),
+        }
+        await self.calls.add(row, (caller.organisation_id, caller.currency), charged)
         return True
+
+    async def _written(self) -> None:
+        """Every call this process answered is in the database."""
+        if self.calls is not None:
+            await self.calls.flush()
 
 
 def _split(scope: Scope) -> tuple[str, bytes]:

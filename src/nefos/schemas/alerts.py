@@ -24,10 +24,32 @@ MetricName = Literal[
     "disk_write_bps",
 ]
 #: Events a webhook may subscribe to (``ping`` is sent by ``POST .../test`` only):
-#: its project's alerts, and ``usage_alert`` (a marketplace subscription of the
-#: project's organisation at 50, 80 or 100 % of its quota).
-WebhookEvent = Literal["alert.firing", "alert.resolved", "usage_alert"]
-WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("alert.firing", "alert.resolved", "usage_alert")
+#: its project's alerts, ``usage_alert`` (a marketplace subscription of the
+#: project's organisation at 50, 80 or 100 % of its quota), and the life of the
+#: organisation's marketplace subscriptions (``subscription.*``: those it holds, and
+#: the creation, cancellation and end of those to its own listings).
+WebhookEvent = Literal[
+    "alert.firing",
+    "alert.resolved",
+    "usage_alert",
+    "subscription.created",
+    "subscription.plan_changed",
+    "subscription.renewed",
+    "subscription.past_due",
+    "subscription.cancelled",
+    "subscription.ended",
+]
+WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = (
+    "alert.firing",
+    "alert.resolved",
+    "usage_alert",
+    "subscription.created",
+    "subscription.plan_changed",
+    "subscription.renewed",
+    "subscription.past_due",
+    "subscription.cancelled",
+    "subscription.ended",
+)
 #: What a webhook made without ``events`` subscribes to.
 DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("alert.firing", "alert.resolved")
 

@@ -251,6 +251,14 @@ class ApiCallLog(BaseModel):
     created_at: datetime
 
 
+class ApiOutputLine(BaseModel):
+    """One line of a replica's output, as ``follow=true&source=container`` streams it."""
+
+    replica: int = Field(description="The replica's slot.")
+    time: str = Field(description="When the replica wrote it (RFC 3339, as the engine says).")
+    line: str
+
+
 class ApiLogs(BaseModel):
     """The API's logs: its replicas' output (``logs``, ``replicas``) and a page of its
     gateway call log (``items``/``calls``, newest first), as ``source`` asks."""

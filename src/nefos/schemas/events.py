@@ -18,6 +18,12 @@ EVENT_TYPES = (
     "service_health_changed",
     "load_test_update",
     "usage_alert",
+    "subscription.created",
+    "subscription.plan_changed",
+    "subscription.renewed",
+    "subscription.past_due",
+    "subscription.cancelled",
+    "subscription.ended",
 )
 # Messages about the stream itself, not events.
 CONTROL_TYPES = ("connected", "subscribed", "pong", "error", "events_dropped")

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from nefos.schemas.billing import Money, Price, Priced, PriceIn, SubscriptionPublic
-from nefos.schemas.common import Id, Pagination, Request
+from nefos.schemas.common import Email, Id, Pagination, Request
 
 PriceModel = Literal["free", "pay_per_use", "freemium", "monthly"]
 Visibility = Literal["public", "private"]
@@ -420,3 +420,81 @@ class ReviewPage(BaseModel):
     reviews: list[ReviewPublic]
     pagination: Pagination
     rating: Rating
+
+
+# --- invitations to private listings --------------------------------------------------
+InvitationStatus = Literal["pending", "accepted", "revoked", "expired"]
+
+
+class ListingInvitationCreate(Request):
+    """``POST /marketplace/listings/{id}/invitations``: an organisation (by id: in at
+    once) or an e-mail address (a token for its holder to accept), not both."""
+
+    email: Email | None = None
+    organisation_id: Id | None = None
+    expires_in_days: Annotated[
+        int, Field(ge=1, le=90, description="How long an e-mail invitation's token holds.")
+    ] = 7
+
+    @model_validator(mode="after")
+    def _one_invitee(self) -> ListingInvitationCreate:
+        if (self.email is None) == (self.organisation_id is None):
+            raise ValueError("give either email or organisation_id")
+        return self
+
+
+class ListingInvitationPublic(BaseModel):
+    """An invitation to a private listing. ``status``: ``pending`` (an e-mail's, not
+    accepted yet), ``accepted`` (its organisation sees the listing and may subscribe),
+    ``revoked``, or ``expired`` (a pending one past ``expires_at``)."""
+
+    id: str
+    listing_id: str
+    organisation_id: str | None = Field(
+        description="The organisation invited, or the one an e-mail invitation was accepted for."
+    )
+    email: str | None
+    status: InvitationStatus
+    invited_by: str | None
+    accepted_by: str | None
+    created_at: datetime
+    expires_at: datetime
+    accepted_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ListingInvitationCreated(ListingInvitationPublic):
+    token: str | None = Field(
+        description="An e-mail invitation's token (``nfl_...``), shown only in this "
+        "answer: pass it on to the invitee, who accepts it with "
+        "POST /marketplace/invitations/accept. Null for an organisation's (in at once)."
+    )
+
+
+class ListingInvitationPage(BaseModel):
+    items: list[ListingInvitationPublic]
+    invitations: list[ListingInvitationPublic]
+    pagination: Pagination
+
+
+class ListingInvitationRevoked(BaseModel):
+    invitation: ListingInvitationPublic
+    subscriptions_cancelled: int = Field(
+        description="Live subscriptions of the organisation it let in, cancelled by the "
+        "revocation (a paid period runs to its end, unrenewed)."
+    )
+
+
+class ListingInvitationAccept(Request):
+    """``POST /marketplace/invitations/accept``: the token the seller passed on, for
+    an organisation of yours (default: your default project's)."""
+
+    token: Annotated[str, Field(min_length=1, max_length=200)]
+    organisation_id: Id | None = None
+
+
+class ListingInvitationAccepted(BaseModel):
+    invitation: ListingInvitationPublic
+    listing: ListingPublic | None = Field(
+        description="The listing, now yours to see (null while it is unpublished)."
+    )

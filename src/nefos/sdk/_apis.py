@@ -10,7 +10,14 @@ from typing import Any
 
 import httpx
 
-from nefos.schemas.apis import ApiAccepted, ApiCallLog, ApiLogs, ApiPublic, DeploymentPublic
+from nefos.schemas.apis import (
+    ApiAccepted,
+    ApiCallLog,
+    ApiLogs,
+    ApiOutputLine,
+    ApiPublic,
+    DeploymentPublic,
+)
 from nefos.schemas.common import Page
 from nefos.sdk._errors import TransportError, error_from_response
 from nefos.sdk._resources import _body, _idempotent, _paging, _Resource, _seg
@@ -168,11 +175,13 @@ class Apis(_Resource):
         page: int | None = None,
         limit: int | None = None,
         cursor: str | None = None,
+        timestamps: bool = False,
     ) -> ApiLogs:
         """The API's logs: its replicas' output (the last ``tail`` lines of each, at
         ``level`` or above) and a page of its gateway call log (newest first; by
         ``since``/``until``, ``status`` (404 or "4xx"), ``consumer`` (an
-        organisation) and ``level`` (error: 5xx, warning: 4xx and 5xx)).
+        organisation) and ``level`` (error: 5xx, warning: 4xx and 5xx)); the output
+        too by ``since``/``until``, each line after its time with ``timestamps``.
         ``source``: container, gateway or all."""
         params = _paging(
             page,
@@ -185,6 +194,7 @@ class Apis(_Resource):
             status=None if status is None else str(status),
             consumer=consumer,
             level=level,
+            timestamps="true" if timestamps else None,
         )
         return self._one(ApiLogs, "GET", f"{APIS}/{_seg(api_id)}/logs", params=params)
 
@@ -209,6 +219,27 @@ class Apis(_Resource):
             consumer=consumer,
             level=level,
         )
+        for line in self._stream(api_id, params, seconds):
+            yield ApiCallLog.model_validate_json(line)
+
+    def follow_output(
+        self,
+        api_id: str,
+        *,
+        seconds: int = 60,
+        since: datetime | str | None = None,
+        level: str | None = None,
+    ) -> Iterator[ApiOutputLine]:
+        """The lines the API's replicas write, from now (or ``since``) on, each with
+        its replica and time, for ``seconds`` (at most 300); stop iterating to leave
+        earlier."""
+        params = _body(
+            source="container", follow="true", seconds=seconds, since=_when(since), level=level
+        )
+        for line in self._stream(api_id, params, seconds):
+            yield ApiOutputLine.model_validate_json(line)
+
+    def _stream(self, api_id: str, params: dict[str, Any], seconds: int) -> Iterator[bytes | str]:
         auth, _ = self._client._credentials()
         path = f"{APIS}/{_seg(api_id)}/logs"
         timeout = httpx.Timeout(10.0, read=seconds + 30.0)
@@ -225,7 +256,7 @@ class Apis(_Resource):
                     raise error_from_response(response, body)
                 for line in response.iter_lines():
                     if line.strip():
-                        yield ApiCallLog.model_validate_json(line)
+                        yield line
         except httpx.HTTPError as exc:
             raise TransportError(f"GET {path}: {exc}") from exc
 

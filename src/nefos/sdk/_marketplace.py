@@ -1,6 +1,6 @@
 """The marketplace (seed 002): browse and search listings (no account needed),
-publish your APIs with their plans, review what you have used and reply to the
-reviews of your own listings."""
+publish your APIs with their plans, invite organisations to private ones, review
+what you have used and reply to the reviews of your own listings."""
 
 from __future__ import annotations
 
@@ -8,7 +8,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nefos.schemas.common import Message
-from nefos.schemas.marketplace import ListingPage, ListingPublic, ReviewPage, ReviewPublic
+from nefos.schemas.marketplace import (
+    ListingInvitationAccepted,
+    ListingInvitationCreated,
+    ListingInvitationPage,
+    ListingInvitationRevoked,
+    ListingPage,
+    ListingPublic,
+    ReviewPage,
+    ReviewPublic,
+)
 from nefos.sdk._resources import _body, _paging, _Resource, _seg
 
 MARKETPLACE = "/marketplace"
@@ -97,6 +106,56 @@ class Marketplace(_Resource):
         )
         data = self._client.request("PUT", f"{MARKETPLACE}/listings/{_seg(listing_id)}", json=body)
         return ListingPublic.model_validate(data["listing"])
+
+    # --- invitations to private listings ------------------------------------------
+    def invite(
+        self,
+        listing_id: str,
+        *,
+        email: str | None = None,
+        organisation_id: str | None = None,
+        expires_in_days: int | None = None,
+    ) -> ListingInvitationCreated:
+        """Invite to your private listing an organisation (in at once) or an e-mail
+        address (pending: the answer's ``token``, shown this once, is yours to pass on;
+        its holder calls :meth:`accept_invitation`)."""
+        body = _body(email=email, organisation_id=organisation_id, expires_in_days=expires_in_days)
+        data = self._client.request(
+            "POST", f"{MARKETPLACE}/listings/{_seg(listing_id)}/invitations", json=body
+        )
+        return ListingInvitationCreated.model_validate(data["invitation"])
+
+    def invitations(
+        self,
+        listing_id: str,
+        *,
+        status: str | None = None,
+        page: int | None = None,
+        limit: int | None = None,
+    ) -> ListingInvitationPage:
+        """Your listing's invitations, newest first (``status``: pending, accepted,
+        revoked or expired)."""
+        params = _paging(page, limit, status=status)
+        path = f"{MARKETPLACE}/listings/{_seg(listing_id)}/invitations"
+        return ListingInvitationPage.model_validate(
+            self._client.request("GET", path, params=params)
+        )
+
+    def revoke_invitation(self, listing_id: str, invitation_id: str) -> ListingInvitationRevoked:
+        """Revoke an invitation: its organisation no longer sees the listing, and its
+        subscription to it is cancelled (a paid period runs to its end)."""
+        path = f"{MARKETPLACE}/listings/{_seg(listing_id)}/invitations/{_seg(invitation_id)}"
+        return self._one(ListingInvitationRevoked, "DELETE", path)
+
+    def accept_invitation(
+        self, token: str, *, organisation_id: str | None = None
+    ) -> ListingInvitationAccepted:
+        """Accept an invitation sent to your e-mail address, for an organisation of
+        yours (default: your default project's)."""
+        body = _body(token=token, organisation_id=organisation_id)
+        return self._one(
+            ListingInvitationAccepted, "POST", f"{MARKETPLACE}/invitations/accept", json=body
+        )
 
     # --- reviews ------------------------------------------------------------------
     def reviews(

@@ -34,12 +34,14 @@ from typing import Any, Literal
 from sqlalchemy import BigInteger, ColumnElement, Integer, and_, case, cast, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nefos.db.models import ApiCall
+from nefos.db.models import ApiCall, Container
 from nefos.db.session import Database
-from nefos.domain.errors import ValidationFailed
+from nefos.domain.errors import NefosError, ValidationFailed
 from nefos.domain.paging import PageParams
 from nefos.domain.plans import CALL_IN_FLIGHT
 from nefos.schemas.marketplace import price_text
+from nefos.services.containers import ContainerService
+from nefos.services.core import Core
 from nefos.services.paging import fetch_page
 
 C = ApiCall
@@ -210,6 +212,92 @@ async def follow(
         horizon = newest - FOLLOW_LAG
         for key in [k for k, at in sent.items() if at < horizon]:
             del sent[key]
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        await asyncio.sleep(min(FOLLOW_POLL, left))
+
+
+#: Lines of one replica's output one poll of a follow reads at most.
+FOLLOW_LINES = 1000
+_STAMPED = re.compile(
+    r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d) (.*)$", re.S
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OutputLine:
+    replica: int
+    time: str
+    line: str
+
+
+def stamped(text: str) -> tuple[int, str, str] | None:
+    """(nanoseconds since the epoch, the time as the engine wrote it, the line) of a
+    line the engine wrote after its time; None for one without."""
+    m = _STAMPED.match(text)
+    if m is None:
+        return None
+    whole, fraction, zone, line = m.groups()
+    try:
+        at = datetime.fromisoformat(whole + ("+00:00" if zone == "Z" else zone))
+    except ValueError:
+        return None
+    nanos = int(((fraction or "") + "000000000")[:9])
+    return int(at.timestamp()) * 1_000_000_000 + nanos, text[: m.start(4) - 1], line
+
+
+async def follow_output(
+    core: Core,
+    container_id: str,
+    *,
+    seconds: float,
+    start: datetime,
+    level: Level | None = None,
+) -> AsyncIterator[OutputLine]:
+    """The lines the container's replicas write from ``start`` on, each once, oldest
+    first per replica, for ``seconds`` (at most :data:`MAX_FOLLOW`): the engine is
+    asked every :data:`FOLLOW_POLL` for what each wrote since (its lines carry their
+    times to the nanosecond). Ends early when the container or its host goes."""
+    deadline = time.monotonic() + min(seconds, MAX_FOLLOW)
+    floor = int(start.timestamp()) * 1_000_000_000
+    # Per replica slot: the time of the newest line sent, and how many lines of that
+    # time were sent (an engine may stamp to the second: Podman does; lines of one
+    # time come back in the order they were written).
+    newest: dict[int, tuple[int, int]] = {}
+    while True:
+        # Asked from a second before the oldest replica's newest line: the engine's
+        # "since" is in its own precision; what was sent is skipped here.
+        oldest = min((at for at, _ in newest.values()), default=floor)
+        since = datetime.fromtimestamp(oldest // 10**9 - 1, UTC)
+        try:
+            async with core.db.sessionmaker() as session:
+                container = await session.get(Container, container_id)
+                if container is None:
+                    return
+                replicas = await ContainerService(core, session).logs(
+                    container, tail=FOLLOW_LINES, slot=None, since=since, timestamps=True
+                )
+        except NefosError:
+            return  # its host does not answer: the stream ends
+        for r in replicas:
+            slot = int(r["replica"])
+            last, sent = newest.get(slot, (floor, 0))
+            seen = 0  # lines of the time ``last`` met in this answer
+            for raw in str(r["logs"]).splitlines():
+                found = stamped(raw)
+                if found is None or found[0] < last:
+                    continue
+                if found[0] == last:
+                    seen += 1
+                    if seen <= sent:
+                        continue  # sent by an earlier poll
+                    sent += 1
+                else:
+                    last, sent, seen = found[0], 1, 1
+                if level is None or at_least(found[2], level):
+                    yield OutputLine(slot, found[1], found[2])
+            newest[slot] = (last, sent)
         left = deadline - time.monotonic()
         if left <= 0:
             return

@@ -18,6 +18,7 @@ import logging
 import shlex
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -784,8 +785,17 @@ class ContainerService:
         }
 
     async def logs(
-        self, container: Container, *, tail: int, slot: int | None
+        self,
+        container: Container,
+        *,
+        tail: int,
+        slot: int | None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        timestamps: bool = False,
     ) -> list[dict[str, Any]]:
+        """Each replica's last ``tail`` lines of output (written after ``since`` and
+        not after ``until``; each line after its time with ``timestamps``)."""
         replicas = (await self.replicas([container.id]))[container.id]
         if slot is not None:
             replicas = [r for r in replicas if r.slot == slot]
@@ -799,7 +809,13 @@ class ContainerService:
                 continue
             driver = self.core.drivers.for_host(hosts[r.host_id])
             try:
-                text = await driver.logs(r.driver_id or _engine_name(r), tail=tail)
+                text = await driver.logs(
+                    r.driver_id or _engine_name(r),
+                    tail=tail,
+                    since=since,
+                    until=until,
+                    timestamps=timestamps,
+                )
             except InstanceNotFound:
                 text = ""
             except DriverError as exc:

@@ -9,6 +9,7 @@ from typing import Protocol
 
 from sqlalchemy import select
 
+from nefos.billing.calllog import CallLog
 from nefos.config import Settings
 from nefos.db.models import Project
 from nefos.db.session import Database
@@ -43,6 +44,9 @@ class Core:
     metrics: MetricStore
     #: Authenticated callers, forgotten when a commit changes them (services.authn).
     principals: PrincipalCache
+    #: The gateway's answered calls on their way to ``api_calls`` (billing.calllog):
+    #: readers of the calls flush it first.
+    calls: CallLog
     # The billing engine's balance check, in every role; None without billing.
     balances: BalanceCheck | None = None
 
@@ -93,6 +97,13 @@ class Core:
             events=events,
             metrics=metric_store(settings, db),
             principals=principals,
+            calls=CallLog(
+                db,
+                interval=settings.api_call_flush_interval,
+                limit=settings.api_call_buffer,
+                # Written within half the billing's settling delay, or stamped anew.
+                restamp_after=max(1.0, settings.marketplace_settle_seconds / 2),
+            ),
         )
 
 

@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nefos.billing import planfees
+from nefos.billing import planfees, subevents
 from nefos.config import Settings
 from nefos.db.models import Listing, Subscription, SubscriptionKey
 from nefos.domain.plans import ACTIVE, CANCELLED, ENDED, LIVE, effective_status
@@ -21,8 +21,9 @@ async def end_for_api(session: AsyncSession, settings: Settings, api_id: str, no
     """The API is being deleted: unpublish its listing and end every live subscription
     to it at once (``cancelled``, reason ``api_deleted``) with its keys revoked, and
     credit each consumer of a paid monthly period its unused part (the creator gives
-    back its share). In the caller's write transaction, which holds the API's row;
-    the caller commits. How many subscriptions ended."""
+    back its share); each told as ``subscription.ended``. In the caller's write
+    transaction, which holds the API's row; the caller commits. How many
+    subscriptions ended."""
     listing = await session.scalar(select(Listing).where(Listing.api_id == api_id))
     if listing is None:
         return 0
@@ -45,6 +46,7 @@ async def end_for_api(session: AsyncSession, settings: Settings, api_id: str, no
                 await planfees.credit_unused(session, settings, sub, listing, now)
             sub.status, sub.ended_at, sub.ended_reason = CANCELLED, now, "api_deleted"
         sub.updated_at = now
+        await subevents.tell(session, subevents.ENDED, sub, listing=listing, now=now)
     if subs:
         ids = [s.id for s in subs]
         for i in range(0, len(ids), 500):  # SQLite's bound on parameters

@@ -42,7 +42,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
-from nefos.billing import planfees, quota
+from nefos.billing import planfees, quota, subevents
+from nefos.billing.apicalls import charged_until
 from nefos.billing.money import money_str
 from nefos.db.models import (
     Api,
@@ -283,7 +284,15 @@ class SubscriptionService:
         ok_calls = case((ApiCall.status < 500, 1), else_=0)
         ok_units = case((ApiCall.status < 500, ApiCall.units), else_=0)
         failed = case((ApiCall.status >= 500, 1), else_=0)
-        charged = case((ApiCall.charge_id.is_not(None), ApiCall.price), else_=0)
+        # Charged: at or before the account's watermark (``billing/apicalls.py``).
+        currency = view["plan"]["currency"]
+        charged = case(
+            (
+                ApiCall.created_at <= charged_until(sub.organisation_id, currency),
+                ApiCall.price,
+            ),
+            else_=0,
+        )
         counted, units, errors, amount, paid = (
             await self.session.execute(
                 select(
@@ -384,13 +393,16 @@ class SubscriptionService:
         self, principal: Principal, org: Organisation, listing_id: str, plan_id: str
     ) -> tuple[Subscription, NewKey]:
         """Subscribe ``org`` to a current plan of a listing the caller may see, and
-        make its first key. A listing whose API is deleted is a 404; a second active
+        make its first key. A listing whose API is deleted is a 404, and so is a
+        private one for an organisation it did not invite; a second active
         subscription of the organisation to the listing is a 409 naming the first. A
         monthly plan's first period is charged in the same transaction: a wallet that
         cannot pay it is a 402 (PaymentDue) and no subscription."""
-        found, api = await MarketplaceService(self.core, self.session).get(principal, listing_id)
+        market = MarketplaceService(self.core, self.session)
+        found, api = await market.get(principal, listing_id)
         listing = found.listing
-        if api.deleted_at is not None:
+        if api.deleted_at is not None or not await market.may_subscribe(principal, listing, org.id):
+            # (A private listing the caller sees, for an organisation it did not invite.)
             raise NotFound("Listing not found", listing_id=listing_id)
         plan = await self._current_plan(listing_id, plan_id)
         await begin_write(self.session)
@@ -418,6 +430,7 @@ class SubscriptionService:
             existing.ended_reason = "cancelled"
             existing.updated_at = now
             await self.session.flush()
+            await subevents.tell(self.session, subevents.ENDED, existing, listing=listing, now=now)
         start, end = now, month_after(now)
         if not planfees.billed(plan, listing.currency):
             # A subscription of the organisation to the listing that ended within its
@@ -466,6 +479,9 @@ class SubscriptionService:
                 await self.session.rollback()
                 raise
         key = self._new_key(sub.id, "default")
+        await subevents.tell(
+            self.session, subevents.CREATED, sub, listing=listing, plan=plan, now=now
+        )
         await self.session.commit()
         return sub, key
 
@@ -580,8 +596,20 @@ class SubscriptionService:
         except PaymentDue:
             await self.session.rollback()
             raise
+        previous = await self.session.get(ListingPlan, sub.plan_id)
+        assert previous is not None
         sub.plan_id = plan.id
         sub.updated_at = now
+        await subevents.tell(
+            self.session,
+            subevents.PLAN_CHANGED,
+            sub,
+            listing=listing,
+            plan=plan,
+            now=now,
+            previous_plan_id=previous.id,
+            previous_plan=previous.name,
+        )
         await self.session.commit()
         return sub
 
@@ -589,26 +617,37 @@ class SubscriptionService:
         """A free plan, or a past-due one, ends at once; a paid one at its period's
         end, and is not renewed (again: a no-op)."""
         sub = await self._locked(sub)
-        plan = await self.session.get(ListingPlan, sub.plan_id)
-        assert plan is not None
-        now = utcnow()
-        if is_free(plan) or sub.status == PAST_DUE:
-            sub.status = CANCELLED
-            sub.ended_at = now
-            sub.ended_reason = "cancelled"
-        elif sub.cancel_at_period_end:
-            return sub
-        else:
-            sub.cancel_at_period_end = True
-        sub.updated_at = now
-        await self.session.commit()
+        if await cancel_row(self.session, sub, utcnow(), by="consumer"):
+            await self.session.commit()
         return sub
+
+
+async def cancel_row(session: AsyncSession, sub: Subscription, now: datetime, *, by: str) -> bool:
+    """Cancel a live subscription whose row the caller has locked, in its transaction
+    (the caller commits), and tell ``subscription.cancelled`` (``by`` whom: consumer,
+    or seller when the seller revoked the organisation's invitation): a free plan, or
+    a past-due one, ends at once; a paid one at its period's end, and is not
+    renewed. False if it was cancelled at its period's end already (nothing to do)."""
+    plan = await session.get(ListingPlan, sub.plan_id)
+    assert plan is not None
+    if is_free(plan) or sub.status == PAST_DUE:
+        sub.status = CANCELLED
+        sub.ended_at = now
+        sub.ended_reason = "cancelled"
+    elif sub.cancel_at_period_end:
+        return False
+    else:
+        sub.cancel_at_period_end = True
+    sub.updated_at = now
+    await subevents.tell(session, subevents.CANCELLED, sub, plan=plan, now=now, by=by)
+    return True
 
 
 __all__ = [
     "MAX_LIVE_KEYS",
     "NewKey",
     "SubscriptionService",
+    "cancel_row",
     "effective_status",
     "key_public",
     "live_key",

@@ -4,7 +4,9 @@ and a ranked full-text search over them.
 A listing belongs to one API and to the API's organisation (the seller). A public,
 published listing is browsable without an account; a private or unpublished one
 is seen by its organisation's members (and platform admins) only, and is a 404 to
-anyone else, like a missing one.
+anyone else, like a missing one -- except that a published private listing is
+also seen by the members of each organisation it invited (an accepted invitation
+that is not revoked: ``services/market_invitations.py``), which may subscribe.
 
 Plans are versioned rows: a change of a plan's terms retires its row and adds the
 next version, so what a subscriber agreed to stays as it was.
@@ -29,11 +31,20 @@ from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import exists, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 from nefos.billing.accounts import account
-from nefos.db.models import Api, ApiCall, Listing, ListingPlan, ListingReview, Project
+from nefos.db.models import (
+    Api,
+    ApiCall,
+    Listing,
+    ListingInvitation,
+    ListingPlan,
+    ListingReview,
+    Project,
+)
 from nefos.db.session import begin_write
 from nefos.db.types import utcnow
 from nefos.domain.access import Permission
@@ -97,6 +108,17 @@ def plan_public(p: ListingPlan, currency: str) -> dict[str, Any]:
     }
 
 
+def invited(org_ids: Sequence[str] | set[str]) -> ColumnElement[bool]:
+    """The listing holds an accepted, unrevoked invitation of one of ``org_ids``
+    (read through ``ix_marketplace_invitations_org_listing``)."""
+    return exists().where(
+        ListingInvitation.listing_id == Listing.id,
+        ListingInvitation.organisation_id.in_(list(org_ids) or [""]),
+        ListingInvitation.accepted_at.is_not(None),
+        ListingInvitation.revoked_at.is_(None),
+    )
+
+
 def no_rating() -> dict[str, Any]:
     return {"average": None, "count": 0, "histogram": dict.fromkeys(STAR_KEYS, 0)}
 
@@ -131,7 +153,31 @@ class MarketplaceService:
         if listing.status == "published" and listing.visibility == "public":
             return True
         orgs = await self._seller_orgs(principal)
-        return orgs is None or listing.organisation_id in orgs
+        if orgs is None or listing.organisation_id in orgs:
+            return True
+        return listing.status == "published" and await self.is_invited(listing.id, orgs)
+
+    async def is_invited(self, listing_id: str, org_ids: set[str]) -> bool:
+        """One of ``org_ids`` holds an accepted, unrevoked invitation to the listing."""
+        if not org_ids:
+            return False
+        found = await self.session.scalar(
+            select(Listing.id).where(Listing.id == listing_id, invited(org_ids))
+        )
+        return found is not None
+
+    async def may_subscribe(
+        self, principal: Principal, listing: Listing, organisation_id: str
+    ) -> bool:
+        """Whether the caller may subscribe ``organisation_id`` to a listing it sees: a
+        public one, any organisation; a private one, the seller's own, or one it
+        invited (or any, for a member of the seller's organisation)."""
+        if listing.visibility == "public" or listing.organisation_id == organisation_id:
+            return True
+        orgs = await self._seller_orgs(principal)
+        if orgs is None or listing.organisation_id in orgs:
+            return True
+        return await self.is_invited(listing.id, {organisation_id})
 
     async def plans(self, listing_ids: Sequence[str]) -> dict[str, list[ListingPlan]]:
         """Each listing's current plans (retired versions left out)."""
@@ -184,7 +230,9 @@ class MarketplaceService:
         orgs = await self._seller_orgs(principal)
         if orgs is not None:
             query = query.where(
-                (Listing.visibility == "public") | Listing.organisation_id.in_(orgs or {""})
+                (Listing.visibility == "public")
+                | Listing.organisation_id.in_(orgs or {""})
+                | invited(orgs)
             )
         if category:
             query = query.where(Listing.category == category.strip().lower())

@@ -38,6 +38,12 @@ TYPE_SCOPE: dict[str, str] = {
     EventType.ALERT: "monitoring:read",
     EventType.BILLING: "billing:read",
     EventType.USAGE_ALERT: "billing:read",
+    EventType.SUBSCRIPTION_CREATED: "billing:read",
+    EventType.SUBSCRIPTION_PLAN_CHANGED: "billing:read",
+    EventType.SUBSCRIPTION_RENEWED: "billing:read",
+    EventType.SUBSCRIPTION_PAST_DUE: "billing:read",
+    EventType.SUBSCRIPTION_CANCELLED: "billing:read",
+    EventType.SUBSCRIPTION_ENDED: "billing:read",
 }
 
 

@@ -5,13 +5,22 @@ with the operation that carries them out."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from starlette.responses import Response, StreamingResponse
 
-from nefos.api.deps import Access, CoreDep, ObjectId, PageDep, ProjectHint, SessionDep, authorize
+from nefos.api.deps import (
+    Access,
+    CallsWritten,
+    CoreDep,
+    ObjectId,
+    PageDep,
+    ProjectHint,
+    SessionDep,
+    authorize,
+)
 from nefos.api.routes.services import blocking_slot
 from nefos.config import Settings
 from nefos.db.models import Api, ApiDeployment, Container, Operation
@@ -24,6 +33,7 @@ from nefos.schemas.apis import (
     ApiCallLog,
     ApiCreate,
     ApiLogs,
+    ApiOutputLine,
     ApiPublic,
     ApiUpdate,
     DeploymentPublic,
@@ -296,12 +306,19 @@ async def get_openapi(
 @router.get(
     "/{api_id}/logs",
     response_model=Envelope[ApiLogs],
+    dependencies=[CallsWritten],
     responses={
         200: {
             "content": {
                 "application/x-ndjson": {
-                    "schema": {"$ref": "#/components/schemas/ApiCallLog"},
-                    "example": "One call a line, as they come (follow=true).",
+                    "schema": {
+                        "oneOf": [
+                            {"$ref": "#/components/schemas/ApiCallLog"},
+                            ApiOutputLine.model_json_schema(),
+                        ]
+                    },
+                    "example": "One call (or output line, source=container) a line, as "
+                    "they come (follow=true).",
                 }
             }
         }
@@ -317,8 +334,15 @@ async def api_logs(
         Query(description="container: the replicas' output; gateway: the call log; all: both."),
     ] = "all",
     tail: Annotated[int, Query(ge=1, le=10_000, description="Lines per replica.")] = 100,
-    since: Annotated[datetime | None, Query(description="Calls from then on.")] = None,
-    until: Annotated[datetime | None, Query(description="Calls before then.")] = None,
+    since: Annotated[
+        datetime | None, Query(description="Calls and output lines from then on.")
+    ] = None,
+    until: Annotated[
+        datetime | None, Query(description="Calls and output lines before then.")
+    ] = None,
+    timestamps: Annotated[
+        bool, Query(description="Each output line after the time its replica wrote it.")
+    ] = False,
     status: Annotated[
         str | None,
         Query(pattern=r"^([1-5][0-9][0-9]|[1-5]xx)$", description="Calls answered 404, or 4xx."),
@@ -334,7 +358,11 @@ async def api_logs(
         ),
     ] = None,
     follow: Annotated[
-        bool, Query(description="Stream the new calls (NDJSON, one a line) as they come.")
+        bool,
+        Query(
+            description="Stream the new calls (source gateway or all) or output lines "
+            "(source container) as NDJSON, one a line, as they come."
+        ),
     ] = False,
     seconds: Annotated[int, Query(ge=1, le=MAX_FOLLOW, description="How long to follow.")] = 60,
     access: Access = authorize(Permission.COMPUTE_READ),
@@ -348,11 +376,12 @@ async def api_logs(
     where = api_usage.CallFilter(
         api_id=api.id, since=since, until=until, status=status, consumer=consumer, level=level
     )
+    since, until = _utc(since), _utc(until)
     if follow:
         if source == "container":
-            raise ValidationFailed(
-                "Only the gateway's call log can be followed", follow="with source=gateway"
-            )
+            if until is not None:
+                raise ValidationFailed("A followed log has no end", until="not with follow")
+            return _follow_output(core, access, api.container_id, since, level, seconds)
         return await _follow(core, access, where, seconds)
     body: dict[str, Any] = {
         "api_id": api.id,
@@ -367,7 +396,7 @@ async def api_logs(
         container = await session.get(Container, api.container_id) if api.container_id else None
         if container is not None:
             per_replica = await ContainerService(core, session).logs(
-                container, tail=tail, slot=None
+                container, tail=tail, slot=None, since=since, until=until, timestamps=timestamps
             )
             body["replicas"] = [
                 {**r, "logs": api_usage.at_least(r["logs"], level)} for r in per_replica
@@ -382,6 +411,39 @@ async def api_logs(
         listed = page([api_usage.call_public(c) for c in calls], total, params)
         body.update(listed, calls=listed["items"])
     return ok(body)
+
+
+def _utc(when: datetime | None) -> datetime | None:
+    """A time without a zone is UTC's."""
+    return when.replace(tzinfo=UTC) if when is not None and when.tzinfo is None else when
+
+
+def _follow_output(
+    core: Any,
+    access: Access,
+    container_id: str | None,
+    since: datetime | None,
+    level: api_usage.Level | None,
+    seconds: int,
+) -> Response:
+    user_id = access.principal.user_id
+    with blocking_slot(user_id):
+        pass  # a 429 now if the user holds all of its blocking slots
+    start = since or utcnow()
+
+    async def lines() -> AsyncIterator[bytes]:
+        if container_id is None:
+            return  # no replicas (deleted): nothing will come
+        with blocking_slot(user_id):
+            async for out in api_usage.follow_output(
+                core, container_id, seconds=seconds, start=start, level=level
+            ):
+                entry = ApiOutputLine(replica=out.replica, time=out.time, line=out.line)
+                yield entry.model_dump_json().encode() + b"\n"
+
+    return StreamingResponse(
+        lines(), media_type="application/x-ndjson", headers={"Cache-Control": "no-store"}
+    )
 
 
 async def _follow(core: Any, access: Access, where: api_usage.CallFilter, seconds: int) -> Response:
@@ -403,7 +465,9 @@ async def _follow(core: Any, access: Access, where: api_usage.CallFilter, second
     )
 
 
-@router.get("/{api_id}/metrics", response_model=Envelope[dict[str, Any]])
+@router.get(
+    "/{api_id}/metrics", response_model=Envelope[dict[str, Any]], dependencies=[CallsWritten]
+)
 async def api_metrics(
     api_id: ObjectId,
     core: CoreDep,

@@ -1,5 +1,6 @@
 """The marketplace (seed 002): browse listings without an account, publish one of
-your APIs with its plans, change or unpublish it; subscribe an organisation to a
+your APIs with its plans, change or unpublish it, invite organisations to a private
+one; subscribe an organisation to a
 listing's plan and manage the subscription's keys; review what you have used, and
 reply to the reviews of your own listings."""
 
@@ -13,6 +14,7 @@ from starlette.responses import Response
 from nefos.api.deps import (
     ID_PATTERN,
     Access,
+    CallsWritten,
     CoreDep,
     ObjectId,
     OrgHint,
@@ -24,10 +26,18 @@ from nefos.api.deps import (
 )
 from nefos.config import Settings
 from nefos.domain.access import Permission
+from nefos.domain.errors import NotFound
 from nefos.gateway.envelope import listing, ok, page
 from nefos.schemas.common import Envelope, Message
 from nefos.schemas.marketplace import (
     ApiSubscriptionDetail,
+    InvitationStatus,
+    ListingInvitationAccept,
+    ListingInvitationAccepted,
+    ListingInvitationCreate,
+    ListingInvitationCreated,
+    ListingInvitationPage,
+    ListingInvitationRevoked,
     ListingPage,
     ListingPublic,
     ListingUpdate,
@@ -47,6 +57,7 @@ from nefos.schemas.marketplace import (
     SubscriptionUpdate,
     SubscriptionUsage,
 )
+from nefos.services.market_invitations import InvitationService, invitation_public
 from nefos.services.market_subscriptions import SubscriptionService, key_public
 from nefos.services.marketplace import Found, MarketplaceService, plan_public
 from nefos.services.principal import Principal
@@ -185,6 +196,103 @@ async def update_listing(
     return ok({"listing": listing_public(core.settings, found, api.slug, api.openapi)})
 
 
+# --- invitations to private listings ------------------------------------------------
+InvitationId = ObjectId
+SELL = Permission.COMPUTE_WRITE  # what publishing and changing a listing take
+
+
+@router.post(
+    "/listings/{listing_id}/invitations",
+    status_code=201,
+    response_model=Envelope[dict[str, ListingInvitationCreated]],
+)
+async def invite(
+    listing_id: ObjectId,
+    body: ListingInvitationCreate,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(SELL),
+) -> Response:
+    """Invite to your private listing an organisation (`organisation_id`: it sees the
+    listing and may subscribe at once) or an e-mail address (`email`: the answer's
+    `token`, shown this once, is for you to pass on -- Nefos sends no mail; its
+    holder accepts it with `POST /marketplace/invitations/accept` for one of its
+    organisations within `expires_in_days`). A live invitation of the same
+    organisation or address is a 409; at most 100 pending and 1,000 accepted
+    invitations a listing (409 `RESOURCE_EXHAUSTED`)."""
+    new = await InvitationService(core, session).invite(
+        access.principal,
+        listing_id,
+        email=body.email,
+        organisation_id=body.organisation_id,
+        expires_in_days=body.expires_in_days,
+    )
+    return ok({"invitation": new.public()}, 201)
+
+
+@router.get("/listings/{listing_id}/invitations", response_model=Envelope[ListingInvitationPage])
+async def list_invitations(
+    listing_id: ObjectId,
+    core: CoreDep,
+    session: SessionDep,
+    params: PageDep,
+    status: Annotated[
+        InvitationStatus | None, Query(description="pending, accepted, revoked or expired.")
+    ] = None,
+    access: Access = authorize(SELL),
+) -> Response:
+    """Your listing's invitations, newest first (never a token)."""
+    rows, total = await InvitationService(core, session).list_page(
+        access.principal, listing_id, params, status=status
+    )
+    return listing([invitation_public(i) for i in rows], "invitations", total, params)
+
+
+@router.delete(
+    "/listings/{listing_id}/invitations/{invitation_id}",
+    response_model=Envelope[ListingInvitationRevoked],
+)
+async def revoke_invitation(
+    listing_id: ObjectId,
+    invitation_id: InvitationId,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(SELL),
+) -> Response:
+    """Revoke an invitation: a pending one's token stops working; an accepted one's
+    organisation no longer sees the private listing nor may subscribe, and its live
+    subscription to it (unless another invitation still lets it in) is cancelled as
+    if it had cancelled it: a free or past-due plan at once, a paid period at its
+    end, unrenewed. Again: a no-op."""
+    inv, cancelled = await InvitationService(core, session).revoke(
+        access.principal, listing_id, invitation_id
+    )
+    return ok({"invitation": invitation_public(inv), "subscriptions_cancelled": cancelled})
+
+
+@router.post("/invitations/accept", response_model=Envelope[ListingInvitationAccepted])
+async def accept_invitation(
+    body: ListingInvitationAccept,
+    core: CoreDep,
+    session: SessionDep,
+    organisation_id: OrgHint,
+    access: Access = authorize(Permission.BILLING_WRITE),
+) -> Response:
+    """Accept an invitation to a private listing sent to your e-mail address, for an
+    organisation of yours (`organisation_id` in the body or query, or
+    `X-Organisation-ID`; default: your default project's), which may then subscribe
+    to it. Someone else's token, or a used, revoked or expired one, is a 404."""
+    org = await access.org(body.organisation_id or organisation_id, Permission.BILLING_WRITE)
+    inv = await InvitationService(core, session).accept(access.principal, org, body.token)
+    view: dict[str, Any] | None = None
+    try:
+        found, api = await MarketplaceService(core, session).get(access.principal, inv.listing_id)
+        view = listing_public(core.settings, found, api.slug, api.openapi)
+    except NotFound:  # (unpublished for now: it shows once published)
+        view = None
+    return ok({"invitation": invitation_public(inv), "listing": view})
+
+
 # --- subscriptions and their keys -----------------------------------------------------
 SubscriptionId = ObjectId
 KeyId = ObjectId
@@ -265,6 +373,7 @@ async def get_subscription(
 @router.get(
     "/subscriptions/{subscription_id}/usage",
     response_model=Envelope[dict[str, SubscriptionUsage]],
+    dependencies=[CallsWritten],
 )
 async def subscription_usage(
     subscription_id: SubscriptionId,
@@ -387,6 +496,7 @@ async def list_reviews(
 @router.post(
     "/reviews",
     status_code=201,
+    dependencies=[CallsWritten],
     response_model=Envelope[dict[str, ReviewPublic]],
     responses={200: {"model": Envelope[dict[str, ReviewPublic]], "description": "Changed."}},
 )

@@ -18,6 +18,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -222,6 +223,7 @@ class DockerDriver(ComputeDriver):
         supports_ports=True,
         supports_stats=True,
         supports_logs=True,
+        supports_log_times=True,
         supports_exec=True,
     )
 
@@ -536,12 +538,35 @@ class DockerDriver(ComputeDriver):
             read_at=time.monotonic(),
         )
 
-    async def logs(self, instance_id: str, *, tail: int = 100) -> str:
-        return await self._run(self._logs, instance_id, tail)
+    async def logs(
+        self,
+        instance_id: str,
+        *,
+        tail: int = 100,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        timestamps: bool = False,
+    ) -> str:
+        return await self._run(self._logs, instance_id, tail, since, until, timestamps)
 
-    def _logs(self, instance_id: str, tail: int) -> str:
+    def _logs(
+        self,
+        instance_id: str,
+        tail: int,
+        since: datetime | None,
+        until: datetime | None,
+        timestamps: bool,
+    ) -> str:
+        # The engine takes times as (fractional) seconds since the epoch.
+        window: dict[str, float] = {}
+        if since is not None:
+            window["since"] = since.timestamp()
+        if until is not None:
+            window["until"] = until.timestamp()
         with _translated(instance_id):
-            out = self._api.logs(instance_id, stdout=True, stderr=True, tail=tail)
+            out = self._api.logs(
+                instance_id, stdout=True, stderr=True, tail=tail, timestamps=timestamps, **window
+            )
         return bytes(out).decode("utf-8", errors="replace")
 
     async def exec(

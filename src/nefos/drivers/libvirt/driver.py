@@ -113,6 +113,7 @@ from nefos.drivers.base import (
     InvalidState,
     NetworkInfo,
     SnapshotInfo,
+    Unsupported,
     VolumeInfo,
 )
 from nefos.drivers.libvirt import seed as seeds
@@ -2192,7 +2193,17 @@ class LibvirtDriver(ComputeDriver):
                     out.append(str(a["addr"]))
         return out
 
-    async def logs(self, instance_id: str, *, tail: int = 100) -> str:
+    async def logs(
+        self,
+        instance_id: str,
+        *,
+        tail: int = 100,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        timestamps: bool = False,
+    ) -> str:
+        if since is not None or until is not None or timestamps:
+            raise Unsupported("A VM's console log keeps no times (supports_log_times)")
         return await self._run(self._read, self._logs, instance_id, tail)
 
     def _logs(self, instance_id: str, tail: int) -> str:

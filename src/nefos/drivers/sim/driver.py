@@ -61,6 +61,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from urllib.parse import parse_qsl, urlsplit
 
 from nefos.drivers.base import (
@@ -172,9 +173,13 @@ class _Instance:
     spec: InstanceSpec
     labels: dict[str, str]
     state: InstanceState = InstanceState.CREATED
-    log: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
+    #: (when, line) of each line, oldest first.
+    log: deque[tuple[datetime, str]] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
     samples: int = 0  # stats samples taken since the last start
     started_at: float = 0.0  # time.monotonic() of the last start
+
+    def say(self, line: str) -> None:
+        self.log.append((datetime.now(UTC), line))
 
 
 @dataclass(eq=False)
@@ -231,7 +236,7 @@ def crash(host: str, instance_id: str, *, state: InstanceState = InstanceState.S
         inst.state = state
         inst.samples = 0
         how = "exited" if state is InstanceState.STOPPED else "dead"
-        inst.log.append(f"sim: crashed: {how} behind Nefos's back (simulated fault)")
+        inst.say(f"sim: crashed: {how} behind Nefos's back (simulated fault)")
 
 
 def remove(host: str, instance_id: str) -> None:
@@ -273,6 +278,7 @@ class SimDriver(ComputeDriver):
         supports_ports=False,  # nothing listens: ports are recorded, never published
         supports_stats=True,
         supports_logs=True,
+        supports_log_times=True,
     )
 
     def __init__(self, uri: str) -> None:
@@ -331,7 +337,7 @@ class SimDriver(ComputeDriver):
                 spec=spec,
                 labels=spec.all_labels(),
             )
-            inst.log.append(
+            inst.say(
                 f"sim: created {name} from {spec.image} (cpu {spec.cpu:g}, "
                 f"memory {spec.memory_mb} MiB, pids {spec.pids_limit})"
             )
@@ -372,7 +378,7 @@ class SimDriver(ComputeDriver):
                 inst.started_at = time.monotonic()
                 command = inst.spec.command
                 what = shlex.join(command) if command is not None else "the image's command"
-                inst.log.append(f"sim: started: {what}")
+                inst.say(f"sim: started: {what}")
             return _info(inst)
 
     async def stop(self, instance_id: str, *, grace_seconds: float = 10) -> InstanceInfo:
@@ -381,7 +387,7 @@ class SimDriver(ComputeDriver):
             if inst.state is not InstanceState.STOPPED:
                 inst.state = InstanceState.STOPPED
                 inst.samples = 0
-                inst.log.append(f"sim: stopped (grace {max(grace_seconds, 0):g}s)")
+                inst.say(f"sim: stopped (grace {max(grace_seconds, 0):g}s)")
             return _info(inst)
 
     async def destroy(self, instance_id: str) -> None:
@@ -438,9 +444,22 @@ class SimDriver(ComputeDriver):
             read_at=now,
         )
 
-    async def logs(self, instance_id: str, *, tail: int = 100) -> str:
+    async def logs(
+        self,
+        instance_id: str,
+        *,
+        tail: int = 100,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        timestamps: bool = False,
+    ) -> str:
         with self._reach() as host:
-            lines = builtins.list(host.find(instance_id).log)
+            entries = builtins.list(host.find(instance_id).log)
+        lines = [
+            f"{when.isoformat().replace('+00:00', 'Z')} {line}" if timestamps else line
+            for when, line in entries
+            if (since is None or when > since) and (until is None or when <= until)
+        ]
         if tail <= 0 or not lines:
             return ""
         return "\n".join(lines[-tail:]) + "\n"

@@ -1,7 +1,7 @@
 """api units: an API's per-endpoint units and the answer's header that overrides them
 
 Revision ID: 0025
-Revises: 0024
+Revises: 0027
 Create Date: 2026-12-06 15:55:35.796892
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0025"
-down_revision: str | None = "0024"
+down_revision: str | None = "0027"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
