@@ -131,7 +131,7 @@ def test_call_log_figures_and_usage_through_the_cli_and_the_sdk(
     # The consumer's usage: 4 of 4 calls, every alert told; the creator's log is not
     # the consumer's to read.
     shown = _ok(consumer_cli("marketplace", "usage", sid))
-    assert "4 of 4 calls" in shown and "50 %, 80 %, 100 %" in shown
+    assert "4 of 4 units" in shown and "in 4 calls" in shown and "50 %, 80 %, 100 %" in shown
     usage = consumer_cli.json("marketplace", "usage", sid)
     assert (usage["calls"], usage["remaining"], usage["alerts"]) == (4, 0, [50, 80, 100])
     with Client(cli.url, email=consumer_email, password=PASSWORD) as consumer:

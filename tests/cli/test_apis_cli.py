@@ -61,8 +61,14 @@ def test_api_deploy_show_update_logs_and_rm(
         "api", "deploy", name, "--image", TEST_IMAGE, "--port", "8080",
         "--health-path", "/index.html", "--cpu", "0.1", "--memory", "32m",
         "--env", "MODE=prod", "--openapi-file", str(spec), "--wait",
+        "--units", "POST /v1/translate=5", "--units", "/v1/*=2", "--units-header", "X-Units",
     )  # fmt: skip
     api_id = deployed["api_id"]
+    assert deployed["api"]["units"] == [
+        {"method": "POST", "path": "/v1/translate", "units": 5},
+        {"method": "*", "path": "/v1/*", "units": 2},
+    ]
+    assert deployed["api"]["units_header"] == "X-Units"
     assert deployed["operation"]["status"] == "succeeded"
     assert deployed["api"]["status"] == "running" and deployed["api"]["has_openapi"] is True
     assert deployed["deployment"]["environment_keys"] == ["MODE"]
@@ -73,6 +79,22 @@ def test_api_deploy_show_update_logs_and_rm(
         passing(sdk, deployed["api"]["container_id"], 1)
         shown = _ok(cli("api", "show", api_id))
         assert "passing" in shown and "/index.html" in shown
+        assert "POST /v1/translate=5, * /v1/*=2" in shown and "header X-Units" in shown
+        # --units replaces the list; --no-units and --units-header '' clear them.
+        changed = cli.json("api", "update", api_id, "--units", "GET /a=3")
+        assert changed["api"]["units"] == [{"method": "GET", "path": "/a", "units": 3}]
+        assert changed["api"]["units_header"] == "X-Units" and changed["operation"] is None
+        cleared = cli.json("api", "update", api_id, "--no-units", "--units-header", "")
+        assert cleared["api"]["units"] == [] and cleared["api"]["units_header"] is None
+        bad = cli("api", "update", api_id, "--units", "GET /a")
+        assert bad.exit_code == 2 and "--units" in bad.stderr
+        bad = cli("api", "update", api_id, "--units", "GET /a=0")
+        assert bad.exit_code == 1 and "VALIDATION_ERROR" in bad.stderr
+        back = sdk.apis.update(
+            api_id, units=[{"method": "*", "path": "/*", "units": 4}], units_header="X-Cost"
+        )
+        assert [(r.method, r.path, r.units) for r in back.api.units] == [("*", "/*", 4)]
+        assert sdk.apis.get(api_id).units_header == "X-Cost"
         scaled = cli.json("api", "update", api_id, "--replicas", "2", "--wait")
         assert scaled["deployment"]["number"] == 2 and scaled["api"]["replicas"] == 2
         deployments = [(d.number, d.status) for d in sdk.apis.deployments(api_id)]

@@ -73,3 +73,24 @@ def test_a_quota_count_starts_once_from_the_database_and_gives_places_back() -> 
                 await r.aclose()
 
     asyncio.run(run())
+
+
+def test_a_quota_counts_a_calls_units_and_moves_by_what_its_answer_says() -> None:
+    async def run() -> None:
+        prefix = f"nefos-test-{uuid.uuid4().hex}:gw:"
+        redis = aioredis.Redis.from_url(_url())
+        counts = SharedCounts(redis, prefix)
+        key = counts.quota_key("org", "api", "2026-12-01T00:00:00+00:00")
+        try:
+            sub = str(uuid.uuid4())
+            assert (await counts.admit(sub, 1000, key, 5)).count == UNKNOWN
+            assert await counts.start(key, 10, 3600, 5) == 15
+            assert (await counts.admit(sub, 1000, key, 3)).count == 18
+            await counts.give_back(key, 3)  # refused: its 3 places back
+            await counts.give_back(key, -2)  # said 7 of a declared 5: 2 more
+            assert (await counts.admit(sub, 1000, key, 1)).count == 18
+        finally:
+            await redis.delete(key)
+            await redis.aclose()
+
+    asyncio.run(run())

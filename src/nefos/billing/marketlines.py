@@ -1,12 +1,16 @@
 """The marketplace on a consumer's invoice: its priced API calls and its plan fees
 and credits of the period, as lines beside its usage (seed 002).
 
-- **API calls**: one line per API, plan version and price, of the priced calls
-  made in the period (``api_calls.created_at``): "API calls: <listing> (<plan>)",
-  the number of calls times the price. Their unrounded sum is what the billing pass
-  charged for those calls (``apicalls``); a line is rounded once, half-up, like a
-  usage line, so with prices in the currency's minor unit the line is the charge to
-  the cent.
+- **API calls**: one line per API and plan version, of the priced calls made in
+  the period (``api_calls.created_at``): "API calls: <listing> (<plan>) N calls"
+  (", M units" when they are not one unit each), its quantity the priced units (a
+  call weighs its ``units``; those of a call within a free quota cost nothing, so a
+  call straddling the quota's end brings its units beyond it only) times the plan's
+  unit price (``plans.unit_price``). The quantity is the calls' prices' sum divided
+  by that unit price, exact since each call's price is its priced units times it.
+  Their unrounded sum is what the billing pass charged for those calls
+  (``apicalls``); a line is rounded once, half-up, like a usage line, so with prices
+  in the currency's minor unit the line is the charge to the cent.
 - **Plan fees and credits**: one line per ``SubscriptionCharge`` made in the period
   (its ledger entry's time): "Plan fee: <listing> (<plan>) <period>", and a credit
   as a negative line. Fees and credits are moved in the minor unit
@@ -21,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,11 +33,31 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from nefos.billing.apicalls import charged_until
 from nefos.billing.rating import RatedLine
 from nefos.db.models import ApiCall, Listing, ListingPlan, Subscription, SubscriptionCharge
+from nefos.domain.plans import unit_price
 
 CALL_METER, FEE_METER, CREDIT_METER = "api_calls", "plan_fee", "plan_credit"
 CALL_SKU, PLAN_SKU = "marketplace_call", "marketplace_plan"
 # Organisations named in one lookup's ``IN`` list.
 _IN_LIMIT = 500
+
+
+class _Terms(NamedTuple):
+    model: str
+    price_per_call: Decimal | None
+    overage_price: Decimal | None
+    monthly_price: Decimal | None = None
+    included_calls: int | None = None
+
+
+def _priced_units(total: Decimal, calls: int, terms: _Terms) -> tuple[Decimal, int]:
+    """(The unit price, the priced units) of calls of one plan version costing
+    ``total``: each call's price is its priced units times the plan's unit price."""
+    price = unit_price(terms)
+    if price:
+        units = total / price
+        if units == units.to_integral_value():
+            return price, int(units)
+    return total / calls, calls  # (no unit price to divide by: priced per call)
 
 
 def _days(start: datetime, end: datetime) -> str:
@@ -56,10 +81,13 @@ async def lines(
                 ApiCall.organisation_id,
                 ApiCall.api_id,
                 ApiCall.plan_id,
-                ApiCall.price,
+                func.sum(ApiCall.price),
                 func.count(),
                 func.max(Listing.title),
                 func.max(ListingPlan.name),
+                func.max(ListingPlan.model),
+                func.max(ListingPlan.price_per_call),
+                func.max(ListingPlan.overage_price),
             )
             .join(ListingPlan, ListingPlan.id == ApiCall.plan_id)
             .join(Listing, Listing.id == ListingPlan.listing_id)
@@ -70,11 +98,13 @@ async def lines(
                 ApiCall.created_at < end,
                 Listing.currency == currency,
             )
-            .group_by(ApiCall.organisation_id, ApiCall.api_id, ApiCall.plan_id, ApiCall.price)
-            .order_by(ApiCall.organisation_id, func.max(Listing.title), ApiCall.price)
+            .group_by(ApiCall.organisation_id, ApiCall.api_id, ApiCall.plan_id)
+            .order_by(ApiCall.organisation_id, func.max(Listing.title), ApiCall.plan_id)
         )
-        for org_id, api_id, _plan_id, price, count, title, plan in calls.all():
-            price = Decimal(price)
+        for org_id, api_id, _plan_id, total, count, title, plan, *terms in calls.all():
+            total = Decimal(total)
+            price, units = _priced_units(total, int(count), _Terms(*terms))
+            text = f"API calls: {title} ({plan}) {count} calls"
             out.setdefault(org_id, []).append(
                 RatedLine(
                     resource_kind="api",
@@ -82,13 +112,13 @@ async def lines(
                     resource_name=title[:63],
                     meter=CALL_METER,
                     sku=CALL_SKU,
-                    quantity=Decimal(count),
-                    unit="call",
+                    quantity=Decimal(units),
+                    unit="unit",
                     unit_price=price,
-                    exact_amount=price * count,
+                    exact_amount=total,
                     currency=currency,
-                    units=int(count),
-                    description=f"API calls: {title} ({plan}) {count} calls",
+                    units=units,
+                    description=text if units == count else f"{text}, {units} units",
                 )
             )
         charges = await session.execute(

@@ -1,10 +1,12 @@
 """A marketplace subscription's use of its plan's quota, and the ``usage_alert`` told
 when it crosses 50, 80 and 100 % of it (seed 002).
 
-**What counts.** The calls of the subscription recorded by the gateway since its
-period started and answered below 500 (``period_calls``: the organisation's calls
-to the API): what the gateway counts
-against the quota, what ``GET /marketplace/subscriptions/{id}/usage`` shows.
+**What counts.** The units of the subscription's calls recorded by the gateway since
+its period started and answered below 500 (``period_units``: the organisation's
+calls to the API, each its ``units``, 1 unless its API declares more or its answer
+says so; ``domain.metering``): what the gateway counts against the quota (a plan's
+``included_calls`` are units), what ``GET /marketplace/subscriptions/{id}/usage``
+shows.
 
 **Once per threshold and period.** A ``usage_alerts`` row per (subscription, period
 start, threshold) under a unique constraint; the transaction that inserts it also
@@ -63,22 +65,22 @@ MAX_HOOKS = 100
 WEBHOOK_EVENT = "usage_alert"
 
 
-def crossed(calls: int, quota: int | None) -> list[int]:
-    """The thresholds ``calls`` of ``quota`` have reached (none without a quota)."""
+def crossed(units: int, quota: int | None) -> list[int]:
+    """The thresholds ``units`` of ``quota`` have reached (none without a quota)."""
     if not quota or quota <= 0:
         return []
-    return [t for t in THRESHOLDS if calls * 100 >= t * quota]
+    return [t for t in THRESHOLDS if units * 100 >= t * quota]
 
 
-async def period_calls(
+async def period_units(
     session: AsyncSession, organisation_id: str, api_id: str, period_start: datetime
 ) -> int:
-    """The calls counted against a subscription's quota: the organisation's calls to
-    the API since ``period_start`` answered below 500, by any of its subscriptions
-    to it (one at a time; one that ended this period hands its period on, so that
-    ending and subscribing again gives no quota anew)."""
+    """The units counted against a subscription's quota: those of the organisation's
+    calls to the API since ``period_start`` answered below 500, by any of its
+    subscriptions to it (one at a time; one that ended this period hands its period
+    on, so that ending and subscribing again gives no quota anew)."""
     count = await session.scalar(
-        select(func.count())
+        select(func.coalesce(func.sum(ApiCall.units), 0))
         .select_from(ApiCall)
         .where(
             ApiCall.organisation_id == organisation_id,
@@ -134,9 +136,9 @@ async def _check(db: Database, subscription_id: str) -> tuple[list[int], list[in
         sub, plan, listing, slug = found
         quota = plan.included_calls
         period = sub.period_start
-        calls = await period_calls(session, sub.organisation_id, listing.api_id, period)
+        units = await period_units(session, sub.organisation_id, listing.api_id, period)
         done = await told(session, sub.id, period)
-        new = [t for t in crossed(calls, quota) if t not in done]
+        new = [t for t in crossed(units, quota) if t not in done]
         if not new:
             await session.rollback()
             return done, []
@@ -149,7 +151,7 @@ async def _check(db: Database, subscription_id: str) -> tuple[list[int], list[in
                     organisation_id=sub.organisation_id,
                     period_start=period,
                     threshold=threshold,
-                    calls=calls,
+                    calls=units,  # (the units used: what the quota counts)
                     quota=quota,
                 )
             )
@@ -162,12 +164,15 @@ async def _check(db: Database, subscription_id: str) -> tuple[list[int], list[in
                 "plan_id": plan.id,
                 "plan": plan.name,
                 "threshold": threshold,
-                "calls": calls,
+                # The units used (what the quota counts); "calls" too, as before
+                # units (a call is 1 unit unless its API declares more).
+                "units": units,
+                "calls": units,
                 "quota": quota,
-                "remaining": max(0, quota - calls),
+                "remaining": max(0, quota - units),
                 "period_start": period.isoformat().replace("+00:00", "Z"),
                 "period_end": sub.period_end.isoformat().replace("+00:00", "Z"),
-                "message": f"{listing.title}: {calls} of {quota} calls this period "
+                "message": f"{listing.title}: {units} of {quota} units this period "
                 f"({threshold} % of the plan's quota)",
             }
             record(

@@ -79,6 +79,42 @@ def print_api(a: ApiPublic) -> None:
         console.print(f"endpoint {escape(a.endpoint)}")
     if a.deployment:
         console.print(f"deployment #{a.deployment.number}: {a.deployment.status}")
+    if a.units or a.units_header:
+        rules = ", ".join(f"{r.method} {r.path}={r.units}" for r in a.units) or "1 a call"
+        header = f"  header {a.units_header}" if a.units_header else ""
+        console.print(f"units {escape(rules)}{escape(header)}")
+
+
+UnitsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--units",
+        help="'METHOD /path=N' (or '/path=N', any method; '/v1/*' a prefix): a call's "
+        "units, first match wins, else 1 (repeat for more).",
+        show_default=False,
+    ),
+]
+UnitsHeaderOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--units-header",
+        help="A header of the API's answers whose integer (0-1000) is the call's units.",
+        show_default=False,
+    ),
+]
+
+
+def _units(rules: list[str]) -> list[dict[str, Any]]:
+    """``--units 'POST /v1/x=5'`` -> ``[{"method": "POST", "path": "/v1/x", "units": 5}]``
+    (the server checks the rest)."""
+    out: list[dict[str, Any]] = []
+    for rule in rules:
+        where, sep, count = rule.rpartition("=")
+        method, _, path = where.strip().rpartition(" ")
+        if not sep or not path or not count.strip().isdigit():
+            raise typer.BadParameter(f"{rule!r}: expected 'METHOD /path=N'", param_hint="--units")
+        out.append({"method": method.strip().upper() or "*", "path": path, "units": int(count)})
+    return out
 
 
 def _accepted(c: Client, accepted: ApiAccepted, wait: bool, as_json: bool) -> None:
@@ -148,6 +184,8 @@ def deploy(
     openapi_file: Annotated[
         Path | None, typer.Option("--openapi-file", help="Its OpenAPI document (JSON).")
     ] = None,
+    units: UnitsOpt = None,
+    units_header: UnitsHeaderOpt = None,
     project: ProjectOpt = None,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
@@ -173,6 +211,8 @@ def deploy(
             description=description,
             slug=slug,
             openapi=document,
+            units=_units(units) if units else None,
+            units_header=units_header,
             project_id=project,
         )
         _accepted(c, accepted, wait, as_json)
@@ -201,11 +241,21 @@ def update(
     health_path: Annotated[str | None, typer.Option("--health-path")] = None,
     base_path: Annotated[str | None, typer.Option("--base-path")] = None,
     description: Annotated[str | None, typer.Option()] = None,
+    units: UnitsOpt = None,
+    no_units: Annotated[
+        bool, typer.Option("--no-units", help="Every call 1 unit again (drop the rules).")
+    ] = False,
+    units_header: Annotated[
+        str | None,
+        typer.Option("--units-header", help="A new units header ('' for none)."),
+    ] = None,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Change an API (a new image, environment or replica count is a new deployment,
-    rolled out replica by replica)."""
+    rolled out replica by replica; --units replaces the whole list of units)."""
+    if units and no_units:
+        raise typer.BadParameter("--units or --no-units, not both", param_hint="--no-units")
     with api(as_json) as c:
         accepted = c.apis.update(
             api_id,
@@ -215,6 +265,8 @@ def update(
             health_check_path=health_path,
             base_path=base_path,
             description=description,
+            units=[] if no_units else (_units(units) if units else None),
+            units_header=units_header,
         )
         _accepted(c, accepted, wait, as_json)
 
@@ -260,7 +312,8 @@ CALL_COLUMNS: list[Column] = [
 def _call_line(c: ApiCallLog) -> str:
     return (
         f"{c.created_at:%Y-%m-%d %H:%M:%S} {c.method} {c.path} {c.status} "
-        f"{c.latency_ms:.1f}ms {c.bytes_out}B consumer={c.consumer} request={c.request_id}"
+        f"{c.latency_ms:.1f}ms {c.bytes_out}B units={c.units} price={c.price} "
+        f"consumer={c.consumer} request={c.request_id}"
     )
 
 
@@ -366,7 +419,8 @@ def metrics(
     latency = calls["latency_ms"]
     out = stdout()
     out.print(
-        f"[bold]Calls[/bold], last {period}: {calls['calls']}, errors {calls['errors']} "
+        f"[bold]Calls[/bold], last {period}: {calls['calls']} ({calls.get('units', 0)} units), "
+        f"errors {calls['errors']} "
         f"(5xx, {calls['error_rate']} %), client errors {calls['client_errors']} (4xx); "
         f"latency p50 {latency['p50']} ms, p95 {latency['p95']} ms, p99 {latency['p99']} ms; "
         f"{calls['bytes_out']} bytes out"
@@ -374,10 +428,13 @@ def metrics(
     for e in calls["endpoints"]:
         out.print(
             f"  {escape(e['method'])} {escape(e['path'])}: {e['calls']} calls, "
-            f"{e['errors']} errors, p95 {e['p95_ms']} ms"
+            f"{e.get('units', 0)} units, {e['errors']} errors, p95 {e['p95_ms']} ms"
         )
     for k in calls["consumers"]:
-        out.print(f"  consumer {k['consumer']}: {k['calls']} calls, {k['amount']}")
+        out.print(
+            f"  consumer {k['consumer']}: {k['calls']} calls, {k.get('units', 0)} units, "
+            f"{k['amount']}"
+        )
     if "metrics" not in data:
         return
     series = data["metrics"]

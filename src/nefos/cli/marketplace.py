@@ -361,9 +361,10 @@ def usage(subscription_id: SubArg, as_json: JsonOpt = False) -> None:
         echo_json(got)
         return
     quota = (
-        f"{got.calls} of {got.quota} calls ({got.percent_used} %), {got.remaining} left"
+        f"{got.units} of {got.quota} units ({got.percent_used} %), {got.remaining} left, "
+        f"in {got.calls} calls"
         if got.quota is not None
-        else f"{got.calls} calls (no quota)"
+        else f"{got.calls} calls, {got.units} units (no quota)"
     )
     alerts = ", ".join(f"{t} %" for t in got.alerts) or "none"
     stdout().print(

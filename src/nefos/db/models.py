@@ -1460,6 +1460,11 @@ class Api(Base):
     base_path: Mapped[str] = mapped_column(String(256), nullable=False, default="/")
     openapi: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     openapi_path: Mapped[str | None] = mapped_column(String(256))
+    # The units of its calls (``domain.metering``): rules [{method, path, units}],
+    # first match wins (NULL: every call is 1 unit), and the answer's header that
+    # overrides them.
+    units: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    units_header: Mapped[str | None] = mapped_column(String(64))
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()

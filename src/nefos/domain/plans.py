@@ -44,25 +44,40 @@ class PlanTerms(Protocol):
     def overage_price(self) -> Decimal | None: ...
 
 
-def call_price(plan: PlanTerms, used: int) -> Decimal | None:
-    """The price of the next call when ``used`` calls were counted this period, or
-    None when the plan refuses it (its quota is used up and it has no price
-    beyond): ``free`` costs nothing up to its quota; ``pay_per_use`` costs its price;
-    ``freemium`` nothing up to its quota, then its price; ``monthly`` nothing more up
-    to its quota (the month is paid for), then its overage price."""
+def units_price(plan: PlanTerms, used: int, units: int) -> Decimal | None:
+    """The price of a call of ``units`` units when ``used`` units were counted this
+    period, or None when the plan refuses it. Each unit is counted against the quota
+    in turn, so a call that straddles the end of a free quota pays only for its units
+    beyond it (3 free units left and a call of 5: 2 priced); a plan with no price
+    beyond its quota (``free``, ``monthly`` without an overage price) refuses a call
+    with any unit beyond it."""
     included = plan.included_calls
-    within = included is None or used < included
-    if plan.model == "free":
-        return ZERO if within else None
+    free = units if included is None else max(0, min(units, included - used))
+    beyond = units - free
     if plan.model == "pay_per_use":
+        return Decimal(plan.price_per_call or ZERO) * units
+    if beyond == 0:
+        return ZERO if plan.model in ("free", "freemium", "monthly") else None
+    price = unit_price(plan)
+    return None if price is None else price * beyond
+
+
+def unit_price(plan: PlanTerms) -> Decimal | None:
+    """What one unit costs beyond any free quota (None: the plan sells none)."""
+    if plan.model in ("pay_per_use", "freemium"):
         return Decimal(plan.price_per_call or ZERO)
-    if plan.model == "freemium":
-        return ZERO if within else Decimal(plan.price_per_call or ZERO)
-    if plan.model == "monthly":
-        if within:
-            return ZERO
-        return None if plan.overage_price is None else Decimal(plan.overage_price)
+    if plan.model == "monthly" and plan.overage_price is not None:
+        return Decimal(plan.overage_price)
     return None
+
+
+def call_price(plan: PlanTerms, used: int) -> Decimal | None:
+    """The price of the next call of one unit when ``used`` units were counted this
+    period, or None when the plan refuses it: ``free`` costs nothing up to its
+    quota; ``pay_per_use`` costs its price; ``freemium`` nothing up to its quota,
+    then its price; ``monthly`` nothing more up to its quota (the month is paid for),
+    then its overage price."""
+    return units_price(plan, used, 1)
 
 
 class Dated(Protocol):

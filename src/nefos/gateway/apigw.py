@@ -12,11 +12,15 @@ forwarded, in this order:
    in each minute (429 ``RATE_LIMITED`` with ``RateLimit-Limit``, ``-Remaining``,
    ``-Reset`` and ``Retry-After``): counted when the call is admitted, so 200 calls
    at once against a limit of 50 forward exactly 50;
-3. the plan's quota and price for this call (``domain.plans.call_price``): a call
-   beyond a quota with no price beyond is a 429 ``RESOURCE_EXHAUSTED`` (with
-   ``X-Quota-Limit``/``-Remaining``); a priced call must be covered by the
-   consumer's wallet less what its calls not charged yet already owe, less what
-   calls in flight in this process hold (402 ``RESOURCE_EXHAUSTED``).
+3. the call's units, declared by the API per endpoint (``domain.metering``: the
+   first rule matching the method and path, else 1), then the plan's quota and
+   price for them (``domain.plans.units_price``): the quota counts units, each of
+   the call's units counted in turn (a call straddling the end of a free quota pays
+   for its units beyond it only); a call with units beyond a quota with no price
+   beyond is a 429 ``RESOURCE_EXHAUSTED`` (with ``X-Quota-Limit``/``-Remaining``); a
+   priced call must be covered by the consumer's wallet less what its calls not
+   charged yet already owe, less what calls in flight in this process hold (402
+   ``RESOURCE_EXHAUSTED``). The rate limit counts calls, whatever their units.
 
 Then the call goes to one of the API's replicas that pass their checks, through the
 ingress (``Ingress.proxy``: least outstanding, bounded, streaming, one retry of an
@@ -32,11 +36,17 @@ is forwarded on the same row; a call without one gets a fresh id and is recorded
 once answered, handed to the call log (``billing.calllog``: written with the other
 calls of a few milliseconds in one statement, off the call's cycle; its price held
 until then; while too many wait unwritten, new calls are a 503). An answer of 500
-or more is recorded with price 0 (not billed). The row is the call log the creator
-reads (``GET /apis/{id}/logs?source=gateway``) and the figures of
-``GET /apis/{id}/metrics``: method, the path within the API (after the slug, no
+or more is recorded with price 0 (not billed). When the API names a units header
+(``units_header``) and its answer (below 500) carries it with an integer from 0 to
+1000, that is the call's units: its row's ``units`` and ``price`` are those units'
+(priced from the same place in the quota, with no second wallet check: the answer
+is sent, so the call is charged what the header says, at most 1000 units), and its
+quota count moves by the difference; a bad value is ignored (the declared units
+stand). The header is stripped from the answer either way: the consumer never sees
+it. The row is the call log the creator reads (``GET /apis/{id}/logs?source=gateway``)
+and the figures of ``GET /apis/{id}/metrics``: method, the path within the API (after the slug, no
 query), status, latency (until the answer's last byte), bytes in and out, the
-consumer's organisation and subscription.
+consumer's organisation and subscription, the units and the price.
 
 After a counted call is recorded (its answer sent), a count that has reached 50, 80
 or 100 % of the plan's quota has ``billing.quota.check`` tell the ``usage_alert``
@@ -78,7 +88,8 @@ from nefos.db.models import Api, ApiCall, Listing, ListingPlan, Wallet
 from nefos.db.session import begin_write
 from nefos.db.types import utcnow
 from nefos.domain.consumer_keys import key_hash, looks_like
-from nefos.domain.plans import CALL_IN_FLIGHT, PAST_DUE, ZERO, call_price
+from nefos.domain.metering import UnitRule, declared_units, header_units, rules_of
+from nefos.domain.plans import CALL_IN_FLIGHT, PAST_DUE, ZERO, units_price
 from nefos.gateway.apicounts import UNKNOWN, Admission, SharedCounts
 from nefos.gateway.envelope import send_error
 from nefos.gateway.ingress import _SCOPE_KEY, GATEWAY_FORWARD, HOST_CALL, Ingress, TtlCache
@@ -125,6 +136,9 @@ class Caller:
     slug: str
     container_id: str | None
     base_path: str
+    #: The API's per-endpoint units, and the answer's header of units (lowercase).
+    units: tuple[UnitRule, ...] = ()
+    units_header: bytes | None = None
 
 
 class _Window:
@@ -158,8 +172,8 @@ class ApiGateway:
         other API process of the installation."""
         self.shared = SharedCounts(redis, prefix)
 
-    async def _admit_shared(self, caller: Caller) -> Admission | None:
-        """The call's admission by the shared counts (its quota place reserved);
+    async def _admit_shared(self, caller: Caller, units: int) -> Admission | None:
+        """The call's admission by the shared counts (its quota places reserved);
         None if Redis failed (this process's own counts decide then)."""
         shared = self.shared
         assert shared is not None
@@ -170,16 +184,16 @@ class ApiGateway:
         )
         try:
             admission = await shared.admit(
-                caller.subscription_id, caller.plan.rate_limit_per_minute, key
+                caller.subscription_id, caller.plan.rate_limit_per_minute, key, units
             )
             if admission.count == UNKNOWN:
                 assert key is not None and self.ingress.db is not None
                 await self._written()
                 async with self.ingress.db.sessionmaker() as session:
-                    counted = await quota.period_calls(
+                    counted = await quota.period_units(
                         session, caller.organisation_id, caller.api_id, caller.period_start
                     )
-                count = await shared.start(key, counted, QUOTA_KEEP_SECONDS)
+                count = await shared.start(key, counted, QUOTA_KEEP_SECONDS, units)
                 admission = dataclasses.replace(admission, count=count)
         except Exception:  # Redis away: this process's counts, as the limiter does
             now = time.monotonic()
@@ -189,19 +203,22 @@ class ApiGateway:
             return None
         return admission
 
-    async def _give_back(self, caller: Caller, shared: bool) -> None:
-        """Give back a quota place reserved for a call that did not count."""
+    async def _give_back(self, caller: Caller, shared: bool, units: int) -> None:
+        """Give back the quota places reserved for a call that did not count (or, with
+        a negative ``units``, take more: its answer said more units than declared)."""
+        if not units:
+            return
         if not shared:
-            self._count(caller, -1)
+            self._count(caller, -units)
             return
         assert self.shared is not None
         key = self.shared.quota_key(
             caller.organisation_id, caller.api_id, caller.period_start.isoformat()
         )
         try:
-            await self.shared.give_back(key)
-        except Exception:  # counted one too many until the period's end: logged
-            log.warning("gateway: a quota place was not given back", exc_info=True)
+            await self.shared.give_back(key, units)
+        except Exception:  # counted wrong by a few until the period's end: logged
+            log.warning("gateway: a call's quota places were not adjusted", exc_info=True)
 
     async def is_slug(self, label: str) -> bool:
         """Is ``label`` (of ``{label}.{apps_domain}``) an API's slug?"""
@@ -254,18 +271,20 @@ class ApiGateway:
             slug=api.slug,
             container_id=api.container_id,
             base_path=api.base_path,
+            units=rules_of(api.units),
+            units_header=api.units_header.lower().encode() if api.units_header else None,
         )
 
     async def used(self, caller: Caller) -> int:
-        """Calls counted this period (answered below 500), this process's count after
-        one read of the database."""
+        """Units counted this period (calls answered below 500), this process's count
+        after one read of the database."""
         known = self._used.get(caller.subscription_id)
         if known is not None and known[0] == caller.period_start:
             return known[1]
         assert self.ingress.db is not None
         await self._written()
         async with self.ingress.db.sessionmaker() as session:
-            count = await quota.period_calls(
+            count = await quota.period_units(
                 session, caller.organisation_id, caller.api_id, caller.period_start
             )
         known = self._used.get(caller.subscription_id)
@@ -396,7 +415,11 @@ class ApiGateway:
                 },
             )
             return
-        admission = await self._admit_shared(caller) if self.shared is not None else None
+        method = str(scope["method"]).upper()
+        units = declared_units(
+            caller.units, method, rest.partition(b"?")[0].decode("utf-8", "replace")
+        )
+        admission = await self._admit_shared(caller, units) if self.shared is not None else None
         if admission is None:
             admitted, remaining, reset = self.admit(caller)
         else:
@@ -416,32 +439,39 @@ class ApiGateway:
                 [*limit_headers, (b"retry-after", str(int(reset + 0.999)).encode())],
             )
             return
-        # The quota's place: reserved in Redis by the admission (``shared``), or here.
+        # The quota's places: reserved in Redis by the admission (``shared``), or here.
         shared = admission is not None and admission.count is not None
         if shared:
             assert admission is not None and admission.count is not None
-            used = admission.count - 1
+            used = admission.count - units
         else:
             used = await self.used(caller)
         included = caller.plan.included_calls
         quota_headers = (
             [
                 (b"x-quota-limit", str(included).encode()),
-                (b"x-quota-remaining", str(max(0, included - used - 1)).encode()),
+                (b"x-quota-remaining", str(max(0, included - used - units)).encode()),
             ]
             if included is not None
             else []
         )
-        price = call_price(caller.plan, used)
+        price = units_price(caller.plan, used, units)
         if price is None:
             if shared:
-                await self._give_back(caller, shared)
+                await self._give_back(caller, shared, units)
             await send_error(
                 send,
                 429,
                 "RESOURCE_EXHAUSTED",
-                f"This period's {included} calls are used up; change plan for more",
-                {"reason": "quota", "included_calls": included},
+                f"This period's {included} units are used up"
+                + (f" (this call weighs {units})" if units > 1 else "")
+                + "; change plan for more",
+                {
+                    "reason": "quota",
+                    "included_calls": included,
+                    "used": used,
+                    "units": units,
+                },
                 [*limit_headers, *quota_headers],
             )
             return
@@ -450,9 +480,9 @@ class ApiGateway:
         # quota and its price held; given back if it is refused, replayed or 5xx.
         if shared:
             # (This process's view of the count, for the usage alerts' crossing.)
-            self._used[caller.subscription_id] = (caller.period_start, used + 1)
+            self._used[caller.subscription_id] = (caller.period_start, used + units)
         else:
-            self._count(caller, 1)
+            self._count(caller, units)
         purse = (caller.organisation_id, caller.currency)
         held = price if price > 0 else ZERO
         if held:
@@ -470,7 +500,7 @@ class ApiGateway:
                     del self._held[purse]
                 held = ZERO
 
-        counted = False
+        counted: int | None = None
         try:
             if price > 0 and not await self.affordable(caller):
                 await send_error(
@@ -478,7 +508,12 @@ class ApiGateway:
                     402,
                     "RESOURCE_EXHAUSTED",
                     "Your wallet cannot pay for this call: top it up",
-                    {"reason": "wallet", "price": str(price), "currency": caller.currency},
+                    {
+                        "reason": "wallet",
+                        "price": str(price),
+                        "units": units,
+                        "currency": caller.currency,
+                    },
                     limit_headers,
                 )
                 return
@@ -486,12 +521,25 @@ class ApiGateway:
                 await send_error(send, 404, "NOT_FOUND", "This API runs no replicas")
                 return
             counted = await self._forward(
-                scope, receive, send, caller, rest, price, [*limit_headers, *quota_headers], release
+                scope,
+                receive,
+                send,
+                caller,
+                rest,
+                (used, units, price),
+                [*limit_headers, *quota_headers],
+                release,
             )
+            if counted is not None:
+                if counted != units:  # the answer's header said other units
+                    await self._give_back(caller, shared, units - counted)
+                    if shared:  # (and this process's view, for the usage alerts)
+                        self._count(caller, counted - units)
+                await self._tell_usage(caller)
         finally:
             release()
-            if not counted:
-                await self._give_back(caller, shared)
+            if counted is None:
+                await self._give_back(caller, shared, units)
 
     def _count(self, caller: Caller, delta: int) -> None:
         period, count = self._used.get(caller.subscription_id, (caller.period_start, 0))
@@ -504,13 +552,14 @@ class ApiGateway:
         send: Send,
         caller: Caller,
         rest: bytes,
-        price: Decimal,
+        terms: tuple[int, int, Decimal],
         extra: list[tuple[bytes, bytes]],
         release: Callable[[], None],
-    ) -> bool:
+    ) -> int | None:
         """Forward the call and record it (``release`` once its row owes its price);
-        whether it counts against the quota (not refused as a replay, not answered
-        500 or more).
+        the units it counts against the quota, or None when it does not count
+        (refused as a replay, or answered 500 or more). ``terms``: the units counted
+        before it, its declared units and their price.
 
         A call with the client's own ``X-Request-ID`` is recorded *before* it is
         forwarded (in flight, its price held in the row), so that the id is claimed
@@ -518,12 +567,13 @@ class ApiGateway:
         answered 500 or more (not billed: a retry of it is forwarded, on the same
         row). A call without one gets a fresh id no client can send again, and is
         recorded once it is answered."""
+        used, units, price = terms
         client_id = _client_request_id(scope)
         request_id = client_id or uuid.uuid4().hex
         path = rest.partition(b"?")[0].decode("utf-8", "replace")
         claimed: str | None = None
         if client_id is not None:
-            claimed, earlier = await self._claim(caller, request_id, scope, path, price)
+            claimed, earlier = await self._claim(caller, request_id, scope, path, units, price)
             if claimed is None:
                 await send_error(
                     send,
@@ -535,7 +585,7 @@ class ApiGateway:
                     {"request_id": request_id, "status": earlier},
                     [(b"x-request-id", request_id.encode()), *extra],
                 )
-                return False
+                return None
             release()  # the claimed row owes the price from now on
         headers = [
             (k, v)
@@ -552,15 +602,23 @@ class ApiGateway:
         assert caller.container_id is not None
         inner[_SCOPE_KEY] = ("path", caller.container_id, base + rest)
         inner[GATEWAY_FORWARD] = True
-        seen: dict[str, Any] = {"status": 502, "bytes": 0, "bytes_in": 0}
+        seen: dict[str, Any] = {"status": 502, "bytes": 0, "bytes_in": 0, "units": None}
+        said = caller.units_header
 
         async def observed(message: Message) -> None:
             if message["type"] == "http.response.start":
                 seen["status"] = message["status"]
+                answered = message.get("headers", [])
+                if said is not None:
+                    # The API's word to the gateway: read (its first value), never sent on.
+                    values = [v for k, v in answered if k.lower() == said]
+                    if values:
+                        seen["units"] = header_units(values[0])
+                        answered = [(k, v) for k, v in answered if k.lower() != said]
                 message = {
                     **message,
                     "headers": [
-                        *message.get("headers", []),
+                        *answered,
                         (b"x-request-id", request_id.encode()),
                         *extra,
                     ],
@@ -580,15 +638,20 @@ class ApiGateway:
             await self.ingress.proxy(inner, counted, observed)
         finally:
             latency = (time.perf_counter() - started) * 1000
+            if seen["units"] is not None and seen["units"] != units and seen["status"] < 500:
+                # What the answer says it weighed, priced from the same place in the
+                # quota (units beyond a quota with no price beyond cost nothing: the
+                # answer is sent).
+                units = seen["units"]
+                price = units_price(caller.plan, used, units) or ZERO
             if claimed is not None:
-                recorded = await self._settle(claimed, seen, latency, price)
+                recorded = await self._settle(claimed, seen, latency, units, price)
             else:
-                recorded = await self._record(caller, request_id, scope, path, seen, latency, price)
+                recorded = await self._record(
+                    caller, request_id, scope, path, seen, latency, units, price
+                )
             release()
-        counts = recorded and int(seen["status"]) < 500
-        if counts:
-            await self._tell_usage(caller)
-        return counts
+        return units if recorded and int(seen["status"]) < 500 else None
 
     async def _tell_usage(self, caller: Caller) -> None:
         """After a counted call (its answer sent): when this process's count of the
@@ -615,7 +678,7 @@ class ApiGateway:
             self._told[key] = told[-1]
 
     async def _claim(
-        self, caller: Caller, request_id: str, scope: Scope, path: str, price: Decimal
+        self, caller: Caller, request_id: str, scope: Scope, path: str, units: int, price: Decimal
     ) -> tuple[str | None, int | None]:
         """Record the call in flight under the client's request id: (its row's id,
         None), or (None, the status of the call that holds the id) when it is taken
@@ -634,7 +697,7 @@ class ApiGateway:
             latency_ms=0.0,
             bytes_in=0,
             bytes_out=0,
-            units=1,
+            units=units,
             price=price,
         )
         async with self.ingress.db.sessionmaker() as session:
@@ -652,7 +715,13 @@ class ApiGateway:
             retried = await session.execute(
                 update(ApiCall)
                 .where(ApiCall.request_id == key, ApiCall.status >= 500)
-                .values(status=IN_FLIGHT, price=price, plan_id=caller.plan.id, created_at=utcnow())
+                .values(
+                    status=IN_FLIGHT,
+                    units=units,
+                    price=price,
+                    plan_id=caller.plan.id,
+                    created_at=utcnow(),
+                )
                 .returning(ApiCall.id)
             )
             again = retried.scalar_one_or_none()
@@ -664,7 +733,7 @@ class ApiGateway:
         return None, int(earlier) if earlier is not None else IN_FLIGHT
 
     async def _settle(
-        self, call_id: str, seen: dict[str, Any], latency_ms: float, price: Decimal
+        self, call_id: str, seen: dict[str, Any], latency_ms: float, units: int, price: Decimal
     ) -> bool:
         """Write the answer of a call recorded in flight. If that fails, the row
         stays in flight with its price: the billing pass charges it later (it was
@@ -681,6 +750,7 @@ class ApiGateway:
                         latency_ms=round(latency_ms, 3),
                         bytes_in=int(seen["bytes_in"]),
                         bytes_out=int(seen["bytes"]),
+                        units=units,
                         price=price if status < 500 else ZERO,
                     )
                 )
@@ -697,6 +767,7 @@ class ApiGateway:
         path: str,
         seen: dict[str, Any],
         latency_ms: float,
+        units: int,
         price: Decimal,
     ) -> bool:
         """Hand the answered call to the call log (written with others in a moment;
@@ -717,7 +788,7 @@ class ApiGateway:
             "latency_ms": round(latency_ms, 3),
             "bytes_in": int(seen["bytes_in"]),
             "bytes_out": int(seen["bytes"]),
-            "units": 1,
+            "units": units,
             "price": charged,
             "created_at": utcnow(),
         }

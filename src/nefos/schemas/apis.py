@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, field_validator
 
+from nefos.domain.metering import HEADER_NAME, MAX_RULES, MAX_UNITS, RESERVED_HEADERS
 from nefos.schemas.common import Id, Pagination, Request
 from nefos.schemas.compute import ContainerResources, OperationPublic, _image, _name
 
@@ -59,6 +60,61 @@ def _openapi(value: dict[str, Any] | None) -> dict[str, Any] | None:
 
 Path = Annotated[str, Field(max_length=256), AfterValidator(_path)]
 
+UnitMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "*"]
+
+
+def _rule_path(value: str) -> str:
+    _path(value)
+    if "*" in value.removesuffix("/*"):
+        raise ValueError("'*' only as the last segment of a prefix: /v1/*")
+    return value
+
+
+class UnitRulePublic(Request):
+    """What a call to matching endpoints weighs: the first rule that matches wins."""
+
+    method: UnitMethod = Field(description="An HTTP method, or * for any.")
+    path: Annotated[str, Field(max_length=256), AfterValidator(_rule_path)] = Field(
+        description="A path within the API: exact (/v1/translate) or a prefix (/v1/*)."
+    )
+    units: Annotated[int, Field(ge=1, le=MAX_UNITS)] = Field(
+        description="The units one call weighs (quota places and unit prices)."
+    )
+
+
+UnitRules = Annotated[list[UnitRulePublic], Field(max_length=MAX_RULES)]
+
+
+def _rules(value: list[UnitRulePublic] | None) -> list[UnitRulePublic] | None:
+    if value is None:
+        return None
+    seen: set[tuple[str, str]] = set()
+    for rule in value:
+        if (rule.method, rule.path) in seen:
+            raise ValueError(f"{rule.method} {rule.path} is declared twice")
+        seen.add((rule.method, rule.path))
+    return value
+
+
+def _units_header(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not HEADER_NAME.match(value):
+        raise ValueError("a header name: 1-64 letters, digits and -, e.g. X-Units")
+    if value.lower() in RESERVED_HEADERS:
+        raise ValueError(f"{value} is the answer's own or the gateway's: name another")
+    return value
+
+
+UNITS_HELP = (
+    "Per-endpoint units (at most 100 rules, first match wins; a call no rule "
+    "matches is 1 unit): the quota and the prices count units."
+)
+UNITS_HEADER_HELP = (
+    "A header of the API's answer whose integer value (0-1000) is the call's units "
+    "instead of the declared ones (any other value is ignored); the gateway strips it."
+)
+
 
 class ApiCreate(Request):
     """Seed 002's ``POST /apis``: deploy an API from a container image."""
@@ -83,6 +139,10 @@ class ApiCreate(Request):
     openapi_path: Path | None = Field(
         None, description="Or: the path inside the service that serves its OpenAPI document."
     )
+    units: Annotated[UnitRules | None, AfterValidator(_rules)] = Field(None, description=UNITS_HELP)
+    units_header: Annotated[str | None, AfterValidator(_units_header)] = Field(
+        None, description=UNITS_HEADER_HELP
+    )
     project_id: Id | None = None
 
 
@@ -101,6 +161,12 @@ class ApiUpdate(Request):
     description: Annotated[str, Field(max_length=2000)] | None = None
     openapi: Annotated[dict[str, Any] | None, AfterValidator(_openapi)] = None
     openapi_path: Path | None = None
+    units: Annotated[UnitRules | None, AfterValidator(_rules)] = Field(
+        None, description=UNITS_HELP + " The whole new list; null or [] for none."
+    )
+    units_header: Annotated[str | None, AfterValidator(_units_header)] = Field(
+        None, description=UNITS_HEADER_HELP + " null for none."
+    )
 
     @field_validator("environment")
     @classmethod
@@ -146,6 +212,10 @@ class ApiPublic(BaseModel):
     deployment: DeploymentPublic | None = Field(None, description="The latest deployment.")
     has_openapi: bool
     openapi_path: str | None
+    units: list[UnitRulePublic] = Field(
+        default_factory=list, description="Per-endpoint units, first match wins (else 1)."
+    )
+    units_header: str | None = Field(None, description="The answer's header of units.")
     created_at: datetime
     updated_at: datetime
 
@@ -176,6 +246,7 @@ class ApiCallLog(BaseModel):
     consumer: str = Field(description="The consumer's organisation.")
     subscription_id: str | None
     plan_id: str | None
+    units: int = Field(1, description="What the call weighed (declared, or the answer's header).")
     price: str = Field(description="What the call costs the consumer (0: free or 5xx).")
     created_at: datetime
 

@@ -309,11 +309,14 @@ class SubscriptionUsage(BaseModel):
     status: SubscriptionStatus
     period_start: datetime
     period_end: datetime
-    calls: int = Field(description="Calls counted against the quota (answered below 500).")
+    calls: int = Field(description="Calls answered below 500 (those counted).")
+    units: int = Field(
+        0, description="Their units: what the quota counts (a call is 1 unless its API says)."
+    )
     errors: int = Field(description="Calls answered 500 or more: neither counted nor billed.")
-    quota: int | None = Field(description="The plan's included calls (null: no quota).")
-    remaining: int | None
-    percent_used: float | None
+    quota: int | None = Field(description="The plan's included units (null: no quota).")
+    remaining: int | None = Field(description="Units left of the quota.")
+    percent_used: float | None = Field(description="Units used, % of the quota.")
     currency: str
     amount: str = Field(description="What this period's calls cost.")
     charged: str = Field(description="Of which charged to the wallet already.")

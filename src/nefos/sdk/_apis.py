@@ -4,7 +4,7 @@ follow its deployments, logs and metrics."""
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -58,11 +58,16 @@ class Apis(_Resource):
         slug: str | None = None,
         openapi: Mapping[str, Any] | None = None,
         openapi_path: str | None = None,
+        units: Sequence[Mapping[str, Any]] | None = None,
+        units_header: str | None = None,
         project_id: str | None = None,
         idempotency_key: str | None = None,
     ) -> ApiAccepted:
         """Deploy an API: ``replicas`` containers of ``image`` serving ``port``,
-        each checked on ``health_check_path``."""
+        each checked on ``health_check_path``. ``units``: per-endpoint units,
+        ``[{"method": "POST", "path": "/v1/translate", "units": 5}, ...]`` (a path
+        ending in ``/*`` is a prefix; first match wins, else 1); ``units_header``:
+        a header of the API's answers whose integer (0-1000) overrides them."""
         body = _body(
             name=name,
             image=image,
@@ -76,6 +81,8 @@ class Apis(_Resource):
             slug=slug,
             openapi=None if openapi is None else dict(openapi),
             openapi_path=openapi_path,
+            units=None if units is None else [dict(u) for u in units],
+            units_header=units_header,
             project_id=project_id,
         )
         return self._one(ApiAccepted, "POST", APIS, json=body, headers=_idempotent(idempotency_key))
@@ -98,12 +105,16 @@ class Apis(_Resource):
         description: str | None = None,
         openapi: Mapping[str, Any] | None = None,
         openapi_path: str | None = None,
+        units: Sequence[Mapping[str, Any]] | None = None,
+        units_header: str | None = None,
         idempotency_key: str | None = None,
     ) -> ApiAccepted:
         """Change what is given. A new image, environment or resources is a
         deployment rolled out replica by replica (rolled back if a new replica never
         passes its check), and so is a new replica count: the answer's
-        ``operation`` carries it out. The rest changes at once (no operation)."""
+        ``operation`` carries it out. The rest changes at once (no operation).
+        ``units`` replaces the whole list (``[]`` clears it); ``units_header=""``
+        clears the header."""
         body = _body(
             image=image,
             environment=None if environment is None else dict(environment),
@@ -114,7 +125,10 @@ class Apis(_Resource):
             description=description,
             openapi=None if openapi is None else dict(openapi),
             openapi_path=openapi_path,
+            units=None if units is None else [dict(u) for u in units],
         )
+        if units_header is not None:  # ("" clears it: null on the wire)
+            body["units_header"] = units_header or None
         return self._one(
             ApiAccepted,
             "PUT",

@@ -13,7 +13,8 @@ A row is stamped when its call ends and committed a moment later, so a row may
 commit after a later-stamped one: each poll looks :data:`FOLLOW_LAG` back from the
 newest stamp seen and skips the ids it already sent.
 
-**Figures** (calls, errors, latency percentiles, bytes, by endpoint, by consumer,
+**Figures** (calls, their units (those answered below 500: what quotas count and
+prices multiply), errors, latency percentiles, bytes, by endpoint, by consumer,
 over time) are aggregated in SQL. Percentiles are nearest-rank over the window's
 latest :data:`MAX_RANKED` calls, ranked by ``ROW_NUMBER() OVER (ORDER BY
 latency_ms)`` (the same figure on SQLite and PostgreSQL, and no latency leaves the
@@ -75,6 +76,8 @@ _LEVELS = (
 
 _SERVER_ERROR = case((C.status >= 500, 1), else_=0)
 _CLIENT_ERROR = case((and_(C.status >= 400, C.status < 500), 1), else_=0)
+#: The units a call counts against quotas (none when answered 500 or more).
+_UNITS = case((C.status < 500, C.units), else_=0)
 
 
 def _iso(value: datetime) -> str:
@@ -121,6 +124,7 @@ def call_public(call: ApiCall) -> dict[str, Any]:
         "consumer": call.organisation_id,
         "subscription_id": call.subscription_id,
         "plan_id": call.plan_id,
+        "units": call.units,
         "price": price_text(call.price),
         "created_at": call.created_at,
     }
@@ -364,10 +368,11 @@ async def call_figures(
         C.created_at < end,
         C.status != CALL_IN_FLIGHT,
     ]
-    total, errors, client_errors, b_in, b_out, avg = (
+    total, units, errors, client_errors, b_in, b_out, avg = (
         await session.execute(
             select(
                 func.count(),
+                func.coalesce(func.sum(_UNITS), 0),
                 func.coalesce(func.sum(_SERVER_ERROR), 0),
                 func.coalesce(func.sum(_CLIENT_ERROR), 0),
                 func.coalesce(func.sum(C.bytes_in), 0),
@@ -387,6 +392,7 @@ async def call_figures(
                 C.method,
                 C.path,
                 count,
+                func.coalesce(func.sum(_UNITS), 0),
                 func.coalesce(func.sum(_SERVER_ERROR), 0),
                 func.coalesce(func.sum(_CLIENT_ERROR), 0),
                 func.avg(C.latency_ms),
@@ -404,6 +410,7 @@ async def call_figures(
             select(
                 C.organisation_id,
                 count,
+                func.coalesce(func.sum(_UNITS), 0),
                 func.coalesce(func.sum(_SERVER_ERROR), 0),
                 func.coalesce(func.sum(_CLIENT_ERROR), 0),
                 func.coalesce(func.sum(C.bytes_out), 0),
@@ -419,11 +426,12 @@ async def call_figures(
     step = STEPS[period]
     bucket = ((_epoch_seconds(session) // step) * step).label("bucket")
     found = {
-        int(b): (int(n), int(e), int(ce), avg_ms)
-        for b, n, e, ce, avg_ms in await session.execute(
+        int(b): (int(n), int(u), int(e), int(ce), avg_ms)
+        for b, n, u, e, ce, avg_ms in await session.execute(
             select(
                 bucket,
                 func.count(),
+                func.coalesce(func.sum(_UNITS), 0),
                 func.coalesce(func.sum(_SERVER_ERROR), 0),
                 func.coalesce(func.sum(_CLIENT_ERROR), 0),
                 func.avg(C.latency_ms),
@@ -435,11 +443,12 @@ async def call_figures(
     first = int(start.timestamp()) // step * step
     series = []
     for at in range(first, int(end.timestamp()) + 1, step):
-        n, e, ce, avg_ms = found.get(at, (0, 0, 0, None))
+        n, u, e, ce, avg_ms = found.get(at, (0, 0, 0, 0, None))
         series.append(
             {
                 "timestamp": _iso(datetime.fromtimestamp(at, UTC)),
                 "calls": n,
+                "units": u,
                 "errors": e,
                 "client_errors": ce,
                 "avg_latency_ms": _ms3(avg_ms),
@@ -450,6 +459,7 @@ async def call_figures(
         "start": _iso(start),
         "end": _iso(end),
         "calls": total,
+        "units": int(units),
         "errors": errors,
         "client_errors": client_errors,
         "error_rate": _rate(errors, total),
@@ -462,6 +472,7 @@ async def call_figures(
                 "method": method,
                 "path": path,
                 "calls": int(n),
+                "units": int(u),
                 "errors": int(e),
                 "client_errors": int(ce),
                 "avg_latency_ms": _ms3(a),
@@ -470,18 +481,19 @@ async def call_figures(
                 "p99_ms": per_endpoint.get((method, path), {}).get("p99"),
                 "bytes_out": int(b),
             }
-            for method, path, n, e, ce, a, b in endpoint_rows
+            for method, path, n, u, e, ce, a, b in endpoint_rows
         ],
         "consumers": [
             {
                 "consumer": org,
                 "calls": int(n),
+                "units": int(u),
                 "errors": int(e),
                 "client_errors": int(ce),
                 "bytes_out": int(b),
                 "amount": price_text(price),
             }
-            for org, n, e, ce, b, price in consumer_rows
+            for org, n, u, e, ce, b, price in consumer_rows
         ],
         "series": {"step_seconds": step, "buckets": series},
     }

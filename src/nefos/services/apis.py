@@ -30,7 +30,7 @@ from nefos.db.types import new_id, utcnow
 from nefos.domain.access import Permission
 from nefos.domain.errors import Conflict, NotFound, ValidationFailed
 from nefos.domain.paging import PageParams
-from nefos.schemas.apis import ApiCreate, ApiUpdate
+from nefos.schemas.apis import ApiCreate, ApiUpdate, UnitRulePublic
 from nefos.schemas.compute import (
     ContainerCreate,
     ContainerResources,
@@ -55,6 +55,11 @@ def health_check(api: Api) -> dict[str, Any]:
     return HealthCheck(
         type="http", port=api.port, path=api.health_check_path, interval=CHECK_INTERVAL
     ).model_dump(mode="json")
+
+
+def stored_units(rules: Sequence[UnitRulePublic] | None) -> list[dict[str, Any]] | None:
+    """The per-endpoint units as ``apis.units`` keeps them (None: every call is 1)."""
+    return [r.model_dump(mode="json") for r in rules] if rules else None
 
 
 def container_name(api_name: str) -> str:
@@ -168,6 +173,8 @@ class ApiService:
             base_path=body.base_path,
             openapi=body.openapi,
             openapi_path=body.openapi_path,
+            units=stored_units(body.units),
+            units_header=body.units_header,
         )
         api.slug = body.slug or host_label(body.name, api.id)
         await self._name_free(project.id, body.name, api.slug)
@@ -224,7 +231,7 @@ class ApiService:
     async def update(
         self, principal: Principal, api: Api, body: ApiUpdate
     ) -> tuple[Api, ApiDeployment | None, Operation | None]:
-        """What changes at once (description, paths, OpenAPI, the health check) is
+        """What changes at once (description, paths, OpenAPI, the health check, units) is
         written now. A new image, environment or resources is a deployment rolled
         out by the container's rolling update (``container.update``: replica by
         replica, each new one taking calls once it passes, rolled back if one never
@@ -263,9 +270,12 @@ class ApiService:
             await self.session.rollback()
             raise NotFound("API not found", api_id=api_id)
         fields = body.model_fields_set
-        for name in ("description", "base_path", "openapi", "openapi_path"):
+        for name in ("description", "base_path", "openapi", "openapi_path", "units_header"):
             if name in fields:
                 setattr(current, name, getattr(body, name))
+        if "units" in fields:
+            # (The gateway reads them with a key: in effect within its key memory, 5 s.)
+            current.units = stored_units(body.units)
         if body.health_check_path is not None and body.health_check_path != (
             current.health_check_path
         ):

@@ -275,13 +275,14 @@ class SubscriptionService:
         return {**view, "keys": [key_public(k) for k in keys]}
 
     async def usage(self, sub: Subscription) -> dict[str, Any]:
-        """The subscription's use of its current period: the calls counted against
-        its quota (answered below 500), those answered 500 or more (not counted, not
-        billed), the quota and what is left of it, what the calls cost (``amount``),
-        how much of that is charged to the wallet already, and the usage alerts told
-        (50, 80, 100 %)."""
+        """The subscription's use of its current period: the calls answered below
+        500 and their units (what the quota counts), those answered 500 or more (not
+        counted, not billed), the quota (in units) and what is left of it, what the
+        calls cost (``amount``), how much of that is charged to the wallet already,
+        and the usage alerts told (50, 80, 100 %)."""
         (view,) = await self.views([sub])
         ok_calls = case((ApiCall.status < 500, 1), else_=0)
+        ok_units = case((ApiCall.status < 500, ApiCall.units), else_=0)
         failed = case((ApiCall.status >= 500, 1), else_=0)
         # Charged: at or before the account's watermark (``billing/apicalls.py``).
         currency = view["plan"]["currency"]
@@ -292,10 +293,11 @@ class SubscriptionService:
             ),
             else_=0,
         )
-        counted, errors, amount, paid = (
+        counted, units, errors, amount, paid = (
             await self.session.execute(
                 select(
                     func.coalesce(func.sum(ok_calls), 0),
+                    func.coalesce(func.sum(ok_units), 0),
                     func.coalesce(func.sum(failed), 0),
                     func.coalesce(func.sum(ApiCall.price), 0),
                     func.coalesce(func.sum(charged), 0),
@@ -308,7 +310,7 @@ class SubscriptionService:
                 )
             )
         ).one()
-        counted, quota_calls = int(counted), view["plan"]["included_calls"]
+        counted, units, quota_calls = int(counted), int(units), view["plan"]["included_calls"]
         amount, paid = Decimal(amount), Decimal(paid)
         return {
             "subscription_id": sub.id,
@@ -320,10 +322,11 @@ class SubscriptionService:
             "period_start": sub.period_start,
             "period_end": sub.period_end,
             "calls": counted,
+            "units": units,
             "errors": int(errors),
             "quota": quota_calls,
-            "remaining": None if quota_calls is None else max(0, quota_calls - counted),
-            "percent_used": (None if not quota_calls else round(counted / quota_calls * 100.0, 2)),
+            "remaining": None if quota_calls is None else max(0, quota_calls - units),
+            "percent_used": (None if not quota_calls else round(units / quota_calls * 100.0, 2)),
             "currency": view["plan"]["currency"],
             "amount": price_text(amount),
             "charged": price_text(paid),

@@ -103,6 +103,8 @@ def api_public(
         "deployment": deployment_public(*latest) if latest else None,
         "has_openapi": api.openapi is not None,
         "openapi_path": api.openapi_path,
+        "units": api.units or [],
+        "units_header": api.units_header,
         "created_at": api.created_at,
         "updated_at": api.updated_at,
     }
@@ -216,7 +218,8 @@ async def update_api(
     rolled out replica by replica (each new replica takes calls once it passes its
     health check; one that never does rolls the deployment back), and so is a new
     replica count: 202 with the deployment and its operation. The description,
-    paths, OpenAPI document and health-check path change at once (200)."""
+    paths, OpenAPI document, health-check path and units (`units`,
+    `units_header`) change at once (200)."""
     service = ApiService(core, session)
     api = await service.visible(access.principal, api_id, Permission.COMPUTE_WRITE)
     api, deployment, op = await service.update(access.principal, api, body)
@@ -472,8 +475,9 @@ async def api_metrics(
     period: Period = "1h",
     access: Access = authorize(Permission.MONITORING_READ),
 ) -> Response:
-    """The API's calls over the `period` (`calls`: how many, errors 5xx and 4xx,
-    latency p50/p95/p99, bytes, the busiest endpoints and consumers, a series) and
+    """The API's calls over the `period` (`calls`: how many and their units, errors
+    5xx and 4xx, latency p50/p95/p99, bytes, the busiest endpoints and consumers, a
+    series) and
     its replicas' cpu and memory (% of their limits) and network."""
     api = await ApiService(core, session).visible(
         access.principal, api_id, Permission.MONITORING_READ
