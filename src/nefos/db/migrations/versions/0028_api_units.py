@@ -1,6 +1,6 @@
 """api units: an API's per-endpoint units and the answer's header that overrides them
 
-Revision ID: 0025
+Revision ID: 0028
 Revises: 0027
 Create Date: 2026-12-06 15:55:35.796892
 """
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0025"
+revision: str = "0028"
 down_revision: str | None = "0027"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
