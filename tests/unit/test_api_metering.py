@@ -222,9 +222,9 @@ async def test_a_5xx_call_retried_under_its_request_id_is_charged_once(db: Datab
         base_path="/",
     )
     scope = {"method": "GET"}
-    first, _ = await gateway._claim(caller, "retry-me", scope, "/", price)
+    first, _ = await gateway._claim(caller, "retry-me", scope, "/", 1, price)
     assert first is not None
-    await gateway._settle(first, {"status": 502, "bytes": 0, "bytes_in": 0}, 1.0, price)
+    await gateway._settle(first, {"status": 502, "bytes": 0, "bytes_in": 0}, 1.0, 1, price)
     # The pass closes a window past the call answered 502: nothing to charge.
     assert await apicalls.charge_calls(db, settings) == (0, D(0))
     await add_call(db, sub, utcnow(), price=price, name="another")
@@ -233,13 +233,13 @@ async def test_a_5xx_call_retried_under_its_request_id_is_charged_once(db: Datab
     assert mark is not None
 
     # The retry takes the row back in flight, stamped anew: after the watermark.
-    again, _ = await gateway._claim(caller, "retry-me", scope, "/", price)
+    again, _ = await gateway._claim(caller, "retry-me", scope, "/", 1, price)
     assert again == first
     async with db.sessionmaker() as session:
         stamped = await session.scalar(select(ApiCall.created_at).where(ApiCall.id == first))
     assert stamped is not None and stamped > mark
     assert await apicalls.charge_calls(db, settings) == (0, D(0))  # in flight
-    await gateway._settle(first, {"status": 200, "bytes": 0, "bytes_in": 0}, 1.0, price)
+    await gateway._settle(first, {"status": 200, "bytes": 0, "bytes_in": 0}, 1.0, 1, price)
     assert await apicalls.charge_calls(db, settings) == (1, price)
     assert await apicalls.charge_calls(db, settings) == (0, D(0))
     assert await charged(db, org) == 2 * price

@@ -320,6 +320,11 @@ class ApiGateway:
             )
             .scalar_subquery()
         )
+        # What this process holds, read before the database is: a row the call log
+        # writes meanwhile is then counted twice (safe), never missed by both reads.
+        held = self._held.get((org, currency), ZERO)
+        if self.calls is not None:
+            held += self.calls.owed(org, currency)  # answered, not written yet
         async with self.ingress.db.sessionmaker() as session:
             balance, owed = (await session.execute(select(balance_of, owed_of))).one()
         if balance is None:  # made on first use, in a write transaction of its own
@@ -327,9 +332,6 @@ class ApiGateway:
                 await begin_write(session)
                 balance = (await wallet(session, self.ingress.settings, org, currency)).balance
                 await session.commit()
-        held = self._held.get((org, currency), ZERO)
-        if self.calls is not None:
-            held += self.calls.owed(org, currency)  # answered, not written yet
         return Decimal(balance) - Decimal(owed or 0) - held >= 0
 
     def admit(self, caller: Caller) -> tuple[bool, int, float]:
@@ -566,7 +568,7 @@ class ApiGateway:
         once: a second call with it is a 409 and goes nowhere, unless the first was
         answered 500 or more (not billed: a retry of it is forwarded, on the same
         row). A call without one gets a fresh id no client can send again, and is
-        recorded once it is answered."""
+        recorded once it is answered, before the answer's last byte is sent."""
         used, units, price = terms
         client_id = _client_request_id(scope)
         request_id = client_id or uuid.uuid4().hex
@@ -604,6 +606,30 @@ class ApiGateway:
         inner[GATEWAY_FORWARD] = True
         seen: dict[str, Any] = {"status": 502, "bytes": 0, "bytes_in": 0, "units": None}
         said = caller.units_header
+        outcome: list[bool] = []  # [recorded] once the call is recorded
+        started = time.perf_counter()
+
+        async def record() -> None:
+            """Record the answered call (once): before its answer's last byte is sent,
+            so that whatever its client does next (read the call log, its usage)
+            finds it."""
+            nonlocal units, price
+            if outcome:
+                return
+            latency = (time.perf_counter() - started) * 1000
+            if seen["units"] is not None and seen["units"] != units and seen["status"] < 500:
+                # What the answer says it weighed, priced from the same place in the
+                # quota (units beyond a quota with no price beyond cost nothing: the
+                # answer is sent).
+                units = seen["units"]
+                price = units_price(caller.plan, used, units) or ZERO
+            if claimed is not None:
+                outcome.append(await self._settle(claimed, seen, latency, units, price))
+            else:
+                outcome.append(
+                    await self._record(caller, request_id, scope, path, seen, latency, units, price)
+                )
+            release()
 
         async def observed(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -625,6 +651,8 @@ class ApiGateway:
                 }
             elif message["type"] == "http.response.body":
                 seen["bytes"] += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    await record()
             await send(message)
 
         async def counted() -> Message:
@@ -633,25 +661,11 @@ class ApiGateway:
                 seen["bytes_in"] += len(message.get("body", b""))
             return message
 
-        started = time.perf_counter()
         try:
             await self.ingress.proxy(inner, counted, observed)
         finally:
-            latency = (time.perf_counter() - started) * 1000
-            if seen["units"] is not None and seen["units"] != units and seen["status"] < 500:
-                # What the answer says it weighed, priced from the same place in the
-                # quota (units beyond a quota with no price beyond cost nothing: the
-                # answer is sent).
-                units = seen["units"]
-                price = units_price(caller.plan, used, units) or ZERO
-            if claimed is not None:
-                recorded = await self._settle(claimed, seen, latency, units, price)
-            else:
-                recorded = await self._record(
-                    caller, request_id, scope, path, seen, latency, units, price
-                )
-            release()
-        return units if recorded and int(seen["status"]) < 500 else None
+            await record()  # (an answer cut short, or none: recorded as it stands)
+        return units if outcome[0] and int(seen["status"]) < 500 else None
 
     async def _tell_usage(self, caller: Caller) -> None:
         """After a counted call (its answer sent): when this process's count of the
