@@ -160,13 +160,21 @@ def main(argv: list[str]) -> int:
         help="Nefos with NEFOS_REDIS_URL (NEFOS_TEST_REDIS_URL): the gateway's windows and "
         "quota counts (and the API's rate limits) in Redis.",
     )
+    parser.add_argument(
+        "--flush-interval",
+        type=float,
+        default=None,
+        help="NEFOS_API_CALL_FLUSH_INTERVAL: seconds between the call log's group writes.",
+    )
     args = parser.parse_args(argv)
     extra: dict[str, str] = {}
+    if args.flush_interval is not None:
+        extra["NEFOS_API_CALL_FLUSH_INTERVAL"] = str(args.flush_interval)
     if args.redis:
         url = os.environ.get("NEFOS_TEST_REDIS_URL") or os.environ.get("NEFOS_REDIS_URL")
         if not url:
             raise SystemExit("--redis needs NEFOS_TEST_REDIS_URL (make services starts Redis)")
-        extra = {"NEFOS_REDIS_URL": url, "NEFOS_REDIS_PREFIX": f"bench-gw-{os.getpid()}"}
+        extra |= {"NEFOS_REDIS_URL": url, "NEFOS_REDIS_PREFIX": f"bench-gw-{os.getpid()}"}
     wrk = ensure_wrk()
     if wrk is None:
         print("bench_api_gateway: wrk is not available; skipped")
