@@ -77,7 +77,7 @@ class CallLog:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        #: Rows written, and groups whose write failed (for ``GET /metrics``).
+        #: Rows written, and group writes that failed (this process's, since start).
         self.written = 0
         self.failures = 0
 
@@ -97,9 +97,10 @@ class CallLog:
     async def add(self, row: dict[str, Any], purse: Purse | None, price: Decimal) -> None:
         """Queue one call's row (the ``api_calls`` columns; ``price`` is the row's,
         owed by ``purse`` until written)."""
-        self._rows.append((row, purse if price > 0 else None, price))
-        if purse is not None and price > 0:
-            self._owed[purse] = self._owed.get(purse, Decimal(0)) + price
+        owes = purse if price > 0 else None
+        self._rows.append((row, owes, price))
+        if owes is not None:
+            self._owed[owes] = self._owed.get(owes, Decimal(0)) + price
         if self._task is None:
             await self.flush()
         elif len(self._rows) >= GROUP:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -39,17 +39,7 @@ WebhookEvent = Literal[
     "subscription.cancelled",
     "subscription.ended",
 ]
-WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = (
-    "alert.firing",
-    "alert.resolved",
-    "usage_alert",
-    "subscription.created",
-    "subscription.plan_changed",
-    "subscription.renewed",
-    "subscription.past_due",
-    "subscription.cancelled",
-    "subscription.ended",
-)
+WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = get_args(WebhookEvent)
 #: What a webhook made without ``events`` subscribes to.
 DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("alert.firing", "alert.resolved")
 
