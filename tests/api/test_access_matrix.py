@@ -932,8 +932,12 @@ async def record_call(w: ComputeWorld, subscription_id: str) -> None:
     records one (the walk checks access, not the gateway: tests/api/test_reviews.py
     makes real calls)."""
     from nefos.db.models import ApiCall, Listing, Subscription
+    from nefos.db.session import begin_write
 
     async with w.app.state.core.db.sessionmaker() as session:
+        # A read, then a write: SQLite's write lock first, or another writer (the
+        # gateway's call log) makes the upgrade fail at once ("database is locked").
+        await begin_write(session)
         sub = await session.get(Subscription, subscription_id)
         listing = await session.get(Listing, sub.listing_id)
         session.add(
