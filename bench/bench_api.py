@@ -162,8 +162,30 @@ def _system_busy() -> float:
     return (user + nice + system + irq + softirq + steal) / _TICK
 
 
+#: PostgreSQL's processes that serve the whole server, not one database (their titles
+#: after "postgres: "): the WAL they write and the buffers they flush are the
+#: measured database's work as much as its backends' are.
+_PG_SERVER_WIDE = (
+    b"checkpointer", b"background writer", b"walwriter", b"autovacuum launcher",
+    b"logical replication launcher", b"stats collector", b"archiver",
+)  # fmt: skip
+
+
+def _pg_server_wide(cmdline: bytes) -> bool:
+    title = cmdline.split(b"\0", 1)[0]
+    if title.startswith(b"postgres: "):
+        rest = title[len(b"postgres: ") :]
+        cluster, sep, after = rest.partition(b": ")  # "15/main: walwriter" names its cluster
+        if sep and b" " not in cluster:
+            rest = after
+        return rest.startswith(_PG_SERVER_WIDE)
+    return title.endswith(b"/postgres")  # the postmaster itself
+
+
 def _ours(pids: list[int], database: str | None) -> float:
-    """CPU seconds of the servers, this process, and PostgreSQL's backends for our database."""
+    """CPU seconds of the servers, this process, and PostgreSQL's backends for our
+    database with the server's own processes (not the backends of other databases:
+    those are another load)."""
     total = 0.0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -172,7 +194,7 @@ def _ours(pids: list[int], database: str | None) -> float:
         with suppress(OSError, ValueError, IndexError):
             if pid not in pids and pid != os.getpid():
                 cmdline = (entry / "cmdline").read_bytes()
-                if not (database and database.encode() in cmdline):
+                if not (database and (database.encode() in cmdline or _pg_server_wide(cmdline))):
                     continue
             stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             total += (int(stat[11]) + int(stat[12])) / _TICK
@@ -238,6 +260,44 @@ def check_pinned(pid: int, cpus: set[int] | None, what: str) -> None:
         with suppress(ProcessLookupError):
             if (actual := os.sched_getaffinity(int(task.name))) != cpus:
                 raise RuntimeError(f"{what} runs on CPUs {sorted(actual)}, not {sorted(cpus)}")
+
+
+def postgres_server() -> list[int]:
+    """The pids of the local PostgreSQL server: its postmaster and every process it
+    forked (empty if none runs here)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with suppress(OSError, ValueError, IndexError):
+                if (entry / "comm").read_text().strip() == "postgres":
+                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                    parents[int(entry.name)] = int(stat[1])
+    return [pid for pid, parent in parents.items() if parent not in parents] + [
+        pid for pid, parent in parents.items() if parent in parents
+    ]
+
+
+@contextmanager
+def postgres_on_cpus(cpus: set[int] | None) -> Iterator[None]:
+    """The local PostgreSQL server (every process, and the backends it forks meanwhile,
+    which inherit the postmaster's affinity) on ``cpus``, then back where it was: the
+    database gets cores apart from the process measured, as when it is a server of
+    its own. Nothing if ``cpus`` is None or no server runs here."""
+    if cpus is None:
+        yield
+        return
+    before: dict[int, set[int]] = {}
+    for pid in postgres_server():
+        with suppress(ProcessLookupError):
+            before[pid] = os.sched_getaffinity(pid)
+            os.sched_setaffinity(pid, cpus)
+    try:
+        yield
+    finally:
+        every = set().union(*before.values()) if before else set()
+        for pid in postgres_server():
+            with suppress(ProcessLookupError):
+                os.sched_setaffinity(pid, before.get(pid, every))
 
 
 def free_port() -> int:

@@ -3,10 +3,12 @@ plan rate limit, quota, and one ``api_calls`` row per call) against the bare
 reverse proxy and the instance itself, in the same run.
 
     python bench/bench_api_gateway.py [--database sqlite] [--database postgresql] [--duration 5]
-        [--upstream-cpu 0] [--proxy-cpu 1] [--no-pin] [--redis]
+        [--upstream-cpu 0] [--proxy-cpu 1] [--no-pin] [--no-pin-database] [--redis]
+        [--flush-interval SECONDS]
 
-The harness is bench_ingress's (the same three processes, pinning, wrk, rounds and
-medians); on top of its service the bench writes an API, a listing with a free plan
+The harness is bench_ingress's (the same three processes, pinning, PostgreSQL's
+server and with ``--redis`` Redis's on the upstream's CPU, wrk, rounds and medians);
+on top of its service the bench writes an API, a listing with a free plan
 (a rate limit of 1,000,000 a minute: the limit is checked on every call, never
 reached), a subscription and its key, and adds a fourth target: ``gateway``, wrk
 sending ``X-API-Key``. Aims (issue 17): the gateway at >= 0.8 of the bare proxy's
@@ -20,8 +22,10 @@ import argparse
 import asyncio
 import os
 import sys
+from contextlib import suppress
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -119,6 +123,19 @@ def gateway_target(nefos: str, database_url: str) -> list[Target]:
     return [Target("gateway", f"{nefos}/gw/{SLUG}/", headers=[f"X-API-Key: {key}"])]
 
 
+def redis_server(url: str) -> tuple[int, ...]:
+    """The pid of the local ``redis-server`` listening on ``url``'s port (none if it
+    runs elsewhere): pinned with the database and counted as the measured system's."""
+    port = urlsplit(url).port or 6379
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with suppress(OSError):
+                title = (entry / "cmdline").read_bytes().split(b"\0", 1)[0]
+                if title.startswith(b"redis-server") and title.endswith(f":{port}".encode()):
+                    return (int(entry.name),)
+    return ()
+
+
 def report(backend: str, targets: list[Target], connections: int) -> bool:
     direct, bare, ingress, gateway = targets
     print(f"\n{backend}: medians")
@@ -155,6 +172,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--proxy-cpu", type=int, default=1, help="The proxies' CPU.")
     parser.add_argument("--no-pin", action="store_true", help="Run everything on every CPU.")
     parser.add_argument(
+        "--no-pin-database",
+        action="store_true",
+        help="Leave PostgreSQL's server on every CPU (by default it shares the upstream's).",
+    )
+    parser.add_argument(
         "--redis",
         action="store_true",
         help="Nefos with NEFOS_REDIS_URL (NEFOS_TEST_REDIS_URL): the gateway's windows and "
@@ -168,6 +190,7 @@ def main(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     extra: dict[str, str] = {}
+    service_pids: tuple[int, ...] = ()
     if args.flush_interval is not None:
         extra["NEFOS_API_CALL_FLUSH_INTERVAL"] = str(args.flush_interval)
     if args.redis:
@@ -175,6 +198,7 @@ def main(argv: list[str]) -> int:
         if not url:
             raise SystemExit("--redis needs NEFOS_TEST_REDIS_URL (make services starts Redis)")
         extra |= {"NEFOS_REDIS_URL": url, "NEFOS_REDIS_PREFIX": f"bench-gw-{os.getpid()}"}
+        service_pids = redis_server(url)
     wrk = ensure_wrk()
     if wrk is None:
         print("bench_api_gateway: wrk is not available; skipped")
@@ -202,6 +226,8 @@ def main(argv: list[str]) -> int:
             proxy_cpus=pins[1],
             more=gateway_target,
             nefos_env_extra=extra,
+            database_cpus=None if args.no_pin_database else pins[0],
+            service_pids=service_pids,
         )
         met = report(backend, targets, args.connections) and met
     print("\naims met" if met else "\naims NOT met (see above)")

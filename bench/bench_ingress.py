@@ -28,8 +28,12 @@ Pinning (unless ``--no-pin``): the upstream runs on ``--upstream-cpu``, both pro
 wrk on whichever of the two CPUs the server being measured is not on: with the
 upstream for the proxies (at a proxy's few hundred requests/s the upstream and wrk
 use a few % of their core, so the proxy under test has a core to itself), with the
-idle proxies for the upstream measured directly. PostgreSQL's server is the
-machine's shared service and is not pinned.
+idle proxies for the upstream measured directly. With PostgreSQL, its server (every
+process of it, and the backends it forks meanwhile) is moved onto the upstream's CPU
+for the measurements and back afterwards (``--no-pin-database`` leaves it where it
+is): the database gets a core apart from the proxy measured, as when it is a server
+of its own, and its processes' CPU (its backends for the bench's database and its
+server-wide writers) counts as the measured system's, not as another load.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ from bench_api import (  # noqa: E402
     on_cpus,
     parse_wrk,
     pin,
+    postgres_on_cpus,
     server,
 )
 
@@ -316,6 +321,8 @@ def bench_backend(
     proxy_cpus: set[int] | None = None,
     more: Callable[[str, str], list[Target]] | None = None,
     nefos_env_extra: dict[str, str] | None = None,
+    database_cpus: set[int] | None = None,
+    service_pids: tuple[int, ...] = (),
 ) -> list[Target]:
     """Measure the upstream, the bare proxy and the ingress (and the targets ``more``
     makes of Nefos's URL and the database's, served by Nefos) in rounds. Nefos runs
@@ -353,29 +360,68 @@ def bench_backend(
                 targets[0].load_cpus = proxy_cpus
                 for t in targets[1:]:
                     t.load_cpus = upstream_cpus
-                pids = [upstream_pid, bare_pid, nefos_pid]
+                pids = [upstream_pid, bare_pid, nefos_pid, *service_pids]
                 pg = db_url.rsplit("/", 1)[1] if backend == "postgresql" else None
-                for t in targets:
-                    wrk_load(wrk, t, warmup, connections)
-                for _ in range(rounds):
-                    for t in targets:
-                        t.runs.append(measured(wrk, t, duration, connections, pids, pg))
-                        t.light.append(measured(wrk, t, duration, 1, pids, pg))
-                        load, light = t.runs[-1], t.light[-1]
-                        errors = load.errors + light.errors
-                        print(
-                            f"[{backend}] {t.name}: {load.rps:,.0f} req/s ({connections} "
-                            f"clients), p99 {light.p99_ms:.2f} ms (1 client), "
-                            f"{load.cpu_us:,.0f} us CPU/request; other processes "
-                            f"{load.others:.2f} / {light.others:.2f} cores"
-                            + (f", {errors} errors" if errors else ""),
-                            flush=True,
-                        )
+                with (
+                    postgres_on_cpus(database_cpus if pg else None),
+                    pids_on_cpus(service_pids, database_cpus),
+                ):
+                    measure_rounds(
+                        backend, wrk, targets, warmup=warmup, duration=duration,
+                        connections=connections, rounds=rounds, pids=pids, pg=pg,
+                    )  # fmt: skip
                 if proxy_cpus is not None:  # nothing escaped its CPU meanwhile
                     check_pinned(upstream_pid, upstream_cpus, "the upstream")
                     check_pinned(bare_pid, proxy_cpus, "the bare proxy")
                     check_pinned(nefos_pid, proxy_cpus, "Nefos")
                 return targets
+
+
+@contextmanager
+def pids_on_cpus(pids: tuple[int, ...], cpus: set[int] | None) -> Iterator[None]:
+    """The processes ``pids`` (a service the target uses: Redis) on ``cpus``, then back."""
+    before: dict[int, set[int]] = {}
+    if cpus is not None:
+        for pid in pids:
+            before[pid] = os.sched_getaffinity(pid)
+            pin(pid, cpus)
+    try:
+        yield
+    finally:
+        for pid, cpus_before in before.items():
+            with suppress(ProcessLookupError, FileNotFoundError):
+                pin(pid, cpus_before)
+
+
+def measure_rounds(
+    backend: str,
+    wrk: str,
+    targets: list[Target],
+    *,
+    warmup: float,
+    duration: float,
+    connections: int,
+    rounds: int,
+    pids: list[int],
+    pg: str | None,
+) -> None:
+    """Warm every target up, then measure each in turn, ``rounds`` times."""
+    for t in targets:
+        wrk_load(wrk, t, warmup, connections)
+    for _ in range(rounds):
+        for t in targets:
+            t.runs.append(measured(wrk, t, duration, connections, pids, pg))
+            t.light.append(measured(wrk, t, duration, 1, pids, pg))
+            load, light = t.runs[-1], t.light[-1]
+            errors = load.errors + light.errors
+            print(
+                f"[{backend}] {t.name}: {load.rps:,.0f} req/s ({connections} "
+                f"clients), p99 {light.p99_ms:.2f} ms (1 client), "
+                f"{load.cpu_us:,.0f} us CPU/request; other processes "
+                f"{load.others:.2f} / {light.others:.2f} cores"
+                + (f", {errors} errors" if errors else ""),
+                flush=True,
+            )
 
 
 def report(backend: str, targets: list[Target], connections: int) -> bool:
@@ -429,6 +475,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--upstream-cpu", type=int, default=0, help="The upstream's CPU.")
     parser.add_argument("--proxy-cpu", type=int, default=1, help="The proxies' CPU.")
     parser.add_argument("--no-pin", action="store_true", help="Run everything on every CPU.")
+    parser.add_argument(
+        "--no-pin-database",
+        action="store_true",
+        help="Leave PostgreSQL's server on every CPU (by default it shares the upstream's).",
+    )
     args = parser.parse_args(argv)
     wrk = ensure_wrk()
     if wrk is None:
@@ -462,6 +513,7 @@ def main(argv: list[str]) -> int:
             rounds=args.rounds,
             upstream_cpus=upstream_cpus,
             proxy_cpus=proxy_cpus,
+            database_cpus=None if args.no_pin_database else upstream_cpus,
         )
         met = report(backend, targets, args.connections) and met
     print("\naims met" if met else "\naims NOT met (see above)")

@@ -432,6 +432,26 @@ class Settings(BaseSettings):
         description="Seconds a one-time WebSocket ticket (POST /ws/ticket) may wait "
         "for its handshake (/ws?ticket=...).",
     )
+    shell_idle_timeout: float = Field(
+        900.0,
+        gt=0,
+        le=86400,
+        description="Seconds a container terminal (`WS /containers/{id}/exec`) may pass "
+        "with no byte either way before it is hung up.",
+    )
+    shell_max_seconds: float = Field(
+        4 * 3600.0,
+        gt=0,
+        le=7 * 86400,
+        description="Longest a container terminal stays open, however busy (seconds).",
+    )
+    shell_max_per_user: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="Container terminals one user (or API key) may have open at once in "
+        "this process.",
+    )
 
     # --- load tests (nefos.loadtest, services/loadtests.py) -------------------------
     loadtest_max_duration: int = Field(

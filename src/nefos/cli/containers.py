@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+import termios
+import threading
+import tty
 from typing import Annotated, Any
 
 import typer
@@ -30,7 +36,7 @@ from nefos.schemas.compute import (
     OperationPublic,
     PublishedEndpoint,
 )
-from nefos.sdk import NOT_GIVEN, Client
+from nefos.sdk import NOT_GIVEN, Client, Terminal
 
 app = typer.Typer(no_args_is_help=True, help="Containers: create, scale, follow and remove them.")
 
@@ -374,6 +380,65 @@ def logs(
         echo_json(result)
     elif result.logs:
         typer.echo(result.logs, nl=not result.logs.endswith("\n"))
+
+
+@app.command("exec")
+def exec_(
+    container_id: ContainerArg,
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(help="The command and its arguments (after --; default /bin/sh)."),
+    ] = None,
+    replica: Annotated[
+        int | None, typer.Option(min=0, help="This replica (its slot; default the first running).")
+    ] = None,
+) -> None:
+    """Open a terminal in a running replica: interactive when stdin is a terminal,
+    otherwise stdin is typed into it. Exits with the command's exit code.
+
+    nefos container exec CID            (a shell)
+    nefos container exec CID -- ls -l /
+    """
+    with api(False) as c:
+        size = shutil.get_terminal_size()
+        with c.containers.terminal(
+            container_id, replica=replica, command=command, cols=size.columns, rows=size.lines
+        ) as term:
+            code = _attach(term)
+    raise typer.Exit(code if code is not None else 1)
+
+
+def _attach(term: Terminal) -> int | None:
+    """Type stdin into the terminal and print what it shows, until it ends."""
+    interactive = sys.stdin.isatty()
+    saved = termios.tcgetattr(sys.stdin) if interactive else None
+
+    def typing() -> None:
+        try:
+            if interactive:
+                fd = sys.stdin.fileno()
+                while chunk := os.read(fd, 4096):
+                    term.send(chunk)
+            else:
+                while chunk := sys.stdin.buffer.read1(4096):
+                    term.send(chunk)
+            if not interactive:
+                term.send(b"\x04")  # end of input, as a terminal's Ctrl-D
+        except Exception:  # the terminal ended meanwhile
+            return
+
+    if saved is not None:
+        tty.setraw(sys.stdin.fileno())
+    try:
+        threading.Thread(target=typing, daemon=True, name="nefos-exec-stdin").start()
+        out = sys.stdout.buffer
+        while (chunk := term.recv()) is not None:
+            out.write(chunk)
+            out.flush()
+    finally:
+        if saved is not None:
+            termios.tcsetattr(sys.stdin, termios.TCSADRAIN, saved)
+    return term.exit_code
 
 
 @app.command()

@@ -141,6 +141,7 @@ class Capabilities:
     supports_networks: bool = False  # isolated private networks instances can join
     supports_backups: bool = False  # full standalone disk copies, restorable into new VMs
     supports_exec: bool = False  # exec() runs a command inside a running instance
+    supports_shell: bool = False  # open_shell() gives an interactive terminal inside it
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +150,33 @@ class ExecResult:
 
     exit_code: int
     output: str
+
+
+class Shell(abc.ABC):
+    """An interactive command inside a running instance, on a terminal: bytes in (its
+    keyboard), bytes out (its screen), a size, and an exit code at the end
+    (``ComputeDriver.open_shell``). One reader and one writer at a time."""
+
+    @abc.abstractmethod
+    async def read(self) -> bytes:
+        """The next output the terminal has (at most 64 KiB); ``b""`` once it ended."""
+
+    @abc.abstractmethod
+    async def write(self, data: bytes) -> None:
+        """Type ``data`` (raises :class:`DriverError` once the terminal is gone)."""
+
+    @abc.abstractmethod
+    async def resize(self, cols: int, rows: int) -> None:
+        """The terminal's new size (best effort: a command that ended ignores it)."""
+
+    @abc.abstractmethod
+    async def exit_code(self) -> int | None:
+        """The command's exit code once it ended (None while it runs or if unknown)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Hang up: the terminal's input ends (the command sees end-of-file and, a
+        shell, exits). Idempotent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,6 +462,17 @@ class ComputeDriver(abc.ABC):
         is not running.
         """
         raise Unsupported(f"{self.name} instances cannot run commands")
+
+    async def open_shell(
+        self, instance_id: str, command: Sequence[str], *, cols: int = 80, rows: int = 24
+    ) -> Shell:
+        """Start ``command`` (argv) inside the running instance on a terminal of
+        ``cols`` x ``rows`` and give its :class:`Shell` (``supports_shell``).
+
+        Raises :class:`InstanceNotFound` if it is gone, :class:`InvalidState` if it
+        is not running, :class:`InvalidSpec` if the command cannot be started.
+        """
+        raise Unsupported(f"{self.name} instances have no interactive terminal")
 
     async def has_image(self, image: str) -> bool:
         """Whether ``image`` is on the host already, so that creating from it pulls

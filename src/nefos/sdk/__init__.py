@@ -75,6 +75,7 @@ from nefos.sdk._resources import (
     Volumes,
 )
 from nefos.sdk._services import Services
+from nefos.sdk._terminal import Terminal
 from nefos.sdk._types import NOT_GIVEN, NotGiven, Tokens
 
 __all__ = [
@@ -124,6 +125,7 @@ __all__ = [
     "ServiceUnavailableError",
     "Services",
     "Snapshots",
+    "Terminal",
     "Tokens",
     "TooManyPagesError",
     "TransportError",

@@ -67,6 +67,7 @@ from nefos.schemas.vms import (
     VolumePublic,
 )
 from nefos.sdk._errors import OperationFailedError, OperationTimeoutError
+from nefos.sdk._terminal import Terminal
 from nefos.sdk._transport import Transport
 from nefos.sdk._types import NOT_GIVEN, NotGiven
 
@@ -740,6 +741,23 @@ class Containers(_Resource):
         params = _body(tail=tail, replica=replica)
         return self._one(
             ContainerLogs, "GET", f"/containers/{_seg(container_id)}/logs", params=params
+        )
+
+    def terminal(
+        self,
+        container_id: str,
+        *,
+        replica: int | None = None,
+        command: Sequence[str] | None = None,
+        cols: int = 80,
+        rows: int = 24,
+    ) -> Terminal:
+        """A terminal running ``command`` (default ``/bin/sh``) in a running replica
+        (``replica``, or the lowest running one), to use as a context manager:
+        ``with client.containers.terminal(cid) as t: t.send(b"ls\\n")``.
+        See :class:`nefos.sdk.Terminal`."""
+        return Terminal(
+            self._client, container_id, replica=replica, command=command, cols=cols, rows=rows
         )
 
     def metrics(self, container_id: str, *, period: str = "1h") -> ContainerMetrics:

@@ -65,6 +65,7 @@ from nefos.drivers.base import (
     InstanceSpec,
     InsufficientCapacity,
     PortSpec,
+    Shell,
 )
 from nefos.events import record
 from nefos.events.capture import container_event
@@ -822,6 +823,41 @@ class ContainerService:
                 raise domain_error(exc) from exc
             out.append({"replica": r.slot, "state": r.state, "logs": text})
         return out
+
+    async def open_shell(
+        self,
+        container: Container,
+        *,
+        slot: int | None,
+        command: Sequence[str],
+        cols: int,
+        rows: int,
+    ) -> tuple[int, Shell]:
+        """A terminal running ``command`` in a running replica (``slot``, or the
+        lowest running one): (its slot, the terminal)."""
+        replicas = (await self.replicas([container.id]))[container.id]
+        if slot is not None:
+            replicas = [r for r in replicas if r.slot == slot]
+            if not replicas:
+                raise NotFound("No such replica", replica=slot)
+        running = sorted((r for r in replicas if r.state == "running"), key=lambda r: r.slot)
+        if not running:
+            raise Conflict(
+                "The replica is not running" if slot is not None else "No replica is running",
+                replica=slot,
+            )
+        replica = running[0]
+        hosts = await self._hosts([replica])
+        driver = self.core.drivers.for_host(hosts[replica.host_id])
+        if not driver.capabilities.supports_shell:
+            raise Conflict("This container's host offers no interactive terminal")
+        try:
+            shell = await driver.open_shell(
+                replica.driver_id or _engine_name(replica), command, cols=cols, rows=rows
+            )
+        except DriverError as exc:
+            raise domain_error(exc) from exc
+        return replica.slot, shell
 
 
 _NET_SAMPLES: dict[str, tuple[float, int]] = {}

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, WebSocket
 from starlette.responses import Response
 
+from nefos.api import terminal
 from nefos.api.deps import (
     ID_PATTERN,
     Access,
@@ -253,6 +254,12 @@ async def delete_container(
     await service.not_an_apis(c)
     c, op = await service.delete(access.principal, c)
     return await _accepted(service, "Container deletion accepted", c, op)
+
+
+@router.websocket("/{container_id}/exec")
+async def container_terminal(ws: WebSocket, container_id: str) -> None:
+    """A terminal in a running replica: the protocol is in ``nefos.api.terminal``."""
+    await terminal.serve(ws, container_id)
 
 
 @router.get("/{container_id}/logs", response_model=Envelope[ContainerLogs])

@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import logging
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -39,13 +38,22 @@ from starlette.responses import Response
 from starlette.websockets import WebSocketState
 
 from nefos.api.deps import Access, CoreDep, SessionDep, authorize
+from nefos.api.wsauth import (
+    CLOSE_FORBIDDEN,
+    CLOSE_UNAUTHORIZED,
+    REQUIRED,
+    accept,
+    credential,
+    error,
+    message,
+    origin_allowed,
+)
 from nefos.domain.access import Permission
 from nefos.domain.errors import Forbidden, NefosError, Unauthorized
-from nefos.events import Event, now_iso
+from nefos.events import Event
 from nefos.gateway.envelope import ok
 from nefos.schemas.common import Envelope
 from nefos.schemas.events import WsTicket
-from nefos.services.auth import Grant
 from nefos.services.core import Core
 from nefos.services.subscriptions import EventView, unknown_types
 from nefos.services.ws_tickets import WsTicketService
@@ -53,51 +61,7 @@ from nefos.services.ws_tickets import WsTicketService
 log = logging.getLogger("nefos.events")
 router = APIRouter(tags=["events"])
 
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_FORBIDDEN = 4403
 MAX_MESSAGE = 64 * 1024
-#: The subprotocol the server speaks, selected when offered.
-PROTOCOL = "nefos.v1"
-#: An offered subprotocol ``bearer.<credential>`` carries the credential.
-BEARER_PROTOCOL = "bearer."
-
-
-def _origin_allowed(ws: WebSocket, core: Core) -> bool:
-    origin = ws.headers.get("origin")
-    if origin is None:
-        return True  # not a browser: the SDK, the CLI, curl
-    allowed = {
-        o.rstrip("/") for o in (*core.settings.ws_allowed_origins, *core.settings.cors_origins)
-    }
-    if "*" in allowed or origin.rstrip("/") in allowed:
-        return True
-    parts = urlsplit(origin)
-    return bool(parts.netloc) and parts.netloc == ws.headers.get("host")
-
-
-def _offered(ws: WebSocket) -> list[str]:
-    return [str(p) for p in ws.scope.get("subprotocols", [])]
-
-
-async def _credential(ws: WebSocket, core: Core) -> str | Grant | None:
-    ticket = ws.query_params.get("ticket")
-    if ticket:
-        async with core.db.sessionmaker() as session:
-            return await WsTicketService(core, session).redeem(ticket)
-    for protocol in _offered(ws):
-        if protocol.startswith(BEARER_PROTOCOL):
-            return protocol[len(BEARER_PROTOCOL) :] or None
-    token = ws.query_params.get("token")
-    if token:
-        return token
-    auth = ws.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip() or None
-    return ws.headers.get("x-api-key") or ws.headers.get("x-auth-token")
-
-
-def _message(type_: str, data: dict[str, Any]) -> str:
-    return orjson.dumps({"type": type_, "data": data, "timestamp": now_iso()}).decode()
 
 
 class _Encoded:
@@ -130,7 +94,7 @@ class Connection:
         sub = self.core.events.subscribe(self.view.sees, maxsize=settings.ws_queue_size)
         try:
             await self.send(
-                _message(
+                message(
                     "connected",
                     {
                         "user_id": self.view.user_id,
@@ -165,7 +129,7 @@ class Connection:
             event = await sub.get()
             dropped = sub.take_dropped()
             if dropped:
-                await self.send(_message("events_dropped", {"count": dropped}))
+                await self.send(message("events_dropped", {"count": dropped}))
             await self.send(_Encoded.of(event))
 
     async def _receive(self) -> None:
@@ -180,32 +144,32 @@ class Connection:
 
     def _handle(self, raw: str) -> str | None:
         if len(raw) > MAX_MESSAGE:
-            return _error("VALIDATION_ERROR", "Message too large")
+            return error("VALIDATION_ERROR", "Message too large")
         try:
             msg = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            return _error("VALIDATION_ERROR", "Messages are JSON objects")
+            return error("VALIDATION_ERROR", "Messages are JSON objects")
         if not isinstance(msg, dict):
-            return _error("VALIDATION_ERROR", "Messages are JSON objects")
+            return error("VALIDATION_ERROR", "Messages are JSON objects")
         if msg.get("type") == "ping" or msg.get("action") == "ping":
-            return _message("pong", {})
+            return message("pong", {})
         for key in ("subscribe", "unsubscribe"):
             if key not in msg:
                 continue
             types = msg[key]
             if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
-                return _error("VALIDATION_ERROR", f"'{key}' is a list of event types")
+                return error("VALIDATION_ERROR", f"'{key}' is a list of event types")
             unknown = unknown_types(types)
             if unknown:
-                return _error("VALIDATION_ERROR", "Unknown event types", unknown=unknown)
+                return error("VALIDATION_ERROR", "Unknown event types", unknown=unknown)
             if key == "unsubscribe":
                 types = sorted(self.view.types - set(types))
                 if not types:
                     self.view.types = set()
-                    return _message("subscribed", {"types": [], "refused": []})
+                    return message("subscribed", {"types": [], "refused": []})
             subscribed, refused = self.view.subscribe(types)
-            return _message("subscribed", {"types": subscribed, "refused": refused})
-        return _error(
+            return message("subscribed", {"types": subscribed, "refused": refused})
+        return error(
             "VALIDATION_ERROR",
             'Send {"subscribe": [types]}, {"unsubscribe": [types]} or {"type": "ping"}',
         )
@@ -229,35 +193,28 @@ class Connection:
         else:
             code = 1011  # another refusal: "internal error", the client may retry
         with contextlib.suppress(Exception):
-            await self.send(_error(exc.code, exc.message))
+            await self.send(error(exc.code, exc.message))
             await self.ws.close(code=code, reason=exc.message[:120])
-
-
-def _error(code: str, message: str, **details: Any) -> str:
-    return _message("error", {"code": code, "message": message, "details": details})
 
 
 @router.websocket("/ws")
 async def events_socket(ws: WebSocket) -> None:
     """Real-time events of the caller's tenants (see the module's docstring)."""
     core: Core = ws.app.state.core
-    if not _origin_allowed(ws, core):
+    if not origin_allowed(ws, core):
         await ws.close(code=1008)  # before accept: the upgrade is refused with 403
         return
     # Only ``nefos.v1`` is ever selected: the answer must not echo a credential.
-    await ws.accept(subprotocol=PROTOCOL if PROTOCOL in _offered(ws) else None)
+    await accept(ws)
     view = EventView(core, "")
     try:
-        credential = await _credential(ws, core)
-        if not credential:
-            raise Unauthorized(
-                "Authentication required: ?ticket=<ticket from POST /ws/ticket>, "
-                "Sec-WebSocket-Protocol: nefos.v1, bearer.<token>, or ?token=<token>"
-            )
-        view.credential = credential
+        given = await credential(ws, core)
+        if not given:
+            raise Unauthorized(REQUIRED)
+        view.credential = given
         await view.refresh()
     except NefosError as exc:
-        await ws.send_text(_error(exc.code, exc.message))
+        await ws.send_text(error(exc.code, exc.message))
         await ws.close(code=CLOSE_UNAUTHORIZED, reason=exc.message[:120])
         return
     try:

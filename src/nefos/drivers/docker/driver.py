@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
+import json
 import shutil
 import socket
 import time
@@ -21,6 +23,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import docker
 import docker.errors
@@ -53,6 +56,8 @@ from nefos.drivers.base import (
     InvalidState,
     Protocol,
     PublishedPort,
+    Shell,
+    Unsupported,
 )
 from nefos.security.addresses import (
     UnsafeTarget,
@@ -66,6 +71,8 @@ T = TypeVar("T")
 #: Engine API version we speak. Pinned, so building a client does not call the
 #: engine (the SDK's "auto" asks the server) and a dead host fails on first use.
 API_VERSION = "1.41"
+#: Bytes of a terminal's output read at once.
+SHELL_CHUNK = 64 * 1024
 LABEL_NAME = "nefos.name"
 
 _STATES = {
@@ -225,6 +232,7 @@ class DockerDriver(ComputeDriver):
         supports_logs=True,
         supports_log_times=True,
         supports_exec=True,
+        supports_shell=True,
     )
 
     def __init__(
@@ -616,6 +624,69 @@ class DockerDriver(ComputeDriver):
             output=bytes(kept).decode("utf-8", errors="replace"),
         )
 
+    # --- interactive terminals ---------------------------------------------------------
+    async def open_shell(
+        self, instance_id: str, command: Sequence[str], *, cols: int = 80, rows: int = 24
+    ) -> Shell:
+        exec_id = await self._run(self._shell_create, instance_id, list(command))
+        reader, writer = await self._engine_stream(instance_id)
+        try:
+            # The Engine API's hijack: the answer's headers, then the terminal's raw
+            # bytes both ways on the same connection (read here, so no byte of the
+            # first output is left in an HTTP client's buffer).
+            body = json.dumps({"Detach": False, "Tty": True}).encode()
+            writer.write(
+                (
+                    f"POST /v{API_VERSION}/exec/{exec_id}/start HTTP/1.1\r\n"
+                    "Host: docker\r\nContent-Type: application/json\r\n"
+                    "Connection: Upgrade\r\nUpgrade: tcp\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                ).encode()
+                + body
+            )
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.timeout)
+            status_line = head.split(b"\r\n", 1)[0]
+            if status_line.split(b" ", 2)[1:2] not in ([b"101"], [b"200"]):
+                raise DriverError(
+                    f"the engine refused the terminal: {status_line!r}", instance_id=instance_id
+                )
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            writer.close()
+            raise HostUnreachable(f"container engine unreachable: {exc}") from exc
+        except BaseException:
+            writer.close()
+            raise
+        shell = _DockerShell(self, instance_id, exec_id, reader, writer)
+        await shell.resize(cols, rows)
+        return shell
+
+    def _shell_create(self, instance_id: str, command: builtins.list[str]) -> str:
+        with _translated(instance_id):
+            created = self._api.exec_create(
+                instance_id, command, stdin=True, tty=True, stdout=True, stderr=True
+            )
+        return str(created["Id"])
+
+    async def _engine_stream(
+        self, instance_id: str
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection of its own to the engine (a unix socket, or plain TCP)."""
+        url = urlsplit(self.base_url)
+        try:
+            if url.scheme == "unix":
+                return await asyncio.wait_for(asyncio.open_unix_connection(url.path), self.timeout)
+            if url.scheme in ("tcp", "http") and url.hostname:
+                return await asyncio.wait_for(
+                    asyncio.open_connection(url.hostname, url.port or 2375), self.timeout
+                )
+        except (OSError, TimeoutError) as exc:
+            raise HostUnreachable(f"container engine unreachable: {exc}") from exc
+        raise Unsupported(
+            f"interactive terminals need an engine reached by unix:// or tcp://, not "
+            f"{url.scheme}://",
+            instance_id=instance_id,
+        )
+
     async def close(self) -> None:
         if self._client is not None:
             await self._run(self._client.close)
@@ -687,3 +758,67 @@ def _int(d: Mapping[str, Any], *path: str) -> int:
     for key in path:
         cur = (cur or {}).get(key)
     return int(cur or 0)
+
+
+class _DockerShell(Shell):
+    """An exec with a terminal, on its hijacked Engine API connection."""
+
+    def __init__(
+        self,
+        driver: DockerDriver,
+        instance_id: str,
+        exec_id: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self._driver = driver
+        self._instance_id = instance_id
+        self._exec_id = exec_id
+        self._reader = reader
+        self._writer = writer
+
+    async def read(self) -> bytes:
+        try:
+            return await self._reader.read(SHELL_CHUNK)
+        except OSError:
+            return b""
+
+    async def write(self, data: bytes) -> None:
+        if self._writer.is_closing():
+            raise InvalidState("the terminal is closed", instance_id=self._instance_id)
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+        except OSError as exc:
+            raise InvalidState(
+                f"the terminal is closed: {exc}", instance_id=self._instance_id
+            ) from exc
+
+    async def resize(self, cols: int, rows: int) -> None:
+        def resize() -> None:
+            with contextlib.suppress(docker.errors.APIError):
+                # An exec that ended, or not started yet: nothing to size.
+                self._driver._api.exec_resize(self._exec_id, height=rows, width=cols)
+
+        with _translated(self._instance_id):
+            await self._driver._run(resize)
+
+    async def exit_code(self) -> int | None:
+        def inspect() -> int | None:
+            with _translated(self._instance_id):
+                info = self._driver._api.exec_inspect(self._exec_id)
+            if info.get("Running"):
+                return None
+            code = info.get("ExitCode")
+            return int(code) if code is not None else None
+
+        try:
+            return await self._driver._run(inspect)
+        except DriverError:
+            return None
+
+    async def close(self) -> None:
+        if not self._writer.is_closing():
+            self._writer.close()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()

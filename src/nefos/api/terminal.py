@@ -1,0 +1,370 @@
+"""``WS /containers/{id}/exec``: a terminal in one of the caller's running replicas.
+
+The Engine API's exec with a TTY (``ComputeDriver.open_shell``), carried over a
+WebSocket, as Portainer's console and ``docker exec -it`` do:
+
+* **Handshake.** The credentials of ``WS /ws`` (a one-time ticket from
+  ``POST /ws/ticket`` for a browser, a ``bearer.<token>`` subprotocol, a header) and
+  its ``Origin`` rule. Query: ``replica`` (a slot; default the lowest running one),
+  ``command`` (repeated, one argument each; default ``/bin/sh``), ``cols`` and
+  ``rows`` (default 80 x 24). The caller needs ``compute.write`` on the container's
+  project; another tenant's container is "not found".
+* **Messages.** The server sends ``{"type": "connected", "data": {container_id,
+  replica, command, cols, rows}}``, then the terminal's output as binary messages,
+  and at the end ``{"type": "exit", "data": {"code": N}}`` before closing (1000). The
+  client sends its keystrokes as binary messages (or text ``{"type": "input",
+  "data": "..."}``), ``{"type": "resize", "cols": C, "rows": R}`` and ``{"type":
+  "ping"}`` (answered ``pong``). A malformed message gets an ``error`` and the
+  terminal stays open.
+* **Errors** before the terminal opens are an ``error`` message (the API's codes)
+  and a close: 4401 credentials, 4403 scope, 4404 not found, 4409 anything else
+  refused (no running replica, a host without terminals, too many terminals).
+* **Bounds.** A message of at most 64 KiB; ``shell_max_per_user`` terminals per user
+  or key in this process; hung up after ``shell_idle_timeout`` seconds without a
+  byte either way (4408) or ``shell_max_seconds`` in all (4408); the credentials and
+  the caller's access to the container are read again every
+  ``ws_recheck_interval`` (a revoked session or a lost membership hangs up: 4401,
+  4403, 4404). Hanging up ends the command's input (a shell exits).
+* **Record.** Each terminal's opening and end is logged (who, which container and
+  replica, the command, how long, the exit code), never a credential or a byte of
+  what was typed or shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import orjson
+from fastapi import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
+
+from nefos.api.deps import ID_PATTERN
+from nefos.api.wsauth import (
+    REQUIRED,
+    accept,
+    close_code,
+    credential,
+    error,
+    message,
+    origin_allowed,
+    principal_of,
+)
+from nefos.domain.access import Permission
+from nefos.domain.errors import Conflict, NefosError, NotFound, Unauthorized, ValidationFailed
+from nefos.drivers.base import DriverError, Shell
+from nefos.services.auth import AuthService, Grant
+from nefos.services.containers import ContainerService
+from nefos.services.core import Core
+from nefos.services.principal import Principal
+
+log = logging.getLogger("nefos.terminal")
+
+MAX_MESSAGE = 64 * 1024
+MAX_ARGS = 64
+MAX_ARG = 4096
+MAX_SIZE = 1000  # columns or rows
+DEFAULT_COMMAND = ("/bin/sh",)
+CLOSE_TIMEOUT = 4408
+CLOSE_TOO_LARGE = 1009
+#: Looks (0.1 s apart) for the exit code of a command whose output ended.
+EXIT_POLLS = 30
+
+_ID = re.compile(ID_PATTERN)
+#: Terminals open in this process, by who opened them.
+_open: Counter[str] = Counter()
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    replica: int | None
+    command: tuple[str, ...]
+    cols: int
+    rows: int
+
+
+def _int(ws: WebSocket, name: str, default: int | None, low: int, high: int) -> int | None:
+    raw = ws.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ValidationFailed(
+            f"'{name}' is a whole number from {low} to {high}", **{name: "out of range"}
+        )
+    return value
+
+
+def parse(ws: WebSocket) -> Request:
+    """The handshake's query, checked (raises :class:`ValidationFailed`)."""
+    command = tuple(ws.query_params.getlist("command")) or DEFAULT_COMMAND
+    if len(command) > MAX_ARGS or any(
+        not arg or len(arg) > MAX_ARG or "\x00" in arg for arg in command
+    ):
+        raise ValidationFailed(
+            f"'command' is 1 to {MAX_ARGS} arguments, each 1 to {MAX_ARG} characters without NUL",
+            command="invalid",
+        )
+    return Request(
+        replica=_int(ws, "replica", None, 0, 1000),
+        command=command,
+        cols=_int(ws, "cols", 80, 1, MAX_SIZE) or 80,
+        rows=_int(ws, "rows", 24, 1, MAX_SIZE) or 24,
+    )
+
+
+def _who(principal: Principal) -> str:
+    return f"key:{principal.api_key_id}" if principal.api_key_id else f"user:{principal.user_id}"
+
+
+async def _check(core: Core, given: str | Grant, container_id: str) -> Principal:
+    """Who the credential is, if it may still use the container's terminals."""
+    async with core.db.sessionmaker() as session:
+        principal = await principal_of(AuthService(core, session), given)
+        await ContainerService(core, session).visible(
+            principal, container_id, Permission.COMPUTE_WRITE
+        )
+        await session.rollback()
+    return principal
+
+
+async def serve(ws: WebSocket, container_id: str) -> None:
+    """The route's body (see the module docstring)."""
+    core: Core = ws.app.state.core
+    if not origin_allowed(ws, core):
+        await ws.close(code=1008)  # before accept: the upgrade is refused with 403
+        return
+    await accept(ws)
+    settings = core.settings
+    who = ""
+    try:
+        if not _ID.fullmatch(container_id):
+            raise NotFound("Container not found", container_id=container_id[:64])
+        request = parse(ws)
+        given = await credential(ws, core)
+        if not given:
+            raise Unauthorized(REQUIRED)
+        principal = await _check(core, given, container_id)
+        who = _who(principal)
+        if _open[who] >= settings.shell_max_per_user:
+            raise Conflict(
+                f"At most {settings.shell_max_per_user} terminals may be open at once",
+                limit=settings.shell_max_per_user,
+            )
+        _open[who] += 1
+    except NefosError as exc:
+        await _refuse(ws, exc)
+        return
+    try:
+        async with core.db.sessionmaker() as session:
+            service = ContainerService(core, session)
+            container = await service.visible(principal, container_id, Permission.COMPUTE_WRITE)
+            slot, shell = await service.open_shell(
+                container,
+                slot=request.replica,
+                command=request.command,
+                cols=request.cols,
+                rows=request.rows,
+            )
+            await session.rollback()
+    except NefosError as exc:
+        _release(who)
+        await _refuse(ws, exc)
+        return
+    except BaseException:
+        _release(who)
+        raise
+    started = time.monotonic()
+    log.info(
+        "terminal opened: container %s replica %d by %s, command %s",
+        container_id, slot, who, list(request.command),
+    )  # fmt: skip
+    session_ = _Terminal(ws, core, shell, given, container_id)
+    code: int | None = None
+    try:
+        await ws.send_text(
+            message(
+                "connected",
+                {
+                    "container_id": container_id,
+                    "replica": slot,
+                    "command": list(request.command),
+                    "cols": request.cols,
+                    "rows": request.rows,
+                },
+            )
+        )
+        code = await session_.run()
+    finally:
+        _release(who)
+        await shell.close()
+        log.info(
+            "terminal closed: container %s replica %d by %s after %.0f s, exit code %s (%s)",
+            container_id, slot, who, time.monotonic() - started, code, session_.ended,
+        )  # fmt: skip
+        if ws.client_state is WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await ws.close()
+
+
+def _release(who: str) -> None:
+    _open[who] -= 1
+    if _open[who] <= 0:
+        del _open[who]
+
+
+async def _refuse(ws: WebSocket, exc: NefosError) -> None:
+    with contextlib.suppress(Exception):
+        await ws.send_text(error(exc.code, exc.message, **exc.details))
+        await ws.close(code=close_code(exc), reason=exc.message[:120])
+
+
+class _Terminal:
+    """One open terminal: output out, keystrokes in, re-checks and deadlines."""
+
+    def __init__(
+        self, ws: WebSocket, core: Core, shell: Shell, given: str | Grant, container_id: str
+    ) -> None:
+        self.ws = ws
+        self.core = core
+        self.shell = shell
+        self.given = given
+        self.container_id = container_id
+        self.last = time.monotonic()
+        self.ended = "open"
+        self._send = asyncio.Lock()
+
+    async def send_text(self, text: str) -> None:
+        async with self._send:
+            await self.ws.send_text(text)
+
+    async def run(self) -> int | None:
+        """Until the command ends (its exit code), the client leaves, or a bound or a
+        re-check hangs up (None)."""
+        tasks = {
+            asyncio.create_task(self._output(), name="terminal-output"),
+            asyncio.create_task(self._input(), name="terminal-input"),
+            asyncio.create_task(self._watch(), name="terminal-watch"),
+        }
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        first = done.pop()
+        exc = first.exception()
+        if isinstance(exc, NefosError):
+            self.ended = exc.code
+            await _refuse(self.ws, exc)
+            return None
+        if exc is not None and not isinstance(exc, (WebSocketDisconnect, DriverError)):
+            raise exc
+        if first.get_name() != "terminal-output":
+            return None
+        self.ended = "exited"
+        code = await self.shell.exit_code()
+        for _ in range(EXIT_POLLS):  # the engine may say "running" a moment longer
+            if code is not None:
+                break
+            await asyncio.sleep(0.1)
+            code = await self.shell.exit_code()
+        with contextlib.suppress(Exception):
+            await self.send_text(message("exit", {"code": code}))
+            await self.ws.close(code=1000)
+        return code
+
+    async def _output(self) -> None:
+        while data := await self.shell.read():
+            self.last = time.monotonic()
+            async with self._send:
+                await self.ws.send_bytes(data)
+
+    async def _input(self) -> None:
+        while True:
+            msg = await self.ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                self.ended = "client left"
+                return
+            data: bytes | None = msg.get("bytes")
+            text: str | None = msg.get("text")
+            size = len(data) if data is not None else len(text or "")
+            if size > MAX_MESSAGE:
+                self.ended = "message too large"
+                with contextlib.suppress(Exception):
+                    await self.send_text(error("VALIDATION_ERROR", "Message too large"))
+                    await self.ws.close(code=CLOSE_TOO_LARGE)
+                return
+            self.last = time.monotonic()
+            if data is not None:
+                await self.shell.write(data)
+            elif text is not None:
+                answer = await self._control(text)
+                if answer:
+                    await self.send_text(answer)
+
+    async def _control(self, raw: str) -> str | None:
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            msg = None
+        if not isinstance(msg, dict):
+            return error("VALIDATION_ERROR", "Text messages are JSON objects")
+        kind = msg.get("type")
+        if kind == "input" and isinstance(msg.get("data"), str):
+            await self.shell.write(msg["data"].encode())
+            return None
+        if kind == "resize":
+            cols, rows = msg.get("cols"), msg.get("rows")
+            if not all(
+                isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIZE
+                for v in (cols, rows)
+            ):
+                return error(
+                    "VALIDATION_ERROR", f"'cols' and 'rows' are whole numbers from 1 to {MAX_SIZE}"
+                )
+            assert isinstance(cols, int) and isinstance(rows, int)
+            await self.shell.resize(cols, rows)
+            return None
+        if kind == "ping":
+            return message("pong", {})
+        return error(
+            "VALIDATION_ERROR",
+            'Send bytes, {"type": "input", "data": "..."}, {"type": "resize", "cols": C, '
+            '"rows": R} or {"type": "ping"}',
+        )
+
+    async def _watch(self) -> None:
+        """Hang up on a bound or a failed re-check."""
+        settings = self.core.settings
+        ends = time.monotonic() + settings.shell_max_seconds
+        checked = time.monotonic()
+        while True:
+            now = time.monotonic()
+            idle_until = self.last + settings.shell_idle_timeout
+            next_check = checked + settings.ws_recheck_interval
+            await asyncio.sleep(max(0.05, min(idle_until, ends, next_check) - now))
+            now = time.monotonic()
+            if now >= ends or now >= self.last + settings.shell_idle_timeout:
+                self.ended = "timed out"
+                why = "open too long" if now >= ends else "idle too long"
+                with contextlib.suppress(Exception):
+                    await self.send_text(error("TIMEOUT", f"The terminal was {why}"))
+                    await self.ws.close(code=CLOSE_TIMEOUT, reason=f"terminal {why}")
+                return
+            if now >= next_check:
+                checked = now
+                try:
+                    await _check(self.core, self.given, self.container_id)
+                except NefosError:
+                    raise  # revoked, lost access: hang up
+                except Exception:  # the database is away: keep the terminal, look again
+                    log.warning("could not re-check a terminal's credentials", exc_info=True)
