@@ -136,7 +136,8 @@ def test_deploy_publish_subscribe_and_call_an_api_as_two_people(
     creator.get_by_role("button", name="Refresh metrics").click()
     expect(creator.get_by_test_id("metrics-calls")).to_have_text("1")
     expect(creator.get_by_role("cell", name="GET /index.html")).to_have_count(2)  # + endpoints
-    expect(creator.get_by_test_id("subscribers")).to_have_text("0")  # read at opening
+    # The consumer's subscription reached the creator's page through /ws.
+    expect(creator.get_by_test_id("subscribers")).to_have_text("1")
     creator.get_by_role("button", name="Follow calls").click()
     expect(creator.get_by_text("Following the call log")).to_be_visible()
     with httpx.Client(base_url=console_server.url, timeout=30) as http:
