@@ -30,6 +30,14 @@ from tests.console.conftest import (
     sign_up,
 )
 
+OVERFLOW = "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+#: What sticks out past the right edge, for the message when something does.
+WIDE = (
+    "() => [...document.querySelectorAll('main *')]"
+    ".filter(e => e.getBoundingClientRect().right > document.documentElement.clientWidth + 1)"
+    ".slice(0, 8).map(e => e.tagName + '.' + e.className + ' ' + e.textContent.slice(0, 40))"
+)
+
 
 def test_deploy_publish_subscribe_and_call_an_api_as_two_people(
     visit: Visit, other_visit: Visit, console_server: ConsoleServer
@@ -113,11 +121,25 @@ def test_deploy_publish_subscribe_and_call_an_api_as_two_people(
         assert answer.status_code == 200, answer.text
         assert "nefos test page" in answer.text
 
+    nav = consumer.get_by_role("navigation", name="Main")
+    nav.get_by_role("link", name="Subscriptions").click()
+    row = consumer.locator(f'tr[data-subscription="{title}"]')
+    expect(row.get_by_role("cell", name="1 of 100 (1%)")).to_be_visible()
+    check_a11y(other_visit, "subscriptions")
+    consumer.go_back()
     consumer.get_by_role("link", name="Usage, keys and plan").click()
     consumer.wait_for_url("**/subscriptions/*")
     expect(consumer.get_by_test_id("usage-calls")).to_have_text("1")
     expect(consumer.get_by_test_id("usage-units")).to_have_text("1 of 100 (1%)")
     check_a11y(other_visit, "subscription")
+    # On a phone in the dark theme: nothing wider than the screen (tables scroll in
+    # their own box), and still no serious accessibility violation.
+    consumer.set_viewport_size({"width": 360, "height": 740})
+    consumer.emulate_media(color_scheme="dark")
+    assert consumer.evaluate(OVERFLOW) <= 0, consumer.evaluate(WIDE)
+    check_a11y(other_visit, "subscription (360 px, dark)")
+    consumer.set_viewport_size({"width": 1280, "height": 900})
+    consumer.emulate_media(color_scheme="light")
     # Another key: shown once too; then revoked.
     consumer.get_by_label("New key's name").fill("ci")
     consumer.get_by_role("button", name="Create a key").click()
@@ -146,6 +168,9 @@ def test_deploy_publish_subscribe_and_call_an_api_as_two_people(
     expect(log.get_by_role("cell", name="GET /index.html")).to_have_count(2, timeout=UI_TIMEOUT_MS)
     creator.get_by_role("button", name="Stop following").click()
     check_a11y(visit, "API detail (calls)")
+    creator.set_viewport_size({"width": 360, "height": 740})
+    assert creator.evaluate(OVERFLOW) <= 0, creator.evaluate(WIDE)
+    creator.set_viewport_size({"width": 1280, "height": 900})
 
     # --- a review, and the creator's reply ---------------------------------------------
     consumer.get_by_role("link", name=title).click()
