@@ -198,6 +198,9 @@ def test_deploy_publish_subscribe_and_call_an_api_as_two_people(
     )
     creator.get_by_role("link", name="Revenue and payouts").click()
     expect(creator.get_by_role("cell", name=title)).to_be_visible()
+    # The portal's paths are the console's on a page load too, not the API's.
+    creator.reload()
+    expect(creator.get_by_role("cell", name=title)).to_be_visible()
     check_a11y(visit, "revenue and payouts")
     creator.get_by_label("Amount").fill("10.00")
     creator.get_by_role("button", name="Request payout").click()
