@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,23 @@ class Visit:
 def visit(
     browser: Any, console_server: ConsoleServer, request: pytest.FixtureRequest
 ) -> Iterator[Visit]:
+    with open_visit(browser, console_server, request.node.name) as v:
+        yield v
+
+
+@pytest.fixture
+def other_visit(
+    browser: Any, console_server: ConsoleServer, request: pytest.FixtureRequest
+) -> Iterator[Visit]:
+    """A second person's browser: a context of its own (no shared cookies or storage)."""
+    with open_visit(browser, console_server, f"{request.node.name}-other") as v:
+        yield v
+
+
+@contextmanager
+def open_visit(browser: Any, console_server: ConsoleServer, name: str) -> Iterator[Visit]:
+    """A fresh browser context and page; on the way out, a screenshot of its last page,
+    no uncaught error in the page, and every API call checked (check_calls)."""
     # The CSP forbids inline scripts, and axe is injected as one: the test context
     # bypasses it (the console itself never needs to).
     context = browser.new_context(
@@ -191,7 +209,7 @@ def visit(
         yield v
     finally:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
         try:
             page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
         finally:

@@ -12,6 +12,8 @@
 //   reload of the page can renew the session; it dies with the tab, and signing out
 //   revokes it on the server.
 
+import { LineSplitter } from "./market";
+
 export interface ErrorBody {
   code: string;
   message: string;
@@ -336,6 +338,71 @@ export class Api {
       if (reason === "session_revoked" || reason === "invalid_token") this.forget();
     }
     throw new ApiError(answer.status, error);
+  }
+
+  put<T>(path: string, body?: unknown, options: RequestOptions = {}): Promise<T> {
+    return this.request<T>("PUT", path, { ...options, body: body ?? {} });
+  }
+
+  /** A streamed answer (`application/x-ndjson`, e.g. `GET /apis/{id}/logs?follow=true`):
+   *  each line's JSON to `onItem` as it arrives, until the server ends the stream or
+   *  `signal` aborts it (then it resolves quietly). An error answer throws its
+   *  ApiError, as `request` does. */
+  async stream<T>(
+    path: string,
+    query: Query,
+    onItem: (item: T) => void,
+    signal?: AbortSignal,
+  ): Promise<void> {
+    if (this.renewal) await this.renewal.catch(() => {});
+    if (this.expiring()) await this.renew();
+    const headers: Record<string, string> = { Accept: "application/x-ndjson" };
+    if (this.session) headers.Authorization = `Bearer ${this.session.accessToken}`;
+    let response: Response;
+    try {
+      response = await this.fetcher(this.url(path, query), {
+        method: "GET",
+        headers,
+        signal,
+        credentials: "same-origin",
+      });
+    } catch (error) {
+      if ((error as Error)?.name === "AbortError") return;
+      throw new ApiError(0, {
+        code: "NETWORK_ERROR",
+        message: "The server could not be reached; check your connection and try again.",
+      });
+    }
+    if (!response.ok || !response.body) {
+      const text = await response.text();
+      let parsed: unknown = null;
+      try {
+        parsed = text ? JSON.parse(text) : null;
+      } catch {
+        parsed = null;
+      }
+      this.unwrap({ status: response.ok ? 502 : response.status, body: parsed });
+      return;
+    }
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    const lines = new LineSplitter();
+    const emit = (line: string) => {
+      try {
+        onItem(JSON.parse(line) as T);
+      } catch {
+        /* a line cut by an abort: skipped */
+      }
+    };
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        lines.push(value).forEach(emit);
+      }
+      lines.end().forEach(emit);
+    } catch (error) {
+      if ((error as Error)?.name !== "AbortError") throw error;
+    }
   }
 }
 

@@ -72,4 +72,211 @@ export interface Listing {
   rating?: { average: number | null; count: number };
   calls_30d?: number;
   published_at?: string | null;
+  api_id?: string;
+  organisation_id?: string;
+  status?: string;
+  visibility?: string;
+  docs?: Record<string, unknown> | null;
+}
+
+// --- APIs, the marketplace's subscriptions and reviews, payouts (the API pages) ---
+
+export interface Deployment {
+  id: string;
+  number: number;
+  image: string;
+  environment_keys: string[];
+  resources: Record<string, string>;
+  replicas: number;
+  status: string;
+  rollback_of?: string | null;
+  operation_id?: string | null;
+  error?: { code?: string; message?: string } | null;
+  created_at: string;
+  finished_at?: string | null;
+}
+
+export interface HostedApi {
+  id: string;
+  name: string;
+  slug: string;
+  description: string;
+  status: string;
+  health?: string | null;
+  image?: string | null;
+  port: number;
+  replicas?: number | null;
+  health_check_path: string;
+  base_path: string;
+  endpoint?: string | null;
+  container_id?: string | null;
+  deployment?: Deployment | null;
+  has_openapi: boolean;
+  created_at: string;
+}
+
+export interface ApiAccepted {
+  message: string;
+  api_id: string;
+  api: HostedApi;
+  deployment?: Deployment | null;
+  operation?: Operation | null;
+}
+
+export interface ApiCall {
+  id: string;
+  request_id: string;
+  method: string;
+  path: string;
+  status: number;
+  latency_ms: number;
+  bytes_in: number;
+  bytes_out: number;
+  consumer: string;
+  units: number;
+  price: string;
+  created_at: string;
+}
+
+export interface ApiLogs {
+  api_id: string;
+  source: string;
+  logs: string;
+  items: ApiCall[];
+}
+
+export interface OutputLine {
+  replica: number;
+  time: string;
+  line: string;
+}
+
+export interface EndpointFigures {
+  method: string;
+  path: string;
+  calls: number;
+  errors: number;
+  client_errors: number;
+  avg_latency_ms: number | null;
+  p50_ms: number | null;
+  p95_ms: number | null;
+  p99_ms: number | null;
+}
+
+export interface ConsumerFigures {
+  consumer: string;
+  calls: number;
+  units: number;
+  errors: number;
+  client_errors: number;
+  amount: string;
+}
+
+export interface CallFigures {
+  period: string;
+  calls: number;
+  units: number;
+  errors: number;
+  client_errors: number;
+  error_rate: number | null;
+  latency_ms: { avg: number | null; p50: number | null; p95: number | null; p99: number | null };
+  endpoints: EndpointFigures[];
+  consumers: ConsumerFigures[];
+}
+
+export interface SubscriptionKey {
+  id: string;
+  name: string;
+  prefix: string;
+  created_at: string;
+  expires_at?: string | null;
+  revoked_at?: string | null;
+  last_used_at?: string | null;
+  key?: string;
+}
+
+export interface Subscription {
+  id: string;
+  listing_id: string;
+  title: string;
+  api_slug: string;
+  plan: Plan;
+  organisation_id: string;
+  status: string;
+  period_start: string;
+  period_end: string;
+  cancel_at_period_end: boolean;
+  ended_at?: string | null;
+  renews_at?: string | null;
+  next_charge?: { amount: string; currency: string; at: string } | null;
+  created_at: string;
+  keys?: SubscriptionKey[];
+}
+
+export interface SubscriptionUsage {
+  calls: number;
+  units: number;
+  errors: number;
+  quota: number | null;
+  remaining: number | null;
+  percent_used: number | null;
+  currency: string;
+  amount: string;
+  charged: string;
+  pending: string;
+  period_start: string;
+  period_end: string;
+}
+
+export interface Review {
+  id: string;
+  listing_id: string;
+  stars: number;
+  text: string;
+  mine: boolean;
+  reply: { text: string; replied_at: string } | null;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface Rating {
+  average: number | null;
+  count: number;
+  histogram?: Record<string, number>;
+}
+
+export interface Payout {
+  id: string;
+  amount: string;
+  currency: string;
+  status: string;
+  method: string;
+  created_at: string;
+}
+
+export interface BillingOverview {
+  currency: string;
+  balance: string;
+  available_earnings: string;
+  total_revenue: string;
+  total_payouts: string;
+  pending_payouts: string;
+}
+
+export interface PlansSold {
+  listing_id: string;
+  title: string;
+  status: string;
+  plans: Plan[];
+  subscribers: number;
+}
+
+export interface Product {
+  id: string;
+  sku: string;
+  unit: string;
+  name: string;
+  description?: string | null;
+  currency: string;
+  unit_price: string;
 }
