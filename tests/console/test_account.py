@@ -4,7 +4,8 @@ sign-up, in Chromium against `nefos serve`.
 What a person does: top up the wallet by bank transfer and, once the platform's
 administrator confirms the money arrived (through the REST API, as they would from
 their own browser), see the credit in the wallet and its ledger without reloading;
-read an invoice as the API renders it; price a configuration. Create an API key and
+read an invoice as the API renders it; price a configuration. End a session signed in
+elsewhere; create an API key and
 see its secret once (and use it); create a project and an organisation, invite a
 member. Create an alert rule, and be told why a webhook's address is refused. Every
 page visited passes axe-core; every API call is in the OpenAPI document
@@ -156,17 +157,34 @@ def test_top_up_by_transfer_confirmed_by_the_platform_shows_in_the_ledger_live(
     check_a11y(visit, "reseller (none)")
 
 
-def test_an_api_key_shown_once_a_project_and_an_organisation_with_a_member(
+def test_sessions_an_api_key_shown_once_a_project_and_an_organisation_with_a_member(
     visit: Visit, console_server: ConsoleServer
 ) -> None:
     page = visit.page
-    sign_up(visit)
+    account = sign_up(visit)
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Account").click()
     page.get_by_role("heading", name="Account").wait_for()
     check_a11y(visit, "account")
     page.get_by_label("Name", exact=True).fill("Ada Console")
     page.get_by_role("button", name="Save profile").click()
     expect(page.get_by_text("Profile saved.")).to_be_visible()
+
+    # Signed in elsewhere too (a script's login): that session is ended from here.
+    expect(page.locator("tr[data-session]")).to_have_count(1)
+    with console_server.http() as http:
+        r = http.post(
+            f"{V1}/auth/login", json={"email": account["user"]["email"], "password": PASSWORD}
+        )
+        assert r.status_code == 200, r.text
+        elsewhere = _bearer(r.json()["data"]["access_token"])
+        page.reload()
+        other = page.locator('tr[data-current="false"]')
+        expect(other).to_have_count(1)
+        other.get_by_role("button", name="End").click()
+        other.get_by_role("button", name="Confirm end").click()
+        expect(page.locator("tr[data-session]")).to_have_count(1)
+        assert http.get(f"{V1}/auth/me", headers=elsewhere).status_code == 401
+    expect(page.locator('tr[data-current="true"]')).to_be_visible()
 
     nav = page.get_by_role("navigation", name="Account")
     nav.get_by_role("link", name="API keys").click()

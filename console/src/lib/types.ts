@@ -284,3 +284,13 @@ export interface Delivery {
   created_at: string;
   delivered_at?: string | null;
 }
+
+export interface SignIn {
+  id: string;
+  created_at: string;
+  expires_at: string;
+  ip_address?: string | null;
+  user_agent?: string | null;
+  revoked_at?: string | null;
+  current: boolean;
+}
