@@ -69,9 +69,7 @@ async def test_another_users_session_is_not_found_and_keeps_working(
     assert theirs["id"] not in {s["id"] for s in await _sessions(client, me.headers)}
 
 
-async def test_ending_the_current_session_signs_this_client_out(
-    client: Any, register: Any
-) -> None:
+async def test_ending_the_current_session_signs_this_client_out(client: Any, register: Any) -> None:
     user = await register()
     (current,) = await _sessions(client, user.headers)
     r = await client.delete(f"{SESSIONS}/{current['id']}", headers=user.headers)
