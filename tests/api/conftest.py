@@ -136,6 +136,15 @@ async def world(client: httpx.AsyncClient, register: Any) -> World:
     w.ids["invitation_id"], w.ids["token"] = await w.new_invitation()
     key = await w.ok("POST", "/api-keys", owner, json={"name": "ci", "scopes": ["org:read"]})
     w.ids["key_id"] = key["id"]
+    # A second sign-in of A's owner: a session to name (never the one the walk uses).
+    r = await w.client.post(
+        f"{V1}/auth/login", json={"email": owner.email, "password": owner.password}
+    )
+    assert r.status_code == 200, r.text
+    second = {"Authorization": f"Bearer {r.json()['access_token']}"}
+    r = await w.client.get(f"{V1}/auth/sessions", headers=second)
+    (current,) = [s for s in r.json()["data"]["items"] if s["current"]]
+    w.ids["session_id"] = current["id"]
     outsider = await register()
     w.ids["outsider_email"] = outsider.email
     w.ids["invitee_email"] = unique_email("invitee")

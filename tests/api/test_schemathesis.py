@@ -359,6 +359,21 @@ class Callers:
             return str(
                 user.call("POST", "/api-keys", json={"name": "doomed", "scopes": ["*"]})["id"]
             )
+        if name == "session_id":  # another sign-in of the user's, to end
+            email = user.call("GET", "/auth/me")["email"]
+            r = httpx.post(
+                f"{self.server.url}/api/v1/auth/login",
+                json={"email": email, "password": PASSWORD},
+            )
+            assert r.status_code == 200, r.text
+            again = Caller(self.server.url, {"Authorization": f"Bearer {r.json()['access_token']}"})
+            try:
+                (current,) = [
+                    s for s in again.call("GET", "/auth/sessions")["items"] if s["current"]
+                ]
+            finally:
+                again.http.close()
+            return str(current["id"])
         if name == "image_id":
             return self.doomed_image(f"doomed-{uuid.uuid4().hex[:8]}")
         if name == "vm_id":
@@ -524,7 +539,7 @@ def callers(fuzz_server: LiveServer) -> Iterator[Callers]:
     org = user.call("POST", "/organisations", json={"name": "Fuzz Reseller", "kind": "reseller"})
     c.ids["org_id"] = org["id"]
     c.ids["payment_id"] = c.new("payment_id")
-    for name in ("user_id", "project_id", "invitation_id", "key_id"):
+    for name in ("user_id", "project_id", "invitation_id", "key_id", "session_id"):
         c.ids[name] = c.new(name)
     c.compute_project_id = c.new("project_id")
     # No quota: fuzzed scales of the shared container may take dozens of replicas.

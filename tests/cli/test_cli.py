@@ -265,3 +265,20 @@ def test_admin_create_user_prompts_for_the_password_twice(cli):
     assert result.exit_code == 0, result.stderr
     with Client(cli.url, email=email, password=PASSWORD) as c:
         assert c.auth.me().email == email
+
+
+# --- sessions -------------------------------------------------------------------------
+def test_session_commands_list_and_end_another_sign_in(cli, make_cli, user):
+    laptop = make_cli()
+    laptop.login(user)
+    sessions = cli.json("session", "list")["items"]
+    assert len(sessions) >= 2 and sum(s["current"] for s in sessions) == 1
+    theirs = laptop.json("session", "list")["items"]
+    (laptop_session,) = [s for s in theirs if s["current"]]
+    assert cli("session", "list").exit_code == 0
+
+    ended = cli.json("session", "revoke", laptop_session["id"])
+    assert ended["revoked_at"] is not None and ended["current"] is False
+    locked_out = laptop("session", "list")
+    assert locked_out.exit_code == 1 and "UNAUTHORIZED" in locked_out.stderr
+    assert cli.json("whoami")["email"] == user

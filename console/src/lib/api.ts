@@ -107,6 +107,10 @@ export interface RequestOptions {
   /** false: send no credentials (public routes, and the auth calls themselves). */
   auth?: boolean;
   signal?: AbortSignal;
+  /** Extra headers (`Idempotency-Key` on a payment). */
+  headers?: Record<string, string>;
+  /** What to accept instead of JSON (an invoice's `text/html`). */
+  accept?: string;
 }
 
 export interface ApiOptions {
@@ -255,6 +259,41 @@ export class Api {
   }
 
   async request<T>(method: string, path: string, options: RequestOptions = {}): Promise<T> {
+    return this.unwrap<T>(await this.exchange(method, path, options));
+  }
+
+  /** A route that answers other than JSON (an invoice's HTML): its text. Errors are
+   *  the envelope's, as for any call. */
+  async text(path: string, query?: Query, accept = "text/html"): Promise<string> {
+    const answer = await this.exchange("GET", path, { query, accept });
+    if (answer.status >= 200 && answer.status < 300) return answer.text;
+    return this.unwrap<never>(answer);
+  }
+
+  /** Read the signed-in user again (after a change to the profile or the default
+   *  project), for every page that shows it. */
+  async refreshUser(): Promise<User> {
+    const user = await this.get<User>("/auth/me");
+    if (this.session) this.session.user = user;
+    this.onUser(user);
+    return user;
+  }
+
+  /** Change the password: the server ends every session and answers a new pair,
+   *  which this session adopts. */
+  async changePassword(fields: {
+    current_password: string;
+    new_password: string;
+    revoke_api_keys?: boolean;
+  }): Promise<User> {
+    return this.adopt(await this.request<AuthResult>("PUT", "/users/password", { body: fields }));
+  }
+
+  private async exchange(
+    method: string,
+    path: string,
+    options: RequestOptions,
+  ): Promise<{ status: number; body: unknown; text: string }> {
     const auth = options.auth ?? true;
     if (auth && this.renewal) await this.renewal.catch(() => {});
     if (auth && this.expiring()) await this.renew();
@@ -266,9 +305,9 @@ export class Api {
       (first.body as { error?: ErrorBody })?.error?.details?.reason === "token_expired"
     ) {
       await this.renew();
-      return this.unwrap<T>(await this.send(method, path, options, auth));
+      return this.send(method, path, options, auth);
     }
-    return this.unwrap<T>(first);
+    return first;
   }
 
   get<T>(path: string, query?: Query, options: RequestOptions = {}): Promise<T> {
@@ -283,13 +322,20 @@ export class Api {
     return this.request<T>("DELETE", path, options);
   }
 
+  put<T>(path: string, body?: unknown, options: RequestOptions = {}): Promise<T> {
+    return this.request<T>("PUT", path, { ...options, body: body ?? {} });
+  }
+
   private async send(
     method: string,
     path: string,
     options: RequestOptions,
     auth: boolean,
-  ): Promise<{ status: number; body: unknown }> {
-    const headers: Record<string, string> = { Accept: "application/json" };
+  ): Promise<{ status: number; body: unknown; text: string }> {
+    const headers: Record<string, string> = {
+      ...options.headers,
+      Accept: options.accept ? `${options.accept}, application/json` : "application/json",
+    };
     if (auth && this.session) headers.Authorization = `Bearer ${this.session.accessToken}`;
     let body: string | undefined;
     if (options.body !== undefined) {
@@ -321,7 +367,7 @@ export class Api {
         parsed = null;
       }
     }
-    return { status: response.status, body: parsed };
+    return { status: response.status, body: parsed, text };
   }
 
   private unwrap<T>(answer: { status: number; body: unknown }): T {
@@ -338,10 +384,6 @@ export class Api {
       if (reason === "session_revoked" || reason === "invalid_token") this.forget();
     }
     throw new ApiError(answer.status, error);
-  }
-
-  put<T>(path: string, body?: unknown, options: RequestOptions = {}): Promise<T> {
-    return this.request<T>("PUT", path, { ...options, body: body ?? {} });
   }
 
   /** A streamed answer (`application/x-ndjson`, e.g. `GET /apis/{id}/logs?follow=true`):
@@ -409,5 +451,23 @@ export class Api {
 /** A list page of any list route. */
 export interface Page<T> {
   items: T[];
-  pagination: { page: number | null; limit: number; total: number | null; pages: number | null };
+  pagination: {
+    page: number | null;
+    limit: number;
+    total: number | null;
+    pages: number | null;
+    next_cursor?: string | null;
+  };
+}
+
+/** What to tell the person about a failed call: the API's own message. */
+export function describe(error: unknown): string {
+  return error instanceof ApiError ? error.describe() : String(error);
+}
+
+/** A fresh `Idempotency-Key` (also where crypto.randomUUID is not offered: plain http). */
+export function idempotencyKey(): string {
+  const bytes = new Uint8Array(16);
+  globalThis.crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }

@@ -280,3 +280,224 @@ export interface Product {
   currency: string;
   unit_price: string;
 }
+
+// --- billing, monitoring and account pages ---------------------------------------
+
+export interface LedgerEntry {
+  id: string;
+  kind: string;
+  amount: string;
+  balance_after: string;
+  currency: string;
+  description?: string | null;
+  reference_kind?: string | null;
+  reference_id?: string | null;
+  created_at: string;
+}
+
+export interface Payment {
+  id: string;
+  organisation_id: string;
+  provider: string;
+  amount: string;
+  currency: string;
+  status: string;
+  description?: string | null;
+  client_secret?: string | null;
+  failure_reason?: string | null;
+  created_at: string;
+  completed_at?: string | null;
+}
+
+export interface Invoice {
+  id: string;
+  number?: string | null;
+  organisation_id: string;
+  kind: string;
+  currency: string;
+  period: string;
+  status: string;
+  subtotal: string;
+  total: string;
+  credited: string;
+  due_at?: string | null;
+  paid_at?: string | null;
+  finalized_at?: string | null;
+  lines?: {
+    id: string;
+    resource_kind?: string | null;
+    resource_name?: string | null;
+    meter: string;
+    sku: string;
+    description?: string | null;
+    quantity: string;
+    unit: string;
+    unit_price: string;
+    amount: string;
+  }[];
+}
+
+export interface QuoteLine {
+  item: number;
+  type: string;
+  name?: string | null;
+  count: number;
+  sku: string;
+  meter: string;
+  unit: string;
+  quantity: string;
+  unit_price: string;
+  amount: string;
+  currency: string;
+}
+
+export interface Quote {
+  id: string;
+  name: string;
+  status: string;
+  currency: string;
+  hours_per_month: number;
+  items: Record<string, unknown>[];
+  lines: QuoteLine[];
+  monthly_total: string;
+  valid_until: string;
+  created_at: string;
+}
+
+export interface BillingAccount {
+  organisation_id: string;
+  organisation_kind: string;
+  currency: string;
+  low_balance_threshold: string;
+  margin_percent: string;
+  status: string;
+}
+
+export interface BillingOverview {
+  organisation_id: string;
+  currency: string;
+  balance: string;
+  available_earnings: string;
+  total_revenue: string;
+  total_charges: string;
+  total_top_ups: string;
+  total_payouts: string;
+  pending_payouts: string;
+  period: { start: string; end: string };
+}
+
+export interface Organisation {
+  id: string;
+  name: string;
+  slug: string;
+  kind: string;
+  parent_id?: string | null;
+  is_personal: boolean;
+  description?: string;
+  role?: string | null;
+  created_at: string;
+}
+
+export interface Member {
+  user_id: string;
+  organisation_id: string;
+  email: string;
+  name?: string | null;
+  role: string;
+  created_at: string;
+}
+
+export interface Invitation {
+  id: string;
+  organisation_id: string;
+  email: string;
+  role: string;
+  created_at: string;
+  expires_at: string;
+  accepted_at?: string | null;
+  token?: string;
+}
+
+export interface Project {
+  id: string;
+  organisation_id: string;
+  name: string;
+  description: string;
+  is_default: boolean;
+  created_at: string;
+}
+
+export interface ApiKey {
+  id: string;
+  name: string;
+  prefix: string;
+  scopes: string[];
+  organisation_id?: string | null;
+  created_at: string;
+  expires_at?: string | null;
+  last_used_at?: string | null;
+  revoked_at?: string | null;
+  key?: string;
+}
+
+export interface AlertRule {
+  id: string;
+  project_id: string;
+  name: string;
+  description: string;
+  metric: string;
+  comparison: string;
+  threshold: number;
+  duration_seconds: number;
+  severity: string;
+  resource_kind?: string | null;
+  resource_id?: string | null;
+  enabled: boolean;
+  created_at: string;
+}
+
+export interface Alert {
+  id: string;
+  rule_id?: string | null;
+  kind: string;
+  name: string;
+  resource_kind?: string | null;
+  resource_id?: string | null;
+  status: string;
+  severity: string;
+  message: string;
+  started_at: string;
+  fired_at?: string | null;
+  resolved_at?: string | null;
+}
+
+export interface Webhook {
+  id: string;
+  url: string;
+  events: string[];
+  description: string;
+  enabled: boolean;
+  created_at: string;
+  secret?: string;
+}
+
+export interface Delivery {
+  id: string;
+  event_type: string;
+  status: string;
+  attempts: number;
+  last_status_code?: number | null;
+  last_error?: string | null;
+  created_at: string;
+  delivered_at?: string | null;
+}
+
+export interface SignIn {
+  id: string;
+  created_at: string;
+  expires_at: string;
+  ip_address?: string | null;
+  user_agent?: string | null;
+  revoked_at?: string | null;
+  current: boolean;
+}

@@ -26,6 +26,7 @@ from nefos.cli import (
     quotes,
     rate_limits,
     services,
+    sessions,
     snapshots,
     vms,
     volumes,
@@ -57,6 +58,7 @@ app.command()(events.events)
 app.add_typer(orgs.app, name="org")
 app.add_typer(projects.app, name="project")
 app.add_typer(api_keys.app, name="api-key")
+app.add_typer(sessions.app, name="session")
 app.add_typer(admin.app, name="admin")
 app.add_typer(hosts.app, name="host")
 app.add_typer(containers.app, name="container")

@@ -164,3 +164,16 @@ class ApiKeyPublic(Public):
 
 class ApiKeyCreated(ApiKeyPublic):
     key: str = Field(description="The secret. Shown only in this response.")
+
+
+class SessionPublic(Public):
+    """One sign-in of the caller (a browser tab, the CLI, a script's login): where
+    it came from and until when its refresh token may renew it."""
+
+    id: str
+    created_at: datetime
+    expires_at: datetime
+    ip_address: str | None
+    user_agent: str | None
+    revoked_at: datetime | None = None
+    current: bool = Field(False, description="The session this request was made with.")

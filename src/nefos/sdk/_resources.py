@@ -33,6 +33,7 @@ from nefos.schemas.identity import (
     ApiKeyCreated,
     ApiKeyPublic,
     AuthResult,
+    SessionPublic,
     UserPublic,
     UserSettings,
 )
@@ -165,6 +166,16 @@ class Auth(_Resource):
 
     def me(self) -> UserPublic:
         return self._one(UserPublic, "GET", "/auth/me")
+
+    def sessions(
+        self, *, page: int | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> Page[SessionPublic]:
+        """Your live sessions, newest first; ``current`` marks this client's."""
+        return self._page(SessionPublic, "/auth/sessions", _paging(page, limit, cursor=cursor))
+
+    def revoke_session(self, session_id: str) -> SessionPublic:
+        """End one of your sessions: its tokens stop working at once."""
+        return self._one(SessionPublic, "DELETE", f"/auth/sessions/{_seg(session_id)}")
 
 
 class Users(_Resource):

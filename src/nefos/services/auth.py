@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -36,11 +37,20 @@ from nefos.db.models import (
 )
 from nefos.db.session import begin_write
 from nefos.db.types import utcnow
-from nefos.domain.errors import Conflict, Forbidden, RateLimited, Unauthorized, ValidationFailed
+from nefos.domain.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+    ValidationFailed,
+)
+from nefos.domain.paging import PageParams
 from nefos.schemas.identity import LoginRequest, RegisterRequest
 from nefos.security.apikeys import hash_secret, looks_like_api_key
 from nefos.security.tokens import InvalidToken
 from nefos.services.core import Core
+from nefos.services.paging import fetch_page
 from nefos.services.principal import Principal, UserSnapshot, effective_role, org_chain
 from nefos.services.tenancy import TenancyService
 
@@ -439,6 +449,39 @@ class AuthService:
             reason="logout",
         )
         await self.session.commit()
+
+    async def list_sessions(
+        self, principal: Principal, page: PageParams
+    ) -> tuple[Sequence[AuthSession], int]:
+        """The caller's live sessions (not revoked, not expired), newest first."""
+        return await fetch_page(
+            self.session,
+            AuthSession,
+            AuthSession.user_id == principal.user_id,
+            AuthSession.revoked_at.is_(None),
+            AuthSession.expires_at > utcnow(),
+            order_by=(AuthSession.created_at.desc(), AuthSession.id),
+            page=page,
+        )
+
+    async def revoke_session(self, principal: Principal, session_id: str) -> AuthSession:
+        """End one of the caller's sessions: its access and refresh tokens stop
+        working on their next call (the commit empties the principal cache). Another
+        user's session, or one already over, is a 404."""
+        await begin_write(self.session)
+        found = await self.session.get(AuthSession, session_id)
+        if (
+            found is None
+            or found.user_id != principal.user_id
+            or found.revoked_at is not None
+            or found.expires_at <= utcnow()
+        ):
+            await self.session.rollback()
+            raise NotFound("Session not found", session_id=session_id)
+        found.revoked_at = utcnow()
+        found.revoked_reason = "revoked"
+        await self.session.commit()
+        return found
 
     async def revoke_user_sessions(self, user_id: str, *, reason: str) -> None:
         """Revoke every session of a user. Part of the caller's transaction."""

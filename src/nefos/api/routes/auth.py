@@ -7,16 +7,26 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from nefos.api.deps import Access, ClientDep, CoreDep, Public, SessionDep, authorize
+from nefos.api.deps import (
+    Access,
+    ClientDep,
+    CoreDep,
+    ObjectId,
+    PageDep,
+    Public,
+    SessionDep,
+    authorize,
+)
 from nefos.domain.access import Permission
-from nefos.gateway.envelope import ok
-from nefos.schemas.common import Envelope, Message
+from nefos.gateway.envelope import ok, page
+from nefos.schemas.common import Envelope, Message, Page
 from nefos.schemas.identity import (
     AuthResult,
     LoginRequest,
     LogoutRequest,
     RefreshRequest,
     RegisterRequest,
+    SessionPublic,
     UserPublic,
 )
 from nefos.services.auth import AuthService, TokenPair
@@ -106,3 +116,34 @@ async def logout(
 @router.get("/me", response_model=Envelope[UserPublic])
 async def me(access: Access = authorize(Permission.ACCOUNT_READ)) -> Response:
     return ok(UserPublic.model_validate(access.principal.user))
+
+
+def _session(row: object, access: Access) -> SessionPublic:
+    public = SessionPublic.model_validate(row)
+    return public.model_copy(update={"current": public.id == access.principal.session_id})
+
+
+@router.get("/sessions", response_model=Envelope[Page[SessionPublic]])
+async def list_sessions(
+    core: CoreDep,
+    session: SessionDep,
+    params: PageDep,
+    access: Access = authorize(Permission.ACCOUNT_READ),
+) -> Response:
+    """Your live sessions (sign-ins not ended, not expired), newest first; `current`
+    marks the one this request was made with."""
+    rows, total = await AuthService(core, session).list_sessions(access.principal, params)
+    return ok(page([_session(r, access) for r in rows], total, params))
+
+
+@router.delete("/sessions/{session_id}", response_model=Envelope[SessionPublic])
+async def revoke_session(
+    session_id: ObjectId,
+    core: CoreDep,
+    session: SessionDep,
+    access: Access = authorize(Permission.ACCOUNT_WRITE),
+) -> Response:
+    """End one of your sessions (a lost laptop's): its tokens stop working at once.
+    Ending the current one signs this client out."""
+    revoked = await AuthService(core, session).revoke_session(access.principal, session_id)
+    return ok(_session(revoked, access))

@@ -1,0 +1,20 @@
+// The sub-navigation of the billing, monitoring and account areas.
+
+export const billingLinks: [string, string][] = [
+  ["/billing", "Wallet"],
+  ["/billing/invoices", "Invoices"],
+  ["/billing/quotes", "Quotes"],
+  ["/billing/reseller", "Reseller"],
+];
+
+export const monitoringLinks: [string, string][] = [
+  ["/monitoring", "Alerts"],
+  ["/monitoring/webhooks", "Webhooks"],
+];
+
+export const accountLinks: [string, string][] = [
+  ["/account", "Profile"],
+  ["/account/api-keys", "API keys"],
+  ["/account/organisations", "Organisations"],
+  ["/account/projects", "Projects"],
+];
