@@ -300,9 +300,7 @@ class MetricStore:
         # (weighted sum, weight, highest) per bucket
         sums: dict[tuple[str, int], list[float]] = {}
         for metric, seconds, value, weight, peak in await session.execute(query):
-            acc = sums.setdefault(
-                (metric, int(seconds) // step * step), [0.0, 0.0, float("-inf")]
-            )
+            acc = sums.setdefault((metric, int(seconds) // step * step), [0.0, 0.0, float("-inf")])
             acc[0] += value * weight
             acc[1] += weight
             acc[2] = max(acc[2], peak)
