@@ -245,7 +245,7 @@ class MetricStore:
             out.step_seconds = step
             table = MetricRollupMinute if resolution is Resolution.MINUTE else MetricRollupHour
             first_bucket = start_ms // 1000 // step * step
-            rows = await session.execute(
+            buckets = await session.execute(
                 select(table.metric, table.bucket, table.avg, table.max)
                 .where(
                     table.resource_id == resource_id,
@@ -256,7 +256,7 @@ class MetricStore:
                 .order_by(table.metric, table.bucket)
             )
             last = first_bucket - step
-            for metric, bucket, value, peak in rows:
+            for metric, bucket, value, peak in buckets:
                 out.points[metric].append(Point(bucket * 1000, value, peak))
                 last = max(last, bucket)
             # The buckets after the newest rolled-up one, from the finer table.
