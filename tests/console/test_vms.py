@@ -52,6 +52,25 @@ BOOT_MS = 240_000
 MONTH_HOURS = 720
 
 
+BARE_CANVAS = """(n) => {
+  const t0 = performance.now();
+  for (let g = 0; g < 2; g++) {
+    const c = document.createElement("canvas");
+    c.width = 560; c.height = 180;
+    const ctx = c.getContext("2d");
+    for (let s = 0; s < 2; s++) {
+      ctx.beginPath();
+      for (let i = 0; i < n; i++) {
+        const y = 180 - ((20 + ((i * (7 + 4 * s)) % 50)) / 100) * 180;
+        if (i) ctx.lineTo((i / n) * 560, y); else ctx.moveTo(0, y);
+      }
+      ctx.stroke();
+    }
+  }
+  return performance.now() - t0;
+}"""
+
+
 def _admin(server: ConsoleServer) -> dict[str, str]:
     return {"Authorization": f"Bearer {server.admin_token}"}
 
@@ -211,7 +230,12 @@ def test_create_a_vm_watch_it_boot_graph_it_stop_and_delete_it(
     points = int(graphs.get_attribute("data-points") or 0)
     assert points >= 2 * MONTH_HOURS, points
     render = page.evaluate("() => performance.getEntriesByName('nefos:graph-render')[0].duration")
+    # The baseline, in the same page: the same number of points drawn as bare canvas
+    # polylines (two series on each of two canvases of the graphs' size).
+    baseline = page.evaluate(BARE_CANVAS, points // 2)
     record_timing(f"VM month graph render ({points // 2} points a series, 2 graphs)", render)
+    record_timing("  baseline: the same points as bare canvas polylines", baseline)
+    print(f"  ratio {render / max(baseline, 0.01):.1f}")  # noqa: T201
     # The figures beside the graph: average and max, absolute and in percent.
     expect(page.get_by_test_id("cpu-graph")).to_have_attribute(
         "aria-label",
@@ -267,5 +291,15 @@ def test_another_tenants_vm_url_shows_not_found(
             expect(page.get_by_role("heading", name="VM not found")).to_be_visible()
             expect(page.get_by_text("theirs")).to_have_count(0)
             check_a11y(visit, "VM not found")
+            # The create form on a phone, in the dark theme: nothing wider than it.
+            page.set_viewport_size({"width": 360, "height": 740})
+            page.emulate_media(color_scheme="dark")
+            visit.goto("/vms/new")
+            expect(page.get_by_label("Image")).to_have_value(vm_host["id"])
+            overflow = (
+                "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert page.evaluate(overflow) <= 0
+            check_a11y(visit, "new VM (360 px, dark)")
         finally:
             http.delete(f"{V1}/vms/{theirs}", headers=auth)
