@@ -176,7 +176,7 @@ def test_create_a_vm_watch_it_boot_graph_it_stop_and_delete_it(
     expect(page.get_by_label("Image")).to_have_value(vm_host["id"])
     page.get_by_label("vCPUs").fill("1")
     page.get_by_label("Memory (MiB)").fill("128")
-    page.get_by_label("Disk (GB)").fill("0")
+    page.get_by_label("Disk (GB)").fill("1")
     check_a11y(visit, "new VM")
     with page.expect_response(f"**{V1}/quotes") as quoted:
         page.get_by_role("button", name="Get the price").click()
@@ -197,7 +197,7 @@ def test_create_a_vm_watch_it_boot_graph_it_stop_and_delete_it(
         quote.get_by_role("button", name="Create for").click()
     assert made.value.status == 202, made.value.text()
     vm = made.value.json()["data"]["vm"]
-    assert vm["memory_mb"] == 128 and vm["storage_gb"] == 0
+    assert vm["memory_mb"] == 128 and vm["storage_gb"] == 1
 
     # The detail page turns running from /ws, and the serial console shows the boot.
     page.wait_for_url(f"**/vms/{vm['id']}")
@@ -245,6 +245,11 @@ def test_create_a_vm_watch_it_boot_graph_it_stop_and_delete_it(
     check_a11y(visit, "VM detail (month graph)")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"vm-detail-month-{backend}.png"), full_page=True)
+    # On a phone: the graphs shrink to the page, the terminal scrolls in its box.
+    page.set_viewport_size({"width": 360, "height": 740})
+    overflow = "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    page.wait_for_function(f"() => ({overflow})() <= 0")
+    page.set_viewport_size({"width": 1280, "height": 900})
 
     # The list: running, with its memory used of its 128 MiB from metrics_update.
     nav.get_by_role("link", name="VMs").click()
@@ -259,7 +264,11 @@ def test_create_a_vm_watch_it_boot_graph_it_stop_and_delete_it(
     page.get_by_role("button", name="Stop").click()
     page.get_by_role("button", name="Confirm stop").click()
     expect(status).to_have_attribute("data-status", "stopped", timeout=BOOT_MS)
-    expect(page.get_by_role("button", name="Take a snapshot")).to_be_enabled()
+    # A snapshot of the stopped VM: listed, and available when its operation ends.
+    page.get_by_label("Snapshot name").fill("before")
+    page.get_by_role("button", name="Take a snapshot").click()
+    snapshot = page.locator('li[data-snapshot="before"] .status')
+    expect(snapshot).to_have_attribute("data-status", "available", timeout=BOOT_MS)
     page.get_by_role("button", name="Delete", exact=True).click()
     page.get_by_role("button", name="Confirm delete").click()
     expect(page.get_by_text("This VM was deleted.")).to_be_visible(timeout=BOOT_MS)
