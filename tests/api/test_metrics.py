@@ -168,6 +168,36 @@ async def test_the_query_picks_the_resolution_that_fits_the_range(
         "vm-1", [Metric.CPU_PERCENT.value], end - timedelta(hours=1), end, now=end
     )
     assert hour.resolution is Resolution.RAW and len(hour.points["cpu_percent"]) == 240
+    # Raw samples have no peak; a bucket's is its highest sample, rolled up or not.
+    assert {p.max for p in hour.points["cpu_percent"]} == {None}
+    assert {p.max for p in points} == {50.0}
+    assert {p.max for p in week.points[Metric.CPU_PERCENT.value]} == {50.0}
+
+
+async def test_a_buckets_point_carries_its_average_and_its_peak(
+    client: httpx.AsyncClient, app: Any
+) -> None:
+    store = store_of(app)
+    # Two hours of a sample every 15 s, values 0..479; the second hour not rolled up.
+    await store.write(
+        [sample(Metric.CPU_PERCENT, float(i), T0 + timedelta(seconds=15 * i)) for i in range(480)]
+    )
+    end = T0 + timedelta(hours=2)
+    await store.rollup(T0 + timedelta(hours=1, minutes=30))
+    week = await store.series(
+        "vm-1", [Metric.CPU_PERCENT.value], end - timedelta(days=7), end, now=end
+    )
+    assert week.resolution is Resolution.HOUR
+    got = [(p.value, p.max) for p in week.points[Metric.CPU_PERCENT.value]]
+    # The first hour from its rollup; the open one from the minutes rolled up so far
+    # (to 11:29: samples 240..359).
+    assert got == [(119.5, 239.0), (299.5, 359.0)]
+    day = await store.series(
+        "vm-1", [Metric.CPU_PERCENT.value], end - timedelta(hours=24), end, now=end
+    )
+    minute = day.points[Metric.CPU_PERCENT.value]
+    assert (minute[0].value, minute[0].max) == (1.5, 3.0)
+    assert (minute[-1].value, minute[-1].max) == (477.5, 479.0)
 
 
 # --- the collector on real instances -------------------------------------------------------
@@ -339,6 +369,9 @@ async def test_a_running_vm_and_its_host_report_metrics(
         assert day["resolution"] == "1m" and day["hours"] == 24
         # The minutes not rolled up yet come from the raw samples.
         assert any(p["value"] > 0 for p in day["metrics"]["cpu_percent"])
+        # A bucket's point has its peak beside its average; a raw sample has none.
+        assert all(p["max"] >= p["value"] for p in day["metrics"]["cpu_percent"])
+        assert not any("max" in p for p in got["metrics"]["cpu_percent"])
 
         # The host: its own cpu (libvirt counts it) and memory, for admins only.
         host_id = libvirt_host["id"]

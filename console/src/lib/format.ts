@@ -52,3 +52,32 @@ export function countBy<T>(items: T[], key: (item: T) => string): [string, numbe
   for (const item of items) counts.set(key(item), (counts.get(key(item)) ?? 0) + 1);
   return [...counts.entries()].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
 }
+
+const BINARY = ["B", "KiB", "MiB", "GiB", "TiB"];
+
+/** Bytes in binary units, three significant figures at most: "512 MiB", "1.5 GiB". */
+export function bytes(value: number | null | undefined): string {
+  if (value === null || value === undefined || !Number.isFinite(value) || value < 0) return "–";
+  let v = value;
+  let i = 0;
+  while (v >= 1024 && i < BINARY.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  const shown = i === 0 ? Math.round(v) : v >= 100 ? Math.round(v) : Number(v.toPrecision(3));
+  return `${shown} ${BINARY[i]}`;
+}
+
+/** A VM's CPU use from its percent of its own vCPUs: "0.5 of 2 vCPUs (25%)". */
+export function cpuUsed(percent: number | null | undefined, cores: number): string {
+  if (percent === null || percent === undefined || !Number.isFinite(percent)) return "–";
+  const used = (percent / 100) * cores;
+  return `${number(used)} of ${cores} vCPU${cores === 1 ? "" : "s"} (${percent > 0 && percent < 1 ? "<1%" : `${Math.round(percent)}%`})`;
+}
+
+/** A VM's memory use: "120 MiB of 512 MiB (23%)". */
+export function memoryUsed(usedBytes: number | null | undefined, memoryMb: number): string {
+  if (usedBytes === null || usedBytes === undefined || !Number.isFinite(usedBytes)) return "–";
+  const total = memoryMb * 1024 * 1024;
+  return `${bytes(usedBytes)} of ${bytes(total)} (${percent(usedBytes, total)})`;
+}

@@ -501,3 +501,100 @@ export interface SignIn {
   revoked_at?: string | null;
   current: boolean;
 }
+
+/** A VM as GET /vms/{id} gives it (Vm above is the overview's subset). */
+export interface VmRecord extends Vm {
+  project_id: string;
+  host_id: string | null;
+  image_id: string;
+  os_type: string;
+  os_version: string;
+  flavor: string | null;
+  cpu_cores: number;
+  memory_gb: number;
+  memory_mb: number;
+  storage_gb: number;
+  ip_address: string | null;
+  network_id: string | null;
+  ssh_keys: string[];
+  has_user_data: boolean;
+  status_reason: string | null;
+  created_at: string;
+}
+
+export interface VmImage {
+  id: string;
+  name: string;
+  kind: string;
+  os_type: string;
+  os_version: string;
+  status: string;
+  min_disk_gb: number;
+  min_memory_mb?: number | null;
+}
+
+export interface VmNetwork {
+  id: string;
+  name: string;
+  cidr: string | null;
+  status: string;
+}
+
+export interface VmSnapshot {
+  id: string;
+  name: string;
+  vm_id: string;
+  description: string;
+  status: string;
+  status_reason: string | null;
+  created_at: string;
+}
+
+export interface VmBackup {
+  id: string;
+  name: string;
+  vm_id: string | null;
+  cpu_cores: number;
+  memory_mb: number;
+  storage_gb: number;
+  size_bytes: number;
+  status: string;
+  status_reason: string | null;
+  created_at: string;
+}
+
+export interface VmVolume {
+  id: string;
+  name: string;
+  size_gb: number;
+  vm_id: string | null;
+  device: string | null;
+  status: string;
+  status_reason: string | null;
+}
+
+export interface QuoteLine {
+  meter: string;
+  unit: string;
+  quantity: string;
+  unit_price: string;
+  amount: string;
+  currency: string;
+}
+
+export interface Quote {
+  id: string;
+  currency: string;
+  hours_per_month: number;
+  lines: QuoteLine[];
+  monthly_total: string;
+  valid_until: string;
+}
+
+export interface Product {
+  sku: string;
+  name: string;
+  flavor?: string | null;
+  unit_price: string;
+  currency: string;
+}

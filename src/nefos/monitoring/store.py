@@ -56,7 +56,8 @@ class Retention:
 @dataclass(frozen=True, slots=True)
 class Point:
     ts: int  # epoch ms (a sample's time, or a bucket's start)
-    value: float
+    value: float  # the sample, or the bucket's average
+    max: float | None = None  # a bucket's highest sample; None for a raw sample
 
 
 @dataclass
@@ -244,8 +245,8 @@ class MetricStore:
             out.step_seconds = step
             table = MetricRollupMinute if resolution is Resolution.MINUTE else MetricRollupHour
             first_bucket = start_ms // 1000 // step * step
-            rows = await session.execute(
-                select(table.metric, table.bucket, table.avg)
+            buckets = await session.execute(
+                select(table.metric, table.bucket, table.avg, table.max)
                 .where(
                     table.resource_id == resource_id,
                     table.metric.in_(metrics),
@@ -255,8 +256,8 @@ class MetricStore:
                 .order_by(table.metric, table.bucket)
             )
             last = first_bucket - step
-            for metric, bucket, value in rows:
-                out.points[metric].append(Point(bucket * 1000, value))
+            for metric, bucket, value, peak in buckets:
+                out.points[metric].append(Point(bucket * 1000, value, peak))
                 last = max(last, bucket)
             # The buckets after the newest rolled-up one, from the finer table.
             tail_from = last + step
@@ -277,7 +278,11 @@ class MetricStore:
         query: Any
         if step == 60:  # minutes from raw samples (ms)
             query = select(
-                MetricSample.metric, MetricSample.ts / 1000, MetricSample.value, literal(1)
+                MetricSample.metric,
+                MetricSample.ts / 1000,
+                MetricSample.value,
+                literal(1),
+                MetricSample.value,
             ).where(
                 MetricSample.resource_id == resource_id,
                 MetricSample.metric.in_(metrics),
@@ -286,20 +291,22 @@ class MetricStore:
             )
         else:  # hours from minutes, weighted by their sample counts
             m = MetricRollupMinute
-            query = select(m.metric, m.bucket, m.avg, m.count).where(
+            query = select(m.metric, m.bucket, m.avg, m.count, m.max).where(
                 m.resource_id == resource_id,
                 m.metric.in_(metrics),
                 m.bucket >= from_s,
                 m.bucket < end_ms // 1000,
             )
+        # (weighted sum, weight, highest) per bucket
         sums: dict[tuple[str, int], list[float]] = {}
-        for metric, seconds, value, weight in await session.execute(query):
-            acc = sums.setdefault((metric, int(seconds) // step * step), [0.0, 0.0])
+        for metric, seconds, value, weight, peak in await session.execute(query):
+            acc = sums.setdefault((metric, int(seconds) // step * step), [0.0, 0.0, float("-inf")])
             acc[0] += value * weight
             acc[1] += weight
-        for (metric, bucket), (total, n) in sorted(sums.items()):
+            acc[2] = max(acc[2], peak)
+        for (metric, bucket), (total, n, highest) in sorted(sums.items()):
             if n:
-                out.points[metric].append(Point(bucket * 1000, total / n))
+                out.points[metric].append(Point(bucket * 1000, total / n, highest))
 
     async def latest(self, within: timedelta, now: datetime | None = None) -> list[Row]:
         """The newest raw sample of every (resource, metric) stamped in the last

@@ -7,7 +7,10 @@ from pydantic import BaseModel, Field
 
 class SeriesPoint(BaseModel):
     timestamp: str = Field(description="ISO 8601 UTC: a sample's time, or a bucket's start.")
-    value: float
+    value: float = Field(description="The sample, or the bucket's average (1m and 1h).")
+    max: float | None = Field(
+        None, description="The bucket's highest sample (1m and 1h resolutions only)."
+    )
 
 
 class NetworkPoint(BaseModel):

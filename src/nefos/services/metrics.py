@@ -36,8 +36,13 @@ def iso(ms: int) -> str:
 
 
 def points(series: Series, metric: Metric) -> list[dict[str, Any]]:
+    """``{timestamp, value}``; a 1m or 1h bucket's point (value: its average) also
+    has ``max``, its highest sample."""
     return [
-        {"timestamp": iso(p.ts), "value": round(p.value, 3)} for p in series.points[metric.value]
+        {"timestamp": iso(p.ts), "value": round(p.value, 3)}
+        if p.max is None
+        else {"timestamp": iso(p.ts), "value": round(p.value, 3), "max": round(p.max, 3)}
+        for p in series.points[metric.value]
     ]
 
 
