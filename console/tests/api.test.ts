@@ -212,3 +212,38 @@ describe("Api envelopes", () => {
     expect(error.code).toBe("NETWORK_ERROR");
   });
 });
+
+describe("Api network errors", () => {
+  // A fetch that fails (TypeError, as a browser's does) the first `failures` times.
+  function flaky(failures: number) {
+    const calls: string[] = [];
+    const fetch = async (input: RequestInfo | URL, init?: RequestInit) => {
+      calls.push(`${init?.method ?? "GET"} ${new URL(String(input), "http://nefos.test").pathname}`);
+      if (calls.length <= failures) throw new TypeError("Failed to fetch");
+      return new Response(JSON.stringify({ success: true, data: { n: calls.length }, error: null }));
+    };
+    return { fetch: fetch as typeof globalThis.fetch, calls };
+  }
+
+  it("tries a read once more after a network error", async () => {
+    const srv = flaky(1);
+    const data = await new Api({ fetch: srv.fetch }).get<{ n: number }>("/marketplace/listings");
+    expect(data).toEqual({ n: 2 });
+    expect(srv.calls).toEqual(["GET /api/v1/marketplace/listings", "GET /api/v1/marketplace/listings"]);
+  });
+
+  it("gives up on a read after a second network error, with a NETWORK_ERROR", async () => {
+    const srv = flaky(2);
+    const failed = new Api({ fetch: srv.fetch }).get("/marketplace/listings");
+    await expect(failed).rejects.toMatchObject({ status: 0, code: "NETWORK_ERROR" });
+    expect(srv.calls).toHaveLength(2);
+  });
+
+  it("never sends a write twice (it may have arrived)", async () => {
+    const srv = flaky(1);
+    await expect(new Api({ fetch: srv.fetch }).post("/auth/register", {})).rejects.toBeInstanceOf(
+      ApiError,
+    );
+    expect(srv.calls).toEqual(["POST /api/v1/auth/register"]);
+  });
+});

@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect
 
 from tests.conftest import (
@@ -166,7 +167,15 @@ class Visit:
     checked: list[str] = field(default_factory=list)
 
     def goto(self, path: str) -> None:
-        self.page.goto(self.base + path)
+        """Load ``path``; once more if Chromium aborted the load because the host's
+        network changed (``net::ERR_NETWORK_CHANGED``: a VM starting anywhere on
+        the machine adds a tap device, which Chromium takes for a network change)."""
+        try:
+            self.page.goto(self.base + path)
+        except PlaywrightError as exc:
+            if "ERR_NETWORK_CHANGED" not in str(exc):
+                raise
+            self.page.goto(self.base + path)
 
     def path(self) -> str:
         return urlsplit(self.page.url).path

@@ -15,7 +15,7 @@ from playwright.sync_api import expect
 
 from tests.api.test_apis import api_body
 from tests.api.test_marketplace import listing_body
-from tests.conftest import TEST_IMAGE
+from tests.conftest import PASSWORD, TEST_IMAGE
 from tests.console.conftest import (
     UI_TIMEOUT_MS,
     V1,
@@ -61,6 +61,14 @@ def test_sign_up_lands_on_the_overview_with_the_wallet_and_quota(
     visit.goto("/overview")
     page.wait_for_url("**/signin?next=%2Foverview")
     check_a11y(visit, "sign-in")
+    # Signing in from a page that asked for it goes back to that page.
+    visit.goto("/containers")
+    page.wait_for_url("**/signin?next=%2Fcontainers")
+    page.get_by_label("E-mail or username").fill(account["user"]["email"])
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/containers")
+    page.get_by_role("heading", name="Containers").wait_for()
 
 
 def test_create_a_container_watch_it_run_live_then_delete_it(

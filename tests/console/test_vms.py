@@ -27,7 +27,6 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect
 from sqlalchemy import insert
 
@@ -70,18 +69,6 @@ BARE_CANVAS = """(n) => {
   }
   return performance.now() - t0;
 }"""
-
-
-def _goto(visit: Visit, path: str) -> None:
-    """``visit.goto``, once more when Chromium aborts it because the host's network
-    changed: a VM's start adds a tap device, which Chromium sees as a network change
-    (``net::ERR_NETWORK_CHANGED``) and aborts the navigation under way."""
-    try:
-        visit.goto(path)
-    except PlaywrightError as exc:
-        if "ERR_NETWORK_CHANGED" not in str(exc):
-            raise
-        visit.goto(path)
 
 
 def _admin(server: ConsoleServer) -> dict[str, str]:
@@ -322,14 +309,14 @@ def test_another_tenants_vm_url_shows_not_found(
                 time.sleep(0.5)
             page = visit.page
             sign_up(visit)
-            _goto(visit, f"/vms/{theirs}")
+            visit.goto(f"/vms/{theirs}")
             expect(page.get_by_role("heading", name="VM not found")).to_be_visible()
             expect(page.get_by_text("theirs")).to_have_count(0)
             check_a11y(visit, "VM not found")
             # The create form on a phone, in the dark theme: nothing wider than it.
             page.set_viewport_size({"width": 360, "height": 740})
             page.emulate_media(color_scheme="dark")
-            _goto(visit, "/vms/new")
+            visit.goto("/vms/new")
             expect(page.get_by_label("Image")).to_have_value(vm_host["id"])
             overflow = (
                 "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"

@@ -20,6 +20,9 @@ export interface ErrorBody {
   details?: Record<string, unknown> | null;
 }
 
+/** Wait before a read that met a network error is tried again. */
+const RETRY_READ_MS = 250;
+
 export class ApiError extends Error {
   readonly status: number;
   readonly code: string;
@@ -342,21 +345,31 @@ export class Api {
       headers["Content-Type"] = "application/json";
       body = JSON.stringify(options.body);
     }
-    let response: Response;
-    try {
-      response = await this.fetcher(this.url(path, options.query), {
-        method,
-        headers,
-        body,
-        signal: options.signal,
-        credentials: "same-origin",
-      });
-    } catch (error) {
-      if ((error as Error)?.name === "AbortError") throw error;
-      throw new ApiError(0, {
-        code: "NETWORK_ERROR",
-        message: "The server could not be reached; check your connection and try again.",
-      });
+    let response: Response | undefined;
+    // A read that meets a network error (the machine's network changed under the
+    // browser: a new interface, another Wi-Fi) is tried once more; a write is not,
+    // since it may have arrived.
+    const attempts = method === "GET" || method === "HEAD" ? 2 : 1;
+    for (let attempt = 1; response === undefined; attempt++) {
+      try {
+        response = await this.fetcher(this.url(path, options.query), {
+          method,
+          headers,
+          body,
+          signal: options.signal,
+          credentials: "same-origin",
+        });
+      } catch (error) {
+        if ((error as Error)?.name === "AbortError") throw error;
+        if (attempt < attempts) {
+          await new Promise((resolve) => setTimeout(resolve, RETRY_READ_MS));
+          continue;
+        }
+        throw new ApiError(0, {
+          code: "NETWORK_ERROR",
+          message: "The server could not be reached; check your connection and try again.",
+        });
+      }
     }
     let parsed: unknown = null;
     const text = await response.text();

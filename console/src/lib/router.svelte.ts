@@ -43,3 +43,10 @@ export function match(pattern: string, path: string): Record<string, string> | n
   }
   return params;
 }
+
+/** Where to go once signed in: the query's `next`, if it is a path of this console
+ *  (never another origin, never `//host`), else the overview. */
+export function nextPath(query: string): string {
+  const target = new URLSearchParams(query).get("next") ?? "";
+  return /^\/(?!\/)/.test(target) ? target : "/overview";
+}
