@@ -52,3 +52,16 @@ export function countBy<T>(items: T[], key: (item: T) => string): [string, numbe
   for (const item of items) counts.set(key(item), (counts.get(key(item)) ?? 0) + 1);
   return [...counts.entries()].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
 }
+
+/** Bytes in binary units: "512 B", "1.5 KiB", "12.25 MiB", "2 GiB". */
+export function bytes(value: number | null | undefined): string {
+  if (value === null || value === undefined || !Number.isFinite(value)) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let v = value;
+  let i = 0;
+  while (Math.abs(v) >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${number(v)} ${units[i]}`;
+}
