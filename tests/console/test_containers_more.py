@@ -67,7 +67,7 @@ def test_a_containers_terminal_scale_logs_and_stop(
 
     # Scale to two: the operation's progress arrives by operation_update events, then
     # the second replica shows, running.
-    page.get_by_label("Replicas", exact=True).fill("2")
+    page.get_by_role("spinbutton", name="Replicas").fill("2")
     page.get_by_label("Strategy").select_option("rolling")
     page.get_by_role("button", name="Scale").click()
     operation = page.get_by_test_id("operation")
@@ -138,3 +138,16 @@ def test_a_service_health_and_a_load_test(visit: Visit, console_server: ConsoleS
     expect(page.locator("tr[data-test]")).to_have_count(1)
     expect(page.locator("tr[data-test]")).to_contain_text("passed")
     check_a11y(visit, "service (load test done)")
+
+    # A phone in the dark theme: no page wider than the screen, and still readable.
+    page.set_viewport_size({"width": 360, "height": 740})
+    page.emulate_media(color_scheme="dark")
+    overflow = "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    assert page.evaluate(overflow) <= 0
+    check_a11y(visit, "service (360 px, dark)")
+    page.get_by_role("link", name=name).last.click()
+    expect(page.get_by_role("button", name="Open terminal")).to_be_visible()
+    page.get_by_role("button", name="Open terminal").click()
+    expect(page.get_by_test_id("terminal-status")).to_have_attribute("data-state", "open")
+    assert page.evaluate(overflow) <= 0
+    check_a11y(visit, "container detail (360 px, dark, terminal open)")
