@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { ago, countBy, money, number, percent, usedOf } from "../src/lib/format";
+import { ago, bytes, countBy, money, number, percent, usedOf } from "../src/lib/format";
 
 describe("absolute figures beside percentages", () => {
   it("shows what is used, of what, and the share", () => {
@@ -44,5 +44,16 @@ describe("times and counts", () => {
   it("counts by status, largest first", () => {
     const items = [{ s: "running" }, { s: "stopped" }, { s: "running" }];
     expect(countBy(items, (i) => i.s)).toEqual([["running", 2], ["stopped", 1]]);
+  });
+});
+
+describe("bytes", () => {
+  it("uses binary units with three significant figures at most", () => {
+    expect(bytes(512)).toBe("512 B");
+    expect(bytes(1536)).toBe("1.5 KiB");
+    expect(bytes(12.25 * 1024 * 1024)).toBe("12.3 MiB");
+    expect(bytes(300.4 * 1024 * 1024)).toBe("300 MiB");
+    expect(bytes(2 * 1024 ** 3)).toBe("2 GiB");
+    expect(bytes(null)).toBe("–");
   });
 });

@@ -47,6 +47,8 @@ AXE = ROOT / "console" / "node_modules" / "axe-core" / "axe.min.js"
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "var" / "test-artifacts" / "console"
 V1 = "/api/v1"
+#: A container's terminal (WS /containers/{id}/exec), opened with a ticket as /ws is.
+TERMINAL_SOCKET = re.compile(rf"^{V1}/containers/[^/]+/exec$")
 # What the machine's closed network needs (no background fetches Chromium makes on
 # its own, each refused), and root's need for --no-sandbox.
 CHROMIUM_ARGS = [
@@ -253,6 +255,11 @@ def check_calls(visit: Visit, openapi: dict[str, Any]) -> None:
     assert not missing, f"the console called routes missing from /openapi.json: {missing}"
     for url in visit.sockets:
         parts = urlsplit(url)
+        if TERMINAL_SOCKET.match(parts.path):
+            # A container's terminal: the ticket, and its size and replica.
+            assert "ticket" in parse_qs(parts.query), url
+            assert set(parse_qs(parts.query)) <= {"ticket", "cols", "rows", "replica"}, url
+            continue
         assert parts.path == f"{V1}/ws", url
         assert set(parse_qs(parts.query)) == {"ticket"}, url
 

@@ -598,3 +598,107 @@ export interface Product {
   unit_price: string;
   currency: string;
 }
+// --- containers' detail (actions, metrics, logs) and services (health, load tests) ---
+
+export interface ContainerMetrics {
+  cpu_usage: number;
+  memory_usage: number;
+  network_io: string;
+  memory_bytes?: number;
+  net_rx_bytes?: number;
+  net_tx_bytes?: number;
+  replicas_reporting?: number;
+}
+
+export interface ReplicaState {
+  slot: number;
+  state: string;
+  host_id?: string | null;
+  generation?: number;
+}
+
+export interface ContainerDetail extends Container {
+  metrics?: ContainerMetrics | null;
+  replica_states?: ReplicaState[];
+}
+
+export interface ContainerAccepted {
+  message: string;
+  container_id: string;
+  container: ContainerDetail;
+  operation: { id: string; status: string; url: string };
+}
+
+export interface ReplicaLogs {
+  replica: number;
+  state: string;
+  logs: string;
+}
+
+export interface CheckResult {
+  at: string;
+  status: string;
+  output: string;
+  latency_ms?: number | null;
+}
+
+export interface ServiceInstance {
+  id: string;
+  slot: number;
+  endpoint?: string | null;
+  host?: string | null;
+  state: string;
+  health: string;
+  maintenance_reason?: string | null;
+  checks: { type: string; status: string; output: string; checked_at?: string | null; history: CheckResult[] }[];
+  transitions: { at: string; from: string; to: string; output: string }[];
+  metrics?: { cpu_usage?: number; memory_usage?: number; requests_per_second?: number; error_rate?: number; p95_response_time?: number };
+}
+
+export interface Service {
+  id: string;
+  name: string;
+  kind: string;
+  project_id: string;
+  version?: string | null;
+  endpoint?: string | null;
+  health: string;
+  instances: number | ServiceInstance[];
+  passing?: number;
+  tags: string[];
+  metadata?: Record<string, string>;
+  check?: Record<string, unknown> | null;
+  created_at: string;
+}
+
+export interface LoadTestResults {
+  total_requests?: number;
+  successful_requests?: number;
+  failed_requests?: number;
+  avg_response_time?: number | null;
+  min_response_time?: number | null;
+  p50_response_time?: number | null;
+  p90_response_time?: number | null;
+  p95_response_time?: number | null;
+  p99_response_time?: number | null;
+  p99_9_response_time?: number | null;
+  max_response_time?: number | null;
+  requests_per_second?: number | null;
+  error_rate?: number | null;
+  elapsed_seconds?: number | null;
+}
+
+export interface LoadTest {
+  id: string;
+  test_id: string;
+  status: string;
+  scenario: string;
+  target: string;
+  params?: Record<string, unknown>;
+  results: LoadTestResults;
+  verdict?: { passed: boolean; thresholds: { threshold: string; value: number | null; passed: boolean }[] } | null;
+  passed?: boolean | null;
+  error?: { code?: string; message?: string } | null;
+  started_at: string;
+  completed_at?: string | null;
+}
