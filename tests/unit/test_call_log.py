@@ -27,10 +27,26 @@ D = Decimal
 
 
 @pytest.fixture(scope="module")
-async def db(databases: DatabaseFactory) -> AsyncIterator[Database]:
-    url = await asyncio.to_thread(databases.new_url)
-    database = Database(async_database_url(url))
-    await database.migrate()
+def database_url(databases: DatabaseFactory) -> str:
+    """One migrated database for the module's tests."""
+    url = async_database_url(databases.new_url())
+
+    async def migrate() -> None:
+        database = Database(url)
+        try:
+            await database.migrate()
+        finally:
+            await database.dispose()
+
+    asyncio.run(migrate())
+    return url
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """An engine of the test's own event loop (a pool shared across the tests' loops
+    would hand a connection to a loop that did not open it, and could not close it)."""
+    database = Database(database_url)
     yield database
     await database.dispose()
 

@@ -72,6 +72,8 @@ MAX_SIZE = 1000  # columns or rows
 DEFAULT_COMMAND = ("/bin/sh",)
 CLOSE_TIMEOUT = 4408
 CLOSE_TOO_LARGE = 1009
+#: Seconds a hang-up waits for a re-check under way to end.
+CHECK_TIMEOUT = 10.0
 #: Looks (0.1 s apart) for the exit code of a command whose output ended.
 EXIT_POLLS = 30
 
@@ -241,6 +243,8 @@ class _Terminal:
         self.last = time.monotonic()
         self.ended = "open"
         self._send = asyncio.Lock()
+        self._checking = False  # a re-check's query is under way
+        self._ending = False
 
     async def send_text(self, text: str) -> None:
         async with self._send:
@@ -257,7 +261,13 @@ class _Terminal:
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self._ending = True
             for task in tasks:
+                # A re-check in the middle of its query ends on its own (soon): a
+                # connection cancelled there is not given back to the pool cleanly.
+                if task.get_name() == "terminal-watch" and self._checking:
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
+                        await asyncio.wait_for(asyncio.shield(task), CHECK_TIMEOUT)
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         first = done.pop()
@@ -362,9 +372,14 @@ class _Terminal:
                 return
             if now >= next_check:
                 checked = now
+                self._checking = True
                 try:
                     await _check(self.core, self.given, self.container_id)
                 except NefosError:
                     raise  # revoked, lost access: hang up
                 except Exception:  # the database is away: keep the terminal, look again
                     log.warning("could not re-check a terminal's credentials", exc_info=True)
+                finally:
+                    self._checking = False
+                if self._ending:
+                    return

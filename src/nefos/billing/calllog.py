@@ -77,6 +77,7 @@ class CallLog:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         #: Rows written, and group writes that failed (this process's, since start).
         self.written = 0
         self.failures = 0
@@ -149,12 +150,22 @@ class CallLog:
             self._task = asyncio.create_task(self._loop(), name="api-call-log")
 
     async def stop(self) -> None:
-        """Stop the writer and write what waits (trying for :data:`STOP_TIMEOUT`)."""
+        """Stop the writer and write what waits (trying for :data:`STOP_TIMEOUT`).
+        The writer is asked to end after the group it is writing, not cancelled in
+        the middle of its transaction (a connection cancelled there is not given
+        back to the pool cleanly); cancelled only if it does not end in time."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            self._stopping = True
+            self._wake.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), STOP_TIMEOUT)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            finally:
+                self._stopping = False
         deadline = asyncio.get_running_loop().time() + STOP_TIMEOUT
         while self._rows:
             try:
@@ -168,10 +179,12 @@ class CallLog:
 
     async def _loop(self) -> None:
         backoff = self.interval
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), backoff)
             self._wake.clear()
+            if self._stopping:
+                return  # ``stop`` writes what waits
             try:
                 await self.flush()
                 backoff = self.interval
