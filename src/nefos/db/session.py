@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +24,10 @@ from sqlalchemy.orm import Session
 from nefos.config import is_sqlite
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+#: How long closing the database waits for connections still checked out.
+DISPOSE_GRACE = 5.0
+
+log = logging.getLogger(__name__)
 
 
 WRITE_OPTION = "nefos_write"
@@ -90,14 +96,22 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
         self.url = url
         self.is_sqlite = is_sqlite(url)
+        #: The driver connections this database opened that were open at the last
+        #: connect (held strongly: one SQLAlchemy lost, say to a cancellation, must
+        #: still be here for ``dispose`` to close, not left to the garbage collector).
+        self._opened: set[Any] = set()
         kwargs: dict[str, Any] = {"echo": echo}
         if self.is_sqlite:
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"factory": _SQLiteConnection}
+            kwargs["connect_args"] = {
+                "factory": _SQLiteConnection,
+                "async_creator_fn": self._connect_sqlite,
+            }
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            kwargs["connect_args"] = {"async_creator_fn": self._connect}
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
@@ -127,8 +141,67 @@ class Database:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
-    async def dispose(self) -> None:
+    async def dispose(self, *, grace: float = DISPOSE_GRACE) -> None:
+        """Close the pool's connections, after waiting (at most ``grace`` seconds) for
+        those still checked out to come back.
+
+        A task cancelled in the middle of a session (a worker's heartbeat, a loop
+        stopped under a query) returns its connection a moment later: SQLAlchemy
+        closes an async session in a shielded task of its own. A connection checked
+        in after the pool was disposed goes back to a pool no one holds, and is
+        dropped unclosed (asyncpg's "unclosed connection"; the server keeps the
+        backend until its socket times out). Connections still open after that (in
+        use past the grace, or lost by a cancelled connect) are terminated."""
+        pool = self.engine.pool
+        checkedout = getattr(pool, "checkedout", None)
+        if checkedout is not None:
+            for _ in range(round(grace / 0.01)):
+                if checkedout() == 0:
+                    break
+                await asyncio.sleep(0.01)
+            if checkedout() > 0:
+                log.warning("closing the database with %d connection(s) still in use", checkedout())
         await self.engine.dispose()
+        # What the pool never got: a connection whose set-up (the dialect's codecs,
+        # queries run as it connects) was cancelled is dropped by SQLAlchemy unclosed.
+        opened, self._opened = self._opened, set()
+        for conn in opened:
+            if is_open(conn):
+                if self.is_sqlite:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+                else:
+                    conn.terminate()
+
+    async def _connect(self, *args: Any, **kwargs: Any) -> Any:
+        import asyncpg
+
+        conn = await asyncpg.connect(*args, **kwargs)
+        self._keep(conn)
+        return conn
+
+    def _connect_sqlite(self, *args: Any, **kwargs: Any) -> Any:
+        import aiosqlite
+
+        conn = aiosqlite.connect(*args, **kwargs)
+        # As SQLAlchemy does without a creator: its thread must not hold up an exit.
+        thread = getattr(conn, "_thread", None)
+        if thread is not None:
+            thread.daemon = True
+        self._keep(conn)
+        return conn  # awaited by the dialect
+
+    def _keep(self, conn: Any) -> None:
+        self._opened = {c for c in self._opened if is_open(c)}
+        self._opened.add(conn)
+
+
+def is_open(conn: Any) -> bool:
+    """An asyncpg or aiosqlite connection not yet closed (aiosqlite's has no public
+    flag: its thread runs until it closes, and it drops its sqlite3 connection)."""
+    if hasattr(conn, "is_closed"):
+        return not conn.is_closed()
+    return bool(getattr(conn, "_running", False) or getattr(conn, "_connection", None))
 
 
 def alembic_config(connection: Connection | None = None) -> Any:

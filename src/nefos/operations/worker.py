@@ -191,6 +191,7 @@ class Workers:
                 delay = min(30.0, 0.5 * 2 ** min(op.attempts, 6))
                 log.info("operation %s (%s) retries in %.1fs: %s", op.id, op.kind, delay, exc)
                 beat.cancel()
+                await asyncio.wait([beat])  # no heartbeat after the retry is written
                 async with self.db.sessionmaker() as session:
                     await queue.retry_later(
                         session,
@@ -205,6 +206,8 @@ class Workers:
             engine_message = exc.engine_message
         except asyncio.CancelledError:
             beat.cancel()
+            # Its session ends before this task does (not after the database closed).
+            await asyncio.wait([beat])
             raise  # shutting down: the lease runs out and the operation runs again
         except NefosError as exc:
             status, code, message = OpStatus.FAILED, exc.code, exc.message
@@ -215,6 +218,7 @@ class Workers:
             status, code, message = OpStatus.FAILED, "INTERNAL_ERROR", f"{type(exc).__name__}"
         finally:
             beat.cancel()
+        await asyncio.wait([beat])
         if status is OpStatus.FAILED and handler is not None and handler.on_failure is not None:
             # Only while the operation is still ours: after a lost lease another
             # worker runs it, and this one's verdict must not touch the resource.
