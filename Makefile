@@ -39,7 +39,7 @@ services:  ## Install and start what the tests need (PostgreSQL, Podman, libvirt
 PYTEST_WORKERS ?= 3
 
 test: install services lint typecheck console-test  ## Lint, types, and every test on SQLite and PostgreSQL
-	@source var/test-services.env && $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations 10 --tb=short $(PYTEST_ARGS)
+	@source var/test-services.env && $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --junitxml=var/test-report.xml --durations 10 --tb=short $(PYTEST_ARGS)
 
 test-sqlite: install  ## The suite on SQLite only (no services needed)
 	NEFOS_TEST_BACKENDS=sqlite $(PY) -m pytest $(PYTEST_ARGS)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import itertools
+import json
 import os
 import socket
 import threading
@@ -93,6 +94,24 @@ class DatabaseFactory:
                     if attempt == 4:
                         warnings.warn(f"test database {name} left behind", stacklevel=1)
                     time.sleep(1 + attempt)
+
+
+# --- the order test files are handed to the workers --------------------------------------
+#: What each test file took (seconds, both databases) in a whole `make test` run on
+#: the CI machine: `make test` gives the workers the slowest files first (the
+#: Makefile turns off xdist's own order, by the number of tests), so that no worker
+#: is left with a long file at the end while the others stand idle. A file not
+#: listed counts as quick. Refresh with `scripts/test_durations.py JUNIT_XML`.
+DURATIONS = Path(__file__).with_name("durations.json")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    try:
+        weight: dict[str, float] = json.loads(DURATIONS.read_text())
+    except (OSError, ValueError):
+        return
+    # Stable: a file's own tests keep their order (and its module fixtures their use).
+    items.sort(key=lambda item: -weight.get(item.nodeid.split("::", 1)[0], 0.0))
 
 
 TEST_SECRET_KEY = "test-secret-key-that-is-long-enough-for-hs256"
