@@ -126,7 +126,7 @@ async def _drive(call: Callable[[int], Awaitable[object]], tasks: int, duration:
 
 
 async def _trivial(url: str, tasks: int, duration: float) -> float:
-    counters = RedisCounters(url)  # the same client settings as the limiter's
+    counters = RedisCounters(url, timeout=2.0)  # the same client settings as the limiter's
     try:
         sha = await counters.redis.script_load(TRIVIAL)
         started = time.perf_counter()
@@ -137,7 +137,7 @@ async def _trivial(url: str, tasks: int, duration: float) -> float:
 
 
 async def _decisions(url: str, tasks: int, duration: float, callers: int) -> float:
-    counters = RedisCounters(url)
+    counters = RedisCounters(url, timeout=2.0)
     keys = [[f"bench:rl:containers:{c}", f"bench:rl:user:{c}"] for c in range(callers)]
     try:
         await counters.decide(keys[0], POLICIES)  # loads the script

@@ -640,6 +640,14 @@ class Settings(BaseSettings):
         "the log and `rate_limiter: degraded` in `/health`) or `closed` refuses them "
         "with 503.",
     )
+    rate_limit_redis_timeout: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="Seconds a call to the limiter's Redis may take before Redis counts "
+        "as unreachable (then `NEFOS_RATE_LIMIT_REDIS_FAILURE` applies). A timed-out "
+        "call may still have counted in Redis.",
+    )
 
     # --- gateway: request log and analytics (nefos.gateway.requestlog) ---------------
     request_log_enabled: bool = Field(

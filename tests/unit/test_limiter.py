@@ -8,8 +8,9 @@ import uuid
 
 import pytest
 
+from nefos.config import Settings
 from nefos.domain.rate_limits import Policy, format_rate, group_of, parse_rate
-from nefos.gateway.limiter import MemoryCounters, RedisCounters, headers_of
+from nefos.gateway.limiter import Caller, MemoryCounters, RateLimiter, RedisCounters, headers_of
 
 
 class Clock:
@@ -109,7 +110,7 @@ def test_the_redis_script_and_the_python_step_agree() -> None:
     assert url, "make services starts Redis (NEFOS_TEST_REDIS_URL)"
 
     async def burst() -> list[tuple[bool, int]]:
-        counters = RedisCounters(url)
+        counters = RedisCounters(url, timeout=2.0)
         key = f"nefos-test-{uuid.uuid4().hex}:rl"
         try:
             out = []
@@ -128,3 +129,39 @@ def test_the_redis_script_and_the_python_step_agree() -> None:
         expected.append((d.allowed, d.states[0].remaining))
     got = asyncio.run(burst())
     assert got == expected == [(True, r) for r in range(9, -1, -1)] + [(False, 0)]
+
+
+async def test_a_silent_redis_times_out_after_the_setting_and_counts_here() -> None:
+    """A Redis that accepts and never answers (a hung server, a black-holing proxy):
+    after ``NEFOS_RATE_LIMIT_REDIS_TIMEOUT`` the decision is this process's own, and
+    ``/health`` says degraded."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # read nothing, answer nothing
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        redis_url=f"redis://127.0.0.1:{port}/0",
+        rate_limit_redis_timeout=0.2,
+        rate_limit_containers="3/minute",
+    )
+    limiter = RateLimiter(settings)
+    try:
+        assert limiter.redis is not None
+        kwargs = limiter.redis.redis.connection_pool.connection_kwargs
+        assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == 0.2
+        caller = Caller("user", uuid.uuid4().hex)
+        decision = await limiter.decide(caller, "containers")
+        assert decision is not None and decision.allowed
+        assert accepted, "the limiter asked the silent server first"
+        assert limiter.health() == "degraded"
+        assert limiter.memory.tats, "the request counted in this process"
+    finally:
+        await limiter.stop()
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()

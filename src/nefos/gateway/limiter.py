@@ -78,8 +78,6 @@ EXEMPT = frozenset(
 )
 #: Seconds between tries of an unreachable Redis.
 REDIS_RETRY = 2.0
-#: Seconds a Redis call may take before Redis counts as unreachable.
-REDIS_TIMEOUT = 2.0
 #: Seconds between two warnings that Redis is down.
 WARN_EVERY = 30.0
 #: Seconds an organisation's overrides are cached (another process's change is
@@ -225,15 +223,16 @@ class RedisCounters:
 
     kind = "redis"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout: float) -> None:
         import redis.asyncio as aioredis
         from redis.exceptions import NoScriptError
 
         self._no_script = NoScriptError
         # Any: redis's annotations differ between its releases.
         self.redis: Any = aioredis.Redis.from_url(
-            url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
+        self.timeout = timeout
         self.sha = hashlib.sha1(GCRA_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis's id
         self._batch: list[tuple[Sequence[str], list[int], asyncio.Future[list[int]]]] = []
         self._in_flight: asyncio.Future[None] | None = None
@@ -310,7 +309,7 @@ class RedisCounters:
         """Close the connections, once the pipeline in flight (if any) has ended."""
         if self._in_flight is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(self._in_flight), REDIS_TIMEOUT * 1.5)
+                await asyncio.wait_for(asyncio.shield(self._in_flight), self.timeout * 1.5)
         await self.redis.aclose()
 
 
@@ -356,7 +355,9 @@ class RateLimiter:
         if use_redis and not settings.redis_url:
             raise ValueError("NEFOS_RATE_LIMIT_BACKEND=redis needs NEFOS_REDIS_URL")
         self.redis: RedisCounters | None = (
-            RedisCounters(settings.redis_url) if use_redis and settings.redis_url else None
+            RedisCounters(settings.redis_url, settings.rate_limit_redis_timeout)
+            if use_redis and settings.redis_url
+            else None
         )
         self.fail_closed = settings.rate_limit_redis_failure == "closed"
         self.redis_down_since: float | None = None
@@ -398,7 +399,7 @@ class RateLimiter:
         if self.enabled and self.redis is not None:
             now = time.monotonic()
             try:
-                await asyncio.wait_for(self.redis.ping(), REDIS_TIMEOUT * 1.5)
+                await asyncio.wait_for(self.redis.ping(), self.redis.timeout * 1.5)
             except Exception as exc:  # any failure to reach Redis
                 self._down(now, exc)
             else:
@@ -552,7 +553,7 @@ class RateLimiter:
         if self.redis_down_since is None or now >= self._retry_at:
             try:
                 call = self.redis.peek if peek else self.redis.decide
-                decision = await asyncio.wait_for(call(keys, policies), REDIS_TIMEOUT * 1.5)
+                decision = await asyncio.wait_for(call(keys, policies), self.redis.timeout * 1.5)
             except Exception as exc:  # any failure to reach Redis
                 self._down(now, exc)
             else:
