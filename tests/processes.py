@@ -2,18 +2,38 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import ADMIN_PASSWORD, GENEROUS_LIMITS, free_port
+
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
+PR_SET_PDEATHSIG = 1
+
+
+def dies_with_us() -> Callable[[], None]:
+    """A ``preexec_fn`` that kills the child when the test process ends, however it
+    ends: a pytest worker killed by a timeout runs no fixture's teardown, and
+    servers left running slow every later run on the machine. Linux sends the
+    signal when the thread that started the child ends: tests start them from the
+    worker's main thread."""
+    parent = os.getpid()
+
+    def preexec() -> None:
+        _prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        if os.getppid() != parent:  # the parent ended before the line above
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
 
 
 def serve_env(database_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
@@ -77,6 +97,7 @@ class Server:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=dies_with_us(),  # noqa: PLW1509 - set before the exec, main thread
             )
         deadline = time.monotonic() + 120
         while True:

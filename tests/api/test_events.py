@@ -35,7 +35,7 @@ from tests.conftest import (
     new_installation_id,
     remove_managed_containers,
 )
-from tests.processes import serve_env, server
+from tests.processes import dies_with_us, serve_env, server
 
 V1 = "/api/v1"
 WAIT = 60.0
@@ -411,6 +411,7 @@ class Redis:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=dies_with_us(),  # noqa: PLW1509 - set before the exec, main thread
         )
         deadline = time.monotonic() + 10
         while True:

@@ -45,6 +45,7 @@ from tests.conftest import (
     new_installation_id,
     wait_operation,
 )
+from tests.processes import dies_with_us
 
 V1 = "/api/v1"
 REPO = Path(__file__).resolve().parents[2]
@@ -98,6 +99,7 @@ class EngineService:
                 stderr=subprocess.STDOUT,
                 env=_podman_env(),
                 start_new_session=True,
+                preexec_fn=dies_with_us(),  # noqa: PLW1509 - set before the exec, main thread
             )
         deadline = time.monotonic() + 60
         while not _ping_unix(self.path):
