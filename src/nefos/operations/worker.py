@@ -181,34 +181,17 @@ class Workers:
         beat = asyncio.create_task(self._heartbeat(ctx))
         status, result, code, message = OpStatus.SUCCEEDED, None, None, None
         engine_message: str | None = None
+        retry: Retry | None = None
         try:
             if handler is None:
                 raise NefosError(f"No handler for operation kind {op.kind!r}")
             result = await handler.run(ctx)
         except Retry as exc:
-            deadline = op.created_at + timedelta(seconds=self.retry_deadline)
-            if utcnow() < deadline:
-                delay = min(30.0, 0.5 * 2 ** min(op.attempts, 6))
-                log.info("operation %s (%s) retries in %.1fs: %s", op.id, op.kind, delay, exc)
-                beat.cancel()
-                await asyncio.wait([beat])  # no heartbeat after the retry is written
-                async with self.db.sessionmaker() as session:
-                    await queue.retry_later(
-                        session,
-                        op.id,
-                        worker,
-                        delay=delay,
-                        reason=exc.reason,
-                        engine_message=exc.engine_message,
-                    )
-                return
-            status, code, message = OpStatus.FAILED, exc.code, exc.reason
-            engine_message = exc.engine_message
-        except asyncio.CancelledError:
-            beat.cancel()
-            # Its session ends before this task does (not after the database closed).
-            await asyncio.wait([beat])
-            raise  # shutting down: the lease runs out and the operation runs again
+            if utcnow() < op.created_at + timedelta(seconds=self.retry_deadline):
+                retry = exc
+            else:
+                status, code, message = OpStatus.FAILED, exc.code, exc.reason
+                engine_message = exc.engine_message
         except NefosError as exc:
             status, code, message = OpStatus.FAILED, exc.code, exc.message
             engine_message = exc.engine_message
@@ -217,8 +200,25 @@ class Workers:
             log.exception("operation %s (%s) crashed", op.id, op.kind)
             status, code, message = OpStatus.FAILED, "INTERNAL_ERROR", f"{type(exc).__name__}"
         finally:
+            # The heartbeat ends before anything else is written, and, when this task
+            # is cancelled (shutting down: the lease runs out and the operation runs
+            # again), before the task ends: its session must close before the
+            # database does.
             beat.cancel()
-        await asyncio.wait([beat])
+            await asyncio.wait([beat])
+        if retry is not None:
+            delay = min(30.0, 0.5 * 2 ** min(op.attempts, 6))
+            log.info("operation %s (%s) retries in %.1fs: %s", op.id, op.kind, delay, retry)
+            async with self.db.sessionmaker() as session:
+                await queue.retry_later(
+                    session,
+                    op.id,
+                    worker,
+                    delay=delay,
+                    reason=retry.reason,
+                    engine_message=retry.engine_message,
+                )
+            return
         if status is OpStatus.FAILED and handler is not None and handler.on_failure is not None:
             # Only while the operation is still ours: after a lost lease another
             # worker runs it, and this one's verdict must not touch the resource.
