@@ -14,14 +14,21 @@ page visited passes axe-core; every API call is in the OpenAPI document
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from typing import Any
 
 import httpx
 from playwright.sync_api import expect
 
-from tests.conftest import PASSWORD
+from nefos.billing import ledger
+from nefos.config import async_database_url
+from nefos.db.models import Wallet
+from nefos.db.session import Database, begin_write
+from tests.conftest import ADMIN_PASSWORD, PASSWORD
 from tests.console.conftest import V1, ConsoleServer, Visit, check_a11y, sign_up
 
 
@@ -286,3 +293,146 @@ def test_an_alert_rule_is_created_and_deleted_and_a_refused_webhook_says_why(
     page.get_by_role("button", name="Create webhook").click()
     expect(page.get_by_role("alert")).to_contain_text("Webhook URL refused")
     check_a11y(visit, "webhooks (refused)")
+
+
+async def _earn(database_url: str, wallet_id: str, amount: str) -> None:
+    """Revenue in the wallet, as the billing pass credits a creator's or a
+    reseller's share."""
+    db = Database(async_database_url(database_url))
+    try:
+        async with db.sessionmaker() as session:
+            await begin_write(session)
+            wallet = await session.get(Wallet, wallet_id)
+            assert wallet is not None
+            await ledger.post(session, wallet, "revenue", Decimal(amount), key=uuid.uuid4().hex)
+            await session.commit()
+    finally:
+        await db.dispose()
+
+
+def _run(coro: Any) -> Any:
+    """A coroutine on a loop of its own, off the thread Playwright's loop runs on."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def test_platform_admins_see_hosts_settle_and_reject_payouts_and_change_a_price(
+    visit: Visit, other_visit: Visit, console_server: ConsoleServer
+) -> None:
+    admin_token = _bearer(console_server.admin_token)
+    with console_server.http() as http:
+        creator = console_server.register(http)
+        mine = _bearer(creator["access_token"])
+        wallet = http.get(f"{V1}/wallet", headers=mine).json()["data"]
+        _run(_earn(console_server.server.env["NEFOS_DATABASE_URL"], wallet["id"], "40.00"))
+        payouts = {}
+        for amount, destination in (("12.00", "IBAN-SETTLE"), ("15.00", "IBAN-REJECT")):
+            r = http.post(
+                f"{V1}/billing/payout-request",
+                json={"amount": amount, "method": "bank_transfer", "destination": destination},
+                headers=mine,
+            )
+            assert r.status_code == 201, r.text
+            payouts[destination] = r.json()["data"]["id"]
+        balance = http.get(f"{V1}/wallet", headers=mine).json()["data"]["balance"]
+        network = next(
+            p
+            for p in http.get(f"{V1}/products", headers=mine).json()["data"]["items"]
+            if p["sku"] == "network_gb"
+        )
+
+    # Anyone else: no Admin link, and the pages do not exist for them.
+    page = visit.page
+    sign_up(visit)
+    nav = page.get_by_role("navigation", name="Main")
+    expect(nav.get_by_role("link", name="VMs")).to_be_visible()
+    expect(nav.get_by_role("link", name="Admin")).to_have_count(0)
+    visit.goto("/admin/payouts")
+    expect(page.get_by_role("heading", name="Page not found")).to_be_visible()
+    assert not [u for _, u in visit.requests if "/billing/payouts" in u], visit.requests
+
+    # The platform's administrator signs in by username.
+    admin = other_visit.page
+    other_visit.goto("/signin")
+    admin.get_by_label("E-mail or username").fill("admin")
+    admin.get_by_label("Password").fill(ADMIN_PASSWORD)
+    admin.get_by_role("button", name="Sign in").click()
+    admin.wait_for_url("**/overview")
+    admin.get_by_role("navigation", name="Main").get_by_role("link", name="Admin").click()
+    admin.get_by_role("heading", name="Platform administration").wait_for()
+    host = admin.locator('tr[data-host="podman-console"]')
+    expect(host.locator(".status")).to_have_attribute("data-status", "active")
+    expect(host.get_by_test_id("host-cpu")).to_contain_text(re.compile(r"^[\d.]+ of \d+ \("))
+    check_a11y(other_visit, "admin: hosts")
+    host.get_by_role("link", name="podman-console").click()
+    admin.get_by_role("heading", name="podman-console").wait_for()
+    expect(admin.get_by_test_id("cpu-graph").locator("canvas")).to_have_count(1)
+    asked = [u for _, u in other_visit.requests if "/monitoring/host-metrics/" in u]
+    assert len(asked) == 1 and "hours=1" in asked[0], asked
+    check_a11y(other_visit, "admin: a host")
+
+    # Payouts: the pending ones of every organisation; one settled with its transfer's
+    # reference, one rejected (its amount back in the creator's wallet).
+    sub = admin.get_by_role("navigation", name="Administration")
+    sub.get_by_role("link", name="Payouts").click()
+    settle = admin.locator(f'tr[data-payout="{payouts["IBAN-SETTLE"]}"]')
+    reject = admin.locator(f'tr[data-payout="{payouts["IBAN-REJECT"]}"]')
+    expect(settle).to_contain_text("12.00 USD")
+    expect(reject).to_contain_text("IBAN-REJECT")
+    check_a11y(other_visit, "admin: payouts")
+    settle.get_by_role("button", name="Settle").click()
+    settle.get_by_label("Transfer reference").fill("REF-42")
+    check_a11y(other_visit, "admin: settling a payout")
+    settle.get_by_role("button", name="Confirm settle").click()
+    expect(admin.get_by_role("status").filter(has_text="12.00 USD paid")).to_be_visible()
+    expect(settle).to_have_count(0)  # no longer pending
+    reject.get_by_role("button", name="Reject").click()
+    reject.get_by_label("Reason").fill("unknown account")
+    reject.get_by_role("button", name="Confirm reject").click()
+    expect(reject).to_have_count(0)
+    admin.get_by_label("Status").select_option("any")
+    expect(settle.locator(".status")).to_have_attribute("data-status", "paid")
+    expect(settle).to_contain_text("REF-42")
+    expect(reject.locator(".status")).to_have_attribute("data-status", "rejected")
+    with console_server.http() as http:
+        seen = {
+            p["id"]: (p["status"], p["note"])
+            for p in http.get(f"{V1}/billing/payouts", headers=mine).json()["data"]["items"]
+        }
+        assert seen == {
+            payouts["IBAN-SETTLE"]: ("paid", "REF-42"),
+            payouts["IBAN-REJECT"]: ("rejected", "unknown account"),
+        }
+        after = http.get(f"{V1}/wallet", headers=mine).json()["data"]["balance"]
+        assert Decimal(after) == Decimal(balance) + 15
+
+    # A price: a refused one says why; a new one is in force from now on, and the
+    # SKU's history shows both.
+    try:
+        sub.get_by_role("link", name="Prices").click()
+        row = admin.locator('tr[data-sku="network_gb"]')
+        expect(row).to_contain_text(_money(network["unit_price"], network["currency"]))
+        row.get_by_role("button", name="Change the price of network_gb").click()
+        editor = admin.get_by_test_id("price-editor")
+        editor.get_by_label(re.compile("^New price")).fill("-1")
+        editor.get_by_role("button", name="Set the price from now on").click()
+        expect(editor.get_by_role("alert")).to_be_visible()
+        editor.get_by_label(re.compile("^New price")).fill("0.125")
+        editor.get_by_role("button", name="Set the price from now on").click()
+        expect(editor.get_by_role("status")).to_contain_text("0.125 USD per")
+        expect(row).to_contain_text("0.125 USD")
+        history = admin.get_by_test_id("price-history")
+        expect(history.locator("tbody tr")).to_have_count(2)
+        expect(history.locator("tbody tr").first).to_contain_text("in force")
+        check_a11y(other_visit, "admin: prices")
+        with console_server.http() as http:
+            priced = http.get(f"{V1}/products", headers=mine).json()["data"]["items"]
+            assert {p["sku"]: p["unit_price"] for p in priced}["network_gb"] == "0.125"
+    finally:
+        with console_server.http() as http:  # as it was, for the module's other tests
+            r = http.put(
+                f"{V1}/products/network_gb",
+                json={"unit_price": network["unit_price"]},
+                headers=admin_token,
+            )
+            assert r.status_code == 200, r.text

@@ -51,6 +51,7 @@ export interface User {
   username?: string | null;
   name?: string | null;
   role?: string;
+  is_admin?: boolean;
   default_project_id?: string | null;
   [key: string]: unknown;
 }

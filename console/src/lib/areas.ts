@@ -18,3 +18,10 @@ export const accountLinks: [string, string][] = [
   ["/account/organisations", "Organisations"],
   ["/account/projects", "Projects"],
 ];
+
+/** The platform administrators' area (shown to users with `is_admin` only). */
+export const adminLinks: [string, string][] = [
+  ["/admin", "Hosts"],
+  ["/admin/payouts", "Payouts"],
+  ["/admin/prices", "Prices"],
+];

@@ -247,10 +247,14 @@ export interface Rating {
 
 export interface Payout {
   id: string;
+  organisation_id: string;
   amount: string;
   currency: string;
   status: string;
   method: string;
+  destination: string;
+  note: string;
+  processed_at?: string | null;
   created_at: string;
 }
 
@@ -276,9 +280,37 @@ export interface Product {
   sku: string;
   unit: string;
   name: string;
+  flavor?: string | null;
   description?: string | null;
   currency: string;
   unit_price: string;
+  effective_from?: string | null;
+  effective_to?: string | null;
+}
+
+export interface HostUsage {
+  cpu_cores: number;
+  memory_gb: number;
+  storage_gb: number;
+  instances: number;
+}
+
+export interface Host {
+  id: string;
+  hostname: string;
+  driver: string;
+  uri: string;
+  hypervisor_type: string;
+  status: string;
+  enabled: boolean;
+  cpu_cores: number;
+  memory_gb: number;
+  memory_mb: number;
+  storage_gb: number;
+  max_instances: number | null;
+  used: HostUsage;
+  last_error: string | null;
+  last_seen_at: string | null;
 }
 
 // --- billing, monitoring and account pages ---------------------------------------
@@ -591,13 +623,6 @@ export interface Quote {
   valid_until: string;
 }
 
-export interface Product {
-  sku: string;
-  name: string;
-  flavor?: string | null;
-  unit_price: string;
-  currency: string;
-}
 // --- containers' detail (actions, metrics, logs) and services (health, load tests) ---
 
 export interface ContainerMetrics {
