@@ -316,7 +316,7 @@ def _run(coro: Any) -> Any:
         return pool.submit(asyncio.run, coro).result()
 
 
-def test_platform_admins_see_hosts_settle_and_reject_payouts_and_change_a_price(
+def test_platform_admins_see_hosts_payouts_prices_and_traffic(
     visit: Visit, other_visit: Visit, console_server: ConsoleServer
 ) -> None:
     admin_token = _bearer(console_server.admin_token)
@@ -436,3 +436,18 @@ def test_platform_admins_see_hosts_settle_and_reject_payouts_and_change_a_price(
                 headers=admin_token,
             )
             assert r.status_code == 200, r.text
+
+    # The platform's API traffic: what was asked above is in the request log.
+    sub.get_by_role("link", name="Analytics").click()
+    admin.get_by_role("heading", name="API traffic").wait_for()
+    expect(admin.get_by_test_id("total-requests")).to_contain_text(re.compile(r"^[1-9]\d* \("))
+    expect(admin.locator('tr[data-endpoint="POST /billing/payout-request"]')).to_be_visible()
+    expect(
+        admin.locator('tr[data-endpoint="POST /billing/payouts/{payout_id}/settle"]')
+    ).to_contain_text("0%")
+    expect(admin.get_by_test_id("traffic-graph").locator("canvas")).to_have_count(1)
+    admin.get_by_role("button", name="1h").click()
+    expect(admin.get_by_role("button", name="1h")).to_have_attribute("aria-pressed", "true")
+    asked = [u for _, u in other_visit.requests if "/analytics/overview" in u]
+    assert any("scope=platform" in u and "period=1h" in u for u in asked), asked
+    check_a11y(other_visit, "admin: analytics")

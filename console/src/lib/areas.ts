@@ -24,4 +24,5 @@ export const adminLinks: [string, string][] = [
   ["/admin", "Hosts"],
   ["/admin/payouts", "Payouts"],
   ["/admin/prices", "Prices"],
+  ["/admin/analytics", "Analytics"],
 ];

@@ -66,3 +66,38 @@ export function drawChart(target: HTMLElement, spec: ChartSpec): uPlot {
   const { x, avg: a, max: m } = spec.shaped;
   return new uPlot(options, [x, a, m] as uPlot.AlignedData, target);
 }
+
+export interface CountSeries {
+  label: string;
+  values: (number | null)[];
+  /** A CSS custom property for the line's colour, and its fallback. */
+  color: [string, string];
+}
+
+/** Counts over time (requests per bucket and the like): one line each, from zero. */
+export function drawCounts(
+  target: HTMLElement,
+  spec: { x: number[]; series: CountSeries[]; width: number; height?: number },
+): uPlot {
+  const text = css("--muted", "#57606a");
+  const grid = css("--border", "#d0d7de");
+  const axis = { stroke: text, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid } };
+  const options: uPlot.Options = {
+    width: spec.width,
+    height: spec.height ?? 180,
+    legend: { show: false },
+    cursor: { drag: { x: false, y: false } },
+    scales: { x: { time: true }, y: { range: (_u, _min, max) => [0, Math.max(1, max)] } },
+    series: [
+      {},
+      ...spec.series.map((s) => ({
+        label: s.label,
+        stroke: css(s.color[0], s.color[1]),
+        width: 2,
+        points: { show: false },
+      })),
+    ],
+    axes: [{ ...axis }, { ...axis, size: 56 }],
+  };
+  return new uPlot(options, [spec.x, ...spec.series.map((s) => s.values)] as uPlot.AlignedData, target);
+}
