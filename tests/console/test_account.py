@@ -451,3 +451,22 @@ def test_platform_admins_see_hosts_payouts_prices_and_traffic(
     asked = [u for _, u in other_visit.requests if "/analytics/overview" in u]
     assert any("scope=platform" in u and "period=1h" in u for u in asked), asked
     check_a11y(other_visit, "admin: analytics")
+
+    # Users: disabling one ends its sessions at once; enabled again, it signs in.
+    sub.get_by_role("link", name="Users").click()
+    email = creator["user"]["email"]
+    row = admin.locator(f'tr[data-user="{email}"]')
+    expect(row.get_by_test_id("user-status")).to_have_text("active")
+    check_a11y(other_visit, "admin: users")
+    row.get_by_role("button", name=f"Disable {email}").click()
+    row.get_by_role("button", name=f"Confirm: disable {email}").click()
+    expect(row.get_by_test_id("user-status")).to_have_text("disabled")
+    with console_server.http() as http:
+        assert http.get(f"{V1}/auth/me", headers=mine).status_code == 401
+    row.get_by_role("button", name=f"Enable {email}").click()
+    expect(row.get_by_test_id("user-status")).to_have_text("active")
+    with console_server.http() as http:
+        r = http.post(f"{V1}/auth/login", json={"email": email, "password": PASSWORD})
+        assert r.status_code == 200, r.text
+    # The administrator's own row offers nothing to do to oneself.
+    expect(admin.locator('tr[data-user="admin@nefos.local"]')).to_contain_text("you")

@@ -330,6 +330,10 @@ export class Api {
     return this.request<T>("PUT", path, { ...options, body: body ?? {} });
   }
 
+  patch<T>(path: string, body?: unknown, options: RequestOptions = {}): Promise<T> {
+    return this.request<T>("PATCH", path, { ...options, body: body ?? {} });
+  }
+
   private async send(
     method: string,
     path: string,

@@ -22,6 +22,7 @@ export const accountLinks: [string, string][] = [
 /** The platform administrators' area (shown to users with `is_admin` only). */
 export const adminLinks: [string, string][] = [
   ["/admin", "Hosts"],
+  ["/admin/users", "Users"],
   ["/admin/payouts", "Payouts"],
   ["/admin/prices", "Prices"],
   ["/admin/analytics", "Analytics"],
