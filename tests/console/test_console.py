@@ -9,6 +9,7 @@ Every page visited passes axe-core; every API call is in the OpenAPI document
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from playwright.sync_api import expect
@@ -37,6 +38,14 @@ def test_sign_up_lands_on_the_overview_with_the_wallet_and_quota(
     expect(page.get_by_test_id("wallet-balance")).to_contain_text("10.00")
     expect(page.get_by_test_id("containers-total")).to_have_text("0")
     expect(page.get_by_role("heading", name="Quota used")).to_be_visible()
+    # Services, APIs and open alerts beside them; the wallet's 30 days: the sign-up
+    # credit's step from 0.00.
+    expect(page.get_by_test_id("services-total")).to_have_text("0")
+    expect(page.get_by_test_id("apis-total")).to_have_text("0")
+    expect(page.get_by_test_id("alerts-open")).to_have_text("0")
+    trend = page.get_by_test_id("wallet-trend")
+    expect(trend).to_have_attribute("aria-label", re.compile(r"from 0\.00 USD to 10\.00 USD$"))
+    expect(page.get_by_text("30 days: +10.00 USD")).to_be_visible()
     check_a11y(visit, "overview")
 
     # A reload keeps the session (the refresh token renews the in-memory access token)
