@@ -4,9 +4,11 @@ import {
   RANGES,
   cpuAbsolute,
   memoryAbsolute,
-  pointCount,
+  containerPeriod,
+  memoryMbOf,
   shape,
   summarize,
+  usageOf,
   type SeriesPoint,
 } from "../src/lib/series";
 import { allowed, backoffDelays, consoleDelta, memoryLabel } from "../src/lib/vms";
@@ -49,8 +51,26 @@ describe("series shaping", () => {
     const s = shape(points, 3600);
     expect(s.x.length).toBe(720);
     expect(s.avg.includes(null)).toBe(false);
-    const metrics = { metrics: { cpu_percent: points, memory_percent: points } };
-    expect(pointCount(metrics as never, ["cpu_percent", "memory_percent"])).toBe(1440);
+    const metrics = {
+      resolution: "1h",
+      step_seconds: 3600,
+      metrics: { cpu_percent: points, memory_percent: points, memory_bytes: points },
+    };
+    const usage = usageOf(metrics as never);
+    expect(usage.cpu.length + usage.memory.length).toBe(1440);
+    expect(usage.resolution).toBe("1h");
+  });
+  it("a container's memory limit in MiB, as nefos.domain.units reads it", () => {
+    expect(memoryMbOf("512m")).toBe(512);
+    expect(memoryMbOf("1Gi")).toBe(1024);
+    expect(memoryMbOf("256")).toBe(256);
+    expect(memoryMbOf("1gb")).toBeCloseTo(953.67, 2);
+    expect(memoryMbOf("")).toBeNull();
+    expect(memoryMbOf(undefined)).toBeNull();
+    expect(memoryMbOf("12 parsecs")).toBeNull();
+  });
+  it("a container's period for each range", () => {
+    expect(RANGES.map((r) => containerPeriod(r.hours))).toEqual(["1h", "24h", "7d", "30d"]);
   });
 });
 

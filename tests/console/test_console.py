@@ -107,6 +107,15 @@ def test_create_a_container_watch_it_run_live_then_delete_it(
         "data-status", "running", timeout=UI_TIMEOUT_MS
     )
     assert page.evaluate("() => window.__sameDocument === true")
+    # Its graphs: the hour's from one request, the day's from another.
+    graphs = page.locator("section.graphs")
+    expect(page.get_by_test_id("cpu-graph").locator("canvas")).to_have_count(1)
+    expect(page.get_by_test_id("memory-graph").locator("canvas")).to_have_count(1)
+    page.get_by_role("button", name="Day").click()
+    expect(page.get_by_role("button", name="Day")).to_have_attribute("aria-pressed", "true")
+    expect(graphs).to_have_attribute("data-resolution", re.compile(r"^(raw|1m|1h)$"))
+    asked = [url for _, url in visit.requests if re.search(r"/containers/[^/]+/metrics", url)]
+    assert [u.rsplit("period=", 1)[-1] for u in asked] == ["1h", "24h"], asked
     check_a11y(visit, "container detail")
 
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Containers").click()

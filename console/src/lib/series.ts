@@ -105,7 +105,57 @@ export function memoryAbsolute(percent: number, memoryMb: number): number {
   return (percent / 100) * memoryMb * 1024 * 1024;
 }
 
-/** The points of every series of a response: what the budget counts. */
-export function pointCount(metrics: VmMetrics, names: string[]): number {
-  return names.reduce((n, name) => n + (metrics.metrics[name]?.length ?? 0), 0);
+/** What a graph of CPU and memory draws, whoever's metrics they are. */
+export interface Usage {
+  resolution: string;
+  step_seconds: number;
+  cpu: SeriesPoint[];
+  memory: SeriesPoint[];
+}
+
+/** A VM's or a host's metrics (cpu_percent, memory_percent) as a graph's usage. */
+export function usageOf(metrics: VmMetrics): Usage {
+  return {
+    resolution: metrics.resolution,
+    step_seconds: metrics.step_seconds,
+    cpu: metrics.metrics.cpu_percent ?? [],
+    memory: metrics.metrics.memory_percent ?? [],
+  };
+}
+
+/** The container metrics' period for a graph's range (seed 004's 1h, 24h, 7d, 30d). */
+export function containerPeriod(hours: number): string {
+  return hours <= 1 ? "1h" : hours <= 24 ? "24h" : hours <= 24 * 7 ? "7d" : "30d";
+}
+
+const MEMORY_UNITS: Record<string, number> = {
+  b: 1,
+  k: 1000,
+  kb: 1000,
+  ki: 1024,
+  kib: 1024,
+  m: 1024 ** 2,
+  mb: 1000 ** 2,
+  mi: 1024 ** 2,
+  mib: 1024 ** 2,
+  g: 1024 ** 3,
+  gb: 1000 ** 3,
+  gi: 1024 ** 3,
+  gib: 1024 ** 3,
+  t: 1024 ** 4,
+  tb: 1000 ** 4,
+  ti: 1024 ** 4,
+  tib: 1024 ** 4,
+};
+
+/** A container's memory limit as the API keeps it ("512m", "1Gi", "256": MiB) in MiB;
+ * null when there is none or it cannot be read (nefos.domain.units's units). */
+export function memoryMbOf(text: string | null | undefined): number | null {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(text ?? "");
+  if (!m) return null;
+  const unit = m[2].toLowerCase();
+  const scale = unit === "" ? 1024 ** 2 : MEMORY_UNITS[unit];
+  if (scale === undefined) return null;
+  const mb = (Number(m[1]) * scale) / 1024 ** 2;
+  return mb > 0 ? mb : null;
 }
