@@ -280,6 +280,13 @@ async def test_a_busy_container_reports_cpu_and_its_traffic(
         assert set(event.data["metrics"]) >= {"cpu_usage", "memory_usage", "network_io"}
         assert event.data["metrics"]["network_io"].endswith("/s")
 
+        # The list: each container's last figures, the event's, with their time.
+        listed = await api.call("GET", "/containers")
+        usage = next(c for c in listed["items"] if c["id"] == cid)["usage"]
+        assert usage is not None and usage["sampled_at"].endswith("Z")
+        assert set(usage) == set(event.data["metrics"]) | {"sampled_at"}
+        assert usage["memory_bytes"] > 0 and usage["network_io"].endswith("/s")
+
         # GET /containers/{id}/metrics, seed 004's shape exactly.
         data = await api.call("GET", f"/containers/{cid}/metrics?period=1h")
         assert data["container_id"] == cid and data["resolution"] == "raw"
@@ -360,6 +367,9 @@ async def test_a_running_vm_and_its_host_report_metrics(
         assert {Metric.NET_RX_BPS, Metric.DISK_READ_BPS, Metric.DISK_WRITE_BPS} <= set(values)
         event = await eventually(lambda: _next_for(told, "vm_id", vm_id), "a metrics_update")
         assert event.project_id == user.project_id
+        listed = await api.call("GET", "/vms")
+        usage = next(v for v in listed["items"] if v["id"] == vm_id)["usage"]
+        assert usage is not None and 0 < usage["memory_bytes"] <= 128 * 1024**2
 
         got = await api.call("GET", f"/monitoring/vm-metrics/{vm_id}", params={"hours": 1})
         assert got["vm_id"] == vm_id and got["resolution"] == "raw" and got["hours"] == 1

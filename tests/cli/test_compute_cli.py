@@ -118,7 +118,9 @@ def test_container_lifecycle_with_wait(cli, user, admin_cli, podman):
     assert f"{PODMAN_HOSTNAME}:{endpoint['host_port']} -> 8080/tcp" in shown
     assert "cpu" in shown and "% of limit" in shown
     assert "nefos test page" in fetch(endpoint["host_port"])
-    assert name in _ok(cli("container", "list", "--status", "running"))
+    listed = _ok(cli("container", "list", "--status", "running"))
+    assert name in listed and "CPU" in listed and "MEM" in listed  # the collector's figures
+    assert "usage" in container
 
     logs = cli("container", "logs", cid, "--tail", "20")
     assert logs.exit_code == 0, logs.stderr

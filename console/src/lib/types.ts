@@ -13,6 +13,7 @@ export interface Container {
   created_at: string;
   project_id: string;
   resources?: Record<string, string>;
+  usage?: UsageNow | null;
 }
 
 export interface Vm {
@@ -535,7 +536,19 @@ export interface SignIn {
 }
 
 /** A VM as GET /vms/{id} gives it (Vm above is the overview's subset). */
+/** The collector's last figures of a VM or a container, in their lists. */
+export interface UsageNow {
+  cpu_usage: number;
+  memory_usage: number;
+  memory_bytes: number;
+  network_io: string;
+  net_rx_bps: number;
+  net_tx_bps: number;
+  sampled_at: string;
+}
+
 export interface VmRecord extends Vm {
+  usage?: UsageNow | null;
   project_id: string;
   host_id: string | null;
   image_id: string;

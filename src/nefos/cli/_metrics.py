@@ -75,3 +75,14 @@ def series_table(series: Mapping[str, Sequence[float]], *, title: str | None = N
 
 def values_of(points: Sequence[Any]) -> list[float]:
     return [float(p.value) for p in points]
+
+
+def usage_cpu(item: Any) -> str:
+    """A listed VM's or container's CPU from its ``usage`` (the collector's last pass)."""
+    usage = getattr(item, "usage", None)
+    return "-" if usage is None else f"{usage.cpu_usage:.1f}%"
+
+
+def usage_memory(item: Any) -> str:
+    usage = getattr(item, "usage", None)
+    return "-" if usage is None else f"{_bytes(usage.memory_bytes)} ({usage.memory_usage:.0f}%)"

@@ -29,7 +29,7 @@ from nefos.cli._common import (
     stdout,
     wait_for,
 )
-from nefos.cli._metrics import series_table, values_of
+from nefos.cli._metrics import series_table, usage_cpu, usage_memory, values_of
 from nefos.schemas.compute import (
     ContainerAccepted,
     ContainerPublic,
@@ -59,6 +59,8 @@ CONTAINER_COLUMNS: list[Column] = [
     ("IMAGE", "image"),
     ("STATUS", "status"),
     ("RUNNING", _running),
+    ("CPU", usage_cpu),
+    ("MEM", usage_memory),
     ("PORTS", "ports"),
 ]
 

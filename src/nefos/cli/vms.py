@@ -24,7 +24,7 @@ from nefos.cli._common import (
     stdout,
     wait_for,
 )
-from nefos.cli._metrics import series_table, values_of
+from nefos.cli._metrics import series_table, usage_cpu, usage_memory, values_of
 from nefos.schemas.vms import VmAccepted
 from nefos.sdk import Client
 
@@ -48,6 +48,8 @@ VM_COLUMNS: list[Column] = [
     ("STATUS", "status"),
     ("CPU", "cpu_cores"),
     ("MEMORY", lambda v: f"{v.memory_mb} MiB"),
+    ("CPU USE", usage_cpu),
+    ("MEM USE", usage_memory),
     ("DISK", lambda v: f"{v.storage_gb} GB"),
     ("OS", lambda v: f"{v.os_type} {v.os_version}".strip() or "-"),
     ("IP", "ip_address"),

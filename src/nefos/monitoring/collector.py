@@ -33,13 +33,12 @@ from sqlalchemy import select
 from nefos.config import Settings
 from nefos.db.models import Container, ContainerReplica, Host, Vm
 from nefos.db.session import Database
-from nefos.domain.units import human_rate
 from nefos.drivers.base import ComputeDriver, HostUsage, InstanceCounters
 from nefos.drivers.libvirt import domain_name
 from nefos.events import Event, EventType, make
 from nefos.events.bus import EventBus
 from nefos.monitoring.store import MetricStore
-from nefos.monitoring.types import Metric, ResourceKind, Sample, SampleListener
+from nefos.monitoring.types import Metric, ResourceKind, Sample, SampleListener, usage_figures
 
 log = logging.getLogger("nefos.monitoring")
 
@@ -360,21 +359,10 @@ def metrics_event(
     """Seed 004's ``metrics_update``: ``{container_id | vm_id, metrics: {cpu_usage,
     memory_usage, network_io}}`` (usage in %, network as a rate string), plus the
     raw numbers."""
-    values = {s.metric: s.value for s in samples}
-    network = values.get(Metric.NET_RX_BPS, 0.0) + values.get(Metric.NET_TX_BPS, 0.0)
+    values = {str(s.metric): s.value for s in samples}
     key = "container_id" if kind is ResourceKind.CONTAINER else "vm_id"
     return make(
         EventType.METRICS,
-        {
-            key: resource_id,
-            "metrics": {
-                "cpu_usage": round(values.get(Metric.CPU_PERCENT, 0.0), 2),
-                "memory_usage": round(values.get(Metric.MEMORY_PERCENT, 0.0), 2),
-                "network_io": human_rate(network),
-                "memory_bytes": int(values.get(Metric.MEMORY_BYTES, 0)),
-                "net_rx_bps": round(values.get(Metric.NET_RX_BPS, 0.0), 1),
-                "net_tx_bps": round(values.get(Metric.NET_TX_BPS, 0.0), 1),
-            },
-        },
+        {key: resource_id, "metrics": usage_figures(values)},
         project_id=project_id,
     )

@@ -308,21 +308,31 @@ class MetricStore:
             if n:
                 out.points[metric].append(Point(bucket * 1000, total / n, highest))
 
-    async def latest(self, within: timedelta, now: datetime | None = None) -> list[Row]:
+    async def latest(
+        self,
+        within: timedelta,
+        now: datetime | None = None,
+        *,
+        resource_ids: Sequence[str] | None = None,
+    ) -> list[Row]:
         """The newest raw sample of every (resource, metric) stamped in the last
-        ``within``: what the Prometheus exposition shows."""
+        ``within``: what the Prometheus exposition shows; of ``resource_ids`` only
+        when given (a page of a list: the primary key's prefix)."""
+        if resource_ids is not None and not resource_ids:
+            return []
         since = epoch_ms((now or datetime.now(UTC)) - within)
+        query = select(
+            MetricSample.resource_id,
+            MetricSample.metric,
+            MetricSample.ts,
+            MetricSample.kind,
+            MetricSample.project_id,
+            MetricSample.value,
+        ).where(MetricSample.ts >= since)
+        if resource_ids is not None:
+            query = query.where(MetricSample.resource_id.in_(list(resource_ids)))
         async with self.db.sessionmaker() as session:
-            rows = await session.execute(
-                select(
-                    MetricSample.resource_id,
-                    MetricSample.metric,
-                    MetricSample.ts,
-                    MetricSample.kind,
-                    MetricSample.project_id,
-                    MetricSample.value,
-                ).where(MetricSample.ts >= since)
-            )
+            rows = await session.execute(query)
             newest: dict[tuple[str, str], Row] = {}
             for r in rows:
                 row: Row = (r[0], r[1], r[2], r[3], r[4], r[5])

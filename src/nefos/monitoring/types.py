@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
+
+from nefos.domain.units import human_rate
 
 
 class ResourceKind(StrEnum):
@@ -25,6 +27,21 @@ class Metric(StrEnum):
     NET_TX_BPS = "net_tx_bps"  # network bytes out per second
     DISK_READ_BPS = "disk_read_bps"
     DISK_WRITE_BPS = "disk_write_bps"
+
+
+def usage_figures(values: Mapping[str, float]) -> dict[str, Any]:
+    """One pass's samples of a VM or a container as seed 004's ``metrics_update``
+    figures (usage in %, network as a rate string) and the raw numbers: what the
+    event carries and what lists show as ``usage``."""
+    network = values.get(Metric.NET_RX_BPS, 0.0) + values.get(Metric.NET_TX_BPS, 0.0)
+    return {
+        "cpu_usage": round(values.get(Metric.CPU_PERCENT, 0.0), 2),
+        "memory_usage": round(values.get(Metric.MEMORY_PERCENT, 0.0), 2),
+        "network_io": human_rate(network),
+        "memory_bytes": int(values.get(Metric.MEMORY_BYTES, 0)),
+        "net_rx_bps": round(values.get(Metric.NET_RX_BPS, 0.0), 1),
+        "net_tx_bps": round(values.get(Metric.NET_TX_BPS, 0.0), 1),
+    }
 
 
 #: Metrics in bytes (rates: bytes per second); the rest of Metric are percents.

@@ -11,6 +11,7 @@ from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from nefos.domain.units import parse_cpu_milli, parse_memory_mb, parse_port, parse_storage_gb
 from nefos.schemas.common import Id, Pagination, Request
+from nefos.schemas.monitoring import UsageNow
 
 # --- hosts -----------------------------------------------------------------------------
 HostDriver = Literal["docker", "libvirt", "sim"]
@@ -335,6 +336,11 @@ class ContainerPublic(BaseModel):
     )
     replica_states: list[ReplicaPublic] = []
     metrics: ContainerMetrics | None = None
+    usage: UsageNow | None = Field(
+        None,
+        description="In lists: the collector's last figures (CPU and memory in % of the "
+        "limits, network), null when it has none from its last few passes.",
+    )
     created_at: datetime
     updated_at: datetime
 

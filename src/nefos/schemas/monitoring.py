@@ -19,6 +19,19 @@ class NetworkPoint(BaseModel):
     bytes_out: int = Field(description="Bytes sent per second.")
 
 
+class UsageNow(BaseModel):
+    """A VM's or a container's figures from the collector's last pass (as its
+    ``metrics_update``)."""
+
+    cpu_usage: float = Field(description="% of its CPU (a VM's vCPUs, a container's limit).")
+    memory_usage: float = Field(description="% of its memory (a container's: of its limit).")
+    memory_bytes: int
+    network_io: str = Field(examples=["1.2MB/s"], description="In and out, per second.")
+    net_rx_bps: float = Field(description="Network bytes in per second.")
+    net_tx_bps: float = Field(description="Network bytes out per second.")
+    sampled_at: str = Field(description="ISO 8601 UTC: the pass's time.")
+
+
 class _Series(BaseModel):
     hours: int
     start: str

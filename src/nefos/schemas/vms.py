@@ -12,6 +12,7 @@ from pydantic import AfterValidator, BaseModel, Field, field_validator, model_va
 
 from nefos.schemas.common import Id, Request
 from nefos.schemas.compute import OperationRef
+from nefos.schemas.monitoring import UsageNow
 
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 _OS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
@@ -266,6 +267,11 @@ class VmPublic(BaseModel):
     status_reason: str | None
     created_at: datetime
     updated_at: datetime
+    usage: UsageNow | None = Field(
+        None,
+        description="In lists: the collector's last figures (CPU and memory use, network), "
+        "null when it has none from its last few passes (a VM not running).",
+    )
 
 
 class VmAccepted(BaseModel):

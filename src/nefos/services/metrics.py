@@ -15,7 +15,7 @@ from nefos.domain.errors import NotFound
 from nefos.domain.units import human_rate
 from nefos.monitoring.prometheus import HOST_FAMILIES, INSTANCE_FAMILIES, Exposition
 from nefos.monitoring.store import Row, Series, from_ms
-from nefos.monitoring.types import Metric, ResourceKind
+from nefos.monitoring.types import Metric, ResourceKind, usage_figures
 from nefos.services.analytics import request_totals
 from nefos.services.core import Core
 from nefos.services.principal import Principal, visible_org_ids
@@ -134,10 +134,23 @@ class MetricsService:
         }
 
     # --- the platform now -------------------------------------------------------------
-    async def _latest(self) -> list[Row]:
+    async def usage_now(self, resource_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The last collector pass's figures of each of these VMs or containers that
+        one stamped lately (``usage`` in their lists), with its time; one query."""
+        rows = await self._latest(resource_ids)
+        values: dict[str, dict[str, float]] = {}
+        stamped: dict[str, int] = {}
+        for resource_id, metric, ts, _kind, _project, value in rows:
+            values.setdefault(resource_id, {})[metric] = value
+            stamped[resource_id] = max(stamped.get(resource_id, 0), ts)
+        return {
+            rid: {**usage_figures(v), "sampled_at": iso(stamped[rid])} for rid, v in values.items()
+        }
+
+    async def _latest(self, resource_ids: Sequence[str] | None = None) -> list[Row]:
         # Three intervals: a host that answered in one of the last passes still counts.
         within = timedelta(seconds=max(self.core.settings.metrics_interval * 3, 30))
-        return await self.core.metrics.latest(within)
+        return await self.core.metrics.latest(within, resource_ids=resource_ids)
 
     async def _counts(self, model: Any, projects: set[str] | None = None) -> dict[str, int]:
         query = select(model.status, func.count()).group_by(model.status)

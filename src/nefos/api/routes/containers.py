@@ -35,6 +35,7 @@ from nefos.schemas.compute import (
 )
 from nefos.services.containers import ContainerService, operation_url, replica_view
 from nefos.services.endpoints import endpoint_url, target_port
+from nefos.services.metrics import MetricsService
 from nefos.services.principal import resolve_project
 
 router = APIRouter(prefix="/containers", tags=["containers"])
@@ -55,6 +56,7 @@ def container_public(
     replicas: list[ContainerReplica] | None = None,
     hosts: dict[str, Host] | None = None,
     metrics: dict[str, Any] | None = None,
+    usage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     endpoint = None
     if settings.ingress_enabled and target_port(c.ports) is not None:
@@ -81,6 +83,8 @@ def container_public(
         data.update(replica_view(c, replicas, hosts or {}))
     if metrics is not None:
         data["metrics"] = metrics
+    if usage is not None:
+        data["usage"] = usage
     return ContainerPublic.model_validate(data).model_dump(mode="json", exclude_none=False)
 
 
@@ -126,7 +130,10 @@ async def list_containers(
         project, params, status=status or status_filter, user_id=user_id
     )
     replicas = await service.replicas([c.id for c in rows])
-    items = [container_public(core.settings, c, replicas[c.id]) for c in rows]
+    usage = await MetricsService(core, session).usage_now([c.id for c in rows])
+    items = [
+        container_public(core.settings, c, replicas[c.id], usage=usage.get(c.id)) for c in rows
+    ]
     return listing(items, "containers", total, params)
 
 

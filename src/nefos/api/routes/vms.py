@@ -33,6 +33,7 @@ from nefos.schemas.vms import (
     VmUpdate,
     VmUpdated,
 )
+from nefos.services.metrics import MetricsService
 from nefos.services.principal import resolve_project
 from nefos.services.vms import VmService, op_ref, vm_public
 
@@ -74,7 +75,8 @@ async def list_vms(
     rows, total = await VmService(core, session).list_page(
         project, params, status=status or status_filter
     )
-    items = [VmPublic.model_validate(vm_public(v)) for v in rows]
+    usage = await MetricsService(core, session).usage_now([v.id for v in rows])
+    items = [VmPublic.model_validate({**vm_public(v), "usage": usage.get(v.id)}) for v in rows]
     return listing(items, "vms", total, params)
 
 
