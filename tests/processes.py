@@ -16,7 +16,8 @@ import httpx
 
 from tests.conftest import ADMIN_PASSWORD, GENEROUS_LIMITS, free_port
 
-_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
+# Looked up before any fork; Linux only (elsewhere children are not tied to us).
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
 PR_SET_PDEATHSIG = 1
 
 
@@ -29,6 +30,8 @@ def dies_with_us() -> Callable[[], None]:
     parent = os.getpid()
 
     def preexec() -> None:
+        if _prctl is None:
+            return
         _prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
         if os.getppid() != parent:  # the parent ended before the line above
             os.kill(os.getpid(), signal.SIGKILL)

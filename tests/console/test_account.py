@@ -414,6 +414,7 @@ def test_platform_admins_see_hosts_payouts_prices_and_traffic(
         expect(row).to_contain_text(_money(network["unit_price"], network["currency"]))
         row.get_by_role("button", name="Change the price of network_gb").click()
         editor = admin.get_by_test_id("price-editor")
+        expect(admin.get_by_test_id("price-history").locator("tbody tr")).to_have_count(1)
         editor.get_by_label(re.compile("^New price")).fill("-1")
         editor.get_by_role("button", name="Set the price from now on").click()
         expect(editor.get_by_role("alert")).to_be_visible()

@@ -9,7 +9,7 @@ export interface LedgerPoint {
 }
 
 export interface Trend {
-  /** The balance when the window opened (before its first entry). */
+  /** The balance when the window opened. */
   first: string;
   /** The balance now less `first`, signed ("-12.50", "30.00"). */
   change: string;
@@ -33,17 +33,31 @@ function decimal(v: bigint, n: number): string {
   return negative ? `-${text}` : text;
 }
 
-/** `entries` newest first, as `GET /wallet/ledger` gives them; `since` and `now` in ms. */
-export function trend(entries: LedgerPoint[], balance: string, since: number, now: number = Date.now()): Trend {
+/**
+ * `entries`: the window's, newest first, as `GET /wallet/ledger` gives them (the
+ * newest page of them: a busy wallet has more than one page a month, and the line
+ * then starts at the oldest one read); `opening`: the balance when the window opened
+ * (the `balance_after` of the last entry before it; "0" when there is none, as every
+ * wallet starts empty); `since` and `now` in ms.
+ */
+export function trend(
+  entries: LedgerPoint[],
+  balance: string,
+  opening: string,
+  since: number,
+  now: number = Date.now(),
+): Trend {
   const chronological = entries
     .map((e) => ({ ...e, t: Date.parse(e.created_at) }))
     .filter((e) => Number.isFinite(e.t))
     .reverse();
-  const n = Math.max(places(balance), ...chronological.flatMap((e) => [places(e.amount), places(e.balance_after)]));
+  const n = Math.max(
+    places(balance),
+    places(opening),
+    ...chronological.flatMap((e) => [places(e.amount), places(e.balance_after)]),
+  );
   const current = scaled(balance, n);
-  const start = chronological.length
-    ? scaled(chronological[0].balance_after, n) - scaled(chronological[0].amount, n)
-    : current;
+  const start = scaled(opening, n);
   // A step line: the balance holds until the next entry moves it.
   const samples: [number, bigint][] = [[since, start]];
   let held = start;

@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, literal, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.db.models import MetricRollupHour, MetricRollupMinute, MetricSample
 from nefos.db.session import WRITE_OPTION, Database
@@ -314,10 +315,13 @@ class MetricStore:
         now: datetime | None = None,
         *,
         resource_ids: Sequence[str] | None = None,
+        session: AsyncSession | None = None,
     ) -> list[Row]:
         """The newest raw sample of every (resource, metric) stamped in the last
         ``within``: what the Prometheus exposition shows; of ``resource_ids`` only
-        when given (a page of a list: the primary key's prefix)."""
+        when given (a page of a list: the primary key's prefix). On ``session`` when
+        given (a request's own: not a second connection from the pool for one
+        request), else on one of its own."""
         if resource_ids is not None and not resource_ids:
             return []
         since = epoch_ms((now or datetime.now(UTC)) - within)
@@ -331,12 +335,15 @@ class MetricStore:
         ).where(MetricSample.ts >= since)
         if resource_ids is not None:
             query = query.where(MetricSample.resource_id.in_(list(resource_ids)))
-        async with self.db.sessionmaker() as session:
-            rows = await session.execute(query)
-            newest: dict[tuple[str, str], Row] = {}
-            for r in rows:
-                row: Row = (r[0], r[1], r[2], r[3], r[4], r[5])
-                seen = newest.get((row[0], row[1]))
-                if seen is None or seen[2] < row[2]:
-                    newest[(row[0], row[1])] = row
+        if session is not None:
+            rows = (await session.execute(query)).all()
+        else:
+            async with self.db.sessionmaker() as own:
+                rows = (await own.execute(query)).all()
+        newest: dict[tuple[str, str], Row] = {}
+        for r in rows:
+            row: Row = (r[0], r[1], r[2], r[3], r[4], r[5])
+            seen = newest.get((row[0], row[1]))
+            if seen is None or seen[2] < row[2]:
+                newest[(row[0], row[1])] = row
         return list(newest.values())

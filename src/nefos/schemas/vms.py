@@ -270,7 +270,8 @@ class VmPublic(BaseModel):
     usage: UsageNow | None = Field(
         None,
         description="In lists: the collector's last figures (CPU and memory use, network), "
-        "null when it has none from its last few passes (a VM not running).",
+        "null when none of its last few passes sampled the VM (a VM stopped a moment "
+        "ago keeps its last figures until then).",
     )
 
 

@@ -137,7 +137,7 @@ class MetricsService:
     async def usage_now(self, resource_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The last collector pass's figures of each of these VMs or containers that
         one stamped lately (``usage`` in their lists), with its time; one query."""
-        rows = await self._latest(resource_ids)
+        rows = await self._latest(resource_ids, session=self.session)
         values: dict[str, dict[str, float]] = {}
         stamped: dict[str, int] = {}
         for resource_id, metric, ts, _kind, _project, value in rows:
@@ -147,10 +147,12 @@ class MetricsService:
             rid: {**usage_figures(v), "sampled_at": iso(stamped[rid])} for rid, v in values.items()
         }
 
-    async def _latest(self, resource_ids: Sequence[str] | None = None) -> list[Row]:
+    async def _latest(
+        self, resource_ids: Sequence[str] | None = None, session: AsyncSession | None = None
+    ) -> list[Row]:
         # Three intervals: a host that answered in one of the last passes still counts.
         within = timedelta(seconds=max(self.core.settings.metrics_interval * 3, 30))
-        return await self.core.metrics.latest(within, resource_ids=resource_ids)
+        return await self.core.metrics.latest(within, resource_ids=resource_ids, session=session)
 
     async def _counts(self, model: Any, projects: set[str] | None = None) -> dict[str, int]:
         query = select(model.status, func.count()).group_by(model.status)
