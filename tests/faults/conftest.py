@@ -34,6 +34,7 @@ from sqlalchemy import func, select
 from nefos.api.app import create_app
 from nefos.config import Settings
 from nefos.db.models import Container, ContainerReplica, Host, Operation
+from nefos.services.containers import LABEL_INSTALLATION
 from nefos.services.users import UserService
 from tests.conftest import (
     ADMIN_PASSWORD,
@@ -312,13 +313,23 @@ class Nefos:
 
     async def assert_converged(self) -> list[dict[str, Any]]:
         """Every replica row has exactly one engine container, named after it and
-        running, and every Nefos-made engine container has a replica row (no orphans;
-        the engine is the fault tests' own, so everything on it counts)."""
+        running, and every engine container of this test's installations has a replica
+        row (no orphans).
+
+        Only this test's installations count: a container an earlier test's engine call
+        was still making when that test ended (a thread finishing a create after its
+        app stopped, or after the lab's clean-up) is that installation's orphan, for
+        its own reconciler, not this test's."""
         async with self.core.db.sessionmaker() as session:
             rows = (
                 await session.execute(select(ContainerReplica.id, ContainerReplica.state))
             ).all()
-        found = [c for c in self.lab.podman.containers(None) if c["name"] not in self.lab.foreign]
+        mine = self.lab.installations()
+        found = [
+            c
+            for c in self.lab.podman.containers(None)
+            if c["name"] not in self.lab.foreign and c["labels"].get(LABEL_INSTALLATION) in mine
+        ]
         names = sorted(c["name"] for c in found)
         assert names == sorted(f"nefos-{r.id}" for r in rows), (names, rows)
         assert sorted(c["labels"]["nefos.id"] for c in found) == sorted(r.id for r in rows)
@@ -341,13 +352,18 @@ class Lab:
         """A fresh database (the factory runs its own loop: call it off this one)."""
         return await asyncio.to_thread(self.databases.new_url)
 
+    def installation(self, url: str) -> str:
+        """The installation id of the apps on ``url`` (apps on one database are one
+        installation: a restart is the same Nefos, and reaps the same orphans)."""
+        return self._installations.setdefault(url, new_installation_id())
+
+    def installations(self) -> set[str]:
+        return set(self._installations.values())
+
     def settings(self, url: str, **overrides: Any) -> Settings:
         self._n += 1
-        # Apps on one database are one installation (a restart is the same Nefos),
-        # so they recognise, and reap, each other's orphans.
-        installation = self._installations.setdefault(url, new_installation_id())
         values: dict[str, Any] = {
-            "installation_id": installation,
+            "installation_id": self.installation(url),
             "reconcile_interval": 3600.0,
             "host_check_interval": 3600.0,
             "host_timeout": 5.0,

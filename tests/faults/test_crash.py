@@ -161,6 +161,7 @@ async def test_sigkill_mid_way_then_restart_converges(lab: Lab, tmp_path: Path) 
     env.update(
         {
             "NEFOS_DATABASE_URL": url,
+            "NEFOS_INSTALLATION_ID": lab.installation(url),
             "NEFOS_DATA_DIR": str(tmp_path / "data"),
             "NEFOS_HOST": "127.0.0.1",
             "NEFOS_PORT": str(free_port()),
