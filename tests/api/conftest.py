@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import uuid
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from nefos.domain.access import Role
@@ -180,3 +182,56 @@ def fuzz_server(
     )
     with LiveServer(settings) as server:
         yield server
+
+
+class Follow:
+    """A followed log (``GET /apis/{id}/logs?follow=true``, ``GET /containers/{id}/logs
+    ?follow=true``) driven as ASGI, so that each line is read
+    as the server sends it, and the client leaves (``http.disconnect``) when done."""
+
+    def __init__(self, app: Any, path: str, query: str, headers: dict[str, str]) -> None:
+        self.lines: list[dict[str, Any]] = []
+        self.status = 0
+        self.started = asyncio.Event()
+        self.arrived = asyncio.Event()
+        self.leave = asyncio.Event()
+        self._buffer = b""
+        self._asked = False
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": query.encode(),
+            "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+            + [(b"host", b"nefos.test")],
+            "server": ("nefos.test", 80),
+            "client": ("203.0.113.7", 40000),
+            "root_path": "",
+        }
+        self.task = asyncio.create_task(app(scope, self._receive, self._send))
+
+    async def _receive(self) -> dict[str, Any]:
+        if not self._asked:
+            self._asked = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await self.leave.wait()
+        return {"type": "http.disconnect"}
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.started.set()
+        elif message["type"] == "http.response.body":
+            self._buffer += message.get("body", b"")
+            *whole, self._buffer = self._buffer.split(b"\n")
+            self.lines += [orjson.loads(line) for line in whole if line]
+            if self.lines:
+                self.arrived.set()
+
+    async def close(self) -> None:
+        self.leave.set()
+        await asyncio.wait_for(self.task, 30)  # a deadline, not a measure

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 from sqlalchemy import func, select
 
@@ -24,6 +23,7 @@ from nefos.config import Settings
 from nefos.db.models import ApiCall, UsageAlert, WebhookDelivery
 from nefos.db.types import utcnow
 from nefos.services.subscriptions import EventView
+from tests.api.conftest import Follow
 from tests.api.test_apis import api_body
 from tests.api.test_containers import Api, assert_error, engine_containers
 from tests.api.test_gateway import subscribe
@@ -60,58 +60,6 @@ async def app(usage_settings: Settings) -> AsyncIterator[Any]:
     async with application.router.lifespan_context(application):
         await application.state.webhooks.stop()
         yield application
-
-
-class Follow:
-    """``GET /apis/{id}/logs?follow=true`` driven as ASGI, so that each line is read
-    as the server sends it, and the client leaves (``http.disconnect``) when done."""
-
-    def __init__(self, app: Any, path: str, query: str, headers: dict[str, str]) -> None:
-        self.lines: list[dict[str, Any]] = []
-        self.status = 0
-        self.started = asyncio.Event()
-        self.arrived = asyncio.Event()
-        self.leave = asyncio.Event()
-        self._buffer = b""
-        self._asked = False
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": query.encode(),
-            "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-            + [(b"host", b"nefos.test")],
-            "server": ("nefos.test", 80),
-            "client": ("203.0.113.7", 40000),
-            "root_path": "",
-        }
-        self.task = asyncio.create_task(app(scope, self._receive, self._send))
-
-    async def _receive(self) -> dict[str, Any]:
-        if not self._asked:
-            self._asked = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await self.leave.wait()
-        return {"type": "http.disconnect"}
-
-    async def _send(self, message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-            self.started.set()
-        elif message["type"] == "http.response.body":
-            self._buffer += message.get("body", b"")
-            *whole, self._buffer = self._buffer.split(b"\n")
-            self.lines += [orjson.loads(line) for line in whole if line]
-            if self.lines:
-                self.arrived.set()
-
-    async def close(self) -> None:
-        self.leave.set()
-        await asyncio.wait_for(self.task, 30)  # a deadline, not a measure
 
 
 async def calls_of(app: Any, subscription_id: str) -> list[ApiCall]:

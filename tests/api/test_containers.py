@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from nefos.db.session import begin_write
 from nefos.domain.publishing import PublishPolicy
 from nefos.operations import queue
 from nefos.services.users import UserService
+from tests.api.conftest import Follow
 from tests.conftest import (
     ADMIN_PASSWORD,
     TEST_IMAGE,
@@ -327,6 +329,69 @@ async def test_command_as_a_string_and_its_output_in_the_logs(client, register, 
 
     await eventually(said, "the command's output shows in the logs")
     await serves(c["endpoints"][0]["host_port"])
+    await api.delete(c["id"])
+
+
+async def test_logs_follow_and_by_time(app, client, register, podman_host):
+    """`follow=true` streams the lines a replica writes, with its slot and time; the
+    same lines are found again by `since`/`until`, each after its time."""
+    api = Api(client, await register())
+    c = await api.created(seed_body("followed"))
+    logs = f"/containers/{c['id']}/logs"
+    follow = Follow(app, V1 + logs, "follow=true&seconds=120", api.who.headers)
+    await asyncio.wait_for(follow.started.wait(), 30)
+    assert follow.status == 200
+    (engine,) = engine_containers(c["id"])
+    marker = f"nefos-followed-{uuid.uuid4().hex[:8]}"
+    said = await asyncio.to_thread(engine.exec_run, ["sh", "-c", f"echo {marker} > /proc/1/fd/1"])
+    assert said.exit_code == 0, said.output
+
+    async def written() -> None:
+        while not any(x["line"] == marker for x in follow.lines):
+            follow.arrived.clear()
+            await follow.arrived.wait()
+
+    await asyncio.wait_for(written(), 60)  # a deadline, not a measure
+    await follow.close()
+    [line] = [x for x in follow.lines if x["line"] == marker]
+    assert line["replica"] == 0 and line["time"].startswith(str(time.gmtime().tm_year))
+
+    # By time: within a window around it, each line after its time; not before it.
+    at = datetime.fromisoformat(line["time"][:19] + "+00:00")
+    window = {"timestamps": "true", "since": (at - timedelta(seconds=2)).isoformat()}
+    within = await api.call(
+        "GET", logs, params={**window, "until": (at + timedelta(seconds=2)).isoformat()}
+    )
+    [stamped] = [x for x in within["logs"].splitlines() if x.endswith(marker)]
+    assert stamped.startswith(line["time"][:19])
+    before = await api.call("GET", logs, params={"until": (at - timedelta(seconds=2)).isoformat()})
+    assert marker not in before["logs"]
+
+    # Bad asks: an empty window, a followed log with an end, a replica not there.
+    empty = {"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"}
+    assert_error(
+        await client.get(V1 + logs, params=empty, headers=api.who.headers), 422, "VALIDATION_ERROR"
+    )
+    endless = {"follow": "true", "until": "2030-01-01T00:00:00Z"}
+    assert_error(
+        await client.get(V1 + logs, params=endless, headers=api.who.headers),
+        422,
+        "VALIDATION_ERROR",
+    )
+    gone = {"follow": "true", "replica": 5}
+    assert_error(
+        await client.get(V1 + logs, params=gone, headers=api.who.headers), 404, "NOT_FOUND"
+    )
+    assert_error(
+        await client.get(
+            V1 + logs, params={"follow": "true", "seconds": 301}, headers=api.who.headers
+        ),
+        422,
+        "VALIDATION_ERROR",
+    )
+    # Another tenant's container: 404, followed or not.
+    other = Api(client, await register())
+    await other.call("GET", logs, 404, params={"follow": "true"})
     await api.delete(c["id"])
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 
@@ -117,6 +118,7 @@ def test_container_lifecycle_with_wait(cli, user, admin_cli, podman):
     (endpoint,) = cli.json("container", "show", cid)["endpoints"]
     assert f"{PODMAN_HOSTNAME}:{endpoint['host_port']} -> 8080/tcp" in shown
     assert "cpu" in shown and "% of limit" in shown
+    started = datetime.now(UTC)
     assert "nefos test page" in fetch(endpoint["host_port"])
     listed = _ok(cli("container", "list", "--status", "running"))
     assert name in listed and "CPU" in listed and "MEM" in listed  # the collector's figures
@@ -125,6 +127,16 @@ def test_container_lifecycle_with_wait(cli, user, admin_cli, podman):
     logs = cli("container", "logs", cid, "--tail", "20")
     assert logs.exit_code == 0, logs.stderr
     assert cli.json("container", "logs", cid)["container_id"] == cid
+    # Followed from before the request: httpd's line for it, with its replica and time.
+    since = ("--since", started.isoformat(), "--seconds", "1")
+    followed = _ok(cli("container", "logs", cid, "--follow", *since))
+    assert any(
+        line.startswith("[replica 0] ") and "response:200" in line for line in followed.splitlines()
+    ), followed
+    as_json = _ok(cli("container", "logs", cid, "-f", *since, "--json")).splitlines()
+    assert {tuple(sorted(json.loads(line))) for line in as_json} == {("line", "replica", "time")}
+    stamped = _ok(cli("container", "logs", cid, "--timestamps", "--since", started.isoformat()))
+    assert stamped.startswith(str(started.year)), stamped
 
     scaled = cli.json("container", "scale", cid, "2", "--wait")
     assert scaled["operation"]["status"] == "succeeded" and scaled["replicas"] == 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import docker
@@ -227,6 +228,7 @@ def test_container_lifecycle_on_podman(live_server, admin_client, new_user, podm
     container = c.containers.get(cid)
     assert container.replicas == 2 and len(container.endpoints) == 2
     assert sorted(r.state for r in container.replica_states) == ["running", "running"]
+    started = datetime.now(UTC)
     for e in container.endpoints:
         assert "nefos test page" in fetch(e.host_port)
     assert len(engine_containers(cid)) == 2
@@ -237,6 +239,12 @@ def test_container_lifecycle_on_podman(live_server, admin_client, new_user, podm
     assert [r["replica"] for r in one.replicas] == [1]
     with pytest.raises(NotFoundError):
         c.containers.logs(cid, replica=7)
+    # Replica 1's output followed from before its request: httpd's line for it.
+    followed = list(c.containers.follow(cid, seconds=1, since=started, replica=1))
+    assert any("response:200" in o.line for o in followed), followed
+    assert {o.replica for o in followed} == {1}
+    with pytest.raises(NotFoundError):
+        next(c.containers.follow(cid, seconds=1, replica=7))
 
     c.operations.wait(c.containers.stop(cid), **WAIT)
     stopped = c.containers.get(cid)

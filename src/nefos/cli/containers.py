@@ -373,11 +373,39 @@ def logs(
     replica: Annotated[
         int | None, typer.Option(min=0, help="Only this replica (its slot number).")
     ] = None,
+    since: Annotated[str | None, typer.Option(help="Lines from then on (ISO 8601).")] = None,
+    until: Annotated[str | None, typer.Option(help="Lines before then (ISO 8601).")] = None,
+    timestamps: Annotated[
+        bool, typer.Option("--timestamps", help="Each line after the time it was written.")
+    ] = False,
+    follow: Annotated[
+        bool,
+        typer.Option("--follow", "-f", help="Print the lines written from now on, as they come."),
+    ] = False,
+    seconds: Annotated[int, typer.Option(min=1, max=300, help="How long to follow.")] = 60,
     as_json: JsonOpt = False,
 ) -> None:
-    """Print the last lines of a container's output (stdout and stderr)."""
+    """Print the last lines of a container's output (stdout and stderr); with
+    --follow, the lines its replicas write from now (or --since) on, one a line."""
     with api(as_json) as c:
-        result = c.containers.logs(container_id, tail=tail, replica=replica)
+        if follow:
+            for out in c.containers.follow(
+                container_id, seconds=seconds, since=since, replica=replica
+            ):
+                typer.echo(
+                    out.model_dump_json()
+                    if as_json
+                    else f"[replica {out.replica}] {out.time} {out.line}"
+                )
+            return
+        result = c.containers.logs(
+            container_id,
+            tail=tail,
+            replica=replica,
+            since=since,
+            until=until,
+            timestamps=timestamps,
+        )
     if as_json:
         echo_json(result)
     elif result.logs:

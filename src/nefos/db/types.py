@@ -41,6 +41,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(when: datetime | None) -> datetime | None:
+    """A time without a zone is UTC's (a query's ``since``, say)."""
+    return when.replace(tzinfo=UTC) if when is not None and when.tzinfo is None else when
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 

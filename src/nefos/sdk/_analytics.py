@@ -17,11 +17,7 @@ from nefos.schemas.analytics import (
     AnalyticsPerformance,
     AnalyticsTraffic,
 )
-from nefos.sdk._resources import _body, _Resource
-
-
-def _when(value: datetime | str | None) -> str | None:
-    return value.isoformat() if isinstance(value, datetime) else value
+from nefos.sdk._resources import _body, _Resource, _when
 
 
 def _window(

@@ -8,8 +8,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-import httpx
-
 from nefos.schemas.apis import (
     ApiAccepted,
     ApiCallLog,
@@ -19,8 +17,7 @@ from nefos.schemas.apis import (
     DeploymentPublic,
 )
 from nefos.schemas.common import Page
-from nefos.sdk._errors import TransportError, error_from_response
-from nefos.sdk._resources import _body, _idempotent, _paging, _Resource, _seg
+from nefos.sdk._resources import _body, _idempotent, _paging, _Resource, _seg, _when
 
 APIS = "/apis"
 
@@ -219,7 +216,7 @@ class Apis(_Resource):
             consumer=consumer,
             level=level,
         )
-        for line in self._stream(api_id, params, seconds):
+        for line in self._client.stream(f"{APIS}/{_seg(api_id)}/logs", params, seconds):
             yield ApiCallLog.model_validate_json(line)
 
     def follow_output(
@@ -236,29 +233,8 @@ class Apis(_Resource):
         params = _body(
             source="container", follow="true", seconds=seconds, since=_when(since), level=level
         )
-        for line in self._stream(api_id, params, seconds):
+        for line in self._client.stream(f"{APIS}/{_seg(api_id)}/logs", params, seconds):
             yield ApiOutputLine.model_validate_json(line)
-
-    def _stream(self, api_id: str, params: dict[str, Any], seconds: int) -> Iterator[bytes | str]:
-        auth, _ = self._client._credentials()
-        path = f"{APIS}/{_seg(api_id)}/logs"
-        timeout = httpx.Timeout(10.0, read=seconds + 30.0)
-        try:
-            with self._client._http.stream(
-                "GET", path, params=params, headers=auth, timeout=timeout
-            ) as response:
-                if not response.is_success:
-                    response.read()
-                    try:
-                        body = response.json()
-                    except ValueError:
-                        body = None
-                    raise error_from_response(response, body)
-                for line in response.iter_lines():
-                    if line.strip():
-                        yield line
-        except httpx.HTTPError as exc:
-            raise TransportError(f"GET {path}: {exc}") from exc
 
     def metrics(self, api_id: str, *, period: str = "1h") -> dict[str, Any]:
         """Over ``period`` (1h, 24h, 7d, 30d): the API's calls (``calls``: how many,
@@ -268,9 +244,3 @@ class Apis(_Resource):
             "GET", f"{APIS}/{_seg(api_id)}/metrics", params={"period": period}
         )
         return dict(data)
-
-
-def _when(value: datetime | str | None) -> str | None:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value

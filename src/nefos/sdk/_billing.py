@@ -18,11 +18,7 @@ from nefos.schemas.billing import (
 )
 from nefos.schemas.common import Page
 from nefos.sdk._payments import Amount, pay
-from nefos.sdk._resources import _body, _paging, _Resource, _seg
-
-
-def _when(value: datetime | str | None) -> str | None:
-    return value.isoformat() if isinstance(value, datetime) else value
+from nefos.sdk._resources import _body, _paging, _Resource, _seg, _when
 
 
 class Wallet(_Resource):

@@ -33,7 +33,7 @@ import base64
 import json as jsonlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from types import TracebackType
@@ -383,6 +383,25 @@ class Client:
             raise TransportError(f"{method} {path}: timed out ({exc})") from exc
         except httpx.HTTPError as exc:
             raise TransportError(f"{method} {path}: {exc}") from exc
+
+    def stream(self, path: str, params: dict[str, Any], seconds: float) -> Iterator[str]:
+        """The lines of a streamed answer (NDJSON, ``follow=true``) of ``path``
+        (relative to ``/api/v1``) as they come, for up to ``seconds`` (plus a margin);
+        stop iterating to leave earlier. Raises as :meth:`request` does."""
+        auth, _ = self._credentials()
+        timeout = httpx.Timeout(10.0, read=seconds + 30.0)
+        try:
+            with self._http.stream(
+                "GET", path, params=params, headers=auth, timeout=timeout
+            ) as response:
+                if not response.is_success:
+                    response.read()
+                    raise error_from_response(response, _body(response))
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield line
+        except httpx.HTTPError as exc:
+            raise TransportError(f"GET {path}: {exc}") from exc
 
     def request(
         self,

@@ -14,16 +14,12 @@ from typing import Any
 from nefos.schemas.billing import BillingHistory, InvoiceDetail, InvoicePublic
 from nefos.schemas.common import Page
 from nefos.sdk._payments import Amount, money
-from nefos.sdk._resources import _body, _idempotent, _paging, _Resource, _seg
+from nefos.sdk._resources import _body, _idempotent, _paging, _Resource, _seg, _when
 
 INVOICES = "/invoices"
 
 #: A line to credit: its id (what is left of it), or (its id, an amount).
 CreditLine = str | tuple[str, Amount]
-
-
-def _when(value: datetime | str | None) -> str | None:
-    return value.isoformat() if isinstance(value, datetime) else value
 
 
 def _line(line: CreditLine) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from nefos.schemas.billing import (
     TransactionPublic,
 )
 from nefos.schemas.common import Page
-from nefos.sdk._resources import _body, _idempotent, _paging, _Resource, _seg
+from nefos.sdk._resources import _body, _idempotent, _paging, _Resource, _seg, _when
 
 Amount = Decimal | str | int
 
@@ -34,12 +34,6 @@ def _amount(value: Amount | None) -> str | None:
     if isinstance(value, float):  # pragma: no cover - refused by the type, checked anyway
         raise TypeError("pass amounts as Decimal or str, not float")
     return str(value)
-
-
-def _when(value: date | datetime | str | None) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return value.isoformat()
 
 
 def _org(organisation_id: str | None) -> dict[str, str] | None:

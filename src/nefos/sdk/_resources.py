@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
+from datetime import date, datetime
 from typing import IO, Any, TypeVar
 from urllib.parse import quote
 
 from pydantic import BaseModel
 
+from nefos.schemas.apis import ApiOutputLine
 from nefos.schemas.common import Message, Page
 from nefos.schemas.compute import (
     ContainerAccepted,
@@ -78,6 +80,11 @@ M = TypeVar("M", bound=BaseModel)
 def _seg(value: str) -> str:
     """One path segment, escaped so that an id can never change the route."""
     return quote(str(value), safe="")
+
+
+def _when(value: date | datetime | str | None) -> str | None:
+    """A time (or date) as a query sends it: ISO 8601; a string as given."""
+    return value.isoformat() if isinstance(value, date) else value
 
 
 def _body(**fields: Any) -> dict[str, Any]:
@@ -746,13 +753,44 @@ class Containers(_Resource):
         return self._write("DELETE", f"/containers/{_seg(container_id)}", idempotency_key)
 
     def logs(
-        self, container_id: str, *, tail: int = 100, replica: int | None = None
+        self,
+        container_id: str,
+        *,
+        tail: int = 100,
+        replica: int | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        timestamps: bool = False,
     ) -> ContainerLogs:
-        """The last ``tail`` lines of stdout and stderr of each replica (or of one)."""
-        params = _body(tail=tail, replica=replica)
+        """The last ``tail`` lines of stdout and stderr of each replica (or of one), of
+        those written between ``since`` and ``until``; each line after its time with
+        ``timestamps``."""
+        params = _body(
+            tail=tail,
+            replica=replica,
+            since=_when(since),
+            until=_when(until),
+            timestamps="true" if timestamps else None,
+        )
         return self._one(
             ContainerLogs, "GET", f"/containers/{_seg(container_id)}/logs", params=params
         )
+
+    def follow(
+        self,
+        container_id: str,
+        *,
+        seconds: int = 60,
+        since: datetime | str | None = None,
+        replica: int | None = None,
+    ) -> Iterator[ApiOutputLine]:
+        """The lines the replicas (or replica ``replica``) write, from now (or
+        ``since``) on, each with its replica and time, for ``seconds`` (at most 300);
+        stop iterating to leave earlier."""
+        params = _body(follow="true", seconds=seconds, since=_when(since), replica=replica)
+        path = f"/containers/{_seg(container_id)}/logs"
+        for line in self._client.stream(path, params, seconds):
+            yield ApiOutputLine.model_validate_json(line)
 
     def terminal(
         self,

@@ -7,6 +7,7 @@ imports the one that imports it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import IO, Any, Protocol
 
 import httpx
@@ -36,6 +37,7 @@ class Transport(Protocol):
         raw: bool = False,
     ) -> Any: ...
 
+    def stream(self, path: str, params: dict[str, Any], seconds: float) -> Iterator[str]: ...
     def _credentials(self) -> tuple[dict[str, str], str | None]: ...
     def _adopt(self, result: AuthResult) -> None: ...
     def _remember_login(

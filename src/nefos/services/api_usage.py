@@ -254,11 +254,13 @@ async def follow_output(
     seconds: float,
     start: datetime,
     level: Level | None = None,
+    slot: int | None = None,
 ) -> AsyncIterator[OutputLine]:
-    """The lines the container's replicas write from ``start`` on, each once, oldest
-    first per replica, for ``seconds`` (at most :data:`MAX_FOLLOW`): the engine is
-    asked every :data:`FOLLOW_POLL` for what each wrote since (its lines carry their
-    times to the nanosecond). Ends early when the container or its host goes."""
+    """The lines the container's replicas (or replica ``slot``) write from ``start``
+    on, each once, oldest first per replica, for ``seconds`` (at most
+    :data:`MAX_FOLLOW`): the engine is asked every :data:`FOLLOW_POLL` for what each
+    wrote since (its lines carry their times to the nanosecond). Ends early when the
+    container, the replica or its host goes."""
     deadline = time.monotonic() + min(seconds, MAX_FOLLOW)
     floor = int(start.timestamp()) * 1_000_000_000
     # Per replica slot: the time of the newest line sent, and how many lines of that
@@ -276,7 +278,7 @@ async def follow_output(
                 if container is None:
                     return
                 replicas = await ContainerService(core, session).logs(
-                    container, tail=FOLLOW_LINES, slot=None, since=since, timestamps=True
+                    container, tail=FOLLOW_LINES, slot=slot, since=since, timestamps=True
                 )
         except NefosError:
             return  # its host does not answer: the stream ends

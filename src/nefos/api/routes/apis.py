@@ -5,7 +5,7 @@ with the operation that carries them out."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
@@ -22,9 +22,10 @@ from nefos.api.deps import (
     authorize,
 )
 from nefos.api.routes.services import blocking_slot
+from nefos.api.streams import output_stream
 from nefos.config import Settings
 from nefos.db.models import Api, ApiDeployment, Container, Operation
-from nefos.db.types import utcnow
+from nefos.db.types import as_utc, utcnow
 from nefos.domain.access import Permission
 from nefos.domain.errors import NotFound, ValidationFailed
 from nefos.gateway.envelope import listing, ok, page
@@ -376,12 +377,14 @@ async def api_logs(
     where = api_usage.CallFilter(
         api_id=api.id, since=since, until=until, status=status, consumer=consumer, level=level
     )
-    since, until = _utc(since), _utc(until)
+    since, until = as_utc(since), as_utc(until)
     if follow:
         if source == "container":
             if until is not None:
                 raise ValidationFailed("A followed log has no end", until="not with follow")
-            return _follow_output(core, access, api.container_id, since, level, seconds)
+            return output_stream(
+                core, access, api.container_id, since=since, seconds=seconds, level=level
+            )
         return await _follow(core, access, where, seconds)
     body: dict[str, Any] = {
         "api_id": api.id,
@@ -411,39 +414,6 @@ async def api_logs(
         listed = page([api_usage.call_public(c) for c in calls], total, params)
         body.update(listed, calls=listed["items"])
     return ok(body)
-
-
-def _utc(when: datetime | None) -> datetime | None:
-    """A time without a zone is UTC's."""
-    return when.replace(tzinfo=UTC) if when is not None and when.tzinfo is None else when
-
-
-def _follow_output(
-    core: Any,
-    access: Access,
-    container_id: str | None,
-    since: datetime | None,
-    level: api_usage.Level | None,
-    seconds: int,
-) -> Response:
-    user_id = access.principal.user_id
-    with blocking_slot(user_id):
-        pass  # a 429 now if the user holds all of its blocking slots
-    start = since or utcnow()
-
-    async def lines() -> AsyncIterator[bytes]:
-        if container_id is None:
-            return  # no replicas (deleted): nothing will come
-        with blocking_slot(user_id):
-            async for out in api_usage.follow_output(
-                core, container_id, seconds=seconds, start=start, level=level
-            ):
-                entry = ApiOutputLine(replica=out.replica, time=out.time, line=out.line)
-                yield entry.model_dump_json().encode() + b"\n"
-
-    return StreamingResponse(
-        lines(), media_type="application/x-ndjson", headers={"Cache-Control": "no-store"}
-    )
 
 
 async def _follow(core: Any, access: Access, where: api_usage.CallFilter, seconds: int) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, WebSocket
@@ -18,9 +19,12 @@ from nefos.api.deps import (
     SessionDep,
     authorize,
 )
+from nefos.api.streams import OUTPUT_STREAM_DOC, output_stream
 from nefos.config import Settings
 from nefos.db.models import Container, ContainerReplica, Host, Operation
+from nefos.db.types import as_utc
 from nefos.domain.access import Permission
+from nefos.domain.errors import ValidationFailed
 from nefos.gateway.envelope import listing, ok
 from nefos.schemas.common import Envelope
 from nefos.schemas.compute import (
@@ -33,6 +37,7 @@ from nefos.schemas.compute import (
     ContainerUpdate,
     ContainerUpdated,
 )
+from nefos.services.api_usage import MAX_FOLLOW
 from nefos.services.containers import ContainerService, operation_url, replica_view
 from nefos.services.endpoints import endpoint_url, target_port
 from nefos.services.metrics import MetricsService
@@ -269,19 +274,49 @@ async def container_terminal(ws: WebSocket, container_id: str) -> None:
     await terminal.serve(ws, container_id)
 
 
-@router.get("/{container_id}/logs", response_model=Envelope[ContainerLogs])
+@router.get(
+    "/{container_id}/logs",
+    response_model=Envelope[ContainerLogs],
+    responses={200: {"content": OUTPUT_STREAM_DOC}},
+)
 async def container_logs(
     container_id: ContainerId,
     core: CoreDep,
     session: SessionDep,
     tail: Annotated[int, Query(ge=1, le=10_000, description="Lines per replica.")] = 100,
     replica: Annotated[int | None, Query(ge=0, le=1000, description="Only this replica.")] = None,
+    since: Annotated[datetime | None, Query(description="Lines written from then on.")] = None,
+    until: Annotated[datetime | None, Query(description="Lines written before then.")] = None,
+    timestamps: Annotated[
+        bool, Query(description="Each line after the time its replica wrote it.")
+    ] = False,
+    follow: Annotated[
+        bool,
+        Query(
+            description="Stream the lines written from now (or from `since`) on as "
+            "NDJSON, one a line, with its replica and time."
+        ),
+    ] = False,
+    seconds: Annotated[int, Query(ge=1, le=MAX_FOLLOW, description="How long to follow.")] = 60,
     access: Access = authorize(Permission.COMPUTE_READ),
 ) -> Response:
-    """stdout and stderr of each replica (the last `tail` lines)."""
+    """stdout and stderr of each replica (the last `tail` lines, of those written
+    between `since` and `until`). With `follow=true`, the lines written from now (or
+    `since`) on are streamed as NDJSON for `seconds` (at most 300)."""
+    since, until = as_utc(since), as_utc(until)
+    if since is not None and until is not None and since >= until:
+        raise ValidationFailed("The window is empty", since="must be before until")
     service = ContainerService(core, session)
     c = await service.visible(access.principal, container_id, Permission.COMPUTE_READ)
-    per_replica = await service.logs(c, tail=tail, slot=replica)
+    if follow:
+        if until is not None:
+            raise ValidationFailed("A followed log has no end", until="not with follow")
+        if replica is not None:
+            await service.logs(c, tail=1, slot=replica)  # 404 now for a replica not there
+        return output_stream(core, access, c.id, since=since, seconds=seconds, slot=replica)
+    per_replica = await service.logs(
+        c, tail=tail, slot=replica, since=since, until=until, timestamps=timestamps
+    )
     text = (
         "\n".join(
             f"[replica {r['replica']}] {line}"

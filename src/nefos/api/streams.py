@@ -1,0 +1,66 @@
+"""Followed output: the lines a container's replicas write, streamed as NDJSON.
+
+``GET /containers/{id}/logs?follow=true`` and ``GET /apis/{id}/logs?source=container
+&follow=true`` answer with :func:`output_stream`; each line is an
+:class:`~nefos.schemas.apis.ApiOutputLine`. A stream holds one of its user's
+blocking slots while it runs (``routes.services.blocking_slot``), so their number is
+bounded per user, and ends after its ``seconds`` (at most
+:data:`~nefos.services.api_usage.MAX_FOLLOW`), when the container or its host goes,
+or when the client leaves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from starlette.responses import StreamingResponse
+
+from nefos.api.deps import Access
+from nefos.api.routes.services import blocking_slot
+from nefos.db.types import utcnow
+from nefos.schemas.apis import ApiOutputLine
+from nefos.services import api_usage
+
+#: How a followed answer is documented (OpenAPI ``responses[200]``).
+OUTPUT_STREAM_DOC: dict[str, Any] = {
+    "application/x-ndjson": {
+        "schema": ApiOutputLine.model_json_schema(),
+        "example": "One output line a line, as the replicas write them (follow=true).",
+    }
+}
+
+
+def output_stream(
+    core: Any,
+    access: Access,
+    container_id: str | None,
+    *,
+    since: datetime | None,
+    seconds: int,
+    level: api_usage.Level | None = None,
+    slot: int | None = None,
+) -> StreamingResponse:
+    """The lines the container's replicas (or replica ``slot``) write from ``since``
+    (default: now) on, for ``seconds``."""
+    user_id = access.principal.user_id
+    with blocking_slot(user_id):
+        pass  # a 429 now if the user holds all of its blocking slots
+    start = since or utcnow()
+
+    async def lines() -> AsyncIterator[bytes]:
+        if container_id is None:
+            return  # no replicas (deleted): nothing will come
+        # The slot is held while the stream runs: taken when it starts, given back
+        # when it ends or its client goes.
+        with blocking_slot(user_id):
+            async for out in api_usage.follow_output(
+                core, container_id, seconds=seconds, start=start, level=level, slot=slot
+            ):
+                entry = ApiOutputLine(replica=out.replica, time=out.time, line=out.line)
+                yield entry.model_dump_json().encode() + b"\n"
+
+    return StreamingResponse(
+        lines(), media_type="application/x-ndjson", headers={"Cache-Control": "no-store"}
+    )
