@@ -2,7 +2,8 @@
 sign-up, in Chromium against real Podman.
 
 What a person does: create a container, open a terminal in it and run a command,
-scale it to two replicas watching the operation's progress, read each replica's logs,
+scale it to two replicas watching the operation's progress, read each replica's logs
+and follow one's output,
 stop it; find it among the services, see its instances' health and check history,
 run a load test of it and read the result's percentiles. Every page passes axe-core;
 every API call is in the OpenAPI document and every socket opens with a ticket
@@ -15,6 +16,8 @@ import uuid
 
 from playwright.sync_api import expect
 
+from nefos.services.containers import LABEL_SLOT
+from tests.api.test_containers import engine_containers
 from tests.conftest import TEST_IMAGE
 from tests.console.conftest import ConsoleServer, Visit, check_a11y, sign_up
 
@@ -84,6 +87,26 @@ def test_a_containers_terminal_scale_logs_and_stop(
     expect(page.get_by_role("heading", name="Replica 0 (")).to_have_count(0)
     expect(page.get_by_role("heading", name="Replica 1 (")).to_be_visible()
     check_a11y(visit, "container detail (two replicas)")
+
+    # Follow replica 1's output: a line it writes now shows without a refresh.
+    page.get_by_role("button", name="Follow", exact=True).click()
+    expect(page.get_by_role("status").filter(has_text="Following the output")).to_be_visible()
+    container_id = page.url.rstrip("/").rsplit("/", 1)[1]
+    (engine,) = [e for e in engine_containers(container_id) if e.labels.get(LABEL_SLOT) == "1"]
+    marker = f"followed-{uuid.uuid4().hex[:8]}"
+    # The stream is open once the API has read the engine once: write until it shows.
+    log = page.get_by_label("Logs of replica 1")
+    for _ in range(60):
+        said = engine.exec_run(["sh", "-c", f"echo {marker} > /proc/1/fd/1"])
+        assert said.exit_code == 0, said.output
+        try:
+            expect(log).to_contain_text(marker, timeout=1000)
+            break
+        except AssertionError:
+            continue
+    expect(log).to_contain_text(marker)
+    page.get_by_role("button", name="Stop following").click()
+    expect(page.get_by_role("button", name="Follow", exact=True)).to_be_visible()
 
     # Stop: the operation ends and the container shows stopped.
     page.get_by_role("button", name="Stop").click()
