@@ -7,6 +7,7 @@ import {
   ms,
   parseEnvironment,
   planBody,
+  planDraft,
   planTerms,
 } from "../src/lib/market";
 import type { Plan } from "../src/lib/types";
@@ -49,6 +50,17 @@ describe("a plan form's body", () => {
   it("takes a rate limit a number input made a number", () => {
     const draft = { ...emptyPlan("free"), name: "F", rate_limit_per_minute: 120 as unknown as string };
     expect(planBody(draft).rate_limit_per_minute).toBe(120);
+  });
+});
+
+describe("a listed plan to edit", () => {
+  it("comes back as the body it was published with, unchanged", () => {
+    const listed = plan({ name: "Pro", model: "monthly", monthly_price: "9.00", included_calls: 1000, overage_price: null, rate_limit_per_minute: 120 });
+    const draft = planDraft(listed);
+    expect(draft.monthly_price).toBe("9.00");
+    expect(draft.overage_price).toBe("");
+    expect(planBody(draft)).toEqual({ name: "Pro", model: "monthly", monthly_price: "9.00", included_calls: 1000, rate_limit_per_minute: 120 });
+    expect(planBody(planDraft(plan({ model: "free", rate_limit_per_minute: null })))).toEqual({ name: "P", model: "free", rate_limit_per_minute: 60 });
   });
 });
 

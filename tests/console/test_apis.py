@@ -83,6 +83,7 @@ def test_deploy_publish_subscribe_and_call_an_api_as_two_people(
     creator.get_by_label("Included calls a month").fill("100")
     creator.get_by_role("button", name="Publish", exact=True).click()
     expect(creator.get_by_role("link", name=title)).to_be_visible()
+    detail = "/" + creator.url.split("/", 3)[3]
     expect(creator.get_by_test_id("subscribers")).to_have_text("0")
     check_a11y(visit, "API detail (published)")
 
@@ -206,3 +207,52 @@ def test_deploy_publish_subscribe_and_call_an_api_as_two_people(
     creator.get_by_role("button", name="Request payout").click()
     expect(creator.get_by_role("alert")).to_contain_text(re.compile("available", re.I))
     check_a11y(visit, "revenue and payouts (refused)")
+
+    # --- the creator edits the listing: a new title and plan, off and on the market,
+    # then private, with an invitation made (its token shown once) and revoked -------
+    visit.goto(detail)
+    creator.get_by_role("button", name="Edit the listing").click()
+    expect(creator.get_by_label("Title")).to_have_value(title)
+    expect(creator.get_by_label("Included calls a month")).to_have_value("100")
+    renamed = f"{title} v2"
+    creator.get_by_label("Title").fill(renamed)
+    creator.get_by_role("button", name="Add a plan").click()
+    creator.get_by_label("Plan name").nth(1).fill("Pro")
+    creator.get_by_label("Included calls a month").nth(1).fill("10")
+    creator.get_by_label("Price a call").fill("0.01")
+    check_a11y(visit, "API detail (listing edited)")
+    creator.get_by_role("button", name="Save the listing").click()
+    expect(creator.get_by_role("link", name=renamed)).to_be_visible()
+    expect(creator.get_by_text("Pro: 10 calls a month free, then 0.01")).to_be_visible()
+    # The consumer keeps the plan it subscribed to (a changed listing, same subscription).
+    consumer.get_by_role("navigation", name="Main").get_by_role(
+        "link", name="Subscriptions"
+    ).click()
+    expect(consumer.locator(f'tr[data-subscription="{renamed}"]')).to_be_visible()
+
+    market = creator.get_by_role("region", name="Marketplace")
+    creator.get_by_role("button", name="Unpublish").click()
+    expect(market.locator('.status[data-status="unpublished"]')).to_be_visible()
+    creator.get_by_role("button", name="Publish again").click()
+    expect(market.locator('.status[data-status="published"]')).to_be_visible()
+
+    creator.get_by_role("button", name="Edit the listing").click()
+    creator.get_by_label("Visibility").select_option("private")
+    creator.get_by_role("button", name="Save the listing").click()
+    expect(market).to_contain_text("private")
+    invited = f"friend-{uuid.uuid4().hex[:6]}@example.com"
+    creator.get_by_label("E-mail address or organisation id").fill(invited)
+    creator.get_by_role("button", name="Invite", exact=True).click()
+    token = creator.get_by_test_id("shown-once").inner_text().strip()
+    assert token.startswith("nfl_"), token
+    row = creator.locator(f'tr[data-invitation="{invited}"]')
+    expect(row.locator('.status[data-status="pending"]')).to_be_visible()
+    check_a11y(visit, "API detail (private listing, invitation)")
+    creator.get_by_role("button", name="I have saved it").click()
+    expect(creator.get_by_test_id("shown-once")).to_have_count(0)
+    row.get_by_role("button", name=f"Revoke the invitation of {invited}").click()
+    expect(row.locator('.status[data-status="revoked"]')).to_be_visible()
+    # An address that is not one is the API's own message.
+    creator.get_by_label("E-mail address or organisation id").fill("not an address")
+    creator.get_by_role("button", name="Invite", exact=True).click()
+    expect(market.get_by_role("alert")).to_be_visible()

@@ -67,6 +67,21 @@ export function planBody(draft: PlanDraft): Record<string, string | number> {
   return body;
 }
 
+/** A listed plan as a draft to edit (what `planBody` sends back unchanged). */
+export function planDraft(plan: Plan): PlanDraft {
+  const model = plan.model as PlanDraft["model"];
+  const text = (v: string | number | null | undefined) => (v === null || v === undefined ? "" : String(v));
+  return {
+    name: plan.name,
+    model,
+    included_calls: text(plan.included_calls),
+    price_per_call: text(plan.price_per_call),
+    monthly_price: text(plan.monthly_price),
+    overage_price: text(plan.overage_price),
+    rate_limit_per_minute: text(plan.rate_limit_per_minute ?? 60),
+  };
+}
+
 /** "KEY=value" lines to an environment; blank lines and "#" comments skipped. A line
  *  without "=" or with an empty name is an error naming its line. */
 export function parseEnvironment(text: string): { env: Record<string, string>; error: string } {

@@ -740,3 +740,18 @@ export interface LoadTest {
   started_at: string;
   completed_at?: string | null;
 }
+
+/** An invitation to a private listing (`/marketplace/listings/{id}/invitations`). */
+export interface ListingInvitation {
+  id: string;
+  listing_id: string;
+  organisation_id: string | null;
+  email: string | null;
+  status: "pending" | "accepted" | "revoked" | "expired";
+  created_at: string;
+  expires_at: string;
+  accepted_at: string | null;
+  revoked_at: string | null;
+  /** An e-mail invitation's token, in the answer that made it only. */
+  token?: string | null;
+}
