@@ -6,9 +6,11 @@ import {
   gatewayUrl,
   ms,
   parseEnvironment,
+  parseUnits,
   planBody,
   planDraft,
   planTerms,
+  unitsText,
 } from "../src/lib/market";
 import type { Plan } from "../src/lib/types";
 
@@ -128,5 +130,23 @@ describe("small figures", () => {
     expect(ms(12.345)).toBe("12.3 ms");
     expect(ms(1530)).toBe("1.5 s");
     expect(ms(null)).toBe("–");
+  });
+});
+
+describe("an API's units as lines", () => {
+  it("reads METHOD PATH UNITS lines in order, and writes them back", () => {
+    const { rules, error } = parseUnits("post /v1/translate 5\n\n# all the rest\n* /v1/* 2\n");
+    expect(error).toBe("");
+    expect(rules).toEqual([
+      { method: "POST", path: "/v1/translate", units: 5 },
+      { method: "*", path: "/v1/*", units: 2 },
+    ]);
+    expect(unitsText(rules)).toBe("POST /v1/translate 5\n* /v1/* 2");
+    expect(parseUnits("")).toEqual({ rules: [], error: "" });
+  });
+  it("names the line that is not of that shape", () => {
+    expect(parseUnits("GET /a 1\nGET /b").error).toMatch(/^Line 2:/);
+    expect(parseUnits("GET /a 0").error).toMatch(/^Line 1:/);
+    expect(parseUnits("GET /a 1.5").error).toMatch(/^Line 1:/);
   });
 });

@@ -256,3 +256,22 @@ def test_deploy_publish_subscribe_and_call_an_api_as_two_people(
     creator.get_by_label("E-mail address or organisation id").fill("not an address")
     creator.get_by_role("button", name="Invite", exact=True).click()
     expect(market.get_by_role("alert")).to_be_visible()
+
+    # --- the creator changes the API: at once (description, units), then a new
+    # deployment (two replicas) rolled out with its progress ------------------------
+    creator.get_by_role("button", name="Change the API").click()
+    creator.get_by_label("Units", exact=False).first.fill("GET /index.html")
+    creator.get_by_role("button", name="Save changes").click()
+    expect(creator.get_by_role("alert").filter(has_text="Units: Line 1")).to_be_visible()
+    creator.get_by_label("Units", exact=False).first.fill("GET /index.html 3")
+    creator.get_by_label("Description").last.fill("Forecasts, three units a page")
+    check_a11y(visit, "API detail (changing)")
+    creator.get_by_role("button", name="Save changes").click()
+    expect(creator.get_by_test_id("api-description")).to_have_text("Forecasts, three units a page")
+    creator.get_by_role("button", name="Change the API").click()
+    expect(creator.get_by_label("Units", exact=False).first).to_have_value("GET /index.html 3")
+    creator.get_by_label("Replicas", exact=True).fill("2")
+    creator.get_by_role("button", name="Save changes").click()
+    second = creator.locator('tr[data-deployment="2"]')
+    expect(second.locator('.status[data-status="active"]')).to_be_visible()
+    expect(creator.get_by_test_id("api-replicas")).to_have_text("2")

@@ -97,6 +97,37 @@ export function parseEnvironment(text: string): { env: Record<string, string>; e
   return { env, error: "" };
 }
 
+/** One rule of an API's units (`PUT /apis/{id}` `units`): what a matching call weighs. */
+export interface UnitRule {
+  method: string;
+  path: string;
+  units: number;
+}
+
+/** Rules as lines to edit: "POST /v1/translate 5", one a line. */
+export function unitsText(rules: UnitRule[]): string {
+  return rules.map((r) => `${r.method} ${r.path} ${r.units}`).join("\n");
+}
+
+/** "METHOD PATH UNITS" lines (blank lines and "#" comments skipped) to rules, in
+ *  order (the first match wins); a line not of that shape is an error naming it. The
+ *  API checks the rest (methods, paths, at most 100 rules). */
+export function parseUnits(text: string): { rules: UnitRule[]; error: string } {
+  const rules: UnitRule[] = [];
+  const lines = text.split(/\r?\n/);
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i].trim();
+    if (!line || line.startsWith("#")) continue;
+    const parts = line.split(/\s+/);
+    const units = Number(parts[2]);
+    if (parts.length !== 3 || !Number.isInteger(units) || units < 1) {
+      return { rules: [], error: `Line ${i + 1}: write METHOD PATH UNITS, e.g. POST /v1/translate 5` };
+    }
+    rules.push({ method: parts[0].toUpperCase(), path: parts[1], units });
+  }
+  return { rules, error: "" };
+}
+
 export interface Endpoint {
   method: string;
   path: string;

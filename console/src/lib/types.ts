@@ -113,6 +113,8 @@ export interface HostedApi {
   container_id?: string | null;
   deployment?: Deployment | null;
   has_openapi: boolean;
+  units?: { method: string; path: string; units: number }[];
+  units_header?: string | null;
   created_at: string;
 }
 
