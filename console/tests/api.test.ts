@@ -195,6 +195,24 @@ describe("Api envelopes", () => {
     expect(error.describe()).toBe("Invalid input parameters (name: 1-63 characters)");
   });
 
+  it("sends a form as multipart, leaving its Content-Type (and boundary) to fetch", async () => {
+    let sent: RequestInit | undefined;
+    const api = new Api({
+      fetch: (async (_input: RequestInfo | URL, init?: RequestInit) => {
+        sent = init;
+        return new Response(JSON.stringify({ success: true, data: { image_id: "i1" }, error: null }), { status: 202 });
+      }) as typeof fetch,
+    });
+    const form = new FormData();
+    form.set("name", "tiny");
+    form.set("disk", new Blob(["disk bytes"]), "tiny.qcow2");
+    const answer = await api.upload<{ image_id: string }>("/images/upload", form, { auth: false, query: { project_id: "p1" } });
+    expect(answer.image_id).toBe("i1");
+    expect(sent?.body).toBe(form);
+    expect((sent?.headers as Record<string, string>)["Content-Type"]).toBeUndefined();
+    expect(sent?.method).toBe("POST");
+  });
+
   it("builds query strings without empty parameters", () => {
     const api = new Api();
     expect(api.url("/marketplace/listings", { q: "weather api", category: "", sort: undefined, limit: 50 })).toBe(

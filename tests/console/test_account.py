@@ -28,7 +28,7 @@ from nefos.billing import ledger
 from nefos.config import async_database_url
 from nefos.db.models import Wallet
 from nefos.db.session import Database, begin_write
-from tests.conftest import ADMIN_PASSWORD, PASSWORD
+from tests.conftest import ADMIN_PASSWORD, PASSWORD, tiny_vm_image
 from tests.console.conftest import V1, ConsoleServer, Visit, check_a11y, sign_up
 
 
@@ -452,6 +452,22 @@ def test_platform_admins_see_hosts_payouts_prices_and_traffic(
     asked = [u for _, u in other_visit.requests if "/analytics/overview" in u]
     assert any("scope=platform" in u and "period=1h" in u for u in asked), asked
     check_a11y(other_visit, "admin: analytics")
+
+    # Images: one registered from the server's files, public, imported live; deleted.
+    sub.get_by_role("link", name="Images").click()
+    admin.get_by_role("heading", name="Images").wait_for()
+    image = f"shared-{uuid.uuid4().hex[:6]}"
+    admin.get_by_label("New images are public").check()
+    admin.get_by_label("Image name").last.fill(image)
+    admin.get_by_label("Path").fill(str(tiny_vm_image()))
+    admin.get_by_role("button", name="Register").click()
+    row = admin.locator(f'tr[data-image="{image}"]')
+    expect(row).to_contain_text("public")
+    expect(row.locator('.status[data-status="active"]')).to_be_visible()
+    check_a11y(other_visit, "admin: images")
+    row.get_by_role("button", name=f"Delete {image}").click()
+    row.get_by_role("button", name=f"Confirm delete {image}").click()
+    expect(row).to_have_count(0)
 
     # Users: disabling one ends its sessions at once; enabled again, it signs in.
     sub.get_by_role("link", name="Users").click()

@@ -325,3 +325,43 @@ def test_another_tenants_vm_url_shows_not_found(
             check_a11y(visit, "new VM (360 px, dark)")
         finally:
             http.delete(f"{V1}/vms/{theirs}", headers=auth)
+
+
+def test_upload_an_image_watch_it_import_and_delete_it(
+    visit: Visit, console_server: ConsoleServer, vm_host: dict[str, Any]
+) -> None:
+    """From the VMs page to its images: the public image is listed (not the user's to
+    delete); a kernel and initrd uploaded from the browser (multipart) import into the
+    libvirt host's pool and turn active without a reload; then the image is deleted."""
+    page = visit.page
+    account = sign_up(visit)
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="VMs").click()
+    page.get_by_role("link", name="Images", exact=True).click()
+    page.wait_for_url("**/vms/images")
+    public = page.locator('tr[data-image="tiny"]')
+    expect(public).to_contain_text("public")
+    expect(public.get_by_role("button")).to_have_count(0)
+    check_a11y(visit, "images")
+
+    name = f"mine-{uuid.uuid4().hex[:6]}"
+    page.get_by_role("button", name="Upload", exact=True).click()
+    expect(page.get_by_role("alert")).to_contain_text("Give the image a name")
+    page.get_by_label("Name", exact=True).fill(name)
+    page.get_by_label("A kernel and an initrd").check()
+    image_dir = tiny_vm_image()
+    page.get_by_label("Kernel", exact=True).set_input_files(str(image_dir / "vmlinuz"))
+    page.get_by_label("Initrd (optional)").set_input_files(str(image_dir / "initrd.img"))
+    page.get_by_role("button", name="Upload", exact=True).click()
+    mine = page.locator(f'tr[data-image="{name}"]')
+    expect(mine).to_contain_text("this project")
+    expect(mine.locator('.status[data-status="active"]')).to_be_visible(timeout=BOOT_MS)
+    check_a11y(visit, "images (uploaded)")
+    with console_server.http() as http:
+        auth = {"Authorization": f"Bearer {account['access_token']}"}
+        listed = http.get(f"{V1}/images", params={"kind": "vm"}, headers=auth).json()["data"]
+        (row,) = [i for i in listed["items"] if i["name"] == name]
+        assert row["format"] == "kernel" and row["size_bytes"] > 0, row
+
+    mine.get_by_role("button", name=f"Delete {name}").click()
+    mine.get_by_role("button", name=f"Confirm delete {name}").click()
+    expect(mine).to_have_count(0, timeout=BOOT_MS)

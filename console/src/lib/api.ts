@@ -326,6 +326,11 @@ export class Api {
     return this.request<T>("DELETE", path, options);
   }
 
+  /** A multipart/form-data POST (an image's files): `form` as the browser encodes it. */
+  upload<T>(path: string, form: FormData, options: RequestOptions = {}): Promise<T> {
+    return this.request<T>("POST", path, { ...options, body: form });
+  }
+
   put<T>(path: string, body?: unknown, options: RequestOptions = {}): Promise<T> {
     return this.request<T>("PUT", path, { ...options, body: body ?? {} });
   }
@@ -345,8 +350,10 @@ export class Api {
       Accept: options.accept ? `${options.accept}, application/json` : "application/json",
     };
     if (auth && this.session) headers.Authorization = `Bearer ${this.session.accessToken}`;
-    let body: string | undefined;
-    if (options.body !== undefined) {
+    let body: string | FormData | undefined;
+    if (options.body instanceof FormData) {
+      body = options.body; // multipart/form-data: the browser writes its boundary
+    } else if (options.body !== undefined) {
       headers["Content-Type"] = "application/json";
       body = JSON.stringify(options.body);
     }

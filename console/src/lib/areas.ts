@@ -25,5 +25,6 @@ export const adminLinks: [string, string][] = [
   ["/admin/users", "Users"],
   ["/admin/payouts", "Payouts"],
   ["/admin/prices", "Prices"],
+  ["/admin/images", "Images"],
   ["/admin/analytics", "Analytics"],
 ];

@@ -757,3 +757,15 @@ export interface ListingInvitation {
   /** An e-mail invitation's token, in the answer that made it only. */
   token?: string | null;
 }
+
+/** An image (`GET /images`): a VM's (kernel, qcow2 or raw) or a container's (docker). */
+export interface ImageRow extends VmImage {
+  format: string;
+  description: string;
+  project_id: string | null;
+  public: boolean;
+  source: string;
+  size_bytes: number;
+  status_reason: string | null;
+  created_at: string;
+}
