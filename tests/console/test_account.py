@@ -28,7 +28,7 @@ from nefos.billing import ledger
 from nefos.config import async_database_url
 from nefos.db.models import Wallet
 from nefos.db.session import Database, begin_write
-from tests.conftest import ADMIN_PASSWORD, PASSWORD, tiny_vm_image
+from tests.conftest import ADMIN_PASSWORD, PASSWORD, TEST_IMAGE, tiny_vm_image
 from tests.console.conftest import V1, ConsoleServer, Visit, check_a11y, sign_up
 
 
@@ -158,6 +158,34 @@ def test_top_up_by_transfer_confirmed_by_the_platform_shows_in_the_ledger_live(
     expect(heading).to_contain_text(_money(quote["monthly_total"], quote["currency"]))
     expect(page.locator('tr[data-quote="web-tier"]')).to_be_visible()
     check_a11y(visit, "quotes")
+    # Accepting it: its VMs name no image, and the API's message says so.
+    row = page.locator('tr[data-quote="web-tier"]')
+    row.get_by_role("button", name="Accept web-tier").click()
+    row.get_by_role("button", name="Confirm: provision web-tier").click()
+    expect(page.get_by_role("alert")).to_contain_text("image")
+    expect(row.locator(".status")).to_have_attribute("data-status", "open")
+    # One container with its image: accepted, made, and running on its own page.
+    page.get_by_role("button", name="Remove item 1").click()
+    page.get_by_label("Name").first.fill("one-box")
+    page.get_by_label("CPU (cores)").fill("0.05")
+    page.get_by_label("Memory", exact=True).fill("16m")
+    page.get_by_label("Replicas").fill("1")
+    page.get_by_label("Image (to accept)").fill(TEST_IMAGE)
+    page.get_by_role("button", name="Get a quote").click()
+    row = page.locator('tr[data-quote="one-box"]')
+    row.get_by_role("button", name="Accept one-box").click()
+    row.get_by_role("button", name="Confirm: provision one-box").click()
+    made = page.get_by_test_id("quote-resources").get_by_role("link")
+    expect(made).to_have_count(1)
+    expect(row.locator(".status")).not_to_have_attribute("data-status", "open")
+    check_a11y(visit, "quotes (accepted)")
+    made.click()
+    page.wait_for_url("**/containers/*")
+    expect(page.locator("main .heading-row .status")).to_have_attribute("data-status", "running")
+    page.get_by_role("button", name="Delete").first.click()
+    page.get_by_role("button", name="Confirm delete").first.click()
+    expect(page.get_by_text("This container was deleted.")).to_be_visible()
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Billing").click()
 
     page.get_by_role("navigation", name="Billing").get_by_role("link", name="Reseller").click()
     expect(page.get_by_text("None of your organisations is a reseller.")).to_be_visible()

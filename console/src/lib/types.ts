@@ -389,14 +389,26 @@ export interface QuoteLine {
 export interface Quote {
   id: string;
   name: string;
+  /** open, accepting, accepted, failed, expired */
   status: string;
+  failure_reason?: string | null;
   currency: string;
   hours_per_month: number;
   items: Record<string, unknown>[];
   lines: QuoteLine[];
   monthly_total: string;
   valid_until: string;
+  /** What accepting it makes (id null: not made yet). */
+  resources?: QuoteResource[];
   created_at: string;
+}
+
+export interface QuoteResource {
+  item: number;
+  type: string;
+  name: string;
+  id: string | null;
+  operation?: { id: string; status: string; url: string } | null;
 }
 
 export interface BillingAccount {
@@ -627,15 +639,6 @@ export interface QuoteLine {
   unit_price: string;
   amount: string;
   currency: string;
-}
-
-export interface Quote {
-  id: string;
-  currency: string;
-  hours_per_month: number;
-  lines: QuoteLine[];
-  monthly_total: string;
-  valid_until: string;
 }
 
 // --- containers' detail (actions, metrics, logs) and services (health, load tests) ---
