@@ -27,6 +27,7 @@ from nefos.db.models import Container, ContainerReplica
 from nefos.db.session import begin_write
 from nefos.domain.publishing import PublishPolicy
 from nefos.operations import queue
+from nefos.services.containers import LABEL_SLOT
 from nefos.services.users import UserService
 from tests.api.conftest import Follow
 from tests.conftest import (
@@ -333,28 +334,38 @@ async def test_command_as_a_string_and_its_output_in_the_logs(client, register, 
 
 
 async def test_logs_follow_and_by_time(app, client, register, podman_host):
-    """`follow=true` streams the lines a replica writes, with its slot and time; the
-    same lines are found again by `since`/`until`, each after its time."""
+    """`follow=true` streams the lines every replica writes, with its slot and time,
+    poll after poll; the same lines are found again by `since`/`until`, each after
+    its time."""
     api = Api(client, await register())
-    c = await api.created(seed_body("followed"))
+    c = await api.created(seed_body("followed", replicas=2))
     logs = f"/containers/{c['id']}/logs"
     follow = Follow(app, V1 + logs, "follow=true&seconds=120", api.who.headers)
     await asyncio.wait_for(follow.started.wait(), 30)
     assert follow.status == 200
-    (engine,) = engine_containers(c["id"])
-    marker = f"nefos-followed-{uuid.uuid4().hex[:8]}"
-    said = await asyncio.to_thread(engine.exec_run, ["sh", "-c", f"echo {marker} > /proc/1/fd/1"])
-    assert said.exit_code == 0, said.output
+    engines = {int(e.labels[LABEL_SLOT]): e for e in engine_containers(c["id"])}
+    assert sorted(engines) == [0, 1]
 
-    async def written() -> None:
+    async def said(slot: int) -> dict[str, Any]:
+        marker = f"nefos-followed-{slot}-{uuid.uuid4().hex[:8]}"
+        out = await asyncio.to_thread(
+            engines[slot].exec_run, ["sh", "-c", f"echo {marker} > /proc/1/fd/1"]
+        )
+        assert out.exit_code == 0, out.output
         while not any(x["line"] == marker for x in follow.lines):
             follow.arrived.clear()
             await follow.arrived.wait()
+        [line] = [x for x in follow.lines if x["line"] == marker]
+        return line
 
-    await asyncio.wait_for(written(), 60)  # a deadline, not a measure
+    # Replica 1 first, then replica 0 (after a poll that read replica 1's line):
+    # every replica is read on every poll, not only the last one read.
+    one = await asyncio.wait_for(said(1), 60)  # a deadline, not a measure
+    line = await asyncio.wait_for(said(0), 60)
     await follow.close()
-    [line] = [x for x in follow.lines if x["line"] == marker]
-    assert line["replica"] == 0 and line["time"].startswith(str(time.gmtime().tm_year))
+    marker = line["line"]
+    assert one["replica"] == 1 and line["replica"] == 0
+    assert line["time"].startswith(str(time.gmtime().tm_year))
 
     # By time: within a window around it, each line after its time; not before it.
     at = datetime.fromisoformat(line["time"][:19] + "+00:00")
@@ -363,7 +374,7 @@ async def test_logs_follow_and_by_time(app, client, register, podman_host):
         "GET", logs, params={**window, "until": (at + timedelta(seconds=2)).isoformat()}
     )
     [stamped] = [x for x in within["logs"].splitlines() if x.endswith(marker)]
-    assert stamped.startswith(line["time"][:19])
+    assert stamped.startswith("[replica 0] " + line["time"][:19])
     before = await api.call("GET", logs, params={"until": (at - timedelta(seconds=2)).isoformat()})
     assert marker not in before["logs"]
 

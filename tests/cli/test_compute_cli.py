@@ -135,6 +135,8 @@ def test_container_lifecycle_with_wait(cli, user, admin_cli, podman):
     ), followed
     as_json = _ok(cli("container", "logs", cid, "-f", *since, "--json")).splitlines()
     assert {tuple(sorted(json.loads(line))) for line in as_json} == {("line", "replica", "time")}
+    endless = cli("container", "logs", cid, "--follow", "--until", started.isoformat())
+    assert endless.exit_code == 2 and "no end" in endless.stderr, endless.stderr
     stamped = _ok(cli("container", "logs", cid, "--timestamps", "--since", started.isoformat()))
     assert stamped.startswith(str(started.year)), stamped
 

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import StreamingResponse
 
 from nefos.api.deps import Access
@@ -32,9 +33,10 @@ OUTPUT_STREAM_DOC: dict[str, Any] = {
 }
 
 
-def output_stream(
+async def output_stream(
     core: Any,
     access: Access,
+    session: AsyncSession,
     container_id: str | None,
     *,
     since: datetime | None,
@@ -43,10 +45,13 @@ def output_stream(
     slot: int | None = None,
 ) -> StreamingResponse:
     """The lines the container's replicas (or replica ``slot``) write from ``since``
-    (default: now) on, for ``seconds``."""
+    (default: now) on, for ``seconds``. The request's ``session`` is closed first: the
+    stream may last minutes, and must not hold a pooled connection meanwhile (each
+    poll reads on a session of its own)."""
     user_id = access.principal.user_id
     with blocking_slot(user_id):
         pass  # a 429 now if the user holds all of its blocking slots
+    await session.close()
     start = since or utcnow()
 
     async def lines() -> AsyncIterator[bytes]:

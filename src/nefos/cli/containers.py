@@ -387,6 +387,11 @@ def logs(
 ) -> None:
     """Print the last lines of a container's output (stdout and stderr); with
     --follow, the lines its replicas write from now (or --since) on, one a line."""
+    if follow and (until or timestamps):
+        raise typer.BadParameter(
+            "a followed log has no end, and each line has its time already",
+            param_hint="--until/--timestamps",
+        )
     with api(as_json) as c:
         if follow:
             for out in c.containers.follow(

@@ -283,8 +283,8 @@ async def follow_output(
         except NefosError:
             return  # its host does not answer: the stream ends
         for r in replicas:
-            slot = int(r["replica"])
-            last, sent = newest.get(slot, (floor, 0))
+            replica = int(r["replica"])
+            last, sent = newest.get(replica, (floor, 0))
             seen = 0  # lines of the time ``last`` met in this answer
             for raw in str(r["logs"]).splitlines():
                 found = stamped(raw)
@@ -298,8 +298,8 @@ async def follow_output(
                 else:
                     last, sent, seen = found[0], 1, 1
                 if level is None or at_least(found[2], level):
-                    yield OutputLine(slot, found[1], found[2])
-            newest[slot] = (last, sent)
+                    yield OutputLine(replica, found[1], found[2])
+            newest[replica] = (last, sent)
         left = deadline - time.monotonic()
         if left <= 0:
             return

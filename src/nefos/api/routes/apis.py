@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response, StreamingResponse
 
 from nefos.api.deps import (
@@ -382,10 +383,10 @@ async def api_logs(
         if source == "container":
             if until is not None:
                 raise ValidationFailed("A followed log has no end", until="not with follow")
-            return output_stream(
-                core, access, api.container_id, since=since, seconds=seconds, level=level
+            return await output_stream(
+                core, access, session, api.container_id, since=since, seconds=seconds, level=level
             )
-        return await _follow(core, access, where, seconds)
+        return await _follow(core, access, session, where, seconds)
     body: dict[str, Any] = {
         "api_id": api.id,
         "source": source,
@@ -416,10 +417,13 @@ async def api_logs(
     return ok(body)
 
 
-async def _follow(core: Any, access: Access, where: api_usage.CallFilter, seconds: int) -> Response:
+async def _follow(
+    core: Any, access: Access, session: AsyncSession, where: api_usage.CallFilter, seconds: int
+) -> Response:
     user_id = access.principal.user_id
     with blocking_slot(user_id):
         pass  # a 429 now if the user holds all of its blocking slots
+    await session.close()  # the stream reads on sessions of its own, for minutes
     start = where.since or utcnow()
 
     async def lines() -> AsyncIterator[bytes]:

@@ -24,7 +24,7 @@ from nefos.config import Settings
 from nefos.db.models import Container, ContainerReplica, Host, Operation
 from nefos.db.types import as_utc
 from nefos.domain.access import Permission
-from nefos.domain.errors import ValidationFailed
+from nefos.domain.errors import NotFound, ValidationFailed
 from nefos.gateway.envelope import listing, ok
 from nefos.schemas.common import Envelope
 from nefos.schemas.compute import (
@@ -311,9 +311,13 @@ async def container_logs(
     if follow:
         if until is not None:
             raise ValidationFailed("A followed log has no end", until="not with follow")
-        if replica is not None:
-            await service.logs(c, tail=1, slot=replica)  # 404 now for a replica not there
-        return output_stream(core, access, c.id, since=since, seconds=seconds, slot=replica)
+        if replica is not None and not any(
+            r.slot == replica for r in (await service.replicas([c.id]))[c.id]
+        ):
+            raise NotFound("No such replica", replica=replica)  # now, not mid-stream
+        return await output_stream(
+            core, access, session, c.id, since=since, seconds=seconds, slot=replica
+        )
     per_replica = await service.logs(
         c, tail=tail, slot=replica, since=since, until=until, timestamps=timestamps
     )
