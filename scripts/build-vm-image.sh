@@ -16,7 +16,8 @@
 #   NEFOS-READY                    booted; a user-data starting `#!` then runs,
 #                                  its output on the console
 # It brings its network interfaces up (udhcpc), answers the ACPI power button
-# (busybox acpid -> poweroff) and prints NEFOS-POWEROFF while shutting down.
+# (busybox acpid -> poweroff) and prints NEFOS-POWEROFF while shutting down. A root
+# shell runs on the serial console (ttyS0), for the interactive console.
 # The virtio (pci, blk, net, balloon), isofs, ACPI button and evdev modules of the
 # kernel are copied in with their dependencies and loaded by insmod.
 #
@@ -84,6 +85,8 @@ cat > "$ROOT/etc/inittab" <<'EOF'
 ::sysinit:/etc/init.d/rcS
 ::ctrlaltdel:/sbin/reboot
 ::shutdown:/etc/init.d/rcK
+# A root shell on the serial console (the interactive console of the tests).
+ttyS0::respawn:-/bin/sh
 EOF
 
 cat > "$ROOT/etc/init.d/rcS" <<'EOF'

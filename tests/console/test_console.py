@@ -58,9 +58,7 @@ def test_sign_up_lands_on_the_overview_with_the_wallet_and_quota(
         "() => performance.getEntriesByName('nefos:overview-ready').length > 0",
         timeout=UI_TIMEOUT_MS,
     )
-    ready = page.evaluate(
-        "() => performance.getEntriesByName('nefos:overview-ready')[0].startTime"
-    )
+    ready = page.evaluate("() => performance.getEntriesByName('nefos:overview-ready')[0].startTime")
     record_timing("overview interactive (reload, from navigation start)", ready)
     # The access token is in memory only; the tab keeps the refresh token, which the
     # reload spent (the server rotates it) for a new one.

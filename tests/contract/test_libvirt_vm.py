@@ -18,6 +18,7 @@ import pytest
 
 from nefos.drivers.base import (
     LABEL_ID,
+    DriverError,
     InstanceNotFound,
     InstanceSpec,
     InstanceState,
@@ -236,3 +237,55 @@ async def test_the_domain_xml_carries_the_nefos_metadata(
         assert [i.driver_id for i in found] == [info.driver_id]
     finally:
         await vm_driver.destroy(info.driver_id)
+
+
+async def console_reads_until(console: Any, needle: bytes, seconds: float = BOOT_SECONDS) -> bytes:
+    """What the interactive console printed, once ``needle`` is in it."""
+    seen = b""
+    async with asyncio.timeout(seconds):
+        while needle not in seen:
+            chunk = await console.read()
+            if not chunk:
+                pytest.fail(f"the console ended before {needle!r}:\n{seen!r}")
+            seen += chunk
+    return seen
+
+
+async def test_the_serial_console_is_interactive_one_at_a_time_and_ends_with_the_vm(
+    vm_driver: LibvirtDriver,
+) -> None:
+    spec = vm_spec(name="Console")
+    info = await vm_driver.create(spec)
+    try:
+        with pytest.raises(InvalidState):  # not running
+            await vm_driver.open_console(info.driver_id)
+        await vm_driver.start(info.driver_id)
+        await console_until(vm_driver, info.driver_id, "NEFOS-READY")
+        first = await vm_driver.open_console(info.driver_id)
+        # The guest's shell on ttyS0 runs what is typed; the answer is computed in it.
+        await first.write(b"echo console-$((6*7))\n")
+        await console_reads_until(first, b"console-42")
+        assert await first.exit_code() is None
+        # A second one is refused while the first is open, unless it takes over.
+        with pytest.raises(InvalidState):
+            await vm_driver.open_console(info.driver_id)
+        second = await vm_driver.open_console(info.driver_id, force=True)
+        async with asyncio.timeout(30):
+            while await first.read():
+                pass
+        with pytest.raises(DriverError):
+            await first.write(b"echo too late\n")
+        await first.close()
+        await second.write(b"echo second-$((7*7))\n")
+        await console_reads_until(second, b"second-49")
+        # The VM stopping ends the console.
+        await vm_driver.stop(info.driver_id, grace_seconds=0)
+        async with asyncio.timeout(30):
+            while await second.read():
+                pass
+        await second.close()
+        await second.close()  # idempotent
+    finally:
+        await vm_driver.destroy(info.driver_id)
+    with pytest.raises(InstanceNotFound):
+        await vm_driver.open_console(info.driver_id)

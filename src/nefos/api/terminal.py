@@ -1,37 +1,43 @@
-"""``WS /containers/{id}/exec``: a terminal in one of the caller's running replicas.
-
-The Engine API's exec with a TTY (``ComputeDriver.open_shell``), carried over a
-WebSocket, as Portainer's console and ``docker exec -it`` do:
+"""Terminals over a WebSocket: ``WS /containers/{id}/exec`` (a command on a terminal
+in one of the caller's running replicas: the Engine API's exec with a TTY,
+``ComputeDriver.open_shell``, as Portainer's console and ``docker exec -it`` do) and
+``WS /vms/{id}/console`` (a running VM's serial console, ``open_console``, as ``virsh
+console`` and the Incus console do). One protocol serves both (:class:`Target`):
 
 * **Handshake.** The credentials of ``WS /ws`` (a one-time ticket from
   ``POST /ws/ticket`` for a browser, a ``bearer.<token>`` subprotocol, a header) and
   its ``Origin`` rule. Query: ``replica`` (a slot; default the lowest running one),
   ``command`` (repeated, one argument each; default ``/bin/sh``), ``cols`` and
-  ``rows`` (default 80 x 24). The caller needs ``compute.write`` on the container's
-  project; another tenant's container is "not found".
+  ``rows`` (default 80 x 24); a VM's console takes ``force`` (true: take over the
+  console another client has open, which then ends) and nothing else. The caller
+  needs ``compute.write`` on the object's project; another tenant's is "not found".
 * **Messages.** The server sends ``{"type": "connected", "data": {container_id,
-  replica, command, cols, rows}}``, then the terminal's output as binary messages,
-  and at the end ``{"type": "exit", "data": {"code": N}}`` before closing (1000). The
+  replica, command, cols, rows}}`` (a console: ``{vm_id, forced}``), then the
+  terminal's output as binary messages, and at the end ``{"type": "exit", "data":
+  {"code": N}}`` before closing (1000; a console's code is null: it ends when the VM
+  stops or another console takes over). The
   client sends its keystrokes as binary messages (or text ``{"type": "input",
   "data": "..."}``), ``{"type": "resize", "cols": C, "rows": R}`` and ``{"type":
-  "ping"}`` (answered ``pong``). A malformed message gets an ``error`` and the
-  terminal stays open.
+  "ping"}`` (answered ``pong``; a serial line has no size: a console ignores
+  ``resize``). A malformed message gets an ``error`` and the terminal stays open.
 * **Errors** before the terminal opens are an ``error`` message (the API's codes)
   and a close: 4401 credentials, 4403 scope, 4404 not found, 4409 anything else
-  refused (no running replica, a host without terminals, too many terminals).
+  refused (no running replica or VM, a host without terminals, too many terminals,
+  a console open elsewhere: ``details.console = "busy"``).
 * **Bounds.** A message of at most 64 KiB; ``shell_max_per_user`` terminals per user
   or key in this process; hung up after ``shell_idle_timeout`` seconds without a
   byte either way (4408) or ``shell_max_seconds`` in all (4408); the credentials and
-  the caller's access to the container are read again every
+  the caller's access to the object are read again every
   ``ws_recheck_interval`` (a revoked session or a lost membership hangs up: 4401,
   4403, 4404). Hanging up ends the command's input (a shell exits).
 * **Record.** Each terminal's opening and end is logged (who, which container and
-  replica, the command, how long, the exit code), never a credential or a byte of
+  replica or VM, the command, how long, the exit code), never a credential or a byte of
   what was typed or shown.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -39,9 +45,11 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from fastapi import WebSocket, WebSocketDisconnect
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.websockets import WebSocketState
 
 from nefos.api.deps import ID_PATTERN
@@ -62,6 +70,7 @@ from nefos.services.auth import AuthService, Grant
 from nefos.services.containers import ContainerService
 from nefos.services.core import Core
 from nefos.services.principal import Principal
+from nefos.services.vms import VmService
 
 log = logging.getLogger("nefos.terminal")
 
@@ -105,6 +114,13 @@ def _int(ws: WebSocket, name: str, default: int | None, low: int, high: int) -> 
     return value
 
 
+def _bool(ws: WebSocket, name: str) -> bool:
+    raw = ws.query_params.get(name, "false").lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise ValidationFailed(f"'{name}' is true or false", **{name: "invalid"})
+    return raw in ("true", "1")
+
+
 def parse(ws: WebSocket) -> Request:
     """The handshake's query, checked (raises :class:`ValidationFailed`)."""
     command = tuple(ws.query_params.getlist("command")) or DEFAULT_COMMAND
@@ -123,22 +139,109 @@ def parse(ws: WebSocket) -> Request:
     )
 
 
+class Target(abc.ABC):
+    """What a terminal attaches to: a container's replica (``exec``) or a VM's serial
+    console. The handshake, the bounds, the re-checks and the record are shared."""
+
+    #: In the record: "container" or "VM"; "not found" names ``title``.
+    noun: str
+    title: str
+    #: The detail naming the object in an error.
+    id_field: str
+    #: Whether the end has an exit code worth waiting a moment for.
+    exits: bool
+
+    @abc.abstractmethod
+    def parse(self, ws: WebSocket) -> Any:
+        """The handshake's query, checked (raises :class:`ValidationFailed`)."""
+
+    @abc.abstractmethod
+    async def visible(self, session: AsyncSession, principal: Principal, object_id: str) -> Any:
+        """The object, if the caller may use its terminals (else NotFound)."""
+
+    @abc.abstractmethod
+    async def open(
+        self, session: AsyncSession, obj: Any, request: Any
+    ) -> tuple[Shell, dict[str, Any]]:
+        """The terminal and the data of the ``connected`` message."""
+
+
+class ContainerExec(Target):
+    """``WS /containers/{id}/exec``: a command on a terminal in a running replica."""
+
+    noun = "container"
+    title = "Container"
+    id_field = "container_id"
+    exits = True
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def parse(self, ws: WebSocket) -> Request:
+        return parse(ws)
+
+    async def visible(self, session: AsyncSession, principal: Principal, object_id: str) -> Any:
+        return await ContainerService(self.core, session).visible(
+            principal, object_id, Permission.COMPUTE_WRITE
+        )
+
+    async def open(
+        self, session: AsyncSession, obj: Any, request: Request
+    ) -> tuple[Shell, dict[str, Any]]:
+        slot, shell = await ContainerService(self.core, session).open_shell(
+            obj, slot=request.replica, command=request.command, cols=request.cols,
+            rows=request.rows,
+        )  # fmt: skip
+        return shell, {
+            "container_id": obj.id,
+            "replica": slot,
+            "command": list(request.command),
+            "cols": request.cols,
+            "rows": request.rows,
+        }
+
+
+class VmConsole(Target):
+    """``WS /vms/{id}/console``: the running VM's serial console. Query ``force``
+    (take over another open console, which ends)."""
+
+    noun = "VM"
+    title = "VM"
+    id_field = "vm_id"
+    exits = False
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def parse(self, ws: WebSocket) -> bool:
+        return _bool(ws, "force")
+
+    async def visible(self, session: AsyncSession, principal: Principal, object_id: str) -> Any:
+        return await VmService(self.core, session).visible(
+            principal, object_id, Permission.COMPUTE_WRITE
+        )
+
+    async def open(
+        self, session: AsyncSession, obj: Any, request: bool
+    ) -> tuple[Shell, dict[str, Any]]:
+        shell = await VmService(self.core, session).open_console(obj, force=request)
+        return shell, {"vm_id": obj.id, "forced": request}
+
+
 def _who(principal: Principal) -> str:
     return f"key:{principal.api_key_id}" if principal.api_key_id else f"user:{principal.user_id}"
 
 
-async def _check(core: Core, given: str | Grant, container_id: str) -> Principal:
-    """Who the credential is, if it may still use the container's terminals."""
+async def _check(core: Core, given: str | Grant, target: Target, object_id: str) -> Principal:
+    """Who the credential is, if it may still use the object's terminals."""
     async with core.db.sessionmaker() as session:
         principal = await principal_of(AuthService(core, session), given)
-        await ContainerService(core, session).visible(
-            principal, container_id, Permission.COMPUTE_WRITE
-        )
+        await target.visible(session, principal, object_id)
         await session.rollback()
     return principal
 
 
-async def serve(ws: WebSocket, container_id: str) -> None:
+async def serve(ws: WebSocket, object_id: str, target: Target) -> None:
     """The route's body (see the module docstring)."""
     core: Core = ws.app.state.core
     if not origin_allowed(ws, core):
@@ -147,14 +250,15 @@ async def serve(ws: WebSocket, container_id: str) -> None:
     await accept(ws)
     settings = core.settings
     who = ""
+    noun = target.noun
     try:
-        if not _ID.fullmatch(container_id):
-            raise NotFound("Container not found", container_id=container_id[:64])
-        request = parse(ws)
+        if not _ID.fullmatch(object_id):
+            raise NotFound(f"{target.title} not found", **{target.id_field: object_id[:64]})
+        request = target.parse(ws)
         given = await credential(ws, core)
         if not given:
             raise Unauthorized(REQUIRED)
-        principal = await _check(core, given, container_id)
+        principal = await _check(core, given, target, object_id)
         who = _who(principal)
         if _open[who] >= settings.shell_max_per_user:
             raise Conflict(
@@ -167,15 +271,8 @@ async def serve(ws: WebSocket, container_id: str) -> None:
         return
     try:
         async with core.db.sessionmaker() as session:
-            service = ContainerService(core, session)
-            container = await service.visible(principal, container_id, Permission.COMPUTE_WRITE)
-            slot, shell = await service.open_shell(
-                container,
-                slot=request.replica,
-                command=request.command,
-                cols=request.cols,
-                rows=request.rows,
-            )
+            obj = await target.visible(session, principal, object_id)
+            shell, connected = await target.open(session, obj, request)
             await session.rollback()
     except NefosError as exc:
         _release(who)
@@ -185,32 +282,19 @@ async def serve(ws: WebSocket, container_id: str) -> None:
         _release(who)
         raise
     started = time.monotonic()
-    log.info(
-        "terminal opened: container %s replica %d by %s, command %s",
-        container_id, slot, who, list(request.command),
-    )  # fmt: skip
-    session_ = _Terminal(ws, core, shell, given, container_id)
+    what = {k: v for k, v in connected.items() if k not in ("cols", "rows")}
+    log.info("terminal opened: %s by %s, %s", noun, who, what)
+    session_ = _Terminal(ws, core, shell, given, target, object_id)
     code: int | None = None
     try:
-        await ws.send_text(
-            message(
-                "connected",
-                {
-                    "container_id": container_id,
-                    "replica": slot,
-                    "command": list(request.command),
-                    "cols": request.cols,
-                    "rows": request.rows,
-                },
-            )
-        )
+        await ws.send_text(message("connected", connected))
         code = await session_.run()
     finally:
         _release(who)
         await shell.close()
         log.info(
-            "terminal closed: container %s replica %d by %s after %.0f s, exit code %s (%s)",
-            container_id, slot, who, time.monotonic() - started, code, session_.ended,
+            "terminal closed: %s by %s after %.0f s, exit code %s (%s), %s",
+            noun, who, time.monotonic() - started, code, session_.ended, what,
         )  # fmt: skip
         if ws.client_state is WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
@@ -233,13 +317,20 @@ class _Terminal:
     """One open terminal: output out, keystrokes in, re-checks and deadlines."""
 
     def __init__(
-        self, ws: WebSocket, core: Core, shell: Shell, given: str | Grant, container_id: str
+        self,
+        ws: WebSocket,
+        core: Core,
+        shell: Shell,
+        given: str | Grant,
+        target: Target,
+        object_id: str,
     ) -> None:
         self.ws = ws
         self.core = core
         self.shell = shell
         self.given = given
-        self.container_id = container_id
+        self.target = target
+        self.object_id = object_id
         self.last = time.monotonic()
         self.ended = "open"
         self._send = asyncio.Lock()
@@ -280,9 +371,10 @@ class _Terminal:
             raise exc
         if first.get_name() != "terminal-output":
             return None
-        self.ended = "exited"
+        self.ended = "exited" if self.target.exits else "ended"
         code = await self.shell.exit_code()
-        for _ in range(EXIT_POLLS):  # the engine may say "running" a moment longer
+        for _ in range(EXIT_POLLS if self.target.exits else 0):
+            # the engine may say "running" a moment longer
             if code is not None:
                 break
             await asyncio.sleep(0.1)
@@ -374,7 +466,7 @@ class _Terminal:
                 checked = now
                 self._checking = True
                 try:
-                    await _check(self.core, self.given, self.container_id)
+                    await _check(self.core, self.given, self.target, self.object_id)
                 except NefosError:
                     raise  # revoked, lost access: hang up
                 except Exception:  # the database is away: keep the terminal, look again

@@ -142,6 +142,7 @@ class Capabilities:
     supports_backups: bool = False  # full standalone disk copies, restorable into new VMs
     supports_exec: bool = False  # exec() runs a command inside a running instance
     supports_shell: bool = False  # open_shell() gives an interactive terminal inside it
+    supports_console: bool = False  # open_console() attaches to its serial console
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,6 +474,18 @@ class ComputeDriver(abc.ABC):
         is not running, :class:`InvalidSpec` if the command cannot be started.
         """
         raise Unsupported(f"{self.name} instances have no interactive terminal")
+
+    async def open_console(self, instance_id: str, *, force: bool = False) -> Shell:
+        """Attach to the running instance's serial console (``supports_console``): its
+        :class:`Shell` carries what the guest prints and what is typed, has no size
+        and no exit code, and ends when the instance stops or another console takes
+        over. One console per instance at a time: another open one is
+        :class:`InvalidState`, unless ``force`` takes it over.
+
+        Raises :class:`InstanceNotFound` if it is gone, :class:`InvalidState` if it
+        is not running.
+        """
+        raise Unsupported(f"{self.name} instances have no serial console")
 
     async def has_image(self, image: str) -> bool:
         """Whether ``image`` is on the host already, so that creating from it pulls

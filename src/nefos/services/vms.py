@@ -49,7 +49,7 @@ from nefos.domain.errors import (
     ValidationFailed,
 )
 from nefos.domain.paging import PageParams
-from nefos.drivers.base import DriverError, InstanceInfo, InstanceState
+from nefos.drivers.base import DriverError, InstanceInfo, InstanceState, InvalidState, Shell
 from nefos.drivers.libvirt import VmSpec, domain_name
 from nefos.events import record
 from nefos.events.capture import vm_event
@@ -201,6 +201,38 @@ class VmService:
         except DriverError as exc:
             if exc.code == "NOT_FOUND":
                 return ""
+            raise domain_error(exc) from exc
+
+    async def open_console(self, vm: Vm, *, force: bool = False) -> Shell:
+        """The running VM's serial console, interactive (one at a time; ``force``
+        takes over another one, which ends)."""
+        if vm.status != "running":
+            raise Conflict("The VM is not running", status=vm.status)
+        host = await self.session.get(Host, vm.host_id)
+        if host is None:
+            raise Conflict("The VM is not running", status=vm.status)
+        driver = self.core.drivers.for_host(host)
+        if not driver.capabilities.supports_console:
+            raise Conflict("This VM's host offers no interactive console")
+        try:
+            return await asyncio.wait_for(
+                driver.open_console(vm_domain(vm), force=force),
+                self.core.settings.host_timeout,
+            )
+        except TimeoutError as exc:
+            raise ServiceUnavailable(f"The VM's host {host.hostname} does not answer") from exc
+        except InvalidState as exc:
+            err = (
+                Conflict(
+                    "Another console is open on this VM (force=true takes it over)",
+                    console="busy",
+                )
+                if "another console" in exc.message
+                else Conflict("The VM is not running", status=vm.status)
+            )
+            err.engine_message = exc.message
+            raise err from exc
+        except DriverError as exc:
             raise domain_error(exc) from exc
 
     # --- creating ---------------------------------------------------------------------

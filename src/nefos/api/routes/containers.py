@@ -271,7 +271,7 @@ async def delete_container(
 @router.websocket("/{container_id}/exec")
 async def container_terminal(ws: WebSocket, container_id: str) -> None:
     """A terminal in a running replica: the protocol is in ``nefos.api.terminal``."""
-    await terminal.serve(ws, container_id)
+    await terminal.serve(ws, container_id, terminal.ContainerExec(ws.app.state.core))
 
 
 @router.get(

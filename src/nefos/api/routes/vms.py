@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Query, WebSocket
 from starlette.responses import Response
 
+from nefos.api import terminal
 from nefos.api.deps import (
     Access,
     CoreDep,
@@ -211,6 +212,12 @@ async def vm_console(
     vm = await service.visible(access.principal, vm_id, Permission.COMPUTE_READ)
     text = await service.console(vm, tail=tail)
     return ok({"vm_id": vm.id, "console": text, "lines": len(text.splitlines())})
+
+
+@router.websocket("/{vm_id}/console")
+async def vm_console_terminal(ws: WebSocket, vm_id: str) -> None:
+    """The serial console, interactive: the protocol is in ``nefos.api.terminal``."""
+    await terminal.serve(ws, vm_id, terminal.VmConsole(ws.app.state.core))
 
 
 # --- seed 001's aliases -----------------------------------------------------------------

@@ -112,11 +112,13 @@ from nefos.drivers.base import (
     InvalidSpec,
     InvalidState,
     NetworkInfo,
+    Shell,
     SnapshotInfo,
     Unsupported,
     VolumeInfo,
 )
 from nefos.drivers.libvirt import seed as seeds
+from nefos.drivers.libvirt.console import SerialConsole, ensure_event_loop
 from nefos.drivers.libvirt.domain import (
     CPU_PERIOD_US,
     DEFAULT_CMDLINE,
@@ -346,6 +348,7 @@ class LibvirtDriver(ComputeDriver):
         supports_backups=True,  # of a stopped VM's disks, restored by VmSpec.root_from
         supports_volumes=True,
         supports_networks=True,  # isolated, optionally with DHCP (dnsmasq on the host)
+        supports_console=True,  # the serial console, interactive (.console)
     )
 
     def __init__(
@@ -399,6 +402,8 @@ class LibvirtDriver(ComputeDriver):
         self._probe_lock = threading.Lock()
         self._pool_path: str | None = None
         self._cpu_samples: dict[str, tuple[int, float]] = {}
+        # Before any connection opens: consoles' streams need libvirt's event loop.
+        ensure_event_loop()
 
     @property
     def capabilities(self) -> Capabilities:
@@ -2205,6 +2210,41 @@ class LibvirtDriver(ComputeDriver):
         if since is not None or until is not None or timestamps:
             raise Unsupported("A VM's console log keeps no times (supports_log_times)")
         return await self._run(self._read, self._logs, instance_id, tail)
+
+    async def open_console(self, instance_id: str, *, force: bool = False) -> Shell:
+        loop = asyncio.get_running_loop()
+        stream = await self._bounded(self._open_console, instance_id, force)
+        console = SerialConsole(stream, loop, self._run)
+        try:
+            await self._bounded(console.start)
+        except BaseException:
+            await console.close()
+            raise
+        return console
+
+    def _open_console(self, instance_id: str, force: bool) -> libvirt.virStream:
+        conn = self._connect()
+        dom, _ = self._ours(conn, instance_id)
+        with self._translated(instance_id):
+            if not dom.isActive():
+                raise InvalidState("the VM is not running", instance_id=instance_id)
+            stream = conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
+        flags = libvirt.VIR_DOMAIN_CONSOLE_SAFE
+        if force:
+            flags |= libvirt.VIR_DOMAIN_CONSOLE_FORCE
+        try:
+            # None: the first console device (the serial port's).
+            dom.openConsole(None, stream, flags)  # type: ignore[arg-type]
+        except libvirt.libvirtError as exc:
+            with suppress(libvirt.libvirtError):
+                stream.abort()
+            if "active console session" in _explain(exc).lower():
+                raise InvalidState(
+                    "another console is open on this VM", instance_id=instance_id
+                ) from exc
+            with self._translated(instance_id):
+                raise
+        return stream
 
     def _logs(self, instance_id: str, tail: int) -> str:
         conn = self._connect()

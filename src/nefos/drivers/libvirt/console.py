@@ -1,0 +1,186 @@
+"""A running VM's serial console, interactive: libvirt's ``virDomainOpenConsole``
+over a non-blocking stream, as ``virsh console`` does.
+
+libvirt delivers a stream's data through an event loop: :func:`ensure_event_loop`
+registers libvirt's default one, once per process and before the driver opens a
+connection (a connection opened earlier would not use it), and runs it in a daemon
+thread. A stream's READABLE event reads what is there on that thread and hands it
+to the asyncio loop that opened the console; a reader that falls behind pauses the
+stream (no more events) until it caught up, so a guest printing without end holds
+at most :data:`MAX_QUEUED` chunks in memory.
+
+One console per domain at a time: opening one while another is open is
+:class:`InvalidState`, unless ``force`` takes it over (the other one ends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Any
+
+import libvirt
+
+from nefos.drivers.base import DriverError, Shell
+
+log = logging.getLogger("nefos.drivers.libvirt.console")
+
+#: The most a read hands over at once.
+CHUNK = 64 * 1024
+#: Chunks waiting for the reader before the stream is paused; it resumes at half.
+MAX_QUEUED = 64
+#: Seconds a write may wait for the stream to take it.
+WRITE_TIMEOUT = 10.0
+
+_STOPPED = libvirt.VIR_STREAM_EVENT_HANGUP | libvirt.VIR_STREAM_EVENT_ERROR
+_READING = libvirt.VIR_STREAM_EVENT_READABLE | _STOPPED
+
+_event_lock = threading.Lock()
+_event_thread: threading.Thread | None = None
+
+
+def ensure_event_loop() -> None:
+    """Register libvirt's default event loop and run it in a daemon thread (once)."""
+    global _event_thread
+    with _event_lock:
+        if _event_thread is not None:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+        _event_thread = threading.Thread(target=_run_events, name="libvirt-events", daemon=True)
+        _event_thread.start()
+
+
+def _run_events() -> None:
+    while True:
+        try:
+            libvirt.virEventRunDefaultImpl()
+        except Exception:  # one bad callback must not end every console
+            log.exception("libvirt's event loop failed an iteration")
+            time.sleep(0.1)
+
+
+class SerialConsole(Shell):
+    """The serial console of one domain (see the module docstring).
+
+    ``run`` runs a blocking call in a worker thread (the driver's ``_run``)."""
+
+    def __init__(
+        self,
+        stream: libvirt.virStream,
+        loop: asyncio.AbstractEventLoop,
+        run: Callable[..., Any],
+    ) -> None:
+        self._stream = stream
+        self._loop = loop
+        self._run = run
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._lock = threading.Lock()  # _queued, _paused, _ended between the threads
+        self._queued = 0
+        self._paused = False
+        self._ended = False
+        self._closed = False
+
+    def start(self) -> None:
+        """Begin delivering output (call once, after the console opened)."""
+        self._stream.eventAddCallback(_READING, self._event, None)
+
+    # --- the event thread ------------------------------------------------------------
+    def _event(self, stream: libvirt.virStream, events: int, _opaque: Any) -> None:
+        if events & libvirt.VIR_STREAM_EVENT_READABLE:
+            while True:
+                try:
+                    data: bytes | int = stream.recv(CHUNK)
+                except libvirt.libvirtError:
+                    data = b""  # the stream broke: the console ended
+                if data == -2:  # nothing more for now
+                    return
+                if not isinstance(data, bytes) or not data:
+                    self._end()
+                    return
+                with self._lock:
+                    self._queued += 1
+                    pause = self._queued >= MAX_QUEUED and not self._paused
+                    if pause:
+                        self._paused = True
+                self._deliver(data)
+                if pause:
+                    with suppress(libvirt.libvirtError):
+                        stream.eventUpdateCallback(_STOPPED)
+                    return
+        if events & _STOPPED:
+            self._end()
+
+    def _end(self) -> None:
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+        with suppress(libvirt.libvirtError):
+            self._stream.eventRemoveCallback()
+        self._deliver(b"")
+
+    def _deliver(self, data: bytes) -> None:
+        with suppress(RuntimeError):  # the loop closed: nobody reads any more
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, data)
+
+    # --- the Shell -------------------------------------------------------------------
+    async def read(self) -> bytes:
+        data = await self._queue.get()
+        if not data:
+            self._queue.put_nowait(b"")  # every later read sees the end too
+            return b""
+        with self._lock:
+            self._queued -= 1
+            resume = self._paused and self._queued <= MAX_QUEUED // 2 and not self._ended
+            if resume:
+                self._paused = False
+        if resume:
+            with suppress(libvirt.libvirtError):
+                self._stream.eventUpdateCallback(_READING)
+        return data
+
+    async def write(self, data: bytes) -> None:
+        if self._ended or self._closed:
+            raise DriverError("the console has ended")
+        await asyncio.wait_for(self._run(self._send, data), WRITE_TIMEOUT)
+
+    def _send(self, data: bytes) -> None:
+        view = memoryview(data)
+        deadline = time.monotonic() + WRITE_TIMEOUT
+        while view:
+            try:
+                sent = self._stream.send(bytes(view))
+            except libvirt.libvirtError as exc:
+                raise DriverError(f"the console has ended: {exc.get_error_message()}") from exc
+            if sent == -2:  # the stream's buffer is full: a moment
+                if time.monotonic() > deadline:
+                    raise DriverError("the console takes no input")
+                time.sleep(0.01)
+                continue
+            view = view[sent:]
+
+    async def resize(self, cols: int, rows: int) -> None:
+        """A serial line has no size to tell the guest (``stty`` in it does)."""
+
+    async def exit_code(self) -> int | None:
+        return None  # a console ends, it does not exit
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._run(self._close)
+
+    def _close(self) -> None:
+        with self._lock:
+            ended, self._ended = self._ended, True
+        if not ended:
+            with suppress(libvirt.libvirtError):
+                self._stream.eventRemoveCallback()
+            self._deliver(b"")  # a read under way ends
+        with suppress(libvirt.libvirtError):
+            self._stream.abort()
