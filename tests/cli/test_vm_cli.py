@@ -105,6 +105,11 @@ def test_images_and_a_vm_through_the_cli(admin_cli, cli, user, libvirt, tmp_path
     as_json = cli.json("vm", "console", vm_id, "--tail", "5")
     assert as_json["vm_id"] == vm_id and as_json["lines"] <= 5
 
+    # Attached, stdin typed into the guest's shell: the answer is printed.
+    attached = cli("vm", "console", vm_id, "--attach", "--linger", "5", input="echo cli-$((6*7))\n")
+    assert "cli-42" in ok(attached)
+    assert cli("vm", "console", vm_id, "--attach", "--json").exit_code == 2
+
     rebooted = cli.json("vm", "reboot", vm_id, "--hard", "--wait")
     assert rebooted["operation"]["kind"] == "vm.reboot"
     assert rebooted["operation"]["status"] == "succeeded"

@@ -9,6 +9,7 @@ again at the end of the module, with whatever domains and pool images are left.
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from nefos.sdk import (
     OperationFailedError,
     Page,
     PermissionDeniedError,
+    Terminal,
     ValidationError,
 )
 from tests.conftest import tiny_vm_image
@@ -36,6 +38,19 @@ from tests.sdk.conftest import (
     track,
     unique,
 )
+
+
+def read_until(term: Terminal, needle: bytes, seconds: float = 60) -> bytes:
+    """What the terminal showed, once ``needle`` is in it."""
+    seen = b""
+    deadline = time.monotonic() + seconds
+    while needle not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {needle!r} within {seconds} s: {seen!r}"
+        chunk = term.recv(timeout=left)
+        assert chunk is not None, f"the terminal ended before {needle!r}: {seen!r}"
+        seen += chunk
+    return seen
 
 
 # --- a VM's whole life -----------------------------------------------------------------
@@ -73,6 +88,23 @@ def test_vm_lifecycle_on_libvirt(admin_client, new_user, libvirt):
     assert between(console, "NEFOS-USER-DATA-BEGIN", "NEFOS-USER-DATA-END") == USER_DATA.rstrip()
     assert KEY in between(console, "NEFOS-SSH-KEYS-BEGIN", "NEFOS-SSH-KEYS-END")
     assert len(c.vms.console(vm_id, tail=3).splitlines()) <= 3
+
+    # The serial console, interactive: typed into the guest's shell, answered there.
+    with c.vms.attach_console(vm_id) as first:
+        assert first.info == {"vm_id": vm_id, "forced": False}
+        first.send("echo sdk-$((6*7))\n")
+        assert b"sdk-42" in read_until(first, b"sdk-42")
+        with pytest.raises(ConflictError) as busy:  # one console at a time
+            c.vms.attach_console(vm_id).__enter__()
+        assert busy.value.details == {"console": "busy"}
+        with c.vms.attach_console(vm_id, force=True) as second:  # takes it over
+            while first.recv(timeout=30) is not None:
+                pass
+            assert first.closed and first.exit_code is None
+            second.send(b"echo sdk-$((7*7))\n")
+            read_until(second, b"sdk-49")
+    with pytest.raises(NotFoundError):
+        new_user().vms.attach_console(vm_id).__enter__()
 
     page = c.vms.list()
     assert isinstance(page, Page) and [v.id for v in page.items] == [vm_id]

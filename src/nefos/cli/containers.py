@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import sys
-import termios
-import threading
-import tty
 from typing import Annotated, Any
 
 import typer
@@ -30,13 +25,14 @@ from nefos.cli._common import (
     wait_for,
 )
 from nefos.cli._metrics import series_table, usage_cpu, usage_memory, values_of
+from nefos.cli._terminal import attach
 from nefos.schemas.compute import (
     ContainerAccepted,
     ContainerPublic,
     OperationPublic,
     PublishedEndpoint,
 )
-from nefos.sdk import NOT_GIVEN, Client, Terminal
+from nefos.sdk import NOT_GIVEN, Client
 
 app = typer.Typer(no_args_is_help=True, help="Containers: create, scale, follow and remove them.")
 
@@ -439,43 +435,8 @@ def exec_(
         with c.containers.terminal(
             container_id, replica=replica, command=command, cols=size.columns, rows=size.lines
         ) as term:
-            code = _attach(term)
+            code = attach(term)
     raise typer.Exit(code if code is not None else 1)
-
-
-def _attach(term: Terminal) -> int | None:
-    """Type stdin into the terminal and print what it shows, until it ends."""
-    interactive = sys.stdin.isatty()
-    saved = termios.tcgetattr(sys.stdin) if interactive else None
-
-    def typing() -> None:
-        try:
-            if interactive:
-                fd = sys.stdin.fileno()
-                while chunk := os.read(fd, 4096):
-                    term.send(chunk)
-            else:
-                source = sys.stdin.buffer
-                read = getattr(source, "read1", source.read)
-                while chunk := read(4096):
-                    term.send(chunk)
-            if not interactive:
-                term.send(b"\x04")  # end of input, as a terminal's Ctrl-D
-        except Exception:  # the terminal ended meanwhile
-            return
-
-    if saved is not None:
-        tty.setraw(sys.stdin.fileno())
-    try:
-        threading.Thread(target=typing, daemon=True, name="nefos-exec-stdin").start()
-        out = sys.stdout.buffer
-        while (chunk := term.recv()) is not None:
-            out.write(chunk)
-            out.flush()
-    finally:
-        if saved is not None:
-            termios.tcsetattr(sys.stdin, termios.TCSADRAIN, saved)
-    return term.exit_code
 
 
 @app.command()

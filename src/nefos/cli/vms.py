@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +26,7 @@ from nefos.cli._common import (
     wait_for,
 )
 from nefos.cli._metrics import series_table, usage_cpu, usage_memory, values_of
+from nefos.cli._terminal import DETACH, attach
 from nefos.schemas.vms import VmAccepted
 from nefos.sdk import Client
 
@@ -328,9 +330,42 @@ def rm(vm_id: VmArg, yes: YesOpt = False, wait: WaitOpt = False, as_json: JsonOp
 def console(
     vm_id: VmArg,
     tail: Annotated[int, typer.Option(min=1, max=10_000, help="Lines to print.")] = 200,
+    attach_: Annotated[
+        bool,
+        typer.Option(
+            "--attach", "-a", help="Attach to the console, interactive (Ctrl-] leaves it)."
+        ),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="With --attach: take over a console open elsewhere.")
+    ] = False,
+    linger: Annotated[
+        float,
+        typer.Option(
+            "--linger",
+            min=0,
+            max=600,
+            help="With --attach and stdin not a terminal: seconds to print the answer "
+            "after the input ends.",
+        ),
+    ] = 2.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Print the last lines of a VM's serial console (boot messages, cloud-init)."""
+    """Print the last lines of a VM's serial console (boot messages, cloud-init), or
+    attach to it.
+
+    nefos vm console VM                       (the log)
+    nefos vm console VM --attach              (type into it; Ctrl-] leaves)
+    echo 'uname -a' | nefos vm console VM -a  (type stdin, print the answer)
+    """
+    if attach_:
+        if as_json:
+            raise typer.BadParameter("--attach prints the console itself, not JSON")
+        with api(False) as c, c.vms.attach_console(vm_id, force=force) as term:
+            if sys.stdin.isatty():
+                typer.echo("Attached to the serial console; Ctrl-] leaves it.", err=True)
+            attach(term, detach=DETACH, linger=linger)
+        return
     with api(as_json) as c:
         text = c.vms.console(vm_id, tail=tail)
     if as_json:

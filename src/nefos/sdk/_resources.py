@@ -969,6 +969,17 @@ class Vms(_Resource):
         path = f"/vms/{_seg(vm_id)}/console"
         return self._one(VmConsole, "GET", path, params={"tail": tail}).console
 
+    def attach_console(self, vm_id: str, *, force: bool = False) -> Terminal:
+        """The running VM's serial console, interactive, to use as a context manager:
+        ``with client.vms.attach_console(vm_id) as t: t.send(b"uname -a\\n")``. One
+        console per VM at a time: another open one is ``ConflictError`` unless
+        ``force`` takes it over (that one ends). See :class:`nefos.sdk.Terminal`."""
+        return Terminal(
+            self._client,
+            path=f"/vms/{_seg(vm_id)}/console",
+            params=[("force", "true" if force else "false")],
+        )
+
 
 PathLike = str | os.PathLike[str]
 

@@ -1,5 +1,7 @@
-"""``client.containers.terminal(id)``: a terminal in a running replica
-(``WS /containers/{id}/exec``), blocking::
+"""Terminals over a WebSocket, blocking: ``client.containers.terminal(id)`` (a
+command in a running replica, ``WS /containers/{id}/exec``) and
+``client.vms.attach_console(id)`` (a running VM's serial console, ``WS
+/vms/{id}/console``)::
 
     with client.containers.terminal(cid, command=["sh"]) as term:
         term.send(b"ls /\\n")
@@ -9,8 +11,10 @@
 
 It authenticates with the client's credentials in a header (renewing the session
 first when needed). A refusal before the terminal opens raises the API's error as
-the REST calls do (``NotFoundError`` for another tenant's container,
-``ConflictError`` when no replica runs, ...).
+the REST calls do (``NotFoundError`` for another tenant's container or VM,
+``ConflictError`` when no replica runs, the VM is stopped or its console is open
+elsewhere, ...). A console has no exit code: it ends (``recv`` gives None) when the
+VM stops or another client takes it over (``force=True``).
 """
 
 from __future__ import annotations
@@ -39,30 +43,38 @@ class Terminal:
     def __init__(
         self,
         client: Transport,
-        container_id: str,
+        container_id: str | None = None,
         *,
         replica: int | None = None,
         command: Sequence[str] | None = None,
         cols: int = 80,
         rows: int = 24,
         open_timeout: float = 30.0,
+        path: str | None = None,
+        params: Sequence[tuple[str, Any]] | None = None,
     ) -> None:
-        params: list[tuple[str, Any]] = [("cols", cols), ("rows", rows)]
-        if replica is not None:
-            params.append(("replica", replica))
-        params += [("command", arg) for arg in command or []]
+        """A container's terminal (``container_id`` with ``replica``, ``command``, the
+        size), or any terminal route: ``path`` and its ``params``."""
+        if path is None:
+            if container_id is None:
+                raise TypeError("a container_id or a path")
+            path = f"/containers/{quote(container_id, safe='')}/exec"
+            query: list[tuple[str, Any]] = [("cols", cols), ("rows", rows)]
+            if replica is not None:
+                query.append(("replica", replica))
+            query += [("command", arg) for arg in command or []]
+        else:
+            query = list(params or [])
         base = client.base_url
         scheme = "wss" if base.startswith("https://") else "ws"
         self.url = (
-            scheme
-            + base[base.index("://") :]
-            + f"/containers/{quote(container_id, safe='')}/exec?"
-            + urlencode(params)
+            scheme + base[base.index("://") :] + path + (f"?{urlencode(query)}" if query else "")
         )
         self._client = client
         self._open_timeout = open_timeout
         self._ws: Any = None
-        #: The server's ``connected`` data: container_id, replica, command, cols, rows.
+        #: The server's ``connected`` data: container_id, replica, command, cols, rows
+        #: (a console: vm_id, forced).
         self.info: dict[str, Any] = {}
         #: The command's exit code once it ended (None before, or if it was hung up).
         self.exit_code: int | None = None
@@ -122,7 +134,7 @@ class Terminal:
     def recv(self, timeout: float | None = None) -> bytes | None:
         """The next output (waiting at most ``timeout`` seconds: ``b""`` if nothing
         came), or None once the terminal ended (then :attr:`exit_code` is set if the
-        command exited)."""
+        command exited; a console has none)."""
         from websockets.exceptions import ConnectionClosed
 
         while not self.closed:
