@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nefos.db.models import ApiCall, Container
 from nefos.db.session import Database
+from nefos.db.types import as_utc
 from nefos.domain.errors import NefosError, ValidationFailed
 from nefos.domain.paging import PageParams
 from nefos.domain.plans import CALL_IN_FLIGHT
@@ -144,8 +145,8 @@ class CallFilter:
     def __post_init__(self) -> None:
         for name in ("since", "until"):
             value = getattr(self, name)
-            if value is not None and value.tzinfo is None:
-                object.__setattr__(self, name, value.replace(tzinfo=UTC))
+            if value is not None:
+                object.__setattr__(self, name, as_utc(value))
         if self.since is not None and self.until is not None and self.since >= self.until:
             raise ValidationFailed("The window is empty", since="must be before until")
 

@@ -4,13 +4,11 @@ with the operation that carries them out."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from nefos.api.deps import (
     Access,
@@ -22,17 +20,15 @@ from nefos.api.deps import (
     SessionDep,
     authorize,
 )
-from nefos.api.routes.services import blocking_slot
-from nefos.api.streams import output_stream
+from nefos.api.streams import calls_stream, output_stream
 from nefos.config import Settings
 from nefos.db.models import Api, ApiDeployment, Container, Operation
-from nefos.db.types import as_utc, utcnow
+from nefos.db.types import as_utc
 from nefos.domain.access import Permission
 from nefos.domain.errors import NotFound, ValidationFailed
 from nefos.gateway.envelope import listing, ok, page
 from nefos.schemas.apis import (
     ApiAccepted,
-    ApiCallLog,
     ApiCreate,
     ApiLogs,
     ApiOutputLine,
@@ -386,7 +382,7 @@ async def api_logs(
             return await output_stream(
                 core, access, session, api.container_id, since=since, seconds=seconds, level=level
             )
-        return await _follow(core, access, session, where, seconds)
+        return await calls_stream(core, access, session, where, seconds)
     body: dict[str, Any] = {
         "api_id": api.id,
         "source": source,
@@ -415,28 +411,6 @@ async def api_logs(
         listed = page([api_usage.call_public(c) for c in calls], total, params)
         body.update(listed, calls=listed["items"])
     return ok(body)
-
-
-async def _follow(
-    core: Any, access: Access, session: AsyncSession, where: api_usage.CallFilter, seconds: int
-) -> Response:
-    user_id = access.principal.user_id
-    with blocking_slot(user_id):
-        pass  # a 429 now if the user holds all of its blocking slots
-    await session.close()  # the stream reads on sessions of its own, for minutes
-    start = where.since or utcnow()
-
-    async def lines() -> AsyncIterator[bytes]:
-        # The slot is held while the stream runs: taken when it starts, given back
-        # when it ends or its client goes.
-        with blocking_slot(user_id):
-            async for call in api_usage.follow(core.db, where, seconds=seconds, start=start):
-                entry = ApiCallLog.model_validate(api_usage.call_public(call))
-                yield entry.model_dump_json().encode() + b"\n"
-
-    return StreamingResponse(
-        lines(), media_type="application/x-ndjson", headers={"Cache-Control": "no-store"}
-    )
 
 
 @router.get(
