@@ -28,6 +28,10 @@ from urllib.parse import parse_qsl
 
 FIXTURES = Path(__file__).parent / "fixtures" / "stripe"
 SECRET_KEY = "sk_test_nefos0000000000000000000000000000"
+PUBLISHABLE_KEY = "pk_test_nefos0000000000000000000000000000"
+#: Stripe's test cards: paid, and declined.
+CARD_PAID = "4242424242424242"
+CARD_DECLINED = "4000000000000002"
 WEBHOOK_SECRET = "whsec_nefostest00000000000000000000000000"
 # Stripe's minimum charge amounts, in minor units (docs.stripe.com/currencies#minimum).
 MINIMUM = {"usd": 50, "eur": 50, "gbp": 30, "jpy": 50, "chf": 50}
@@ -75,6 +79,14 @@ class StripeServer:
             def do_POST(self) -> None:
                 outer._handle(self, "POST")
 
+            def do_OPTIONS(self) -> None:  # a browser's preflight (Stripe.js's calls)
+                self.send_response(204)
+                self.send_header("Access-Control-Allow-Origin", "*")
+                self.send_header("Access-Control-Allow-Methods", "GET, POST")
+                self.send_header("Access-Control-Allow-Headers", "Content-Type")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -100,11 +112,20 @@ class StripeServer:
         form = dict(parse_qsl(raw, keep_blank_values=True))
         headers = {k.lower(): v for k, v in handler.headers.items()}
         path = handler.path.split("?", 1)[0]
+        if method == "GET" and path == "/v3/":
+            script = (FIXTURES / "stripe.js").read_bytes()
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/javascript; charset=utf-8")
+            handler.send_header("Content-Length", str(len(script)))
+            handler.end_headers()
+            handler.wfile.write(script)
+            return
         with self._lock:
             self.calls.append(Call(method, path, headers, form))
             status, body, replayed = self._answer(method, path, headers, form)
         data = json.dumps(body).encode()
         handler.send_response(status)
+        handler.send_header("Access-Control-Allow-Origin", "*")
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(data)))
         handler.send_header("Request-Id", f"req_{_token(7)}")
@@ -117,6 +138,8 @@ class StripeServer:
     def _answer(
         self, method: str, path: str, headers: dict[str, str], form: dict[str, str]
     ) -> tuple[int, dict[str, Any], bool]:
+        if path.endswith("/confirm") and form.get("key") == PUBLISHABLE_KEY:
+            return *self._confirm(path, form), False  # Stripe.js, with the publishable key
         if headers.get("authorization") != f"Bearer {self.secret_key}":
             return 401, fixture("error_invalid_api_key"), False
         key = headers.get("idempotency-key")
@@ -147,6 +170,24 @@ class StripeServer:
             self.cancel(intent["id"], form.get("cancellation_reason"))
             return 200, copy.deepcopy(intent)
         return 404, {"error": {"type": "invalid_request_error", "message": "No such route"}}
+
+    def _confirm(self, path: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """Stripe.js confirms a PaymentIntent with a card: its client secret proves it
+        may; the test cards decide."""
+        ref = path.strip("/").split("/")[2]
+        intent = self.intents.get(ref)
+        if intent is None or form.get("client_secret") != intent["client_secret"]:
+            error = fixture("error_resource_missing")
+            error["error"]["message"] = f"No such payment_intent: '{ref}'"
+            return 404, error
+        if intent["status"] == "succeeded":
+            return 400, fixture("error_unexpected_state")
+        number = form.get("payment_method_data[card][number]", "")
+        if number == CARD_PAID:
+            return 200, self.pay(ref)
+        failed = self.decline(ref)
+        error = failed["last_payment_error"] or {}
+        return 402, {"error": {**error, "payment_intent": failed}}
 
     def _create(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
         amount, currency = int(form["amount"]), form["currency"]

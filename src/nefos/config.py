@@ -12,6 +12,7 @@ from functools import cached_property
 from ipaddress import ip_network
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -594,6 +595,17 @@ class Settings(BaseSettings):
     stripe_api_base: str | None = Field(
         None, description="Stripe API base URL (a mock or proxy); default Stripe's own."
     )
+    stripe_publishable_key: str | None = Field(
+        None,
+        description="Stripe publishable key (`pk_...`): the web console takes cards with "
+        "Stripe.js (the `stripe` provider must be enabled too).",
+    )
+    stripe_js_url: str = Field(
+        "https://js.stripe.com/v3/",
+        description="Where the console loads Stripe.js from (Stripe's own; https, or http "
+        "on a loopback address for a stand-in). The console's Content-Security-Policy "
+        "allows its origin, and Stripe's API and frames, only when cards are enabled.",
+    )
 
     # --- gateway: rate limits (nefos.gateway.ratelimit) ------------------------------
     rate_limit_enabled: bool = Field(
@@ -709,6 +721,17 @@ class Settings(BaseSettings):
     def _argon2_lanes(cls, v: int) -> int:
         if v < ARGON2_MIN_PARALLELISM:
             raise ValueError("must be at least 1")
+        return v
+
+    @field_validator("stripe_js_url")
+    @classmethod
+    def _stripe_js_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if not parts.hostname or not (
+            parts.scheme == "https" or (parts.scheme == "http" and loopback)
+        ):
+            raise ValueError("must be an https URL (or http on a loopback address)")
         return v
 
     @field_validator("container_port_range")

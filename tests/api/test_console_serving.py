@@ -73,7 +73,9 @@ async def test_client_routes_get_the_shell_never_cached(web: httpx.AsyncClient, 
     assert _is_shell(r), (r.status_code, r.text[:200])
     assert r.headers["content-type"] == "text/html; charset=utf-8"
     assert r.headers["cache-control"] == "no-cache"
-    assert "default-src 'self'" in r.headers["content-security-policy"]
+    policy = r.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "script-src 'self';" in policy
+    assert "stripe" not in policy  # cards are not set up here
     assert r.headers["x-content-type-options"] == "nosniff"
     head = await web.head(path)
     assert head.status_code == 200 and head.content == b""
@@ -184,3 +186,31 @@ async def test_without_a_build_the_shell_says_how_to_make_one(unbuilt: Settings)
             assert "The web console is not built" in r.text
             assert "make run" in r.text and "scripts/ensure-console.sh" in r.text
             assert (await c.get("/api/v1/marketplace/listings")).status_code == 200
+
+
+def test_where_cards_are_taken_the_policy_allows_stripe_js_and_nothing_else_more() -> None:
+    def policy(js_url: str | None) -> dict[str, list[str]]:
+        middleware = ConsoleMiddleware(None, directory=Path("/nonexistent"), card_js_url=js_url)  # type: ignore[arg-type]
+        text = middleware.shell_headers["Content-Security-Policy"]
+        return {d.split()[0]: d.split()[1:] for d in text.split("; ")}
+
+    plain = policy(None)
+    assert plain["script-src"] == ["'self'"] and plain["connect-src"] == ["'self'"]
+    assert "frame-src" not in plain  # default-src 'self'
+    stripe = policy("https://js.stripe.com/v3/")
+    assert stripe["script-src"] == ["'self'", "https://js.stripe.com"]
+    assert stripe["connect-src"] == ["'self'", "https://api.stripe.com", "https://js.stripe.com"]
+    assert stripe["frame-src"] == ["https://js.stripe.com", "https://hooks.stripe.com"]
+    # Everything else as strict as without cards.
+    same = ("default-src", "style-src", "frame-ancestors", "base-uri", "form-action", "object-src")
+    assert {d: stripe[d] for d in same} == {d: plain[d] for d in same}
+    # A stand-in's origin (the tests'), with its port.
+    local = policy("http://127.0.0.1:4242/v3/")
+    assert local["script-src"] == ["'self'", "http://127.0.0.1:4242"]
+
+
+def test_stripe_js_comes_over_https_only(tmp_path: Path) -> None:
+    for bad in ("http://js.example.com/v3/", "javascript:alert(1)", "ftp://x/y", "https:///v3"):
+        with pytest.raises(ValueError, match="https URL"):
+            Settings(data_dir=tmp_path, stripe_js_url=bad)
+    assert Settings(data_dir=tmp_path, stripe_js_url="http://localhost:9/v3/").stripe_js_url

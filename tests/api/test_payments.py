@@ -24,7 +24,14 @@ from nefos.domain.errors import ValidationFailed
 from nefos.services.billing import BillingService
 from nefos.services.subscriptions import EventView
 from tests.conftest import Account, free_port, join_org
-from tests.stripe_server import SECRET_KEY, WEBHOOK_SECRET, StripeServer, sign
+from tests.stripe_server import (
+    CARD_PAID,
+    PUBLISHABLE_KEY,
+    SECRET_KEY,
+    WEBHOOK_SECRET,
+    StripeServer,
+    sign,
+)
 
 V1 = "/api/v1"
 HOOK = f"{V1}/payments/stripe/webhook"
@@ -717,3 +724,69 @@ async def test_a_top_up_lifts_a_depleted_organisations_refusal_at_once(
     async with app.state.core.db.session() as s:
         account = await s.get(BillingAccount, org)
         assert account.depleted_since is None and account.suspended_at is None
+
+
+async def test_payment_methods_say_how_the_platform_takes_money(
+    client: httpx.AsyncClient, register: Any, admin: Account, app: Any, stripe_server: StripeServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    owner = await register()
+    r = await client.get(f"{V1}/payments/methods", headers=owner.headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["data"] == {"providers": ["manual"], "default": "manual", "card": None}
+    r = await client.get(f"{V1}/payments/methods", headers=admin.headers)
+    assert r.json()["data"]["providers"] == ["manual", "credit"]
+    assert (await client.get(f"{V1}/payments/methods")).status_code == 401
+    # Stripe on, without a publishable key: PaymentIntents, but no card form.
+    settings = app.state.core.settings
+    monkeypatch.setattr(settings, "stripe_secret_key", SECRET_KEY)
+    monkeypatch.setattr(settings, "stripe_api_base", stripe_server.url)
+    r = await client.get(f"{V1}/payments/methods", headers=owner.headers)
+    assert r.json()["data"] == {
+        "providers": ["stripe", "manual"],
+        "default": "stripe",
+        "card": None,
+    }
+    monkeypatch.setattr(settings, "stripe_publishable_key", PUBLISHABLE_KEY)
+    r = await client.get(f"{V1}/payments/methods", headers=owner.headers)
+    assert r.json()["data"]["card"] == {
+        "publishable_key": PUBLISHABLE_KEY,
+        "js_url": "https://js.stripe.com/v3/",
+    }
+
+
+async def test_a_payer_refreshes_a_stripe_payment_once_stripe_js_took_the_card(
+    client: httpx.AsyncClient, register: Any, app: Any, stripe_on: StripeServer
+) -> None:
+    owner = await register()
+    org = await org_of(client, owner)
+    start = await opened(client, app, owner, org)
+    r = await post(client, "/payments", owner, json={"amount": "18"})
+    payment, ref = r.json()["data"], r.json()["data"]["provider_ref"]
+    # Nothing paid yet: the refresh asks Stripe and leaves it pending.
+    r = await post(client, f"/payments/{payment['id']}/refresh", owner)
+    assert r.status_code == 200 and r.json()["data"]["status"] == "pending", r.text
+    assert r.json()["data"]["client_secret"]  # still payable, by the payer
+    # Stripe.js confirms with the publishable key and a card; the refresh credits.
+    assert stripe_on._confirm(f"/v1/payment_intents/{ref}/confirm", {
+        "client_secret": payment["client_secret"], "payment_method_data[card][number]": CARD_PAID,
+    })[0] == 200  # fmt: skip
+    r = await post(client, f"/payments/{payment['id']}/refresh", owner)
+    assert r.status_code == 200 and r.json()["data"]["status"] == "succeeded", r.text
+    assert r.json()["data"]["client_secret"] is None
+    # Again, and the webhook after it: credited once.
+    r = await post(client, f"/payments/{payment['id']}/refresh", owner)
+    assert r.json()["data"]["status"] == "succeeded"
+    assert (
+        await webhook(client, stripe_on.event("payment_intent.succeeded", ref))
+    ).status_code == 200
+    assert await balance(app, org) == start + 18
+    assert await top_ups(app, payment["id"]) == 1
+    # A bank transfer has nobody to ask; another tenant's payment is not found.
+    r = await post(client, "/payments", owner, json={"amount": "5", "provider": "manual"})
+    manual = r.json()["data"]
+    r = await post(client, f"/payments/{manual['id']}/refresh", owner)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "CONFLICT"
+    other = await register()
+    r = await post(client, f"/payments/{payment['id']}/refresh", other)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "NOT_FOUND"

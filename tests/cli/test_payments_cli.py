@@ -79,6 +79,9 @@ def test_top_ups_and_stripe_through_the_cli(cli: Cli, admin_cli: Cli) -> None:
     assert "client_secret" in pending.stdout and "Stripe.js" in pending.stderr
     stripe = cli.json("payment", "list", "--provider", "stripe")["items"][0]
     assert stripe["status"] == "pending" and stripe["provider_ref"].startswith("pi_")
+    methods = ok(cli("payment", "methods"))
+    assert "Providers: stripe, manual (default stripe)" in methods and "Stripe.js" in methods
+    assert cli.json("payment", "refresh", stripe["id"])["status"] == "pending"
     cancelled = cli.json("payment", "cancel", stripe["id"], "--yes")
     assert cancelled["status"] == "cancelled"
     credit = admin_cli.json("wallet", "top-up", "7", "--reason", "Goodwill", "--org", org)

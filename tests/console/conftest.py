@@ -40,6 +40,8 @@ from tests.conftest import (
     remove_managed_containers,
 )
 from tests.processes import Server, serve_env
+from tests.stripe_server import PUBLISHABLE_KEY, WEBHOOK_SECRET, StripeServer
+from tests.stripe_server import SECRET_KEY as STRIPE_SECRET_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "src" / "nefos" / "api" / "console_dist"
@@ -82,6 +84,8 @@ class ConsoleServer:
     server: Server
     openapi: dict[str, Any]
     admin_token: str
+    #: Stripe's stand-in: the `stripe` provider's API and Stripe.js (cards are on).
+    stripe: StripeServer
 
     @property
     def url(self) -> str:
@@ -105,6 +109,7 @@ def console_server(
     """`nefos serve` with the console's build and the test Podman as a host."""
     _require_prerequisites()
     tmp = tmp_path_factory.mktemp("console-serve")
+    stripe = StripeServer()
     # new_url runs a loop of its own: not on a thread where Playwright's may be running.
     with ThreadPoolExecutor(1) as pool:
         url = pool.submit(databases.new_url).result()
@@ -116,6 +121,12 @@ def console_server(
         # No registry is reachable: the test image is on the host already.
         NEFOS_CONTAINER_IMAGE_PULL="false",
         NEFOS_BILLING_INTERVAL="3600",
+        # Cards through Stripe.js: the stand-in's script and API.
+        NEFOS_STRIPE_SECRET_KEY=STRIPE_SECRET_KEY,
+        NEFOS_STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        NEFOS_STRIPE_API_BASE=stripe.url,
+        NEFOS_STRIPE_PUBLISHABLE_KEY=PUBLISHABLE_KEY,
+        NEFOS_STRIPE_JS_URL=f"{stripe.url}/v3/",
     )
     srv = Server(env, ROOT, tmp / "serve.log")
     srv.start()
@@ -133,9 +144,10 @@ def console_server(
             )
             assert r.status_code == 201 and r.json()["data"]["status"] == "active", r.text
             openapi = http.get("/openapi.json").json()
-        yield ConsoleServer(srv, openapi, admin)
+        yield ConsoleServer(srv, openapi, admin, stripe)
     finally:
         srv.kill(15)
+        stripe.close()
         remove_managed_containers()
 
 

@@ -48,6 +48,59 @@ def _organisation_of(http: httpx.Client, account: dict[str, Any]) -> str:
     return str(r.json()["data"]["organisation_id"])
 
 
+def test_top_up_by_card_declined_then_paid_under_the_consoles_own_policy(
+    visit: Visit, console_server: ConsoleServer, browser: Any
+) -> None:
+    page = visit.page
+    account = sign_up(visit)
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Billing").click()
+    expect(page.get_by_test_id("wallet-balance")).to_contain_text("10.00 USD")
+    page.get_by_label("Amount (USD)").fill("20.00")
+    with page.expect_response(f"**{V1}/payments") as answer:
+        page.get_by_role("button", name="Top up").click()
+    payment = answer.value.json()["data"]
+    assert (payment["provider"], payment["status"]) == ("stripe", "pending")
+    # Stripe.js's card form, in the page; a declined card is Stripe's own message.
+    form = page.get_by_test_id("card-payment")
+    expect(form.get_by_role("heading")).to_have_text("Pay 20.00 USD by card")
+    form.get_by_label("Card number").fill("4000 0000 0000 0002")
+    check_a11y(visit, "billing (card form)")
+    form.get_by_role("button", name="Pay").click()
+    expect(form.get_by_test_id("card-status")).to_have_text("Your card was declined.")
+    expect(page.get_by_test_id("wallet-balance")).to_contain_text("10.00 USD")
+
+    # Later, in a browser that keeps the console's Content-Security-Policy (Stripe.js
+    # from the origin the platform names): the pending payment is paid from its row.
+    strict = browser.new_context(base_url=console_server.url)
+    try:
+        other = strict.new_page()
+        other.goto("/signin")
+        other.get_by_label("E-mail or username").fill(account["user"]["email"])
+        other.get_by_label("Password").fill(PASSWORD)
+        other.get_by_role("button", name="Sign in").click()
+        other.wait_for_url("**/overview")
+        other.goto("/billing")
+        row = other.locator(f'tr[data-payment="{payment["id"]}"]')
+        row.get_by_role("button", name="Pay").click()
+        card = other.get_by_test_id("card-payment")
+        card.get_by_label("Card number").fill("4242 4242 4242 4242")
+        with other.expect_response(f"**/payments/{payment['id']}/refresh") as refreshed:
+            card.get_by_role("button", name="Pay").click()
+        assert refreshed.value.json()["data"]["status"] == "succeeded"
+        expect(
+            other.get_by_text("20.00 USD paid by card and credited to the wallet.")
+        ).to_be_visible()
+        expect(other.get_by_test_id("wallet-balance")).to_contain_text("30.00 USD")
+        expect(card).to_have_count(0)
+    finally:
+        strict.close()
+    # The first page learns of the credit live (billing_update).
+    expect(page.get_by_test_id("wallet-balance")).to_contain_text("30.00 USD")
+    expect(page.locator(f'tr[data-payment="{payment["id"]}"] .status')).to_have_attribute(
+        "data-status", "succeeded"
+    )
+
+
 def test_top_up_by_transfer_confirmed_by_the_platform_shows_in_the_ledger_live(
     visit: Visit, console_server: ConsoleServer, browser: Any
 ) -> None:
@@ -65,6 +118,10 @@ def test_top_up_by_transfer_confirmed_by_the_platform_shows_in_the_ledger_live(
     page.get_by_role("button", name="Top up").click()
     expect(page.get_by_role("alert")).to_contain_text("at most 2 decimal places")
 
+    # Cards are on (Stripe's stand-in): the method a top-up starts with; this one is a
+    # bank transfer.
+    expect(page.get_by_label("Method")).to_have_value("stripe")
+    page.get_by_label("Method").select_option("manual")
     page.get_by_label("Amount (USD)").fill("25.00")
     page.evaluate("() => { window.__sameDocument = true; }")
     with page.expect_response(f"**{V1}/payments") as answer:

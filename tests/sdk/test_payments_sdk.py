@@ -19,7 +19,7 @@ from nefos.sdk import (
 )
 from tests.conftest import ADMIN_PASSWORD, PASSWORD, DatabaseFactory, LiveServer, make_settings
 from tests.sdk.conftest import unique_email
-from tests.stripe_server import SECRET_KEY, WEBHOOK_SECRET, StripeServer, sign
+from tests.stripe_server import PUBLISHABLE_KEY, SECRET_KEY, WEBHOOK_SECRET, StripeServer, sign
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,7 @@ def payments_server(
         stripe_secret_key=SECRET_KEY,
         stripe_webhook_secret=WEBHOOK_SECRET,
         stripe_api_base=stripe_api.url,
+        stripe_publishable_key=PUBLISHABLE_KEY,
     )
     with LiveServer(settings) as server:
         yield server
@@ -117,6 +118,17 @@ def test_a_stripe_payment_through_the_sdk(
     got = user.payments.get(payment.id)
     assert got.status == "succeeded" and got.client_secret is None
     assert Decimal(user.wallet.get().balance) == start + 25
+
+    # Paid by card (Stripe.js), then refreshed rather than waiting for the webhook.
+    methods = user.payments.methods()
+    assert (methods.providers, methods.default) == (["stripe", "manual"], "stripe")
+    assert methods.card and methods.card.publishable_key == PUBLISHABLE_KEY
+    card = user.payments.create("5.00")
+    assert user.payments.refresh(card.id).status == "pending"
+    assert card.provider_ref
+    stripe_api.pay(card.provider_ref)
+    assert user.payments.refresh(card.id).status == "succeeded"
+    assert Decimal(user.wallet.get().balance) == start + 30
 
 
 def test_top_ups_through_the_sdk(user: Client, admin: Client) -> None:

@@ -47,6 +47,7 @@ from nefos.api.routes import (
     users,
     vms,
 )
+from nefos.billing.payments import payment_methods
 from nefos.bootstrap import Process
 from nefos.config import Settings
 from nefos.gateway.apigw import PATH_PREFIX as GATEWAY_PREFIX
@@ -241,8 +242,12 @@ def create_app(
     # API requests; inside the ingress, which takes tenants' hosts first.
     owned = {first_segment(getattr(r, "path", "")) for r in app.routes}
     owned |= {first_segment(p) for p in (ALIAS_PREFIX, GATEWAY_PREFIX, *ROOTS)}
+    card = payment_methods(settings, admin=False)["card"]  # Stripe.js, where cards are on
     app.add_middleware(
-        ConsoleMiddleware, directory=settings.console_dir or CONSOLE_BUILD, reserved=owned
+        ConsoleMiddleware,
+        directory=settings.console_dir or CONSOLE_BUILD,
+        reserved=owned,
+        card_js_url=card["js_url"] if card else None,
     )
     # Outside everything: services' endpoints (Host `*.{apps_domain}`, `/svc/{id}/...`)
     # are tenants' apps, not the API: no path rewrite, API limits or request log.

@@ -10,7 +10,8 @@ always reach the API, whose 404 is the envelope, so the console never shadows on
   (``immutable``): a new build has new names.
 * Any other path without a file extension (``/overview``, ``/containers/abc``): the
   HTML shell, ``Cache-Control: no-cache`` (revalidated on every load, so a new build
-  shows at once), with a Content-Security-Policy that allows only this origin. The
+  shows at once), with a Content-Security-Policy that allows only this origin (and,
+  where cards are taken, Stripe.js's origin, Stripe's API and its frames: ``csp``). The
   client-side router shows the page, or its own "not found".
 * A file of the build (``.gz``/``.br`` twins are sent when the client accepts them),
   else a plain 404.
@@ -26,6 +27,7 @@ import hashlib
 import mimetypes
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
 from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
@@ -44,6 +46,29 @@ CSP = (
     "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; "
     "base-uri 'none'; form-action 'self'; object-src 'none'"
 )
+#: Stripe's own addresses Stripe.js needs beside its script's (docs.stripe.com/security
+#: /guide#content-security-policy): its API, and the frames of cards and 3-D Secure.
+STRIPE_API = "https://api.stripe.com"
+STRIPE_FRAMES = ("https://js.stripe.com", "https://hooks.stripe.com")
+
+
+def csp(card_js_url: str | None = None) -> str:
+    """The shell's policy: this origin only, and where cards are taken
+    (``card_js_url``, Stripe.js) that script's origin, Stripe's API and its frames."""
+    if not card_js_url:
+        return CSP
+    parts = urlsplit(card_js_url)
+    js = f"{parts.scheme}://{parts.netloc}"
+    frames = " ".join(dict.fromkeys((js, *STRIPE_FRAMES)))
+    api = " ".join(dict.fromkeys((STRIPE_API, js)))
+    return (
+        f"default-src 'self'; script-src 'self' {js}; style-src 'self' 'unsafe-inline'; "
+        f"img-src 'self' data: https://*.stripe.com; connect-src 'self' {api}; "
+        f"frame-src {frames}; frame-ancestors 'none'; base-uri 'none'; "
+        "form-action 'self'; object-src 'none'"
+    )
+
+
 SHELL_HEADERS = {
     "Cache-Control": REVALIDATE,
     "Content-Security-Policy": CSP,
@@ -82,10 +107,18 @@ def first_segment(path: str) -> str:
 class ConsoleMiddleware:
     """Serve the console's files; hand every other request to ``app``."""
 
-    def __init__(self, app: ASGIApp, *, directory: Path, reserved: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        directory: Path,
+        reserved: Iterable[str] = (),
+        card_js_url: str | None = None,
+    ) -> None:
         self.app = app
         self.directory = directory.resolve()
         self.reserved = ALWAYS_RESERVED | {s for s in reserved if s}
+        self.shell_headers = {**SHELL_HEADERS, "Content-Security-Policy": csp(card_js_url)}
 
     def owns(self, scope: Scope) -> bool:
         if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
@@ -165,5 +198,5 @@ class ConsoleMiddleware:
                 status_code=503,
                 headers={"Cache-Control": "no-store", "Retry-After": "60"},
             )
-        shell = {k: v for k, v in SHELL_HEADERS.items() if k != "Cache-Control"}
+        shell = {k: v for k, v in self.shell_headers.items() if k != "Cache-Control"}
         return self.send_file(index, headers, REVALIDATE, **shell)

@@ -465,6 +465,20 @@ def default_provider(settings: Settings) -> str:
     return STRIPE if settings.stripe_secret_key else MANUAL
 
 
+def payment_methods(settings: Settings, *, admin: bool) -> dict[str, Any]:
+    """The providers a payment may name, the default, and Stripe.js's keys for cards
+    (``GET /payments/methods``)."""
+    stripe_on = bool(settings.stripe_secret_key)
+    providers = ([STRIPE] if stripe_on else []) + [MANUAL] + ([CREDIT] if admin else [])
+    card = None
+    if stripe_on and settings.stripe_publishable_key:
+        card = {
+            "publishable_key": settings.stripe_publishable_key,
+            "js_url": settings.stripe_js_url,
+        }
+    return {"providers": providers, "default": default_provider(settings), "card": card}
+
+
 def stripe_provider(settings: Settings) -> StripeProvider:
     if not settings.stripe_secret_key:
         raise ValidationFailed(

@@ -18,6 +18,7 @@ from nefos.cli._common import (
     PageOpt,
     YesOpt,
     api,
+    echo_json,
     listing,
     show,
 )
@@ -139,6 +140,30 @@ def create(
             organisation_id=org,
             idempotency_key=idempotency_key,
         )
+    show_payment(payment, as_json)
+
+
+@app.command("methods")
+def methods(as_json: JsonOpt = False) -> None:
+    """How the platform takes money: the providers, the default, cards (Stripe.js)."""
+    with api(as_json) as c:
+        found = c.payments.methods()
+    if as_json:
+        echo_json(found)
+        return
+    typer.echo(f"Providers: {', '.join(found.providers)} (default {found.default})")
+    if found.card:
+        typer.echo(f"Cards: Stripe.js from {found.card.js_url}, key {found.card.publishable_key}")
+    else:
+        typer.echo("Cards: not taken in the console (no Stripe publishable key)")
+
+
+@app.command("refresh")
+def refresh(payment_id: PaymentArg, as_json: JsonOpt = False) -> None:
+    """Ask Stripe how a Stripe payment stands; the wallet is credited once it has the
+    money."""
+    with api(as_json) as c:
+        payment = c.payments.refresh(payment_id)
     show_payment(payment, as_json)
 
 

@@ -499,6 +499,26 @@ class PaymentCreate(Request):
     organisation_id: Id | None = None
 
 
+class CardPayments(BaseModel):
+    """What Stripe.js needs to take a card for a ``stripe`` payment."""
+
+    publishable_key: str = Field(examples=["pk_test_..."])
+    js_url: str = Field(examples=["https://js.stripe.com/v3/"], description="Load Stripe.js here.")
+
+
+class PaymentMethods(BaseModel):
+    """How this platform takes money (``GET /payments/methods``)."""
+
+    providers: list[str] = Field(
+        examples=[["stripe", "manual"]],
+        description="What ``POST /payments`` takes as ``provider`` (``credit``: platform admins).",
+    )
+    default: str = Field(description="The provider of a payment that names none.")
+    card: CardPayments | None = Field(
+        None, description="Cards with Stripe.js, where the platform set them up; else null."
+    )
+
+
 class PaymentFail(Request):
     reason: Annotated[str, Field(min_length=1, max_length=500)] = "Marked failed by an admin"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from nefos.schemas.billing import PaymentPublic
+from nefos.schemas.billing import PaymentMethods, PaymentPublic
 from nefos.schemas.common import Page
 from nefos.sdk._resources import _body, _idempotent, _paging, _Resource, _seg
 from nefos.sdk._transport import Transport
@@ -105,6 +105,16 @@ class Payments(_Resource):
     def cancel(self, payment_id: str) -> PaymentPublic:
         """Cancel a pending payment (a Stripe one's PaymentIntent too)."""
         return self._one(PaymentPublic, "POST", f"{PAYMENTS}/{_seg(payment_id)}/cancel")
+
+    def methods(self) -> PaymentMethods:
+        """How the platform takes money: ``providers``, the ``default`` one, and
+        ``card`` (Stripe.js's publishable key and address) where cards are set up."""
+        return self._one(PaymentMethods, "GET", f"{PAYMENTS}/methods")
+
+    def refresh(self, payment_id: str) -> PaymentPublic:
+        """Ask Stripe how a Stripe payment stands and apply it: the wallet is credited
+        once Stripe has the money (rather than when its webhook arrives)."""
+        return self._one(PaymentPublic, "POST", f"{PAYMENTS}/{_seg(payment_id)}/refresh")
 
     def confirm(self, payment_id: str) -> PaymentPublic:
         """Platform admins: a bank transfer arrived (credit the wallet), or ask Stripe

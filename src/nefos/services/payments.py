@@ -338,6 +338,21 @@ class PaymentService:
         await self._after_credit(current.organisation_id)
         return current
 
+    async def refresh(self, payment: Payment) -> Payment:
+        """Ask the payment's provider how it stands and apply it (a Stripe payment);
+        Conflict for a provider with nobody to ask (a bank transfer)."""
+        provider = provider_for(payment.provider, self.settings)
+        if not provider.capabilities.remote:
+            raise Conflict(
+                "Only a Stripe payment can be refreshed; a bank transfer is confirmed by a "
+                "platform admin",
+                provider=payment.provider,
+            )
+        if payment.status != PENDING or payment.provider_ref is None:
+            return payment
+        state = await provider.fetch(payment.provider_ref)
+        return await self.apply(state, payment_id=payment.id) or payment
+
     async def _confirm_remote(self, provider: PaymentProvider, payment: Payment) -> Payment:
         if payment.provider_ref is None:
             raise Conflict("This payment has no PaymentIntent at Stripe yet", status=payment.status)

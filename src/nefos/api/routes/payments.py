@@ -22,12 +22,14 @@ from nefos.api.deps import (
     SessionDep,
     authorize,
 )
+from nefos.billing.payments import payment_methods as methods_of
 from nefos.domain.access import Permission
 from nefos.domain.errors import MalformedRequest
 from nefos.gateway.envelope import listing, ok
 from nefos.schemas.billing import (
     PaymentCreate,
     PaymentFail,
+    PaymentMethods,
     PaymentProvider,
     PaymentPublic,
     PaymentStatus,
@@ -132,6 +134,15 @@ async def top_up_wallet(
     )
 
 
+@router.get("/payments/methods", response_model=Envelope[PaymentMethods])
+async def payment_methods(core: CoreDep, access: Access = authorize(READ)) -> Response:
+    """How this platform takes money: the providers a payment may name, the default
+    one, and, where cards are set up (`NEFOS_STRIPE_PUBLISHABLE_KEY`), Stripe.js's
+    publishable key and address (`card`)."""
+    admin = access.principal.is_admin
+    return ok(PaymentMethods.model_validate(methods_of(core.settings, admin=admin)))
+
+
 @router.get("/payments", response_model=Envelope[dict[str, Any]])
 async def list_payments(
     core: CoreDep,
@@ -169,6 +180,19 @@ async def cancel_payment(
     service = PaymentService(core, session)
     payment, _ = await service.visible(access.principal, payment_id, WRITE)
     return ok(_public(await service.cancel(access.principal, payment)))
+
+
+@router.post("/payments/{payment_id}/refresh", response_model=Envelope[PaymentPublic])
+async def refresh_payment(
+    payment_id: PaymentId, core: CoreDep, session: SessionDep, access: Access = authorize(WRITE)
+) -> Response:
+    """Those who may pay a Stripe payment: ask Stripe how it stands now and apply it
+    (the wallet is credited once it has the money), rather than wait for its
+    webhook; the console calls it when Stripe.js says the card was taken. A bank
+    transfer has nobody to ask: 409."""
+    service = PaymentService(core, session)
+    payment, _ = await service.visible(access.principal, payment_id, WRITE)
+    return ok(_public(await service.refresh(payment), secret=True))
 
 
 @router.post("/payments/{payment_id}/confirm", response_model=Envelope[PaymentPublic])
