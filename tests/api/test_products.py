@@ -323,3 +323,37 @@ async def test_unit_prices_keep_their_places_in_any_currency(client, register, a
         assert new["unit_price"] == "0.000013"
         listed = await call(client, user, "GET", "/products", params={"currency": currency})
         assert prices(listed)["vcpu_hour"] == "0.000013"
+
+
+async def test_a_flavor_is_retired_and_offered_again(client, register, admin):
+    user = await register()
+    made = await call(
+        client, admin, "PUT", "/products/flavor:r1.tiny",
+        json={"unit_price": "0.03", "name": "Tiny", "description": "1 vCPU, 512 MB"},
+    )  # fmt: skip
+    assert (made["name"], made["description"]) == ("Tiny", "1 vCPU, 512 MB")
+    assert (
+        prices(await call(client, user, "GET", "/products", params={"limit": 500}))[
+            "flavor:r1.tiny"
+        ]
+        == "0.03"
+    )
+    # Users and API keys may not; a base SKU is never retired; an unknown SKU is a 422.
+    denied = await call(client, user, "DELETE", "/products/flavor:r1.tiny", 403)
+    assert denied["code"] == "FORBIDDEN"
+    base = await call(client, admin, "DELETE", "/products/vcpu_hour", 409)
+    assert base["code"] == "CONFLICT" and base["details"]["sku"] == "vcpu_hour"
+    await call(client, admin, "DELETE", "/products/bogus", 422)
+    retired = await call(client, admin, "DELETE", "/products/flavor:r1.tiny")
+    assert retired["sku"] == "flavor:r1.tiny" and retired["effective_to"] is not None
+    listed = prices(await call(client, user, "GET", "/products", params={"limit": 500}))
+    assert "flavor:r1.tiny" not in listed and "vcpu_hour" in listed
+    # Again: nothing in force is a 404; its history keeps the closed price.
+    gone = await call(client, admin, "DELETE", "/products/flavor:r1.tiny", 404)
+    assert gone["code"] == "NOT_FOUND"
+    history = await call(client, admin, "GET", "/products/flavor:r1.tiny/history")
+    assert [h["effective_to"] is None for h in history["items"]] == [False]
+    # Offered again, from now on.
+    await call(client, admin, "PUT", "/products/flavor:r1.tiny", json={"unit_price": "0.04"})
+    history = await call(client, admin, "GET", "/products/flavor:r1.tiny/history")
+    assert [h["unit_price"] for h in history["items"]] == ["0.04", "0.03"]

@@ -50,6 +50,11 @@ def test_products_through_the_cli(cli: Cli, admin_cli: Cli) -> None:
     made = admin_cli.json("product", "set-price", "flavor:cli-small", "0.015", "--name", "Small")
     assert (made["sku"], made["unit_price"], made["name"]) == ("flavor:cli-small", "0.015", "Small")
     assert "0.015 USD" in ok(admin_cli("product", "history", "flavor:cli-small"))
+    retired = ok(admin_cli("product", "retire", "flavor:cli-small", "--yes"))
+    assert "flavor:cli-small retired" in retired
+    assert "flavor:cli-small" not in ok(cli("product", "list"))
+    base = admin_cli("product", "retire", "vcpu_hour", "--yes")
+    assert base.exit_code == 1 and "CONFLICT" in base.stderr
     denied = cli("product", "set-price", "vcpu_hour", "1")
     assert denied.exit_code == 1 and "FORBIDDEN" in denied.stderr
     bad = admin_cli("product", "set-price", "vcpu_hour", "--", "-3")

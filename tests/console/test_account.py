@@ -514,6 +514,31 @@ def test_platform_admins_see_hosts_payouts_prices_and_traffic(
         with console_server.http() as http:
             priced = http.get(f"{V1}/products", headers=mine).json()["data"]["items"]
             assert {p["sku"]: p["unit_price"] for p in priced}["network_gb"] == "0.125"
+
+        # A product of its own: a VM flavor's hourly price; a bad name is told before
+        # any request; then the flavor is retired (asked twice).
+        flavor = f"c{uuid.uuid4().hex[:6]}.small"
+        form = admin.get_by_test_id("flavor-form")
+        form.get_by_label("Flavor", exact=True).fill("no spaces allowed")
+        form.get_by_label("Price per hour").fill("0.04")
+        form.get_by_role("button", name="Add the flavor").click()
+        expect(form.get_by_role("alert")).to_contain_text("letters, digits")
+        form.get_by_label("Flavor", exact=True).fill(flavor)
+        form.get_by_label("Name").fill("Console small")
+        form.get_by_role("button", name="Add the flavor").click()
+        made = admin.locator(f'tr[data-sku="flavor:{flavor}"]')
+        expect(made).to_contain_text("Console small")
+        expect(made).to_contain_text("0.04 USD")
+        expect(editor.get_by_role("status")).to_contain_text("Console small: 0.04 USD per hour")
+        made.get_by_role("button", name=f"Retire flavor:{flavor}").click()
+        made.get_by_role("button", name="Confirm retire").click()
+        expect(admin.get_by_test_id("retired")).to_have_text(
+            f"flavor:{flavor} retired: no longer offered."
+        )
+        expect(made).to_have_count(0)
+        with console_server.http() as http:
+            priced = http.get(f"{V1}/products", headers=mine).json()["data"]["items"]
+            assert f"flavor:{flavor}" not in {p["sku"] for p in priced}
     finally:
         with console_server.http() as http:  # as it was, for the module's other tests
             r = http.put(

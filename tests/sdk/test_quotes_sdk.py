@@ -99,6 +99,11 @@ def test_catalogue_and_margins(billing_server: LiveServer) -> None:
         assert isinstance(new, ProductPublic) and (new.unit_price, new.name) == ("1.25", "GPU VM")
         history = a.products.history("flavor:gpu")
         assert isinstance(history, Page) and [p.unit_price for p in history.items] == ["1.25"]
+        retired = a.products.retire("flavor:gpu")
+        assert isinstance(retired, ProductPublic) and retired.effective_to is not None
+        assert "flavor:gpu" not in {p.sku for p in c.products.list(limit=500).items}
+        with pytest.raises(NotFoundError):
+            a.products.retire("flavor:gpu")
         with pytest.raises(PermissionDeniedError):
             c.products.set_price("vcpu_hour", "9")
         with pytest.raises(ValidationError) as err:

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from nefos.billing.money import ZERO
 from nefos.db.models import Product
 from nefos.db.types import utcnow
-from nefos.domain.errors import ValidationFailed
+from nefos.domain.errors import Conflict, NotFound, ValidationFailed
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,29 @@ async def set_price(
         created_by=created_by,
     )
     session.add(product)
+    await session.flush()
+    return product
+
+
+async def retire(
+    session: AsyncSession, *, sku: str, currency: str, at: datetime | None = None
+) -> Product:
+    """Close the price in force of the flavor ``sku`` at ``at``, with none after it:
+    VMs of that flavor are rated by their resources from then on. The base SKUs rate
+    every resource and are never retired. The caller holds a write transaction."""
+    describe(sku)
+    if not sku.startswith(FLAVOR_PREFIX):
+        raise Conflict(
+            "Only a flavor's price can be retired: the base SKUs rate every resource", sku=sku
+        )
+    product = await session.scalar(
+        select(Product)
+        .where(Product.currency == currency, Product.sku == sku, Product.effective_to.is_(None))
+        .with_for_update()
+    )
+    if product is None:
+        raise NotFound("This SKU has no price in force", sku=sku, currency=currency)
+    product.effective_to = at or utcnow()
     await session.flush()
     return product
 

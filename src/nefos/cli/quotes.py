@@ -20,6 +20,7 @@ from nefos.cli._common import (
     LimitOpt,
     PageOpt,
     WaitOpt,
+    YesOpt,
     api,
     echo_json,
     listing,
@@ -163,10 +164,27 @@ def set_price(
     name: Annotated[str | None, typer.Option(help="A new display name.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Set a SKU's price from now on (platform admins); the old price closes."""
+    """Set a SKU's price from now on (platform admins); the old price closes. A new
+    flavor (flavor:NAME) is offered from now on."""
     with api(as_json) as c:
         product = c.products.set_price(sku, price, currency=currency, name=name)
     show(product, as_json)
+
+
+@products.command("retire")
+def retire(
+    sku: SkuArg, currency: CurrencyOpt = None, yes: YesOpt = False, as_json: JsonOpt = False
+) -> None:
+    """Retire a flavor (platform admins): its price closes now, with none after it;
+    VMs of that flavor are then rated by their vCPUs, memory and storage."""
+    if not yes:
+        typer.confirm(f"Retire {sku}?", abort=True)
+    with api(as_json) as c:
+        product = c.products.retire(sku, currency=currency)
+    if as_json:
+        echo_json(product)
+    else:
+        typer.echo(f"{product.sku} retired: its price closed at {product.effective_to}.")
 
 
 # --- quotes ------------------------------------------------------------------------------

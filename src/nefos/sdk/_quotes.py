@@ -89,6 +89,12 @@ class Products(_Resource):
         )
         return self._one(ProductPublic, "PUT", f"/products/{_seg(sku)}", json=body)
 
+    def retire(self, sku: str, *, currency: str | None = None) -> ProductPublic:
+        """Retire a flavor (``flavor:<name>``, platform admins): its price closes now
+        with none after it; VMs of that flavor are then rated by their resources."""
+        params = {"currency": currency} if currency else None
+        return self._one(ProductPublic, "DELETE", f"/products/{_seg(sku)}", params=params)
+
 
 class BillingAccounts(_Resource):
     """An organisation's billing settings and the seed 002 views of its wallet.

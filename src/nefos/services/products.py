@@ -200,6 +200,18 @@ class ProductService:
                 raise
         raise Conflict("The price of this SKU is being changed concurrently; try again", sku=sku)
 
+    async def retire(self, sku: str, *, currency: str | None = None) -> Product:
+        """A flavor's price closes now, with none after it (see ``catalogue.retire``)."""
+        cur = check_currency(currency or self.core.settings.billing_currency)
+        await begin_write(self.session)
+        try:
+            product = await catalogue.retire(self.session, sku=sku, currency=cur)
+            await self.session.commit()
+        except BaseException:
+            await self.session.rollback()
+            raise
+        return product
+
     # --- billing accounts -------------------------------------------------------------
     async def account(self, org: Organisation) -> BillingAccount:
         """The organisation's billing account, made with the defaults on first use."""

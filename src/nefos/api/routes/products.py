@@ -105,6 +105,23 @@ async def set_product_price(
     return ok(_product(product_public(product)))
 
 
+@router.delete("/{sku}", response_model=Envelope[ProductPublic])
+async def retire_product(
+    sku: Sku,
+    core: CoreDep,
+    session: SessionDep,
+    currency: CurrencyQuery = None,
+    access: Access = authorize(Permission.PLATFORM_ADMIN),
+) -> Response:
+    """Retire a flavor (platform admins): its price in force closes now, with none
+    after it, so VMs of that flavor are rated by their vCPUs, memory and storage
+    from then on; usage before stays rated as it was. The answer is the closed price.
+    The base SKUs rate every resource: retiring one is a 409; a SKU with no price in
+    force is a 404. `PUT` offers the flavor again."""
+    product = await ProductService(core, session).retire(sku, currency=currency)
+    return ok(_product(product_public(product)))
+
+
 # --- billing account -------------------------------------------------------------------
 @accounts.get("/account", response_model=Envelope[BillingAccountPublic])
 async def get_billing_account(
