@@ -77,7 +77,7 @@ async def test_a_new_price_closes_the_old_one(client, register, admin):
     )
     assert new["unit_price"] == "0.07" and new["effective_to"] is None and new["name"] == "vCPU"
     again = await call(client, admin, "PUT", "/products/vcpu_hour", json={"unit_price": 0.08})
-    assert again["unit_price"] == "0.08"
+    assert again["unit_price"] == "0.08" and again["name"] == "vCPU"  # the name stays
     history = await call(client, admin, "GET", "/products/vcpu_hour/history")
     rows = history["items"]
     assert [r["unit_price"] for r in rows] == ["0.08", "0.07", "0.05"]

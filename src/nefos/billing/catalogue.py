@@ -83,16 +83,26 @@ async def set_price(
     currency: str,
     unit_price: Decimal,
     name: str | None = None,
-    description: str = "",
+    description: str | None = None,
     created_by: str | None = None,
     at: datetime | None = None,
 ) -> Product:
     """Close the price in force for ``sku`` (if any) at ``at`` and open ``unit_price``
-    from then on. The caller holds a write transaction and commits."""
+    from then on, with the name and description given, else those of the price in
+    force, else the SKU's defaults. The caller holds a write transaction and commits."""
     if unit_price < 0:
         raise ValidationFailed("unit_price must not be negative", unit_price=str(unit_price))
     info = describe(sku)
     when = at or utcnow()
+    current = await session.scalar(
+        select(Product).where(
+            Product.currency == currency, Product.sku == sku, Product.effective_to.is_(None)
+        )
+    )
+    if name is None:
+        name = current.name if current is not None else info.name
+    if description is None:
+        description = current.description if current is not None else ""
     await session.execute(
         update(Product)
         .where(Product.currency == currency, Product.sku == sku, Product.effective_to.is_(None))
@@ -106,7 +116,7 @@ async def set_price(
         currency=currency,
         unit_price=unit_price,
         name=name or info.name,
-        description=description,
+        description=description or "",
         effective_from=when,
         created_by=created_by,
     )

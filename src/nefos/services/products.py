@@ -186,7 +186,7 @@ class ProductService:
                     currency=cur,
                     unit_price=body.unit_price,
                     name=body.name,
-                    description=body.description or "",
+                    description=body.description,
                     created_by=principal.user_id,
                 )
                 await self.session.commit()
