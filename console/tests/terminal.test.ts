@@ -1,6 +1,18 @@
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { Api, memoryStore } from "../src/lib/api";
-import { TerminalSocket, closeReason, terminalUrl, type TerminalState } from "../src/lib/terminal";
+import {
+  TerminalSocket,
+  closeReason,
+  consoleBusy,
+  containerExec,
+  targetUrl,
+  terminalUrl,
+  vmConsole,
+  vmConsoleUrl,
+  type TerminalRefusal,
+  type TerminalState,
+  type TerminalTarget,
+} from "../src/lib/terminal";
 
 class FakeSocket {
   static opened: FakeSocket[] = [];
@@ -51,19 +63,23 @@ async function signedIn(ticketStatus = 201) {
   return api;
 }
 
-function terminal(api: Api) {
+function terminal(api: Api, target: string | TerminalTarget = "c-1") {
   const output: string[] = [];
   const states: [TerminalState, string][] = [];
+  const refusals: TerminalRefusal[] = [];
   const t = new TerminalSocket(
     api,
-    "c-1",
+    target,
     {
       output: (bytes) => output.push(new TextDecoder().decode(bytes)),
-      state: (state, message) => states.push([state, message]),
+      state: (state, message, refusal) => {
+        states.push([state, message]);
+        if (refusal) refusals.push(refusal);
+      },
     },
     { socket: (url) => new FakeSocket(url), origin: "https://nefos.example" },
   );
-  return { t, output, states };
+  return { t, output, states, refusals };
 }
 
 afterEach(() => {
@@ -83,6 +99,26 @@ describe("terminalUrl", () => {
   it("says what a close code means", () => {
     expect(closeReason(4408)).toContain("idle");
     expect(closeReason(4999)).toContain("4999");
+    expect(closeReason(4404, "console")).toBe("The console closed: the VM is gone.");
+  });
+});
+
+describe("vmConsoleUrl", () => {
+  it("carries the ticket and, to take over, force=true; no size; wss for https", () => {
+    expect(vmConsoleUrl("https://h", "vm-1", "tk")).toBe("wss://h/api/v1/vms/vm-1/console?ticket=tk");
+    expect(vmConsoleUrl("http://h:8000", "vm 1", "tk", true)).toBe(
+      "ws://h:8000/api/v1/vms/vm%201/console?ticket=tk&force=true",
+    );
+  });
+
+  it("is the URL of a console target; a container's target is its exec", () => {
+    const size = { cols: 80, rows: 24 };
+    expect(targetUrl("https://h", vmConsole("v", true), "tk", size)).toBe(
+      "wss://h/api/v1/vms/v/console?ticket=tk&force=true",
+    );
+    expect(targetUrl("https://h", containerExec("c", 1), "tk", size)).toBe(
+      "wss://h/api/v1/containers/c/exec?ticket=tk&cols=80&rows=24&replica=1",
+    );
   });
 });
 
@@ -159,5 +195,105 @@ describe("TerminalSocket", () => {
     expect(socket.closed).toBe(1000);
     expect(t.state).toBe("closed");
     vi.restoreAllMocks();
+  });
+});
+
+describe("TerminalSocket on a VM's serial console", () => {
+  it("opens with a ticket, says it is connected to the console, sends keystrokes, no resize", async () => {
+    const api = await signedIn();
+    const { t, output, states } = terminal(api, vmConsole("vm-1"));
+    await t.open({ cols: 100, rows: 30 });
+    const socket = FakeSocket.opened[0];
+    expect(socket.url).toBe("wss://nefos.example/api/v1/vms/vm-1/console?ticket=t-1");
+    expect(socket.url).not.toContain("secret-jwt");
+
+    socket.text({ type: "connected", data: { vm_id: "vm-1", forced: false } });
+    expect(t.state).toBe("open");
+    expect(states.at(-1)).toEqual(["open", "Connected to the serial console."]);
+    socket.bytes("~ # ");
+    expect(output).toEqual(["~ # "]);
+    t.input("echo hi\r");
+    expect(new TextDecoder().decode(socket.sent[0] as Uint8Array)).toBe("echo hi\r");
+    // A serial line has no size: nothing is sent.
+    t.resize({ cols: 90, rows: 20 });
+    expect(socket.sent).toHaveLength(1);
+
+    // The VM stopped, or another client took the console over: no exit code.
+    socket.text({ type: "exit", data: { code: null } });
+    socket.end(1000);
+    expect(t.state).toBe("exited");
+    expect(states.at(-1)).toEqual(["exited", "The console ended."]);
+    expect(states.map(([, m]) => m).join(" ")).not.toContain("null");
+  });
+
+  it("takes over with force=true and says so", async () => {
+    const api = await signedIn();
+    const connected: unknown[] = [];
+    const states: string[] = [];
+    const t = new TerminalSocket(
+      api,
+      vmConsole("vm-1", true),
+      { output: () => {}, state: (_, message) => states.push(message), connected: (i) => connected.push(i) },
+      { socket: (url) => new FakeSocket(url), origin: "http://nefos.example" },
+    );
+    await t.open({ cols: 80, rows: 24 });
+    const socket = FakeSocket.opened[0];
+    expect(socket.url).toBe("ws://nefos.example/api/v1/vms/vm-1/console?ticket=t-1&force=true");
+    socket.text({ type: "connected", data: { vm_id: "vm-1", forced: true } });
+    expect(connected).toEqual([{ kind: "console", vmId: "vm-1", forced: true }]);
+    expect(states.at(-1)).toMatch(/^Connected to the serial console/);
+    t.close();
+    expect(socket.closed).toBe(1000);
+    expect(states.at(-1)).toBe("The console closed.");
+  });
+
+  it("a console open elsewhere is a busy refusal with the server's message", async () => {
+    const api = await signedIn();
+    const { t, states, refusals } = terminal(api, vmConsole("vm-1"));
+    await t.open({ cols: 80, rows: 24 });
+    const socket = FakeSocket.opened[0];
+    const message = "Another console is open on this VM (force=true takes it over)";
+    socket.text({ type: "error", data: { code: "CONFLICT", message, details: { console: "busy" } } });
+    socket.end(4409);
+    expect(t.state).toBe("refused");
+    expect(states.at(-1)).toEqual(["refused", message]);
+    expect(refusals).toEqual([{ code: "CONFLICT", message, details: { console: "busy" } }]);
+    expect(consoleBusy(t.refusal)).toBe(true);
+  });
+
+  it("a stopped VM is a refusal, not a busy one", async () => {
+    const api = await signedIn();
+    const { t, states } = terminal(api, vmConsole("vm-1"));
+    await t.open({ cols: 80, rows: 24 });
+    const socket = FakeSocket.opened[0];
+    socket.text({ type: "error", data: { code: "CONFLICT", message: "The VM is not running" } });
+    socket.end(4409);
+    expect(states.at(-1)).toEqual(["refused", "The VM is not running"]);
+    expect(consoleBusy(t.refusal)).toBe(false);
+  });
+
+  it("a close without a message names the console", async () => {
+    const api = await signedIn();
+    const { t, states } = terminal(api, vmConsole("vm-1"));
+    await t.open({ cols: 80, rows: 24 });
+    const socket = FakeSocket.opened[0];
+    socket.text({ type: "connected", data: { vm_id: "vm-1", forced: false } });
+    socket.end(4404);
+    expect(t.state).toBe("closed");
+    expect(states.at(-1)).toEqual(["closed", "The console closed: the VM is gone."]);
+  });
+});
+
+describe("TerminalSocket on a container's target", () => {
+  it("takes the replica from the target; a command without an exit code ended", async () => {
+    const api = await signedIn();
+    const { t, states } = terminal(api, containerExec("c-2", 3));
+    await t.open({ cols: 80, rows: 24 });
+    const socket = FakeSocket.opened[0];
+    expect(socket.url).toBe("wss://nefos.example/api/v1/containers/c-2/exec?ticket=t-1&cols=80&rows=24&replica=3");
+    socket.text({ type: "connected", data: { replica: 3, command: ["/bin/sh"] } });
+    expect(states.at(-1)).toEqual(["open", "Connected to replica 3."]);
+    socket.text({ type: "exit", data: { code: null } });
+    expect(states.at(-1)).toEqual(["exited", "The command ended."]);
   });
 });

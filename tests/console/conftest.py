@@ -51,6 +51,7 @@ ARTIFACTS = ROOT / "var" / "test-artifacts" / "console"
 V1 = "/api/v1"
 #: A container's terminal (WS /containers/{id}/exec), opened with a ticket as /ws is.
 TERMINAL_SOCKET = re.compile(rf"^{V1}/containers/[^/]+/exec$")
+CONSOLE_SOCKET = re.compile(rf"^{V1}/vms/[^/]+/console$")
 # What the machine's closed network needs (no background fetches Chromium makes on
 # its own, each refused), and root's need for --no-sandbox.
 CHROMIUM_ARGS = [
@@ -271,6 +272,11 @@ def check_calls(visit: Visit, openapi: dict[str, Any]) -> None:
             # A container's terminal: the ticket, and its size and replica.
             assert "ticket" in parse_qs(parts.query), url
             assert set(parse_qs(parts.query)) <= {"ticket", "cols", "rows", "replica"}, url
+            continue
+        if CONSOLE_SOCKET.match(parts.path):
+            # A VM's serial console: the ticket, and force to take it over.
+            assert "ticket" in parse_qs(parts.query), url
+            assert set(parse_qs(parts.query)) <= {"ticket", "force"}, url
             continue
         assert parts.path == f"{V1}/ws", url
         assert set(parse_qs(parts.query)) == {"ticket"}, url

@@ -65,7 +65,7 @@ def test_top_up_by_card_declined_then_paid_under_the_consoles_own_policy(
     expect(form.get_by_role("heading")).to_have_text("Pay 20.00 USD by card")
     form.get_by_label("Card number").fill("4000 0000 0000 0002")
     check_a11y(visit, "billing (card form)")
-    form.get_by_role("button", name="Pay").click()
+    form.get_by_role("button", name="Pay", exact=True).click()
     expect(form.get_by_test_id("card-status")).to_have_text("Your card was declined.")
     expect(page.get_by_test_id("wallet-balance")).to_contain_text("10.00 USD")
 
@@ -81,11 +81,11 @@ def test_top_up_by_card_declined_then_paid_under_the_consoles_own_policy(
         other.wait_for_url("**/overview")
         other.goto("/billing")
         row = other.locator(f'tr[data-payment="{payment["id"]}"]')
-        row.get_by_role("button", name="Pay").click()
+        row.get_by_role("button", name=re.compile("^Pay ")).click()
         card = other.get_by_test_id("card-payment")
         card.get_by_label("Card number").fill("4242 4242 4242 4242")
         with other.expect_response(f"**/payments/{payment['id']}/refresh") as refreshed:
-            card.get_by_role("button", name="Pay").click()
+            card.get_by_role("button", name="Pay", exact=True).click()
         assert refreshed.value.json()["data"]["status"] == "succeeded"
         expect(
             other.get_by_text("20.00 USD paid by card and credited to the wallet.")
@@ -99,6 +99,22 @@ def test_top_up_by_card_declined_then_paid_under_the_consoles_own_policy(
     expect(page.locator(f'tr[data-payment="{payment["id"]}"] .status')).to_have_attribute(
         "data-status", "succeeded"
     )
+
+    # A method that redirects to the payer's bank comes back to /billing?paid=ID:
+    # the payment is refreshed from Stripe there, and the address is cleaned.
+    with console_server.http() as http:
+        r = http.post(
+            f"{V1}/payments",
+            json={"amount": "5.00", "provider": "stripe"},
+            headers=_bearer(account["access_token"]),
+        )
+        assert r.status_code == 201, r.text
+        redirected = r.json()["data"]
+    console_server.stripe.pay(redirected["provider_ref"])
+    visit.goto(f"/billing?paid={redirected['id']}&payment_intent={redirected['provider_ref']}")
+    expect(page.get_by_text("5.00 USD paid and credited to the wallet.")).to_be_visible()
+    expect(page.get_by_test_id("wallet-balance")).to_contain_text("35.00 USD")
+    assert visit.path() == "/billing" and "paid=" not in page.url
 
 
 def test_top_up_by_transfer_confirmed_by_the_platform_shows_in_the_ledger_live(

@@ -2,11 +2,12 @@
 scenario from a fresh sign-up.
 
 What a person does: price a VM and create it, watch it turn running without a
-reload, read its boot on the serial console, open its month graph, see its CPU and
-memory in the list, stop it and delete it; and open another tenant's VM by its URL
-and be told it is not found. The VM boots the tiny image the API's VM tests use
-(tests/api/test_vms.py): a kernel and a busybox initramfs that prints markers on the
-serial console.
+reload, read its boot on the serial console, connect to the console and type into the
+guest's shell, take the console over from a second browser, open its month graph, see
+its CPU and memory in the list, stop it and delete it; and open another tenant's VM by
+its URL and be told it is not found. The VM boots the tiny image the API's VM tests
+use (tests/api/test_vms.py): a kernel and a busybox initramfs that prints markers on
+the serial console and runs a root shell on it.
 
 The month graph's budget (docs/benchmarks.md: one request, rendered within 100 ms for
 720 points per series) is measured here on 720 hourly buckets written into the
@@ -24,6 +25,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -34,7 +36,7 @@ from nefos.config import async_database_url
 from nefos.db.models import MetricRollupHour
 from nefos.db.session import WRITE_OPTION, Database
 from tests.api.test_vms import tiny_checksum
-from tests.conftest import libvirt_test_uri, remove_managed_domains, tiny_vm_image
+from tests.conftest import PASSWORD, libvirt_test_uri, remove_managed_domains, tiny_vm_image
 from tests.console.conftest import (
     ARTIFACTS,
     UI_TIMEOUT_MS,
@@ -69,6 +71,13 @@ BARE_CANVAS = """(n) => {
   }
   return performance.now() - t0;
 }"""
+
+
+def _console_sockets(visit: Visit, vm_id: str) -> list[dict[str, list[str]]]:
+    """The queries of the VM console sockets the page opened (conftest's check_calls
+    checks each has a ticket and nothing but ``force`` beside it)."""
+    path = f"{V1}/vms/{vm_id}/console"
+    return [parse_qs(urlsplit(u).query) for u in visit.sockets if urlsplit(u).path == path]
 
 
 def _admin(server: ConsoleServer) -> dict[str, str]:
@@ -159,7 +168,11 @@ async def _seed_month(database_url: str, vm_id: str, project_id: str) -> None:
 
 
 def test_create_a_vm_watch_it_boot_graph_it_stop_and_delete_it(
-    visit: Visit, console_server: ConsoleServer, vm_host: dict[str, Any], backend: str
+    visit: Visit,
+    other_visit: Visit,
+    console_server: ConsoleServer,
+    vm_host: dict[str, Any],
+    backend: str,
 ) -> None:
     page = visit.page
     account = sign_up(visit)
@@ -205,9 +218,59 @@ def test_create_a_vm_watch_it_boot_graph_it_stop_and_delete_it(
     status = page.locator("main .heading-row .status").first
     expect(status).to_have_attribute("data-status", "running", timeout=BOOT_MS)
     serial = page.get_by_test_id("serial-console")
+    serial.scroll_into_view_if_needed()  # xterm.js draws nothing off the screen
     expect(serial).to_contain_text("NEFOS-READY", timeout=BOOT_MS)
     assert page.evaluate("() => window.__sameDocument === true")
     check_a11y(visit, "VM detail (running)")
+
+    # The console, live: what is typed runs in the guest's shell (its prompt is on the
+    # log), its answer shown.
+    expect(serial).to_contain_text("/ #")
+    serial_state = page.get_by_test_id("serial-status")
+    page.get_by_role("button", name="Connect", exact=True).click()
+    expect(serial_state).to_have_attribute("data-state", "open")
+    expect(serial_state).to_have_text("Connected to the serial console.")
+    live = page.get_by_test_id("serial-terminal")
+    live.click()
+    page.keyboard.type("echo serial-$((6*7))")
+    page.keyboard.press("Enter")
+    expect(live.locator(".xterm-rows")).to_contain_text("serial-42")
+    check_a11y(visit, "VM detail (console open)")
+    # The same user on a phone, in the dark theme: the console is busy until taken over,
+    # which ends the first page's (back to the log, which shows what was typed).
+    other = other_visit.page
+    other.set_viewport_size({"width": 360, "height": 740})
+    other.emulate_media(color_scheme="dark")
+    other_visit.goto(f"/vms/{vm['id']}")
+    other.wait_for_url("**/signin?next=*")
+    check_a11y(other_visit, "sign-in (360 px, dark)")
+    other.get_by_label("E-mail or username").fill(account["user"]["email"])
+    other.get_by_label("Password").fill(PASSWORD)
+    other.get_by_role("button", name="Sign in").click()
+    other.get_by_role("button", name="Connect", exact=True).click()
+    other_state = other.get_by_test_id("serial-status")
+    expect(other_state).to_have_attribute("data-state", "refused")
+    expect(other_state).to_have_text(
+        "Another console is open on this VM (force=true takes it over)"
+    )
+    check_a11y(other_visit, "VM detail (console busy, 360 px, dark)")
+    other.get_by_role("button", name="Take over").click()
+    expect(other_state).to_have_attribute("data-state", "open")
+    expect(serial_state).to_have_attribute("data-state", "exited")
+    expect(serial_state).to_have_text("The console ended.")
+    serial.scroll_into_view_if_needed()
+    expect(serial).to_contain_text("serial-42")
+    expect(page.get_by_role("button", name="Connect", exact=True)).to_be_focused()
+    overflow = "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    assert other.evaluate(overflow) <= 0
+    check_a11y(other_visit, "VM detail (console taken over, 360 px, dark)")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    other.screenshot(path=str(ARTIFACTS / f"vm-console-{backend}.png"), full_page=True)
+    other.get_by_role("button", name="Disconnect").click()
+    expect(other_state).to_have_attribute("data-state", "closed")
+    assert [sorted(q) for q in _console_sockets(visit, vm["id"])] == [["ticket"]]
+    theirs = _console_sockets(other_visit, vm["id"])
+    assert [q.get("force") for q in theirs] == [None, ["true"]], theirs
 
     # The hour's graph (the page's first) grows from metrics_update, not requests.
     graphs = page.locator("section.graphs")
@@ -248,11 +311,9 @@ def test_create_a_vm_watch_it_boot_graph_it_stop_and_delete_it(
     )
     expect(graphs).to_contain_text("of 128 MiB (")
     check_a11y(visit, "VM detail (month graph)")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"vm-detail-month-{backend}.png"), full_page=True)
     # On a phone: the graphs shrink to the page, the terminal scrolls in its box.
     page.set_viewport_size({"width": 360, "height": 740})
-    overflow = "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
     page.wait_for_function(f"() => ({overflow})() <= 0")
     page.set_viewport_size({"width": 1280, "height": 900})
 

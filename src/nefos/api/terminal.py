@@ -85,6 +85,9 @@ CLOSE_TOO_LARGE = 1009
 CHECK_TIMEOUT = 10.0
 #: Looks (0.1 s apart) for the exit code of a command whose output ended.
 EXIT_POLLS = 30
+#: Seconds a message may wait to be taken by a client that stopped reading: then the
+#: terminal hangs up (a console's output is not held for it).
+SEND_TIMEOUT = 30.0
 
 _ID = re.compile(ID_PATTERN)
 #: Terminals open in this process, by who opened them.
@@ -298,7 +301,7 @@ async def serve(ws: WebSocket, object_id: str, target: Target) -> None:
         )  # fmt: skip
         if ws.client_state is WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
-                await ws.close()
+                await asyncio.wait_for(ws.close(), SEND_TIMEOUT)
 
 
 def _release(who: str) -> None:
@@ -309,8 +312,13 @@ def _release(who: str) -> None:
 
 async def _refuse(ws: WebSocket, exc: NefosError) -> None:
     with contextlib.suppress(Exception):
-        await ws.send_text(error(exc.code, exc.message, **exc.details))
-        await ws.close(code=close_code(exc), reason=exc.message[:120])
+        async with asyncio.timeout(SEND_TIMEOUT):
+            await ws.send_text(error(exc.code, exc.message, **exc.details))
+            await ws.close(code=close_code(exc), reason=exc.message[:120])
+
+
+class _SlowClient(Exception):
+    """The client took no message for SEND_TIMEOUT seconds."""
 
 
 class _Terminal:
@@ -338,8 +346,11 @@ class _Terminal:
         self._ending = False
 
     async def send_text(self, text: str) -> None:
-        async with self._send:
-            await self.ws.send_text(text)
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT), self._send:
+                await self.ws.send_text(text)
+        except TimeoutError as exc:
+            raise _SlowClient from exc
 
     async def run(self) -> int | None:
         """Until the command ends (its exit code), the client leaves, or a bound or a
@@ -367,6 +378,9 @@ class _Terminal:
             self.ended = exc.code
             await _refuse(self.ws, exc)
             return None
+        if isinstance(exc, _SlowClient):
+            self.ended = "client too slow"
+            return None
         if exc is not None and not isinstance(exc, (WebSocketDisconnect, DriverError)):
             raise exc
         if first.get_name() != "terminal-output":
@@ -381,14 +395,17 @@ class _Terminal:
             code = await self.shell.exit_code()
         with contextlib.suppress(Exception):
             await self.send_text(message("exit", {"code": code}))
-            await self.ws.close(code=1000)
+            await asyncio.wait_for(self.ws.close(code=1000), SEND_TIMEOUT)
         return code
 
     async def _output(self) -> None:
         while data := await self.shell.read():
             self.last = time.monotonic()
-            async with self._send:
-                await self.ws.send_bytes(data)
+            try:
+                async with asyncio.timeout(SEND_TIMEOUT), self._send:
+                    await self.ws.send_bytes(data)
+            except TimeoutError as exc:
+                raise _SlowClient from exc
 
     async def _input(self) -> None:
         while True:
@@ -403,7 +420,7 @@ class _Terminal:
                 self.ended = "message too large"
                 with contextlib.suppress(Exception):
                     await self.send_text(error("VALIDATION_ERROR", "Message too large"))
-                    await self.ws.close(code=CLOSE_TOO_LARGE)
+                    await asyncio.wait_for(self.ws.close(code=CLOSE_TOO_LARGE), SEND_TIMEOUT)
                 return
             self.last = time.monotonic()
             if data is not None:
@@ -460,7 +477,9 @@ class _Terminal:
                 why = "open too long" if now >= ends else "idle too long"
                 with contextlib.suppress(Exception):
                     await self.send_text(error("TIMEOUT", f"The terminal was {why}"))
-                    await self.ws.close(code=CLOSE_TIMEOUT, reason=f"terminal {why}")
+                    await asyncio.wait_for(
+                        self.ws.close(code=CLOSE_TIMEOUT, reason=f"terminal {why}"), SEND_TIMEOUT
+                    )
                 return
             if now >= next_check:
                 checked = now

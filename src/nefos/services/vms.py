@@ -49,7 +49,14 @@ from nefos.domain.errors import (
     ValidationFailed,
 )
 from nefos.domain.paging import PageParams
-from nefos.drivers.base import DriverError, InstanceInfo, InstanceState, InvalidState, Shell
+from nefos.drivers.base import (
+    DriverError,
+    HostUnreachable,
+    InstanceInfo,
+    InstanceState,
+    InvalidState,
+    Shell,
+)
 from nefos.drivers.libvirt import VmSpec, domain_name
 from nefos.events import record
 from nefos.events.capture import vm_event
@@ -197,7 +204,9 @@ class VmService:
                 self.core.settings.host_timeout,
             )
         except TimeoutError as exc:
-            raise ServiceUnavailable(f"The VM's host {host.hostname} does not answer") from exc
+            err = ServiceUnavailable("The VM's host does not answer")
+            err.engine_message = f"host {host.hostname} did not answer in time"
+            raise err from exc
         except DriverError as exc:
             if exc.code == "NOT_FOUND":
                 return ""
@@ -215,12 +224,13 @@ class VmService:
         if not driver.capabilities.supports_console:
             raise Conflict("This VM's host offers no interactive console")
         try:
-            return await asyncio.wait_for(
-                driver.open_console(vm_domain(vm), force=force),
-                self.core.settings.host_timeout,
-            )
-        except TimeoutError as exc:
-            raise ServiceUnavailable(f"The VM's host {host.hostname} does not answer") from exc
+            # The driver bounds the open (host_timeout): a console it opens after
+            # giving up is closed, not left holding the VM's one console.
+            return await driver.open_console(vm_domain(vm), force=force)
+        except HostUnreachable as exc:
+            away = ServiceUnavailable("The VM's host does not answer")
+            away.engine_message = f"host {host.hostname}: {exc.message}"
+            raise away from exc
         except InvalidState as exc:
             err = (
                 Conflict(

@@ -5,9 +5,13 @@ libvirt delivers a stream's data through an event loop: :func:`ensure_event_loop
 registers libvirt's default one, once per process and before the driver opens a
 connection (a connection opened earlier would not use it), and runs it in a daemon
 thread. A stream's READABLE event reads what is there on that thread and hands it
-to the asyncio loop that opened the console; a reader that falls behind pauses the
-stream (no more events) until it caught up, so a guest printing without end holds
-at most :data:`MAX_QUEUED` chunks in memory.
+to the asyncio loop that opened the console.
+
+Bounded like a serial line: libvirt's client reads the socket whatever its reader
+does (its queue of a stream's data has no bound of its own), so the console always
+drains it, and a reader :data:`MAX_QUEUED` chunks behind loses what comes next, as a
+UART overruns; the next output it gets says how much it lost. A guest printing
+without end holds at most ``MAX_QUEUED * CHUNK`` bytes in memory.
 
 One console per domain at a time: opening one while another is open is
 :class:`InvalidState`, unless ``force`` takes it over (the other one ends).
@@ -31,13 +35,17 @@ log = logging.getLogger("nefos.drivers.libvirt.console")
 
 #: The most a read hands over at once.
 CHUNK = 64 * 1024
-#: Chunks waiting for the reader before the stream is paused; it resumes at half.
+#: Chunks waiting for the reader before more output is dropped.
 MAX_QUEUED = 64
-#: Seconds a write may wait for the stream to take it.
+#: Seconds a write, or the hang-up, may take before the console is given up.
 WRITE_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 10.0
 
-_STOPPED = libvirt.VIR_STREAM_EVENT_HANGUP | libvirt.VIR_STREAM_EVENT_ERROR
-_READING = libvirt.VIR_STREAM_EVENT_READABLE | _STOPPED
+_EVENTS = (
+    libvirt.VIR_STREAM_EVENT_READABLE
+    | libvirt.VIR_STREAM_EVENT_HANGUP
+    | libvirt.VIR_STREAM_EVENT_ERROR
+)
 
 _event_lock = threading.Lock()
 _event_thread: threading.Thread | None = None
@@ -63,6 +71,11 @@ def _run_events() -> None:
             time.sleep(0.1)
 
 
+def overrun_notice(dropped: int) -> bytes:
+    """What the reader is told, before what comes next, of the output it lost."""
+    return f"\r\n[nefos: {dropped} bytes of output dropped: the reader fell behind]\r\n".encode()
+
+
 class SerialConsole(Shell):
     """The serial console of one domain (see the module docstring).
 
@@ -78,41 +91,39 @@ class SerialConsole(Shell):
         self._loop = loop
         self._run = run
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
-        self._lock = threading.Lock()  # _queued, _paused, _ended between the threads
+        self._lock = threading.Lock()  # _queued, _dropped, _ended between the threads
         self._queued = 0
-        self._paused = False
+        self._dropped = 0
         self._ended = False
         self._closed = False
 
     def start(self) -> None:
-        """Begin delivering output (call once, after the console opened)."""
-        self._stream.eventAddCallback(_READING, self._event, None)
+        """Begin delivering output (call once, after the console opened; blocking)."""
+        self._stream.eventAddCallback(_EVENTS, self._event, None)
 
     # --- the event thread ------------------------------------------------------------
     def _event(self, stream: libvirt.virStream, events: int, _opaque: Any) -> None:
-        if events & libvirt.VIR_STREAM_EVENT_READABLE:
-            while True:
-                try:
-                    data: bytes | int = stream.recv(CHUNK)
-                except libvirt.libvirtError:
-                    data = b""  # the stream broke: the console ended
-                if data == -2:  # nothing more for now
-                    return
-                if not isinstance(data, bytes) or not data:
-                    self._end()
-                    return
-                with self._lock:
-                    self._queued += 1
-                    pause = self._queued >= MAX_QUEUED and not self._paused
-                    if pause:
-                        self._paused = True
-                self._deliver(data)
-                if pause:
-                    with suppress(libvirt.libvirtError):
-                        stream.eventUpdateCallback(_STOPPED)
-                    return
-        if events & _STOPPED:
-            self._end()
+        while True:
+            with self._lock:
+                if self._ended:
+                    return  # closed meanwhile: the stream is not ours to read any more
+            try:
+                data: bytes | int = stream.recv(CHUNK)
+            except libvirt.libvirtError:
+                data = b""  # the stream broke: the console ended
+            if data == -2:  # nothing more for now
+                return
+            if not isinstance(data, bytes) or not data:
+                self._end()
+                return
+            with self._lock:
+                if self._queued >= MAX_QUEUED:
+                    self._dropped += len(data)  # an overrun: the reader is behind
+                    continue
+                self._queued += 1
+                dropped, self._dropped = self._dropped, 0
+            # Where output was lost, the reader is told so, in its place.
+            self._deliver(overrun_notice(dropped) + data if dropped else data)
 
     def _end(self) -> None:
         with self._lock:
@@ -135,30 +146,24 @@ class SerialConsole(Shell):
             return b""
         with self._lock:
             self._queued -= 1
-            resume = self._paused and self._queued <= MAX_QUEUED // 2 and not self._ended
-            if resume:
-                self._paused = False
-        if resume:
-            with suppress(libvirt.libvirtError):
-                self._stream.eventUpdateCallback(_READING)
         return data
 
     async def write(self, data: bytes) -> None:
         if self._ended or self._closed:
             raise DriverError("the console has ended")
-        await asyncio.wait_for(self._run(self._send, data), WRITE_TIMEOUT)
+        try:
+            await asyncio.wait_for(self._run(self._send, data), WRITE_TIMEOUT)
+        except TimeoutError as exc:
+            raise DriverError("the console takes no input") from exc
 
     def _send(self, data: bytes) -> None:
         view = memoryview(data)
-        deadline = time.monotonic() + WRITE_TIMEOUT
         while view:
             try:
                 sent = self._stream.send(bytes(view))
             except libvirt.libvirtError as exc:
                 raise DriverError(f"the console has ended: {exc.get_error_message()}") from exc
-            if sent == -2:  # the stream's buffer is full: a moment
-                if time.monotonic() > deadline:
-                    raise DriverError("the console takes no input")
+            if sent == -2:  # a local stream's buffer is full: a moment
                 time.sleep(0.01)
                 continue
             view = view[sent:]
@@ -170,12 +175,16 @@ class SerialConsole(Shell):
         return None  # a console ends, it does not exit
 
     async def close(self) -> None:
+        """Hang up; a host that does not answer is given up after CLOSE_TIMEOUT (its
+        thread is left to finish on its own)."""
         if self._closed:
             return
         self._closed = True
-        await self._run(self._close)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._run(self.close_now), CLOSE_TIMEOUT)
 
-    def _close(self) -> None:
+    def close_now(self) -> None:
+        """Hang up, blocking (any thread)."""
         with self._lock:
             ended, self._ended = self._ended, True
         if not ended:

@@ -332,6 +332,48 @@ def translate(
     return DriverError(message, instance_id=instance_id)
 
 
+#: Seconds between keepalive pings, and unanswered pings before the link is dead.
+KEEPALIVE_INTERVAL = 10
+KEEPALIVE_COUNT = 6
+
+
+class _Opening:
+    """A console being opened in a worker thread for a caller that may give up (a
+    timeout, a cancel) before it is: then the console is closed rather than left
+    holding the domain's one console."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, run: Callable[..., Any]) -> None:
+        self.loop = loop
+        self.run = run
+        self._lock = threading.Lock()
+        self._given_up = False
+        self._console: SerialConsole | None = None
+
+    def opened(self, stream: libvirt.virStream) -> SerialConsole:
+        """The console on ``stream``, started (the worker thread's part)."""
+        console = SerialConsole(stream, self.loop, self.run)
+        with self._lock:
+            given_up = self._given_up
+            if not given_up:
+                self._console = console
+        if given_up:
+            console.close_now()
+            raise DriverError("the console was opened after its caller gave up")
+        try:
+            console.start()
+        except libvirt.libvirtError as exc:
+            console.close_now()
+            raise translate(exc) from exc
+        return console
+
+    def give_up(self) -> None:
+        with self._lock:
+            self._given_up = True
+            console, self._console = self._console, None
+        if console is not None:
+            threading.Thread(target=console.close_now, name="libvirt-call", daemon=True).start()
+
+
 class LibvirtDriver(ComputeDriver):
     """A :class:`ComputeDriver` for one libvirt URI (``qemu:///system``, ``qemu+ssh://...``)."""
 
@@ -461,6 +503,11 @@ class LibvirtDriver(ComputeDriver):
                 raise HostUnreachable(
                     f"libvirt unreachable at {self.uri}: {_explain(exc)}"
                 ) from exc
+            # A link that died (an ssh host gone) is noticed within a minute, which
+            # ends the consoles on it, rather than never (libvirt's event loop runs
+            # the pings). Not every URI has keepalives (test:///): then none.
+            with suppress(libvirt.libvirtError):
+                self._conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
             return self._conn
 
     def _drop_locked(self) -> None:
@@ -2212,17 +2259,14 @@ class LibvirtDriver(ComputeDriver):
         return await self._run(self._read, self._logs, instance_id, tail)
 
     async def open_console(self, instance_id: str, *, force: bool = False) -> Shell:
-        loop = asyncio.get_running_loop()
-        stream = await self._bounded(self._open_console, instance_id, force)
-        console = SerialConsole(stream, loop, self._run)
+        opening = _Opening(asyncio.get_running_loop(), self._run)
         try:
-            await self._bounded(console.start)
+            return await self._bounded(self._open_console, instance_id, force, opening)
         except BaseException:
-            await console.close()
+            opening.give_up()  # timed out or cancelled: a console opened late is closed
             raise
-        return console
 
-    def _open_console(self, instance_id: str, force: bool) -> libvirt.virStream:
+    def _open_console(self, instance_id: str, force: bool, opening: _Opening) -> SerialConsole:
         conn = self._connect()
         dom, _ = self._ours(conn, instance_id)
         with self._translated(instance_id):
@@ -2244,7 +2288,7 @@ class LibvirtDriver(ComputeDriver):
                 ) from exc
             with self._translated(instance_id):
                 raise
-        return stream
+        return opening.opened(stream)
 
     def _logs(self, instance_id: str, tail: int) -> str:
         conn = self._connect()
