@@ -723,6 +723,14 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 1")
         return v
 
+    @field_validator("stripe_publishable_key")
+    @classmethod
+    def _stripe_publishable_key(cls, v: str | None) -> str | None:
+        # It is served to every user and every browser: a secret key here is a leak.
+        if v is not None and not v.startswith("pk_"):
+            raise ValueError("must be a publishable key (pk_...), never a secret one")
+        return v
+
     @field_validator("stripe_js_url")
     @classmethod
     def _stripe_js_url(cls, v: str) -> str:

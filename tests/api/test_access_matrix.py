@@ -63,6 +63,8 @@ from tests.conftest import (
     wait_operation,
     wait_serving,
 )
+from tests.stripe_server import SECRET_KEY as STRIPE_SECRET_KEY
+from tests.stripe_server import StripeServer
 
 P = Permission
 PREFIXES = ("/api/v1", "/api")  # longest first: "/api" is the alias of the newest version
@@ -254,6 +256,7 @@ MATRIX: dict[tuple[str, str], Rule] = {
     ("GET", "/products"): Rule(P.BILLING_READ),
     ("GET", "/products/{sku}/history"): ADMIN,
     ("PUT", "/products/{sku}"): ADMIN,
+    ("DELETE", "/products/{sku}"): ADMIN,
     ("GET", "/billing/account"): Rule(P.BILLING_READ),
     ("PUT", "/billing/account"): Rule(P.BILLING_WRITE),
     ("GET", "/quotes"): Rule(P.BILLING_READ),
@@ -275,6 +278,8 @@ MATRIX: dict[tuple[str, str], Rule] = {
     ("POST", "/payments"): Rule(P.BILLING_WRITE),
     ("GET", "/payments/{payment_id}"): Rule(P.BILLING_READ),
     ("POST", "/payments/{payment_id}/cancel"): Rule(P.BILLING_WRITE),
+    ("POST", "/payments/{payment_id}/refresh"): Rule(P.BILLING_WRITE),
+    ("GET", "/payments/methods"): Rule(P.BILLING_READ),
     ("POST", "/payments/{payment_id}/confirm"): ADMIN,
     ("POST", "/payments/{payment_id}/fail"): ADMIN,
     ("POST", "/payments/stripe/webhook"): PUBLIC,
@@ -747,6 +752,10 @@ async def walk_world(
     allowed = settings.webhook_allowed_networks
     settings.webhook_allowed_networks = ["127.0.0.0/8"]  # WALK_WEBHOOK
     load_tests_at_once = settings.loadtest_max_concurrent
+    # Card payments on Stripe's stand-in (a refresh asks it).
+    stripe = StripeServer()
+    stripe_was = (settings.stripe_secret_key, settings.stripe_api_base)
+    settings.stripe_secret_key, settings.stripe_api_base = STRIPE_SECRET_KEY, stripe.url
     try:
         await _vm_world(w)
         # The walk's VMs must be accepted (202) and then fail in libvirt: the greedy
@@ -768,6 +777,8 @@ async def walk_world(
     finally:
         settings.webhook_allowed_networks = allowed
         settings.loadtest_max_concurrent = load_tests_at_once
+        settings.stripe_secret_key, settings.stripe_api_base = stripe_was
+        stripe.close()
         # The operations the walk started end before the hosts' fixtures clean up.
         await w.settle()
         await _remove_libvirt_leftovers(app)
@@ -913,6 +924,24 @@ async def fresh_webhook(w: World, who: Account, role: Role) -> dict[str, str]:
         json={"url": WALK_WEBHOOK, "project_id": w.ids["project_id"]},
     )
     return {"webhook_id": hook["id"]}
+
+
+async def fresh_card_payment(w: World, who: Account, role: Role) -> dict[str, str]:
+    """A pending Stripe payment of A's organisation (on the walk's Stripe stand-in)."""
+    payment = await w.ok(
+        "POST",
+        "/payments",
+        w.owner,
+        json={"amount": "5.00", "provider": "stripe", "organisation_id": w.ids["org_id"]},
+    )
+    return {"payment_id": payment["id"]}
+
+
+async def fresh_flavor(w: World, who: Account, role: Role) -> dict[str, str]:
+    """A flavor of the catalogue, to retire."""
+    sku = f"flavor:walked-{uuid.uuid4().hex[:8]}"
+    await w.ok("PUT", f"/products/{sku}", compute(w).admin, json={"unit_price": "0.01"})
+    return {"sku": sku}
 
 
 async def fresh_payment(w: World, who: Account, role: Role) -> dict[str, str]:
@@ -1717,7 +1746,8 @@ SAMPLES: dict[tuple[str, str], Sample] = {
         json={"description": "walked"}, role_checked=True
     ),
     ("DELETE", "/testing/scenarios/{scenario_id}"): Sample(fresh=fresh_scenario, role_checked=True),
-    # Payments of A's organisation: bank transfers (the walk's app has no Stripe).
+    # Payments of A's organisation: bank transfers, and card payments on the walk's
+    # Stripe stand-in to refresh.
     ("GET", "/payments"): Sample(query={"organisation_id": Ref("org_id")}, role_checked=True),
     ("POST", "/payments"): Sample(
         json={"amount": "5.00", "provider": "manual", "organisation_id": Ref("org_id")},
@@ -1725,6 +1755,9 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ),
     ("GET", "/payments/{payment_id}"): Sample(role_checked=True),
     ("POST", "/payments/{payment_id}/cancel"): Sample(fresh=fresh_payment, role_checked=True),
+    ("POST", "/payments/{payment_id}/refresh"): Sample(fresh=fresh_card_payment, role_checked=True),
+    # How the platform takes money: the same for everyone.
+    ("GET", "/payments/methods"): Sample(other_status=200),
     ("POST", "/payments/{payment_id}/confirm"): Sample(fresh=fresh_payment, other_status=403),
     ("POST", "/payments/{payment_id}/fail"): Sample(fresh=fresh_payment, other_status=403),
     # An organisation admin's top-up is a payment to complete (a bank transfer here).
@@ -1763,6 +1796,7 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("GET", "/products"): OF_ORG,
     ("GET", "/products/{sku}/history"): Sample(other_status=403),
     ("PUT", "/products/{sku}"): Sample(json={"unit_price": "0.05"}, other_status=403),
+    ("DELETE", "/products/{sku}"): Sample(fresh=fresh_flavor, other_status=403),
     ("GET", "/billing/account"): OF_ORG,
     ("PUT", "/billing/account"): Sample(
         json={"low_balance_threshold": "5.00", "organisation_id": Ref("org_id")},

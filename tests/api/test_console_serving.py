@@ -198,19 +198,29 @@ def test_where_cards_are_taken_the_policy_allows_stripe_js_and_nothing_else_more
     assert plain["script-src"] == ["'self'"] and plain["connect-src"] == ["'self'"]
     assert "frame-src" not in plain  # default-src 'self'
     stripe = policy("https://js.stripe.com/v3/")
-    assert stripe["script-src"] == ["'self'", "https://js.stripe.com"]
-    assert stripe["connect-src"] == ["'self'", "https://api.stripe.com", "https://js.stripe.com"]
-    assert stripe["frame-src"] == ["https://js.stripe.com", "https://hooks.stripe.com"]
+    assert stripe["script-src"] == ["'self'", "https://js.stripe.com", "https://*.js.stripe.com"]
+    assert stripe["connect-src"] == ["'self'", "https://js.stripe.com", "https://api.stripe.com"]
+    assert stripe["frame-src"] == [
+        "https://js.stripe.com",
+        "https://*.js.stripe.com",
+        "https://hooks.stripe.com",
+    ]
     # Everything else as strict as without cards.
     same = ("default-src", "style-src", "frame-ancestors", "base-uri", "form-action", "object-src")
     assert {d: stripe[d] for d in same} == {d: plain[d] for d in same}
-    # A stand-in's origin (the tests'), with its port.
-    local = policy("http://127.0.0.1:4242/v3/")
-    assert local["script-src"] == ["'self'", "http://127.0.0.1:4242"]
+    # A stand-in's origin (the tests'), with its port and without any credentials.
+    local = policy("http://user:secret@127.0.0.1:4242/v3/")
+    assert local["script-src"][:2] == ["'self'", "http://127.0.0.1:4242"]
+    assert "secret" not in " ".join(" ".join(v) for v in local.values())
 
 
-def test_stripe_js_comes_over_https_only(tmp_path: Path) -> None:
+def test_stripe_js_comes_over_https_only_and_only_publishable_keys_are_served(
+    tmp_path: Path,
+) -> None:
     for bad in ("http://js.example.com/v3/", "javascript:alert(1)", "ftp://x/y", "https:///v3"):
         with pytest.raises(ValueError, match="https URL"):
             Settings(data_dir=tmp_path, stripe_js_url=bad)
     assert Settings(data_dir=tmp_path, stripe_js_url="http://localhost:9/v3/").stripe_js_url
+    for secret in ("sk_live_abc", "rk_live_abc", "whsec_abc"):
+        with pytest.raises(ValueError, match="publishable key"):
+            Settings(data_dir=tmp_path, stripe_publishable_key=secret)

@@ -41,34 +41,44 @@ REVALIDATE = "no-cache"
 #: Same-origin only: scripts and styles from the build, API calls and /ws to this host.
 #: Inline styles are allowed for the framework's style attributes; inline scripts
 #: are not.
-CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; "
-    "base-uri 'none'; form-action 'self'; object-src 'none'"
-)
-#: Stripe's own addresses Stripe.js needs beside its script's (docs.stripe.com/security
-#: /guide#content-security-policy): its API, and the frames of cards and 3-D Secure.
-STRIPE_API = "https://api.stripe.com"
-STRIPE_FRAMES = ("https://js.stripe.com", "https://hooks.stripe.com")
+DIRECTIVES: dict[str, tuple[str, ...]] = {
+    "default-src": ("'self'",),
+    "script-src": ("'self'",),
+    "style-src": ("'self'", "'unsafe-inline'"),
+    "img-src": ("'self'", "data:"),
+    "connect-src": ("'self'",),
+    "frame-ancestors": ("'none'",),
+    "base-uri": ("'none'",),
+    "form-action": ("'self'",),
+    "object-src": ("'none'",),
+}
+#: What Stripe.js needs beside its own script's origin (Stripe's security guide,
+#: "Content Security Policy"): its API, the frames of cards and 3-D Secure, and the
+#: subdomains of js.stripe.com it loads parts from.
+STRIPE = {
+    "script-src": ("https://js.stripe.com", "https://*.js.stripe.com"),
+    "connect-src": ("https://api.stripe.com",),
+    "frame-src": ("https://js.stripe.com", "https://*.js.stripe.com", "https://hooks.stripe.com"),
+    "img-src": ("https://*.stripe.com",),
+}
 
 
 def csp(card_js_url: str | None = None) -> str:
     """The shell's policy: this origin only, and where cards are taken
-    (``card_js_url``, Stripe.js) that script's origin, Stripe's API and its frames."""
-    if not card_js_url:
-        return CSP
-    parts = urlsplit(card_js_url)
-    js = f"{parts.scheme}://{parts.netloc}"
-    frames = " ".join(dict.fromkeys((js, *STRIPE_FRAMES)))
-    api = " ".join(dict.fromkeys((STRIPE_API, js)))
-    return (
-        f"default-src 'self'; script-src 'self' {js}; style-src 'self' 'unsafe-inline'; "
-        f"img-src 'self' data: https://*.stripe.com; connect-src 'self' {api}; "
-        f"frame-src {frames}; frame-ancestors 'none'; base-uri 'none'; "
-        "form-action 'self'; object-src 'none'"
-    )
+    (``card_js_url``, Stripe.js) that script's origin and what Stripe.js needs."""
+    directives = dict(DIRECTIVES)
+    if card_js_url:
+        parts = urlsplit(card_js_url)
+        origin = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        for name, sources in STRIPE.items():
+            # The script's origin serves frames too, and a stand-in's API is there.
+            own = (origin,) if name != "img-src" else ()
+            merged = (*directives.get(name, ()), *own, *sources)
+            directives[name] = tuple(dict.fromkeys(merged))
+    return "; ".join(f"{name} {' '.join(sources)}" for name, sources in directives.items())
 
 
+CSP = csp()
 SHELL_HEADERS = {
     "Cache-Control": REVALIDATE,
     "Content-Security-Policy": CSP,

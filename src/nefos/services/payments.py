@@ -344,20 +344,25 @@ class PaymentService:
         provider = provider_for(payment.provider, self.settings)
         if not provider.capabilities.remote:
             raise Conflict(
-                "Only a Stripe payment can be refreshed; a bank transfer is confirmed by a "
-                "platform admin",
+                "Only a Stripe payment can be refreshed: Nefos has nobody else to ask",
                 provider=payment.provider,
             )
         if payment.status != PENDING or payment.provider_ref is None:
             return payment
-        state = await provider.fetch(payment.provider_ref)
-        return await self.apply(state, payment_id=payment.id) or payment
+        current, _ = await self._fetched(provider, payment, payment.provider_ref)
+        return current or payment
+
+    async def _fetched(
+        self, provider: PaymentProvider, payment: Payment, ref: str
+    ) -> tuple[Payment | None, ProviderState]:
+        """Ask the provider how ``ref`` stands and apply it to ``payment``."""
+        state = await provider.fetch(ref)
+        return await self.apply(state, payment_id=payment.id), state
 
     async def _confirm_remote(self, provider: PaymentProvider, payment: Payment) -> Payment:
         if payment.provider_ref is None:
             raise Conflict("This payment has no PaymentIntent at Stripe yet", status=payment.status)
-        state = await provider.fetch(payment.provider_ref)
-        current = await self.apply(state, payment_id=payment.id)
+        current, state = await self._fetched(provider, payment, payment.provider_ref)
         if current is None or current.status != SUCCEEDED:
             raise Conflict(
                 f"Stripe has not received this payment: its PaymentIntent is "
