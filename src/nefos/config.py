@@ -726,8 +726,10 @@ class Settings(BaseSettings):
     @field_validator("stripe_publishable_key")
     @classmethod
     def _stripe_publishable_key(cls, v: str | None) -> str | None:
+        if not v:
+            return None  # unset, or set empty (cards off)
         # It is served to every user and every browser: a secret key here is a leak.
-        if v is not None and not v.startswith("pk_"):
+        if not v.startswith("pk_"):
             raise ValueError("must be a publishable key (pk_...), never a secret one")
         return v
 
@@ -740,6 +742,10 @@ class Settings(BaseSettings):
             parts.scheme == "https" or (parts.scheme == "http" and loopback)
         ):
             raise ValueError("must be an https URL (or http on a loopback address)")
+        try:
+            parts.port  # noqa: B018 - raises for a port out of range
+        except ValueError as exc:
+            raise ValueError("has a port out of range") from exc
         return v
 
     @field_validator("container_port_range")

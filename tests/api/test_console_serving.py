@@ -208,10 +208,12 @@ def test_where_cards_are_taken_the_policy_allows_stripe_js_and_nothing_else_more
     # Everything else as strict as without cards.
     same = ("default-src", "style-src", "frame-ancestors", "base-uri", "form-action", "object-src")
     assert {d: stripe[d] for d in same} == {d: plain[d] for d in same}
-    # A stand-in's origin (the tests'), with its port and without any credentials.
+    # A stand-in's origin (the tests'), with its port and without any credentials;
+    # an IPv6 literal keeps its brackets.
     local = policy("http://user:secret@127.0.0.1:4242/v3/")
     assert local["script-src"][:2] == ["'self'", "http://127.0.0.1:4242"]
     assert "secret" not in " ".join(" ".join(v) for v in local.values())
+    assert policy("http://[::1]:4242/v3/")["script-src"][1] == "http://[::1]:4242"
 
 
 def test_stripe_js_comes_over_https_only_and_only_publishable_keys_are_served(
@@ -224,3 +226,7 @@ def test_stripe_js_comes_over_https_only_and_only_publishable_keys_are_served(
     for secret in ("sk_live_abc", "rk_live_abc", "whsec_abc"):
         with pytest.raises(ValueError, match="publishable key"):
             Settings(data_dir=tmp_path, stripe_publishable_key=secret)
+    # Set empty, as an environment template leaves it: cards off, the server starts.
+    assert Settings(data_dir=tmp_path, stripe_publishable_key="").stripe_publishable_key is None
+    with pytest.raises(ValueError, match="port out of range"):
+        Settings(data_dir=tmp_path, stripe_js_url="https://js.example.com:99999/v3/")

@@ -112,3 +112,20 @@ async def test_a_stuck_write_is_a_driver_error(monkeypatch: pytest.MonkeyPatch) 
     console = SerialConsole(stream, asyncio.get_running_loop(), never)  # type: ignore[arg-type]
     with pytest.raises(DriverError, match="takes no input"):
         await console.write(b"x")
+
+
+async def test_a_closed_connection_ends_the_console_and_a_stray_callback_unregisters() -> None:
+    stream = Stream()
+    console = SerialConsole(stream, asyncio.get_running_loop(), in_thread)  # type: ignore[arg-type]
+    console.start()
+    waiting = asyncio.create_task(console.read())
+    await settled()
+    await asyncio.to_thread(console.hang_up)  # libvirt's thread: the connection closed
+    assert await asyncio.wait_for(waiting, 5) == b""
+    # A callback that fires after the end (one registered as a close raced it) takes
+    # itself off rather than firing again and again on data nobody reads.
+    stream.calls.clear()
+    stream.chunks = [b"unread"]
+    console._event(stream, libvirt.VIR_STREAM_EVENT_READABLE, None)  # type: ignore[arg-type]
+    assert stream.calls == ["remove"] and stream.chunks == [b"unread"]
+    assert await console.read() == b""

@@ -69,7 +69,8 @@ def csp(card_js_url: str | None = None) -> str:
     directives = dict(DIRECTIVES)
     if card_js_url:
         parts = urlsplit(card_js_url)
-        origin = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        # The host as written (an IPv6 literal keeps its brackets), never credentials.
+        origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
         for name, sources in STRIPE.items():
             # The script's origin serves frames too, and a stand-in's API is there.
             own = (origin,) if name != "img-src" else ()

@@ -272,18 +272,22 @@ async def serve(ws: WebSocket, object_id: str, target: Target) -> None:
     except NefosError as exc:
         await _refuse(ws, exc)
         return
+    opened: Shell | None = None
     try:
         async with core.db.sessionmaker() as session:
             obj = await target.visible(session, principal, object_id)
-            shell, connected = await target.open(session, obj, request)
+            opened, connected = await target.open(session, obj, request)
             await session.rollback()
-    except NefosError as exc:
+    except BaseException as exc:
         _release(who)
-        await _refuse(ws, exc)
-        return
-    except BaseException:
-        _release(who)
+        if opened is not None:  # the session's end failed, or a cancel came: hang up
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(opened.close(), SEND_TIMEOUT)
+        if isinstance(exc, NefosError):
+            await _refuse(ws, exc)
+            return
         raise
+    shell = opened
     started = time.monotonic()
     what = {k: v for k, v in connected.items() if k not in ("cols", "rows")}
     log.info("terminal opened: %s by %s, %s", noun, who, what)

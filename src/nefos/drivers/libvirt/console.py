@@ -86,7 +86,11 @@ class SerialConsole(Shell):
         stream: libvirt.virStream,
         loop: asyncio.AbstractEventLoop,
         run: Callable[..., Any],
+        *,
+        conn: Any = None,
     ) -> None:
+        #: The connection the stream is on (its close ends the console: hang_up).
+        self.conn = conn
         self._stream = stream
         self._loop = loop
         self._run = run
@@ -96,6 +100,7 @@ class SerialConsole(Shell):
         self._dropped = 0
         self._ended = False
         self._closed = False
+        self._seen_end = False
 
     def start(self) -> None:
         """Begin delivering output (call once, after the console opened; blocking)."""
@@ -105,8 +110,14 @@ class SerialConsole(Shell):
     def _event(self, stream: libvirt.virStream, events: int, _opaque: Any) -> None:
         while True:
             with self._lock:
-                if self._ended:
-                    return  # closed meanwhile: the stream is not ours to read any more
+                ended = self._ended
+            if ended:
+                # Closed meanwhile: the stream is not ours to read any more, and a
+                # callback left registered (a close that raced its registration)
+                # must not fire again and again on data nobody reads.
+                with suppress(libvirt.libvirtError):
+                    stream.eventRemoveCallback()
+                return
             try:
                 data: bytes | int = stream.recv(CHUNK)
             except libvirt.libvirtError:
@@ -117,22 +128,29 @@ class SerialConsole(Shell):
                 self._end()
                 return
             with self._lock:
+                if self._ended:
+                    continue  # ended while this was read: never after the end
                 if self._queued >= MAX_QUEUED:
                     self._dropped += len(data)  # an overrun: the reader is behind
                     continue
                 self._queued += 1
                 dropped, self._dropped = self._dropped, 0
-            # Where output was lost, the reader is told so, in its place.
-            self._deliver(overrun_notice(dropped) + data if dropped else data)
+                # Where output was lost, the reader is told so, in its place. Handed
+                # over under the lock: nothing can follow the end's b"".
+                self._deliver(overrun_notice(dropped) + data if dropped else data)
+
+    def hang_up(self) -> None:
+        """The connection under the console is gone (any thread): it ends."""
+        self._end()
 
     def _end(self) -> None:
         with self._lock:
             if self._ended:
                 return
             self._ended = True
+            self._deliver(b"")
         with suppress(libvirt.libvirtError):
             self._stream.eventRemoveCallback()
-        self._deliver(b"")
 
     def _deliver(self, data: bytes) -> None:
         with suppress(RuntimeError):  # the loop closed: nobody reads any more
@@ -140,9 +158,11 @@ class SerialConsole(Shell):
 
     # --- the Shell -------------------------------------------------------------------
     async def read(self) -> bytes:
+        if self._seen_end:
+            return b""  # every later read sees the end too
         data = await self._queue.get()
         if not data:
-            self._queue.put_nowait(b"")  # every later read sees the end too
+            self._seen_end = True
             return b""
         with self._lock:
             self._queued -= 1
@@ -187,9 +207,10 @@ class SerialConsole(Shell):
         """Hang up, blocking (any thread)."""
         with self._lock:
             ended, self._ended = self._ended, True
+            if not ended:
+                self._deliver(b"")  # a read under way ends
         if not ended:
             with suppress(libvirt.libvirtError):
                 self._stream.eventRemoveCallback()
-            self._deliver(b"")  # a read under way ends
         with suppress(libvirt.libvirtError):
             self._stream.abort()

@@ -78,6 +78,7 @@ import re
 import secrets
 import threading
 import time
+import weakref
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -332,11 +333,6 @@ def translate(
     return DriverError(message, instance_id=instance_id)
 
 
-#: Seconds between keepalive pings, and unanswered pings before the link is dead.
-KEEPALIVE_INTERVAL = 10
-KEEPALIVE_COUNT = 6
-
-
 class _Opening:
     """A console being opened in a worker thread for a caller that may give up (a
     timeout, a cancel) before it is: then the console is closed rather than left
@@ -349,9 +345,14 @@ class _Opening:
         self._given_up = False
         self._console: SerialConsole | None = None
 
-    def opened(self, stream: libvirt.virStream) -> SerialConsole:
-        """The console on ``stream``, started (the worker thread's part)."""
-        console = SerialConsole(stream, self.loop, self.run)
+    def opened(self, stream: libvirt.virStream, conn: libvirt.virConnect) -> SerialConsole:
+        """The console on ``stream`` of ``conn``, started (the worker thread's part)."""
+        console = SerialConsole(stream, self.loop, self.run, conn=conn)
+        try:
+            console.start()  # registered before it can be handed over or given up
+        except libvirt.libvirtError as exc:
+            console.close_now()
+            raise translate(exc) from exc
         with self._lock:
             given_up = self._given_up
             if not given_up:
@@ -359,11 +360,6 @@ class _Opening:
         if given_up:
             console.close_now()
             raise DriverError("the console was opened after its caller gave up")
-        try:
-            console.start()
-        except libvirt.libvirtError as exc:
-            console.close_now()
-            raise translate(exc) from exc
         return console
 
     def give_up(self) -> None:
@@ -446,6 +442,8 @@ class LibvirtDriver(ComputeDriver):
         self._cpu_samples: dict[str, tuple[int, float]] = {}
         # Before any connection opens: consoles' streams need libvirt's event loop.
         ensure_event_loop()
+        self._consoles: weakref.WeakSet[SerialConsole] = weakref.WeakSet()
+        self._consoles_lock = threading.Lock()  # added here, walked by libvirt's thread
 
     @property
     def capabilities(self) -> Capabilities:
@@ -503,12 +501,18 @@ class LibvirtDriver(ComputeDriver):
                 raise HostUnreachable(
                     f"libvirt unreachable at {self.uri}: {_explain(exc)}"
                 ) from exc
-            # A link that died (an ssh host gone) is noticed within a minute, which
-            # ends the consoles on it, rather than never (libvirt's event loop runs
-            # the pings). Not every URI has keepalives (test:///): then none.
+            # The consoles on a connection end with it (libvirtd restarted, the
+            # connection dropped): libvirt tells the streams nothing of it.
             with suppress(libvirt.libvirtError):
-                self._conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
+                self._conn.registerCloseCallback(self._connection_closed, None)
             return self._conn
+
+    def _connection_closed(self, conn: libvirt.virConnect, _reason: int, _opaque: Any) -> None:
+        """libvirt's event thread: ``conn`` closed; the consoles on it end."""
+        with self._consoles_lock:
+            on_it = [c for c in self._consoles if c.conn is conn]
+        for console in on_it:
+            console.hang_up()
 
     def _drop_locked(self) -> None:
         conn, self._conn = self._conn, None
@@ -2261,10 +2265,13 @@ class LibvirtDriver(ComputeDriver):
     async def open_console(self, instance_id: str, *, force: bool = False) -> Shell:
         opening = _Opening(asyncio.get_running_loop(), self._run)
         try:
-            return await self._bounded(self._open_console, instance_id, force, opening)
+            console = await self._bounded(self._open_console, instance_id, force, opening)
         except BaseException:
             opening.give_up()  # timed out or cancelled: a console opened late is closed
             raise
+        with self._consoles_lock:
+            self._consoles.add(console)
+        return console
 
     def _open_console(self, instance_id: str, force: bool, opening: _Opening) -> SerialConsole:
         conn = self._connect()
@@ -2288,7 +2295,7 @@ class LibvirtDriver(ComputeDriver):
                 ) from exc
             with self._translated(instance_id):
                 raise
-        return opening.opened(stream)
+        return opening.opened(stream, conn)
 
     def _logs(self, instance_id: str, tail: int) -> str:
         conn = self._connect()
