@@ -850,3 +850,24 @@ async def test_an_email_too_long_once_lowercased_is_a_422(client, register) -> N
         json={"email": email, "current_password": PASSWORD},
     )
     assert r.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "category=a%00b",
+        "tag=%02x",
+        "q=web%00api",
+        "category=%02%11%00%C2%83%C2%9D%13n&skip=838659&tag=%F1%B1%BA%95L&price_model=freemium",
+    ],
+)
+async def test_a_control_character_in_a_text_filter_is_a_422(client, query: str) -> None:
+    # The fuzzing found a NUL byte in ?category= reaching PostgreSQL (500).
+    r = await client.get(f"/api/v1/marketplace/listings?{query}")
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "VALIDATION_ERROR"
+
+
+async def test_free_text_filters_still_take_any_printable_text(client) -> None:
+    r = await client.get("/api/v1/marketplace/listings?q=météo%20API&category=données&tag=ünï")
+    assert r.status_code == 200, r.text

@@ -37,6 +37,9 @@ from nefos.services.operations import sees_engine_messages
 from nefos.services.principal import Principal, authorize_org, authorize_project
 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+#: Free text of a query (a search, a category): no control character, so no NUL byte
+#: ever reaches the database (PostgreSQL refuses one in text: a 500, not a 422).
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
 _ID = re.compile(ID_PATTERN)
 
 

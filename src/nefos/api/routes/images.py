@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from nefos.api.deps import (
+    TEXT_PATTERN,
     Access,
     CoreDep,
     ObjectId,
@@ -52,7 +53,7 @@ async def list_images(
     params: PageDep,
     project_id: ProjectHint,
     kind: Annotated[Literal["vm", "container"] | None, Query()] = None,
-    os_type: Annotated[str | None, Query(max_length=64)] = None,
+    os_type: Annotated[str | None, Query(max_length=64, pattern=TEXT_PATTERN)] = None,
     status: Annotated[str | None, Query(pattern="^[a-z]{1,16}$")] = None,
     access: Access = authorize(Permission.COMPUTE_READ),
 ) -> Response:

@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from nefos.api.deps import (
     ID_PATTERN,
+    TEXT_PATTERN,
     Access,
     CallsWritten,
     CoreDep,
@@ -117,11 +118,13 @@ async def browse_listings(
     q: Annotated[
         str | None,
         Query(
-            max_length=200, description="Words to find in titles, summaries, descriptions, tags."
+            max_length=200,
+            pattern=TEXT_PATTERN,
+            description="Words to find in titles, summaries, descriptions, tags.",
         ),
     ] = None,
-    category: Annotated[str | None, Query(max_length=40)] = None,
-    tag: Annotated[str | None, Query(max_length=30)] = None,
+    category: Annotated[str | None, Query(max_length=40, pattern=TEXT_PATTERN)] = None,
+    tag: Annotated[str | None, Query(max_length=30, pattern=TEXT_PATTERN)] = None,
     price_model: Annotated[
         Literal["free", "pay_per_use", "freemium", "monthly"] | None,
         Query(description="Only listings with a plan of this model."),
