@@ -171,6 +171,18 @@ def browser(console_server: ConsoleServer) -> Iterator[Any]:
             chromium.close()
 
 
+def goto(page: Any, url: str) -> None:
+    """Load ``url`` in ``page``; once more if Chromium aborted the load because the
+    host's network changed (``net::ERR_NETWORK_CHANGED``: a VM starting anywhere on the
+    machine adds a tap device, which Chromium takes for a network change)."""
+    try:
+        page.goto(url)
+    except PlaywrightError as exc:
+        if "ERR_NETWORK_CHANGED" not in str(exc):
+            raise
+        page.goto(url)
+
+
 @dataclass
 class Visit:
     """One test's browser page and what it did."""
@@ -182,15 +194,7 @@ class Visit:
     checked: list[str] = field(default_factory=list)
 
     def goto(self, path: str) -> None:
-        """Load ``path``; once more if Chromium aborted the load because the host's
-        network changed (``net::ERR_NETWORK_CHANGED``: a VM starting anywhere on
-        the machine adds a tap device, which Chromium takes for a network change)."""
-        try:
-            self.page.goto(self.base + path)
-        except PlaywrightError as exc:
-            if "ERR_NETWORK_CHANGED" not in str(exc):
-                raise
-            self.page.goto(self.base + path)
+        goto(self.page, self.base + path)
 
     def path(self) -> str:
         return urlsplit(self.page.url).path
