@@ -28,7 +28,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect
 
 from tests.conftest import (
@@ -39,6 +38,7 @@ from tests.conftest import (
     new_installation_id,
     remove_managed_containers,
 )
+from tests.console.netns import LAUNCHER, BrowserNetwork
 from tests.processes import Server, serve_env
 from tests.stripe_server import PUBLISHABLE_KEY, WEBHOOK_SECRET, StripeServer
 from tests.stripe_server import SECRET_KEY as STRIPE_SECRET_KEY
@@ -152,35 +152,52 @@ def console_server(
         remove_managed_containers()
 
 
+@pytest.fixture(scope="session")
+def browser_network() -> Iterator[BrowserNetwork]:
+    """The browser's network namespace: only a loopback, so no interface the rest of the
+    suite adds or removes aborts its requests (:mod:`tests.console.netns`)."""
+    network = BrowserNetwork()
+    try:
+        yield network
+    finally:
+        network.close()
+
+
 @pytest.fixture(scope="module")
-def browser(console_server: ConsoleServer) -> Iterator[Any]:
-    """Chromium for one test module. Not for the session: Playwright's sync API keeps
-    its event loop current on this thread while it runs, which the next module's
+def browser(console_server: ConsoleServer, browser_network: BrowserNetwork) -> Iterator[Any]:
+    """Chromium for one test module, in its network namespace, where the console's
+    server and Stripe's stand-in are exposed. Not for the session: Playwright's sync API
+    keeps its event loop current on this thread while it runs, which the next module's
     asyncio tests (pytest-asyncio) must not find. After the server, for the same
     reason."""
     _require_prerequisites()
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-def goto(page: Any, url: str) -> None:
-    """Load ``url`` in ``page``; once more if Chromium aborted the load because the
-    host's network changed (``net::ERR_NETWORK_CHANGED``: a VM starting anywhere on the
-    machine adds a tap device, which Chromium takes for a network change)."""
+    relays = [
+        browser_network.expose(_port(url))
+        for url in (console_server.url, console_server.stripe.url)
+    ]
     try:
-        page.goto(url)
-    except PlaywrightError as exc:
-        if "ERR_NETWORK_CHANGED" not in str(exc):
-            raise
-        page.goto(url)
+        with sync_playwright() as pw:
+            chromium = pw.chromium.launch(
+                executable_path=str(LAUNCHER),
+                headless=True,
+                args=CHROMIUM_ARGS,
+                env=browser_network.env(),
+            )
+            try:
+                yield chromium
+            finally:
+                chromium.close()
+    finally:
+        for relay in relays:
+            relay.close()
+
+
+def _port(url: str) -> int:
+    port = urlsplit(url).port
+    assert port is not None, url
+    return port
 
 
 @dataclass
@@ -194,7 +211,7 @@ class Visit:
     checked: list[str] = field(default_factory=list)
 
     def goto(self, path: str) -> None:
-        goto(self.page, self.base + path)
+        self.page.goto(self.base + path)
 
     def path(self) -> str:
         return urlsplit(self.page.url).path

@@ -29,7 +29,7 @@ from nefos.config import async_database_url
 from nefos.db.models import Wallet
 from nefos.db.session import Database, begin_write
 from tests.conftest import ADMIN_PASSWORD, PASSWORD, TEST_IMAGE, tiny_vm_image
-from tests.console.conftest import V1, ConsoleServer, Visit, check_a11y, goto, sign_up
+from tests.console.conftest import V1, ConsoleServer, Visit, check_a11y, sign_up
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -74,12 +74,12 @@ def test_top_up_by_card_declined_then_paid_under_the_consoles_own_policy(
     strict = browser.new_context(base_url=console_server.url)
     try:
         other = strict.new_page()
-        goto(other, "/signin")
+        other.goto("/signin")
         other.get_by_label("E-mail or username").fill(account["user"]["email"])
         other.get_by_label("Password").fill(PASSWORD)
         other.get_by_role("button", name="Sign in").click()
         other.wait_for_url("**/overview")
-        goto(other, "/billing")
+        other.goto("/billing")
         row = other.locator(f'tr[data-payment="{payment["id"]}"]')
         row.get_by_role("button", name=re.compile("^Pay ")).click()
         card = other.get_by_test_id("card-payment")
@@ -200,12 +200,12 @@ def test_top_up_by_transfer_confirmed_by_the_platform_shows_in_the_ledger_live(
     strict = browser.new_context(base_url=console_server.url)
     try:
         other = strict.new_page()
-        goto(other, "/signin")
+        other.goto("/signin")
         other.get_by_label("E-mail or username").fill(account["user"]["email"])
         other.get_by_label("Password").fill(PASSWORD)
         other.get_by_role("button", name="Sign in").click()
         other.wait_for_url("**/overview")
-        goto(other, f"/billing/invoices/{invoice_id}")
+        other.goto(f"/billing/invoices/{invoice_id}")
         shown = other.frame_locator(f'iframe[title="Invoice {number}"]').get_by_text(number)
         expect(shown.first).to_be_visible()
     finally:
