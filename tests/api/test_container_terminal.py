@@ -79,27 +79,30 @@ class Terminal:
         return self.ws.close_code
 
 
-def url(base: str, container_id: str, **query: Any) -> str:
+def socket_url(base: str, route: str, **query: Any) -> str:
+    """The ws:// address of a terminal's ``route`` (under /api/v1) with ``query``; a
+    list value repeats its key."""
     pairs = [
         (k, str(v))
         for k, values in query.items()
         for v in (values if isinstance(values, list) else [values])
     ]
     q = str(httpx.QueryParams(pairs))
-    return (
-        base.replace("http://", "ws://")
-        + f"{V1}/containers/{container_id}/exec"
-        + (f"?{q}" if q else "")
-    )
+    return base.replace("http://", "ws://") + f"{V1}{route}" + (f"?{q}" if q else "")
+
+
+def url(base: str, container_id: str, **query: Any) -> str:
+    return socket_url(base, f"/containers/{container_id}/exec", **query)
 
 
 @contextlib.asynccontextmanager
-async def terminal(
-    base: str, container_id: str, token: str | None, **query: Any
+async def open_socket(
+    base: str, route: str, token: str | None, **query: Any
 ) -> AsyncIterator[Terminal]:
+    """A terminal's socket at ``route``, the token in the subprotocols as the SDK does."""
     protocols = ["nefos.v1", f"bearer.{token}"] if token else ["nefos.v1"]
     async with connect(
-        url(base, container_id, **query),
+        socket_url(base, route, **query),
         subprotocols=protocols,
         open_timeout=30,  # type: ignore[list-item]
     ) as ws:
@@ -112,15 +115,29 @@ async def terminal(
                 await t._task
 
 
-async def refused(
+def terminal(
     base: str, container_id: str, token: str | None, **query: Any
+) -> contextlib.AbstractAsyncContextManager[Terminal]:
+    return open_socket(base, f"/containers/{container_id}/exec", token, **query)
+
+
+async def refused_at(
+    base: str, route: str, token: str | None, **query: Any
 ) -> tuple[int | None, dict[str, Any]]:
-    async with terminal(base, container_id, token, **query) as t:
+    """The close code and the error's data of a terminal that was refused (and showed
+    nothing)."""
+    async with open_socket(base, route, token, **query) as t:
         code = await t.close_code()
         errors = t.typed("error")
         assert errors, t.messages
         assert t.output == ""
         return code, errors[0]["data"]
+
+
+async def refused(
+    base: str, container_id: str, token: str | None, **query: Any
+) -> tuple[int | None, dict[str, Any]]:
+    return await refused_at(base, f"/containers/{container_id}/exec", token, **query)
 
 
 @pytest.fixture

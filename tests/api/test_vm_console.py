@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.api.test_container_terminal import Terminal, login
+from tests.api.test_container_terminal import Terminal, login, open_socket, refused_at
 from tests.api.test_containers import Api
 from tests.api.test_vms import console_until, register_tiny
 from tests.conftest import (
@@ -52,40 +52,16 @@ async def account(c: httpx.AsyncClient) -> Account:
     return Account(data["user"], data["access_token"], data["refresh_token"], PASSWORD)
 
 
-def url(base: str, vm_id: str, **query: Any) -> str:
-    q = str(httpx.QueryParams({k: str(v) for k, v in query.items()}))
-    return base.replace("http://", "ws://") + f"{V1}/vms/{vm_id}/console" + (f"?{q}" if q else "")
-
-
-@contextlib.asynccontextmanager
-async def console(
+def console(
     base: str, vm_id: str, token: str | None, **query: Any
-) -> AsyncIterator[Terminal]:
-    from websockets.asyncio.client import connect
-
-    protocols = ["nefos.v1", f"bearer.{token}"] if token else ["nefos.v1"]
-    async with connect(
-        url(base, vm_id, **query),
-        subprotocols=protocols,
-        open_timeout=30,  # type: ignore[list-item]
-    ) as ws:
-        t = Terminal(ws)
-        try:
-            yield t
-        finally:
-            await ws.close()
-            with contextlib.suppress(Exception):
-                await t._task
+) -> contextlib.AbstractAsyncContextManager[Terminal]:
+    return open_socket(base, f"/vms/{vm_id}/console", token, **query)
 
 
 async def refused(
     base: str, vm_id: str, token: str | None, **query: Any
 ) -> tuple[int | None, dict[str, Any]]:
-    async with console(base, vm_id, token, **query) as t:
-        code = await t.close_code()
-        errors = t.typed("error")
-        assert errors, t.messages
-        return code, errors[0]["data"]
+    return await refused_at(base, f"/vms/{vm_id}/console", token, **query)
 
 
 @pytest.mark.timeout(600)

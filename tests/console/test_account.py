@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -30,6 +32,25 @@ from nefos.db.models import Wallet
 from nefos.db.session import Database, begin_write
 from tests.conftest import ADMIN_PASSWORD, PASSWORD, TEST_IMAGE, tiny_vm_image
 from tests.console.conftest import V1, ConsoleServer, Visit, check_a11y, sign_up
+
+
+@contextmanager
+def signed_in_under_the_policy(
+    browser: Any, console_server: ConsoleServer, account: dict[str, Any]
+) -> Iterator[Any]:
+    """A page of a context of its own, signed in as ``account``: unlike the tests'
+    contexts, it keeps the console's Content-Security-Policy (no axe injected)."""
+    context = browser.new_context(base_url=console_server.url)
+    try:
+        page = context.new_page()
+        page.goto("/signin")
+        page.get_by_label("E-mail or username").fill(account["user"]["email"])
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url("**/overview")
+        yield page
+    finally:
+        context.close()
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -71,14 +92,7 @@ def test_top_up_by_card_declined_then_paid_under_the_consoles_own_policy(
 
     # Later, in a browser that keeps the console's Content-Security-Policy (Stripe.js
     # from the origin the platform names): the pending payment is paid from its row.
-    strict = browser.new_context(base_url=console_server.url)
-    try:
-        other = strict.new_page()
-        other.goto("/signin")
-        other.get_by_label("E-mail or username").fill(account["user"]["email"])
-        other.get_by_label("Password").fill(PASSWORD)
-        other.get_by_role("button", name="Sign in").click()
-        other.wait_for_url("**/overview")
+    with signed_in_under_the_policy(browser, console_server, account) as other:
         other.goto("/billing")
         row = other.locator(f'tr[data-payment="{payment["id"]}"]')
         row.get_by_role("button", name=re.compile("^Pay ")).click()
@@ -92,8 +106,6 @@ def test_top_up_by_card_declined_then_paid_under_the_consoles_own_policy(
         ).to_be_visible()
         expect(other.get_by_test_id("wallet-balance")).to_contain_text("30.00 USD")
         expect(card).to_have_count(0)
-    finally:
-        strict.close()
     # The first page learns of the credit live (billing_update).
     expect(page.get_by_test_id("wallet-balance")).to_contain_text("30.00 USD")
     expect(page.locator(f'tr[data-payment="{payment["id"]}"] .status')).to_have_attribute(
@@ -197,19 +209,10 @@ def test_top_up_by_transfer_confirmed_by_the_platform_shows_in_the_ledger_live(
     check_a11y(visit, "invoice")
     # The test's context bypasses the console's Content-Security-Policy (axe is
     # injected inline); under the policy itself the frame shows the invoice too.
-    strict = browser.new_context(base_url=console_server.url)
-    try:
-        other = strict.new_page()
-        other.goto("/signin")
-        other.get_by_label("E-mail or username").fill(account["user"]["email"])
-        other.get_by_label("Password").fill(PASSWORD)
-        other.get_by_role("button", name="Sign in").click()
-        other.wait_for_url("**/overview")
+    with signed_in_under_the_policy(browser, console_server, account) as other:
         other.goto(f"/billing/invoices/{invoice_id}")
         shown = other.frame_locator(f'iframe[title="Invoice {number}"]').get_by_text(number)
         expect(shown.first).to_be_visible()
-    finally:
-        strict.close()
     page.get_by_role("link", name="All invoices").click()
     expect(page.get_by_role("link", name=number)).to_be_visible()
     check_a11y(visit, "invoices")

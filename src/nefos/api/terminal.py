@@ -146,13 +146,20 @@ class Target(abc.ABC):
     """What a terminal attaches to: a container's replica (``exec``) or a VM's serial
     console. The handshake, the bounds, the re-checks and the record are shared."""
 
-    #: In the record: "container" or "VM"; "not found" names ``title``.
+    #: In the record and in "not found": "container" or "VM".
     noun: str
-    title: str
     #: The detail naming the object in an error.
     id_field: str
     #: Whether the end has an exit code worth waiting a moment for.
     exits: bool
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    @property
+    def title(self) -> str:
+        """The noun at the start of a sentence."""
+        return self.noun[:1].upper() + self.noun[1:]
 
     @abc.abstractmethod
     def parse(self, ws: WebSocket) -> Any:
@@ -173,12 +180,8 @@ class ContainerExec(Target):
     """``WS /containers/{id}/exec``: a command on a terminal in a running replica."""
 
     noun = "container"
-    title = "Container"
     id_field = "container_id"
     exits = True
-
-    def __init__(self, core: Core) -> None:
-        self.core = core
 
     def parse(self, ws: WebSocket) -> Request:
         return parse(ws)
@@ -209,12 +212,8 @@ class VmConsole(Target):
     (take over another open console, which ends)."""
 
     noun = "VM"
-    title = "VM"
     id_field = "vm_id"
     exits = False
-
-    def __init__(self, core: Core) -> None:
-        self.core = core
 
     def parse(self, ws: WebSocket) -> bool:
         return _bool(ws, "force")
