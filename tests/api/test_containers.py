@@ -298,6 +298,8 @@ async def test_seed_004_flow_end_to_end(client, admin, register, podman_host):
     r = await client.delete(f"{V1}/operations/{op['id']}", headers=user.headers)
     assert_error(r, 409, "CONFLICT")
     await api.call("GET", "/operations", 422, params={"status": "bogus"})
+    await api.call("GET", "/containers", 422, params={"status": "bogus"})
+    assert (await api.call("GET", "/containers", params={"status": "degraded"}))["items"] == []
     await api.call("GET", f"/operations/{uuid.uuid4()}", 404)
 
     # Delete: the row, the engine container and the allocation go.

@@ -158,12 +158,14 @@ async def test_vm_lifecycle_end_to_end(
     quotas = await api.call("GET", f"/projects/{user.project_id}/quotas")
     assert quotas["usage"]["instances"] == 1 and quotas["usage"]["storage_gb"] == 1
 
-    # Resizing a running VM is refused; a shrinking disk always.
-    assert_error(
+    # Resizing a running VM is refused, saying why; a shrinking disk always.
+    refusal = assert_error(
         await client.put(f"{V1}/vms/{vm_id}", json={"cpu_cores": 2}, headers=user.headers),
         409,
         "CONFLICT",
-    )
+    )["error"]
+    assert refusal["details"] == {"status": "running"}, refusal
+    assert refusal["message"] == "Stop the VM before resizing it (it is running)"
     assert_error(
         await client.put(f"{V1}/vms/{vm_id}", json={"storage_gb": 0}, headers=user.headers),
         422,
@@ -202,6 +204,7 @@ async def test_vm_lifecycle_end_to_end(
     listed = await api.call("GET", "/compute/instances/")
     assert [v["id"] for v in listed["items"]] == [vm_id]
     assert (await api.call("GET", "/vms?status_filter=stopped"))["items"] == []
+    await api.call("GET", "/vms", 422, params={"status": "bogus"})
     assert (await api.call("GET", "/vms?skip=0&limit=10"))["pagination"]["total"] == 1
 
     # The image is in use: it stays.

@@ -28,7 +28,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from nefos.db.types import Amount, UTCDateTime, new_id, utcnow
+from nefos.db.types import Amount, Status, UTCDateTime, new_id, utcnow
+from nefos.domain.lifecycle import ContainerStatus, Desired, VmStatus
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -339,8 +340,10 @@ class Container(Base):
     # update (PUT /containers/{id}) moves it on, its rollback moves it back, and each
     # replica records the one it was made with.
     generation: Mapped[int] = mapped_column(Integer, nullable=False, default=1, server_default="1")
-    status: Mapped[str] = mapped_column(String(16), nullable=False)
-    desired: Mapped[str] = mapped_column(String(16), nullable=False, default="running")
+    status: Mapped[ContainerStatus] = mapped_column(Status(ContainerStatus), nullable=False)
+    desired: Mapped[Desired] = mapped_column(
+        Status(Desired), nullable=False, default=Desired.RUNNING
+    )
     status_reason: Mapped[str | None] = mapped_column(Text)
     # Metered up to here (nefos.billing.metering): the next usage record starts here.
     billed_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -565,9 +568,11 @@ class Vm(Base):
     ip_address: Mapped[str | None] = mapped_column(String(64))
     # The TCP port the guest serves on: the VM is then a service (GET /services).
     service_port: Mapped[int | None] = mapped_column(Integer)
-    # creating, starting, running, stopping, stopped, rebooting, resizing, deleting, error
-    status: Mapped[str] = mapped_column(String(16), nullable=False)
-    desired: Mapped[str] = mapped_column(String(16), nullable=False, default="running")
+    # nefos.domain.lifecycle: the statuses and the moves between them
+    status: Mapped[VmStatus] = mapped_column(Status(VmStatus), nullable=False)
+    desired: Mapped[Desired] = mapped_column(
+        Status(Desired), nullable=False, default=Desired.RUNNING
+    )
     status_reason: Mapped[str | None] = mapped_column(Text)
     # Metered up to here (nefos.billing.metering): the next usage record starts here.
     billed_since: Mapped[datetime | None] = mapped_column(UTCDateTime())

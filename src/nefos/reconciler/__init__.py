@@ -35,6 +35,7 @@ from sqlalchemy import select
 
 from nefos.db.models import Container, ContainerReplica, Host, Network, Operation, Vm
 from nefos.db.session import begin_write
+from nefos.domain.lifecycle import Desired, VmStatus
 from nefos.drivers.base import LABEL_ID, DriverError, InstanceInfo, InstanceState
 from nefos.operations import queue
 from nefos.services import idempotency
@@ -213,9 +214,9 @@ class Reconciler:
                 if found is None:
                     if row.driver_id is None:
                         continue  # never made (a create that failed early)
-                    status, reason = "error", "the domain was removed outside Nefos"
+                    status, reason = VmStatus.ERROR, "the domain was removed outside Nefos"
                 else:
-                    seen = seen_status(found.state) or "error"
+                    seen = seen_status(found.state) or VmStatus.ERROR
                     if seen == row.status:
                         continue
                     reason = {
@@ -226,8 +227,8 @@ class Reconciler:
                     status = seen
                 if (status, reason) != (row.status, row.status_reason):
                     row.status, row.status_reason = status, reason
-                    if status in ("running", "stopped"):
-                        row.desired = status
+                    if status in (VmStatus.RUNNING, VmStatus.STOPPED):
+                        row.desired = Desired(status.value)
                     report.replicas_changed[row.id] = status
             await session.commit()
 

@@ -39,6 +39,7 @@ from nefos.db.models import (
     ServiceSettings,
 )
 from nefos.db.session import begin_write
+from nefos.domain import lifecycle
 from nefos.domain.access import Permission
 from nefos.domain.actors import SystemActor
 from nefos.domain.errors import (
@@ -56,6 +57,7 @@ from nefos.domain.image_refs import (
     parse_image_reference,
     registry_listed,
 )
+from nefos.domain.lifecycle import ContainerStatus
 from nefos.domain.paging import PageParams
 from nefos.domain.units import human_rate, parse_port
 from nefos.drivers.base import (
@@ -87,6 +89,7 @@ from nefos.services.endpoints import (
     target_port,
 )
 from nefos.services.hosts import HostService, domain_error, driver_call
+from nefos.services.lifecycle import transition
 from nefos.services.paging import fetch_page
 from nefos.services.placement import Allocation, ReplicaRows
 from nefos.services.principal import Principal, authorize_project
@@ -118,21 +121,29 @@ def installation_id(core: Core) -> str:
     ]
 
 
-def derive_status(desired: str, states: Sequence[str]) -> tuple[str, str | None]:
+def derive_status(desired: str, states: Sequence[str]) -> tuple[ContainerStatus, str | None]:
     """What a container with no operation in progress shows, from its replicas."""
     if not states:
-        return ("stopped", None) if desired == "stopped" else ("error", "no replicas")
+        return (
+            (ContainerStatus.STOPPED, None)
+            if desired == "stopped"
+            else (ContainerStatus.ERROR, "no replicas")
+        )
     if any(s in ("missing", "error") for s in states):
         gone = sum(1 for s in states if s in ("missing", "error"))
-        return "error", f"{gone} of {len(states)} replica(s) lost outside Nefos"
+        return ContainerStatus.ERROR, f"{gone} of {len(states)} replica(s) lost outside Nefos"
     running = sum(1 for s in states if s == "running")
     if desired == "stopped":
-        return ("stopped", None) if running == 0 else ("running", "stop requested")
+        return (
+            (ContainerStatus.STOPPED, None)
+            if running == 0
+            else (ContainerStatus.RUNNING, "stop requested")
+        )
     if running == len(states):
-        return "running", None
+        return ContainerStatus.RUNNING, None
     if running == 0:
-        return "stopped", "exited outside Nefos"
-    return "degraded", f"{running} of {len(states)} replica(s) running"
+        return ContainerStatus.STOPPED, "exited outside Nefos"
+    return ContainerStatus.DEGRADED, f"{running} of {len(states)} replica(s) running"
 
 
 def _fixed_ports(container: Container, *, mesh: bool) -> list[int]:
@@ -500,66 +511,38 @@ class ContainerService:
         self,
         principal: Principal | SystemActor,
         container: Container,
-        *,
-        kind: str,
-        status: str,
-        desired: str | None = None,
+        action: str,
         params: dict[str, Any] | None = None,
     ) -> tuple[Container, Operation]:
-        await begin_write(self.session)
-        current = await self.session.get(Container, container.id, populate_existing=True)
-        if current is None:
-            await self.session.rollback()
-            raise NotFound("Container not found", container_id=container.id)
-        op = await enqueue(
+        return await transition(
+            self.core,
             self.session,
-            kind=kind,
-            resource_type="container",
-            resource_id=current.id,
-            project_id=current.project_id,
-            user_id=principal.user_id,
-            params={
-                "from_status": current.status,
-                "from_desired": current.desired,
-                **(params or {}),
-                **(principal.record() if isinstance(principal, SystemActor) else {}),
-            },
+            lifecycle.CONTAINER,
+            Container,
+            container.id,
+            principal,
+            action,
+            params,
         )
-        current.status = status
-        if desired is not None:
-            current.desired = desired
-        await self.session.commit()
-        self.core.workers.notify()
-        return current, op
 
     async def start(
         self, principal: Principal, container: Container
     ) -> tuple[Container, Operation]:
-        if container.status == "deleting":
-            raise Conflict("The container is being deleted")
         project = await self.session.get(Project, container.project_id)
         assert project is not None
         await require_funds(self.session, self.core.settings, project.organisation_id)
-        return await self._transition(
-            principal, container, kind="container.start", status="starting", desired="running"
-        )
+        return await self._transition(principal, container, "start")
 
     async def stop(
         self, principal: Principal | SystemActor, container: Container
     ) -> tuple[Container, Operation]:
         """Stop the container, for a user or for the system (billing suspension)."""
-        if container.status == "deleting":
-            raise Conflict("The container is being deleted")
-        return await self._transition(
-            principal, container, kind="container.stop", status="stopping", desired="stopped"
-        )
+        return await self._transition(principal, container, "stop")
 
     async def delete(
         self, principal: Principal, container: Container
     ) -> tuple[Container, Operation]:
-        return await self._transition(
-            principal, container, kind="container.delete", status="deleting"
-        )
+        return await self._transition(principal, container, "delete")
 
     async def scale(
         self, principal: Principal, container: Container, body: ContainerScale
@@ -569,8 +552,7 @@ class ContainerService:
             current = await self.session.get(Container, container.id, populate_existing=True)
             if current is None:
                 raise NotFound("Container not found", container_id=container.id)
-            if current.status == "deleting":
-                raise Conflict("The container is being deleted")
+            move = lifecycle.CONTAINER.move("scale", current.status)
             old = (await self.replicas([current.id]))[current.id]
             target = body.replicas
             grow = target - len(old) if body.strategy == "rolling" else target
@@ -610,7 +592,7 @@ class ContainerService:
                     },
                 )
                 current.replicas = target
-                current.status = "scaling"
+                current.status = move.to
                 await self._commit_or_undo()
         except BaseException as exc:
             await self._abandon(exc)
@@ -634,8 +616,7 @@ class ContainerService:
             current = await self.session.get(Container, container.id, populate_existing=True)
             if current is None:
                 raise NotFound("Container not found", container_id=container.id)
-            if current.status == "deleting":
-                raise Conflict("The container is being deleted")
+            move = lifecycle.CONTAINER.move("update", current.status)
             previous = spec_of(current)
             wanted = dict(previous)
             if body.image is not None:
@@ -700,7 +681,7 @@ class ContainerService:
                         "add": add,
                     },
                 )
-                current.status = "updating"
+                current.status = move.to
                 current.status_reason = f"rolling update to generation {generation}"
                 await self._commit_or_undo()
         except BaseException as exc:
@@ -1041,7 +1022,10 @@ class ContainerOps:
             await session.commit()
 
     async def _set_status(
-        self, container_id: str, status: str | None = None, reason: str | None = None
+        self,
+        container_id: str,
+        status: ContainerStatus | None = None,
+        reason: str | None = None,
     ) -> None:
         """Set the status, or (``None``) derive it from the replicas' states (and show
         ``reason`` if that status has none of its own)."""
@@ -1204,7 +1188,7 @@ class ContainerOps:
             if r.state == "pending":
                 continue  # never made: nothing to stop
             await self._stop(r, hosts[r.host_id])
-        await self._set_status(container.id, "stopped")
+        await self._set_status(container.id, ContainerStatus.STOPPED)
         return {"replicas": len(replicas)}
 
     async def run_delete(self, ctx: OpContext) -> dict[str, Any] | None:
@@ -1573,14 +1557,16 @@ class ContainerOps:
     async def failed(self, ctx: OpContext, code: str, message: str) -> None:
         if ctx.op.kind == "container.delete":
             # The row stays so that a retried delete can finish the job.
-            await self._set_status(ctx.op.resource_id, "error", f"delete failed: {message}")
+            await self._set_status(
+                ctx.op.resource_id, ContainerStatus.ERROR, f"delete failed: {message}"
+            )
         elif code == RolledBack.code:
             # The previous spec serves again: the container is as it was.
             await self._set_status(ctx.op.resource_id, None, f"update rolled back: {message}")
         else:
             if ctx.op.kind in ("container.create", "container.scale", "container.update"):
                 await self._drop_unmade(ctx)
-            await self._set_status(ctx.op.resource_id, "error", f"{code}: {message}")
+            await self._set_status(ctx.op.resource_id, ContainerStatus.ERROR, f"{code}: {message}")
 
     async def _drop_unmade(self, ctx: OpContext) -> None:
         """A failed create (or scale-up) gives back what its replicas that never came

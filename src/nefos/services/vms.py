@@ -39,6 +39,7 @@ from nefos.db.models import (
     Volume,
 )
 from nefos.db.session import begin_write
+from nefos.domain import lifecycle
 from nefos.domain.access import Permission
 from nefos.domain.actors import SystemActor
 from nefos.domain.errors import (
@@ -48,6 +49,7 @@ from nefos.domain.errors import (
     ServiceUnavailable,
     ValidationFailed,
 )
+from nefos.domain.lifecycle import VmStatus
 from nefos.domain.paging import PageParams
 from nefos.drivers.base import (
     DriverError,
@@ -74,6 +76,7 @@ from nefos.services.images import (
     min_memory_mb,
     pool_image_name,
 )
+from nefos.services.lifecycle import transition
 from nefos.services.paging import fetch_page
 from nefos.services.principal import Principal, authorize_project
 from nefos.services.quotas import check_quota
@@ -84,7 +87,8 @@ log = logging.getLogger("nefos.vms")
 LABEL_VM = "nefos.vm"
 
 #: Statuses a VM settles in; every other one is an operation in progress.
-SETTLED = ("running", "stopped", "error")
+#: The statuses the reconciler may correct: no operation is under way.
+SETTLED = lifecycle.VM.settled
 
 
 def network_name(network_id: str) -> str:
@@ -396,83 +400,30 @@ class VmService:
         self,
         principal: Principal | SystemActor,
         vm: Vm,
-        *,
-        kind: str,
-        status: str,
-        desired: str | None = None,
+        action: str,
         params: dict[str, Any] | None = None,
-        allowed_from: Sequence[str] | None = None,
     ) -> tuple[Vm, Operation]:
-        await begin_write(self.session)
-        try:
-            current = await self.session.get(Vm, vm.id, populate_existing=True)
-            if current is None:
-                raise NotFound("VM not found", vm_id=vm.id)
-            if current.status == "deleting":
-                raise Conflict("The VM is being deleted", status=current.status)
-            if allowed_from is not None and current.status not in allowed_from:
-                raise Conflict(
-                    f"The VM is {current.status}; this needs it {' or '.join(allowed_from)}",
-                    status=current.status,
-                )
-            op = await enqueue(
-                self.session,
-                kind=kind,
-                resource_type="vm",
-                resource_id=current.id,
-                project_id=current.project_id,
-                user_id=principal.user_id,
-                params={
-                    "from_status": current.status,
-                    "from_desired": current.desired,
-                    **(params or {}),
-                    **(principal.record() if isinstance(principal, SystemActor) else {}),
-                },
-            )
-            current.status = status
-            if desired is not None:
-                current.desired = desired
-            await self.session.commit()
-        except BaseException:
-            if self.session.in_transaction():
-                await self.session.rollback()
-            raise
-        self.core.workers.notify()
-        return current, op
+        return await transition(
+            self.core, self.session, lifecycle.VM, Vm, vm.id, principal, action, params
+        )
 
     async def start(self, principal: Principal, vm: Vm) -> tuple[Vm, Operation]:
         await require_funds(self.session, self.core.settings, await self._org_of(vm))
-        return await self._transition(
-            principal, vm, kind="vm.start", status="starting", desired="running"
-        )
+        return await self._transition(principal, vm, "start")
 
     async def stop(
         self, principal: Principal | SystemActor, vm: Vm, body: VmStop
     ) -> tuple[Vm, Operation]:
         """Stop the VM, for a user or for the system (billing suspension)."""
         timeout = 0.0 if body.force else body.timeout
-        return await self._transition(
-            principal,
-            vm,
-            kind="vm.stop",
-            status="stopping",
-            desired="stopped",
-            params={"timeout": timeout},
-        )
+        return await self._transition(principal, vm, "stop", {"timeout": timeout})
 
     async def reboot(self, principal: Principal, vm: Vm, *, hard: bool) -> tuple[Vm, Operation]:
-        return await self._transition(
-            principal,
-            vm,
-            kind="vm.reboot",
-            status="rebooting",
-            params={"hard": hard},
-            allowed_from=("running",),
-        )
+        return await self._transition(principal, vm, "reboot", {"hard": hard})
 
     async def delete(self, principal: Principal, vm: Vm) -> tuple[Vm, Operation]:
         """Destroy the domain and its disks; attached volumes are detached and kept."""
-        return await self._transition(principal, vm, kind="vm.delete", status="deleting")
+        return await self._transition(principal, vm, "delete")
 
     async def update(
         self, principal: Principal, vm: Vm, body: VmUpdate
@@ -514,11 +465,7 @@ class VmService:
                     storage_gb=disk,
                     memory_field="memory_mb" if body.memory_mb is not None else "memory_gb",
                 )
-            if current.status != "stopped":
-                raise Conflict(
-                    f"Stop the VM before resizing it (it is {current.status})",
-                    status=current.status,
-                )
+            move = lifecycle.VM.move("resize", current.status)
             await check_quota(
                 self.session,
                 current.project_id,
@@ -554,7 +501,7 @@ class VmService:
                 },
             )
             current.cpu_cores, current.memory_mb, current.storage_gb = cpu, memory, disk
-            current.status = "resizing"
+            current.status = move.to
             await self.session.commit()
         except BaseException:
             if self.session.in_transaction():
@@ -604,11 +551,11 @@ def vm_domain(vm: Vm) -> str:
 
 
 _SEEN = {
-    InstanceState.RUNNING: "running",
-    InstanceState.PAUSED: "running",
-    InstanceState.CREATED: "stopped",
-    InstanceState.STOPPED: "stopped",
-    InstanceState.ERROR: "error",
+    InstanceState.RUNNING: VmStatus.RUNNING,
+    InstanceState.PAUSED: VmStatus.RUNNING,
+    InstanceState.CREATED: VmStatus.STOPPED,
+    InstanceState.STOPPED: VmStatus.STOPPED,
+    InstanceState.ERROR: VmStatus.ERROR,
 }
 
 
@@ -661,7 +608,7 @@ class VmOps:
         self,
         vm_id: str,
         *,
-        status: str | None = None,
+        status: VmStatus | None = None,
         reason: str | None = None,
         info: InstanceInfo | None = None,
         **fields: Any,
@@ -722,7 +669,7 @@ class VmOps:
         await self._save(vm.id, info=info)
         driver = self.core.drivers.for_host(host)
         info = await driver_call(self.core, host, driver.start(info.driver_id))
-        await self._save(vm.id, status="running", info=info)
+        await self._save(vm.id, status=VmStatus.RUNNING, info=info)
         return {"driver_id": info.driver_id, "host_id": host.id}
 
     async def run_start(self, ctx: OpContext) -> dict[str, Any] | None:
@@ -732,7 +679,7 @@ class VmOps:
         info = await self._ensure_domain(ctx, vm, host, image, network)
         driver = self.core.drivers.for_host(host)
         info = await driver_call(self.core, host, driver.start(info.driver_id))
-        await self._save(vm.id, status="running", info=info)
+        await self._save(vm.id, status=VmStatus.RUNNING, info=info)
         return {"state": "running"}
 
     async def run_stop(self, ctx: OpContext) -> dict[str, Any] | None:
@@ -747,9 +694,11 @@ class VmOps:
                 self.core, host, driver.stop(vm_domain(vm), grace_seconds=grace)
             )
         except NotFound:
-            await self._save(vm.id, status="error", reason="the domain is gone from its host")
+            await self._save(
+                vm.id, status=VmStatus.ERROR, reason="the domain is gone from its host"
+            )
             return {"state": "missing"}
-        await self._save(vm.id, status="stopped", info=info)
+        await self._save(vm.id, status=VmStatus.STOPPED, info=info)
         return {"state": "stopped", "forced": grace == 0}
 
     async def run_reboot(self, ctx: OpContext) -> dict[str, Any] | None:
@@ -762,7 +711,7 @@ class VmOps:
             host,
             driver.reboot(vm_domain(vm), hard=bool(ctx.op.params.get("hard"))),
         )
-        await self._save(vm.id, status="running", info=info)
+        await self._save(vm.id, status=VmStatus.RUNNING, info=info)
         return {"state": "running"}
 
     async def run_resize(self, ctx: OpContext) -> dict[str, Any] | None:
@@ -783,7 +732,7 @@ class VmOps:
                 disk_gb=to["storage_gb"] if to["storage_gb"] != source["storage_gb"] else None,
             ),
         )
-        await self._save(vm.id, status="stopped", info=info)
+        await self._save(vm.id, status=VmStatus.STOPPED, info=info)
         return {"resized": to}
 
     async def run_delete(self, ctx: OpContext) -> dict[str, Any] | None:
@@ -817,9 +766,11 @@ class VmOps:
 
     async def failed(self, ctx: OpContext, code: str, message: str) -> None:
         if ctx.op.kind == "vm.delete":
-            await self._save(ctx.op.resource_id, status="error", reason=f"delete failed: {message}")
+            await self._save(
+                ctx.op.resource_id, status=VmStatus.ERROR, reason=f"delete failed: {message}"
+            )
         else:
-            await self._save(ctx.op.resource_id, status="error", reason=f"{code}: {message}")
+            await self._save(ctx.op.resource_id, status=VmStatus.ERROR, reason=f"{code}: {message}")
 
     async def resize_failed(self, ctx: OpContext, code: str, message: str) -> None:
         """Give the old size back (the domain kept it), and say why."""
@@ -840,7 +791,7 @@ class VmOps:
                 vm.cpu_cores = source["cpu_cores"]
                 vm.memory_mb = source["memory_mb"]
                 vm.storage_gb = source["storage_gb"]
-                vm.status = "stopped"
+                vm.status = VmStatus.STOPPED
                 vm.status_reason = f"resize failed: {code}: {message}"
             await session.commit()
 
@@ -881,6 +832,6 @@ class VmOps:
         vm.status = op.params.get("from_status", "stopped")
 
 
-def seen_status(state: InstanceState) -> str | None:
+def seen_status(state: InstanceState) -> VmStatus | None:
     """The VM status a domain state stands for (None: the domain is missing)."""
     return _SEEN.get(state)

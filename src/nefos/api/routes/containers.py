@@ -25,6 +25,7 @@ from nefos.db.models import Container, ContainerReplica, Host, Operation
 from nefos.db.types import as_utc
 from nefos.domain.access import Permission
 from nefos.domain.errors import NotFound, ValidationFailed
+from nefos.domain.lifecycle import ContainerStatus
 from nefos.gateway.envelope import listing, ok
 from nefos.schemas.common import Envelope
 from nefos.schemas.compute import (
@@ -47,10 +48,9 @@ router = APIRouter(prefix="/containers", tags=["containers"])
 
 ContainerId = ObjectId
 StatusFilter = Annotated[
-    str | None,
+    ContainerStatus | None,
     Query(
-        pattern="^[a-z]{1,16}$",
-        description="Only containers in this status (running, stopped, error, ...).",
+        description="Only containers in this status.",
     ),
 ]
 

@@ -22,6 +22,7 @@ from nefos.api.deps import (
 from nefos.api.routes.projects import SEED_001_SUNSET
 from nefos.db.models import Operation, Vm
 from nefos.domain.access import Permission
+from nefos.domain.lifecycle import VmStatus
 from nefos.gateway.envelope import listing, ok
 from nefos.schemas.common import Envelope
 from nefos.schemas.vms import (
@@ -42,10 +43,7 @@ router = APIRouter(prefix="/vms", tags=["vms"])
 compute = APIRouter(prefix="/compute", tags=["vms"])
 
 VmId = ObjectId
-StatusFilter = Annotated[
-    str | None,
-    Query(pattern="^[a-z]{1,16}$", description="Only VMs in this status (running, stopped, ...)."),
-]
+StatusFilter = Annotated[VmStatus | None, Query(description="Only VMs in this status.")]
 
 
 def _accepted(message: str, vm: Vm, op: Operation) -> Response:
