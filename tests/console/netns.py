@@ -161,13 +161,14 @@ class _Relay:
             try:
                 outside = socket.create_connection(("127.0.0.1", self._port), timeout=10)
             except OSError:
-                inside.close()  # the browser sees the refusal the server gave
+                _reset(inside)  # the browser sees a reset, as near a refusal as it gets
                 continue
             outside.settimeout(None)
             pair = _Pair(inside, outside, self._forget)
             with self._lock:
                 if self._closed:
-                    pair.end()
+                    inside.close()
+                    outside.close()
                     return
                 self._open.add(pair)
             pair.start()
@@ -214,6 +215,12 @@ class _Pair:
             for s in self._sockets:
                 s.close()
             self._done(self)
+
+
+def _reset(s: socket.socket) -> None:
+    """Close with a reset (RST), not an orderly end of stream."""
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
 
 
 def _shut(s: socket.socket) -> None:

@@ -89,3 +89,15 @@ def test_a_host_port_not_exposed_is_not_reachable(network: BrowserNetwork, echo:
     with pytest.raises(ConnectionRefusedError):
         network.inside(lambda: _exchange(echo, b"hello"))
     assert _exchange(echo, b"hello") == b"HELLO"  # while the host reaches it
+
+
+def test_a_refusal_on_the_host_reaches_the_browser_as_a_reset(network: BrowserNetwork) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]  # free once closed: nothing listens there
+    relay = network.expose(port)
+    try:
+        # A reset, whichever call meets it first (not an empty answer, as a FIN gives).
+        with pytest.raises(OSError):
+            network.inside(lambda: _exchange(port, b"hello"))
+    finally:
+        relay.close()

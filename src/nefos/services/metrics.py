@@ -159,7 +159,8 @@ class MetricsService:
         if projects is not None:
             query = query.where(model.project_id.in_(projects))
         rows = await self.session.execute(query)
-        return {status: int(n) for status, n in rows}
+        # Plain text keys: a status column reads enum members, and JSON keys are text.
+        return {str(status): int(n) for status, n in rows}
 
     async def system(self) -> dict[str, Any]:
         """Counts of hosts, containers and VMs, and the latest usage summed over the
