@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from nefos.domain.errors import Conflict
 
@@ -113,24 +113,6 @@ class Lifecycle(Generic[S]):
                 status=current,
             )
         return move
-
-    def allows(self, action: str, current: str) -> bool:
-        try:
-            self.move(action, current)
-        except Conflict:
-            return False
-        return True
-
-    def describe(self) -> dict[str, Any]:
-        """The table, for the docs: each action's sources, target and desired state."""
-        return {
-            action: {
-                "from": [s.value for s in self.statuses if s in m.sources],
-                "to": m.to.value,
-                "desired": m.desired.value if m.desired else None,
-            }
-            for action, m in self.moves.items()
-        }
 
 
 def _all_but(statuses: type[S], *excluded: S) -> frozenset[S]:
