@@ -9,9 +9,10 @@ forwarded, in this order:
    active, and for this API (a key of one subscription calls no other API: 403); a
    subscription past due (its renewal's fee unpaid) is a 402 ``RESOURCE_EXHAUSTED``;
 2. the plan's rate limit: at most ``rate_limit_per_minute`` calls per subscription
-   in each minute (429 ``RATE_LIMITED`` with ``RateLimit-Limit``, ``-Remaining``,
-   ``-Reset`` and ``Retry-After``): counted when the call is admitted, so 200 calls
-   at once against a limit of 50 forward exactly 50;
+   in any 60 seconds (a sliding minute, ``apicounts.slide``; 429 ``RATE_LIMITED``
+   with ``RateLimit-Limit``, ``-Remaining``, ``-Reset`` and ``Retry-After``):
+   counted when the call is admitted, so 200 calls at once against a limit of 50
+   forward exactly 50, at a clock minute's turn too;
 3. the call's units, declared by the API per endpoint (``domain.metering``: the
    first rule matching the method and path, else 1), then the plan's quota and
    price for them (``domain.plans.units_price``): the quota counts units, each of
@@ -65,6 +66,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 import time
 import uuid
@@ -90,7 +92,7 @@ from nefos.db.types import utcnow
 from nefos.domain.consumer_keys import key_hash, looks_like
 from nefos.domain.metering import UnitRule, declared_units, header_units, rules_of
 from nefos.domain.plans import CALL_IN_FLIGHT, PAST_DUE, ZERO, units_price
-from nefos.gateway.apicounts import UNKNOWN, Admission, SharedCounts
+from nefos.gateway.apicounts import SECONDS, UNKNOWN, Admission, SharedCounts, slide
 from nefos.gateway.envelope import send_error
 from nefos.gateway.ingress import _SCOPE_KEY, GATEWAY_FORWARD, HOST_CALL, Ingress, TtlCache
 from nefos.services.market_subscriptions import live_key
@@ -141,19 +143,12 @@ class Caller:
     units_header: bytes | None = None
 
 
-class _Window:
-    __slots__ = ("count", "start")
-
-    def __init__(self, start: float) -> None:
-        self.start = start
-        self.count = 0
-
-
 class ApiGateway:
     def __init__(self, ingress: Ingress) -> None:
         self.ingress = ingress
         self._keys: OrderedDict[str, tuple[float, Caller | None]] = OrderedDict()
-        self._windows: dict[str, _Window] = {}
+        #: Each subscription's calls per second of its sliding minute (``slide``).
+        self._windows: dict[str, dict[int, int]] = {}
         self._used: dict[str, tuple[datetime, int]] = {}
         #: The highest usage threshold known told, per (subscription, period start).
         self._told: dict[tuple[str, datetime], int] = {}
@@ -334,21 +329,13 @@ class ApiGateway:
                 await session.commit()
         return Decimal(balance) - Decimal(owed or 0) - held >= 0
 
-    def admit(self, caller: Caller) -> tuple[bool, int, float]:
-        """Count the call in its subscription's minute: (admitted, remaining, seconds
-        to the window's end)."""
-        now = time.monotonic()
-        window = self._windows.get(caller.subscription_id)
-        if window is None or now - window.start >= 60.0:
-            if len(self._windows) > CACHE_SIZE:
-                self._windows = {k: w for k, w in self._windows.items() if now - w.start < 60}
-            window = self._windows[caller.subscription_id] = _Window(now)
-        limit = caller.plan.rate_limit_per_minute
-        reset = max(0.0, 60.0 - (now - window.start))
-        if window.count >= limit:
-            return False, 0, reset
-        window.count += 1
-        return True, limit - window.count, reset
+    def admit(self, caller: Caller) -> Admission:
+        """Count the call in its subscription's sliding minute, in this process."""
+        now = time.time()
+        if len(self._windows) > CACHE_SIZE:
+            self._windows = {k: w for k, w in self._windows.items() if max(w) > now - SECONDS}
+        window = self._windows.setdefault(caller.subscription_id, {})
+        return slide(window, now, caller.plan.rate_limit_per_minute)
 
     # --- a call -----------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -422,23 +409,21 @@ class ApiGateway:
             caller.units, method, rest.partition(b"?")[0].decode("utf-8", "replace")
         )
         admission = await self._admit_shared(caller, units) if self.shared is not None else None
-        if admission is None:
-            admitted, remaining, reset = self.admit(caller)
-        else:
-            admitted, remaining, reset = admission.admitted, admission.remaining, admission.reset
+        minute = self.admit(caller) if admission is None else admission
         limit_headers = [
             (b"ratelimit-limit", str(caller.plan.rate_limit_per_minute).encode()),
-            (b"ratelimit-remaining", str(remaining).encode()),
-            (b"ratelimit-reset", str(int(reset + 0.999)).encode()),
+            (b"ratelimit-remaining", str(minute.remaining).encode()),
+            (b"ratelimit-reset", str(math.ceil(minute.reset)).encode()),
         ]
-        if not admitted:
+        if not minute.admitted:
+            retry = max(1, math.ceil(minute.retry_after))
             await send_error(
                 send,
                 429,
                 "RATE_LIMITED",
                 f"The plan allows {caller.plan.rate_limit_per_minute} calls a minute",
-                {"retry_after": int(reset + 0.999)},
-                [*limit_headers, (b"retry-after", str(int(reset + 0.999)).encode())],
+                {"retry_after": retry},
+                [*limit_headers, (b"retry-after", str(retry).encode())],
             )
             return
         # The quota's places: reserved in Redis by the admission (``shared``), or here.
