@@ -1,9 +1,13 @@
 """The engine's socket goes away: before a create (503, nothing made, host offline)
-and under a create operation (it retries, and finishes once the engine is back)."""
+and under a create operation (it retries, and finishes once the engine is back). The
+engine stops answering without going away: a create is a 503 and the host stays
+active until the host checker judges it."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from typing import Any
 
 from nefos.services.hosts import HostService
@@ -61,6 +65,35 @@ async def test_create_on_a_dead_engine_is_503_and_makes_nothing(
         allocated = await n.host_row(host["id"])
         assert allocated.instance_count == 1
         assert allocated.used_memory_mb == before.used_memory_mb + 256
+
+
+async def test_a_slow_engine_is_a_503_and_only_the_host_checker_marks_it_offline(
+    lab: Lab, engine: EngineService
+) -> None:
+    engine.start()
+    async with lab.app(host_timeout=1.0) as n:
+        admin = await n.admin()
+        host = await n.add_host(admin, engine.uri)
+        user = await n.user()
+        assert engine.proc is not None
+        os.kill(engine.proc.pid, signal.SIGSTOP)  # connections accepted, never answered
+        try:
+            r = await n.create(user, "web")
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+            assert await n.counts() == {"containers": 0, "replicas": 0, "operations": 0}
+            # A slow answer is no proof of a dead host (a loaded engine, a busy
+            # machine): the request's check does not take the host out of placement.
+            assert (await n.host(admin, host["id"]))["status"] == "active"
+            # The host checker, on NEFOS_HOST_TIMEOUT, is the one that judges.
+            async with n.core.db.sessionmaker() as session:
+                assert await HostService(n.core, session).check_all() == [host["id"]]
+            assert (await n.host(admin, host["id"]))["status"] == "offline"
+        finally:
+            os.kill(engine.proc.pid, signal.SIGCONT)
+        async with n.core.db.sessionmaker() as session:
+            assert await HostService(n.core, session).check_all() == [host["id"]]
+        assert (await n.created(user, "web"))["status"] == "running"
 
 
 async def test_pending_create_retries_until_the_engine_is_back(

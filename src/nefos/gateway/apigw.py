@@ -333,7 +333,7 @@ class ApiGateway:
         """Count the call in its subscription's sliding minute, in this process."""
         now = time.time()
         if len(self._windows) > CACHE_SIZE:
-            self._windows = {k: w for k, w in self._windows.items() if max(w) > now - SECONDS}
+            self._windows = {k: w for k, w in self._windows.items() if w and max(w) > now - SECONDS}
         window = self._windows.setdefault(caller.subscription_id, {})
         return slide(window, now, caller.plan.rate_limit_per_minute)
 

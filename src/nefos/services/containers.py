@@ -48,7 +48,6 @@ from nefos.domain.errors import (
     NotFound,
     ResourceExhausted,
     RolledBack,
-    ServiceUnavailable,
     ValidationFailed,
 )
 from nefos.domain.image_refs import (
@@ -88,7 +87,13 @@ from nefos.services.endpoints import (
     takes_traffic,
     target_port,
 )
-from nefos.services.hosts import HostService, domain_error, driver_call
+from nefos.services.hosts import (
+    Unreachable,
+    abandon_unreachable,
+    domain_error,
+    driver_call,
+    probe,
+)
 from nefos.services.lifecycle import transition
 from nefos.services.paging import fetch_page
 from nefos.services.placement import Allocation, ReplicaRows
@@ -383,13 +388,8 @@ class ContainerService:
     async def _reachable(self, hosts: Sequence[Host]) -> None:
         """Ping each chosen host before committing to it: a dead engine is a 503 now,
         with nothing made, rather than an operation that fails later."""
-        timeout = min(3.0, self.core.settings.host_timeout)
         for host in {h.id: h for h in hosts}.values():
-            driver = self.core.drivers.for_host(host)
-            try:
-                await asyncio.wait_for(driver.ping(), timeout)
-            except (DriverError, TimeoutError, OSError) as exc:
-                raise _Unreachable(host.id, str(exc) or type(exc).__name__) from exc
+            await probe(self.core, host, self.core.drivers.for_host(host).ping())
 
     async def _image_allowed(self, image: str, hosts: Sequence[Host]) -> None:
         """An image whose registry tenants may not pull from (``container_registries``)
@@ -400,14 +400,9 @@ class ContainerService:
         ref = image_reference(image)
         if not settings.container_image_pull or registry_listed(ref, settings.container_registries):
             return
-        timeout = min(3.0, settings.host_timeout)
         for host in {h.id: h for h in hosts}.values():
             driver = self.core.drivers.for_host(host)
-            try:
-                present = await asyncio.wait_for(driver.has_image(image), timeout)
-            except (DriverError, TimeoutError, OSError) as exc:
-                raise _Unreachable(host.id, str(exc) or type(exc).__name__) from exc
-            if not present:
+            if not await probe(self.core, host, driver.has_image(image)):
                 raise ValidationFailed(
                     f"Image {image!r} is not on the host, and its registry {ref.registry!r} "
                     "is not one tenants may pull from",
@@ -499,13 +494,8 @@ class ContainerService:
         if isinstance(exc, IntegrityError):
             # A concurrent create took the name between our check and our insert.
             raise Conflict("A container with this name exists in the project") from exc
-        if isinstance(exc, _Unreachable):
-            await HostService(self.core, self.session).mark_offline(exc.host_id, exc.error)
-            unavailable = ServiceUnavailable(
-                "The host chosen for this container does not answer; try again"
-            )
-            unavailable.engine_message = exc.error  # platform admins only
-            raise unavailable from exc
+        if isinstance(exc, Unreachable):
+            raise await abandon_unreachable(self.core, self.session, exc, "container") from exc
 
     async def _transition(
         self,
@@ -848,13 +838,6 @@ class _ReplicaFailed(NefosError):
     """A replica of a rolling update could not be made, or did not pass in time."""
 
     code = "UPDATE_FAILED"
-
-
-class _Unreachable(Exception):
-    def __init__(self, host_id: str, error: str) -> None:
-        super().__init__(error)
-        self.host_id = host_id
-        self.error = error
 
 
 def _engine_name(replica: ContainerReplica) -> str:

@@ -408,6 +408,47 @@ def domain_error(exc: DriverError) -> NefosError:
     return err
 
 
+class Unreachable(Exception):
+    """A host chosen for a request did not pass the request's own check (:func:`probe`).
+    ``refused``: its engine refused the connection or failed (the host is marked
+    offline); else it was only slow to answer (the request is a 503 and the host
+    checker, on ``NEFOS_HOST_TIMEOUT``, judges the host)."""
+
+    def __init__(self, host_id: str, error: str, *, refused: bool) -> None:
+        super().__init__(error)
+        self.host_id = host_id
+        self.error = error
+        self.refused = refused
+
+
+async def probe(core: Core, host: Host, call: Awaitable[T]) -> T:
+    """Await a driver call a request makes on a host it chose, before committing to
+    it (a ping, an image's presence): bounded by 3 s (or ``NEFOS_HOST_TIMEOUT`` if
+    less), :class:`Unreachable` when it fails. A slow answer is no proof that a host
+    is dead (a loaded engine, a busy machine): only a refusal or an error marks it
+    offline, through the caller's :func:`abandon`."""
+    timeout = min(3.0, core.settings.host_timeout)
+    try:
+        return await asyncio.wait_for(call, timeout)
+    except TimeoutError as exc:
+        raise Unreachable(host.id, f"no answer within {timeout:g} s", refused=False) from exc
+    except (DriverError, OSError) as exc:
+        slow = isinstance(exc.__cause__, TimeoutError)
+        raise Unreachable(host.id, str(exc) or type(exc).__name__, refused=not slow) from exc
+
+
+async def abandon_unreachable(
+    core: Core, session: AsyncSession, exc: Unreachable, what: str
+) -> ServiceUnavailable:
+    """The 503 for a request whose host failed :func:`probe` (the session's
+    transaction rolled back already); a refusing host is marked offline first."""
+    if exc.refused:
+        await HostService(core, session).mark_offline(exc.host_id, exc.error)
+    unavailable = ServiceUnavailable(f"The host chosen for this {what} does not answer; try again")
+    unavailable.engine_message = exc.error  # platform admins only
+    return unavailable
+
+
 async def driver_call(core: Core, host: Host, call: Awaitable[T]) -> T:
     """Await a driver call made by an operation: an unreachable host is marked
     offline and the operation retried later (``Retry``); any other driver error

@@ -68,7 +68,13 @@ from nefos.schemas.vms import VmCreate, VmStop, VmUpdate
 from nefos.services.containers import LABEL_INSTALLATION, installation_id, operation_url
 from nefos.services.core import Core
 from nefos.services.drivers import VM_DRIVERS
-from nefos.services.hosts import HostService, domain_error, driver_call
+from nefos.services.hosts import (
+    Unreachable,
+    abandon_unreachable,
+    domain_error,
+    driver_call,
+    probe,
+)
 from nefos.services.images import (
     ImageService,
     ensure_on_host,
@@ -369,12 +375,7 @@ class VmService:
     async def _reachable(self, host: Host) -> None:
         """A dead hypervisor is a 503 now, with nothing made, rather than an operation
         that fails later."""
-        driver = self.core.drivers.for_host(host)
-        timeout = min(3.0, self.core.settings.host_timeout)
-        try:
-            await asyncio.wait_for(driver.ping(), timeout)
-        except (DriverError, TimeoutError, OSError) as exc:
-            raise _Unreachable(host.id, str(exc) or type(exc).__name__) from exc
+        await probe(self.core, host, self.core.drivers.for_host(host).ping())
 
     async def _abandon(self, exc: BaseException) -> None:
         if self.session.in_transaction():
@@ -382,13 +383,8 @@ class VmService:
         self.core.placer.invalidate()
         if isinstance(exc, IntegrityError):
             raise Conflict("A VM with this name exists in the project") from exc
-        if isinstance(exc, _Unreachable):
-            await HostService(self.core, self.session).mark_offline(exc.host_id, exc.error)
-            unavailable = ServiceUnavailable(
-                "The host chosen for this VM does not answer; try again"
-            )
-            unavailable.engine_message = exc.error  # platform admins only
-            raise unavailable from exc
+        if isinstance(exc, Unreachable):
+            raise await abandon_unreachable(self.core, self.session, exc, "VM") from exc
 
     async def _org_of(self, vm: Vm) -> str:
         project = await self.session.get(Project, vm.project_id)
@@ -536,13 +532,6 @@ def _serviceable(network: Network | None) -> None:
             "(a network created with a cidr)",
             service_port="needs a network with a subnet",
         )
-
-
-class _Unreachable(Exception):
-    def __init__(self, host_id: str, error: str) -> None:
-        super().__init__(error)
-        self.host_id = host_id
-        self.error = error
 
 
 def vm_domain(vm: Vm) -> str:

@@ -287,7 +287,33 @@ class DockerDriver(ComputeDriver):
 
     # --- host -------------------------------------------------------------------------
     async def ping(self) -> None:
-        await self._run(self._ping)
+        """``GET /_ping`` on a connection of its own, on the event loop (an ``ssh://``
+        engine: through the SDK, in a worker thread). Not through the worker threads
+        where it can be helped: those are the loop's default executor, a handful of
+        threads that long engine calls (a stop's grace, a create) may all hold, and a
+        ping waiting for one would time a queue of this process, not the engine."""
+        if urlsplit(self.base_url).scheme not in ("unix", "tcp", "http"):
+            await self._run(self._ping)
+            return
+        reader, writer = await self._engine_stream("")
+        try:
+            writer.write(
+                f"GET /v{API_VERSION}/_ping HTTP/1.1\r\nHost: docker\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.timeout)
+        except (
+            OSError,
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+        ) as exc:
+            raise HostUnreachable(f"container engine unreachable: {exc!r}") from exc
+        finally:
+            writer.close()
+        status_line = head.split(b"\r\n", 1)[0]
+        if status_line.split(b" ", 2)[1:2] != [b"200"]:
+            raise DriverError(f"the engine answered its ping with {status_line!r}")
 
     def _ping(self) -> None:
         with _translated():

@@ -1,0 +1,79 @@
+"""The Docker driver's ping (``DockerDriver.ping``): ``GET /_ping`` on a connection of
+its own, on the event loop, against the test Podman that ``make services`` starts."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from nefos.drivers.base import DriverError, HostUnreachable
+from nefos.drivers.docker.driver import DockerDriver
+from tests.conftest import docker_host_uri
+
+
+def test_a_ping_does_not_wait_for_a_worker_thread() -> None:
+    """Every worker thread held (long engine calls: a stop's grace, a create), a ping
+    still measures the engine, not the queue for a thread."""
+
+    async def run() -> None:
+        driver = DockerDriver(docker_host_uri(), timeout=10)
+        loop = asyncio.get_running_loop()
+        release = threading.Event()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=2))
+        held = [loop.run_in_executor(None, release.wait, 60) for _ in range(2)]
+        try:
+            await asyncio.wait_for(driver.ping(), 10)  # a thread would free only at 60 s
+        finally:
+            release.set()
+            await asyncio.gather(*held)
+            await driver.close()
+
+    asyncio.run(run())
+
+
+def test_a_ping_of_no_engine_is_unreachable_and_of_another_server_an_error(
+    tmp_path: Path,
+) -> None:
+    async def run() -> None:
+        gone = DockerDriver(f"unix://{tmp_path / 'nothing.sock'}", timeout=5)
+        with pytest.raises(HostUnreachable):
+            await gone.ping()
+
+        # A server that is no engine: it answers, with something else than 200.
+        path = tmp_path / f"{uuid.uuid4().hex[:8]}.sock"
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_unix_server(answer, str(path))
+        other = DockerDriver(f"unix://{path}", timeout=5)
+        try:
+            with pytest.raises(DriverError, match="404") as caught:
+                await other.ping()
+            assert not isinstance(caught.value, HostUnreachable)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+        # A server that accepts and never answers: unreachable within the timeout.
+        silent_path = tmp_path / "silent.sock"
+        silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        silent.bind(str(silent_path))
+        silent.listen(8)
+        try:
+            with pytest.raises(HostUnreachable) as caught_slow:
+                await DockerDriver(f"unix://{silent_path}", timeout=0.5).ping()
+            assert isinstance(caught_slow.value.__cause__, TimeoutError)
+        finally:
+            silent.close()
+
+    asyncio.run(run())
