@@ -265,6 +265,14 @@ class Settings(BaseSettings):
     host_check_interval: float = Field(
         30.0, gt=0, description="Seconds between reachability checks of every host."
     )
+    engine_threads: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="Engine calls (Docker/Podman) one container host takes at once from "
+        "this process; more wait for one to end. Each host has its own: one host's slow "
+        "calls (a stop's grace period, a pull) never hold up another's.",
+    )
     host_timeout: float = Field(
         10.0, gt=0, description="Seconds an engine call may take before the host is unreachable."
     )

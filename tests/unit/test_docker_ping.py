@@ -7,7 +7,6 @@ import asyncio
 import socket
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,22 +16,30 @@ from nefos.drivers.docker.driver import DockerDriver
 from tests.conftest import docker_host_uri
 
 
-def test_a_ping_does_not_wait_for_a_worker_thread() -> None:
-    """Every worker thread held (long engine calls: a stop's grace, a create), a ping
-    still measures the engine, not the queue for a thread."""
+def test_a_ping_waits_for_no_thread_and_one_hosts_calls_hold_up_no_other_host() -> None:
+    """Every thread of a host's driver held (long engine calls: a stop's grace, a
+    pull), a ping still measures the engine, not the queue for a thread; and another
+    host's driver, with threads of its own, still makes its calls."""
 
     async def run() -> None:
-        driver = DockerDriver(docker_host_uri(), timeout=10)
-        loop = asyncio.get_running_loop()
+        busy = DockerDriver(docker_host_uri(), timeout=10, threads=2)
+        other = DockerDriver(docker_host_uri(), timeout=10, threads=2)
         release = threading.Event()
-        loop.set_default_executor(ThreadPoolExecutor(max_workers=2))
-        held = [loop.run_in_executor(None, release.wait, 60) for _ in range(2)]
+        held = [asyncio.wrap_future(busy._threads.submit(release.wait, 60)) for _ in range(2)]
         try:
-            await asyncio.wait_for(driver.ping(), 10)  # a thread would free only at 60 s
+            # Deadlines, not timings: a thread of ``busy`` frees only at 60 s.
+            await asyncio.wait_for(busy.ping(), 10)
+            assert (await asyncio.wait_for(other.capacity(), 10)).cpus >= 1
+            queued = asyncio.ensure_future(busy.capacity())
+            await asyncio.sleep(0.5)
+            assert not queued.done()  # behind the two held calls, bounded as set
+            release.set()
+            assert (await asyncio.wait_for(queued, 10)).cpus >= 1
         finally:
             release.set()
             await asyncio.gather(*held)
-            await driver.close()
+            await busy.close()
+            await other.close()
 
     asyncio.run(run())
 

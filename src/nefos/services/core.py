@@ -145,6 +145,7 @@ def driver_options(settings: Settings) -> DriverOptions:
             "pull": settings.container_image_pull,
             "registries": settings.container_registries,
             "registry_networks": settings.container_registry_allowed_networks,
+            "threads": settings.engine_threads,
         },
         "libvirt": {
             "domain_type": settings.libvirt_domain_type,

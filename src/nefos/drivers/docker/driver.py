@@ -13,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import contextvars
+import functools
 import json
 import shutil
 import socket
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -243,9 +246,17 @@ class DockerDriver(ComputeDriver):
         pull: bool = False,
         registries: Sequence[str] | None = None,
         registry_networks: Sequence[str] = (),
+        threads: int = 16,
     ) -> None:
-        """``pull``: fetch an image the host lacks from its registries on create
-        (off by default: a missing image is then ``ImageNotFound`` at once).
+        """``threads``: how many engine calls of this host run at once (the SDK blocks), in
+        threads of the driver's own; more wait for one. Not the loop's default
+        executor: that one has a handful of threads for the whole process, which one
+        host's slow calls (a stop's grace, a large pull, a stats sample) could all
+        hold, and every other host's calls, and every other blocking call of the
+        process, would wait behind them.
+
+        ``pull``: fetch an image the host lacks from its registries on create (off by
+        default: a missing image is then ``ImageNotFound`` at once).
         ``registries``: the only registries a pull may use (None: any); whichever, the
         registry's host must resolve to public addresses or into ``registry_networks``
         (the address guard of webhooks), else :class:`ImagePullRefused`."""
@@ -256,6 +267,7 @@ class DockerDriver(ComputeDriver):
             registry_networks, setting="container_registry_allowed_networks"
         )
         self.timeout = timeout
+        self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nefos-engine")
         self._client: docker.DockerClient | None = None
         if not base_url.startswith("ssh://"):
             self._connect()
@@ -283,15 +295,16 @@ class DockerDriver(ComputeDriver):
         return self._CAPABILITIES
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._threads, call)
 
     # --- host -------------------------------------------------------------------------
     async def ping(self) -> None:
         """``GET /_ping`` on a connection of its own, on the event loop (an ``ssh://``
-        engine: through the SDK, in a worker thread). Not through the worker threads
-        where it can be helped: those are the loop's default executor, a handful of
-        threads that long engine calls (a stop's grace, a create) may all hold, and a
-        ping waiting for one would time a queue of this process, not the engine."""
+        engine: through the SDK, in a thread). Not through the driver's threads where
+        it can be helped: the host's long calls (a stop's grace, a create, a pull) may
+        all hold them, and a ping waiting for one would time a queue of this process,
+        not the engine."""
         if urlsplit(self.base_url).scheme not in ("unix", "tcp", "http"):
             await self._run(self._ping)
             return
@@ -716,6 +729,7 @@ class DockerDriver(ComputeDriver):
     async def close(self) -> None:
         if self._client is not None:
             await self._run(self._client.close)
+        self._threads.shutdown(wait=False)
 
 
 def _parse_stats(raw: Mapping[str, Any], configured_limit: int) -> InstanceStats:
