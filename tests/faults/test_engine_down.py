@@ -71,12 +71,14 @@ async def test_a_slow_engine_is_a_503_and_only_the_host_checker_marks_it_offline
     lab: Lab, engine: EngineService
 ) -> None:
     engine.start()
-    async with lab.app(host_timeout=1.0) as n:
+    async with lab.app() as n:  # the checker's timeout: 10 s; a request's check: 3 s
         admin = await n.admin()
         host = await n.add_host(admin, engine.uri)
         user = await n.user()
         assert engine.proc is not None
-        os.kill(engine.proc.pid, signal.SIGSTOP)  # connections accepted, never answered
+        # Its session stopped (the service and any process it started): connections
+        # are accepted by the kernel, never answered.
+        os.killpg(engine.proc.pid, signal.SIGSTOP)
         try:
             r = await n.create(user, "web")
             assert r.status_code == 503, r.text
@@ -90,7 +92,7 @@ async def test_a_slow_engine_is_a_503_and_only_the_host_checker_marks_it_offline
                 assert await HostService(n.core, session).check_all() == [host["id"]]
             assert (await n.host(admin, host["id"]))["status"] == "offline"
         finally:
-            os.kill(engine.proc.pid, signal.SIGCONT)
+            os.killpg(engine.proc.pid, signal.SIGCONT)
         async with n.core.db.sessionmaker() as session:
             assert await HostService(n.core, session).check_all() == [host["id"]]
         assert (await n.created(user, "web"))["status"] == "running"

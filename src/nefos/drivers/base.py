@@ -12,7 +12,8 @@ labels. ``driver_id`` is the host's own name for the instance (a container id, a
 domain UUID); every method that takes an ``instance_id`` accepts the driver id.
 
 Calling. The methods are ``async``; drivers around blocking libraries run them in
-a worker thread (:func:`asyncio.to_thread`), so services await them directly. A
+threads of their own (the Docker driver: a pool per host, ``NEFOS_ENGINE_THREADS``;
+libvirt: a thread a call), so services await them directly. A
 call may block for as long as the host takes (an image to unpack, a stop
 timeout), so services call drivers from operations, not from request handlers.
 
@@ -67,9 +68,14 @@ class DriverError(Exception):
 
 
 class HostUnreachable(DriverError):
-    """The engine or hypervisor did not answer (down, socket gone, timed out)."""
+    """The engine or hypervisor did not answer (down, socket gone, timed out).
+    ``slow``: it did not answer in time (rather than refused or went away)."""
 
     code = "SERVICE_UNAVAILABLE"
+
+    def __init__(self, message: str, *, instance_id: str | None = None, slow: bool = False) -> None:
+        super().__init__(message, instance_id=instance_id)
+        self.slow = slow
 
 
 class InstanceNotFound(DriverError):

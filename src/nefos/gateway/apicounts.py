@@ -72,7 +72,7 @@ if total >= limit then
   end
   return {0, 0, (secs[#secs] + 61) * 1000 - now, -1, retry}
 end
-redis.call('HINCRBY', KEYS[1], sec, 1)
+redis.call('HINCRBY', KEYS[1], t[1], 1)
 redis.call('EXPIRE', KEYS[1], 62)
 local reset = (sec + 61) * 1000 - now
 if KEYS[2] == '' then return {1, limit - total - 1, reset, -1, 0} end

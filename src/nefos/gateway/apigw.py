@@ -330,8 +330,9 @@ class ApiGateway:
         return Decimal(balance) - Decimal(owed or 0) - held >= 0
 
     def admit(self, caller: Caller) -> Admission:
-        """Count the call in its subscription's sliding minute, in this process."""
-        now = time.time()
+        """Count the call in its subscription's sliding minute, in this process (on
+        the monotonic clock: a step of the wall clock neither frees nor holds calls)."""
+        now = time.monotonic()
         if len(self._windows) > CACHE_SIZE:
             self._windows = {k: w for k, w in self._windows.items() if w and max(w) > now - SECONDS}
         window = self._windows.setdefault(caller.subscription_id, {})

@@ -424,17 +424,20 @@ class Unreachable(Exception):
 async def probe(core: Core, host: Host, call: Awaitable[T]) -> T:
     """Await a driver call a request makes on a host it chose, before committing to
     it (a ping, an image's presence): bounded by 3 s (or ``NEFOS_HOST_TIMEOUT`` if
-    less), :class:`Unreachable` when it fails. A slow answer is no proof that a host
-    is dead (a loaded engine, a busy machine): only a refusal or an error marks it
-    offline, through the caller's :func:`abandon`."""
+    less). A host that does not answer is :class:`Unreachable`: refused (the engine
+    refused the connection or is gone) when the driver says so, else slow; a slow
+    answer is no proof that a host is dead (a loaded engine, a busy machine), so only
+    a refusal or an error marks it offline (:func:`abandon_unreachable`)."""
     timeout = min(3.0, core.settings.host_timeout)
     try:
         return await asyncio.wait_for(call, timeout)
     except TimeoutError as exc:
         raise Unreachable(host.id, f"no answer within {timeout:g} s", refused=False) from exc
+    except HostUnreachable as exc:
+        raise Unreachable(host.id, exc.message, refused=not exc.slow) from exc
     except (DriverError, OSError) as exc:
-        slow = isinstance(exc.__cause__, TimeoutError)
-        raise Unreachable(host.id, str(exc) or type(exc).__name__, refused=not slow) from exc
+        # Refused, or an answer that is no engine's: the host fails its check.
+        raise Unreachable(host.id, str(exc) or type(exc).__name__, refused=True) from exc
 
 
 async def abandon_unreachable(

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import docker
 import docker.errors
 import docker.utils.socket
+import requests.adapters
 import requests.exceptions
 
 from nefos.domain.image_refs import BadReference, parse_image_reference, registry_listed
@@ -126,7 +127,8 @@ def _translated(instance_id: str | None = None, *, creating: bool = False) -> It
         raise DriverError(message, instance_id=instance_id) from exc
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
         _release_sockets(exc)
-        raise HostUnreachable(f"container engine unreachable: {exc}") from exc
+        slow = isinstance(exc, requests.exceptions.Timeout)
+        raise HostUnreachable(f"container engine unreachable: {exc}", slow=slow) from exc
     except docker.errors.DockerException as exc:
         # The SDK wraps connection failures it meets while building a request.
         if "connection" in str(exc).lower():
@@ -267,6 +269,7 @@ class DockerDriver(ComputeDriver):
             registry_networks, setting="container_registry_allowed_networks"
         )
         self.timeout = timeout
+        self.threads = threads
         self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nefos-engine")
         self._client: docker.DockerClient | None = None
         if not base_url.startswith("ssh://"):
@@ -277,9 +280,17 @@ class DockerDriver(ComputeDriver):
     def _connect(self) -> docker.DockerClient:
         if self._client is None:
             try:
+                # As many connections kept as threads may use at once.
                 self._client = docker.DockerClient(
-                    base_url=self.base_url, version=API_VERSION, timeout=self.timeout
+                    base_url=self.base_url,
+                    version=API_VERSION,
+                    timeout=self.timeout,
+                    max_pool_size=self.threads,
                 )
+                if urlsplit(self.base_url).scheme in ("tcp", "http"):
+                    self._client.api.mount(
+                        "http://", requests.adapters.HTTPAdapter(pool_maxsize=self.threads)
+                    )
             except docker.errors.DockerException:
                 raise  # a malformed URL: the caller's InvalidSpec
             except Exception as exc:  # paramiko's connection errors
@@ -321,7 +332,8 @@ class DockerDriver(ComputeDriver):
             asyncio.IncompleteReadError,
             asyncio.LimitOverrunError,
         ) as exc:
-            raise HostUnreachable(f"container engine unreachable: {exc!r}") from exc
+            slow = isinstance(exc, TimeoutError)
+            raise HostUnreachable(f"container engine unreachable: {exc!r}", slow=slow) from exc
         finally:
             writer.close()
         status_line = head.split(b"\r\n", 1)[0]
@@ -719,7 +731,8 @@ class DockerDriver(ComputeDriver):
                     asyncio.open_connection(url.hostname, url.port or 2375), self.timeout
                 )
         except (OSError, TimeoutError) as exc:
-            raise HostUnreachable(f"container engine unreachable: {exc}") from exc
+            slow = isinstance(exc, TimeoutError)
+            raise HostUnreachable(f"container engine unreachable: {exc}", slow=slow) from exc
         raise Unsupported(
             f"interactive terminals need an engine reached by unix:// or tcp://, not "
             f"{url.scheme}://",
@@ -729,7 +742,7 @@ class DockerDriver(ComputeDriver):
     async def close(self) -> None:
         if self._client is not None:
             await self._run(self._client.close)
-        self._threads.shutdown(wait=False)
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
 
 def _parse_stats(raw: Mapping[str, Any], configured_limit: int) -> InstanceStats:

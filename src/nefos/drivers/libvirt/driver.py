@@ -561,7 +561,7 @@ class LibvirtDriver(ComputeDriver):
             with self._lock:
                 self._conn = None
             raise HostUnreachable(
-                f"libvirt at {self.uri} did not answer in {self.timeout}s"
+                f"libvirt at {self.uri} did not answer in {self.timeout}s", slow=True
             ) from exc
 
     def _ping(self) -> None:
