@@ -44,6 +44,20 @@ def test_a_ping_waits_for_no_thread_and_one_hosts_calls_hold_up_no_other_host() 
     asyncio.run(run())
 
 
+def test_a_closed_driver_makes_no_call_and_says_so() -> None:
+    """A request that took the driver before its host was removed (``forget`` closes
+    it) gets the host's unavailability, not an error of the thread pool."""
+
+    async def run() -> None:
+        driver = DockerDriver(docker_host_uri(), timeout=10, threads=2)
+        assert (await driver.capacity()).cpus >= 1
+        await driver.close()
+        with pytest.raises(HostUnreachable, match="closed"):
+            await driver.capacity()
+
+    asyncio.run(run())
+
+
 def test_a_ping_of_no_engine_is_unreachable_and_of_another_server_an_error(
     tmp_path: Path,
 ) -> None:

@@ -307,7 +307,11 @@ class DockerDriver(ComputeDriver):
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._threads, call)
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self._threads, call)
+        except RuntimeError as exc:  # closed: its host was removed while a call came
+            raise HostUnreachable("the host's driver is closed (the host was removed)") from exc
+        return await future
 
     # --- host -------------------------------------------------------------------------
     async def ping(self) -> None:
@@ -742,7 +746,8 @@ class DockerDriver(ComputeDriver):
     async def close(self) -> None:
         if self._client is not None:
             await self._run(self._client.close)
-        self._threads.shutdown(wait=False, cancel_futures=True)
+        # Calls already queued still run (their callers await them); no new one starts.
+        self._threads.shutdown(wait=False)
 
 
 def _parse_stats(raw: Mapping[str, Any], configured_limit: int) -> InstanceStats:
