@@ -9,8 +9,13 @@ from typing import Any
 
 import docker
 import httpx
+import pytest
 
+from nefos.db.models import Host
+from nefos.drivers.base import HostUnreachable
+from nefos.operations import Retry
 from nefos.schemas.compute import HostDraining
+from nefos.services.hosts import HostService, driver_call
 from tests.conftest import TEST_IMAGE, docker_host_uri, wait_operation
 
 V1 = "/api/v1"
@@ -382,3 +387,34 @@ async def test_a_host_with_replicas_is_refused_then_drained(client, admin, podma
     assert other_now["used"]["instances"] == 2 and other_now["used"]["cpu_cores"] == 1.0
     stats = (await client.get(f"{V1}/resources/stats", headers=admin.headers)).json()["data"]
     assert stats["total_hosts"] == 1 and stats["by_class"]["containers"]["count"] == 2
+
+
+async def test_an_operations_slow_engine_call_retries_and_leaves_the_host_to_the_checker(
+    client: httpx.AsyncClient, admin: Any, podman_host: dict[str, Any], app: Any
+) -> None:
+    core = app.state.core
+    async with core.db.sessionmaker() as session:
+        host = await session.get(Host, podman_host["id"])
+    assert host is not None
+
+    async def status() -> str:
+        r = await client.get(f"/api/v1/resources/hosts/{host.id}", headers=admin.headers)
+        return str(r.json()["data"]["status"])
+
+    async def slow() -> None:
+        raise HostUnreachable("container engine unreachable: ReadTimeout", slow=True)
+
+    async def refused() -> None:
+        raise HostUnreachable("container engine unreachable: ConnectionRefusedError")
+
+    # Only slow (a loaded engine): the operation retries later, the host stays.
+    with pytest.raises(Retry):
+        await driver_call(core, host, slow())
+    assert await status() == "active"
+    # Refused: offline at once, until the host checker finds it answering again.
+    with pytest.raises(Retry):
+        await driver_call(core, host, refused())
+    assert await status() == "offline"
+    async with core.db.sessionmaker() as session:
+        assert host.id in await HostService(core, session).check_all()
+    assert await status() == "active"

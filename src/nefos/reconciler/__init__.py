@@ -36,7 +36,7 @@ from sqlalchemy import select
 from nefos.db.models import Container, ContainerReplica, Host, Network, Operation, Vm
 from nefos.db.session import begin_write
 from nefos.domain.lifecycle import Desired, VmStatus
-from nefos.drivers.base import LABEL_ID, DriverError, InstanceInfo, InstanceState
+from nefos.drivers.base import LABEL_ID, DriverError, HostUnreachable, InstanceInfo, InstanceState
 from nefos.operations import queue
 from nefos.services import idempotency
 from nefos.services.containers import LABEL_INSTALLATION, derive_status, installation_id
@@ -94,8 +94,10 @@ class Reconciler:
             listed = await driver.list()
         except DriverError as exc:
             report.hosts_unreachable.append(host.id)
-            async with self.core.db.sessionmaker() as session:
-                await HostService(self.core, session).mark_offline(host.id, exc.message)
+            if not (isinstance(exc, HostUnreachable) and exc.slow):
+                # A slow answer is the host checker's to judge, not this pass's.
+                async with self.core.db.sessionmaker() as session:
+                    await HostService(self.core, session).mark_offline(host.id, exc.message)
             return
         if host.driver in VM_DRIVERS:
             await self._vm_host(host, listed, report)

@@ -454,13 +454,17 @@ async def abandon_unreachable(
 
 async def driver_call(core: Core, host: Host, call: Awaitable[T]) -> T:
     """Await a driver call made by an operation: an unreachable host is marked
-    offline and the operation retried later (``Retry``); any other driver error
-    becomes the domain error it stands for."""
+    offline (unless it was only slow: the host checker judges that) and the operation
+    retried later (``Retry``); any other driver error becomes the domain error it
+    stands for."""
     try:
         return await call
     except HostUnreachable as exc:
-        async with core.db.sessionmaker() as session:
-            await HostService(core, session).mark_offline(host.id, exc.message)
+        if not exc.slow:
+            # Refused or gone: offline now. Only slow (a loaded engine): the operation
+            # waits and retries; the host checker judges the host.
+            async with core.db.sessionmaker() as session:
+                await HostService(core, session).mark_offline(host.id, exc.message)
         raise Retry(
             "The host does not answer; the operation will be retried",
             engine_message=f"host {host.hostname} is unreachable: {exc.message}",

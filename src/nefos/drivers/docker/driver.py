@@ -736,7 +736,7 @@ class DockerDriver(ComputeDriver):
                 )
         except (OSError, TimeoutError) as exc:
             slow = isinstance(exc, TimeoutError)
-            raise HostUnreachable(f"container engine unreachable: {exc}", slow=slow) from exc
+            raise HostUnreachable(f"container engine unreachable: {exc!r}", slow=slow) from exc
         raise Unsupported(
             f"interactive terminals need an engine reached by unix:// or tcp://, not "
             f"{url.scheme}://",
