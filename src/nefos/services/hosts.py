@@ -358,11 +358,18 @@ class HostService:
     async def mark_offline(self, host_id: str, error: str) -> None:
         await begin_write(self.session)
         host = await self.session.get(Host, host_id, populate_existing=True)
-        if host is not None and host.status == ACTIVE:
+        marked = host is not None and host.status == ACTIVE
+        if marked:
+            assert host is not None
             host.status = OFFLINE
             host.last_error = error
             self.core.placer.invalidate()
         await self.session.commit()
+        if marked:
+            assert host is not None
+            # Why a host left placement, for its operators (the engine's own text: the
+            # log is the platform's, never a tenant's).
+            log.warning("host %s is now offline: %s", host.hostname, error)
 
     async def check_all(self) -> list[str]:
         """Check every host; the ids of those whose status changed."""
